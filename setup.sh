@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up SENTINEL IMMUNE on a Debian 12 machine (as root) and runs it.
+#   ./setup.sh demo   install, build the BPF programs, run `immune-node demo`
+#   ./setup.sh test   install, build, run every test
+#   ./setup.sh deps   install only
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(python3 python3-venv python3-dev gcc make clang llvm libbpf-dev bpftool
+              iproute2 tcpdump procps util-linux)
+
+need_apt=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing Python packages into .venv" >&2
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    touch "$stamp"
+fi
+
+case "${1:-demo}" in
+    deps) ;;
+    demo) shift || true; exec .venv/bin/immune-node demo "$@" ;;
+    test) shift || true; exec .venv/bin/python -m pytest "$@" ;;
+    *) echo "usage: ./setup.sh [demo|test|deps] [args...]" >&2; exit 2 ;;
+esac
