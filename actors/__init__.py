@@ -1,0 +1,23 @@
+"""The actor runtime: supervised trio actors over ZeroMQ.
+
+It knows nothing about security; agents and the hive are built from it.
+"""
+
+from ._actor import ActorFn, Child, Context, Runtime, TaskStatus
+from ._codec import Codec
+from ._errors import ActorError, DecodeError, Escalation, SocketClosed, StartError
+from ._log import get_logger, log_event, setup_logging
+from ._node import Node, NodeBusy, Status, endpoints, query_status
+from ._policy import Decision, Restart, RestartPolicy, Strategy
+from ._stats import Snapshot, Statistics
+from ._supervisor import Supervisor
+from ._tap import Taps, decode_tap
+from ._zmq import Duplex, Socket
+
+__all__ = [
+    "ActorError", "ActorFn", "Child", "Codec", "Context", "DecodeError", "Decision", "Duplex",
+    "Escalation", "Node", "NodeBusy", "Restart", "RestartPolicy", "Runtime", "Snapshot",
+    "Socket", "SocketClosed", "StartError", "Statistics", "Status", "Strategy", "Supervisor",
+    "TaskStatus", "Taps", "decode_tap", "endpoints", "get_logger", "log_event",
+    "query_status", "setup_logging",
+]

@@ -1,0 +1,155 @@
+"""A node: one process running one supervision tree, findable by its folder.
+
+The node's run folder holds a lock (one node per folder), ``node.json``
+(pid and endpoints), the control endpoint that answers status requests, and
+the tap endpoints.  Tools such as ``immune-node status`` and ``tap`` find a
+running node through that folder alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+import zmq
+
+from ._actor import Context, Runtime
+from ._errors import ActorError
+from ._log import log_event
+from ._stats import Snapshot
+from ._supervisor import Supervisor
+
+
+class Status(msgspec.Struct, kw_only=True):
+    node: str
+    pid: int
+    started: float
+    actors: list[Snapshot]
+    taps_offered: int = 0
+    taps_lost: int = 0
+
+
+class ControlRequest(msgspec.Struct, kw_only=True):
+    op: str
+
+
+def endpoints(run_dir: Path) -> dict[str, str]:
+    return {
+        "control": f"ipc://{run_dir}/control.sock",
+        "tap": f"ipc://{run_dir}/tap.sock",
+        "tap_in": f"ipc://{run_dir}/tap-in.sock",
+    }
+
+
+class NodeBusy(ActorError):
+    """Another node already runs with this folder."""
+
+
+class Node:
+    def __init__(self, name: str, root: Supervisor, run_dir: Path) -> None:
+        self.name = name
+        self.root = root
+        self.run_dir = Path(run_dir)
+        self.started = time.time()
+        self.runtime: Runtime | None = None
+
+    def _lock(self) -> int:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = _read_info(self.run_dir).get("pid", "?")
+            raise NodeBusy(f"another node (pid {owner}) is running with {self.run_dir}") from None
+        return fd
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        lock = self._lock()
+        ep = endpoints(self.run_dir)
+        for leftover in ("control.sock", "tap.sock", "tap-in.sock"):
+            (self.run_dir / leftover).unlink(missing_ok=True)
+        self.runtime = rt = Runtime(run_dir=self.run_dir, leaf_endpoint=ep["tap_in"])
+        ctx = Context(rt, self.name)
+        log = ctx.log
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(rt.taps.serve, rt.zmq, ep["tap"], ep["tap_in"])
+                await nursery.start(self._control, rt, ep["control"])
+                info = {"name": self.name, "pid": os.getpid(), "started": self.started, **ep}
+                (self.run_dir / "node.json").write_text(json.dumps(info))
+                log_event(log, "node.start", pid=os.getpid(), run_dir=self.run_dir)
+                try:
+                    await self.root(ctx, task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            (self.run_dir / "node.json").unlink(missing_ok=True)
+            os.close(lock)
+            log_event(log, "node.stop")
+
+    def status(self) -> Status:
+        rt = self.runtime
+        assert rt is not None
+        return Status(
+            node=self.name, pid=os.getpid(), started=self.started,
+            actors=[st.snapshot() for _, st in sorted(rt.registry.items())],
+            taps_offered=rt.taps.offered, taps_lost=rt.taps.lost,
+        )
+
+    async def _control(self, rt: Runtime, endpoint: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        ctx = Context(rt, f"{self.name}-control")
+        sock = ctx.socket(zmq.REP, bind=endpoint, topic="")
+        del rt.registry[ctx.name]  # the control loop is not an actor of the tree
+        req_dec = msgspec.msgpack.Decoder(ControlRequest)
+        enc = msgspec.msgpack.Encoder()
+        task_status.started()
+        try:
+            while True:
+                for frames in await sock.recv_frames(1):
+                    try:
+                        req = req_dec.decode(frames[-1])
+                        reply = enc.encode(self.status()) if req.op == "status" else enc.encode({"error": f"unknown op {req.op!r}"})
+                    except msgspec.DecodeError as e:
+                        reply = enc.encode({"error": f"bad request: {e}"})
+                    await sock.send_frames([reply])
+        finally:
+            ctx.close()
+
+
+def _read_info(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(run_dir) / "node.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def query_status(run_dir: Path, timeout: float = 3.0) -> Status:
+    """Ask the node running in ``run_dir`` for its status (blocking; for CLIs)."""
+    info = _read_info(run_dir)
+    if not info:
+        raise ActorError(f"no node is running with {run_dir} (no node.json)")
+    z = zmq.Context.instance().socket(zmq.REQ)
+    z.setsockopt(zmq.LINGER, 0)
+    z.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    z.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+    try:
+        z.connect(info["control"])
+        z.send(msgspec.msgpack.encode(ControlRequest(op="status")))
+        try:
+            data = z.recv()
+        except zmq.Again:
+            raise ActorError(f"node pid {info.get('pid')} in {run_dir} did not answer within {timeout:g}s") from None
+        return msgspec.msgpack.decode(data, type=Status)
+    finally:
+        z.close()
+
+
+logging.getLogger("immune").addHandler(logging.NullHandler())

@@ -1,0 +1,175 @@
+"""The supervisor runtime with real trio tasks and real child processes."""
+
+import os
+import signal
+
+import pytest
+import trio
+
+from actors import Child, Escalation, Restart, StartError, Supervisor
+
+from ._children import (
+    crash_after, fail_to_start, forever, return_after, stubborn, stubborn_process, write_pid,
+)
+
+
+async def started(nursery, sup, ctx):
+    return await nursery.start(sup, ctx)
+
+
+def kids(journal, *specs):
+    return [Child(name, fn, args={"journal": journal, **extra}, restart=restart, shutdown=1.0)
+            for name, fn, restart, extra in specs]
+
+
+async def wait_for(predicate, timeout=5.0):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def test_children_start_in_order_and_stop_in_reverse(root_ctx):
+    journal = []
+    sup = Supervisor(kids(journal, *[(n, forever, Restart.PERMANENT, {}) for n in "abc"]))
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        assert journal == [("start", "t.a"), ("start", "t.b"), ("start", "t.c")]
+        n.cancel_scope.cancel()
+    assert journal[3:] == [("stop", "t.c"), ("stop", "t.b"), ("stop", "t.a")]
+
+
+@pytest.mark.parametrize("strategy,restarted", [
+    ("one_for_one", ["t.b"]),
+    ("one_for_all", ["t.a", "t.b", "t.c"]),
+    ("rest_for_one", ["t.b", "t.c"]),
+])
+async def test_strategies(root_ctx, runtime, strategy, restarted):
+    journal = []
+    sup = Supervisor(
+        kids(journal, ("a", forever, Restart.PERMANENT, {}),
+             ("b", crash_after, Restart.TEMPORARY, {"delay": 0.05}),
+             ("c", forever, Restart.PERMANENT, {})),
+        strategy=strategy,
+    )
+    # b is temporary so that it crashes once; the strategy decides what else moves.
+    sup.children[1] = Child("b", crash_after, args={"journal": journal, "delay": 0.05}, shutdown=1.0)
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        del journal[:]
+        await wait_for(lambda: runtime.registry["t.b"].restarts >= 1)
+        await trio.sleep(0.02)
+        n.cancel_scope.cancel()
+    starts = [who for what, who in journal if what == "start"]
+    assert starts[: len(restarted)] == restarted
+    stopped = [who for what, who in journal if what == "stop"]
+    expected_stops = {"one_for_one": [], "one_for_all": ["t.c", "t.a"], "rest_for_one": ["t.c"]}[strategy]
+    assert stopped[: len(expected_stops)] == expected_stops
+
+
+async def test_transient_normal_exit_is_not_restarted_but_a_crash_is(root_ctx, runtime):
+    journal = []
+    sup = Supervisor(kids(journal,
+                          ("ok", return_after, Restart.TRANSIENT, {}),
+                          ("bad", crash_after, Restart.TRANSIENT, {"delay": 0.2})),
+                     intensity=100)
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        await wait_for(lambda: runtime.registry["t.bad"].restarts >= 2)
+        await trio.sleep(0.1)
+        n.cancel_scope.cancel()
+    assert runtime.registry["t.ok"].restarts == 0
+    assert runtime.registry["t.ok"].exits == 1
+    assert journal.count(("start", "t.ok")) == 1
+    assert runtime.registry["t.bad"].last_error == "RuntimeError: boom"
+
+
+async def test_temporary_child_is_never_restarted_even_under_one_for_all(root_ctx, runtime):
+    journal = []
+    sup = Supervisor(kids(journal,
+                          ("temp", forever, Restart.TEMPORARY, {}),
+                          ("crasher", crash_after, Restart.PERMANENT, {"delay": 0.1})),
+                     strategy="one_for_all", intensity=100)
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        await wait_for(lambda: runtime.registry["t.crasher"].restarts >= 2)
+        n.cancel_scope.cancel()
+    assert journal.count(("start", "t.temp")) == 1
+    assert ("stop", "t.temp") in journal
+    assert runtime.registry["t.temp"].state == "stopped"
+
+
+async def test_intensity_exceeded_escalates_to_the_parent(root_ctx, runtime, caplog):
+    journal = []
+    inner = Supervisor(kids(journal, ("x", crash_after, Restart.PERMANENT, {}),
+                            ("y", forever, Restart.PERMANENT, {})),
+                       intensity=2, period=10)
+    outer = Supervisor([Child("inner", inner, restart=Restart.TRANSIENT)], intensity=0)
+    with pytest.RaisesGroup(Escalation) as info:
+        async with trio.open_nursery() as n:
+            await n.start(outer, root_ctx)
+    # inner escalated to outer (a crash of its child "inner"), outer has
+    # intensity 0 so it escalated in turn: the whole tree stopped.
+    assert str(info.value.exceptions[0]).startswith("t: 1 restarts within 5s exceed")
+    assert runtime.registry["t.inner"].escalations == 1
+    assert runtime.registry["t"].escalations == 1
+    assert runtime.registry["t.inner.x"].restarts == 2
+    assert ("stop", "t.inner.y") in journal
+    events = [r.event for r in caplog.records if hasattr(r, "event")]
+    assert "supervisor.escalate" in events and "child.restart" in events
+
+
+async def test_a_child_that_fails_to_start_fails_the_start(root_ctx):
+    journal = []
+    sup = Supervisor([Child("a", forever, args={"journal": journal}),
+                      Child("b", fail_to_start), Child("c", forever, args={"journal": journal})])
+    with pytest.raises(StartError, match="t.b failed to start: OSError: cannot bind"):
+        await sup(root_ctx)
+    assert journal == [("start", "t.a"), ("stop", "t.a")]
+
+
+async def test_a_child_ignoring_cancellation_is_abandoned_after_its_timeout(root_ctx, runtime):
+    sup = Supervisor([Child("mule", stubborn, args={"hold": 2.0}, shutdown=0.3)])
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        t0 = trio.current_time()
+        n.cancel_scope.cancel()
+    assert trio.current_time() - t0 < 1.5
+    assert runtime.registry["t.mule"].state == "abandoned"
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().split(") ")[1][0] != "Z"
+
+
+async def test_a_process_child_killed_with_sigkill_is_restarted(root_ctx, runtime, tmp_path):
+    pids = tmp_path / "pids"
+    sup = Supervisor([Child("proc", write_pid, args={"path": str(pids)}, process=True, shutdown=2.0)])
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        first = int(pids.read_text().split()[0])
+        assert first != os.getpid() and runtime.registry["t.proc"].pid == first
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: len(pids.read_text().split()) == 2 and runtime.registry["t.proc"].state == "running")
+        second = int(pids.read_text().split()[1])
+        assert second != first and alive(second)
+        assert runtime.registry["t.proc"].restarts == 1
+        assert "SIGKILL" in runtime.registry["t.proc"].last_error
+        n.cancel_scope.cancel()
+    await wait_for(lambda: not alive(second))
+
+
+async def test_a_process_child_that_ignores_sigterm_is_killed(root_ctx, runtime, tmp_path):
+    pids = tmp_path / "pids"
+    sup = Supervisor([Child("proc", stubborn_process, args={"path": str(pids)}, process=True, shutdown=0.5)])
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        pid = int(pids.read_text())
+        t0 = trio.current_time()
+        n.cancel_scope.cancel()
+    assert trio.current_time() - t0 < 2.0
+    assert not alive(pid)
