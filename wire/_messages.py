@@ -99,6 +99,8 @@ class Connect(Event, tag="connect"):
     port: int = 0
     src_address: str = ""
     src_port: int = 0
+    hostname: str = ""
+    """DNS name the agent saw resolve to ``address``, if any (Sigma's ``DestinationHostname``)."""
 
 
 class Bind(Event, tag="bind"):
