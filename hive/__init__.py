@@ -1,0 +1,1 @@
+"""The hive: router, registry, sentinel, correlate, playbook, store, API."""
