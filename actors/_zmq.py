@@ -271,6 +271,20 @@ class Duplex(Generic[T]):
         self._kick()
         await _shielded_checkpoint()
 
+    async def send_many(self, batch: list[list[bytes]]) -> None:
+        """Queue several messages with one wake-up of the pump."""
+        for start in range(0, len(batch), self._max_out):
+            while len(self._out) >= self._max_out:
+                if self._closed:
+                    raise SocketClosed("duplex closed")
+                await self._out_lot.park()
+            if self._closed:
+                raise SocketClosed("duplex closed")
+            await _checkpoint_if_cancelled()
+            self._out.extend(batch[start:start + self._max_out])
+            self._kick()
+            await _shielded_checkpoint()
+
     def send_nowait(self, frames: list[bytes]) -> bool:
         """Queue a message if there is room; False if the queue is full."""
         if self._closed or len(self._out) >= self._max_out:
