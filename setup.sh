@@ -26,7 +26,8 @@ fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing Python packages into .venv" >&2
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    # compat mode puts the checkout on sys.path, so new packages need no reinstall
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
     touch "$stamp"
 fi
 

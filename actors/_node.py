@@ -31,6 +31,8 @@ class Status(msgspec.Struct, kw_only=True):
     node: str
     pid: int
     started: float
+    ready: bool
+    """The whole tree has started."""
     actors: list[Snapshot]
     taps_offered: int = 0
     taps_lost: int = 0
@@ -59,6 +61,7 @@ class Node:
         self.run_dir = Path(run_dir)
         self.started = time.time()
         self.runtime: Runtime | None = None
+        self.ready = False
 
     def _lock(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,20 +89,26 @@ class Node:
                 info = {"name": self.name, "pid": os.getpid(), "started": self.started, **ep}
                 (self.run_dir / "node.json").write_text(json.dumps(info))
                 log_event(log, "node.start", pid=os.getpid(), run_dir=self.run_dir)
-                try:
-                    await self.root(ctx, task_status=task_status)
-                finally:
-                    nursery.cancel_scope.cancel()
+                await nursery.start(self._run_root, ctx, nursery.cancel_scope)
+                self.ready = True
+                log_event(log, "node.ready", actors=len(rt.registry))
+                task_status.started()
         finally:
             (self.run_dir / "node.json").unlink(missing_ok=True)
             os.close(lock)
             log_event(log, "node.stop")
 
+    async def _run_root(self, ctx: Context, done: trio.CancelScope, *, task_status: Any) -> None:
+        try:
+            await self.root(ctx, task_status=task_status)
+        finally:
+            done.cancel()
+
     def status(self) -> Status:
         rt = self.runtime
         assert rt is not None
         return Status(
-            node=self.name, pid=os.getpid(), started=self.started,
+            node=self.name, pid=os.getpid(), started=self.started, ready=self.ready,
             actors=[st.snapshot() for _, st in sorted(rt.registry.items())],
             taps_offered=rt.taps.offered, taps_lost=rt.taps.lost,
         )
