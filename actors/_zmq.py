@@ -37,6 +37,7 @@ _shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 _wait_readable = trio.lowlevel.wait_readable
 
 DEFAULT_BURST = 1024
+_RCVMORE = int(zmq.RCVMORE)
 
 
 class Socket(Generic[T]):
@@ -110,12 +111,22 @@ class Socket(Generic[T]):
         """Wait for at least one message; return up to ``limit`` of them, each
         as its list of frames."""
         await _checkpoint_if_cancelled()
-        recv = self.zmq.recv_multipart
+        z = self.zmq
+        recv, more = z.recv, z.get
         out: list[list[bytes]] = []
+        nbytes = 0
         while True:
             try:
                 while len(out) < limit:
-                    out.append(recv(zmq.NOBLOCK))
+                    frame = recv(zmq.NOBLOCK)
+                    nbytes += len(frame)
+                    msg = [frame]
+                    # Frames of one message arrive together, so these never block.
+                    while more(_RCVMORE):
+                        frame = recv(zmq.NOBLOCK)
+                        nbytes += len(frame)
+                        msg.append(frame)
+                    out.append(msg)
             except zmq.Again:
                 pass
             except zmq.ZMQError as e:
@@ -130,7 +141,7 @@ class Socket(Generic[T]):
         await _shielded_checkpoint()
         st = self.stats
         st.msgs_in += len(out)
-        st.bytes_in += sum(len(f) for m in out for f in m)
+        st.bytes_in += nbytes
         return out
 
     def decode(self, frame: bytes) -> T | None:
@@ -166,14 +177,19 @@ class Socket(Generic[T]):
 
     def _send_blocking_ok(self, frames: list[bytes]) -> bool:
         try:
-            self.zmq.send_multipart(frames, zmq.NOBLOCK)
+            if len(frames) == 1:
+                self.zmq.send(frames[0], zmq.NOBLOCK)
+                size = len(frames[0])
+            else:
+                self.zmq.send_multipart(frames, zmq.NOBLOCK)
+                size = sum(map(len, frames))
         except zmq.Again:
             return False
         except zmq.ZMQError as e:
             raise SocketClosed(f"send failed: {e}") from None
         st = self.stats
         st.msgs_out += 1
-        st.bytes_out += sum(len(f) for f in frames)
+        st.bytes_out += size
         return True
 
     async def _send_wait(self, frames: list[bytes]) -> None:
