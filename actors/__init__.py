@@ -5,6 +5,7 @@ It knows nothing about security; agents and the hive are built from it.
 
 from ._actor import ActorFn, Child, Context, Runtime, TaskStatus
 from ._codec import Codec
+from ._curve import ZAP_ENDPOINT, KeyFileError, KeyPair, check_key, curve_client, curve_server, zap_handler
 from ._errors import ActorError, DecodeError, Escalation, SocketClosed, StartError
 from ._log import get_logger, log_event, setup_logging
 from ._node import Node, NodeBusy, Status, endpoints, query_status
@@ -15,7 +16,8 @@ from ._tap import Taps, decode_tap
 from ._zmq import Duplex, Socket
 
 __all__ = [
-    "ActorError", "ActorFn", "Child", "Codec", "Context", "DecodeError", "Decision", "Duplex",
+    "ActorError", "ActorFn", "KeyFileError", "KeyPair", "ZAP_ENDPOINT", "check_key",
+    "curve_client", "curve_server", "zap_handler", "Child", "Codec", "Context", "DecodeError", "Decision", "Duplex",
     "Escalation", "Node", "NodeBusy", "Restart", "RestartPolicy", "Runtime", "Snapshot",
     "Socket", "SocketClosed", "StartError", "Statistics", "Status", "Strategy", "Supervisor",
     "TaskStatus", "Taps", "decode_tap", "endpoints", "get_logger", "log_event",

@@ -66,6 +66,9 @@ class Socket(Generic[T]):
         self._log = log or logging.getLogger("immune.socket")
         self._fd: int = zsock.getsockopt(zmq.FD)
         self._closed = False
+        self.copy = True
+        """False: receive ``zmq.Frame`` objects, which carry the connection's
+        properties such as the ``User-Id`` that ZAP authentication set."""
 
     # -- plumbing ---------------------------------------------------------
 
@@ -338,10 +341,10 @@ class Duplex(Generic[T]):
                 got = 0
                 try:
                     while got < room:
-                        frames = z.recv_multipart(zmq.NOBLOCK)
+                        frames = z.recv_multipart(zmq.NOBLOCK, copy=sock.copy)
                         self._in.append(frames)
                         got += 1
-                        sock.stats.bytes_in += sum(len(f) for f in frames)
+                        sock.stats.bytes_in += sum(map(len, frames) if sock.copy else (len(f.bytes) for f in frames))
                 except zmq.Again:
                     pass
                 except zmq.ZMQError as e:

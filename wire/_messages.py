@@ -144,6 +144,9 @@ class Hello(Struct, tag="hello", tag_field="type"):
 
 
 class Heartbeat(Struct, tag="heartbeat", tag_field="type"):
+    """Sent every few seconds; any message counts as a sign of life, this one
+    carries the agent's own health."""
+
     time: int = 0
     spooled: int = 0
     """Events on disk not yet acknowledged."""
@@ -152,8 +155,16 @@ class Heartbeat(Struct, tag="heartbeat", tag_field="type"):
 
 
 class EventBatch(Struct, tag="events", tag_field="type"):
+    """Events the agent has spooled to disk, in order.
+
+    ``seq`` counts 1, 2, 3, ... within one ``stream`` (a spool's random id,
+    new when a spool is created from nothing).  The hive stores a batch only
+    if its seq is the next one it expects for that (agent, stream); anything
+    lower is a redelivery (acknowledged again, stored nothing), anything
+    higher is a gap (refused with an ``Ack(resend=True)``)."""
+
     seq: int
-    """Per-agent sequence number of this batch; the hive dedupes on it."""
+    stream: str = ""
     events: list[AnyEvent] = []
 
 
@@ -175,7 +186,11 @@ AgentMessage = Hello | Heartbeat | EventBatch | CommandResult
 
 class Ack(Struct, tag="ack", tag_field="type"):
     seq: int
-    """Every batch up to and including this one is stored."""
+    """Every batch of ``stream`` up to and including this one is stored;
+    the agent may delete them."""
+    stream: str = ""
+    resend: bool = False
+    """The hive expected ``seq + 1`` and got something else: send again from there."""
 
 
 class Command(Struct, tag="command", tag_field="type"):
