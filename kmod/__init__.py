@@ -1,0 +1,40 @@
+"""SENTINEL IMMUNE's kernel side: BPF programs (tracepoints, cgroup sock_addr
+hooks), their build, a libbpf loader, a fanotify guard for exec and open
+blocks, the policy that becomes BPF maps and fanotify marks, and the decoder
+from kernel records to the wire contract's events.
+
+    with kmod.open_sensor(scope=kmod.Scope.machine()) as sensor:
+        while True:
+            sensor.wait()
+            for event in sensor.drain():
+                print(kmod.verdict_line(event) or event)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ._build import build, cache_dir
+from ._decode import Decoder, Verdicts, verdict_line
+from ._errors import BuildError, KernelError, KmodError, PolicyError, PrivilegeError, ScopeError
+from ._interface import Sensor, SensorStatistics
+from ._linux import LinuxSensor
+from ._policy import DEFAULT_POLICY, Policy, Rule
+from ._scope import Scope
+
+
+def open_sensor(policy=None, **options) -> Sensor:
+    """The sensor for this operating system (not started).  ``policy`` is a
+    ``Policy``, a path to a TOML file, or None for the default policy; the
+    options are those of ``LinuxSensor``."""
+    if sys.platform.startswith("linux"):
+        return LinuxSensor(policy, **options)
+    raise KernelError(f"no kernel sensor for {sys.platform} yet")
+
+
+__all__ = [
+    "DEFAULT_POLICY", "BuildError", "Decoder", "KernelError", "KmodError", "LinuxSensor",
+    "Policy",
+    "PolicyError", "PrivilegeError", "Rule", "Scope", "ScopeError", "Sensor",
+    "SensorStatistics", "Verdicts", "build", "cache_dir", "open_sensor", "verdict_line",
+]

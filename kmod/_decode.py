@@ -1,0 +1,220 @@
+"""Kernel records -> wire events, and the seed's verdict lines.
+
+The record layouts are ``kmod/bpf/sensor.h``; the structs below unpack them
+byte for byte.  Exec and open BLOCK verdicts are given by fanotify, which
+notes them in ``Verdicts`` before answering, so they are known by the time
+the kernel's record of the failed call is decoded."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import struct
+import threading
+import time
+
+from wire import Bind, Connect, Event, Exec, Exit, Fork, Open, SetId
+
+from ._policy import SETID_CALLS, Policy
+
+K_EXEC, K_FORK, K_EXIT, K_OPEN, K_SETID, K_CONNECT, K_BIND = range(1, 8)
+KINDS = {K_EXEC: "exec", K_FORK: "fork", K_EXIT: "exit", K_OPEN: "open",
+         K_SETID: "setid", K_CONNECT: "connect", K_BIND: "bind"}
+F_ARGS_TRUNC = 1
+F_PATH_TRUNC = 2
+RULE_NONE = 0xFFFFFFFF
+COMP_MAX, COMP_LEN = 16, 64
+_VERDICTS = ("allow", "audit", "block")
+_PROTOCOLS = {6: "tcp", 17: "udp"}
+_EPERM = -errno.EPERM
+
+HDR = struct.Struct("<BBHIIIIII4xQQ16s")
+_EXEC = struct.Struct("<iHH256s1280s")
+_PATHBUF = struct.Struct(f"<H6x{COMP_MAX * COMP_LEN}s")
+_FORK = struct.Struct("<I4x")
+_EXIT = struct.Struct("<i4x")
+_OPEN = struct.Struct("<iIIHH")
+_SETID = struct.Struct("<IIIi")
+_SOCK = struct.Struct("<HHBBHI16s4x")
+_EXE_OFF = HDR.size + _EXEC.size
+_CWD_OFF = _EXE_OFF + _PATHBUF.size
+_OPEN_PATH_OFF = HDR.size + _OPEN.size
+EXEC_SIZE = _CWD_OFF + _PATHBUF.size
+
+
+def _cstr(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _join(buf: bytes, at: int, truncated: bool) -> str:
+    depth, comps = _PATHBUF.unpack_from(buf, at)
+    names = [_cstr(comps[i * COMP_LEN:(i + 1) * COMP_LEN]) for i in range(min(depth, COMP_MAX))]
+    path = "/" + "/".join(reversed(names))
+    return "/\u2026" + path if truncated and depth >= COMP_MAX else path
+
+
+def wait_status_code(status: int) -> int:
+    """Exit status of a normal exit, minus the signal number of a killed one."""
+    return (status >> 8) & 0xFF if status & 0x7F == 0 else -(status & 0x7F)
+
+
+class Verdicts:
+    """Rule hits fanotify decided, keyed by (hook, pid), until the decoder
+    meets the kernel's record of the same call.  Shared between threads."""
+
+    def __init__(self, ttl: float = 10.0, limit: int = 4096):
+        self._ttl = ttl
+        self._limit = limit
+        self._hits: dict[tuple[str, int], tuple[float, str, str, str]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, hook: str, pid: int, rule: str, action: str, path: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._hits) >= self._limit:
+                for key in [k for k, v in self._hits.items() if now - v[0] > self._ttl]:
+                    del self._hits[key]
+                if len(self._hits) >= self._limit:  # never decoded: drop the oldest
+                    del self._hits[next(iter(self._hits))]
+            self._hits[(hook, pid)] = (now, rule, action, path)
+
+    def take(self, hook: str, pid: int) -> tuple[str, str, str] | None:
+        """(rule, action, path) noted for this call, if any."""
+        with self._lock:
+            hit = self._hits.pop((hook, pid), None)
+        if hit is None or time.monotonic() - hit[0] > self._ttl:
+            return None
+        return hit[1:]
+
+
+class Decoder:
+    """Turns raw records into wire events under the policy generation that
+    produced them (a reload must not rename the verdicts still in the ring)."""
+
+    def __init__(self, policy: Policy, verdicts: Verdicts | None = None,
+                 clock_offset_ns: int | None = None):
+        self.verdicts = verdicts or Verdicts()
+        self._policies: dict[int, Policy] = {0: policy}
+        self._current = 0
+        if clock_offset_ns is None:
+            clock_offset_ns = time.clock_gettime_ns(time.CLOCK_REALTIME) - \
+                time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        self._offset = clock_offset_ns
+        self._decoders = {K_EXEC: self._exec, K_FORK: self._fork, K_EXIT: self._exit,
+                          K_OPEN: self._open, K_SETID: self._setid,
+                          K_CONNECT: self._sock, K_BIND: self._sock}
+
+    def set_policy(self, generation: int, policy: Policy) -> None:
+        self._policies[generation] = policy
+        self._current = generation
+        for old in [g for g in self._policies if g not in (generation, (generation - 1) & 0xFFFF)]:
+            del self._policies[old]
+
+    def decode(self, rec: bytes) -> Event | None:
+        """The event for one record; None for an open the kernel's prefix
+        filter let through but no rule's glob matches."""
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup,
+         comm) = HDR.unpack_from(rec)
+        fn = self._decoders.get(kind)
+        if fn is None:
+            raise ValueError(f"unknown kernel record kind {kind}")
+        common = dict(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
+                      gid=gid, comm=_cstr(comm), cgroup=cgroup)
+        policy = self._policies.get(gen) or self._policies[self._current]
+        return fn(rec, kind, flags, policy, common)
+
+    def _exec(self, rec, kind, flags, policy, common) -> Exec:
+        result, args_len, _, filename, args = _EXEC.unpack_from(rec, HDR.size)
+        truncated = bool(flags & F_PATH_TRUNC)
+        argv = args[:args_len].split(b"\0")
+        if argv and argv[-1] == b"":
+            argv.pop()
+        ev_exe = _join(rec, _EXE_OFF, truncated) if result == 0 else ""
+        verdict, rule = "allow", ""
+        hit = self.verdicts.take("exec", common["pid"])
+        if hit is not None:
+            rule, action, path = hit
+            verdict = "block" if action == "block" and result == _EPERM else "audit"
+            ev_exe = ev_exe or path
+        else:
+            r = policy.match_exec(ev_exe or _cstr(filename), with_hash=False)
+            if r is not None:  # matched but not stopped (fail-open, or it failed anyway)
+                verdict, rule = "audit", r.name
+        return Exec(filename=_cstr(filename), exe=ev_exe,
+                    argv=[a.decode(errors="replace") for a in argv],
+                    argv_truncated=bool(flags & F_ARGS_TRUNC), result=result,
+                    cwd=_join(rec, _CWD_OFF, truncated), verdict=verdict, rule=rule, **common)
+
+    def _fork(self, rec, kind, flags, policy, common) -> Fork:
+        (child,) = _FORK.unpack_from(rec, HDR.size)
+        r = policy.match_fork()
+        return Fork(child_pid=child, verdict="audit" if r else "allow", rule=r.name if r else "",
+                    **common)
+
+    def _exit(self, rec, kind, flags, policy, common) -> Exit:
+        (status,) = _EXIT.unpack_from(rec, HDR.size)
+        return Exit(code=wait_status_code(status), **common)
+
+    def _open(self, rec, kind, flags, policy, common) -> Open | None:
+        result, oflags, _, path_len, _ = _OPEN.unpack_from(rec, HDR.size)
+        path = rec[_OPEN_PATH_OFF:_OPEN_PATH_OFF + max(path_len - 1, 0)].decode(errors="replace")
+        r = policy.match_open(path)
+        if r is None:
+            return None
+        verdict, rule = "audit", r.name
+        if r.action == "block":
+            hit = self.verdicts.take("open", common["pid"])
+            if hit is not None:
+                rule = hit[0]
+                if result == _EPERM:
+                    verdict = "block"
+        return Open(path=path, flags=oflags, result=result, verdict=verdict, rule=rule, **common)
+
+    def _setid(self, rec, kind, flags, policy, common) -> SetId:
+        call_code, old, new, result = _SETID.unpack_from(rec, HDR.size)
+        call = SETID_CALLS[call_code - 1] if 1 <= call_code <= len(SETID_CALLS) else str(call_code)
+        r = policy.match_setid(call, new)
+        return SetId(call=call, old=old, new=new, result=result,
+                     verdict="audit" if r else "allow", rule=r.name if r else "", **common)
+
+    def _sock(self, rec, kind, flags, policy, common) -> Connect | Bind:
+        family, port, proto, verdict, _, rule_id, addr = _SOCK.unpack_from(rec, HDR.size)
+        address = str(ipaddress.IPv4Address(addr[:4]) if family == 2 else ipaddress.IPv6Address(addr))
+        rule = None
+        if rule_id != RULE_NONE:  # generation << 16 | index, see Policy.sock_entries
+            decided_by = self._policies.get(rule_id >> 16, policy)
+            rule = decided_by.rule(rule_id & 0xFFFF)
+        cls = Connect if kind == K_CONNECT else Bind
+        return cls(family=family, protocol=_PROTOCOLS.get(proto, str(proto)), address=address,
+                   port=port, verdict=_VERDICTS[verdict] if verdict < 3 else "allow",
+                   rule=rule.name if rule else "", **common)
+
+
+def _endpoint(family: int, address: str, port: int) -> str:
+    return f"[{address}]:{port}" if family == 10 else f"{address}:{port}"
+
+
+def verdict_line(event: Event) -> str | None:
+    """The seed's line for a BLOCK or AUDIT verdict, e.g.
+    ``IMMUNE: [BLOCKED] exec /tmp/test.sh (pid=3158)``; None otherwise."""
+    if event.verdict == "block":
+        tag = "BLOCKED"
+    elif event.verdict == "audit":
+        tag = "AUDIT"
+    else:
+        return None
+    if isinstance(event, Exec):
+        what = f"exec {event.filename}"
+    elif isinstance(event, Open):
+        what = f"open {event.path}"
+    elif isinstance(event, Connect):
+        what = f"connect {_endpoint(event.family, event.address, event.port)}"
+    elif isinstance(event, Bind):
+        what = f"bind {_endpoint(event.family, event.address, event.port)}"
+    elif isinstance(event, SetId):
+        what = f"{event.call} {event.old}->{event.new}"
+    elif isinstance(event, Fork):
+        what = f"fork {event.child_pid}"
+    else:
+        return None
+    return f"IMMUNE: [{tag}] {what} (pid={event.pid})"

@@ -1,0 +1,394 @@
+"""Exec and open BLOCK through fanotify permission events.
+
+A permission event holds the calling process until it is answered, so this
+module is built around never hanging the host:
+
+* the responder answers on its own thread and never touches a watched file
+  itself (it reads through the event's descriptor, which fanotify opens
+  without notification);
+* files the policy allows get an ignore mark on their inode, so running them
+  again costs nothing; the kernel drops that mark when the file is modified
+  (FAN_MARK_IGNORED_SURV_MODIFY is deliberately not set), and a reload
+  flushes them all;
+* a watchdog fails open when the responder has not answered within a bound
+  (default 250 ms): it answers what is pending with FAN_ALLOW, removes the
+  marks so nothing new waits, says so loudly, and puts the marks back once
+  the responder answers again;
+* everything is attached to one fanotify descriptor: if the process dies, the
+  kernel allows whatever was pending and the marks go away."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ._decode import Verdicts
+from ._errors import KernelError
+from ._policy import Policy
+from ._scope import ResolvedScope
+from ._system import mounts
+
+log = logging.getLogger("kmod.fanotify")
+
+FAN_CLOEXEC = 0x1
+FAN_NONBLOCK = 0x2
+FAN_CLASS_CONTENT = 0x4
+FAN_MARK_ADD = 0x1
+FAN_MARK_IGNORED_MASK = 0x20
+FAN_MARK_FLUSH = 0x80
+FAN_MARK_MOUNT = 0x10
+FAN_MARK_FILESYSTEM = 0x100
+FAN_OPEN_PERM = 0x10000
+FAN_OPEN_EXEC_PERM = 0x40000
+FAN_EVENT_ON_CHILD = 0x08000000
+FAN_Q_OVERFLOW = 0x4000
+FAN_ALLOW = 0x1
+FAN_DENY = 0x2
+AT_FDCWD = -100
+
+_METADATA = struct.Struct("<IBBHQii")
+_RESPONSE = struct.Struct("<iI")
+_READ_SIZE = _METADATA.size * 128
+# Filesystems where nothing is executed from; marking them is pointless.
+_PSEUDO_FS = frozenset((
+    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "bpf", "tracefs", "debugfs",
+    "securityfs", "pstore", "configfs", "fusectl", "binfmt_misc", "nsfs", "autofs",
+    "efivarfs", "selinuxfs", "rpc_pipefs", "nfsd", "hugetlbfs",
+))
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_init = _libc.fanotify_init
+_init.restype = ctypes.c_int
+_init.argtypes = (ctypes.c_uint, ctypes.c_uint)
+_mark = _libc.fanotify_mark
+_mark.restype = ctypes.c_int
+_mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p)
+
+
+def _fanotify_mark(fd: int, flags: int, mask: int, dirfd: int = AT_FDCWD,
+                   path: str | None = None) -> None:
+    if _mark(fd, flags, mask, dirfd, os.fsencode(path) if path is not None else None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+
+
+class Guard:
+    """The fanotify group, its responder thread and its watchdog thread."""
+
+    def __init__(self, policy: Policy, scope: ResolvedScope, excluded: set[int],
+                 verdicts: Verdicts, notify: Callable[[str, str], None], bound: float = 0.25):
+        if bound <= 0:
+            raise ValueError("the watchdog bound must be positive")
+        self._policy = policy
+        self._scope = scope
+        self._excluded = excluded
+        self._verdicts = verdicts
+        self._notify = notify
+        self._bound = bound
+        self._lock = threading.Lock()
+        self._inflight: dict[int, bool] = {}  # event fd -> already answered
+        self._busy_since: float | None = None
+        self._failed_open = False
+        self._closed = False
+        self._stall = 0.0
+        self._marked_devs: set[int] = set()
+        self._hashes: OrderedDict[tuple, str] = OrderedDict()
+        self._stop = threading.Event()
+        self._counts = dict(allowed=0, denied=0, audited=0, cached=0, errors=0,
+                            fail_opens=0, overflows=0, failed_open_answers=0)
+        fd = _init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK,
+                   os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise KernelError(f"fanotify_init failed: {os.strerror(err)}"
+                              + (" (needs root)" if err == errno.EPERM else ""))
+        self._fd = fd
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._responder = threading.Thread(target=self._respond_loop, name="fanotify-responder",
+                                           daemon=True)
+        self._watchdog = threading.Thread(target=self._watch_loop, name="fanotify-watchdog",
+                                          daemon=True)
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            self._apply_marks()
+        self._responder.start()
+        self._watchdog.start()
+
+    def reload(self, policy: Policy) -> None:
+        """Swap the policy and redo the marks in place (the cache is flushed:
+        a file allowed before may be blocked now)."""
+        with self._lock:
+            self._policy = policy
+            self._hashes.clear()
+            if not self._failed_open:
+                self._apply_marks()
+
+    def close(self) -> None:
+        self._stop.set()
+        os.write(self._wake_w, b"x")
+        for t in (self._responder, self._watchdog):
+            if t.is_alive():
+                t.join(timeout=1.0)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)  # the kernel allows whatever is still pending
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    def stall(self, seconds: float) -> None:
+        """Drill: the responder sleeps this long before answering what it
+        reads next, as a hung responder would.  The watchdog must fail open."""
+        self._stall = seconds
+
+    def statistics(self) -> dict:
+        state = "failed-open" if self._failed_open else "armed"
+        return dict(self._counts, state=state, inflight=len(self._inflight),
+                    filesystems=len(self._marked_devs))
+
+    # ---- marks ------------------------------------------------------------------
+
+    def _apply_marks(self) -> None:
+        """Called with the lock held."""
+        _fanotify_mark(self._fd, FAN_MARK_FLUSH, 0)  # open marks and the allow cache
+        if self._policy.needs_exec_guard:
+            self._mark_filesystems()
+        else:
+            _fanotify_mark(self._fd, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM, 0)
+            self._marked_devs.clear()
+        for path, on_child in self._policy.open_marks():
+            mask = FAN_OPEN_PERM | (FAN_EVENT_ON_CHILD if on_child else 0)
+            try:
+                _fanotify_mark(self._fd, FAN_MARK_ADD, mask, path=path)
+            except OSError as e:
+                log.warning("cannot watch %s for open blocks: %s", path, e.strerror)
+
+    def _mark_filesystems(self) -> None:
+        """FAN_OPEN_EXEC_PERM on every filesystem one can execute from."""
+        for _, target, fstype in mounts():
+            if fstype in _PSEUDO_FS:
+                continue
+            try:
+                dev = os.stat(target).st_dev
+                if dev in self._marked_devs:
+                    continue
+                _fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM,
+                               path=target)
+            except OSError as e:
+                log.debug("not watching execs on %s (%s): %s", target, fstype, e.strerror)
+                continue
+            self._marked_devs.add(dev)
+
+    def _unmark_all(self) -> None:
+        for flags in (FAN_MARK_FLUSH, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM,
+                      FAN_MARK_FLUSH | FAN_MARK_MOUNT):
+            _fanotify_mark(self._fd, flags, 0)
+        self._marked_devs.clear()
+
+    # ---- the responder ----------------------------------------------------------
+
+    def _read_events(self) -> list[tuple[int, int, int]]:
+        """(mask, fd, pid) of what is queued, without blocking."""
+        try:
+            buf = os.read(self._fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        out, at = [], 0
+        while at + _METADATA.size <= len(buf):
+            length, _, _, _, mask, fd, pid = _METADATA.unpack_from(buf, at)
+            out.append((mask, fd, pid))
+            at += length
+        return out
+
+    def _respond_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set():
+            poller.poll()
+            if self._stop.is_set():
+                return
+            self._busy_since = time.monotonic()
+            try:
+                events = self._read_events()
+            except OSError as e:
+                log.error("fanotify read failed: %s", e.strerror)
+                self._busy_since = None
+                self._stop.wait(self._bound)
+                continue
+            with self._lock:
+                for _, fd, _ in events:
+                    if fd >= 0:
+                        self._inflight[fd] = False
+            if self._stall and events:
+                stall, self._stall = self._stall, 0.0
+                self._stop.wait(stall)
+            for mask, fd, pid in events:
+                self._handle(mask, fd, pid)
+            self._busy_since = None
+
+    def _handle(self, mask: int, fd: int, pid: int) -> None:
+        if mask & FAN_Q_OVERFLOW:
+            self._counts["overflows"] += 1
+            self._notify("fanotify-overflow", "fanotify queue overflowed; the kernel allowed "
+                                               "the calls it could not queue")
+            return
+        if fd < 0:
+            return
+        allow, cache = True, False
+        try:
+            allow, cache = self._decide(mask, fd, pid)
+        except Exception:
+            self._counts["errors"] += 1
+            log.exception("fanotify responder failed on an event of pid %d; allowing it", pid)
+        finally:
+            self._answer(mask, fd, allow, cache)
+
+    def _decide(self, mask: int, fd: int, pid: int) -> tuple[bool, bool]:
+        """(allow, cache).  Only a decision that does not depend on the process
+        may be cached: the ignore mark is on the file, for everyone."""
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        policy = self._policy
+        if mask & FAN_OPEN_EXEC_PERM:
+            hook, rule = "exec", policy.match_exec(path, lambda: self._digest(fd))
+        else:
+            hook, rule = "open", policy.match_open(path)
+        if rule is None:
+            self._counts["allowed"] += 1
+            return True, True
+        if pid in self._excluded or not self._scope.contains(pid):
+            self._counts["allowed"] += 1
+            return True, False
+        self._verdicts.record(hook, pid, rule.name, rule.action, path)
+        if rule.action == "audit":
+            self._counts["audited"] += 1
+            return True, False
+        self._counts["denied"] += 1
+        return False, False
+
+    def _digest(self, fd: int) -> str:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        digest = self._hashes.get(key)
+        if digest is None:
+            h, off = hashlib.sha256(), 0
+            while chunk := os.pread(fd, 1 << 20, off):
+                h.update(chunk)
+                off += len(chunk)
+            digest = h.hexdigest()
+            self._hashes[key] = digest
+            if len(self._hashes) > 4096:
+                self._hashes.popitem(last=False)
+        return digest
+
+    def _answer(self, mask: int, fd: int, allow: bool, cache: bool) -> None:
+        with self._lock:
+            answered = self._inflight.pop(fd, True)
+            if not answered and not self._closed:
+                self._write_response(fd, FAN_ALLOW if allow else FAN_DENY)
+                if cache and not self._failed_open:
+                    self._cache(mask, fd)
+        os.close(fd)
+
+    def _write_response(self, fd: int, response: int) -> None:
+        try:
+            os.write(self._fd, _RESPONSE.pack(fd, response))
+        except OSError as e:  # the caller was killed while waiting: nothing to answer
+            if e.errno != errno.ENOENT:
+                log.error("fanotify answer failed: %s", e.strerror)
+
+    def _cache(self, mask: int, fd: int) -> None:
+        ignore = mask & (FAN_OPEN_EXEC_PERM | FAN_OPEN_PERM)
+        try:
+            _fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, ignore, dirfd=fd)
+            self._counts["cached"] += 1
+        except OSError as e:
+            log.debug("cannot cache an allowed file: %s", e.strerror)
+
+    # ---- the watchdog -----------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        # /proc/self/mounts signals POLLPRI when a filesystem is (un)mounted
+        with open("/proc/self/mounts", "rb") as mounts_file:
+            poller.register(mounts_file.fileno(), select.POLLPRI)
+            interval_ms = max(1, int(self._bound * 1000 / 10))
+            while not self._stop.is_set():
+                ready = poller.poll(interval_ms)
+                if self._stop.is_set():
+                    return
+                if any(fd == mounts_file.fileno() for fd, _ in ready):
+                    mounts_file.seek(0)
+                    mounts_file.read()
+                    with self._lock:
+                        if not self._failed_open and self._policy.needs_exec_guard:
+                            self._mark_filesystems()
+                self._check()
+
+    def _check(self) -> None:
+        busy = self._busy_since
+        stuck_for = time.monotonic() - busy if busy is not None else 0.0
+        dead = not self._responder.is_alive()
+        if (stuck_for > self._bound or dead) and not self._failed_open:
+            self._fail_open(stuck_for, dead)
+        elif self._failed_open:
+            self._allow_queued()
+            if not dead and busy is None:
+                self._resume()
+
+    def _fail_open(self, stuck_for: float, dead: bool) -> None:
+        why = ("the responder thread died" if dead else
+               f"the responder has not answered for {stuck_for * 1000:.0f} ms")
+        detail = (f"{why} (bound {self._bound * 1000:.0f} ms): FAILING OPEN, exec and open "
+                  "blocks are off until it recovers")
+        log.critical("fanotify watchdog: %s", detail)
+        with self._lock:
+            self._failed_open = True
+            self._counts["fail_opens"] += 1
+            if not self._closed:
+                self._unmark_all()
+                for fd, answered in self._inflight.items():
+                    if not answered:
+                        self._write_response(fd, FAN_ALLOW)
+                        self._inflight[fd] = True
+                        self._counts["failed_open_answers"] += 1
+        self._allow_queued()
+        self._notify("watchdog-fail-open", detail)
+
+    def _allow_queued(self) -> None:
+        """Answer, unread and unjudged, what was queued before the marks went."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                events = self._read_events()
+                for _, fd, _ in events:
+                    if fd >= 0:
+                        self._write_response(fd, FAN_ALLOW)
+                        os.close(fd)
+                        self._counts["failed_open_answers"] += 1
+            if not events:
+                return
+
+    def _resume(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._apply_marks()
+            self._failed_open = False
+        log.warning("fanotify watchdog: the responder answers again; exec and open blocks "
+                    "are back on")
+        self._notify("watchdog-resumed", "the responder answers again; blocks are back on")

@@ -1,0 +1,73 @@
+"""The one interface every sensor implements (Linux today; a BSD reader
+can be added behind it), and what its statistics look like."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from wire import Event
+
+from ._policy import Policy
+
+
+@dataclass
+class SensorStatistics:
+    events: dict[str, int] = field(default_factory=dict)
+    """Events decoded so far, per kind."""
+    drops: dict[str, int] = field(default_factory=dict)
+    """Records the kernel could not queue (ring buffer full), per kind."""
+    pending_bytes: int = 0
+    """Bytes in the ring buffer not yet drained."""
+    fanotify: dict[str, int | str] = field(default_factory=dict)
+    """Permission answers (allowed, denied, audited, cached, ...) and errors."""
+    watchdog: str = "off"
+    """``armed``, ``failed-open`` or ``off`` (no fanotify)."""
+    policy_generation: int = 0
+
+
+class Sensor(abc.ABC):
+    """A kernel sensor: start it, wait on ``fileno()`` (or ``wait()``), call
+    ``drain()`` when it is readable, ``close()`` it at the end.
+
+    ``drain()`` never blocks; ``fileno()`` becomes readable when events are
+    pending (in batches, at most about ``latency`` late) or a notice (drops,
+    watchdog) is waiting.  Level-triggered: drain until it returns fewer
+    events than asked, then wait again."""
+
+    @abc.abstractmethod
+    def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def fileno(self) -> int: ...
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until ``fileno()`` is readable."""
+
+    @abc.abstractmethod
+    def drain(self, max_events: int = 4096) -> list[Event]: ...
+
+    @abc.abstractmethod
+    def reload(self, policy: Policy) -> None:
+        """Apply a new policy in place, without detaching anything."""
+
+    @abc.abstractmethod
+    def exclude(self, *pids: int) -> None:
+        """Never report or act on these processes (the agent's own)."""
+
+    @abc.abstractmethod
+    def include(self, *pids: int) -> None: ...
+
+    @abc.abstractmethod
+    def statistics(self) -> SensorStatistics: ...
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

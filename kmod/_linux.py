@@ -1,0 +1,338 @@
+"""The Linux sensor: BPF programs (tracepoints, cgroup sock_addr hooks) and
+a fanotify guard, behind the ``Sensor`` interface."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import os
+import select
+import struct
+import time
+from collections.abc import Iterable
+
+from wire import Event, Notice
+
+from ._build import build
+from ._decode import KINDS, Decoder, Verdicts
+from ._errors import KmodError
+from ._fanotify import Guard
+from ._interface import Sensor, SensorStatistics
+from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
+from ._policy import Policy
+from ._ringbuf import RingBuffer
+from ._scope import S_CGROUP, Scope
+from ._system import ensure_tracefs, require_btf, require_root
+
+log = logging.getLogger("kmod")
+
+# struct sensor_config in kmod/bpf/sensor.h
+_CONFIG = struct.Struct("<IIQQQII")
+_U32 = struct.Struct("<I")
+_OPEN_KEY_SIZE = 4 + 256
+_SOCK4_KEY_SIZE = 4 + 8
+_SOCK6_KEY_SIZE = 4 + 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("interval", _Timespec), ("value", _Timespec)]
+
+
+def _coerce_policy(policy: Policy | str | os.PathLike | None) -> Policy:
+    if policy is None:
+        return Policy.default()
+    if isinstance(policy, Policy):
+        return policy
+    return Policy.load(policy)
+
+
+class LinuxSensor(Sensor):
+    """Everything the kernel offers here: exec, fork, exit, open, set*id,
+    connect and bind events; connect/bind blocks in BPF; exec/open blocks
+    through fanotify.
+
+    ``latency`` bounds how late a lone event is delivered: the kernel wakes
+    the reader at most that often (or when ``wake_bytes`` are pending), and
+    after each drain a one-shot timer collects the tail of a burst.  An idle
+    sensor wakes nobody."""
+
+    def __init__(self, policy: Policy | str | os.PathLike | None = None, *,
+                 scope: Scope | str | None = None, exclude_pids: Iterable[int] = (),
+                 exclude_self: bool = True, ring_size: int = 16 << 20, latency: float = 0.02,
+                 wake_bytes: int | None = None, watchdog_bound: float = 0.25):
+        if ring_size < 1 << 16 or ring_size & (ring_size - 1):
+            raise ValueError(f"ring_size must be a power of two of at least 64 KiB, not {ring_size}")
+        if not 0 < latency <= 10:
+            raise ValueError(f"latency must be in (0, 10] seconds, not {latency}")
+        if not 0 < watchdog_bound <= 60:
+            raise ValueError(f"watchdog_bound must be in (0, 60] seconds, not {watchdog_bound}")
+        self._policy = _coerce_policy(policy)
+        self._scope = Scope.parse(scope) if isinstance(scope, str) else scope or Scope.machine()
+        self._excluded: set[int] = set(exclude_pids)
+        if exclude_self:
+            self._excluded.add(os.getpid())
+        self._ring_size = ring_size
+        self._latency = latency
+        self._wake_bytes = wake_bytes if wake_bytes is not None else min(ring_size // 8, 1 << 20)
+        self._bound = watchdog_bound
+        self._generation = 0
+        self._verdicts = Verdicts()
+        self._decoder = Decoder(self._policy, self._verdicts)
+        self._notices: collections.deque[Notice] = collections.deque()
+        self._counts = dict.fromkeys(KINDS.values(), 0)
+        self._drops_seen = dict.fromkeys(KINDS.values(), 0)
+        self._drops_checked = 0.0
+        self._bpf: BpfObject | None = None
+        self._ring: RingBuffer | None = None
+        self._guard: Guard | None = None
+        self._fds: list[int] = []
+        self._epoll: select.epoll | None = None
+        self._timer = self._event = -1
+        self._resolved = None
+        self._started = False
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            raise KmodError("sensor already started")
+        self._started = True
+        require_root()
+        require_btf()
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        ensure_tracefs()
+        obj = build()
+        self._resolved = resolved = self._scope.resolve()
+        bpf = self._bpf = BpfObject(obj)
+        bpf.set_max_entries("events", self._ring_size)
+        bpf.load()
+        self._write_config()
+        for pid in self._excluded:
+            map_update(bpf.map_fd("excluded"), _U32.pack(pid), b"\1")
+        cgroup_fd = self._open_fd(resolved.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
+        if resolved.code == S_CGROUP:
+            map_update(bpf.map_fd("scope_cgroup"), _U32.pack(0), _U32.pack(cgroup_fd))
+        self._install(self._policy, 0)
+        bpf.attach_tracing()
+        bpf.attach_cgroup(cgroup_fd)  # the scope's cgroup, else the v2 root: the whole machine
+
+        self._ring = RingBuffer(bpf.map_fd("events"), self._ring_size)
+        self._timer = _libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if self._timer < 0:
+            raise KmodError(f"timerfd_create failed: {os.strerror(ctypes.get_errno())}")
+        self._fds.append(self._timer)
+        self._event = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._fds.append(self._event)
+        self._epoll = select.epoll()
+        for fd in (bpf.map_fd("events"), self._timer, self._event):
+            self._epoll.register(fd, select.EPOLLIN)
+
+        self._guard = Guard(self._policy, resolved, self._excluded, self._verdicts, self._notice,
+                            self._bound)
+        self._guard.start()
+        log.info("kernel sensor started (scope %s, %d rules)", self._scope, len(self._policy.rules))
+
+    def _open_fd(self, path, flags: int) -> int:
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError as e:
+            raise KmodError(f"cannot open {path}: {e.strerror}") from None
+        self._fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        """Detach everything.  Safe to call twice, or after a failed start."""
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+        if self._bpf is not None:
+            self._bpf.close()
+            self._bpf = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+    # ---- waiting and draining ----------------------------------------------------
+
+    def fileno(self) -> int:
+        if self._epoll is None:
+            raise KmodError("sensor not started")
+        return self._epoll.fileno()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
+        return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+
+    def drain(self, max_events: int = 4096) -> list[Event]:
+        if self._ring is None or self._epoll is None:
+            raise KmodError("sensor not started")
+        for fd, _ in self._epoll.poll(0):
+            if fd in (self._timer, self._event):
+                try:
+                    os.read(fd, 8)
+                except BlockingIOError:
+                    pass
+        out: list[Event] = []
+        while self._notices and len(out) < max_events:
+            out.append(self._notices.popleft())
+        records = self._ring.read(max_events - len(out))
+        decode, counts = self._decoder.decode, self._counts
+        for rec in records:
+            ev = decode(rec)
+            if ev is not None:
+                counts[KINDS[rec[0]]] += 1
+                out.append(ev)
+        if records:
+            self._arm_timer()  # collect what arrives without a wake-up
+        now = time.monotonic()
+        if now - self._drops_checked > 0.5:
+            self._drops_checked = now
+            self._check_drops()
+            while self._notices and len(out) < max_events:
+                out.append(self._notices.popleft())
+        return out
+
+    def _arm_timer(self) -> None:
+        ns = int(self._latency * 1e9)
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
+        _libc.timerfd_settime(self._timer, 0, ctypes.byref(spec), None)
+
+    def _notice(self, what: str, detail: str, count: int = 0) -> None:
+        """Queue a notice for the next drain; safe from any thread."""
+        self._notices.append(Notice(time=time.time_ns(), pid=os.getpid(), what=what,
+                                    count=count, detail=detail, verdict="audit"))
+        if self._event >= 0:
+            os.eventfd_write(self._event, 1)
+
+    def _read_drops(self) -> dict[str, int]:
+        fd, size = self._bpf.map_fd("drops"), 8 * _possible_cpus()
+        out = {}
+        for code, kind in KINDS.items():
+            raw = map_lookup(fd, _U32.pack(code), size)
+            out[kind] = sum(struct.unpack(f"<{size // 8}Q", raw)) if raw else 0
+        return out
+
+    def _check_drops(self) -> None:
+        drops = self._read_drops()
+        lost = {k: n - self._drops_seen[k] for k, n in drops.items() if n > self._drops_seen[k]}
+        if lost:
+            self._drops_seen = drops
+            detail = " ".join(f"{k}={n}" for k, n in lost.items())
+            log.error("kernel ring buffer full: lost %s", detail)
+            self._notice("drops", f"ring buffer full, records lost: {detail}",
+                         count=sum(lost.values()))
+
+    # ---- policy, exclusions -------------------------------------------------------
+
+    def _write_config(self) -> None:
+        r = self._resolved
+        value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
+                             int(self._latency * 1e9), len(self._excluded), 0)
+        map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
+
+    def _install(self, new: Policy, generation: int) -> None:
+        """Bring the policy maps to ``new``: add and overwrite
+        first, delete what is gone last, so no rule has a gap in between."""
+        bpf = self._bpf
+        prefixes = {_U32.pack(len(k) * 8) + k.ljust(256, b"\0"): _U32.pack(v)
+                    for k, v in new.open_prefixes().items()}
+        new4, new6 = new.sock_entries(generation)
+        for name, entries, key_size in (("open_prefixes", prefixes, _OPEN_KEY_SIZE),
+                                         ("sock4_rules", new4, _SOCK4_KEY_SIZE),
+                                         ("sock6_rules", new6, _SOCK6_KEY_SIZE)):
+            fd = bpf.map_fd(name)
+            stale = set(map_keys(fd, key_size)) - set(entries)
+            for key, value in entries.items():
+                map_update(fd, key, value)
+            for key in stale:
+                map_delete(fd, key)
+
+    def reload(self, policy: Policy | str | os.PathLike) -> None:
+        new = _coerce_policy(policy)
+        if self._bpf is None:
+            raise KmodError("sensor not started")
+        generation = (self._generation + 1) & 0xFFFF
+        self._decoder.set_policy(generation, new)
+        self._install(new, generation)
+        self._generation = generation
+        self._write_config()
+        self._guard.reload(new)
+        self._policy = new
+        log.info("policy reloaded: generation %d, %d rules", generation, len(new.rules))
+
+    def exclude(self, *pids: int) -> None:
+        for pid in pids:
+            self._excluded.add(pid)
+            if self._bpf is not None:
+                map_update(self._bpf.map_fd("excluded"), _U32.pack(pid), b"\1")
+        if self._bpf is not None:
+            self._write_config()
+
+    def include(self, *pids: int) -> None:
+        for pid in pids:
+            self._excluded.discard(pid)
+            if self._bpf is not None:
+                map_delete(self._bpf.map_fd("excluded"), _U32.pack(pid))
+        if self._bpf is not None:
+            self._write_config()
+
+    # ---- introspection ---------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def guard(self) -> Guard | None:
+        """The fanotify guard (for drills: ``sensor.guard.stall(seconds)``)."""
+        return self._guard
+
+    def statistics(self) -> SensorStatistics:
+        fan = self._guard.statistics() if self._guard else {}
+        return SensorStatistics(
+            events=dict(self._counts),
+            drops=self._read_drops() if self._bpf else dict(self._drops_seen),
+            pending_bytes=self._ring.pending() if self._ring else 0,
+            fanotify={k: v for k, v in fan.items() if k != "state"},
+            watchdog=str(fan.get("state", "off")),
+            policy_generation=self._generation,
+        )
+
+    def attachments(self) -> dict[str, list[int]]:
+        """Kernel ids of this sensor's programs and links, to prove they go away."""
+        if self._bpf is None:
+            return {"programs": [], "links": []}
+        return {"programs": self._bpf.program_ids(), "links": self._bpf.link_ids()}
+
+
+def _possible_cpus() -> int:
+    """Per-CPU map values have one slot per possible CPU, not per online one."""
+    with open("/sys/devices/system/cpu/possible", encoding="ascii") as f:
+        n = 0
+        for part in f.read().strip().split(","):
+            low, _, high = part.partition("-")
+            n = max(n, int(high or low) + 1)
+        return n

@@ -1,0 +1,359 @@
+"""The sensor policy: rules ``{name, hook, match, action}`` read from TOML,
+matched in userspace and compiled into what the kernel side needs (BPF map
+entries, fanotify marks).  Plain objects: no kernel needed to test them.
+
+The file format is documented in ``default_policy.toml``."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+import struct
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._errors import PolicyError
+
+DEFAULT_POLICY = Path(__file__).parent / "default_policy.toml"
+
+HOOKS = ("exec", "open", "connect", "bind", "setid", "fork")
+ACTIONS = ("block", "audit")
+SETID_CALLS = ("setuid", "setreuid", "setresuid", "setfsuid",
+               "setgid", "setregid", "setresgid", "setfsgid")
+PROTOCOLS = {"tcp": 6, "udp": 17}
+_MATCH_KEYS = {
+    "exec": {"path", "sha256"},
+    "open": {"path"},
+    "connect": {"address", "port", "protocol"},
+    "bind": {"address", "port", "protocol"},
+    "setid": {"call", "id"},
+    "fork": set(),
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_PORTS_PER_RULE = 1024
+# Kernel constants, mirrored from kmod/bpf/sensor.h.
+PATH_LEN = 256
+VERDICT_CODE = {"audit": 1, "block": 2}
+HOOK_CODE = {"connect": 1, "bind": 2}
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` and ``?`` within one path component, ``**`` across, ``[..]`` classes."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                raise PolicyError(f"glob {pattern!r}: '[' without a closing ']'")
+            body = pattern[i + 1:end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def literal_prefix(pattern: str) -> str:
+    """The part of a glob before its first wildcard."""
+    m = re.search(r"[*?\[]", pattern)
+    return pattern if m is None else pattern[:m.start()]
+
+
+def has_wildcard(pattern: str) -> bool:
+    return literal_prefix(pattern) != pattern
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    hook: str
+    action: str
+    description: str = ""
+    paths: tuple[str, ...] = ()
+    sha256: frozenset[str] = frozenset()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    ports: tuple[int, ...] = ()
+    protocol: str = ""
+    calls: frozenset[str] = frozenset()
+    ids: frozenset[int] = frozenset()
+    _regexes: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+
+    def match_path(self, path: str) -> bool:
+        return any(r.match(path) for r in self._regexes)
+
+
+def _as_list(value, what: str) -> list:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return [value]
+    raise PolicyError(f"{what}: expected a value or a list, got {type(value).__name__}")
+
+
+def _strings(value, what: str) -> list[str]:
+    items = _as_list(value, what)
+    for v in items:
+        if not isinstance(v, str) or not v:
+            raise PolicyError(f"{what}: expected non-empty strings, got {v!r}")
+    return items
+
+
+def _ports(value, what: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for v in _as_list(value, what):
+        if isinstance(v, int) and not isinstance(v, bool):
+            low = high = v
+        elif isinstance(v, str) and re.fullmatch(r"\d+-\d+", v):
+            low, high = (int(x) for x in v.split("-"))
+        else:
+            raise PolicyError(f"{what}: {v!r} is not a port or a 'low-high' range")
+        if not 1 <= low <= high <= 65535:
+            raise PolicyError(f"{what}: {v!r} is outside 1-65535 or reversed")
+        out.extend(range(low, high + 1))
+    if len(out) > _MAX_PORTS_PER_RULE:
+        raise PolicyError(f"{what}: {len(out)} ports; at most {_MAX_PORTS_PER_RULE} per rule")
+    return tuple(dict.fromkeys(out))
+
+
+def _rule(table: object, index: int) -> Rule:
+    where = f"rule #{index + 1}"
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}: expected a table")
+    unknown = set(table) - {"name", "hook", "action", "description", "match"}
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    name = table.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise PolicyError(f"{where}: 'name' must be 1-64 letters, digits or _.:- (got {name!r})")
+    where = f"rule {name!r}"
+    hook, action = table.get("hook"), table.get("action")
+    if hook not in HOOKS:
+        raise PolicyError(f"{where}: 'hook' must be one of {', '.join(HOOKS)} (got {hook!r})")
+    if action not in ACTIONS:
+        raise PolicyError(f"{where}: 'action' must be block or audit (got {action!r})")
+    if action == "block" and hook in ("setid", "fork"):
+        raise PolicyError(f"{where}: {hook} can only be audited (no LSM hook to refuse it here)")
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise PolicyError(f"{where}: 'description' must be a string")
+    match = table.get("match", {})
+    if not isinstance(match, dict):
+        raise PolicyError(f"{where}: 'match' must be a table")
+    unknown = set(match) - _MATCH_KEYS[hook]
+    if unknown:
+        allowed = ", ".join(sorted(_MATCH_KEYS[hook])) or "none"
+        raise PolicyError(f"{where}: {hook} rules do not match on {', '.join(sorted(unknown))} "
+                          f"(allowed: {allowed})")
+
+    kw: dict = {}
+    if "path" in match:
+        paths = _strings(match["path"], f"{where}: match.path")
+        for p in paths:
+            if not p.startswith("/"):
+                raise PolicyError(f"{where}: path {p!r} must be absolute")
+            if hook == "open" and len(literal_prefix(p).encode()) >= PATH_LEN:
+                raise PolicyError(f"{where}: path {p!r} is longer than the kernel keeps")
+            if hook == "open" and action == "block" and "/" in p[len(literal_prefix(p)):]:
+                raise PolicyError(
+                    f"{where}: open block path {p!r} has a wildcard before its last "
+                    "component; fanotify watches single directories, so list them")
+        kw["paths"] = tuple(paths)
+        kw["_regexes"] = tuple(glob_regex(p) for p in paths)
+    if "sha256" in match:
+        digests = [d.lower() for d in _strings(match["sha256"], f"{where}: match.sha256")]
+        for d in digests:
+            if not _SHA256.fullmatch(d):
+                raise PolicyError(f"{where}: {d!r} is not a SHA-256 hex digest")
+        kw["sha256"] = frozenset(digests)
+    if hook in ("exec", "open") and not kw.get("paths") and not kw.get("sha256"):
+        need = "path or sha256" if hook == "exec" else "path"
+        raise PolicyError(f"{where}: {hook} rules need match.{need}")
+    if "address" in match:
+        nets = []
+        for a in _strings(match["address"], f"{where}: match.address"):
+            try:
+                nets.append(ipaddress.ip_network(a, strict=False))
+            except ValueError as e:
+                raise PolicyError(f"{where}: {e}") from None
+        kw["networks"] = tuple(nets)
+    if "port" in match:
+        kw["ports"] = _ports(match["port"], f"{where}: match.port")
+    if "protocol" in match:
+        proto = match["protocol"]
+        if proto not in PROTOCOLS:
+            raise PolicyError(f"{where}: protocol must be tcp or udp (got {proto!r})")
+        kw["protocol"] = proto
+    if "call" in match:
+        calls = _strings(match["call"], f"{where}: match.call")
+        bad = [c for c in calls if c not in SETID_CALLS]
+        if bad:
+            raise PolicyError(f"{where}: unknown call(s) {', '.join(bad)} "
+                              f"(known: {', '.join(SETID_CALLS)})")
+        kw["calls"] = frozenset(calls)
+    if "id" in match:
+        ids = _as_list(match["id"], f"{where}: match.id")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in ids):
+            raise PolicyError(f"{where}: match.id must be ids between 0 and 2^32-1")
+        kw["ids"] = frozenset(ids)
+    return Rule(name=name, hook=hook, action=action, description=description, **kw)
+
+
+class Policy:
+    """An ordered list of rules; within a hook the first match wins."""
+
+    def __init__(self, rules: Iterable[Rule] = (), origin: str = "<policy>"):
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        self.origin = origin
+        if len(self.rules) > 0xFFFF:
+            raise PolicyError(f"{origin}: {len(self.rules)} rules; at most 65535")
+        seen: set[str] = set()
+        for r in self.rules:
+            if r.name in seen:
+                raise PolicyError(f"{origin}: two rules are named {r.name!r}")
+            seen.add(r.name)
+        self._by_hook = {h: [(i, r) for i, r in enumerate(self.rules) if r.hook == h]
+                         for h in HOOKS}
+
+    @classmethod
+    def parse(cls, text: str, origin: str = "<policy>") -> Policy:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise PolicyError(f"{origin}: not valid TOML: {e}") from None
+        unknown = set(doc) - {"version", "rule"}
+        if unknown:
+            raise PolicyError(f"{origin}: unknown top-level key(s) {', '.join(sorted(unknown))}")
+        if doc.get("version", 1) != 1:
+            raise PolicyError(f"{origin}: policy version {doc['version']!r} is not supported (1 is)")
+        tables = doc.get("rule", [])
+        if not isinstance(tables, list):
+            raise PolicyError(f"{origin}: 'rule' must be an array of tables ([[rule]])")
+        try:
+            return cls((_rule(t, i) for i, t in enumerate(tables)), origin)
+        except PolicyError as e:
+            raise PolicyError(f"{origin}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise PolicyError(f"cannot read policy {path}: {e.strerror}") from None
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def default(cls) -> Policy:
+        return cls.load(DEFAULT_POLICY)
+
+    def rule(self, index: int) -> Rule | None:
+        return self.rules[index] if 0 <= index < len(self.rules) else None
+
+    # ---- matching in userspace -------------------------------------------
+
+    def match_exec(self, path: str, digest: Callable[[], str] | None = None,
+                   with_hash: bool = True) -> Rule | None:
+        """First exec rule matching ``path``.  ``digest`` computes the file's
+        SHA-256 only if a rule needs it; with ``with_hash=False`` rules that
+        need a digest are skipped (the decoder has no file to hash)."""
+        for _, r in self._by_hook["exec"]:
+            if r.paths and not r.match_path(path):
+                continue
+            if r.sha256:
+                if not with_hash or digest is None or digest() not in r.sha256:
+                    continue
+            return r
+        return None
+
+    def match_open(self, path: str) -> Rule | None:
+        for _, r in self._by_hook["open"]:
+            if r.match_path(path):
+                return r
+        return None
+
+    def match_setid(self, call: str, new: int) -> Rule | None:
+        for _, r in self._by_hook["setid"]:
+            if (not r.calls or call in r.calls) and (not r.ids or new in r.ids):
+                return r
+        return None
+
+    def match_fork(self) -> Rule | None:
+        rules = self._by_hook["fork"]
+        return rules[0][1] if rules else None
+
+    # ---- what the kernel side needs ----------------------------------------
+
+    @functools.cached_property
+    def needs_exec_guard(self) -> bool:
+        """Exec blocks and digest checks need fanotify's FAN_OPEN_EXEC_PERM."""
+        return any(r.action == "block" or r.sha256 for _, r in self._by_hook["exec"])
+
+    @functools.cached_property
+    def hashes_exec(self) -> bool:
+        return any(r.sha256 for _, r in self._by_hook["exec"])
+
+    def open_prefixes(self) -> dict[bytes, int]:
+        """LPM entries for the kernel's open filter: the literal prefix of each
+        glob (a whole path ends in NUL so it matches only itself) -> rule index."""
+        out: dict[bytes, int] = {}
+        for i, r in self._by_hook["open"]:
+            for p in r.paths:
+                prefix = literal_prefix(p).encode() if has_wildcard(p) else p.encode() + b"\0"
+                out.setdefault(prefix, i)
+        return out
+
+    def open_marks(self) -> list[tuple[str, bool]]:
+        """fanotify FAN_OPEN_PERM marks for open block rules: (path, on_child).
+        A whole path marks that file (or, if it does not exist yet, its
+        directory's children); a glob marks its directory's children."""
+        marks: dict[str, bool] = {}
+        for _, r in self._by_hook["open"]:
+            if r.action != "block":
+                continue
+            for p in r.paths:
+                if has_wildcard(p) or not Path(p).exists():
+                    base = literal_prefix(p) if has_wildcard(p) else p
+                    directory = base[:base.rindex("/") + 1] or "/"
+                    marks[directory.rstrip("/") or "/"] = True
+                else:
+                    marks.setdefault(p, False)
+        return list(marks.items())
+
+    def sock_entries(self, generation: int = 0) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """LPM entries (key, value) for the connect/bind tries, IPv4 and IPv6.
+
+        Key: prefixlen (u32, bits) then [hook, proto, port_hi, port_lo, address]
+        where proto 0 and port 0 mean any.  Value: the rule, as its index with
+        the policy generation in the high 16 bits (so a record names the rule
+        of the policy that decided it, even across a reload), and the verdict."""
+        v4: dict[bytes, bytes] = {}
+        v6: dict[bytes, bytes] = {}
+        for i, r in enumerate(self.rules):
+            if r.hook not in HOOK_CODE:
+                continue
+            value = struct.pack("<II", (generation & 0xFFFF) << 16 | i, VERDICT_CODE[r.action])
+            nets = r.networks or (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+            proto = PROTOCOLS.get(r.protocol, 0)
+            for net in nets:
+                table = v4 if net.version == 4 else v6
+                for port in r.ports or (0,):
+                    data = bytes((HOOK_CODE[r.hook], proto)) + port.to_bytes(2, "big")
+                    key = struct.pack("<I", 32 + net.prefixlen) + data + net.network_address.packed
+                    table.setdefault(key, value)  # an earlier rule wins
+        return v4, v6

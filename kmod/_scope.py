@@ -1,0 +1,150 @@
+"""What a sensor watches: the whole machine, one cgroup v2 subtree, or one
+network namespace.  Several agents on one machine (containers, or tests that
+simulate hosts in network namespaces) each see and act on their own
+processes only."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ScopeError
+from ._system import cgroup2_root
+
+SO_NETNS_COOKIE = 71
+CLONE_NEWNET = 0x40000000
+S_MACHINE, S_CGROUP, S_NETNS = 0, 1, 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """``Scope.machine()``, ``Scope.cgroup(path)`` or ``Scope.netns(path)``."""
+
+    kind: str = "machine"
+    path: str = ""
+
+    @classmethod
+    def machine(cls) -> Scope:
+        return cls()
+
+    @classmethod
+    def cgroup(cls, path: str | os.PathLike) -> Scope:
+        """A cgroup v2 directory, absolute or relative to the cgroup2 mount."""
+        return cls("cgroup", os.fspath(path))
+
+    @classmethod
+    def netns(cls, path: str | os.PathLike) -> Scope:
+        """A network namespace file: ``/run/netns/NAME`` or ``/proc/PID/ns/net``."""
+        return cls("netns", os.fspath(path))
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """``machine``, ``cgroup:PATH`` or ``netns:PATH`` (a bare netns name
+        means ``/run/netns/NAME``)."""
+        kind, _, path = text.partition(":")
+        if kind == "machine" and not path:
+            return cls.machine()
+        if kind == "cgroup" and path:
+            return cls.cgroup(path)
+        if kind == "netns" and path:
+            return cls.netns(path if "/" in path else f"/run/netns/{path}")
+        raise ScopeError(f"scope {text!r}: expected machine, cgroup:PATH or netns:PATH")
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "machine" else f"{self.kind}:{self.path}"
+
+    def resolve(self) -> ResolvedScope:
+        if self.kind == "machine":
+            return ResolvedScope(self, S_MACHINE, cgroup_dir=cgroup2_root())
+        if self.kind == "cgroup":
+            root = cgroup2_root()
+            path = Path(self.path)
+            if not (path.is_absolute() and path.is_dir() and _under(path, root)):
+                path = root / self.path.lstrip("/")
+            if not path.is_dir():
+                raise ScopeError(f"cgroup {self.path!r} does not exist under the cgroup2 "
+                                 f"mount {root}")
+            rel = path.relative_to(root)
+            return ResolvedScope(self, S_CGROUP, cgroup_dir=path,
+                                 cgroup_rel="/" if rel == Path(".") else f"/{rel}")
+        if self.kind == "netns":
+            try:
+                st = os.stat(self.path)
+            except OSError as e:
+                raise ScopeError(f"network namespace {self.path!r}: {e.strerror}") from None
+            return ResolvedScope(self, S_NETNS, cgroup_dir=cgroup2_root(),
+                                 netns=(st.st_dev, st.st_ino), netns_cookie=_netns_cookie(self.path))
+        raise ScopeError(f"unknown scope kind {self.kind!r}")
+
+
+def _under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _netns_cookie(path: str) -> int:
+    """The namespace's cookie (what bpf_get_netns_cookie() returns): ask a
+    socket created inside it, from a thread that enters it and then ends."""
+    result: list = []
+
+    def probe() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+            result.append(int.from_bytes(raw, "little"))
+        except OSError as e:
+            result.append(e)
+
+    t = threading.Thread(target=probe, name="netns-cookie")
+    t.start()
+    t.join()
+    if isinstance(result[0], OSError):
+        raise ScopeError(f"cannot enter network namespace {path!r}: {result[0].strerror}")
+    return result[0]
+
+
+@dataclass(frozen=True)
+class ResolvedScope:
+    scope: Scope
+    code: int
+    cgroup_dir: Path
+    cgroup_rel: str = ""
+    netns: tuple[int, int] = (0, 0)
+    netns_cookie: int = 0
+
+    def contains(self, pid: int) -> bool:
+        """Is this process in scope?  For fanotify, which sees every process.
+        A process that cannot be inspected counts as in scope: enforcing on
+        a stranger is safer than letting a member through."""
+        try:
+            if self.code == S_NETNS:
+                st = os.stat(f"/proc/{pid}/ns/net")
+                return (st.st_dev, st.st_ino) == self.netns
+            if self.code == S_CGROUP:
+                with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+                    for line in f:
+                        if line.startswith("0::"):
+                            path = line[3:].rstrip("\n")
+                            rel = self.cgroup_rel.rstrip("/")
+                            return path == rel or path.startswith(rel + "/") or rel == ""
+                return False
+        except OSError:
+            return True
+        return True
+

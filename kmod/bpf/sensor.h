@@ -1,0 +1,145 @@
+/* Record layouts shared by the BPF programs and kmod/_records.py.
+ * Change both together: the Python side unpacks these byte for byte. */
+#ifndef IMMUNE_SENSOR_H
+#define IMMUNE_SENSOR_H
+
+#define PATH_LEN 256      /* paths as passed to a syscall, NUL included */
+#define ARGS_LEN 1024     /* argv bytes kept, NUL-separated */
+#define ARG_LEN 256       /* longest single argument read when the exec failed */
+#define ARGC_MAX 64
+#define COMP_MAX 16       /* path components kept when walking dentries */
+#define COMP_LEN 64
+#define RULE_NONE 0xffffffffu
+
+enum kind {
+	K_EXEC = 1,
+	K_FORK,
+	K_EXIT,
+	K_OPEN,
+	K_SETID,
+	K_CONNECT,
+	K_BIND,
+	K_MAX,
+};
+
+enum verdict { V_ALLOW = 0, V_AUDIT = 1, V_BLOCK = 2 };
+enum scope { S_MACHINE = 0, S_CGROUP = 1, S_NETNS = 2 };
+enum hook { H_CONNECT = 1, H_BIND = 2 };
+
+enum setid_call {
+	C_SETUID = 1, C_SETREUID, C_SETRESUID, C_SETFSUID,
+	C_SETGID, C_SETREGID, C_SETRESGID, C_SETFSGID,
+};
+
+/* header flags */
+#define F_ARGS_TRUNC 1
+#define F_PATH_TRUNC 2   /* a path or path component did not fit */
+
+struct sensor_config {
+	__u32 scope;
+	__u32 gen;            /* policy generation, copied into every record */
+	__u64 netns_cookie;
+	__u64 wake_bytes;     /* wake the reader once this much is pending */
+	__u64 wake_ns;        /* ... or when the last wake-up is this old */
+	__u32 n_excluded;
+	__u32 _pad;
+};
+
+struct hdr {
+	__u8 kind;
+	__u8 flags;
+	__u16 gen;
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 euid;
+	__u32 gid;
+	__u32 _pad;
+	__u64 ts;             /* CLOCK_BOOTTIME ns */
+	__u64 cgroup;
+	char comm[16];
+};
+
+struct pathbuf {
+	__u16 depth;          /* components, leaf first */
+	__u16 _pad[3];
+	char comp[COMP_MAX][COMP_LEN];
+};
+
+struct exec_rec {
+	struct hdr h;
+	__s32 result;
+	__u16 args_len;
+	__u16 _pad;
+	char filename[PATH_LEN];
+	char args[ARGS_LEN + ARG_LEN];  /* slack so each argument read has a constant bound */
+	struct pathbuf exe;
+	struct pathbuf cwd;
+};
+
+struct fork_rec {
+	struct hdr h;
+	__u32 child_pid;
+	__u32 _pad;
+};
+
+struct exit_rec {
+	struct hdr h;
+	__s32 code;           /* wait status, as waitpid() reports it */
+	__u32 _pad;
+};
+
+struct open_rec {
+	struct hdr h;
+	__s32 result;
+	__u32 flags;
+	__u32 rule;           /* first rule whose prefix matched */
+	__u16 path_len;       /* NUL included */
+	__u16 _pad;
+	char path[PATH_LEN];
+};
+
+struct setid_rec {
+	struct hdr h;
+	__u32 call;
+	__u32 old;
+	__u32 new_id;
+	__s32 result;
+};
+
+struct sock_rec {
+	struct hdr h;
+	__u16 family;
+	__u16 port;           /* host byte order */
+	__u8 protocol;
+	__u8 verdict;
+	__u16 _pad;
+	__u32 rule;
+	__u8 addr[16];        /* network byte order; IPv4 in the first 4 bytes */
+	__u32 _pad2;
+};
+
+/* LPM keys: [hook, proto, port_hi, port_lo] then the address, so one
+ * trie holds both hooks and "any protocol/port" is the value 0. */
+struct sock4_key {
+	__u32 prefixlen;
+	__u8 data[8];
+};
+
+struct sock6_key {
+	__u32 prefixlen;
+	__u8 data[20];
+};
+
+struct rule_val {
+	__u32 rule;
+	__u32 action;         /* enum verdict */
+};
+
+struct open_key {
+	__u32 prefixlen;
+	char data[PATH_LEN];
+};
+
+#endif

@@ -1,0 +1,181 @@
+"""Policy parsing, matching and compilation: no kernel needed."""
+
+import struct
+
+import pytest
+
+from kmod import DEFAULT_POLICY, Policy, PolicyError
+from kmod._policy import glob_regex, literal_prefix
+
+
+def parse(text: str) -> Policy:
+    return Policy.parse(text, "test.toml")
+
+
+def test_default_policy_loads_and_covers_the_seed():
+    p = Policy.default()
+    assert {r.hook for r in p.rules} == {"exec", "connect", "bind", "open", "setid", "fork"}
+    assert p.match_exec("/tmp/test.sh").action == "block"
+    assert p.match_exec("/dev/shm/x/y").name == "exec-from-temp"
+    assert p.match_exec("/usr/bin/true") is None
+    assert p.match_open("/etc/shadow").action == "audit"
+    assert p.match_open("/etc/passwd") is None
+    assert p.match_setid("setuid", 65534).name == "setid-change"
+    assert p.match_fork().name == "process-fork"
+    assert p.needs_exec_guard and not p.hashes_exec
+    assert DEFAULT_POLICY.name == "default_policy.toml"
+
+
+@pytest.mark.parametrize("pattern,path,ok", [
+    ("/tmp/**", "/tmp/a/b/c", True),
+    ("/tmp/**", "/tmp/x", True),
+    ("/tmp/**", "/tmpx/y", False),
+    ("/tmp/*", "/tmp/a/b", False),
+    ("/tmp/*.sh", "/tmp/run.sh", True),
+    ("/etc/shadow", "/etc/shadow", True),
+    ("/etc/shadow", "/etc/shadow-", False),
+    ("/etc/ssh/ssh_host_?sa_key", "/etc/ssh/ssh_host_rsa_key", True),
+    ("/x/[ab]c", "/x/bc", True),
+    ("/x/[!ab]c", "/x/bc", False),
+    ("/x/a.b", "/x/aXb", False),
+])
+def test_globs(pattern, path, ok):
+    assert bool(glob_regex(pattern).match(path)) is ok
+
+
+def test_literal_prefix():
+    assert literal_prefix("/etc/sudoers.d/*") == "/etc/sudoers.d/"
+    assert literal_prefix("/etc/shadow") == "/etc/shadow"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[[rule]\n", "not valid TOML"),
+    ("version = 2", "version 2 is not supported"),
+    ("bogus = 1", "unknown top-level key"),
+    ('[[rule]]\nname="a"\nhook="exec"\naction="block"\nmatch.path="/tmp/*"\nextra=1',
+     "unknown key(s) extra"),
+    ('[[rule]]\nname="a b"\nhook="exec"\naction="block"', "'name' must be"),
+    ('[[rule]]\nname="a"\nhook="ptrace"\naction="block"', "'hook' must be one of"),
+    ('[[rule]]\nname="a"\nhook="exec"\naction="kill"', "'action' must be block or audit"),
+    ('[[rule]]\nname="a"\nhook="setid"\naction="block"', "setid can only be audited"),
+    ('[[rule]]\nname="a"\nhook="exec"\naction="block"', "exec rules need match.path or sha256"),
+    ('[[rule]]\nname="a"\nhook="exec"\naction="block"\nmatch.path="tmp/*"', "must be absolute"),
+    ('[[rule]]\nname="a"\nhook="exec"\naction="block"\nmatch.sha256="abc"', "not a SHA-256"),
+    ('[[rule]]\nname="a"\nhook="open"\naction="block"\nmatch.path="/srv/*/key"',
+     "wildcard before its last component"),
+    ('[[rule]]\nname="a"\nhook="connect"\naction="block"\nmatch.port=70000', "outside 1-65535"),
+    ('[[rule]]\nname="a"\nhook="connect"\naction="block"\nmatch.port="1-5000"', "at most 1024"),
+    ('[[rule]]\nname="a"\nhook="connect"\naction="block"\nmatch.address="10.0.0.300"',
+     "does not appear to be an IPv4 or IPv6 network"),
+    ('[[rule]]\nname="a"\nhook="connect"\naction="block"\nmatch.protocol="sctp"',
+     "protocol must be tcp or udp"),
+    ('[[rule]]\nname="a"\nhook="connect"\naction="block"\nmatch.path="/x"',
+     "connect rules do not match on path"),
+    ('[[rule]]\nname="a"\nhook="setid"\naction="audit"\nmatch.call="setuidx"', "unknown call"),
+    ('[[rule]]\nname="a"\nhook="fork"\naction="audit"\n[[rule]]\nname="a"\nhook="fork"\n'
+     'action="audit"', "two rules are named 'a'"),
+])
+def test_bad_policies_say_what_is_wrong(text, message):
+    with pytest.raises(PolicyError) as info:
+        parse(text)
+    assert message in str(info.value)
+    assert "test.toml" in str(info.value)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        Policy.load(tmp_path / "missing.toml")
+
+
+def test_first_matching_rule_wins_and_digest_is_lazy():
+    p = parse('''
+[[rule]]
+name = "allow-audit-opt"
+hook = "exec"
+action = "audit"
+match.path = "/opt/**"
+[[rule]]
+name = "bad-hash"
+hook = "exec"
+action = "block"
+match.sha256 = "''' + "a" * 64 + '''"
+''')
+    calls = []
+
+    def digest():
+        calls.append(1)
+        return "a" * 64
+
+    assert p.match_exec("/opt/tool", digest).name == "allow-audit-opt"
+    assert calls == []
+    assert p.match_exec("/usr/bin/x", digest).name == "bad-hash"
+    assert calls == [1]
+    assert p.match_exec("/usr/bin/x", lambda: "b" * 64) is None
+    assert p.match_exec("/usr/bin/x", digest, with_hash=False) is None
+    assert p.hashes_exec and p.needs_exec_guard
+
+
+def test_setid_match_on_call_and_id():
+    p = parse('[[rule]]\nname="to-root"\nhook="setid"\naction="audit"\n'
+              'match.call=["setuid","setresuid"]\nmatch.id=0')
+    assert p.match_setid("setuid", 0).name == "to-root"
+    assert p.match_setid("setuid", 1000) is None
+    assert p.match_setid("setgid", 0) is None
+
+
+def test_open_prefixes_end_whole_paths_with_nul():
+    p = Policy.default()
+    prefixes = p.open_prefixes()
+    assert prefixes[b"/etc/shadow\0"] == prefixes[b"/etc/sudoers.d/"]
+    assert b"/etc/shadow" not in prefixes
+
+
+def test_open_marks(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    p = parse(f'''
+[[rule]]
+name = "keys"
+hook = "open"
+action = "block"
+match.path = ["{secret}", "{tmp_path}/later", "{tmp_path}/keys/*.pem"]
+[[rule]]
+name = "watch"
+hook = "open"
+action = "audit"
+match.path = "/etc/**"
+''')
+    assert sorted(p.open_marks()) == sorted([
+        (str(secret), False), (str(tmp_path), True), (f"{tmp_path}/keys", True)])
+
+
+def test_sock_entries_layout():
+    p = parse('''
+[[rule]]
+name = "c2"
+hook = "connect"
+action = "block"
+match.address = ["127.0.0.1", "fd00::/8"]
+match.port = [4444, "5000-5001"]
+match.protocol = "tcp"
+[[rule]]
+name = "shadowed"
+hook = "connect"
+action = "audit"
+match.address = "127.0.0.1"
+match.port = 4444
+match.protocol = "tcp"
+[[rule]]
+name = "any-bind"
+hook = "bind"
+action = "audit"
+''')
+    v4, v6 = p.sock_entries(generation=3)
+    key = struct.pack("<I", 64) + bytes([1, 6]) + (4444).to_bytes(2, "big") + bytes([127, 0, 0, 1])
+    assert struct.unpack("<II", v4[key]) == (3 << 16 | 0, 2)  # the first rule wins
+    assert len(v4) == 3 + 1 and len(v6) == 3 + 1
+    any_bind = struct.pack("<I", 32) + bytes([2, 0, 0, 0]) + bytes(4)
+    assert struct.unpack("<II", v4[any_bind]) == (3 << 16 | 2, 1)
+    key6 = struct.pack("<I", 32 + 8) + bytes([1, 6]) + (5001).to_bytes(2, "big") + \
+        bytes([0xfd]) + bytes(15)
+    assert key6 in v6
