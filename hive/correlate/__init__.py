@@ -1,0 +1,38 @@
+"""Correlation: Sigma correlation rules over detection hits, and correlation
+across hosts (lateral movement, one binary spreading, incidents).
+
+Plain objects with an injected clock, bounded under a flood.  The correlate
+actor drives ``HostCorrelator``::
+
+    hosts = HostCorrelator(clock=trio.current_time)
+    hosts.set_addresses(hello.agent, hello.addresses)   # on each Hello
+    new_alerts = hosts.observe(event)                   # every event, agent set
+    alert.incident = hosts.observe_alert(alert)         # every alert from the sentinel
+    hosts.expire()                                      # about once a second
+    for incident in hosts.changed(): store(incident)    # after each batch
+
+``SigmaCorrelator`` runs inside the sentinel's ``hive.sigma.RuleEngine``.
+"""
+
+from ._hosts import (
+    LATERAL_MOVEMENT_RULE,
+    SPREAD_RULE,
+    HostCorrelator,
+    HostStatistics,
+    Incident,
+    TimelineEntry,
+)
+from ._sigma import (
+    OPERATORS,
+    TYPES,
+    CorrelationHit,
+    CorrelationRule,
+    CorrelatorStatistics,
+    SigmaCorrelator,
+)
+
+__all__ = [
+    "LATERAL_MOVEMENT_RULE", "OPERATORS", "SPREAD_RULE", "TYPES", "CorrelationHit",
+    "CorrelationRule", "CorrelatorStatistics", "HostCorrelator", "HostStatistics", "Incident",
+    "SigmaCorrelator", "TimelineEntry",
+]

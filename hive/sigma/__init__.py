@@ -1,0 +1,35 @@
+"""The sentinel's rule engine: Sigma rules compiled to matchers of our own.
+
+Drive it from an actor like this::
+
+    engine = RuleEngine(clock=trio.current_time)
+    report = engine.load(BUILTIN_RULES, "/etc/immune/rules")   # LoadReport
+    alerts = engine.process(event)      # for each wire event (hive sets event.agent)
+    alerts += engine.tick()             # about once a second
+    if engine.changed():                # poll every few seconds
+        report = engine.reload()
+
+``check_rules(DIR)`` is ``immune-node rules check DIR``: a LoadReport whose
+``format()`` lists every rule that did not load, with its reason.  The field
+mapping and logsources are documented in ``_fields.py``.
+"""
+
+from pathlib import Path
+
+from ._compile import LEVELS, Rule, SigmaEvent
+from ._engine import EngineStatistics, RuleEngine
+from ._errors import KINDS, RuleError
+from ._fields import CATEGORIES, FIELDS, SUBJECT_FIELDS, sigma_events
+from ._index import IndexSummary, RuleIndex
+from ._loader import LoadReport, RuleCache, RuleSet, check_rules, load_rules, signature
+from ._suppress import Suppressor, SuppressorStatistics
+
+BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules"
+"""The built-in rule pack (``hive/rules``)."""
+
+__all__ = [
+    "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "LEVELS", "SUBJECT_FIELDS",
+    "EngineStatistics", "IndexSummary", "LoadReport", "Rule", "RuleCache", "RuleEngine",
+    "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor", "SuppressorStatistics",
+    "check_rules", "load_rules", "sigma_events", "signature",
+]

@@ -1,0 +1,186 @@
+"""The sentinel's rule engine: wire events in, wire alerts out.
+
+A plain object with an injected clock; the sentinel actor feeds it and calls
+``tick()`` about once a second.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hive.correlate import CorrelationHit, CorrelatorStatistics, SigmaCorrelator
+from wire import Alert
+
+from ._compile import Rule, SigmaEvent
+from ._fields import SUBJECT_FIELDS, sigma_events
+from ._index import RuleIndex
+from ._loader import LoadReport, RuleCache, RuleSet, load_rules, signature
+from ._suppress import Suppressor, SuppressorStatistics
+
+_EMPTY = RuleSet(RuleIndex(()), (), frozenset(), LoadReport())
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    events: int
+    """Wire events processed."""
+    evaluated: int
+    """Rule tests run (what the index did not spare)."""
+    matched: int
+    alerts: int
+    rules: int
+    correlations: int
+    failed: int
+    """Rules that did not load at the last (re)load."""
+    suppression: SuppressorStatistics
+    correlation: CorrelatorStatistics
+
+
+class RuleEngine:
+    """Detection (Sigma rules, indexed) plus Sigma correlation plus repeat suppression.
+
+    ``suppress_window`` seconds: a rule hitting the same subject (see
+    ``SUBJECT_FIELDS``) on the same agent again within it raises no new alert;
+    the next alert after it says how many repeats were held back.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 suppress_window: float = 300.0, max_suppressed: int = 100_000,
+                 max_groups: int = 10_000, max_events: int = 10,
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+        self._clock = clock
+        self._new_id = new_id
+        self._max_groups = max_groups
+        self._max_events = max_events
+        self._suppressor = Suppressor(suppress_window, clock=clock, capacity=max_suppressed)
+        self._cache = RuleCache()
+        self._paths: tuple[Path, ...] = ()
+        self._set = _EMPTY
+        self._correlator = self._new_correlator(_EMPTY)
+        self._correlated = self._correlator.sources()
+        self._events = self._evaluated = self._matched = self._alerts = 0
+
+    # -- rules ----------------------------------------------------------
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._set
+
+    def load(self, *paths: Path | str) -> LoadReport:
+        """Replace the rules with those under ``paths`` (files or directories).
+
+        Raises RuleError, keeping the current rules, if a path does not exist.
+        Correlation windows start over; suppression carries on.
+        """
+        rules = load_rules(paths, self._cache)
+        self._paths = tuple(Path(p) for p in paths)
+        self._set = rules
+        self._correlator = self._new_correlator(rules)
+        self._correlated = self._correlator.sources()
+        return rules.report
+
+    def reload(self) -> LoadReport:
+        """Load the same paths again (only changed files are re-read)."""
+        return self.load(*self._paths)
+
+    def changed(self) -> bool:
+        """Whether a file under the loaded paths was added, removed or modified."""
+        return bool(self._paths) and signature(self._paths) != self._set.signature
+
+    def _new_correlator(self, rules: RuleSet) -> SigmaCorrelator:
+        return SigmaCorrelator(rules.correlations, clock=self._clock,
+                               max_groups=self._max_groups, max_events=self._max_events)
+
+    # -- events -----------------------------------------------------------
+
+    def process(self, event) -> list[Alert]:
+        """Alerts for one wire event."""
+        self._events += 1
+        alerts: list[Alert] = []
+        index, silent, correlated = self._set.index, self._set.silent, self._correlated
+        for category, fields in sigma_events(event):
+            view = SigmaEvent(category, fields, event)
+            for rule in index.candidates(view):
+                self._evaluated += 1
+                if not rule.match(view):
+                    continue
+                self._matched += 1
+                if rule.id not in silent:
+                    alert = self._hit_alert(rule, view, event)
+                    if alert is not None:
+                        alerts.append(alert)
+                if rule.id in correlated:
+                    for hit in self._correlator.observe(rule.id, fields, (event,)):
+                        self._add_correlation_alert(hit, alerts)
+        self._alerts += len(alerts)
+        return alerts
+
+    def process_batch(self, events: Iterable) -> list[Alert]:
+        alerts: list[Alert] = []
+        for event in events:
+            alerts.extend(self.process(event))
+        return alerts
+
+    def tick(self) -> list[Alert]:
+        """Expire windows; alerts of correlations judged when their window closed.
+
+        Call about once a second.
+        """
+        self._suppressor.expire()
+        alerts: list[Alert] = []
+        for hit in self._correlator.expire():
+            self._add_correlation_alert(hit, alerts)
+        self._alerts += len(alerts)
+        return alerts
+
+    def statistics(self) -> EngineStatistics:
+        report = self._set.report
+        return EngineStatistics(
+            events=self._events, evaluated=self._evaluated, matched=self._matched,
+            alerts=self._alerts, rules=len(report.rules), correlations=len(report.correlations),
+            failed=report.failed, suppression=self._suppressor.statistics(),
+            correlation=self._correlator.statistics())
+
+    # -- alerts -----------------------------------------------------------
+
+    def _hit_alert(self, rule: Rule, view: SigmaEvent, event) -> Alert | None:
+        fields = view.fields
+        subject = tuple(fields.get(name) for name in SUBJECT_FIELDS[view.category])
+        repeats = self._suppressor.admit((rule.id, event.agent, subject))
+        if repeats is None:
+            return None
+        detail = " ".join(f"{name}={fields[name]}" for name in sorted(rule.fields)
+                          if name in fields)
+        return Alert(id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
+                     tags=list(rule.tags), agent=event.agent, time=event.time, events=[event],
+                     detail=_with_repeats(detail, repeats))
+
+    def _add_correlation_alert(self, hit: CorrelationHit, alerts: list[Alert]) -> None:
+        rule = hit.rule
+        if rule.id in self._set.silent:
+            return
+        repeats = self._suppressor.admit((rule.id, tuple(sorted(hit.group.items(), key=str))))
+        if repeats is None:
+            return
+        agents = sorted({e.agent for e in hit.events})
+        group = " ".join(f"{k}={v}" for k, v in hit.group.items())
+        detail = f"{rule.type} {hit.value:g} within {rule.timespan:g}s"
+        if group:
+            detail += f" for {group}"
+        if len(agents) > 1:
+            detail += f" on {', '.join(agents)}"
+        alerts.append(Alert(
+            id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
+            tags=list(rule.tags), agent=agents[0] if len(agents) == 1 else "",
+            time=max((e.time for e in hit.events), default=0), events=list(hit.events),
+            detail=_with_repeats(detail, repeats)))
+
+
+def _with_repeats(detail: str, repeats: int) -> str:
+    if not repeats:
+        return detail
+    return f"{detail} ({repeats} repeat{'s' if repeats > 1 else ''} suppressed before)"
