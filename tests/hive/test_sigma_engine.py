@@ -1,0 +1,269 @@
+"""The rule engine driven the way the sentinel actor drives it: wire events in,
+wire alerts out, with a fake clock."""
+
+import os
+import textwrap
+
+import pytest
+
+from hive.sigma import RuleEngine, RuleError, check_rules, sigma_events
+from wire import Alert, Bind, Connect, Exec, Exit, Fork, Open, SetId
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+RULE = """\
+title: Exec from tmp
+id: 11111111-1111-4111-8111-111111111111
+status: test
+level: high
+tags: [attack.execution, attack.t1059]
+logsource: {product: linux, category: process_creation}
+detection:
+    selection:
+        Image|startswith: /tmp/
+    condition: selection
+"""
+
+
+def write(directory, name, text):
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def engine(tmp_path, clock):
+    write(tmp_path, "tmp.yml", RULE)
+    engine = RuleEngine(clock=clock, suppress_window=60)
+    report = engine.load(tmp_path)
+    assert report.ok and report.loaded == 1
+    return engine
+
+
+def tmp_exec(**kw):
+    base = dict(agent="web-1", pid=100, ppid=1, time=123, filename="/tmp/x", argv=["/tmp/x"])
+    return Exec(**{**base, **kw})
+
+
+# -- alerts --------------------------------------------------------------------
+
+
+def test_an_alert_carries_rule_event_and_agent(engine):
+    event = tmp_exec()
+    (alert,) = engine.process(event)
+    assert isinstance(alert, Alert)
+    assert alert.rule_id == "11111111-1111-4111-8111-111111111111"
+    assert alert.title == "Exec from tmp"
+    assert alert.level == "high"
+    assert alert.tags == ["attack.execution", "attack.t1059"]
+    assert alert.agent == "web-1" and alert.time == 123
+    assert alert.events == [event]
+    assert "Image=/tmp/x" in alert.detail
+    assert alert.id
+
+
+def test_benign_event_raises_nothing(engine):
+    assert engine.process(tmp_exec(filename="/usr/bin/ls")) == []
+    assert engine.statistics().matched == 0
+
+
+def test_repeats_are_suppressed_within_the_window(engine, clock):
+    assert len(engine.process(tmp_exec())) == 1
+    clock.now += 30
+    assert engine.process(tmp_exec(pid=101)) == []
+    assert engine.process(tmp_exec(pid=102)) == []
+    # another agent, or another subject, is not a repeat
+    assert len(engine.process(tmp_exec(agent="web-2"))) == 1
+    assert len(engine.process(tmp_exec(filename="/tmp/y"))) == 1
+    clock.now += 31
+    (alert,) = engine.process(tmp_exec(pid=103))
+    assert "2 repeats suppressed" in alert.detail
+    stats = engine.statistics().suppression
+    assert stats.suppressed == 2
+
+
+def test_tick_expires_suppression(engine, clock):
+    engine.process(tmp_exec())
+    assert engine.statistics().suppression.keys == 1
+    clock.now += 61
+    assert engine.tick() == []
+    assert engine.statistics().suppression.keys == 0
+
+
+def test_suppression_memory_is_capped(tmp_path, clock):
+    write(tmp_path, "tmp.yml", RULE)
+    engine = RuleEngine(clock=clock, suppress_window=60, max_suppressed=100)
+    engine.load(tmp_path)
+    for n in range(1000):
+        assert len(engine.process(tmp_exec(filename=f"/tmp/{n}"))) == 1
+    stats = engine.statistics().suppression
+    assert stats.keys == 100 and stats.evicted == 900
+
+
+# -- what counts as which logsource --------------------------------------------
+
+
+def test_failed_exec_is_no_process_creation_but_a_blocked_one_is():
+    assert sigma_events(Exec(filename="/x", result=-2)) == ()
+    ((category, fields),) = sigma_events(Exec(filename="/tmp/x", result=-1, verdict="block"))
+    assert category == "process_creation" and fields["Image"] == "/tmp/x"
+
+
+def test_exec_fields():
+    event = Exec(agent="a", pid=5, ppid=4, uid=1000, euid=0, filename="./run", exe="/opt/run",
+                 argv=["./run", "-v"], parent_image="/bin/bash", parent_cmdline="bash",
+                 user="alice", cwd="/opt", sha256="ab" * 32, container="c1")
+    ((_, f),) = sigma_events(event)
+    assert f["Image"] == "./run" and f["Exe"] == "/opt/run"
+    assert f["CommandLine"] == "./run -v"
+    assert (f["ParentImage"], f["ParentCommandLine"], f["User"]) == ("/bin/bash", "bash", "alice")
+    assert (f["ProcessId"], f["ParentProcessId"], f["LogonId"], f["Euid"]) == (5, 4, 1000, 0)
+    assert f["CurrentDirectory"] == "/opt" and f["Hashes"] == "SHA256=" + "ab" * 32
+    assert f["Agent"] == "a" and f["Container"] == "c1"
+    # the relay's command line wins over the raw argv
+    ((_, f),) = sigma_events(Exec(filename="/x", argv=["x"], cmdline="x --full"))
+    assert f["CommandLine"] == "x --full"
+
+
+def test_open_read_is_file_access_and_write_is_also_file_event():
+    ((category, f),) = sigma_events(Open(path="/etc/shadow", flags=os.O_RDONLY, image="/bin/cat"))
+    assert category == "file_access" and f["Access"] == "read"
+    assert f["TargetFilename"] == "/etc/shadow" and f["Image"] == "/bin/cat"
+    pairs = sigma_events(Open(path="/etc/cron.d/x", flags=os.O_WRONLY | os.O_CREAT))
+    assert [c for c, _ in pairs] == ["file_access", "file_event"]
+    assert pairs[0][1]["Access"] == "write"
+    # a failed write attempt created nothing
+    pairs = sigma_events(Open(path="/etc/cron.d/x", flags=os.O_WRONLY, result=-13))
+    assert [c for c, _ in pairs] == ["file_access"]
+
+
+def test_network_setid_bind_fork_fields():
+    ((c, f),) = sigma_events(Connect(address="1.2.3.4", port=443, src_address="10.0.0.2",
+                                     src_port=5000, family=2, hostname="x.example"))
+    assert c == "network_connection"
+    assert (f["DestinationIp"], f["DestinationPort"], f["SourceIp"], f["SourcePort"]) == \
+        ("1.2.3.4", 443, "10.0.0.2", 5000)
+    assert f["Initiated"] == "true" and f["DestinationIsIpv6"] == "false"
+    assert f["DestinationHostname"] == "x.example"
+    ((c, f),) = sigma_events(SetId(call="setuid", old=1000, new=0))
+    assert c == "setid" and (f["Call"], f["OldId"], f["NewId"]) == ("setuid", 1000, 0)
+    ((c, f),) = sigma_events(Bind(address="0.0.0.0", port=8080))
+    assert c == "bind" and (f["SourceIp"], f["SourcePort"]) == ("0.0.0.0", 8080)
+    ((c, f),) = sigma_events(Fork(pid=1, child_pid=2))
+    assert c == "fork" and f["ChildProcessId"] == 2
+    assert sigma_events(Exit(pid=1)) == ()
+
+
+def test_empty_enrichment_is_absent():
+    ((_, f),) = sigma_events(Exec(filename="/bin/ls"))
+    assert "User" not in f and "ParentImage" not in f and "Hashes" not in f
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def test_each_bad_rule_is_reported_and_the_rest_load(tmp_path):
+    write(tmp_path, "good.yml", RULE)
+    write(tmp_path, "yaml.yml", "title: [unclosed\n")
+    write(tmp_path, "field.yml", RULE.replace("1111-4111", "2222-4111").replace("Image|", "Hostname|"))
+    write(tmp_path, "auditd.yml", RULE.replace("1111-4111", "3333-4111")
+          .replace("category: process_creation", "service: auditd"))
+    write(tmp_path, "noid.yml", "\n".join(l for l in RULE.splitlines() if not l.startswith("id:")))
+    write(tmp_path, "z-dup.yml", RULE.replace("Exec from tmp", "Copy"))
+    write(tmp_path, "modifier.yml", RULE.replace("1111-4111", "4444-4111").replace("startswith", "startwith"))
+    write(tmp_path, "list.yml", "- just\n- a list\n")
+    (tmp_path / ".hidden.yml").write_text("garbage: [")
+    (tmp_path / "notes.txt").write_text("not a rule")
+    report = check_rules(tmp_path)
+    assert report.loaded == 1 and report.files == 8
+    kinds = {f.path.name: (f.kind, f.reason) for f in report.failures}
+    assert kinds["yaml.yml"][0] == "yaml" and "line" in kinds["yaml.yml"][1]
+    assert kinds["field.yml"] == ("field", kinds["field.yml"][1]) and "Hostname" in kinds["field.yml"][1]
+    assert kinds["auditd.yml"][0] == "logsource"
+    assert kinds["noid.yml"][0] == "metadata"
+    assert kinds["z-dup.yml"][0] == "duplicate" and "good.yml" in kinds["z-dup.yml"][1]
+    assert kinds["modifier.yml"][0] == "sigma" and "startwith" in kinds["modifier.yml"][1]
+    assert kinds["list.yml"][0] == "yaml"
+    text = report.format()
+    assert "8 files: 1 detection rules and 0 correlation rules loaded, 7 failed" in text
+    assert "field.yml [11111111-2222-4111-8111-111111111111] 'Exec from tmp': field:" in text
+
+
+def test_missing_directory_is_an_error(tmp_path, clock):
+    engine = RuleEngine(clock=clock)
+    with pytest.raises(RuleError) as e:
+        engine.load(tmp_path / "nope")
+    assert e.value.kind == "file"
+
+
+def test_reload_picks_up_changes_and_keeps_rules_on_error(tmp_path, clock):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    path = write(rules, "tmp.yml", RULE)
+    engine = RuleEngine(clock=clock)
+    engine.load(rules)
+    assert not engine.changed()
+    assert engine.process(tmp_exec())
+    path.write_text(RULE.replace("/tmp/", "/dev/shm/") + "\n")
+    os.utime(path, ns=(1, 1))
+    assert engine.changed()
+    report = engine.reload()
+    assert report.loaded == 1 and not engine.changed()
+    assert engine.process(tmp_exec(filename="/tmp/z")) == []
+    assert engine.process(tmp_exec(filename="/dev/shm/z"))
+    path.unlink()
+    assert engine.changed()
+    assert engine.reload().loaded == 0
+    assert engine.process(tmp_exec(filename="/dev/shm/q")) == []
+    rules.rmdir()
+    with pytest.raises(RuleError):
+        engine.reload()
+
+
+def test_multi_document_files_and_yaml_suffix(tmp_path, clock):
+    second = RULE.replace("1111-4111", "5555-4111").replace("/tmp/", "/var/tmp/")
+    write(tmp_path, "two.yaml", RULE + "---\n" + second)
+    engine = RuleEngine(clock=clock)
+    assert engine.load(tmp_path).loaded == 2
+    assert engine.process(tmp_exec(filename="/var/tmp/a"))
+
+
+def test_a_file_event_rule_sees_writes_only(tmp_path, clock):
+    write(tmp_path, "cron.yml", """\
+        title: cron write
+        id: 66666666-6666-4666-8666-666666666666
+        logsource: {product: linux, category: file_event}
+        detection:
+            selection:
+                TargetFilename|startswith: /etc/cron.d/
+            condition: selection
+        """)
+    engine = RuleEngine(clock=clock)
+    engine.load(tmp_path)
+    assert engine.process(Open(agent="a", path="/etc/cron.d/job", flags=os.O_RDONLY)) == []
+    assert engine.process(Open(agent="a", path="/etc/cron.d/job", flags=os.O_WRONLY | os.O_CREAT))
+
+
+def test_statistics_show_the_index_sparing_work(tmp_path, clock):
+    for n in range(50):
+        write(tmp_path, f"r{n}.yml", RULE.replace("11111111-1111", f"{n:08d}-1111")
+              .replace("Image|startswith: /tmp/", f"Image|endswith: /tool{n}"))
+    engine = RuleEngine(clock=clock)
+    assert engine.load(tmp_path).loaded == 50
+    for _ in range(10):
+        engine.process(Exec(agent="a", filename="/usr/bin/ls", argv=["ls"]))
+    assert engine.statistics().evaluated == 0
+    assert engine.process(Exec(agent="a", filename="/opt/tool7", argv=["x"]))
+    assert engine.statistics().evaluated == 1
