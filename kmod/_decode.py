@@ -60,16 +60,20 @@ def wait_status_code(status: int) -> int:
 
 class Verdicts:
     """Rule hits fanotify decided, keyed by (hook, pid), until the decoder
-    meets the kernel's record of the same call.  Shared between threads."""
+    meets the kernel's record of the same call.  Shared between threads.
+
+    Times are CLOCK_BOOTTIME, the kernel records' clock: a hit noted before
+    the answer can only belong to a record stamped after it, which keeps it
+    from sticking to an earlier call of the same process still in the ring."""
 
     def __init__(self, ttl: float = 10.0, limit: int = 4096):
-        self._ttl = ttl
+        self._ttl = int(ttl * 1e9)
         self._limit = limit
-        self._hits: dict[tuple[str, int], tuple[float, str, str, str]] = {}
+        self._hits: dict[tuple[str, int], tuple[int, str, str, str]] = {}
         self._lock = threading.Lock()
 
     def record(self, hook: str, pid: int, rule: str, action: str, path: str) -> None:
-        now = time.monotonic()
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         with self._lock:
             if len(self._hits) >= self._limit:
                 for key in [k for k, v in self._hits.items() if now - v[0] > self._ttl]:
@@ -78,11 +82,15 @@ class Verdicts:
                     del self._hits[next(iter(self._hits))]
             self._hits[(hook, pid)] = (now, rule, action, path)
 
-    def take(self, hook: str, pid: int) -> tuple[str, str, str] | None:
-        """(rule, action, path) noted for this call, if any."""
+    def take(self, hook: str, pid: int, stamp: int) -> tuple[str, str, str] | None:
+        """(rule, action, path) noted for the call of this process whose
+        record is stamped ``stamp`` (boot-time ns), if any."""
         with self._lock:
-            hit = self._hits.pop((hook, pid), None)
-        if hit is None or time.monotonic() - hit[0] > self._ttl:
+            hit = self._hits.get((hook, pid))
+            if hit is None or hit[0] > stamp:
+                return None
+            del self._hits[(hook, pid)]
+        if stamp - hit[0] > self._ttl:
             return None
         return hit[1:]
 
@@ -121,9 +129,9 @@ class Decoder:
         common = dict(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
                       gid=gid, comm=_cstr(comm), cgroup=cgroup)
         policy = self._policies.get(gen) or self._policies[self._current]
-        return fn(rec, kind, flags, policy, common)
+        return fn(rec, kind, flags, policy, common, ts)
 
-    def _exec(self, rec, kind, flags, policy, common) -> Exec:
+    def _exec(self, rec, kind, flags, policy, common, ts) -> Exec:
         result, args_len, _, filename, args = _EXEC.unpack_from(rec, HDR.size)
         truncated = bool(flags & F_PATH_TRUNC)
         argv = args[:args_len].split(b"\0")
@@ -131,7 +139,7 @@ class Decoder:
             argv.pop()
         ev_exe = _join(rec, _EXE_OFF, truncated) if result == 0 else ""
         verdict, rule = "allow", ""
-        hit = self.verdicts.take("exec", common["pid"])
+        hit = self.verdicts.take("exec", common["pid"], ts)
         if hit is not None:
             rule, action, path = hit
             verdict = "block" if action == "block" and result == _EPERM else "audit"
@@ -145,17 +153,17 @@ class Decoder:
                     argv_truncated=bool(flags & F_ARGS_TRUNC), result=result,
                     cwd=_join(rec, _CWD_OFF, truncated), verdict=verdict, rule=rule, **common)
 
-    def _fork(self, rec, kind, flags, policy, common) -> Fork:
+    def _fork(self, rec, kind, flags, policy, common, ts) -> Fork:
         (child,) = _FORK.unpack_from(rec, HDR.size)
         r = policy.match_fork()
         return Fork(child_pid=child, verdict="audit" if r else "allow", rule=r.name if r else "",
                     **common)
 
-    def _exit(self, rec, kind, flags, policy, common) -> Exit:
+    def _exit(self, rec, kind, flags, policy, common, ts) -> Exit:
         (status,) = _EXIT.unpack_from(rec, HDR.size)
         return Exit(code=wait_status_code(status), **common)
 
-    def _open(self, rec, kind, flags, policy, common) -> Open | None:
+    def _open(self, rec, kind, flags, policy, common, ts) -> Open | None:
         result, oflags, _, path_len, _ = _OPEN.unpack_from(rec, HDR.size)
         path = rec[_OPEN_PATH_OFF:_OPEN_PATH_OFF + max(path_len - 1, 0)].decode(errors="replace")
         r = policy.match_open(path)
@@ -163,21 +171,21 @@ class Decoder:
             return None
         verdict, rule = "audit", r.name
         if r.action == "block":
-            hit = self.verdicts.take("open", common["pid"])
+            hit = self.verdicts.take("open", common["pid"], ts)
             if hit is not None:
                 rule = hit[0]
                 if result == _EPERM:
                     verdict = "block"
         return Open(path=path, flags=oflags, result=result, verdict=verdict, rule=rule, **common)
 
-    def _setid(self, rec, kind, flags, policy, common) -> SetId:
+    def _setid(self, rec, kind, flags, policy, common, ts) -> SetId:
         call_code, old, new, result = _SETID.unpack_from(rec, HDR.size)
         call = SETID_CALLS[call_code - 1] if 1 <= call_code <= len(SETID_CALLS) else str(call_code)
         r = policy.match_setid(call, new)
         return SetId(call=call, old=old, new=new, result=result,
                      verdict="audit" if r else "allow", rule=r.name if r else "", **common)
 
-    def _sock(self, rec, kind, flags, policy, common) -> Connect | Bind:
+    def _sock(self, rec, kind, flags, policy, common, ts) -> Connect | Bind:
         family, port, proto, verdict, _, rule_id, addr = _SOCK.unpack_from(rec, HDR.size)
         address = str(ipaddress.IPv4Address(addr[:4]) if family == 2 else ipaddress.IPv6Address(addr))
         rule = None

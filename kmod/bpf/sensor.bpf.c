@@ -498,6 +498,8 @@ static __always_inline int open_exit(long ret)
 	struct sensor_config *c = get_config();
 	if (c) {
 		r->result = ret;
+		/* stamped on completion: after any fanotify verdict on the same call */
+		r->h.ts = bpf_ktime_get_boot_ns();
 		__u32 size = r->path_len;
 		if (size > PATH_LEN)
 			size = PATH_LEN;
@@ -585,6 +587,7 @@ static __always_inline int setid_exit(long ret)
 	struct sensor_config *c = get_config();
 	if (c) {
 		r->result = ret;
+		r->h.ts = bpf_ktime_get_boot_ns();
 		if (bpf_ringbuf_output(&events, r, sizeof(*r), wake_flags(c)))
 			count_drop(K_SETID);
 	}

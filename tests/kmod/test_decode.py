@@ -1,0 +1,169 @@
+"""Record decoding and verdict lines on hand-made records: no kernel needed.
+The layouts are written out here independently of kmod/_decode.py, from
+kmod/bpf/sensor.h."""
+
+import errno
+import socket
+import struct
+import time
+
+import pytest
+
+from kmod import Decoder, Policy, Verdicts, verdict_line
+from wire import Bind, Connect, Exec, Exit, Fork, Notice, Open, SetId
+
+OFFSET = 1_000_000_000_000
+
+
+def hdr(kind, pid=100, tid=None, ppid=1, uid=0, euid=0, gid=0, gen=0, flags=0, ts=5,
+        cgroup=7, comm=b"cmd"):
+    return struct.pack("<BBHIIIIII4xQQ16s", kind, flags, gen, pid, tid or pid, ppid, uid, euid,
+                       gid, ts, cgroup, comm)
+
+
+def pathbuf(path: str) -> bytes:
+    comps = [c for c in path.split("/") if c][::-1]
+    body = b"".join(c.encode().ljust(64, b"\0") for c in comps).ljust(16 * 64, b"\0")
+    return struct.pack("<H6x", len(comps)) + body
+
+
+def later() -> int:
+    """A kernel stamp after anything noted in Verdicts so far."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) + 1
+
+
+def exec_rec(filename, argv, result=0, exe="/usr/bin/x", cwd="/", flags=0, pid=100, ts=5):
+    args = b"".join(a.encode() + b"\0" for a in argv)
+    return (hdr(1, pid=pid, flags=flags, ts=ts) + struct.pack("<iHH", result, len(args), 0)
+            + filename.encode().ljust(256, b"\0") + args.ljust(1280, b"\0")
+            + pathbuf(exe) + pathbuf(cwd))
+
+
+def open_rec(path, result=3, oflags=0, pid=100, ts=5):
+    raw = path.encode() + b"\0"
+    return hdr(4, pid=pid, ts=ts) + struct.pack("<iIIHH", result, oflags, 0, len(raw), 0) + raw
+
+
+def sock_rec(kind, family, address, port, verdict=0, rule=0xFFFFFFFF, proto=6, gen=0):
+    packed = socket.inet_pton(family, address).ljust(16, b"\0")
+    return hdr(kind, gen=gen) + struct.pack("<HHBBHI16s4x", family, port, proto, verdict, 0,
+                                            rule, packed)
+
+
+@pytest.fixture
+def decoder():
+    return Decoder(Policy.default(), Verdicts(), clock_offset_ns=OFFSET)
+
+
+def test_successful_exec(decoder):
+    ev = decoder.decode(exec_rec("./run", ["./run", "-x", ""], exe="/usr/local/bin/run",
+                                 cwd="/home/a"))
+    assert isinstance(ev, Exec)
+    assert (ev.filename, ev.exe, ev.argv, ev.cwd) == \
+        ("./run", "/usr/local/bin/run", ["./run", "-x", ""], "/home/a")
+    assert (ev.pid, ev.tid, ev.ppid, ev.comm, ev.cgroup, ev.time) == (100, 100, 1, "cmd", 7,
+                                                                      OFFSET + 5)
+    assert ev.verdict == "allow" and ev.argv_truncated is False
+    assert verdict_line(ev) is None
+
+
+def test_exec_blocked_by_fanotify_names_its_rule(decoder):
+    decoder.verdicts.record("exec", 3158, "exec-from-temp", "block", "/tmp/test.sh")
+    # the process's own start, stamped before the verdict, does not take it
+    start = decoder.decode(exec_rec("/usr/bin/python3", ["python3"], pid=3158))
+    assert start.verdict == "allow"
+    ev = decoder.decode(exec_rec("/tmp/test.sh", ["/tmp/test.sh"], result=-errno.EPERM, pid=3158,
+                                 ts=later()))
+    assert (ev.verdict, ev.rule, ev.exe, ev.result) == \
+        ("block", "exec-from-temp", "/tmp/test.sh", -errno.EPERM)
+    assert verdict_line(ev) == "IMMUNE: [BLOCKED] exec /tmp/test.sh (pid=3158)"
+    # taken once: a later exec of the same process is judged afresh
+    assert decoder.verdicts.take("exec", 3158, later()) is None
+
+
+def test_exec_matching_a_block_rule_that_went_through_is_audited(decoder):
+    ev = decoder.decode(exec_rec("/tmp/x", ["/tmp/x"], exe="/tmp/x"))
+    assert (ev.verdict, ev.rule) == ("audit", "exec-from-temp")
+
+
+def test_truncation_flags(decoder):
+    ev = decoder.decode(exec_rec("/bin/a", ["a"], flags=1 | 2,
+                                 exe="/" + "/".join(f"d{i}" for i in range(16))))
+    assert ev.argv_truncated
+    assert ev.exe.startswith("/\u2026/d0/")
+
+
+def test_open_audit_and_prefix_false_positive(decoder):
+    ev = decoder.decode(open_rec("/etc/shadow", oflags=0o100000))
+    assert isinstance(ev, Open)
+    assert (ev.path, ev.flags, ev.result, ev.verdict, ev.rule) == \
+        ("/etc/shadow", 0o100000, 3, "audit", "open-credentials")
+    assert verdict_line(ev) == "IMMUNE: [AUDIT] open /etc/shadow (pid=100)"
+    # /etc/sudoers.d/ is a kernel prefix; a path under it matches "/etc/sudoers.d/*"
+    assert decoder.decode(open_rec("/etc/sudoers.d/x/y")) is None
+
+
+def test_open_block_uses_the_fanotify_verdict():
+    p = Policy.parse('[[rule]]\nname="keys"\nhook="open"\naction="block"\nmatch.path="/k/*"')
+    d = Decoder(p, Verdicts(), 0)
+    d.verdicts.record("open", 100, "keys", "block", "/k/a")
+    assert d.decode(open_rec("/k/a", result=-errno.EPERM, ts=later())).verdict == "block"
+    # failed open: fanotify did not answer in time, the call went through
+    assert d.decode(open_rec("/k/a", result=4, ts=later())).verdict == "audit"
+
+
+def test_connect_and_bind(decoder):
+    ev = decoder.decode(sock_rec(6, socket.AF_INET, "127.0.0.1", 4444, verdict=2, rule=1))
+    assert isinstance(ev, Connect)
+    assert (ev.address, ev.port, ev.family, ev.protocol, ev.verdict, ev.rule) == \
+        ("127.0.0.1", 4444, 2, "tcp", "block", "connect-c2-ports")
+    assert verdict_line(ev) == "IMMUNE: [BLOCKED] connect 127.0.0.1:4444 (pid=100)"
+    ev6 = decoder.decode(sock_rec(7, socket.AF_INET6, "::1", 4444, verdict=2, rule=2, proto=17))
+    assert isinstance(ev6, Bind)
+    assert (ev6.address, ev6.protocol, ev6.rule) == ("::1", "udp", "bind-c2-ports")
+    assert verdict_line(ev6) == "IMMUNE: [BLOCKED] bind [::1]:4444 (pid=100)"
+    allowed = decoder.decode(sock_rec(6, socket.AF_INET, "10.1.2.3", 80))
+    assert (allowed.verdict, allowed.rule) == ("allow", "")
+
+
+def test_rules_keep_the_name_of_the_policy_that_decided(decoder):
+    new = Policy.parse('[[rule]]\nname="other"\nhook="connect"\naction="audit"\nmatch.port=1')
+    decoder.set_policy(1, new)
+    old = decoder.decode(sock_rec(6, socket.AF_INET, "127.0.0.1", 4444, verdict=2, rule=1))
+    assert old.rule == "connect-c2-ports"
+    fresh = decoder.decode(sock_rec(6, socket.AF_INET, "127.0.0.1", 1, verdict=1,
+                                    rule=1 << 16 | 0, gen=1))
+    assert fresh.rule == "other"
+
+
+def test_setid_fork_exit(decoder):
+    ev = decoder.decode(hdr(5, pid=3162) + struct.pack("<IIIi", 1, 0, 65534, 0))
+    assert isinstance(ev, SetId)
+    assert (ev.call, ev.old, ev.new, ev.result, ev.verdict) == ("setuid", 0, 65534, 0, "audit")
+    assert verdict_line(ev) == "IMMUNE: [AUDIT] setuid 0->65534 (pid=3162)"
+    fork = decoder.decode(hdr(2, pid=10) + struct.pack("<I4x", 11))
+    assert isinstance(fork, Fork) and fork.child_pid == 11 and fork.rule == "process-fork"
+    assert verdict_line(fork) == "IMMUNE: [AUDIT] fork 11 (pid=10)"
+    assert decoder.decode(hdr(3) + struct.pack("<i4x", 3 << 8)).code == 3
+    killed = decoder.decode(hdr(3) + struct.pack("<i4x", 9))
+    assert isinstance(killed, Exit) and killed.code == -9
+
+
+def test_unknown_kind_is_an_error(decoder):
+    with pytest.raises(ValueError, match="unknown kernel record kind 42"):
+        decoder.decode(hdr(42))
+
+
+def test_verdict_line_ignores_notices():
+    assert verdict_line(Notice(what="drops", verdict="audit")) is None
+
+
+def test_verdicts_expire():
+    v = Verdicts(ttl=0.001)
+    v.record("exec", 1, "r", "block", "/x")
+    assert v.take("exec", 1, later() + 10**7) is None
+    v = Verdicts(limit=2)
+    for pid in range(3):
+        v.record("exec", pid, "r", "block", "/x")
+    assert v.take("exec", 0, later()) is None
+    assert v.take("exec", 2, later()) == ("r", "block", "/x")
