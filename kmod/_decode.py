@@ -187,7 +187,7 @@ class Decoder:
 
     def _sock(self, rec, kind, flags, policy, common, ts) -> Connect | Bind:
         family, port, proto, verdict, _, rule_id, addr = _SOCK.unpack_from(rec, HDR.size)
-        address = str(ipaddress.IPv4Address(addr[:4]) if family == 2 else ipaddress.IPv6Address(addr))
+        address = _address(family, addr)
         rule = None
         if rule_id != RULE_NONE:  # generation << 16 | index, see Policy.sock_entries
             decided_by = self._policies.get(rule_id >> 16, policy)
@@ -196,6 +196,14 @@ class Decoder:
         return cls(family=family, protocol=_PROTOCOLS.get(proto, str(proto)), address=address,
                    port=port, verdict=_VERDICTS[verdict] if verdict < 3 else "allow",
                    rule=rule.name if rule else "", **common)
+
+
+def _address(family: int, raw: bytes) -> str:
+    if family == 2:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    v6 = ipaddress.IPv6Address(raw)
+    # the dotted form, as people write it (Python < 3.13 prints ::ffff:7f00:1)
+    return f"::ffff:{v6.ipv4_mapped}" if v6.ipv4_mapped else str(v6)
 
 
 def _endpoint(family: int, address: str, port: int) -> str:

@@ -1,6 +1,6 @@
 """One real process making one call, for the kernel tests.
 
-    python _child.py [cgroup DIR] ACTION ARGS...
+    python _child.py [cgroup DIR] [drop UID GID] ACTION ARGS...
 
 Prints a JSON line with its pid and ppid before acting, then (unless it
 exec'd successfully) a JSON line with the outcome: {"errno": 0} or the errno
@@ -24,10 +24,6 @@ def endpoint(host: str, port: str):
 def act(action: str, args: list[str]) -> int:
     if action == "exec":
         os.execv(args[0], args)
-    elif action == "setids":  # UID GID PATH ARGS...: drop to uid/gid, then exec
-        os.setgid(int(args[1]))
-        os.setuid(int(args[0]))
-        os.execv(args[2], args[2:])
     elif action in ("connect", "bind"):
         family, addr = endpoint(*args[:2])
         kind = socket.SOCK_DGRAM if args[2:] == ["udp"] else socket.SOCK_STREAM
@@ -58,6 +54,10 @@ def main(argv: list[str]) -> None:
         argv = argv[2:]
     say(pid=os.getpid(), ppid=os.getppid())
     try:
+        if argv[0] == "drop":
+            os.setgid(int(argv[2]))
+            os.setuid(int(argv[1]))
+            argv = argv[3:]
         act(argv[0], argv[1:])
     except OSError as e:
         say(errno=e.errno)
