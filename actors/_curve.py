@@ -78,10 +78,12 @@ def check_key(key: bytes, what: str) -> bytes:
     return key
 
 
-def curve_server(sock: zmq.Socket, keys: KeyPair) -> None:
+def curve_server(sock: zmq.Socket, keys: KeyPair, domain: bytes = ZAP_DOMAIN) -> None:
+    """Make ``sock`` a CURVE server whose connections the ZAP handler
+    authorizes under ``domain``."""
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
-    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
@@ -91,8 +93,8 @@ def curve_client(sock: zmq.Socket, keys: KeyPair, server_public: bytes) -> None:
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
 
 
-Authorize = Callable[[bytes, str], "str | None"]
-"""``authorize(client_public_z85, peer_address) -> user id, or None to refuse``."""
+Authorize = Callable[[bytes, str, str], "str | None"]
+"""``authorize(client_public_z85, peer_address, domain) -> user id, or None to refuse``."""
 
 
 async def zap_handler(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, authorize: Authorize) -> None:
@@ -118,7 +120,7 @@ def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> list[byt
         return [version, request_id, b"400", b"CURVE required", b"", b""]
     public = z85.encode(creds[0])
     try:
-        user = authorize(public, addr)
+        user = authorize(public, addr, domain.decode(errors="replace"))
     except Exception as e:  # a broken lookup refuses, never admits
         ctx.log.error("authorize failed", exc_info=e)
         user = None

@@ -19,6 +19,7 @@ waiting for.  The rules this module keeps:
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from typing import Any, Generic, TypeVar
 
@@ -115,7 +116,8 @@ class Socket(Generic[T]):
         as its list of frames."""
         await _checkpoint_if_cancelled()
         z = self.zmq
-        recv, more = z.recv, z.get
+        more = z.get
+        recv = z.recv if self.copy else functools.partial(z.recv, copy=False)
         out: list[list[bytes]] = []
         nbytes = 0
         while True:
@@ -344,7 +346,7 @@ class Duplex(Generic[T]):
                         frames = z.recv_multipart(zmq.NOBLOCK, copy=sock.copy)
                         self._in.append(frames)
                         got += 1
-                        sock.stats.bytes_in += sum(map(len, frames) if sock.copy else (len(f.bytes) for f in frames))
+                        sock.stats.bytes_in += sum(map(len, frames))
                 except zmq.Again:
                     pass
                 except zmq.ZMQError as e:

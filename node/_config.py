@@ -36,6 +36,8 @@ class NodeConfig(_Section):
 class HiveConfig(_Section):
     listen: str = "tcp://0.0.0.0:7400"
     """Where agents connect (ZeroMQ endpoint; CURVE-encrypted)."""
+    enroll_listen: str = "tcp://0.0.0.0:7401"
+    """Where agents enroll with a one-time token (CURVE-encrypted)."""
     rules: list[str] = []
     """Extra Sigma rule folders, loaded after the built-in pack."""
     playbooks: list[str] = []

@@ -9,6 +9,8 @@ from ._messages import (
     AnyEvent,
     Bind,
     Command,
+    Enroll,
+    Enrolled,
     CommandResult,
     Connect,
     Event,
@@ -26,6 +28,6 @@ from ._messages import (
 
 __all__ = [
     "EVENT_KINDS", "WIRE_VERSION", "Ack", "AgentMessage", "Alert", "AnyEvent", "Bind",
-    "Command", "CommandResult", "Connect", "Event", "EventBatch", "Exec", "Exit", "Fork",
+    "Command", "CommandResult", "Enroll", "Enrolled", "Connect", "Event", "EventBatch", "Exec", "Exit", "Fork",
     "Heartbeat", "Hello", "HiveMessage", "Notice", "Open", "SetId",
 ]

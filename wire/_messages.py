@@ -207,6 +207,25 @@ HiveMessage = Ack | Command
 
 
 # --------------------------------------------------------------------------
+# Enrollment: on the hive's enrollment endpoint, where any CURVE key may
+# connect but only a valid one-time token gets that key enrolled.
+# --------------------------------------------------------------------------
+
+
+class Enroll(Struct, tag="enroll", tag_field="type"):
+    token: str
+    """The secret part of the one-time token ``immune-node enroll token`` printed."""
+    agent: str
+    """The name the agent asks for; the connection's CURVE key is what gets enrolled."""
+
+
+class Enrolled(Struct, tag="enrolled", tag_field="type"):
+    ok: bool
+    agent: str = ""
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------
 # Detections (hive internal, and what the API and playbooks see)
 # --------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ async def _serve(runtime, root_ctx, endpoint, server, allowed, got, with_zap=Tru
                 for ident, frame in await d.recv():
                     got.append((frame.get("User-Id"), frame.bytes))
 
-    def authorize(public, address):
+    def authorize(public, address, domain):
+        assert domain == "immune"
         return allowed.get(public)
 
     children = [Child("zap", zap_handler, args={"authorize": authorize})] if with_zap else []

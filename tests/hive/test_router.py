@@ -1,0 +1,199 @@
+"""The hive's door with real CURVE sockets: exactly-once storage, and every
+kind of bad peer refused, logged and counted while the others are served."""
+
+import socket
+import time
+
+import pytest
+import trio
+import zmq
+
+import wire
+from actors import Child, Codec, KeyPair, Supervisor, curve_client, zap_handler
+from hive import Store, enroll_actor, registry_actor, router_actor, store_actor, zap_authorizer
+
+AGENT = Codec(wire.AgentMessage)
+HIVE = Codec(wire.HiveMessage)
+
+
+def endpoint():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class Hive:
+    def __init__(self, tmp_path, max_frame=1 << 20):
+        self.db = tmp_path / "hive.db"
+        Store(self.db).close()
+        self.keys = KeyPair.generate()
+        self.listen, self.enroll_listen = endpoint(), endpoint()
+        self.tree = Supervisor([
+            Child("store", store_actor, args={"path": self.db}),
+            Child("registry", registry_actor, args={"path": self.db, "heartbeat_timeout": 1.0}),
+            Child("zap", zap_handler, args={"authorize": zap_authorizer(self.db)}),
+            Child("router", router_actor, args={"path": self.db, "keys": self.keys, "listen": self.listen,
+                                                 "max_frame": max_frame}),
+            Child("enroll", enroll_actor, args={"path": self.db, "keys": self.keys, "listen": self.enroll_listen}),
+        ], strategy="rest_for_one")
+
+    def enroll(self, name):
+        keys = KeyPair.generate()
+        s = Store(self.db)
+        s.enroll(name, keys.public.decode())
+        s.close()
+        return keys
+
+
+class Agent:
+    def __init__(self, runtime, hive, keys):
+        self.z = runtime.zmq.socket(zmq.DEALER)
+        self.z.setsockopt(zmq.LINGER, 0)
+        curve_client(self.z, keys, hive.keys.public)
+        self.z.connect(hive.listen)
+
+    def send(self, msg):
+        self.z.send(AGENT.encode(msg))
+
+    async def replies(self, n, timeout=5.0):
+        out = []
+        with trio.move_on_after(timeout):
+            while len(out) < n:
+                try:
+                    out.append(HIVE.decode(self.z.recv(zmq.NOBLOCK)))
+                except zmq.Again:
+                    await trio.sleep(0.01)
+        return out
+
+    def close(self):
+        self.z.close()
+
+
+def events(n, pid=1):
+    return [wire.Exec(time=time.time_ns() + i, pid=pid, filename="/bin/true", argv=["true"]) for i in range(n)]
+
+
+@pytest.fixture
+async def hive(tmp_path, root_ctx_factory):
+    h = Hive(tmp_path)
+    async with trio.open_nursery() as n:
+        await n.start(h.tree, root_ctx_factory())
+        yield h
+        n.cancel_scope.cancel()
+
+
+@pytest.fixture
+def root_ctx_factory(runtime):
+    from actors import Context
+    return lambda: Context(runtime, "hive")
+
+
+async def test_batches_are_stored_once_and_acknowledged(hive, runtime):
+    a = Agent(runtime, hive, hive.enroll("web-1"))
+    a.send(wire.Hello(agent="web-1", hostname="web-1.example"))
+    for seq in (1, 2, 2, 1, 3):
+        a.send(wire.EventBatch(seq=seq, stream="st", events=events(10, pid=seq)))
+    a.send(wire.EventBatch(seq=5, stream="st", events=events(10)))  # 4 is missing
+    acks = await a.replies(6)
+    a.close()
+    assert [(x.seq, x.resend) for x in acks] == [(1, False), (2, False), (2, False), (2, False), (3, False), (3, True)]
+    s = Store(hive.db, readonly=True)
+    assert len(s.events(agent="web-1", kind="exec", limit=1000)) == 30
+    assert sorted({e.pid for e in s.events(agent="web-1", kind="exec", limit=100)}) == [1, 2, 3]
+    assert runtime.registry["hive.store"].extra["duplicates"] == 2
+
+
+async def test_unenrolled_and_revoked_keys_are_refused_while_others_are_served(hive, runtime, caplog):
+    good = Agent(runtime, hive, hive.enroll("good"))
+    stranger = Agent(runtime, hive, KeyPair.generate())
+    doomed_keys = hive.enroll("doomed")
+    doomed = Agent(runtime, hive, doomed_keys)
+    doomed.send(wire.EventBatch(seq=1, stream="d", events=events(1)))
+    assert [x.seq for x in await doomed.replies(1)] == [1]
+
+    s = Store(hive.db)
+    s.revoke("doomed")  # as `immune-node enroll revoke` does, on a running hive
+    s.close()
+    await trio.sleep(1.5)
+    doomed.send(wire.EventBatch(seq=2, stream="d", events=events(1)))
+    stranger.send(wire.EventBatch(seq=1, stream="x", events=events(1)))
+    good.send(wire.EventBatch(seq=1, stream="g", events=events(4)))
+    assert [x.seq for x in await good.replies(1)] == [1]
+    assert await doomed.replies(1, timeout=0.5) == []
+    assert await stranger.replies(1, timeout=0.5) == []
+    for x in (good, stranger, doomed):
+        x.close()
+    st = Store(hive.db, readonly=True)
+    assert len(st.events(agent="good", kind="exec")) == 4 and len(st.events(agent="doomed", kind="exec")) == 1
+    assert runtime.registry["hive.zap"].extra["refused"] >= 1
+    # A revoked key's open connection is refused message by message, or the
+    # reconnect is refused by ZAP; either way it is logged.
+    refused = runtime.registry["hive.router"].extra["revoked"] + runtime.registry["hive.zap"].extra["refused"]
+    assert refused >= 2
+    assert any(getattr(r, "event", "") == "auth.refused" for r in caplog.records)
+
+
+async def test_garbage_oversized_and_wrongly_typed_frames_are_counted(tmp_path, runtime):
+    from actors import Context
+    h = Hive(tmp_path, max_frame=4096)
+    async with trio.open_nursery() as n:
+        await n.start(h.tree, Context(runtime, "hive"))
+        a = Agent(runtime, h, h.enroll("a"))
+        a.z.send(b"\xc1\x00garbage")
+        a.z.send(b"x" * 10_000)
+        a.z.send(HIVE.encode(wire.Ack(seq=1)))  # a hive message, from an agent
+        a.z.send_multipart([b"two", b"frames"])
+        a.send(wire.EventBatch(seq=1, stream="s", events=events(2)))
+        acks = await a.replies(1)
+        a.close()
+        n.cancel_scope.cancel()
+    st = runtime.registry["hive.router"]
+    assert [x.seq for x in acks] == [1]
+    assert st.malformed == 2  # garbage and the wrong type
+    assert st.extra["oversized"] == 1 and st.extra["wrong_type"] == 1
+    assert st.restarts == 0
+
+
+async def test_enrollment_with_a_one_time_token(hive, runtime):
+    s = Store(hive.db)
+    token = s.new_token()
+    s.close()
+    keys = KeyPair.generate()
+
+    async def enroll(name, secret):
+        z = runtime.zmq.socket(zmq.REQ)
+        z.setsockopt(zmq.LINGER, 0)
+        curve_client(z, keys, hive.keys.public)
+        z.connect(hive.enroll_listen)
+        z.send(Codec(wire.Enroll).encode(wire.Enroll(token=secret, agent=name)))
+        try:
+            with trio.fail_after(5):
+                while True:
+                    try:
+                        return Codec(wire.Enrolled).decode(z.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        await trio.sleep(0.01)
+        finally:
+            z.close()
+
+    assert await enroll("db-1", token) == wire.Enrolled(ok=True, agent="db-1")
+    again = await enroll("db-1", token)
+    assert again.ok is False and again.detail == "token already used"
+    a = Agent(runtime, hive, keys)
+    a.send(wire.EventBatch(seq=1, stream="s", events=events(1)))
+    assert [x.seq for x in await a.replies(1)] == [1]
+    a.close()
+
+
+async def test_silent_agent_goes_offline_and_that_is_an_event(hive, runtime):
+    a = Agent(runtime, hive, hive.enroll("quiet"))
+    a.send(wire.Hello(agent="quiet"))
+    with trio.fail_after(10):
+        while True:
+            await trio.sleep(0.2)
+            rows = {r.id: r for r in Store(hive.db, readonly=True).agents()}
+            if rows["quiet"].last_seen and not rows["quiet"].online:
+                break
+    a.close()
+    notices = [e.what for e in Store(hive.db, readonly=True).events(agent="quiet", kind="notice")]
+    assert "agent_offline" in notices
