@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,3 +108,12 @@ def sensor():
     s.start()
     yield s
     s.close()
+
+
+@pytest.fixture
+def workdir():
+    """A scratch directory outside /tmp, /var/tmp and /dev/shm, whose
+    executables the default policy lets run."""
+    path = Path(tempfile.mkdtemp(prefix="immune-kmod-", dir="/var/lib"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""``python -m kmod build`` compiles the BPF programs (cached);
+``python -m kmod run`` runs the sensor and prints the seed's verdict lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+import msgspec
+
+from . import KmodError, LinuxSensor, Policy, Scope, build, verdict_line
+
+
+def _build(args: argparse.Namespace) -> int:
+    print(build(force=args.force))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    stop = False
+
+    def on_signal(signum, frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sensor = LinuxSensor(Policy.load(args.policy) if args.policy else None,
+                         scope=Scope.parse(args.scope), watchdog_bound=args.watchdog_ms / 1000)
+    sensor.start()
+    try:
+        if args.ready:
+            with open(args.ready + ".tmp", "w") as f:
+                json.dump(dict(pid=os.getpid(), **sensor.attachments()), f)
+            os.replace(args.ready + ".tmp", args.ready)
+        encode = msgspec.json.encode
+        out = sys.stdout
+        while not stop:
+            sensor.wait(0.2)
+            for event in sensor.drain():
+                line = verdict_line(event)
+                if line:
+                    out.write(line + "\n")
+                if args.events:
+                    out.write(encode(event).decode() + "\n")
+            out.flush()
+    finally:
+        sensor.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kmod", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the BPF programs (only if their sources changed)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.set_defaults(fn=_build)
+    r = sub.add_parser("run", help="run the sensor, print verdict lines until SIGTERM/SIGINT")
+    r.add_argument("--policy", help="policy TOML file (default: kmod/default_policy.toml)")
+    r.add_argument("--scope", default="machine",
+                   help="machine (default), cgroup:PATH or netns:PATH|NAME")
+    r.add_argument("--events", action="store_true", help="also print every event as JSON")
+    r.add_argument("--watchdog-ms", type=float, default=250.0,
+                   help="fail open when fanotify is not answered within this (default 250)")
+    r.add_argument("--ready", metavar="FILE",
+                   help="once running, write {pid, programs, links} as JSON to FILE")
+    r.set_defaults(fn=_run)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except KmodError as e:
+        print(f"kmod: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Blocks beyond the default policy: SHA-256 deny list, open blocks,
+policy reloads in place, the allow cache and its invalidation."""
+
+import errno
+import hashlib
+import socket
+
+import pytest
+
+from kmod import DEFAULT_POLICY, LinuxSensor, Policy, verdict_line
+from wire import Connect, Exec, Open
+
+from .conftest import _REASON, collect, executable_copy, flush, kernel, run_child
+
+pytestmark = kernel
+
+
+@pytest.fixture(scope="module")
+def sensor():
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    s = LinuxSensor()
+    s.start()
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def default_policy_after(sensor):
+    yield
+    sensor.reload(Policy.default())
+
+
+def with_rules(extra: str) -> Policy:
+    """Extra rules first (first match wins), then the default ones."""
+    return Policy.parse(extra + "\n" + DEFAULT_POLICY.read_text().replace("version = 1", ""))
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_denied_digest_is_blocked_under_any_name(sensor, workdir):
+    bad = executable_copy(workdir, "tool", tag=b"bad" + workdir.name.encode())
+    good = executable_copy(workdir, "other", tag=b"good" + workdir.name.encode())
+    sensor.reload(with_rules(f'''
+[[rule]]
+name = "known-bad"
+hook = "exec"
+action = "block"
+match.sha256 = "{sha256(bad)}"
+'''))
+    flush(sensor)
+    first = run_child("exec", str(bad))
+    assert first.errno == errno.EPERM
+    renamed = workdir / "sub" / "innocent-name"
+    renamed.parent.mkdir()
+    renamed.write_bytes(bad.read_bytes())  # a new inode: nothing cached about it
+    renamed.chmod(0o755)
+    second = run_child("exec", str(renamed))
+    assert second.errno == errno.EPERM
+    assert run_child("exec", str(good)).returncode == 0
+    pids = {first.pid: bad, second.pid: renamed}
+    events = collect(sensor, lambda e: isinstance(e, Exec) and e.pid in pids
+                     and e.verdict == "block", until=lambda evs: len(evs) == 2)
+    for ev in events:
+        path = pids[ev.pid]
+        assert (ev.rule, ev.exe, ev.filename) == ("known-bad", str(path), str(path))
+        assert verdict_line(ev) == f"IMMUNE: [BLOCKED] exec {path} (pid={ev.pid})"
+
+
+def test_reload_takes_effect_without_detaching(sensor):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        before = sensor.attachments()
+        assert run_child("connect", "127.0.0.1", str(port)).errno == 0
+
+        sensor.reload(with_rules(f'''
+[[rule]]
+name = "reload-test"
+hook = "connect"
+action = "block"
+match.address = "127.0.0.0/8"
+match.port = {port}
+'''))
+        flush(sensor)
+        child = run_child("connect", "127.0.0.1", str(port))
+        assert child.errno == errno.EPERM
+        (ev,) = collect(sensor, lambda e: isinstance(e, Connect) and e.pid == child.pid)
+        assert (ev.verdict, ev.rule) == ("block", "reload-test")
+        assert sensor.attachments() == before
+        assert sensor.statistics().policy_generation >= 1
+
+        sensor.reload(Policy.default())
+        assert run_child("connect", "127.0.0.1", str(port)).errno == 0
+
+
+def test_reload_flushes_the_allow_cache(sensor, workdir):
+    tool = executable_copy(workdir, "tool")
+    assert run_child("exec", str(tool)).returncode == 0  # allowed, so cached
+    assert run_child("exec", str(tool)).returncode == 0
+    sensor.reload(with_rules(f'''
+[[rule]]
+name = "no-tool"
+hook = "exec"
+action = "block"
+match.path = "{workdir}/*"
+'''))
+    assert run_child("exec", str(tool)).errno == errno.EPERM
+
+
+def test_modifying_a_cached_file_clears_its_cache(sensor, workdir):
+    evil = executable_copy(workdir, "evil", tag=b"evil" + workdir.name.encode())
+    digest = sha256(evil)
+    bad_bytes = evil.read_bytes()
+    evil.unlink()
+    sensor.reload(with_rules(f'''
+[[rule]]
+name = "known-bad"
+hook = "exec"
+action = "block"
+match.sha256 = "{digest}"
+'''))
+    tool = executable_copy(workdir, "tool")
+    assert run_child("exec", str(tool)).returncode == 0  # allowed and cached
+    with open(tool, "r+b") as f:  # same inode, new content
+        f.write(bad_bytes)
+    assert sha256(tool) == digest
+    assert run_child("exec", str(tool)).errno == errno.EPERM
+
+
+def test_open_block(sensor, workdir):
+    secret = workdir / "secret"
+    secret.write_text("s")
+    keys = workdir / "keys"
+    keys.mkdir()
+    (keys / "a.pem").write_text("k")
+    (keys / "b.txt").write_text("t")
+    sensor.reload(with_rules(f'''
+[[rule]]
+name = "secrets"
+hook = "open"
+action = "block"
+match.path = ["{secret}", "{keys}/*.pem"]
+'''))
+    flush(sensor)
+    blocked = run_child("open", str(secret))
+    assert blocked.errno == errno.EPERM
+    (ev,) = collect(sensor, lambda e: isinstance(e, Open) and e.pid == blocked.pid)
+    assert (ev.verdict, ev.rule, ev.result) == ("block", "secrets", -errno.EPERM)
+    assert verdict_line(ev) == f"IMMUNE: [BLOCKED] open {secret} (pid={blocked.pid})"
+    assert run_child("open", str(keys / "a.pem")).errno == errno.EPERM
+    assert run_child("open", str(keys / "b.txt")).errno == 0
+    assert sensor.statistics().fanotify["denied"] >= 2
+    sensor.reload(Policy.default())
+    assert run_child("open", str(secret)).errno == 0

@@ -1,0 +1,70 @@
+"""A sensor process stopped by SIGTERM or killed by SIGKILL leaves nothing
+behind: none of its programs or links stay in the kernel, and no call is
+refused any more.  The sensor runs in its own process: ``python -m kmod run``."""
+
+import errno
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kmod._libbpf import link_exists, prog_exists
+
+from .conftest import kernel, run_child
+
+pytestmark = kernel
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopped_sensor_leaves_nothing(sig, tmp_path):
+    script = tmp_path / "lifecycle.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o755)
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen([sys.executable, "-m", "kmod", "run", "--ready", str(ready)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, 30, "the sensor to start")
+        assert proc.poll() is None, proc.stderr.read()
+        info = json.loads(ready.read_text())
+        assert info["pid"] == proc.pid and info["programs"] and info["links"]
+
+        blocked = run_child("exec", str(script))
+        assert blocked.errno == errno.EPERM
+        assert run_child("connect", "127.0.0.1", "4444").errno == errno.EPERM
+
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, err
+        assert f"IMMUNE: [BLOCKED] exec {script} (pid={blocked.pid})" in out.splitlines()
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+    # the kernel frees programs asynchronously once their last reference goes
+    wait_for(lambda: not any(map(prog_exists, info["programs"])), 5, "programs to unload")
+    assert not any(map(link_exists, info["links"]))
+
+    ran = run_child("exec", str(script))
+    assert ran.returncode == 0 and "ran" in ran.stdout
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 4444))
+        server.listen(1)
+        assert run_child("connect", "127.0.0.1", "4444").errno == 0
