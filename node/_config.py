@@ -36,8 +36,9 @@ class NodeConfig(_Section):
 class HiveConfig(_Section):
     listen: str = "tcp://0.0.0.0:7400"
     """Where agents connect (ZeroMQ endpoint; CURVE-encrypted)."""
-    enroll_listen: str = "tcp://0.0.0.0:7401"
-    """Where agents enroll with a one-time token (CURVE-encrypted)."""
+    enroll_listen: str = ""
+    """Where agents enroll with a one-time token (CURVE-encrypted); empty:
+    ``listen`` with the port plus one."""
     rules: list[str] = []
     """Extra Sigma rule folders, loaded after the built-in pack."""
     playbooks: list[str] = []
@@ -126,6 +127,11 @@ def load_config(path: str | os.PathLike | None = None, **overrides: object) -> C
         raise ConfigError(_one_line(src, e)) from None
     if cfg.node.log_level.lower() not in _LEVELS:
         raise ConfigError(f"config {src}: node.log_level: {cfg.node.log_level!r} is not one of {sorted(_LEVELS)}")
+    if not cfg.hive.enroll_listen:
+        head, _, port = cfg.hive.listen.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"config {src}: hive.enroll_listen: set it, since hive.listen {cfg.hive.listen!r} has no port")
+        cfg.hive.enroll_listen = f"{head}:{int(port) + 1}"
     if cfg.node.shutdown_timeout <= 0:
         raise ConfigError(f"config {src}: node.shutdown_timeout: must be positive")
     return cfg

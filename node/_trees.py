@@ -1,14 +1,51 @@
-"""The supervision trees of the hive, the agent and the demo node."""
+"""The supervision trees of the hive, the agent and the demo node, and where
+each keeps its files under the data folder."""
 
 from __future__ import annotations
 
-from actors import Supervisor
+from pathlib import Path
+
+from actors import Child, KeyPair, Supervisor, zap_handler
 
 from ._config import Config
 
 
+class Layout:
+    """Files under ``--data``.  The demo node uses both halves in one folder."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = Path(data)
+        self.keys = self.data / "keys"
+        self.hive_db = self.data / "hive.db"
+        self.spool = self.data / "spool"
+        self.agent_id = self.keys / "agent.id"
+        self.hive_pub = self.keys / "hive.pub"
+
+
+def hive_children(cfg: Config) -> list[Child]:
+    from hive import Store, enroll_actor, registry_actor, router_actor, store_actor, zap_authorizer
+
+    lay = Layout(cfg.data_dir)
+    keys = KeyPair.load_or_create(lay.keys, "hive")
+    Store(lay.hive_db).close()  # create the schema, and fail here if the folder is unusable
+    t = cfg.node.shutdown_timeout
+    db = lay.hive_db
+    return [
+        Child("store", store_actor, shutdown=t, args=dict(
+            path=db, retention_days=cfg.hive.retention_days, retention_mb=cfg.hive.retention_mb)),
+        Child("registry", registry_actor, shutdown=t, args=dict(
+            path=db, heartbeat_timeout=cfg.hive.heartbeat_timeout)),
+        Child("zap", zap_handler, shutdown=t, args=dict(authorize=zap_authorizer(db))),
+        Child("router", router_actor, shutdown=t, args=dict(
+            path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame)),
+        Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen)),
+    ]
+
+
 def hive_tree(cfg: Config) -> Supervisor:
-    return Supervisor([], strategy="rest_for_one")
+    # rest_for_one: a restarted store restarts the router, which then holds
+    # no state about batches the old store never acknowledged.
+    return Supervisor(hive_children(cfg), strategy="rest_for_one", intensity=5, period=30)
 
 
 def agent_tree(cfg: Config) -> Supervisor:
@@ -16,4 +53,5 @@ def agent_tree(cfg: Config) -> Supervisor:
 
 
 def demo_tree(cfg: Config) -> Supervisor:
-    return Supervisor([], strategy="one_for_one")
+    return Supervisor([Child("hive", hive_tree(cfg), shutdown=cfg.node.shutdown_timeout * 6)],
+                      strategy="one_for_one")

@@ -148,6 +148,209 @@ def cmd_tap(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+# -- enrollment ------------------------------------------------------------------------
+
+TOKEN_PREFIX = "immune1-"
+
+
+def make_token(hive_public: bytes, secret: str) -> str:
+    """A one-time token also carries the hive's public key, so the agent can
+    pin it before it ever connects."""
+    from zmq.utils import z85
+
+    return f"{TOKEN_PREFIX}{z85.decode(hive_public).hex()}-{secret}"
+
+
+def parse_token(token: str) -> tuple[bytes, str]:
+    from zmq.utils import z85
+
+    body = token.strip().removeprefix(TOKEN_PREFIX)
+    try:
+        if not token.strip().startswith(TOKEN_PREFIX) or body[64] != "-":
+            raise ValueError
+        return z85.encode(bytes.fromhex(body[:64])), body[65:]
+    except (ValueError, IndexError):
+        raise CliError(f"not an enrollment token (expected {TOKEN_PREFIX}<64 hex>-<secret>)") from None
+
+
+def _hive_store(cfg: Config, readonly: bool = False):
+    from hive import Store, StoreError
+
+    from ._trees import Layout
+
+    db = Layout(cfg.data_dir).hive_db
+    if not db.exists():
+        raise CliError(f"no hive store in {cfg.data_dir} (run `immune-node hive --data {cfg.data_dir}` once)")
+    try:
+        return Store(db, readonly=readonly)
+    except StoreError as e:
+        raise CliError(str(e)) from None
+
+
+def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
+    from actors import KeyPair
+    from hive import StoreError
+
+    from ._trees import Layout
+
+    lay = Layout(cfg.data_dir)
+    if args.action == "token":
+        keys = KeyPair.load_or_create(lay.keys, "hive")
+        store = _hive_store(cfg)
+        print(make_token(keys.public, store.new_token(ttl=args.ttl)))
+        return EXIT_OK
+    if args.action == "join":
+        return _join(args, cfg, lay)
+    store = _hive_store(cfg)
+    try:
+        if args.action == "add":
+            from actors import check_key
+
+            store.enroll(args.name, check_key(args.key.encode(), "public key").decode())
+            print(f"enrolled {args.name}")
+        elif args.action == "revoke":
+            store.revoke(args.name)
+            print(f"revoked {args.name}: its connections are refused from now on")
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    except actors.KeyFileError as e:
+        raise CliError(str(e)) from None
+    return EXIT_OK
+
+
+def _join(args: argparse.Namespace, cfg: Config, lay) -> int:
+    import socket as pysocket
+
+    import wire
+    from actors import Codec, KeyPair, curve_client
+
+    hive_public, secret = parse_token(args.token)
+    endpoint = args.enroll or _enroll_endpoint(cfg.agent.hive)
+    name = args.id or cfg.agent.id or pysocket.gethostname()
+    keys = KeyPair.load_or_create(lay.keys, "agent")
+    z = zmq.Context.instance().socket(zmq.REQ)
+    z.setsockopt(zmq.LINGER, 0)
+    z.setsockopt(zmq.RCVTIMEO, int(args.timeout * 1000))
+    curve_client(z, keys, hive_public)
+    try:
+        z.connect(endpoint)
+        z.send(Codec(wire.Enroll).encode(wire.Enroll(token=secret, agent=name)))
+        try:
+            reply = Codec(wire.Enrolled).decode(z.recv())
+        except zmq.Again:
+            raise CliError(f"no answer from {endpoint} within {args.timeout:g}s "
+                           "(wrong endpoint, hive down, or the token is not this hive's)") from None
+    finally:
+        z.close()
+    if not reply.ok:
+        raise CliError(f"enrollment refused: {reply.detail}")
+    lay.hive_pub.write_bytes(hive_public + b"\n")
+    lay.agent_id.write_text(name + "\n")
+    print(f"enrolled as {name}; hive key pinned in {lay.hive_pub}")
+    return EXIT_OK
+
+
+def _enroll_endpoint(hive_endpoint: str) -> str:
+    """The enrollment door is next to the agents' door: port + 1."""
+    head, _, port = hive_endpoint.rpartition(":")
+    if not port.isdigit():
+        raise CliError(f"cannot derive the enrollment endpoint from {hive_endpoint!r}; pass --enroll")
+    return f"{head}:{int(port) + 1}"
+
+
+# -- querying the hive's store -------------------------------------------------------------
+
+
+def _ago(t: float | None) -> str:
+    if not t:
+        return "never"
+    d = time.time() - t
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if d >= size:
+            return f"{d / size:.0f}{unit} ago"
+    return f"{d:.0f}s ago"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
+    rows = _hive_store(cfg, readonly=True).agents()
+    if args.json:
+        sys.stdout.buffer.write(msgspec.json.encode([r.__dict__ for r in rows]) + b"\n")
+        return EXIT_OK
+    if not rows:
+        print("no agents")
+        return EXIT_OK
+    table = [("AGENT", "STATE", "HOSTNAME", "LAST SEEN", "SPOOLED", "DROPPED", "VERSION", "ADDRESSES")]
+    for r in rows:
+        state = "revoked" if r.revoked else "online" if r.online else "offline" if r.last_seen else "enrolled"
+        table.append((r.id, state, r.hostname, _ago(r.last_seen), str(r.spooled), str(r.dropped),
+                      r.agent_version, ",".join(r.addresses)))
+    _table(table)
+    return EXIT_OK
+
+
+def parse_since(text: str) -> int:
+    """``10m``, ``2h``, ``1d``, ``30s`` ago, or an ISO 8601 time; as Unix ns."""
+    import datetime as dt
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return int((time.time() - float(text[:-1]) * units[text[-1]]) * 1e9)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--since {text!r}: expected e.g. 10m, 2h, 1d or an ISO time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp() * 1e9)
+
+
+def describe(event: object) -> str:
+    import wire
+
+    match event:
+        case wire.Exec():
+            return " ".join(event.argv) or event.filename
+        case wire.Open():
+            return event.path
+        case wire.Connect() | wire.Bind():
+            return f"[{event.address}]:{event.port}" if ":" in event.address else f"{event.address}:{event.port}"
+        case wire.SetId():
+            return f"{event.call} {event.old}->{event.new}"
+        case wire.Fork():
+            return f"child {event.child_pid}"
+        case wire.Exit():
+            return f"code {event.code}"
+        case wire.Notice():
+            return f"{event.what} {event.count or ''} {event.detail}".strip()
+    return ""
+
+
+def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
+    import wire
+
+    if args.kind and args.kind not in wire.EVENT_KINDS:
+        raise CliError(f"--kind {args.kind!r}: one of {', '.join(wire.EVENT_KINDS)}")
+    since = parse_since(args.since) if args.since else None
+    events = _hive_store(cfg, readonly=True).events(agent=args.agent, kind=args.kind, since=since, limit=args.limit)
+    if args.json:
+        enc = msgspec.json.Encoder()
+        for e in events:
+            sys.stdout.buffer.write(enc.encode(e) + b"\n")
+        return EXIT_OK
+    table = [("TIME", "AGENT", "KIND", "VERDICT", "PID", "WHAT")]
+    for e in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time / 1e9))
+        table.append((stamp, e.agent, type(e).__struct_config__.tag, e.verdict, str(e.pid), describe(e)))
+    _table(table)
+    return EXIT_OK
+
+
 # -- the parser ---------------------------------------------------------------------
 
 Command = Callable[[argparse.Namespace, Config], int]
@@ -170,9 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, fn: Command, help: str, description: str = "") -> argparse.ArgumentParser:
+    def add(name: str, fn: Command, help: str, description: str = "", common: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help)
-        _common(p)
+        if common:  # a command with its own subcommands takes them there instead
+            _common(p)
         p.set_defaults(fn=fn)
         return p
 
@@ -195,6 +399,37 @@ def build_parser() -> argparse.ArgumentParser:
             "TOPIC is a prefix of an actor's name, e.g. 'agent.sensor'; none means all.")
     p.add_argument("topics", nargs="*", metavar="TOPIC")
     p.add_argument("--count", type=int, metavar="N", help="stop after N messages")
+
+    p = add("enroll", cmd_enroll, "give agents their identity at a hive",
+            "On the hive: `token` prints a one-time token, `add` registers an agent's public key, "
+            "`revoke` refuses an agent from now on. On the agent: `join TOKEN` enrolls this "
+            "agent's key and pins the hive's key.", common=False)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = actions.add_parser("token", help="(hive) print a one-time enrollment token")
+    t.add_argument("--ttl", type=float, default=3600.0, help="seconds the token stays valid (default 3600)")
+    j = actions.add_parser("join", help="(agent) enroll this agent with a token")
+    j.add_argument("token")
+    j.add_argument("--enroll", metavar="ENDPOINT",
+                   help="the hive's enrollment endpoint (default: agent.hive's port + 1)")
+    j.add_argument("--id", help="name to enroll as (default: agent.id, else the host name)")
+    j.add_argument("--timeout", type=float, default=10.0)
+    a = actions.add_parser("add", help="(hive) register an agent's public key")
+    a.add_argument("name")
+    a.add_argument("key", help="the agent's public key (Z85, the content of keys/agent.pub)")
+    r = actions.add_parser("revoke", help="(hive) refuse an agent's key from now on")
+    r.add_argument("name")
+    for sp in (t, j, a, r):
+        _common(sp)
+
+    p = add("agents", cmd_agents, "list the agents a hive knows")
+    p.add_argument("--json", action="store_true")
+
+    p = add("events", cmd_events, "query the events a hive stored (newest first)")
+    p.add_argument("--agent", help="only this agent")
+    p.add_argument("--kind", help="exec, fork, exit, open, setid, connect, bind or notice")
+    p.add_argument("--since", help="e.g. 10m, 2h, 1d, or an ISO time")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = add("status", cmd_status, "print each actor's state and statistics of a running node")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -13,6 +13,11 @@ def test_example_file_lists_exactly_the_defaults():
     raw = tomllib.loads(EXAMPLE.read_text())
     assert msgspec.convert(raw, Config) == Config()
     assert raw == msgspec.to_builtins(Config())
+    assert load_config(EXAMPLE).hive.enroll_listen == "tcp://0.0.0.0:7401"
+
+
+def test_enrollment_endpoint_follows_the_listen_port(tmp_path):
+    assert load_config(None, hive_listen="tcp://127.0.0.1:9000").hive.enroll_listen == "tcp://127.0.0.1:9001"
 
 
 def test_flags_override_the_file(tmp_path):
