@@ -1,0 +1,96 @@
+"""Scope: a sensor scoped to a network namespace or a cgroup reports and
+acts on the processes inside it, and on nothing outside."""
+
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+from kmod import LinuxSensor, Scope
+from kmod._system import cgroup2_root
+from wire import Connect, Exec
+
+from .conftest import _REASON, collect, flush, kernel, run_child
+
+pytestmark = kernel
+
+
+@pytest.fixture(scope="module")
+def netns():
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    name = f"immune-kmod-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "dropped.sh"
+    path.write_text("#!/bin/sh\necho ran\n")
+    path.chmod(0o755)
+    return path
+
+
+def _drain_for(sensor, seconds) -> list:
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sensor.wait(0.05)
+        out.extend(sensor.drain())
+    return out
+
+
+def test_netns_scope_sees_inside_only(netns, script):
+    with LinuxSensor(scope=Scope.netns(f"/run/netns/{netns}")) as sensor:
+        flush(sensor)
+        inside = [run_child("connect", "127.0.0.1", "4444", netns=netns),
+                  run_child("exec", str(script), netns=netns),
+                  run_child("exec", "/bin/true", netns=netns)]
+        outside = [run_child("connect", "127.0.0.1", "4444"),
+                   run_child("exec", str(script)),
+                   run_child("exec", "/bin/true")]
+        assert [c.errno for c in inside[:2]] == [errno.EPERM, errno.EPERM]
+        assert inside[2].returncode == 0
+        assert outside[0].errno == errno.ECONNREFUSED  # not ours to block
+        assert outside[1].returncode == 0 and "ran" in outside[1].stdout
+        assert outside[2].returncode == 0
+
+        inside_pids = {c.pid for c in inside}
+        events = collect(sensor, lambda e: True, until=lambda evs: sum(
+            isinstance(e, Exec) and e.filename == "/bin/true" for e in evs) >= 1)
+        events += _drain_for(sensor, 0.3)
+        strangers = {(type(e).__name__, e.pid, getattr(e, "filename", "")) for e in events
+                     if e.pid not in inside_pids}
+        assert not strangers, f"events from outside the namespace: {strangers}"
+        blocked = {type(e).__name__ for e in events if e.verdict == "block"}
+        assert blocked == {"Connect", "Exec"}
+        assert sensor.statistics().fanotify["denied"] == 1
+
+
+@pytest.fixture
+def cgroup():
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    path = cgroup2_root() / f"immune-kmod-{os.getpid()}"
+    path.mkdir()
+    yield path
+    path.rmdir()
+
+
+def test_cgroup_scope_sees_members_only(cgroup):
+    with LinuxSensor(scope=Scope.cgroup(cgroup)) as sensor:
+        flush(sensor)
+        member = run_child("cgroup", str(cgroup), "connect", "127.0.0.1", "4444")
+        stranger = run_child("connect", "127.0.0.1", "4444")
+        assert member.errno == errno.EPERM
+        assert stranger.errno == errno.ECONNREFUSED
+        events = collect(sensor, lambda e: isinstance(e, Connect))
+        events += [e for e in _drain_for(sensor, 0.2) if isinstance(e, Connect)]
+        assert [(e.pid, e.verdict) for e in events] == [(member.pid, "block")]
+        assert events[0].cgroup == os.stat(cgroup).st_ino
