@@ -36,6 +36,8 @@ each event's own time.
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -50,6 +52,9 @@ LEVELS = ("informational", "low", "medium", "high", "critical")
 LATERAL_MOVEMENT_RULE = "5b0f8f0e-3c47-4c39-9d52-7b1f0d6a2e11"
 SPREAD_RULE = "a4e2c6d1-8f3b-4e57-b1c9-2d7e5f8a9c03"
 _OWN_RULES = (LATERAL_MOVEMENT_RULE, SPREAD_RULE)
+
+_LOOK_BACK = 32
+"""How many recent processes and alerts on a target a late edge is checked against."""
 
 _ANCESTRY_DEPTH = 64
 """How far up a process tree to look; deeper trees are cut there (and loops stop)."""
@@ -108,7 +113,7 @@ class _Edge:
     target: str
     port: int
     event: Connect
-    linked: bool = False
+    consumed: bool = False
 
 
 @dataclass(slots=True)
@@ -119,6 +124,17 @@ class _Recent:
     pid: int
     alert: Alert | None
     event: object
+
+
+class _Spread:
+    """First runs of one executable within the spread window."""
+
+    __slots__ = ("firsts", "incident")
+
+    def __init__(self) -> None:
+        self.firsts: OrderedDict[str, tuple] = OrderedDict()
+        """agent -> (time, pid, Exec)"""
+        self.incident = ""
 
 
 class _Bounded(OrderedDict):
@@ -137,18 +153,55 @@ class _Bounded(OrderedDict):
 
 
 class _Host:
-    __slots__ = ("procs", "listeners", "taint", "inbound", "recent")
+    __slots__ = ("procs", "listeners", "listening", "taint", "inbound", "pending", "recent")
 
     def __init__(self, c: HostCorrelator) -> None:
         ev = c._evicted
         self.procs = _Bounded(c.max_processes, "processes", ev)
         """pid -> (ppid, image)"""
         self.listeners = _Bounded(c.max_listeners, "listeners", ev)
-        """port -> pid that bound it"""
+        """port -> pid that bound it last"""
+        self.listening = _Bounded(c.max_listeners, "listening processes", ev)
+        """pid -> ports it bound"""
         self.taint = _Bounded(c.max_tainted, "tainted", ev)
         """pid -> incident id"""
         self.inbound: deque[_Edge] = deque()
+        """Edges to this host, oldest first."""
+        self.pending: dict[int, int] = {}
+        """port -> how many of ``inbound`` to it are not linked yet"""
         self.recent: deque[_Recent] = deque()
+
+    def bind(self, port: int, pid: int) -> None:
+        previous = self.listeners.get(port)
+        if previous is not None and previous != pid:
+            self.listening.get(previous, set()).discard(port)
+        self.listeners.put(port, pid)
+        ports = self.listening.get(pid)
+        if ports is None:
+            ports = set()
+            self.listening.put(pid, ports)
+        ports.add(port)
+
+    def consume(self, edge: _Edge) -> None:
+        """An edge stops being pending (linked or gone)."""
+        if not edge.consumed:
+            edge.consumed = True
+            left = self.pending[edge.port] - 1
+            if left:
+                self.pending[edge.port] = left
+            else:
+                del self.pending[edge.port]
+
+    def latest(self, port: int, now: float, window: float) -> _Edge | None:
+        """The most recent pending edge to ``port`` within the window."""
+        if not self.pending.get(port):
+            return None
+        for edge in reversed(self.inbound):
+            if now - edge.time > window:
+                return None
+            if edge.port == port and not edge.consumed:
+                return edge
+        return None
 
 
 def _level_max(a: str, b: str) -> str:
@@ -183,29 +236,36 @@ class HostCorrelator:
         self.max_timeline = max_timeline
         self._evicted: dict[str, int] = {}
         self._hosts = _Bounded(max_hosts, "hosts", self._evicted)
-        self._owner: dict[str, str] = {}
-        """address -> agent"""
+        self._owner: dict[str, set[str]] = {}
+        """address -> agents claiming it"""
         self._addresses: dict[str, set[str]] = {}
         self._incidents = _Bounded(max_incidents, "incidents", self._evicted)
         self._changed: dict[str, Incident] = {}
         self._known = _Bounded(max_known, "known executables", self._evicted)
         """(agent, sha256) pairs already executed"""
         self._spread = _Bounded(max_hashes, "spreading executables", self._evicted)
-        """sha256 -> OrderedDict agent -> (time, pid, event), first runs in the window"""
-        self._spread_incident: dict[str, str] = {}
+        """sha256 -> _Spread, least recently first-run first"""
         self._links = self._spreads = 0
 
     # -- inputs -------------------------------------------------------------
 
     def set_addresses(self, agent: str, addresses: Iterable[str]) -> None:
-        """The addresses an agent has (its Hello); replaces what it had."""
+        """The addresses an agent has (its Hello); replaces what it had.
+
+        Loopback and unspecified addresses are every host's own, and an address
+        several agents claim (a docker0 bridge, the same private range behind two
+        NATs) cannot tell them apart: neither makes an edge.
+        """
         for address in self._addresses.pop(agent, ()):
-            if self._owner.get(address) == agent:
-                del self._owner[address]
-        owned = {a for a in addresses if a}
+            owners = self._owner.get(address)
+            if owners is not None:
+                owners.discard(agent)
+                if not owners:
+                    del self._owner[address]
+        owned = {a for a in addresses if _routable(a)}
         self._addresses[agent] = owned
         for address in owned:
-            self._owner[address] = agent
+            self._owner.setdefault(address, set()).add(agent)
 
     def forget_agent(self, agent: str) -> None:
         """An agent left: its addresses and state go."""
@@ -223,7 +283,7 @@ class HostCorrelator:
             self._host(agent).procs.put(event.child_pid, (event.pid, event.image))
             return []
         if kind is Bind:
-            self._host(agent).listeners.put(event.port, event.pid)
+            self._host(agent).bind(event.port, event.pid)
             return []
         if kind is Connect:
             return self._connect(agent, event)
@@ -263,15 +323,17 @@ class HostCorrelator:
         now = self._clock()
         for host in self._hosts.values():
             while host.inbound and now - host.inbound[0].time > self.lateral_window:
-                host.inbound.popleft()
+                host.consume(host.inbound.popleft())
             self._trim(host.recent, now)
         for key in [k for k, i in self._incidents.items()
                     if now - i.updated > self.incident_window]:
             del self._incidents[key]
-        for sha in [s for s, firsts in self._spread.items()
-                    if all(now - t > self.spread_window for t, _, _ in firsts.values())]:
-            del self._spread[sha]
-            self._spread_incident.pop(sha, None)
+        spreads = self._spread
+        while spreads:
+            sha, spread = next(iter(spreads.items()))
+            if any(now - t <= self.spread_window for t, _, _ in spread.firsts.values()):
+                break
+            del spreads[sha]
 
     # -- outputs ------------------------------------------------------------
 
@@ -310,8 +372,8 @@ class HostCorrelator:
         procs = host.procs
         while len(chain) < _ANCESTRY_DEPTH:
             entry = procs.get(chain[-1])
-            if entry is None or entry[0] in chain or entry[0] <= 0:
-                break
+            if entry is None or entry[0] <= 0 or entry[0] == chain[-1]:
+                break  # a longer loop just stops at the depth limit
             chain.append(entry[0])
         return chain
 
@@ -325,32 +387,39 @@ class HostCorrelator:
         return None
 
     def _connect(self, agent: str, event: Connect) -> list[Alert]:
-        target = self._owner.get(event.address)
-        if target is None or target == agent:
+        owners = self._owner.get(event.address)
+        if owners is None or len(owners) != 1 or agent in owners:
             return []
+        (target,) = owners
         now = self._clock()
         self._host(agent)
         host = self._host(target)
         edge = _Edge(now, agent, event.pid, event.image, target, event.port, event)
         host.inbound.append(edge)
+        host.pending[edge.port] = host.pending.get(edge.port, 0) + 1
         while len(host.inbound) > self.max_pending:
-            host.inbound.popleft()
+            host.consume(host.inbound.popleft())
             self._evicted["pending edges"] = self._evicted.get("pending edges", 0) + 1
-        # The target's side may have reached us first.
+        # The target's side may have reached us first: look back ``slack`` seconds (a few
+        # dozen entries at most, however many arrived).
         self._trim(host.recent, now)
-        for recent in list(host.recent):
-            if now - recent.time > self.slack or edge.linked:
-                continue
+        heard = edge.port in host.listeners
+        for recent in list(itertools.islice(reversed(host.recent), _LOOK_BACK)):
+            if now - recent.time > self.slack:
+                break
             if recent.alert is None:
-                alerts = self._link_process(target, host, recent.pid, recent.event, now, (edge,))
+                if not heard:
+                    continue  # no listener known: a process cannot be tied to the edge
+                alerts = self._link_process(target, host, recent.pid, recent.event, now, edge)
                 if alerts:
                     host.recent.remove(recent)
                     return alerts
             else:
-                incident = self._link_alert(target, host, recent.alert, recent.pid, now, (edge,))
+                incident = self._link_alert(target, host, recent.alert, recent.pid, now, edge)
                 if incident is not None:
                     host.recent.remove(recent)
                     self._attach_alert(incident, recent.alert, now)
+                    return []
         return []
 
     def _exec(self, agent: str, event: Exec) -> list[Alert]:
@@ -364,22 +433,44 @@ class HostCorrelator:
                 time=now, event_time=event.time, agent=agent, what="process",
                 summary=_process_summary(event)), now)
             return []
-        alerts = self._link_process(agent, host, event.pid, event, now, host.inbound)
+        alerts = self._link_process(agent, host, event.pid, event, now)
         if not alerts:
             host.recent.append(_Recent(now, event.pid, None, event))
             self._trim(host.recent, now)
         return alerts
 
+    def _heard(self, host: _Host, processes: list[int], now: float,
+               only: _Edge | None) -> tuple[_Edge, int] | None:
+        """A pending edge (``only``, or any) to a port one of the processes listens on,
+        and that process.  Costs one lookup per process, not one per edge."""
+        for pid in processes:
+            for port in host.listening.get(pid, ()):
+                if only is not None:
+                    if only.port == port and not only.consumed:
+                        return only, pid
+                    continue
+                edge = host.latest(port, now, self.lateral_window)
+                if edge is not None:
+                    return edge, pid
+        return None
+
+    def _unheard(self, host: _Host, now: float, only: _Edge | None) -> _Edge | None:
+        """A pending edge (``only``, or any) to a port nobody is known to listen on."""
+        ports = [only.port] if only is not None else list(host.pending)
+        for port in ports:
+            if port not in host.listeners:
+                edge = host.latest(port, now, self.lateral_window)
+                if edge is not None and (only is None or edge is only):
+                    return edge
+        return None
+
     def _link_process(self, agent: str, host: _Host, pid: int, event, now: float,
-                      edges: Iterable[_Edge]) -> list[Alert]:
-        """Strong link: the process descends from the listener of a pending edge's port."""
-        ancestry = self._ancestry(host, pid)
-        for edge in reversed(list(edges)):
-            if edge.linked or now - edge.time > self.lateral_window:
-                continue
-            listener = host.listeners.get(edge.port)
-            if listener is None or listener == pid or listener not in ancestry[1:]:
-                continue
+                      only: _Edge | None = None) -> list[Alert]:
+        """Strong link: the process descends from the listener of a pending edge's port
+        (a new process: the listener itself does not count)."""
+        found = self._heard(host, self._ancestry(host, pid)[1:], now, only)
+        if found is not None:
+            edge, listener = found
             incident = self._open_link(edge, now)
             host.taint.put(pid, incident.id)
             image = event.filename or event.image or event.exe
@@ -400,32 +491,29 @@ class HostCorrelator:
         return []
 
     def _link_alert(self, agent: str, host: _Host, alert: Alert, pid: int, now: float,
-                    edges: Iterable[_Edge] | None = None) -> Incident | None:
-        """Link an alert on the target of a pending edge: strong if it descends from the
-        listener, weak if nobody is known to listen on the edge's port."""
-        ancestry = self._ancestry(host, pid)
-        for edge in reversed(list(host.inbound if edges is None else edges)):
-            if now - edge.time > self.lateral_window:
-                continue
-            listener = host.listeners.get(edge.port)
-            # The listener itself counts here: a service that alerts right after a
-            # connection may be the one exploited.
-            if listener is not None and listener not in ancestry:
-                continue
+                    only: _Edge | None = None) -> Incident | None:
+        """Link an alert on the target of a pending edge: strong if it comes from the
+        listener or a descendant (a service that alerts right after a connection may be
+        the one exploited), weak if nobody is known to listen on the edge's port."""
+        found = self._heard(host, self._ancestry(host, pid), now, only)
+        if found is not None:
+            incident = self._open_link(found[0], now)
+        else:
+            edge = self._unheard(host, now, only)
+            if edge is None:
+                return None
             incident = self._open_link(edge, now)
-            if listener is None:
-                self._note(incident, TimelineEntry(
-                    time=now, event_time=alert.time, agent=agent, what="alert",
-                    summary=f"no process of {agent} is known to listen on port {edge.port}; "
-                            f"linked by time alone: {alert.title}"), now)
-            host.taint.put(pid, incident.id)
-            return incident
-        return None
+            self._note(incident, TimelineEntry(
+                time=now, event_time=alert.time, agent=agent, what="alert",
+                summary=f"no process of {agent} is known to listen on port {edge.port}; "
+                        f"linked by time alone: {alert.title}"), now)
+        host.taint.put(pid, incident.id)
+        return incident
 
     def _open_link(self, edge: _Edge, now: float) -> Incident:
         """The incident for a confirmed edge: its source's, or a new one."""
         self._links += 1
-        edge.linked = True
+        self._host(edge.target).consume(edge)
         source = self._host(edge.source)
         incident = self._tainted(source, edge.pid)
         if incident is None:
@@ -455,16 +543,17 @@ class HostCorrelator:
             return []
         self._known.put(key, None)
         now = self._clock()
-        firsts = self._spread.get(event.sha256)
-        if firsts is None:
-            firsts = OrderedDict()
-            self._spread.put(event.sha256, firsts)
+        spread = self._spread.get(event.sha256)
+        if spread is None:
+            spread = _Spread()
+        self._spread.put(event.sha256, spread)  # most recently first-run last
+        firsts = spread.firsts
         for host in [h for h, (t, _, _) in firsts.items() if now - t > self.spread_window]:
             del firsts[host]
         firsts[agent] = (now, event.pid, event)
         if len(firsts) > self.spread_hosts:
             firsts.popitem(last=False)
-        incident = self._incidents.get(self._spread_incident.get(event.sha256, ""))
+        incident = self._incidents.get(spread.incident)
         if incident is not None:
             self._spread_note(incident, agent, event, now)
             return []
@@ -478,7 +567,7 @@ class HostCorrelator:
                          if (i := self._tainted(self._host(h), pid)) is not None), None)
         if incident is None:
             incident = self._open(f"{image} spreading across {len(hosts)} hosts", now)
-        self._spread_incident[event.sha256] = incident.id
+        spread.incident = incident.id
         for host_name, (_, pid, first) in firsts.items():
             self._spread_note(incident, host_name, first, now)
         alert = Alert(
@@ -538,6 +627,14 @@ class HostCorrelator:
         while len(recent) > self.max_pending:
             recent.popleft()
             self._evicted["recent activity"] = self._evicted.get("recent activity", 0) + 1
+
+
+def _routable(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_unspecified)
 
 
 def _process_summary(event: Exec) -> str:
