@@ -1,0 +1,7 @@
+"""The host agent: enrich what the kernel sensor sees, spool it to disk,
+deliver it to the hive exactly once, and carry commands back."""
+
+from ._errors import AgentError, SpoolError
+from ._spool import DEFAULT_MAX_BYTES, Spool, SpoolStatistics
+
+__all__ = ["AgentError", "DEFAULT_MAX_BYTES", "Spool", "SpoolError", "SpoolStatistics"]

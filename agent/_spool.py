@@ -1,0 +1,594 @@
+"""A durable, bounded disk spool of event batches.
+
+A batch counts as accepted only once :meth:`Spool.sync` has returned after
+it was appended: its bytes are then written and ``fdatasync``-ed, so they
+survive SIGKILL and power loss.  ``append`` only buffers, so one ``sync``
+covers everything appended since the last one (group commit).
+
+The folder holds:
+
+``state.json``
+    the stream id, the sequence base and the count of dropped events;
+    replaced atomically (write, fsync, rename, fsync the folder).
+``acked``
+    the last acknowledged batch and a CRC, overwritten in place and never
+    synced: losing it only makes the agent send again what the hive already
+    has, which the hive acknowledges without storing it twice.
+``<first seq>.seg``
+    segment files.  A record is a header ``crc32, length, seq, events``
+    (little-endian ``IIQI``) and a payload, the msgpack array of the batch's
+    events.  The CRC covers the rest of the header and the payload.
+
+Records carry a *disk* sequence number that only grows in this folder.  The
+wire sequence number is ``disk seq - base``: when the hive needs a batch the
+spool no longer has (it was dropped because the spool was full, or damaged),
+:meth:`Spool.new_stream` starts a new stream whose seq 1 is the oldest batch
+still held, without rewriting a byte.  Frames are built on the way out, so
+the same record can be sent under any stream.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import json
+import logging
+import mmap
+import os
+import secrets
+import struct
+import zlib
+from array import array
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+import wire
+from actors import Codec, get_logger, log_event
+
+from ._errors import SpoolError
+
+DEFAULT_MAX_BYTES = 1 << 30
+
+_CRC = struct.Struct("<I")
+_REST = struct.Struct("<IQI")  # length, seq, events: the part the CRC covers with the payload
+_HEADER = _CRC.size + _REST.size
+_ACK = struct.Struct("<QI")  # acked disk seq, crc32 of it
+_MAX_SEGMENT = 64 << 20
+_MIN_SEGMENT = 64 << 10
+_READ_BYTES = 8 << 20
+"""Bytes :meth:`Spool.pending` reads at once (at least one record)."""
+
+
+class _Frame(msgspec.Struct, tag="events", tag_field="type", kw_only=True, omit_defaults=True):
+    """``wire.EventBatch`` with its events already encoded: what the hive
+    decodes as an EventBatch, built without decoding the stored payload."""
+
+    seq: int
+    stream: str = ""
+    events: msgspec.Raw
+
+
+@dataclass(frozen=True)
+class SpoolStatistics:
+    stream: str
+    batches: int
+    """Batches held and not yet acknowledged."""
+    events: int
+    """Events in those batches."""
+    bytes: int
+    """Bytes of all segment files (acknowledged records are deleted per segment)."""
+    segments: int
+    acked: int
+    """Last acknowledged seq of the current stream."""
+    last: int
+    """Last durable (synced) seq of the current stream."""
+    dropped_events: int
+    """Unacknowledged events dropped because the spool was full, since it was created."""
+    dropped_batches: int
+    corrupt: int
+    """Damaged records found (at open or when read) and skipped."""
+
+
+class _Segment:
+    __slots__ = ("first", "path", "fd", "offsets", "cum", "size", "synced", "buf")
+
+    def __init__(self, first: int, path: Path, fd: int) -> None:
+        self.first = first
+        self.path = path
+        self.fd = fd
+        self.offsets = array("I")
+        """Byte offset of each record."""
+        self.cum = array("Q")
+        """Events in records 0..i, for counting what a drop loses."""
+        self.size = 0
+        """Bytes of the file once ``buf`` is written."""
+        self.synced = 0
+        """Bytes known to be on disk."""
+        self.buf = bytearray()
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.offsets) - 1
+
+    def events_after(self, i: int) -> int:
+        """Events in records i.. of this segment."""
+        if i >= len(self.cum):
+            return 0
+        return self.cum[-1] - (self.cum[i - 1] if i > 0 else 0)
+
+
+def _error(what: str, path: Path | str, e: OSError) -> SpoolError:
+    return SpoolError(f"spool: cannot {what} {path}: {e.strerror or e}", e.errno or 0)
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class Spool:
+    """Event batches on disk, numbered 1, 2, 3... within :attr:`stream`.
+
+    Not thread-safe; one owner calls everything.  Every OS error becomes a
+    :class:`SpoolError`; after one, the spool is still consistent and the
+    call can be retried.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 segment_bytes: int = 0, log: logging.Logger | None = None) -> None:
+        if max_bytes < 4 * _HEADER:
+            raise ValueError(f"spool bound of {max_bytes} bytes is too small")
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        # Dropping works a segment at a time, so a segment is a small part of the bound.
+        self.segment_bytes = segment_bytes or min(_MAX_SEGMENT, max(max_bytes // 16, _MIN_SEGMENT))
+        self.log = log or get_logger("agent.spool")
+        self._encoder = msgspec.msgpack.Encoder()
+        self._codec = Codec(wire.AgentMessage)
+        self._segments: list[_Segment] = []
+        self._dirty: list[_Segment] = []
+        self._dir_dirty = False
+        self._bad: set[int] = set()
+        self._total = 0
+        self._next = 1
+        self._synced = 0
+        self._acked = 0
+        self._base = 0
+        self._stream = ""
+        self._dropped_events = 0
+        self._dropped_batches = 0
+        self._unreported = 0
+        self._corrupt = 0
+        self._ack_fd = -1
+        self._dir_fd = -1
+        try:
+            self._open()
+        except OSError as e:
+            self.close()
+            raise _error("open the spool in", self.folder, e) from None
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        names = []
+        for name in os.listdir(self.folder):
+            stem, dot, ext = name.partition(".")
+            if ext == "seg" and stem.isdigit():
+                names.append((int(stem), name))
+        names.sort()
+        for k, (first, name) in enumerate(names):
+            self._load_segment(first, self.folder / name, last=k == len(names) - 1)
+        if self._segments:
+            self._next = self._segments[-1].last + 1
+        state = self._read_state()
+        acked = self._read_ack()
+        if state is None:
+            if self._segments:
+                log_event(self.log, "spool.state_lost", logging.WARNING, folder=str(self.folder),
+                          reason="state.json missing or unreadable; continuing in a new stream")
+            first = self._segments[0].first if self._segments else self._next
+            self._base = max(acked, first - 1)
+            self._stream = secrets.token_hex(8)
+            self._write_state()
+        else:
+            self._stream, self._base, self._dropped_events, self._dropped_batches = state
+        # Never hand out a seq the hive may already hold: an ack or a new
+        # stream's base is a floor even if the records behind it are gone.
+        self._acked = max(acked, self._base)
+        self._next = max(self._next, self._acked + 1)
+        self._synced = self._next - 1
+        self._ack_fd = os.open(self.folder / "acked", os.O_RDWR | os.O_CREAT, 0o600)
+        self._write_ack()
+        self._delete_acked()
+        os.fsync(self._dir_fd)
+
+    def _load_segment(self, first: int, path: Path, *, last: bool) -> None:
+        fd = os.open(path, os.O_RDWR if last else os.O_RDONLY)
+        seg = _Segment(first, path, fd)
+        size = os.fstat(fd).st_size
+        prev = self._segments[-1].last if self._segments else None
+        problem = "its first seq overlaps the previous segment" if prev is not None and first <= prev else ""
+        pos = 0
+        events = 0
+        if size and not problem:
+            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
+                view = memoryview(m)
+                try:
+                    seq = first
+                    while pos < size:
+                        if size - pos < _HEADER:
+                            problem = "a partial record header"
+                            break
+                        (crc,) = _CRC.unpack_from(view, pos)
+                        length, rseq, n = _REST.unpack_from(view, pos + _CRC.size)
+                        end = pos + _HEADER + length
+                        if end > size:
+                            problem = "a partial record"
+                            break
+                        if rseq != seq:
+                            problem = f"seq {rseq} where {seq} was expected"
+                            break
+                        if zlib.crc32(view[pos + _CRC.size:end]) != crc:
+                            problem = "a checksum mismatch"
+                            break
+                        events += n
+                        seg.offsets.append(pos)
+                        seg.cum.append(events)
+                        seq += 1
+                        pos = end
+                finally:
+                    view.release()
+        if problem:
+            if last:
+                # What follows the last good record was being written when the
+                # agent stopped; it was never synced, so never accepted.
+                os.ftruncate(fd, pos)
+                log_event(self.log, "spool.torn_tail", logging.WARNING, segment=path.name,
+                          discarded=size - pos, reason=problem)
+            else:
+                self._corrupt += 1
+                log_event(self.log, "spool.corrupt", logging.ERROR, segment=path.name,
+                          offset=pos, discarded=size - pos, reason=problem)
+        if last:
+            # Records written but not synced before a crash are indexed now:
+            # make them durable before they can be sent.
+            os.fsync(fd)
+        if not seg.offsets and not last:
+            os.close(fd)
+            os.unlink(path)
+            return
+        seg.size = seg.synced = pos
+        self._segments.append(seg)
+        self._total += seg.size
+
+    def _read_state(self) -> tuple[str, int, int, int] | None:
+        try:
+            raw = json.loads((self.folder / "state.json").read_bytes())
+            return (str(raw["stream"]), int(raw["base"]), int(raw.get("dropped_events", 0)),
+                    int(raw.get("dropped_batches", 0)))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _read_ack(self) -> int:
+        try:
+            raw = (self.folder / "acked").read_bytes()
+        except FileNotFoundError:
+            return 0
+        if len(raw) < _ACK.size:
+            return 0
+        seq, crc = _ACK.unpack_from(raw)
+        return seq if zlib.crc32(raw[:8]) == crc else 0
+
+    def _write_state(self, *, stream: str | None = None, base: int | None = None,
+                     dropped: tuple[int, int] | None = None) -> None:
+        """Persist the state with the given changes; memory is only updated
+        by the caller once this returned, so a failure changes nothing."""
+        events, batches = dropped if dropped is not None else (self._dropped_events, self._dropped_batches)
+        data = json.dumps({
+            "stream": stream if stream is not None else self._stream,
+            "base": base if base is not None else self._base,
+            "dropped_events": events, "dropped_batches": batches,
+        }).encode()
+        tmp = self.folder / "state.json.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _pwrite_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.folder / "state.json")
+        os.fsync(self._dir_fd)
+
+    def _write_ack(self) -> None:
+        seq = self._acked.to_bytes(8, "little")
+        os.pwrite(self._ack_fd, _ACK.pack(self._acked, zlib.crc32(seq)), 0)
+
+    # -- the sequence ----------------------------------------------------------
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def acked(self) -> int:
+        """Last acknowledged seq of the current stream."""
+        return self._acked - self._base
+
+    @property
+    def last_seq(self) -> int:
+        """Last durable seq: batches up to it may be sent."""
+        return max(self._synced - self._base, 0)
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next append gets."""
+        return self._next - self._base
+
+    def first_unacked(self) -> int:
+        """Seq of the oldest batch held after :attr:`acked`, or :attr:`next_seq`
+        if none.  If it is not ``acked + 1``, batches in between were lost
+        (dropped when full, or damaged)."""
+        want = self._acked + 1
+        for seg in self._segments:
+            if seg.last < want:
+                continue
+            seq = max(seg.first, want)
+            while seq in self._bad and seq <= seg.last:
+                seq += 1
+            if seq <= seg.last:
+                return seq - self._base
+        return self._next - self._base
+
+    # -- writing ---------------------------------------------------------------
+
+    def append(self, events: Sequence[wire.Event]) -> int:
+        """Buffer one batch; return its seq (accepted once :meth:`sync`
+        returns).  Makes room by dropping the oldest segment when the spool
+        is full.  A batch larger than the whole bound is dropped and counted
+        and 0 is returned."""
+        payload = self._encoder.encode(events)
+        n = len(events)
+        size = _HEADER + len(payload)
+        try:
+            if size > self.max_bytes:
+                self._count_dropped(n, 1)
+                log_event(self.log, "spool.batch_too_large", logging.ERROR, size=size,
+                          bound=self.max_bytes, events=n)
+                return 0
+            tail = self._segments[-1] if self._segments else None
+            if tail is None or (tail.size and tail.size + size > self.segment_bytes):
+                tail = self._roll()
+            while self._total + size > self.max_bytes:
+                if len(self._segments) == 1:
+                    self._roll()
+                self._drop(self._segments[0])
+        except OSError as e:
+            raise _error("make room in", self.folder, e) from None
+        tail = self._segments[-1]
+        seq = self._next
+        rest = _REST.pack(len(payload), seq, n)
+        buf = tail.buf
+        if not buf:
+            self._dirty.append(tail)
+        buf += _CRC.pack(zlib.crc32(payload, zlib.crc32(rest)))
+        buf += rest
+        buf += payload
+        tail.offsets.append(tail.size)
+        tail.cum.append((tail.cum[-1] if tail.cum else 0) + n)
+        tail.size += size
+        self._total += size
+        self._next = seq + 1
+        return seq - self._base
+
+    def sync(self) -> int:
+        """Write and fsync everything appended; return :attr:`last_seq`.
+        On failure nothing appended is forgotten: the next call writes it again."""
+        for seg in list(self._dirty):
+            try:
+                if seg.buf:
+                    _pwrite_all(seg.fd, seg.buf, seg.synced)
+                os.fdatasync(seg.fd)
+            except OSError as e:
+                raise _error("write", seg.path, e) from None
+            seg.synced += len(seg.buf)
+            seg.buf = bytearray()
+            self._dirty.remove(seg)
+        if self._dir_dirty:
+            try:
+                os.fsync(self._dir_fd)
+            except OSError as e:
+                raise _error("sync the folder", self.folder, e) from None
+            self._dir_dirty = False
+        self._synced = self._next - 1
+        return self.last_seq
+
+    def _roll(self) -> _Segment:
+        path = self.folder / f"{self._next:020d}.seg"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        seg = _Segment(self._next, path, fd)
+        self._segments.append(seg)
+        self._dir_dirty = True
+        return seg
+
+    def _drop(self, seg: _Segment) -> None:
+        start = max(self._acked + 1 - seg.first, 0)
+        batches = max(len(seg.offsets) - start, 0)
+        events = seg.events_after(start)
+        if batches:
+            # Counted on disk before the data goes, so a crash cannot hide a loss.
+            self._count_dropped(events, batches)
+            log_event(self.log, "spool.dropped", logging.WARNING, segment=seg.path.name,
+                      batches=batches, events=events, bound=self.max_bytes)
+        self._remove(seg)
+
+    def _count_dropped(self, events: int, batches: int) -> None:
+        total = (self._dropped_events + events, self._dropped_batches + batches)
+        self._write_state(dropped=total)
+        self._dropped_events, self._dropped_batches = total
+        self._unreported += events
+
+    def _remove(self, seg: _Segment) -> None:
+        try:
+            os.unlink(seg.path)
+        except FileNotFoundError:
+            pass
+        os.close(seg.fd)
+        self._segments.remove(seg)
+        if seg in self._dirty:
+            self._dirty.remove(seg)
+        self._total -= seg.size
+        self._bad.difference_update(range(seg.first, seg.last + 1))
+
+    # -- reading and acknowledging --------------------------------------------
+
+    def pending(self, from_seq: int, max_batches: int = 64) -> list[tuple[int, bytes]]:
+        """Up to ``max_batches`` durable, unacknowledged batches from
+        ``from_seq`` on, as (seq, encoded ``wire.EventBatch`` frame).  Batches
+        no longer held are skipped, so seqs may jump."""
+        out: list[tuple[int, bytes]] = []
+        start = max(from_seq + self._base, self._acked + 1)
+        for seg in self._segments:
+            if len(out) >= max_batches or seg.first > self._synced:
+                break
+            if seg.last < start:
+                continue
+            i = max(start - seg.first, 0)
+            j = min(len(seg.offsets), self._synced - seg.first + 1, i + max_batches - len(out))
+            if i >= j:
+                continue
+            lo = seg.offsets[i]
+            j = bisect_right(seg.offsets, lo + _READ_BYTES, i + 1, j)
+            hi = seg.offsets[j] if j < len(seg.offsets) else seg.synced
+            try:
+                data = os.pread(seg.fd, hi - lo, lo)
+            except OSError as e:
+                raise _error("read", seg.path, e) from None
+            if len(data) != hi - lo:
+                raise SpoolError(f"spool: {seg.path} is shorter than its index ({lo + len(data)} < {hi} bytes)",
+                                 _errno.EIO)
+            self._frames(seg, i, j, memoryview(data), lo, out)
+        return out
+
+    def _frames(self, seg: _Segment, i: int, j: int, data: memoryview, lo: int,
+                out: list[tuple[int, bytes]]) -> None:
+        for k in range(i, j):
+            pos = seg.offsets[k] - lo
+            seq = seg.first + k
+            (crc,) = _CRC.unpack_from(data, pos)
+            length, rseq, _n = _REST.unpack_from(data, pos + _CRC.size)
+            body = data[pos + _CRC.size:pos + _HEADER + length]
+            if rseq != seq or len(body) != _REST.size + length or zlib.crc32(body) != crc:
+                # Damaged since it was written: never send it (the hive would
+                # refuse it forever); the gap it leaves is handled like a drop.
+                if seq not in self._bad:
+                    self._bad.add(seq)
+                    self._corrupt += 1
+                    log_event(self.log, "spool.corrupt", logging.ERROR, segment=seg.path.name,
+                              seq=seq - self._base, reason="record damaged on disk")
+                continue
+            if seq in self._bad:
+                continue
+            frame = _Frame(seq=seq - self._base, stream=self._stream,
+                           events=msgspec.Raw(body[_REST.size:]))
+            out.append((seq - self._base, self._codec.encode(frame)))
+
+    def ack(self, seq: int) -> None:
+        """Every batch up to ``seq`` is stored by the hive: forget it.
+        Deletes the segments that hold only acknowledged batches."""
+        disk = seq + self._base
+        if disk <= self._acked:
+            return
+        if disk > self._synced:
+            raise ValueError(f"ack of seq {seq} beyond the last durable batch {self.last_seq}")
+        self._acked = disk
+        try:
+            self._write_ack()
+        except OSError as e:  # only costs a redelivery after a restart
+            log_event(self.log, "spool.ack_not_saved", logging.WARNING, reason=e.strerror or str(e))
+        self._delete_acked()
+
+    def _delete_acked(self) -> None:
+        for seg in self._segments[:-1]:
+            if seg.last > self._acked:
+                break
+            try:
+                self._remove(seg)
+            except OSError as e:
+                log_event(self.log, "spool.delete_failed", logging.WARNING, segment=seg.path.name,
+                          reason=e.strerror or str(e))
+                break
+
+    def new_stream(self) -> str:
+        """Start a new stream whose seq 1 is the oldest unacknowledged batch
+        held (or the next one appended).  For when the hive asks for a batch
+        this spool no longer has."""
+        first = self.first_unacked() + self._base
+        stream = secrets.token_hex(8)
+        try:
+            self._write_state(stream=stream, base=first - 1)
+        except OSError as e:
+            raise _error("write the state of", self.folder, e) from None
+        old = self._stream
+        self._stream, self._base = stream, first - 1
+        self._acked = max(self._acked, self._base)
+        try:
+            self._write_ack()
+        except OSError as e:
+            log_event(self.log, "spool.ack_not_saved", logging.WARNING, reason=e.strerror or str(e))
+        log_event(self.log, "spool.new_stream", logging.WARNING, old=old, stream=stream,
+                  pending=self.next_seq - 1)
+        return stream
+
+    # -- accounting ------------------------------------------------------------
+
+    def take_dropped(self) -> int:
+        """Events dropped since the last call (to report them once)."""
+        n, self._unreported = self._unreported, 0
+        return n
+
+    def statistics(self) -> SpoolStatistics:
+        batches = events = 0
+        for seg in self._segments:
+            i = max(self._acked + 1 - seg.first, 0)
+            batches += max(len(seg.offsets) - i, 0)
+            events += seg.events_after(i)
+        return SpoolStatistics(
+            stream=self._stream, batches=batches, events=events, bytes=self._total,
+            segments=len(self._segments), acked=self.acked, last=self.last_seq,
+            dropped_events=self._dropped_events, dropped_batches=self._dropped_batches,
+            corrupt=self._corrupt,
+        )
+
+    def close(self) -> None:
+        """Close the files.  Batches appended since the last :meth:`sync` are
+        not kept (they were never accepted)."""
+        for seg in self._segments:
+            if seg.fd >= 0:
+                os.close(seg.fd)
+                seg.fd = -1
+        self._segments.clear()
+        self._dirty.clear()
+        for name in ("_ack_fd", "_dir_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
