@@ -1,0 +1,1 @@
+"""SENTINEL IMMUNE's built-in Sigma rules (data, not code); see README.md."""
