@@ -1,0 +1,393 @@
+"""The process table: who is behind every event.
+
+Seeded from /proc at start and kept current by the sensor's exec, fork and
+exit events, so that enriching an event costs dictionary lookups, not
+/proc reads.  /proc is read only for a process no event announced (it
+started before the seed, or its fork was lost), and the executable is hashed
+once per (device, inode, mtime, size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import wire
+
+TOO_LARGE = "too-large"
+"""``sha256`` of an executable bigger than the hash limit: not hashed, on purpose."""
+
+_UNIT = re.compile(r"\.(?:service|scope|socket|mount|swap)$")
+_CONTAINER_ID = re.compile(r"^(?:[a-z][a-z-]*-)?([0-9a-f]{64})(?:\.scope)?$")
+_LXC = re.compile(r"^lxc\.payload\.(.+)$")
+_RECENT_EXITS = 1024
+_CACHE = 4096
+
+
+def parse_cgroup(text: str) -> tuple[str, str, str]:
+    """``(path, unit, container)`` from the text of /proc/PID/cgroup.
+
+    The path is the cgroup v2 one (``0::/...``), else the v1 systemd one.
+    The unit is the innermost systemd unit in it; the container the innermost
+    docker, containerd, CRI-O, podman (64 hex digits) or LXC id."""
+    path = ""
+    for line in text.splitlines():
+        hier, _, rest = line.partition(":")
+        controllers, _, p = rest.partition(":")
+        if hier == "0" and controllers == "":
+            path = p
+            break
+        if controllers == "name=systemd" or (not path and p):
+            path = p
+    unit = container = ""
+    for part in path.split("/"):
+        if _UNIT.search(part):
+            unit = part
+        if "conmon" in part:  # podman's and CRI-O's monitor runs beside the container, not in it
+            continue
+        m = _CONTAINER_ID.match(part) or _LXC.match(part)
+        if m:
+            container = m.group(1)
+    return path, unit, container
+
+
+def _cgroup2_mount(proc: Path) -> str:
+    """Where cgroup v2 is mounted (/sys/fs/cgroup, or .../unified on hybrid
+    layouts); "" if nowhere, and then cgroup ids are not resolved."""
+    try:
+        with open(proc / "mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == "cgroup2":
+                    return fields[1]
+    except OSError:
+        pass
+    return ""
+
+
+class Process:
+    __slots__ = ("pid", "ppid", "image", "exe", "cmdline", "cgroup", "unit", "container", "sha256")
+
+    def __init__(self, pid: int, ppid: int = 0, image: str = "", exe: str = "", cmdline: str = "",
+                 cgroup: int = 0, unit: str = "", container: str = "") -> None:
+        self.pid = pid
+        self.ppid = ppid
+        self.image = image
+        """What rules call Image: the path given to execve, or /proc's exe for a seeded process."""
+        self.exe = exe
+        """The executable the kernel resolved (what gets hashed)."""
+        self.cmdline = cmdline
+        self.cgroup = cgroup
+        self.unit = unit
+        self.container = container
+        self.sha256: str | None = None
+        """None until first needed."""
+
+    def copy(self, pid: int, ppid: int) -> "Process":
+        child = Process(pid, ppid, self.image, self.exe, self.cmdline, self.cgroup, self.unit, self.container)
+        child.sha256 = self.sha256
+        return child
+
+    def __repr__(self) -> str:
+        return f"Process(pid={self.pid}, ppid={self.ppid}, image={self.image!r}, cmdline={self.cmdline!r})"
+
+
+@dataclass(frozen=True)
+class ProcessTableStatistics:
+    processes: int
+    seeded: int
+    loaded: int
+    """Processes read from /proc because no event had announced them."""
+    unknown: int
+    """Processes gone before they could be read: their events carry less."""
+    evicted: int
+    """Live processes forgotten because the table was full."""
+    hashed: int
+    hash_hits: int
+    hash_skipped: int
+    """Executables over the hash limit."""
+    hash_failed: int
+
+
+class ProcessTable:
+    """Processes by pid.  :meth:`enrich` both reads and updates it."""
+
+    def __init__(self, *, proc: str | os.PathLike = "/proc", cgroup_root: str | os.PathLike | None = None,
+                 max_processes: int = 32768, hash_limit: int = 32 << 20, cmdline_limit: int = 8192) -> None:
+        self.proc = Path(proc)
+        self.cgroup_root = str(cgroup_root) if cgroup_root is not None else _cgroup2_mount(self.proc)
+        self.max_processes = max_processes
+        self.hash_limit = hash_limit
+        self.cmdline_limit = cmdline_limit
+        self._procs: OrderedDict[int, Process] = OrderedDict()
+        self._exited: OrderedDict[int, Process] = OrderedDict()
+        """Recently exited, for a child's event that races its parent's exit."""
+        self._users: dict[int, str] = {}
+        self._hashes: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._cgroups: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self._seeded = self._loaded = self._unknown = self._evicted = 0
+        self._hashed = self._hash_hits = self._hash_skipped = self._hash_failed = 0
+
+    # -- the table ---------------------------------------------------------------
+
+    def seed(self) -> int:
+        """Read every process in /proc; return how many were added."""
+        n = 0
+        for name in os.listdir(self.proc):
+            if name.isdigit():
+                p = self._read(int(name))
+                if p is not None:
+                    self._put(p)
+                    n += 1
+        self._seeded += n
+        return n
+
+    def get(self, pid: int) -> Process | None:
+        return self._procs.get(pid)
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def _put(self, p: Process) -> None:
+        procs = self._procs
+        procs[p.pid] = p
+        procs.move_to_end(p.pid)
+        if len(procs) > self.max_processes:
+            procs.popitem(last=False)
+            self._evicted += 1
+
+    def _lookup(self, pid: int, ppid: int) -> Process:
+        p = self._procs.get(pid)
+        if p is not None:
+            self._procs.move_to_end(pid)
+            return p
+        p = self._read(pid)
+        if p is None:
+            # Gone already: remember it anyway so its other events do not
+            # each try /proc again.
+            p = Process(pid, ppid)
+            self._unknown += 1
+        else:
+            self._loaded += 1
+        self._put(p)
+        return p
+
+    def _parent(self, ppid: int) -> Process | None:
+        if ppid <= 0:
+            return None
+        return self._procs.get(ppid) or self._exited.get(ppid) or self._lookup(ppid, 0)
+
+    # -- enrichment -----------------------------------------------------------------
+
+    def enrich(self, event: wire.Event) -> None:
+        """Fill the event's image, cmdline, parent_image, parent_cmdline,
+        user, sha256, unit and container, and apply what it says (exec, fork,
+        exit) to the table.  ``cwd`` comes from the sensor on exec events and
+        is not guessed for others (chdir is not traced)."""
+        kind = type(event)
+        if kind is wire.Notice or event.pid <= 0:
+            return
+        if kind is wire.Exec:
+            p = self._exec(event)  # type: ignore[arg-type]
+        else:
+            p = self._lookup(event.pid, event.ppid)
+            event.image = p.image
+            event.cmdline = p.cmdline
+        if event.cgroup and event.cgroup != p.cgroup:
+            self._moved(p, event.cgroup)
+        parent = self._parent(event.ppid or p.ppid)
+        if parent is not None:
+            event.parent_image = parent.image
+            event.parent_cmdline = parent.cmdline
+        event.user = self._user(event.uid)
+        if kind is not wire.Exec or event.result == 0:  # type: ignore[attr-defined]
+            if p.sha256 is None:
+                p.sha256 = self._hash_process(p)
+            event.sha256 = p.sha256
+        event.unit = p.unit
+        event.container = p.container
+        if kind is wire.Fork:
+            self._put(p.copy(event.child_pid, event.pid))  # type: ignore[attr-defined]
+        elif kind is wire.Exit:
+            self._exit(event.pid)
+
+    def _exec(self, event: wire.Exec) -> Process:
+        fn = event.filename
+        if fn and not fn.startswith("/") and event.cwd:
+            fn = os.path.normpath(os.path.join(event.cwd, fn))
+        image = fn or event.exe
+        cmdline = " ".join(event.argv)[:self.cmdline_limit]
+        event.image = image
+        event.cmdline = cmdline
+        p = self._lookup(event.pid, event.ppid)
+        if event.result != 0:
+            # The caller keeps its old image; the event is about the file it tried.
+            path = event.exe or image
+            event.sha256 = self._hash_path(path) if path.startswith("/") and not p.container else ""
+            return p
+        p.image = image
+        p.exe = event.exe or image
+        p.cmdline = cmdline
+        p.sha256 = None
+        if event.ppid:
+            p.ppid = event.ppid
+        return p
+
+    def _exit(self, pid: int) -> None:
+        p = self._procs.pop(pid, None)
+        if p is not None:
+            self._exited[pid] = p
+            if len(self._exited) > _RECENT_EXITS:
+                self._exited.popitem(last=False)
+
+    def _user(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            if len(self._users) >= _CACHE:
+                self._users.clear()
+            self._users[uid] = name
+        return name
+
+    # -- /proc ----------------------------------------------------------------------
+
+    def _read(self, pid: int) -> Process | None:
+        base = f"{self.proc}/{pid}"
+        try:
+            with open(f"{base}/stat", "rb") as f:
+                stat_line = f.read()
+            with open(f"{base}/cmdline", "rb") as f:
+                raw = f.read(self.cmdline_limit * 4)
+            with open(f"{base}/cgroup") as f:
+                cgroup_text = f.read()
+        except OSError:
+            return None
+        # The comm in parentheses may hold anything, so split after the last ')'.
+        ppid = int(stat_line[stat_line.rindex(b")") + 2:].split()[1])
+        try:
+            exe = os.readlink(f"{base}/exe")
+        except OSError:
+            exe = ""  # a kernel thread, or no permission
+        args = raw.split(b"\0")
+        if args and args[-1] == b"":
+            args.pop()
+        cmdline = " ".join(a.decode(errors="replace") for a in args)[:self.cmdline_limit]
+        path, unit, container = parse_cgroup(cgroup_text)
+        cgroup = self._cgroup_id(path)
+        if cgroup:
+            self._remember_cgroup(cgroup, (unit, container))
+        return Process(pid, ppid, exe, exe, cmdline, cgroup, unit, container)
+
+    def _cgroup_id(self, path: str) -> int:
+        """The cgroup v2 id the sensor reports is the inode of its folder."""
+        if not path or not self.cgroup_root:
+            return 0
+        try:
+            return os.stat(self.cgroup_root + path).st_ino
+        except OSError:
+            return 0
+
+    def _remember_cgroup(self, cgroup: int, info: tuple[str, str]) -> None:
+        self._cgroups[cgroup] = info
+        if len(self._cgroups) > _CACHE:
+            self._cgroups.popitem(last=False)
+
+    def _moved(self, p: Process, cgroup: int) -> None:
+        """The process is in another cgroup than we knew (docker exec,
+        systemd-run): look the new one up once per cgroup."""
+        info = self._cgroups.get(cgroup)
+        if info is None:
+            try:
+                with open(f"{self.proc}/{p.pid}/cgroup") as f:
+                    path, unit, container = parse_cgroup(f.read())
+            except OSError:
+                return  # gone: keep what we knew
+            info = (unit, container)
+            self._remember_cgroup(self._cgroup_id(path) or cgroup, info)
+        p.cgroup = cgroup
+        p.unit, p.container = info
+
+    # -- hashing --------------------------------------------------------------------
+
+    def _hash_process(self, p: Process) -> str:
+        """Hash the running process's executable through /proc/PID/exe,
+        which is exactly the file it runs even if the path was replaced or
+        lives in a container.  If the process has gone or runs something
+        else by now, fall back to the path, but never for a container, whose
+        paths mean other files on the host."""
+        if not p.exe:
+            return ""
+        try:
+            fd = os.open(f"{self.proc}/{p.pid}/exe", os.O_RDONLY)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                # Checked after the open: if it still names our image, the
+                # file we hold is that image.
+                if os.readlink(f"{self.proc}/{p.pid}/exe") == p.exe:
+                    return self._hash_fd(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        if p.container or not p.exe.startswith("/"):
+            return ""
+        return self._hash_path(p.exe)
+
+    def _hash_path(self, path: str) -> str:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            self._hash_failed += 1
+            return ""
+        try:
+            return self._hash_fd(fd)
+        finally:
+            os.close(fd)
+
+    def _hash_fd(self, fd: int) -> str:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return ""
+            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            digest = self._hashes.get(key)
+            if digest is not None:
+                self._hashes.move_to_end(key)
+                self._hash_hits += 1
+                return digest
+            if st.st_size > self.hash_limit:
+                digest = TOO_LARGE
+                self._hash_skipped += 1
+            else:
+                h = hashlib.sha256()
+                offset = 0
+                while chunk := os.pread(fd, 1 << 20, offset):
+                    h.update(chunk)
+                    offset += len(chunk)
+                digest = h.hexdigest()
+                self._hashed += 1
+        except OSError:
+            self._hash_failed += 1
+            return ""
+        self._hashes[key] = digest
+        if len(self._hashes) > _CACHE:
+            self._hashes.popitem(last=False)
+        return digest
+
+    def statistics(self) -> ProcessTableStatistics:
+        return ProcessTableStatistics(
+            processes=len(self._procs), seeded=self._seeded, loaded=self._loaded, unknown=self._unknown,
+            evicted=self._evicted, hashed=self._hashed, hash_hits=self._hash_hits,
+            hash_skipped=self._hash_skipped, hash_failed=self._hash_failed,
+        )

@@ -1,0 +1,225 @@
+"""The process table as a plain object, against this machine's real /proc."""
+
+import hashlib
+import os
+import pwd
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+import wire
+from agent import TOO_LARGE, ProcessTable, parse_cgroup
+
+GONE = 4_000_000_000  # beyond any pid_max: never in /proc
+
+
+def sha256_of(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def cmdline_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return " ".join(a.decode() for a in f.read().split(b"\0")[:-1])
+
+
+def test_seed_finds_this_process_and_enriches_its_events():
+    table = ProcessTable()
+    assert table.seed() > 1
+    me = table.get(os.getpid())
+    assert me is not None
+    assert me.image == os.path.realpath(sys.executable)
+    assert me.cmdline == " ".join(sys.orig_argv)
+    assert me.ppid == os.getppid()
+
+    ev = wire.Open(pid=os.getpid(), ppid=os.getppid(), uid=os.getuid(), path="/etc/hosts")
+    table.enrich(ev)
+    assert ev.image == os.path.realpath(sys.executable)
+    assert ev.cmdline == " ".join(sys.orig_argv)
+    assert ev.parent_image == os.readlink(f"/proc/{os.getppid()}/exe")
+    assert ev.parent_cmdline == cmdline_of(os.getppid())
+    assert ev.user == pwd.getpwuid(os.getuid()).pw_name
+    assert ev.sha256 == sha256_of(sys.executable)
+
+
+def test_a_child_started_before_the_seed_is_found_with_its_arguments():
+    args = [sys.executable, "-c", "import time; time.sleep(30)", "marker-" + uuid.uuid4().hex]
+    child = subprocess.Popen(args)
+    try:
+        time.sleep(0.05)
+        table = ProcessTable()
+        table.seed()
+        p = table.get(child.pid)
+        assert p.image == os.path.realpath(sys.executable)
+        assert p.cmdline == " ".join(args)
+        assert p.ppid == os.getpid()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_fork_exec_exit_keep_the_table_current(tmp_path):
+    table = ProcessTable()
+    table.seed()
+    me = os.getpid()
+    my_image = table.get(me).image
+    child = GONE + 1
+
+    fork = wire.Fork(pid=me, ppid=os.getppid(), child_pid=child)
+    table.enrich(fork)
+    assert fork.image == my_image
+    assert table.get(child).image == my_image and table.get(child).ppid == me
+
+    true = os.path.realpath("/usr/bin/true")
+    ex = wire.Exec(pid=child, ppid=me, uid=0, filename="/usr/bin/true", exe=true,
+                   argv=["true", "--flag", "x y"], cwd="/tmp")
+    table.enrich(ex)
+    assert (ex.image, ex.cmdline) == ("/usr/bin/true", "true --flag x y")
+    assert ex.exe == true  # the resolved path stays apart
+    assert ex.parent_image == my_image
+    assert ex.parent_cmdline == " ".join(sys.orig_argv)
+    assert ex.cwd == "/tmp"  # from the sensor, untouched
+    assert ex.sha256 == sha256_of(true)  # the child is gone: hashed by path
+
+    op = wire.Open(pid=child, ppid=me, uid=65534, path="/etc/passwd")
+    table.enrich(op)
+    assert (op.image, op.cmdline, op.parent_image) == ("/usr/bin/true", "true --flag x y", my_image)
+    assert op.sha256 == ex.sha256
+    assert op.user == pwd.getpwuid(65534).pw_name
+
+    ex_ = wire.Exit(pid=child, ppid=me, code=0)
+    table.enrich(ex_)
+    assert ex_.image == "/usr/bin/true"
+    assert table.get(child) is None
+
+    # A grandchild whose event races its parent's exit still finds the parent.
+    late = wire.Open(pid=GONE + 2, ppid=child, path="/x")
+    table.enrich(late)
+    assert late.parent_image == "/usr/bin/true"
+
+
+def test_a_relative_exec_is_made_absolute_and_a_failed_exec_changes_nothing(tmp_path):
+    table = ProcessTable()
+    table.seed()
+    pid = GONE + 3
+    table.enrich(wire.Fork(pid=os.getpid(), child_pid=pid))
+    script = tmp_path / "run.sh"
+    script.write_bytes(b"#!/bin/sh\necho hi\n")
+    ev = wire.Exec(pid=pid, ppid=os.getpid(), filename="./run.sh", exe="", argv=["./run.sh"],
+                   cwd=str(tmp_path), result=-13)
+    table.enrich(ev)
+    assert ev.image == str(script)
+    assert ev.sha256 == sha256_of(script)  # what it tried to run
+    assert table.get(pid).image == table.get(os.getpid()).image  # still the old image
+
+    ev = wire.Exec(pid=pid, ppid=os.getpid(), filename="./run.sh", exe=str(script), argv=["./run.sh", "a"],
+                   cwd=str(tmp_path))
+    table.enrich(ev)
+    assert table.get(pid).image == str(script)
+    assert table.get(pid).cmdline == "./run.sh a"
+
+
+def test_hashes_are_cached_by_file_identity_and_change_with_the_file(tmp_path):
+    table = ProcessTable()
+    exe = tmp_path / "tool"
+    exe.write_bytes(b"version one")
+    for pid in (GONE + 10, GONE + 11):
+        ev = wire.Exec(pid=pid, filename=str(exe), exe=str(exe), argv=["tool"])
+        table.enrich(ev)
+        assert ev.sha256 == hashlib.sha256(b"version one").hexdigest()
+    st = table.statistics()
+    assert (st.hashed, st.hash_hits) == (1, 1)
+
+    exe.write_bytes(b"version two, longer")
+    ev = wire.Exec(pid=GONE + 12, filename=str(exe), exe=str(exe), argv=["tool"])
+    table.enrich(ev)
+    assert ev.sha256 == hashlib.sha256(b"version two, longer").hexdigest()
+    assert table.statistics().hashed == 2
+
+
+def test_huge_executables_are_not_hashed_but_marked(tmp_path):
+    table = ProcessTable(hash_limit=1000)
+    exe = tmp_path / "big"
+    exe.write_bytes(b"x" * 1001)
+    ev = wire.Exec(pid=GONE + 20, filename=str(exe), exe=str(exe))
+    table.enrich(ev)
+    assert ev.sha256 == TOO_LARGE
+    assert table.statistics().hash_skipped == 1
+
+
+def test_the_table_is_bounded_and_counts_what_it_forgets():
+    table = ProcessTable(max_processes=5)
+    for i in range(8):
+        table.enrich(wire.Fork(pid=GONE, child_pid=GONE + 100 + i))
+    assert len(table) == 5
+    assert table.statistics().evicted >= 3
+    # The most recently seen survive.
+    assert table.get(GONE + 107) is not None
+
+
+def test_a_process_gone_before_it_was_seen_is_read_from_proc_only_once():
+    table = ProcessTable()
+    for _ in range(3):
+        ev = wire.Open(pid=GONE + 30, uid=0, path="/x")
+        table.enrich(ev)
+        assert ev.image == "" and ev.user == pwd.getpwuid(0).pw_name
+    assert table.statistics().unknown == 1
+
+
+def test_notices_from_the_agent_itself_are_left_alone():
+    table = ProcessTable()
+    ev = wire.Notice(what="spool_dropped", count=3)
+    table.enrich(ev)
+    assert ev == wire.Notice(what="spool_dropped", count=3)
+
+
+@pytest.mark.parametrize("text, unit, container", [
+    ("0::/system.slice/ssh.service\n", "ssh.service", ""),
+    ("0::/user.slice/user-1000.slice/session-3.scope\n", "session-3.scope", ""),
+    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-org.gnome.Terminal.slice/vte-spawn-1.scope\n",
+     "vte-spawn-1.scope", ""),
+    ("0::/system.slice/docker-" + "a" * 64 + ".scope\n", "docker-" + "a" * 64 + ".scope", "a" * 64),
+    ("0::/docker/" + "b1" * 32 + "\n", "", "b1" * 32),
+    ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_34.slice/cri-containerd-"
+     + "c" * 64 + ".scope\n", "cri-containerd-" + "c" * 64 + ".scope", "c" * 64),
+    ("0::/kubepods/burstable/pod0a1b/" + "d" * 64 + "\n", "", "d" * 64),
+    ("0::/machine.slice/libpod-" + "e" * 64 + ".scope/container\n", "libpod-" + "e" * 64 + ".scope", "e" * 64),
+    ("0::/machine.slice/libpod-conmon-" + "e" * 64 + ".scope\n", "libpod-conmon-" + "e" * 64 + ".scope", ""),
+    ("0::/system.slice/crio-" + "f" * 64 + ".scope\n", "crio-" + "f" * 64 + ".scope", "f" * 64),
+    ("0::/lxc.payload.web1/system.slice/nginx.service\n", "nginx.service", "web1"),
+    ("12:pids:/system.slice/cron.service\n1:name=systemd:/system.slice/cron.service\n0::/\n", "", ""),
+    ("12:pids:/x\n1:name=systemd:/system.slice/cron.service\n", "cron.service", ""),
+    ("0::/init.scope\n", "init.scope", ""),
+    ("0::/\n", "", ""),
+])
+def test_cgroup_lines_give_unit_and_container(text, unit, container):
+    assert parse_cgroup(text)[1:] == (unit, container)
+
+
+def test_a_process_moved_to_another_cgroup_gets_its_unit():
+    table = ProcessTable()
+    if not table.cgroup_root:
+        pytest.skip("no cgroup v2 mount")
+    folder = os.path.join(table.cgroup_root, f"immune-test-{uuid.uuid4().hex[:8]}.scope")
+    try:
+        os.mkdir(folder)
+    except OSError as e:
+        pytest.skip(f"cannot make a cgroup: {e}")
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        table.seed()
+        with open(os.path.join(folder, "cgroup.procs"), "w") as f:
+            f.write(str(child.pid))
+        ev = wire.Open(pid=child.pid, cgroup=os.stat(folder).st_ino, path="/x")
+        table.enrich(ev)
+        assert ev.unit == os.path.basename(folder)
+        again = wire.Open(pid=child.pid, cgroup=os.stat(folder).st_ino, path="/y")
+        table.enrich(again)
+        assert again.unit == ev.unit
+    finally:
+        child.kill()
+        child.wait()
+        os.rmdir(folder)
