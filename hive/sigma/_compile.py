@@ -59,7 +59,8 @@ TOKEN = re.compile(r"[0-9a-z_]+")
 # Tokens that occur in most events: a rule keyed on one of them is tested often.
 _COMMON_TOKENS = frozenset(
     "usr bin sbin local lib lib64 libexec etc var tmp home root opt dev proc sys run share "
-    "python python3 sh bash true false exe so py conf log x86_64 linux gnu".split()
+    "python python3 sh bash true false exe so py conf log x86_64 linux gnu srv src app data "
+    "cache config json txt html js php node server new main index init test sudo".split()
 )
 
 _UNSEEN = object()

@@ -20,24 +20,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
-from ._compile import AFFIX, TOKEN, Rule, SigmaEvent
+from ._compile import AFFIX, Rule, SigmaEvent
 
-_findall = TOKEN.findall
 _prefix = itemgetter(slice(None, AFFIX))
 _suffix = itemgetter(slice(-AFFIX, None))
 _KINDS = ("=", "^", "$")
 
+# _compile.TOKEN's tokens, three times faster: after lower(), every character that is not
+# [0-9a-z_] separates tokens, and so does every non-ASCII one ("?" once encoded).
+_TOKEN_BYTES = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz_")
+_SEPARATE = bytes(c if c in _TOKEN_BYTES else 0x20 for c in range(256))
+
+
+def tokens(text: str) -> list[bytes]:
+    """The tokens of a value, as the index sees them (lower-cased ASCII bytes)."""
+    return text.lower().encode("ascii", "replace").translate(_SEPARATE).split()
+
 
 @dataclass(frozen=True, slots=True)
 class _Table:
-    keys: frozenset[str]
-    rules: dict[str, tuple[int, ...]]
+    keys: frozenset[bytes]
+    rules: dict[bytes, tuple[int, ...]]
     """key text -> numbers of the rules filed under it."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Category:
     always: tuple[int, ...]
+    always_rules: list[Rule]
     fields: tuple[str, ...]
     whole: _Table | None
     prefix: _Table | None
@@ -71,7 +81,7 @@ class RuleIndex:
                 continue
             for name, kind, text in rule.keys:
                 fields[rule.category].add(name)
-                numbers = per_kind[kind].setdefault(text, [])
+                numbers = per_kind[kind].setdefault(text.encode("ascii"), [])
                 if number not in numbers:
                     numbers.append(number)
 
@@ -83,6 +93,7 @@ class RuleIndex:
         self._categories = {
             category: _Category(
                 always=tuple(always[category]),
+                always_rules=[self.rules[n] for n in always[category]],
                 fields=tuple(sorted(fields[category])),
                 whole=table(tables[category]["="]),
                 prefix=table(tables[category]["^"]),
@@ -95,31 +106,33 @@ class RuleIndex:
         return len(self.rules)
 
     def candidates(self, event: SigmaEvent) -> list[Rule]:
-        """The rules of the event's category that the event could match, in load order."""
+        """The rules of the event's category that the event could match, in load order.
+
+        The list may be shared between calls: do not change it.
+        """
         entry = self._categories.get(event.category)
         if entry is None:
             return []
-        found = set(entry.always)
         values = event.fields
         parts = []
         for name in entry.fields:
             value = values.get(name)
             if value is not None:
                 parts.append(value if type(value) is str else str(value))
-        if parts:
-            tokens = _findall("\n".join(parts).lower())
-            table = entry.whole
-            if table is not None:
-                for key in table.keys.intersection(tokens):
-                    found.update(table.rules[key])
-            table = entry.prefix
-            if table is not None:
-                for key in table.keys.intersection(map(_prefix, tokens)):
-                    found.update(table.rules[key])
-            table = entry.suffix
-            if table is not None:
-                for key in table.keys.intersection(map(_suffix, tokens)):
-                    found.update(table.rules[key])
+        if not parts:
+            return entry.always_rules
+        found = None
+        words = tokens("\n".join(parts))
+        for table, keys in ((entry.whole, words), (entry.prefix, map(_prefix, words)),
+                            (entry.suffix, map(_suffix, words))):
+            if table is None:
+                continue
+            for key in table.keys.intersection(keys):
+                if found is None:
+                    found = set(entry.always)
+                found.update(table.rules[key])
+        if found is None:
+            return entry.always_rules
         rules = self.rules
         return [rules[n] for n in sorted(found)]
 
