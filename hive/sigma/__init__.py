@@ -16,7 +16,7 @@ mapping and logsources are documented in ``_fields.py``.
 
 from pathlib import Path
 
-from ._compile import LEVELS, Rule, SigmaEvent
+from ._compile import Rule, SigmaEvent
 from ._engine import EngineStatistics, RuleEngine
 from ._errors import KINDS, RuleError
 from ._fields import CATEGORIES, FIELDS, SUBJECT_FIELDS, sigma_events
@@ -28,7 +28,7 @@ BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules"
 """The built-in rule pack (``hive/rules``)."""
 
 __all__ = [
-    "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "LEVELS", "SUBJECT_FIELDS",
+    "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "SUBJECT_FIELDS",
     "EngineStatistics", "IndexSummary", "LoadReport", "Rule", "RuleCache", "RuleEngine",
     "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor", "SuppressorStatistics",
     "check_rules", "load_rules", "sigma_events", "signature",

@@ -47,7 +47,7 @@ from sigma.types import (
     SpecialChars,
 )
 
-from ._errors import RuleError
+from ._errors import RuleError, sigma_reason
 from ._fields import FIELDS
 
 _ANY = SpecialChars.WILDCARD_MULTI
@@ -64,8 +64,6 @@ _COMMON_TOKENS = frozenset(
 )
 
 _UNSEEN = object()
-
-LEVELS = ("informational", "low", "medium", "high", "critical")
 
 
 class SigmaEvent:
@@ -447,9 +445,12 @@ def _cost(node) -> float:
         return sum(_cost(a) for a in node.args)
     if node.field is None:
         return 50.0
-    if node.op in ("any", "all"):
-        return sum(1.0 if len(p) <= 3 else 3.0 for p in node.arg) if node.op == "all" \
-            else 1.0 + sum(0.5 for p in node.arg if len(p) == 3 or len(p) > 3)
+    if node.op == "all":
+        return float(len(node.arg))
+    if node.op == "any":
+        # One C-level call covers all equalities, prefixes and suffixes; each substring
+        # or wildcard pattern (three parts or more) costs its own.
+        return 1.0 + 0.5 * sum(1 for p in node.arg if len(p) >= 3)
     return 3.0
 
 
@@ -603,7 +604,7 @@ def compile_rule(rule: SigmaRule, path: Path | None = None) -> Rule:
     title = rule.title or ""
     try:
         if rule.errors:
-            raise RuleError(str(rule.errors[0]), kind="sigma")
+            raise RuleError(sigma_reason(rule.errors[0]), kind="sigma")
         if not rule_id:
             raise RuleError("rule has no id (alerts and correlations need a stable one)",
                             kind="metadata")
@@ -611,7 +612,11 @@ def compile_rule(rule: SigmaRule, path: Path | None = None) -> Rule:
         try:
             conditions = [c.parsed for c in rule.detection.parsed_condition]
         except SigmaError as e:
-            raise RuleError(str(e), kind="condition") from e
+            raise RuleError(sigma_reason(e), kind="condition") from e
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
+            # pySigma assumes a well-formed condition and fails with Python errors otherwise.
+            raise RuleError(f"malformed condition: {type(e).__name__}: {e}",
+                            kind="condition") from e
         if any(c is None for c in conditions):
             raise RuleError("condition resolves to nothing", kind="condition")
         root = conditions[0] if len(conditions) == 1 else ConditionOR(conditions)

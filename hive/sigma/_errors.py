@@ -41,3 +41,8 @@ class RuleError(Exception):
         if self.title:
             where += f" {self.title!r}"
         return f"{where}: {self.kind}: {self.reason}"
+
+
+def sigma_reason(error: Exception) -> str:
+    """pySigma's message without the file location it appends (we print our own)."""
+    return str(error.args[0]) if error.args else str(error)

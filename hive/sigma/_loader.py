@@ -35,7 +35,7 @@ from sigma.rule import SigmaRule
 from hive.correlate import TYPES, CorrelationRule
 
 from ._compile import Rule, compile_rule
-from ._errors import RuleError
+from ._errors import RuleError, sigma_reason
 from ._fields import FIELDS
 from ._index import RuleIndex
 
@@ -165,19 +165,23 @@ def _parse_file(path: Path) -> _Parsed:
             return _Parsed((), (), (RuleError(
                 f"document {number} is a {type(document).__name__}, not a mapping",
                 kind="yaml", path=path),))
+        if not isinstance(document.get("id", ""), str):
+            return _Parsed((), (), (RuleError(
+                f"document {number}: id must be a UUID string, not {document['id']!r}",
+                kind="metadata", path=path),))
     try:
         collection = SigmaCollection.from_dicts(
             documents, collect_errors=True, source=SigmaRuleLocation(path),
             collect_filters=True, resolve_references=False)
     except SigmaError as e:
-        return _Parsed((), (), (RuleError(str(e), kind="sigma", path=path),))
+        return _Parsed((), (), (RuleError(sigma_reason(e), kind="sigma", path=path),))
     except (TypeError, ValueError, AttributeError, KeyError) as e:
         # pySigma assumes well-formed input in places and fails with Python errors otherwise.
         return _Parsed((), (), (RuleError(f"malformed rule: {type(e).__name__}: {e}",
                                           kind="sigma", path=path),))
     # collection.errors repeats each rule's errors; keep those of the collection itself.
     owned = {id(e) for item in [*collection.rules, *collection.filters] for e in item.errors}
-    failures = [RuleError(str(e), kind="sigma", path=path)
+    failures = [RuleError(sigma_reason(e), kind="sigma", path=path)
                 for e in collection.errors if id(e) not in owned]
     rules: list[Rule] = []
     correlations: list[SigmaCorrelationRule] = []
@@ -188,7 +192,7 @@ def _parse_file(path: Path) -> _Parsed:
             except RuleError as e:
                 failures.append(e)
         elif item.errors:
-            failures.append(RuleError(str(item.errors[0]), kind="sigma", path=path,
+            failures.append(RuleError(sigma_reason(item.errors[0]), kind="sigma", path=path,
                                       rule_id=str(item.id or ""), title=item.title or ""))
         else:
             correlations.append(item)

@@ -267,3 +267,28 @@ def test_statistics_show_the_index_sparing_work(tmp_path, clock):
     assert engine.statistics().evaluated == 0
     assert engine.process(Exec(agent="a", filename="/opt/tool7", argv=["x"]))
     assert engine.statistics().evaluated == 1
+
+
+@pytest.mark.parametrize("detection, kind, words", [
+    ("selection: {Image: x}\n    condition: 5", "condition", "malformed condition"),
+    ("selection: {Image: [[1, 2]]}\n    condition: selection", "sigma", "Unsupported type"),
+    ("selection: {Image|re: '['}\n    condition: selection", "sigma", "Regular expression"),
+    ("selection: {ProcessId|lt: abc}\n    condition: selection", "sigma", "incompatible"),
+    ("selection: {Image: x}\n    condition: selection | count() > 5", "condition", "pipe"),
+    ("selection: {Image: x}\n    condition: 1 of nope_*", "condition", "nope_*"),
+])
+def test_malformed_rules_are_reported_not_raised(tmp_path, detection, kind, words):
+    write(tmp_path, "bad.yml", RULE.split("detection:")[0] + "detection:\n    " + detection + "\n")
+    (failure,) = check_rules(tmp_path).failures
+    assert failure.kind == kind and words in failure.reason
+    assert str(tmp_path) not in failure.reason  # the location is ours to print, once
+
+
+def test_unreadable_and_odd_files_are_reported(tmp_path):
+    (tmp_path / "bin.yml").write_bytes(b"\xff\xfe\x00")
+    write(tmp_path, "id.yml", RULE.replace("id: 11111111-1111-4111-8111-111111111111", "id: 12"))
+    write(tmp_path, "empty.yml", "")
+    report = check_rules(tmp_path)
+    kinds = {f.path.name: f.kind for f in report.failures}
+    assert kinds == {"bin.yml": "file", "id.yml": "metadata"}
+    assert report.loaded == 0 and report.files == 3
