@@ -58,7 +58,6 @@ class RuleEngine:
         self._max_events = max_events
         self._suppressor = Suppressor(suppress_window, clock=clock, capacity=max_suppressed)
         self._cache = RuleCache()
-        self._paths: tuple[Path, ...] = ()
         self._set = _EMPTY
         self._correlator = self._new_correlator(_EMPTY)
         self._correlated = self._correlator.sources()
@@ -74,10 +73,19 @@ class RuleEngine:
         """Replace the rules with those under ``paths`` (files or directories).
 
         Raises RuleError, keeping the current rules, if a path does not exist.
-        Correlation windows start over; suppression carries on.
+        Correlation windows start over; suppression carries on.  Reading a few hundred
+        rules takes a fraction of a second: an actor may ``prepare`` in a worker thread
+        and ``install`` in its own instead.
         """
-        rules = load_rules(paths, self._cache)
-        self._paths = tuple(Path(p) for p in paths)
+        return self.install(self.prepare(*paths))
+
+    def prepare(self, *paths: Path | str) -> RuleSet:
+        """Read and compile the rules under ``paths`` without using them yet (one call
+        at a time: it updates the engine's cache of parsed files)."""
+        return load_rules(paths, self._cache)
+
+    def install(self, rules: RuleSet) -> LoadReport:
+        """Use a prepared rule set from now on."""
         self._set = rules
         self._correlator = self._new_correlator(rules)
         self._correlated = self._correlator.sources()
@@ -85,11 +93,12 @@ class RuleEngine:
 
     def reload(self) -> LoadReport:
         """Load the same paths again (only changed files are re-read)."""
-        return self.load(*self._paths)
+        return self.load(*self._set.paths)
 
     def changed(self) -> bool:
         """Whether a file under the loaded paths was added, removed or modified."""
-        return bool(self._paths) and signature(self._paths) != self._set.signature
+        paths = self._set.paths
+        return bool(paths) and signature(paths) != self._set.signature
 
     def _new_correlator(self, rules: RuleSet) -> SigmaCorrelator:
         return SigmaCorrelator(rules.correlations, clock=self._clock,

@@ -83,6 +83,8 @@ class RuleSet:
     silent: frozenset[str]
     """Ids of rules that only feed correlations (``generate: false``) and raise no alert."""
     report: LoadReport
+    paths: tuple[Path, ...] = ()
+    """The files and directories it was loaded from."""
     signature: tuple = field(repr=False, default=())
     """(path, size, mtime) of every file read, to tell whether a reload is due."""
 
@@ -357,7 +359,7 @@ def load_rules(paths: Sequence[Path | str], cache: RuleCache | None = None) -> R
     silent = frozenset(r for r, generate in referenced.items() if not generate)
     report = LoadReport(tuple(rules), tuple(correlations), tuple(failures), len(files))
     return RuleSet(RuleIndex(rules), tuple(correlations), silent, report,
-                   tuple((str(p), stamp) for p, stamp in files))
+                   tuple(Path(p) for p in paths), tuple((str(p), stamp) for p, stamp in files))
 
 
 def check_rules(*paths: Path | str) -> LoadReport:

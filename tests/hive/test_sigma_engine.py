@@ -292,3 +292,18 @@ def test_unreadable_and_odd_files_are_reported(tmp_path):
     kinds = {f.path.name: f.kind for f in report.failures}
     assert kinds == {"bin.yml": "file", "id.yml": "metadata"}
     assert report.loaded == 0 and report.files == 3
+
+
+def test_prepare_changes_nothing_until_install(tmp_path, clock):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    write(old, "tmp.yml", RULE)
+    write(new, "shm.yml", RULE.replace("/tmp/", "/dev/shm/"))
+    engine = RuleEngine(clock=clock)
+    engine.load(old)
+    prepared = engine.prepare(new)
+    assert engine.process(tmp_exec()) and not engine.process(tmp_exec(filename="/dev/shm/x"))
+    assert engine.install(prepared).loaded == 1
+    assert engine.process(tmp_exec(filename="/dev/shm/y")) and not engine.process(tmp_exec(pid=9))
+    assert engine.rules.paths == (new,) and not engine.changed()
