@@ -8,6 +8,7 @@ the kernel's record of the failed call is decoded."""
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import struct
 import threading
@@ -28,25 +29,27 @@ _VERDICTS = ("allow", "audit", "block")
 _PROTOCOLS = {6: "tcp", 17: "udp"}
 _EPERM = -errno.EPERM
 
-HDR = struct.Struct("<BBHIIIIII4xQQ16s")
-_EXEC = struct.Struct("<iHH256s1280s")
+_HDR = "<BBHIIIIII4xQQ16s"
+HDR = struct.Struct(_HDR)
+# Header and body in one unpack per record: this is the hot path.
+_EXEC = struct.Struct(_HDR + "iHH256s1280s")
 _PATHBUF = struct.Struct(f"<H6x{COMP_MAX * COMP_LEN}s")
-_FORK = struct.Struct("<I4x")
-_EXIT = struct.Struct("<i4x")
-_OPEN = struct.Struct("<iIIHH")
-_SETID = struct.Struct("<IIIi")
-_SOCK = struct.Struct("<HHBBHI16s4x")
-_EXE_OFF = HDR.size + _EXEC.size
+_FORK = struct.Struct(_HDR + "I4x")
+_EXIT = struct.Struct(_HDR + "i4x")
+_OPEN = struct.Struct(_HDR + "iIIHH")
+_SETID = struct.Struct(_HDR + "IIIi")
+_SOCK = struct.Struct(_HDR + "HHBBHI16s4x")
+_EXE_OFF = _EXEC.size
 _CWD_OFF = _EXE_OFF + _PATHBUF.size
-_OPEN_PATH_OFF = HDR.size + _OPEN.size
 EXEC_SIZE = _CWD_OFF + _PATHBUF.size
+_CACHE_LIMIT = 4096
 
 
 def _cstr(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _join(buf: bytes, at: int, truncated: bool) -> str:
+def _join(buf, at: int, truncated: bool) -> str:
     depth, comps = _PATHBUF.unpack_from(buf, at)
     names = [_cstr(comps[i * COMP_LEN:(i + 1) * COMP_LEN]) for i in range(min(depth, COMP_MAX))]
     path = "/" + "/".join(reversed(names))
@@ -97,7 +100,10 @@ class Verdicts:
 
 class Decoder:
     """Turns raw records into wire events under the policy generation that
-    produced them (a reload must not rename the verdicts still in the ring)."""
+    produced them (a reload must not rename the verdicts still in the ring).
+
+    Records are read in place (bytes, or the ring buffer's memoryview and
+    an offset); nothing returned keeps a reference to them."""
 
     def __init__(self, policy: Policy, verdicts: Verdicts | None = None,
                  clock_offset_ns: int | None = None):
@@ -108,6 +114,7 @@ class Decoder:
             clock_offset_ns = time.clock_gettime_ns(time.CLOCK_REALTIME) - \
                 time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         self._offset = clock_offset_ns
+        self._strings: dict[bytes, str] = {}  # comm and paths repeat a lot
         self._decoders = {K_EXEC: self._exec, K_FORK: self._fork, K_EXIT: self._exit,
                           K_OPEN: self._open, K_SETID: self._setid,
                           K_CONNECT: self._sock, K_BIND: self._sock}
@@ -118,86 +125,112 @@ class Decoder:
         for old in [g for g in self._policies if g not in (generation, (generation - 1) & 0xFFFF)]:
             del self._policies[old]
 
-    def decode(self, rec: bytes) -> Event | None:
-        """The event for one record; None for an open the kernel's prefix
-        filter let through but no rule's glob matches."""
-        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup,
-         comm) = HDR.unpack_from(rec)
-        fn = self._decoders.get(kind)
-        if fn is None:
-            raise ValueError(f"unknown kernel record kind {kind}")
-        common = dict(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
-                      gid=gid, comm=_cstr(comm), cgroup=cgroup)
-        policy = self._policies.get(gen) or self._policies[self._current]
-        return fn(rec, kind, flags, policy, common, ts)
+    def _policy(self, generation: int) -> Policy:
+        return self._policies.get(generation) or self._policies[self._current]
 
-    def _exec(self, rec, kind, flags, policy, common, ts) -> Exec:
-        result, args_len, _, filename, args = _EXEC.unpack_from(rec, HDR.size)
+    def _str(self, raw: bytes) -> str:
+        """Decode a C string field (NUL-terminated or not), cached."""
+        s = self._strings.get(raw)
+        if s is None:
+            if len(self._strings) >= _CACHE_LIMIT:
+                self._strings.clear()
+            s = self._strings[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
+        return s
+
+    def decode(self, buf: bytes | memoryview, at: int = 0) -> Event | None:
+        """The event for the record at ``buf[at:]``; None for an open the
+        kernel's prefix filter let through but no rule's glob matches."""
+        fn = self._decoders.get(buf[at])
+        if fn is None:
+            raise ValueError(f"unknown kernel record kind {buf[at]}")
+        return fn(buf, at)
+
+    # Each decoder spells out the header fields: building a dict of them and
+    # passing it as **kwargs costs a third of the time per event.
+
+    def _exec(self, rec, at) -> Exec:
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+         result, args_len, _, filename, args) = _EXEC.unpack_from(rec, at)
         truncated = bool(flags & F_PATH_TRUNC)
         argv = args[:args_len].split(b"\0")
         if argv and argv[-1] == b"":
             argv.pop()
-        ev_exe = _join(rec, _EXE_OFF, truncated) if result == 0 else ""
+        exe = _join(rec, at + _EXE_OFF, truncated) if result == 0 else ""
+        filename = self._str(filename)
         verdict, rule = "allow", ""
-        hit = self.verdicts.take("exec", common["pid"], ts)
+        hit = self.verdicts.take("exec", pid, ts)
         if hit is not None:
             rule, action, path = hit
             verdict = "block" if action == "block" and result == _EPERM else "audit"
-            ev_exe = ev_exe or path
+            exe = exe or path
         else:
-            r = policy.match_exec(ev_exe or _cstr(filename), with_hash=False)
+            r = self._policy(gen).match_exec(exe or filename, with_hash=False)
             if r is not None:  # matched but not stopped (fail-open, or it failed anyway)
                 verdict, rule = "audit", r.name
-        return Exec(filename=_cstr(filename), exe=ev_exe,
-                    argv=[a.decode(errors="replace") for a in argv],
+        return Exec(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
+                    gid=gid, comm=self._str(comm), cgroup=cgroup,
+                    filename=filename, exe=exe, argv=[a.decode(errors="replace") for a in argv],
                     argv_truncated=bool(flags & F_ARGS_TRUNC), result=result,
-                    cwd=_join(rec, _CWD_OFF, truncated), verdict=verdict, rule=rule, **common)
+                    cwd=_join(rec, at + _CWD_OFF, truncated), verdict=verdict, rule=rule)
 
-    def _fork(self, rec, kind, flags, policy, common, ts) -> Fork:
-        (child,) = _FORK.unpack_from(rec, HDR.size)
-        r = policy.match_fork()
-        return Fork(child_pid=child, verdict="audit" if r else "allow", rule=r.name if r else "",
-                    **common)
+    def _fork(self, rec, at) -> Fork:
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+         child) = _FORK.unpack_from(rec, at)
+        r = self._policy(gen).match_fork()
+        return Fork(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
+                    gid=gid, comm=self._str(comm), cgroup=cgroup, child_pid=child,
+                    verdict="audit" if r else "allow", rule=r.name if r else "")
 
-    def _exit(self, rec, kind, flags, policy, common, ts) -> Exit:
-        (status,) = _EXIT.unpack_from(rec, HDR.size)
-        return Exit(code=wait_status_code(status), **common)
+    def _exit(self, rec, at) -> Exit:
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+         status) = _EXIT.unpack_from(rec, at)
+        return Exit(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
+                    gid=gid, comm=self._str(comm), cgroup=cgroup, code=wait_status_code(status))
 
-    def _open(self, rec, kind, flags, policy, common, ts) -> Open | None:
-        result, oflags, _, path_len, _ = _OPEN.unpack_from(rec, HDR.size)
-        path = rec[_OPEN_PATH_OFF:_OPEN_PATH_OFF + max(path_len - 1, 0)].decode(errors="replace")
-        r = policy.match_open(path)
+    def _open(self, rec, at) -> Open | None:
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+         result, oflags, _, path_len, _) = _OPEN.unpack_from(rec, at)
+        start = at + _OPEN.size
+        path = self._str(bytes(rec[start:start + max(path_len - 1, 0)]))
+        r = self._policy(gen).match_open(path)
         if r is None:
             return None
         verdict, rule = "audit", r.name
         if r.action == "block":
-            hit = self.verdicts.take("open", common["pid"], ts)
+            hit = self.verdicts.take("open", pid, ts)
             if hit is not None:
                 rule = hit[0]
                 if result == _EPERM:
                     verdict = "block"
-        return Open(path=path, flags=oflags, result=result, verdict=verdict, rule=rule, **common)
+        return Open(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
+                    gid=gid, comm=self._str(comm), cgroup=cgroup, path=path, flags=oflags,
+                    result=result, verdict=verdict, rule=rule)
 
-    def _setid(self, rec, kind, flags, policy, common, ts) -> SetId:
-        call_code, old, new, result = _SETID.unpack_from(rec, HDR.size)
+    def _setid(self, rec, at) -> SetId:
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+         call_code, old, new, result) = _SETID.unpack_from(rec, at)
         call = SETID_CALLS[call_code - 1] if 1 <= call_code <= len(SETID_CALLS) else str(call_code)
-        r = policy.match_setid(call, new)
-        return SetId(call=call, old=old, new=new, result=result,
-                     verdict="audit" if r else "allow", rule=r.name if r else "", **common)
+        r = self._policy(gen).match_setid(call, new)
+        return SetId(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
+                     gid=gid, comm=self._str(comm), cgroup=cgroup, call=call, old=old, new=new,
+                     result=result, verdict="audit" if r else "allow", rule=r.name if r else "")
 
-    def _sock(self, rec, kind, flags, policy, common, ts) -> Connect | Bind:
-        family, port, proto, verdict, _, rule_id, addr = _SOCK.unpack_from(rec, HDR.size)
-        address = _address(family, addr)
-        rule = None
+    def _sock(self, rec, at) -> Connect | Bind:
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+         family, port, proto, verdict, _, rule_id, addr) = _SOCK.unpack_from(rec, at)
+        rule = ""
         if rule_id != RULE_NONE:  # generation << 16 | index, see Policy.sock_entries
-            decided_by = self._policies.get(rule_id >> 16, policy)
-            rule = decided_by.rule(rule_id & 0xFFFF)
+            decided_by = self._policies.get(rule_id >> 16) or self._policy(gen)
+            r = decided_by.rule(rule_id & 0xFFFF)
+            rule = r.name if r else ""
         cls = Connect if kind == K_CONNECT else Bind
-        return cls(family=family, protocol=_PROTOCOLS.get(proto, str(proto)), address=address,
-                   port=port, verdict=_VERDICTS[verdict] if verdict < 3 else "allow",
-                   rule=rule.name if rule else "", **common)
+        return cls(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
+                   gid=gid, comm=self._str(comm), cgroup=cgroup, family=family,
+                   protocol=_PROTOCOLS.get(proto) or str(proto), address=_address(family, addr),
+                   port=port, verdict=_VERDICTS[verdict] if verdict < 3 else "allow", rule=rule)
 
 
+@functools.lru_cache(maxsize=_CACHE_LIMIT)
 def _address(family: int, raw: bytes) -> str:
     if family == 2:
         return str(ipaddress.IPv4Address(raw[:4]))

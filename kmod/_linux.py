@@ -122,7 +122,6 @@ class LinuxSensor(Sensor):
         bpf = self._bpf = BpfObject(obj)
         bpf.set_max_entries("events", self._ring_size)
         bpf.load()
-        self._write_config()
         for pid in self._excluded:
             map_update(bpf.map_fd("excluded"), _U32.pack(pid), b"\1")
         cgroup_fd = self._open_fd(resolved.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -199,12 +198,15 @@ class LinuxSensor(Sensor):
         while self._notices and len(out) < max_events:
             out.append(self._notices.popleft())
         records = self._ring.read(max_events - len(out))
-        decode, counts = self._decoder.decode, self._counts
-        for rec in records:
-            ev = decode(rec)
-            if ev is not None:
-                counts[KINDS[rec[0]]] += 1
-                out.append(ev)
+        buf, decode, counts = self._ring.buffer, self._decoder.decode, self._counts
+        try:
+            for at in records:
+                ev = decode(buf, at)
+                if ev is not None:
+                    counts[KINDS[buf[at]]] += 1
+                    out.append(ev)
+        finally:
+            self._ring.release()
         if records:
             self._arm_timer()  # collect what arrives without a wake-up
         now = time.monotonic()
@@ -247,28 +249,37 @@ class LinuxSensor(Sensor):
 
     # ---- policy, exclusions -------------------------------------------------------
 
-    def _write_config(self) -> None:
+    def _write_config(self, policy: Policy | None = None) -> None:
         r = self._resolved
+        heads = (policy or self._policy).open_heads() is not None
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
-                             int(self._latency * 1e9), len(self._excluded), 0)
+                             int(self._latency * 1e9), len(self._excluded), heads)
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:
-        """Bring the policy maps to ``new``: add and overwrite
-        first, delete what is gone last, so no rule has a gap in between."""
+        """Bring the policy maps and the config to ``new``: add and overwrite
+        first, switch the config, delete what is gone last, so no rule has a
+        gap in between."""
         bpf = self._bpf
         prefixes = {_U32.pack(len(k) * 8) + k.ljust(256, b"\0"): _U32.pack(v)
                     for k, v in new.open_prefixes().items()}
+        heads = {h: b"\1" for h in new.open_heads() or ()}
         new4, new6 = new.sock_entries(generation)
+        if new.open_heads() is None:  # stop relying on the heads before they change
+            self._write_config(new)
+        stale = []
         for name, entries, key_size in (("open_prefixes", prefixes, _OPEN_KEY_SIZE),
+                                         ("open_heads", heads, 8),
                                          ("sock4_rules", new4, _SOCK4_KEY_SIZE),
                                          ("sock6_rules", new6, _SOCK6_KEY_SIZE)):
             fd = bpf.map_fd(name)
-            stale = set(map_keys(fd, key_size)) - set(entries)
+            stale += [(fd, key) for key in set(map_keys(fd, key_size)) - set(entries)]
             for key, value in entries.items():
                 map_update(fd, key, value)
-            for key in stale:
-                map_delete(fd, key)
+        self._policy, self._generation = new, generation
+        self._write_config()
+        for fd, key in stale:
+            map_delete(fd, key)
 
     def reload(self, policy: Policy | str | os.PathLike) -> None:
         new = _coerce_policy(policy)
@@ -277,10 +288,7 @@ class LinuxSensor(Sensor):
         generation = (self._generation + 1) & 0xFFFF
         self._decoder.set_policy(generation, new)
         self._install(new, generation)
-        self._generation = generation
-        self._write_config()
         self._guard.reload(new)
-        self._policy = new
         log.info("policy reloaded: generation %d, %d rules", generation, len(new.rules))
 
     def exclude(self, *pids: int) -> None:

@@ -215,6 +215,12 @@ def _rule(table: object, index: int) -> Rule:
     return Rule(name=name, hook=hook, action=action, description=description, **kw)
 
 
+def _remember(cache: dict, key, value, limit: int = 4096) -> None:
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
 class Policy:
     """An ordered list of rules; within a hook the first match wins."""
 
@@ -230,6 +236,9 @@ class Policy:
             seen.add(r.name)
         self._by_hook = {h: [(i, r) for i, r in enumerate(self.rules) if r.hook == h]
                          for h in HOOKS}
+        # Paths repeat: the decoder matches every open and exec it sees.
+        self._open_cache: dict[str, Rule | None] = {}
+        self._exec_cache: dict[str, Rule | None] = {}
 
     @classmethod
     def parse(cls, text: str, origin: str = "<policy>") -> Policy:
@@ -272,20 +281,28 @@ class Policy:
         """First exec rule matching ``path``.  ``digest`` computes the file's
         SHA-256 only if a rule needs it; with ``with_hash=False`` rules that
         need a digest are skipped (the decoder has no file to hash)."""
+        cacheable = not with_hash or not self.hashes_exec
+        if cacheable and path in self._exec_cache:
+            return self._exec_cache[path]
+        found = None
         for _, r in self._by_hook["exec"]:
             if r.paths and not r.match_path(path):
                 continue
             if r.sha256:
                 if not with_hash or digest is None or digest() not in r.sha256:
                     continue
-            return r
-        return None
+            found = r
+            break
+        if cacheable:
+            _remember(self._exec_cache, path, found)
+        return found
 
     def match_open(self, path: str) -> Rule | None:
-        for _, r in self._by_hook["open"]:
-            if r.match_path(path):
-                return r
-        return None
+        if path in self._open_cache:
+            return self._open_cache[path]
+        found = next((r for _, r in self._by_hook["open"] if r.match_path(path)), None)
+        _remember(self._open_cache, path, found)
+        return found
 
     def match_setid(self, call: str, new: int) -> Rule | None:
         for _, r in self._by_hook["setid"]:
@@ -317,6 +334,14 @@ class Policy:
                 prefix = literal_prefix(p).encode() if has_wildcard(p) else p.encode() + b"\0"
                 out.setdefault(prefix, i)
         return out
+
+    def open_heads(self) -> set[bytes] | None:
+        """The first 8 bytes of every open prefix, which the kernel checks
+        before the full lookup; None when a prefix is shorter than that."""
+        prefixes = self.open_prefixes()
+        if any(len(p) < 8 for p in prefixes):
+            return None
+        return {p[:8] for p in prefixes}
 
     def open_marks(self) -> list[tuple[str, bool]]:
         """fanotify FAN_OPEN_PERM marks for open block rules: (path, on_child).

@@ -41,15 +41,22 @@ class RingBuffer:
         self._page = page
         self._mask = size - 1
         self.size = size
-        self._pos = _U64.unpack_from(self._cons, 0)[0]
+        self._pos = self._next = _U64.unpack_from(self._cons, 0)[0]
 
     def pending(self) -> int:
         """Bytes written by the kernel and not yet consumed."""
         return _U64.unpack_from(self._prod, 0)[0] - self._pos
 
-    def read(self, max_records: int) -> list[bytes]:
-        """Copy out up to ``max_records`` committed records and release their space."""
-        out: list[bytes] = []
+    @property
+    def buffer(self) -> memoryview:
+        return self._data
+
+    def read(self, max_records: int) -> list[int]:
+        """Offsets in ``buffer`` of up to ``max_records`` committed records,
+        read in place: valid until ``release()``, which hands their space
+        back to the kernel.  (Offsets, not slices: a slice per record costs
+        as much as decoding it.)"""
+        out: list[int] = []
         pos = self._pos
         prod = _U64.unpack_from(self._prod, 0)[0]
         data, page, mask = self._data, self._page, self._mask
@@ -61,12 +68,15 @@ class RingBuffer:
                 break  # reserved, not yet submitted: later records wait for it
             n = length & ~_DISCARD
             if not length & _DISCARD:
-                out.append(bytes(data[at + _HDR:at + _HDR + n]))
+                out.append(at + _HDR)
             pos += (n + _HDR + 7) & ~7
-        if pos != self._pos:
-            self._pos = pos
-            _U64.pack_into(self._cons, 0, pos)
+        self._next = pos
         return out
+
+    def release(self) -> None:
+        if self._next != self._pos:
+            self._pos = self._next
+            _U64.pack_into(self._cons, 0, self._pos)
 
     def close(self) -> None:
         self._data.release()

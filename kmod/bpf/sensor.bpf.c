@@ -103,6 +103,15 @@ struct {
 	__type(value, struct rule_val);
 } sock6_rules SEC(".maps");
 
+/* First 8 bytes of every open prefix (when all are at least that long):
+ * most paths are turned away by one 8-byte read and a hash lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} open_heads SEC(".maps");
+
 /* Scratch space too big for the 512-byte stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -119,6 +128,10 @@ struct {
 } open_scratch SEC(".maps");
 
 __u64 last_wake = 0;
+/* Calls waiting in a *_pending map: while zero, sys_exit handlers return
+ * without a hash lookup (the exit tracepoint fires for every call). */
+__u64 open_inflight = 0;
+__u64 setid_inflight = 0;
 
 static __always_inline struct sensor_config *get_config(void)
 {
@@ -134,11 +147,15 @@ static __always_inline void count_drop(__u32 kind)
 }
 
 /* Batch wake-ups: a wake-up per record costs the producer a cross-CPU
- * wake-up (the open loop fell to 0.33x).  Wake when enough is pending or the
- * last wake-up is old; the reader's own timer collects the tail of a burst. */
-static __always_inline __u64 wake_flags(struct sensor_config *c)
+ * wake-up (the open loop fell to 0.33x).  Wake when the pending data crosses
+ * wake_bytes (once per crossing: a reader that is awake polls on its own,
+ * and a wake-up per record above the mark was an interrupt storm) or when
+ * the last wake-up is wake_ns old; the reader's own timer collects the tail
+ * of a burst.  ``reserved``: the record already counts in the pending data. */
+static __always_inline __u64 wake_flags(struct sensor_config *c, __u64 size, int reserved)
 {
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= c->wake_bytes)
+	__u64 after = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + (reserved ? 0 : size);
+	if (after >= c->wake_bytes && after - size < c->wake_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	__u64 now = bpf_ktime_get_boot_ns();
 	if (now - last_wake >= c->wake_ns) {
@@ -353,7 +370,7 @@ static __always_inline int exec_exit(long ret)
 	}
 	r->args_len = off;
 	r->h.flags |= read_exe_cwd(r, 0);
-	bpf_ringbuf_submit(r, wake_flags(c));
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 out:
 	bpf_map_delete_elem(&exec_pending, &tid);
 	return 0;
@@ -408,7 +425,7 @@ int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 		len = 0;
 	r->args_len = len;
 	r->h.flags |= read_exe_cwd(r, 1);
-	bpf_ringbuf_submit(r, wake_flags(c));
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	return 0;
 }
 
@@ -430,7 +447,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	fill_hdr(&r->h, K_FORK, c);
 	r->child_pid = BPF_CORE_READ(child, tgid);
 	r->_pad = 0;
-	bpf_ringbuf_submit(r, wake_flags(c));
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	return 0;
 }
 
@@ -450,7 +467,7 @@ int BPF_PROG(on_exit, struct task_struct *task)
 	fill_hdr(&r->h, K_EXIT, c);
 	r->code = BPF_CORE_READ(task, exit_code);
 	r->_pad = 0;
-	bpf_ringbuf_submit(r, wake_flags(c));
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	return 0;
 }
 
@@ -460,6 +477,15 @@ int BPF_PROG(on_exit, struct task_struct *task)
  * the cost for everything else to a string copy and a trie walk. */
 static __always_inline int open_enter(const char *upath, __u32 flags)
 {
+	struct sensor_config *c = get_config();
+	if (!c)
+		return 0;
+	if (c->open_heads) {
+		__u64 head;
+		if (bpf_probe_read_user(&head, sizeof(head), upath) == 0 &&
+		    !bpf_map_lookup_elem(&open_heads, &head))
+			return 0;
+	}
 	__u32 zero = 0;
 	struct open_key *k = bpf_map_lookup_elem(&open_key_scratch, &zero);
 	if (!k)
@@ -469,10 +495,7 @@ static __always_inline int open_enter(const char *upath, __u32 flags)
 		return 0;
 	k->prefixlen = n * 8;
 	__u32 *rule = bpf_map_lookup_elem(&open_prefixes, k);
-	if (!rule)
-		return 0;
-	struct sensor_config *c = get_config();
-	if (!c || !in_scope(c))
+	if (!rule || !in_scope(c))
 		return 0;
 	struct open_rec *r = bpf_map_lookup_elem(&open_scratch, &zero);
 	if (!r)
@@ -485,12 +508,15 @@ static __always_inline int open_enter(const char *upath, __u32 flags)
 	r->rule = *rule;
 	r->path_len = n;
 	bpf_probe_read_kernel(r->path, PATH_LEN, k->data);
-	bpf_map_update_elem(&open_pending, &r->h.tid, r, BPF_ANY);
+	if (bpf_map_update_elem(&open_pending, &r->h.tid, r, BPF_ANY) == 0)
+		__sync_fetch_and_add(&open_inflight, 1);
 	return 0;
 }
 
 static __always_inline int open_exit(long ret)
 {
+	if (!open_inflight)
+		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct open_rec *r = bpf_map_lookup_elem(&open_pending, &tid);
 	if (!r)
@@ -504,10 +530,11 @@ static __always_inline int open_exit(long ret)
 		if (size > PATH_LEN)
 			size = PATH_LEN;
 		size += offsetof(struct open_rec, path);
-		if (bpf_ringbuf_output(&events, r, size, wake_flags(c)))
+		if (bpf_ringbuf_output(&events, r, size, wake_flags(c, size, 0)))
 			count_drop(K_OPEN);
 	}
 	bpf_map_delete_elem(&open_pending, &tid);
+	__sync_fetch_and_add(&open_inflight, -1);
 	return 0;
 }
 
@@ -574,12 +601,15 @@ static __always_inline int setid_enter(__u32 call, __u32 a, __u32 b, __u32 d)
 		r.new_id = b != ID_UNCHANGED ? b : a != ID_UNCHANGED ? a : d;
 	else
 		r.new_id = a;
-	bpf_map_update_elem(&setid_pending, &r.h.tid, &r, BPF_ANY);
+	if (bpf_map_update_elem(&setid_pending, &r.h.tid, &r, BPF_ANY) == 0)
+		__sync_fetch_and_add(&setid_inflight, 1);
 	return 0;
 }
 
 static __always_inline int setid_exit(long ret)
 {
+	if (!setid_inflight)
+		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct setid_rec *r = bpf_map_lookup_elem(&setid_pending, &tid);
 	if (!r)
@@ -588,10 +618,11 @@ static __always_inline int setid_exit(long ret)
 	if (c) {
 		r->result = ret;
 		r->h.ts = bpf_ktime_get_boot_ns();
-		if (bpf_ringbuf_output(&events, r, sizeof(*r), wake_flags(c)))
+		if (bpf_ringbuf_output(&events, r, sizeof(*r), wake_flags(c, sizeof(*r), 0)))
 			count_drop(K_SETID);
 	}
 	bpf_map_delete_elem(&setid_pending, &tid);
+	__sync_fetch_and_add(&setid_inflight, -1);
 	return 0;
 }
 
@@ -697,7 +728,7 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6)
 		r->_pad2 = 0;
 		r->rule = v ? v->rule : RULE_NONE;
 		__builtin_memcpy(r->addr, addr, 16);
-		bpf_ringbuf_submit(r, wake_flags(c));
+		bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	} else {
 		count_drop(hook == H_CONNECT ? K_CONNECT : K_BIND);
 	}

@@ -42,7 +42,7 @@ struct sensor_config {
 	__u64 wake_bytes;     /* wake the reader once this much is pending */
 	__u64 wake_ns;        /* ... or when the last wake-up is this old */
 	__u32 n_excluded;
-	__u32 _pad;
+	__u32 open_heads;     /* 1: open_heads holds every prefix's first 8 bytes */
 };
 
 struct hdr {
