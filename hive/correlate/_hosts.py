@@ -36,6 +36,7 @@ each event's own time.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import itertools
 import uuid
@@ -418,7 +419,7 @@ class HostCorrelator:
                 incident = self._link_alert(target, host, recent.alert, recent.pid, now, edge)
                 if incident is not None:
                     host.recent.remove(recent)
-                    self._attach_alert(incident, recent.alert, now)
+                    self._attach_alert(incident, recent.alert, now, seen=recent.time)
                     return []
         return []
 
@@ -523,7 +524,7 @@ class HostCorrelator:
             for recent in [r for r in source.recent if r.alert is not None and r.pid in ancestry]:
                 source.recent.remove(recent)
                 source.taint.put(recent.pid, incident.id)
-                self._attach_alert(incident, recent.alert, now)
+                self._attach_alert(incident, recent.alert, now, seen=recent.time)
         source.taint.put(edge.pid, incident.id)
         self._involve(incident, edge.source)
         self._involve(incident, edge.target)
@@ -603,14 +604,17 @@ class HostCorrelator:
 
     def _note(self, incident: Incident, entry: TimelineEntry, now: float) -> None:
         if len(incident.timeline) < self.max_timeline:
-            incident.timeline.append(entry)
+            # In the order things happened on the hive's clock, not the order correlated.
+            bisect.insort(incident.timeline, entry, key=_when)
         else:
             incident.dropped += 1
         incident.updated = now
         self._incidents.move_to_end(incident.id)
         self._changed[incident.id] = incident
 
-    def _attach_alert(self, incident: Incident, alert: Alert, now: float) -> None:
+    def _attach_alert(self, incident: Incident, alert: Alert, now: float,
+                      seen: float | None = None) -> None:
+        """Add an alert, seen ``seen`` on the hive's clock (now, if not given)."""
         if alert.id in incident.alerts:
             return
         incident.alerts.append(alert.id)
@@ -618,8 +622,8 @@ class HostCorrelator:
         if alert.agent:
             self._involve(incident, alert.agent)
         self._note(incident, TimelineEntry(
-            time=now, event_time=alert.time, agent=alert.agent, what="alert",
-            summary=f"[{alert.level}] {alert.title}", alert=alert.id), now)
+            time=now if seen is None else seen, event_time=alert.time, agent=alert.agent,
+            what="alert", summary=f"[{alert.level}] {alert.title}", alert=alert.id), now)
 
     def _trim(self, recent: deque, now: float) -> None:
         while recent and now - recent[0].time > self.lateral_window:
@@ -627,6 +631,10 @@ class HostCorrelator:
         while len(recent) > self.max_pending:
             recent.popleft()
             self._evicted["recent activity"] = self._evicted.get("recent activity", 0) + 1
+
+
+def _when(entry: TimelineEntry) -> float:
+    return entry.time
 
 
 def _routable(address: str) -> bool:

@@ -84,6 +84,10 @@ def test_connect_then_shell_under_the_listener_is_one_incident_naming_both_hosts
     assert whats.count((B, "alert")) == 2 and (A, "alert") in whats
     assert [e.summary for e in incident.timeline if e.what == "process"][-1] \
         == "pid 502 (parent 501) ran id"
+    # chronological: the alert on A (t=0), the connect (t=1), the session (t=2), then t=3
+    assert [(e.time, e.agent, e.what) for e in incident.timeline][:3] == \
+        [(0, A, "alert"), (1, A, "connect"), (2, B, "process")]
+    assert all(a.time <= b.time for a, b in zip(incident.timeline, incident.timeline[1:]))
     assert hosts.incidents() == [incident]
     assert hosts.changed() == [incident] and hosts.changed() == []
 
