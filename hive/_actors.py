@@ -6,6 +6,7 @@ sockets out.  Endpoints between them are inproc, named here once.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from pathlib import Path
@@ -55,10 +56,12 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     acks = ctx.socket(zmq.PUSH, connect=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
     detect = ctx.socket(zmq.PUSH, connect=DETECT, codec=internal_codec(), sndhwm=2000)
     ctx.stats.extra.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0)
+    lags: collections.deque[float] = collections.deque(maxlen=20_000)
     task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_retention, ctx, store, retention_days, retention_mb)
+            nursery.start_soon(_report_lag, ctx, lags)
             while True:
                 batches: list[Ingest] = [m for m in await inbox.recv(4096) if isinstance(m, Ingest)]
                 if not batches:
@@ -72,9 +75,22 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                     log_event(ctx.log, "store.write_failed", logging.ERROR, reason=str(e), batches=len(batches))
                     await trio.sleep(1.0)
                     continue
+                now = time.time_ns()
+                for b in batches:
+                    # A sample of events: from their creation on the agent to our commit.
+                    lags.extend((now - e.time) / 1e6 for e in b.events[::16] if e.time)
                 await _after_commit(ctx, batches, outcomes, acks, detect)
     finally:
         store.close()
+
+
+async def _report_lag(ctx: Context, lags: collections.deque[float]) -> None:
+    while True:
+        await trio.sleep(1.0)
+        if lags:
+            ordered = sorted(lags)
+            ctx.stats.extra["lag_p50_ms"] = round(ordered[len(ordered) // 2], 2)
+            ctx.stats.extra["lag_p99_ms"] = round(ordered[int(len(ordered) * 0.99)], 2)
 
 
 async def _after_commit(ctx: Context, batches: list[Ingest], outcomes: list[Stored], acks: Any, detect: Any) -> None:
