@@ -50,27 +50,8 @@ struct {
 	__type(value, __u32);
 } scope_cgroup SEC(".maps");
 
-/* In-flight syscalls, keyed by thread id, completed at sys_exit.  LRU so a
- * thread killed mid-call cannot leak an entry forever. */
-struct exec_pending {
-	__u64 filename;
-	__u64 argv;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct exec_pending);
-} exec_pending SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 2048);
-	__type(key, __u32);
-	__type(value, struct open_rec);
-} open_pending SEC(".maps");
-
+/* set*id calls in flight, keyed by thread id: the old id must be read
+ * before the call.  LRU so a thread killed mid-call cannot leak an entry. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1024);
@@ -128,9 +109,8 @@ struct {
 } open_scratch SEC(".maps");
 
 __u64 last_wake = 0;
-/* Calls waiting in a *_pending map: while zero, sys_exit handlers return
- * without a hash lookup (the exit tracepoint fires for every call). */
-__u64 open_inflight = 0;
+/* Calls waiting in setid_pending: while zero, sys_exit handlers return
+ * without a hash lookup. */
 __u64 setid_inflight = 0;
 
 static __always_inline struct sensor_config *get_config(void)
@@ -297,56 +277,40 @@ static __always_inline __u8 read_exe_cwd(struct exec_rec *r, int with_exe)
 	return flags;
 }
 
-/* ---- exec ------------------------------------------------------------ */
+/* ---- syscall arguments at sys_exit ----------------------------------------
+ *
+ * Each syscall tracepoint attached costs every such call its own program run
+ * (on the open/close loop, enter plus exit cost twice what exit alone does).
+ * So opens and failed execs are seen at sys_exit only: the caller's saved
+ * registers still hold the arguments and its memory is still there. */
 
-static __always_inline int exec_enter(__u64 filename, __u64 argv)
+static __always_inline struct pt_regs *user_regs(void)
 {
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+/* ---- exec ---------------------------------------------------------------- */
+
+/* A failed exec is reported here; a successful one at sched_process_exec. */
+static __always_inline int exec_failed(long ret, const char *filename, const char *const *argv)
+{
+	/* a PATH search fails with ENOENT once per directory: noise, not news */
+	if (ret >= 0 || ret == -ENOENT)
+		return 0;
 	struct sensor_config *c = get_config();
 	if (!c || !in_scope(c))
 		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct exec_pending p = {.filename = filename, .argv = argv};
-	bpf_map_update_elem(&exec_pending, &tid, &p, BPF_ANY);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_execve")
-int enter_execve(struct trace_event_raw_sys_enter *ctx)
-{
-	return exec_enter(ctx->args[0], ctx->args[1]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_execveat")
-int enter_execveat(struct trace_event_raw_sys_enter *ctx)
-{
-	return exec_enter(ctx->args[1], ctx->args[2]);
-}
-
-/* A failed exec is reported here, from the caller's still-intact memory;
- * a successful one at sched_process_exec. */
-static __always_inline int exec_exit(long ret)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct exec_pending *p = bpf_map_lookup_elem(&exec_pending, &tid);
-	if (!p)
-		return 0;
-	struct sensor_config *c = get_config();
-	/* a PATH search fails with ENOENT once per directory: noise, not news */
-	if (ret >= 0 || ret == -ENOENT || !c)
-		goto out;
-
 	struct exec_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	if (!r) {
 		count_drop(K_EXEC);
-		goto out;
+		return 0;
 	}
 	fill_hdr(&r->h, K_EXEC, c);
 	r->result = ret;
-	if (bpf_probe_read_user_str(r->filename, PATH_LEN, (void *)p->filename) == PATH_LEN)
+	if (bpf_probe_read_user_str(r->filename, PATH_LEN, filename) == PATH_LEN)
 		r->h.flags |= F_PATH_TRUNC;
 
 	__u32 off = 0;
-	const char *const *argv = (void *)p->argv;
 	for (int i = 0; i < ARGC_MAX; i++) {
 		const char *arg = NULL;
 		if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) || !arg)
@@ -371,30 +335,32 @@ static __always_inline int exec_exit(long ret)
 	r->args_len = off;
 	r->h.flags |= read_exe_cwd(r, 0);
 	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
-out:
-	bpf_map_delete_elem(&exec_pending, &tid);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_execve")
 int exit_execve(struct trace_event_raw_sys_exit *ctx)
 {
-	return exec_exit(ctx->ret);
+	if (ctx->ret >= 0)
+		return 0;
+	struct pt_regs *regs = user_regs();
+	return exec_failed(ctx->ret, (void *)PT_REGS_PARM1_CORE_SYSCALL(regs),
+			   (void *)PT_REGS_PARM2_CORE_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_execveat")
 int exit_execveat(struct trace_event_raw_sys_exit *ctx)
 {
-	return exec_exit(ctx->ret);
+	if (ctx->ret >= 0)
+		return 0;
+	struct pt_regs *regs = user_regs();
+	return exec_failed(ctx->ret, (void *)PT_REGS_PARM2_CORE_SYSCALL(regs),
+			   (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
 }
 
 SEC("tracepoint/sched/sched_process_exec")
 int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
-	/* de_thread() may have given the caller its leader's tid */
-	__u32 old = ctx->old_pid;
-	bpf_map_delete_elem(&exec_pending, &old);
-
 	struct sensor_config *c = get_config();
 	if (!c || !in_scope(c))
 		return 0;
@@ -473,9 +439,9 @@ int BPF_PROG(on_exit, struct task_struct *task)
 
 /* ---- open -------------------------------------------------------------- */
 
-/* Only paths under a policy prefix go further than this lookup, which keeps
- * the cost for everything else to a string copy and a trie walk. */
-static __always_inline int open_enter(const char *upath, __u32 flags)
+/* Only paths under a policy prefix go further than the 8-byte head check,
+ * which keeps the cost for everything else to one read and a hash lookup. */
+static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 {
 	struct sensor_config *c = get_config();
 	if (!c)
@@ -500,72 +466,48 @@ static __always_inline int open_enter(const char *upath, __u32 flags)
 	struct open_rec *r = bpf_map_lookup_elem(&open_scratch, &zero);
 	if (!r)
 		return 0;
+	/* stamped on completion: after any fanotify verdict on the same call */
 	fill_hdr(&r->h, K_OPEN, c);
 	if (n == PATH_LEN)
 		r->h.flags |= F_PATH_TRUNC;
-	r->result = 0;
+	r->result = ret;
 	r->flags = flags;
 	r->rule = *rule;
 	r->path_len = n;
 	bpf_probe_read_kernel(r->path, PATH_LEN, k->data);
-	if (bpf_map_update_elem(&open_pending, &r->h.tid, r, BPF_ANY) == 0)
-		__sync_fetch_and_add(&open_inflight, 1);
+	__u32 size = n;
+	if (size > PATH_LEN)
+		size = PATH_LEN;
+	size += offsetof(struct open_rec, path);
+	if (bpf_ringbuf_output(&events, r, size, wake_flags(c, size, 0)))
+		count_drop(K_OPEN);
 	return 0;
-}
-
-static __always_inline int open_exit(long ret)
-{
-	if (!open_inflight)
-		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct open_rec *r = bpf_map_lookup_elem(&open_pending, &tid);
-	if (!r)
-		return 0;
-	struct sensor_config *c = get_config();
-	if (c) {
-		r->result = ret;
-		/* stamped on completion: after any fanotify verdict on the same call */
-		r->h.ts = bpf_ktime_get_boot_ns();
-		__u32 size = r->path_len;
-		if (size > PATH_LEN)
-			size = PATH_LEN;
-		size += offsetof(struct open_rec, path);
-		if (bpf_ringbuf_output(&events, r, size, wake_flags(c, size, 0)))
-			count_drop(K_OPEN);
-	}
-	bpf_map_delete_elem(&open_pending, &tid);
-	__sync_fetch_and_add(&open_inflight, -1);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat")
-int enter_openat(struct trace_event_raw_sys_enter *ctx)
-{
-	return open_enter((const char *)ctx->args[1], ctx->args[2]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_open")
-int enter_open(struct trace_event_raw_sys_enter *ctx)
-{
-	return open_enter((const char *)ctx->args[0], ctx->args[1]);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat2")
-int enter_openat2(struct trace_event_raw_sys_enter *ctx)
-{
-	__u64 flags = 0;
-	bpf_probe_read_user(&flags, sizeof(flags), (void *)ctx->args[2]);  /* open_how.flags */
-	return open_enter((const char *)ctx->args[1], flags);
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
-int exit_openat(struct trace_event_raw_sys_exit *ctx) { return open_exit(ctx->ret); }
+int exit_openat(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *regs = user_regs();
+	return open_done(ctx->ret, (void *)PT_REGS_PARM2_CORE_SYSCALL(regs),
+			 PT_REGS_PARM3_CORE_SYSCALL(regs));
+}
 
 SEC("tracepoint/syscalls/sys_exit_open")
-int exit_open(struct trace_event_raw_sys_exit *ctx) { return open_exit(ctx->ret); }
+int exit_open(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *regs = user_regs();
+	return open_done(ctx->ret, (void *)PT_REGS_PARM1_CORE_SYSCALL(regs),
+			 PT_REGS_PARM2_CORE_SYSCALL(regs));
+}
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
-int exit_openat2(struct trace_event_raw_sys_exit *ctx) { return open_exit(ctx->ret); }
+int exit_openat2(struct trace_event_raw_sys_exit *ctx)
+{
+	struct pt_regs *regs = user_regs();
+	__u64 flags = 0;  /* open_how.flags */
+	bpf_probe_read_user(&flags, sizeof(flags), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
+	return open_done(ctx->ret, (void *)PT_REGS_PARM2_CORE_SYSCALL(regs), flags);
+}
 
 /* ---- set*id ------------------------------------------------------------ */
 
