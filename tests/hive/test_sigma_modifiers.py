@@ -298,3 +298,10 @@ def test_unknown_selection_in_condition_is_refused():
     with pytest.raises(RuleError) as e:
         rule_from({"selection": {"Image": "x"}, "condition": "selection and nope"})
     assert e.value.kind == "condition" and "nope" in e.value.reason
+
+
+def test_neq_negates_the_item():
+    d = sel(Image__endswith="/nc", User__neq="root")
+    assert check(d, {"Image": "/bin/nc", "User": "alice"})
+    assert check(d, {"Image": "/bin/nc"})
+    assert not check(d, {"Image": "/bin/nc", "User": "ROOT"})
