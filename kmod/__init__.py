@@ -12,29 +12,18 @@ from kernel records to the wire contract's events.
 
 from __future__ import annotations
 
-import sys
-
 from ._build import build, cache_dir
 from ._decode import Decoder, Verdicts, verdict_line
 from ._errors import BuildError, KernelError, KmodError, PolicyError, PrivilegeError, ScopeError
-from ._interface import Sensor, SensorStatistics
+from ._interface import Sensor, SensorStatistics, open_sensor
 from ._linux import LinuxSensor
 from ._policy import DEFAULT_POLICY, Policy, Rule
+from ._reader import reader_actor
 from ._scope import Scope
-
-
-def open_sensor(policy=None, **options) -> Sensor:
-    """The sensor for this operating system (not started).  ``policy`` is a
-    ``Policy``, a path to a TOML file, or None for the default policy; the
-    options are those of ``LinuxSensor``."""
-    if sys.platform.startswith("linux"):
-        return LinuxSensor(policy, **options)
-    raise KernelError(f"no kernel sensor for {sys.platform} yet")
-
 
 __all__ = [
     "DEFAULT_POLICY", "BuildError", "Decoder", "KernelError", "KmodError", "LinuxSensor",
-    "Policy",
-    "PolicyError", "PrivilegeError", "Rule", "Scope", "ScopeError", "Sensor",
-    "SensorStatistics", "Verdicts", "build", "cache_dir", "open_sensor", "verdict_line",
+    "Policy", "PolicyError", "PrivilegeError", "Rule", "Scope", "ScopeError", "Sensor",
+    "SensorStatistics", "Verdicts", "build", "cache_dir", "open_sensor", "reader_actor",
+    "verdict_line",
 ]

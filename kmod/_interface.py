@@ -4,10 +4,12 @@ can be added behind it), and what its statistics look like."""
 from __future__ import annotations
 
 import abc
+import sys
 from dataclasses import dataclass, field
 
 from wire import Event
 
+from ._errors import KernelError
 from ._policy import Policy
 
 
@@ -71,3 +73,14 @@ class Sensor(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_sensor(policy=None, **options) -> Sensor:
+    """The sensor for this operating system (not started).  ``policy`` is a
+    ``Policy``, a path to a TOML file, or None for the default policy; the
+    options are those of ``LinuxSensor``."""
+    if sys.platform.startswith("linux"):
+        from ._linux import LinuxSensor  # it implements this interface
+
+        return LinuxSensor(policy, **options)
+    raise KernelError(f"no kernel sensor for {sys.platform} yet")
