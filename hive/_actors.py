@@ -51,17 +51,19 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     """Writes batches in group commits (all that arrived while the previous
     commit ran), reports each outcome to the router, and passes stored
     events on to detection exactly once."""
-    store = Store(path)
+    store = Store(path, checkpoint_by_hand=True)
+    checkpointer = Store(path)
     inbox = ctx.socket(zmq.PULL, bind=INGEST, codec=internal_codec(), rcvhwm=2000)
     acks = ctx.socket(zmq.PUSH, connect=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
     detect = ctx.socket(zmq.PUSH, connect=DETECT, codec=internal_codec(), sndhwm=2000)
     ctx.stats.extra.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0)
-    lags: collections.deque[float] = collections.deque(maxlen=20_000)
+    lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=50_000)
     task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_retention, ctx, store, retention_days, retention_mb)
             nursery.start_soon(_report_lag, ctx, lags)
+            nursery.start_soon(_checkpoint, ctx, checkpointer)
             while True:
                 batches: list[Ingest] = [m for m in await inbox.recv(4096) if isinstance(m, Ingest)]
                 if not batches:
@@ -75,20 +77,37 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                     log_event(ctx.log, "store.write_failed", logging.ERROR, reason=str(e), batches=len(batches))
                     await trio.sleep(1.0)
                     continue
-                now = time.time_ns()
+                now_ns, now = time.time_ns(), trio.current_time()
                 for b in batches:
                     # A sample of events: from their creation on the agent to our commit.
-                    lags.extend((now - e.time) / 1e6 for e in b.events[::16] if e.time)
+                    lags.extend((now, (now_ns - e.time) / 1e6) for e in b.events[::16] if e.time)
                 await _after_commit(ctx, batches, outcomes, acks, detect)
     finally:
         store.close()
+        checkpointer.close()
 
 
-async def _report_lag(ctx: Context, lags: collections.deque[float]) -> None:
+async def _checkpoint(ctx: Context, store: Store) -> None:
+    while True:
+        await trio.sleep(0.5)
+        try:
+            await trio.to_thread.run_sync(store.checkpoint)
+        except StoreError as e:
+            ctx.stats.last_error = str(e)
+
+
+LAG_WINDOW = 5.0
+"""Seconds of commits the lag percentiles cover."""
+
+
+async def _report_lag(ctx: Context, lags: collections.deque[tuple[float, float]]) -> None:
     while True:
         await trio.sleep(1.0)
+        horizon = trio.current_time() - LAG_WINDOW
+        while lags and lags[0][0] < horizon:
+            lags.popleft()
         if lags:
-            ordered = sorted(lags)
+            ordered = sorted(lag for _, lag in lags)
             ctx.stats.extra["lag_p50_ms"] = round(ordered[len(ordered) // 2], 2)
             ctx.stats.extra["lag_p99_ms"] = round(ordered[int(len(ordered) * 0.99)], 2)
 
