@@ -1,11 +1,12 @@
 """The host agent: enrich what the kernel sensor sees, spool it to disk,
 deliver it to the hive exactly once, and carry commands back."""
 
+from ._delivery import Delivery
 from ._errors import AgentError, SpoolError
 from ._proctable import TOO_LARGE, Process, ProcessTable, ProcessTableStatistics, parse_cgroup
 from ._spool import DEFAULT_MAX_BYTES, Spool, SpoolStatistics
 
 __all__ = [
-    "AgentError", "DEFAULT_MAX_BYTES", "Process", "ProcessTable", "ProcessTableStatistics", "Spool",
+    "AgentError", "DEFAULT_MAX_BYTES", "Delivery", "Process", "ProcessTable", "ProcessTableStatistics", "Spool",
     "SpoolError", "SpoolStatistics", "TOO_LARGE", "parse_cgroup",
 ]

@@ -29,6 +29,7 @@ the same record can be sent under any stream.
 
 from __future__ import annotations
 
+import collections
 import errno as _errno
 import json
 import logging
@@ -60,6 +61,10 @@ _MAX_SEGMENT = 64 << 20
 _MIN_SEGMENT = 64 << 10
 _READ_BYTES = 8 << 20
 """Bytes :meth:`Spool.pending` reads at once (at least one record)."""
+_LIMBO = 4096
+"""Dropped batches remembered in case the hive stored them before the drop.
+The uplink never has more than its window unacknowledged, so a bound above
+any window covers every batch the hive can have stored unbeknown to us."""
 
 
 class _Frame(msgspec.Struct, tag="events", tag_field="type", kw_only=True, omit_defaults=True):
@@ -86,7 +91,8 @@ class SpoolStatistics:
     last: int
     """Last durable (synced) seq of the current stream."""
     dropped_events: int
-    """Unacknowledged events dropped because the spool was full, since it was created."""
+    """Events dropped unacknowledged because the spool was full, since it was
+    created (less those the hive turned out to have stored)."""
     dropped_batches: int
     corrupt: int
     """Damaged records found (at open or when read) and skipped."""
@@ -164,6 +170,9 @@ class Spool:
         self._dropped_events = 0
         self._dropped_batches = 0
         self._unreported = 0
+        self._limbo: collections.deque[tuple[int, int]] = collections.deque()
+        """(disk seq, events) of dropped batches that may have reached the
+        hive: an ack over them takes them back off the dropped count."""
         self._corrupt = 0
         self._ack_fd = -1
         self._dir_fd = -1
@@ -365,6 +374,7 @@ class Spool:
         try:
             if size > self.max_bytes:
                 self._count_dropped(n, 1)
+                self._unreported += n
                 log_event(self.log, "spool.batch_too_large", logging.ERROR, size=size,
                           bound=self.max_bytes, events=n)
                 return 0
@@ -426,10 +436,21 @@ class Spool:
     def _drop(self, seg: _Segment) -> None:
         start = max(self._acked + 1 - seg.first, 0)
         batches = max(len(seg.offsets) - start, 0)
-        events = seg.events_after(start)
         if batches:
+            events = seg.events_after(start)
+            limbo = []
+            certain = 0
+            for i in range(start, len(seg.offsets)):
+                n = seg.cum[i] - (seg.cum[i - 1] if i else 0)
+                seq = seg.first + i
+                if seq <= self._synced and len(self._limbo) + len(limbo) < _LIMBO:
+                    limbo.append((seq, n))
+                else:  # never durable, or beyond any window: never sent
+                    certain += n
             # Counted on disk before the data goes, so a crash cannot hide a loss.
             self._count_dropped(events, batches)
+            self._limbo.extend(limbo)
+            self._unreported += certain
             log_event(self.log, "spool.dropped", logging.WARNING, segment=seg.path.name,
                       batches=batches, events=events, bound=self.max_bytes)
         self._remove(seg)
@@ -438,7 +459,6 @@ class Spool:
         total = (self._dropped_events + events, self._dropped_batches + batches)
         self._write_state(dropped=total)
         self._dropped_events, self._dropped_batches = total
-        self._unreported += events
 
     def _remove(self, seg: _Segment) -> None:
         try:
@@ -519,6 +539,19 @@ class Spool:
         except OSError as e:  # only costs a redelivery after a restart
             log_event(self.log, "spool.ack_not_saved", logging.WARNING, reason=e.strerror or str(e))
         self._delete_acked()
+        events = batches = 0
+        while self._limbo and self._limbo[0][0] <= disk:
+            events += self._limbo.popleft()[1]
+            batches += 1
+        if batches:
+            # The hive had stored them before they were dropped: not a loss.
+            self._dropped_events -= events
+            self._dropped_batches -= batches
+            try:
+                self._write_state()
+            except OSError as e:
+                log_event(self.log, "spool.state_not_saved", logging.WARNING, reason=e.strerror or str(e))
+            log_event(self.log, "spool.drop_undone", logging.INFO, batches=batches, events=events)
 
     def _delete_acked(self) -> None:
         for seg in self._segments[:-1]:
@@ -543,6 +576,10 @@ class Spool:
             raise _error("write the state of", self.folder, e) from None
         old = self._stream
         self._stream, self._base = stream, first - 1
+        # The hive has stored nothing after the seq it asked for: whatever
+        # was dropped beyond it is lost for certain.
+        self._unreported += sum(n for _, n in self._limbo)
+        self._limbo.clear()
         self._acked = max(self._acked, self._base)
         try:
             self._write_ack()
@@ -555,7 +592,10 @@ class Spool:
     # -- accounting ------------------------------------------------------------
 
     def take_dropped(self) -> int:
-        """Events dropped since the last call (to report them once)."""
+        """Events known lost since the last call (to report them once).  A
+        dropped batch that may have reached the hive just before is only
+        known lost once the hive says it has not (it asks for an earlier
+        one): see :meth:`new_stream`."""
         n, self._unreported = self._unreported, 0
         return n
 
