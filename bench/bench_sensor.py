@@ -15,14 +15,20 @@ a thread draining it (as the kmod reader would: wait, drain in batches,
 decode to wire events) run on CPU 0.  Rounds alternate without/with the
 sensor; the ratio is with/without.
 
-Saturation: one core opens /etc/shadow (audited: one event per call) as
-fast as it can for S seconds while the sensor drains; printed are the
-syscall rate, the events drained per second and the drops.
+Floor: the same open loop with one empty BPF program on
+syscalls/sys_exit_openat, the least any syscall-tracepoint sensor can cost
+(the sensor sees opens at sys_exit only).
+
+Saturation: one core issues calls as fast as it can for S seconds while the
+sensor drains: opens of an unwatched path (the kernel filters them all),
+connects (one event each), opens of /etc/shadow (audited: one event each).
+Printed: call rate, events drained per second, drops.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -35,6 +41,14 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kmod import LinuxSensor  # noqa: E402
+from kmod._libbpf import BpfObject  # noqa: E402
+
+EMPTY_BPF_C = r"""
+#define SEC(name) __attribute__((section(name), used))
+char LICENSE[] SEC("license") = "GPL";
+SEC("tracepoint/syscalls/sys_exit_openat")
+int empty(void *ctx) { return 0; }
+"""
 
 LOOPS_C = r"""
 #include <arpa/inet.h>
@@ -106,6 +120,13 @@ def compile_loops(directory: str) -> str:
     return exe
 
 
+def compile_empty(directory: str) -> str:
+    src, obj = os.path.join(directory, "empty.bpf.c"), os.path.join(directory, "empty.bpf.o")
+    Path(src).write_text(EMPTY_BPF_C)
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-c", src, "-o", obj], check=True)
+    return obj
+
+
 def run_loop(exe: str, mode: str, seconds: float, *args: str) -> float:
     """Operations per second of one loop, pinned to LOOP_CPU."""
     out = subprocess.run([exe, mode, str(seconds), *args], check=True, capture_output=True,
@@ -162,41 +183,47 @@ def main() -> None:
                 if sensor:
                     sensor.start()
                 try:
-                    with Drainer(sensor) if sensor else _nothing():
+                    with Drainer(sensor) if sensor else contextlib.nullcontext():
                         for mode, extra in loops:
                             rates[mode][on].append(run_loop(exe, mode, args.seconds, *extra))
                 finally:
                     if sensor:
                         sensor.close()
 
+        empty = BpfObject(compile_empty(tmp))
+        try:
+            empty.load()
+            empty.attach_tracing()
+            floor = run_loop(exe, "open", args.seconds, "/etc/hostname")
+        finally:
+            empty.close()
+
         print(f"syscall loops on CPU {LOOP_CPU}, sensor on CPU {SENSOR_CPU}, "
-              f"{args.rounds} rounds of {args.seconds:g} s")
+              f"{args.rounds} rounds of {args.seconds:g} s, medians")
         print(f"{'loop':10} {'without /s':>12} {'with /s':>12} {'ratio':>7}")
         for mode, _ in loops:
             off = statistics.median(rates[mode][False])
             on = statistics.median(rates[mode][True])
             print(f"{mode:10} {off:12.0f} {on:12.0f} {on / off:7.2f}x")
+        off = statistics.median(rates["open"][False])
+        print(f"{'floor':10} {off:12.0f} {floor:12.0f} {floor / off:7.2f}x"
+              "   (open loop, one empty program on sys_exit_openat)")
 
-        with LinuxSensor() as sensor, Drainer(sensor) as drainer:
-            began = time.monotonic()
-            rate = run_loop(exe, "open", args.saturation, "/etc/shadow")
-            while sensor.statistics().pending_bytes and time.monotonic() - began < 60:
-                time.sleep(0.05)
-            elapsed = time.monotonic() - began
-            time.sleep(0.1)
-            stats = sensor.statistics()
-        drops = sum(stats.drops.values())
-        print(f"saturation: open(/etc/shadow) on one core for {args.saturation:g} s: "
-              f"{rate:.0f} calls/s, {stats.events['open'] / elapsed:.0f} events/s drained, "
-              f"{stats.events['open']} open events, drops {drops} {stats.drops}")
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
+        print(f"saturation, {args.saturation:g} s each, calls on one core:")
+        for label, mode, extra, kind in (
+                ("open unwatched", "open", ("/etc/hostname",), "open"),
+                ("connect", "connect", (), "connect"),
+                ("open /etc/shadow", "open", ("/etc/shadow",), "open")):
+            with LinuxSensor() as sensor, Drainer(sensor):
+                began = time.monotonic()
+                rate = run_loop(exe, mode, args.saturation, *extra)
+                while sensor.statistics().pending_bytes and time.monotonic() - began < 120:
+                    time.sleep(0.05)
+                elapsed = time.monotonic() - began
+                stats = sensor.statistics()
+            drained = stats.events[kind]
+            print(f"  {label:18} {rate:10.0f} calls/s {drained / elapsed:10.0f} events/s drained "
+                  f"{drained:10d} events  drops {sum(stats.drops.values())}")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,15 @@ bits, then the page offset the kernel uses.
 
 Ordering: the kernel publishes a record by clearing BUSY with a release
 store; on x86-64 (our target) plain loads are not reordered with each other,
-so reading the header before the body is enough."""
+so reading the header before the body is enough.  Positions must be read
+and written whole: the little-endian ``struct`` codes ("<Q") go byte by
+byte, and a consumer position the kernel sees half-written looks up to the
+whole ring behind, so it refuses records as if the ring were full.  Native
+codes and ctypes copy the 8 bytes in one access."""
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import struct
 
@@ -21,8 +26,8 @@ from ._errors import KernelError
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
+_U64 = struct.Struct("=Q")  # native: one 8-byte load, see above
+_U32 = struct.Struct("=I")
 
 
 class RingBuffer:
@@ -41,7 +46,8 @@ class RingBuffer:
         self._page = page
         self._mask = size - 1
         self.size = size
-        self._pos = self._next = _U64.unpack_from(self._cons, 0)[0]
+        self._consumer = ctypes.c_uint64.from_buffer(self._cons)  # one 8-byte store
+        self._pos = self._next = self._consumer.value
 
     def pending(self) -> int:
         """Bytes written by the kernel and not yet consumed."""
@@ -76,9 +82,10 @@ class RingBuffer:
     def release(self) -> None:
         if self._next != self._pos:
             self._pos = self._next
-            _U64.pack_into(self._cons, 0, self._pos)
+            self._consumer.value = self._pos
 
     def close(self) -> None:
+        del self._consumer  # it pins the mapping
         self._data.release()
         self._prod.close()
         self._cons.close()
