@@ -30,7 +30,6 @@ _PROTOCOLS = {6: "tcp", 17: "udp"}
 _EPERM = -errno.EPERM
 
 _HDR = "<BBHIIIIII4xQQ16s"
-HDR = struct.Struct(_HDR)
 # Header and body in one unpack per record: this is the hot path.
 _EXEC = struct.Struct(_HDR + "iHH256s1280s")
 _PATHBUF = struct.Struct(f"<H6x{COMP_MAX * COMP_LEN}s")
@@ -41,7 +40,6 @@ _SETID = struct.Struct(_HDR + "IIIi")
 _SOCK = struct.Struct(_HDR + "HHBBHI16s4x")
 _EXE_OFF = _EXEC.size
 _CWD_OFF = _EXE_OFF + _PATHBUF.size
-EXEC_SIZE = _CWD_OFF + _PATHBUF.size
 _CACHE_LIMIT = 4096
 
 

@@ -12,7 +12,6 @@
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
-#define EPERM 1
 #define ENOENT 2
 #define AF_INET 2
 #define AF_INET6 10

@@ -149,7 +149,10 @@ def test_allowed_bind_is_reported(sensor):
     assert (ev.family, ev.address, ev.verdict) == (10, "::1", "allow")
 
 
-def test_statistics_count_and_report_no_drops(sensor):
+def test_statistics_count_and_report_no_drops(sensor, listener):
+    flush(sensor)
+    child = run_child("connect", "127.0.0.1", str(listener))
+    collect(sensor, of(child.pid, Connect))
     stats = sensor.statistics()
     assert stats.events["exec"] > 0 and stats.events["connect"] > 0
     assert set(stats.drops.values()) == {0}
