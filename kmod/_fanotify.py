@@ -148,6 +148,13 @@ class Guard:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
 
+    def forsake(self) -> None:
+        """In a forked child, which has none of our threads: close our copies
+        of the descriptors so that the group dies with the parent."""
+        self._closed = True
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            os.close(fd)
+
     def stall(self, seconds: float) -> None:
         """Drill: the responder sleeps this long before answering what it
         reads next, as a hung responder would.  The watchdog must fail open."""

@@ -10,6 +10,7 @@ import os
 import select
 import struct
 import time
+import weakref
 from collections.abc import Iterable
 
 from wire import Event, Notice
@@ -54,6 +55,31 @@ def _coerce_policy(policy: Policy | str | os.PathLike | None) -> Policy:
     if isinstance(policy, Policy):
         return policy
     return Policy.load(policy)
+
+
+# Descriptors that hold a BPF object, an attachment or a fanotify group.
+_KERNEL_HANDLES = ("anon_inode:bpf", "anon_inode:[perf_event]", "anon_inode:[fanotify]")
+_live: weakref.WeakSet[LinuxSensor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked without exec must not keep its parent's sensors alive:
+    its copies of their descriptors would keep the programs attached, and the
+    fanotify group holding permission events that nobody answers, after the
+    parent dies.  So the child drops them all."""
+    if not _live:
+        return
+    for sensor in list(_live):
+        sensor._forsake()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith(_KERNEL_HANDLES):
+                os.close(int(name))
+        except OSError:
+            continue
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LinuxSensor(Sensor):
@@ -107,6 +133,7 @@ class LinuxSensor(Sensor):
         if self._started:
             raise KmodError("sensor already started")
         self._started = True
+        _live.add(self)
         require_root()
         require_btf()
         try:
@@ -166,6 +193,20 @@ class LinuxSensor(Sensor):
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+    def _forsake(self) -> None:
+        """In a forked child: let go of everything without detaching it,
+        which would detach it for the parent too."""
+        if self._guard is not None:
+            self._guard.forsake()
+            self._guard = None
+        self._bpf = self._ring = None  # their descriptors go in the sweep
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None

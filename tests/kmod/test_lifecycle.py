@@ -4,6 +4,7 @@ refused any more.  The sensor runs in its own process: ``python -m kmod run``.""
 
 import errno
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -68,3 +69,44 @@ def test_stopped_sensor_leaves_nothing(sig, tmp_path):
         server.bind(("127.0.0.1", 4444))
         server.listen(1)
         assert run_child("connect", "127.0.0.1", "4444").errno == 0
+
+
+FORKING_AGENT = """
+import json, os, sys, time
+import kmod
+sensor = kmod.LinuxSensor()
+sensor.start()
+child = os.fork()
+if child == 0:
+    time.sleep(60)
+    os._exit(0)
+print(json.dumps(dict(child=child, **sensor.attachments())), flush=True)
+time.sleep(60)
+"""
+
+
+def test_forked_child_does_not_keep_the_sensor_alive(tmp_path):
+    """A child forked without exec holds copies of every descriptor; if it
+    kept them, the programs and the fanotify group would outlive the agent,
+    and execs would wait for answers nobody gives."""
+    script = tmp_path / "forked.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_AGENT], stdout=subprocess.PIPE,
+                            text=True)
+    child = None
+    try:
+        info = json.loads(proc.stdout.readline())
+        child = info["child"]
+        assert run_child("exec", str(script)).errno == errno.EPERM
+        proc.kill()
+        proc.wait()
+        os.kill(child, 0)  # the forked child still runs
+        wait_for(lambda: not any(map(prog_exists, info["programs"])), 5, "programs to unload")
+        ran = run_child("exec", str(script), timeout=5)
+        assert ran.returncode == 0 and "ran" in ran.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if child:
+            os.kill(child, signal.SIGKILL)
