@@ -4,11 +4,13 @@ from ._actors import (
     DELIVER, DETECT, INGEST, RESULTS, SEEN, STORED, enroll_actor, registry_actor, router_actor,
     store_actor, zap_authorizer,
 )
-from ._messages import AgentSeen, Deliver, Ingest, InternalMessage, Result, Stored
+from ._detect import ALERTS, CORRELATE, correlate_actor, sentinel_actor
+from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Result, Stored
 from ._store import AgentRow, Store, StoreError
 
 __all__ = [
+    "ALERTS", "CORRELATE", "correlate_actor", "sentinel_actor",
     "DELIVER", "DETECT", "INGEST", "RESULTS", "SEEN", "STORED", "AgentRow", "AgentSeen", "Deliver",
-    "Ingest", "InternalMessage", "Result", "Store", "StoreError", "Stored", "enroll_actor",
+    "IncidentUpdate", "Ingest", "InternalMessage", "Result", "Store", "StoreError", "Stored", "enroll_actor",
     "registry_actor", "router_actor", "store_actor", "zap_authorizer",
 ]

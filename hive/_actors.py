@@ -18,7 +18,7 @@ import zmq
 import wire
 from actors import Codec, Context, Duplex, KeyPair, curve_server, log_event
 
-from ._messages import AgentSeen, Deliver, Ingest, InternalMessage, Result, Stored
+from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Result, Stored
 from ._store import Store, StoreError
 
 INGEST = "inproc://hive.ingest"
@@ -56,7 +56,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     inbox = ctx.socket(zmq.PULL, bind=INGEST, codec=internal_codec(), rcvhwm=2000)
     acks = ctx.socket(zmq.PUSH, connect=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
     detect = ctx.socket(zmq.PUSH, connect=DETECT, codec=internal_codec(), sndhwm=2000)
-    ctx.stats.extra.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0)
+    ctx.stats.extra.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0)
     lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=50_000)
     task_status.started()
     try:
@@ -65,18 +65,23 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
             nursery.start_soon(_report_lag, ctx, lags)
             nursery.start_soon(_checkpoint, ctx, checkpointer)
             while True:
-                batches: list[Ingest] = [m for m in await inbox.recv(4096) if isinstance(m, Ingest)]
-                if not batches:
+                msgs = await inbox.recv(4096)
+                batches = [m for m in msgs if isinstance(m, Ingest)]
+                alerts = [m for m in msgs if isinstance(m, wire.Alert)]
+                incidents = [m.incident for m in msgs if isinstance(m, IncidentUpdate)]
+                if not (batches or alerts or incidents):
                     continue
                 try:
-                    outcomes = await trio.to_thread.run_sync(store.ingest, batches)
+                    outcomes = await trio.to_thread.run_sync(store.ingest, batches, alerts, incidents)
                 except StoreError as e:
                     # Not acknowledged, so the agents still hold these batches
                     # and will send them again; nothing accepted is lost.
                     ctx.stats.last_error = str(e)
-                    log_event(ctx.log, "store.write_failed", logging.ERROR, reason=str(e), batches=len(batches))
+                    log_event(ctx.log, "store.write_failed", logging.ERROR, reason=str(e), batches=len(batches),
+                              alerts=len(alerts))
                     await trio.sleep(1.0)
                     continue
+                ctx.stats.extra["alerts"] = int(ctx.stats.extra["alerts"]) + len(alerts)
                 now_ns, now = time.time_ns(), trio.current_time()
                 for b in batches:
                     # A sample of events: from their creation on the agent to our commit.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 import wire
+from hive.correlate import Incident
 
 
 class _Msg(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False, tag_field="type"):
@@ -56,4 +57,10 @@ class Result(_Msg, tag="result"):
     result: wire.CommandResult
 
 
-InternalMessage = Ingest | Stored | AgentSeen | Deliver | Result
+class IncidentUpdate(_Msg, tag="incident"):
+    """Correlate -> store: an incident opened or grew."""
+
+    incident: Incident
+
+
+InternalMessage = Ingest | Stored | AgentSeen | Deliver | Result | wire.Alert | IncidentUpdate

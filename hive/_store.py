@@ -29,6 +29,8 @@ import msgspec
 
 import wire
 
+from hive.correlate import Incident
+
 from ._messages import Ingest, Stored
 
 SCHEMA_VERSION = 1
@@ -70,6 +72,7 @@ CREATE TABLE IF NOT EXISTS alerts(
     title TEXT NOT NULL, level TEXT NOT NULL, incident TEXT NOT NULL DEFAULT '', body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts(time);
+CREATE TABLE IF NOT EXISTS incidents(id TEXT PRIMARY KEY, updated REAL NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS commands(
     id TEXT PRIMARY KEY, agent TEXT NOT NULL, action TEXT NOT NULL, params TEXT NOT NULL,
     state TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
@@ -109,6 +112,8 @@ class AgentRow:
 
 _encode_event = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(wire.AnyEvent).decode
+_decode_alert = msgspec.msgpack.Decoder(wire.Alert).decode
+_decode_incident = msgspec.msgpack.Decoder(Incident).decode
 
 
 def _hash_token(secret: str) -> str:
@@ -152,11 +157,14 @@ class Store:
 
     # -- events ----------------------------------------------------------------
 
-    def ingest(self, batches: Sequence[Ingest]) -> list[Stored]:
-        """Write every batch that is next in its stream, in one transaction."""
+    def ingest(self, batches: Sequence[Ingest], alerts: Sequence[wire.Alert] = (),
+               incidents: Sequence[Incident] = ()) -> list[Stored]:
+        """Write every batch that is next in its stream, and the alerts and
+        incidents given, in one transaction."""
         out: list[Stored] = []
         rows: list[tuple] = []
         with self._tx() as db:
+            self._write_records(db, alerts, incidents)
             marks: dict[tuple[str, str], int] = {}
             for b in batches:
                 if b.seq == 0:  # made by the hive itself: no stream to dedupe
@@ -186,6 +194,37 @@ class Store:
                 [(a, s, seq, counts.get((a, s), 0)) for (a, s), seq in marks.items()],
             )
         return out
+
+    @staticmethod
+    def _write_records(db: sqlite3.Connection, alerts: Sequence[wire.Alert], incidents: Sequence[Incident]) -> None:
+        db.executemany(
+            "INSERT INTO alerts(id, time, agent, rule_id, title, level, incident, body) VALUES(?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET incident=excluded.incident, body=excluded.body",
+            [(a.id, a.time or time.time_ns(), a.agent, a.rule_id, a.title, a.level, a.incident, _encode_event(a))
+             for a in alerts])
+        db.executemany(
+            "INSERT INTO incidents(id, updated, body) VALUES(?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET updated=excluded.updated, body=excluded.body",
+            [(i.id, i.updated, _encode_event(i)) for i in incidents])
+
+    def alerts(self, *, agent: str | None = None, since: int | None = None, level: str | None = None,
+               limit: int = 100) -> list[wire.Alert]:
+        """Newest first."""
+        where, args = [], []
+        for column, value in (("agent", agent), ("level", level)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since:
+            where.append("time >= ?")
+            args.append(since)
+        sql = "SELECT body FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        args.append(limit)
+        return [_decode_alert(b) for (b,) in self._read(sql + " ORDER BY time DESC LIMIT ?", args)]
+
+    def incidents(self, limit: int = 100) -> list[Incident]:
+        return [_decode_incident(b) for (b,) in
+                self._read("SELECT body FROM incidents ORDER BY updated DESC LIMIT ?", (limit,))]
 
     @staticmethod
     def _rows(b: Ingest) -> Iterable[tuple]:

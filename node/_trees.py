@@ -23,7 +23,11 @@ class Layout:
 
 
 def hive_children(cfg: Config) -> list[Child]:
-    from hive import Store, enroll_actor, registry_actor, router_actor, store_actor, zap_authorizer
+    from hive import (
+        Store, correlate_actor, enroll_actor, registry_actor, router_actor, sentinel_actor, store_actor,
+        zap_authorizer,
+    )
+    from hive.sigma import BUILTIN_RULES
 
     lay = Layout(cfg.data_dir)
     keys = KeyPair.load_or_create(lay.keys, "hive")
@@ -39,6 +43,9 @@ def hive_children(cfg: Config) -> list[Child]:
         Child("router", router_actor, shutdown=t, args=dict(
             path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame)),
         Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen)),
+        Child("correlate", correlate_actor, shutdown=t, args=dict(path=db)),
+        Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, args=dict(
+            rule_dirs=[BUILTIN_RULES, *map(Path, cfg.hive.rules)])),
     ]
 
 

@@ -351,6 +351,33 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def cmd_alerts(args: argparse.Namespace, cfg: Config) -> int:
+    since = parse_since(args.since) if args.since else None
+    alerts = _hive_store(cfg, readonly=True).alerts(agent=args.agent, since=since, level=args.level, limit=args.limit)
+    if args.json:
+        enc = msgspec.json.Encoder()
+        for a in alerts:
+            sys.stdout.buffer.write(enc.encode(a) + b"\n")
+        return EXIT_OK
+    table = [("TIME", "AGENT", "LEVEL", "INCIDENT", "TITLE")]
+    for a in alerts:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.time / 1e9))
+        table.append((stamp, a.agent or "-", a.level, a.incident[:12] or "-", a.title))
+    _table(table)
+    return EXIT_OK
+
+
+def cmd_rules(args: argparse.Namespace, cfg: Config) -> int:
+    from hive.sigma import RuleError, check_rules
+
+    try:
+        report = check_rules(args.dir)
+    except RuleError as e:
+        raise CliError(str(e)) from None
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 # -- the parser ---------------------------------------------------------------------
 
 Command = Callable[[argparse.Namespace, Config], int]
@@ -430,6 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="e.g. 10m, 2h, 1d, or an ISO time")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = add("alerts", cmd_alerts, "query the alerts a hive raised (newest first)")
+    p.add_argument("--agent", help="only this agent")
+    p.add_argument("--level", help="informational, low, medium, high or critical")
+    p.add_argument("--since", help="e.g. 10m, 2h, 1d, or an ISO time")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = add("rules", cmd_rules, "check Sigma rule files",
+            "`rules check DIR` loads every rule under DIR as the hive would and lists each one "
+            "that cannot load, with its reason; exits 1 if any failed.", common=False)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = actions.add_parser("check", help="load the rules under DIR and report those that fail")
+    c.add_argument("dir", metavar="DIR")
+    _common(c)
 
     p = add("status", cmd_status, "print each actor's state and statistics of a running node")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -1,0 +1,147 @@
+"""The detection actors: sentinel (Sigma rules) and correlate (across hosts).
+
+Events reach the sentinel once each, after the store committed them.  The
+sentinel passes the events and its alerts to correlate, which ties alerts
+into incidents and is the one place alerts leave from: to the store and to
+the playbook.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import trio
+import zmq
+
+import wire
+from actors import Context, log_event
+
+from ._actors import DETECT, INGEST, internal_codec
+from ._messages import IncidentUpdate, Ingest
+from ._store import Store, StoreError
+
+CORRELATE = "inproc://hive.correlate"
+"""sentinel -> correlate: events and alerts."""
+ALERTS = "inproc://hive.alerts"
+"""correlate -> playbook: every alert, with its incident."""
+
+_RELOAD_EVERY = 2.0
+
+
+def _count(ctx: Context, key: str, n: int = 1) -> None:
+    ctx.stats.extra[key] = int(ctx.stats.extra.get(key, 0)) + n
+
+
+async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
+                         rule_dirs: list[Path], suppress_window: float = 300.0) -> None:
+    from hive.sigma import RuleEngine
+
+    engine = RuleEngine(clock=trio.current_time, suppress_window=suppress_window)
+    # Compiling a few hundred rules takes a moment: off the event loop.
+    report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
+    _report_rules(ctx, report)
+    inbox = ctx.socket(zmq.PULL, bind=DETECT, codec=internal_codec(), rcvhwm=2000)
+    out = ctx.socket(zmq.PUSH, connect=CORRELATE, codec=internal_codec(), sndhwm=4000)
+    task_status.started()
+
+    async def send(msg: Any, what: str) -> None:
+        try:
+            out.zmq.send(out.codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            _count(ctx, f"{what}_skipped")  # correlate is behind; counted, never blocking detection
+
+    async def housekeeping() -> None:
+        since_reload = 0.0
+        while True:
+            await trio.sleep(1.0)
+            for alert in engine.tick():
+                await send(alert, "alerts")
+            since_reload += 1.0
+            if since_reload >= _RELOAD_EVERY:
+                since_reload = 0.0
+                if engine.changed():
+                    try:
+                        _report_rules(ctx, engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs)))
+                    except Exception as e:  # a broken rule folder keeps the rules we have
+                        log_event(ctx.log, "rules.reload_failed", logging.ERROR, reason=str(e))
+            st = engine.statistics()
+            ctx.stats.extra.update(evaluated=st.evaluated, matched=st.matched,
+                                   suppressed=st.suppression.suppressed)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(housekeeping)
+        while True:
+            for batch in await inbox.recv():
+                if not isinstance(batch, Ingest):
+                    continue
+                alerts = engine.process_batch(batch.events)
+                _count(ctx, "events", len(batch.events))
+                await send(batch, "events")
+                for alert in alerts:
+                    _count(ctx, "alerts")
+                    await send(alert, "alerts")
+
+
+def _report_rules(ctx: Context, report: Any) -> None:
+    for failure in report.failures:
+        log_event(ctx.log, "rule.not_loaded", logging.WARNING, reason=str(failure))
+    ctx.stats.extra.update(rules_loaded=report.loaded, rules_failed=report.failed)
+    log_event(ctx.log, "rules.loaded", loaded=report.loaded, failed=report.failed, files=report.files)
+
+
+async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+                          lateral_window: float = 120.0) -> None:
+    from hive.correlate import HostCorrelator
+
+    hosts = HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
+    store = Store(path, readonly=True)
+    inbox = ctx.socket(zmq.PULL, bind=CORRELATE, codec=internal_codec(), rcvhwm=4000)
+    to_store = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec(), topic=f"{ctx.name}.alerts")
+    to_playbook = ctx.socket(zmq.PUSH, connect=ALERTS, codec=internal_codec(), sndhwm=10000, topic="")
+
+    def refresh_addresses() -> None:
+        for a in store.agents():
+            hosts.set_addresses(a.id, a.addresses)
+
+    refresh_addresses()
+    task_status.started()
+
+    async def publish(alerts: list[wire.Alert]) -> None:
+        for alert in alerts:
+            await to_store.send(alert)
+            try:
+                to_playbook.zmq.send(to_playbook.codec.encode(alert), zmq.NOBLOCK)
+            except zmq.Again:
+                _count(ctx, "playbook_skipped")
+        for incident in hosts.changed():
+            await to_store.send(IncidentUpdate(incident=incident))
+
+    async def housekeeping() -> None:
+        while True:
+            await trio.sleep(1.0)
+            hosts.expire()
+            try:
+                await trio.to_thread.run_sync(refresh_addresses)
+            except StoreError as e:
+                ctx.stats.last_error = str(e)
+            await publish([])
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(housekeeping)
+            while True:
+                out: list[wire.Alert] = []
+                for msg in await inbox.recv():
+                    if isinstance(msg, Ingest):
+                        for event in msg.events:
+                            out.extend(hosts.observe(event))
+                    elif isinstance(msg, wire.Alert):
+                        msg.incident = hosts.observe_alert(msg)
+                        out.append(msg)
+                _count(ctx, "alerts", len(out))
+                await publish(out)
+    finally:
+        store.close()
+
