@@ -1,0 +1,361 @@
+"""The relay actor: enrich what the sensor sees, spool it, deliver it to the
+hive exactly once, and carry commands and their results.
+
+A thin shell around three plain objects: :class:`ProcessTable` (enrichment),
+:class:`Spool` (durability) and :class:`Delivery` (what to send, what acks
+mean).  Its tasks:
+
+* intake: PULL event batches from the sensor, enrich, append to the spool,
+  one fsync per burst (group commit), then count them accepted;
+* sender: send what :class:`Delivery` says, wake on new data, acks and
+  timeouts;
+* inbound: acks to :class:`Delivery`, commands to the response executor
+  (expired ones are answered as failed, never run);
+* results: PULL command results from the executor, send them up;
+* heartbeat: ``Heartbeat`` every ``heartbeat`` seconds while connected, and
+  a retry of a failed spool sync;
+* monitor: the uplink's connection events: ``Hello`` and a rewind after
+  every handshake, a warning when the hive refuses our key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+import wire
+from actors import Codec, Context, Duplex, KeyPair, Socket, Statistics, check_key, curve_client, log_event
+
+from ._delivery import Delivery
+from ._errors import SpoolError
+from ._host import hello
+from ._proctable import ProcessTable
+from ._spool import DEFAULT_MAX_BYTES, Spool
+
+EVENTS_ENDPOINT = "inproc://agent.events"
+COMMANDS_ENDPOINT = "inproc://agent.commands"
+RESULTS_ENDPOINT = "inproc://agent.results"
+
+_BURST = 256
+"""Sensor messages taken per burst, so per fsync."""
+_SEND_BATCHES = 64
+_COMMAND_QUEUE = 256
+_MAX_RETRY = 5.0
+_MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+async def relay(
+    ctx: Context,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    agent_id: str,
+    hive_endpoint: str,
+    keys_dir: Path,
+    hive_public: bytes,
+    spool_dir: Path,
+    spool_bytes: int = DEFAULT_MAX_BYTES,
+    batch: int = 256,
+    heartbeat: float = 5.0,
+    events_endpoint: str = EVENTS_ENDPOINT,
+    commands_endpoint: str = COMMANDS_ENDPOINT,
+    results_endpoint: str = RESULTS_ENDPOINT,
+    window: int = 64,
+    ack_timeout: float = 5.0,
+    policy_version: str = "",
+    table: ProcessTable | None = None,
+) -> None:
+    """Run the relay.  ``keys_dir`` holds ``agent.key``/``agent.pub``;
+    ``hive_public`` is the pinned Z85 public key of the hive.  ``window`` is
+    the most batches sent and not yet acknowledged; ``ack_timeout`` how long
+    acks may stall before the agent sends again.  ``table`` is a process
+    table to use instead of one seeded from /proc (for tests)."""
+    if batch < 1 or heartbeat <= 0:
+        raise ValueError("batch must be >= 1 and heartbeat > 0")
+    keys = KeyPair.load(Path(keys_dir), "agent")
+    check_key(hive_public, "the hive's public key")
+    if table is None:
+        table = ProcessTable()
+        table.seed()
+    spool = Spool(spool_dir, max_bytes=spool_bytes, log=ctx.log)
+    monitor: Socket | None = None
+    try:
+        delivery = Delivery(spool, window=window, ack_timeout=ack_timeout, log=ctx.log)
+        uplink = ctx.duplex(zmq.DEALER, codec=Codec(wire.HiveMessage), immediate=1,
+                            reconnect_ivl=100, reconnect_ivl_max=5000,
+                            heartbeat_ivl=int(heartbeat * 1000), heartbeat_timeout=int(3 * heartbeat * 1000),
+                            heartbeat_ttl=int(3 * heartbeat * 1000))
+        curve_client(uplink.sock.zmq, keys, hive_public)
+        monitor = Socket(uplink.sock.zmq.get_monitor_socket(_MONITORED), stats=Statistics("monitor"), log=ctx.log)
+        uplink.sock.connect(hive_endpoint)
+        events = ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), bind=events_endpoint, topic="")
+        results = ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), bind=results_endpoint, topic="")
+        commands = ctx.socket(zmq.PUSH, codec=Codec(wire.HiveMessage), bind=commands_endpoint,
+                              topic=f"{ctx.name}.commands")
+        r = _Relay(ctx, spool, table, delivery, uplink, batch=batch, heartbeat=heartbeat,
+                   hello=hello(agent_id, policy_version))
+        ctx.stats.add_depth(lambda: r.spool_batches)
+        log_event(ctx.log, "relay.start", agent=agent_id, hive=hive_endpoint, stream=spool.stream,
+                  pending=spool.statistics().batches, processes=len(table))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(uplink.pump)
+            nursery.start_soon(r.intake, events)
+            nursery.start_soon(r.sender)
+            nursery.start_soon(r.inbound)
+            nursery.start_soon(r.forward_results, results)
+            nursery.start_soon(r.push_commands, commands)
+            nursery.start_soon(r.heartbeats)
+            nursery.start_soon(r.watch, monitor)
+            task_status.started()
+    finally:
+        if monitor is not None:
+            uplink.sock.zmq.disable_monitor()
+            monitor.close()
+        try:
+            spool.sync()  # what was appended is kept if the disk allows
+        except SpoolError:
+            pass
+        spool.close()
+
+
+class _Relay:
+    def __init__(self, ctx: Context, spool: Spool, table: ProcessTable, delivery: Delivery, uplink: Duplex,
+                 *, batch: int, heartbeat: float, hello: wire.Hello) -> None:
+        self.ctx = ctx
+        self.spool = spool
+        self.table = table
+        self.delivery = delivery
+        self.uplink = uplink
+        self.batch = batch
+        self.heartbeat = heartbeat
+        self.hello = hello
+        self.out = Codec(wire.AgentMessage)
+        self.connected = False
+        self._wake = trio.Event()
+        self._commands_in, self._commands_out = trio.open_memory_channel[wire.Command](_COMMAND_QUEUE)
+        self._sensor_drops = 0
+        self._drops_to_report = 0
+        self._failing = False
+        self.spool_batches = 0
+        self.accepted = 0
+
+    # -- helpers ----------------------------------------------------------------
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def publish(self) -> None:
+        """Spool figures into the actor's statistics."""
+        st = self.spool.statistics()
+        d = self.delivery
+        self.spool_batches = st.batches
+        self.ctx.stats.extra.update(
+            accepted=self.accepted, spooled=st.events, spool_bytes=st.bytes, dropped=st.dropped_events,
+            acked=st.acked, stream=st.stream, resends=d.resends, restreams=d.restreams,
+            stale_acks=d.stale_acks, corrupt=st.corrupt, connected=int(self.connected),
+        )
+
+    def _spool_failed(self, e: SpoolError) -> None:
+        self.ctx.stats.last_error = str(e)
+        self.ctx.stats.extra["spool_errors"] = int(self.ctx.stats.extra.get("spool_errors", 0)) + 1
+        if not self._failing:  # once per outage, not once per retry
+            log_event(self.ctx.log, "spool.failing", logging.ERROR, reason=str(e), errno=e.errno)
+        self._failing = True
+
+    def _spool_ok(self) -> None:
+        if self._failing:
+            log_event(self.ctx.log, "spool.recovered", logging.WARNING)
+        self._failing = False
+
+    def _note_drops(self, *, sync: bool = True) -> None:
+        """Put events the spool lost for certain into a Notice, in the spool
+        itself, so that the count reaches the hive in order with the events."""
+        self._drops_to_report += self.spool.take_dropped()
+        if not self._drops_to_report:
+            return
+        notice = wire.Notice(time=time.time_ns(), what="spool_dropped", count=self._drops_to_report,
+                             verdict="audit",
+                             detail=f"spool full ({self.spool.max_bytes} bytes): the oldest events were dropped")
+        try:
+            self.spool.append([notice])
+            self._drops_to_report = 0
+            if sync:
+                self.spool.sync()
+        except SpoolError as e:  # the heartbeat task retries the sync
+            self._spool_failed(e)
+
+    async def _send(self, msg: Any) -> None:
+        data = self.out.encode(msg)
+        await self.uplink.send([data])
+        if self.ctx.watched():
+            self.ctx.tap(data)
+
+    def _send_nowait(self, msg: Any) -> bool:
+        data = self.out.encode(msg)
+        if not self.uplink.send_nowait([data]):
+            return False
+        if self.ctx.watched():
+            self.ctx.tap(data)
+        return True
+
+    # -- tasks --------------------------------------------------------------------
+
+    async def intake(self, events: Socket) -> None:
+        enrich = self.table.enrich
+        chunks: list[list[wire.Event]] = []
+        while True:
+            got: list[wire.Event] = []
+            for frames in await events.recv_frames(_BURST):
+                msg = events.decode(frames[-1])
+                if not isinstance(msg, wire.EventBatch):
+                    continue  # malformed ones are counted by decode
+                for ev in msg.events:
+                    enrich(ev)
+                    if type(ev) is wire.Notice and ev.what == "drops":
+                        self._sensor_drops += ev.count
+                got.extend(msg.events)
+            b = self.batch
+            chunks.extend(got[i:i + b] for i in range(0, len(got), b))
+            await self._store(chunks)
+            self.accepted += len(got)
+            self.publish()
+            self.kick()
+
+    async def _store(self, chunks: list[list[wire.Event]]) -> None:
+        """Append and fsync; on a disk error, retry with backoff without
+        taking more from the sensor (its own queue then pushes back)."""
+        delay = 0.1
+        while True:
+            try:
+                while chunks:
+                    self.spool.append(chunks[0])
+                    del chunks[0]
+                self._note_drops(sync=False)
+                self.spool.sync()
+            except SpoolError as e:
+                self._spool_failed(e)
+                self.publish()
+                await trio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY)
+                continue
+            self._spool_ok()
+            return
+
+    async def sender(self) -> None:
+        d = self.delivery
+        while True:
+            self._wake = trio.Event()
+            now = trio.current_time()
+            d.check(now)
+            self._note_drops()
+            try:
+                frames = d.take(now, _SEND_BATCHES)
+            except SpoolError as e:
+                self._spool_failed(e)
+                await trio.sleep(1.0)
+                continue
+            if frames:
+                await self.uplink.send_many([[f] for _, f in frames])
+                if self.ctx.watched():
+                    for _, f in frames:
+                        self.ctx.tap(f)
+                continue
+            deadline = d.deadline()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._wake.wait()
+
+    async def inbound(self) -> None:
+        d = self.delivery
+        while True:
+            msgs = [m for frames in await self.uplink.recv() if (m := self.uplink.decode(frames[-1])) is not None]
+            now = trio.current_time()
+            for msg in msgs:
+                if isinstance(msg, wire.Ack):
+                    try:
+                        d.on_ack(msg, now)
+                    except SpoolError as e:  # a new stream could not be recorded; the hive will ask again
+                        self._spool_failed(e)
+                else:
+                    await self._command(msg)
+            self._note_drops()
+            self.publish()
+            self.kick()
+
+    async def _command(self, cmd: wire.Command) -> None:
+        ex = self.ctx.stats.extra
+        ex["commands"] = int(ex.get("commands", 0)) + 1
+        if cmd.expires and cmd.expires < time.time_ns():
+            ex["expired"] = int(ex.get("expired", 0)) + 1
+            log_event(self.ctx.log, "command.expired", logging.WARNING, id=cmd.id, action=cmd.action)
+            await self._send(wire.CommandResult(command=cmd.id, ok=False,
+                                                detail="expired before the agent received it; not run"))
+            return
+        try:
+            self._commands_in.send_nowait(cmd)
+        except trio.WouldBlock:
+            log_event(self.ctx.log, "command.refused", logging.WARNING, id=cmd.id, reason="queue full")
+            await self._send(wire.CommandResult(
+                command=cmd.id, ok=False, detail=f"agent busy: {_COMMAND_QUEUE} commands waiting; not run"))
+
+    async def push_commands(self, commands: Socket) -> None:
+        async for cmd in self._commands_out:
+            if cmd.expires and cmd.expires < time.time_ns():  # expired while waiting for the executor
+                await self._send(wire.CommandResult(command=cmd.id, ok=False,
+                                                    detail="expired before the executor took it; not run"))
+                continue
+            await commands.send(cmd)
+
+    async def forward_results(self, results: Socket) -> None:
+        while True:
+            for msg in await results.recv():
+                if isinstance(msg, wire.CommandResult):
+                    ex = self.ctx.stats.extra
+                    ex["results"] = int(ex.get("results", 0)) + 1
+                    await self._send(msg)
+
+    async def heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.heartbeat)
+            try:
+                self.spool.sync()  # retries a failed sync even when no events come
+                self._spool_ok()
+            except SpoolError as e:
+                self._spool_failed(e)
+            self.publish()
+            if self.connected:
+                st = self.spool.statistics()
+                self._send_nowait(wire.Heartbeat(time=time.time_ns(), spooled=st.events,
+                                                 dropped=st.dropped_events + self._sensor_drops))
+
+    async def watch(self, monitor: Socket) -> None:
+        while True:
+            for frames in await monitor.recv_frames():
+                ev = parse_monitor_message(frames)
+                kind, endpoint = ev["event"], ev["endpoint"].decode(errors="replace")
+                now = trio.current_time()
+                if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self.connected = True
+                    log_event(self.ctx.log, "uplink.connected", endpoint=endpoint)
+                    await self._send(self.hello)
+                    self.delivery.on_connect(now)
+                    self.kick()
+                elif kind == zmq.EVENT_DISCONNECTED:
+                    if self.connected:
+                        log_event(self.ctx.log, "uplink.disconnected", logging.WARNING, endpoint=endpoint)
+                    self.connected = False
+                    self.delivery.on_disconnect(now)
+                elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    self.ctx.stats.extra["refused"] = int(self.ctx.stats.extra.get("refused", 0)) + 1
+                    log_event(self.ctx.log, "uplink.refused", logging.ERROR, endpoint=endpoint,
+                              reason="the hive refused this agent's key (not enrolled, or revoked)")
+                else:
+                    log_event(self.ctx.log, "uplink.handshake_failed", logging.WARNING, endpoint=endpoint,
+                              event=kind, detail=ev["value"])
+                self.publish()

@@ -1,0 +1,309 @@
+"""The relay actor against a scripted hive: a real ROUTER with CURVE and a
+ZAP handler, a fake sensor PUSHing event batches, a fake executor."""
+
+import os
+import pwd
+import socket
+import sys
+import time
+import uuid
+
+import pytest
+import trio
+import zmq
+
+import wire
+from actors import Child, Codec, Context, KeyPair, Runtime, Supervisor, curve_server, zap_handler
+from agent import relay
+
+AGENT_CODEC = Codec(wire.AgentMessage)
+HIVE_CODEC = Codec(wire.HiveMessage)
+
+
+def tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class ScriptedHive:
+    """Stores a batch only if it is the next of its stream, acknowledges
+    lower ones again, asks for a resend on a gap (the hive's contract)."""
+
+    def __init__(self, keys: KeyPair, endpoint: str, enrolled: dict[bytes, str]) -> None:
+        self.keys = keys
+        self.endpoint = endpoint
+        self.enrolled = enrolled
+        self.last: dict[str, int] = {}
+        self.stored: list[wire.Event] = []
+        self.received: list[tuple[str, int]] = []
+        self.hellos: list[wire.Hello] = []
+        self.heartbeats: list[wire.Heartbeat] = []
+        self.results: list[wire.CommandResult] = []
+        self.users: set[str] = set()
+        self.lose: set[int] = set()
+        """Seqs to treat as never arrived, once each."""
+        self.ack_up_to: int | None = None
+        """Store everything but acknowledge nothing above this."""
+        self.peer: bytes | None = None
+        self.outbox: list[list[bytes]] = []
+        self.changed = trio.Event()
+
+    def supervisor(self) -> Supervisor:
+        return Supervisor([
+            Child("zap", zap_handler, args={"authorize": lambda key, addr, domain: self.enrolled.get(key)}),
+            Child("router", self.router),
+        ])
+
+    async def router(self, ctx: Context, *, task_status) -> None:
+        d = ctx.duplex(zmq.ROUTER, codec=AGENT_CODEC)
+        curve_server(d.sock.zmq, self.keys)
+        d.sock.copy = False
+        d.sock.bind(self.endpoint)
+        async with trio.open_nursery() as n:
+            await n.start(d.pump)
+            task_status.started()
+            while True:
+                for ident, frame in await d.recv():
+                    self.users.add(frame.get("User-Id"))
+                    self.peer = ident.bytes
+                    msg = d.decode(frame.bytes)
+                    if msg is not None:
+                        reply = self.handle(msg)
+                        if reply is not None:
+                            await d.send([self.peer, HIVE_CODEC.encode(reply)])
+                while self.outbox:
+                    await d.send([self.peer, *self.outbox.pop(0)])
+                self.changed.set()
+                self.changed = trio.Event()
+
+    def handle(self, msg):
+        if isinstance(msg, wire.Hello):
+            self.hellos.append(msg)
+        elif isinstance(msg, wire.Heartbeat):
+            self.heartbeats.append(msg)
+        elif isinstance(msg, wire.CommandResult):
+            self.results.append(msg)
+        elif isinstance(msg, wire.EventBatch):
+            self.received.append((msg.stream, msg.seq))
+            if msg.seq in self.lose:
+                self.lose.discard(msg.seq)
+                return None
+            last = self.last.get(msg.stream, 0)
+            if msg.seq == last + 1:
+                self.stored.extend(msg.events)
+                self.last[msg.stream] = last = msg.seq
+            elif msg.seq > last + 1:
+                return wire.Ack(seq=last, stream=msg.stream, resend=True)
+            if self.ack_up_to is not None and last > self.ack_up_to:
+                return None
+            return wire.Ack(seq=last, stream=msg.stream)
+        return None
+
+    def send(self, msg) -> None:
+        self.outbox.append([HIVE_CODEC.encode(msg)])
+
+    async def wait(self, condition, timeout: float = 10.0) -> None:
+        with trio.fail_after(timeout):
+            while not condition():
+                with trio.move_on_after(0.05):
+                    await self.changed.wait()
+
+
+class Rig:
+    def __init__(self, tmp_path) -> None:
+        self.runtime = Runtime()
+        self.root = Context(self.runtime, "t")
+        self.hive_keys = KeyPair.generate()
+        self.agent_keys = KeyPair.generate()
+        self.agent_keys.save(tmp_path / "keys", "agent")
+        self.endpoint = tcp_endpoint()
+        self.hive = ScriptedHive(self.hive_keys, self.endpoint, {self.agent_keys.public: "agent-1"})
+        tag = uuid.uuid4().hex[:8]
+        self.args = dict(
+            agent_id="agent-1", hive_endpoint=self.endpoint, keys_dir=tmp_path / "keys",
+            hive_public=self.hive_keys.public, spool_dir=tmp_path / "spool", spool_bytes=1 << 20, batch=64,
+            heartbeat=0.2, ack_timeout=0.5, events_endpoint=f"inproc://events-{tag}",
+            commands_endpoint=f"inproc://commands-{tag}", results_endpoint=f"inproc://results-{tag}",
+        )
+        self.sensor = None
+        self.next_id = 0
+
+    @property
+    def stats(self):
+        return self.runtime.registry["t.agent.relay"]
+
+    async def start_hive(self, nursery) -> trio.CancelScope:
+        return await nursery.start(self._run, "hive", self.hive.supervisor())
+
+    async def start_agent(self, nursery, **overrides) -> trio.CancelScope:
+        sup = Supervisor([Child("relay", relay, args={**self.args, **overrides})])
+        return await nursery.start(self._run, "agent", sup)
+
+    async def _run(self, name, sup, *, task_status) -> None:
+        with trio.CancelScope() as scope:
+            await sup(self.root.child(name), task_status=_Started(task_status, scope))
+
+    async def emit(self, batches: int, per_batch: int = 50) -> None:
+        """Be the sensor: events numbered in `tid` so order can be checked."""
+        if self.sensor is None:
+            self.sensor = self.root.socket(zmq.PUSH, codec=AGENT_CODEC, connect=self.args["events_endpoint"])
+        for _ in range(batches):
+            evs = [wire.Open(pid=os.getpid(), ppid=os.getppid(), uid=os.getuid(), tid=self.next_id + i,
+                             path=f"/etc/f{self.next_id + i}") for i in range(per_batch)]
+            self.next_id += per_batch
+            await self.sensor.send(wire.EventBatch(seq=0, events=evs))
+
+
+class _Started:
+    """Hands the cancel scope of a started tree back to the test."""
+
+    def __init__(self, status, scope) -> None:
+        self.status, self.scope = status, scope
+
+    def started(self, value=None) -> None:
+        self.status.started(self.scope)
+
+
+def real_events(stored):
+    return [e for e in stored if isinstance(e, wire.Open)]
+
+
+async def test_batches_arrive_in_order_enriched_and_acks_empty_the_spool(tmp_path):
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        await rig.emit(20)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 1000)
+        await rig.hive.wait(lambda: rig.stats.extra.get("spooled") == 0 and len(rig.hive.heartbeats) >= 3)
+        n.cancel_scope.cancel()
+    h = rig.hive
+    assert [e.tid for e in h.stored] == list(range(1000))
+    assert h.users == {"agent-1"}
+    (stream,) = {s for s, _ in h.received}
+    assert [q for _, q in h.received] == list(range(1, h.last[stream] + 1))
+    assert h.last[stream] >= 1000 // 64  # batches of at most `batch` events
+    e = h.stored[0]
+    assert e.image == os.path.realpath(sys.executable)
+    assert e.user == pwd.getpwuid(os.getuid()).pw_name
+    assert e.cmdline == " ".join(sys.orig_argv)
+    assert e.sha256 and len(e.sha256) == 64
+    assert h.hellos[0].agent == "agent-1" and h.hellos[0].hostname == socket.gethostname()
+    assert h.heartbeats[-1].spooled == 0 and h.heartbeats[-1].dropped == 0
+    assert rig.stats.extra["accepted"] == 1000 and rig.stats.extra["acked"] == h.last[stream]
+    segs = list((tmp_path / "spool").glob("*.seg"))
+    assert len(segs) == 1  # acknowledged segments are gone
+
+
+async def test_a_resend_request_rewinds_and_nothing_is_stored_twice(tmp_path):
+    rig = Rig(tmp_path)
+    rig.hive.lose = {3, 9}
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        await rig.emit(30, per_batch=20)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 600)
+        await rig.hive.wait(lambda: rig.stats.extra.get("spooled") == 0)
+        n.cancel_scope.cancel()
+    assert [e.tid for e in rig.hive.stored] == list(range(600))
+    assert rig.stats.extra["resends"] >= 2
+    assert rig.hive.lose == set()
+
+
+async def test_a_restarted_relay_resends_only_what_was_not_acknowledged(tmp_path):
+    rig = Rig(tmp_path)
+    rig.hive.ack_up_to = 4
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        agent = await rig.start_agent(n)
+        await rig.emit(20, per_batch=64)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 1280)
+        agent.cancel()
+        await trio.sleep(0.2)
+        seen = len(rig.hive.received)
+        rig.hive.ack_up_to = None
+        await rig.start_agent(n)
+        await rig.hive.wait(lambda: rig.stats.extra.get("spooled") == 0)
+        n.cancel_scope.cancel()
+    again = [q for _, q in rig.hive.received[seen:]]
+    assert again and min(again) == 5  # 1..4 were acknowledged and deleted
+    assert [e.tid for e in rig.hive.stored] == list(range(1280))
+
+
+async def test_commands_reach_the_executor_and_results_reach_the_hive(tmp_path):
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        executor_in = rig.root.socket(zmq.PULL, codec=HIVE_CODEC, connect=rig.args["commands_endpoint"])
+        executor_out = rig.root.socket(zmq.PUSH, codec=AGENT_CODEC, connect=rig.args["results_endpoint"])
+        await rig.emit(1)
+        await rig.hive.wait(lambda: rig.hive.peer is not None)
+        rig.hive.send(wire.Command(id="c-expired", action="kill_process", params={"pid": 1}, expires=1))
+        rig.hive.send(wire.Command(id="c-1", action="kill_process", params={"pid": 4242},
+                                   expires=time.time_ns() + 60_000_000_000))
+        await rig.emit(1)  # the scripted hive sends its outbox when it hears from the agent
+        with trio.fail_after(5):
+            (cmd,) = await executor_in.recv()
+        assert cmd == wire.Command(id="c-1", action="kill_process", params={"pid": 4242}, expires=cmd.expires)
+        await executor_out.send(wire.CommandResult(command="c-1", ok=True, detail="killed"))
+        await rig.hive.wait(lambda: len(rig.hive.results) >= 2)
+        n.cancel_scope.cancel()
+    by_id = {r.command: r for r in rig.hive.results}
+    assert by_id["c-1"] == wire.CommandResult(command="c-1", ok=True, detail="killed")
+    assert by_id["c-expired"].ok is False and "expired" in by_id["c-expired"].detail
+    assert rig.stats.extra["expired"] == 1
+
+
+async def test_garbage_from_the_hive_is_counted_and_changes_nothing(tmp_path):
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        await rig.emit(1)
+        await rig.hive.wait(lambda: rig.hive.peer is not None)
+        rig.hive.outbox += [[b"\x00garbage"], [AGENT_CODEC.encode(wire.Heartbeat())], [b"\x92\x01\xc0"]]
+        await rig.emit(5)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 300)
+        await rig.hive.wait(lambda: rig.stats.malformed >= 3)
+        await rig.emit(5)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 550 and rig.stats.extra.get("spooled") == 0)
+        n.cancel_scope.cancel()
+    assert rig.stats.malformed == 3 and rig.stats.restarts == 0
+    assert [e.tid for e in rig.hive.stored] == list(range(550))
+
+
+async def test_a_full_spool_drops_the_oldest_and_the_count_reaches_the_hive(tmp_path):
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_agent(n, spool_bytes=128 << 10)  # the hive is down
+        await rig.emit(60, per_batch=50)
+        await trio.sleep(0.3)
+        assert rig.stats.extra["dropped"] > 0
+        await rig.start_hive(n)
+        await rig.hive.wait(
+            lambda: any(isinstance(e, wire.Notice) for e in rig.hive.stored) and rig.stats.extra.get("spooled") == 0)
+        n.cancel_scope.cancel()
+    events = real_events(rig.hive.stored)
+    notices = [e for e in rig.hive.stored if isinstance(e, wire.Notice)]
+    assert all(e.what == "spool_dropped" for e in notices)
+    lost = sum(e.count for e in notices)
+    assert lost > 0 and len(events) + lost == 3000  # each event delivered or counted
+    tids = [e.tid for e in events]
+    assert tids == sorted(set(tids)) and tids[-1] == 2999  # the newest kept, nothing twice
+    assert rig.stats.extra["dropped"] == lost
+
+
+async def test_an_unenrolled_agent_is_refused_and_says_so(tmp_path):
+    rig = Rig(tmp_path)
+    rig.hive.enrolled.clear()
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        await rig.emit(2)
+        with trio.fail_after(5):
+            while not rig.stats.extra.get("refused"):
+                await trio.sleep(0.05)
+        n.cancel_scope.cancel()
+    assert rig.hive.stored == [] and rig.hive.hellos == []
