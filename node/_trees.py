@@ -55,6 +55,27 @@ def hive_tree(cfg: Config) -> Supervisor:
     return Supervisor(hive_children(cfg), strategy="rest_for_one", intensity=5, period=30)
 
 
+EVENTS = "inproc://agent.events"
+
+
+def sensor_child(cfg: Config, sink: str) -> Child:
+    from kmod import Scope, reader_actor
+
+    return Child("sensor", reader_actor, shutdown=cfg.node.shutdown_timeout, start_timeout=120, args=dict(
+        sink=sink, policy=cfg.sensor.policy or None, scope=Scope.parse(cfg.sensor.scope),
+        watchdog_bound=cfg.sensor.watchdog_ms / 1000))
+
+
+def standalone_tree(cfg: Config) -> Supervisor:
+    """The sensor alone, its verdicts printed: no hive, no spool."""
+    from agent._console import verdict_printer
+
+    return Supervisor([
+        Child("console", verdict_printer, args=dict(source=EVENTS)),
+        sensor_child(cfg, EVENTS),
+    ], strategy="rest_for_one")
+
+
 def agent_tree(cfg: Config) -> Supervisor:
     return Supervisor([], strategy="rest_for_one")
 

@@ -63,8 +63,10 @@ def cmd_hive(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
-    from ._trees import agent_tree
+    from ._trees import agent_tree, standalone_tree
 
+    if args.standalone:
+        return run_node("agent", standalone_tree(cfg), cfg)
     return run_node("agent", agent_tree(cfg), cfg)
 
 
@@ -415,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="this agent's name at the hive (default: the host name)")
     p.add_argument("--scope", help="machine | cgroup:/path | netns:/run/netns/NAME (default: machine)")
     p.add_argument("--policy", metavar="FILE", help="sensor policy file (default: the built-in policy)")
+    p.add_argument("--standalone", action="store_true",
+                   help="run the sensor alone, no hive: print verdict lines on stdout")
 
     p = add("demo", cmd_demo, "run a hive and an agent in one node on this machine",
             "Run a hive and an agent in one node on this machine, with embedded SQLite, "
