@@ -12,8 +12,8 @@ needs anyway) so that Python's own overhead does not hide the sensor's:
 
 Each loop runs pinned to CPU 1; the sensor (all hooks, default policy) and
 a thread draining it (as the kmod reader would: wait, drain in batches,
-decode to wire events) run on CPU 0.  Rounds alternate without/with the
-sensor; the ratio is with/without.
+decode to wire events) run on CPU 0.  Each round runs each loop without,
+then with the sensor; the ratio printed is the median of the rounds' ratios.
 
 Floor: the same open loop with one empty BPF program on
 syscalls/sys_exit_openat, the least any syscall-tracepoint sensor can cost
@@ -28,7 +28,6 @@ Printed: call rate, events drained per second, drops.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -170,44 +169,38 @@ def main() -> None:
         sys.exit("bench_sensor: needs two CPUs (one for the loops, one for the sensor)")
     os.sched_setaffinity(0, {SENSOR_CPU})
     loops = [("open", ("/etc/hostname",)), ("exec", ()), ("connect", ())]
-    rates: dict[str, dict[bool, list[float]]] = {m: {False: [], True: []} for m, _ in loops}
+    # (without, with) per round; the floor is (without, empty program)
+    pairs: dict[str, list[tuple[float, float]]] = {m: [] for m, _ in loops + [("floor", ())]}
 
     # not under /tmp: the default policy blocks executables there
     cache = os.path.expanduser("~/.cache")
     os.makedirs(cache, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        exe = compile_loops(tmp)
+        exe, empty_obj = compile_loops(tmp), compile_empty(tmp)
         for _ in range(args.rounds):
-            for on in (False, True):
-                sensor = LinuxSensor() if on else None
-                if sensor:
-                    sensor.start()
-                try:
-                    with Drainer(sensor) if sensor else contextlib.nullcontext():
-                        for mode, extra in loops:
-                            rates[mode][on].append(run_loop(exe, mode, args.seconds, *extra))
-                finally:
-                    if sensor:
-                        sensor.close()
-
-        empty = BpfObject(compile_empty(tmp))
-        try:
-            empty.load()
-            empty.attach_tracing()
-            floor = run_loop(exe, "open", args.seconds, "/etc/hostname")
-        finally:
-            empty.close()
+            for mode, extra in loops:
+                off = run_loop(exe, mode, args.seconds, *extra)
+                with LinuxSensor() as sensor, Drainer(sensor):
+                    pairs[mode].append((off, run_loop(exe, mode, args.seconds, *extra)))
+                if mode == "open":
+                    empty = BpfObject(empty_obj)
+                    try:
+                        empty.load()
+                        empty.attach_tracing()
+                        pairs["floor"].append((off, run_loop(exe, mode, args.seconds, *extra)))
+                    finally:
+                        empty.close()
 
         print(f"syscall loops on CPU {LOOP_CPU}, sensor on CPU {SENSOR_CPU}, "
-              f"{args.rounds} rounds of {args.seconds:g} s, medians")
+              f"{args.rounds} rounds of {args.seconds:g} s; medians, ratio = median of the "
+              "rounds' ratios")
         print(f"{'loop':10} {'without /s':>12} {'with /s':>12} {'ratio':>7}")
-        for mode, _ in loops:
-            off = statistics.median(rates[mode][False])
-            on = statistics.median(rates[mode][True])
-            print(f"{mode:10} {off:12.0f} {on:12.0f} {on / off:7.2f}x")
-        off = statistics.median(rates["open"][False])
-        print(f"{'floor':10} {off:12.0f} {floor:12.0f} {floor / off:7.2f}x"
-              "   (open loop, one empty program on sys_exit_openat)")
+        for mode, runs in pairs.items():
+            off = statistics.median(p[0] for p in runs)
+            on = statistics.median(p[1] for p in runs)
+            ratio = statistics.median(p[1] / p[0] for p in runs)
+            note = "   (open loop, one empty program on sys_exit_openat)" if mode == "floor" else ""
+            print(f"{mode:10} {off:12.0f} {on:12.0f} {ratio:7.2f}x{note}")
 
         print(f"saturation, {args.saturation:g} s each, calls on one core:")
         for label, mode, extra, kind in (
