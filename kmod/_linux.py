@@ -199,6 +199,7 @@ class LinuxSensor(Sensor):
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
+        self._timer = self._event = -1
 
     def _forsake(self) -> None:
         """In a forked child: let go of everything without detaching it,
