@@ -169,12 +169,15 @@ class Guard:
 
     def _apply_marks(self) -> None:
         """Called with the lock held."""
-        _fanotify_mark(self._fd, FAN_MARK_FLUSH, 0)  # open marks and the allow cache
+        try:
+            _fanotify_mark(self._fd, FAN_MARK_FLUSH, 0)  # open marks and the allow cache
+            if not self._policy.needs_exec_guard:
+                _fanotify_mark(self._fd, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM, 0)
+                self._marked_devs.clear()
+        except OSError as e:
+            raise KernelError(f"cannot reset the fanotify marks: {e.strerror}") from None
         if self._policy.needs_exec_guard:
             self._mark_filesystems()
-        else:
-            _fanotify_mark(self._fd, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM, 0)
-            self._marked_devs.clear()
         for path, on_child in self._policy.open_marks():
             mask = FAN_OPEN_PERM | (FAN_EVENT_ON_CHILD if on_child else 0)
             try:
@@ -201,7 +204,10 @@ class Guard:
     def _unmark_all(self) -> None:
         for flags in (FAN_MARK_FLUSH, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM,
                       FAN_MARK_FLUSH | FAN_MARK_MOUNT):
-            _fanotify_mark(self._fd, flags, 0)
+            try:
+                _fanotify_mark(self._fd, flags, 0)
+            except OSError as e:
+                log.error("fanotify: cannot remove marks while failing open: %s", e.strerror)
         self._marked_devs.clear()
 
     # ---- the responder ----------------------------------------------------------
@@ -337,13 +343,16 @@ class Guard:
                 ready = poller.poll(interval_ms)
                 if self._stop.is_set():
                     return
-                if any(fd == mounts_file.fileno() for fd, _ in ready):
-                    mounts_file.seek(0)
-                    mounts_file.read()
-                    with self._lock:
-                        if not self._failed_open and self._policy.needs_exec_guard:
-                            self._mark_filesystems()
-                self._check()
+                try:
+                    if any(fd == mounts_file.fileno() for fd, _ in ready):
+                        mounts_file.seek(0)
+                        mounts_file.read()
+                        with self._lock:
+                            if not self._failed_open and self._policy.needs_exec_guard:
+                                self._mark_filesystems()
+                    self._check()
+                except Exception:  # the watchdog must outlive any one bad tick
+                    log.exception("fanotify watchdog tick failed")
 
     def _check(self) -> None:
         busy = self._busy_since
@@ -394,7 +403,11 @@ class Guard:
         with self._lock:
             if self._closed:
                 return
-            self._apply_marks()
+            try:
+                self._apply_marks()
+            except KernelError as e:
+                log.error("fanotify watchdog: cannot re-arm, still open: %s", e)
+                return
             self._failed_open = False
         log.warning("fanotify watchdog: the responder answers again; exec and open blocks "
                     "are back on")
