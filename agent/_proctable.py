@@ -322,64 +322,68 @@ class ProcessTable:
         """Hash the running process's executable through /proc/PID/exe,
         which is exactly the file it runs even if the path was replaced or
         lives in a container.  If the process has gone or runs something
-        else by now, fall back to the path, but never for a container, whose
-        paths mean other files on the host."""
+        else by now (a quick second exec), fall back to the path, but never
+        for a container, whose paths mean other files on the host."""
         if not p.exe:
             return ""
+        link = f"{self.proc}/{p.pid}/exe"
         try:
-            fd = os.open(f"{self.proc}/{p.pid}/exe", os.O_RDONLY)
+            st = os.stat(link)
+            # Checked after the stat: if it still names our image, the file
+            # we looked at is that image.
+            if os.readlink(link) == p.exe:
+                return self._hash(link, st)
         except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                # Checked after the open: if it still names our image, the
-                # file we hold is that image.
-                if os.readlink(f"{self.proc}/{p.pid}/exe") == p.exe:
-                    return self._hash_fd(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            pass
         if p.container or not p.exe.startswith("/"):
             return ""
         return self._hash_path(p.exe)
 
     def _hash_path(self, path: str) -> str:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            st = os.stat(path)
         except OSError:
             self._hash_failed += 1
             return ""
-        try:
-            return self._hash_fd(fd)
-        finally:
-            os.close(fd)
+        return self._hash(path, st)
 
-    def _hash_fd(self, fd: int) -> str:
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+    def _hash(self, path: str, st: os.stat_result) -> str:
+        """The digest of the file ``st`` describes, from the cache if it was
+        seen with the same device, inode, mtime and size."""
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        digest = self._hashes.get(key)
+        if digest is not None:
+            self._hashes.move_to_end(key)
+            self._hash_hits += 1
+            return digest
+        if st.st_size > self.hash_limit:
+            digest = TOO_LARGE
+            self._hash_skipped += 1
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                self._hash_failed += 1
                 return ""
-            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-            digest = self._hashes.get(key)
-            if digest is not None:
-                self._hashes.move_to_end(key)
-                self._hash_hits += 1
-                return digest
-            if st.st_size > self.hash_limit:
-                digest = TOO_LARGE
-                self._hash_skipped += 1
-            else:
+            try:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino, now.st_mtime_ns, now.st_size) != key:
+                    self._hash_failed += 1  # replaced in between: do not file a digest under the old identity
+                    return ""
                 h = hashlib.sha256()
                 offset = 0
                 while chunk := os.pread(fd, 1 << 20, offset):
                     h.update(chunk)
                     offset += len(chunk)
-                digest = h.hexdigest()
-                self._hashed += 1
-        except OSError:
-            self._hash_failed += 1
-            return ""
+            except OSError:
+                self._hash_failed += 1
+                return ""
+            finally:
+                os.close(fd)
+            digest = h.hexdigest()
+            self._hashed += 1
         self._hashes[key] = digest
         if len(self._hashes) > _CACHE:
             self._hashes.popitem(last=False)

@@ -34,7 +34,7 @@ import wire
 from actors import Codec, Context, Duplex, KeyPair, Socket, Statistics, check_key, curve_client, log_event
 
 from ._delivery import Delivery
-from ._errors import SpoolError
+from ._errors import AgentError, SpoolError
 from ._host import hello
 from ._proctable import ProcessTable
 from ._spool import DEFAULT_MAX_BYTES, Spool
@@ -95,10 +95,10 @@ async def relay(
         curve_client(uplink.sock.zmq, keys, hive_public)
         monitor = Socket(uplink.sock.zmq.get_monitor_socket(_MONITORED), stats=Statistics("monitor"), log=ctx.log)
         uplink.sock.connect(hive_endpoint)
-        events = ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), bind=events_endpoint, topic="")
-        results = ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), bind=results_endpoint, topic="")
-        commands = ctx.socket(zmq.PUSH, codec=Codec(wire.HiveMessage), bind=commands_endpoint,
-                              topic=f"{ctx.name}.commands")
+        events = await _bind(ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), topic=""), events_endpoint)
+        results = await _bind(ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), topic=""), results_endpoint)
+        commands = await _bind(ctx.socket(zmq.PUSH, codec=Codec(wire.HiveMessage), topic=f"{ctx.name}.commands"),
+                               commands_endpoint)
         r = _Relay(ctx, spool, table, delivery, uplink, batch=batch, heartbeat=heartbeat,
                    hello=hello(agent_id, policy_version))
         ctx.stats.add_depth(lambda: r.spool_batches)
@@ -123,6 +123,20 @@ async def relay(
         except SpoolError:
             pass
         spool.close()
+
+
+async def _bind(sock: Socket, endpoint: str, wait: float = 5.0) -> Socket:
+    """Bind, waiting while the socket of a previous run (this actor being
+    restarted) still holds the endpoint: ZeroMQ releases a closed socket's
+    inproc name in its reaper thread, a moment later."""
+    deadline = trio.current_time() + wait
+    while True:
+        try:
+            return sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or trio.current_time() >= deadline:
+                raise AgentError(f"relay: cannot bind {endpoint}: {e.strerror}") from None
+        await trio.sleep(0.01)
 
 
 class _Relay:

@@ -14,7 +14,7 @@ import zmq
 
 import wire
 from actors import Child, Codec, Context, KeyPair, Runtime, StartError, Supervisor, curve_server, zap_handler
-from agent import relay
+from agent import ProcessTable, relay
 
 AGENT_CODEC = Codec(wire.AgentMessage)
 HIVE_CODEC = Codec(wire.HiveMessage)
@@ -329,3 +329,42 @@ async def test_an_unenrolled_agent_is_refused_and_says_so(tmp_path):
                 await trio.sleep(0.05)
         n.cancel_scope.cancel()
     assert rig.hive.stored == [] and rig.hive.hellos == []
+
+
+class PoisonedTable(ProcessTable):
+    """Crashes the relay once, on an event with the path /poison."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
+
+    def enrich(self, event) -> None:
+        if self.armed and getattr(event, "path", "") == "/poison":
+            self.armed = False
+            raise RuntimeError("poisoned event")
+        super().enrich(event)
+
+
+async def test_a_crashed_relay_is_restarted_at_once_and_keeps_what_it_accepted(tmp_path):
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n, table=PoisonedTable())
+        await rig.emit(4)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 200)
+        rig.hive.ack_up_to = 0  # what follows is stored but not acknowledged before the crash
+        await rig.emit(2)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 300)
+        await rig.sensor.send(wire.EventBatch(seq=0, events=[wire.Open(pid=1, path="/poison")]))
+        with trio.fail_after(5):
+            while rig.stats.restarts < 1 or rig.stats.state != "running":
+                await trio.sleep(0.02)
+        rig.hive.ack_up_to = None
+        # An inproc connection does not survive its binder: the sensor connects again.
+        rig.sensor.close()
+        rig.sensor = None
+        await rig.emit(2)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 400 and rig.stats.extra.get("spooled") == 0)
+        n.cancel_scope.cancel()
+    assert [e.tid for e in rig.hive.stored] == list(range(400))
+    assert rig.stats.restarts == 1
