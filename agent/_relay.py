@@ -76,7 +76,8 @@ async def relay(
     ``hive_public`` is the pinned Z85 public key of the hive.  ``window`` is
     the most batches sent and not yet acknowledged; ``ack_timeout`` how long
     acks may stall before the agent sends again.  ``table`` is a process
-    table to use instead of one seeded from /proc (for tests)."""
+    table to use instead of a new one seeded from /proc (to share it with
+    the response executor, or for tests)."""
     if batch < 1 or heartbeat <= 0:
         raise ValueError("batch must be >= 1 and heartbeat > 0")
     keys = KeyPair.load(Path(keys_dir), "agent")

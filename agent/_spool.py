@@ -59,6 +59,8 @@ _HEADER = _CRC.size + _REST.size
 _ACK = struct.Struct("<QI")  # acked disk seq, crc32 of it
 _MAX_SEGMENT = 64 << 20
 _MIN_SEGMENT = 64 << 10
+_MAX_OFFSET = (1 << 32) - 1
+"""Record offsets in a segment are kept as 32-bit numbers."""
 _READ_BYTES = 8 << 20
 """Bytes :meth:`Spool.pending` reads at once (at least one record)."""
 _LIMBO = 4096
@@ -150,6 +152,8 @@ class Spool:
                  segment_bytes: int = 0, log: logging.Logger | None = None) -> None:
         if max_bytes < 4 * _HEADER:
             raise ValueError(f"spool bound of {max_bytes} bytes is too small")
+        if not 0 <= segment_bytes <= _MAX_OFFSET:
+            raise ValueError(f"segment size of {segment_bytes} bytes is out of range")
         self.folder = Path(folder)
         self.max_bytes = max_bytes
         # Dropping works a segment at a time, so a segment is a small part of the bound.
@@ -192,7 +196,7 @@ class Spool:
         self._dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         names = []
         for name in os.listdir(self.folder):
-            stem, dot, ext = name.partition(".")
+            stem, _, ext = name.partition(".")
             if ext == "seg" and stem.isdigit():
                 names.append((int(stem), name))
         names.sort()
