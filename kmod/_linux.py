@@ -305,13 +305,15 @@ class LinuxSensor(Sensor):
         bpf = self._bpf
         prefixes = {_U32.pack(len(k) * 8) + k.ljust(256, b"\0"): _U32.pack(v)
                     for k, v in new.open_prefixes().items()}
-        heads = {h: b"\1" for h in new.open_heads() or ()}
         new4, new6 = new.sock_entries(generation)
-        if new.open_heads() is None:  # stop relying on the heads before they change
+        heads_fd, heads = bpf.map_fd("open_heads"), new.open_heads()
+        if heads is None:  # stop relying on the filter before it changes
             self._write_config(new)
+        else:  # the union of both filters until the config switches
+            old = map_lookup(heads_fd, _U32.pack(0), len(heads))
+            map_update(heads_fd, _U32.pack(0), bytes(a | b for a, b in zip(old, heads)))
         stale = []
         for name, entries, key_size in (("open_prefixes", prefixes, _OPEN_KEY_SIZE),
-                                         ("open_heads", heads, 8),
                                          ("sock4_rules", new4, _SOCK4_KEY_SIZE),
                                          ("sock6_rules", new6, _SOCK6_KEY_SIZE)):
             fd = bpf.map_fd(name)
@@ -320,6 +322,8 @@ class LinuxSensor(Sensor):
                 map_update(fd, key, value)
         self._policy, self._generation = new, generation
         self._write_config()
+        if heads is not None:
+            map_update(heads_fd, _U32.pack(0), heads)
         for fd, key in stale:
             map_delete(fd, key)
 

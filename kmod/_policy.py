@@ -37,6 +37,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_PORTS_PER_RULE = 1024
 # Kernel constants, mirrored from kmod/bpf/sensor.h.
 PATH_LEN = 256
+HEAD_BITS = 16
+HEAD_MULT = 0x9E3779B97F4A7C15
 VERDICT_CODE = {"audit": 1, "block": 2}
 HOOK_CODE = {"connect": 1, "bind": 2}
 
@@ -78,6 +80,12 @@ def literal_prefix(pattern: str) -> str:
 
 def has_wildcard(pattern: str) -> bool:
     return literal_prefix(pattern) != pattern
+
+
+def head_bit(head: bytes) -> int:
+    """The open filter's bit for a path's first 8 bytes (the kernel reads
+    them as a little-endian u64 and hashes the same way)."""
+    return ((int.from_bytes(head, "little") * HEAD_MULT) & (2**64 - 1)) >> (64 - HEAD_BITS)
 
 
 @dataclass(frozen=True)
@@ -335,13 +343,18 @@ class Policy:
                 out.setdefault(prefix, i)
         return out
 
-    def open_heads(self) -> set[bytes] | None:
-        """The first 8 bytes of every open prefix, which the kernel checks
-        before the full lookup; None when a prefix is shorter than that."""
+    def open_heads(self) -> bytes | None:
+        """The kernel's first check on an open: a bitmap with a bit set for
+        the first 8 bytes of every open prefix; None when a prefix is shorter
+        than that (then every absolute path goes on to the full lookup)."""
         prefixes = self.open_prefixes()
         if any(len(p) < 8 for p in prefixes):
             return None
-        return {p[:8] for p in prefixes}
+        words = [0] * (1 << (HEAD_BITS - 6))
+        for p in prefixes:
+            bit = head_bit(p[:8])
+            words[bit >> 6] |= 1 << (bit & 63)
+        return struct.pack(f"<{len(words)}Q", *words)
 
     def open_marks(self) -> list[tuple[str, bool]]:
         """fanotify FAN_OPEN_PERM marks for open block rules: (path, on_child).

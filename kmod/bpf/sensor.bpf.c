@@ -83,13 +83,19 @@ struct {
 	__type(value, struct rule_val);
 } sock6_rules SEC(".maps");
 
-/* First 8 bytes of every open prefix (when all are at least that long):
- * most paths are turned away by one 8-byte read and a hash lookup. */
+/* A 64 Kbit filter of the first 8 bytes of every open prefix (when all are
+ * at least that long): most paths are turned away by one 8-byte read and a
+ * bit test, before any string copy or trie walk.  kmod/_policy.py hashes the
+ * same way (head_bit). */
+struct heads {
+	__u64 words[HEAD_WORDS];
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u64);
-	__type(value, __u8);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct heads);
 } open_heads SEC(".maps");
 
 /* Scratch space too big for the 512-byte stack. */
@@ -343,8 +349,8 @@ int exit_execve(struct trace_event_raw_sys_exit *ctx)
 	if (ctx->ret >= 0)
 		return 0;
 	struct pt_regs *regs = user_regs();
-	return exec_failed(ctx->ret, (void *)PT_REGS_PARM1_CORE_SYSCALL(regs),
-			   (void *)PT_REGS_PARM2_CORE_SYSCALL(regs));
+	return exec_failed(ctx->ret, (void *)PT_REGS_PARM1_SYSCALL(regs),
+			   (void *)PT_REGS_PARM2_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_execveat")
@@ -353,8 +359,8 @@ int exit_execveat(struct trace_event_raw_sys_exit *ctx)
 	if (ctx->ret >= 0)
 		return 0;
 	struct pt_regs *regs = user_regs();
-	return exec_failed(ctx->ret, (void *)PT_REGS_PARM2_CORE_SYSCALL(regs),
-			   (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
+	return exec_failed(ctx->ret, (void *)PT_REGS_PARM2_SYSCALL(regs),
+			   (void *)PT_REGS_PARM3_SYSCALL(regs));
 }
 
 SEC("tracepoint/sched/sched_process_exec")
@@ -445,13 +451,16 @@ static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 	struct sensor_config *c = get_config();
 	if (!c)
 		return 0;
+	__u32 zero = 0;
 	if (c->open_heads) {
 		__u64 head;
-		if (bpf_probe_read_user(&head, sizeof(head), upath) == 0 &&
-		    !bpf_map_lookup_elem(&open_heads, &head))
-			return 0;
+		struct heads *heads = bpf_map_lookup_elem(&open_heads, &zero);
+		if (heads && bpf_probe_read_user(&head, sizeof(head), upath) == 0) {
+			__u32 bit = (head * HEAD_MULT) >> (64 - HEAD_BITS);
+			if (!(heads->words[(bit >> 6) & (HEAD_WORDS - 1)] & (1ULL << (bit & 63))))
+				return 0;
+		}
 	}
-	__u32 zero = 0;
 	struct open_key *k = bpf_map_lookup_elem(&open_key_scratch, &zero);
 	if (!k)
 		return 0;
@@ -487,16 +496,16 @@ SEC("tracepoint/syscalls/sys_exit_openat")
 int exit_openat(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = user_regs();
-	return open_done(ctx->ret, (void *)PT_REGS_PARM2_CORE_SYSCALL(regs),
-			 PT_REGS_PARM3_CORE_SYSCALL(regs));
+	return open_done(ctx->ret, (void *)PT_REGS_PARM2_SYSCALL(regs),
+			 PT_REGS_PARM3_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_open")
 int exit_open(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = user_regs();
-	return open_done(ctx->ret, (void *)PT_REGS_PARM1_CORE_SYSCALL(regs),
-			 PT_REGS_PARM2_CORE_SYSCALL(regs));
+	return open_done(ctx->ret, (void *)PT_REGS_PARM1_SYSCALL(regs),
+			 PT_REGS_PARM2_SYSCALL(regs));
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
@@ -504,8 +513,8 @@ int exit_openat2(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = user_regs();
 	__u64 flags = 0;  /* open_how.flags */
-	bpf_probe_read_user(&flags, sizeof(flags), (void *)PT_REGS_PARM3_CORE_SYSCALL(regs));
-	return open_done(ctx->ret, (void *)PT_REGS_PARM2_CORE_SYSCALL(regs), flags);
+	bpf_probe_read_user(&flags, sizeof(flags), (void *)PT_REGS_PARM3_SYSCALL(regs));
+	return open_done(ctx->ret, (void *)PT_REGS_PARM2_SYSCALL(regs), flags);
 }
 
 /* ---- set*id ------------------------------------------------------------ */

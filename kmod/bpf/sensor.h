@@ -10,6 +10,9 @@
 #define COMP_MAX 16       /* path components kept when walking dentries */
 #define COMP_LEN 64
 #define RULE_NONE 0xffffffffu
+#define HEAD_BITS 16
+#define HEAD_WORDS (1 << (HEAD_BITS - 6))
+#define HEAD_MULT 0x9e3779b97f4a7c15ULL  /* Fibonacci hashing */
 
 enum kind {
 	K_EXEC = 1,
@@ -42,7 +45,7 @@ struct sensor_config {
 	__u64 wake_bytes;     /* wake the reader once this much is pending */
 	__u64 wake_ns;        /* ... or when the last wake-up is this old */
 	__u32 n_excluded;
-	__u32 open_heads;     /* 1: open_heads holds every prefix's first 8 bytes */
+	__u32 open_heads;     /* 1: the open_heads filter holds every prefix's first 8 bytes */
 };
 
 struct hdr {

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from kmod import DEFAULT_POLICY, Policy, PolicyError
-from kmod._policy import glob_regex, literal_prefix
+from kmod._policy import glob_regex, head_bit, literal_prefix
 
 
 def parse(text: str) -> Policy:
@@ -179,3 +179,17 @@ action = "audit"
     key6 = struct.pack("<I", 32 + 8) + bytes([1, 6]) + (5001).to_bytes(2, "big") + \
         bytes([0xfd]) + bytes(15)
     assert key6 in v6
+
+
+def test_open_heads_filter():
+    heads = Policy.default().open_heads()
+    words = struct.unpack(f"<{len(heads) // 8}Q", heads)
+
+    def has(head: bytes) -> bool:
+        bit = head_bit(head)
+        return bool(words[bit >> 6] >> (bit & 63) & 1)
+
+    assert has(b"/etc/sha") and has(b"/etc/sud") and has(b"/etc/mas")
+    assert not has(b"/etc/hos") and not has(b"/usr/lib")
+    short = Policy.parse('[[rule]]\nname="e"\nhook="open"\naction="audit"\nmatch.path="/e*"')
+    assert short.open_heads() is None
