@@ -9,6 +9,7 @@ supervisor starts the next sibling only then.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,7 @@ class Context:
             for key, value in options.items():
                 z.setsockopt(getattr(zmq, key.upper()), value)
             if bind:
-                z.bind(bind)
+                _bind(z, bind)
             if connect:
                 z.connect(connect)
         except Exception:
@@ -128,6 +129,24 @@ class Context:
             sock.close()
         self._sockets.clear()
         self.stats.clear_depths()
+
+
+_REBIND_FOR = 2.0
+
+
+def _bind(z: zmq.Socket, endpoint: str) -> None:
+    """Bind, waiting out the moment an inproc name stays taken after its
+    previous owner closed (ZeroMQ releases it asynchronously), which is
+    exactly when a restarted actor binds it again."""
+    deadline = time.monotonic() + _REBIND_FOR
+    while True:
+        try:
+            z.bind(endpoint)
+            return
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or not endpoint.startswith("inproc://") or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 class TaskStatus:

@@ -76,10 +76,80 @@ def standalone_tree(cfg: Config) -> Supervisor:
     ], strategy="rest_for_one")
 
 
+class NotEnrolled(Exception):
+    """The agent has no identity at a hive yet; the message says what to do."""
+
+
+def agent_identity(cfg: Config) -> tuple[str, bytes]:
+    """(agent id, pinned hive public key) from the config or the data folder."""
+    import socket
+
+    from actors import check_key
+
+    lay = Layout(cfg.data_dir)
+    if not (lay.keys / "agent.key").exists():
+        raise NotEnrolled(f"this agent has no key in {lay.keys}: enroll it first with "
+                          f"`immune-node enroll join TOKEN --data {cfg.data_dir}`")
+    if cfg.agent.hive_key:
+        hive_public = check_key(cfg.agent.hive_key.encode(), "agent.hive_key")
+    elif lay.hive_pub.exists():
+        hive_public = check_key(lay.hive_pub.read_bytes().strip(), str(lay.hive_pub))
+    else:
+        raise NotEnrolled(f"no hive key pinned in {lay.hive_pub} and agent.hive_key is empty: "
+                          "enroll with `immune-node enroll join TOKEN`")
+    name = cfg.agent.id or (lay.agent_id.read_text().strip() if lay.agent_id.exists() else socket.gethostname())
+    return name, hive_public
+
+
+def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
+    from agent import EVENTS_ENDPOINT, relay
+
+    name, hive_public = agent_identity(cfg)
+    lay = Layout(cfg.data_dir)
+    children = [
+        Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
+            agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
+            spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
+            heartbeat=cfg.agent.heartbeat)),
+    ]
+    if cfg.sensor.enabled:
+        children.append(sensor_child(cfg, EVENTS_ENDPOINT))
+    return children
+
+
 def agent_tree(cfg: Config) -> Supervisor:
-    return Supervisor([], strategy="rest_for_one")
+    # rest_for_one: the relay binds the endpoints the sensor (and the response
+    # executor) connect to; an inproc connection does not survive its binder.
+    return Supervisor(agent_children(cfg, cfg.agent.hive), strategy="rest_for_one", intensity=5, period=30)
+
+
+def local_endpoint(listen: str) -> str:
+    """Where a client on this machine reaches a server bound to ``listen``."""
+    for wildcard in ("0.0.0.0", "*"):
+        listen = listen.replace(f"//{wildcard}:", "//127.0.0.1:")
+    return listen.replace("//[::]:", "//[::1]:")
 
 
 def demo_tree(cfg: Config) -> Supervisor:
-    return Supervisor([Child("hive", hive_tree(cfg), shutdown=cfg.node.shutdown_timeout * 6)],
+    """A hive and an agent in one node; the agent enrolls itself."""
+    import socket
+
+    from hive import Store
+
+    lay = Layout(cfg.data_dir)
+    hive = hive_tree(cfg)  # creates the hive's key and store
+    agent_keys = KeyPair.load_or_create(lay.keys, "agent")
+    if not lay.agent_id.exists():
+        lay.agent_id.write_text(socket.gethostname() + "\n")
+    lay.hive_pub.write_bytes(KeyPair.load(lay.keys, "hive").public + b"\n")
+    name, _ = agent_identity(cfg)
+    store = Store(lay.hive_db)
+    try:
+        store.enroll(name, agent_keys.public.decode())
+    finally:
+        store.close()
+    agent = Supervisor(agent_children(cfg, local_endpoint(cfg.hive.listen)), strategy="rest_for_one",
+                       intensity=5, period=30)
+    t = cfg.node.shutdown_timeout * 8
+    return Supervisor([Child("hive", hive, shutdown=t), Child("agent", agent, shutdown=t)],
                       strategy="one_for_one")

@@ -63,17 +63,30 @@ def cmd_hive(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
-    from ._trees import agent_tree, standalone_tree
+    from ._trees import NotEnrolled, agent_tree, standalone_tree
 
     if args.standalone:
         return run_node("agent", standalone_tree(cfg), cfg)
-    return run_node("agent", agent_tree(cfg), cfg)
+    try:
+        tree = agent_tree(cfg)
+    except (NotEnrolled, actors.KeyFileError) as e:
+        raise CliError(str(e)) from None
+    return run_node("agent", tree, cfg)
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    from ._config import HiveConfig
     from ._trees import demo_tree
 
+    if args.listen is None and cfg.hive.listen == HiveConfig().listen:
+        # A demo keeps to this machine unless told otherwise.
+        cfg.hive.listen = DEMO_LISTEN
+        if cfg.hive.enroll_listen == "tcp://0.0.0.0:7401":
+            cfg.hive.enroll_listen = DEMO_LISTEN[:-1] + "1"
     return run_node("demo", demo_tree(cfg), cfg)
+
+
+DEMO_LISTEN = "tcp://127.0.0.1:7400"
 
 
 # -- looking at a running node ------------------------------------------------
