@@ -445,7 +445,7 @@ int BPF_PROG(on_exit, struct task_struct *task)
 /* ---- open -------------------------------------------------------------- */
 
 /* Only paths under a policy prefix go further than the 8-byte head check,
- * which keeps the cost for everything else to one read and a hash lookup. */
+ * which keeps the cost for everything else to one read and a bit test. */
 static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 {
 	struct sensor_config *c = get_config();
