@@ -1,0 +1,207 @@
+"""The playbook actor: the thin trio shell around ``PlaybookEngine``.
+
+Sockets: PULL alerts from correlate (binds ``hive.ALERTS``), PUSH
+``Deliver(agent, command)`` to the router (connects ``hive.DELIVER``), PULL
+``Result`` from the router (binds ``hive.RESULTS``).  Once a second: the
+engine's clock (TTL reverts, expiries), operators' approvals from the store,
+agents going offline and coming back (the registry keeps them in the store),
+and a reload of changed playbook files.
+
+Commands go out before their records are written (a kill should not wait
+for a disk); every decision is then written to the store's ``commands`` and
+``audit`` tables through ``Records``, one writer at a time.  ``notify`` runs
+here, on worker threads.  Evidence archives that come back in results are
+stored as files under ``evidence_dir`` and only their path is kept in the
+table."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+import zmq
+
+import wire
+from actors import Context, log_event
+
+from .._actors import DELIVER, RESULTS, internal_codec
+from .._detect import ALERTS
+from .._messages import Deliver, Result
+from .._store import Store, StoreError
+from ._engine import AuditRecord, Decisions, PlaybookEngine
+from ._errors import RecordsError
+from ._notify import Notifier
+from ._playbook import check_playbooks, signature
+from ._records import Records
+
+_NOTIFY_QUEUE = 256
+
+
+async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+                         playbook_dirs: Sequence[Path], evidence_dir: Path | None = None,
+                         variables: Mapping[str, Any] | None = None, protected: Iterable[str] = (),
+                         dry_run: bool = False, alerts_endpoint: str = ALERTS, deliver_endpoint: str = DELIVER,
+                         results_endpoint: str = RESULTS, tick: float = 1.0, reload_every: float = 2.0) -> None:
+    """``path``: the hive store; ``playbook_dirs``: folders of playbook files
+    (``hive.playbook.DEFAULT_PLAYBOOKS`` and the operator's); ``variables``:
+    what templates see as ``vars`` (e.g. ``{"webhook": URL}``); ``protected``:
+    the hive's own addresses, which no playbook may block; ``dry_run``: every
+    playbook in dry-run."""
+    dirs = [Path(d) for d in playbook_dirs]
+    report = await trio.to_thread.run_sync(lambda: check_playbooks(*dirs))
+    _report(ctx, report)
+    engine = PlaybookEngine(report.playbooks, clock=time.time, variables=variables, protected=protected,
+                            dry_run=dry_run)
+    store = Store(path)
+    records = Records(store.db)
+    db = trio.Lock()  # one connection: one user at a time
+
+    async def in_db(fn: Any, *args: Any) -> Any:
+        async with db:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    online: dict[str, bool] = {}
+    closed = Decisions()
+    for a in await in_db(records.open_actions):
+        if a.state == "sent":  # sent before a restart: whether it ran is unknown
+            a.state, a.result, a.updated = "unanswered", "the hive restarted before the result came", time.time()
+            closed.actions.append(a)
+    engine.restore(await in_db(records.open_actions))
+    await in_db(records.write, closed)
+
+    alerts = ctx.socket(zmq.PULL, bind=alerts_endpoint, codec=internal_codec(), rcvhwm=10000)
+    results = ctx.socket(zmq.PULL, bind=results_endpoint, codec=internal_codec())
+    deliver = ctx.socket(zmq.PUSH, connect=deliver_endpoint, codec=internal_codec())
+    notify_in, notify_out = trio.open_memory_channel[wire.Command](_NOTIFY_QUEUE)
+    notifier = Notifier()
+    stats = ctx.stats.extra
+
+    async def carry_out(d: Decisions) -> None:
+        for agent, cmd in d.send:
+            await deliver.send(Deliver(agent=agent, command=cmd))
+            log_event(ctx.log, "action.sent", id=cmd.id, action=cmd.action, agent=agent)
+        for cmd in d.local:
+            try:
+                notify_in.send_nowait(cmd)
+            except trio.WouldBlock:
+                carry = engine.on_result("", wire.CommandResult(
+                    command=cmd.id, ok=False, detail=f"not sent: {_NOTIFY_QUEUE} notifications already waiting"))
+                d.extend(carry)
+        for r in d.audit:
+            _log_audit(ctx, r)
+        try:
+            await in_db(records.write, d)
+        except RecordsError as e:
+            ctx.stats.last_error = str(e)
+            log_event(ctx.log, "records.write_failed", logging.ERROR, reason=str(e), actions=len(d.actions),
+                      audit=len(d.audit))
+        stats.update(vars(engine.statistics()))
+
+    async def on_alerts() -> None:
+        while True:
+            for msg in await alerts.recv():
+                if isinstance(msg, wire.Alert):
+                    await carry_out(engine.on_alert(msg))
+
+    async def on_results() -> None:
+        while True:
+            for msg in await results.recv():
+                if isinstance(msg, Result):
+                    result = await trio.to_thread.run_sync(_keep_evidence, msg, evidence_dir)
+                    await carry_out(engine.on_result(msg.agent, result))
+
+    async def notifications() -> None:
+        limiter = trio.CapacityLimiter(4)
+
+        async def one(cmd: wire.Command) -> None:
+            a = engine.action(cmd.id)
+            result = await trio.to_thread.run_sync(
+                lambda: notifier.notify(cmd, playbook=a.playbook if a else ""), limiter=limiter)
+            await carry_out(engine.on_result("", result))
+
+        async with trio.open_nursery() as nursery:
+            async for cmd in notify_out:
+                nursery.start_soon(one, cmd)
+
+    async def housekeeping() -> None:
+        sig = await trio.to_thread.run_sync(lambda: signature(*dirs))
+        since_reload = 0.0
+        while True:
+            await trio.sleep(tick)
+            d = engine.tick()
+            try:
+                for action_id, verb, by, why in await in_db(records.requested):
+                    decided = engine.approve(action_id, by) if verb == "approve" else engine.reject(action_id, by, why)
+                    if not decided.actions:  # the engine no longer had it waiting
+                        decided.actions += await in_db(lambda: records.actions(action_id=action_id))
+                        for a in decided.actions:
+                            a.state, a.result, a.updated = "expired", "no longer awaiting approval", time.time()
+                    d.extend(decided)
+                for agent in await in_db(store.agents):
+                    if online.get(agent.id) != agent.online:
+                        online[agent.id] = agent.online
+                        d.extend(engine.agent_online(agent.id) if agent.online else engine.agent_offline(agent.id))
+            except (RecordsError, StoreError) as e:
+                ctx.stats.last_error = str(e)
+            if d:
+                await carry_out(d)
+            since_reload += tick
+            if since_reload >= reload_every:
+                since_reload = 0.0
+                now_sig = await trio.to_thread.run_sync(lambda: signature(*dirs))
+                if now_sig != sig:
+                    sig = now_sig
+                    fresh = await trio.to_thread.run_sync(lambda: check_playbooks(*dirs))
+                    _report(ctx, fresh)
+                    engine.set_playbooks(fresh.playbooks)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for fn in (on_alerts, on_results, notifications, housekeeping):
+                nursery.start_soon(fn)
+            stats.update(vars(engine.statistics()))
+            task_status.started()
+    finally:
+        store.close()
+
+
+def _keep_evidence(msg: Result, evidence_dir: Path | None) -> wire.CommandResult:
+    """An evidence archive goes to a file; the result keeps its path."""
+    result = msg.result
+    archive = result.data.get("archive")
+    if not isinstance(archive, bytes):
+        return result
+    data = {k: v for k, v in result.data.items() if k != "archive"}
+    detail = result.detail
+    if evidence_dir is None:
+        data["archive_kept"] = "dropped: the hive has no evidence folder configured"
+    elif hashlib.sha256(archive).hexdigest() != data.get("archive_sha256"):
+        data["archive_kept"] = "dropped: its SHA-256 does not match what the agent computed"
+        detail += "; the archive arrived damaged"
+    else:
+        target = Path(evidence_dir) / msg.agent / f"{result.command}.tar.gz"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive)
+            data["archive_kept"] = str(target)
+        except OSError as e:
+            data["archive_kept"] = f"dropped: cannot write {target}: {e.strerror}"
+    return wire.CommandResult(command=result.command, ok=result.ok, detail=detail, data=data)
+
+
+def _report(ctx: Context, report: Any) -> None:
+    for failure in report.failures:
+        log_event(ctx.log, "playbook.not_loaded", logging.WARNING, reason=str(failure))
+    ctx.stats.extra.update(playbooks_loaded=len(report.playbooks), playbooks_failed=len(report.failures))
+    log_event(ctx.log, "playbooks.loaded", loaded=len(report.playbooks), disabled=len(report.disabled),
+              failed=len(report.failures), files=report.files)
+
+
+def _log_audit(ctx: Context, r: AuditRecord) -> None:
+    level = logging.WARNING if r.result.startswith(("refused", "failed")) else logging.INFO
+    log_event(ctx.log, "audit", level, actor=r.actor, what=r.what, result=r.result)

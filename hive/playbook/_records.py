@@ -1,0 +1,176 @@
+"""The response audit trail in the hive's store: the ``commands`` table (one
+row per action, its latest state) and the ``audit`` table (one row per
+decision, refusal, approval and result, never changed).
+
+Written against the store's sqlite3 connection (``Store.db``), so the
+playbook actor and the CLI share one file with the rest of the hive.  The
+``result`` column holds JSON: ``text`` (the outcome in words), ``data`` (what
+the agent returned), and what the engine needs to take the action back
+after a restart (``mode``, ``ttl``, ``wait``, ``reverts``, and ``by``/``why``
+for an operator's decision).
+
+An operator approves or denies through the table: ``approve()`` moves a row
+from ``pending_approval`` to ``approved`` (``deny()``: ``denied``); the
+playbook actor polls ``requested()`` and hands the decision to the engine,
+which then records what it did (``sent``, ``queued``, ``rejected``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from ._engine import Action, AuditRecord, Decisions
+from ._errors import RecordsError
+
+_json = msgspec.json.Encoder()
+_unjson = msgspec.json.Decoder()
+_COLUMNS = "id, agent, action, params, state, created, updated, expires, playbook, alert, reason, result"
+
+
+def _result_json(a: Action, **extra: Any) -> str:
+    doc = {"text": a.result, "data": a.data, "mode": a.mode, "ttl": a.ttl, "wait": a.wait,
+           "reverts": a.reverts, **extra}
+    return _json.encode(doc).decode()
+
+
+def _action(row: Sequence) -> Action:
+    try:
+        result = _unjson.decode(row[11]) if row[11] else {}
+    except msgspec.DecodeError:
+        result = {"text": row[11]}
+    return Action(
+        id=row[0], agent=row[1], action=row[2], params=_unjson.decode(row[3]) if row[3] else {},
+        state=row[4], created=row[5], updated=row[6], expires=row[7], playbook=row[8], alert=row[9],
+        reason=row[10], result=result.get("text", ""), data=result.get("data") or {},
+        mode=result.get("mode", "auto"), ttl=result.get("ttl", 0.0), wait=result.get("wait", 0.0),
+        reverts=result.get("reverts", ""),
+    )
+
+
+class Records:
+    """The commands and audit tables, on an open sqlite3 connection in
+    autocommit mode (``isolation_level=None``, as ``Store`` opens it)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.db)
+
+    def write(self, d: Decisions) -> None:
+        """The actions created or changed and the audit records of one
+        decision, in one transaction."""
+        if not (d.actions or d.audit):
+            return
+        latest = {a.id: a for a in d.actions}  # an action changed twice: its last state
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT INTO commands({_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET state=excluded.state, updated=excluded.updated, "
+                "expires=excluded.expires, reason=excluded.reason, result=excluded.result, params=excluded.params",
+                [(a.id, a.agent, a.action, _json.encode(a.params).decode(), a.state, a.created, a.updated,
+                  a.expires, a.playbook, a.alert, a.reason, _result_json(a)) for a in latest.values()])
+            db.executemany(
+                "INSERT INTO audit(time, actor, what, why, result, detail) VALUES(?,?,?,?,?,?)",
+                [(r.time, r.actor, r.what, r.why, r.result, _json.encode(r.detail).decode()) for r in d.audit])
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def actions(self, *, states: Iterable[str] = (), action_id: str = "", limit: int = 100) -> list[Action]:
+        """Newest first."""
+        where, args = [], []
+        states = list(states)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += states
+        if action_id:
+            where.append("id = ?")
+            args.append(action_id)
+        sql = f"SELECT {_COLUMNS} FROM commands" + (" WHERE " + " AND ".join(where) if where else "")
+        return [_action(r) for r in self._read(sql + " ORDER BY created DESC LIMIT ?", [*args, limit])]
+
+    def audit(self, *, action_id: str = "", limit: int = 100) -> list[AuditRecord]:
+        """Newest first; ``action_id`` keeps the records about that action."""
+        sql = "SELECT time, actor, what, why, result, detail FROM audit"
+        args: list[Any] = []
+        if action_id:
+            sql += " WHERE json_extract(detail, '$.action') = ?"
+            args.append(action_id)
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [AuditRecord(r[0], r[1], r[2], r[3], r[4], _unjson.decode(r[5])) for r in rows]
+
+    def open_actions(self) -> list[Action]:
+        """What the engine takes back after a restart."""
+        return self.actions(states=("pending_approval", "approved", "denied", "queued", "sent", "active"),
+                            limit=1_000_000)
+
+    def requested(self) -> list[tuple[str, str, str, str]]:
+        """Operators' decisions not yet carried out: (id, approve|deny, by, why)."""
+        out = []
+        for row in self._read(f"SELECT {_COLUMNS} FROM commands WHERE state IN ('approved', 'denied')", ()):
+            doc = _unjson.decode(row[11]) if row[11] else {}
+            out.append((row[0], "approve" if row[4] == "approved" else "deny", doc.get("by", "operator"),
+                        doc.get("why", "")))
+        return out
+
+    # ---- operators ---------------------------------------------------------------------
+
+    def approve(self, action_id: str, by: str) -> Action:
+        return self._request(action_id, "approved", by, "")
+
+    def deny(self, action_id: str, by: str, why: str = "") -> Action:
+        return self._request(action_id, "denied", by, why)
+
+    def _request(self, action_id: str, state: str, by: str, why: str) -> Action:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id=?", (action_id,)).fetchone()
+            if row is None:
+                raise RecordsError(f"no action {action_id!r}")
+            a = _action(row)
+            if a.state != "pending_approval":
+                raise RecordsError(f"action {action_id} is {a.state}, not awaiting approval")
+            verb = "approved" if state == "approved" else "denied"
+            a.result = f"{verb} by {by}; the hive carries it out within a second or two"
+            db.execute("UPDATE commands SET state=?, updated=?, result=? WHERE id=?",
+                       (state, now, _result_json(a, by=by, why=why), action_id))
+            db.execute("INSERT INTO audit(time, actor, what, why, result, detail) VALUES(?,?,?,?,?,?)",
+                       (now, f"operator:{by}", f"{verb[:-1]} {a.describe()}", why or verb, "requested",
+                        _json.encode({"action": action_id, "alert": a.alert, "agent": a.agent}).decode()))
+        a.state = state
+        return a
+
+    def _read(self, sql: str, args: Sequence) -> list[tuple]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise RecordsError(f"cannot read the response records: {e}") from None
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise RecordsError(f"cannot write the response records: {e}") from None
+        return self.db
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                self.db.execute("ROLLBACK")
+                raise RecordsError(f"cannot write the response records: {e}") from None
+        self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise RecordsError(f"cannot write the response records: {exc}") from None
