@@ -394,12 +394,12 @@ def parse_playbook(text: str, origin: Path | str = "<playbook>") -> Playbook:
 
 def _readable(msgspec_message: str) -> str:
     """msgspec says ``... - at `$.steps[0].ttl```; we say ``steps[0].ttl: ...``."""
-    m = re.match(r"(.*) - at `\$\.?(.*)`\Z", msgspec_message)
-    if not m:
-        return msgspec_message
-    text, where = m.groups()
-    text = text.replace("Object contains unknown field", "unknown key")
+    text = msgspec_message.replace("Object contains unknown field", "unknown key")
     text = text.replace("Object missing required field", "missing required key")
+    m = re.match(r"(.*) - at `\$\.?(.*)`\Z", text)
+    if not m:
+        return text
+    text, where = m.groups()
     return f"{where}: {text}" if where else text
 
 
