@@ -162,9 +162,12 @@ class Decoder:
             verdict = "block" if action == "block" and result == _EPERM else "audit"
             exe = exe or path
         else:
+            # No verdict noted: refused anyway (another agent's fanotify group
+            # answered first), or let through (failed open), or failed otherwise.
             r = self._policy(gen).match_exec(exe or filename, with_hash=False)
-            if r is not None:  # matched but not stopped (fail-open, or it failed anyway)
-                verdict, rule = "audit", r.name
+            if r is not None:
+                verdict = "block" if r.action == "block" and result == _EPERM else "audit"
+                rule = r.name
         return Exec(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
                     gid=gid, comm=self._str(comm), cgroup=cgroup,
                     filename=filename, exe=exe, argv=[a.decode(errors="replace") for a in argv],
@@ -198,8 +201,8 @@ class Decoder:
             hit = self.verdicts.take("open", pid, ts)
             if hit is not None:
                 rule = hit[0]
-                if result == _EPERM:
-                    verdict = "block"
+            if result == _EPERM:
+                verdict = "block"
         return Open(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
                     gid=gid, comm=self._str(comm), cgroup=cgroup, path=path, flags=oflags,
                     result=result, verdict=verdict, rule=rule)

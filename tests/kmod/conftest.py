@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -117,3 +118,37 @@ def workdir():
     path = Path(tempfile.mkdtemp(prefix="immune-kmod-", dir="/var/lib"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def private_rules(directory: Path, port: int) -> str:
+    """Policy TOML no other sensor on the machine shares: blocks exec under
+    ``directory`` and connects to ``port``.  Tests that check what is *not*
+    refused use it, so that another sensor running at the same time (another
+    test suite's agent, say) cannot be mistaken for this one."""
+    return f"""
+[[rule]]
+name = "test-exec"
+hook = "exec"
+action = "block"
+match.path = "{directory}/**"
+
+[[rule]]
+name = "test-connect"
+hook = "connect"
+action = "block"
+match.port = {port}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dropped_script(directory: Path, name: str = "dropped.sh") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text("#!/bin/sh\necho ran\n")
+    path.chmod(0o755)
+    return path

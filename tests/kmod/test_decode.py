@@ -86,6 +86,14 @@ def test_exec_matching_a_block_rule_that_went_through_is_audited(decoder):
     assert (ev.verdict, ev.rule) == ("audit", "exec-from-temp")
 
 
+def test_exec_refused_before_our_responder_saw_it_is_still_blocked(decoder):
+    # another agent's fanotify group denied first: ours was never asked
+    ev = decoder.decode(exec_rec("/tmp/x", ["/tmp/x"], result=-errno.EPERM, exe=""))
+    assert (ev.verdict, ev.rule, ev.exe) == ("block", "exec-from-temp", "")
+    other = decoder.decode(exec_rec("/tmp/x", ["/tmp/x"], result=-errno.EACCES, exe=""))
+    assert other.verdict == "audit"
+
+
 def test_truncation_flags(decoder):
     ev = decoder.decode(exec_rec("/bin/a", ["a"], flags=1 | 2,
                                  exe="/" + "/".join(f"d{i}" for i in range(16))))
@@ -110,6 +118,8 @@ def test_open_block_uses_the_fanotify_verdict():
     assert d.decode(open_rec("/k/a", result=-errno.EPERM, ts=later())).verdict == "block"
     # failed open: fanotify did not answer in time, the call went through
     assert d.decode(open_rec("/k/a", result=4, ts=later())).verdict == "audit"
+    # refused before our responder was asked
+    assert d.decode(open_rec("/k/a", result=-errno.EPERM, ts=later())).verdict == "block"
 
 
 def test_connect_and_bind(decoder):

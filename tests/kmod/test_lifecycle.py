@@ -1,6 +1,7 @@
 """A sensor process stopped by SIGTERM or killed by SIGKILL leaves nothing
 behind: none of its programs or links stay in the kernel, and no call is
-refused any more.  The sensor runs in its own process: ``python -m kmod run``."""
+refused any more.  The sensor runs in its own process: ``python -m kmod run``
+with rules of its own (see ``private_rules``)."""
 
 import errno
 import json
@@ -15,7 +16,7 @@ import pytest
 
 from kmod._libbpf import link_exists, prog_exists
 
-from .conftest import kernel, run_child
+from .conftest import dropped_script, free_port, kernel, private_rules, run_child
 
 pytestmark = kernel
 
@@ -28,13 +29,34 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.05)
 
 
+@pytest.fixture
+def private(workdir):
+    """(policy file, a script it blocks, a port it blocks, with a listener)."""
+    port = free_port()
+    policy = workdir / "policy.toml"
+    policy.write_text(private_rules(workdir / "blocked", port))
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen(16)
+        yield policy, dropped_script(workdir / "blocked"), port
+
+
+def assert_nothing_left(info, script, port):
+    # the kernel frees programs asynchronously once their last reference goes
+    wait_for(lambda: not any(map(prog_exists, info["programs"])), 5, "programs to unload")
+    assert not any(map(link_exists, info["links"]))
+    ran = run_child("exec", str(script), timeout=5)
+    assert ran.returncode == 0 and "ran" in ran.stdout
+    assert run_child("connect", "127.0.0.1", str(port)).errno == 0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_stopped_sensor_leaves_nothing(sig, tmp_path):
-    script = tmp_path / "lifecycle.sh"
-    script.write_text("#!/bin/sh\necho ran\n")
-    script.chmod(0o755)
+def test_stopped_sensor_leaves_nothing(sig, private, tmp_path):
+    policy, script, port = private
     ready = tmp_path / "ready.json"
-    proc = subprocess.Popen([sys.executable, "-m", "kmod", "run", "--ready", str(ready)],
+    proc = subprocess.Popen([sys.executable, "-m", "kmod", "run", "--policy", str(policy),
+                             "--ready", str(ready)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: ready.exists() or proc.poll() is not None, 30, "the sensor to start")
@@ -44,7 +66,7 @@ def test_stopped_sensor_leaves_nothing(sig, tmp_path):
 
         blocked = run_child("exec", str(script))
         assert blocked.errno == errno.EPERM
-        assert run_child("connect", "127.0.0.1", "4444").errno == errno.EPERM
+        assert run_child("connect", "127.0.0.1", str(port)).errno == errno.EPERM
 
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=10)
@@ -57,24 +79,13 @@ def test_stopped_sensor_leaves_nothing(sig, tmp_path):
         assert f"IMMUNE: [BLOCKED] exec {script} (pid={blocked.pid})" in out.splitlines()
     else:
         assert proc.returncode == -signal.SIGKILL
-
-    # the kernel frees programs asynchronously once their last reference goes
-    wait_for(lambda: not any(map(prog_exists, info["programs"])), 5, "programs to unload")
-    assert not any(map(link_exists, info["links"]))
-
-    ran = run_child("exec", str(script))
-    assert ran.returncode == 0 and "ran" in ran.stdout
-    with socket.socket() as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", 4444))
-        server.listen(1)
-        assert run_child("connect", "127.0.0.1", "4444").errno == 0
+    assert_nothing_left(info, script, port)
 
 
 FORKING_AGENT = """
 import json, os, sys, time
 import kmod
-sensor = kmod.LinuxSensor()
+sensor = kmod.LinuxSensor(sys.argv[1])
 sensor.start()
 child = os.fork()
 if child == 0:
@@ -85,15 +96,13 @@ time.sleep(60)
 """
 
 
-def test_forked_child_does_not_keep_the_sensor_alive(tmp_path):
+def test_forked_child_does_not_keep_the_sensor_alive(private):
     """A child forked without exec holds copies of every descriptor; if it
     kept them, the programs and the fanotify group would outlive the agent,
     and execs would wait for answers nobody gives."""
-    script = tmp_path / "forked.sh"
-    script.write_text("#!/bin/sh\necho ran\n")
-    script.chmod(0o755)
-    proc = subprocess.Popen([sys.executable, "-c", FORKING_AGENT], stdout=subprocess.PIPE,
-                            text=True)
+    policy, script, port = private
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_AGENT, str(policy)],
+                            stdout=subprocess.PIPE, text=True)
     child = None
     try:
         info = json.loads(proc.stdout.readline())
@@ -102,9 +111,7 @@ def test_forked_child_does_not_keep_the_sensor_alive(tmp_path):
         proc.kill()
         proc.wait()
         os.kill(child, 0)  # the forked child still runs
-        wait_for(lambda: not any(map(prog_exists, info["programs"])), 5, "programs to unload")
-        ran = run_child("exec", str(script), timeout=5)
-        assert ran.returncode == 0 and "ran" in ran.stdout
+        assert_nothing_left(info, script, port)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from kmod import LinuxSensor, Scope
+from kmod import LinuxSensor, Policy, Scope
 from kmod._system import cgroup2_root
 from wire import Connect, Exec
 
-from .conftest import _REASON, collect, flush, kernel, run_child
+from .conftest import (_REASON, collect, dropped_script, flush, free_port, kernel,
+                       private_rules, run_child)
 
 pytestmark = kernel
 
@@ -31,11 +32,11 @@ def netns():
 
 
 @pytest.fixture
-def script(tmp_path):
-    path = tmp_path / "dropped.sh"
-    path.write_text("#!/bin/sh\necho ran\n")
-    path.chmod(0o755)
-    return path
+def private(workdir):
+    """Rules of this test's own (see ``private_rules``): a blocked script and port."""
+    port = free_port()
+    return Policy.parse(private_rules(workdir / "blocked", port)), \
+        dropped_script(workdir / "blocked"), port
 
 
 def _drain_for(sensor, seconds) -> list:
@@ -46,13 +47,14 @@ def _drain_for(sensor, seconds) -> list:
     return out
 
 
-def test_netns_scope_sees_inside_only(netns, script):
-    with LinuxSensor(scope=Scope.netns(f"/run/netns/{netns}")) as sensor:
+def test_netns_scope_sees_inside_only(netns, private):
+    policy, script, port = private
+    with LinuxSensor(policy, scope=Scope.netns(f"/run/netns/{netns}")) as sensor:
         flush(sensor)
-        inside = [run_child("connect", "127.0.0.1", "4444", netns=netns),
+        inside = [run_child("connect", "127.0.0.1", str(port), netns=netns),
                   run_child("exec", str(script), netns=netns),
                   run_child("exec", "/bin/true", netns=netns)]
-        outside = [run_child("connect", "127.0.0.1", "4444"),
+        outside = [run_child("connect", "127.0.0.1", str(port)),
                    run_child("exec", str(script)),
                    run_child("exec", "/bin/true")]
         assert [c.errno for c in inside[:2]] == [errno.EPERM, errno.EPERM]
@@ -68,8 +70,8 @@ def test_netns_scope_sees_inside_only(netns, script):
         strangers = {(type(e).__name__, e.pid, getattr(e, "filename", "")) for e in events
                      if e.pid not in inside_pids}
         assert not strangers, f"events from outside the namespace: {strangers}"
-        blocked = {type(e).__name__ for e in events if e.verdict == "block"}
-        assert blocked == {"Connect", "Exec"}
+        blocked = {(type(e).__name__, e.rule) for e in events if e.verdict == "block"}
+        assert blocked == {("Connect", "test-connect"), ("Exec", "test-exec")}
         assert sensor.statistics().fanotify["denied"] == 1
 
 
@@ -83,11 +85,12 @@ def cgroup():
     path.rmdir()
 
 
-def test_cgroup_scope_sees_members_only(cgroup):
-    with LinuxSensor(scope=Scope.cgroup(cgroup)) as sensor:
+def test_cgroup_scope_sees_members_only(cgroup, private):
+    policy, _, port = private
+    with LinuxSensor(policy, scope=Scope.cgroup(cgroup)) as sensor:
         flush(sensor)
-        member = run_child("cgroup", str(cgroup), "connect", "127.0.0.1", "4444")
-        stranger = run_child("connect", "127.0.0.1", "4444")
+        member = run_child("cgroup", str(cgroup), "connect", "127.0.0.1", str(port))
+        stranger = run_child("connect", "127.0.0.1", str(port))
         assert member.errno == errno.EPERM
         assert stranger.errno == errno.ECONNREFUSED
         events = collect(sensor, lambda e: isinstance(e, Connect))

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from kmod import LinuxSensor
+from kmod import LinuxSensor, Policy
 from wire import Notice
 
-from .conftest import _REASON, collect, executable_copy, kernel, run_child
+from .conftest import (_REASON, collect, dropped_script, executable_copy, free_port, kernel,
+                       private_rules, run_child)
 
 pytestmark = kernel
 
@@ -21,17 +22,17 @@ BOUND = 0.25
 
 
 @pytest.fixture
-def sensor():
+def sensor(workdir):
+    """Blocks exec under workdir/blocked only (see ``private_rules``)."""
     if _REASON is not None:
         pytest.skip(_REASON)
-    with LinuxSensor(watchdog_bound=BOUND) as s:
+    policy = Policy.parse(private_rules(workdir / "blocked", free_port()))
+    with LinuxSensor(policy, watchdog_bound=BOUND) as s:
         yield s
 
 
-def test_stalled_responder_fails_open_within_the_bound(sensor, workdir, tmp_path, caplog):
-    script = tmp_path / "dropped.sh"
-    script.write_text("#!/bin/sh\necho ran\n")
-    script.chmod(0o755)
+def test_stalled_responder_fails_open_within_the_bound(sensor, workdir, caplog):
+    script = dropped_script(workdir / "blocked")
     first = executable_copy(workdir, "first")    # fresh inodes: nothing cached
     second = executable_copy(workdir, "second")
     assert run_child("exec", str(script)).errno == errno.EPERM  # armed
