@@ -1,0 +1,196 @@
+"""collect_evidence: a forensic bundle for one process.
+
+``<data>/evidence/<command id>/`` holds, as read from /proc at that moment:
+
+    process.json   pid, ppid, comm, exe, cwd, ids, start time, when collected
+    status stat cmdline environ maps limits cgroup    (raw copies)
+    fds.json       every open descriptor and what it points to
+    sockets.json   the process's sockets (tcp, udp, unix) with both ends and state
+    exe            a copy of its executable (even if deleted from disk), if asked
+    manifest.json  SHA-256 and size of every file above, and what could not be read
+
+and ``<data>/evidence/<command id>.tar.gz`` packs the folder.  The result
+carries the manifest and its digest, and the archive itself when it is
+small enough for one message (``max_inline``); otherwise the hive is told
+where it lies on the agent."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._errors import ResponseError
+from ._policy import write_json
+from ._process import stat
+
+_RAW = ("status", "stat", "cmdline", "environ", "maps", "limits", "cgroup")
+_TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+    "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}
+MAX_EXE = 256 << 20
+MAX_INLINE = 12 << 20
+"""Below the hive router's 16 MiB frame limit, with room for the rest."""
+
+
+def _hex_address(text: str) -> str:
+    """/proc/net's ``0100007F:1F90`` (host byte order words) to ``127.0.0.1:8080``."""
+    addr, port = text.split(":")
+    raw = bytes.fromhex(addr)
+    # Each 32-bit word is in the kernel's (little-endian) byte order.
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    host = socket.inet_ntop(family, raw)
+    return f"{host}:{int(port, 16)}" if family == socket.AF_INET else f"[{host}]:{int(port, 16)}"
+
+
+def _inet_sockets(pid: int, inodes: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            with open(f"/proc/{pid}/net/{proto}", encoding="ascii") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 9 and parts[9] in inodes:
+                        out.append({"inode": int(parts[9]), "protocol": proto, "local": _hex_address(parts[1]),
+                                    "remote": _hex_address(parts[2]),
+                                    "state": _TCP_STATES.get(parts[3], parts[3]) if proto.startswith("tcp") else "",
+                                    "uid": int(parts[7])})
+        except OSError:
+            continue
+    return out
+
+
+def _unix_sockets(pid: int, inodes: set[str]) -> list[dict[str, Any]]:
+    out = []
+    try:
+        with open(f"/proc/{pid}/net/unix", encoding="utf-8", errors="replace") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if len(parts) > 6 and parts[6] in inodes:
+                    out.append({"inode": int(parts[6]), "protocol": "unix",
+                                "path": parts[7] if len(parts) > 7 else ""})
+    except OSError:
+        pass
+    return out
+
+
+def _fds(pid: int) -> list[dict[str, Any]]:
+    out = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError as e:
+        raise ResponseError(f"cannot list the descriptors of pid {pid}: {e.strerror}") from None
+    for name in sorted(names, key=int):
+        try:
+            out.append({"fd": int(name), "target": os.readlink(f"/proc/{pid}/fd/{name}")})
+        except OSError:
+            continue  # closed meanwhile
+    return out
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def collect_evidence(pid: object, folder: Path, *, command: str, exe: bool = True,
+                     max_exe: int = MAX_EXE, max_inline: int = MAX_INLINE) -> dict[str, Any]:
+    """Collect into ``folder/<command>``; returns what the result carries."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise ResponseError(f"pid must be a positive integer, not {pid!r}")
+    st = stat(pid)
+    if st is None or st.dead:
+        raise ResponseError(f"pid {pid} is gone; there is no process to collect evidence from")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in command) or f"pid-{pid}"
+    bundle = folder / safe
+    try:
+        bundle.mkdir(parents=True, exist_ok=False)
+        folder.chmod(0o700)
+    except FileExistsError:
+        raise ResponseError(f"a bundle for command {command} already exists at {bundle}") from None
+    except OSError as e:
+        raise ResponseError(f"cannot create {bundle}: {e.strerror}") from None
+    errors: dict[str, str] = {}
+    for name in _RAW:
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                (bundle / name).write_bytes(f.read())
+        except OSError as e:
+            errors[name] = e.strerror or str(e)
+    fds = _fds(pid)
+    inodes = {fd["target"][8:-1] for fd in fds if fd["target"].startswith("socket:[")}
+    write_json(bundle / "fds.json", fds)
+    write_json(bundle / "sockets.json", _inet_sockets(pid, inodes) + _unix_sockets(pid, inodes))
+    info: dict[str, Any] = {"pid": pid, "ppid": st.ppid, "comm": st.comm, "start_ticks": st.start,
+                            "collected": time.time(), "command": command}
+    for key, link in (("exe", "exe"), ("cwd", "cwd"), ("root", "root")):
+        try:
+            info[key] = os.readlink(f"/proc/{pid}/{link}")
+        except OSError as e:
+            errors[key] = e.strerror or str(e)
+    write_json(bundle / "process.json", info)
+    if exe:
+        try:
+            size = os.stat(f"/proc/{pid}/exe").st_size
+            if size > max_exe:
+                errors["exe"] = f"{size} bytes, over the {max_exe} copied"
+            else:
+                with open(f"/proc/{pid}/exe", "rb") as src, open(bundle / "exe", "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+        except OSError as e:
+            errors["exe"] = e.strerror or str(e)
+    files = {}
+    for path in sorted(bundle.iterdir()):
+        digest, size = _sha256(path)
+        files[path.name] = {"sha256": digest, "size": size}
+    manifest = {"pid": pid, "command": command, "created": time.time(), "files": files, "errors": errors}
+    raw = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    (bundle / "manifest.json").write_bytes(raw)
+    archive = folder / f"{safe}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=safe)
+    packed = archive.read_bytes()
+    out: dict[str, Any] = {
+        "bundle": str(bundle), "manifest": manifest, "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "archive_path": str(archive), "archive_sha256": hashlib.sha256(packed).hexdigest(),
+        "archive_size": len(packed),
+    }
+    if len(packed) <= max_inline:
+        out["archive"] = packed
+    return out
+
+
+def verify_bundle(bundle: Path) -> list[str]:
+    """Files whose content no longer matches the manifest (empty: intact)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    bad = []
+    for name, entry in manifest["files"].items():
+        path = bundle / name
+        if not path.exists() or _sha256(path) != (entry["sha256"], entry["size"]):
+            bad.append(name)
+    return bad
+
+
+def unpack(archive: bytes, into: Path) -> Path:
+    """Unpack an archive from a result (hive side, or a test); returns the bundle folder."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        names = {m.name.split("/")[0] for m in tar.getmembers()}
+        if len(names) != 1:
+            raise ResponseError(f"an evidence archive holds one folder, not {sorted(names)}")
+        tar.extractall(into, filter="data")
+    return into / names.pop()

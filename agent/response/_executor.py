@@ -1,0 +1,303 @@
+"""The executor: one ``wire.Command`` in, one ``wire.CommandResult`` out.
+
+A plain object; the executor actor feeds it.  Actions and their parameters
+(the contract with hive/playbook):
+
+    kill_process      pid, tree=false, signal=KILL|TERM, exe=""      -> killed, gone, ms
+    block_connect     address and/or port, protocol, ttl             -> rule, expires
+    block_exec        path (glob) or sha256, ttl                     -> rule, expires
+    isolate_host      allow=[addresses/CIDRs], ttl                   -> rule, allowed, expires
+    unisolate         -
+    unblock           rule
+    quarantine_file   path                                           -> sha256, path, original, rule, ...
+    collect_evidence  pid, exe=true                                  -> bundle, manifest, archive, ...
+
+A block's ``ttl`` is also enforced here, ``grace`` seconds after the hive's
+own revert was due, so a block never outlives its ttl by long when the hive
+is gone.  Blocks and isolation are kept in ``<data>/response/state.json``
+and put back when the agent restarts.  A command id seen before is answered
+with its first result and not run again (the hive resends what an agent
+went offline without answering)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import wire
+from actors import log_event
+from kmod import Policy
+
+from ._errors import Refused, ResponseError
+from ._evidence import collect_evidence
+from ._files import protected_files, quarantine_file, sha256_file
+from ._policy import ISOLATION, LOOPBACK, Block, Isolation, SensorSlot, parse_rules, rule_text, write_json
+from ._process import kill_process, protected_pids
+
+SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unisolate", "unblock",
+                            "quarantine_file"})
+"""Actions that change the sensor's policy: run them on the thread that owns
+the sensor (the trio thread).  The others block on the system (a kill waits
+for deaths, evidence copies files) and belong on a worker thread."""
+ACTIONS = SENSOR_ACTIONS | {"kill_process", "collect_evidence"}
+_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def rule_name(command_id: str) -> str:
+    return ("resp-" + _NAME.sub("_", command_id))[:60]
+
+
+class Executor:
+    """``slot`` reaches the sensor (None: the agent runs without one and
+    refuses blocks); ``hive`` are the hive's addresses, which nothing may
+    block and isolation keeps reachable; ``protected_pids`` are more pids no
+    kill may touch, beyond init and the agent's own family."""
+
+    def __init__(self, data_dir: Path, *, slot: SensorSlot | None = None, hive: Iterable[str] = (),
+                 protected_pids: Iterable[int] = (), clock: Callable[[], float] = time.time,
+                 grace: float = 30.0, log: logging.Logger | None = None, memory: int = 1024) -> None:
+        self.data_dir = Path(data_dir)
+        self.slot = slot
+        self.hive = [str(ipaddress.ip_network(a, strict=False)) for a in hive]
+        self._protected = tuple(protected_pids)
+        self._clock = clock
+        self.grace = grace
+        self._log = log or logging.getLogger("immune.agent.response")
+        self._memory = memory
+        self._done: OrderedDict[str, wire.CommandResult] = OrderedDict()
+        self._state_file = self.data_dir / "response" / "state.json"
+
+    # ---- the one entry point -----------------------------------------------------
+
+    def execute(self, cmd: wire.Command) -> wire.CommandResult:
+        seen = self._done.get(cmd.id)
+        if seen is not None:
+            return wire.CommandResult(command=cmd.id, ok=seen.ok, data=seen.data,
+                                      detail=f"already done (command repeated): {seen.detail}")
+        if cmd.expires and cmd.expires < self._clock() * 1e9:
+            return self._finish(cmd, False, "expired before the executor took it; not run")
+        handler = getattr(self, f"_do_{cmd.action}", None) if cmd.action in ACTIONS else None
+        if handler is None:
+            return self._finish(cmd, False, f"unknown action {cmd.action!r} (known: {', '.join(sorted(ACTIONS))})")
+        started = time.monotonic()
+        try:
+            detail, data = handler(cmd, dict(cmd.params))
+        except ResponseError as e:
+            level = logging.WARNING if isinstance(e, Refused) else logging.ERROR
+            log_event(self._log, "response.failed", level, id=cmd.id, action=cmd.action, reason=str(e))
+            return self._finish(cmd, False, str(e))
+        except Exception as e:  # one bad command must not take the executor down
+            self._log.exception("response.crashed id=%s action=%s", cmd.id, cmd.action)
+            return self._finish(cmd, False, f"internal error in {cmd.action}: {type(e).__name__}: {e}")
+        log_event(self._log, "response.done", id=cmd.id, action=cmd.action, detail=detail,
+                  ms=round((time.monotonic() - started) * 1000, 2))
+        return self._finish(cmd, True, detail, data)
+
+    def _finish(self, cmd: wire.Command, ok: bool, detail: str, data: dict | None = None) -> wire.CommandResult:
+        result = wire.CommandResult(command=cmd.id, ok=ok, detail=detail, data=data or {})
+        self._done[cmd.id] = result
+        while len(self._done) > self._memory:
+            self._done.popitem(last=False)
+        return result
+
+    # ---- processes ----------------------------------------------------------------
+
+    def _do_kill_process(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        tree = p.get("tree", False)
+        if not isinstance(tree, bool):
+            raise ResponseError(f"tree must be true or false, not {tree!r}")
+        out = kill_process(p.get("pid"), tree=tree, sig=str(p.get("signal", "KILL")), exe=str(p.get("exe", "")),
+                           protected=protected_pids(extra=self._protected))
+        if not out["killed"]:
+            return f"pid {p.get('pid')} was already gone", out
+        return f"killed {len(out['killed'])} process(es): {', '.join(map(str, out['killed']))}", out
+
+    def _do_collect_evidence(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        out = collect_evidence(p.get("pid"), self.data_dir / "evidence", command=cmd.id, exe=bool(p.get("exe", True)))
+        m = out["manifest"]
+        where = "attached" if "archive" in out else f"kept on the agent at {out['archive_path']}"
+        return (f"{len(m['files'])} files from pid {m['pid']}, {out['archive_size']} bytes packed, {where}"
+                + (f"; unreadable: {', '.join(m['errors'])}" if m["errors"] else "")), out
+
+    # ---- policy -------------------------------------------------------------------
+
+    def _slot(self) -> SensorSlot:
+        if self.slot is None:
+            raise ResponseError("no kernel sensor is running on this agent; nothing can be blocked")
+        return self.slot
+
+    def _expiry(self, p: dict[str, Any]) -> float:
+        ttl = p.get("ttl", 0)
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < 0:
+            raise ResponseError(f"ttl must be a number of seconds, not {ttl!r}")
+        return self._clock() + ttl + self.grace if ttl else 0.0
+
+    def _change(self, apply: Callable[[], None]) -> None:
+        """Change the layer, put it in the sensor, keep it on disk; on any
+        failure the layer and the sensor stay as they were."""
+        slot = self._slot()
+        before = slot.policy.dump()
+        apply()
+        try:
+            slot.apply()
+        except ResponseError:
+            slot.policy.load(before)
+            raise
+        self._save()
+
+    def _add_block(self, cmd: wire.Command, hook: str, match: dict[str, Any], p: dict[str, Any]) -> dict:
+        block = Block(name=rule_name(cmd.id), hook=hook, match=match, expires=self._expiry(p), command=cmd.id)
+        self._change(lambda: self._slot().policy.blocks.__setitem__(block.name, block))
+        return {"rule": block.name, "expires": block.expires}
+
+    def _do_block_connect(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        match = {k: p[k] for k in ("address", "port", "protocol") if k in p}
+        if "address" not in match and "port" not in match:
+            raise ResponseError("block_connect needs an address or a port")
+        if "address" in match:
+            try:
+                net = ipaddress.ip_network(str(match["address"]), strict=False)
+            except ValueError as e:
+                raise ResponseError(f"address: {e}") from None
+            for hive in map(ipaddress.ip_network, self.hive):
+                if hive.version == net.version and net.overlaps(hive):
+                    raise Refused(f"refused: {net} covers the hive's address {hive}; the agent must keep reaching it")
+        out = self._add_block(cmd, "connect", match, p)
+        what = " ".join(f"{k}={v}" for k, v in match.items())
+        return f"connect to {what} blocked (rule {out['rule']})", out
+
+    def _do_block_exec(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        match = {k: p[k] for k in ("path", "sha256") if k in p}
+        if not match:
+            raise ResponseError("block_exec needs a path or a sha256")
+        protected = protected_files()
+        if "path" in match:
+            probe = Policy(parse_rules([rule_text("probe", "exec", "block", {"path": match["path"]})]))
+            hit = next((f for f in protected if probe.match_exec(f, with_hash=False)), None)
+            if hit:
+                raise Refused(f"refused: {match['path']} matches {hit}, which the agent or the host needs to run")
+        if "sha256" in match:
+            digest = str(match["sha256"]).lower()
+            if any(_safe_sha256(f) == digest for f in protected):
+                raise Refused("refused: that digest is of an executable the agent or the host needs to run")
+        out = self._add_block(cmd, "exec", match, p)
+        what = match.get("path") or match.get("sha256")
+        return f"exec of {what} blocked (rule {out['rule']})", out
+
+    def _do_isolate_host(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        allow = p.get("allow", [])
+        if not isinstance(allow, list):
+            raise ResponseError("allow must be a list of addresses or CIDRs")
+        try:
+            extra = [str(ipaddress.ip_network(str(a), strict=False)) for a in allow]
+        except ValueError as e:
+            raise ResponseError(f"allow: {e}") from None
+        allowed = list(dict.fromkeys([*self.hive, *LOOPBACK, *extra]))
+        iso = Isolation(allow=allowed, expires=self._expiry(p), command=cmd.id)
+
+        def isolate() -> None:
+            self._slot().policy.isolation = iso
+
+        self._change(isolate)
+        return (f"isolated: connects and binds refused except to {', '.join(allowed)}",
+                {"rule": ISOLATION, "allowed": allowed, "expires": iso.expires})
+
+    def _do_unisolate(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        if self._slot().policy.isolation is None:
+            return "was not isolated", {}
+
+        def lift() -> None:
+            self._slot().policy.isolation = None
+
+        self._change(lift)
+        return "isolation lifted", {}
+
+    def _do_unblock(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        name = p.get("rule")
+        if name == ISOLATION:
+            return self._do_unisolate(cmd, p)
+        if not isinstance(name, str) or not name:
+            raise ResponseError("unblock needs the rule's name")
+        if name not in self._slot().policy.blocks:
+            return f"no rule {name} (already lifted)", {"rule": name}
+        self._change(lambda: self._slot().policy.blocks.pop(name))
+        return f"rule {name} lifted", {"rule": name}
+
+    def _do_quarantine_file(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+        self._slot()  # refuse before moving anything if exec cannot be denied afterwards
+        sidecar = quarantine_file(p.get("path"), self.data_dir / "quarantine", command=cmd.id)
+        block = Block(name=rule_name(cmd.id), hook="exec", match={"sha256": sidecar["sha256"]}, command=cmd.id)
+        try:
+            self._change(lambda: self._slot().policy.blocks.__setitem__(block.name, block))
+        except ResponseError as e:
+            raise ResponseError(f"{p.get('path')} moved to {sidecar['path']}, but its exec could not be "
+                                f"denied: {e}") from None
+        sidecar["rule"] = block.name
+        return f"{sidecar['original']} quarantined as {sidecar['path']}; exec of sha256 {sidecar['sha256']} denied", sidecar
+
+    # ---- time, restarts ---------------------------------------------------------------
+
+    def expire(self) -> list[str]:
+        """Lift what outlived its ttl (and the grace); returns the rule names."""
+        slot = self.slot
+        if slot is None:
+            return []
+        now = self._clock()
+        due = [b.name for b in slot.policy.blocks.values() if b.expires and b.expires <= now]
+        iso = slot.policy.isolation
+        lift_isolation = iso is not None and bool(iso.expires) and iso.expires <= now
+        if not due and not lift_isolation:
+            return []
+
+        def lift() -> None:
+            for name in due:
+                slot.policy.blocks.pop(name)
+            if lift_isolation:
+                slot.policy.isolation = None
+
+        try:
+            self._change(lift)
+        except ResponseError as e:
+            log_event(self._log, "response.expire_failed", logging.ERROR, rules=",".join(due), reason=str(e))
+            return []
+        names = due + ([ISOLATION] if lift_isolation else [])
+        log_event(self._log, "response.expired", logging.WARNING, rules=",".join(names),
+                  reason="ttl passed and the hive did not lift it")
+        return names
+
+    def restore(self) -> None:
+        """Take back the blocks and isolation of before a restart."""
+        if self.slot is None or not self._state_file.exists():
+            return
+        try:
+            doc = json.loads(self._state_file.read_text())
+            self.slot.policy.load(doc)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            log_event(self._log, "response.state_unreadable", logging.ERROR, path=str(self._state_file), reason=str(e))
+            return
+        if self.slot.sensor is not None and self.slot.policy.active:
+            self.slot.apply()
+        log_event(self._log, "response.restored", blocks=len(self.slot.policy.blocks),
+                  isolated=self.slot.policy.isolation is not None)
+
+    def _save(self) -> None:
+        try:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self._state_file, self._slot().policy.dump())
+        except OSError as e:
+            # In force in the kernel, just not kept across a restart: say so, do not undo it.
+            log_event(self._log, "response.state_not_saved", logging.ERROR, reason=e.strerror or str(e))
+
+
+def _safe_sha256(path: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""

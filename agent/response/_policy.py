@@ -1,0 +1,203 @@
+"""Blocks and isolation as a layer over the sensor's own policy.
+
+``ResponsePolicy`` keeps the blocks the hive asked for (each a kmod rule
+named ``resp-<command id>``) and the isolation state, and composes them with
+the base policy into the ``kmod.Policy`` the sensor runs.  Every rule goes
+through kmod's own parser, so a bad address or digest is refused with
+kmod's precise message.
+
+Composition, and why:
+
+* response rules come first: within a hook the first matching rule wins;
+* connect/bind verdicts are an LPM lookup in which a rule naming a port or
+  protocol is found before one that does not, whatever its address.  A
+  base ``audit`` rule for port 443 would let a connect to a blocked address
+  on 443 through; so an address block gets a *shadow* for each port and
+  protocol a base audit rule names;
+* isolation: an ``audit`` rule for the allowed addresses (the hive,
+  loopback, the allow list) beside a ``block`` of every connect and bind
+  (the longest prefix wins, so the allowed ones pass); base audit rules on
+  connect/bind are left out while isolated, since a port-specific one would
+  punch a hole.  Base and response blocks stay: isolation only adds refusals.
+
+The agent's own process is excluded from the sensor, so its connection to
+the hive never depends on any of this; the hive's addresses are allowed for
+the host's other processes too (an operator's CLI, a browser on the API).
+
+``SensorSlot`` is how the executor reaches the sensor that the kmod reader
+actor runs in the same process: pass ``slot.attach`` as the reader's
+``on_sensor``.  A restarted reader starts from its base policy; ``attach``
+puts the response layer back on at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from kmod import Policy, PolicyError
+
+from ._errors import ResponseError
+
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+ISOLATION = "isolation"
+
+
+@dataclass
+class Block:
+    name: str
+    hook: str
+    """``exec`` or ``connect``."""
+    match: dict[str, Any]
+    """kmod match keys: path/sha256 for exec, address/port/protocol for connect."""
+    expires: float = 0.0
+    """Wall-clock seconds at which the agent lifts it itself, 0 = never."""
+    command: str = ""
+
+
+@dataclass
+class Isolation:
+    allow: list[str] = field(default_factory=list)
+    """Destinations still reachable: the hive's addresses, loopback, the allow list."""
+    expires: float = 0.0
+    command: str = ""
+
+
+def _toml(value: Any) -> str:
+    # JSON strings, numbers and arrays are valid TOML values.
+    return json.dumps(value)
+
+
+def rule_text(name: str, hook: str, action: str, match: dict[str, Any]) -> str:
+    lines = ["[[rule]]", f"name = {_toml(name)}", f"hook = {_toml(hook)}", f"action = {_toml(action)}"]
+    lines += [f"match.{k} = {_toml(v)}" for k, v in match.items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_rules(texts: Iterable[str]) -> tuple:
+    try:
+        return Policy.parse("\n".join(texts), "response").rules
+    except PolicyError as e:
+        raise ResponseError(str(e).removeprefix("response: ")) from None
+
+
+class ResponsePolicy:
+    def __init__(self, base: Policy | None = None) -> None:
+        self.base = base or Policy()
+        self.blocks: dict[str, Block] = {}
+        self.isolation: Isolation | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.blocks) or self.isolation is not None
+
+    def compose(self) -> Policy:
+        """The policy the sensor should run: raises ResponseError if a rule
+        cannot be expressed (the caller then leaves the sensor as it is)."""
+        base = self.base.rules
+        texts = []
+        for b in self.blocks.values():
+            texts.append(rule_text(b.name, b.hook, "block", b.match))
+            texts += self._shadows(b)
+        if self.isolation is not None:
+            texts.append(rule_text("isolation-allow", "connect", "audit", {"address": self.isolation.allow}))
+            texts.append(rule_text("isolation-allow-bind", "bind", "audit", {"address": list(LOOPBACK)}))
+            texts.append(rule_text("isolation-connect", "connect", "block", {}))
+            texts.append(rule_text("isolation-bind", "bind", "block", {}))
+            base = tuple(r for r in base if not (r.hook in ("connect", "bind") and r.action == "audit"))
+        try:
+            return Policy([*parse_rules(texts), *base], origin=f"{self.base.origin} + response")
+        except PolicyError as e:
+            raise ResponseError(str(e)) from None
+
+    def _shadows(self, b: Block) -> list[str]:
+        if b.hook != "connect" or "address" not in b.match:
+            return []
+        seen, out = set(), []
+        for r in self.base.rules:
+            if r.hook != "connect" or r.action != "audit":
+                continue
+            ports = b.match.get("port") or list(r.ports)
+            protocol = b.match.get("protocol") or r.protocol
+            key = (tuple(ports) if isinstance(ports, list) else (ports,), protocol)
+            if (not r.ports or "port" in b.match) and (not r.protocol or "protocol" in b.match):
+                continue  # the block is at least as specific as this rule already
+            if key in seen:
+                continue
+            seen.add(key)
+            match = {"address": b.match["address"], **({"port": ports} if ports else {}),
+                     **({"protocol": protocol} if protocol else {})}
+            out.append(rule_text(f"{b.name}.{len(out) + 1}", "connect", "block", match))
+        return out
+
+    # ---- persistence ---------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        return {"blocks": [asdict(b) for b in self.blocks.values()],
+                "isolation": asdict(self.isolation) if self.isolation else None}
+
+    def load(self, doc: dict[str, Any]) -> None:
+        self.blocks = {b["name"]: Block(**b) for b in doc.get("blocks", [])}
+        iso = doc.get("isolation")
+        self.isolation = Isolation(**iso) if iso else None
+
+
+class _Reloadable(Protocol):
+    @property
+    def policy(self) -> Policy: ...
+
+    def reload(self, policy: Policy) -> None: ...
+
+
+class SensorSlot:
+    """Holds the sensor the reader actor runs, and the response layer."""
+
+    def __init__(self) -> None:
+        self.sensor: _Reloadable | None = None
+        self.policy = ResponsePolicy()
+
+    def attach(self, sensor: _Reloadable) -> None:
+        """The reader's ``on_sensor``: a (re)started sensor gets the layer back."""
+        self.sensor = sensor
+        self.policy.base = sensor.policy
+        if self.policy.active:
+            sensor.reload(self.policy.compose())
+
+    def apply(self) -> None:
+        """Put the current layer into the running sensor."""
+        if self.sensor is None:
+            raise ResponseError("no kernel sensor is running on this agent; nothing can be blocked")
+        try:
+            self.sensor.reload(self.policy.compose())
+        except ResponseError:
+            raise
+        except Exception as e:  # kmod's KmodError and what it maps (BPF, fanotify)
+            raise ResponseError(f"the sensor refused the policy: {e}") from None
+
+
+def endpoint_addresses(endpoint: str) -> list[str]:
+    """The IP addresses of a ZeroMQ endpoint such as ``tcp://hive.example:7001``
+    (the hive the agent must keep reaching)."""
+    host = urlsplit(endpoint).hostname or ""
+    if not host or host == "*":
+        return []
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as e:
+        raise ResponseError(f"cannot resolve the hive's address {host!r}: {e.strerror}") from None
+    return sorted({info[4][0] for info in infos})
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Atomically: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,224 @@
+"""kill_process: a process, or its whole tree, by pidfd.
+
+Guardrails: never pid 0/1 or a kernel thread, never the agent, its
+ancestors (its supervisor, init) or its own children.  A pid is only a
+number: between the alert and the kill it may have been reused, so an
+``exe`` given by the playbook must still be what the process runs, and
+every signal goes through a pidfd opened on the process whose start time
+was seen in the scan (never a bare kill(pid)).
+
+A tree is frozen before it is killed: SIGSTOP top-down, rescanning until no
+new child appears, so a process cannot fork away while its tree is being
+killed; then SIGKILL to all, and a wait on the pidfds for their deaths."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ._errors import Refused, ResponseError
+
+_SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
+_FREEZE_ROUNDS = 16
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    start: int
+    """Start time in clock ticks since boot: with the pid, one process for good."""
+    comm: str
+    state: str
+    """R, S, D, T, Z (exited, waiting for its parent to reap it), ..."""
+
+    @property
+    def dead(self) -> bool:
+        return self.state in ("Z", "X")
+
+
+def stat(pid: int) -> ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: it ends at the last ')'.
+    end = raw.rindex(b")")
+    fields = raw[end + 2:].split()
+    return ProcStat(pid, int(fields[1]), int(fields[19]), raw[raw.index(b"(") + 1:end].decode(errors="replace"),
+                    fields[0].decode())
+
+
+def all_stats() -> dict[int, ProcStat]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = stat(int(name))
+            if st is not None:
+                out[st.pid] = st
+    return out
+
+
+def descendants(root: int, stats: dict[int, ProcStat]) -> list[int]:
+    """``root``'s descendants, parents before children."""
+    children: dict[int, list[int]] = {}
+    for st in stats.values():
+        children.setdefault(st.ppid, []).append(st.pid)
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(0), ()):
+            if child not in out and child != root:
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def exe_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def protected_pids(self_pid: int | None = None, extra: Iterable[int] = ()) -> dict[int, str]:
+    """pid -> why it may not be killed: init, the agent, its ancestors and
+    its descendants (fresh each time: the agent's children come and go)."""
+    me = self_pid or os.getpid()
+    stats = all_stats()
+    out = {1: "pid 1 is init; killing it would bring the host down"}
+    out[me] = f"pid {me} is the agent itself"
+    pid = stats[me].ppid if me in stats else 0
+    while pid > 1 and pid not in out:
+        out[pid] = f"pid {pid} ({stats[pid].comm if pid in stats else '?'}) is an ancestor of the agent (pid {me})"
+        pid = stats[pid].ppid if pid in stats else 0
+    for child in descendants(me, stats):
+        out[child] = f"pid {child} is a child of the agent (pid {me})"
+    for pid in extra:
+        out.setdefault(pid, f"pid {pid} is protected by the agent's configuration")
+    return out
+
+
+def _kernel_thread(st: ProcStat) -> bool:
+    return st.pid == 2 or st.ppid == 2
+
+
+def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str = "",
+                 protected: dict[int, str] | None = None, wait: float = 1.0) -> dict:
+    """Kill ``pid`` (and its descendants if ``tree``).  Returns what the result
+    carries: ``killed`` (dead now), ``gone`` (dead before the signal) and
+    ``ms``; raises Refused or ResponseError."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise ResponseError(f"pid must be a positive integer, not {pid!r}")
+    if sig not in _SIGNALS:
+        raise ResponseError(f"signal must be one of {', '.join(_SIGNALS)}, not {sig!r}")
+    started = time.monotonic()
+    protected = protected_pids() if protected is None else protected
+    if pid in protected:
+        raise Refused(f"refused: {protected[pid]}")
+    root = stat(pid)
+    if root is None or root.dead:
+        return {"killed": [], "gone": [pid], "ms": _ms(started)}
+    if _kernel_thread(root):
+        raise Refused(f"refused: pid {pid} ({root.comm}) is a kernel thread")
+    if exe:
+        running = exe_of(pid)
+        if running is not None and running != exe:
+            raise Refused(f"refused: pid {pid} runs {running}, not {exe}: the pid may have been reused")
+    handles = {pid: _open(root)}
+    try:
+        if handles[pid] is None:
+            return {"killed": [], "gone": [pid], "ms": _ms(started)}
+        if tree:
+            try:
+                _freeze(root, handles, protected)
+            except ResponseError:
+                for fd in handles.values():  # leave nothing stopped behind a refusal
+                    if fd is not None:
+                        _signal(fd, signal.SIGCONT)
+                raise
+        signum = _SIGNALS[sig]
+        for fd in handles.values():
+            if fd is not None:
+                _signal(fd, signum)
+                if signum != signal.SIGKILL:
+                    _signal(fd, signal.SIGCONT)  # a frozen process must wake to act on TERM
+        dead, alive = _wait_dead({p: fd for p, fd in handles.items() if fd is not None}, wait)
+    finally:
+        for fd in handles.values():
+            if fd is not None:
+                os.close(fd)
+    gone = sorted(p for p, fd in handles.items() if fd is None)
+    out = {"killed": sorted(dead), "gone": gone, "ms": _ms(started)}
+    if alive:
+        raise ResponseError(f"still alive {wait:g}s after SIG{sig}: pid(s) {', '.join(map(str, sorted(alive)))}")
+    return out
+
+
+def _open(st: ProcStat) -> int | None:
+    """A pidfd on exactly the process ``st`` describes (None if it is gone)."""
+    try:
+        fd = os.pidfd_open(st.pid)
+    except ProcessLookupError:
+        return None
+    except OSError as e:
+        raise ResponseError(f"cannot open pid {st.pid}: {e.strerror}") from None
+    now = stat(st.pid)
+    if now is None or now.start != st.start:
+        os.close(fd)  # it died, and the pid went to someone else, after the scan
+        return None
+    return fd
+
+
+def _signal(fd: int, signum: int) -> None:
+    try:
+        signal.pidfd_send_signal(fd, signum)
+    except ProcessLookupError:
+        pass  # died meanwhile: counted as dead by the wait
+    except OSError as e:
+        raise ResponseError(f"cannot signal: {e.strerror}") from None
+
+
+def _freeze(root: ProcStat, handles: dict[int, int | None], protected: dict[int, str]) -> None:
+    _signal(handles[root.pid], signal.SIGSTOP)  # type: ignore[arg-type]
+    for _ in range(_FREEZE_ROUNDS):
+        stats = all_stats()
+        new = [p for p in descendants(root.pid, stats) if p not in handles]
+        if not new:
+            return
+        for p in new:
+            if p in protected:
+                raise Refused(f"refused: the tree of pid {root.pid} holds {protected[p]}")
+            if _kernel_thread(stats[p]):
+                continue
+            handles[p] = fd = _open(stats[p])
+            if fd is not None:
+                _signal(fd, signal.SIGSTOP)
+    raise ResponseError(f"the tree of pid {root.pid} kept growing for {_FREEZE_ROUNDS} rounds; "
+                        f"{len(handles)} processes stopped but not killed")
+
+
+def _wait_dead(fds: dict[int, int], timeout: float) -> tuple[set[int], set[int]]:
+    """A pidfd is readable once its process has exited."""
+    poller = select.poll()
+    by_fd = {fd: pid for pid, fd in fds.items()}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    dead: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(dead) < len(by_fd):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        for fd, _ in poller.poll(left * 1000):
+            poller.unregister(fd)
+            dead.add(by_fd[fd])
+    return dead, set(fds) - dead
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)

@@ -1,0 +1,228 @@
+"""kill_process and collect_evidence on real processes.
+
+The victims are started outside this process's tree (their launcher exits),
+as an attacker's processes would be: the executor refuses to touch the
+agent's own children, and here the test process plays the agent."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import wire
+from agent.response import Executor, Refused, collect_evidence, kill_process, unpack, verify_bundle
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="signalling and reading other processes needs root")
+
+
+def detached(script: str, env: dict | None = None) -> int:
+    """Run ``script`` in a bash subshell whose parent exits at once; its pid."""
+    out = subprocess.run(["bash", "-c", f"({script}) </dev/null >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True, env=env)
+    return int(out.stdout)
+
+
+def children_of(pid: int, timeout: float = 3.0, want: int = 1) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    stat = Path(f"/proc/{name}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                    found.append(int(name))
+        if len(found) >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is dead: it only waits to be reaped by its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_started(pid: int, comm: str, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/comm").read_text().strip() != comm:
+        assert time.monotonic() < deadline, f"pid {pid} never became {comm}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def executor(tmp_path):
+    return Executor(tmp_path / "agent")
+
+
+def run(executor, action, **params):
+    return executor.execute(wire.Command(id=f"c-{time.monotonic_ns()}", action=action, params=params))
+
+
+def test_kill_a_process(executor):
+    pid = detached("exec sleep 300")
+    wait_started(pid, "sleep")
+    r = run(executor, "kill_process", pid=pid)
+    assert r.ok, r.detail
+    assert r.data["killed"] == [pid] and r.detail == f"killed 1 process(es): {pid}"
+    assert not alive(pid)
+
+
+def test_kill_a_process_tree_frozen_first(executor):
+    pid = detached("sleep 300 & sleep 300 & bash -c 'sleep 300 & wait' & wait")
+    kids = children_of(pid, want=3)
+    grandkids = children_of(max(kids), want=1) if kids else []
+    tree = {pid, *kids, *grandkids}
+    assert len(tree) >= 5, tree
+    r = run(executor, "kill_process", pid=pid, tree=True)
+    assert r.ok, r.detail
+    assert set(r.data["killed"]) >= tree
+    assert not any(alive(p) for p in tree)
+
+
+def test_without_tree_the_children_survive(executor):
+    pid = detached("sleep 300 & wait")
+    [child] = children_of(pid)
+    try:
+        assert run(executor, "kill_process", pid=pid).ok
+        assert not alive(pid) and alive(child)
+    finally:
+        os.kill(child, 9)
+
+
+def test_refuses_init_the_agent_and_its_ancestors(executor):
+    for pid, why in ((1, "pid 1 is init"), (os.getpid(), f"pid {os.getpid()} is the agent itself"),
+                     (os.getppid(), f"is an ancestor of the agent (pid {os.getpid()})")):
+        r = run(executor, "kill_process", pid=pid, tree=True)
+        assert not r.ok and r.detail.startswith("refused:") and why in r.detail, r.detail
+    assert alive(os.getppid())
+
+
+def test_refuses_the_agents_own_children(executor):
+    child = subprocess.Popen(["sleep", "300"])
+    try:
+        r = run(executor, "kill_process", pid=child.pid)
+        assert not r.ok and f"pid {child.pid} is a child of the agent" in r.detail
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_refuses_a_tree_that_holds_the_agent_and_leaves_it_running():
+    pid = detached("sleep 300 & wait")
+    [child] = children_of(pid)
+    try:
+        with pytest.raises(Refused, match=f"refused: the tree of pid {pid} holds the agent"):
+            kill_process(pid, tree=True, protected={1: "init", child: "the agent"})
+        for p in (pid, child):  # frozen while the tree was walked, thawed after the refusal
+            state = Path(f"/proc/{p}/stat").read_text().split(") ")[1][0]
+            assert state == "S", (p, state)
+    finally:
+        for p in (child, pid):
+            os.kill(p, 9)
+
+
+def test_a_reused_pid_is_not_killed(executor):
+    pid = detached("exec sleep 300")
+    wait_started(pid, "sleep")
+    try:
+        r = run(executor, "kill_process", pid=pid, exe="/usr/bin/bash")
+        assert not r.ok and "may have been reused" in r.detail and alive(pid)
+        sleep_exe = os.readlink(f"/proc/{pid}/exe")
+        assert run(executor, "kill_process", pid=pid, exe=sleep_exe).ok
+    finally:
+        if alive(pid):
+            os.kill(pid, 9)
+
+
+def test_a_gone_process_and_a_repeated_command(executor):
+    pid = detached("exit 0")
+    time.sleep(0.1)
+    cmd = wire.Command(id="once", action="kill_process", params={"pid": pid})
+    r = executor.execute(cmd)
+    assert r.ok and r.detail == f"pid {pid} was already gone"
+    again = executor.execute(cmd)
+    assert again.ok and again.detail.startswith("already done (command repeated)")
+
+
+def test_expired_and_unknown_commands_are_not_run(executor):
+    r = executor.execute(wire.Command(id="old", action="kill_process", params={"pid": 5}, expires=1))
+    assert not r.ok and r.detail == "expired before the executor took it; not run"
+    r = executor.execute(wire.Command(id="x", action="format_disk"))
+    assert not r.ok and r.detail.startswith("unknown action 'format_disk'")
+    r = executor.execute(wire.Command(id="y", action="block_connect", params={"address": "10.0.0.1"}))
+    assert not r.ok and r.detail == "no kernel sensor is running on this agent; nothing can be blocked"
+
+
+LISTENER = r"""
+import socket, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+cli = socket.create_connection(srv.getsockname())
+f = open(sys.argv[1], "rb")
+print(srv.getsockname()[1], flush=True)
+time.sleep(300)
+"""
+
+
+def test_collect_evidence_bundle_verifies(tmp_path):
+    marker = tmp_path / "marker.bin"
+    marker.write_bytes(b"x")
+    proc = subprocess.Popen([sys.executable, "-S", "-c", LISTENER, str(marker)], stdout=subprocess.PIPE, text=True,
+                            env={"EVIDENCE_MARKER": "present", "PATH": os.environ["PATH"]})
+    try:
+        port = int(proc.stdout.readline())
+        out = collect_evidence(proc.pid, tmp_path / "evidence", command="c-1")
+    finally:
+        proc.kill()
+        proc.wait()
+    bundle = Path(out["bundle"])
+    manifest = out["manifest"]
+    assert set(manifest["files"]) == {"status", "stat", "cmdline", "environ", "maps", "limits", "cgroup",
+                                      "fds.json", "sockets.json", "process.json", "exe"}
+    assert manifest["errors"] == {}
+    assert verify_bundle(bundle) == []
+    assert b"EVIDENCE_MARKER=present" in (bundle / "environ").read_bytes()
+    assert (bundle / "exe").read_bytes() == Path(os.path.realpath(sys.executable)).read_bytes()
+    fds = json.loads((bundle / "fds.json").read_text())
+    assert str(marker) in [fd["target"] for fd in fds]
+    sockets = json.loads((bundle / "sockets.json").read_text())
+    assert {"local": f"127.0.0.1:{port}", "state": "LISTEN"}.items() <= next(
+        s for s in sockets if s["state"] == "LISTEN").items()
+    assert any(s["remote"] == f"127.0.0.1:{port}" and s["state"] == "ESTABLISHED" for s in sockets)
+    assert json.loads((bundle / "process.json").read_text())["pid"] == proc.pid
+    # the archive that travels to the hive holds the same, intact
+    copy = unpack(out["archive"], tmp_path / "at-the-hive")
+    assert verify_bundle(copy) == []
+    # and a changed file is caught
+    (bundle / "cmdline").write_bytes(b"tampered")
+    assert verify_bundle(bundle) == ["cmdline"]
+
+
+def test_collect_evidence_of_a_gone_process(executor):
+    pid = detached("exit 0")
+    time.sleep(0.1)
+    r = run(executor, "collect_evidence", pid=pid)
+    assert not r.ok and r.detail == f"pid {pid} is gone; there is no process to collect evidence from"
+
+
+def test_collect_evidence_through_the_executor(executor):
+    pid = detached("exec sleep 300")
+    wait_started(pid, "sleep")
+    try:
+        r = run(executor, "collect_evidence", pid=pid, exe=False)
+    finally:
+        os.kill(pid, 9)
+    assert r.ok, r.detail
+    assert "exe" not in r.data["manifest"]["files"] and "attached" in r.detail
+    assert isinstance(r.data["archive"], bytes) and r.data["archive_size"] == len(r.data["archive"])
