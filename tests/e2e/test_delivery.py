@@ -180,11 +180,11 @@ def test_the_wire_carries_no_plaintext(fleet, tmp_path):
                any(canary in " ".join(e.argv) for e in Store(fleet.hive_dir / "hive.db", readonly=True).events(
                    agent="plain", kind="exec", limit=10**6)), what="the canary stored")
     wait_until(lambda: drained(agent), what="spool drained")
+    sent = next(a.bytes_out for a in agent.status().actors if a.name == "agent.relay")
     time.sleep(0.5)
     dump.send_signal(signal.SIGINT)
     dump.wait(10)
     data = pcap.read_bytes()
-    sent = next(a.bytes_out for a in agent.status().actors if a.name == "agent.relay")
     assert len(data) > sent > 0, "the capture missed traffic the agent sent"
     assert canary.encode() not in data
     assert b"/bin/true" not in data and b"exec" not in data
