@@ -26,6 +26,8 @@ class SensorStatistics:
     watchdog: str = "off"
     """``armed``, ``failed-open`` or ``off`` (no fanotify)."""
     policy_generation: int = 0
+    malformed: int = 0
+    """Kernel records the decoder could not read (skipped, logged)."""
 
 
 class Sensor(abc.ABC):

@@ -118,6 +118,7 @@ class LinuxSensor(Sensor):
         self._counts = dict.fromkeys(KINDS.values(), 0)
         self._drops_seen = dict.fromkeys(KINDS.values(), 0)
         self._drops_checked = 0.0
+        self._malformed = 0
         self._bpf: BpfObject | None = None
         self._ring: RingBuffer | None = None
         self._guard: Guard | None = None
@@ -243,7 +244,12 @@ class LinuxSensor(Sensor):
         buf, decode, counts = self._ring.buffer, self._decoder.decode, self._counts
         try:
             for at in records:
-                ev = decode(buf, at)
+                try:
+                    ev = decode(buf, at)
+                except (ValueError, struct.error) as e:  # sources and decoder disagree
+                    self._malformed += 1
+                    log.error("undecodable kernel record skipped: %s", e)
+                    continue
                 if ev is not None:
                     counts[KINDS[buf[at]]] += 1
                     out.append(ev)
@@ -373,6 +379,7 @@ class LinuxSensor(Sensor):
             fanotify={k: v for k, v in fan.items() if k != "state"},
             watchdog=str(fan.get("state", "off")),
             policy_generation=self._generation,
+            malformed=self._malformed,
         )
 
     def attachments(self) -> dict[str, list[int]]:
