@@ -39,7 +39,7 @@ from ._errors import Refused, ResponseError
 from ._evidence import collect_evidence
 from ._files import protected_files, quarantine_file, sha256_file
 from ._policy import ISOLATION, LOOPBACK, Block, Isolation, SensorSlot, parse_rules, rule_text, write_json
-from ._process import kill_process, protected_pids
+from ._process import kill_process
 
 SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unisolate", "unblock",
                             "quarantine_file"})
@@ -114,7 +114,7 @@ class Executor:
         if not isinstance(tree, bool):
             raise ResponseError(f"tree must be true or false, not {tree!r}")
         out = kill_process(p.get("pid"), tree=tree, sig=str(p.get("signal", "KILL")), exe=str(p.get("exe", "")),
-                           protected=protected_pids(extra=self._protected))
+                           extra_protected=self._protected)
         if not out["killed"]:
             return f"pid {p.get('pid')} was already gone", out
         return f"killed {len(out['killed'])} process(es): {', '.join(map(str, out['killed']))}", out

@@ -42,11 +42,18 @@ class ProcStat:
 
 
 def stat(pid: int) -> ProcStat | None:
+    # os.open/os.read: a scan of /proc reads hundreds of these, and file
+    # objects cost twice as much.
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # comm may hold spaces and parentheses: it ends at the last ')'.
     end = raw.rindex(b")")
     fields = raw[end + 2:].split()
@@ -85,11 +92,12 @@ def exe_of(pid: int) -> str | None:
         return None
 
 
-def protected_pids(self_pid: int | None = None, extra: Iterable[int] = ()) -> dict[int, str]:
+def protected_pids(extra: Iterable[int] = (), stats: dict[int, ProcStat] | None = None) -> dict[int, str]:
     """pid -> why it may not be killed: init, the agent, its ancestors and
-    its descendants (fresh each time: the agent's children come and go)."""
-    me = self_pid or os.getpid()
-    stats = all_stats()
+    its descendants (from a fresh scan unless given one: the agent's
+    children come and go)."""
+    me = os.getpid()
+    stats = all_stats() if stats is None else stats
     out = {1: "pid 1 is init; killing it would bring the host down"}
     out[me] = f"pid {me} is the agent itself"
     pid = stats[me].ppid if me in stats else 0
@@ -108,16 +116,20 @@ def _kernel_thread(st: ProcStat) -> bool:
 
 
 def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str = "",
-                 protected: dict[int, str] | None = None, wait: float = 1.0) -> dict:
+                 extra_protected: Iterable[int] = (), protected: dict[int, str] | None = None,
+                 wait: float = 1.0) -> dict:
     """Kill ``pid`` (and its descendants if ``tree``).  Returns what the result
     carries: ``killed`` (dead now), ``gone`` (dead before the signal) and
-    ``ms``; raises Refused or ResponseError."""
+    ``ms``; raises Refused or ResponseError.  ``protected`` replaces the
+    scan for init and the agent's family (tests)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         raise ResponseError(f"pid must be a positive integer, not {pid!r}")
     if sig not in _SIGNALS:
         raise ResponseError(f"signal must be one of {', '.join(_SIGNALS)}, not {sig!r}")
     started = time.monotonic()
-    protected = protected_pids() if protected is None else protected
+    stats = all_stats()  # one scan: the agent's family, then the first look at the tree
+    if protected is None:
+        protected = protected_pids(extra_protected, stats)
     if pid in protected:
         raise Refused(f"refused: {protected[pid]}")
     root = stat(pid)
@@ -135,7 +147,7 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
             return {"killed": [], "gone": [pid], "ms": _ms(started)}
         if tree:
             try:
-                _freeze(root, handles, protected)
+                _freeze(root, handles, protected, stats)
             except ResponseError:
                 for fd in handles.values():  # leave nothing stopped behind a refusal
                     if fd is not None:
@@ -183,12 +195,17 @@ def _signal(fd: int, signum: int) -> None:
         raise ResponseError(f"cannot signal: {e.strerror}") from None
 
 
-def _freeze(root: ProcStat, handles: dict[int, int | None], protected: dict[int, str]) -> None:
+def _freeze(root: ProcStat, handles: dict[int, int | None], protected: dict[int, str],
+            stats: dict[int, ProcStat]) -> None:
+    """Stop the root, then its descendants, rescanning until a scan made
+    after the last stop finds nobody new (the first round may use a scan
+    from before the root stopped: the next one catches what it forked)."""
     _signal(handles[root.pid], signal.SIGSTOP)  # type: ignore[arg-type]
-    for _ in range(_FREEZE_ROUNDS):
-        stats = all_stats()
+    for round_ in range(_FREEZE_ROUNDS):
+        if round_:
+            stats = all_stats()
         new = [p for p in descendants(root.pid, stats) if p not in handles]
-        if not new:
+        if not new and round_:
             return
         for p in new:
             if p in protected:
