@@ -141,6 +141,9 @@ class Hello(Struct, tag="hello", tag_field="type"):
     agent_version: str = ""
     policy_version: str = ""
     wire_version: int = WIRE_VERSION
+    pid: int = 0
+    """The agent daemon's pid (0: not said), so the hive's playbooks refuse
+    to act on it before a command is even sent."""
 
 
 class Heartbeat(Struct, tag="heartbeat", tag_field="type"):
