@@ -67,11 +67,12 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
 
     online: dict[str, bool] = {}
     closed = Decisions()
-    for a in await in_db(records.open_actions):
+    opened = await in_db(records.open_actions)
+    for a in opened:
         if a.state == "sent":  # sent before a restart: whether it ran is unknown
             a.state, a.result, a.updated = "unanswered", "the hive restarted before the result came", time.time()
             closed.actions.append(a)
-    engine.restore(await in_db(records.open_actions))
+    engine.restore(opened)
     await in_db(records.write, closed)
 
     alerts = ctx.socket(zmq.PULL, bind=alerts_endpoint, codec=internal_codec(), rcvhwm=10000)
