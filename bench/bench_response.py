@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -41,9 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import wire  # noqa: E402
-from agent.response import Executor, SensorSlot  # noqa: E402
-from hive.playbook import DEFAULT_PLAYBOOKS, Limits, PlaybookEngine, check_playbooks  # noqa: E402
+import wire
+from agent.response import Executor, SensorSlot
+from hive.playbook import DEFAULT_PLAYBOOKS, Limits, PlaybookEngine, check_playbooks
 
 REVERSE_SHELL = "139f073e-48c0-48af-af1c-71581a80d7da"
 
@@ -87,7 +86,7 @@ def alert_for(pid: int, tag: str) -> wire.Alert:
 
 def summary(name: str, values_ms: list[float]) -> str:
     v = sorted(values_ms)
-    p99 = v[min(len(v) - 1, int(round(len(v) * 0.99)) - 1)]
+    p99 = v[min(len(v) - 1, round(len(v) * 0.99) - 1)]
     return f"| {name} | {statistics.median(v):.3f} | {p99:.3f} | {v[-1]:.3f} |"
 
 
@@ -258,7 +257,7 @@ def bench_kernel(runs: int) -> None:
         table(f"kernel (sensor latency {sensor._latency * 1000:g} ms, {report.loaded} rules)", hops)
     finally:
         sensor.close()
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
 
 
 def main() -> None:

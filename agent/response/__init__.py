@@ -12,12 +12,35 @@ from ._errors import Refused, ResponseError
 from ._evidence import collect_evidence, unpack, verify_bundle
 from ._executor import ACTIONS, SENSOR_ACTIONS, Executor, rule_name
 from ._files import quarantine_file, sha256_file
-from ._policy import ISOLATION, Block, Isolation, ResponsePolicy, SensorSlot, endpoint_addresses
+from ._policy import (
+    ISOLATION,
+    Block,
+    Isolation,
+    ResponsePolicy,
+    SensorSlot,
+    endpoint_addresses,
+)
 from ._process import kill_process, protected_pids
 
 __all__ = [
-    "ACTIONS", "Block", "Executor", "ISOLATION", "Isolation", "Refused", "ResponseError",
-    "ResponsePolicy", "SENSOR_ACTIONS", "SensorSlot", "collect_evidence", "endpoint_addresses",
-    "executor_actor", "kill_process", "protected_pids", "quarantine_file", "rule_name", "sha256_file",
-    "unpack", "verify_bundle",
+    "ACTIONS",
+    "ISOLATION",
+    "SENSOR_ACTIONS",
+    "Block",
+    "Executor",
+    "Isolation",
+    "Refused",
+    "ResponseError",
+    "ResponsePolicy",
+    "SensorSlot",
+    "collect_evidence",
+    "endpoint_addresses",
+    "executor_actor",
+    "kill_process",
+    "protected_pids",
+    "quarantine_file",
+    "rule_name",
+    "sha256_file",
+    "unpack",
+    "verify_bundle",
 ]

@@ -38,7 +38,16 @@ from kmod import Policy
 from ._errors import Refused, ResponseError
 from ._evidence import collect_evidence
 from ._files import protected_files, quarantine_file, sha256_file
-from ._policy import ISOLATION, LOOPBACK, Block, Isolation, SensorSlot, parse_rules, rule_text, write_json
+from ._policy import (
+    ISOLATION,
+    LOOPBACK,
+    Block,
+    Isolation,
+    SensorSlot,
+    parse_rules,
+    rule_text,
+    write_json,
+)
 from ._process import kill_process
 
 SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unisolate", "unblock",
@@ -93,7 +102,7 @@ class Executor:
             level = logging.WARNING if isinstance(e, Refused) else logging.ERROR
             log_event(self._log, "response.failed", level, id=cmd.id, action=cmd.action, reason=str(e))
             return self._finish(cmd, False, str(e))
-        except Exception as e:  # one bad command must not take the executor down
+        except Exception as e:  # noqa: BLE001  one bad command must not take the executor down
             self._log.exception("response.crashed id=%s action=%s", cmd.id, cmd.action)
             return self._finish(cmd, False, f"internal error in {cmd.action}: {type(e).__name__}: {e}")
         log_event(self._log, "response.done", id=cmd.id, action=cmd.action, detail=detail,

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from kmod import Policy, PolicyError
+from kmod import KmodError, Policy, PolicyError
 
 from ._errors import ResponseError
 
@@ -174,9 +174,7 @@ class SensorSlot:
             raise ResponseError("no kernel sensor is running on this agent; nothing can be blocked")
         try:
             self.sensor.reload(self.policy.compose())
-        except ResponseError:
-            raise
-        except Exception as e:  # kmod's KmodError and what it maps (BPF, fanotify)
+        except (KmodError, OSError) as e:
             raise ResponseError(f"the sensor refused the policy: {e}") from None
 
 

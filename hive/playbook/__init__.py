@@ -11,11 +11,27 @@ from pathlib import Path
 
 from ._actions import ACTIONS, ActionSpec, check_guardrails, check_params
 from ._actor import playbook_actor
-from ._engine import Action, AuditRecord, Decisions, EngineStatistics, PlaybookEngine, plain
+from ._engine import (
+    Action,
+    AuditRecord,
+    Decisions,
+    EngineStatistics,
+    PlaybookEngine,
+    plain,
+)
 from ._errors import PlaybookError, RecordsError, TemplateError
 from ._notify import Notifier
 from ._playbook import (
-    LEVELS, MODES, CheckReport, Condition, Limits, Playbook, Step, Trigger, check_playbooks, load_playbook,
+    LEVELS,
+    MODES,
+    CheckReport,
+    Condition,
+    Limits,
+    Playbook,
+    Step,
+    Trigger,
+    check_playbooks,
+    load_playbook,
     parse_playbook,
 )
 from ._records import Records
@@ -25,9 +41,33 @@ DEFAULT_PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 """The playbooks that ship (``hive/playbooks``)."""
 
 __all__ = [
-    "ACTIONS", "Action", "ActionSpec", "AuditRecord", "CheckReport", "Condition", "DEFAULT_PLAYBOOKS",
-    "Decisions", "EngineStatistics", "LEVELS", "Limits", "MODES", "Notifier", "Playbook", "PlaybookEngine",
-    "PlaybookError", "Records", "RecordsError", "Step", "Template", "TemplateError", "Trigger",
-    "check_guardrails", "check_params", "check_playbooks", "load_playbook", "parse_playbook",
-    "playbook_actor", "plain",
+    "ACTIONS",
+    "DEFAULT_PLAYBOOKS",
+    "LEVELS",
+    "MODES",
+    "Action",
+    "ActionSpec",
+    "AuditRecord",
+    "CheckReport",
+    "Condition",
+    "Decisions",
+    "EngineStatistics",
+    "Limits",
+    "Notifier",
+    "Playbook",
+    "PlaybookEngine",
+    "PlaybookError",
+    "Records",
+    "RecordsError",
+    "Step",
+    "Template",
+    "TemplateError",
+    "Trigger",
+    "check_guardrails",
+    "check_params",
+    "check_playbooks",
+    "load_playbook",
+    "parse_playbook",
+    "plain",
+    "playbook_actor",
 ]

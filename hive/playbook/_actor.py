@@ -16,6 +16,7 @@ table."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -139,7 +140,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 for action_id, verb, by, why in await in_db(records.requested):
                     decided = engine.approve(action_id, by) if verb == "approve" else engine.reject(action_id, by, why)
                     if not decided.actions:  # the engine no longer had it waiting
-                        decided.actions += await in_db(lambda: records.actions(action_id=action_id))
+                        decided.actions += await in_db(functools.partial(records.actions, action_id=action_id))
                         for a in decided.actions:
                             a.state, a.result, a.updated = "expired", "no longer awaiting approval", time.time()
                     d.extend(decided)

@@ -11,7 +11,6 @@ one could carry the alert somewhere unintended)."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -68,7 +67,7 @@ class Notifier:
         except urllib.error.HTTPError as e:
             self._failed[host] = self._clock()
             return wire.CommandResult(command=cmd.id, ok=False, detail=f"{host} answered HTTP {e.code} {e.reason}")
-        except (urllib.error.URLError, socket.timeout, OSError) as e:
+        except (TimeoutError, urllib.error.URLError, OSError) as e:
             self._failed[host] = self._clock()
             reason = getattr(e, "reason", e)
             return wire.CommandResult(command=cmd.id, ok=False, detail=f"{host} unreachable: {reason}")

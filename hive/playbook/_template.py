@@ -94,7 +94,7 @@ def _split_pipes(text: str) -> list[str]:
 
 
 class _Expr:
-    __slots__ = ("path", "root", "filters", "text")
+    __slots__ = ("filters", "path", "root", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text.strip()
@@ -173,7 +173,7 @@ def resolve(scope: Mapping[str, Any], path: list[str]) -> Any:
 class Template:
     """A compiled template string."""
 
-    __slots__ = ("text", "_parts", "_whole")
+    __slots__ = ("_parts", "_whole", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text

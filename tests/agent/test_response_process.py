@@ -6,7 +6,6 @@ agent's own children, and here the test process plays the agent."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,14 @@ from pathlib import Path
 import pytest
 
 import wire
-from agent.response import Executor, Refused, collect_evidence, kill_process, unpack, verify_bundle
+from agent.response import (
+    Executor,
+    Refused,
+    collect_evidence,
+    kill_process,
+    unpack,
+    verify_bundle,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="signalling and reading other processes needs root")
 

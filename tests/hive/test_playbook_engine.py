@@ -6,7 +6,12 @@ import itertools
 import pytest
 
 import wire
-from hive.playbook import DEFAULT_PLAYBOOKS, PlaybookEngine, check_playbooks, parse_playbook
+from hive.playbook import (
+    DEFAULT_PLAYBOOKS,
+    PlaybookEngine,
+    check_playbooks,
+    parse_playbook,
+)
 
 REVERSE_SHELL = "139f073e-48c0-48af-af1c-71581a80d7da"
 

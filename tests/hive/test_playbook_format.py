@@ -3,7 +3,13 @@
 
 import pytest
 
-from hive.playbook import PlaybookError, Template, TemplateError, check_playbooks, parse_playbook
+from hive.playbook import (
+    PlaybookError,
+    Template,
+    TemplateError,
+    check_playbooks,
+    parse_playbook,
+)
 
 GOOD = """
 id: good

@@ -4,14 +4,20 @@ and notify against a real HTTP server on loopback."""
 import http.server
 import json
 import threading
+from typing import ClassVar
 
 import pytest
+from test_playbook_engine import Clock, alert, ids
 
 import wire
 from hive import Store
-from hive.playbook import Notifier, PlaybookEngine, Records, RecordsError, parse_playbook
-
-from test_playbook_engine import Clock, alert, ids
+from hive.playbook import (
+    Notifier,
+    PlaybookEngine,
+    Records,
+    RecordsError,
+    parse_playbook,
+)
 
 PB = """
 id: approve-kill
@@ -60,7 +66,7 @@ def test_an_operator_approves_through_the_store_and_the_engine_carries_it_out(re
     records.approve("a-2", "alice")
     assert records.actions(action_id="a-2")[0].state == "approved"
     # what the playbook actor does each second
-    [(action_id, verb, by, why)] = records.requested()
+    [(action_id, verb, by, _)] = records.requested()
     assert (action_id, verb, by) == ("a-2", "approve", "alice")
     d = e.approve(action_id, by)
     assert [c.id for _, c in d.send] == ["a-2"]
@@ -102,7 +108,7 @@ steps:
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
-    received: list = []
+    received: ClassVar[list] = []
     status = 200
 
     def do_POST(self):
