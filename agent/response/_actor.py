@@ -4,8 +4,9 @@ PULLs ``wire.Command`` from the relay (``agent.COMMANDS_ENDPOINT``, which the
 relay binds) and PUSHes each ``wire.CommandResult`` back
 (``agent.RESULTS_ENDPOINT``), one command at a time in the order received,
 so a playbook's steps run in its order.  Actions that change the sensor's
-policy run on this trio thread, the one the sensor lives on; kills and
-evidence collection, which wait on the system, run on a worker thread."""
+policy run on this trio thread, the one the sensor lives on; kills, evidence
+collection and a quarantine's file move, which wait on the system, run on a
+worker thread."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ async def executor_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                     continue
                 stats["commands"] = int(stats["commands"]) + 1
                 if cmd.action in SENSOR_ACTIONS:
+                    await trio.to_thread.run_sync(executor.prepare, cmd)
                     result = executor.execute(cmd)
                 else:
                     result = await trio.to_thread.run_sync(executor.execute, cmd)

@@ -54,7 +54,8 @@ SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unis
                             "quarantine_file"})
 """Actions that change the sensor's policy: run them on the thread that owns
 the sensor (the trio thread).  The others block on the system (a kill waits
-for deaths, evidence copies files) and belong on a worker thread."""
+for deaths, evidence copies files) and belong on a worker thread, as does
+``prepare()``, the blocking half of a quarantine (moving and hashing the file)."""
 ACTIONS = SENSOR_ACTIONS | {"kill_process", "collect_evidence"}
 _NAME = re.compile(r"[^A-Za-z0-9_.:-]")
 
@@ -81,6 +82,7 @@ class Executor:
         self._log = log or logging.getLogger("immune.agent.response")
         self._memory = memory
         self._done: OrderedDict[str, wire.CommandResult] = OrderedDict()
+        self._prepared: dict[str, dict | ResponseError] = {}
         self._state_file = self.data_dir / "response" / "state.json"
 
     # ---- the one entry point -----------------------------------------------------
@@ -108,6 +110,21 @@ class Executor:
         log_event(self._log, "response.done", id=cmd.id, action=cmd.action, detail=detail,
                   ms=round((time.monotonic() - started) * 1000, 2))
         return self._finish(cmd, True, detail, data)
+
+    def prepare(self, cmd: wire.Command) -> None:
+        """Do the blocking half of a quarantine (any thread); ``execute`` then
+        denies the file's exec on the sensor's thread.  Without it, execute
+        does both."""
+        if cmd.action != "quarantine_file" or cmd.id in self._done or cmd.id in self._prepared:
+            return
+        if cmd.expires and cmd.expires < self._clock() * 1e9:
+            return  # execute() says so
+        try:
+            self._slot()  # nothing is moved if its exec could not be denied afterwards
+            self._prepared[cmd.id] = quarantine_file(cmd.params.get("path"), self.data_dir / "quarantine",
+                                                     command=cmd.id)
+        except ResponseError as e:
+            self._prepared[cmd.id] = e
 
     def _finish(self, cmd: wire.Command, ok: bool, detail: str, data: dict | None = None) -> wire.CommandResult:
         result = wire.CommandResult(command=cmd.id, ok=ok, detail=detail, data=data or {})
@@ -240,8 +257,10 @@ class Executor:
         return f"rule {name} lifted", {"rule": name}
 
     def _do_quarantine_file(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
-        self._slot()  # refuse before moving anything if exec cannot be denied afterwards
-        sidecar = quarantine_file(p.get("path"), self.data_dir / "quarantine", command=cmd.id)
+        self.prepare(cmd)
+        sidecar = self._prepared.pop(cmd.id)
+        if isinstance(sidecar, ResponseError):
+            raise sidecar
         block = Block(name=rule_name(cmd.id), hook="exec", match={"sha256": sidecar["sha256"]}, command=cmd.id)
         try:
             self._change(lambda: self._slot().policy.blocks.__setitem__(block.name, block))

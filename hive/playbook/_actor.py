@@ -114,7 +114,9 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
         while True:
             for msg in await results.recv():
                 if isinstance(msg, Result):
-                    result = await trio.to_thread.run_sync(_keep_evidence, msg, evidence_dir)
+                    result = msg.result
+                    if isinstance(result.data.get("archive"), bytes):
+                        result = await trio.to_thread.run_sync(_keep_evidence, msg, evidence_dir)
                     await carry_out(engine.on_result(msg.agent, result))
 
     async def notifications() -> None:
@@ -175,9 +177,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
 def _keep_evidence(msg: Result, evidence_dir: Path | None) -> wire.CommandResult:
     """An evidence archive goes to a file; the result keeps its path."""
     result = msg.result
-    archive = result.data.get("archive")
-    if not isinstance(archive, bytes):
-        return result
+    archive = result.data["archive"]
     data = {k: v for k, v in result.data.items() if k != "archive"}
     detail = result.detail
     if evidence_dir is None:

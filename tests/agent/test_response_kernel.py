@@ -280,7 +280,10 @@ def test_quarantine_moves_the_file_and_denies_its_exec(netns, slot, workdir, tmp
     digest = hashlib.sha256(bad.read_bytes()).hexdigest()
     assert run_exec(netns, bad) == 0
     executor = Executor(tmp_path, slot=slot, hive=[HIVE])
-    r = executor.execute(wire.Command(id="q1", action="quarantine_file", params={"path": str(bad)}))
+    cmd = wire.Command(id="q1", action="quarantine_file", params={"path": str(bad)})
+    executor.prepare(cmd)  # the file's half, on a worker thread in the actor
+    assert not bad.exists()
+    r = executor.execute(cmd)  # the sensor's half
     assert r.ok, r.detail
     assert not bad.exists()
     kept = tmp_path / "quarantine" / digest

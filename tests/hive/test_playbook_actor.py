@@ -29,6 +29,14 @@ steps:
   - action: kill_process
     params: {pid: "{{ event.pid }}", tree: true}
 """
+EVIDENCE = """
+id: evidence
+title: Collect evidence
+trigger: {rules: [r3]}
+steps:
+  - action: collect_evidence
+    params: {pid: "{{ event.pid }}", exe: false}
+"""
 APPROVE = """
 id: kill-approved
 title: Kill when approved
@@ -89,6 +97,7 @@ async def response(tmp_path, runtime):
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "playbooks" / "kill.yml").write_text(KILL)
     (tmp_path / "playbooks" / "approve.yml").write_text(APPROVE)
+    (tmp_path / "playbooks" / "evidence.yml").write_text(EVIDENCE)
     db = tmp_path / "hive.db"
     Store(db).close()
     tag = f"{os.getpid()}.{time.monotonic_ns()}"
@@ -105,7 +114,7 @@ async def response(tmp_path, runtime):
     alerts = Context(runtime, "test").socket(zmq.PUSH, connect=ep["alerts"], codec=internal_codec())
     async with trio.open_nursery() as n:
         await n.start(tree, Context(runtime, "resp"))
-        yield alerts, db
+        yield alerts, db, tmp_path
         n.cancel_scope.cancel()
     alerts.close()
 
@@ -124,7 +133,7 @@ def rows(db, **kw):
 
 
 async def test_an_alert_kills_a_real_process_tree_and_the_store_keeps_the_trail(response, runtime):
-    alerts, db = response
+    alerts, db, _ = response
     pid = detached("sleep 300 & sleep 300 & wait")
     await trio.sleep(0.1)
     await alerts.send(alert("r1", pid))
@@ -143,7 +152,7 @@ async def test_an_alert_kills_a_real_process_tree_and_the_store_keeps_the_trail(
 
 
 async def test_approval_through_the_store_then_the_kill(response):
-    alerts, db = response
+    alerts, db, _ = response
     pid = detached("exec sleep 300")
     try:
         await alerts.send(alert("r2", pid))
@@ -163,7 +172,7 @@ async def test_approval_through_the_store_then_the_kill(response):
 
 
 async def test_an_offline_agent_gets_its_action_when_it_returns(response):
-    alerts, db = response
+    alerts, db, _ = response
     store = Store(db)
     store.agent_seen("web1", time.time())
     store.mark_offline("web1")
@@ -184,7 +193,27 @@ async def test_an_offline_agent_gets_its_action_when_it_returns(response):
 
 
 async def test_a_kill_of_the_agent_is_refused_on_the_agent_with_its_reason(response):
-    alerts, db = response
+    alerts, db, _ = response
     await alerts.send(alert("r1", os.getpid()))  # the executor runs in this process
     await wait_for(lambda: [r.state for r in rows(db)] == ["failed"])
     assert rows(db)[0].result == f"failed: refused: pid {os.getpid()} is the agent itself"
+
+
+async def test_evidence_comes_back_to_the_hive_and_verifies(response):
+    from agent.response import unpack, verify_bundle
+
+    alerts, db, tmp_path = response
+    pid = detached("exec sleep 300")
+    try:
+        await trio.sleep(0.1)
+        await alerts.send(alert("r3", pid))
+        await wait_for(lambda: [r.state for r in rows(db)] == ["done"])
+    finally:
+        os.kill(pid, 9)
+    [row] = rows(db)
+    kept = Path(row.data["archive_kept"])
+    assert kept == tmp_path / "evidence" / "web1" / f"{row.id}.tar.gz"
+    assert "archive" not in row.data  # the bytes went to the file, not the table
+    bundle = unpack(kept.read_bytes(), tmp_path / "analyst")
+    assert verify_bundle(bundle) == []
+    assert row.data["manifest"]["pid"] == pid
