@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from agent.response import Block, Isolation, ResponseError, ResponsePolicy
+from agent.response import Block, Isolation, ResponseError, ResponsePolicy, endpoint_addresses
 from kmod import Policy
 
 BASE = Policy.parse("""
@@ -97,3 +97,11 @@ def test_the_layer_round_trips_through_its_state_file_form():
     again.load(rp.dump())
     assert again.blocks == rp.blocks and again.isolation == rp.isolation
     assert [r.name for r in again.compose().rules] == [r.name for r in rp.compose().rules]
+
+
+def test_the_hive_addresses_from_its_endpoint():
+    assert endpoint_addresses("tcp://127.0.0.1:7001") == ["127.0.0.1"]
+    assert endpoint_addresses("tcp://[::1]:7001") == ["::1"]
+    assert endpoint_addresses("ipc:///run/immune/hive.sock") == []
+    with pytest.raises(ResponseError, match="cannot resolve the hive's address 'no-such-host.invalid'"):
+        endpoint_addresses("tcp://no-such-host.invalid:7001")
