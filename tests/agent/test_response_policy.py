@@ -6,7 +6,13 @@ import struct
 
 import pytest
 
-from agent.response import Block, Isolation, ResponseError, ResponsePolicy, endpoint_addresses
+from agent.response import (
+    Block,
+    Isolation,
+    ResponseError,
+    ResponsePolicy,
+    endpoint_addresses,
+)
 from kmod import Policy
 
 BASE = Policy.parse("""
