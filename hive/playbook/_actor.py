@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -116,7 +117,10 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 if isinstance(msg, Result):
                     result = msg.result
                     if isinstance(result.data.get("archive"), bytes):
-                        result = await trio.to_thread.run_sync(_keep_evidence, msg, evidence_dir)
+                        # Only for evidence we asked this agent for: never a path an agent names.
+                        a = engine.action(result.command)
+                        asked = a is not None and a.agent == msg.agent and a.action == "collect_evidence"
+                        result = await trio.to_thread.run_sync(_keep_evidence, msg, evidence_dir if asked else None)
                     await carry_out(engine.on_result(msg.agent, result))
 
     async def notifications() -> None:
@@ -181,12 +185,12 @@ def _keep_evidence(msg: Result, evidence_dir: Path | None) -> wire.CommandResult
     data = {k: v for k, v in result.data.items() if k != "archive"}
     detail = result.detail
     if evidence_dir is None:
-        data["archive_kept"] = "dropped: the hive has no evidence folder configured"
+        data["archive_kept"] = "dropped: no evidence folder, or not evidence this hive asked for"
     elif hashlib.sha256(archive).hexdigest() != data.get("archive_sha256"):
         data["archive_kept"] = "dropped: its SHA-256 does not match what the agent computed"
         detail += "; the archive arrived damaged"
     else:
-        target = Path(evidence_dir) / msg.agent / f"{result.command}.tar.gz"
+        target = Path(evidence_dir) / _safe(msg.agent) / f"{_safe(result.command)}.tar.gz"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(archive)
@@ -194,6 +198,11 @@ def _keep_evidence(msg: Result, evidence_dir: Path | None) -> wire.CommandResult
         except OSError as e:
             data["archive_kept"] = f"dropped: cannot write {target}: {e.strerror}"
     return wire.CommandResult(command=result.command, ok=result.ok, detail=detail, data=data)
+
+
+def _safe(name: str) -> str:
+    """A file name from an agent's id or a command id: one harmless component."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "_"
 
 
 def _report(ctx: Context, report: Any) -> None:

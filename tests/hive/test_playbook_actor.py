@@ -3,6 +3,7 @@ a stand-in for the router and the relay between them (it carries Deliver to
 the executor's commands endpoint and results back as Result): alerts in,
 real processes killed, the trail in the hive's store."""
 
+import hashlib
 import os
 import subprocess
 import time
@@ -114,7 +115,7 @@ async def response(tmp_path, runtime):
     alerts = Context(runtime, "test").socket(zmq.PUSH, connect=ep["alerts"], codec=internal_codec())
     async with trio.open_nursery() as n:
         await n.start(tree, Context(runtime, "resp"))
-        yield alerts, db, tmp_path
+        yield alerts, db, tmp_path, ep
         n.cancel_scope.cancel()
     alerts.close()
 
@@ -133,7 +134,7 @@ def rows(db, **kw):
 
 
 async def test_an_alert_kills_a_real_process_tree_and_the_store_keeps_the_trail(response, runtime):
-    alerts, db, _ = response
+    alerts, db, _, _ = response
     pid = detached("sleep 300 & sleep 300 & wait")
     await trio.sleep(0.1)
     await alerts.send(alert("r1", pid))
@@ -152,7 +153,7 @@ async def test_an_alert_kills_a_real_process_tree_and_the_store_keeps_the_trail(
 
 
 async def test_approval_through_the_store_then_the_kill(response):
-    alerts, db, _ = response
+    alerts, db, _, _ = response
     pid = detached("exec sleep 300")
     try:
         await alerts.send(alert("r2", pid))
@@ -172,7 +173,7 @@ async def test_approval_through_the_store_then_the_kill(response):
 
 
 async def test_an_offline_agent_gets_its_action_when_it_returns(response):
-    alerts, db, _ = response
+    alerts, db, _, _ = response
     store = Store(db)
     store.agent_seen("web1", time.time())
     store.mark_offline("web1")
@@ -193,7 +194,7 @@ async def test_an_offline_agent_gets_its_action_when_it_returns(response):
 
 
 async def test_a_kill_of_the_agent_is_refused_on_the_agent_with_its_reason(response):
-    alerts, db, _ = response
+    alerts, db, _, _ = response
     await alerts.send(alert("r1", os.getpid()))  # the executor runs in this process
     await wait_for(lambda: [r.state for r in rows(db)] == ["failed"])
     assert rows(db)[0].result == f"failed: refused: pid {os.getpid()} is the agent itself"
@@ -202,7 +203,7 @@ async def test_a_kill_of_the_agent_is_refused_on_the_agent_with_its_reason(respo
 async def test_evidence_comes_back_to_the_hive_and_verifies(response):
     from agent.response import unpack, verify_bundle
 
-    alerts, db, tmp_path = response
+    alerts, db, tmp_path, _ = response
     pid = detached("exec sleep 300")
     try:
         await trio.sleep(0.1)
@@ -217,3 +218,18 @@ async def test_evidence_comes_back_to_the_hive_and_verifies(response):
     bundle = unpack(kept.read_bytes(), tmp_path / "analyst")
     assert verify_bundle(bundle) == []
     assert row.data["manifest"]["pid"] == pid
+
+
+async def test_an_archive_nobody_asked_for_is_not_written(response, runtime):
+    _, db, tmp_path, ep = response
+    forged = Context(runtime, "forger").socket(zmq.PUSH, connect=ep["results"], codec=internal_codec())
+    archive = b"x" * 100
+    data = {"archive": archive, "archive_sha256": hashlib.sha256(archive).hexdigest()}
+    await forged.send(Result(agent="../../etc", result=wire.CommandResult(command="../../../x", ok=True, data=data)))
+    await trio.sleep(0.3)
+    forged.close()
+    assert not (tmp_path / "evidence").exists()
+    store = Store(db)
+    [rec] = Records(store.db).audit(limit=1)
+    store.close()
+    assert (rec.actor, rec.result) == ("agent:../../etc", "ignored: no such command")
