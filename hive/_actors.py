@@ -47,15 +47,20 @@ def internal_codec() -> Codec:
 
 
 async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
-                      retention_days: float = 30.0, retention_mb: int = 10240) -> None:
+                      retention_days: float = 30.0, retention_mb: int = 10240,
+                      ingest: tuple[str, ...] = (INGEST,), detect: str = DETECT) -> None:
     """Writes batches in group commits (all that arrived while the previous
     commit ran), reports each outcome to the router, and passes stored
-    events on to detection exactly once."""
+    events on to detection (at ``detect``) exactly once.  It takes writes on
+    every endpoint of ``ingest`` (inproc for its siblings, ipc for actors in
+    child processes)."""
     store = Store(path, checkpoint_by_hand=True)
     checkpointer = Store(path)
-    inbox = ctx.socket(zmq.PULL, bind=INGEST, codec=internal_codec(), rcvhwm=2000)
+    inbox = ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=2000)
+    for endpoint in ingest:
+        inbox.bind(endpoint)
     acks = ctx.socket(zmq.PUSH, connect=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
-    detect = ctx.socket(zmq.PUSH, connect=DETECT, codec=internal_codec(), sndhwm=2000)
+    detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=2000)
     ctx.stats.extra.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0)
     lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=50_000)
     task_status.started()
@@ -86,7 +91,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                 for b in batches:
                     # A sample of events: from their creation on the agent to our commit.
                     lags.extend((now, (now_ns - e.time) / 1e6) for e in b.events[::16] if e.time)
-                await _after_commit(ctx, batches, outcomes, acks, detect)
+                await _after_commit(ctx, batches, outcomes, acks, detect_out)
     finally:
         store.close()
         checkpointer.close()

@@ -1,5 +1,9 @@
 """The detection actors: sentinel (Sigma rules) and correlate (across hosts).
 
+Both can run in child processes (the hive runs them so): rules come from
+operators and a pathological one must not stall storage, and detection then
+has a core of its own.  Endpoints are parameters for that reason.
+
 Events reach the sentinel once each, after the store committed them.  The
 sentinel passes the events and its alerts to correlate, which ties alerts
 into incidents and is the one place alerts leave from: to the store and to
@@ -35,15 +39,16 @@ def _count(ctx: Context, key: str, n: int = 1) -> None:
 
 
 async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
-                         rule_dirs: list[Path], suppress_window: float = 300.0) -> None:
+                         rule_dirs: list[Path], suppress_window: float = 300.0,
+                         detect: str = DETECT, correlate: str = CORRELATE) -> None:
     from hive.sigma import RuleEngine
 
     engine = RuleEngine(clock=trio.current_time, suppress_window=suppress_window)
     # Compiling a few hundred rules takes a moment: off the event loop.
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
     _report_rules(ctx, report)
-    inbox = ctx.socket(zmq.PULL, bind=DETECT, codec=internal_codec(), rcvhwm=2000)
-    out = ctx.socket(zmq.PUSH, connect=CORRELATE, codec=internal_codec(), sndhwm=4000)
+    inbox = ctx.socket(zmq.PULL, bind=detect, codec=internal_codec(), rcvhwm=2000)
+    out = ctx.socket(zmq.PUSH, connect=correlate, codec=internal_codec(), sndhwm=4000)
     task_status.started()
 
     async def send(msg: Any, what: str) -> None:
@@ -92,14 +97,15 @@ def _report_rules(ctx: Context, report: Any) -> None:
 
 
 async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
-                          lateral_window: float = 120.0) -> None:
+                          lateral_window: float = 120.0, correlate: str = CORRELATE, ingest: str = INGEST,
+                          alerts: str = ALERTS) -> None:
     from hive.correlate import HostCorrelator
 
     hosts = HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
     store = Store(path, readonly=True)
-    inbox = ctx.socket(zmq.PULL, bind=CORRELATE, codec=internal_codec(), rcvhwm=4000)
-    to_store = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec(), topic=f"{ctx.name}.alerts")
-    to_playbook = ctx.socket(zmq.PUSH, connect=ALERTS, codec=internal_codec(), sndhwm=10000, topic="")
+    inbox = ctx.socket(zmq.PULL, bind=correlate, codec=internal_codec(), rcvhwm=4000)
+    to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
+    to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
 
     def refresh_addresses() -> None:
         for a in store.agents():

@@ -24,7 +24,7 @@ class Layout:
 
 def hive_children(cfg: Config) -> list[Child]:
     from hive import (
-        Store, correlate_actor, enroll_actor, registry_actor, router_actor, sentinel_actor, store_actor,
+        INGEST, Store, correlate_actor, enroll_actor, registry_actor, router_actor, sentinel_actor, store_actor,
         zap_authorizer,
     )
     from hive.sigma import BUILTIN_RULES
@@ -34,18 +34,24 @@ def hive_children(cfg: Config) -> list[Child]:
     Store(lay.hive_db).close()  # create the schema, and fail here if the folder is unusable
     t = cfg.node.shutdown_timeout
     db = lay.hive_db
+    # Detection runs in child processes, so these hops are ipc.
+    run = cfg.run_dir
+    detect, correlate = f"ipc://{run}/detect.sock", f"ipc://{run}/correlate.sock"
+    ingest, alerts = f"ipc://{run}/ingest.sock", f"ipc://{run}/alerts.sock"
     return [
         Child("store", store_actor, shutdown=t, args=dict(
-            path=db, retention_days=cfg.hive.retention_days, retention_mb=cfg.hive.retention_mb)),
+            path=db, retention_days=cfg.hive.retention_days, retention_mb=cfg.hive.retention_mb,
+            ingest=(INGEST, ingest), detect=detect)),
         Child("registry", registry_actor, shutdown=t, args=dict(
             path=db, heartbeat_timeout=cfg.hive.heartbeat_timeout)),
         Child("zap", zap_handler, shutdown=t, args=dict(authorize=zap_authorizer(db))),
         Child("router", router_actor, shutdown=t, args=dict(
             path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame)),
         Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen)),
-        Child("correlate", correlate_actor, shutdown=t, args=dict(path=db)),
-        Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, args=dict(
-            rule_dirs=[BUILTIN_RULES, *map(Path, cfg.hive.rules)])),
+        Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
+            path=db, correlate=correlate, ingest=ingest, alerts=alerts)),
+        Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
+            rule_dirs=[BUILTIN_RULES, *map(Path, cfg.hive.rules)], detect=detect, correlate=correlate)),
     ]
 
 
