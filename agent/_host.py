@@ -66,4 +66,5 @@ def hello(agent_id: str, policy_version: str = "") -> wire.Hello:
     return wire.Hello(
         agent=agent_id, hostname=socket.gethostname(), addresses=addresses(), os=os_name(),
         kernel=os.uname().release, agent_version=agent_version(), policy_version=policy_version,
+        pid=os.getpid(),
     )

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS agents(
     os TEXT NOT NULL DEFAULT '', kernel TEXT NOT NULL DEFAULT '',
     agent_version TEXT NOT NULL DEFAULT '', policy_version TEXT NOT NULL DEFAULT '',
     first_seen REAL, last_seen REAL, online INTEGER NOT NULL DEFAULT 0,
-    spooled INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0
+    spooled INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tokens(
     hash TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL,
@@ -108,6 +109,8 @@ class AgentRow:
     online: bool
     spooled: int
     dropped: int
+    pid: int
+    """The agent process's pid on its host, from its Hello (playbooks never kill it)."""
 
 
 _encode_event = msgspec.msgpack.Encoder().encode
@@ -376,9 +379,9 @@ class Store:
                     addresses.append(address)
                 db.execute(
                     "UPDATE agents SET hostname=?, addresses=?, os=?, kernel=?, agent_version=?, "
-                    "policy_version=? WHERE id=?",
+                    "policy_version=?, pid=? WHERE id=?",
                     (hello.hostname, json.dumps(addresses), hello.os, hello.kernel,
-                     hello.agent_version, hello.policy_version, agent),
+                     hello.agent_version, hello.policy_version, hello.pid, agent),
                 )
             if heartbeat is not None:
                 db.execute("UPDATE agents SET spooled=?, dropped=? WHERE id=?",
@@ -391,10 +394,10 @@ class Store:
 
     def agents(self) -> list[AgentRow]:
         rows = self._read("SELECT id, public_key, enrolled, revoked, hostname, addresses, os, kernel, "
-                          "agent_version, policy_version, first_seen, last_seen, online, spooled, dropped "
+                          "agent_version, policy_version, first_seen, last_seen, online, spooled, dropped, pid "
                           "FROM agents ORDER BY id", ())
         return [AgentRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10],
-                         r[11], bool(r[12]), r[13], r[14]) for r in rows]
+                         r[11], bool(r[12]), r[13], r[14], r[15]) for r in rows]
 
     # -- plumbing ------------------------------------------------------------------
 

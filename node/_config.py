@@ -43,6 +43,10 @@ class HiveConfig(_Section):
     """Extra Sigma rule folders, loaded after the built-in pack."""
     playbooks: list[str] = []
     """Extra playbook folders, loaded after the built-in ones."""
+    webhook: str = ""
+    """URL the ``notify`` playbook action posts alerts to (a SOC, a chat, an AI triage service)."""
+    dry_run: bool = False
+    """Run every playbook in dry-run: record what would be done, do nothing."""
     heartbeat_timeout: float = 30.0
     """An agent silent for this long is marked offline."""
     retention_days: float = 30.0

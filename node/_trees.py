@@ -27,6 +27,7 @@ def hive_children(cfg: Config) -> list[Child]:
         INGEST, Store, correlate_actor, enroll_actor, registry_actor, router_actor, sentinel_actor, store_actor,
         zap_authorizer,
     )
+    from hive.playbook import DEFAULT_PLAYBOOKS, playbook_actor
     from hive.sigma import BUILTIN_RULES
 
     lay = Layout(cfg.data_dir)
@@ -48,11 +49,26 @@ def hive_children(cfg: Config) -> list[Child]:
         Child("router", router_actor, shutdown=t, args=dict(
             path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame)),
         Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen)),
+        Child("playbook", playbook_actor, shutdown=t, args=dict(
+            path=db, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)],
+            evidence_dir=lay.data / "evidence", variables={"webhook": cfg.hive.webhook},
+            protected=hive_addresses(cfg.hive.listen), dry_run=cfg.hive.dry_run, alerts_endpoint=alerts)),
         Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
             path=db, correlate=correlate, ingest=ingest, alerts=alerts)),
         Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
             rule_dirs=[BUILTIN_RULES, *map(Path, cfg.hive.rules)], detect=detect, correlate=correlate)),
     ]
+
+
+def hive_addresses(listen: str) -> list[str]:
+    """The hive's own addresses, which no playbook may block."""
+    from agent import addresses
+
+    host = listen.split("//", 1)[-1].rpartition(":")[0].strip("[]")
+    own = set(addresses()) | {"127.0.0.1", "::1"}
+    if host not in ("0.0.0.0", "*", "::", ""):
+        own.add(host)
+    return sorted(own)
 
 
 def hive_tree(cfg: Config) -> Supervisor:
@@ -64,12 +80,12 @@ def hive_tree(cfg: Config) -> Supervisor:
 EVENTS = "inproc://agent.events"
 
 
-def sensor_child(cfg: Config, sink: str) -> Child:
+def sensor_child(cfg: Config, sink: str, on_sensor=None) -> Child:
     from kmod import Scope, reader_actor
 
     return Child("sensor", reader_actor, shutdown=cfg.node.shutdown_timeout, start_timeout=120, args=dict(
         sink=sink, policy=cfg.sensor.policy or None, scope=Scope.parse(cfg.sensor.scope),
-        watchdog_bound=cfg.sensor.watchdog_ms / 1000))
+        watchdog_bound=cfg.sensor.watchdog_ms / 1000, on_sensor=on_sensor))
 
 
 def standalone_tree(cfg: Config) -> Supervisor:
@@ -119,7 +135,16 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
             heartbeat=cfg.agent.heartbeat)),
     ]
     if cfg.sensor.enabled:
-        children.append(sensor_child(cfg, EVENTS_ENDPOINT))
+        from agent.response import SensorSlot, endpoint_addresses, executor_actor
+
+        # The executor changes the sensor's policy through the slot; a
+        # restarted sensor gets the response rules back when it attaches.
+        slot = SensorSlot()
+        children += [
+            sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach),
+            Child("executor", executor_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
+                data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint))),
+        ]
     return children
 
 

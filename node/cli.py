@@ -382,6 +382,47 @@ def cmd_alerts(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def cmd_playbooks(args: argparse.Namespace, cfg: Config) -> int:
+    from hive.playbook import check_playbooks
+
+    report = check_playbooks(args.dir)
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_actions(args: argparse.Namespace, cfg: Config) -> int:
+    import dataclasses
+    import getpass
+
+    from hive.playbook import Records, RecordsError
+
+    store = _hive_store(cfg)
+    records = Records(store.db)
+    try:
+        if args.approve:
+            a = records.approve(args.approve, getpass.getuser())
+            print(f"approved {a.id}: {a.action} on {a.agent or 'the hive'}; the playbook acts within a second")
+            return EXIT_OK
+        if args.deny:
+            a = records.deny(args.deny, getpass.getuser(), args.why or "")
+            print(f"denied {a.id}: {a.action} on {a.agent or 'the hive'}")
+            return EXIT_OK
+        actions = records.actions(states=["pending_approval"] if args.pending else (), limit=args.limit)
+    except RecordsError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        enc = msgspec.json.Encoder()
+        for a in actions:
+            sys.stdout.buffer.write(enc.encode(dataclasses.asdict(a)) + b"\n")
+        return EXIT_OK
+    table = [("ID", "TIME", "AGENT", "ACTION", "MODE", "STATE", "PLAYBOOK", "RESULT")]
+    for a in actions:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.created))
+        table.append((a.id, stamp, a.agent or "-", a.action, a.mode, a.state, a.playbook, a.result[:70]))
+    _table(table)
+    return EXIT_OK
+
+
 def cmd_rules(args: argparse.Namespace, cfg: Config) -> int:
     from hive.sigma import RuleError, check_rules
 
@@ -489,6 +530,22 @@ def build_parser() -> argparse.ArgumentParser:
     c = actions.add_parser("check", help="load the rules under DIR and report those that fail")
     c.add_argument("dir", metavar="DIR")
     _common(c)
+
+    p = add("playbooks", cmd_playbooks, "check playbook files",
+            "`playbooks check DIR` loads every playbook under DIR as the hive would and lists each "
+            "one that cannot load, with its reason; exits 1 if any failed.", common=False)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = actions.add_parser("check", help="load the playbooks under DIR and report those that fail")
+    c.add_argument("dir", metavar="DIR")
+    _common(c)
+
+    p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them")
+    p.add_argument("--pending", action="store_true", help="only actions waiting for approval")
+    p.add_argument("--approve", metavar="ID", help="approve a pending action")
+    p.add_argument("--deny", metavar="ID", help="deny a pending action")
+    p.add_argument("--why", help="reason recorded with --deny")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = add("status", cmd_status, "print each actor's state and statistics of a running node")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -153,7 +153,8 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 for agent in await in_db(store.agents):
                     if online.get(agent.id) != agent.online:
                         online[agent.id] = agent.online
-                        d.extend(engine.agent_online(agent.id) if agent.online else engine.agent_offline(agent.id))
+                        d.extend(engine.agent_online(agent.id, pids=[agent.pid] if agent.pid else [])
+                                 if agent.online else engine.agent_offline(agent.id))
             except (RecordsError, StoreError) as e:
                 ctx.stats.last_error = str(e)
             if d:
