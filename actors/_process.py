@@ -6,13 +6,15 @@ back on a dedicated pipe (``<fd>``), not on stdout, which stays the actor's
 own: a ``ready`` record once it is started, then statistics snapshots.  The
 supervisor sees the same thing as for a task child: ready, then an exit that
 is normal (status 0) or a crash (anything else).  Stopping sends SIGTERM and,
-past the child's shutdown timeout, SIGKILL.  The child asks the kernel to
-kill it if the parent dies, so no orphan outlives its node.
+past the child's shutdown timeout, SIGKILL.  A child whose parent died (even
+by SIGKILL) finds its report pipe broken within a report interval and exits,
+so no orphan outlives its node.  (PR_SET_PDEATHSIG would not do: it fires
+when the parent *thread* that forked ends, and trio forks from a worker
+thread that it retires when idle.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import logging
 import os
@@ -105,13 +107,8 @@ async def run_child_process(ctx: Context, spec: Child, status: TaskStatus) -> No
 # -- the child's side ---------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent's SIGTERM/SIGKILL still reaches us
+class _Orphaned(Exception):
+    """The parent is gone: its end of the report pipe is closed."""
 
 
 def _resolve(target: str) -> Any:
@@ -131,7 +128,10 @@ async def _child_main(spec: dict[str, Any], report_fd: int) -> None:
 
     def report(rep: _Report) -> None:
         # Small writes to a pipe are atomic, and the parent always reads.
-        os.write(report_fd, enc.encode(rep) + b"\n")
+        try:
+            os.write(report_fd, enc.encode(rep) + b"\n")
+        except BrokenPipeError:
+            raise _Orphaned() from None
 
     class _Status(TaskStatus):
         def started(self, value: Any = None) -> None:
@@ -161,13 +161,14 @@ async def _child_main(spec: dict[str, Any], report_fd: int) -> None:
 
 
 def main() -> None:
-    _die_with_parent()
     report_fd = int(sys.argv[1])
     spec = pickle.loads(sys.stdin.buffer.read())
     setup_logging(spec["log_level"])
     try:
         trio.run(_child_main, spec, report_fd)
     except BaseException as e:  # report how we died; the exit status tells the parent
+        if isinstance(e, BaseExceptionGroup) and e.subgroup(_Orphaned) or isinstance(e, _Orphaned):
+            os._exit(1)  # nobody is left to tell
         logging.getLogger("immune." + spec["name"]).error("crashed", exc_info=e)
         os._exit(1)
     os._exit(0)

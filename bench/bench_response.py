@@ -24,11 +24,19 @@ actors   alert pushed to the playbook actor -> victim dead (seen on a pidfd),
          actor over inproc ZeroMQ sockets in one process.
 objects  the two hops of this part alone, without sockets: the engine's
          decision, and the executor's kill.
+e2e      the whole path on a real ``immune-node demo`` process: kernel,
+         sensor, relay (enrich, spool with fsync), CURVE uplink, router,
+         store commit, sentinel and correlate (child processes), playbook,
+         router, relay, executor.  Runs are paced under the playbook's rate
+         limit (60 a minute).  Hops, from the store's audit trail:
+           exec -> decision     everything up to the playbook's command
+           decision -> dead     router, agent, executor, death seen here
 """
 
 from __future__ import annotations
 
 import argparse
+import select
 import dataclasses
 import os
 import statistics
@@ -260,16 +268,72 @@ def bench_kernel(runs: int) -> None:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
 
 
+# ---- e2e ---------------------------------------------------------------------------
+
+
+def bench_e2e(runs: int) -> None:
+    import signal as _signal
+    import socket as _socket
+
+    from actors import query_status
+    from hive import Store
+
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = Path(tempfile.mkdtemp(prefix="bench-response-"))
+    node = subprocess.Popen([sys.executable, "-m", "node.cli", "demo", "--data", str(data),
+                             "--listen", f"tcp://127.0.0.1:{port}", "--log-level", "warning"],
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if query_status(data / "run", timeout=1).ready:
+                    break
+            except Exception:
+                if time.monotonic() > deadline or node.poll() is not None:
+                    raise SystemExit("the demo node did not start")
+                time.sleep(0.2)
+        total, decide, act = [], [], []
+        for i in range(runs):
+            t0 = time.time()
+            pid = victim(f"e2e{i}")
+            fd = os.pidfd_open(pid)
+            if not select.select([fd], [], [], 10)[0]:
+                raise SystemExit(f"run {i}: the victim was not killed within 10 s")
+            dead = time.time()
+            os.close(fd)
+            store = Store(data / "hive.db", readonly=True)
+            # Runs are one at a time: the newest kill is this victim's.
+            row = store.db.execute(
+                "SELECT created FROM commands WHERE action='kill_process' ORDER BY created DESC LIMIT 1").fetchone()
+            store.close()
+            total.append((dead - t0) * 1000)
+            decide.append((row[0] - t0) * 1000)
+            act.append((dead - row[0]) * 1000)
+            time.sleep(max(0.0, 1.05 - (time.time() - t0)))  # under 60 a minute
+        table("e2e: a demo node, exec -> dead", {
+            "exec -> decision (sensor, relay, uplink, store, sentinel, correlate, playbook)": decide,
+            "decision -> dead (router, relay, executor, kill)": act,
+            "**exec -> dead**": total,
+        })
+    finally:
+        node.send_signal(_signal.SIGTERM)
+        node.wait(60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=100)
-    ap.add_argument("--parts", default="kernel,actors,objects")
+    ap.add_argument("--parts", default="kernel,actors,objects,e2e")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the kernel sensor, and killing processes started elsewhere, need it")
     parts = args.parts.split(",")
     print(f"bench_response: {args.runs} runs, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    for part, fn in (("kernel", bench_kernel), ("actors", bench_actors), ("objects", bench_objects)):
+    for part, fn in (("kernel", bench_kernel), ("actors", bench_actors), ("objects", bench_objects),
+                     ("e2e", bench_e2e)):
         if part in parts:
             fn(args.runs)
 

@@ -173,3 +173,45 @@ async def test_a_process_child_that_ignores_sigterm_is_killed(root_ctx, runtime,
         n.cancel_scope.cancel()
     assert trio.current_time() - t0 < 2.0
     assert not alive(pid)
+
+
+@pytest.mark.slow
+async def test_a_process_child_outlives_the_idle_thread_that_spawned_it(root_ctx, runtime, tmp_path):
+    # trio spawns from a worker thread that it retires after 10 s idle; a
+    # child tied to that thread (PR_SET_PDEATHSIG) would die with it.
+    pids = tmp_path / "pids"
+    sup = Supervisor([Child("proc", write_pid, args={"path": str(pids)}, process=True)])
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        pid = int(pids.read_text())
+        await trio.sleep(12)
+        assert alive(pid) and runtime.registry["t.proc"].restarts == 0
+        n.cancel_scope.cancel()
+
+
+def test_a_process_child_exits_when_its_node_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    script = f"""
+import trio
+from actors import Child, Context, Runtime, Supervisor
+from tests.actors._children import write_pid
+async def main():
+    await Supervisor([Child("proc", write_pid, args={{"path": {str(pids)!r}}}, process=True)])(Context(Runtime(), "t"))
+trio.run(main)
+"""
+    node = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 20
+    while not (pids.exists() and pids.read_text().strip()):
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    child = int(pids.read_text())
+    node.kill()
+    node.wait()
+    deadline = time.monotonic() + 5
+    while alive(child):
+        assert time.monotonic() < deadline, "the child outlived its killed node"
+        time.sleep(0.05)
