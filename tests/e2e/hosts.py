@@ -48,7 +48,10 @@ def make_hosts(count: int) -> list[Host]:
         sh("ip", "netns", "exec", name, "ip", "addr", "add", f"{net}.2/24", "dev", "eth0")
         sh("ip", "netns", "exec", name, "ip", "link", "set", "eth0", "up")
         sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", name, "ip", "route", "add", "default", "via", f"{net}.1")
         hosts.append(Host(name, f"{net}.1", f"{net}.2"))
+    # This machine routes between the namespaces, as a network would between hosts.
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
     return hosts
 
 
