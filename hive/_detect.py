@@ -12,6 +12,7 @@ the playbook.
 
 from __future__ import annotations
 
+import collections
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ ALERTS = "inproc://hive.alerts"
 """correlate -> playbook: every alert, with its incident."""
 
 _RELOAD_EVERY = 2.0
+_RECENT_ALERTS = 10_000
 
 
 def _count(ctx: Context, key: str, n: int = 1) -> None:
@@ -112,17 +114,28 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
             hosts.set_addresses(a.id, a.addresses)
 
     refresh_addresses()
+    # Alerts published lately, so that one an incident takes in afterwards
+    # (the incident links earlier alerts on its hosts) is filed under it too.
+    recent: collections.OrderedDict[str, wire.Alert] = collections.OrderedDict()
     task_status.started()
 
     async def publish(alerts: list[wire.Alert]) -> None:
         for alert in alerts:
             await to_store.send(alert)
+            recent[alert.id] = alert
+            if len(recent) > _RECENT_ALERTS:
+                recent.popitem(last=False)
             try:
                 to_playbook.zmq.send(to_playbook.codec.encode(alert), zmq.NOBLOCK)
             except zmq.Again:
                 _count(ctx, "playbook_skipped")
         for incident in hosts.changed():
             await to_store.send(IncidentUpdate(incident=incident))
+            for alert_id in incident.alerts:
+                earlier = recent.get(alert_id)
+                if earlier is not None and earlier.incident != incident.id:
+                    earlier.incident = incident.id
+                    await to_store.send(earlier)
 
     async def housekeeping() -> None:
         while True:
