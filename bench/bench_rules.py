@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hive.sigma import BUILTIN_RULES, RuleEngine  # noqa: E402
 from wire import Bind, Connect, Exec, Exit, Fork, Open, SetId  # noqa: E402
 
-SIGMA = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "sigma"
+SIGMA = Path(__file__).resolve().parents[1] / "tests" / "data" / "sigma"
 
 USERS = [("root", 0), ("www-data", 33), ("postgres", 112), ("alice", 1000), ("ci", 1001)]
 COMMANDS = [
