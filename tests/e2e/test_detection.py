@@ -5,6 +5,7 @@ incidents in the store."""
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def test_lateral_movement_across_two_hosts_is_one_incident(tmp_path, start_node,
         rows = {r.id: r.addresses for r in Store(hive_dir / "hive.db", readonly=True).agents()}
         return a.address in rows.get("host-a", []) and b.address in rows.get("host-b", [])
     wait_until(known_addresses, what="both agents' addresses at the hive")
+    time.sleep(2.5)  # correlate reads agents' addresses from the store once a second
 
     # A service on B that runs a shell for whoever connects: the attack's foothold.
     service = b.popen(sys.executable, "-c",
