@@ -88,12 +88,15 @@ def test_lateral_movement_across_two_hosts_is_one_incident(tmp_path, start_node,
     wait_until(known_addresses, what="both agents' addresses at the hive")
     time.sleep(2.5)  # correlate reads agents' addresses from the store once a second
 
-    # A service on B that runs a shell for whoever connects: the attack's foothold.
-    service = b.popen(sys.executable, "-c",
-                      "import socket, subprocess\n"
+    # A service on B that runs a shell for whoever connects: the attack's
+    # foothold. (From a file: on its command line this code looks like a
+    # reverse shell, and the default playbook would kill it on sight.)
+    script = tmp_path / "service.py"
+    script.write_text("import socket, subprocess\n"
                       "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                       "s.bind(('0.0.0.0', 8022)); s.listen(1); c, _ = s.accept()\n"
                       "subprocess.run(['/bin/sh', '-c', 'id; uname -a'], stdout=c)\n")
+    service = b.popen(sys.executable, str(script))
     try:
         wait_until(lambda: b.run("sh", "-c", "grep -q ':1F56 ' /proc/net/tcp", capture_output=True).returncode == 0,
                    what="B's service listening")
