@@ -66,3 +66,16 @@ async def stubborn_process(ctx, *, task_status, path):
         f.write(f"{os.getpid()}\n")
     task_status.started()
     await trio.to_thread.run_sync(ignore_sigterm_forever)
+
+
+async def chatter(ctx, *, task_status, endpoint):
+    """Sends a numbered message every 10 ms (a process child, for taps)."""
+    import zmq
+
+    sock = ctx.socket(zmq.PUSH, connect=endpoint, sndhwm=100_000)
+    task_status.started()
+    n = 0
+    while True:
+        n += 1
+        await sock.send_many([[n.to_bytes(4, "little")]])
+        await trio.sleep(0.01)

@@ -118,3 +118,31 @@ async def test_stalled_watcher_does_not_slow_the_sender_and_counts_its_loss(runt
     assert seqs == sorted(seqs)
     lost = seqs[-1] - len(seqs)
     assert lost > count // 2
+
+
+async def test_a_process_childs_stream_reaches_the_nodes_watchers(tmp_path):
+    from actors import Node, endpoints
+    from tests.actors._children import chatter
+
+    node = Node("n", Supervisor([Child("talker", chatter, process=True,
+                                       args={"endpoint": f"ipc://{tmp_path}/sink.sock"})]), tmp_path / "run")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    seen = []
+    async with trio.open_nursery() as n:
+        await n.start(node.run)
+        sub.connect(endpoints(tmp_path / "run")["tap"])
+        sub.setsockopt(zmq.SUBSCRIBE, b"n.talker")
+        with trio.fail_after(15):
+            while len(seen) < 3:
+                try:
+                    seen.append(decode_tap(sub.recv_multipart(zmq.NOBLOCK)))
+                except zmq.Again:
+                    await trio.sleep(0.02)
+        pid = node.status().actors[-1].pid
+        n.cancel_scope.cancel()
+    sub.close()
+    assert {topic for topic, _, _ in seen} == {"n.talker"}
+    assert pid and pid != __import__("os").getpid()
+    seqs = [seq for _, seq, _ in seen]
+    assert seqs == sorted(seqs)
