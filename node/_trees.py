@@ -51,7 +51,8 @@ def hive_children(cfg: Config) -> list[Child]:
         Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen)),
         Child("playbook", playbook_actor, shutdown=t, args=dict(
             path=db, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)],
-            evidence_dir=lay.data / "evidence", variables={"webhook": cfg.hive.webhook},
+            # No webhook configured: vars.webhook is absent and notify steps are skipped.
+            evidence_dir=lay.data / "evidence", variables={"webhook": cfg.hive.webhook} if cfg.hive.webhook else {},
             protected=hive_addresses(cfg.hive.listen), dry_run=cfg.hive.dry_run, alerts_endpoint=alerts)),
         Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
             path=db, correlate=correlate, ingest=ingest, alerts=alerts)),
@@ -132,7 +133,7 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
             agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
-            heartbeat=cfg.agent.heartbeat)),
+            heartbeat=cfg.agent.heartbeat, policy_version=policy_version(cfg))),
     ]
     if cfg.sensor.enabled:
         from agent.response import SensorSlot, endpoint_addresses, executor_actor
@@ -146,6 +147,21 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
                 data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint))),
         ]
     return children
+
+
+def policy_version(cfg: Config) -> str:
+    """What the hive's registry shows as the agent's policy: the file and the
+    start of its SHA-256, so a fleet running different policies stands out."""
+    import hashlib
+
+    from kmod import DEFAULT_POLICY
+
+    path = Path(cfg.sensor.policy) if cfg.sensor.policy else Path(DEFAULT_POLICY)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    except OSError:
+        return f"{path.name} (unreadable)"
+    return f"{'default' if not cfg.sensor.policy else path.name}:{digest}"
 
 
 def agent_tree(cfg: Config) -> Supervisor:

@@ -300,11 +300,11 @@ def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
     if not rows:
         print("no agents")
         return EXIT_OK
-    table = [("AGENT", "STATE", "HOSTNAME", "LAST SEEN", "SPOOLED", "DROPPED", "VERSION", "ADDRESSES")]
+    table = [("AGENT", "STATE", "HOSTNAME", "LAST SEEN", "SPOOLED", "DROPPED", "VERSION", "POLICY", "ADDRESSES")]
     for r in rows:
         state = "revoked" if r.revoked else "online" if r.online else "offline" if r.last_seen else "enrolled"
         table.append((r.id, state, r.hostname, _ago(r.last_seen), str(r.spooled), str(r.dropped),
-                      r.agent_version, ",".join(r.addresses)))
+                      r.agent_version, r.policy_version or "-", ",".join(r.addresses)))
     _table(table)
     return EXIT_OK
 
