@@ -21,7 +21,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +155,8 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self):
-        return _Transaction(self.db, self.path)
+    def _tx(self) -> Transaction:
+        return Transaction(self.db, lambda reason: StoreError(f"store {self.path}: {reason}"))
 
     # -- events ----------------------------------------------------------------
 
@@ -408,16 +408,19 @@ class Store:
             raise StoreError(f"store {self.path}: {e}") from None
 
 
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+class Transaction:
+    """``with Transaction(db, error):`` BEGIN IMMEDIATE, then COMMIT, or ROLLBACK
+    on any exception; SQLite's errors leave as ``error(reason)``."""
+
+    def __init__(self, db: sqlite3.Connection, error: Callable[[str], Exception]) -> None:
         self.db = db
-        self.path = path
+        self.error = error
 
     def __enter__(self) -> sqlite3.Connection:
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            raise StoreError(f"store {self.path}: {e}") from None
+            raise self.error(str(e)) from None
         return self.db
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -427,7 +430,7 @@ class _Transaction:
                 return
             except sqlite3.Error as e:
                 self.db.execute("ROLLBACK")
-                raise StoreError(f"store {self.path}: commit failed: {e}") from None
+                raise self.error(f"commit failed: {e}") from None
         self.db.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"store {self.path}: {exc}") from None
+            raise self.error(str(exc)) from None

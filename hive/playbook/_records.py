@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from .._store import Transaction
 from ._engine import Action, AuditRecord, Decisions
 from ._errors import RecordsError
 
@@ -59,8 +60,8 @@ class Records:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
-    def _tx(self) -> _Tx:
-        return _Tx(self.db)
+    def _tx(self) -> Transaction:
+        return Transaction(self.db, lambda reason: RecordsError(f"cannot write the response records: {reason}"))
 
     def write(self, d: Decisions) -> None:
         """The actions created or changed and the audit records of one
@@ -151,26 +152,3 @@ class Records:
         except sqlite3.Error as e:
             raise RecordsError(f"cannot read the response records: {e}") from None
 
-
-class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise RecordsError(f"cannot write the response records: {e}") from None
-        return self.db
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if kind is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except sqlite3.Error as e:
-                self.db.execute("ROLLBACK")
-                raise RecordsError(f"cannot write the response records: {e}") from None
-        self.db.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.Error):
-            raise RecordsError(f"cannot write the response records: {exc}") from None
