@@ -12,7 +12,6 @@ one file changed only re-reads that file.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
