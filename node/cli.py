@@ -109,9 +109,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
          str(a.bytes_out), str(a.malformed), str(a.restarts), str(a.queue_depth), a.last_error[:60])
         for a in st.actors
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(cols) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    _table(rows)
     return EXIT_OK
 
 
