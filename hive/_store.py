@@ -136,17 +136,23 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
                                           check_same_thread=False)
-                # Before any table exists: lets retention give pages back to the disk.
-                self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-                self.db.execute("PRAGMA journal_mode=WAL")
+                new = not self.db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+                if new:
+                    # Before any table exists: lets retention give pages back to the disk.
+                    self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                    self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
                 if checkpoint_by_hand:
                     # The writer never stops for a checkpoint: that copy-back
                     # and its fsync were the long tail of commit latency.
                     # ``checkpoint()`` runs it beside the writer instead.
                     self.db.execute("PRAGMA wal_autocheckpoint=0")
-                self.db.executescript(_SCHEMA)
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+                if new:
+                    self.db.executescript(_SCHEMA)
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+                # An existing store is opened without writing, so that a
+                # restart works on a full disk.
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {self.path}: {e}") from None
         # check_same_thread=False: the store actor writes from a worker thread,
@@ -429,8 +435,16 @@ class Transaction:
                 self.db.execute("COMMIT")
                 return
             except sqlite3.Error as e:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise self.error(f"commit failed: {e}") from None
-        self.db.execute("ROLLBACK")
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise self.error(str(exc)) from None
+
+    def _rollback(self) -> None:
+        # After some failures (a full disk) SQLite has rolled back already.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

@@ -203,3 +203,47 @@ async def test_silent_agent_goes_offline_and_that_is_an_event(hive, runtime):
     a.close()
     notices = [e.what for e in Store(hive.db, readonly=True).events(agent="quiet", kind="notice")]
     assert "agent_offline" in notices
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    import subprocess
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, f"cannot mount a tmpfs (tests run as root): {r.stderr}"
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+async def test_a_full_disk_at_the_hive_stores_nothing_acks_nothing_and_loses_nothing(tiny_disk, runtime, caplog):
+    from actors import Context
+    h = Hive(tiny_disk)
+    async with trio.open_nursery() as n:
+        await n.start(h.tree, Context(runtime, "hive"))
+        a = Agent(runtime, h, h.enroll("a"))
+        a.send(wire.EventBatch(seq=1, stream="s", events=events(5)))
+        assert [x.seq for x in await a.replies(1)] == [1]
+        filler = tiny_disk / "filler"
+        with open(filler, "wb") as f:  # the disk fills up
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        big = wire.EventBatch(seq=2, stream="s", events=[wire.Exec(time=time.time_ns() + i, argv=["x" * 500] * 4)
+                                                          for i in range(200)])
+        a.send(big)
+        assert await a.replies(1, timeout=1.5) == []  # not stored, so not acknowledged
+        store_stats = runtime.registry["hive.store"]
+        assert "full" in store_stats.last_error
+        assert any(getattr(r, "event", "") == "store.write_failed" for r in caplog.records)
+        filler.unlink()  # space again: the agent sends what was never acknowledged
+        a.send(big)
+        assert [x.seq for x in await a.replies(1)] == [2]
+        a.close()
+        n.cancel_scope.cancel()
+    s = Store(tiny_disk / "hive.db", readonly=True)
+    assert len(s.events(agent="a", kind="exec", limit=1000)) == 205
+    assert runtime.registry["hive.store"].restarts == 0
