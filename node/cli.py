@@ -48,12 +48,19 @@ def run_node(name: str, tree: Supervisor, cfg: Config) -> int:
     try:
         trio.run(main)
     except* actors.NodeBusy as g:
-        raise CliError(str(g.exceptions[0])) from None
+        raise CliError(str(_leaf(g))) from None
     except* (actors.Escalation, actors.StartError) as g:
-        raise CliError(f"{name} stopped: {g.exceptions[0]}") from None
+        raise CliError(f"{name} stopped: {_leaf(g)}") from None
     except* PermissionError as g:
-        raise CliError(f"{name}: {g.exceptions[0]}") from None
+        raise CliError(f"{name}: {_leaf(g)}") from None
     return EXIT_OK
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def cmd_hive(args: argparse.Namespace, cfg: Config) -> int:

@@ -100,3 +100,23 @@ def test_an_idle_node_uses_under_one_percent_cpu(tmp_path, start_node):
     time.sleep(5)
     used = (cpu_ticks() - c0) / hz / (time.monotonic() - t0)
     assert used < 0.01, f"idle node used {used:.2%} CPU"
+
+
+def test_a_port_in_use_stops_the_hive_with_the_reason(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run("hive", "--data", str(tmp_path), "--listen", f"tcp://127.0.0.1:{port}")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (f"immune-node: hive stopped: hive.router failed to start: ZMQError: "
+                    f"Address already in use (addr='tcp://127.0.0.1:{port}')")
+
+
+def test_an_agent_that_was_never_enrolled_says_how_to_enroll(tmp_path):
+    r = run("agent", "--data", str(tmp_path))
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"immune-node: this agent has no key in {tmp_path}/keys: enroll it first "
+                                f"with `immune-node enroll join TOKEN --data {tmp_path}`")
