@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from ._decode import Verdicts
 from ._errors import KernelError
+from ._lifeline import Lifeline
 from ._policy import Policy
 from ._scope import ResolvedScope
 from ._system import mounts
@@ -113,6 +114,10 @@ class Guard:
                               + (" (needs root)" if err == errno.EPERM else ""))
         self._fd = fd
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # The whole agent stopped (SIGSTOP, frozen) runs no watchdog either:
+        # past this, an outside process kills it so the kernel answers.
+        self._lifeline_timeout = max(2.0, 8 * bound)
+        self._lifeline: Lifeline | None = None
         self._responder = threading.Thread(target=self._respond_loop, name="fanotify-responder",
                                            daemon=True)
         self._watchdog = threading.Thread(target=self._watch_loop, name="fanotify-watchdog",
@@ -121,6 +126,10 @@ class Guard:
     # ---- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        # Before the marks: its exec must not wait for a responder that
+        # has not started yet.
+        self._lifeline = Lifeline(self._lifeline_timeout)
+        self._excluded.add(self._lifeline.pid)
         with self._lock:
             self._apply_marks()
         self._responder.start()
@@ -147,6 +156,9 @@ class Guard:
                 os.close(self._fd)  # the kernel allows whatever is still pending
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None
 
     def forsake(self) -> None:
         """In a forked child, which has none of our threads: close our copies
@@ -154,6 +166,9 @@ class Guard:
         self._closed = True
         for fd in (self._fd, self._wake_r, self._wake_w):
             os.close(fd)
+        if self._lifeline is not None:
+            os.close(self._lifeline._w)  # or the lifeline would wait for this child too
+            self._lifeline = None
 
     def stall(self, seconds: float) -> None:
         """Drill: the responder sleeps this long before answering what it
@@ -340,6 +355,8 @@ class Guard:
             poller.register(mounts_file.fileno(), select.POLLPRI)
             interval_ms = max(1, int(self._bound * 1000 / 10))
             while not self._stop.is_set():
+                if self._lifeline is not None:
+                    self._lifeline.beat()
                 ready = poller.poll(interval_ms)
                 if self._stop.is_set():
                     return

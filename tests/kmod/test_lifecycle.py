@@ -117,3 +117,28 @@ def test_forked_child_does_not_keep_the_sensor_alive(private):
             proc.kill()
         if child:
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_frozen_agent_is_killed_by_its_lifeline_so_execs_go_on(private, tmp_path):
+    """SIGSTOP stops the responder and the watchdog alike; the lifeline, a
+    process outside the agent, kills it, and the kernel lets execs through."""
+    policy, script, port = private
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen([sys.executable, "-m", "kmod", "run", "--policy", str(policy), "--ready", str(ready)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, 30, "the sensor to start")
+        assert proc.poll() is None, proc.stderr.read()
+        assert run_child("exec", str(script)).errno == errno.EPERM
+        proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        ran = run_child("exec", "/bin/true", timeout=30)  # would hang for ever without the lifeline
+        waited = time.monotonic() - t0
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert ran.returncode == 0 and waited < 5.0, waited
+    assert proc.returncode == -signal.SIGKILL
+    assert "has not run for 2s (stopped or frozen)" in proc.stderr.read()
