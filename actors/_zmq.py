@@ -281,19 +281,11 @@ class Duplex(Generic[T]):
     async def send(self, frames: list[bytes]) -> None:
         """Queue one multipart message for the pump, waiting while the
         outbound queue is full."""
-        while len(self._out) >= self._max_out:
-            if self._closed:
-                raise SocketClosed("duplex closed")
-            await self._out_lot.park()
-        if self._closed:
-            raise SocketClosed("duplex closed")
-        await _checkpoint_if_cancelled()
-        self._out.append(frames)
-        self._kick()
-        await _shielded_checkpoint()
+        await self.send_many([frames])
 
     async def send_many(self, batch: list[list[bytes]]) -> None:
-        """Queue several messages with one wake-up of the pump."""
+        """Queue several messages with one wake-up of the pump, waiting while
+        the outbound queue is full."""
         for start in range(0, len(batch), self._max_out):
             while len(self._out) >= self._max_out:
                 if self._closed:

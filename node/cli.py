@@ -528,21 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    p = add("rules", cmd_rules, "check Sigma rule files",
-            "`rules check DIR` loads every rule under DIR as the hive would and lists each one "
-            "that cannot load, with its reason; exits 1 if any failed.", common=False)
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    c = actions.add_parser("check", help="load the rules under DIR and report those that fail")
-    c.add_argument("dir", metavar="DIR")
-    _common(c)
-
-    p = add("playbooks", cmd_playbooks, "check playbook files",
-            "`playbooks check DIR` loads every playbook under DIR as the hive would and lists each "
-            "one that cannot load, with its reason; exits 1 if any failed.", common=False)
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    c = actions.add_parser("check", help="load the playbooks under DIR and report those that fail")
-    c.add_argument("dir", metavar="DIR")
-    _common(c)
+    for noun, fn in (("rules", cmd_rules), ("playbooks", cmd_playbooks)):
+        p = add(noun, fn, f"check {'Sigma rule' if noun == 'rules' else 'playbook'} files",
+                f"`{noun} check DIR` loads every file under DIR as the hive would and lists each one "
+                "that cannot load, with its reason; exits 1 if any failed.", common=False)
+        c = p.add_subparsers(dest="action", metavar="ACTION", required=True).add_parser(
+            "check", help=f"load the {noun} under DIR and report those that fail")
+        c.add_argument("dir", metavar="DIR")
+        _common(c)
 
     p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them")
     p.add_argument("--pending", action="store_true", help="only actions waiting for approval")
