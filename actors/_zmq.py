@@ -228,6 +228,19 @@ class Socket(Generic[T]):
             taps.offer(self.topic, data)
         await _shielded_checkpoint()
 
+    def try_send(self, msg: T) -> bool:
+        """Encode and send ``msg`` only if the peer has room; False (nothing
+        sent) if it has not.  For a stream that must never block its sender,
+        whose caller counts what it skipped."""
+        assert self.codec is not None, "socket has no codec"
+        data = self.codec.encode(msg)
+        if not self._send_blocking_ok([data]):
+            return False
+        taps = self._taps
+        if taps is not None and taps.watched(self.topic):
+            taps.offer(self.topic, data)
+        return True
+
     def _tap_frames(self, batch: list[list[bytes]]) -> None:
         taps = self._taps
         if taps is not None and taps.watched(self.topic):
@@ -305,14 +318,6 @@ class Duplex(Generic[T]):
         self._out.append(frames)
         self._kick()
         return True
-
-    async def send_msg(self, msg: T, *prefix: bytes) -> None:
-        assert self.sock.codec is not None
-        data = self.sock.codec.encode(msg)
-        await self.send([*prefix, data])
-        taps = self.sock._taps
-        if taps is not None and taps.watched(self.sock.topic):
-            taps.offer(self.sock.topic, data)
 
     async def pump(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled or the socket closes; the socket's only user."""

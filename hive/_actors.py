@@ -36,9 +36,6 @@ RESULTS = "inproc://hive.results"
 
 ENROLL_DOMAIN = b"enroll"
 
-_internal = Codec(InternalMessage)
-
-
 def internal_codec() -> Codec:
     return Codec(InternalMessage)
 
@@ -136,9 +133,7 @@ async def _after_commit(ctx: Context, batches: list[Ingest], outcomes: list[Stor
             continue
         st["events"] = int(st["events"]) + len(b.events)
         st["batches"] = int(st["batches"]) + 1
-        try:
-            detect.zmq.send(_internal.encode(b), zmq.NOBLOCK)
-        except zmq.Again:
+        if not detect.try_send(b):
             # Detection is behind: the events are stored, say what it missed.
             st["detect_skipped"] = int(st["detect_skipped"]) + len(b.events)
 

@@ -53,10 +53,8 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     out = ctx.socket(zmq.PUSH, connect=correlate, codec=internal_codec(), sndhwm=4000)
     task_status.started()
 
-    async def send(msg: Any, what: str) -> None:
-        try:
-            out.zmq.send(out.codec.encode(msg), zmq.NOBLOCK)
-        except zmq.Again:
+    def send(msg: Any, what: str) -> None:
+        if not out.try_send(msg):
             _count(ctx, f"{what}_skipped")  # correlate is behind; counted, never blocking detection
 
     async def housekeeping() -> None:
@@ -64,7 +62,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
         while True:
             await trio.sleep(1.0)
             for alert in engine.tick():
-                await send(alert, "alerts")
+                send(alert, "alerts")
             since_reload += 1.0
             if since_reload >= _RELOAD_EVERY:
                 since_reload = 0.0
@@ -85,10 +83,10 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                     continue
                 alerts = engine.process_batch(batch.events)
                 _count(ctx, "events", len(batch.events))
-                await send(batch, "events")
+                send(batch, "events")
                 for alert in alerts:
                     _count(ctx, "alerts")
-                    await send(alert, "alerts")
+                    send(alert, "alerts")
 
 
 def _report_rules(ctx: Context, report: Any) -> None:
@@ -125,9 +123,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
             recent[alert.id] = alert
             if len(recent) > _RECENT_ALERTS:
                 recent.popitem(last=False)
-            try:
-                to_playbook.zmq.send(to_playbook.codec.encode(alert), zmq.NOBLOCK)
-            except zmq.Again:
+            if not to_playbook.try_send(alert):
                 _count(ctx, "playbook_skipped")
         for incident in hosts.changed():
             await to_store.send(IncidentUpdate(incident=incident))
