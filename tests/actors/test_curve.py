@@ -6,14 +6,8 @@ import pytest
 import trio
 import zmq
 
+from tests.ports import tcp_endpoint
 from actors import Child, KeyFileError, KeyPair, Supervisor, curve_client, curve_server, zap_handler
-
-
-def tcp_endpoint():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_key_files_round_trip_with_a_private_secret(tmp_path):

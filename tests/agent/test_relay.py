@@ -15,15 +15,10 @@ import zmq
 import wire
 from actors import Child, Codec, Context, KeyPair, Runtime, StartError, Supervisor, curve_server, zap_handler
 from agent import ProcessTable, relay
+from tests.ports import tcp_endpoint
 
 AGENT_CODEC = Codec(wire.AgentMessage)
 HIVE_CODEC = Codec(wire.HiveMessage)
-
-
-def tcp_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class ScriptedHive:

@@ -10,16 +10,11 @@ import zmq
 
 import wire
 from actors import Child, Codec, KeyPair, Supervisor, curve_client, zap_handler
+from tests.ports import tcp_endpoint
 from hive import Store, enroll_actor, registry_actor, router_actor, store_actor, zap_authorizer
 
 AGENT = Codec(wire.AgentMessage)
 HIVE = Codec(wire.HiveMessage)
-
-
-def endpoint():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class Hive:
@@ -27,7 +22,7 @@ class Hive:
         self.db = tmp_path / "hive.db"
         Store(self.db).close()
         self.keys = KeyPair.generate()
-        self.listen, self.enroll_listen = endpoint(), endpoint()
+        self.listen, self.enroll_listen = tcp_endpoint(), tcp_endpoint()
         self.tree = Supervisor([
             Child("store", store_actor, args={"path": self.db}),
             Child("registry", registry_actor, args={"path": self.db, "heartbeat_timeout": 1.0}),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 CHILD = Path(__file__).with_name("_child.py")
 
@@ -138,12 +139,6 @@ hook = "connect"
 action = "block"
 match.port = {port}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dropped_script(directory: Path, name: str = "dropped.sh") -> Path:
