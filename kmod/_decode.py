@@ -37,6 +37,11 @@ _FORK = struct.Struct(_HDR + "I4x")
 _EXIT = struct.Struct(_HDR + "i4x")
 _OPEN = struct.Struct(_HDR + "iIIHH")
 _SETID = struct.Struct(_HDR + "IIIi")
+
+
+def _id(raw: int) -> int:
+    """A user or group id; (uid_t)-1, "unknown" or "unchanged", as -1."""
+    return -1 if raw == 0xFFFFFFFF else raw
 _SOCK = struct.Struct(_HDR + "HHBBHI16s4x")
 _EXE_OFF = _EXEC.size
 _CWD_OFF = _EXE_OFF + _PATHBUF.size
@@ -211,6 +216,7 @@ class Decoder:
         (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
          call_code, old, new, result) = _SETID.unpack_from(rec, at)
         call = SETID_CALLS[call_code - 1] if 1 <= call_code <= len(SETID_CALLS) else str(call_code)
+        old, new = _id(old), _id(new)
         r = self._policy(gen).match_setid(call, new)
         return SetId(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
                      gid=gid, comm=self._str(comm), cgroup=cgroup, call=call, old=old, new=new,
@@ -262,7 +268,8 @@ def verdict_line(event: Event) -> str | None:
     elif isinstance(event, Bind):
         what = f"bind {_endpoint(event.family, event.address, event.port)}"
     elif isinstance(event, SetId):
-        what = f"{event.call} {event.old}->{event.new}"
+        old = "?" if event.old < 0 else event.old  # ids never seen by the sensor
+        what = f"{event.call} {old}->{event.new}"
     elif isinstance(event, Fork):
         what = f"fork {event.child_pid}"
     else:

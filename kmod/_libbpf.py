@@ -44,6 +44,9 @@ if _lib is not None:
     _prog_type = _bind("bpf_program__type", _c.c_int, _p)
     _prog_attach = _bind("bpf_program__attach", _p, _p)
     _prog_attach_cgroup = _bind("bpf_program__attach_cgroup", _p, _p, _c.c_int)
+    _prog_attach_iter = _bind("bpf_program__attach_iter", _p, _p, _p)
+    _prog_section = _bind("bpf_program__section_name", _c.c_char_p, _p)
+    _iter_create = _bind("bpf_iter_create", _c.c_int, _c.c_int)
     _link_destroy = _bind("bpf_link__destroy", _c.c_int, _p)
     _link_fd = _bind("bpf_link__fd", _c.c_int, _p)
     _map_fd = _bind("bpf_map__fd", _c.c_int, _p)
@@ -97,6 +100,10 @@ def _errno_error(what: str, err: int) -> KernelError:
     err = abs(err)
     tail = _log_tail()
     return KernelError(f"{what}: {os.strerror(err)}" + (f"\nlibbpf said:\n{tail}" if tail else ""))
+
+
+def _is_iterator(prog) -> bool:
+    return (_prog_section(prog) or b"").startswith(b"iter/")
 
 
 class Link:
@@ -164,14 +171,35 @@ class BpfObject:
         return [prog_info(_prog_fd(p))[0] for _, p in self.programs()]
 
     def attach_tracing(self) -> None:
-        """Attach every tracepoint and raw tracepoint program by its section."""
+        """Attach every tracepoint and raw tracepoint program by its section
+        (iterators are run, not attached: ``run_iterator``)."""
         for name, prog in self.programs():
-            if _prog_type(prog) == BPF_PROG_TYPE_CGROUP_SOCK_ADDR:
+            if _prog_type(prog) == BPF_PROG_TYPE_CGROUP_SOCK_ADDR or _is_iterator(prog):
                 continue
             link = _prog_attach(prog)
             if not link:
                 raise _errno_error(f"cannot attach {name}", ctypes.get_errno())
             self._links.append(Link(link, name))
+
+    def run_iterator(self, name: str) -> None:
+        """Run an iterator program over everything it visits, once."""
+        prog = next((p for n, p in self.programs() if n == name), None)
+        if prog is None or not _is_iterator(prog):
+            raise KernelError(f"BPF object has no iterator {name!r}")
+        link = _prog_attach_iter(prog, None)
+        if not link:
+            raise _errno_error(f"cannot attach iterator {name}", ctypes.get_errno())
+        try:
+            fd = _iter_create(_link_fd(link))
+            if fd < 0:
+                raise _errno_error(f"cannot start iterator {name}", -fd)
+            try:
+                while os.read(fd, 1 << 16):
+                    pass
+            finally:
+                os.close(fd)
+        finally:
+            _link_destroy(link)
 
     def attach_cgroup(self, cgroup_fd: int) -> None:
         """Attach the cgroup sock_addr programs to one cgroup through bpf_link."""

@@ -157,6 +157,7 @@ class LinuxSensor(Sensor):
             map_update(bpf.map_fd("scope_cgroup"), _U32.pack(0), _U32.pack(cgroup_fd))
         self._install(self._policy, 0)
         bpf.attach_tracing()
+        bpf.run_iterator("seed_ids")  # after the fork hook: no thread is missed
         bpf.attach_cgroup(cgroup_fd)  # the scope's cgroup, else the v2 root: the whole machine
 
         self._ring = RingBuffer(bpf.map_fd("events"), self._ring_size)

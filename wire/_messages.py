@@ -92,7 +92,10 @@ class SetId(Event, tag="setid"):
     call: str = ""
     """setuid, setreuid, setresuid, setfsuid, setgid, setregid, setresgid, setfsgid."""
     old: int = 0
+    """The effective id before the call (for setfsuid/setfsgid, the fs id);
+    -1 if the sensor never saw the thread's ids."""
     new: int = 0
+    """The effective id asked for, else the first id given; -1: unchanged."""
     result: int = 0
 
 

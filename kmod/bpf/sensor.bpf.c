@@ -49,14 +49,22 @@ struct {
 	__type(value, __u32);
 } scope_cgroup SEC(".maps");
 
-/* set*id calls in flight, keyed by thread id: the old id must be read
- * before the call.  LRU so a thread killed mid-call cannot leak an entry. */
+/* Each thread's effective ids as last seen: at fork, exec and set*id, and
+ * for threads older than the sensor by the seed_ids iterator at start.  A
+ * set*id call reports its old id from here at sys_exit, because hooking
+ * sys_enter would cost every syscall on the machine (about 6% on the open
+ * loop) for a call that is rare. */
+struct ids {
+	__u32 euid;
+	__u32 egid;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, struct setid_rec);
-} setid_pending SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ids);
+} task_ids SEC(".maps");
 
 /* Policy, filled by kmod/_policy.py through the loader. */
 struct {
@@ -114,9 +122,6 @@ struct {
 } open_scratch SEC(".maps");
 
 __u64 last_wake = 0;
-/* Calls waiting in setid_pending: while zero, sys_exit handlers return
- * without a hash lookup. */
-__u64 setid_inflight = 0;
 
 static __always_inline struct sensor_config *get_config(void)
 {
@@ -167,6 +172,15 @@ static __always_inline int in_scope(struct sensor_config *c)
 		return BPF_CORE_READ(t, nsproxy, net_ns, net_cookie) == c->netns_cookie;
 	}
 	return 1;
+}
+
+static __always_inline void remember_ids(struct task_struct *t)
+{
+	struct ids *v = bpf_task_storage_get(&task_ids, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (v) {
+		v->euid = BPF_CORE_READ(t, cred, euid.val);
+		v->egid = BPF_CORE_READ(t, cred, egid.val);
+	}
 }
 
 static __always_inline void fill_hdr(struct hdr *h, __u8 kind, struct sensor_config *c)
@@ -366,6 +380,7 @@ int exit_execveat(struct trace_event_raw_sys_exit *ctx)
 SEC("tracepoint/sched/sched_process_exec")
 int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
+	remember_ids(bpf_get_current_task_btf());  /* a set-user-ID image */
 	struct sensor_config *c = get_config();
 	if (!c || !in_scope(c))
 		return 0;
@@ -402,9 +417,10 @@ int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 
 /* ---- fork and exit ----------------------------------------------------- */
 
-SEC("raw_tp/sched_process_fork")
+SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
+	remember_ids(child);  /* threads too: each has its own ids */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;  /* a new thread, not a new process */
 	struct sensor_config *c = get_config();
@@ -521,84 +537,74 @@ int exit_openat2(struct trace_event_raw_sys_exit *ctx)
 
 #define ID_UNCHANGED 0xffffffffu
 
-/* old: the effective (or fs) id before the call; new: the effective id
- * asked for, else the first id given. */
-static __always_inline int setid_enter(__u32 call, __u32 a, __u32 b, __u32 d)
+/* Seen at sys_exit, like opens.  old: the effective id before the call (for
+ * setfs*id, the old fs id, which is the call's return value); ID_UNCHANGED
+ * when the thread's ids were never seen.  new: the effective id asked for,
+ * else the first id given. */
+static __always_inline int setid_done(__u32 call, long ret)
 {
+	struct task_struct *t = bpf_get_current_task_btf();
 	struct sensor_config *c = get_config();
-	if (!c || !in_scope(c))
+	if (!c || !in_scope(c)) {
+		remember_ids(t);  /* the thread may come into scope later */
 		return 0;
-	struct task_struct *t = (void *)bpf_get_current_task();
+	}
+	struct pt_regs *regs = user_regs();
+	__u32 a = PT_REGS_PARM1_SYSCALL(regs), b = 0, d = 0;
+	if (call == C_SETREUID || call == C_SETREGID || call == C_SETRESUID || call == C_SETRESGID)
+		b = PT_REGS_PARM2_SYSCALL(regs);
+	if (call == C_SETRESUID || call == C_SETRESGID)
+		d = PT_REGS_PARM3_SYSCALL(regs);
+
+	struct ids *seen = bpf_task_storage_get(&task_ids, t, 0, 0);
 	struct setid_rec r = {};
 	fill_hdr(&r.h, K_SETID, c);
 	r.call = call;
-	switch (call) {
-	case C_SETFSUID:
-		r.old = BPF_CORE_READ(t, cred, fsuid.val);
-		break;
-	case C_SETFSGID:
-		r.old = BPF_CORE_READ(t, cred, fsgid.val);
-		break;
-	case C_SETUID:
-	case C_SETREUID:
-	case C_SETRESUID:
-		r.old = r.h.euid;
-		break;
-	default:
-		r.old = BPF_CORE_READ(t, cred, egid.val);
-	}
+	if (call == C_SETFSUID || call == C_SETFSGID)
+		r.old = ret;
+	else if (!seen)
+		r.old = ID_UNCHANGED;
+	else if (call <= C_SETFSUID)
+		r.old = seen->euid;
+	else
+		r.old = seen->egid;
 	if (call == C_SETREUID || call == C_SETREGID || call == C_SETRESUID || call == C_SETRESGID)
 		r.new_id = b != ID_UNCHANGED ? b : a != ID_UNCHANGED ? a : d;
 	else
 		r.new_id = a;
-	if (bpf_map_update_elem(&setid_pending, &r.h.tid, &r, BPF_ANY) == 0)
-		__sync_fetch_and_add(&setid_inflight, 1);
+	r.result = ret;
+	remember_ids(t);
+	if (bpf_ringbuf_output(&events, &r, sizeof(r), wake_flags(c, sizeof(r), 0)))
+		count_drop(K_SETID);
 	return 0;
 }
 
-static __always_inline int setid_exit(long ret)
-{
-	if (!setid_inflight)
-		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct setid_rec *r = bpf_map_lookup_elem(&setid_pending, &tid);
-	if (!r)
-		return 0;
-	struct sensor_config *c = get_config();
-	if (c) {
-		r->result = ret;
-		r->h.ts = bpf_ktime_get_boot_ns();
-		if (bpf_ringbuf_output(&events, r, sizeof(*r), wake_flags(c, sizeof(*r), 0)))
-			count_drop(K_SETID);
-	}
-	bpf_map_delete_elem(&setid_pending, &tid);
-	__sync_fetch_and_add(&setid_inflight, -1);
-	return 0;
-}
-
-/* A tracepoint's context is only as long as its syscall's arguments: reading
- * past them makes the attach fail with EACCES, hence one macro per arity. */
-#define SETID(name, call, a, b, d)                                            \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                           \
-	int enter_##name(struct trace_event_raw_sys_enter *ctx)               \
-	{                                                                     \
-		return setid_enter(call, a, b, d);                            \
-	}                                                                     \
+#define SETID(name, call)                                                     \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                            \
 	int exit_##name(struct trace_event_raw_sys_exit *ctx)                 \
 	{                                                                     \
-		return setid_exit(ctx->ret);                                  \
+		return setid_done(call, ctx->ret);                            \
 	}
 
-#define ARG(n) ((__u32)ctx->args[n])
-SETID(setuid, C_SETUID, ARG(0), 0, 0)
-SETID(setreuid, C_SETREUID, ARG(0), ARG(1), 0)
-SETID(setresuid, C_SETRESUID, ARG(0), ARG(1), ARG(2))
-SETID(setfsuid, C_SETFSUID, ARG(0), 0, 0)
-SETID(setgid, C_SETGID, ARG(0), 0, 0)
-SETID(setregid, C_SETREGID, ARG(0), ARG(1), 0)
-SETID(setresgid, C_SETRESGID, ARG(0), ARG(1), ARG(2))
-SETID(setfsgid, C_SETFSGID, ARG(0), 0, 0)
+SETID(setuid, C_SETUID)
+SETID(setreuid, C_SETREUID)
+SETID(setresuid, C_SETRESUID)
+SETID(setfsuid, C_SETFSUID)
+SETID(setgid, C_SETGID)
+SETID(setregid, C_SETREGID)
+SETID(setresgid, C_SETRESGID)
+SETID(setfsgid, C_SETFSGID)
+
+/* Run once at start (kmod/_libbpf.py run_iterator): every thread alive
+ * before the fork hook went on gets its ids remembered. */
+SEC("iter/task")
+int seed_ids(struct bpf_iter__task *ctx)
+{
+	struct task_struct *t = ctx->task;
+	if (t)
+		remember_ids(t);
+	return 0;
+}
 
 /* ---- connect and bind -------------------------------------------------- */
 

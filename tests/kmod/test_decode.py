@@ -151,6 +151,9 @@ def test_setid_fork_exit(decoder):
     assert isinstance(ev, SetId)
     assert (ev.call, ev.old, ev.new, ev.result, ev.verdict) == ("setuid", 0, 65534, 0, "audit")
     assert verdict_line(ev) == "IMMUNE: [AUDIT] setuid 0->65534 (pid=3162)"
+    unseen = decoder.decode(hdr(5, pid=7) + struct.pack("<IIIi", 3, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+    assert (unseen.call, unseen.old, unseen.new) == ("setresuid", -1, -1)
+    assert verdict_line(unseen) == "IMMUNE: [AUDIT] setresuid ?->-1 (pid=7)"
     fork = decoder.decode(hdr(2, pid=10) + struct.pack("<I4x", 11))
     assert isinstance(fork, Fork) and fork.child_pid == 11 and fork.rule == "process-fork"
     assert verdict_line(fork) == "IMMUNE: [AUDIT] fork 11 (pid=10)"

@@ -4,6 +4,8 @@ true: the pid and ppid of the real process, its ids, argv, paths, addresses."""
 import errno
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -49,6 +51,32 @@ def test_exec_after_dropping_privileges(sensor):
     assert setids == [("setgid", 0, 65534, 0), ("setuid", 0, 65534, 0)]
     ex = events[-1]
     assert (ex.uid, ex.euid, ex.gid) == (65534, 65534, 65534)
+
+
+def test_setid_of_a_thread_older_than_the_sensor(tmp_path):
+    """The old id comes from what the sensor remembered of the thread (the
+    set*id calls are seen at sys_exit only); threads that existed before it
+    started are remembered by the iterator it runs at start."""
+    from kmod import LinuxSensor
+
+    code = ("import os, sys\n"
+            "print(os.getpid(), flush=True); sys.stdin.readline()\n"
+            "os.setresgid(1234, 1234, 1234); os.setresuid(4321, 4321, 4321)\n")
+    old = subprocess.Popen([sys.executable, "-S", "-c", code], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(old.stdout.readline())
+        with LinuxSensor() as s:
+            old.stdin.write("go\n")
+            old.stdin.flush()
+            assert old.wait(10) == 0
+            events = collect(s, of(pid, SetId), until=lambda evs: len(evs) == 2)
+    finally:
+        old.kill()
+        old.wait()
+    assert [(e.call, e.old, e.new, e.result) for e in events] == [
+        ("setresgid", 0, 1234, 0), ("setresuid", 0, 4321, 0)]
+    assert verdict_line(events[1]) == f"IMMUNE: [AUDIT] setresuid 0->4321 (pid={pid})"
 
 
 def test_failed_setid_reports_its_result(sensor):
