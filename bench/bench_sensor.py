@@ -15,14 +15,17 @@ a thread draining it (as the kmod reader would: wait, drain in batches,
 decode to wire events) run on CPU 0.  Each round runs each loop without,
 then with the sensor; the ratio printed is the median of the rounds' ratios.
 
-Floor: the same open loop with one empty BPF program on
+Floors: the same open loop with one empty BPF program on
 syscalls/sys_exit_openat, the least any syscall-tracepoint sensor can cost
-(the sensor sees opens at sys_exit only).
+(the sensor sees opens at sys_exit only); and with one that only reads the
+path's first 8 bytes from the caller, the least an in-kernel path filter
+costs.
 
 Saturation: one core issues calls as fast as it can for S seconds while the
 sensor drains: opens of an unwatched path (the kernel filters them all),
-connects (one event each), opens of /etc/shadow (audited: one event each).
-Printed: call rate, events drained per second, drops.
+connects (one event each), opens of /etc/shadow (audited) without and with
+folding of repeats.  Printed: call rate, events drained per second, drops,
+and for opens how many calls the events account for.
 """
 
 from __future__ import annotations
@@ -40,13 +43,35 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kmod import LinuxSensor  # noqa: E402
+from kmod._build import build, cache_dir  # noqa: E402
 from kmod._libbpf import BpfObject  # noqa: E402
+from wire import Open  # noqa: E402
 
 EMPTY_BPF_C = r"""
 #define SEC(name) __attribute__((section(name), used))
 char LICENSE[] SEC("license") = "GPL";
 SEC("tracepoint/syscalls/sys_exit_openat")
 int empty(void *ctx) { return 0; }
+"""
+
+# What any in-kernel path filter must do at least: find the caller's
+# registers and read the path's first bytes from its memory.
+PATH_READ_BPF_C = r"""
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+char LICENSE[] SEC("license") = "GPL";
+__u64 seen;
+SEC("tracepoint/syscalls/sys_exit_openat")
+int path_read(void *ctx)
+{
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    __u64 head = 0;
+    bpf_probe_read_user(&head, sizeof(head), (void *)PT_REGS_PARM2_SYSCALL(regs));
+    seen ^= head;
+    return 0;
+}
 """
 
 LOOPS_C = r"""
@@ -119,19 +144,29 @@ def compile_loops(directory: str) -> str:
     return exe
 
 
-def compile_empty(directory: str) -> str:
-    src, obj = os.path.join(directory, "empty.bpf.c"), os.path.join(directory, "empty.bpf.o")
-    Path(src).write_text(EMPTY_BPF_C)
-    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-c", src, "-o", obj], check=True)
+def compile_bpf(directory: str, name: str, source: str) -> str:
+    src, obj = os.path.join(directory, f"{name}.bpf.c"), os.path.join(directory, f"{name}.bpf.o")
+    Path(src).write_text(source)
+    build()  # generates vmlinux.h for this kernel, cached
+    include = next(cache_dir().glob("btf-*/vmlinux.h")).parent
+    arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
+                    f"-I{include}", "-c", src, "-o", obj], check=True)
     return obj
 
 
 def run_loop(exe: str, mode: str, seconds: float, *args: str) -> float:
     """Operations per second of one loop, pinned to LOOP_CPU."""
+    n, elapsed = count_loop(exe, mode, seconds, *args)
+    return n / elapsed
+
+
+def count_loop(exe: str, mode: str, seconds: float, *args: str) -> tuple[int, float]:
+    """Operations done by one loop, pinned to LOOP_CPU, and its seconds."""
     out = subprocess.run([exe, mode, str(seconds), *args], check=True, capture_output=True,
                          text=True, preexec_fn=lambda: os.sched_setaffinity(0, {LOOP_CPU}))
     n, elapsed = out.stdout.split()
-    return int(n) / float(elapsed)
+    return int(n), float(elapsed)
 
 
 class Drainer:
@@ -140,13 +175,16 @@ class Drainer:
     def __init__(self, sensor: LinuxSensor):
         self.sensor = sensor
         self.events = 0
+        self.opens = 0  # opens the events stand for (folded ones count many)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sensor.wait(0.1)
-            self.events += len(self.sensor.drain(65536))
+            events = self.sensor.drain(65536)
+            self.events += len(events)
+            self.opens += sum(e.count for e in events if type(e) is Open)
 
     def __enter__(self):
         self._thread.start()
@@ -169,27 +207,31 @@ def main() -> None:
         sys.exit("bench_sensor: needs two CPUs (one for the loops, one for the sensor)")
     os.sched_setaffinity(0, {SENSOR_CPU})
     loops = [("open", ("/etc/hostname",)), ("exec", ()), ("connect", ())]
-    # (without, with) per round; the floor is (without, empty program)
-    pairs: dict[str, list[tuple[float, float]]] = {m: [] for m, _ in loops + [("floor", ())]}
+    # (without, with) per round; the floors are (without, one floor program)
+    floors = {"floor": "empty", "floor+read": "path_read"}
+    pairs: dict[str, list[tuple[float, float]]] = {m: [] for m, _ in loops}
+    pairs.update((f, []) for f in floors)
 
     # not under /tmp: the default policy blocks executables there
     cache = os.path.expanduser("~/.cache")
     os.makedirs(cache, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        exe, empty_obj = compile_loops(tmp), compile_empty(tmp)
+        exe = compile_loops(tmp)
+        objects = {f: compile_bpf(tmp, name, EMPTY_BPF_C if name == "empty" else PATH_READ_BPF_C)
+                   for f, name in floors.items()}
         for _ in range(args.rounds):
             for mode, extra in loops:
                 off = run_loop(exe, mode, args.seconds, *extra)
                 with LinuxSensor() as sensor, Drainer(sensor):
                     pairs[mode].append((off, run_loop(exe, mode, args.seconds, *extra)))
-                if mode == "open":
-                    empty = BpfObject(empty_obj)
+                for floor, obj in objects.items() if mode == "open" else ():
+                    program = BpfObject(obj)
                     try:
-                        empty.load()
-                        empty.attach_tracing()
-                        pairs["floor"].append((off, run_loop(exe, mode, args.seconds, *extra)))
+                        program.load()
+                        program.attach_tracing()
+                        pairs[floor].append((off, run_loop(exe, mode, args.seconds, *extra)))
                     finally:
-                        empty.close()
+                        program.close()
 
         print(f"syscall loops on CPU {LOOP_CPU}, sensor on CPU {SENSOR_CPU}, "
               f"{args.rounds} rounds of {args.seconds:g} s; medians, ratio = median of the "
@@ -199,24 +241,30 @@ def main() -> None:
             off = statistics.median(p[0] for p in runs)
             on = statistics.median(p[1] for p in runs)
             ratio = statistics.median(p[1] / p[0] for p in runs)
-            note = "   (open loop, one empty program on sys_exit_openat)" if mode == "floor" else ""
+            note = {"floor": "   (open loop, one empty program on sys_exit_openat)",
+                    "floor+read": "   (the same, reading the path's first 8 bytes)"}.get(mode, "")
             print(f"{mode:10} {off:12.0f} {on:12.0f} {ratio:7.2f}x{note}")
 
-        print(f"saturation, {args.saturation:g} s each, calls on one core:")
-        for label, mode, extra, kind in (
-                ("open unwatched", "open", ("/etc/hostname",), "open"),
-                ("connect", "connect", (), "connect"),
-                ("open /etc/shadow", "open", ("/etc/shadow",), "open")):
-            with LinuxSensor() as sensor, Drainer(sensor):
+        print(f"saturation, {args.saturation:g} s each, calls on one core; for opens, the "
+              "calls the events account for (a folded event stands for many):")
+        for label, mode, extra, fold in (
+                ("open unwatched", "open", ("/etc/hostname",), 1.0),
+                ("connect", "connect", (), 1.0),
+                ("open /etc/shadow, fold 0", "open", ("/etc/shadow",), 0.0),
+                ("open /etc/shadow", "open", ("/etc/shadow",), 1.0)):
+            with LinuxSensor(fold=fold) as sensor, Drainer(sensor) as drainer:
                 began = time.monotonic()
-                rate = run_loop(exe, mode, args.saturation, *extra)
+                calls, seconds = count_loop(exe, mode, args.saturation, *extra)
+                # the last folds come out a fold after the last report
+                time.sleep(fold + 0.5)
                 while sensor.statistics().pending_bytes and time.monotonic() - began < 120:
                     time.sleep(0.05)
                 elapsed = time.monotonic() - began
                 stats = sensor.statistics()
-            drained = stats.events[kind]
-            print(f"  {label:18} {rate:10.0f} calls/s {drained / elapsed:10.0f} events/s drained "
-                  f"{drained:10d} events  drops {sum(stats.drops.values())}")
+            accounted = f"{drainer.opens:10d} of {calls} calls" if "shadow" in label else ""
+            print(f"  {label:25} {calls / seconds:10.0f} calls/s {drainer.events / elapsed:10.0f} "
+                  f"events/s drained {drainer.events:10d} events  drops {sum(stats.drops.values())}"
+                  f"  {accounted}")
 
 
 if __name__ == "__main__":

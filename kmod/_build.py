@@ -18,7 +18,7 @@ from ._system import BTF_PATH
 SOURCE_DIR = Path(__file__).parent / "bpf"
 OBJECT_NAME = "sensor"
 LIBBPF_HEADER = Path("/usr/include/bpf/bpf_helpers.h")
-CFLAGS = ("-O2", "-g", "-Wall", "-Werror", "-target", "bpf")
+CFLAGS = ("-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3")  # v3: atomic xchg
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
          "riscv64": "riscv"}
 # bpftool lives in sbin, which a non-root PATH often lacks.

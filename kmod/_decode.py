@@ -35,7 +35,7 @@ _EXEC = struct.Struct(_HDR + "iHH256s1280s")
 _PATHBUF = struct.Struct(f"<H6x{COMP_MAX * COMP_LEN}s")
 _FORK = struct.Struct(_HDR + "I4x")
 _EXIT = struct.Struct(_HDR + "i4x")
-_OPEN = struct.Struct(_HDR + "iIIHH")
+_OPEN = struct.Struct(_HDR + "iIIIHH")
 _SETID = struct.Struct(_HDR + "IIIi")
 
 
@@ -195,7 +195,7 @@ class Decoder:
 
     def _open(self, rec, at) -> Open | None:
         (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
-         result, oflags, _, path_len, _) = _OPEN.unpack_from(rec, at)
+         result, oflags, _, count, path_len, _) = _OPEN.unpack_from(rec, at)
         start = at + _OPEN.size
         path = self._str(bytes(rec[start:start + max(path_len - 1, 0)]))
         r = self._policy(gen).match_open(path)
@@ -210,7 +210,7 @@ class Decoder:
                 verdict = "block"
         return Open(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
                     gid=gid, comm=self._str(comm), cgroup=cgroup, path=path, flags=oflags,
-                    result=result, verdict=verdict, rule=rule)
+                    result=result, count=count, verdict=verdict, rule=rule)
 
     def _setid(self, rec, at) -> SetId:
         (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
@@ -263,6 +263,8 @@ def verdict_line(event: Event) -> str | None:
         what = f"exec {event.filename}"
     elif isinstance(event, Open):
         what = f"open {event.path}"
+        if event.count > 1:
+            return f"IMMUNE: [{tag}] {what} (pid={event.pid}, {event.count} times)"
     elif isinstance(event, Connect):
         what = f"connect {_endpoint(event.family, event.address, event.port)}"
     elif isinstance(event, Bind):

@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import Iterable
 
-from wire import Event, Notice
+from wire import Event, Notice, Open
 
 from ._build import build
 from ._decode import KINDS, Decoder, Verdicts
@@ -29,7 +29,7 @@ from ._system import ensure_tracefs, require_btf, require_root
 log = logging.getLogger("kmod")
 
 # struct sensor_config in kmod/bpf/sensor.h
-_CONFIG = struct.Struct("<IIQQQII")
+_CONFIG = struct.Struct("<IIQQQIIQ")
 _U32 = struct.Struct("<I")
 _OPEN_KEY_SIZE = 4 + 256
 _SOCK4_KEY_SIZE = 4 + 8
@@ -90,16 +90,23 @@ class LinuxSensor(Sensor):
     ``latency`` bounds how late a lone event is delivered: the kernel wakes
     the reader at most that often (or when ``wake_bytes`` are pending), and
     after each drain a one-shot timer collects the tail of a burst.  An idle
-    sensor wakes nobody."""
+    sensor wakes nobody.
+
+    ``fold``: a thread's identical audited opens within this many seconds
+    of one reported are sent as one event with a ``count`` (0: never fold);
+    see kmod/bpf/sensor.bpf.c."""
 
     def __init__(self, policy: Policy | str | os.PathLike | None = None, *,
                  scope: Scope | str | None = None, exclude_pids: Iterable[int] = (),
                  exclude_self: bool = True, ring_size: int = 16 << 20, latency: float = 0.02,
-                 wake_bytes: int | None = None, watchdog_bound: float = 0.25):
+                 wake_bytes: int | None = None, watchdog_bound: float = 0.25,
+                 fold: float = 1.0):
         if ring_size < 1 << 16 or ring_size & (ring_size - 1):
             raise ValueError(f"ring_size must be a power of two of at least 64 KiB, not {ring_size}")
         if not 0 < latency <= 10:
             raise ValueError(f"latency must be in (0, 10] seconds, not {latency}")
+        if not 0 <= fold <= 60:
+            raise ValueError(f"fold must be in [0, 60] seconds, not {fold}")
         if not 0 < watchdog_bound <= 60:
             raise ValueError(f"watchdog_bound must be in (0, 60] seconds, not {watchdog_bound}")
         self._policy = _coerce_policy(policy)
@@ -109,6 +116,9 @@ class LinuxSensor(Sensor):
             self._excluded.add(os.getpid())
         self._ring_size = ring_size
         self._latency = latency
+        self._fold = fold
+        self._flush_at: float | None = None  # when to send the folds of quiet threads
+        self._flush_more = False  # an open was reported after that flush was set
         self._wake_bytes = wake_bytes if wake_bytes is not None else min(ring_size // 8, 1 << 20)
         self._bound = watchdog_bound
         self._generation = 0
@@ -256,9 +266,23 @@ class LinuxSensor(Sensor):
                     out.append(ev)
         finally:
             self._ring.release()
-        if records:
-            self._arm_timer()  # collect what arrives without a wake-up
         now = time.monotonic()
+        # A reported open may be followed by folded ones: a flush at least
+        # `fold` later has the kernel send what quiet threads still hold.
+        if self._fold and not self._flush_more and any(
+                type(e) is Open and e.count == 1 for e in out):
+            if self._flush_at is None:
+                self._flush_at = now + self._fold + self._latency
+            else:
+                self._flush_more = True
+        if self._flush_at is not None and now >= self._flush_at:
+            self._bpf.run_iterator("flush_folds")
+            self._flush_at = now + self._fold + self._latency if self._flush_more else None
+            self._flush_more = False
+        if records:
+            self._arm_timer(self._latency)  # collect what arrives without a wake-up
+        elif self._flush_at is not None:
+            self._arm_timer(self._flush_at - now)
         if now - self._drops_checked > 0.5:
             self._drops_checked = now
             self._check_drops()
@@ -266,8 +290,8 @@ class LinuxSensor(Sensor):
                 out.append(self._notices.popleft())
         return out
 
-    def _arm_timer(self) -> None:
-        ns = int(self._latency * 1e9)
+    def _arm_timer(self, seconds: float) -> None:
+        ns = max(int(seconds * 1e9), 1)
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
         _libc.timerfd_settime(self._timer, 0, ctypes.byref(spec), None)
 
@@ -302,7 +326,8 @@ class LinuxSensor(Sensor):
         r = self._resolved
         heads = (policy or self._policy).open_heads() is not None
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
-                             int(self._latency * 1e9), len(self._excluded), heads)
+                             int(self._latency * 1e9), len(self._excluded), heads,
+                             int(self._fold * 1e9))
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:

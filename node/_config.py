@@ -75,6 +75,9 @@ class SensorConfig(_Section):
     """``machine``, ``cgroup:/path/in/cgroup2`` or ``netns:/run/netns/NAME``."""
     watchdog_ms: int = 250
     """Fail open when the exec/open responder cannot answer within this bound."""
+    fold_ms: int = 1000
+    """A thread's identical audited opens this soon after one reported are sent
+    as one event with a count; 0: report every open."""
 
 
 class Config(_Section):

@@ -86,7 +86,8 @@ def sensor_child(cfg: Config, sink: str, on_sensor=None) -> Child:
 
     return Child("sensor", reader_actor, shutdown=cfg.node.shutdown_timeout, start_timeout=120, args=dict(
         sink=sink, policy=cfg.sensor.policy or None, scope=Scope.parse(cfg.sensor.scope),
-        watchdog_bound=cfg.sensor.watchdog_ms / 1000, on_sensor=on_sensor))
+        watchdog_bound=cfg.sensor.watchdog_ms / 1000, fold=cfg.sensor.fold_ms / 1000,
+        on_sensor=on_sensor))
 
 
 def standalone_tree(cfg: Config) -> Supervisor:

@@ -86,6 +86,12 @@ class Open(Event, tag="open"):
     path: str = ""
     flags: int = 0
     result: int = 0
+    """The fd, or -errno; 0 for success when ``count`` > 1."""
+    count: int = 1
+    """How many identical opens (same thread, path, flags and outcome) this
+    event stands for: the sensor folds a thread's repeats within a second of
+    reporting one into a single later event, so a storm of them cannot flood
+    the pipeline.  ``time`` is the latest one's."""
 
 
 class SetId(Event, tag="setid"):

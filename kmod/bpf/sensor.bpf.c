@@ -129,11 +129,16 @@ static __always_inline struct sensor_config *get_config(void)
 	return bpf_map_lookup_elem(&settings, &zero);
 }
 
-static __always_inline void count_drop(__u32 kind)
+static __always_inline void count_drops(__u32 kind, __u32 lost)
 {
 	__u64 *n = bpf_map_lookup_elem(&drops, &kind);
 	if (n)
-		*n += 1;
+		*n += lost;
+}
+
+static __always_inline void count_drop(__u32 kind)
+{
+	count_drops(kind, 1);
 }
 
 /* Batch wake-ups: a wake-up per record costs the producer a cross-CPU
@@ -438,13 +443,18 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-SEC("raw_tp/sched_process_exit")
+static __always_inline void send_folds(struct task_struct *t, struct sensor_config *c);
+
+SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *task)
 {
+	struct sensor_config *c = get_config();
+	if (!c)
+		return 0;
+	send_folds(task, c);  /* every thread: its folded opens die with it */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;  /* other threads of the process still run */
-	struct sensor_config *c = get_config();
-	if (!c || !in_scope(c))
+	if (!in_scope(c))
 		return 0;
 	struct exit_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	if (!r) {
@@ -455,6 +465,142 @@ int BPF_PROG(on_exit, struct task_struct *task)
 	r->code = BPF_CORE_READ(task, exit_code);
 	r->_pad = 0;
 	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	return 0;
+}
+
+/* ---- folding repeated opens ---------------------------------------------
+ *
+ * A thread opening the same audited file in a loop (a storm of reads of
+ * /etc/shadow) fills the ring faster than any reader drains it.  Within
+ * fold_ns of sending an open, the same thread's identical opens (path,
+ * flags, outcome, rule) are counted instead of sent.  The count goes out as
+ * one F_FOLDED record, standing for that many opens, when the thread sends
+ * any other open, sends this one again after fold_ns, or exits, or when the
+ * reader runs flush_folds (it does, fold_ns after draining an open).  So no
+ * open is dropped: each is in exactly one record's count. */
+struct fold_slot {
+	__s32 result;         /* -errno, or 0 for any fd */
+	__u32 flags;
+	__u32 rule;
+	__u32 len;            /* path bytes, NUL included */
+	char path[PATH_LEN];
+};
+
+/* Two slots: a thread sending a new open writes the other slot, then flips
+ * cur, so a concurrent flush_folds (which reads cur before taking the count)
+ * never copies a slot being written. */
+struct fold {
+	__u64 sent;           /* when slot[cur] was last sent */
+	__u64 last;           /* the latest open folded */
+	__u32 count;          /* folded and not sent yet */
+	__u32 cur;
+	struct fold_slot slot[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct fold);
+} task_folds SEC(".maps");
+
+static __always_inline int same_open(struct fold_slot *s, struct open_key *k, long n,
+				     __u32 flags, __s32 result, __u32 rule)
+{
+	if (s->len != n || s->flags != flags || s->result != result || s->rule != rule)
+		return 0;
+	for (int i = 0; i < PATH_LEN / 8; i++) {
+		long left = n - i * 8;
+		if (left <= 0)
+			break;
+		__u64 a, b;
+		__builtin_memcpy(&a, &s->path[i * 8], 8);
+		__builtin_memcpy(&b, &k->data[i * 8], 8);
+		if (left < 8) {  /* past the NUL: whatever the buffers held before */
+			__u64 keep = (1ULL << (left * 8)) - 1;
+			a &= keep;
+			b &= keep;
+		}
+		if (a != b)
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline void send_folds(struct task_struct *t, struct sensor_config *c)
+{
+	struct fold *f = bpf_task_storage_get(&task_folds, t, 0, 0);
+	if (!f || !f->count)
+		return;
+	struct fold_slot *s = &f->slot[f->cur & 1];  /* before taking the count */
+	__u32 n = __sync_lock_test_and_set(&f->count, 0);
+	if (!n)
+		return;
+	struct open_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count_drops(K_OPEN, n);
+		return;
+	}
+	r->h.kind = K_OPEN;
+	r->h.flags = F_FOLDED | (s->len >= PATH_LEN ? F_PATH_TRUNC : 0);
+	r->h.gen = c->gen;
+	r->h.pid = BPF_CORE_READ(t, tgid);
+	r->h.tid = BPF_CORE_READ(t, pid);
+	r->h.ppid = BPF_CORE_READ(t, real_parent, tgid);
+	r->h.uid = BPF_CORE_READ(t, cred, uid.val);
+	r->h.euid = BPF_CORE_READ(t, cred, euid.val);
+	r->h.gid = BPF_CORE_READ(t, cred, gid.val);
+	r->h._pad = 0;
+	r->h.ts = f->last;
+	r->h.cgroup = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	BPF_CORE_READ_STR_INTO(&r->h.comm, t, comm);
+	r->result = s->result;
+	r->flags = s->flags;
+	r->rule = s->rule;
+	r->count = n;
+	r->path_len = s->len;
+	r->_pad = 0;
+	bpf_probe_read_kernel(r->path, PATH_LEN, s->path);
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+}
+
+/* 1: folded, send nothing.  0: send it (after any folds of the open before). */
+static __always_inline int fold_open(struct sensor_config *c, struct open_key *k, long n,
+				     __u32 flags, long ret, __u32 rule)
+{
+	if (!c->fold_ns)
+		return 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct fold *f = bpf_task_storage_get(&task_folds, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!f)
+		return 0;
+	__s32 result = ret < 0 ? ret : 0;
+	__u64 now = bpf_ktime_get_boot_ns();
+	if (now - f->sent < c->fold_ns && same_open(&f->slot[f->cur & 1], k, n, flags, result, rule)) {
+		f->last = now;
+		__sync_fetch_and_add(&f->count, 1);
+		return 1;
+	}
+	send_folds(t, c);
+	struct fold_slot *next = &f->slot[(f->cur & 1) ^ 1];
+	next->result = result;
+	next->flags = flags;
+	next->rule = rule;
+	next->len = n;
+	bpf_probe_read_kernel(next->path, PATH_LEN, k->data);
+	f->cur ^= 1;
+	f->sent = now;
+	return 0;
+}
+
+/* Run by the reader: threads gone quiet send what they folded. */
+SEC("iter/task")
+int flush_folds(struct bpf_iter__task *ctx)
+{
+	struct task_struct *t = ctx->task;
+	struct sensor_config *c = get_config();
+	if (t && c)
+		send_folds(t, c);
 	return 0;
 }
 
@@ -485,7 +631,7 @@ static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 		return 0;
 	k->prefixlen = n * 8;
 	__u32 *rule = bpf_map_lookup_elem(&open_prefixes, k);
-	if (!rule || !in_scope(c))
+	if (!rule || !in_scope(c) || fold_open(c, k, n, flags, ret, *rule))
 		return 0;
 	struct open_rec *r = bpf_map_lookup_elem(&open_scratch, &zero);
 	if (!r)
@@ -497,6 +643,7 @@ static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 	r->result = ret;
 	r->flags = flags;
 	r->rule = *rule;
+	r->count = 1;
 	r->path_len = n;
 	bpf_probe_read_kernel(r->path, PATH_LEN, k->data);
 	__u32 size = n;

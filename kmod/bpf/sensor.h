@@ -1,4 +1,4 @@
-/* Record layouts shared by the BPF programs and kmod/_records.py.
+/* Record layouts shared by the BPF programs and kmod/_decode.py.
  * Change both together: the Python side unpacks these byte for byte. */
 #ifndef IMMUNE_SENSOR_H
 #define IMMUNE_SENSOR_H
@@ -37,6 +37,7 @@ enum setid_call {
 /* header flags */
 #define F_ARGS_TRUNC 1
 #define F_PATH_TRUNC 2   /* a path or path component did not fit */
+#define F_FOLDED 4       /* an open record standing for `count` identical opens */
 
 struct sensor_config {
 	__u32 scope;
@@ -46,6 +47,7 @@ struct sensor_config {
 	__u64 wake_ns;        /* ... or when the last wake-up is this old */
 	__u32 n_excluded;
 	__u32 open_heads;     /* 1: the open_heads filter holds every prefix's first 8 bytes */
+	__u64 fold_ns;        /* fold a thread's identical audited opens this close; 0: never */
 };
 
 struct hdr {
@@ -98,6 +100,7 @@ struct open_rec {
 	__s32 result;
 	__u32 flags;
 	__u32 rule;           /* first rule whose prefix matched */
+	__u32 count;          /* opens this record stands for: 1, or more if F_FOLDED */
 	__u16 path_len;       /* NUL included */
 	__u16 _pad;
 	char path[PATH_LEN];

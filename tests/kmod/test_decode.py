@@ -39,9 +39,10 @@ def exec_rec(filename, argv, result=0, exe="/usr/bin/x", cwd="/", flags=0, pid=1
             + pathbuf(exe) + pathbuf(cwd))
 
 
-def open_rec(path, result=3, oflags=0, pid=100, ts=5):
+def open_rec(path, result=3, oflags=0, pid=100, ts=5, count=1, flags=0):
     raw = path.encode() + b"\0"
-    return hdr(4, pid=pid, ts=ts) + struct.pack("<iIIHH", result, oflags, 0, len(raw), 0) + raw
+    return hdr(4, pid=pid, ts=ts, flags=flags) + struct.pack("<iIIIHH", result, oflags, 0, count,
+                                                             len(raw), 0) + raw
 
 
 def sock_rec(kind, family, address, port, verdict=0, rule=0xFFFFFFFF, proto=6, gen=0):
@@ -109,6 +110,9 @@ def test_open_audit_and_prefix_false_positive(decoder):
     assert verdict_line(ev) == "IMMUNE: [AUDIT] open /etc/shadow (pid=100)"
     # /etc/sudoers.d/ is a kernel prefix; a path under it matches "/etc/sudoers.d/*"
     assert decoder.decode(open_rec("/etc/sudoers.d/x/y")) is None
+    folded = decoder.decode(open_rec("/etc/shadow", result=0, count=999, flags=4))
+    assert (folded.path, folded.count, folded.result) == ("/etc/shadow", 999, 0)
+    assert verdict_line(folded) == "IMMUNE: [AUDIT] open /etc/shadow (pid=100, 999 times)"
 
 
 def test_open_block_uses_the_fanotify_verdict():
