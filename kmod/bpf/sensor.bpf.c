@@ -790,8 +790,9 @@ static __always_inline struct rule_val *lookup6(__u8 hook, __u8 proto, __u16 por
 	return NULL;
 }
 
-/* Returns 1 to let the call go on, 0 to refuse it with EPERM. */
-static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6)
+/* Returns 1 to let the call go on, 0 to refuse it with EPERM.  quiet: send
+ * no event for an allowed call. */
+static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6, int quiet)
 {
 	struct sensor_config *c = get_config();
 	if (!c)
@@ -820,6 +821,8 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6)
 	}
 
 	__u8 verdict = v ? v->action : V_ALLOW;
+	if (quiet && verdict == V_ALLOW)
+		return 1;
 	struct sock_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	if (r) {
 		fill_hdr(&r->h, hook == H_CONNECT ? K_CONNECT : K_BIND, c);
@@ -839,13 +842,23 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6)
 }
 
 SEC("cgroup/connect4")
-int connect4(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_CONNECT, 0); }
+int connect4(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_CONNECT, 0, 0); }
 
 SEC("cgroup/connect6")
-int connect6(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_CONNECT, 1); }
+int connect6(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_CONNECT, 1, 0); }
+
+/* A UDP datagram sent to an address without connect() meets the connect
+ * rules too, or a blocked address (or an isolated host) would still be
+ * reachable by sendto.  Reported only when a rule matches: a busy DNS or
+ * QUIC client sends thousands a second. */
+SEC("cgroup/sendmsg4")
+int sendmsg4(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_CONNECT, 0, 1); }
+
+SEC("cgroup/sendmsg6")
+int sendmsg6(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_CONNECT, 1, 1); }
 
 SEC("cgroup/bind4")
-int bind4(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_BIND, 0); }
+int bind4(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_BIND, 0, 0); }
 
 SEC("cgroup/bind6")
-int bind6(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_BIND, 1); }
+int bind6(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_BIND, 1, 0); }

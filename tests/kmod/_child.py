@@ -30,6 +30,10 @@ def act(action: str, args: list[str]) -> int:
         with socket.socket(family, kind) as s:
             s.settimeout(2)
             getattr(s, action)(addr)
+    elif action == "sendto":
+        family, addr = endpoint(*args[:2])
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x", addr)
     elif action == "open":
         os.close(os.open(args[0], os.O_RDONLY))
     elif action == "setuid":

@@ -169,6 +169,25 @@ def test_udp_connect_and_bind_blocked(sensor):
     assert verdict_line(ev) == f"IMMUNE: [BLOCKED] bind 127.0.0.1:4444 (pid={bound.pid})"
 
 
+
+def test_udp_sendto_meets_the_connect_rules(sensor):
+    """Unconnected UDP: refused by a connect rule and reported; an allowed
+    datagram is not reported (one event per DNS query would be noise)."""
+    flush(sensor)
+    blocked = run_child("sendto", "127.0.0.1", "4444")
+    assert blocked.errno == errno.EPERM
+    (ev,) = collect(sensor, of(blocked.pid, Connect))
+    assert (ev.protocol, ev.port, ev.address, ev.verdict, ev.rule) == \
+        ("udp", 4444, "127.0.0.1", "block", "connect-c2-ports")
+    assert verdict_line(ev) == f"IMMUNE: [BLOCKED] connect 127.0.0.1:4444 (pid={blocked.pid})"
+    blocked6 = run_child("sendto", "::1", "31337")
+    assert blocked6.errno == errno.EPERM
+    allowed = run_child("sendto", "127.0.0.1", "9")
+    assert allowed.errno == 0
+    events = collect(sensor, lambda e: e.pid in (blocked6.pid, allowed.pid) and isinstance(e, Connect),
+                     until=lambda evs: any(e.pid == blocked6.pid for e in evs), timeout=2)
+    assert [(e.pid, e.family, e.verdict) for e in events] == [(blocked6.pid, socket.AF_INET6, "block")]
+
 def test_allowed_bind_is_reported(sensor):
     flush(sensor)
     child = run_child("bind", "::1", "0")
