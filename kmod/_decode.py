@@ -26,7 +26,7 @@ F_PATH_TRUNC = 2
 RULE_NONE = 0xFFFFFFFF
 COMP_MAX, COMP_LEN = 16, 64
 _VERDICTS = ("allow", "audit", "block")
-_PROTOCOLS = {6: "tcp", 17: "udp"}
+PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 _EPERM = -errno.EPERM
 
 _HDR = "<BBHIIIIII4xQQ16s"
@@ -233,12 +233,12 @@ class Decoder:
         cls = Connect if kind == K_CONNECT else Bind
         return cls(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
                    gid=gid, comm=self._str(comm), cgroup=cgroup, family=family,
-                   protocol=_PROTOCOLS.get(proto) or str(proto), address=_address(family, addr),
+                   protocol=PROTOCOL_NAMES.get(proto) or str(proto), address=address_text(family, addr),
                    port=port, verdict=_VERDICTS[verdict] if verdict < 3 else "allow", rule=rule)
 
 
 @functools.lru_cache(maxsize=_CACHE_LIMIT)
-def _address(family: int, raw: bytes) -> str:
+def address_text(family: int, raw: bytes) -> str:
     if family == 2:
         return str(ipaddress.IPv4Address(raw[:4]))
     v6 = ipaddress.IPv6Address(raw)
@@ -246,7 +246,7 @@ def _address(family: int, raw: bytes) -> str:
     return f"::ffff:{v6.ipv4_mapped}" if v6.ipv4_mapped else str(v6)
 
 
-def _endpoint(family: int, address: str, port: int) -> str:
+def endpoint_text(family: int, address: str, port: int) -> str:
     return f"[{address}]:{port}" if family == 10 else f"{address}:{port}"
 
 
@@ -266,9 +266,9 @@ def verdict_line(event: Event) -> str | None:
         if event.count > 1:
             return f"IMMUNE: [{tag}] {what} (pid={event.pid}, {event.count} times)"
     elif isinstance(event, Connect):
-        what = f"connect {_endpoint(event.family, event.address, event.port)}"
+        what = f"connect {endpoint_text(event.family, event.address, event.port)}"
     elif isinstance(event, Bind):
-        what = f"bind {_endpoint(event.family, event.address, event.port)}"
+        what = f"bind {endpoint_text(event.family, event.address, event.port)}"
     elif isinstance(event, SetId):
         old = "?" if event.old < 0 else event.old  # ids never seen by the sensor
         what = f"{event.call} {old}->{event.new}"

@@ -181,8 +181,10 @@ class BpfObject:
                 raise _errno_error(f"cannot attach {name}", ctypes.get_errno())
             self._links.append(Link(link, name))
 
-    def run_iterator(self, name: str) -> None:
-        """Run an iterator program over everything it visits, once."""
+    def run_iterator(self, name: str) -> bytes:
+        """Run an iterator program over everything it visits, once; returns
+        what it wrote.  Socket iterators visit the calling thread's network
+        namespace."""
         prog = next((p for n, p in self.programs() if n == name), None)
         if prog is None or not _is_iterator(prog):
             raise KernelError(f"BPF object has no iterator {name!r}")
@@ -193,11 +195,13 @@ class BpfObject:
             fd = _iter_create(_link_fd(link))
             if fd < 0:
                 raise _errno_error(f"cannot start iterator {name}", -fd)
+            out = []
             try:
-                while os.read(fd, 1 << 16):
-                    pass
+                while chunk := os.read(fd, 1 << 16):
+                    out.append(chunk)
             finally:
                 os.close(fd)
+            return b"".join(out)
         finally:
             _link_destroy(link)
 

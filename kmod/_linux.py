@@ -16,14 +16,14 @@ from collections.abc import Iterable
 from wire import Event, Notice, Open
 
 from ._build import build
-from ._decode import KINDS, Decoder, Verdicts
+from ._decode import KINDS, PROTOCOL_NAMES, Decoder, Verdicts, address_text, endpoint_text
 from ._errors import KmodError
 from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
 from ._policy import Policy
 from ._ringbuf import RingBuffer
-from ._scope import S_CGROUP, Scope
+from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
 from ._system import ensure_tracefs, require_btf, require_root
 
 log = logging.getLogger("kmod")
@@ -31,6 +31,7 @@ log = logging.getLogger("kmod")
 # struct sensor_config in kmod/bpf/sensor.h
 _CONFIG = struct.Struct("<IIQQQIIQ")
 _U32 = struct.Struct("<I")
+_CUT = struct.Struct("<HHB3xI16s")  # struct cut_rec
 _OPEN_KEY_SIZE = 4 + 256
 _SOCK4_KEY_SIZE = 4 + 8
 _SOCK6_KEY_SIZE = 4 + 20
@@ -368,6 +369,28 @@ class LinuxSensor(Sensor):
         self._install(new, generation)
         self._guard.reload(new)
         log.info("policy reloaded: generation %d, %d rules", generation, len(new.rules))
+        self._cut_connections()
+
+    def _cut_connections(self) -> None:
+        """Reset the scope's connections that the connect rules now refuse
+        (kmod/bpf/sensor.bpf.c, cut_tcp/cut_udp), each logged and noticed.
+        A cgroup scope shares its network namespace with others: left alone."""
+        r = self._resolved
+        if r.code == S_CGROUP:
+            return
+
+        def run() -> bytes:
+            return self._bpf.run_iterator("cut_tcp") + self._bpf.run_iterator("cut_udp")
+
+        out = in_netns(r.scope.path, run) if r.code == S_NETNS else run()
+        for at in range(0, len(out) - _CUT.size + 1, _CUT.size):
+            family, port, proto, rule_id, addr = _CUT.unpack_from(out, at)
+            rule = self._policy.rule(rule_id & 0xFFFF)
+            what = (f"{PROTOCOL_NAMES.get(proto, proto)} connection to "
+                    f"{endpoint_text(family, address_text(family, addr), port)} reset "
+                    f"(rule {rule.name if rule else rule_id})")
+            log.warning("%s", what)
+            self._notice("connection_cut", what, count=1)
 
     def exclude(self, *pids: int) -> None:
         for pid in pids:

@@ -9,8 +9,10 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ._errors import ScopeError
 from ._system import cgroup2_root
@@ -20,6 +22,7 @@ CLONE_NEWNET = 0x40000000
 S_MACHINE, S_CGROUP, S_NETNS = 0, 1, 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,12 @@ def _under(path: Path, root: Path) -> bool:
     return True
 
 
-def _netns_cookie(path: str) -> int:
-    """The namespace's cookie (what bpf_get_netns_cookie() returns): ask a
-    socket created inside it, from a thread that enters it and then ends."""
+def in_netns(path: str, fn: Callable[[], T]) -> T:
+    """``fn()`` run inside the network namespace at ``path``, on a thread
+    that enters it and then ends (so no thread of ours stays there)."""
     result: list = []
 
-    def probe() -> None:
+    def run() -> None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -105,18 +108,30 @@ def _netns_cookie(path: str) -> int:
                     raise OSError(err, os.strerror(err))
             finally:
                 os.close(fd)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
-            result.append(int.from_bytes(raw, "little"))
         except OSError as e:
+            result.append(ScopeError(f"cannot enter network namespace {path!r}: {e.strerror}"))
+            return
+        try:
+            result.append(fn())
+        except BaseException as e:  # re-raised on the caller's thread
             result.append(e)
 
-    t = threading.Thread(target=probe, name="netns-cookie")
+    t = threading.Thread(target=run, name="in-netns")
     t.start()
     t.join()
-    if isinstance(result[0], OSError):
-        raise ScopeError(f"cannot enter network namespace {path!r}: {result[0].strerror}")
+    if isinstance(result[0], BaseException):
+        raise result[0]
     return result[0]
+
+
+def _netns_cookie(path: str) -> int:
+    """The namespace's cookie (what bpf_get_netns_cookie() returns), asked of
+    a socket created inside it."""
+    def probe() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+    return in_netns(path, probe)
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,7 @@ class Executor:
             self._slot().policy.isolation = iso
 
         self._change(isolate)
-        return (f"isolated: connects and binds refused except to {', '.join(allowed)}",
+        return (f"isolated: connects and binds refused, open connections reset, except to {', '.join(allowed)}",
                 {"rule": ISOLATION, "allowed": allowed, "expires": iso.expires})
 
     def _do_unisolate(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:

@@ -862,3 +862,70 @@ int bind4(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_BIND, 0, 0); }
 
 SEC("cgroup/bind6")
 int bind6(struct bpf_sock_addr *ctx) { return on_sock(ctx, H_BIND, 1, 0); }
+
+/* ---- cutting what the policy now refuses ----------------------------------
+ *
+ * Run by the loader after each policy reload, in the scope's network
+ * namespace: a connection to an address the connect rules now block (a
+ * playbook's block_connect, an isolation) is destroyed, as a reset would,
+ * instead of living on.  Each one cut is written to the iterator's output
+ * (struct cut_rec), which the loader logs. */
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+#define TCP_TIME_WAIT 6
+#define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
+
+static __always_inline int cut(struct bpf_iter_meta *meta, struct sock_common *sk, __u8 proto)
+{
+	struct cut_rec r = {.protocol = proto, .family = sk->skc_family};
+	struct rule_val *v;
+	r.port = bpf_ntohs(sk->skc_dport);
+	if (r.family == AF_INET) {
+		r.addr[0] = sk->skc_daddr;
+		v = lookup4(H_CONNECT, proto, r.port, r.addr[0]);
+	} else if (r.family == AF_INET6) {
+		r.addr[0] = sk->skc_v6_daddr.in6_u.u6_addr32[0];
+		r.addr[1] = sk->skc_v6_daddr.in6_u.u6_addr32[1];
+		r.addr[2] = sk->skc_v6_daddr.in6_u.u6_addr32[2];
+		r.addr[3] = sk->skc_v6_daddr.in6_u.u6_addr32[3];
+		if (r.addr[0] == 0 && r.addr[1] == 0 && r.addr[2] == bpf_htonl(0xffff))
+			v = lookup4(H_CONNECT, proto, r.port, r.addr[3]);
+		else
+			v = lookup6(H_CONNECT, proto, r.port, r.addr);
+	} else {
+		return 0;
+	}
+	if (!v || v->action != V_BLOCK)
+		return 0;
+	r.rule = v->rule;
+	if (bpf_sock_destroy(sk) == 0)
+		bpf_seq_write(meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+SEC("iter/tcp")
+int cut_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *sk = ctx->sk_common;
+	if (!sk)
+		return 0;
+	__u8 state = sk->skc_state;
+	if (state == TCP_LISTEN || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
+		return 0;  /* not a connection, or not a full socket */
+	return cut(ctx->meta, sk, 6);
+}
+
+SEC("iter/udp")
+int cut_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp = ctx->udp_sk;
+	if (!udp)
+		return 0;
+	struct sock_common *sk = (struct sock_common *)udp;
+	if (!sk->skc_dport)
+		return 0;  /* not connected: its datagrams meet the sendmsg hooks */
+	return cut(ctx->meta, sk, 17);
+}
+

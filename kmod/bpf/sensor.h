@@ -128,6 +128,16 @@ struct sock_rec {
 
 /* LPM keys: [hook, proto, port_hi, port_lo] then the address, so one
  * trie holds both hooks and "any protocol/port" is the value 0. */
+/* Written by the cut_tcp/cut_udp iterators, one per connection cut. */
+struct cut_rec {
+	__u16 family;
+	__u16 port;
+	__u8 protocol;
+	__u8 _pad[3];
+	__u32 rule;
+	__u32 addr[4];
+};
+
 struct sock4_key {
 	__u32 prefixlen;
 	__u8 data[8];

@@ -4,11 +4,13 @@ policy reloads in place, the allow cache and its invalidation."""
 import errno
 import hashlib
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from kmod import DEFAULT_POLICY, LinuxSensor, Policy, verdict_line
-from wire import Connect, Exec, Open
+from wire import Connect, Exec, Notice, Open
 
 from .conftest import _REASON, collect, executable_copy, flush, kernel, run_child
 
@@ -95,6 +97,58 @@ match.port = {port}
 
         sensor.reload(Policy.default())
         assert run_child("connect", "127.0.0.1", str(port)).errno == 0
+
+
+HOLDER = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print("connected", flush=True)
+s.settimeout(10)
+try:
+    print("closed" if s.recv(1) == b"" else "data", flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"""
+
+
+def test_reload_resets_connections_the_new_rules_refuse(sensor):
+    """A block added at runtime (a playbook's block_connect, an isolation)
+    also ends the connections already open to that address: a reverse shell
+    must not outlive the block."""
+    with socket.socket() as server, socket.socket() as kept:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        doomed = subprocess.Popen([sys.executable, "-S", "-c", HOLDER, str(port)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert doomed.stdout.readline().strip() == "connected"
+            peer, _ = server.accept()
+            # another connection, to a port no rule names, lives on
+            other = socket.create_server(("127.0.0.1", 0))
+            kept.connect(other.getsockname())
+            flush(sensor)
+            sensor.reload(with_rules(f'''
+[[rule]]
+name = "c2-found"
+hook = "connect"
+action = "block"
+match.address = "127.0.0.1"
+match.port = {port}
+'''))
+            assert doomed.stdout.readline().strip() == "ConnectionAbortedError"
+            assert doomed.wait(5) == 0
+            (notice,) = collect(sensor, lambda e: isinstance(e, Notice) and e.what == "connection_cut")
+            assert notice.detail == f"tcp connection to 127.0.0.1:{port} reset (rule c2-found)"
+            kept.sendall(b"still here")
+            conn, _ = other.accept()
+            assert conn.recv(10) == b"still here"
+            conn.close()
+            other.close()
+            peer.close()
+        finally:
+            doomed.kill()
+            doomed.wait()
 
 
 def test_reload_flushes_the_allow_cache(sensor, workdir):

@@ -4,13 +4,14 @@ acts on the processes inside it, and on nothing outside."""
 import errno
 import os
 import subprocess
+import sys
 import time
 
 import pytest
 
 from kmod import LinuxSensor, Policy, Scope
 from kmod._system import cgroup2_root
-from wire import Connect, Exec
+from wire import Connect, Exec, Notice
 
 from .conftest import (_REASON, collect, dropped_script, flush, free_port, kernel,
                        private_rules, run_child)
@@ -97,3 +98,41 @@ def test_cgroup_scope_sees_members_only(cgroup, private):
         events += [e for e in _drain_for(sensor, 0.2) if isinstance(e, Connect)]
         assert [(e.pid, e.verdict) for e in events] == [(member.pid, "block")]
         assert events[0].cgroup == os.stat(cgroup).st_ino
+
+
+PAIR = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+client = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+peer, _ = server.accept()
+print("connected", flush=True)
+client.settimeout(float(sys.argv[2]))
+try:
+    print("closed" if client.recv(1) == b"" else "data", flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"""
+
+
+def test_netns_scope_resets_connections_inside_only(netns):
+    """A block added at runtime ends the namespace's connections to that
+    address, and not the same connections outside it."""
+    port = free_port()
+    cmd = [sys.executable, "-S", "-c", PAIR, str(port)]
+    with LinuxSensor(scope=Scope.netns(f"/run/netns/{netns}")) as sensor:
+        inside = subprocess.Popen(["ip", "netns", "exec", netns, *cmd, "10"],
+                                  stdout=subprocess.PIPE, text=True)
+        outside = subprocess.Popen([*cmd, "1.5"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert inside.stdout.readline().strip() == "connected"
+            assert outside.stdout.readline().strip() == "connected"
+            sensor.reload(Policy.parse(f'[[rule]]\nname="cut"\nhook="connect"\naction="block"\n'
+                                       f'match.address="127.0.0.1"\nmatch.port={port}'))
+            assert inside.stdout.readline().strip() == "ConnectionAbortedError"
+            assert outside.stdout.readline().strip() == "TimeoutError"  # untouched
+        finally:
+            for p in (inside, outside):
+                p.kill()
+                p.wait()
+        cuts = [e for e in _drain_for(sensor, 0.3) if isinstance(e, Notice) and e.what == "connection_cut"]
+        assert [e.detail for e in cuts] == [f"tcp connection to 127.0.0.1:{port} reset (rule cut)"]
