@@ -38,6 +38,11 @@ def with_rules(extra: str) -> Policy:
     return Policy.parse(extra + "\n" + DEFAULT_POLICY.read_text().replace("version = 1", ""))
 
 
+def with_connect_block(name: str, address: str, port: int) -> Policy:
+    return with_rules(f'[[rule]]\nname = "{name}"\nhook = "connect"\naction = "block"\n'
+                      f'match.address = "{address}"\nmatch.port = {port}\n')
+
+
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -79,14 +84,7 @@ def test_reload_takes_effect_without_detaching(sensor):
         before = sensor.attachments()
         assert run_child("connect", "127.0.0.1", str(port)).errno == 0
 
-        sensor.reload(with_rules(f'''
-[[rule]]
-name = "reload-test"
-hook = "connect"
-action = "block"
-match.address = "127.0.0.0/8"
-match.port = {port}
-'''))
+        sensor.reload(with_connect_block("reload-test", "127.0.0.0/8", port))
         flush(sensor)
         child = run_child("connect", "127.0.0.1", str(port))
         assert child.errno == errno.EPERM
@@ -128,14 +126,7 @@ def test_reload_resets_connections_the_new_rules_refuse(sensor):
             other = socket.create_server(("127.0.0.1", 0))
             kept.connect(other.getsockname())
             flush(sensor)
-            sensor.reload(with_rules(f'''
-[[rule]]
-name = "c2-found"
-hook = "connect"
-action = "block"
-match.address = "127.0.0.1"
-match.port = {port}
-'''))
+            sensor.reload(with_connect_block("c2-found", "127.0.0.1", port))
             assert doomed.stdout.readline().strip() == "ConnectionAbortedError"
             assert doomed.wait(5) == 0
             (notice,) = collect(sensor, lambda e: isinstance(e, Notice) and e.what == "connection_cut")
