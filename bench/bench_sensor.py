@@ -6,6 +6,8 @@ Loops are small C programs (compiled here with clang, which the sensor
 needs anyway) so that Python's own overhead does not hide the sensor's:
 
 * open:    open()+close() of /etc/hostname, outside the watched set;
+* open-rel: the same by a relative path, in a directory 8 levels deep that
+           no rule watches (the kernel checks the directories above it);
 * exec:    fork()+execve("/bin/true")+waitpid();
 * connect: TCP connect()+accept()+close() on loopback (SO_LINGER 0, so no
            TIME_WAIT).
@@ -155,16 +157,17 @@ def compile_bpf(directory: str, name: str, source: str) -> str:
     return obj
 
 
-def run_loop(exe: str, mode: str, seconds: float, *args: str) -> float:
+def run_loop(exe: str, mode: str, seconds: float, *args: str, cwd: str | None = None) -> float:
     """Operations per second of one loop, pinned to LOOP_CPU."""
-    n, elapsed = count_loop(exe, mode, seconds, *args)
+    n, elapsed = count_loop(exe, mode, seconds, *args, cwd=cwd)
     return n / elapsed
 
 
-def count_loop(exe: str, mode: str, seconds: float, *args: str) -> tuple[int, float]:
+def count_loop(exe: str, mode: str, seconds: float, *args: str,
+               cwd: str | None = None) -> tuple[int, float]:
     """Operations done by one loop, pinned to LOOP_CPU, and its seconds."""
     out = subprocess.run([exe, mode, str(seconds), *args], check=True, capture_output=True,
-                         text=True, preexec_fn=lambda: os.sched_setaffinity(0, {LOOP_CPU}))
+                         text=True, cwd=cwd, preexec_fn=lambda: os.sched_setaffinity(0, {LOOP_CPU}))
     n, elapsed = out.stdout.split()
     return int(n), float(elapsed)
 
@@ -206,10 +209,13 @@ def main() -> None:
     if os.cpu_count() < 2:
         sys.exit("bench_sensor: needs two CPUs (one for the loops, one for the sensor)")
     os.sched_setaffinity(0, {SENSOR_CPU})
-    loops = [("open", ("/etc/hostname",)), ("exec", ()), ("connect", ())]
+    # label, mode, arguments, working directory ("deep": 5 levels below the bench's
+    # directory, under /root/.cache, none of them watched)
+    loops = [("open", "open", ("/etc/hostname",), None), ("open-rel", "open", ("f",), "deep"),
+             ("exec", "exec", (), None), ("connect", "connect", (), None)]
     # (without, with) per round; the floors are (without, one floor program)
     floors = {"floor": "empty", "floor+read": "path_read"}
-    pairs: dict[str, list[tuple[float, float]]] = {m: [] for m, _ in loops}
+    pairs: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in loops}
     pairs.update((f, []) for f in floors)
 
     # not under /tmp: the default policy blocks executables there
@@ -217,14 +223,18 @@ def main() -> None:
     os.makedirs(cache, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         exe = compile_loops(tmp)
+        deep = os.path.join(tmp, "a", "b", "c", "d", "e")
+        os.makedirs(deep)
+        Path(deep, "f").touch()
         objects = {f: compile_bpf(tmp, name, EMPTY_BPF_C if name == "empty" else PATH_READ_BPF_C)
                    for f, name in floors.items()}
         for _ in range(args.rounds):
-            for mode, extra in loops:
-                off = run_loop(exe, mode, args.seconds, *extra)
+            for label, mode, extra, cwd in loops:
+                cwd = deep if cwd == "deep" else cwd
+                off = run_loop(exe, mode, args.seconds, *extra, cwd=cwd)
                 with LinuxSensor() as sensor, Drainer(sensor):
-                    pairs[mode].append((off, run_loop(exe, mode, args.seconds, *extra)))
-                for floor, obj in objects.items() if mode == "open" else ():
+                    pairs[label].append((off, run_loop(exe, mode, args.seconds, *extra, cwd=cwd)))
+                for floor, obj in objects.items() if label == "open" else ():
                     program = BpfObject(obj)
                     try:
                         program.load()

@@ -23,6 +23,7 @@ KINDS = {K_EXEC: "exec", K_FORK: "fork", K_EXIT: "exit", K_OPEN: "open",
          K_SETID: "setid", K_CONNECT: "connect", K_BIND: "bind"}
 F_ARGS_TRUNC = 1
 F_PATH_TRUNC = 2
+F_RESOLVED = 8
 RULE_NONE = 0xFFFFFFFF
 COMP_MAX, COMP_LEN = 16, 64
 _VERDICTS = ("allow", "audit", "block")
@@ -197,7 +198,10 @@ class Decoder:
         (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
          result, oflags, _, count, path_len, _) = _OPEN.unpack_from(rec, at)
         start = at + _OPEN.size
-        path = self._str(bytes(rec[start:start + max(path_len - 1, 0)]))
+        if flags & F_RESOLVED:  # by a relative path: the file's own path
+            path = _join(rec, start, bool(flags & F_PATH_TRUNC))
+        else:
+            path = self._str(bytes(rec[start:start + max(path_len - 1, 0)]))
         r = self._policy(gen).match_open(path)
         if r is None:
             return None

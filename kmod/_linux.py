@@ -21,7 +21,7 @@ from ._errors import KmodError
 from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
-from ._policy import Policy
+from ._policy import D_NAMES, DIR_BITS, HEAD_MULT, Policy
 from ._ringbuf import RingBuffer
 from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
 from ._system import ensure_tracefs, require_btf, require_root
@@ -29,12 +29,14 @@ from ._system import ensure_tracefs, require_btf, require_root
 log = logging.getLogger("kmod")
 
 # struct sensor_config in kmod/bpf/sensor.h
-_CONFIG = struct.Struct("<IIQQQIIQ")
+_CONFIG = struct.Struct("<IIQQQIIQI4x")
 _U32 = struct.Struct("<I")
 _CUT = struct.Struct("<HHB3xI16s")  # struct cut_rec
 _OPEN_KEY_SIZE = 4 + 256
 _SOCK4_KEY_SIZE = 4 + 8
 _SOCK6_KEY_SIZE = 4 + 20
+_DIR_KEY = struct.Struct("<QI4x")  # struct dir_key
+_NAME_LEN = 64
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLOCK_MONOTONIC = 1
@@ -120,6 +122,7 @@ class LinuxSensor(Sensor):
         self._fold = fold
         self._flush_at: float | None = None  # when to send the folds of quiet threads
         self._flush_more = False  # an open was reported after that flush was set
+        self._n_dirs = 0  # entries in the kernel's watched_dirs
         self._wake_bytes = wake_bytes if wake_bytes is not None else min(ring_size // 8, 1 << 20)
         self._bound = watchdog_bound
         self._generation = 0
@@ -328,7 +331,7 @@ class LinuxSensor(Sensor):
         heads = (policy or self._policy).open_heads() is not None
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
                              int(self._latency * 1e9), len(self._excluded), heads,
-                             int(self._fold * 1e9))
+                             int(self._fold * 1e9), self._n_dirs)
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:
@@ -339,6 +342,11 @@ class LinuxSensor(Sensor):
         prefixes = {_U32.pack(len(k) * 8) + k.ljust(256, b"\0"): _U32.pack(v)
                     for k, v in new.open_prefixes().items()}
         new4, new6 = new.sock_entries(generation)
+        dirs, names, dir_bits = _dir_entries(new.open_dirs())
+        filter_fd = bpf.map_fd("dir_filter")
+        # the union of both filters until the old directories are gone
+        old_bits = map_lookup(filter_fd, _U32.pack(0), len(dir_bits))
+        map_update(filter_fd, _U32.pack(0), bytes(a | b for a, b in zip(old_bits, dir_bits)))
         heads_fd, heads = bpf.map_fd("open_heads"), new.open_heads()
         if heads is None:  # stop relying on the filter before it changes
             self._write_config(new)
@@ -348,17 +356,21 @@ class LinuxSensor(Sensor):
         stale = []
         for name, entries, key_size in (("open_prefixes", prefixes, _OPEN_KEY_SIZE),
                                          ("sock4_rules", new4, _SOCK4_KEY_SIZE),
+                                         ("watched_dirs", dirs, _DIR_KEY.size),
+                                         ("watched_names", names, _DIR_KEY.size + _NAME_LEN),
                                          ("sock6_rules", new6, _SOCK6_KEY_SIZE)):
             fd = bpf.map_fd(name)
             stale += [(fd, key) for key in set(map_keys(fd, key_size)) - set(entries)]
             for key, value in entries.items():
                 map_update(fd, key, value)
         self._policy, self._generation = new, generation
+        self._n_dirs = len(dirs)
         self._write_config()
         if heads is not None:
             map_update(heads_fd, _U32.pack(0), heads)
         for fd, key in stale:
             map_delete(fd, key)
+        map_update(filter_fd, _U32.pack(0), dir_bits)
 
     def reload(self, policy: Policy | str | os.PathLike) -> None:
         new = _coerce_policy(policy)
@@ -446,3 +458,28 @@ def _possible_cpus() -> int:
             low, _, high = part.partition("-")
             n = max(n, int(high or low) + 1)
         return n
+
+
+def _dir_entries(dirs: dict[str, tuple[int, frozenset[str]]]) -> tuple[dict, dict, bytes]:
+    """The kernel's view of Policy.open_dirs: watched_dirs entries (device
+    as the kernel encodes it, inode) -> how; watched_names entries; the
+    inode filter.  A directory that does not exist yet is not watched until
+    a reload."""
+    found: dict[bytes, tuple[int, set[str]]] = {}
+    for path, (how, names) in dirs.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        key = _DIR_KEY.pack(st.st_ino, os.major(st.st_dev) << 20 | os.minor(st.st_dev))
+        was_how, was_names = found.get(key, (0, set()))  # one directory by two names
+        found[key] = (max(was_how, how), was_names | names)
+    entries, name_entries = {}, {}
+    words = [0] * (1 << (DIR_BITS - 6))
+    for key, (how, names) in found.items():
+        entries[key] = bytes([how])
+        bit = ((_DIR_KEY.unpack(key)[0] * HEAD_MULT) & (1 << 64) - 1) >> (64 - DIR_BITS)
+        words[bit >> 6] |= 1 << (bit & 63)
+        for name in names if how == D_NAMES else ():
+            name_entries[key + name.encode()[:_NAME_LEN - 1].ljust(_NAME_LEN, b"\0")] = b"\1"
+    return entries, name_entries, struct.pack(f"<{len(words)}Q", *words)

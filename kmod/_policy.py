@@ -78,6 +78,10 @@ def literal_prefix(pattern: str) -> str:
     return pattern if m is None else pattern[:m.start()]
 
 
+D_NAMES, D_PARENT, D_ANY = 1, 2, 3  # kmod/bpf/sensor.h
+DIR_BITS = 12
+
+
 def has_wildcard(pattern: str) -> bool:
     return literal_prefix(pattern) != pattern
 
@@ -342,6 +346,26 @@ class Policy:
                 prefix = literal_prefix(p).encode() if has_wildcard(p) else p.encode() + b"\0"
                 out.setdefault(prefix, i)
         return out
+
+    def open_dirs(self) -> dict[str, tuple[int, frozenset[str]]]:
+        """How the kernel judges an open by a relative path: directory ->
+        (D_NAMES, the file names in it the rules name), (D_PARENT, any file
+        in it) or (D_ANY, any file below it, for "**" or a wildcard before a
+        later "/")."""
+        how: dict[str, int] = {}
+        names: dict[str, set[str]] = {}
+        for _, r in self._by_hook["open"]:
+            for p in r.paths:
+                base = literal_prefix(p) if has_wildcard(p) else p
+                directory = base[:base.rindex("/")] or "/"
+                rest = p[len(base):]
+                if not has_wildcard(p):
+                    kind = D_NAMES
+                    names.setdefault(directory, set()).add(p[len(directory):].lstrip("/"))
+                else:
+                    kind = D_ANY if "/" in rest or "**" in rest else D_PARENT
+                how[directory] = max(how.get(directory, 0), kind)
+        return {d: (k, frozenset(names.get(d, ()) if k == D_NAMES else ())) for d, k in how.items()}
 
     def open_heads(self) -> bytes | None:
         """The kernel's first check on an open: a bitmap with a bit set for

@@ -106,6 +106,41 @@ struct {
 	__type(value, struct heads);
 } open_heads SEC(".maps");
 
+/* Directories the open rules name (kmod/_policy.py open_dirs), for opens by
+ * relative paths: a filter of their inodes, then the directories, then for
+ * D_NAMES directories the file names. */
+struct dir_filter {
+	__u64 words[DIR_WORDS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dir_filter);
+} dir_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct dir_key);
+	__type(value, __u8);
+} watched_dirs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct name_key);
+	__type(value, __u8);
+} watched_names SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct name_key);
+} name_scratch SEC(".maps");
+
 /* Scratch space too big for the 512-byte stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -606,6 +641,76 @@ int flush_folds(struct bpf_iter__task *ctx)
 
 /* ---- open -------------------------------------------------------------- */
 
+#define DIR_DEPTH 8
+
+/* Kernel memory through a plain pointer, read with direct loads (which fault
+ * safely) instead of a helper call per field. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define KERNEL(type, p) ((type *)bpf_rdonly_cast((p), bpf_core_type_id_kernel(type)))
+
+/* A relative path says nothing by itself (`cd /etc; cat shadow`): judge the
+ * opened file by the directories above it, up to DIR_DEPTH, and if one is
+ * watched for it send the file's own path for userspace to match.  Most
+ * directories are turned away by a bit test on their inode number. */
+static __always_inline int open_relative(struct sensor_config *c, long ret, __u32 flags)
+{
+	__u32 zero = 0;
+	struct dir_filter *filter = bpf_map_lookup_elem(&dir_filter, &zero);
+	if (ret < 0 || !c->watched_dirs || !filter)
+		return 0;
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct file **fds = (void *)t->files->fdt->fd;
+	void *raw = NULL;
+	if (bpf_probe_read_kernel(&raw, sizeof(raw), &fds[ret]) || !raw)
+		return 0;
+	struct file *f = KERNEL(struct file, raw);
+	struct dentry *leaf = f->f_path.dentry, *d = leaf;
+	struct dir_key key = {};
+	__u8 how = 0;
+	for (int i = 0; i < DIR_DEPTH && !how; i++) {
+		struct dentry *up = d->d_parent;
+		if (!up || up == d)
+			break;
+		d = up;
+		key.ino = d->d_inode->i_ino;
+		__u32 bit = (key.ino * HEAD_MULT) >> (64 - DIR_BITS);
+		if (!(filter->words[(bit >> 6) & (DIR_WORDS - 1)] & (1ULL << (bit & 63))))
+			continue;
+		key.dev = d->d_sb->s_dev;
+		__u8 *v = bpf_map_lookup_elem(&watched_dirs, &key);
+		if (v && (i == 0 || *v == D_ANY))
+			how = *v;
+	}
+	if (how == D_NAMES) {  /* only some of its files: is this one of them? */
+		struct name_key *nk = bpf_map_lookup_elem(&name_scratch, &zero);
+		if (!nk)
+			return 0;
+		__builtin_memset(nk->name, 0, NAME_LEN);
+		nk->dir = key;
+		bpf_probe_read_kernel_str(nk->name, NAME_LEN, leaf->d_name.name);
+		if (!bpf_map_lookup_elem(&watched_names, nk))
+			return 0;
+	}
+	if (!how || !in_scope(c))
+		return 0;
+	struct open_resolved_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count_drop(K_OPEN);
+		return 0;
+	}
+	fill_hdr(&r->h, K_OPEN, c);
+	r->result = ret;
+	r->flags = flags;
+	r->rule = RULE_NONE;
+	r->count = 1;
+	r->path_len = 0;
+	r->_pad = 0;
+	struct fs_struct *fs = BPF_CORE_READ(t, fs);
+	r->h.flags = F_RESOLVED | read_path(&r->resolved, 0, &((struct file *)raw)->f_path, &fs->root);
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	return 0;
+}
+
 /* Only paths under a policy prefix go further than the 8-byte head check,
  * which keeps the cost for everything else to one read and a bit test. */
 static __always_inline int open_done(long ret, const char *upath, __u32 flags)
@@ -614,14 +719,15 @@ static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 	if (!c)
 		return 0;
 	__u32 zero = 0;
-	if (c->open_heads) {
-		__u64 head;
+	__u64 head;
+	if (bpf_probe_read_user(&head, sizeof(head), upath) == 0) {
+		if ((head & 0xff) != '/')
+			return open_relative(c, ret, flags);
 		struct heads *heads = bpf_map_lookup_elem(&open_heads, &zero);
-		if (heads && bpf_probe_read_user(&head, sizeof(head), upath) == 0) {
-			__u32 bit = (head * HEAD_MULT) >> (64 - HEAD_BITS);
-			if (!(heads->words[(bit >> 6) & (HEAD_WORDS - 1)] & (1ULL << (bit & 63))))
-				return 0;
-		}
+		__u32 bit = (head * HEAD_MULT) >> (64 - HEAD_BITS);
+		if (c->open_heads && heads &&
+		    !(heads->words[(bit >> 6) & (HEAD_WORDS - 1)] & (1ULL << (bit & 63))))
+			return 0;
 	}
 	struct open_key *k = bpf_map_lookup_elem(&open_key_scratch, &zero);
 	if (!k)

@@ -38,6 +38,7 @@ enum setid_call {
 #define F_ARGS_TRUNC 1
 #define F_PATH_TRUNC 2   /* a path or path component did not fit */
 #define F_FOLDED 4       /* an open record standing for `count` identical opens */
+#define F_RESOLVED 8     /* an open by a relative path: struct open_resolved_rec */
 
 struct sensor_config {
 	__u32 scope;
@@ -48,6 +49,8 @@ struct sensor_config {
 	__u32 n_excluded;
 	__u32 open_heads;     /* 1: the open_heads filter holds every prefix's first 8 bytes */
 	__u64 fold_ns;        /* fold a thread's identical audited opens this close; 0: never */
+	__u32 watched_dirs;   /* entries in watched_dirs */
+	__u32 _pad;
 };
 
 struct hdr {
@@ -105,6 +108,40 @@ struct open_rec {
 	__u16 _pad;
 	char path[PATH_LEN];
 };
+
+/* An open by a relative path, of a file under a directory the open rules
+ * name: the file's own path (components leaf first) instead of the path as
+ * passed, which the prefix filter cannot judge. */
+struct open_resolved_rec {
+	struct hdr h;
+	__s32 result;
+	__u32 flags;
+	__u32 rule;           /* RULE_NONE: userspace matches the resolved path */
+	__u32 count;          /* 1 */
+	__u16 path_len;       /* 0 */
+	__u16 _pad;
+	struct pathbuf resolved;
+};
+
+/* watched_dirs: a directory by its device (the kernel's encoding) and inode */
+struct dir_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
+};
+
+#define D_NAMES 1         /* the files directly in it that watched_names lists */
+#define D_PARENT 2        /* any file directly in it */
+#define D_ANY 3           /* any file at any depth below it ("**") */
+#define NAME_LEN 64
+
+struct name_key {
+	struct dir_key dir;
+	char name[NAME_LEN];  /* NUL-padded; longer names cut (userspace matches) */
+};
+
+#define DIR_BITS 12       /* dir_filter: a 4 Kbit filter of watched_dirs' inodes */
+#define DIR_WORDS (1 << (DIR_BITS - 6))
 
 struct setid_rec {
 	struct hdr h;

@@ -83,6 +83,15 @@ def collect(sensor, keep: Callable, until: Callable[[list], bool] | None = None,
             raise AssertionError(f"timed out; kept events: {kept}")
 
 
+def drain_for(sensor, seconds: float) -> list:
+    """Everything drained in the next ``seconds``: to show that nothing more came."""
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sensor.wait(0.05)
+        out.extend(sensor.drain())
+    return out
+
+
 def flush(sensor) -> None:
     """Drop what is pending, so a test sees only its own events."""
     while sensor.drain(65536):

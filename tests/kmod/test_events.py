@@ -12,7 +12,7 @@ import pytest
 from kmod import verdict_line
 from wire import Bind, Connect, Exec, Exit, Fork, Open, SetId
 
-from .conftest import collect, flush, kernel, run_child
+from .conftest import collect, drain_for, flush, kernel, run_child
 
 pytestmark = kernel
 
@@ -77,6 +77,46 @@ def test_setid_of_a_thread_older_than_the_sensor(tmp_path):
     assert [(e.call, e.old, e.new, e.result) for e in events] == [
         ("setresgid", 0, 1234, 0), ("setresuid", 0, 4321, 0)]
     assert verdict_line(events[1]) == f"IMMUNE: [AUDIT] setresuid 0->4321 (pid={pid})"
+
+
+def test_opens_by_relative_path_are_judged_by_the_file(sensor):
+    """`cd /etc; cat shadow` and `cat ../etc/shadow` are the same read of
+    /etc/shadow as `cat /etc/shadow`; a relative open of a file no rule
+    names is not reported."""
+    flush(sensor)
+    here = run_child("open", "shadow", cwd="/etc")
+    up = run_child("open", "../etc/gshadow", cwd="/var")
+    plain = run_child("open", "hostname", cwd="/etc")
+    assert (here.errno, up.errno, plain.errno) == (0, 0, 0)
+    events = collect(sensor, lambda e: isinstance(e, Open) and e.pid in (here.pid, up.pid, plain.pid),
+                     until=lambda evs: len(evs) >= 2)
+    events += [e for e in drain_for(sensor, 0.3)
+               if isinstance(e, Open) and e.pid in (here.pid, up.pid, plain.pid)]
+    assert sorted((e.pid, e.path, e.rule, e.verdict) for e in events) == sorted([
+        (here.pid, "/etc/shadow", "open-credentials", "audit"),
+        (up.pid, "/etc/gshadow", "open-credentials", "audit")])
+    ev = next(e for e in events if e.pid == here.pid)
+    assert ev.result >= 0 and ev.ppid == os.getpid()
+    assert verdict_line(ev) == f"IMMUNE: [AUDIT] open /etc/shadow (pid={here.pid})"
+
+
+def test_relative_opens_deep_under_a_recursive_rule(workdir):
+    from kmod import LinuxSensor, Policy
+
+    deep = workdir / "watched" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "secret").write_text("x")
+    (workdir / "other").mkdir()
+    (workdir / "other" / "secret").write_text("x")
+    policy = Policy.parse(f'[[rule]]\nname="mine"\nhook="open"\naction="audit"\n'
+                          f'match.path="{workdir}/watched/**"')
+    with LinuxSensor(policy) as s:
+        inside = run_child("open", "a/b/secret", cwd=str(workdir / "watched"))
+        outside = run_child("open", "secret", cwd=str(workdir / "other"))
+        events = collect(s, lambda e: isinstance(e, Open) and e.pid in (inside.pid, outside.pid))
+        events += [e for e in drain_for(s, 0.3)
+                   if isinstance(e, Open) and e.pid in (inside.pid, outside.pid)]
+    assert [(e.pid, e.path, e.rule) for e in events] == [(inside.pid, str(deep / "secret"), "mine")]
 
 
 def test_failed_setid_reports_its_result(sensor):

@@ -115,6 +115,16 @@ match.sha256 = "''' + "a" * 64 + '''"
     assert p.hashes_exec and p.needs_exec_guard
 
 
+def test_open_dirs_for_relative_paths():
+    p = parse('[[rule]]\nname="a"\nhook="open"\naction="audit"\nmatch.path=['
+              '"/etc/shadow", "/etc/cron.d/**", "/dev/nvidia*", "/srv/*/keys", "/etc/sudoers.d/*"]')
+    assert p.open_dirs() == {"/etc": (1, {"shadow"}), "/etc/cron.d": (3, set()), "/dev": (2, set()),
+                             "/srv": (3, set()), "/etc/sudoers.d": (2, set())}
+    mixed = parse('[[rule]]\nname="a"\nhook="open"\naction="audit"\nmatch.path=['
+                  '"/etc/shadow", "/etc/*.conf"]')
+    assert mixed.open_dirs() == {"/etc": (2, set())}  # any file there: the names do not matter
+
+
 def test_setid_match_on_call_and_id():
     p = parse('[[rule]]\nname="to-root"\nhook="setid"\naction="audit"\n'
               'match.call=["setuid","setresuid"]\nmatch.id=0')

@@ -13,7 +13,7 @@ from kmod import LinuxSensor, Policy, Scope
 from kmod._system import cgroup2_root
 from wire import Connect, Exec, Notice
 
-from .conftest import (_REASON, collect, dropped_script, flush, free_port, kernel,
+from .conftest import (_REASON, collect, drain_for, dropped_script, flush, free_port, kernel,
                        private_rules, run_child)
 
 pytestmark = kernel
@@ -40,14 +40,6 @@ def private(workdir):
         dropped_script(workdir / "blocked"), port
 
 
-def _drain_for(sensor, seconds) -> list:
-    out, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        sensor.wait(0.05)
-        out.extend(sensor.drain())
-    return out
-
-
 def test_netns_scope_sees_inside_only(netns, private):
     policy, script, port = private
     with LinuxSensor(policy, scope=Scope.netns(f"/run/netns/{netns}")) as sensor:
@@ -67,7 +59,7 @@ def test_netns_scope_sees_inside_only(netns, private):
         inside_pids = {c.pid for c in inside}
         events = collect(sensor, lambda e: True, until=lambda evs: sum(
             isinstance(e, Exec) and e.filename == "/bin/true" for e in evs) >= 1)
-        events += _drain_for(sensor, 0.3)
+        events += drain_for(sensor, 0.3)
         strangers = {(type(e).__name__, e.pid, getattr(e, "filename", "")) for e in events
                      if e.pid not in inside_pids}
         assert not strangers, f"events from outside the namespace: {strangers}"
@@ -95,7 +87,7 @@ def test_cgroup_scope_sees_members_only(cgroup, private):
         assert member.errno == errno.EPERM
         assert stranger.errno == errno.ECONNREFUSED
         events = collect(sensor, lambda e: isinstance(e, Connect))
-        events += [e for e in _drain_for(sensor, 0.2) if isinstance(e, Connect)]
+        events += [e for e in drain_for(sensor, 0.2) if isinstance(e, Connect)]
         assert [(e.pid, e.verdict) for e in events] == [(member.pid, "block")]
         assert events[0].cgroup == os.stat(cgroup).st_ino
 
@@ -134,5 +126,5 @@ def test_netns_scope_resets_connections_inside_only(netns):
             for p in (inside, outside):
                 p.kill()
                 p.wait()
-        cuts = [e for e in _drain_for(sensor, 0.3) if isinstance(e, Notice) and e.what == "connection_cut"]
+        cuts = [e for e in drain_for(sensor, 0.3) if isinstance(e, Notice) and e.what == "connection_cut"]
         assert [e.detail for e in cuts] == [f"tcp connection to 127.0.0.1:{port} reset (rule cut)"]
