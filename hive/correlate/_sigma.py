@@ -179,8 +179,11 @@ class SigmaCorrelator:
         return frozenset(self._by_source)
 
     def observe(self, rule_id: str, fields: Mapping[str, object],
-                events: tuple = ()) -> list[CorrelationHit]:
-        """A hit of rule ``rule_id`` on an event with these Sigma fields."""
+                events: tuple = (), weight: int = 1) -> list[CorrelationHit]:
+        """A hit of rule ``rule_id`` on an event with these Sigma fields.
+        ``weight``: how many occurrences the event stands for (an open the
+        sensor folded with its repeats has a ``count``); event_count rules
+        count them all."""
         hits: list[CorrelationHit] = []
         now = self._clock()
         for rule in self._by_source.get(rule_id, ()):
@@ -205,7 +208,7 @@ class SigmaCorrelator:
             else:
                 groups.move_to_end(key)
             group.events.extend(events)
-            fired = self._add(rule, group, value, now)
+            fired = self._add(rule, group, value, now, weight)
             if fired is not None:
                 del groups[key]
                 hits.extend(self._emit(rule, key, group, now, fired))
@@ -243,16 +246,17 @@ class SigmaCorrelator:
         last = group.times[-1] if group.times else max(group.seen.values(), default=None)
         return last is None or now - last > rule.timespan
 
-    def _add(self, rule: CorrelationRule, group: _Group, value, now: float) -> float | None:
+    def _add(self, rule: CorrelationRule, group: _Group, value, now: float,
+             weight: int = 1) -> float | None:
         """Record a hit; the measured value if the condition now holds (rising rules)."""
         if rule.type == "temporal_ordered":
             return self._step(rule, value, group, now)
         if rule.type == "event_count":
             if not rule.rising:
-                group.count += 1
+                group.count += weight
                 return None
             times = group.times
-            times.append(now)
+            times.extend([now] * min(weight, times.maxlen or weight))
             while now - times[0] > rule.timespan:
                 times.popleft()
             return self._verdict(rule, group)

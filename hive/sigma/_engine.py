@@ -123,7 +123,8 @@ class RuleEngine:
                     if alert is not None:
                         alerts.append(alert)
                 if rule.id in correlated:
-                    for hit in self._correlator.observe(rule.id, fields, (event,)):
+                    weight = getattr(event, "count", 1)  # a folded wire.Open
+                    for hit in self._correlator.observe(rule.id, fields, (event,), weight):
                         self._add_correlation_alert(hit, alerts)
         self._alerts += len(alerts)
         return alerts

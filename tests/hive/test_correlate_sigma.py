@@ -7,7 +7,7 @@ import pytest
 
 from hive.correlate import CorrelationRule, SigmaCorrelator
 from hive.sigma import RuleEngine
-from wire import Exec
+from wire import Exec, Open
 
 
 class Clock:
@@ -89,6 +89,41 @@ def test_event_count_window_slides(tmp_path):
         assert engine.process(run(1)) == []  # never three within 60 s
     clock.now = 125
     assert titles(engine.process(run(1))) == ["Burst"]  # 80, 120, 125
+
+
+SHADOW = """\
+title: Shadow read
+id: 20000000-aaaa-4aaa-8aaa-aaaaaaaaaaaa
+name: shadow_read
+logsource: {product: linux, category: file_access}
+detection:
+    selection:
+        TargetFilename: /etc/shadow
+    condition: selection
+level: low
+---
+title: Shadow read again and again
+id: 20000000-cccc-4ccc-8ccc-cccccccccccc
+correlation:
+    type: event_count
+    rules: [shadow_read]
+    group-by: [Agent]
+    timespan: 60s
+    condition: {gte: 100}
+level: high
+"""
+
+
+def test_event_count_counts_a_folded_open_as_its_count(tmp_path):
+    """The sensor sends a thread's repeated identical opens as one event with
+    a count: a correlation counting them must see them all."""
+    (tmp_path / "rules.yml").write_text(SHADOW)
+    engine = RuleEngine(clock=Clock(), suppress_window=0)
+    assert engine.load(tmp_path).ok
+    assert engine.process(Open(agent="a", pid=7, path="/etc/shadow")) == []
+    (alert,) = engine.process(Open(agent="a", pid=7, path="/etc/shadow", count=99))
+    assert alert.title == "Shadow read again and again"
+    assert "event_count 100 within 60s" in alert.detail
 
 
 def test_windows_expire_and_state_is_freed(tmp_path):
