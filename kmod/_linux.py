@@ -21,7 +21,7 @@ from ._errors import KmodError
 from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
-from ._policy import D_NAMES, DIR_BITS, HEAD_MULT, Policy
+from ._policy import D_NAMES, DIR_BITS, Policy, bitmap
 from ._ringbuf import RingBuffer
 from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
 from ._system import ensure_tracefs, require_btf, require_root
@@ -475,11 +475,9 @@ def _dir_entries(dirs: dict[str, tuple[int, frozenset[str]]]) -> tuple[dict, dic
         was_how, was_names = found.get(key, (0, set()))  # one directory by two names
         found[key] = (max(was_how, how), was_names | names)
     entries, name_entries = {}, {}
-    words = [0] * (1 << (DIR_BITS - 6))
     for key, (how, names) in found.items():
         entries[key] = bytes([how])
-        bit = ((_DIR_KEY.unpack(key)[0] * HEAD_MULT) & (1 << 64) - 1) >> (64 - DIR_BITS)
-        words[bit >> 6] |= 1 << (bit & 63)
         for name in names if how == D_NAMES else ():
             name_entries[key + name.encode()[:_NAME_LEN - 1].ljust(_NAME_LEN, b"\0")] = b"\1"
-    return entries, name_entries, struct.pack(f"<{len(words)}Q", *words)
+    inodes = (_DIR_KEY.unpack(key)[0] for key in found)
+    return entries, name_entries, bitmap(inodes, DIR_BITS)

@@ -86,9 +86,20 @@ def has_wildcard(pattern: str) -> bool:
     return literal_prefix(pattern) != pattern
 
 
+def bitmap(values: Iterable[int], bits: int) -> bytes:
+    """A kernel filter (``struct heads``, ``struct dir_filter``): 2**bits bits
+    as little-endian u64 words, with each value's bit set, hashed as the BPF
+    side does (Fibonacci hashing of a u64)."""
+    words = [0] * (1 << (bits - 6))
+    for v in values:
+        bit = ((v * HEAD_MULT) & (2**64 - 1)) >> (64 - bits)
+        words[bit >> 6] |= 1 << (bit & 63)
+    return struct.pack(f"<{len(words)}Q", *words)
+
+
 def head_bit(head: bytes) -> int:
     """The open filter's bit for a path's first 8 bytes (the kernel reads
-    them as a little-endian u64 and hashes the same way)."""
+    them as a little-endian u64)."""
     return ((int.from_bytes(head, "little") * HEAD_MULT) & (2**64 - 1)) >> (64 - HEAD_BITS)
 
 
@@ -374,11 +385,7 @@ class Policy:
         prefixes = self.open_prefixes()
         if any(len(p) < 8 for p in prefixes):
             return None
-        words = [0] * (1 << (HEAD_BITS - 6))
-        for p in prefixes:
-            bit = head_bit(p[:8])
-            words[bit >> 6] |= 1 << (bit & 63)
-        return struct.pack(f"<{len(words)}Q", *words)
+        return bitmap((int.from_bytes(p[:8], "little") for p in prefixes), HEAD_BITS)
 
     def open_marks(self) -> list[tuple[str, bool]]:
         """fanotify FAN_OPEN_PERM marks for open block rules: (path, on_child).

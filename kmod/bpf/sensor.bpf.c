@@ -195,6 +195,14 @@ static __always_inline __u64 wake_flags(struct sensor_config *c, __u64 size, int
 	return BPF_RB_NO_WAKEUP;
 }
 
+/* A filter of 2^bits bits (struct heads, struct dir_filter), filled by
+ * kmod/_policy.py bitmap(): Fibonacci hashing of a u64. */
+static __always_inline int in_filter(const __u64 *words, __u32 n_words, __u64 v, int bits)
+{
+	__u32 bit = (v * HEAD_MULT) >> (64 - bits);
+	return (words[(bit >> 6) & (n_words - 1)] >> (bit & 63)) & 1;
+}
+
 static __always_inline int excluded_pid(struct sensor_config *c, __u32 tgid)
 {
 	return c->n_excluded && bpf_map_lookup_elem(&excluded, &tgid);
@@ -673,8 +681,7 @@ static __always_inline int open_relative(struct sensor_config *c, long ret, __u3
 			break;
 		d = up;
 		key.ino = d->d_inode->i_ino;
-		__u32 bit = (key.ino * HEAD_MULT) >> (64 - DIR_BITS);
-		if (!(filter->words[(bit >> 6) & (DIR_WORDS - 1)] & (1ULL << (bit & 63))))
+		if (!in_filter(filter->words, DIR_WORDS, key.ino, DIR_BITS))
 			continue;
 		key.dev = d->d_sb->s_dev;
 		__u8 *v = bpf_map_lookup_elem(&watched_dirs, &key);
@@ -724,9 +731,7 @@ static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 		if ((head & 0xff) != '/')
 			return open_relative(c, ret, flags);
 		struct heads *heads = bpf_map_lookup_elem(&open_heads, &zero);
-		__u32 bit = (head * HEAD_MULT) >> (64 - HEAD_BITS);
-		if (c->open_heads && heads &&
-		    !(heads->words[(bit >> 6) & (HEAD_WORDS - 1)] & (1ULL << (bit & 63))))
+		if (c->open_heads && heads && !in_filter(heads->words, HEAD_WORDS, head, HEAD_BITS))
 			return 0;
 	}
 	struct open_key *k = bpf_map_lookup_elem(&open_key_scratch, &zero);
