@@ -56,6 +56,11 @@ class Sensor(abc.ABC):
     def drain(self, max_events: int = 4096) -> list[Event]: ...
 
     @abc.abstractmethod
+    def flush(self) -> None:
+        """Have the kernel send what it holds back (folded repeats), for a
+        last drain."""
+
+    @abc.abstractmethod
     def reload(self, policy: Policy) -> None:
         """Apply a new policy in place, without detaching anything."""
 

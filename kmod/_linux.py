@@ -280,7 +280,7 @@ class LinuxSensor(Sensor):
             else:
                 self._flush_more = True
         if self._flush_at is not None and now >= self._flush_at:
-            self._bpf.run_iterator("flush_folds")
+            self.flush()
             self._flush_at = now + self._fold + self._latency if self._flush_more else None
             self._flush_more = False
         if records:
@@ -293,6 +293,11 @@ class LinuxSensor(Sensor):
             while self._notices and len(out) < max_events:
                 out.append(self._notices.popleft())
         return out
+
+    def flush(self) -> None:
+        if self._bpf is None:
+            raise KmodError("sensor not started")
+        self._bpf.run_iterator("flush_folds")
 
     def _arm_timer(self, seconds: float) -> None:
         ns = max(int(seconds * 1e9), 1)

@@ -65,6 +65,27 @@ async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                         break
         finally:
             trio.lowlevel.notify_closing(fd)
+            _hand_on_the_rest(ctx, sensor, out, seq, batch)
     finally:
         sensor.close()
+
+
+def _hand_on_the_rest(ctx: Context, sensor: Sensor, out, seq: int, batch: int) -> None:
+    """On the way out: what the kernel still holds (folded opens, the ring's
+    tail) goes to the sink without waiting, which the relay, stopping after
+    us, spools.  What the sink has no room for is logged."""
+    try:
+        sensor.flush()
+        left = 0
+        for _ in range(64):  # bounded: the calls go on while we stop
+            events = sensor.drain(batch)
+            if not events:
+                break
+            seq += 1
+            if not out.try_send(wire.EventBatch(seq=seq, events=events)):
+                left += len(events)
+        if left:
+            ctx.log.error("%d events drained at stop had no room downstream: lost", left)
+    except Exception as e:  # the sensor may be why we stop
+        ctx.log.error("last drain at stop failed: %s", e)
 

@@ -248,6 +248,31 @@ async def test_a_restarted_relay_resends_only_what_was_not_acknowledged(tmp_path
     assert [e.tid for e in rig.hive.stored] == list(range(1280))
 
 
+async def test_a_stopping_relay_spools_what_the_sensor_handed_on_last(tmp_path):
+    """The sensor stops first and hands on its last events without waiting;
+    the relay, stopping next, spools them before it goes, and they reach
+    the hive when it is back."""
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        agent = await rig.start_agent(n)
+        await rig.emit(1)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 50)
+        last = [wire.Open(pid=os.getpid(), tid=50 + i, path=f"/etc/f{50 + i}") for i in range(30)]
+        # as the reader does at its end: hand on without waiting, close
+        # (linger 0), and the relay is stopped next, with no checkpoint between
+        assert rig.sensor.try_send(wire.EventBatch(seq=0, events=last))
+        rig.sensor.close()
+        rig.sensor = None
+        agent.cancel()
+        await trio.sleep(0.2)
+        assert len(rig.hive.stored) == 50
+        await rig.start_agent(n)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 80)
+        n.cancel_scope.cancel()
+    assert [e.tid for e in rig.hive.stored] == list(range(80))
+
+
 async def test_commands_reach_the_executor_and_results_reach_the_hive(tmp_path):
     rig = Rig(tmp_path)
     async with trio.open_nursery() as n:

@@ -2,6 +2,8 @@
 batches and pushes wire.EventBatch messages downstream."""
 
 import errno
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -45,4 +47,42 @@ async def test_reader_pushes_batches_of_wire_events(tmp_path):
         assert sensors and sensors[0].statistics().watchdog == "armed"
         nursery.cancel_scope.cancel()
     assert sensors[0].attachments() == {"programs": [], "links": []}  # closed with the actor
+    ctx.close()
+
+
+async def test_a_stopping_reader_hands_on_what_the_kernel_holds(tmp_path):
+    """Opens folded in the kernel by a thread still alive, not yet flushed
+    when the reader is told to stop, still reach the sink: the counts add up
+    to every open."""
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    ctx = Context(Runtime(), "t")
+    sink = f"ipc://{tmp_path}/events"
+    inbox = ctx.socket(zmq.PULL, bind=sink, codec=Codec(wire.EventBatch))
+    code = ("import os, time\nfor i in range(300):\n    os.close(os.open('/etc/shadow', os.O_RDONLY))\n"
+            "print('done', flush=True)\ntime.sleep(30)\n")
+    opener = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: reader_actor(
+                ctx.child("kmod"), task_status=task_status, sink=sink, fold=30.0))
+            opener = subprocess.Popen([sys.executable, "-S", "-c", code], stdout=subprocess.PIPE, text=True)
+            assert await trio.to_thread.run_sync(opener.stdout.readline) == "done\n"
+            opens: list[wire.Open] = []
+            with trio.fail_after(5):
+                while not opens:  # the first open is sent at once; the rest are folded
+                    for batch in await inbox.recv():
+                        opens += [e for e in batch.events
+                                  if isinstance(e, wire.Open) and e.pid == opener.pid]
+            nursery.cancel_scope.cancel()  # long before the 30 s fold window ends
+        with trio.fail_after(5):
+            while sum(e.count for e in opens) < 300:
+                for batch in await inbox.recv():
+                    opens += [e for e in batch.events if isinstance(e, wire.Open) and e.pid == opener.pid]
+    finally:
+        if opener is not None:
+            opener.kill()
+            opener.wait()
+    assert sum(e.count for e in opens) == 300 and len(opens) == 2
+    assert {e.path for e in opens} == {"/etc/shadow"}
     ctx.close()
