@@ -10,6 +10,11 @@ class ResponseError(Exception):
     """An action could not be carried out."""
 
 
+class Gone(ResponseError):
+    """The process an action was for has already exited: an expected race
+    with a kill or a short-lived process, not a fault of the agent."""
+
+
 class Refused(ResponseError):
     """A guardrail refused the action: it would harm the host or the agent
     (pid 1, the agent and its ancestors, the hive's address, the agent's

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._errors import ResponseError
+from ._errors import Gone, ResponseError
 from ._policy import write_json
 from ._process import stat
 
@@ -114,7 +114,7 @@ def collect_evidence(pid: object, folder: Path, *, command: str, exe: bool = Tru
         raise ResponseError(f"pid must be a positive integer, not {pid!r}")
     st = stat(pid)
     if st is None or st.dead:
-        raise ResponseError(f"pid {pid} is gone; there is no process to collect evidence from")
+        raise Gone(f"pid {pid} is gone; there is no process to collect evidence from")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in command) or f"pid-{pid}"
     bundle = folder / safe
     try:

@@ -35,7 +35,7 @@ import wire
 from actors import log_event
 from kmod import Policy
 
-from ._errors import Refused, ResponseError
+from ._errors import Gone, Refused, ResponseError
 from ._evidence import collect_evidence
 from ._files import protected_files, quarantine_file, sha256_file
 from ._policy import (
@@ -101,7 +101,7 @@ class Executor:
         try:
             detail, data = handler(cmd, dict(cmd.params))
         except ResponseError as e:
-            level = logging.WARNING if isinstance(e, Refused) else logging.ERROR
+            level = logging.WARNING if isinstance(e, (Refused, Gone)) else logging.ERROR
             log_event(self._log, "response.failed", level, id=cmd.id, action=cmd.action, reason=str(e))
             return self._finish(cmd, False, str(e))
         except Exception as e:  # noqa: BLE001  one bad command must not take the executor down

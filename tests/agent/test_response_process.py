@@ -5,6 +5,7 @@ as an attacker's processes would be: the executor refuses to touch the
 agent's own children, and here the test process plays the agent."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -215,11 +216,16 @@ def test_collect_evidence_bundle_verifies(tmp_path):
     assert verify_bundle(bundle) == ["cmdline"]
 
 
-def test_collect_evidence_of_a_gone_process(executor):
+def test_collect_evidence_of_a_gone_process(executor, caplog):
+    """An expected race (the process exited before the evidence was taken):
+    a failed result, logged as a warning, not as an agent fault."""
     pid = detached("exit 0")
     time.sleep(0.1)
-    r = run(executor, "collect_evidence", pid=pid)
+    with caplog.at_level(logging.WARNING):
+        r = run(executor, "collect_evidence", pid=pid)
     assert not r.ok and r.detail == f"pid {pid} is gone; there is no process to collect evidence from"
+    (record,) = [x for x in caplog.records if getattr(x, "event", "") == "response.failed"]
+    assert record.levelno == logging.WARNING
 
 
 def test_collect_evidence_through_the_executor(executor):
