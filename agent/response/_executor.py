@@ -15,9 +15,10 @@ A plain object; the executor actor feeds it.  Actions and their parameters
 A block's ``ttl`` is also enforced here, ``grace`` seconds after the hive's
 own revert was due, so a block never outlives its ttl by long when the hive
 is gone.  Blocks and isolation are kept in ``<data>/response/state.json``
-and put back when the agent restarts.  A command id seen before is answered
-with its first result and not run again (the hive resends what an agent
-went offline without answering)."""
+and put back when the agent restarts.  A command id seen before, also
+before a restart (``results.jsonl``), is answered with its first result and
+not run again (the hive resends what an agent went offline without
+answering)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from ._policy import (
     write_json,
 )
 from ._process import kill_process
+from ._results import ResultLog
 
 SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unisolate", "unblock",
                             "quarantine_file"})
@@ -81,7 +83,8 @@ class Executor:
         self.grace = grace
         self._log = log or logging.getLogger("immune.agent.response")
         self._memory = memory
-        self._done: OrderedDict[str, wire.CommandResult] = OrderedDict()
+        self._results = ResultLog(self.data_dir / "response" / "results.jsonl", keep=memory, log=self._log)
+        self._done: OrderedDict[str, wire.CommandResult] = self._results.load()
         self._prepared: dict[str, dict | ResponseError] = {}
         self._state_file = self.data_dir / "response" / "state.json"
 
@@ -131,6 +134,7 @@ class Executor:
         self._done[cmd.id] = result
         while len(self._done) > self._memory:
             self._done.popitem(last=False)
+        self._results.append(result, self._done)
         return result
 
     # ---- processes ----------------------------------------------------------------
