@@ -31,6 +31,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+case "$(pwd -P)/" in
+    /tmp/*|/var/tmp/*|/dev/shm/*)
+        echo "setup: note: this checkout is under /tmp, /var/tmp or /dev/shm, where the default" \
+             "policy refuses to run executables; while a demo or agent runs, use" \
+             "'.venv/bin/python -m node.cli ...' instead of .venv/bin/immune-node, or move the checkout" >&2 ;;
+esac
+
 case "${1:-demo}" in
     deps) ;;
     demo) shift || true; exec .venv/bin/immune-node demo "$@" ;;

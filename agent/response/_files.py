@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,15 +32,19 @@ def sha256_file(path: str | Path) -> str:
 
 
 def protected_files() -> set[str]:
-    """Executables the host and the agent need: the agent's interpreter and
-    init.  Quarantining or exec-blocking them would stop the agent from
-    restarting, or the host from booting."""
+    """Executables the host and the agent need: the agent's interpreter, its
+    launcher (``immune-node`` in its environment, and the script it was
+    started as) and init.  Quarantining or exec-blocking them would stop the
+    agent from restarting, or the host from booting."""
     out = set()
     for link in ("/proc/self/exe", "/proc/1/exe"):
         try:
             out.add(os.path.realpath(link))
         except OSError:
             continue
+    for launcher in (os.path.join(sys.prefix, "bin", "immune-node"), sys.argv[0] if sys.argv else ""):
+        if launcher and os.path.isfile(launcher):
+            out.add(os.path.realpath(launcher))
     return out
 
 

@@ -20,9 +20,11 @@ from agent.response import (
     Refused,
     collect_evidence,
     kill_process,
+    quarantine_file,
     unpack,
     verify_bundle,
 )
+from agent.response._files import protected_files
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="signalling and reading other processes needs root")
 
@@ -238,3 +240,15 @@ def test_collect_evidence_through_the_executor(executor):
     assert r.ok, r.detail
     assert "exe" not in r.data["manifest"]["files"] and "attached" in r.detail
     assert isinstance(r.data["archive"], bytes) and r.data["archive_size"] == len(r.data["archive"])
+
+
+def test_the_agents_launcher_is_never_quarantined(tmp_path, monkeypatch):
+    """A checkout under /tmp runs its launcher from there, and the default
+    playbooks quarantine what runs from /tmp: never the agent's own."""
+    launcher = tmp_path / "bin" / "immune-node"
+    launcher.parent.mkdir()
+    launcher.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "argv", [str(launcher)])
+    with pytest.raises(Refused, match="the agent or the host needs to run"):
+        quarantine_file(str(launcher), tmp_path / "q", command="q1")
+    assert launcher.exists() and str(launcher) in protected_files()
