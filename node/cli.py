@@ -337,11 +337,11 @@ def describe(event: object) -> str:
         case wire.Exec():
             return " ".join(event.argv) or event.filename
         case wire.Open():
-            return event.path
+            return event.path if event.count == 1 else f"{event.path} ({event.count} times)"
         case wire.Connect() | wire.Bind():
             return f"[{event.address}]:{event.port}" if ":" in event.address else f"{event.address}:{event.port}"
         case wire.SetId():
-            return f"{event.call} {event.old}->{event.new}"
+            return f"{event.call} {'?' if event.old < 0 else event.old}->{event.new}"
         case wire.Fork():
             return f"child {event.child_pid}"
         case wire.Exit():
