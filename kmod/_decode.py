@@ -274,8 +274,7 @@ def verdict_line(event: Event) -> str | None:
     elif isinstance(event, Bind):
         what = f"bind {endpoint_text(event.family, event.address, event.port)}"
     elif isinstance(event, SetId):
-        old = "?" if event.old < 0 else event.old  # ids never seen by the sensor
-        what = f"{event.call} {old}->{event.new}"
+        what = f"{event.call} {event.change()}"
     elif isinstance(event, Fork):
         what = f"fork {event.child_pid}"
     else:

@@ -341,7 +341,7 @@ def describe(event: object) -> str:
         case wire.Connect() | wire.Bind():
             return f"[{event.address}]:{event.port}" if ":" in event.address else f"{event.address}:{event.port}"
         case wire.SetId():
-            return f"{event.call} {'?' if event.old < 0 else event.old}->{event.new}"
+            return f"{event.call} {event.change()}"
         case wire.Fork():
             return f"child {event.child_pid}"
         case wire.Exit():

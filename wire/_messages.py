@@ -104,6 +104,10 @@ class SetId(Event, tag="setid"):
     """The effective id asked for, else the first id given; -1: unchanged."""
     result: int = 0
 
+    def change(self) -> str:
+        """``old->new`` as the verdict lines print it; an unknown old id is ``?``."""
+        return f"{'?' if self.old < 0 else self.old}->{self.new}"
+
 
 class Connect(Event, tag="connect"):
     family: int = 0
