@@ -29,7 +29,7 @@ from ._system import ensure_tracefs, require_btf, require_root
 log = logging.getLogger("kmod")
 
 # struct sensor_config in kmod/bpf/sensor.h
-_CONFIG = struct.Struct("<IIQQQIIQI4x")
+_CONFIG = struct.Struct("<IIQQQIIQIIQ")
 _U32 = struct.Struct("<I")
 _CUT = struct.Struct("<HHB3xI16s")  # struct cut_rec
 _OPEN_KEY_SIZE = 4 + 256
@@ -336,7 +336,7 @@ class LinuxSensor(Sensor):
         heads = (policy or self._policy).open_heads() is not None
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
                              int(self._latency * 1e9), len(self._excluded), heads,
-                             int(self._fold * 1e9), self._n_dirs)
+                             int(self._fold * 1e9), self._n_dirs, *_cgroup_place(r))
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:
@@ -391,10 +391,9 @@ class LinuxSensor(Sensor):
     def _cut_connections(self) -> None:
         """Reset the scope's connections that the connect rules now refuse
         (kmod/bpf/sensor.bpf.c, cut_tcp/cut_udp), each logged and noticed.
-        A cgroup scope shares its network namespace with others: left alone."""
+        The iterators see our network namespace, or the scope's; in a cgroup
+        scope they cut only sockets its processes made."""
         r = self._resolved
-        if r.code == S_CGROUP:
-            return
 
         def run() -> bytes:
             return self._bpf.run_iterator("cut_tcp") + self._bpf.run_iterator("cut_udp")
@@ -486,3 +485,12 @@ def _dir_entries(dirs: dict[str, tuple[int, frozenset[str]]]) -> tuple[dict, dic
             name_entries[key + name.encode()[:_NAME_LEN - 1].ljust(_NAME_LEN, b"\0")] = b"\1"
     inodes = (_DIR_KEY.unpack(key)[0] for key in found)
     return entries, name_entries, bitmap(inodes, DIR_BITS)
+
+
+def _cgroup_place(r) -> tuple[int, int]:
+    """(depth below the cgroup2 root, id) of a cgroup scope's cgroup; zeros
+    otherwise.  A cgroup's id is the inode of its directory."""
+    if r.code != S_CGROUP:
+        return 0, 0
+    return len([part for part in r.cgroup_rel.split("/") if part]), os.stat(r.cgroup_dir).st_ino
+

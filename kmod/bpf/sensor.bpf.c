@@ -988,8 +988,29 @@ extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 #define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
 
+/* For a cgroup scope: was the socket made by a process in the scope's cgroup
+ * or below it?  (Its cgroup's ancestor at the scope's depth is the scope.) */
+static __always_inline int sock_in_cgroup(struct sensor_config *c, struct sock_common *skc)
+{
+	struct sock *sk = KERNEL(struct sock, skc);
+	void *cg = NULL, *ancestor = NULL;
+	__u32 level = c->cgroup_level;
+	if (bpf_probe_read_kernel(&cg, sizeof(cg), &sk->sk_cgrp_data.cgroup) || !cg || level > 255)
+		return 0;
+	if (BPF_CORE_READ((struct cgroup *)cg, level) < (int)level)
+		return 0;
+	if (bpf_probe_read_kernel(&ancestor, sizeof(ancestor),
+				  cg + bpf_core_field_offset(struct cgroup, ancestors) + level * sizeof(void *)) ||
+	    !ancestor)
+		return 0;
+	return BPF_CORE_READ((struct cgroup *)ancestor, kn, id) == c->cgroup_id;
+}
+
 static __always_inline int cut(struct bpf_iter_meta *meta, struct sock_common *sk, __u8 proto)
 {
+	struct sensor_config *c = get_config();
+	if (!c || (c->scope == S_CGROUP && !sock_in_cgroup(c, sk)))
+		return 0;
 	struct cut_rec r = {.protocol = proto, .family = sk->skc_family};
 	struct rule_val *v;
 	r.port = bpf_ntohs(sk->skc_dport);

@@ -50,7 +50,8 @@ struct sensor_config {
 	__u32 open_heads;     /* 1: the open_heads filter holds every prefix's first 8 bytes */
 	__u64 fold_ns;        /* fold a thread's identical audited opens this close; 0: never */
 	__u32 watched_dirs;   /* entries in watched_dirs */
-	__u32 _pad;
+	__u32 cgroup_level;   /* S_CGROUP: the scope cgroup's depth below the root */
+	__u64 cgroup_id;      /* S_CGROUP: its id (the inode of its directory) */
 };
 
 struct hdr {

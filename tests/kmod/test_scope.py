@@ -93,7 +93,9 @@ def test_cgroup_scope_sees_members_only(cgroup, private):
 
 
 PAIR = """
-import socket, sys
+import os, socket, sys
+if sys.argv[3]:
+    open(sys.argv[3], "w").write(str(os.getpid()))  # join a cgroup first
 server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
 client = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 peer, _ = server.accept()
@@ -106,25 +108,42 @@ except OSError as e:
 """
 
 
+def reset_on_reload(sensor, ours: tuple, theirs: tuple) -> tuple[str, str]:
+    """Two processes each hold a connection to themselves: ours (on a port
+    P, in the scope) and theirs (on P + 1, outside it), each given as
+    (command prefix, receive timeout, cgroup.procs to join or "").  A reload
+    blocks both ports: only ours may be noticed as cut; returns what each
+    connection then saw."""
+    port = free_port()
+    procs = [subprocess.Popen([*prefix, sys.executable, "-S", "-c", PAIR, str(port + i), timeout, cg],
+                              stdout=subprocess.PIPE, text=True)
+             for i, (prefix, timeout, cg) in enumerate([ours, theirs])]
+    try:
+        assert [p.stdout.readline().strip() for p in procs] == ["connected", "connected"]
+        sensor.reload(Policy.parse(f'[[rule]]\nname="cut"\nhook="connect"\naction="block"\n'
+                                   f'match.address="127.0.0.1"\nmatch.port=[{port}, {port + 1}]'))
+        seen = tuple(p.stdout.readline().strip() for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    cuts = [e.detail for e in drain_for(sensor, 0.3) if isinstance(e, Notice) and e.what == "connection_cut"]
+    assert cuts == [f"tcp connection to 127.0.0.1:{port} reset (rule cut)"]
+    return seen
+
+
 def test_netns_scope_resets_connections_inside_only(netns):
     """A block added at runtime ends the namespace's connections to that
     address, and not the same connections outside it."""
-    port = free_port()
-    cmd = [sys.executable, "-S", "-c", PAIR, str(port)]
     with LinuxSensor(scope=Scope.netns(f"/run/netns/{netns}")) as sensor:
-        inside = subprocess.Popen(["ip", "netns", "exec", netns, *cmd, "10"],
-                                  stdout=subprocess.PIPE, text=True)
-        outside = subprocess.Popen([*cmd, "1.5"], stdout=subprocess.PIPE, text=True)
-        try:
-            assert inside.stdout.readline().strip() == "connected"
-            assert outside.stdout.readline().strip() == "connected"
-            sensor.reload(Policy.parse(f'[[rule]]\nname="cut"\nhook="connect"\naction="block"\n'
-                                       f'match.address="127.0.0.1"\nmatch.port={port}'))
-            assert inside.stdout.readline().strip() == "ConnectionAbortedError"
-            assert outside.stdout.readline().strip() == "TimeoutError"  # untouched
-        finally:
-            for p in (inside, outside):
-                p.kill()
-                p.wait()
-        cuts = [e for e in drain_for(sensor, 0.3) if isinstance(e, Notice) and e.what == "connection_cut"]
-        assert [e.detail for e in cuts] == [f"tcp connection to 127.0.0.1:{port} reset (rule cut)"]
+        seen = reset_on_reload(sensor, (["ip", "netns", "exec", netns], "10", ""), ([], "1.5", ""))
+    assert seen == ("ConnectionAbortedError", "TimeoutError")  # theirs untouched
+
+
+def test_cgroup_scope_resets_its_members_connections_only(cgroup):
+    """A member of the scope's cgroup and a stranger in the same namespace
+    hold the same kind of connection: a block added at runtime resets the
+    member's only."""
+    with LinuxSensor(scope=Scope.cgroup(cgroup)) as sensor:
+        seen = reset_on_reload(sensor, ([], "10", f"{cgroup}/cgroup.procs"), ([], "1.5", ""))
+    assert seen == ("ConnectionAbortedError", "TimeoutError")  # the stranger's untouched
