@@ -38,15 +38,15 @@ _FORK = struct.Struct(_HDR + "I4x")
 _EXIT = struct.Struct(_HDR + "i4x")
 _OPEN = struct.Struct(_HDR + "iIIIHH")
 _SETID = struct.Struct(_HDR + "IIIi")
+_SOCK = struct.Struct(_HDR + "HHBBHI16s4x")
+_EXE_OFF = _EXEC.size
+_CWD_OFF = _EXE_OFF + _PATHBUF.size
+_CACHE_LIMIT = 4096
 
 
 def _id(raw: int) -> int:
     """A user or group id; (uid_t)-1, "unknown" or "unchanged", as -1."""
     return -1 if raw == 0xFFFFFFFF else raw
-_SOCK = struct.Struct(_HDR + "HHBBHI16s4x")
-_EXE_OFF = _EXEC.size
-_CWD_OFF = _EXE_OFF + _PATHBUF.size
-_CACHE_LIMIT = 4096
 
 
 def _cstr(b: bytes) -> str:
