@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
+import posixpath
 import struct
 import threading
 import time
@@ -24,8 +25,9 @@ KINDS = {K_EXEC: "exec", K_FORK: "fork", K_EXIT: "exit", K_OPEN: "open",
 F_ARGS_TRUNC = 1
 F_PATH_TRUNC = 2
 F_RESOLVED = 8
+F_IN_DIR = 16
 RULE_NONE = 0xFFFFFFFF
-COMP_MAX, COMP_LEN = 16, 64
+COMP_MAX, COMP_LEN, NAME_LEN = 16, 64, 64
 _VERDICTS = ("allow", "audit", "block")
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 _EPERM = -errno.EPERM
@@ -200,6 +202,9 @@ class Decoder:
         start = at + _OPEN.size
         if flags & F_RESOLVED:  # by a relative path: the file's own path
             path = _join(rec, start, bool(flags & F_PATH_TRUNC))
+            if flags & F_IN_DIR:  # it failed: the directory it started from, and the name
+                name = _cstr(bytes(rec[start + _PATHBUF.size:start + _PATHBUF.size + NAME_LEN]))
+                path = posixpath.normpath(f"{path}/{name}")
         else:
             path = self._str(bytes(rec[start:start + max(path_len - 1, 0)]))
         r = self._policy(gen).match_open(path)

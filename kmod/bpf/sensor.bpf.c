@@ -656,49 +656,70 @@ int flush_folds(struct bpf_iter__task *ctx)
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 #define KERNEL(type, p) ((type *)bpf_rdonly_cast((p), bpf_core_type_id_kernel(type)))
 
-/* A relative path says nothing by itself (`cd /etc; cat shadow`): judge the
- * opened file by the directories above it, up to DIR_DEPTH, and if one is
- * watched for it send the file's own path for userspace to match.  Most
- * directories are turned away by a bit test on their inode number. */
-static __always_inline int open_relative(struct sensor_config *c, long ret, __u32 flags)
+#define AT_FDCWD -100
+
+/* The watched_dirs entry that covers a file DEPTH directories below DIR (0:
+ * directly in it), or 0. */
+static __always_inline __u8 dir_covers(struct dir_filter *filter, struct dentry *dir, int depth,
+				       struct dir_key *key)
+{
+	key->ino = dir->d_inode->i_ino;
+	if (!in_filter(filter->words, DIR_WORDS, key->ino, DIR_BITS))
+		return 0;
+	key->dev = dir->d_sb->s_dev;
+	__u8 *v = bpf_map_lookup_elem(&watched_dirs, key);
+	return v && (depth == 0 || *v == D_ANY) ? *v : 0;
+}
+
+/* A relative path says nothing by itself (`cd /etc; cat shadow`).  An open
+ * that succeeded is judged by the directories above the opened file, up to
+ * DIR_DEPTH; one that failed has no file, so by the directory it started
+ * from (the cwd or dirfd) with the name as given.  If a watched directory
+ * covers it, the path (the file's, or the directory's and the name) goes to
+ * userspace to match.  Most directories are turned away by a bit test on
+ * their inode number. */
+static __always_inline int open_relative(struct sensor_config *c, long ret, __u32 flags, int dfd,
+					 const char *upath)
 {
 	__u32 zero = 0;
 	struct dir_filter *filter = bpf_map_lookup_elem(&dir_filter, &zero);
-	if (ret < 0 || !c->watched_dirs || !filter)
+	struct name_key *nk = bpf_map_lookup_elem(&name_scratch, &zero);
+	if (!c->watched_dirs || !filter || !nk)
 		return 0;
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct file **fds = (void *)t->files->fdt->fd;
 	void *raw = NULL;
-	if (bpf_probe_read_kernel(&raw, sizeof(raw), &fds[ret]) || !raw)
-		return 0;
-	struct file *f = KERNEL(struct file, raw);
-	struct dentry *leaf = f->f_path.dentry, *d = leaf;
-	struct dir_key key = {};
+	const struct path *where;  /* the file's path, or (failed) the start directory's */
 	__u8 how = 0;
-	for (int i = 0; i < DIR_DEPTH && !how; i++) {
-		struct dentry *up = d->d_parent;
-		if (!up || up == d)
-			break;
-		d = up;
-		key.ino = d->d_inode->i_ino;
-		if (!in_filter(filter->words, DIR_WORDS, key.ino, DIR_BITS))
-			continue;
-		key.dev = d->d_sb->s_dev;
-		__u8 *v = bpf_map_lookup_elem(&watched_dirs, &key);
-		if (v && (i == 0 || *v == D_ANY))
-			how = *v;
-	}
-	if (how == D_NAMES) {  /* only some of its files: is this one of them? */
-		struct name_key *nk = bpf_map_lookup_elem(&name_scratch, &zero);
-		if (!nk)
+	__builtin_memset(nk->name, 0, NAME_LEN);
+	if (ret >= 0) {
+		if (bpf_probe_read_kernel(&raw, sizeof(raw), &fds[ret]) || !raw)
 			return 0;
-		__builtin_memset(nk->name, 0, NAME_LEN);
-		nk->dir = key;
-		bpf_probe_read_kernel_str(nk->name, NAME_LEN, leaf->d_name.name);
-		if (!bpf_map_lookup_elem(&watched_names, nk))
-			return 0;
+		struct file *f = KERNEL(struct file, raw);
+		struct dentry *d = f->f_path.dentry;
+		for (int i = 0; i < DIR_DEPTH && !how; i++) {
+			struct dentry *up = d->d_parent;
+			if (!up || up == d)
+				break;
+			d = up;
+			how = dir_covers(filter, d, i, &nk->dir);
+		}
+		if (how == D_NAMES)
+			bpf_probe_read_kernel_str(nk->name, NAME_LEN, f->f_path.dentry->d_name.name);
+		where = &((struct file *)raw)->f_path;
+	} else {
+		if (dfd == AT_FDCWD) {
+			where = &t->fs->pwd;
+		} else {
+			if (dfd < 0 || bpf_probe_read_kernel(&raw, sizeof(raw), &fds[dfd]) || !raw)
+				return 0;
+			where = &((struct file *)raw)->f_path;
+		}
+		how = dir_covers(filter, KERNEL(struct path, (void *)where)->dentry, 0, &nk->dir);
+		if (how)
+			bpf_probe_read_user_str(nk->name, NAME_LEN, upath);
 	}
-	if (!how || !in_scope(c))
+	if (!how || (how == D_NAMES && !bpf_map_lookup_elem(&watched_names, nk)) || !in_scope(c))
 		return 0;
 	struct open_resolved_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	if (!r) {
@@ -713,14 +734,18 @@ static __always_inline int open_relative(struct sensor_config *c, long ret, __u3
 	r->path_len = 0;
 	r->_pad = 0;
 	struct fs_struct *fs = BPF_CORE_READ(t, fs);
-	r->h.flags = F_RESOLVED | read_path(&r->resolved, 0, &((struct file *)raw)->f_path, &fs->root);
+	r->h.flags = F_RESOLVED | read_path(&r->resolved, 0, where, &fs->root);
+	if (ret < 0) {  /* the directory, and the name as given */
+		r->h.flags |= F_IN_DIR;
+		bpf_probe_read_kernel(r->name, NAME_LEN, nk->name);
+	}
 	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	return 0;
 }
 
 /* Only paths under a policy prefix go further than the 8-byte head check,
  * which keeps the cost for everything else to one read and a bit test. */
-static __always_inline int open_done(long ret, const char *upath, __u32 flags)
+static __always_inline int open_done(long ret, int dfd, const char *upath, __u32 flags)
 {
 	struct sensor_config *c = get_config();
 	if (!c)
@@ -729,7 +754,7 @@ static __always_inline int open_done(long ret, const char *upath, __u32 flags)
 	__u64 head;
 	if (bpf_probe_read_user(&head, sizeof(head), upath) == 0) {
 		if ((head & 0xff) != '/')
-			return open_relative(c, ret, flags);
+			return open_relative(c, ret, flags, dfd, upath);
 		struct heads *heads = bpf_map_lookup_elem(&open_heads, &zero);
 		if (c->open_heads && heads && !in_filter(heads->words, HEAD_WORDS, head, HEAD_BITS))
 			return 0;
@@ -770,7 +795,7 @@ SEC("tracepoint/syscalls/sys_exit_openat")
 int exit_openat(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = user_regs();
-	return open_done(ctx->ret, (void *)PT_REGS_PARM2_SYSCALL(regs),
+	return open_done(ctx->ret, PT_REGS_PARM1_SYSCALL(regs), (void *)PT_REGS_PARM2_SYSCALL(regs),
 			 PT_REGS_PARM3_SYSCALL(regs));
 }
 
@@ -778,7 +803,7 @@ SEC("tracepoint/syscalls/sys_exit_open")
 int exit_open(struct trace_event_raw_sys_exit *ctx)
 {
 	struct pt_regs *regs = user_regs();
-	return open_done(ctx->ret, (void *)PT_REGS_PARM1_SYSCALL(regs),
+	return open_done(ctx->ret, AT_FDCWD, (void *)PT_REGS_PARM1_SYSCALL(regs),
 			 PT_REGS_PARM2_SYSCALL(regs));
 }
 
@@ -788,7 +813,7 @@ int exit_openat2(struct trace_event_raw_sys_exit *ctx)
 	struct pt_regs *regs = user_regs();
 	__u64 flags = 0;  /* open_how.flags */
 	bpf_probe_read_user(&flags, sizeof(flags), (void *)PT_REGS_PARM3_SYSCALL(regs));
-	return open_done(ctx->ret, (void *)PT_REGS_PARM2_SYSCALL(regs), flags);
+	return open_done(ctx->ret, PT_REGS_PARM1_SYSCALL(regs), (void *)PT_REGS_PARM2_SYSCALL(regs), flags);
 }
 
 /* ---- set*id ------------------------------------------------------------ */

@@ -9,6 +9,7 @@
 #define ARGC_MAX 64
 #define COMP_MAX 16       /* path components kept when walking dentries */
 #define COMP_LEN 64
+#define NAME_LEN 64       /* a file name in watched_names and open_resolved_rec */
 #define RULE_NONE 0xffffffffu
 #define HEAD_BITS 16
 #define HEAD_WORDS (1 << (HEAD_BITS - 6))
@@ -39,6 +40,7 @@ enum setid_call {
 #define F_PATH_TRUNC 2   /* a path or path component did not fit */
 #define F_FOLDED 4       /* an open record standing for `count` identical opens */
 #define F_RESOLVED 8     /* an open by a relative path: struct open_resolved_rec */
+#define F_IN_DIR 16      /* ... that failed: `resolved` is the directory, `name` the name given */
 
 struct sensor_config {
 	__u32 scope;
@@ -122,6 +124,7 @@ struct open_resolved_rec {
 	__u16 path_len;       /* 0 */
 	__u16 _pad;
 	struct pathbuf resolved;
+	char name[NAME_LEN];  /* F_IN_DIR */
 };
 
 /* watched_dirs: a directory by its device (the kernel's encoding) and inode */
@@ -134,7 +137,6 @@ struct dir_key {
 #define D_NAMES 1         /* the files directly in it that watched_names lists */
 #define D_PARENT 2        /* any file directly in it */
 #define D_ANY 3           /* any file at any depth below it ("**") */
-#define NAME_LEN 64
 
 struct name_key {
 	struct dir_key dir;

@@ -100,6 +100,21 @@ def test_opens_by_relative_path_are_judged_by_the_file(sensor):
     assert verdict_line(ev) == f"IMMUNE: [AUDIT] open /etc/shadow (pid={here.pid})"
 
 
+def test_a_refused_relative_open_is_reported_with_its_path(sensor):
+    """An unprivileged `cd /etc; cat shadow` fails: there is no file to judge,
+    so the directory it started from and the name as given are."""
+    flush(sensor)
+    child = run_child("drop", "65534", "65534", "open", "shadow", cwd="/etc")
+    missing = run_child("open", "no-such-file", cwd="/etc")
+    assert (child.errno, missing.errno) == (errno.EACCES, errno.ENOENT)
+    events = collect(sensor, lambda e: isinstance(e, Open) and e.pid in (child.pid, missing.pid))
+    events += [e for e in drain_for(sensor, 0.3)
+               if isinstance(e, Open) and e.pid in (child.pid, missing.pid)]
+    assert [(e.pid, e.path, e.result, e.rule, e.euid) for e in events] == [
+        (child.pid, "/etc/shadow", -errno.EACCES, "open-credentials", 65534)]
+    assert verdict_line(events[0]) == f"IMMUNE: [AUDIT] open /etc/shadow (pid={child.pid})"
+
+
 def test_relative_opens_deep_under_a_recursive_rule(workdir):
     from kmod import LinuxSensor, Policy
 
