@@ -92,15 +92,19 @@ def bitmap(values: Iterable[int], bits: int) -> bytes:
     side does (Fibonacci hashing of a u64)."""
     words = [0] * (1 << (bits - 6))
     for v in values:
-        bit = ((v * HEAD_MULT) & (2**64 - 1)) >> (64 - bits)
+        bit = _filter_bit(v, bits)
         words[bit >> 6] |= 1 << (bit & 63)
     return struct.pack(f"<{len(words)}Q", *words)
+
+
+def _filter_bit(value: int, bits: int) -> int:
+    return ((value * HEAD_MULT) & (2**64 - 1)) >> (64 - bits)
 
 
 def head_bit(head: bytes) -> int:
     """The open filter's bit for a path's first 8 bytes (the kernel reads
     them as a little-endian u64)."""
-    return ((int.from_bytes(head, "little") * HEAD_MULT) & (2**64 - 1)) >> (64 - HEAD_BITS)
+    return _filter_bit(int.from_bytes(head, "little"), HEAD_BITS)
 
 
 @dataclass(frozen=True)

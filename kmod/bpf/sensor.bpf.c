@@ -463,54 +463,6 @@ int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	return 0;
 }
 
-/* ---- fork and exit ----------------------------------------------------- */
-
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
-{
-	remember_ids(child);  /* threads too: each has its own ids */
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
-		return 0;  /* a new thread, not a new process */
-	struct sensor_config *c = get_config();
-	if (!c || !in_scope(c))
-		return 0;
-	struct fork_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drop(K_FORK);
-		return 0;
-	}
-	fill_hdr(&r->h, K_FORK, c);
-	r->child_pid = BPF_CORE_READ(child, tgid);
-	r->_pad = 0;
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
-	return 0;
-}
-
-static __always_inline void send_folds(struct task_struct *t, struct sensor_config *c);
-
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(on_exit, struct task_struct *task)
-{
-	struct sensor_config *c = get_config();
-	if (!c)
-		return 0;
-	send_folds(task, c);  /* every thread: its folded opens die with it */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
-		return 0;  /* other threads of the process still run */
-	if (!in_scope(c))
-		return 0;
-	struct exit_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drop(K_EXIT);
-		return 0;
-	}
-	fill_hdr(&r->h, K_EXIT, c);
-	r->code = BPF_CORE_READ(task, exit_code);
-	r->_pad = 0;
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
-	return 0;
-}
-
 /* ---- folding repeated opens ---------------------------------------------
  *
  * A thread opening the same audited file in a loop (a storm of reads of
@@ -644,6 +596,52 @@ int flush_folds(struct bpf_iter__task *ctx)
 	struct sensor_config *c = get_config();
 	if (t && c)
 		send_folds(t, c);
+	return 0;
+}
+
+/* ---- fork and exit ----------------------------------------------------- */
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	remember_ids(child);  /* threads too: each has its own ids */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0;  /* a new thread, not a new process */
+	struct sensor_config *c = get_config();
+	if (!c || !in_scope(c))
+		return 0;
+	struct fork_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count_drop(K_FORK);
+		return 0;
+	}
+	fill_hdr(&r->h, K_FORK, c);
+	r->child_pid = BPF_CORE_READ(child, tgid);
+	r->_pad = 0;
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(on_exit, struct task_struct *task)
+{
+	struct sensor_config *c = get_config();
+	if (!c)
+		return 0;
+	send_folds(task, c);  /* every thread: its folded opens die with it */
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;  /* other threads of the process still run */
+	if (!in_scope(c))
+		return 0;
+	struct exit_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count_drop(K_EXIT);
+		return 0;
+	}
+	fill_hdr(&r->h, K_EXIT, c);
+	r->code = BPF_CORE_READ(task, exit_code);
+	r->_pad = 0;
+	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	return 0;
 }
 
