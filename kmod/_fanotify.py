@@ -26,6 +26,7 @@ import logging
 import os
 import select
 import struct
+import subprocess
 import threading
 import time
 from collections import OrderedDict
@@ -129,6 +130,12 @@ class Guard:
         # Before the marks: its exec must not wait for a responder that
         # has not started yet.
         self._lifeline = Lifeline(self._lifeline_timeout)
+        # A child this process spawns execs under our marks, so its exec
+        # waits for our responder, which needs the GIL.  Python 3.11.2 (Debian
+        # 12's) keeps the GIL through a vfork until the child has exec'd:
+        # the process would deadlock, and the lifeline kill it.  fork does
+        # not hold the GIL while the child runs.
+        subprocess._USE_VFORK = False
         self._excluded.add(self._lifeline.pid)
         with self._lock:
             self._apply_marks()
