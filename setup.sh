@@ -21,7 +21,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+    # Debian's own Python, whatever else is on PATH: what a fresh machine runs
+    /usr/bin/python3 -m venv .venv
 fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

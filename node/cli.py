@@ -45,14 +45,19 @@ def run_node(name: str, tree: Supervisor, cfg: Config) -> int:
                 await node.run()
                 nursery.cancel_scope.cancel()
 
+    # Not `except*`: Python before 3.11.4 (Debian 12 has 3.11.2) wraps what
+    # an except* clause raises in a new group, so the one-line error would
+    # come out as a traceback.
     try:
         trio.run(main)
-    except* actors.NodeBusy as g:
-        raise CliError(str(_leaf(g))) from None
-    except* (actors.Escalation, actors.StartError) as g:
-        raise CliError(f"{name} stopped: {_leaf(g)}") from None
-    except* PermissionError as g:
-        raise CliError(f"{name}: {_leaf(g)}") from None
+    except BaseExceptionGroup as g:
+        for kinds, says in ((actors.NodeBusy, "{e}"),
+                            ((actors.Escalation, actors.StartError), "{name} stopped: {e}"),
+                            (PermissionError, "{name}: {e}")):
+            matched = g.subgroup(kinds)
+            if matched is not None:
+                raise CliError(says.format(name=name, e=_leaf(matched))) from None
+        raise
     return EXIT_OK
 
 

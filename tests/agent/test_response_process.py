@@ -18,6 +18,7 @@ import wire
 from agent.response import (
     Executor,
     Refused,
+    ResponseError,
     collect_evidence,
     kill_process,
     quarantine_file,
@@ -252,3 +253,19 @@ def test_the_agents_launcher_is_never_quarantined(tmp_path, monkeypatch):
     with pytest.raises(Refused, match="the agent or the host needs to run"):
         quarantine_file(str(launcher), tmp_path / "q", command="q1")
     assert launcher.exists() and str(launcher) in protected_files()
+
+
+def test_an_archive_that_climbs_out_is_refused(tmp_path):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("bundle/ok", "bundle/../../escape"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ResponseError, match="plain files and folders only, not 'bundle/../../escape'"):
+        unpack(buf.getvalue(), tmp_path / "in")
+    assert not (tmp_path / "escape").exists()
+
