@@ -8,7 +8,7 @@ from ._codec import Codec
 from ._curve import ZAP_ENDPOINT, KeyFileError, KeyPair, check_key, curve_client, curve_server, zap_handler
 from ._errors import ActorError, DecodeError, Escalation, SocketClosed, StartError
 from ._log import get_logger, log_event, setup_logging
-from ._node import Node, NodeBusy, Status, endpoints, query_status
+from ._node import Node, NodeBusy, Status, endpoints, query_status, request_restart
 from ._policy import Decision, Restart, RestartPolicy, Strategy
 from ._stats import Snapshot, Statistics
 from ._supervisor import Supervisor
@@ -21,5 +21,5 @@ __all__ = [
     "Escalation", "Node", "NodeBusy", "Restart", "RestartPolicy", "Runtime", "Snapshot",
     "Socket", "SocketClosed", "StartError", "Statistics", "Status", "Strategy", "Supervisor",
     "TaskStatus", "Taps", "decode_tap", "endpoints", "get_logger", "log_event",
-    "query_status", "setup_logging",
+    "query_status", "request_restart", "setup_logging",
 ]

@@ -19,6 +19,7 @@ import trio
 import zmq
 
 from ._codec import Codec
+from ._errors import ActorError
 from ._log import get_logger
 from ._policy import Restart
 from ._stats import Statistics
@@ -56,9 +57,26 @@ class Runtime:
         self.zmq = zmq.Context.instance()
         self.taps = Taps()
         self.registry: dict[str, Statistics] = {}
+        self.crashers: dict[str, Callable[[str], None]] = {}
+        """How to crash each running child, by full name (see :meth:`request_restart`)."""
         self.run_dir = run_dir
         self.leaf_endpoint = leaf_endpoint
         """Where actors in child processes publish their taps."""
+
+    def request_restart(self, name: str, reason: str = "restart requested") -> str:
+        """Make the running child ``name`` exit as if it crashed, so that its
+        supervisor applies its strategy (and counts it against its
+        intensity).  ``name`` is the full name or, if only one child has it,
+        the last part (``router`` for ``hive.router``).  Returns the full
+        name; raises :class:`ActorError` if no running child matches."""
+        matches = [name] if name in self.crashers else [
+            full for full in self.crashers if full.rpartition(".")[2] == name]
+        if len(matches) != 1:
+            known = ", ".join(sorted(self.crashers)) or "none"
+            raise ActorError(f"{'no' if not matches else 'more than one'} running actor named {name!r} "
+                             f"(running: {known})")
+        self.crashers[matches[0]](reason)
+        return matches[0]
 
     def stats(self, name: str) -> Statistics:
         st = self.registry.get(name)

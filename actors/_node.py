@@ -22,7 +22,7 @@ import zmq
 
 from ._actor import Context, Runtime
 from ._errors import ActorError
-from ._log import log_event
+from ._log import get_logger, log_event
 from ._stats import Snapshot
 from ._supervisor import Supervisor
 
@@ -40,6 +40,8 @@ class Status(msgspec.Struct, kw_only=True):
 
 class ControlRequest(msgspec.Struct, kw_only=True):
     op: str
+    """``status``, or ``restart`` (``actor``: make that actor exit as if it crashed)."""
+    actor: str = ""
 
 
 def endpoints(run_dir: Path) -> dict[str, str]:
@@ -124,13 +126,24 @@ class Node:
             while True:
                 for frames in await sock.recv_frames(1):
                     try:
-                        req = req_dec.decode(frames[-1])
-                        reply = enc.encode(self.status()) if req.op == "status" else enc.encode({"error": f"unknown op {req.op!r}"})
+                        reply = enc.encode(self._answer(rt, req_dec.decode(frames[-1])))
                     except msgspec.DecodeError as e:
                         reply = enc.encode({"error": f"bad request: {e}"})
                     await sock.send_frames([reply])
         finally:
             ctx.close()
+
+    def _answer(self, rt: Runtime, req: ControlRequest) -> Any:
+        if req.op == "status":
+            return self.status()
+        if req.op == "restart":
+            try:
+                name = rt.request_restart(req.actor, "restart requested by an operator")
+            except ActorError as e:
+                return {"error": str(e)}
+            log_event(get_logger(self.name), "node.restart_requested", logging.WARNING, actor=name)
+            return {"restarted": name}
+        return {"error": f"unknown op {req.op!r}"}
 
 
 def _read_info(run_dir: Path) -> dict[str, Any]:
@@ -142,6 +155,22 @@ def _read_info(run_dir: Path) -> dict[str, Any]:
 
 def query_status(run_dir: Path, timeout: float = 3.0) -> Status:
     """Ask the node running in ``run_dir`` for its status (blocking; for CLIs)."""
+    return msgspec.msgpack.decode(_ask(run_dir, ControlRequest(op="status"), timeout), type=Status)
+
+
+def request_restart(run_dir: Path, actor: str, timeout: float = 3.0) -> str:
+    """Make ``actor`` of the node running in ``run_dir`` exit as if it
+    crashed, so that its supervisor restarts it (and, by its strategy, the
+    siblings that depend on it).  ``actor`` is a name as ``status`` shows it
+    (``hive.router``) or its last part if unique (``router``).  Returns the
+    full name; raises :class:`ActorError` (blocking; for CLIs)."""
+    reply = msgspec.msgpack.decode(_ask(run_dir, ControlRequest(op="restart", actor=actor), timeout))
+    if "error" in reply:
+        raise ActorError(reply["error"])
+    return reply["restarted"]
+
+
+def _ask(run_dir: Path, req: ControlRequest, timeout: float) -> bytes:
     info = _read_info(run_dir)
     if not info:
         raise ActorError(f"no node is running with {run_dir} (no node.json)")
@@ -151,12 +180,11 @@ def query_status(run_dir: Path, timeout: float = 3.0) -> Status:
     z.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
     try:
         z.connect(info["control"])
-        z.send(msgspec.msgpack.encode(ControlRequest(op="status")))
+        z.send(msgspec.msgpack.encode(req))
         try:
-            data = z.recv()
+            return z.recv()
         except zmq.Again:
             raise ActorError(f"node pid {info.get('pid')} in {run_dir} did not answer within {timeout:g}s") from None
-        return msgspec.msgpack.decode(data, type=Status)
     finally:
         z.close()
 

@@ -46,6 +46,13 @@ class _Instance:
         self.done = trio.Event()
         self.exit: _Exit | None = None
         self.stopping = False
+        self.crash_reason = ""
+
+    def crash(self, reason: str) -> None:
+        """End this run as a crash (an operator's restart): the child is
+        cancelled and its supervisor sees a crash, not a shutdown."""
+        self.crash_reason = reason or "crash requested"
+        self.scope.cancel()
 
 
 class Supervisor:
@@ -162,6 +169,7 @@ class _Run:
             log_event(self.log, "child.start_failed", logging.ERROR, child=name, reason=why)
             raise StartError(f"{inst.ctx.name} failed to start: {why}")
         self.running[name] = inst
+        self.ctx.runtime.crashers[inst.ctx.name] = inst.crash
         self.policy.started(name)
         self.stats.starts += 1
         cstats.starts += 1
@@ -173,7 +181,10 @@ class _Run:
         try:
             with inst.scope:
                 await runner(ctx, spec, inst.status)
-            inst.exit = _Exit("shutdown" if inst.scope.cancelled_caught else "normal", False)
+            if inst.crash_reason and not inst.stopping:
+                inst.exit = _Exit(inst.crash_reason, True)
+            else:
+                inst.exit = _Exit("shutdown" if inst.scope.cancelled_caught else "normal", False)
         except trio.Cancelled:
             inst.exit = _Exit("shutdown", False)  # the whole run is ending
         except BaseException as e:  # a child crash must never escape the system task
@@ -182,6 +193,8 @@ class _Run:
                 ctx.log.error("crashed", exc_info=e)
         finally:
             ctx.close()
+            if ctx.runtime.crashers.get(ctx.name) == inst.crash:
+                del ctx.runtime.crashers[ctx.name]
             ex = inst.exit or _Exit("unknown", True)
             ctx.stats.exits += 1
             self.stats.exits += 1

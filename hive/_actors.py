@@ -2,6 +2,13 @@
 
 Each is a thin shell: sockets in, a plain object (``Store``) does the work,
 sockets out.  Endpoints between them are inproc, named here once.
+
+An inproc connection does not survive a restart of the socket it connects
+to, so every inproc endpoint is bound by the actor that starts earlier in
+the hive's rest_for_one tree (store, registry, zap, router, enroll,
+playbook, correlate, sentinel) and connected by later ones: a restart of
+the binder restarts everyone after it, who connect again.  The hops to the
+detection processes are ipc, which reconnects by itself.
 """
 
 from __future__ import annotations
@@ -22,17 +29,17 @@ from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessa
 from ._store import Store, StoreError
 
 INGEST = "inproc://hive.ingest"
-"""router, registry -> store: batches to write."""
+"""router, registry -> store (binds): batches to write."""
 STORED = "inproc://hive.stored"
-"""store -> router: what became of each batch (for the acks)."""
+"""store (binds) -> router: what became of each batch (for the acks)."""
 SEEN = "inproc://hive.seen"
-"""router -> registry: signs of life."""
+"""router -> registry (binds): signs of life."""
 DETECT = "inproc://hive.detect"
-"""store -> sentinel: events as stored, once each."""
+"""store -> sentinel (binds): events as stored, once each."""
 DELIVER = "inproc://hive.deliver"
-"""playbook -> router: commands for agents."""
+"""playbook -> router (binds): commands for agents."""
 RESULTS = "inproc://hive.results"
-"""router -> playbook: results of commands."""
+"""router (binds) -> playbook: results of commands."""
 
 ENROLL_DOMAIN = b"enroll"
 
@@ -56,7 +63,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     inbox = ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=2000)
     for endpoint in ingest:
         inbox.bind(endpoint)
-    acks = ctx.socket(zmq.PUSH, connect=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
+    acks = ctx.socket(zmq.PUSH, bind=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
     detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=2000)
     ctx.stats.extra.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0)
     lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=50_000)
@@ -220,9 +227,9 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     agents = Duplex(sock)
     to_store = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec(), topic=f"{ctx.name}.ingest")
     to_registry = ctx.socket(zmq.PUSH, connect=SEEN, codec=internal_codec(), topic="")
-    stored = ctx.socket(zmq.PULL, bind=STORED, codec=internal_codec(), topic="")
+    stored = ctx.socket(zmq.PULL, connect=STORED, codec=internal_codec(), topic="")
     deliver = ctx.socket(zmq.PULL, bind=DELIVER, codec=internal_codec(), topic="")
-    results = ctx.socket(zmq.PUSH, connect=RESULTS, codec=internal_codec(), topic="", sndhwm=10000)
+    results = ctx.socket(zmq.PUSH, bind=RESULTS, codec=internal_codec(), topic="", sndhwm=10000)
     ack_codec = Codec(wire.HiveMessage)
     idents: dict[str, bytes] = {}
     revoked: set[str] = store.revoked()
@@ -268,7 +275,11 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 elif isinstance(msg, wire.Heartbeat):
                     seen = AgentSeen(agent=agent, time=time.time_ns(), heartbeat=msg)
                 else:
-                    await results.send(Result(agent=agent, result=msg))
+                    # Never blocks the agents' door: with the playbook restarting
+                    # or far behind, the result is counted and dropped (the
+                    # playbook closes that action as unanswered after its timeout).
+                    if not results.try_send(Result(agent=agent, result=msg)):
+                        refused["results_dropped"] = int(refused.get("results_dropped", 0)) + 1
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 seen_at[agent] = now
                 await to_registry.send(seen)

@@ -2,7 +2,7 @@
 
 Sockets: PULL alerts from correlate (binds ``hive.ALERTS``), PUSH
 ``Deliver(agent, command)`` to the router (connects ``hive.DELIVER``), PULL
-``Result`` from the router (binds ``hive.RESULTS``).  Once a second: the
+``Result`` from the router (connects ``hive.RESULTS``).  Once a second: the
 engine's clock (TTL reverts, expiries), operators' approvals from the store,
 agents going offline and coming back (the registry keeps them in the store),
 and a reload of changed playbook files.
@@ -78,7 +78,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     await in_db(records.write, closed)
 
     alerts = ctx.socket(zmq.PULL, bind=alerts_endpoint, codec=internal_codec(), rcvhwm=10000)
-    results = ctx.socket(zmq.PULL, bind=results_endpoint, codec=internal_codec())
+    results = ctx.socket(zmq.PULL, connect=results_endpoint, codec=internal_codec())
     deliver = ctx.socket(zmq.PUSH, connect=deliver_endpoint, codec=internal_codec())
     notify_in, notify_out = trio.open_memory_channel[wire.Command](_NOTIFY_QUEUE)
     notifier = Notifier()

@@ -6,7 +6,7 @@ import signal
 import pytest
 import trio
 
-from actors import Child, Escalation, Restart, StartError, Supervisor
+from actors import ActorError, Child, Escalation, Restart, StartError, Supervisor
 
 from ._children import (
     crash_after, fail_to_start, forever, return_after, stubborn, stubborn_process, write_pid,
@@ -215,3 +215,74 @@ trio.run(main)
     while alive(child):
         assert time.monotonic() < deadline, "the child outlived its killed node"
         time.sleep(0.05)
+
+
+async def test_a_requested_restart_is_a_crash_the_strategy_answers(root_ctx, runtime, tmp_path):
+    journal = []
+    pids = tmp_path / "pids"
+    sup = Supervisor(kids(journal, *[(n, forever, Restart.PERMANENT, {}) for n in "abc"])
+                     + [Child("proc", write_pid, args={"path": str(pids)}, process=True, shutdown=2.0)],
+                     strategy="rest_for_one")
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        del journal[:]
+        assert runtime.request_restart("b") == "t.b"
+        await wait_for(lambda: runtime.registry["t.proc"].restarts == 1 and runtime.registry["t.proc"].state == "running")
+        assert journal == [("stop", "t.b"), ("stop", "t.c"), ("start", "t.b"), ("start", "t.c")]
+        assert runtime.registry["t.a"].restarts == 0 and runtime.registry["t.b"].restarts == 1
+        assert runtime.registry["t.b"].last_error == "restart requested"
+        # A process child too, by its full name.
+        first = int(pids.read_text().split()[-1])
+        assert runtime.request_restart("t.proc", "by hand") == "t.proc"
+        await wait_for(lambda: runtime.registry["t.proc"].restarts == 2 and runtime.registry["t.proc"].state == "running")
+        assert not alive(first) and runtime.registry["t.proc"].last_error == "by hand"
+        with pytest.raises(ActorError, match="no running actor named 'nobody'"):
+            runtime.request_restart("nobody")
+        n.cancel_scope.cancel()
+
+
+async def test_requested_restarts_count_against_the_intensity(root_ctx, runtime):
+    sup = Supervisor(kids([], ("a", forever, Restart.PERMANENT, {})), intensity=2, period=30)
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with trio.open_nursery() as n:
+            await n.start(sup, root_ctx)
+            for _ in range(3):
+                await wait_for(lambda: runtime.registry["t.a"].state == "running")
+                runtime.request_restart("a")
+                await trio.sleep(0.05)
+            await trio.sleep_forever()
+    assert info.group_contains(Escalation, match="3 restarts within 30s exceed the intensity of 2", depth=None)
+
+
+def test_an_operator_restarts_an_actor_of_a_running_node(tmp_path):
+    import threading
+
+    from actors import Node, request_restart
+
+    node = Node("n", Supervisor(kids([], ("a", forever, Restart.PERMANENT, {}))), tmp_path / "run")
+    done = threading.Event()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await trio.to_thread.run_sync(done.wait)
+            nursery.cancel_scope.cancel()
+
+    runner = threading.Thread(target=trio.run, args=(main,))
+    runner.start()
+    try:
+        import time
+        t0 = time.monotonic()
+        while not (tmp_path / "run" / "node.json").exists():
+            assert time.monotonic() - t0 < 10
+            time.sleep(0.02)
+        assert request_restart(tmp_path / "run", "a") == "n.a"
+        t0 = time.monotonic()
+        while node.status().actors[-1].restarts != 1 or node.status().actors[-1].state != "running":
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.02)
+        with pytest.raises(ActorError, match="no running actor named 'zz'"):
+            request_restart(tmp_path / "run", "zz")
+    finally:
+        done.set()
+        runner.join()

@@ -50,11 +50,13 @@ steps:
 
 
 async def bridge(ctx: Context, *, task_status=trio.TASK_STATUS_IGNORED, ep: dict) -> None:
-    """The router and the relay in one: Deliver -> Command, CommandResult -> Result."""
+    """The router and the relay in one: Deliver -> Command, CommandResult -> Result
+    (and Results as they come on ``forged``, as if from any agent)."""
     deliver = ctx.socket(zmq.PULL, bind=ep["deliver"], codec=internal_codec())
     commands = ctx.socket(zmq.PUSH, bind=ep["commands"], codec=Codec(wire.HiveMessage))
     results_in = ctx.socket(zmq.PULL, bind=ep["agent_results"], codec=Codec(wire.AgentMessage))
-    results_out = ctx.socket(zmq.PUSH, connect=ep["results"], codec=internal_codec())
+    forged = ctx.socket(zmq.PULL, bind=ep["forged"], codec=internal_codec())
+    results_out = ctx.socket(zmq.PUSH, bind=ep["results"], codec=internal_codec())
     task_status.started()
 
     async def down():
@@ -68,9 +70,15 @@ async def bridge(ctx: Context, *, task_status=trio.TASK_STATUS_IGNORED, ep: dict
             for r in await results_in.recv():
                 await results_out.send(Result(agent="web1", result=r))
 
+    async def relay_forged():
+        while True:
+            for r in await forged.recv():
+                await results_out.send(r)
+
     async with trio.open_nursery() as n:
         n.start_soon(down)
         n.start_soon(up)
+        n.start_soon(relay_forged)
 
 
 def detached(script: str) -> int:
@@ -102,7 +110,7 @@ async def response(tmp_path, runtime):
     db = tmp_path / "hive.db"
     Store(db).close()
     tag = f"{os.getpid()}.{time.monotonic_ns()}"
-    ep = {k: f"inproc://test.{k}.{tag}" for k in ("alerts", "deliver", "results", "commands", "agent_results")}
+    ep = {k: f"inproc://test.{k}.{tag}" for k in ("alerts", "deliver", "results", "commands", "agent_results", "forged")}
     tree = Supervisor([
         Child("bridge", bridge, args={"ep": ep}),
         Child("playbook", playbook_actor, args={
@@ -222,7 +230,7 @@ async def test_evidence_comes_back_to_the_hive_and_verifies(response):
 
 async def test_an_archive_nobody_asked_for_is_not_written(response, runtime):
     _, db, tmp_path, ep = response
-    forged = Context(runtime, "forger").socket(zmq.PUSH, connect=ep["results"], codec=internal_codec())
+    forged = Context(runtime, "forger").socket(zmq.PUSH, connect=ep["forged"], codec=internal_codec())
     archive = b"x" * 100
     data = {"archive": archive, "archive_sha256": hashlib.sha256(archive).hexdigest()}
     await forged.send(Result(agent="../../etc", result=wire.CommandResult(command="../../../x", ok=True, data=data)))

@@ -242,3 +242,24 @@ async def test_a_full_disk_at_the_hive_stores_nothing_acks_nothing_and_loses_not
     s = Store(tiny_disk / "hive.db", readonly=True)
     assert len(s.events(agent="a", kind="exec", limit=1000)) == 205
     assert runtime.registry["hive.store"].restarts == 0
+
+
+@pytest.mark.parametrize("victim", ["store", "registry", "zap", "router", "enroll"])
+async def test_after_any_restart_the_hive_acks_and_stores_again(hive, runtime, victim):
+    a = Agent(runtime, hive, hive.enroll("steady"))
+    a.send(wire.EventBatch(seq=1, stream="s", events=events(2)))
+    assert [x.seq for x in await a.replies(1)] == [1]
+    runtime.request_restart(victim)
+    with trio.fail_after(10):
+        while runtime.registry[f"hive.{victim}"].restarts < 1 or any(
+                runtime.registry[f"hive.{n}"].state != "running" for n in ("store", "registry", "zap", "router", "enroll")):
+            await trio.sleep(0.02)
+    # The agent's connection may have gone with the router: resend until acked, as a relay does.
+    acks = []
+    with trio.fail_after(10):
+        while not acks:
+            a.send(wire.EventBatch(seq=2, stream="s", events=events(2)))
+            acks = await a.replies(1, timeout=0.5)
+    assert [x.seq for x in acks] == [2]
+    a.close()
+    assert len(Store(hive.db, readonly=True).events(agent="steady", kind="exec")) == 4
