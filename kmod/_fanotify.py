@@ -6,6 +6,10 @@ module is built around never hanging the host:
 * the responder answers on its own thread and never touches a watched file
   itself (it reads through the event's descriptor, which fanotify opens
   without notification);
+* files are hashed (for SHA-256 exec rules) by worker threads, a bounded
+  number of files of a bounded size: an exec waits for its file's digest
+  briefly, parked while the responder answers others, and is then decided
+  by the policy's ``[guard] unhashed`` setting;
 * files the policy allows get an ignore mark on their inode, so running them
   again costs nothing; the kernel drops that mark when the file is modified
   (FAN_MARK_IGNORED_SURV_MODIFY is deliberately not set), and a reload
@@ -24,7 +28,9 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import select
+import stat
 import struct
 import subprocess
 import threading
@@ -57,6 +63,13 @@ FAN_ALLOW = 0x1
 FAN_DENY = 0x2
 AT_FDCWD = -100
 
+_HASH_WAIT = 0.1
+"""Longest an exec waits for its file's digest (less under a tighter watchdog)."""
+_HASH_WORKERS = 2
+_HASH_QUEUE = 64
+_MAX_PARKED = 1024
+_DIGESTS = 4096
+
 _METADATA = struct.Struct("<IBBHQii")
 _RESPONSE = struct.Struct("<iI")
 _READ_SIZE = _METADATA.size * 128
@@ -83,6 +96,135 @@ def _fanotify_mark(fd: int, flags: int, mask: int, dirfd: int = AT_FDCWD,
         raise OSError(err, os.strerror(err), path)
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What changes whenever the file's content can have changed."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Hasher:
+    """SHA-256 of files by worker threads, so the responder never reads a
+    file: ``workers`` threads, at most ``backlog`` files waiting, digests kept
+    by file identity.  ``done`` is called (from a worker) after each file."""
+
+    def __init__(self, done: Callable[[], None], workers: int = _HASH_WORKERS,
+                 backlog: int = _HASH_QUEUE, keep: int = _DIGESTS):
+        self._done = done
+        self._jobs: queue.Queue[tuple[tuple, int] | None] = queue.Queue(backlog)
+        self._lock = threading.Lock()
+        self._digests: OrderedDict[tuple, str] = OrderedDict()
+        self._pending: set[tuple] = set()
+        self._keep = keep
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._work, name=f"fanotify-hasher-{i}", daemon=True)
+                         for i in range(workers)]
+        self.counts = dict(hashed=0, hash_hits=0, hash_failed=0, hash_refused=0)
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def digest(self, key: tuple) -> str | None:
+        with self._lock:
+            found = self._digests.get(key)
+            if found is not None:
+                self._digests.move_to_end(key)
+                self.counts["hash_hits"] += 1
+            return found
+
+    def submit(self, key: tuple, fd: int) -> bool:
+        """Hash the file open as ``fd`` (duplicated: the caller keeps its own),
+        unless it is already queued; False when the backlog is full."""
+        with self._lock:
+            if key in self._pending:
+                return True
+            self._pending.add(key)
+        dup = os.dup(fd)  # the same open file: reads through it notify nobody
+        try:
+            self._jobs.put_nowait((key, dup))
+        except queue.Full:
+            os.close(dup)
+            with self._lock:
+                self._pending.discard(key)
+                self.counts["hash_refused"] += 1
+            return False
+        return True
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            key, fd = job
+            try:
+                digest = self._hash(fd, key)
+            except OSError:
+                digest = None
+            finally:
+                os.close(fd)
+            with self._lock:
+                self._pending.discard(key)
+                if digest is None:
+                    self.counts["hash_failed"] += 1
+                else:
+                    self.counts["hashed"] += 1
+                    self._digests[key] = digest
+                    if len(self._digests) > self._keep:
+                        self._digests.popitem(last=False)
+            self._done()
+
+    def _hash(self, fd: int, key: tuple) -> str | None:
+        size = key[2]
+        h, off = hashlib.sha256(), 0
+        while off < size:
+            if self._stop.is_set():
+                return None
+            chunk = os.pread(fd, min(1 << 20, size - off), off)
+            if not chunk:
+                break
+            h.update(chunk)
+            off += len(chunk)
+        # Changed while it was read: its digest would be filed under the wrong identity.
+        return h.hexdigest() if _identity(os.fstat(fd)) == key else None
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                os.close(job[1])
+        for _ in self._threads:
+            try:
+                self._jobs.put_nowait(None)
+            except queue.Full:  # a late submit: the workers see _stop after it
+                pass
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=1.0)
+
+
+class _DigestLookup:
+    """``Policy.match_exec``'s digest for one event, looked up once."""
+
+    __slots__ = ("guard", "fd", "deadline", "called", "digest", "wait", "final")
+
+    def __init__(self, guard: Guard, fd: int, deadline: float | None):
+        self.guard, self.fd, self.deadline = guard, fd, deadline
+        self.called = self.wait = False
+        self.final = True
+        self.digest: str | None = None
+
+    def __call__(self) -> str | None:
+        if not self.called:
+            self.called = True
+            self.digest, self.wait, self.final = self.guard._file_digest(self.fd, self.deadline)
+        return self.digest
+
+    @property
+    def unknown(self) -> bool:
+        """A rule needed the digest and it was not known."""
+        return self.called and self.digest is None
+
+
 class Guard:
     """The fanotify group, its responder thread and its watchdog thread."""
 
@@ -103,10 +245,13 @@ class Guard:
         self._closed = False
         self._stall = 0.0
         self._marked_devs: set[int] = set()
-        self._hashes: OrderedDict[tuple, str] = OrderedDict()
+        # Execs waiting for their file's digest: event fd -> (mask, pid, deadline).
+        self._parked: dict[int, tuple[int, int, float]] = {}
+        self._hash_wait = min(_HASH_WAIT, 0.4 * bound)
         self._stop = threading.Event()
         self._counts = dict(allowed=0, denied=0, audited=0, cached=0, errors=0,
-                            fail_opens=0, overflows=0, failed_open_answers=0)
+                            fail_opens=0, overflows=0, failed_open_answers=0,
+                            hash_waits=0, unhashed=0)
         fd = _init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK,
                    os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
@@ -115,6 +260,8 @@ class Guard:
                               + (" (needs root)" if err == errno.EPERM else ""))
         self._fd = fd
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._hashed = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._hasher = Hasher(self._hash_done)
         # The whole agent stopped (SIGSTOP, frozen) runs no watchdog either:
         # past this, an outside process kills it so the kernel answers.
         self._lifeline_timeout = max(2.0, 8 * bound)
@@ -139,15 +286,15 @@ class Guard:
         self._excluded.add(self._lifeline.pid)
         with self._lock:
             self._apply_marks()
+        self._hasher.start()
         self._responder.start()
         self._watchdog.start()
 
     def reload(self, policy: Policy) -> None:
-        """Swap the policy and redo the marks in place (the cache is flushed:
-        a file allowed before may be blocked now)."""
+        """Swap the policy and redo the marks in place (the allow cache is
+        flushed: a file allowed before may be blocked now; digests stay)."""
         with self._lock:
             self._policy = policy
-            self._hashes.clear()
             if not self._failed_open:
                 self._apply_marks()
 
@@ -157,12 +304,14 @@ class Guard:
         for t in (self._responder, self._watchdog):
             if t.is_alive():
                 t.join(timeout=1.0)
+        self._hasher.close()
         with self._lock:
             if not self._closed:
                 self._closed = True
                 os.close(self._fd)  # the kernel allows whatever is still pending
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+                for fd in (self._wake_r, self._wake_w, self._hashed, *self._parked):
+                    os.close(fd)
+                self._parked.clear()
         if self._lifeline is not None:
             self._lifeline.close()
             self._lifeline = None
@@ -171,11 +320,17 @@ class Guard:
         """In a forked child, which has none of our threads: close our copies
         of the descriptors so that the group dies with the parent."""
         self._closed = True
-        for fd in (self._fd, self._wake_r, self._wake_w):
+        for fd in (self._fd, self._wake_r, self._wake_w, self._hashed):
             os.close(fd)
         if self._lifeline is not None:
             os.close(self._lifeline._w)  # or the lifeline would wait for this child too
             self._lifeline = None
+
+    def _hash_done(self) -> None:
+        """From a hasher thread: wake the responder for its parked execs."""
+        with self._lock:
+            if not self._closed:  # else the number may name another file by now
+                os.eventfd_write(self._hashed, 1)
 
     def stall(self, seconds: float) -> None:
         """Drill: the responder sleeps this long before answering what it
@@ -184,8 +339,8 @@ class Guard:
 
     def statistics(self) -> dict:
         state = "failed-open" if self._failed_open else "armed"
-        return dict(self._counts, state=state, inflight=len(self._inflight),
-                    filesystems=len(self._marked_devs))
+        return dict(self._counts, **self._hasher.counts, state=state, inflight=len(self._inflight),
+                    parked=len(self._parked), filesystems=len(self._marked_devs))
 
     # ---- marks ------------------------------------------------------------------
 
@@ -249,20 +404,25 @@ class Guard:
 
     def _respond_loop(self) -> None:
         poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        for fd in (self._fd, self._wake_r, self._hashed):
+            poller.register(fd, select.POLLIN)
         while not self._stop.is_set():
-            poller.poll()
+            poller.poll(self._parked_timeout())
             if self._stop.is_set():
                 return
             self._busy_since = time.monotonic()
+            try:
+                os.eventfd_read(self._hashed)
+            except BlockingIOError:
+                pass
             try:
                 events = self._read_events()
             except OSError as e:
                 log.error("fanotify read failed: %s", e.strerror)
                 self._busy_since = None
-                self._stop.wait(self._bound)
-                continue
+                self._stop.wait(self._hash_wait if self._parked else self._bound)
+                self._busy_since = time.monotonic()
+                events = []
             with self._lock:
                 for _, fd, _ in events:
                     if fd >= 0:
@@ -272,9 +432,19 @@ class Guard:
                 self._stop.wait(stall)
             for mask, fd, pid in events:
                 self._handle(mask, fd, pid)
+            for fd, (mask, pid, deadline) in list(self._parked.items()):
+                del self._parked[fd]  # back in if it still waits
+                self._handle(mask, fd, pid, deadline)
             self._busy_since = None
 
-    def _handle(self, mask: int, fd: int, pid: int) -> None:
+    def _parked_timeout(self) -> int | None:
+        """Milliseconds until the first parked exec must be decided."""
+        if not self._parked:
+            return None
+        first = min(deadline for _, _, deadline in self._parked.values())
+        return max(0, int((first - time.monotonic()) * 1000) + 1)
+
+    def _handle(self, mask: int, fd: int, pid: int, deadline: float | None = None) -> None:
         if mask & FAN_Q_OVERFLOW:
             self._counts["overflows"] += 1
             self._notify("fanotify-overflow", "fanotify queue overflowed; the kernel allowed "
@@ -284,25 +454,43 @@ class Guard:
             return
         allow, cache = True, False
         try:
-            allow, cache = self._decide(mask, fd, pid)
+            decision = self._decide(mask, fd, pid, deadline)
+            if decision is None:  # waits for the file's digest
+                if deadline is None:
+                    deadline = time.monotonic() + self._hash_wait
+                    self._counts["hash_waits"] += 1
+                self._parked[fd] = (mask, pid, deadline)
+                return
+            allow, cache = decision
         except Exception:
             self._counts["errors"] += 1
             log.exception("fanotify responder failed on an event of pid %d; allowing it", pid)
-        finally:
-            self._answer(mask, fd, allow, cache)
+        self._answer(mask, fd, allow, cache)
 
-    def _decide(self, mask: int, fd: int, pid: int) -> tuple[bool, bool]:
-        """(allow, cache).  Only a decision that does not depend on the process
-        may be cached: the ignore mark is on the file, for everyone."""
+    def _decide(self, mask: int, fd: int, pid: int, deadline: float | None) -> tuple[bool, bool] | None:
+        """(allow, cache), or None to wait for the file's digest.  Only a
+        decision that does not depend on the process may be cached: the
+        ignore mark is on the file, for everyone."""
         path = os.readlink(f"/proc/self/fd/{fd}")
         policy = self._policy
+        final = True  # the file's verdict holds until it changes
         if mask & FAN_OPEN_EXEC_PERM:
-            hook, rule = "exec", policy.match_exec(path, lambda: self._digest(fd))
+            hook = "exec"
+            lookup = _DigestLookup(self, fd, deadline)
+            rule = policy.match_exec(path, lookup)
+            if lookup.wait:
+                if pid in self._excluded or not self._scope.contains(pid):
+                    self._counts["allowed"] += 1
+                    return True, False
+                return None
+            final = lookup.final
+            if lookup.unknown:
+                self._counts["unhashed"] += 1
         else:
             hook, rule = "open", policy.match_open(path)
         if rule is None:
             self._counts["allowed"] += 1
-            return True, True
+            return True, final
         if pid in self._excluded or not self._scope.contains(pid):
             self._counts["allowed"] += 1
             return True, False
@@ -313,20 +501,22 @@ class Guard:
         self._counts["denied"] += 1
         return False, False
 
-    def _digest(self, fd: int) -> str:
+    def _file_digest(self, fd: int, deadline: float | None) -> tuple[str | None, bool, bool]:
+        """(digest or None, wait, final) for the file open as ``fd``."""
         st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        digest = self._hashes.get(key)
-        if digest is None:
-            h, off = hashlib.sha256(), 0
-            while chunk := os.pread(fd, 1 << 20, off):
-                h.update(chunk)
-                off += len(chunk)
-            digest = h.hexdigest()
-            self._hashes[key] = digest
-            if len(self._hashes) > 4096:
-                self._hashes.popitem(last=False)
-        return digest
+        if not stat.S_ISREG(st.st_mode):
+            return None, False, True
+        key = _identity(st)
+        digest = self._hasher.digest(key)
+        if digest is not None:
+            return digest, False, True
+        if st.st_size > self._policy.guard.hash_max_bytes:
+            return None, False, True  # never hashed: unknown for good
+        if deadline is not None and time.monotonic() >= deadline:
+            return None, False, False  # waited long enough
+        if len(self._parked) >= _MAX_PARKED or not self._hasher.submit(key, fd):
+            return None, False, False
+        return None, True, False
 
     def _answer(self, mask: int, fd: int, allow: bool, cache: bool) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ The file format is documented in ``default_policy.toml``."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import re
 import struct
@@ -35,6 +36,8 @@ _MATCH_KEYS = {
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_PORTS_PER_RULE = 1024
+UNHASHED = ("allow", "block")
+_MAX_HASH_MB = 65536
 # Kernel constants, mirrored from kmod/bpf/sensor.h.
 PATH_LEN = 256
 HEAD_BITS = 16
@@ -124,6 +127,43 @@ class Rule:
 
     def match_path(self, path: str) -> bool:
         return any(r.match(path) for r in self._regexes)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The ``[guard]`` table: how the exec guard treats a file whose SHA-256
+    it does not know when a digest rule needs it."""
+
+    unhashed: str = "allow"
+    """``allow``: the digest rules are skipped for it (later rules still
+    apply); ``block``: the exec is refused, as rule ``guard-unhashed``."""
+    hash_max_mb: int = 64
+    """Larger files are never hashed: decided by ``unhashed`` at once."""
+
+    @property
+    def hash_max_bytes(self) -> int:
+        return self.hash_max_mb << 20
+
+
+UNHASHED_RULE = Rule(name="guard-unhashed", hook="exec", action="block",
+                     description="a digest rule needed the SHA-256 of a file that was not hashed "
+                                 "(over [guard] hash_max_mb, or not hashed in time)")
+
+
+def _guard(table: object, origin: str) -> GuardSettings:
+    if not isinstance(table, dict):
+        raise PolicyError(f"{origin}: 'guard' must be a table ([guard])")
+    unknown = set(table) - {"unhashed", "hash_max_mb"}
+    if unknown:
+        raise PolicyError(f"{origin}: [guard]: unknown key(s) {', '.join(sorted(unknown))}")
+    unhashed = table.get("unhashed", GuardSettings.unhashed)
+    if unhashed not in UNHASHED:
+        raise PolicyError(f"{origin}: [guard] unhashed must be allow or block (got {unhashed!r})")
+    mb = table.get("hash_max_mb", GuardSettings.hash_max_mb)
+    if not isinstance(mb, int) or isinstance(mb, bool) or not 1 <= mb <= _MAX_HASH_MB:
+        raise PolicyError(f"{origin}: [guard] hash_max_mb must be a whole number of MiB "
+                          f"from 1 to {_MAX_HASH_MB} (got {mb!r})")
+    return GuardSettings(unhashed=unhashed, hash_max_mb=mb)
 
 
 def _as_list(value, what: str) -> list:
@@ -249,11 +289,16 @@ def _remember(cache: dict, key, value, limit: int = 4096) -> None:
 
 
 class Policy:
-    """An ordered list of rules; within a hook the first match wins."""
+    """An ordered list of rules; within a hook the first match wins.
+    ``digest`` is the SHA-256 of the text it was read from ("" if built in
+    code), to tell which file a running sensor enforces."""
 
-    def __init__(self, rules: Iterable[Rule] = (), origin: str = "<policy>"):
+    def __init__(self, rules: Iterable[Rule] = (), origin: str = "<policy>",
+                 guard: GuardSettings | None = None, digest: str = ""):
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.origin = origin
+        self.guard = guard or GuardSettings()
+        self.digest = digest
         if len(self.rules) > 0xFFFF:
             raise PolicyError(f"{origin}: {len(self.rules)} rules; at most 65535")
         seen: set[str] = set()
@@ -273,7 +318,7 @@ class Policy:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise PolicyError(f"{origin}: not valid TOML: {e}") from None
-        unknown = set(doc) - {"version", "rule"}
+        unknown = set(doc) - {"version", "rule", "guard"}
         if unknown:
             raise PolicyError(f"{origin}: unknown top-level key(s) {', '.join(sorted(unknown))}")
         if doc.get("version", 1) != 1:
@@ -281,17 +326,23 @@ class Policy:
         tables = doc.get("rule", [])
         if not isinstance(tables, list):
             raise PolicyError(f"{origin}: 'rule' must be an array of tables ([[rule]])")
+        guard = _guard(doc.get("guard", {}), origin)
         try:
-            return cls((_rule(t, i) for i, t in enumerate(tables)), origin)
+            rules = [_rule(t, i) for i, t in enumerate(tables)]
         except PolicyError as e:
             raise PolicyError(f"{origin}: {e}") from None
+        return cls(rules, origin, guard, hashlib.sha256(text.encode()).hexdigest())
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            data = Path(path).read_bytes()
         except OSError as e:
             raise PolicyError(f"cannot read policy {path}: {e.strerror}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PolicyError(f"{path}: not UTF-8 text (byte {e.start})") from None
         return cls.parse(text, str(path))
 
     @classmethod
@@ -303,10 +354,12 @@ class Policy:
 
     # ---- matching in userspace -------------------------------------------
 
-    def match_exec(self, path: str, digest: Callable[[], str] | None = None,
+    def match_exec(self, path: str, digest: Callable[[], str | None] | None = None,
                    with_hash: bool = True) -> Rule | None:
-        """First exec rule matching ``path``.  ``digest`` computes the file's
-        SHA-256 only if a rule needs it; with ``with_hash=False`` rules that
+        """First exec rule matching ``path``.  ``digest`` gives the file's
+        SHA-256, called only if a rule needs it, or None when it is not known
+        (then ``guard.unhashed`` decides: a digest block rule either becomes
+        ``UNHASHED_RULE`` or is skipped).  With ``with_hash=False`` rules that
         need a digest are skipped (the decoder has no file to hash)."""
         cacheable = not with_hash or not self.hashes_exec
         if cacheable and path in self._exec_cache:
@@ -316,7 +369,15 @@ class Policy:
             if r.paths and not r.match_path(path):
                 continue
             if r.sha256:
-                if not with_hash or digest is None or digest() not in r.sha256:
+                if not with_hash or digest is None:
+                    continue
+                known = digest()
+                if known is None:
+                    if r.action == "block" and self.guard.unhashed == "block":
+                        found = UNHASHED_RULE
+                        break
+                    continue
+                if known not in r.sha256:
                     continue
             found = r
             break

@@ -1,5 +1,7 @@
 """Policy parsing, matching and compilation: no kernel needed."""
 
+import hashlib
+import re
 import struct
 
 import pytest
@@ -203,3 +205,66 @@ def test_open_heads_filter():
     assert not has(b"/etc/hos") and not has(b"/usr/lib")
     short = Policy.parse('[[rule]]\nname="e"\nhook="open"\naction="audit"\nmatch.path="/e*"')
     assert short.open_heads() is None
+
+
+DIGEST_RULES = '''
+[[rule]]
+name = "known-bad"
+hook = "exec"
+action = "block"
+match.sha256 = "''' + "a" * 64 + '''"
+
+[[rule]]
+name = "from-opt"
+hook = "exec"
+action = "block"
+match.path = "/opt/**"
+'''
+
+
+def test_guard_settings_default_and_parse():
+    assert (Policy().guard.unhashed, Policy().guard.hash_max_mb) == ("allow", 64)
+    assert Policy.default().guard == Policy().guard
+    p = parse('[guard]\nunhashed = "block"\nhash_max_mb = 8\n' + DIGEST_RULES)
+    assert (p.guard.unhashed, p.guard.hash_max_bytes) == ("block", 8 << 20)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('guard = 1', "'guard' must be a table"),
+    ('[guard]\nunhashed = "maybe"', "unhashed must be allow or block"),
+    ('[guard]\nhash_max_mb = 0', "hash_max_mb must be a whole number"),
+    ('[guard]\nhash_max_mb = 1.5', "hash_max_mb must be a whole number"),
+    ('[guard]\nhash_max_mb = true', "hash_max_mb must be a whole number"),
+    ('[guard]\nwait = 1', "[guard]: unknown key(s) wait"),
+])
+def test_bad_guard_settings_are_refused(text, message):
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        parse(text)
+
+
+def test_an_unknown_digest_is_decided_by_the_setting():
+    allow = parse(DIGEST_RULES)
+    block = parse('[guard]\nunhashed = "block"\n' + DIGEST_RULES)
+    assert allow.match_exec("/usr/bin/x", lambda: "a" * 64).name == "known-bad"
+    assert block.match_exec("/usr/bin/x", lambda: "b" * 64) is None
+    # not known: "allow" skips the digest rules, later rules still apply
+    assert allow.match_exec("/usr/bin/x", lambda: None) is None
+    assert allow.match_exec("/opt/x", lambda: None).name == "from-opt"
+    assert block.match_exec("/usr/bin/x", lambda: None).name == "guard-unhashed"
+    # the decoder never hashes: digest rules are skipped whatever the setting
+    assert block.match_exec("/usr/bin/x", with_hash=False) is None
+
+
+def test_an_unknown_digest_never_blocks_through_an_audit_rule():
+    p = parse('[guard]\nunhashed = "block"\n' + DIGEST_RULES.replace('"block"', '"audit"', 1))
+    assert p.match_exec("/usr/bin/x", lambda: None) is None
+
+
+def test_digest_is_of_the_file_read(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_bytes(DIGEST_RULES.encode())
+    assert Policy.load(path).digest == hashlib.sha256(DIGEST_RULES.encode()).hexdigest()
+    assert Policy().digest == ""
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(PolicyError, match="not UTF-8"):
+        Policy.load(path)
