@@ -2,7 +2,9 @@
 
 A frame is ``[version, body]``.  The decoder is built for the exact type a
 socket accepts, so a frame of the wrong type fails at the edge with
-:class:`DecodeError` instead of deep inside an actor.
+:class:`DecodeError` instead of deep inside an actor.  Every failure to
+decode one frame is a :class:`DecodeError`, whatever raised it: a frame is
+foreign input, and an actor must refuse it and go on, never crash on it.
 """
 
 from __future__ import annotations
@@ -44,10 +46,23 @@ class Codec(Generic[T]):
             raise DecodeError(f"frame of {len(frame)} bytes exceeds the limit of {self.max_size}")
         try:
             env = self._decoder.decode(frame)
-        except msgspec.ValidationError as e:
-            raise DecodeError(f"wrong message: {e}") from None
-        except msgspec.DecodeError as e:
-            raise DecodeError(f"malformed frame: {e}") from None
+        except Exception as e:  # noqa: BLE001  (a frame is foreign input: nothing in it may crash an actor)
+            raise DecodeError(_failure(e)) from None
         if env.v > self.version:
             raise DecodeError(f"envelope version {env.v} is newer than supported {self.version}")
         return env.body
+
+
+def _failure(e: Exception) -> str:
+    """Why foreign bytes could not be decoded, in one line, whatever raised:
+    msgspec's own errors, but also RecursionError (arrays nested thousands
+    deep), MemoryError, and whatever a type's ``__post_init__`` raised."""
+    if isinstance(e, msgspec.ValidationError):
+        return f"wrong message: {e}"
+    if isinstance(e, msgspec.DecodeError):
+        return f"malformed frame: {e}"
+    if isinstance(e, RecursionError):
+        return "malformed frame: nested too deeply"
+    if isinstance(e, MemoryError):
+        return "malformed frame: too large to decode"
+    return f"malformed frame: {type(e).__name__}: {e}"
