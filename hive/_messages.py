@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 import wire
@@ -12,14 +14,19 @@ class _Msg(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False, tag_field
     pass
 
 
+NonNegative = Annotated[int, msgspec.Meta(ge=0, le=wire.INT64_MAX)]
+"""A seq or a time in ns: what fits a SQLite integer and is never negative."""
+
+
 class Ingest(_Msg, tag="ingest"):
     """Router -> store: a batch as received from an authenticated agent.
-    ``seq == 0`` marks an event made by the hive itself (never deduplicated)."""
+    ``seq == 0`` marks events made by the hive itself (never deduplicated);
+    an agent's batch cannot have it (``wire.EventBatch.seq`` is at least 1)."""
 
     agent: str
     stream: str = ""
-    seq: int = 0
-    events: list[wire.AnyEvent] = []
+    seq: NonNegative = 0
+    events: Annotated[list[wire.AnyEvent], msgspec.Meta(max_length=wire.MAX_BATCH)] = []
 
 
 class Stored(_Msg, tag="stored"):
@@ -27,7 +34,7 @@ class Stored(_Msg, tag="stored"):
 
     agent: str
     stream: str
-    seq: int
+    seq: NonNegative
     """The last seq stored for (agent, stream) after this batch."""
     outcome: str
     """``stored``, ``duplicate`` (already had it) or ``gap`` (an earlier one is missing)."""
@@ -37,7 +44,7 @@ class AgentSeen(_Msg, tag="seen"):
     """Router -> registry: an agent said something."""
 
     agent: str
-    time: int
+    time: NonNegative
     address: str = ""
     hello: wire.Hello | None = None
     heartbeat: wire.Heartbeat | None = None
@@ -47,7 +54,7 @@ class Deliver(_Msg, tag="deliver"):
     """Anyone -> router: send ``command`` to ``agent``."""
 
     agent: str
-    command: wire.Command
+    command: wire.AnyCommand
 
 
 class Result(_Msg, tag="result"):

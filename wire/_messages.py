@@ -1,21 +1,99 @@
 """The wire contract between agents and the hive.
 
 Every message is a msgspec Struct in a tagged union; the tag is the ``type``
-field on the wire.  Version 1 is this file.  Rules for changing it:
+field on the wire.  Version 2 is this file.  Rules for changing it:
 
 * a field added later always has a default, so an older peer's message still
   decodes;
 * a field is never renamed or retyped; add a new one instead;
+* a constraint (a range, a length) may be tightened: a value outside it was
+  never one a real peer sent, so nothing that worked stops working;
 * ``WIRE_VERSION`` is bumped only for a change an older peer cannot read.
+  Version 2: a command is one Struct per action (``KillProcess``, ...)
+  instead of ``Command(action, params)``.
+
+Every value is bounded here, at decoding, so nothing out of range reaches
+the hive's store, its arithmetic or its memory: integers fit the range of
+what they stand for and at most a signed 64-bit int (SQLite's), strings and
+lists have a length limit.  The limits are far above what the kernel
+sensor and the agent produce (the figures are at each constant); a frame
+outside them is refused whole, with a reason naming the field.
 
 Agents and the hive both import this module; neither imports the other.
 """
 
 from __future__ import annotations
 
-import msgspec
+import ipaddress
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-WIRE_VERSION = 1
+import msgspec
+from msgspec import Meta
+
+WIRE_VERSION = 2
+
+# --------------------------------------------------------------------------
+# Bounds
+# --------------------------------------------------------------------------
+
+INT64_MAX = 2**63 - 1
+"""SQLite's largest integer: no integer on the wire is larger."""
+PID_MAX = 4_194_304
+"""Linux's PID_MAX_LIMIT on 64-bit: no pid or tid is above it."""
+MAX_NAME = 256
+"""Names and ids: comm (16 in the kernel), user, unit (256 in systemd), rule
+(64 in kmod), agent (128 at enrollment), hostname (253 in DNS), stream."""
+MAX_PATH = 4096
+"""Linux's PATH_MAX.  The sensor reports at most 16 components of 63 bytes
+(about 1 KiB) for a resolved path, 255 bytes for an exec's filename."""
+MAX_CMDLINE = 16384
+"""The agent's process table keeps 8192 characters of a command line."""
+MAX_ARGV = 4096
+"""Arguments in one exec.  The sensor copies 1280 bytes of them, so at most
+1280 (empty) arguments."""
+MAX_ARG = 4096
+"""Characters in one argument (the sensor: 1280 in all).  Their total is
+not checked at decoding (a per-event hook cost 15% of the hive's decoding
+rate); the frame size limit bounds it."""
+MAX_TEXT = 16384
+"""Free text: a notice's or a result's detail."""
+MAX_ADDRESS = 64
+"""An IP address or network as text (an IPv6 network with its prefix is at
+most 49 characters)."""
+MAX_ADDRESSES = 1024
+"""Addresses in a Hello, or in an isolation's allow list."""
+MAX_BATCH = 4096
+"""Events in one batch: the agent's relay sends ``agent.batch`` (256 by
+default) and the kernel reader drains at most 4096 at a time."""
+MAX_PORTS = 1024
+"""Ports in one block (kmod's limit per rule)."""
+MAX_TTL = 365 * 86400
+"""Longest time-to-live of a block or an isolation, in seconds."""
+MAX_ITEMS = 65536
+"""Items in one list or mapping of a result's ``data``."""
+MAX_DEPTH = 4
+"""Lists and mappings nested in a result's ``data`` (an evidence manifest
+is 3 deep)."""
+MAX_ARCHIVE = 16 << 20
+"""An evidence archive sent inline (the agent inlines at most 12 MiB)."""
+
+Int64 = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
+Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+TimeNs = Annotated[int, Meta(ge=0, le=INT64_MAX, description="Unix time in nanoseconds")]
+Pid = Annotated[int, Meta(ge=0, le=PID_MAX)]
+"""A pid or tid; 0: none or not known."""
+Id32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+"""A user or group id as the kernel has it (``(uid_t)-1`` is 4294967295)."""
+Int32 = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+"""A syscall's return value: an fd, 0, or a negative errno."""
+U32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Name = Annotated[str, Meta(max_length=MAX_NAME)]
+Path = Annotated[str, Meta(max_length=MAX_PATH)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+Cmdline = Annotated[str, Meta(max_length=MAX_CMDLINE)]
+Address = Annotated[str, Meta(max_length=MAX_ADDRESS)]
+Argv = Annotated[list[Annotated[str, Meta(max_length=MAX_ARG)]], Meta(max_length=MAX_ARGV)]
 
 
 class Struct(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -34,60 +112,62 @@ class Struct(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
 
 
 class Event(Struct, tag_field="kind"):
-    time: int = 0
+    time: TimeNs = 0
     """Wall-clock time of the call, nanoseconds since the Unix epoch."""
-    pid: int = 0
-    tid: int = 0
-    ppid: int = 0
-    uid: int = 0
-    euid: int = 0
-    gid: int = 0
-    comm: str = ""
-    cgroup: int = 0
+    pid: Pid = 0
+    tid: Pid = 0
+    ppid: Pid = 0
+    uid: Id32 = 0
+    euid: Id32 = 0
+    gid: Id32 = 0
+    comm: Name = ""
+    cgroup: Count = 0
     """cgroup v2 id of the calling task."""
-    verdict: str = "allow"
+    verdict: Name = "allow"
     """``allow``, ``audit`` or ``block``."""
-    rule: str = ""
+    rule: Name = ""
     """Name of the policy rule that produced the verdict, if any."""
 
     # Enrichment by the agent relay.
-    agent: str = ""
-    image: str = ""
-    cmdline: str = ""
-    parent_image: str = ""
-    parent_cmdline: str = ""
-    user: str = ""
-    sha256: str = ""
-    unit: str = ""
-    container: str = ""
-    cwd: str = ""
+    agent: Name = ""
+    image: Path = ""
+    cmdline: Cmdline = ""
+    parent_image: Path = ""
+    parent_cmdline: Cmdline = ""
+    user: Name = ""
+    sha256: Name = ""
+    unit: Name = ""
+    container: Name = ""
+    cwd: Path = ""
 
 
 class Exec(Event, tag="exec"):
-    filename: str = ""
+    filename: Path = ""
     """The path as given to execve (Sigma's ``Image``)."""
-    exe: str = ""
+    exe: Path = ""
     """The executable the kernel resolved it to."""
-    argv: list[str] = []
+    argv: Argv = []
+    """At most ``MAX_ARGV`` arguments of at most ``MAX_ARG`` characters each."""
     argv_truncated: bool = False
-    result: int = 0
+    result: Int32 = 0
     """0, or the negative errno the call failed with."""
 
 
 class Fork(Event, tag="fork"):
-    child_pid: int = 0
+    child_pid: Pid = 0
 
 
 class Exit(Event, tag="exit"):
-    code: int = 0
+    code: Annotated[int, Meta(ge=-128, le=255)] = 0
+    """The exit status, or minus the number of the signal that killed it."""
 
 
 class Open(Event, tag="open"):
-    path: str = ""
-    flags: int = 0
-    result: int = 0
+    path: Path = ""
+    flags: U32 = 0
+    result: Int32 = 0
     """The fd, or -errno; 0 for success when ``count`` > 1."""
-    count: int = 1
+    count: U32 = 1
     """How many identical opens (same thread, path, flags and outcome) this
     event stands for: the sensor folds a thread's repeats within a second of
     reporting one into a single later event, so a storm of them cannot flood
@@ -95,14 +175,14 @@ class Open(Event, tag="open"):
 
 
 class SetId(Event, tag="setid"):
-    call: str = ""
+    call: Name = ""
     """setuid, setreuid, setresuid, setfsuid, setgid, setregid, setresgid, setfsgid."""
-    old: int = 0
+    old: Annotated[int, Meta(ge=-1, le=2**32 - 1)] = 0
     """The effective id before the call (for setfsuid/setfsgid, the fs id);
     -1 if the sensor never saw the thread's ids."""
-    new: int = 0
+    new: Annotated[int, Meta(ge=-1, le=2**32 - 1)] = 0
     """The effective id asked for, else the first id given; -1: unchanged."""
-    result: int = 0
+    result: Int32 = 0
 
     def change(self) -> str:
         """``old->new`` as the verdict lines print it; an unknown old id is ``?``."""
@@ -110,30 +190,30 @@ class SetId(Event, tag="setid"):
 
 
 class Connect(Event, tag="connect"):
-    family: int = 0
+    family: Annotated[int, Meta(ge=0, le=65535)] = 0
     """2 (AF_INET) or 10 (AF_INET6)."""
-    protocol: str = "tcp"
-    address: str = ""
-    port: int = 0
-    src_address: str = ""
-    src_port: int = 0
-    hostname: str = ""
+    protocol: Name = "tcp"
+    address: Address = ""
+    port: Port = 0
+    src_address: Address = ""
+    src_port: Port = 0
+    hostname: Name = ""
     """DNS name the agent saw resolve to ``address``, if any (Sigma's ``DestinationHostname``)."""
 
 
 class Bind(Event, tag="bind"):
-    family: int = 0
-    protocol: str = "tcp"
-    address: str = ""
-    port: int = 0
+    family: Annotated[int, Meta(ge=0, le=65535)] = 0
+    protocol: Name = "tcp"
+    address: Address = ""
+    port: Port = 0
 
 
 class Notice(Event, tag="notice"):
     """Something the agent itself reports: drops, watchdog fail-open, spool loss."""
 
-    what: str = ""
-    count: int = 0
-    detail: str = ""
+    what: Name = ""
+    count: Count = 0
+    detail: Text = ""
 
 
 AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | Notice
@@ -146,15 +226,15 @@ EVENT_KINDS = ("exec", "fork", "exit", "open", "setid", "connect", "bind", "noti
 
 
 class Hello(Struct, tag="hello", tag_field="type"):
-    agent: str
-    hostname: str = ""
-    addresses: list[str] = []
-    os: str = ""
-    kernel: str = ""
-    agent_version: str = ""
-    policy_version: str = ""
-    wire_version: int = WIRE_VERSION
-    pid: int = 0
+    agent: Name
+    hostname: Name = ""
+    addresses: Annotated[list[Address], Meta(max_length=MAX_ADDRESSES)] = []
+    os: Name = ""
+    kernel: Name = ""
+    agent_version: Name = ""
+    policy_version: Name = ""
+    wire_version: Annotated[int, Meta(ge=0, le=65535)] = WIRE_VERSION
+    pid: Pid = 0
     """The agent daemon's pid (0: not said), so the hive's playbooks refuse
     to act on it before a command is even sent."""
 
@@ -163,10 +243,10 @@ class Heartbeat(Struct, tag="heartbeat", tag_field="type"):
     """Sent every few seconds; any message counts as a sign of life, this one
     carries the agent's own health."""
 
-    time: int = 0
-    spooled: int = 0
+    time: TimeNs = 0
+    spooled: Count = 0
     """Events on disk not yet acknowledged."""
-    dropped: int = 0
+    dropped: Count = 0
     """Events lost on the agent so far (spool full, ring buffer drops)."""
 
 
@@ -177,19 +257,38 @@ class EventBatch(Struct, tag="events", tag_field="type"):
     new when a spool is created from nothing).  The hive stores a batch only
     if its seq is the next one it expects for that (agent, stream); anything
     lower is a redelivery (acknowledged again, stored nothing), anything
-    higher is a gap (refused with an ``Ack(resend=True)``)."""
+    higher is a gap (refused with an ``Ack(resend=True)``).  Never 0: inside
+    the hive seq 0 marks the hive's own events, which are not deduplicated.
+    At most ``MAX_BATCH`` events."""
 
-    seq: int
-    stream: str = ""
-    events: list[AnyEvent] = []
+    seq: Annotated[int, Meta(ge=1, le=INT64_MAX)]
+    stream: Name = ""
+    events: Annotated[list[AnyEvent], Meta(max_length=MAX_BATCH)] = []
+
+
+def _nested(depth: int) -> Any:
+    """What a result's ``data`` may hold, ``depth`` lists or mappings deep."""
+    scalar = Union[None, bool, Int64, float, Text]
+    t: Any = scalar
+    for _ in range(depth):
+        t = Union[scalar, Annotated[list[t], Meta(max_length=MAX_ITEMS)],
+                  Annotated[dict[Name, t], Meta(max_length=MAX_ITEMS)]]
+    return t
+
+
+Data = Annotated[dict[Name, _nested(MAX_DEPTH)], Meta(max_length=MAX_ITEMS)]  # type: ignore[misc]
+"""A result's details: null, booleans, 64-bit integers, floats and strings
+in lists and mappings at most ``MAX_DEPTH`` deep."""
 
 
 class CommandResult(Struct, tag="result", tag_field="type"):
-    command: str
+    command: Name
     """Id of the command this answers."""
     ok: bool = False
-    detail: str = ""
-    data: dict[str, object] = {}
+    detail: Text = ""
+    data: Data = {}
+    archive: Annotated[bytes, Meta(max_length=MAX_ARCHIVE)] = b""
+    """collect_evidence: the evidence as a .tar.gz, when small enough to send."""
 
 
 AgentMessage = Hello | Heartbeat | EventBatch | CommandResult
@@ -201,25 +300,139 @@ AgentMessage = Hello | Heartbeat | EventBatch | CommandResult
 
 
 class Ack(Struct, tag="ack", tag_field="type"):
-    seq: int
+    seq: Count
     """Every batch of ``stream`` up to and including this one is stored;
-    the agent may delete them."""
-    stream: str = ""
+    the agent may delete them (0: none yet)."""
+    stream: Name = ""
     resend: bool = False
     """The hive expected ``seq + 1`` and got something else: send again from there."""
 
 
-class Command(Struct, tag="command", tag_field="type"):
-    id: str
-    action: str
-    """kill_process, block_connect, block_exec, isolate_host, unisolate,
-    quarantine_file, collect_evidence, unblock."""
-    params: dict[str, object] = {}
-    expires: int = 0
+PositivePid = Annotated[int, Meta(ge=1, le=PID_MAX, description=f"a positive integer (a pid, 1-{PID_MAX})")]
+AbsolutePath = Annotated[str, Meta(min_length=1, max_length=MAX_PATH, pattern=r"\A/[^\x00]*\Z",
+                                   description="an absolute path")]
+"""Any absolute path: every character but NUL, up to ``MAX_PATH``."""
+Ttl = Annotated[float, Meta(ge=0, le=MAX_TTL, description=f"a number of seconds in [0, {MAX_TTL}]")]
+Network = Annotated[str, Meta(max_length=MAX_ADDRESS, description="an IP address or network (CIDR)")]
+PortNumber = Annotated[int, Meta(ge=1, le=65535, description="a port number (1-65535)")]
+
+
+def _network(text: str, what: str) -> None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+class Command(Struct, tag_field="type", kw_only=True):
+    """What the hive asks an agent to do: one Struct per action, tagged with
+    the action's name.  The agent must not act on it after ``expires``.
+
+    ``one_of``: fields of which at least one must be given (checked at
+    decoding, like every type and range)."""
+
+    one_of: ClassVar[tuple[str, ...]] = ()
+
+    id: Name
+    expires: TimeNs = 0
     """Unix ns after which the agent must not act on it; 0 = never."""
 
+    @property
+    def action(self) -> str:
+        return self.__struct_config__.tag  # type: ignore[return-value]
 
-HiveMessage = Ack | Command
+    def __post_init__(self) -> None:
+        if self.one_of and not any(getattr(self, f) for f in self.one_of):
+            raise ValueError(f"{self.action} needs one of {', '.join(self.one_of)}")
+
+
+class KillProcess(Command, tag="kill_process", kw_only=True):
+    """Kill ``pid`` (and with ``tree`` its descendants), unless it is init,
+    the agent or its family, or no longer runs ``exe`` (when given)."""
+
+    pid: PositivePid
+    tree: bool = False
+    signal: Annotated[Literal["KILL", "TERM"], Meta(description="KILL or TERM")] = "KILL"
+    exe: Annotated[str, Meta(max_length=MAX_PATH, pattern=r"\A(/[^\x00]*)?\Z",
+                             description="an absolute path")] = ""
+
+
+class BlockConnect(Command, tag="block_connect", kw_only=True):
+    """Refuse connects to ``address`` (an address or CIDR) and/or ``port``
+    (one or a list), optionally only for ``protocol``; lifted by the agent
+    itself a grace period after ``ttl`` seconds (0: only by ``Unblock``)."""
+
+    one_of = ("address", "port")
+
+    address: Network = ""
+    port: Union[PortNumber, Annotated[list[PortNumber], Meta(min_length=1, max_length=MAX_PORTS)], None] = None
+    protocol: Annotated[Literal["", "tcp", "udp"], Meta(description="tcp or udp")] = ""
+    ttl: Ttl = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.address:
+            _network(self.address, "address")
+
+
+class BlockExec(Command, tag="block_exec", kw_only=True):
+    """Refuse execs of ``path`` (a glob: ``*``, ``?``, ``**``, ``[..]``) or of
+    a file whose SHA-256 is ``sha256``; ``ttl`` as for ``BlockConnect``."""
+
+    one_of = ("path", "sha256")
+
+    path: Annotated[str, Meta(max_length=MAX_PATH, pattern=r"\A(/[^\x00]*)?\Z",
+                              description="an absolute path")] = ""
+    sha256: Annotated[str, Meta(pattern=r"\A([0-9a-fA-F]{64})?\Z", description="64 hex digits")] = ""
+    ttl: Ttl = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sha256 = self.sha256.lower()
+
+
+class IsolateHost(Command, tag="isolate_host", kw_only=True):
+    """Refuse every connect and bind but to the hive, loopback and ``allow``;
+    ``ttl`` as for ``BlockConnect``."""
+
+    allow: Annotated[list[Network], Meta(max_length=MAX_ADDRESSES,
+                                         description="a list of addresses or CIDRs")] = []
+    ttl: Ttl = 0
+
+    def __post_init__(self) -> None:
+        for a in self.allow:
+            _network(a, "allow")
+
+
+class Unisolate(Command, tag="unisolate", kw_only=True):
+    """Lift the isolation."""
+
+
+class Unblock(Command, tag="unblock", kw_only=True):
+    """Lift the block named ``rule`` (a block's result names it)."""
+
+    rule: Annotated[str, Meta(min_length=1, max_length=MAX_NAME, description="a rule name")]
+
+
+class QuarantineFile(Command, tag="quarantine_file", kw_only=True):
+    """Move ``path`` into the agent's quarantine and refuse execs of its SHA-256."""
+
+    path: AbsolutePath
+
+
+class CollectEvidence(Command, tag="collect_evidence", kw_only=True):
+    """Collect /proc state, descriptors, sockets and (``exe``) the executable of ``pid``."""
+
+    pid: PositivePid
+    exe: bool = True
+
+
+AnyCommand = KillProcess | BlockConnect | BlockExec | IsolateHost | Unisolate | Unblock | QuarantineFile \
+    | CollectEvidence
+COMMANDS: dict[str, type[Command]] = {c.__struct_config__.tag: c for c in AnyCommand.__args__}  # type: ignore[attr-defined]
+"""The command types by action name."""
+
+HiveMessage = Union[Ack, AnyCommand]
 
 
 # --------------------------------------------------------------------------
@@ -229,16 +442,16 @@ HiveMessage = Ack | Command
 
 
 class Enroll(Struct, tag="enroll", tag_field="type"):
-    token: str
+    token: Name
     """The secret part of the one-time token ``immune-node enroll token`` printed."""
-    agent: str
+    agent: Name
     """The name the agent asks for; the connection's CURVE key is what gets enrolled."""
 
 
 class Enrolled(Struct, tag="enrolled", tag_field="type"):
     ok: bool
-    agent: str = ""
-    detail: str = ""
+    agent: Name = ""
+    detail: Text = ""
 
 
 # --------------------------------------------------------------------------
@@ -253,7 +466,7 @@ class Alert(Struct, tag="alert", tag_field="type"):
     level: str = "medium"
     tags: list[str] = []
     agent: str = ""
-    time: int = 0
+    time: TimeNs = 0
     events: list[AnyEvent] = []
     incident: str = ""
     detail: str = ""

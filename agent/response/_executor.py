@@ -1,16 +1,17 @@
-"""The executor: one ``wire.Command`` in, one ``wire.CommandResult`` out.
+"""The executor: one ``wire`` command in, one ``wire.CommandResult`` out.
 
-A plain object; the executor actor feeds it.  Actions and their parameters
-(the contract with hive/playbook):
+A plain object; the executor actor feeds it.  Each action is a command type
+of ``wire`` (its fields are its parameters, typed and checked at decoding);
+what the result's ``data`` holds:
 
-    kill_process      pid, tree=false, signal=KILL|TERM, exe=""      -> killed, gone, ms
-    block_connect     address and/or port, protocol, ttl             -> rule, expires
-    block_exec        path (glob) or sha256, ttl                     -> rule, expires
-    isolate_host      allow=[addresses/CIDRs], ttl                   -> rule, allowed, expires
-    unisolate         -
-    unblock           rule
-    quarantine_file   path                                           -> sha256, path, original, rule, ...
-    collect_evidence  pid, exe=true                                  -> bundle, manifest, archive, ...
+    wire.KillProcess      pid, tree, signal, exe                     -> killed, gone, ms
+    wire.BlockConnect     address and/or port, protocol, ttl         -> rule, expires
+    wire.BlockExec        path (glob) or sha256, ttl                 -> rule, expires
+    wire.IsolateHost      allow (addresses/CIDRs), ttl               -> rule, allowed, expires
+    wire.Unisolate        -
+    wire.Unblock          rule
+    wire.QuarantineFile   path                                       -> sha256, path, original, rule, ...
+    wire.CollectEvidence  pid, exe                                   -> bundle, manifest, ... (+ archive)
 
 A block's ``ttl`` is also enforced here, ``grace`` seconds after the hive's
 own revert was due, so a block never outlives its ttl by long when the hive
@@ -31,6 +32,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 import wire
 from actors import log_event
@@ -58,8 +61,10 @@ SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unis
 the sensor (the trio thread).  The others block on the system (a kill waits
 for deaths, evidence copies files) and belong on a worker thread, as does
 ``prepare()``, the blocking half of a quarantine (moving and hashing the file)."""
-ACTIONS = SENSOR_ACTIONS | {"kill_process", "collect_evidence"}
+ACTIONS = frozenset(wire.COMMANDS)
 _NAME = re.compile(r"[^A-Za-z0-9_.:-]")
+_check_result = msgspec.msgpack.Decoder(wire.CommandResult).decode
+_encode = msgspec.msgpack.Encoder().encode
 
 
 def rule_name(command_id: str) -> str:
@@ -97,12 +102,12 @@ class Executor:
                                       detail=f"already done (command repeated): {seen.detail}")
         if cmd.expires and cmd.expires < self._clock() * 1e9:
             return self._finish(cmd, False, "expired before the executor took it; not run")
-        handler = getattr(self, f"_do_{cmd.action}", None) if cmd.action in ACTIONS else None
-        if handler is None:
+        if wire.COMMANDS.get(cmd.action) is not type(cmd):
             return self._finish(cmd, False, f"unknown action {cmd.action!r} (known: {', '.join(sorted(ACTIONS))})")
+        handler = getattr(self, f"_do_{cmd.action}")
         started = time.monotonic()
         try:
-            detail, data = handler(cmd, dict(cmd.params))
+            detail, data = handler(cmd)
         except ResponseError as e:
             level = logging.WARNING if isinstance(e, (Refused, Gone)) else logging.ERROR
             log_event(self._log, "response.failed", level, id=cmd.id, action=cmd.action, reason=str(e))
@@ -118,19 +123,20 @@ class Executor:
         """Do the blocking half of a quarantine (any thread); ``execute`` then
         denies the file's exec on the sensor's thread.  Without it, execute
         does both."""
-        if cmd.action != "quarantine_file" or cmd.id in self._done or cmd.id in self._prepared:
+        if not isinstance(cmd, wire.QuarantineFile) or cmd.id in self._done or cmd.id in self._prepared:
             return
         if cmd.expires and cmd.expires < self._clock() * 1e9:
             return  # execute() says so
         try:
             self._slot()  # nothing is moved if its exec could not be denied afterwards
-            self._prepared[cmd.id] = quarantine_file(cmd.params.get("path"), self.data_dir / "quarantine",
-                                                     command=cmd.id)
+            self._prepared[cmd.id] = quarantine_file(cmd.path, self.data_dir / "quarantine", command=cmd.id)
         except ResponseError as e:
             self._prepared[cmd.id] = e
 
     def _finish(self, cmd: wire.Command, ok: bool, detail: str, data: dict | None = None) -> wire.CommandResult:
-        result = wire.CommandResult(command=cmd.id, ok=ok, detail=detail, data=data or {})
+        data = dict(data or {})
+        archive = data.pop("archive", b"")
+        result = _fit(wire.CommandResult(command=cmd.id, ok=ok, detail=detail, data=data, archive=archive))
         self._done[cmd.id] = result
         while len(self._done) > self._memory:
             self._done.popitem(last=False)
@@ -139,18 +145,14 @@ class Executor:
 
     # ---- processes ----------------------------------------------------------------
 
-    def _do_kill_process(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
-        tree = p.get("tree", False)
-        if not isinstance(tree, bool):
-            raise ResponseError(f"tree must be true or false, not {tree!r}")
-        out = kill_process(p.get("pid"), tree=tree, sig=str(p.get("signal", "KILL")), exe=str(p.get("exe", "")),
-                           extra_protected=self._protected)
+    def _do_kill_process(self, cmd: wire.KillProcess) -> tuple[str, dict]:
+        out = kill_process(cmd.pid, tree=cmd.tree, sig=cmd.signal, exe=cmd.exe, extra_protected=self._protected)
         if not out["killed"]:
-            return f"pid {p.get('pid')} was already gone", out
+            return f"pid {cmd.pid} was already gone", out
         return f"killed {len(out['killed'])} process(es): {', '.join(map(str, out['killed']))}", out
 
-    def _do_collect_evidence(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
-        out = collect_evidence(p.get("pid"), self.data_dir / "evidence", command=cmd.id, exe=bool(p.get("exe", True)))
+    def _do_collect_evidence(self, cmd: wire.CollectEvidence) -> tuple[str, dict]:
+        out = collect_evidence(cmd.pid, self.data_dir / "evidence", command=cmd.id, exe=cmd.exe)
         m = out["manifest"]
         where = "attached" if "archive" in out else f"kept on the agent at {out['archive_path']}"
         return (f"{len(m['files'])} files from pid {m['pid']}, {out['archive_size']} bytes packed, {where}"
@@ -163,10 +165,9 @@ class Executor:
             raise ResponseError("no kernel sensor is running on this agent; nothing can be blocked")
         return self.slot
 
-    def _expiry(self, p: dict[str, Any]) -> float:
-        ttl = p.get("ttl", 0)
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < 0:
-            raise ResponseError(f"ttl must be a number of seconds, not {ttl!r}")
+    def _expiry(self, ttl: float) -> float:
+        """When the agent lifts a block itself: ``grace`` after the hive's
+        revert was due (0: never; the ttl's range is checked at decoding)."""
         return self._clock() + ttl + self.grace if ttl else 0.0
 
     def _change(self, apply: Callable[[], None]) -> None:
@@ -182,55 +183,40 @@ class Executor:
             raise
         self._save()
 
-    def _add_block(self, cmd: wire.Command, hook: str, match: dict[str, Any], p: dict[str, Any]) -> dict:
-        block = Block(name=rule_name(cmd.id), hook=hook, match=match, expires=self._expiry(p), command=cmd.id)
+    def _add_block(self, cmd: wire.BlockConnect | wire.BlockExec, hook: str, match: dict[str, Any]) -> dict:
+        block = Block(name=rule_name(cmd.id), hook=hook, match=match, expires=self._expiry(cmd.ttl), command=cmd.id)
         self._change(lambda: self._slot().policy.blocks.__setitem__(block.name, block))
         return {"rule": block.name, "expires": block.expires}
 
-    def _do_block_connect(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
-        match = {k: p[k] for k in ("address", "port", "protocol") if k in p}
-        if "address" not in match and "port" not in match:
-            raise ResponseError("block_connect needs an address or a port")
-        if "address" in match:
-            try:
-                net = ipaddress.ip_network(str(match["address"]), strict=False)
-            except ValueError as e:
-                raise ResponseError(f"address: {e}") from None
+    def _do_block_connect(self, cmd: wire.BlockConnect) -> tuple[str, dict]:
+        match = {k: v for k, v in (("address", cmd.address), ("port", cmd.port), ("protocol", cmd.protocol)) if v}
+        if cmd.address:
+            net = ipaddress.ip_network(cmd.address, strict=False)
             for hive in map(ipaddress.ip_network, self.hive):
                 if hive.version == net.version and net.overlaps(hive):
                     raise Refused(f"refused: {net} covers the hive's address {hive}; the agent must keep reaching it")
-        out = self._add_block(cmd, "connect", match, p)
+        out = self._add_block(cmd, "connect", match)
         what = " ".join(f"{k}={v}" for k, v in match.items())
         return f"connect to {what} blocked (rule {out['rule']})", out
 
-    def _do_block_exec(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
-        match = {k: p[k] for k in ("path", "sha256") if k in p}
-        if not match:
-            raise ResponseError("block_exec needs a path or a sha256")
+    def _do_block_exec(self, cmd: wire.BlockExec) -> tuple[str, dict]:
+        match = {k: v for k, v in (("path", cmd.path), ("sha256", cmd.sha256)) if v}
         protected = protected_files()
-        if "path" in match:
-            probe = Policy(parse_rules([rule_text("probe", "exec", "block", {"path": match["path"]})]))
+        if cmd.path:
+            probe = Policy(parse_rules([rule_text("probe", "exec", "block", {"path": cmd.path})]))
             hit = next((f for f in protected if probe.match_exec(f, with_hash=False)), None)
             if hit:
-                raise Refused(f"refused: {match['path']} matches {hit}, which the agent or the host needs to run")
-        if "sha256" in match:
-            digest = str(match["sha256"]).lower()
-            if any(_safe_sha256(f) == digest for f in protected):
-                raise Refused("refused: that digest is of an executable the agent or the host needs to run")
-        out = self._add_block(cmd, "exec", match, p)
-        what = match.get("path") or match.get("sha256")
+                raise Refused(f"refused: {cmd.path} matches {hit}, which the agent or the host needs to run")
+        if cmd.sha256 and any(_safe_sha256(f) == cmd.sha256 for f in protected):
+            raise Refused("refused: that digest is of an executable the agent or the host needs to run")
+        out = self._add_block(cmd, "exec", match)
+        what = cmd.path or cmd.sha256
         return f"exec of {what} blocked (rule {out['rule']})", out
 
-    def _do_isolate_host(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
-        allow = p.get("allow", [])
-        if not isinstance(allow, list):
-            raise ResponseError("allow must be a list of addresses or CIDRs")
-        try:
-            extra = [str(ipaddress.ip_network(str(a), strict=False)) for a in allow]
-        except ValueError as e:
-            raise ResponseError(f"allow: {e}") from None
+    def _do_isolate_host(self, cmd: wire.IsolateHost) -> tuple[str, dict]:
+        extra = [str(ipaddress.ip_network(a, strict=False)) for a in cmd.allow]
         allowed = list(dict.fromkeys([*self.hive, *LOOPBACK, *extra]))
-        iso = Isolation(allow=allowed, expires=self._expiry(p), command=cmd.id)
+        iso = Isolation(allow=allowed, expires=self._expiry(cmd.ttl), command=cmd.id)
 
         def isolate() -> None:
             self._slot().policy.isolation = iso
@@ -239,7 +225,7 @@ class Executor:
         return (f"isolated: connects and binds refused, open connections reset, except to {', '.join(allowed)}",
                 {"rule": ISOLATION, "allowed": allowed, "expires": iso.expires})
 
-    def _do_unisolate(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+    def _do_unisolate(self, cmd: wire.Unisolate | wire.Unblock) -> tuple[str, dict]:
         if self._slot().policy.isolation is None:
             return "was not isolated", {}
 
@@ -249,18 +235,16 @@ class Executor:
         self._change(lift)
         return "isolation lifted", {}
 
-    def _do_unblock(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
-        name = p.get("rule")
+    def _do_unblock(self, cmd: wire.Unblock) -> tuple[str, dict]:
+        name = cmd.rule
         if name == ISOLATION:
-            return self._do_unisolate(cmd, p)
-        if not isinstance(name, str) or not name:
-            raise ResponseError("unblock needs the rule's name")
+            return self._do_unisolate(cmd)
         if name not in self._slot().policy.blocks:
             return f"no rule {name} (already lifted)", {"rule": name}
         self._change(lambda: self._slot().policy.blocks.pop(name))
         return f"rule {name} lifted", {"rule": name}
 
-    def _do_quarantine_file(self, cmd: wire.Command, p: dict[str, Any]) -> tuple[str, dict]:
+    def _do_quarantine_file(self, cmd: wire.QuarantineFile) -> tuple[str, dict]:
         self.prepare(cmd)
         sidecar = self._prepared.pop(cmd.id)
         if isinstance(sidecar, ResponseError):
@@ -269,7 +253,7 @@ class Executor:
         try:
             self._change(lambda: self._slot().policy.blocks.__setitem__(block.name, block))
         except ResponseError as e:
-            raise ResponseError(f"{p.get('path')} moved to {sidecar['path']}, but its exec could not be "
+            raise ResponseError(f"{cmd.path} moved to {sidecar['path']}, but its exec could not be "
                                 f"denied: {e}") from None
         sidecar["rule"] = block.name
         return f"{sidecar['original']} quarantined as {sidecar['path']}; exec of sha256 {sidecar['sha256']} denied", sidecar
@@ -311,7 +295,7 @@ class Executor:
         try:
             doc = json.loads(self._state_file.read_text())
             self.slot.policy.load(doc)
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except Exception as e:  # noqa: BLE001  (OSError, bad JSON, a foreign shape, nesting: start without it)
             log_event(self._log, "response.state_unreadable", logging.ERROR, path=str(self._state_file), reason=str(e))
             return
         if self.slot.sensor is not None and self.slot.policy.active:
@@ -326,6 +310,21 @@ class Executor:
         except OSError as e:
             # In force in the kernel, just not kept across a restart: say so, do not undo it.
             log_event(self._log, "response.state_not_saved", logging.ERROR, reason=e.strerror or str(e))
+
+
+def _fit(result: wire.CommandResult) -> wire.CommandResult:
+    """``result`` within the wire contract's bounds, so that the hive takes
+    it: a long detail is cut, data the contract refuses (too large, too deep)
+    is replaced by the reason, and the archive left on the agent if too big."""
+    if len(result.detail) > wire.MAX_TEXT:
+        result.detail = result.detail[:wire.MAX_TEXT - 1] + "\u2026"
+    if len(result.archive) > wire.MAX_ARCHIVE:
+        result.archive = b""
+    try:
+        _check_result(_encode(result))
+    except msgspec.ValidationError as e:
+        result.data = {"data_dropped": f"over the wire's bounds: {e}"[:wire.MAX_TEXT]}
+    return result
 
 
 def _safe_sha256(path: str) -> str:

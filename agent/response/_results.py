@@ -5,9 +5,10 @@ it.  If the agent restarted in between, the command must still be answered
 with its first result and not run again: a second kill_process could hit a
 new process that took the old pid.  So each result is appended (fsynced) to
 ``results.jsonl`` and read back at start; the file is rewritten, keeping
-the newest ``keep``, when it holds twice that.  Binary or oversized data
-values (evidence archives, whose bundle stays on disk) are left out of the
-stored copy."""
+the newest ``keep``, when it holds twice that.  An evidence archive (its
+bundle stays on disk) and oversized data values are left out of the stored
+copy.  Lines are read back with the wire contract's own checks; one that
+fails them for any reason is skipped and counted, never fatal."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class ResultLog:
         for line in raw.splitlines():
             try:
                 result = _decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except Exception:  # noqa: BLE001  (torn, foreign, nested too deep: one line, not the agent)
                 bad += 1
                 continue
             done.pop(result.command, None)
@@ -92,11 +93,10 @@ class ResultLog:
 
 
 def _kept(result: wire.CommandResult) -> wire.CommandResult:
-    """The copy stored: without binary or oversized data values (they would
-    not come back as they were, or are not worth the disk)."""
-    dropped = [k for k, v in result.data.items()
-               if isinstance(v, (bytes, bytearray)) or len(_encode(v)) > MAX_VALUE]
-    if not dropped:
+    """The copy stored: without the archive or oversized data values (not
+    worth the disk)."""
+    dropped = [k for k, v in result.data.items() if len(_encode(v)) > MAX_VALUE]
+    if not dropped and not result.archive:
         return result
     data = {k: v for k, v in result.data.items() if k not in dropped}
-    return msgspec.structs.replace(result, data=data)
+    return msgspec.structs.replace(result, data=data, archive=b"")

@@ -9,7 +9,7 @@ hive's store.  ``check_playbooks(DIR)`` is ``immune-node playbooks check DIR``.
 
 from pathlib import Path
 
-from ._actions import ACTIONS, ActionSpec, check_guardrails, check_params
+from ._actions import ACTIONS, ActionSpec, Notify, check_guardrails, check_params, command, plain_params
 from ._actor import playbook_actor
 from ._engine import (
     Action,
@@ -54,6 +54,7 @@ __all__ = [
     "EngineStatistics",
     "Limits",
     "Notifier",
+    "Notify",
     "Playbook",
     "PlaybookEngine",
     "PlaybookError",
@@ -66,8 +67,10 @@ __all__ = [
     "check_guardrails",
     "check_params",
     "check_playbooks",
+    "command",
     "load_playbook",
     "parse_playbook",
     "plain",
+    "plain_params",
     "playbook_actor",
 ]

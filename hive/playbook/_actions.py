@@ -1,22 +1,59 @@
 """The actions a playbook step may ask for, their parameters, and the checks
 the hive makes before anything leaves it.
 
+The parameters of an agent's action are the fields of its ``wire`` command
+(``wire.KillProcess``, ...): typed, ranged and checked once, there, by the
+same decoding the agent does.  ``notify`` is the hive's own (``Notify``,
+never on the wire).  What types cannot say is checked here: the guardrails
+(never kill init or the agent, never block the hive's own address).
+
 The agent's executor checks again (it alone knows its own pids and the
 real files); these checks catch a broken playbook or a hostile alert at
 the hive, where the refusal is recorded with its reason."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
+
+import msgspec
+
+import wire
+
+_NOT_PARAMS = frozenset({"id", "expires", "ttl", "alert"})
+"""Fields the engine fills in, never a playbook's params."""
+
+
+class Notify(msgspec.Struct, kw_only=True, omit_defaults=True, tag="notify", tag_field="type"):
+    """POST the alert to ``url`` (run by the hive itself, see ``_notify``)."""
+
+    id: str
+    url: Annotated[str, msgspec.Meta(max_length=2048, description="an http:// or https:// URL")]
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=30, description="a number of seconds in (0, 30]")] = 5.0
+    alert: dict[str, Any] = {}
+    """The alert, as plain data (what the webhook receives)."""
+    one_of: typing.ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def action(self) -> str:
+        return "notify"
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError(f"url must be an http:// or https:// URL, not {self.url!r}")
 
 
 @dataclass(frozen=True)
 class ActionSpec:
+    type: type
+    """The command's Struct: ``wire.KillProcess``, ..., or ``Notify``."""
     required: frozenset[str] = frozenset()
     optional: frozenset[str] = frozenset()
     one_of: frozenset[str] = frozenset()
@@ -31,95 +68,85 @@ class ActionSpec:
         return self.required | self.optional | self.one_of
 
 
-def _spec(required: Iterable[str] = (), optional: Iterable[str] = (), one_of: Iterable[str] = (),
-          revert: str = "", local: bool = False) -> ActionSpec:
-    return ActionSpec(frozenset(required), frozenset(optional), frozenset(one_of), revert, local)
+def _spec(cls: type, revert: str = "", local: bool = False) -> ActionSpec:
+    fields = [f for f in msgspec.structs.fields(cls) if f.name not in _NOT_PARAMS]
+    assert bool(revert) == any(f.name == "ttl" for f in msgspec.structs.fields(cls)), cls
+    return ActionSpec(cls, frozenset(f.name for f in fields if f.required),
+                      frozenset(f.name for f in fields if not f.required), frozenset(cls.one_of), revert, local)
 
 
+_REVERTS = {"block_connect": "unblock", "block_exec": "unblock", "isolate_host": "unisolate"}
 ACTIONS: dict[str, ActionSpec] = {
-    "kill_process": _spec(["pid"], ["tree", "signal", "exe"]),
-    "block_connect": _spec(optional=["protocol"], one_of=["address", "port"], revert="unblock"),
-    "block_exec": _spec(one_of=["path", "sha256"], revert="unblock"),
-    "isolate_host": _spec(optional=["allow"], revert="unisolate"),
-    "unisolate": _spec(),
-    "unblock": _spec(["rule"]),
-    "quarantine_file": _spec(["path"]),
-    "collect_evidence": _spec(["pid"], ["exe"]),
-    "notify": _spec(["url"], ["timeout"], local=True),
+    **{name: _spec(cls, _REVERTS.get(name, "")) for name, cls in wire.COMMANDS.items()},
+    "notify": _spec(Notify, local=True),
 }
 
-_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-_SIGNALS = ("KILL", "TERM")
+
+@functools.cache
+def _descriptions(cls: type) -> dict[str, str]:
+    """What each field must be, in words (its ``msgspec.Meta(description=)``)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        metas = list(getattr(hint, "__metadata__", ()))
+        for arg in typing.get_args(hint):  # an Optional or a union of annotated types
+            metas += getattr(arg, "__metadata__", ())
+        out.update((name, m.description) for m in metas if isinstance(m, msgspec.Meta) and m.description)
+    return out
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+_AT = re.compile(r"(?P<why>.*) - at `\$\.(?P<field>\w+)(?P<rest>[^`]*)`\Z", re.DOTALL)
 
 
-def _ports(v: Any) -> bool:
-    items = v if isinstance(v, list) else [v]
-    return bool(items) and all(_is_int(p) and 1 <= p <= 65535 for p in items)
+def _reason(e: msgspec.ValidationError, cls: type, params: Mapping[str, Any]) -> str:
+    """msgspec's ``Expected `int` >= 1 - at `$.pid``` as ``pid must be a
+    positive integer (...), not 0``."""
+    m = _AT.match(str(e))
+    if m is None:
+        return str(e)
+    name = m["field"]
+    what = _descriptions(cls).get(name)
+    if what is None:
+        return f"{name}{m['rest']}: {m['why']}"
+    return f"{name} must be {what}, not {params.get(name)!r}"
 
 
-def _network(v: Any) -> str | None:
+def command(action: str, params: Mapping[str, Any], *, id: str, ttl: float = 0.0,
+            expires: int = 0) -> wire.AnyCommand | Notify:
+    """The typed command for ``action`` with ``params``; ValueError (with the
+    reason in words) if they are not what the action takes."""
+    spec = ACTIONS.get(action)
+    if spec is None:
+        raise ValueError(f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
+    unknown = set(params) - spec.params - ({"alert"} if spec.local else set())
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))} for {action}")
+    doc = {**params, "id": id}
+    if expires:
+        doc["expires"] = expires
+    if ttl:
+        doc["ttl"] = ttl
     try:
-        ipaddress.ip_network(str(v), strict=False)
+        return msgspec.convert(doc, spec.type)
+    except msgspec.ValidationError as e:
+        raise ValueError(_reason(e, spec.type, doc)) from None
+
+
+def check_params(action: str, params: Mapping[str, Any], ttl: float = 0.0) -> str | None:
+    """Why ``params`` (and ``ttl``) cannot be sent for ``action``, or None if they can."""
+    try:
+        command(action, params, id="check", ttl=ttl)
     except ValueError as e:
         return str(e)
     return None
 
 
-def check_params(action: str, params: dict[str, Any]) -> str | None:
-    """Why ``params`` cannot be sent for ``action``, or None if they can."""
-    spec = ACTIONS[action]
-    unknown = set(params) - spec.params
-    if unknown:
-        return f"unknown parameter(s) {', '.join(sorted(unknown))} for {action}"
-    missing = spec.required - set(params)
-    if missing:
-        return f"{action} needs {', '.join(sorted(missing))}"
-    if spec.one_of and not spec.one_of & set(params):
-        return f"{action} needs one of {', '.join(sorted(spec.one_of))}"
-    for key in ("pid",):
-        if key in params and not (_is_int(params[key]) and params[key] > 0):
-            return f"pid must be a positive integer, not {params[key]!r}"
-    if "tree" in params and not isinstance(params["tree"], bool):
-        return f"tree must be true or false, not {params['tree']!r}"
-    if "exe" in params and action == "collect_evidence" and not isinstance(params["exe"], bool):
-        return f"exe must be true or false, not {params['exe']!r}"
-    if "exe" in params and action == "kill_process" and not str(params["exe"]).startswith("/"):
-        return f"exe must be an absolute path, not {params['exe']!r}"
-    if "signal" in params and params["signal"] not in _SIGNALS:
-        return f"signal must be one of {', '.join(_SIGNALS)}, not {params['signal']!r}"
-    if "address" in params and (why := _network(params["address"])):
-        return f"address: {why}"
-    if "port" in params and not _ports(params["port"]):
-        return f"port must be a port number (1-65535) or a list of them, not {params['port']!r}"
-    if "protocol" in params and params["protocol"] not in ("tcp", "udp"):
-        return f"protocol must be tcp or udp, not {params['protocol']!r}"
-    if "allow" in params:
-        allow = params["allow"]
-        if not isinstance(allow, list):
-            return "allow must be a list of addresses or CIDRs"
-        for a in allow:
-            if why := _network(a):
-                return f"allow: {why}"
-    if "path" in params and not (isinstance(params["path"], str) and params["path"].startswith("/")):
-        return f"path must be an absolute path, not {params['path']!r}"
-    if "sha256" in params and not (isinstance(params["sha256"], str) and _SHA256.match(params["sha256"].lower())):
-        return f"sha256 must be 64 hex digits, not {params['sha256']!r}"
-    if "rule" in params and not (isinstance(params["rule"], str) and params["rule"]):
-        return "rule must be a rule name"
-    if "url" in params:
-        url = urlsplit(str(params["url"]))
-        if url.scheme not in ("http", "https") or not url.netloc:
-            return f"url must be an http:// or https:// URL, not {params['url']!r}"
-    if "timeout" in params and not (isinstance(params["timeout"], (int, float)) and 0 < params["timeout"] <= 30):
-        return "timeout must be a number of seconds in (0, 30]"
-    return None
+def plain_params(cmd: wire.AnyCommand | Notify) -> dict[str, Any]:
+    """A command's parameters as plain data, the defaults left out: what the
+    ``commands`` table keeps (readable JSON) and what the audit trail shows."""
+    return {k: v for k, v in msgspec.to_builtins(cmd).items() if k not in _NOT_PARAMS and k != "type"}
 
 
-def check_guardrails(action: str, params: dict[str, Any], *, agent_pids: frozenset[int] = frozenset(),
+def check_guardrails(action: str, params: Mapping[str, Any], *, agent_pids: frozenset[int] = frozenset(),
                      protected: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> str | None:
     """Why this action must never run even if a playbook asks, or None."""
     pid = params.get("pid")
@@ -128,7 +155,7 @@ def check_guardrails(action: str, params: dict[str, Any], *, agent_pids: frozens
             return "refused: pid 1 is init; killing it would bring the host down"
         if pid in agent_pids:
             return f"refused: pid {pid} is the agent itself; killing it would blind the host and cut the hive off"
-    if action == "block_connect" and "address" in params:
+    if action == "block_connect" and params.get("address"):
         net = ipaddress.ip_network(str(params["address"]), strict=False)
         for p in protected:
             if p.version == net.version and net.overlaps(p):

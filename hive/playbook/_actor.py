@@ -35,6 +35,7 @@ from .._actors import DELIVER, RESULTS, internal_codec
 from .._detect import ALERTS
 from .._messages import Deliver, Result
 from .._store import Store, StoreError
+from ._actions import Notify
 from ._engine import AuditRecord, Decisions, PlaybookEngine
 from ._errors import RecordsError
 from ._notify import Notifier
@@ -80,7 +81,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     alerts = ctx.socket(zmq.PULL, bind=alerts_endpoint, codec=internal_codec(), rcvhwm=10000)
     results = ctx.socket(zmq.PULL, connect=results_endpoint, codec=internal_codec())
     deliver = ctx.socket(zmq.PUSH, connect=deliver_endpoint, codec=internal_codec())
-    notify_in, notify_out = trio.open_memory_channel[wire.Command](_NOTIFY_QUEUE)
+    notify_in, notify_out = trio.open_memory_channel[Notify](_NOTIFY_QUEUE)
     notifier = Notifier()
     stats = ctx.stats.extra
 
@@ -116,7 +117,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             for msg in await results.recv():
                 if isinstance(msg, Result):
                     result = msg.result
-                    if isinstance(result.data.get("archive"), bytes):
+                    if result.archive:
                         # Only for evidence we asked this agent for: never a path an agent names.
                         a = engine.action(result.command)
                         asked = a is not None and a.agent == msg.agent and a.action == "collect_evidence"
@@ -126,7 +127,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     async def notifications() -> None:
         limiter = trio.CapacityLimiter(4)
 
-        async def one(cmd: wire.Command) -> None:
+        async def one(cmd: Notify) -> None:
             a = engine.action(cmd.id)
             result = await trio.to_thread.run_sync(
                 lambda: notifier.notify(cmd, playbook=a.playbook if a else ""), limiter=limiter)
@@ -182,8 +183,8 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
 def _keep_evidence(msg: Result, evidence_dir: Path | None) -> wire.CommandResult:
     """An evidence archive goes to a file; the result keeps its path."""
     result = msg.result
-    archive = result.data["archive"]
-    data = {k: v for k, v in result.data.items() if k != "archive"}
+    archive = result.archive
+    data = dict(result.data)
     detail = result.detail
     if evidence_dir is None:
         data["archive_kept"] = "dropped: no evidence folder, or not evidence this hive asked for"

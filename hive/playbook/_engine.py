@@ -10,8 +10,13 @@ store; the playbook actor feeds it and carries out what it returns::
     d = engine.approve(action_id, "alice")  /  engine.reject(action_id, "alice", "false positive")
     d = engine.agent_online(agent)  /  engine.agent_offline(agent)
     d = engine.tick()                     # about once a second: TTL reverts, expiries
-    # d.send: (agent, wire.Command) to deliver; d.local: commands the hive runs
-    # itself (notify); d.actions: Action rows created or changed; d.audit: records
+    # d.send: (agent, wire command) to deliver; d.local: commands the hive runs
+    # itself (Notify); d.actions: Action rows created or changed; d.audit: records
+
+A step's params become the typed command of its action (``_actions``): a
+parameter of the wrong type or out of range refuses the action with the
+reason.  A block or isolation with a ttl carries it to the agent, which
+lifts it itself if the hive's revert never comes.
 
 Every action a playbook asks for becomes an ``Action`` with a state:
 
@@ -40,7 +45,7 @@ import msgspec
 
 import wire
 
-from ._actions import ACTIONS, check_guardrails, check_params
+from ._actions import ACTIONS, Notify, check_guardrails, command, plain_params
 from ._errors import TemplateError
 from ._playbook import Playbook, Step
 from ._template import render_value
@@ -56,6 +61,7 @@ class Action:
     """Empty for an action the hive runs itself (notify)."""
     action: str
     params: dict[str, Any]
+    """The command's parameters as plain data (``plain_params``)."""
     state: str
     created: float
     updated: float
@@ -95,8 +101,8 @@ class AuditRecord:
 
 @dataclass
 class Decisions:
-    send: list[tuple[str, wire.Command]] = field(default_factory=list)
-    local: list[wire.Command] = field(default_factory=list)
+    send: list[tuple[str, wire.AnyCommand]] = field(default_factory=list)
+    local: list[Notify] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
 
@@ -266,9 +272,10 @@ class PlaybookEngine:
             d.audit.append(AuditRecord(now, actor, f"step {step.index} {step.action}", why,
                                        "skipped: the alert names no agent to act on", detail))
             return
-        refusal = check_params(step.action, params)
-        if refusal is not None:
-            refusal = f"refused: invalid parameters: {refusal}"
+        try:
+            params = plain_params(command(step.action, params, id="check", ttl=step.ttl))
+        except ValueError as e:
+            refusal: str | None = f"refused: invalid parameters: {e}"
         else:
             refusal = check_guardrails(step.action, params, agent_pids=self._agent_pids.get(agent, frozenset()),
                                        protected=self._protected)
@@ -321,17 +328,24 @@ class PlaybookEngine:
                                        "queued: the agent is offline; sent when it returns"
                                        + (f" within {wait:g}s" if wait else ""), self._detail(a)))
             return
+        try:
+            cmd = command(a.action, a.params, id=a.id, ttl=a.ttl, expires=int((now + self.command_ttl) * 1e9))
+        except ValueError as e:  # a row kept by an older hive, whose checks were looser
+            self._stats.refused += 1
+            a.state = "refused"
+            a.result = f"refused: invalid parameters: {e}"
+            self._close(a)
+            d.audit.append(AuditRecord(now, actor, a.describe(), why, a.result, self._detail(a)))
+            return
         a.state = "sent"
         a.expires = 0.0
         a.result = "sent"
         self._sent_at[a.id] = now
         self._stats.sent += 1
-        cmd = wire.Command(id=a.id, action=a.action, params=a.params,
-                           expires=int((now + self.command_ttl) * 1e9))
-        if a.agent:
-            d.send.append((a.agent, cmd))
-        else:
+        if isinstance(cmd, Notify):
             d.local.append(cmd)
+        else:
+            d.send.append((a.agent, cmd))
         d.audit.append(AuditRecord(now, actor, a.describe(), why, "sent", self._detail(a)))
 
     # ---- results -------------------------------------------------------------------

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import wire
 
+from ._actions import Notify
+
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kw: Any) -> None:
@@ -43,23 +45,20 @@ class Notifier:
         self._clock = clock
         self._failed: dict[str, float] = {}
 
-    def notify(self, cmd: wire.Command, *, playbook: str = "") -> wire.CommandResult:
-        """Blocking (call it from a worker thread)."""
-        url = str(cmd.params.get("url", ""))
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return wire.CommandResult(command=cmd.id, ok=False, detail=f"not an http(s) URL: {url!r}")
-        host = parts.netloc
+    def notify(self, cmd: Notify, *, playbook: str = "") -> wire.CommandResult:
+        """Blocking (call it from a worker thread).  ``cmd`` was checked when
+        it was made: its url is http(s)."""
+        url = cmd.url
+        host = urlsplit(url).netloc
         since = self._failed.get(host)
         now = self._clock()
         if since is not None and now - since < self.backoff:
             return wire.CommandResult(command=cmd.id, ok=False, detail=(
                 f"not sent: {host} failed {now - since:.0f}s ago; next attempt after {self.backoff:g}s"))
-        alert = cmd.params.get("alert")
-        body = payload(alert if isinstance(alert, dict) else {}, playbook=playbook, action=cmd.id)
+        body = payload(cmd.alert, playbook=playbook, action=cmd.id)
         req = urllib.request.Request(url, data=body, method="POST", headers={
             "Content-Type": "application/json", "User-Agent": "sentinel-immune-hive"})
-        timeout = float(cmd.params.get("timeout", 5.0))
+        timeout = cmd.timeout
         started = self._clock()
         try:
             with _opener.open(req, timeout=timeout) as resp:

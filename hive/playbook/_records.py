@@ -39,13 +39,22 @@ def _result_json(a: Action, **extra: Any) -> str:
     return _json.encode(doc).decode()
 
 
-def _action(row: Sequence) -> Action:
+def _doc(text: str | None, default: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object from a column; ``default`` if it is not one (a row an
+    older hive wrote, or damage): one bad row must not stop the reader."""
+    if not text:
+        return {}
     try:
-        result = _unjson.decode(row[11]) if row[11] else {}
-    except msgspec.DecodeError:
-        result = {"text": row[11]}
+        doc = _unjson.decode(text)
+    except Exception:  # noqa: BLE001  (msgspec's errors, RecursionError on deep nesting, ...)
+        return default
+    return doc if isinstance(doc, dict) else default
+
+
+def _action(row: Sequence) -> Action:
+    result = _doc(row[11], {"text": row[11]})
     return Action(
-        id=row[0], agent=row[1], action=row[2], params=_unjson.decode(row[3]) if row[3] else {},
+        id=row[0], agent=row[1], action=row[2], params=_doc(row[3], {}),
         state=row[4], created=row[5], updated=row[6], expires=row[7], playbook=row[8], alert=row[9],
         reason=row[10], result=result.get("text", ""), data=result.get("data") or {},
         mode=result.get("mode", "auto"), ttl=result.get("ttl", 0.0), wait=result.get("wait", 0.0),
@@ -103,7 +112,7 @@ class Records:
             sql += " WHERE json_extract(detail, '$.action') = ?"
             args.append(action_id)
         rows = self._read(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [AuditRecord(r[0], r[1], r[2], r[3], r[4], _unjson.decode(r[5])) for r in rows]
+        return [AuditRecord(r[0], r[1], r[2], r[3], r[4], _doc(r[5], {})) for r in rows]
 
     def open_actions(self) -> list[Action]:
         """What the engine takes back after a restart."""
@@ -114,7 +123,7 @@ class Records:
         """Operators' decisions not yet carried out: (id, approve|deny, by, why)."""
         out = []
         for row in self._read(f"SELECT {_COLUMNS} FROM commands WHERE state IN ('approved', 'denied')", ()):
-            doc = _unjson.decode(row[11]) if row[11] else {}
+            doc = _doc(row[11], {})
             out.append((row[0], "approve" if row[4] == "approved" else "deny", doc.get("by", "operator"),
                         doc.get("why", "")))
         return out

@@ -154,7 +154,7 @@ class Rig:
             evs = [wire.Open(pid=os.getpid(), ppid=os.getppid(), uid=os.getuid(), tid=self.next_id + i,
                              path=f"/etc/f{self.next_id + i}") for i in range(per_batch)]
             self.next_id += per_batch
-            await self.sensor.send(wire.EventBatch(seq=0, events=evs))
+            await self.sensor.send(wire.EventBatch(seq=1, events=evs))
 
 
 class _Started:
@@ -261,7 +261,7 @@ async def test_a_stopping_relay_spools_what_the_sensor_handed_on_last(tmp_path):
         last = [wire.Open(pid=os.getpid(), tid=50 + i, path=f"/etc/f{50 + i}") for i in range(30)]
         # as the reader does at its end: hand on without waiting, close
         # (linger 0), and the relay is stopped next, with no checkpoint between
-        assert rig.sensor.try_send(wire.EventBatch(seq=0, events=last))
+        assert rig.sensor.try_send(wire.EventBatch(seq=1, events=last))
         rig.sensor.close()
         rig.sensor = None
         agent.cancel()
@@ -282,13 +282,12 @@ async def test_commands_reach_the_executor_and_results_reach_the_hive(tmp_path):
         executor_out = rig.root.socket(zmq.PUSH, codec=AGENT_CODEC, connect=rig.args["results_endpoint"])
         await rig.emit(1)
         await rig.hive.wait(lambda: rig.hive.peer is not None)
-        rig.hive.send(wire.Command(id="c-expired", action="kill_process", params={"pid": 1}, expires=1))
-        rig.hive.send(wire.Command(id="c-1", action="kill_process", params={"pid": 4242},
-                                   expires=time.time_ns() + 60_000_000_000))
+        rig.hive.send(wire.KillProcess(id="c-expired", pid=1, expires=1))
+        rig.hive.send(wire.KillProcess(id="c-1", pid=4242, expires=time.time_ns() + 60_000_000_000))
         await rig.emit(1)  # the scripted hive sends its outbox when it hears from the agent
         with trio.fail_after(5):
             (cmd,) = await executor_in.recv()
-        assert cmd == wire.Command(id="c-1", action="kill_process", params={"pid": 4242}, expires=cmd.expires)
+        assert cmd == wire.KillProcess(id="c-1", pid=4242, expires=cmd.expires)
         await executor_out.send(wire.CommandResult(command="c-1", ok=True, detail="killed"))
         await rig.hive.wait(lambda: len(rig.hive.results) >= 2)
         n.cancel_scope.cancel()
@@ -358,11 +357,12 @@ class PoisonedTable(ProcessTable):
         super().__init__()
         self.armed = True
 
-    def enrich(self, event) -> None:
-        if self.armed and getattr(event, "path", "") == "/poison":
+    def enrich_all(self, events):
+        events = list(events)
+        if self.armed and any(getattr(e, "path", "") == "/poison" for e in events):
             self.armed = False
             raise RuntimeError("poisoned event")
-        super().enrich(event)
+        return super().enrich_all(events)
 
 
 async def test_a_crashed_relay_is_restarted_at_once_and_keeps_what_it_accepted(tmp_path):
@@ -375,7 +375,7 @@ async def test_a_crashed_relay_is_restarted_at_once_and_keeps_what_it_accepted(t
         rig.hive.ack_up_to = 0  # what follows is stored but not acknowledged before the crash
         await rig.emit(2)
         await rig.hive.wait(lambda: len(rig.hive.stored) >= 300)
-        await rig.sensor.send(wire.EventBatch(seq=0, events=[wire.Open(pid=1, path="/poison")]))
+        await rig.sensor.send(wire.EventBatch(seq=1, events=[wire.Open(pid=1, path="/poison")]))
         with trio.fail_after(5):
             while rig.stats.restarts < 1 or rig.stats.state != "running":
                 await trio.sleep(0.02)

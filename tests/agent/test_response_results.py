@@ -3,6 +3,8 @@ sends again is answered with its first result and not run twice."""
 
 import logging
 
+import msgspec
+
 import wire
 from agent.response import Executor
 from agent.response._results import MAX_VALUE, ResultLog
@@ -51,18 +53,20 @@ def test_the_file_is_compacted_to_the_newest(tmp_path):
     assert list(ResultLog(path, keep=5).load()) == [f"c{i}" for i in range(18, 23)]
 
 
-def test_binary_and_huge_values_are_not_stored(tmp_path):
+def test_the_archive_and_huge_values_are_not_stored(tmp_path):
     log = ResultLog(tmp_path / "results.jsonl")
     done = log.load()
-    done["c0"] = r = result(0, archive=b"\0" * 10, manifest={"a": "x" * (MAX_VALUE + 1)}, bundle="/x")
+    r = result(0, manifest={"a": "x" * (MAX_VALUE + 1)}, bundle="/x")
+    done["c0"] = r = msgspec.structs.replace(r, archive=b"\0" * 10)
     log.append(r, done)
-    assert ResultLog(tmp_path / "results.jsonl").load()["c0"].data == {"bundle": "/x"}
+    back = ResultLog(tmp_path / "results.jsonl").load()["c0"]
+    assert (back.data, back.archive) == ({"bundle": "/x"}, b"")
 
 
 def test_a_restarted_executor_does_not_run_a_repeated_command_again(tmp_path):
     pid = detached("exec sleep 300")
     wait_started(pid, "sleep")
-    cmd = wire.Command(id="kill-1", action="kill_process", params={"pid": pid})
+    cmd = wire.KillProcess(id="kill-1", pid=pid)
     first = Executor(tmp_path / "agent").execute(cmd)
     assert first.ok and pid in first.data["killed"]
     again = Executor(tmp_path / "agent").execute(cmd)
@@ -75,6 +79,6 @@ def test_results_that_cannot_be_kept_are_said_and_the_command_still_answered(tmp
     (data / "response").mkdir(parents=True)
     (data / "response" / "results.jsonl").mkdir()  # not a file: every append fails
     with caplog.at_level(logging.ERROR):
-        r = Executor(data).execute(wire.Command(id="k1", action="kill_process", params={"pid": "x"}))
-    assert (r.ok, r.detail) == (False, "pid must be a positive integer, not 'x'")
+        r = Executor(data).execute(wire.KillProcess(id="k1", pid=wire.PID_MAX))  # no such process
+    assert (r.ok, r.detail) == (True, f"pid {wire.PID_MAX} was already gone")
     assert any(getattr(x, "event", "") == "response.result_not_kept" for x in caplog.records)

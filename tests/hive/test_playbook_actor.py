@@ -232,8 +232,9 @@ async def test_an_archive_nobody_asked_for_is_not_written(response, runtime):
     _, db, tmp_path, ep = response
     forged = Context(runtime, "forger").socket(zmq.PUSH, connect=ep["forged"], codec=internal_codec())
     archive = b"x" * 100
-    data = {"archive": archive, "archive_sha256": hashlib.sha256(archive).hexdigest()}
-    await forged.send(Result(agent="../../etc", result=wire.CommandResult(command="../../../x", ok=True, data=data)))
+    data = {"archive_sha256": hashlib.sha256(archive).hexdigest()}
+    await forged.send(Result(agent="../../etc", result=wire.CommandResult(command="../../../x", ok=True, data=data,
+                                                                          archive=archive)))
     await trio.sleep(0.3)
     forged.close()
     assert not (tmp_path / "evidence").exists()

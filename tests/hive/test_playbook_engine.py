@@ -63,9 +63,8 @@ def test_auto_mode_sends_a_command_with_templated_params_and_audits_it():
     assert len(d.send) == 1
     agent, cmd = d.send[0]
     assert agent == "web1"
-    assert (cmd.action, cmd.params) == ("kill_process", {"pid": 4242, "tree": True})
-    assert isinstance(cmd.params["pid"], int)  # a whole-value template keeps its type
-    assert cmd.expires == int((clock.t + 60) * 1e9)
+    # a whole-value template keeps its type: the pid is the int the typed command needs
+    assert cmd == wire.KillProcess(id="a-1", pid=4242, tree=True, expires=int((clock.t + 60) * 1e9))
     [a] = d.actions
     assert (a.state, a.playbook, a.agent) == ("sent", "kill", "web1")
     [rec] = d.audit
@@ -150,8 +149,9 @@ def test_regex_filter_pulls_the_address_from_the_command_line():
     e = PlaybookEngine(pb, clock=Clock(), new_id=ids())
     d = e.on_alert(alert(rule=REVERSE_SHELL))
     sent = {c.action: c for _, c in d.send}
-    assert sent["kill_process"].params == {"pid": 4242, "tree": True, "exe": "/usr/bin/bash"}
-    assert sent["block_connect"].params == {"address": "10.9.8.7"}
+    kill, block = sent["kill_process"], sent["block_connect"]
+    assert (kill.pid, kill.tree, kill.exe) == (4242, True, "/usr/bin/bash")
+    assert (block.address, block.ttl) == ("10.9.8.7", 600)
 
 
 def test_guardrail_refuses_pid_1_in_every_mode_with_a_clear_reason():
@@ -214,7 +214,7 @@ def test_approval_mode_does_nothing_until_approved():
     assert not e.tick().send
     d = e.approve("a-1", "alice")
     [(agent, cmd)] = d.send
-    assert (agent, cmd.id, cmd.params["pid"]) == ("web1", "a-1", 4242)
+    assert (agent, cmd.id, cmd.pid) == ("web1", "a-1", 4242)
     assert d.audit[0].actor == "operator:alice"
     assert "approved by alice" in d.actions[0].reason
     assert not e.pending()
@@ -290,13 +290,14 @@ steps:
     cmd = e.on_alert(alert(events=[wire.Connect(pid=9, agent="web1", address="10.1.2.3", port=4444)])).send[0][1]
     clock.advance(5)
     d = e.on_result("web1", wire.CommandResult(command=cmd.id, ok=True, detail="blocked", data={"rule": "resp-a-1"}))
+    assert (cmd.address, cmd.port, cmd.ttl) == ("10.1.2.3", 4444, 600)  # the agent's backstop gets the ttl
     assert d.actions[0].state == "active" and d.actions[0].expires == clock.t + 600
     clock.advance(599)
     assert not e.tick().send
     clock.advance(1)
     d = e.tick()
     [(agent, revert)] = d.send
-    assert (agent, revert.action, revert.params) == ("web1", "unblock", {"rule": "resp-a-1"})
+    assert (agent, revert) == ("web1", wire.Unblock(id=revert.id, rule="resp-a-1", expires=revert.expires))
     d = e.on_result("web1", wire.CommandResult(command=revert.id, ok=True, detail="rule resp-a-1 lifted"))
     states = {a.id: a.state for a in d.actions}
     assert states == {revert.id: "done", cmd.id: "reverted"}
@@ -315,10 +316,11 @@ steps:
     clock = Clock()
     e = engine(pb, clock=clock)
     cmd = e.on_alert(alert()).send[0][1]
+    assert isinstance(cmd, wire.IsolateHost) and cmd.ttl == 3600
     e.on_result("web1", wire.CommandResult(command=cmd.id, ok=True, data={"rule": "isolation"}))
     clock.advance(3600)
     [(_, revert)] = e.tick().send
-    assert (revert.action, revert.params) == ("unisolate", {})
+    assert isinstance(revert, wire.Unisolate)
 
 
 def test_offline_agent_action_waits_then_is_delivered():
@@ -406,7 +408,7 @@ steps:
     d = e.on_alert(a)
     assert not d.send
     [cmd] = d.local
-    assert cmd.params["url"] == "http://127.0.0.1:9/hook" and cmd.params["alert"]["id"] == a.id
+    assert cmd.url == "http://127.0.0.1:9/hook" and cmd.alert["id"] == a.id
     assert d.actions[0].agent == ""
     d = e.on_result("", wire.CommandResult(command=cmd.id, ok=False, detail="127.0.0.1:9 unreachable"))
     assert d.actions[0].state == "failed"

@@ -13,6 +13,7 @@ import wire
 from hive import Store
 from hive.playbook import (
     Notifier,
+    Notify,
     PlaybookEngine,
     Records,
     RecordsError,
@@ -104,7 +105,7 @@ steps:
     assert d.actions[0].state == "rejected" and "known scanner" in d.actions[0].reason
     clock.advance(600)
     [(_, revert)] = fresh.tick().send
-    assert revert.params == {"rule": "resp-a-2"}
+    assert isinstance(revert, wire.Unblock) and revert.rule == "resp-a-2"
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -137,8 +138,7 @@ def test_notify_posts_the_alert_and_does_not_storm_a_failing_hook(webhook):
     clock = Clock()
     notifier = Notifier(backoff=30, clock=clock)
     a = alert()
-    cmd = wire.Command(id="n1", action="notify", params={"url": webhook, "alert": {"id": a.id, "title": "T",
-                                                                                    "level": "high", "agent": "web1"}})
+    cmd = Notify(id="n1", url=webhook, alert={"id": a.id, "title": "T", "level": "high", "agent": "web1"})
     r = notifier.notify(cmd, playbook="pb")
     assert r.ok and r.data == {"status": 200}
     [(ctype, body)] = Hook.received
@@ -157,5 +157,5 @@ def test_notify_posts_the_alert_and_does_not_storm_a_failing_hook(webhook):
 
 
 def test_notify_refuses_other_schemes():
-    r = Notifier().notify(wire.Command(id="n", action="notify", params={"url": "file:///etc/shadow"}))
-    assert not r.ok and r.detail == "not an http(s) URL: 'file:///etc/shadow'"
+    with pytest.raises(ValueError, match="url must be an http:// or https:// URL, not 'file:///etc/shadow'"):
+        Notify(id="n", url="file:///etc/shadow")
