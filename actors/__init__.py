@@ -7,7 +7,7 @@ from ._actor import ActorFn, Child, Context, Runtime, TaskStatus
 from ._codec import Codec
 from ._curve import ZAP_ENDPOINT, KeyFileError, KeyPair, check_key, curve_client, curve_server, zap_handler
 from ._errors import ActorError, DecodeError, Escalation, SocketClosed, StartError
-from ._log import get_logger, log_event, setup_logging
+from ._log import LogThrottle, get_logger, log_event, setup_logging
 from ._node import Node, NodeBusy, Status, endpoints, query_status, request_restart
 from ._policy import Decision, Restart, RestartPolicy, Strategy
 from ._stats import Snapshot, Statistics
@@ -18,7 +18,7 @@ from ._zmq import Duplex, Socket
 __all__ = [
     "ActorError", "ActorFn", "KeyFileError", "KeyPair", "ZAP_ENDPOINT", "check_key",
     "curve_client", "curve_server", "zap_handler", "Child", "Codec", "Context", "DecodeError", "Decision", "Duplex",
-    "Escalation", "Node", "NodeBusy", "Restart", "RestartPolicy", "Runtime", "Snapshot",
+    "Escalation", "LogThrottle", "Node", "NodeBusy", "Restart", "RestartPolicy", "Runtime", "Snapshot",
     "Socket", "SocketClosed", "StartError", "Statistics", "Status", "Strategy", "Supervisor",
     "TaskStatus", "Taps", "decode_tap", "endpoints", "get_logger", "log_event",
     "query_status", "request_restart", "setup_logging",

@@ -20,7 +20,7 @@ import zmq
 
 from ._codec import Codec
 from ._errors import ActorError
-from ._log import get_logger
+from ._log import LogThrottle, get_logger
 from ._policy import Restart
 from ._stats import Statistics
 from ._tap import Taps
@@ -92,6 +92,8 @@ class Context:
         self.runtime = runtime
         self.name = name
         self.log: logging.Logger = get_logger(name)
+        self.throttle = LogThrottle(self.log)
+        """For logging what others can make happen at will (bad frames, refusals)."""
         self.stats = runtime.stats(name)
         self._sockets: list[Socket] = []
 
@@ -124,7 +126,7 @@ class Context:
             z.close(linger=0)
             raise
         sock = Socket(z, codec=codec, stats=self.stats, taps=self.runtime.taps,
-                      topic=topic if topic is not None else self.name, log=self.log)
+                      topic=topic if topic is not None else self.name, log=self.log, throttle=self.throttle)
         self._sockets.append(sock)
         return sock
 
@@ -147,6 +149,7 @@ class Context:
             sock.close()
         self._sockets.clear()
         self.stats.clear_depths()
+        self.throttle.flush(all=True)
 
 
 _REBIND_FOR = 2.0

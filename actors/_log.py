@@ -51,3 +51,49 @@ def setup_logging(level: str | int = "INFO", stream=None) -> None:
 
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"immune.{name}")
+
+
+class LogThrottle:
+    """Rate-limited logging for what an attacker can make happen at will
+    (refused connections, malformed frames): per kind, the first ``burst``
+    records in each ``interval`` seconds are logged, the rest only counted;
+    the first record of a kind after its interval, or :meth:`flush`, logs
+    one ``log.suppressed`` line saying how many were left out.  Counters
+    belong in the actor's statistics, which stay exact; this only keeps a
+    flood from filling the disk with log."""
+
+    def __init__(self, log: logging.Logger, *, burst: int = 5, interval: float = 10.0,
+                 clock=time.monotonic) -> None:
+        self.log = log
+        self.burst = burst
+        self.interval = interval
+        self.clock = clock
+        self._kinds: dict[str, list] = {}
+        """kind -> [window start, logged in it, suppressed in it, level]"""
+
+    def event(self, kind: str, event: str, level: int = logging.WARNING, **fields: object) -> None:
+        now = self.clock()
+        w = self._kinds.get(kind)
+        if w is None or now - w[0] >= self.interval:
+            if w is not None:
+                self._summary(kind, w)
+            w = self._kinds[kind] = [now, 0, 0, level]
+        if w[1] < self.burst:
+            w[1] += 1
+            log_event(self.log, event, level, **fields)
+        else:
+            w[2] += 1
+
+    def flush(self, *, all: bool = False) -> None:
+        """Log the summary of every kind whose interval has ended (``all``:
+        of every kind, as an actor stops)."""
+        now = self.clock()
+        for kind, w in list(self._kinds.items()):
+            if all or now - w[0] >= self.interval:
+                self._summary(kind, w)
+                del self._kinds[kind]
+
+    def _summary(self, kind: str, w: list) -> None:
+        if w[2]:
+            log_event(self.log, "log.suppressed", w[3], kind=kind, suppressed=w[2],
+                      seconds=round(self.clock() - w[0], 1))

@@ -28,7 +28,7 @@ import zmq
 
 from ._codec import Codec
 from ._errors import DecodeError, SocketClosed
-from ._log import log_event
+from ._log import LogThrottle
 from ._stats import Statistics
 
 T = TypeVar("T")
@@ -58,6 +58,7 @@ class Socket(Generic[T]):
         taps: Any = None,
         topic: str = "",
         log: logging.Logger | None = None,
+        throttle: LogThrottle | None = None,
     ) -> None:
         self.zmq = zsock
         self.codec = codec
@@ -65,6 +66,7 @@ class Socket(Generic[T]):
         self._taps = taps
         self.topic = topic
         self._log = log or logging.getLogger("immune.socket")
+        self._throttle = throttle or LogThrottle(self._log)
         self._fd: int = zsock.getsockopt(zmq.FD)
         self._closed = False
         self.copy = True
@@ -111,18 +113,21 @@ class Socket(Generic[T]):
 
     # -- receive ----------------------------------------------------------
 
-    async def recv_frames(self, limit: int = DEFAULT_BURST) -> list[list[bytes]]:
+    async def recv_frames(self, limit: int = DEFAULT_BURST, max_bytes: int | None = None) -> list[list[bytes]]:
         """Wait for at least one message; return up to ``limit`` of them, each
-        as its list of frames."""
+        as its list of frames, and stop after the message that brings the
+        bytes taken to ``max_bytes`` (so a burst of large messages is not
+        all decoded at once)."""
         await _checkpoint_if_cancelled()
         z = self.zmq
         more = z.get
         recv = z.recv if self.copy else functools.partial(z.recv, copy=False)
         out: list[list[bytes]] = []
         nbytes = 0
+        budget = max_bytes if max_bytes is not None else float("inf")
         while True:
             try:
-                while len(out) < limit:
+                while len(out) < limit and nbytes < budget:
                     frame = recv(zmq.NOBLOCK)
                     nbytes += len(frame)
                     msg = [frame]
@@ -151,22 +156,24 @@ class Socket(Generic[T]):
 
     def decode(self, frame: bytes) -> T | None:
         """Decode one frame with the socket's codec.  A bad frame is counted,
-        logged and returned as ``None``; it never raises into the actor."""
+        logged (a few per interval) and returned as ``None``; it never raises
+        into the actor."""
         assert self.codec is not None, "socket has no codec"
         try:
             return self.codec.decode(frame)
         except DecodeError as e:
             self.stats.malformed += 1
             self.stats.last_error = str(e)
-            log_event(self._log, "frame.malformed", logging.WARNING, reason=str(e), size=len(frame))
+            self._throttle.event("malformed", "frame.malformed", reason=str(e), size=len(frame))
             return None
 
-    async def recv(self, limit: int = DEFAULT_BURST) -> list[T]:
-        """Wait for messages; return up to ``limit`` decoded ones.  Malformed
-        frames are dropped and counted, so the result may be empty."""
+    async def recv(self, limit: int = DEFAULT_BURST, max_bytes: int | None = None) -> list[T]:
+        """Wait for messages; return up to ``limit`` decoded ones (and no
+        more once ``max_bytes`` were taken).  Malformed frames are dropped
+        and counted, so the result may be empty."""
         decode = self.decode
         out = []
-        for frames in await self.recv_frames(limit):
+        for frames in await self.recv_frames(limit, max_bytes):
             msg = decode(frames[-1])
             if msg is not None:
                 out.append(msg)

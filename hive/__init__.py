@@ -6,11 +6,12 @@ from ._actors import (
 )
 from ._detect import ALERTS, CORRELATE, correlate_actor, sentinel_actor
 from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Result, Stored
-from ._store import AgentRow, Store, StoreError
+from ._store import SCHEMA_VERSION, AgentRow, Ingested, Store, StoreDataError, StoreError
 
 __all__ = [
     "ALERTS", "CORRELATE", "correlate_actor", "sentinel_actor",
     "DELIVER", "DETECT", "INGEST", "RESULTS", "SEEN", "STORED", "AgentRow", "AgentSeen", "Deliver",
-    "IncidentUpdate", "Ingest", "InternalMessage", "Result", "Store", "StoreError", "Stored", "enroll_actor",
+    "IncidentUpdate", "Ingest", "Ingested", "InternalMessage", "Result", "SCHEMA_VERSION", "Store", "StoreDataError",
+    "StoreError", "Stored", "enroll_actor",
     "registry_actor", "router_actor", "store_actor", "zap_authorizer",
 ]

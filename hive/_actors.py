@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import wire
 from actors import Codec, Context, Duplex, KeyPair, curve_server, log_event
 
 from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Result, Stored
-from ._store import Store, StoreError
+from ._store import AgentRow, Ingested, Store, StoreError
 
 INGEST = "inproc://hive.ingest"
 """router, registry -> store (binds): batches to write."""
@@ -54,51 +55,72 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                       retention_days: float = 30.0, retention_mb: int = 10240,
                       ingest: tuple[str, ...] = (INGEST,), detect: str = DETECT) -> None:
     """Writes batches in group commits (all that arrived while the previous
-    commit ran), reports each outcome to the router, and passes stored
-    events on to detection (at ``detect``) exactly once.  It takes writes on
-    every endpoint of ``ingest`` (inproc for its siblings, ipc for actors in
-    child processes)."""
+    commit ran, up to ``COMMIT_BYTES``), reports each outcome to the router,
+    and passes stored events on to detection (at ``detect``) exactly once.
+    It takes writes on every endpoint of ``ingest`` (inproc for its
+    siblings, ipc for actors in child processes).
+
+    A batch SQLite refuses is replaced by a ``batch_refused`` notice and
+    acknowledged (see ``Store.ingest``).  When nothing can be written (a
+    full disk), nothing is acknowledged: the agents keep their batches and
+    send them again, and the hive's own events, alerts and incidents wait
+    here (up to ``RETRY_RECORDS``) for the next try."""
     store = Store(path, checkpoint_by_hand=True)
-    checkpointer = Store(path)
-    inbox = ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=2000)
+    inbox = ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=STORE_HWM)
     for endpoint in ingest:
         inbox.bind(endpoint)
     acks = ctx.socket(zmq.PUSH, bind=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
     detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=2000)
-    ctx.stats.extra.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0)
+    st = ctx.stats.extra
+    st.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0, refused_batches=0,
+              refused_events=0, dropped_records=0, write_failures=0)
     lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=50_000)
+    waiting: list[Any] = []  # the hive's own records a failed commit did not write
     task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_retention, ctx, store, retention_days, retention_mb)
             nursery.start_soon(_report_lag, ctx, lags)
-            nursery.start_soon(_checkpoint, ctx, checkpointer)
+            nursery.start_soon(_checkpoint, ctx, store)
             while True:
-                msgs = await inbox.recv(4096)
+                msgs = waiting + await inbox.recv(4096, max_bytes=COMMIT_BYTES)
+                waiting = []
                 batches = [m for m in msgs if isinstance(m, Ingest)]
                 alerts = [m for m in msgs if isinstance(m, wire.Alert)]
                 incidents = [m.incident for m in msgs if isinstance(m, IncidentUpdate)]
                 if not (batches or alerts or incidents):
                     continue
                 try:
-                    outcomes = await trio.to_thread.run_sync(store.ingest, batches, alerts, incidents)
+                    done = await trio.to_thread.run_sync(store.ingest, batches, alerts, incidents)
                 except StoreError as e:
-                    # Not acknowledged, so the agents still hold these batches
+                    # Not acknowledged, so the agents still hold their batches
                     # and will send them again; nothing accepted is lost.
+                    ours = [m for m in msgs if not (isinstance(m, Ingest) and m.seq)]
+                    waiting = ours[-RETRY_RECORDS:]
+                    st["dropped_records"] = int(st["dropped_records"]) + len(ours) - len(waiting)
+                    st["write_failures"] = int(st["write_failures"]) + 1
                     ctx.stats.last_error = str(e)
-                    log_event(ctx.log, "store.write_failed", logging.ERROR, reason=str(e), batches=len(batches),
-                              alerts=len(alerts))
+                    ctx.throttle.event("write_failed", "store.write_failed", logging.ERROR, reason=str(e),
+                                       batches=len(batches), alerts=len(alerts), waiting=len(waiting))
                     await trio.sleep(1.0)
                     continue
-                ctx.stats.extra["alerts"] = int(ctx.stats.extra["alerts"]) + len(alerts)
+                st["alerts"] = int(st["alerts"]) + len(alerts)
                 now_ns, now = time.time_ns(), trio.current_time()
-                for b in batches:
+                for b in done.stored:
                     # A sample of events: from their creation on the agent to our commit.
                     lags.extend((now, (now_ns - e.time) / 1e6) for e in b.events[::16] if e.time)
-                await _after_commit(ctx, batches, outcomes, acks, detect_out)
+                await _after_commit(ctx, done, acks, detect_out)
     finally:
         store.close()
-        checkpointer.close()
+
+
+STORE_HWM = 256
+"""Messages queued for the store per sender (router, registry, correlate)."""
+COMMIT_BYTES = 32 << 20
+"""Bytes of messages taken into one group commit (decoded, about four times that)."""
+RETRY_RECORDS = 10_000
+"""The hive's own events, alerts and incidents kept for the next try while
+the disk refuses writes; older ones are dropped and counted."""
 
 
 async def _checkpoint(ctx: Context, store: Store) -> None:
@@ -126,18 +148,23 @@ async def _report_lag(ctx: Context, lags: collections.deque[tuple[float, float]]
             ctx.stats.extra["lag_p99_ms"] = round(ordered[int(len(ordered) * 0.99)], 2)
 
 
-async def _after_commit(ctx: Context, batches: list[Ingest], outcomes: list[Stored], acks: Any, detect: Any) -> None:
+async def _after_commit(ctx: Context, done: Ingested, acks: Any, detect: Any) -> None:
     st = ctx.stats.extra
-    stored_keys = {(o.agent, o.stream, o.seq) for o in outcomes if o.outcome == "stored"}
-    for o in outcomes:
+    for o in done.outcomes:
         if o.outcome == "duplicate":
             st["duplicates"] = int(st["duplicates"]) + 1
         elif o.outcome == "gap":
             st["gaps"] = int(st["gaps"]) + 1
         await acks.send(o)
-    for b in batches:
-        if b.seq and (b.agent, b.stream, b.seq) not in stored_keys:
-            continue
+    for b, reason in done.refused:
+        st["refused_batches"] = int(st["refused_batches"]) + 1
+        st["refused_events"] = int(st["refused_events"]) + len(b.events)
+        ctx.throttle.event("batch_refused", "store.batch_refused", logging.ERROR, agent=b.agent, stream=b.stream,
+                           seq=b.seq, count=len(b.events), reason=reason)
+    if done.dropped:
+        st["dropped_records"] = int(st["dropped_records"]) + done.dropped
+        ctx.throttle.event("record_dropped", "store.records_dropped", logging.ERROR, count=done.dropped)
+    for b in done.stored:
         st["events"] = int(st["events"]) + len(b.events)
         st["batches"] = int(st["batches"]) + 1
         if not detect.try_send(b):
@@ -146,65 +173,118 @@ async def _after_commit(ctx: Context, batches: list[Ingest], outcomes: list[Stor
 
 
 async def _retention(ctx: Context, store: Store, days: float, mb: int) -> None:
+    from hive.playbook._engine import CLOSED_STATES  # (hive.playbook imports this module)
+
     while True:
         await trio.sleep(60)
         try:
-            n = await trio.to_thread.run_sync(lambda: store.retain(max_age=days * 86400, max_bytes=mb << 20))
+            n = await trio.to_thread.run_sync(lambda: store.retain(
+                max_age=days * 86400, max_bytes=mb << 20, finished_commands=CLOSED_STATES))
         except StoreError as e:
             log_event(ctx.log, "store.retention_failed", logging.ERROR, reason=str(e))
             continue
-        if n:
-            log_event(ctx.log, "store.retention", deleted=n)
+        if any(n.values()):
+            log_event(ctx.log, "store.retention", **{table: count for table, count in n.items() if count})
 
 
 # -- registry -------------------------------------------------------------------------
 
 
 async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
-                         heartbeat_timeout: float = 30.0) -> None:
+                         heartbeat_timeout: float = 30.0, interval: float = 1.0) -> None:
     """Keeps the agents table current; an agent that goes silent is marked
-    offline, and that (and its return) is itself an event."""
+    offline, and that (and its return) is itself an event.  Signs of life
+    are gathered for ``interval`` seconds and written in one transaction
+    for all agents; when the store cannot write (a full disk), they are kept,
+    merged with newer ones, and written at the next try."""
     store = Store(path)
     inbox = ctx.socket(zmq.PULL, bind=SEEN, codec=internal_codec())
     notices = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec())
-    last_seen: dict[str, float] = {}
-    online: set[str] = {a.id for a in store.agents() if a.online}
-    for a in store.agents():
-        if a.online and a.last_seen:
-            # Give agents that were online before a restart the full timeout.
-            last_seen[a.id] = time.time()
+    presence = Presence(heartbeat_timeout, store.agents(), now=time.time())
+    ctx.stats.extra.update(writes=0, store_errors=0)
     task_status.started()
 
     async def notice(agent: str, what: str, detail: str) -> None:
         log_event(ctx.log, f"agent.{what.removeprefix('agent_')}", agent=agent, detail=detail)
         await notices.send(Ingest(agent=agent, events=[wire.Notice(time=time.time_ns(), what=what, detail=detail)]))
 
-    async def sweep() -> None:
+    async def write() -> None:
         while True:
-            await trio.sleep(min(1.0, heartbeat_timeout / 4))
-            now = time.time()
-            for agent in [a for a in online if now - last_seen.get(a, 0) > heartbeat_timeout]:
-                online.discard(agent)
-                await trio.to_thread.run_sync(store.mark_offline, agent)
+            await trio.sleep(interval)
+            seen, gone = presence.due(time.time())
+            if not (seen or gone):
+                continue
+            try:
+                came_back = await trio.to_thread.run_sync(store.agents_seen, seen, gone)
+            except StoreError as e:
+                presence.retry(seen, gone)
+                ctx.stats.extra["store_errors"] = int(ctx.stats.extra["store_errors"]) + 1
+                ctx.stats.last_error = str(e)
+                ctx.throttle.event("store_error", "registry.write_failed", logging.ERROR, reason=str(e),
+                                   agents=len(seen) + len(gone))
+                continue
+            ctx.stats.extra["writes"] = int(ctx.stats.extra["writes"]) + 1
+            for agent in gone:
                 await notice(agent, "agent_offline", f"no message for {heartbeat_timeout:g}s")
+            for m in seen:
+                if m.agent in came_back:
+                    await notice(m.agent, "agent_online", m.address)
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(sweep)
+            nursery.start_soon(write)
             while True:
                 for m in await inbox.recv():
-                    if not isinstance(m, AgentSeen):
-                        continue
-                    when = m.time / 1e9
-                    last_seen[m.agent] = when
-                    came_back = await trio.to_thread.run_sync(
-                        lambda: store.agent_seen(m.agent, when, hello=m.hello, heartbeat=m.heartbeat, address=m.address))
-                    if m.agent not in online:
-                        online.add(m.agent)
-                        if came_back:
-                            await notice(m.agent, "agent_online", m.address)
+                    if isinstance(m, AgentSeen):
+                        presence.seen(m)
     finally:
         store.close()
+
+
+class Presence:
+    """Which agents are online, and what the registry has yet to write: the
+    latest sign of life of each agent (merged: a Hello or a Heartbeat in an
+    earlier one is kept), and the agents silent for longer than
+    ``timeout`` seconds."""
+
+    def __init__(self, timeout: float, rows: Iterable[AgentRow], now: float) -> None:
+        self.timeout = timeout
+        # Agents online before a restart get the full timeout.
+        self.last_seen: dict[str, float] = {a.id: now for a in rows if a.online and a.last_seen}
+        self.online: set[str] = set(self.last_seen)
+        self.pending: dict[str, AgentSeen] = {}
+        self.going: set[str] = set()
+
+    def seen(self, m: AgentSeen) -> None:
+        self.last_seen[m.agent] = m.time / 1e9
+        self.going.discard(m.agent)
+        self.pending[m.agent] = _merge(self.pending.get(m.agent), m)
+
+    def due(self, now: float) -> tuple[list[AgentSeen], list[str]]:
+        """What to write now: signs of life, and agents that went offline."""
+        for agent in [a for a in self.online if now - self.last_seen.get(a, 0) > self.timeout]:
+            self.online.discard(agent)
+            self.going.add(agent)
+        seen, self.pending = list(self.pending.values()), {}
+        gone, self.going = sorted(self.going), set()
+        self.online.update(m.agent for m in seen)
+        return seen, gone
+
+    def retry(self, seen: list[AgentSeen], gone: list[str]) -> None:
+        """A write of ``due()``'s failed: write it with the next."""
+        for m in seen:
+            self.pending[m.agent] = _merge(m, self.pending.get(m.agent))
+        self.going.update(a for a in gone if a not in self.pending)
+
+
+def _merge(old: AgentSeen | None, new: AgentSeen | None) -> AgentSeen:
+    """``new``, keeping what only ``old`` said (its Hello, Heartbeat, address)."""
+    if old is None:
+        return new
+    if new is None:
+        return old
+    return AgentSeen(agent=new.agent, time=max(old.time, new.time), address=new.address or old.address,
+                     hello=new.hello or old.hello, heartbeat=new.heartbeat or old.heartbeat)
 
 
 # -- router ----------------------------------------------------------------------------

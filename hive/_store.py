@@ -11,6 +11,19 @@ its seq is the next one for its stream, in the same transaction that moves
 the stream's high-water mark, so redelivery after any crash stores nothing
 twice.  Commits use ``synchronous=FULL``: what the hive acknowledges is on
 disk.
+
+A ``Store`` object may be used from several threads at once (the store actor
+writes, retains and checkpoints from worker threads): each thread gets its
+own SQLite connection, made on first use.
+
+Errors come in two kinds.  :class:`StoreDataError`: this data cannot be
+stored (a value out of SQLite's range, a constraint), and trying again will
+not help.  Any other :class:`StoreError` (a full disk, a read-only file, a
+lock held too long) may pass: nothing was written, try again later.
+
+The schema carries its version in ``meta``; opening a store older than
+this code migrates it step by step (each step one transaction), and a store
+newer than this code is refused.
 """
 
 from __future__ import annotations
@@ -20,9 +33,10 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -31,11 +45,9 @@ import wire
 
 from hive.correlate import Incident
 
-from ._messages import Ingest, Stored
+from ._messages import AgentSeen, Ingest, Stored
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY,
@@ -88,8 +100,63 @@ CREATE TABLE IF NOT EXISTS audit(
 """
 
 
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    # Retention reaches every table by time: give each its index.
+    for sql in ("CREATE INDEX IF NOT EXISTS incidents_updated ON incidents(updated)",
+                "CREATE INDEX IF NOT EXISTS commands_updated ON commands(state, updated)",
+                "CREATE INDEX IF NOT EXISTS audit_time ON audit(time)",
+                "CREATE INDEX IF NOT EXISTS tokens_expires ON tokens(expires)"):
+        db.execute(sql)
+    # Version 1 wrote the correlator's monotonic clock as an incident's
+    # ``updated``; from 2 it is the wall clock of the last write.  The old
+    # values mean nothing as dates: count them from now.
+    db.execute("UPDATE incidents SET updated = ?", (time.time(),))
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2]
+"""``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+
 class StoreError(Exception):
     """The store cannot do what was asked; the message says why."""
+
+
+class StoreDataError(StoreError):
+    """This data cannot be stored (a value SQLite refuses): trying again will
+    not help, unlike any other :class:`StoreError`."""
+
+
+# SQLite's primary result codes that mean "this data", not "this disk".
+_DATA_CODES = frozenset({18, 19, 20, 25})  # TOOBIG, CONSTRAINT, MISMATCH, RANGE
+# Python-side errors binding a value (an int beyond 64 bits, a type SQLite
+# has no column type for) or encoding a row.
+_DATA_EXCEPTIONS = (OverflowError, ValueError, TypeError, msgspec.EncodeError)
+
+
+def _is_data_error(e: BaseException) -> bool:
+    if isinstance(e, sqlite3.Error):
+        code = getattr(e, "sqlite_errorcode", None)
+        # No code: the sqlite3 module refused a value before SQLite saw it.
+        return code is None or (code & 0xFF) in _DATA_CODES
+    return isinstance(e, _DATA_EXCEPTIONS)
+
+
+@dataclass
+class Ingested:
+    """What :meth:`Store.ingest` did."""
+
+    outcomes: list[Stored] = field(default_factory=list)
+    """One per agent batch (``seq`` > 0), in order: what to acknowledge."""
+    stored: list[Ingest] = field(default_factory=list)
+    """What reached the events table, in order (for detection): agent
+    batches, the hive's own events, and the notices that replaced refused
+    batches."""
+    refused: list[tuple[Ingest, str]] = field(default_factory=list)
+    """Agent batches that could not be stored on their own, with why; each
+    was replaced by a ``batch_refused`` notice and counts as stored."""
+    dropped: int = 0
+    """The hive's own events, alerts and incidents that could not be stored."""
 
 
 @dataclass
@@ -126,83 +193,193 @@ def _hash_token(secret: str) -> str:
 class Store:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, checkpoint_by_hand: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        self.checkpoint_by_hand = checkpoint_by_hand
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        if readonly and not self.path.exists():
+            raise StoreError(f"no hive store at {self.path}")
         try:
-            if readonly:
-                if not self.path.exists():
-                    raise StoreError(f"no hive store at {self.path}")
-                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10,
-                                          isolation_level=None, check_same_thread=False)
-            else:
+            if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
-                                          check_same_thread=False)
-                new = not self.db.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-                if new:
-                    # Before any table exists: lets retention give pages back to the disk.
-                    self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-                    self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=FULL")
-                if checkpoint_by_hand:
+        except OSError as e:
+            raise StoreError(f"cannot open the store {self.path}: {e.strerror}") from None
+        try:
+            self._open_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_schema(self) -> None:
+        db = self.db
+        try:
+            if self.readonly:
+                version = _version(db)
+            elif not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+                # Before any table exists: lets retention give pages back to the disk.
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                db.execute("PRAGMA journal_mode=WAL")
+                with self._tx() as tx:
+                    for statement in _SCHEMA_V1.split(";"):
+                        if statement.strip():
+                            tx.execute(statement)
+                    tx.execute("INSERT OR IGNORE INTO meta VALUES('schema', '1')")
+                version = 1
+            else:
+                # An existing store of this version is opened without
+                # writing, so that a restart works on a full disk.
+                version = _version(db)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the store {self.path}: {e}") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the store {self.path} has schema version {version}, newer than this "
+                             f"immune-node's {SCHEMA_VERSION}: run the newer immune-node that wrote it")
+        if version < SCHEMA_VERSION and self.readonly:
+            raise StoreError(f"the store {self.path} has schema version {version}, older than this "
+                             f"immune-node's {SCHEMA_VERSION}: start the hive once to migrate it")
+        for step in range(version, SCHEMA_VERSION):
+            with self._tx() as tx:
+                MIGRATIONS[step - 1](tx)
+                tx.execute("UPDATE meta SET value=? WHERE key='schema'", (str(step + 1),))
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection to the store."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10, isolation_level=None,
+                                     check_same_thread=False)
+            else:
+                db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA synchronous=FULL")
+                if self.checkpoint_by_hand:
                     # The writer never stops for a checkpoint: that copy-back
                     # and its fsync were the long tail of commit latency.
                     # ``checkpoint()`` runs it beside the writer instead.
-                    self.db.execute("PRAGMA wal_autocheckpoint=0")
-                if new:
-                    self.db.executescript(_SCHEMA)
-                    self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
-                # An existing store is opened without writing, so that a
-                # restart works on a full disk.
+                    db.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {self.path}: {e}") from None
-        # check_same_thread=False: the store actor writes from a worker thread,
-        # one call at a time.
+        with self._lock:
+            # Connections of threads that ended (trio retires idle workers) go.
+            for thread, old in [c for c in self._connections if not c[0].is_alive()]:
+                old.close()
+                self._connections.remove((thread, old))
+            self._connections.append((threading.current_thread(), db))
+        return db
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            for _, db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     def _tx(self) -> Transaction:
-        return Transaction(self.db, lambda reason: StoreError(f"store {self.path}: {reason}"))
+        return Transaction(self.db, lambda reason: StoreError(f"store {self.path}: {reason}"),
+                           data_error=lambda reason: StoreDataError(f"store {self.path}: {reason}"))
 
     # -- events ----------------------------------------------------------------
 
     def ingest(self, batches: Sequence[Ingest], alerts: Sequence[wire.Alert] = (),
-               incidents: Sequence[Incident] = ()) -> list[Stored]:
+               incidents: Sequence[Incident] = ()) -> Ingested:
         """Write every batch that is next in its stream, and the alerts and
-        incidents given, in one transaction."""
-        out: list[Stored] = []
-        rows: list[tuple] = []
-        with self._tx() as db:
-            self._write_records(db, alerts, incidents)
-            marks: dict[tuple[str, str], int] = {}
-            for b in batches:
-                if b.seq == 0:  # made by the hive itself: no stream to dedupe
-                    rows.extend(self._rows(b))
+        incidents given, in one transaction.  If some of it is data SQLite
+        refuses, each batch and record is written on its own instead, so one
+        bad batch cannot hold back the others: an agent's batch that cannot
+        be stored is replaced by a ``batch_refused`` notice (so its stream
+        moves on and the loss is on record), a bad record of the hive's own
+        is dropped and counted.  Raises :class:`StoreError` (never the data
+        kind) when nothing could be written: the disk, not the data."""
+        try:
+            with self._tx() as db:
+                return self._ingest(db, batches, alerts, incidents)
+        except StoreDataError:
+            pass
+        out = Ingested()
+        for one in [([a], []) for a in alerts] + [([], [i]) for i in incidents]:
+            try:
+                with self._tx() as db:
+                    self._write_records(db, *one)
+            except StoreDataError:
+                out.dropped += 1
+        for b in batches:
+            try:
+                with self._tx() as db:
+                    part = self._ingest(db, [b], (), ())
+            except StoreDataError as e:
+                if not b.seq:
+                    out.dropped += 1
                     continue
-                key = (b.agent, b.stream)
-                last = marks.get(key)
-                if last is None:
-                    r = db.execute("SELECT seq FROM streams WHERE agent=? AND stream=?", key).fetchone()
-                    last = r[0] if r else 0
-                if b.seq == last + 1:
-                    rows.extend(self._rows(b))
-                    marks[key] = b.seq
-                    out.append(Stored(agent=b.agent, stream=b.stream, seq=b.seq, outcome="stored"))
-                else:
-                    marks[key] = last
-                    out.append(Stored(agent=b.agent, stream=b.stream, seq=last,
-                                      outcome="duplicate" if b.seq <= last else "gap"))
-            db.executemany("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES(?,?,?,?,?,?)", rows)
-            counts: dict[tuple[str, str], int] = {}
-            for b in batches:
-                if b.seq and marks.get((b.agent, b.stream)) == b.seq:
-                    counts[(b.agent, b.stream)] = counts.get((b.agent, b.stream), 0) + len(b.events)
-            db.executemany(
-                "INSERT INTO streams(agent, stream, seq, events) VALUES(?,?,?,?) "
-                "ON CONFLICT(agent, stream) DO UPDATE SET seq=excluded.seq, events=events+excluded.events",
-                [(a, s, seq, counts.get((a, s), 0)) for (a, s), seq in marks.items()],
-            )
+                reason = str(e).removeprefix(f"store {self.path}: ")
+                with self._tx() as db:
+                    part = self._refuse(db, b, reason)
+                out.refused.append((b, reason))
+            out.outcomes += part.outcomes
+            out.stored += part.stored
         return out
+
+    def _ingest(self, db: sqlite3.Connection, batches: Sequence[Ingest], alerts: Sequence[wire.Alert],
+                incidents: Sequence[Incident]) -> Ingested:
+        out = Ingested()
+        rows: list[tuple] = []
+        self._write_records(db, alerts, incidents)
+        marks: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for b in batches:
+            if b.seq == 0:  # made by the hive itself: no stream to dedupe
+                rows.extend(self._rows(b))
+                out.stored.append(b)
+                continue
+            key = (b.agent, b.stream)
+            last = marks.get(key)
+            if last is None:
+                last = self._mark(db, key)
+            if b.seq == last + 1:
+                rows.extend(self._rows(b))
+                marks[key] = b.seq
+                counts[key] = counts.get(key, 0) + len(b.events)
+                out.outcomes.append(Stored(agent=b.agent, stream=b.stream, seq=b.seq, outcome="stored"))
+                out.stored.append(b)
+            else:
+                marks[key] = last
+                out.outcomes.append(Stored(agent=b.agent, stream=b.stream, seq=last,
+                                           outcome="duplicate" if b.seq <= last else "gap"))
+        db.executemany("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES(?,?,?,?,?,?)", rows)
+        self._set_marks(db, marks, counts)
+        return out
+
+    def _refuse(self, db: sqlite3.Connection, b: Ingest, reason: str) -> Ingested:
+        """Store a notice in place of batch ``b`` (next in its stream: only a
+        batch to be written can fail) and move the stream's mark past it."""
+        notice = Ingest(agent=b.agent, events=[wire.Notice(
+            time=time.time_ns(), what="batch_refused", count=len(b.events), verdict="audit",
+            detail=f"stream {b.stream} seq {b.seq}: {len(b.events)} events not stored: {reason}"[:4096])])
+        db.executemany("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES(?,?,?,?,?,?)",
+                       list(self._rows(notice)))
+        self._set_marks(db, {(b.agent, b.stream): b.seq}, {})
+        return Ingested(outcomes=[Stored(agent=b.agent, stream=b.stream, seq=b.seq, outcome="refused")],
+                        stored=[notice])
+
+    @staticmethod
+    def _mark(db: sqlite3.Connection, key: tuple[str, str]) -> int:
+        r = db.execute("SELECT seq FROM streams WHERE agent=? AND stream=?", key).fetchone()
+        return r[0] if r else 0
+
+    @staticmethod
+    def _set_marks(db: sqlite3.Connection, marks: dict[tuple[str, str], int],
+                   counts: dict[tuple[str, str], int]) -> None:
+        db.executemany(
+            "INSERT INTO streams(agent, stream, seq, events) VALUES(?,?,?,?) "
+            "ON CONFLICT(agent, stream) DO UPDATE SET seq=excluded.seq, events=events+excluded.events",
+            [(a, s, seq, counts.get((a, s), 0)) for (a, s), seq in marks.items()],
+        )
 
     @staticmethod
     def _write_records(db: sqlite3.Connection, alerts: Sequence[wire.Alert], incidents: Sequence[Incident]) -> None:
@@ -214,7 +391,9 @@ class Store:
         db.executemany(
             "INSERT INTO incidents(id, updated, body) VALUES(?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET updated=excluded.updated, body=excluded.body",
-            [(i.id, i.updated, _encode_event(i)) for i in incidents])
+            # The wall clock of this write: an incident's own ``updated`` is
+            # the correlator's monotonic clock.
+            [(i.id, time.time(), _encode_event(i)) for i in incidents])
 
     def alerts(self, *, agent: str | None = None, since: int | None = None, level: str | None = None,
                limit: int = 100) -> list[wire.Alert]:
@@ -275,13 +454,29 @@ class Store:
     def stream_marks(self) -> dict[tuple[str, str], int]:
         return {(a, s): seq for a, s, seq in self._read("SELECT agent, stream, seq FROM streams", ())}
 
-    def retain(self, *, max_age: float, max_bytes: int, now: float | None = None) -> int:
-        """Delete events older than ``max_age`` seconds, then the oldest until
-        the file is under ``max_bytes``.  Returns how many were deleted."""
+    def retain(self, *, max_age: float, max_bytes: int, finished_commands: Sequence[str] = (),
+               now: float | None = None) -> dict[str, int]:
+        """Delete what is older than ``max_age`` seconds from every table:
+        events and alerts by their time, incidents by their last change,
+        commands in one of the ``finished_commands`` states by their last
+        change (open ones stay however old: an active block must still be
+        taken back), audit records by their time, and tokens once expired
+        (used or not: the agent's row keeps its enrollment).  Then the
+        oldest events (the bulk of the file) until the store is under
+        ``max_bytes``.  Deletes in chunks, one transaction each, so the
+        writer never waits long.  Returns how many rows went, by table."""
         now = time.time() if now is None else now
-        deleted = 0
-        with self._tx() as db:
-            deleted += db.execute("DELETE FROM events WHERE time < ?", (int((now - max_age) * 1e9),)).rowcount
+        cutoff = now - max_age
+        states = ",".join("?" * len(finished_commands)) or "NULL"
+        deleted = {
+            "events": self._delete("events", "time < ?", (int(cutoff * 1e9),)),
+            "alerts": self._delete("alerts", "time < ?", (int(cutoff * 1e9),), key="rowid"),
+            "incidents": self._delete("incidents", "updated < ?", (cutoff,), key="rowid"),
+            "commands": self._delete("commands", f"state IN ({states}) AND updated < ?",
+                                     (*finished_commands, cutoff), key="rowid"),
+            "audit": self._delete("audit", "time < ?", (cutoff,)),
+            "tokens": self._delete("tokens", "expires < ?", (now,), key="rowid"),
+        }
         while self.size() > max_bytes:
             # A twentieth at a time: close to the bound without many passes.
             chunk = max(100, self.count_events() // 20)
@@ -289,12 +484,27 @@ class Store:
                 n = db.execute(
                     "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY time LIMIT ?)", (chunk,)
                 ).rowcount
-            deleted += n
+            deleted["events"] += n
             if n == 0:
                 break
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.db.execute("PRAGMA incremental_vacuum")
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.db.execute("PRAGMA incremental_vacuum")
+            except sqlite3.Error as e:
+                raise StoreError(f"store {self.path}: {e}") from None
         return deleted
+
+    _CHUNK = 5000
+
+    def _delete(self, table: str, where: str, args: Sequence, *, key: str = "id") -> int:
+        deleted = 0
+        while True:
+            with self._tx() as db:
+                n = db.execute(f"DELETE FROM {table} WHERE {key} IN "
+                               f"(SELECT {key} FROM {table} WHERE {where} LIMIT {self._CHUNK})", args).rowcount
+            deleted += n
+            if n < self._CHUNK:
+                return deleted
 
     def checkpoint(self) -> None:
         """Copy the WAL back into the database without blocking the writer."""
@@ -304,9 +514,9 @@ class Store:
             raise StoreError(f"store {self.path}: checkpoint failed: {e}") from None
 
     def size(self) -> int:
-        page_count = self.db.execute("PRAGMA page_count").fetchone()[0]
-        freelist = self.db.execute("PRAGMA freelist_count").fetchone()[0]
-        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        page_count = self._read("PRAGMA page_count", ())[0][0]
+        freelist = self._read("PRAGMA freelist_count", ())[0][0]
+        page_size = self._read("PRAGMA page_size", ())[0][0]
         return (page_count - freelist) * page_size
 
     # -- agents, keys and tokens -------------------------------------------------
@@ -314,15 +524,19 @@ class Store:
     def enroll(self, agent: str, public_key: str) -> None:
         """Register ``public_key`` as ``agent`` (replacing an earlier key)."""
         with self._tx() as db:
-            other = db.execute("SELECT id FROM agents WHERE public_key=? AND id<>?", (public_key, agent)).fetchone()
-            if other:
-                raise StoreError(f"that key is already enrolled as agent {other[0]!r}")
-            db.execute(
-                "INSERT INTO agents(id, public_key, enrolled, revoked) VALUES(?,?,?,NULL) "
-                "ON CONFLICT(id) DO UPDATE SET public_key=excluded.public_key, "
-                "enrolled=excluded.enrolled, revoked=NULL",
-                (agent, public_key, time.time()),
-            )
+            self._enroll(db, agent, public_key)
+
+    @staticmethod
+    def _enroll(db: sqlite3.Connection, agent: str, public_key: str) -> None:
+        other = db.execute("SELECT id FROM agents WHERE public_key=? AND id<>?", (public_key, agent)).fetchone()
+        if other:
+            raise StoreError(f"that key is already enrolled as agent {other[0]!r}")
+        db.execute(
+            "INSERT INTO agents(id, public_key, enrolled, revoked) VALUES(?,?,?,NULL) "
+            "ON CONFLICT(id) DO UPDATE SET public_key=excluded.public_key, "
+            "enrolled=excluded.enrolled, revoked=NULL",
+            (agent, public_key, time.time()),
+        )
 
     def revoke(self, agent: str) -> None:
         with self._tx() as db:
@@ -347,7 +561,8 @@ class Store:
         return secret
 
     def redeem_token(self, secret: str, agent: str, public_key: str) -> None:
-        """Enroll ``public_key`` as ``agent`` if ``secret`` is a live, unused token."""
+        """Enroll ``public_key`` as ``agent`` if ``secret`` is a live, unused
+        token: one transaction, so a refused enrollment leaves the token unused."""
         if not agent or len(agent) > 128 or any(c.isspace() for c in agent):
             raise StoreError("agent name must be 1-128 characters without spaces")
         now = time.time()
@@ -363,40 +578,56 @@ class Store:
             if taken and taken[0] and taken[0] != public_key:
                 raise StoreError(f"agent name {agent!r} is already enrolled with another key")
             db.execute("UPDATE tokens SET used=?, agent=? WHERE hash=?", (now, agent, _hash_token(secret)))
-        self.enroll(agent, public_key)
+            self._enroll(db, agent, public_key)
 
     def agent_seen(
         self, agent: str, when: float, *, hello: wire.Hello | None = None,
         heartbeat: wire.Heartbeat | None = None, address: str = "",
     ) -> bool:
         """Record a sign of life; True if the agent was offline before."""
+        seen = AgentSeen(agent=agent, time=int(when * 1e9), hello=hello, heartbeat=heartbeat, address=address)
+        return bool(self.agents_seen([seen]))
+
+    def agents_seen(self, sightings: Iterable[AgentSeen], offline: Iterable[str] = ()) -> set[str]:
+        """Record signs of life of many agents, and mark the ``offline``
+        ones, in one transaction (the registry's once a second).  Returns
+        the agents seen that were offline before."""
+        came_back: set[str] = set()
         with self._tx() as db:
-            r = db.execute("SELECT online FROM agents WHERE id=?", (agent,)).fetchone()
-            was_online = bool(r and r[0])
+            for m in sightings:
+                self._seen(db, m, came_back)
+            db.executemany("UPDATE agents SET online=0 WHERE id=?", [(a,) for a in offline])
+        return came_back
+
+    @staticmethod
+    def _seen(db: sqlite3.Connection, m: AgentSeen, came_back: set[str]) -> None:
+        agent, when = m.agent, m.time / 1e9
+        r = db.execute("SELECT online FROM agents WHERE id=?", (agent,)).fetchone()
+        if not (r and r[0]):
+            came_back.add(agent)
+        db.execute(
+            "INSERT INTO agents(id, first_seen, last_seen, online) VALUES(?,?,?,1) "
+            "ON CONFLICT(id) DO UPDATE SET last_seen=excluded.last_seen, online=1, "
+            "first_seen=coalesce(first_seen, excluded.first_seen)",
+            (agent, when, when),
+        )
+        hello = m.hello
+        if hello is not None:
+            addresses = list(hello.addresses)
+            if m.address and m.address not in addresses:
+                addresses.append(m.address)
             db.execute(
-                "INSERT INTO agents(id, first_seen, last_seen, online) VALUES(?,?,?,1) "
-                "ON CONFLICT(id) DO UPDATE SET last_seen=excluded.last_seen, online=1, "
-                "first_seen=coalesce(first_seen, excluded.first_seen)",
-                (agent, when, when),
+                "UPDATE agents SET hostname=?, addresses=?, os=?, kernel=?, agent_version=?, "
+                "policy_version=?, pid=? WHERE id=?",
+                (hello.hostname, json.dumps(addresses), hello.os, hello.kernel,
+                 hello.agent_version, hello.policy_version, hello.pid, agent),
             )
-            if hello is not None:
-                addresses = list(hello.addresses)
-                if address and address not in addresses:
-                    addresses.append(address)
-                db.execute(
-                    "UPDATE agents SET hostname=?, addresses=?, os=?, kernel=?, agent_version=?, "
-                    "policy_version=?, pid=? WHERE id=?",
-                    (hello.hostname, json.dumps(addresses), hello.os, hello.kernel,
-                     hello.agent_version, hello.policy_version, hello.pid, agent),
-                )
-            if heartbeat is not None:
-                db.execute("UPDATE agents SET spooled=?, dropped=? WHERE id=?",
-                           (heartbeat.spooled, heartbeat.dropped, agent))
-        return not was_online
+        if m.heartbeat is not None:
+            db.execute("UPDATE agents SET spooled=?, dropped=? WHERE id=?",
+                       (m.heartbeat.spooled, m.heartbeat.dropped, agent))
 
     def mark_offline(self, agent: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE agents SET online=0 WHERE id=?", (agent,))
+        self.agents_seen([], offline=[agent])
 
     def agents(self) -> list[AgentRow]:
         rows = self._read("SELECT id, public_key, enrolled, revoked, hostname, addresses, os, kernel, "
@@ -414,13 +645,25 @@ class Store:
             raise StoreError(f"store {self.path}: {e}") from None
 
 
+def _version(db: sqlite3.Connection) -> int:
+    r = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    try:
+        return int(r[0]) if r else 1
+    except ValueError:
+        raise sqlite3.DatabaseError(f"schema version {r[0]!r} is not a number") from None
+
+
 class Transaction:
     """``with Transaction(db, error):`` BEGIN IMMEDIATE, then COMMIT, or ROLLBACK
-    on any exception; SQLite's errors leave as ``error(reason)``."""
+    on any exception; SQLite's errors leave as ``error(reason)``.  Given
+    ``data_error``, errors that are the data's (see :class:`StoreDataError`),
+    including a value Python cannot bind, leave as ``data_error(reason)``."""
 
-    def __init__(self, db: sqlite3.Connection, error: Callable[[str], Exception]) -> None:
+    def __init__(self, db: sqlite3.Connection, error: Callable[[str], Exception],
+                 data_error: Callable[[str], Exception] | None = None) -> None:
         self.db = db
         self.error = error
+        self.data_error = data_error
 
     def __enter__(self) -> sqlite3.Connection:
         try:
@@ -438,6 +681,9 @@ class Transaction:
                 self._rollback()
                 raise self.error(f"commit failed: {e}") from None
         self._rollback()
+        if self.data_error is not None and _is_data_error(exc):
+            what = str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
+            raise self.data_error(what) from None
         if isinstance(exc, sqlite3.Error):
             raise self.error(str(exc)) from None
 

@@ -219,29 +219,40 @@ async def test_a_full_disk_at_the_hive_stores_nothing_acks_nothing_and_loses_not
         a = Agent(runtime, h, h.enroll("a"))
         a.send(wire.EventBatch(seq=1, stream="s", events=events(5)))
         assert [x.seq for x in await a.replies(1)] == [1]
+        # A reader in the middle of a transaction keeps SQLite from reusing
+        # the WAL's space, so even small writes (the registry's) need more.
+        reader = Store(h.db, readonly=True)
+        reader.db.execute("BEGIN")
+        reader.agents()
         filler = tiny_disk / "filler"
-        with open(filler, "wb") as f:  # the disk fills up
+        with open(filler, "wb", buffering=0) as f:  # the disk fills up
             try:
                 while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
+                    f.write(b"\0" * 4096)
             except OSError:
                 pass
         big = wire.EventBatch(seq=2, stream="s", events=[wire.Exec(time=time.time_ns() + i, argv=["x" * 500] * 4)
                                                           for i in range(200)])
         a.send(big)
-        assert await a.replies(1, timeout=1.5) == []  # not stored, so not acknowledged
+        a.send(wire.Hello(agent="a", hostname="full"))  # the registry cannot write it either
+        assert await a.replies(1, timeout=2.5) == []  # not stored, so not acknowledged
         store_stats = runtime.registry["hive.store"]
         assert "full" in store_stats.last_error
         assert any(getattr(r, "event", "") == "store.write_failed" for r in caplog.records)
+        registry = runtime.registry["hive.registry"]
+        assert registry.extra["store_errors"] >= 1 and registry.restarts == 0 and "full" in registry.last_error
+        reader.close()
         filler.unlink()  # space again: the agent sends what was never acknowledged
         a.send(big)
         assert [x.seq for x in await a.replies(1)] == [2]
         a.close()
+        with trio.fail_after(5):  # the registry's next write
+            while {r.id: r.hostname for r in Store(h.db, readonly=True).agents()}["a"] != "full":
+                await trio.sleep(0.1)
         n.cancel_scope.cancel()
     s = Store(tiny_disk / "hive.db", readonly=True)
     assert len(s.events(agent="a", kind="exec", limit=1000)) == 205
-    assert runtime.registry["hive.store"].restarts == 0
+    assert runtime.registry["hive.store"].restarts == 0 and runtime.registry["hive.registry"].restarts == 0
 
 
 @pytest.mark.parametrize("victim", ["store", "registry", "zap", "router", "enroll"])

@@ -22,16 +22,16 @@ def store(tmp_path):
 
 
 def test_only_the_next_batch_of_a_stream_is_stored(store):
-    out = store.ingest([batch("a", 1), batch("a", 2), batch("a", 2), batch("a", 4), batch("b", 1)])
+    out = store.ingest([batch("a", 1), batch("a", 2), batch("a", 2), batch("a", 4), batch("b", 1)]).outcomes
     assert [(o.agent, o.seq, o.outcome) for o in out] == [
         ("a", 1, "stored"), ("a", 2, "stored"), ("a", 2, "duplicate"), ("a", 2, "gap"), ("b", 1, "stored")]
     assert store.count_events("a") == 6 and store.count_events("b") == 3
     # A redelivery after a crash stores nothing twice.
-    again = store.ingest([batch("a", 1), batch("a", 2), batch("a", 3)])
+    again = store.ingest([batch("a", 1), batch("a", 2), batch("a", 3)]).outcomes
     assert [o.outcome for o in again] == ["duplicate", "duplicate", "stored"]
     assert store.count_events("a") == 9
     # A new spool (new stream) starts at 1 again.
-    assert store.ingest([batch("a", 1, stream="s2")])[0].outcome == "stored"
+    assert store.ingest([batch("a", 1, stream="s2")]).outcomes[0].outcome == "stored"
 
 
 def test_marks_survive_reopening(tmp_path):
@@ -40,7 +40,7 @@ def test_marks_survive_reopening(tmp_path):
     s.close()
     s = Store(tmp_path / "h.db")
     assert s.stream_marks() == {("a", "s1"): 2}
-    assert s.ingest([batch("a", 2)])[0].outcome == "duplicate"
+    assert s.ingest([batch("a", 2)]).outcomes[0].outcome == "duplicate"
 
 
 def test_events_query_filters_and_orders_newest_first(store):
@@ -99,7 +99,7 @@ def test_agent_seen_tracks_hello_heartbeat_and_comebacks(store):
 def test_retention_by_age_and_by_size(store):
     old = time.time_ns() - 40 * 86400 * 10**9
     store.ingest([batch("a", 1, n=10, t0=old), batch("a", 2, n=10)])
-    assert store.retain(max_age=30 * 86400, max_bytes=1 << 40) == 10
+    assert store.retain(max_age=30 * 86400, max_bytes=1 << 40)["events"] == 10
     assert store.count_events() == 10
     big = [Ingest(agent="b", stream="s", seq=i + 1, events=[
         wire.Exec(time=time.time_ns() + j, argv=["x" * 200] * 5) for j in range(500)]) for i in range(10)]
@@ -114,3 +114,142 @@ def test_retention_by_age_and_by_size(store):
 def test_readonly_store_refuses_a_missing_file(tmp_path):
     with pytest.raises(StoreError, match="no hive store at"):
         Store(tmp_path / "none.db", readonly=True)
+
+
+def test_ingest_and_retention_run_at_once_from_two_threads(store):
+    import threading
+
+    errors = []
+
+    def ingest():
+        try:
+            for seq in range(1, 201):
+                store.ingest([batch("a", seq, n=20)])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    def retain():
+        try:
+            for _ in range(200):
+                store.retain(max_age=86400, max_bytes=1 << 40)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=ingest), threading.Thread(target=retain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.count_events("a") == 200 * 20
+
+
+def test_a_refused_enrollment_leaves_the_token_unused(store):
+    store.enroll("db-1", "A" * 40)
+    t = store.new_token()
+    with pytest.raises(StoreError, match="already enrolled as agent 'db-1'"):
+        store.redeem_token(t, "db-2", "A" * 40)  # that key belongs to db-1
+    store.redeem_token(t, "db-2", "B" * 40)
+    assert store.authorize("B" * 40) == "db-2"
+
+
+def huge_pid_batch(agent, seq, stream="s1"):
+    # msgspec does not check constraints when a Struct is made in code, only
+    # at decoding: this is what a store could get if the wire let it through.
+    return Ingest(agent=agent, stream=stream, seq=seq, events=[wire.Exec(time=time.time_ns(), pid=2**63)])
+
+
+def test_a_batch_sqlite_refuses_is_replaced_by_a_notice_and_holds_back_nothing(store):
+    good = [batch("good", 1), batch("good", 2)]
+    done = store.ingest([good[0], huge_pid_batch("bad", 1), good[1], batch("bad", 2),
+                         Ingest(agent="bad", events=[wire.Exec(pid=2**64)])])  # the hive's own, dropped
+    assert [(o.agent, o.seq, o.outcome) for o in done.outcomes] == [
+        ("good", 1, "stored"), ("bad", 1, "refused"), ("good", 2, "stored"), ("bad", 2, "stored")]
+    assert [(b.agent, b.seq) for b, _ in done.refused] == [("bad", 1)]
+    assert "too large" in done.refused[0][1] or "Overflow" in done.refused[0][1]
+    assert done.dropped == 1
+    assert store.count_events("good") == 6
+    notice = store.events(agent="bad", kind="notice")[0]
+    assert (notice.what, notice.count, notice.agent) == ("batch_refused", 1, "bad")
+    assert "stream s1 seq 1" in notice.detail
+    assert len(store.events(agent="bad", kind="exec")) == 3  # batch 2, after the refused one
+    assert store.stream_marks() == {("good", "s1"): 2, ("bad", "s1"): 2}
+    # Detection gets what was stored, the notice in place of the refused batch.
+    assert [(b.agent, type(b.events[0])) for b in done.stored][:3] == [
+        ("good", wire.Exec), ("bad", wire.Notice), ("good", wire.Exec)]
+    # A redelivery of the refused batch is a duplicate now.
+    assert store.ingest([huge_pid_batch("bad", 1)]).outcomes[0].outcome == "duplicate"
+
+
+def test_a_bad_alert_is_dropped_and_the_rest_written(store):
+    ok = wire.Alert(id="a1", rule_id="r", title="t", agent="x", time=time.time_ns())
+    bad = wire.Alert(id="a2", rule_id="r", title="t", agent="x", time=2**64)
+    done = store.ingest([batch("x", 1)], alerts=[ok, bad])
+    assert done.dropped == 1 and [o.outcome for o in done.outcomes] == ["stored"]
+    assert [a.id for a in store.alerts()] == ["a1"]
+
+
+def test_retention_reaches_every_table(store):
+    from hive.correlate import Incident
+    from hive.playbook._engine import CLOSED_STATES
+
+    now = time.time()
+    old, new = now - 40 * 86400, now - 86400
+    store.ingest([batch("a", 1, t0=int(old * 1e9)), batch("a", 2, t0=int(new * 1e9))],
+                 alerts=[wire.Alert(id="old", rule_id="r", title="t", time=int(old * 1e9)),
+                         wire.Alert(id="new", rule_id="r", title="t", time=int(new * 1e9))],
+                 incidents=[Incident(id="i1", title="t", opened=1.0, updated=1.0)])
+    db = store.db
+    db.execute("UPDATE incidents SET updated=?", (old,))
+    db.execute("INSERT INTO incidents(id, updated, body) VALUES('i2', ?, x'')", (new,))
+    for i, (state, updated) in enumerate([("done", old), ("failed", new), ("active", old), ("pending_approval", old)]):
+        db.execute("INSERT INTO commands(id, agent, action, params, state, created, updated) VALUES(?,?,?,?,?,?,?)",
+                   (f"c{i}", "a", "kill_process", "{}", state, updated, updated))
+    db.execute("INSERT INTO audit(time, actor, what) VALUES(?, 'engine', 'old'), (?, 'engine', 'new')", (old, new))
+    store.new_token(ttl=-10)
+    live = store.new_token()
+    deleted = store.retain(max_age=30 * 86400, max_bytes=1 << 40, finished_commands=CLOSED_STATES)
+    assert deleted == {"events": 3, "alerts": 1, "incidents": 1, "commands": 1, "audit": 1, "tokens": 1}
+    assert [a.id for a in store.alerts()] == ["new"]
+    assert sorted(r[0] for r in db.execute("SELECT id FROM commands")) == ["c1", "c2", "c3"]
+    assert [r[0] for r in db.execute("SELECT what FROM audit")] == ["new"]
+    store.redeem_token(live, "z", "Z" * 40)  # the live token stayed
+
+
+def test_a_store_of_an_older_schema_is_migrated_and_a_newer_one_refused(tmp_path):
+    import sqlite3
+
+    from hive import SCHEMA_VERSION
+    from hive._store import _SCHEMA_V1
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA_V1)
+    db.execute("INSERT INTO meta VALUES('schema', '1')")
+    db.execute("INSERT INTO incidents VALUES('i1', 123.4, x'')")  # a monotonic clock value, in version 1
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema version 1, older than .* start the hive once"):
+        Store(path, readonly=True)
+    s = Store(path)
+    assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert s.db.execute("SELECT updated FROM incidents").fetchone()[0] > time.time() - 60
+    assert s.db.execute("SELECT 1 FROM sqlite_master WHERE name='audit_time'").fetchone()
+    s.db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION + 1),))
+    s.close()
+    for readonly in (False, True):
+        with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this immune-node's"):
+            Store(path, readonly=readonly)
+
+
+def test_many_agents_signs_of_life_in_one_transaction(store):
+    from hive import AgentSeen
+
+    store.mark_offline("b")
+    came_back = store.agents_seen([AgentSeen(agent="a", time=10**9, hello=wire.Hello(agent="a", pid=42)),
+                                   AgentSeen(agent="b", time=2 * 10**9)])
+    assert came_back == {"a", "b"}
+    assert store.agents_seen([AgentSeen(agent="a", time=3 * 10**9)], offline=["b"]) == set()
+    rows = {r.id: r for r in store.agents()}
+    assert rows["a"].pid == 42 and rows["a"].online and not rows["b"].online
+    assert rows["a"].last_seen == 3.0
