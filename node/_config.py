@@ -1,8 +1,10 @@
 """The node's TOML configuration: typed sections with documented defaults.
 
 Every key is optional; ``immune.example.toml`` next to this file lists them
-all with their defaults.  Command-line flags override the file.  A broken
-file is refused with one line naming the file and what is wrong.
+all with their defaults and ranges.  Command-line flags override the file
+and are checked the same way.  Anything unusable (a broken file, a value out
+of range, a data folder the node cannot write) is refused with one line
+naming the file and key (or the flag) and what is wrong.
 """
 
 from __future__ import annotations
@@ -10,11 +12,22 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
 
 import msgspec
+from msgspec import Meta
 
 DEFAULT_CONFIG = Path("/etc/immune/immune.toml")
+
+# Until the wire contract states it: the most events one batch may carry.
+MAX_BATCH = 4096
+# The longest socket name the node binds in its run folder: a unix socket
+# path holds at most 107 bytes.
+_SOCKET_NAME_ROOM = len("/correlate.sock")
+_IPC_PATH_MAX = 107
 
 
 class ConfigError(Exception):
@@ -29,7 +42,7 @@ class NodeConfig(_Section):
     data: str = "/var/lib/immune"
     """Folder where the node keeps its state (store, spool, keys, run files)."""
     log_level: str = "info"
-    shutdown_timeout: float = 5.0
+    shutdown_timeout: Annotated[float, Meta(gt=0, le=600)] = 5.0
     """Seconds each actor gets to stop before it is abandoned or killed."""
 
 
@@ -47,11 +60,11 @@ class HiveConfig(_Section):
     """URL the ``notify`` playbook action posts alerts to (a SOC, a chat, an AI triage service)."""
     dry_run: bool = False
     """Run every playbook in dry-run: record what would be done, do nothing."""
-    heartbeat_timeout: float = 30.0
+    heartbeat_timeout: Annotated[float, Meta(ge=1, le=86400)] = 30.0
     """An agent silent for this long is marked offline."""
-    retention_days: float = 30.0
-    retention_mb: int = 10240
-    max_frame: int = 16 << 20
+    retention_days: Annotated[float, Meta(gt=0, le=36500)] = 30.0
+    retention_mb: Annotated[int, Meta(ge=1, le=1 << 24)] = 10240
+    max_frame: Annotated[int, Meta(ge=64 << 10, le=64 << 20)] = 16 << 20
     """Largest frame accepted from an agent, in bytes."""
 
 
@@ -61,10 +74,10 @@ class AgentConfig(_Section):
     hive: str = "tcp://127.0.0.1:7400"
     hive_key: str = ""
     """The hive's public key (Z85), pinned at enrollment; default: read from the data folder."""
-    spool_mb: int = 1024
+    spool_mb: Annotated[int, Meta(ge=1, le=1 << 20)] = 1024
     """Disk spool bound; when full the oldest events are dropped and reported."""
-    batch: int = 256
-    heartbeat: float = 5.0
+    batch: Annotated[int, Meta(ge=1, le=MAX_BATCH)] = 256
+    heartbeat: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
 
 
 class SensorConfig(_Section):
@@ -73,9 +86,9 @@ class SensorConfig(_Section):
     """Policy file; empty: the built-in default policy."""
     scope: str = "machine"
     """``machine``, ``cgroup:/path/in/cgroup2`` or ``netns:/run/netns/NAME``."""
-    watchdog_ms: int = 250
+    watchdog_ms: Annotated[int, Meta(ge=10, le=60000)] = 250
     """Fail open when the exec/open responder cannot answer within this bound."""
-    fold_ms: int = 1000
+    fold_ms: Annotated[int, Meta(ge=0, le=60000)] = 1000
     """A thread's identical audited opens this soon after one reported are sent
     as one event with a count; 0: report every open."""
 
@@ -97,48 +110,242 @@ class Config(_Section):
 
 _LEVELS = {"debug", "info", "warning", "error"}
 
+# What a command may ask ``load_config`` to check on disk besides the values.
+WRITE_DATA = "write data"
+"""The data folder is made if missing, and must be a folder the node can read and write."""
+READ_DATA = "read data"
+"""The data folder, if it exists, must be a folder the node can read."""
+HIVE_FOLDERS = "hive folders"
+"""``hive.rules`` and ``hive.playbooks`` must be readable folders."""
+POLICY_FILE = "policy file"
+"""``sensor.policy``, if set, must be a readable file."""
 
-def _one_line(path: Path, err: Exception) -> str:
-    text = str(err).replace("\n", " ")
-    # msgspec says "... - at `$.agent.spool_mb`"; say "agent.spool_mb: ..." instead.
-    m = re.match(r"(.*) - at `\$\.?(.*)`$", text)
-    if m:
-        where = m.group(2) or "top level"
-        text = f"{where}: {m.group(1)[0].lower()}{m.group(1)[1:]}"
-    return f"config {path}: {text}"
+
+def ranges() -> dict[str, str]:
+    """``section.key``: the allowed range of each numeric key, as errors and
+    the example file say it."""
+    out = {}
+    for section in msgspec.inspect.type_info(Config).fields:
+        for field in section.type.fields:
+            t = field.type
+            if isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+                kind = "an integer" if isinstance(t, msgspec.inspect.IntType) else "a number"
+                span = (f"from {_num(t.ge)} to" if t.ge is not None else f"greater than {_num(t.gt)} and at most")
+                out[f"{section.name}.{field.name}"] = f"{kind} {span} {_num(t.le)}"
+    return out
 
 
-def load_config(path: str | os.PathLike | None = None, **overrides: object) -> Config:
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+class _Origin:
+    """Where each value came from, so that an error names the file and key,
+    the flag, or the default."""
+
+    def __init__(self, path: Path, raw: dict, flags: Iterable[str]) -> None:
+        self.path = path
+        self.raw = raw
+        self.flags = set(flags)
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        section, _, name = key.partition(".")
+        in_file = self.raw.get(section, {})
+        if key in self.flags:
+            where = f"--{name.replace('_', '-')}"
+        elif not name or not isinstance(in_file, dict) or name.partition("[")[0] in in_file:
+            where = f"config {self.path}: {key or 'top level'}"
+        else:
+            where = f"{key} (the default)"
+        return ConfigError(f"{where}: {problem}")
+
+
+def load_config(path: str | os.PathLike | None = None, check: Iterable[str] = (), **overrides: object) -> Config:
     """Read ``path`` (or the default file if it exists), then apply
-    ``overrides`` given as ``section_key=value`` (``None`` values ignored)."""
-    raw: dict = {}
+    ``overrides`` given as ``section_key=value`` (``None`` values ignored).
+    Every value is checked; ``check`` names what must also hold on disk
+    (``WRITE_DATA``, ``READ_DATA``, ``HIVE_FOLDERS``, ``POLICY_FILE``)."""
     src = Path(path) if path else DEFAULT_CONFIG
-    if path or src.exists():
-        try:
-            with open(src, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config {src}: no such file") from None
-        except OSError as e:
-            raise ConfigError(f"config {src}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(_one_line(src, e)) from None
+    raw = _read(src) if path or src.exists() else {}
+    flags = []
+    merged = {section: dict(keys) if isinstance(keys, dict) else keys for section, keys in raw.items()}
     for key, value in overrides.items():
         if value is None:
             continue
         section, _, name = key.partition("_")
-        raw.setdefault(section, {})[name] = value
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):  # else the file's own error is reported
+            target[name] = value
+            flags.append(f"{section}.{name}")
+    origin = _Origin(src, raw, flags)
     try:
-        cfg = msgspec.convert(raw, Config)
+        cfg = msgspec.convert(merged, Config)
     except msgspec.ValidationError as e:
-        raise ConfigError(_one_line(src, e)) from None
-    if cfg.node.log_level.lower() not in _LEVELS:
-        raise ConfigError(f"config {src}: node.log_level: {cfg.node.log_level!r} is not one of {sorted(_LEVELS)}")
+        raise _type_error(origin, merged, e) from None
+    for key, problem in _problems(cfg):
+        raise origin.error(key, problem)
     if not cfg.hive.enroll_listen:
         head, _, port = cfg.hive.listen.rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"config {src}: hive.enroll_listen: set it, since hive.listen {cfg.hive.listen!r} has no port")
+        if cfg.hive.listen.startswith("ipc://") or int(port) == 65535:
+            raise origin.error("hive.enroll_listen", f"set it, since hive.listen {cfg.hive.listen!r} "
+                               "has no next port to derive it from")
         cfg.hive.enroll_listen = f"{head}:{int(port) + 1}"
-    if cfg.node.shutdown_timeout <= 0:
-        raise ConfigError(f"config {src}: node.shutdown_timeout: must be positive")
+    for key, problem in _disk_problems(cfg, set(check)):
+        raise origin.error(key, problem)
     return cfg
+
+
+def _read(src: Path) -> dict:
+    try:
+        with open(src, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config {src}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {src}: is a folder, not a file") from None
+    except OSError as e:
+        raise ConfigError(f"config {src}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {src}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {src}: {_one_line(str(e))}") from None
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ")
+
+
+def _type_error(origin: _Origin, merged: dict, err: msgspec.ValidationError) -> ConfigError:
+    # msgspec says "Expected `int` >= 65536 - at `$.hive.max_frame`".
+    text = _one_line(str(err))
+    m = re.match(r"(.*) - at `\$\.?(.*)`$", text)
+    key, text = (m.group(2), m.group(1)) if m else ("", text)
+    allowed = ranges().get(key)
+    if allowed:
+        section, _, name = key.partition(".")
+        return origin.error(key, f"must be {allowed}, not {merged[section][name]!r}")
+    return origin.error(key, text[:1].lower() + text[1:])
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_AGENT_ID = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
+
+
+def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
+    """(key, what is wrong) for each value out of its shape."""
+    for section in msgspec.structs.fields(cfg):
+        values = getattr(cfg, section.name)
+        for field in msgspec.structs.fields(values):
+            value = getattr(values, field.name)
+            if any(isinstance(text, str) and "\0" in text for text in (value if isinstance(value, list) else [value])):
+                yield f"{section.name}.{field.name}", "contains a NUL character"
+    if not cfg.node.data:
+        yield "node.data", "must name a folder"
+    longest = len(os.fsencode(cfg.node.data)) + len("/run") + _SOCKET_NAME_ROOM
+    if longest > _IPC_PATH_MAX:
+        yield "node.data", (f"{cfg.node.data!r} is too long: the node's sockets in its run folder "
+                            f"need a path under {_IPC_PATH_MAX + 1} bytes")
+    if cfg.node.log_level.lower() not in _LEVELS:
+        yield "node.log_level", f"{cfg.node.log_level!r} is not one of {sorted(_LEVELS)}"
+    for key, endpoint in (("hive.listen", cfg.hive.listen), ("hive.enroll_listen", cfg.hive.enroll_listen),
+                          ("agent.hive", cfg.agent.hive)):
+        if endpoint or key != "hive.enroll_listen":
+            problem = _endpoint_problem(endpoint)
+            if problem:
+                yield key, problem
+    for key, folders in (("hive.rules", cfg.hive.rules), ("hive.playbooks", cfg.hive.playbooks)):
+        if "" in folders:
+            yield key, "an empty folder name"
+    if cfg.hive.webhook:
+        url = urlsplit(cfg.hive.webhook)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            yield "hive.webhook", f"{cfg.hive.webhook!r} is not an http:// or https:// URL"
+    if cfg.agent.id and not _AGENT_ID.fullmatch(cfg.agent.id):
+        yield "agent.id", f"{cfg.agent.id!r}: up to 256 characters, no spaces or control characters"
+    if cfg.agent.hive_key:
+        from actors import KeyFileError, check_key
+
+        try:
+            check_key(cfg.agent.hive_key.encode(), "")
+        except KeyFileError as e:
+            yield "agent.hive_key", str(e).lstrip(": ")
+    kind, _, where = cfg.sensor.scope.partition(":")
+    if not (cfg.sensor.scope == "machine" or kind in ("cgroup", "netns") and where):
+        yield "sensor.scope", f"{cfg.sensor.scope!r}: expected machine, cgroup:PATH or netns:PATH"
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    scheme, sep, rest = endpoint.partition("://")
+    if scheme == "ipc" and rest:
+        if len(os.fsencode(rest)) > _IPC_PATH_MAX:
+            return f"{endpoint!r}: the path is longer than {_IPC_PATH_MAX} bytes"
+        return None
+    if scheme == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and _PORT.fullmatch(port) and 1 <= int(port) <= 65535:
+            return None
+    return f"{endpoint!r} is not a ZeroMQ endpoint (tcp://HOST:PORT with a port from 1 to 65535, or ipc://PATH)"
+
+
+def _disk_problems(cfg: Config, check: set[str]) -> Iterator[tuple[str, str]]:
+    if WRITE_DATA in check:
+        problem = _writable_folder(cfg.data_dir)
+        if problem:
+            yield "node.data", problem
+    elif READ_DATA in check and os.path.lexists(cfg.data_dir):
+        problem = _readable_folder(cfg.data_dir)
+        if problem:
+            yield "node.data", problem
+    if HIVE_FOLDERS in check:
+        for key, folders in (("hive.rules", cfg.hive.rules), ("hive.playbooks", cfg.hive.playbooks)):
+            for folder in folders:
+                problem = _readable_folder(Path(folder))
+                if problem:
+                    yield key, problem
+    if POLICY_FILE in check and cfg.sensor.policy:
+        try:
+            with open(cfg.sensor.policy, "rb"):
+                pass
+        except IsADirectoryError:
+            yield "sensor.policy", f"{cfg.sensor.policy}: is a folder, not a file"
+        except OSError as e:
+            yield "sensor.policy", f"{cfg.sensor.policy}: {e.strerror}"
+
+
+def _readable_folder(folder: Path) -> str | None:
+    try:
+        os.listdir(folder)
+    except FileNotFoundError:
+        return f"{folder}: no such folder"
+    except NotADirectoryError:
+        return f"{folder}: not a folder"
+    except OSError as e:
+        return f"{folder}: cannot read it: {e.strerror}"
+    return None
+
+
+def _writable_folder(folder: Path) -> str | None:
+    """Make ``folder`` if missing, then prove the node can list it and write
+    a block there (a full disk is found now, not by the first actor that
+    writes)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{folder}: not a folder"
+    except OSError as e:
+        return f"{folder}: cannot make it: {e.strerror}"
+    problem = _readable_folder(folder)
+    if problem:
+        return problem
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as e:
+        return f"{folder}: cannot write there: {e.strerror}"
+    return None

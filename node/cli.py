@@ -15,7 +15,7 @@ import zmq
 import actors
 from actors import Node, Supervisor, decode_tap, query_status, setup_logging
 
-from ._config import Config, ConfigError, load_config
+from ._config import HIVE_FOLDERS, POLICY_FILE, READ_DATA, WRITE_DATA, Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -53,12 +53,23 @@ def run_node(name: str, tree: Supervisor, cfg: Config) -> int:
     except BaseExceptionGroup as g:
         for kinds, says in ((actors.NodeBusy, "{e}"),
                             ((actors.Escalation, actors.StartError), "{name} stopped: {e}"),
-                            (PermissionError, "{name}: {e}")):
+                            (OSError, "{name}: {e}")):
             matched = g.subgroup(kinds)
             if matched is not None:
-                raise CliError(says.format(name=name, e=_leaf(matched))) from None
+                raise CliError(says.format(name=name, e=_os_error(_leaf(matched), cfg.data_dir))) from None
         raise
     return EXIT_OK
+
+
+def _os_error(e: BaseException, folder: object = None) -> BaseException | str:
+    """An OS error as a user reads it: the file, then the reason.  A failed
+    write often has no file name (it fails at close): then ``folder``, the
+    one the node was writing in."""
+    if isinstance(e, OSError) and e.strerror:
+        if e.filename:
+            return f"{e.filename}: {e.strerror}"
+        return f"{e.strerror} (in {folder})" if folder else e.strerror
+    return e
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -68,10 +79,21 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def _build(tree: Callable[[Config], Supervisor], cfg: Config) -> Supervisor:
+    """A hive's tree opens its store and keys as it is built: their errors
+    (a full disk, a damaged file) are one line too."""
+    from hive import StoreError
+
+    try:
+        return tree(cfg)
+    except (StoreError, actors.KeyFileError) as e:
+        raise CliError(str(e)) from None
+
+
 def cmd_hive(args: argparse.Namespace, cfg: Config) -> int:
     from ._trees import hive_tree
 
-    return run_node("hive", hive_tree(cfg), cfg)
+    return run_node("hive", _build(hive_tree, cfg), cfg)
 
 
 def cmd_agent(args: argparse.Namespace, cfg: Config) -> int:
@@ -95,7 +117,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
         cfg.hive.listen = DEMO_LISTEN
         if cfg.hive.enroll_listen == "tcp://0.0.0.0:7401":
             cfg.hive.enroll_listen = DEMO_LISTEN[:-1] + "1"
-    return run_node("demo", demo_tree(cfg), cfg)
+    return run_node("demo", _build(demo_tree, cfg), cfg)
 
 
 DEMO_LISTEN = "tcp://127.0.0.1:7400"
@@ -565,14 +587,28 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return o
 
 
+# What each command needs on disk besides good values.
+_CHECKS = {
+    "hive": {WRITE_DATA, HIVE_FOLDERS},
+    "agent": {WRITE_DATA, POLICY_FILE},
+    "demo": {WRITE_DATA, HIVE_FOLDERS, POLICY_FILE},
+    "enroll": {WRITE_DATA},
+    **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status"), {READ_DATA}),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, **_overrides(args))
+        cfg = load_config(args.config, check=_CHECKS.get(args.command, ()), **_overrides(args))
         return args.fn(args, cfg)
     except (ConfigError, CliError) as e:
         print(f"immune-node: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILED
+    except OSError as e:
+        # The disk filled or a file changed under us after the checks.
+        print(f"immune-node: {_os_error(e)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

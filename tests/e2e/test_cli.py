@@ -1,6 +1,8 @@
 """The launcher as a user meets it: help, config errors, status, signals."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -31,17 +33,123 @@ def test_each_command_has_help(command):
     assert "--data DIR" in r.stdout
 
 
+def one_line(r: subprocess.CompletedProcess, code: int, after_logs: bool = False) -> str:
+    """The one line an unusable setup gets: no traceback, the exit code.  A
+    node that had started logs before it (``after_logs``)."""
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    if after_logs:
+        lines = [line for line in lines if not re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z ", line)]
+    assert len(lines) == 1 and lines[0].startswith("immune-node: "), r.stderr
+    assert r.returncode == code, r.stderr
+    return lines[0].removeprefix("immune-node: ")
+
+
 @pytest.mark.parametrize("text,reason", [
-    ("[hive]\nlisten = 5\n", "hive.listen: expected `str`, got `int`"),
-    ("not toml at all", "config "),
+    (b"[hive]\nlisten = 5\n", "hive.listen: expected `str`, got `int`"),
+    (b"not toml at all", "Expected '=' after a key"),
+    (b'[node]\nlog_level = "\xff"\n', "not UTF-8 text (byte 20)"),
+    (b"[hive]\nmax_frame = -5\n", "hive.max_frame: must be an integer from 65536 to 67108864, not -5"),
+    (b"[hive]\nheartbeat_timeout = -1\n", "hive.heartbeat_timeout: must be a number from 1 to 86400, not -1"),
+    (b"[hive]\nrules = ['/nonexistent']\n", "hive.rules: /nonexistent: no such folder"),
 ])
 def test_broken_config_fails_with_one_line(tmp_path, text, reason):
     cfg = tmp_path / "immune.toml"
-    cfg.write_text(text)
+    cfg.write_bytes(text)
     r = run("hive", "--config", str(cfg), "--data", str(tmp_path))
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("immune-node: config ") and reason in lines[0]
+    assert one_line(r, 2).startswith(f"config {cfg}: {reason}")
+
+
+@pytest.mark.parametrize("command,args,line", [
+    ("hive", ["--listen", "127.0.0.1:7400"], "--listen: '127.0.0.1:7400' is not a ZeroMQ endpoint"),
+    ("agent", ["--hive", "tcp://hive"], "--hive: 'tcp://hive' is not a ZeroMQ endpoint"),
+    ("agent", ["--scope", "everywhere"], "--scope: 'everywhere': expected machine, cgroup:PATH or netns:PATH"),
+    ("agent", ["--policy", "/nonexistent.toml"], "--policy: /nonexistent.toml: No such file or directory"),
+])
+def test_a_bad_flag_fails_with_one_line(tmp_path, command, args, line):
+    r = run(command, "--data", str(tmp_path), *args)
+    assert one_line(r, 2).startswith(line)
+
+
+# Root reads and writes anything; without these capabilities it obeys the
+# permission bits as any service user does.
+AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def test_a_data_folder_that_is_a_file(tmp_path):
+    (tmp_path / "data").write_text("")
+    for command in ("hive", "agent", "status", "events"):
+        r = run(command, "--data", str(tmp_path / "data"))
+        assert one_line(r, 2) == f"--data: {tmp_path}/data: not a folder"
+
+
+@pytest.mark.parametrize("mode,problem", [(0o000, "cannot read it"), (0o500, "cannot write there")])
+def test_a_data_folder_the_node_cannot_use(tmp_path, mode, problem):
+    data = tmp_path / "data"
+    data.mkdir(mode=mode)
+    r = subprocess.run([*AS_A_USER, *IMMUNE_NODE, "hive", "--data", str(data)],
+                       capture_output=True, text=True, timeout=60)
+    assert one_line(r, 2) == f"--data: {data}: {problem}: Permission denied"
+    r = subprocess.run([*AS_A_USER, *IMMUNE_NODE, "hive", "--data", str(data / "sub")],
+                       capture_output=True, text=True, timeout=60)
+    assert one_line(r, 2) == f"--data: {data}/sub: cannot make it: Permission denied"
+
+
+def test_a_missing_data_folder_is_made(tmp_path, start_node):
+    data = tmp_path / "new" / "data"
+    # The later --data wins; the first is where the test keeps the log.
+    n = start_node("hive", tmp_path, "--data", str(data), "--listen", f"tcp://127.0.0.1:{free_port()}")
+    deadline = time.monotonic() + 30
+    while not (data / "run" / "node.json").exists():
+        assert n.proc.poll() is None and time.monotonic() < deadline, n.log()
+        time.sleep(0.05)
+    assert n.stop() == 0
+
+
+# A small tmpfs in a mount namespace of its own: the disk fills for the node
+# only, and vanishes with it.
+SMALL_DISK = """
+mount -t tmpfs -o size=1m tmpfs "$DISK" || exit 99
+[ -z "$SEED" ] || cp -a "$SEED" "$DISK/data"
+cat /dev/zero > "$DISK/fill" 2>/dev/null
+truncate -s "-${FREE_KB}K" "$DISK/fill"
+exec "$@"
+"""
+
+
+def run_on_a_full_disk(tmp_path, free_kb: int, *args: str, seed=None) -> subprocess.CompletedProcess:
+    disk = tmp_path / "disk"
+    disk.mkdir(exist_ok=True)
+    env = {**os.environ, "DISK": str(disk), "FREE_KB": str(free_kb), "SEED": str(seed or "")}
+    r = subprocess.run(["unshare", "-m", "sh", "-c", SMALL_DISK, "sh", *IMMUNE_NODE, *args,
+                        "--data", f"{disk}/data", "--listen", f"tcp://127.0.0.1:{free_port()}"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    if r.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    return r
+
+
+def test_a_full_disk_stops_the_node_with_one_line(tmp_path):
+    r = run_on_a_full_disk(tmp_path, 0, "hive")
+    assert one_line(r, 2) == f"--data: {tmp_path}/disk/data: cannot write there: No space left on device"
+
+
+@pytest.mark.parametrize("free_kb", [40, 120, 200])
+def test_a_nearly_full_disk_stops_the_hive_with_one_line(tmp_path, free_kb):
+    # Room for the probe, not for the store or the run files: each step that
+    # fails says so in one line (what fails first depends on the room left).
+    r = run_on_a_full_disk(tmp_path, free_kb, "hive")
+    line = one_line(r, 1, after_logs=True)
+    assert f"{tmp_path}/disk/data" in line and ("full" in line or "No space" in line or "I/O" in line), line
+
+
+def test_a_restart_on_a_full_disk_is_one_line(tmp_path, start_node):
+    seed = tmp_path / "seed"
+    n = start_node("hive", seed, "--listen", f"tcp://127.0.0.1:{free_port()}")
+    n.wait_ready()
+    assert n.stop() == 0
+    r = run_on_a_full_disk(tmp_path, 0, "hive", seed=seed)
+    assert one_line(r, 2) == f"--data: {tmp_path}/disk/data: cannot write there: No space left on device"
 
 
 def test_status_without_a_node_says_so(tmp_path):

@@ -1,19 +1,29 @@
+import re
+import tomllib
+from pathlib import Path
+
 import msgspec
 import pytest
 
 from node import Config, ConfigError, load_config
+from node._config import HIVE_FOLDERS, POLICY_FILE, READ_DATA, WRITE_DATA, ranges
 from node._config import __file__ as config_module
 
-EXAMPLE = __import__("pathlib").Path(config_module).with_name("immune.example.toml")
+EXAMPLE = Path(config_module).with_name("immune.example.toml")
 
 
 def test_example_file_lists_exactly_the_defaults():
-    import tomllib
-
     raw = tomllib.loads(EXAMPLE.read_text())
     assert msgspec.convert(raw, Config) == Config()
     assert raw == msgspec.to_builtins(Config())
     assert load_config(EXAMPLE).hive.enroll_listen == "tcp://0.0.0.0:7401"
+
+
+def test_example_file_states_each_range():
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"^(\w+) = .*#(.*)$", EXAMPLE.read_text(), re.M)}
+    for key, allowed in ranges().items():
+        span = allowed.split(" ", 2)[2]  # "an integer from 1 to 4096" -> "from 1 to 4096"
+        assert lines[key.split(".")[1]].endswith(span), key
 
 
 def test_enrollment_endpoint_follows_the_listen_port(tmp_path):
@@ -28,22 +38,172 @@ def test_flags_override_the_file(tmp_path):
     assert cfg.agent.hive == "tcp://127.0.0.1:7400"
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("[node\n", "Expected ']'"),
-    ("[node]\nshutdown_timeout = 'x'\n", "node.shutdown_timeout: expected `float`, got `str`"),
-    ("[agent]\nspool = 3\n", "unknown field `spool`"),
-    ("[node]\nlog_level = 'loud'\n", "node.log_level: 'loud' is not one of"),
-    ("[node]\nshutdown_timeout = -1\n", "must be positive"),
-])
-def test_bad_config_is_one_line_naming_file_and_reason(tmp_path, text, reason):
+def _error(tmp_path, text: str | bytes, **kw) -> str:
     f = tmp_path / "bad.toml"
-    f.write_text(text)
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ConfigError) as info:
-        load_config(f)
+        load_config(f, **kw)
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith(f"config {f}: ") and reason in msg
+    assert "\n" not in msg
+    return msg.removeprefix(f"config {f}: ")
+
+
+@pytest.mark.parametrize("text,reason", [
+    # the file itself
+    ("[node\n", "Expected ']'"),
+    (b'[node]\nlog_level = "\xff"\n', "not UTF-8 text (byte 20)"),
+    ("[nodes]\n", "top level: object contains unknown field `nodes`"),
+    ("node = 5\n", "node: expected `object`, got `int`"),
+    ("[agent]\nspool = 3\n", "agent: object contains unknown field `spool`"),
+    # [node]
+    ("[node]\ndata = ''\n", "node.data: must name a folder"),
+    ('[node]\ndata = "a\\u0000b"\n', "node.data: contains a NUL character"),
+    (f"[node]\ndata = '/{'d' * 90}'\n", "node.data: '/ddd"),
+    ("[node]\nlog_level = 'loud'\n", "node.log_level: 'loud' is not one of"),
+    ("[node]\nshutdown_timeout = 'x'\n",
+     "node.shutdown_timeout: must be a number greater than 0 and at most 600, not 'x'"),
+    ("[node]\nshutdown_timeout = 0\n", "node.shutdown_timeout: must be a number greater than 0"),
+    ("[node]\nshutdown_timeout = -1\n", "node.shutdown_timeout: must be a number greater than 0"),
+    ("[node]\nshutdown_timeout = nan\n", "node.shutdown_timeout: must be a number greater than 0"),
+    ("[node]\nshutdown_timeout = inf\n", "node.shutdown_timeout: must be a number greater than 0"),
+    # [hive]
+    ("[hive]\nlisten = 5\n", "hive.listen: expected `str`, got `int`"),
+    ("[hive]\nlisten = 'nowhere'\n", "hive.listen: 'nowhere' is not a ZeroMQ endpoint"),
+    ("[hive]\nlisten = 'tcp://host'\n", "hive.listen: 'tcp://host' is not a ZeroMQ endpoint"),
+    ("[hive]\nlisten = 'tcp://host:0'\n", "hive.listen: 'tcp://host:0' is not a ZeroMQ endpoint"),
+    ("[hive]\nlisten = 'tcp://host:65536'\n", "hive.listen: 'tcp://host:65536' is not"),
+    ("[hive]\nlisten = 'udp://host:1'\n", "hive.listen: 'udp://host:1' is not"),
+    ("[hive]\nlisten = 'tcp://host:65535'\n", "hive.enroll_listen (the default): set it, since hive.listen"),
+    ("[hive]\nlisten = 'ipc:///run/h'\n", "hive.enroll_listen (the default): set it"),
+    ("[hive]\nenroll_listen = 'tcp://:7401'\n", "hive.enroll_listen: 'tcp://:7401' is not"),
+    ("[hive]\nrules = 'r'\n", "hive.rules: expected `array`, got `str`"),
+    ("[hive]\nrules = ['']\n", "hive.rules: an empty folder name"),
+    ("[hive]\nplaybooks = [5]\n", "hive.playbooks[0]: expected `str`, got `int`"),
+    ("[hive]\nwebhook = 'ftp://soc'\n", "hive.webhook: 'ftp://soc' is not an http:// or https:// URL"),
+    ("[hive]\nwebhook = 'https://'\n", "hive.webhook: 'https://' is not"),
+    ("[hive]\ndry_run = 'yes'\n", "hive.dry_run: expected `bool`, got `str`"),
+    ("[hive]\nheartbeat_timeout = -1\n", "hive.heartbeat_timeout: must be a number from 1 to 86400, not -1"),
+    ("[hive]\nheartbeat_timeout = 86401\n", "hive.heartbeat_timeout: must be a number from 1 to 86400"),
+    ("[hive]\nretention_days = 0\n", "hive.retention_days: must be a number greater than 0 and at most 36500"),
+    ("[hive]\nretention_mb = 0\n", "hive.retention_mb: must be an integer from 1 to 16777216, not 0"),
+    ("[hive]\nmax_frame = -5\n", "hive.max_frame: must be an integer from 65536 to 67108864, not -5"),
+    ("[hive]\nmax_frame = 65535\n", "hive.max_frame: must be an integer from 65536"),
+    ("[hive]\nmax_frame = 67108865\n", "hive.max_frame: must be an integer from 65536"),
+    ("[hive]\nmax_frame = 1e6\n", "hive.max_frame: must be an integer from 65536 to 67108864, not 1000000.0"),
+    ("[hive]\nmax_frame = true\n", "hive.max_frame: must be an integer from 65536 to 67108864, not True"),
+    # [agent]
+    ("[agent]\nid = 'web 1'\n", "agent.id: 'web 1': up to 256 characters, no spaces or control characters"),
+    (f"[agent]\nid = '{'w' * 257}'\n", "agent.id: 'www"),
+    ("[agent]\nhive = '127.0.0.1:7400'\n", "agent.hive: '127.0.0.1:7400' is not a ZeroMQ endpoint"),
+    ("[agent]\nhive_key = 'abc'\n", "agent.hive_key: not a Z85 CURVE key (40 characters expected, got 3)"),
+    (f"[agent]\nhive_key = '{'_' * 40}'\n", "agent.hive_key: not a Z85 CURVE key"),
+    ("[agent]\nspool_mb = 0\n", "agent.spool_mb: must be an integer from 1 to 1048576, not 0"),
+    ("[agent]\nbatch = 0\n", "agent.batch: must be an integer from 1 to 4096, not 0"),
+    ("[agent]\nbatch = 4097\n", "agent.batch: must be an integer from 1 to 4096, not 4097"),
+    ("[agent]\nheartbeat = 0.1\n", "agent.heartbeat: must be a number from 0.5 to 3600, not 0.1"),
+    # [sensor]
+    ("[sensor]\nenabled = 1\n", "sensor.enabled: expected `bool`, got `int`"),
+    ('[sensor]\npolicy = "\\u0000"\n', "sensor.policy: contains a NUL character"),
+    ("[sensor]\nscope = 'everything'\n", "sensor.scope: 'everything': expected machine, cgroup:PATH or netns:PATH"),
+    ("[sensor]\nscope = 'cgroup:'\n", "sensor.scope: 'cgroup:': expected"),
+    ("[sensor]\nwatchdog_ms = 5\n", "sensor.watchdog_ms: must be an integer from 10 to 60000, not 5"),
+    ("[sensor]\nfold_ms = -1\n", "sensor.fold_ms: must be an integer from 0 to 60000, not -1"),
+    ("[sensor]\nfold_ms = 60001\n", "sensor.fold_ms: must be an integer from 0 to 60000, not 60001"),
+])
+def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reason):
+    assert _error(tmp_path, text).startswith(reason)
+
+
+@pytest.mark.parametrize("text", [
+    "[node]\nshutdown_timeout = 600\n",
+    "[hive]\nmax_frame = 65536\n[agent]\nbatch = 4096\n",
+    "[hive]\nmax_frame = 67108864\nheartbeat_timeout = 1\n",
+    "[hive]\nlisten = 'tcp://[::1]:7400'\nwebhook = 'https://soc.example/hook'\n",
+    "[hive]\nlisten = 'ipc:///run/immune/hive'\nenroll_listen = 'ipc:///run/immune/enroll'\n",
+    "[agent]\nid = 'web-1.example.org'\nheartbeat = 0.5\nhive_key = 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'\n",
+    "[sensor]\nscope = 'netns:blue'\nwatchdog_ms = 10\nfold_ms = 0\n",
+])
+def test_values_at_their_bounds_load(tmp_path, text):
+    f = tmp_path / "ok.toml"
+    f.write_text(text)
+    load_config(f)
+
+
+@pytest.mark.parametrize("flag,value,reason", [
+    ("hive_listen", "nowhere", "--listen: 'nowhere' is not a ZeroMQ endpoint"),
+    ("agent_hive", "tcp://x", "--hive: 'tcp://x' is not a ZeroMQ endpoint"),
+    ("node_data", "", "--data: must name a folder"),
+    ("agent_id", "a\tb", "--id: 'a\\tb': up to 256"),
+    ("sensor_scope", "galaxy", "--scope: 'galaxy': expected machine"),
+    ("sensor_policy", "p\0", "--policy: contains a NUL character"),
+])
+def test_flags_are_checked_like_the_keys_they_override(tmp_path, flag, value, reason):
+    f = tmp_path / "c.toml"
+    f.write_text("[hive]\nlisten = 'tcp://127.0.0.1:9000'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f, **{flag: value})
+    assert str(info.value) == reason or str(info.value).startswith(reason)
 
 
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_folder_given_as_the_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=f"^config {tmp_path}: is a folder, not a file$"):
+        load_config(tmp_path)
+
+
+# -- what a command needs on disk ------------------------------------------------
+
+
+def test_a_missing_data_folder_is_made(tmp_path):
+    data = tmp_path / "a" / "b"
+    load_config(None, check={WRITE_DATA}, node_data=str(data))
+    assert data.is_dir() and list(data.iterdir()) == []  # the write probe is gone
+
+
+def test_a_read_only_command_does_not_make_the_data_folder(tmp_path):
+    load_config(None, check={READ_DATA}, node_data=str(tmp_path / "none"))
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("check", [WRITE_DATA, READ_DATA])
+def test_a_data_folder_that_is_a_file_is_refused(tmp_path, check):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, check={check}, node_data=str(tmp_path / "f"))
+    assert str(info.value) == f"--data: {tmp_path}/f: not a folder"
+
+
+def test_a_data_folder_under_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("")
+    f = tmp_path / "c.toml"
+    f.write_text(f"[node]\ndata = '{tmp_path}/f/d'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f, check={WRITE_DATA})
+    assert str(info.value) == f"config {f}: node.data: {tmp_path}/f/d: cannot make it: Not a directory"
+
+
+def test_rule_and_playbook_folders_must_exist_for_the_hive(tmp_path):
+    (tmp_path / "file").write_text("")
+    f = tmp_path / "c.toml"
+    f.write_text(f"[hive]\nrules = ['{tmp_path}']\nplaybooks = ['{tmp_path}/file']\n")
+    load_config(f)  # not checked for commands that do not load them
+    with pytest.raises(ConfigError) as info:
+        load_config(f, check={HIVE_FOLDERS})
+    assert str(info.value) == f"config {f}: hive.playbooks: {tmp_path}/file: not a folder"
+    f.write_text(f"[hive]\nrules = ['{tmp_path}/none']\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(f, check={HIVE_FOLDERS})
+    assert str(info.value) == f"config {f}: hive.rules: {tmp_path}/none: no such folder"
+
+
+def test_the_policy_file_must_be_readable_for_the_sensor(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, check={POLICY_FILE}, sensor_policy=str(tmp_path / "p.toml"))
+    assert str(info.value) == f"--policy: {tmp_path}/p.toml: No such file or directory"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, check={POLICY_FILE}, sensor_policy=str(tmp_path))
+    assert str(info.value) == f"--policy: {tmp_path}: is a folder, not a file"
