@@ -18,7 +18,8 @@ class SensorStatistics:
     events: dict[str, int] = field(default_factory=dict)
     """Events decoded so far, per kind."""
     drops: dict[str, int] = field(default_factory=dict)
-    """Records the kernel could not queue (ring buffer full), per kind."""
+    """Records the kernel could not queue (the ring buffer full up to the
+    share their kind may use), per kind."""
     pending_bytes: int = 0
     """Bytes in the ring buffer not yet drained."""
     fanotify: dict[str, int | str] = field(default_factory=dict)

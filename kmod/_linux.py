@@ -29,7 +29,17 @@ from ._system import ensure_tracefs, require_btf, require_root
 log = logging.getLogger("kmod")
 
 # struct sensor_config in kmod/bpf/sensor.h
-_CONFIG = struct.Struct("<IIQQQIIQIIQ")
+_CONFIG = struct.Struct(f"<IIQQQIIQIIQ{max(KINDS) + 1}Q")
+
+# How much of the ring buffer each kind's records may fill (the kernel's
+# ring_limit; kmod/bpf/sensor.bpf.c, within_limit).  The cheaper a call is to
+# repeat, the smaller its share: a storm of opens (an eighth) or of set*id,
+# connect or bind calls (a quarter) is dropped and counted while the kinds
+# above it keep the rest of the ring; exec, fork and exit, which cost a
+# process each, may fill it all.  A share is also how far behind a storm
+# can put the events above it: they wait until the reader has drained it.
+RING_SHARES = {"exec": 1.0, "fork": 1.0, "exit": 1.0, "setid": 0.25, "connect": 0.25,
+               "bind": 0.25, "open": 0.125}
 _U32 = struct.Struct("<I")
 _CUT = struct.Struct("<HHB3xI16s")  # struct cut_rec
 _OPEN_KEY_SIZE = 4 + 256
@@ -118,12 +128,16 @@ class LinuxSensor(Sensor):
         if exclude_self:
             self._excluded.add(os.getpid())
         self._ring_size = ring_size
+        self._ring_limits = [int(ring_size * RING_SHARES.get(KINDS.get(code), 1.0))
+                             for code in range(max(KINDS) + 1)]
         self._latency = latency
         self._fold = fold
         self._flush_at: float | None = None  # when to send the folds of quiet threads
         self._flush_more = False  # an open was reported after that flush was set
         self._n_dirs = 0  # entries in the kernel's watched_dirs
-        self._wake_bytes = wake_bytes if wake_bytes is not None else min(ring_size // 8, 1 << 20)
+        self._wake_bytes = wake_bytes if wake_bytes is not None else min(ring_size // 16, 1 << 20)
+        if not 0 < self._wake_bytes <= min(self._ring_limits):  # or a storm wakes nobody early
+            raise ValueError(f"wake_bytes must be in (0, {min(self._ring_limits)}], not {wake_bytes}")
         self._bound = watchdog_bound
         self._generation = 0
         self._verdicts = Verdicts()
@@ -325,8 +339,8 @@ class LinuxSensor(Sensor):
         if lost:
             self._drops_seen = drops
             detail = " ".join(f"{k}={n}" for k, n in lost.items())
-            log.error("kernel ring buffer full: lost %s", detail)
-            self._notice("drops", f"ring buffer full, records lost: {detail}",
+            log.error("kernel ring buffer full for their kind: lost %s", detail)
+            self._notice("drops", f"ring buffer full for their kind, records lost: {detail}",
                          count=sum(lost.values()))
 
     # ---- policy, exclusions -------------------------------------------------------
@@ -336,7 +350,8 @@ class LinuxSensor(Sensor):
         heads = (policy or self._policy).open_heads() is not None
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
                              int(self._latency * 1e9), len(self._excluded), heads,
-                             int(self._fold * 1e9), self._n_dirs, *_cgroup_place(r))
+                             int(self._fold * 1e9), self._n_dirs, *_cgroup_place(r),
+                             *self._ring_limits)
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:

@@ -171,11 +171,6 @@ static __always_inline void count_drops(__u32 kind, __u32 lost)
 		*n += lost;
 }
 
-static __always_inline void count_drop(__u32 kind)
-{
-	count_drops(kind, 1);
-}
-
 /* Batch wake-ups: a wake-up per record costs the producer a cross-CPU
  * wake-up (the open loop fell to 0.33x).  Wake when the pending data crosses
  * wake_bytes (once per crossing: a reader that is awake polls on its own,
@@ -193,6 +188,39 @@ static __always_inline __u64 wake_flags(struct sensor_config *c, __u64 size, int
 		return BPF_RB_FORCE_WAKEUP;
 	}
 	return BPF_RB_NO_WAKEUP;
+}
+
+/* Priority by reserved space.  One ring keeps every event in the order it
+ * happened (the agent relies on it: a fork before its child's events, an
+ * exec before what the new image does, an exit last), but each kind may fill
+ * it only up to its limit, ring_limit[kind]: the cheaper a call is to repeat,
+ * the smaller its share (kmod/_linux.py RING_SHARES).  So a storm of opens,
+ * connects or set*id calls is dropped and counted while exec, fork and exit
+ * still have the rest of the ring.  The check and the reservation are not
+ * one step: CPUs racing past it overshoot the limit by a record each, far
+ * less than the space kept above it. */
+static __always_inline int within_limit(struct sensor_config *c, __u32 kind, __u64 size)
+{
+	__u64 after = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + BPF_RINGBUF_HDR_SZ;
+	return after <= c->ring_limit[kind & (K_MAX - 1)];
+}
+
+/* A record of this kind and size to fill and submit, or NULL: no room for
+ * it, counted as ``n`` lost (a folded open stands for many). */
+static __always_inline void *reserve(struct sensor_config *c, __u32 kind, __u64 size, __u32 n)
+{
+	void *r = within_limit(c, kind, size) ? bpf_ringbuf_reserve(&events, size, 0) : NULL;
+	if (!r)
+		count_drops(kind, n);
+	return r;
+}
+
+/* The same for a record built elsewhere, copied into the ring. */
+static __always_inline void send(struct sensor_config *c, __u32 kind, void *data, __u64 size)
+{
+	if (!within_limit(c, kind, size) ||
+	    bpf_ringbuf_output(&events, data, size, wake_flags(c, size, 0)))
+		count_drops(kind, 1);
 }
 
 /* A filter of 2^bits bits (struct heads, struct dir_filter), filled by
@@ -367,11 +395,9 @@ static __always_inline int exec_failed(long ret, const char *filename, const cha
 	struct sensor_config *c = get_config();
 	if (!c || !in_scope(c))
 		return 0;
-	struct exec_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drop(K_EXEC);
+	struct exec_rec *r = reserve(c, K_EXEC, sizeof(*r), 1);
+	if (!r)
 		return 0;
-	}
 	fill_hdr(&r->h, K_EXEC, c);
 	r->result = ret;
 	if (bpf_probe_read_user_str(r->filename, PATH_LEN, filename) == PATH_LEN)
@@ -432,11 +458,9 @@ int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	struct sensor_config *c = get_config();
 	if (!c || !in_scope(c))
 		return 0;
-	struct exec_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drop(K_EXEC);
+	struct exec_rec *r = reserve(c, K_EXEC, sizeof(*r), 1);
+	if (!r)
 		return 0;
-	}
 	fill_hdr(&r->h, K_EXEC, c);
 	r->result = 0;
 	unsigned int loc = ctx->__data_loc_filename & 0xffff;
@@ -531,11 +555,9 @@ static __always_inline void send_folds(struct task_struct *t, struct sensor_conf
 	__u32 n = __sync_lock_test_and_set(&f->count, 0);
 	if (!n)
 		return;
-	struct open_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drops(K_OPEN, n);
+	struct open_rec *r = reserve(c, K_OPEN, sizeof(*r), n);
+	if (!r)
 		return;
-	}
 	r->h.kind = K_OPEN;
 	r->h.flags = F_FOLDED | (s->len >= PATH_LEN ? F_PATH_TRUNC : 0);
 	r->h.gen = c->gen;
@@ -610,11 +632,9 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	struct sensor_config *c = get_config();
 	if (!c || !in_scope(c))
 		return 0;
-	struct fork_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drop(K_FORK);
+	struct fork_rec *r = reserve(c, K_FORK, sizeof(*r), 1);
+	if (!r)
 		return 0;
-	}
 	fill_hdr(&r->h, K_FORK, c);
 	r->child_pid = BPF_CORE_READ(child, tgid);
 	r->_pad = 0;
@@ -633,11 +653,9 @@ int BPF_PROG(on_exit, struct task_struct *task)
 		return 0;  /* other threads of the process still run */
 	if (!in_scope(c))
 		return 0;
-	struct exit_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drop(K_EXIT);
+	struct exit_rec *r = reserve(c, K_EXIT, sizeof(*r), 1);
+	if (!r)
 		return 0;
-	}
 	fill_hdr(&r->h, K_EXIT, c);
 	r->code = BPF_CORE_READ(task, exit_code);
 	r->_pad = 0;
@@ -719,11 +737,9 @@ static __always_inline int open_relative(struct sensor_config *c, long ret, __u3
 	}
 	if (!how || (how == D_NAMES && !bpf_map_lookup_elem(&watched_names, nk)) || !in_scope(c))
 		return 0;
-	struct open_resolved_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count_drop(K_OPEN);
+	struct open_resolved_rec *r = reserve(c, K_OPEN, sizeof(*r), 1);
+	if (!r)
 		return 0;
-	}
 	fill_hdr(&r->h, K_OPEN, c);
 	r->result = ret;
 	r->flags = flags;
@@ -784,8 +800,7 @@ static __always_inline int open_done(long ret, int dfd, const char *upath, __u32
 	if (size > PATH_LEN)
 		size = PATH_LEN;
 	size += offsetof(struct open_rec, path);
-	if (bpf_ringbuf_output(&events, r, size, wake_flags(c, size, 0)))
-		count_drop(K_OPEN);
+	send(c, K_OPEN, r, size);
 	return 0;
 }
 
@@ -855,8 +870,7 @@ static __always_inline int setid_done(__u32 call, long ret)
 		r.new_id = a;
 	r.result = ret;
 	remember_ids(t);
-	if (bpf_ringbuf_output(&events, &r, sizeof(r), wake_flags(c, sizeof(r), 0)))
-		count_drop(K_SETID);
+	send(c, K_SETID, &r, sizeof(r));
 	return 0;
 }
 
@@ -957,9 +971,10 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6,
 	__u8 verdict = v ? v->action : V_ALLOW;
 	if (quiet && verdict == V_ALLOW)
 		return 1;
-	struct sock_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	__u32 kind = hook == H_CONNECT ? K_CONNECT : K_BIND;
+	struct sock_rec *r = reserve(c, kind, sizeof(*r), 1);
 	if (r) {
-		fill_hdr(&r->h, hook == H_CONNECT ? K_CONNECT : K_BIND, c);
+		fill_hdr(&r->h, kind, c);
 		r->family = v6 ? AF_INET6 : AF_INET;
 		r->port = port;
 		r->protocol = proto;
@@ -969,8 +984,6 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6,
 		r->rule = v ? v->rule : RULE_NONE;
 		__builtin_memcpy(r->addr, addr, 16);
 		bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
-	} else {
-		count_drop(hook == H_CONNECT ? K_CONNECT : K_BIND);
 	}
 	return verdict == V_BLOCK ? 0 : 1;
 }

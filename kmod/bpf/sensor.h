@@ -54,6 +54,7 @@ struct sensor_config {
 	__u32 watched_dirs;   /* entries in watched_dirs */
 	__u32 cgroup_level;   /* S_CGROUP: the scope cgroup's depth below the root */
 	__u64 cgroup_id;      /* S_CGROUP: its id (the inode of its directory) */
+	__u64 ring_limit[K_MAX];  /* by kind: queue a record only while the ring holds less */
 };
 
 struct hdr {
