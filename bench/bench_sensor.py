@@ -26,8 +26,14 @@ costs.
 Saturation: one core issues calls as fast as it can for S seconds while the
 sensor drains: opens of an unwatched path (the kernel filters them all),
 connects (one event each), opens of /etc/shadow (audited) without and with
-folding of repeats.  Printed: call rate, events drained per second, drops,
-and for opens how many calls the events account for.
+folding of repeats.  Printed: call rate, events drained per second, drops by
+kind, and for opens how many calls the events account for.
+
+Storm: for S seconds an open loop on each CPU (/etc/shadow, folding off: one
+event per call, far more than the reader drains) beside a fork+exec loop on
+CPU 1.  Printed: drops by kind (opens only: the ring keeps room for the
+rest), the loop's execs against those drained, and how late they were
+drained (from the kernel's timestamp).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kmod import LinuxSensor  # noqa: E402
 from kmod._build import build, cache_dir  # noqa: E402
 from kmod._libbpf import BpfObject  # noqa: E402
-from wire import Open  # noqa: E402
+from wire import Exec, Open  # noqa: E402
 
 EMPTY_BPF_C = r"""
 #define SEC(name) __attribute__((section(name), used))
@@ -166,9 +172,20 @@ def run_loop(exe: str, mode: str, seconds: float, *args: str, cwd: str | None = 
 def count_loop(exe: str, mode: str, seconds: float, *args: str,
                cwd: str | None = None) -> tuple[int, float]:
     """Operations done by one loop, pinned to LOOP_CPU, and its seconds."""
-    out = subprocess.run([exe, mode, str(seconds), *args], check=True, capture_output=True,
-                         text=True, cwd=cwd, preexec_fn=lambda: os.sched_setaffinity(0, {LOOP_CPU}))
-    n, elapsed = out.stdout.split()
+    return loop_result(start_loop(exe, mode, seconds, *args, cwd=cwd))
+
+
+def start_loop(exe: str, mode: str, seconds: float, *args: str, cwd: str | None = None,
+               cpu: int = LOOP_CPU) -> subprocess.Popen:
+    return subprocess.Popen([exe, mode, str(seconds), *args], stdout=subprocess.PIPE, text=True,
+                            cwd=cwd, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+
+
+def loop_result(p: subprocess.Popen) -> tuple[int, float]:
+    out, _ = p.communicate()
+    if p.returncode:
+        raise subprocess.CalledProcessError(p.returncode, p.args)
+    n, elapsed = out.split()
     return int(n), float(elapsed)
 
 
@@ -179,6 +196,7 @@ class Drainer:
         self.sensor = sensor
         self.events = 0
         self.opens = 0  # opens the events stand for (folded ones count many)
+        self.execs: list[tuple[int, int]] | None = None  # if a list: (ppid, ns late) of each exec
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -188,6 +206,9 @@ class Drainer:
             events = self.sensor.drain(65536)
             self.events += len(events)
             self.opens += sum(e.count for e in events if type(e) is Open)
+            if self.execs is not None:
+                now = time.time_ns()
+                self.execs += [(e.ppid, now - e.time) for e in events if type(e) is Exec]
 
     def __enter__(self):
         self._thread.start()
@@ -273,8 +294,37 @@ def main() -> None:
                 stats = sensor.statistics()
             accounted = f"{drainer.opens:10d} of {calls} calls" if "shadow" in label else ""
             print(f"  {label:25} {calls / seconds:10.0f} calls/s {drainer.events / elapsed:10.0f} "
-                  f"events/s drained {drainer.events:10d} events  drops {sum(stats.drops.values())}"
+                  f"events/s drained {drainer.events:10d} events  drops {drop_text(stats)}"
                   f"  {accounted}")
+        storm(exe, args.saturation)
+
+
+def drop_text(stats) -> str:
+    return " ".join(f"{kind}={n}" for kind, n in stats.drops.items() if n) or "0"
+
+
+def storm(exe: str, seconds: float) -> None:
+    """Opens of /etc/shadow, folding off, from a loop on each CPU, beside a
+    fork+exec loop: the opens outrun the reader, the execs must not be lost."""
+    with LinuxSensor(fold=0) as sensor, Drainer(sensor) as drainer:
+        drainer.execs = []
+        openers = [start_loop(exe, "open", seconds, "/etc/shadow", cpu=cpu)
+                   for cpu in (SENSOR_CPU, LOOP_CPU)]
+        execs = start_loop(exe, "exec", seconds)
+        opens = sum(loop_result(p)[0] for p in openers)
+        forks, elapsed = loop_result(execs)
+        began = time.monotonic()
+        while sensor.statistics().pending_bytes and time.monotonic() - began < 120:
+            time.sleep(0.05)
+        time.sleep(0.6)  # drops are read every 0.5 s
+        stats = sensor.statistics()
+    late = sorted(ns for ppid, ns in drainer.execs if ppid == execs.pid)
+    print(f"storm, {seconds:g} s: an open loop on each CPU (/etc/shadow, fold 0) beside a "
+          "fork+exec loop on CPU 1:")
+    print(f"  opens {opens / elapsed:10.0f} calls/s, {drainer.opens} drained, drops {drop_text(stats)}")
+    print(f"  execs {forks / elapsed:10.0f} calls/s, {len(late)} of {forks} drained, late by "
+          f"{late[len(late) // 2] / 1e6:.0f} ms median, {late[-1] / 1e6:.0f} ms max" if late else
+          f"  execs: none of {forks} drained")
 
 
 if __name__ == "__main__":
