@@ -107,7 +107,11 @@ class LinuxSensor(Sensor):
 
     ``fold``: a thread's identical audited opens within this many seconds
     of one reported are sent as one event with a ``count`` (0: never fold);
-    see kmod/bpf/sensor.bpf.c."""
+    see kmod/bpf/sensor.bpf.c.
+
+    ``ring_size``: the one ring buffer's bytes, of which each kind of event
+    may fill only its share (``RING_SHARES``), so that a storm of opens never
+    takes the room of an exec."""
 
     def __init__(self, policy: Policy | str | os.PathLike | None = None, *,
                  scope: Scope | str | None = None, exclude_pids: Iterable[int] = (),
