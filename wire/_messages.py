@@ -312,6 +312,9 @@ PositivePid = Annotated[int, Meta(ge=1, le=PID_MAX, description=f"a positive int
 AbsolutePath = Annotated[str, Meta(min_length=1, max_length=MAX_PATH, pattern=r"\A/[^\x00]*\Z",
                                    description="an absolute path")]
 """Any absolute path: every character but NUL, up to ``MAX_PATH``."""
+OptionalPath = Annotated[str, Meta(max_length=MAX_PATH, pattern=r"\A(/[^\x00]*)?\Z",
+                                   description="an absolute path")]
+"""An absolute path, or "" for none."""
 Ttl = Annotated[float, Meta(ge=0, le=MAX_TTL, description=f"a number of seconds in [0, {MAX_TTL}]")]
 Network = Annotated[str, Meta(max_length=MAX_ADDRESS, description="an IP address or network (CIDR)")]
 PortNumber = Annotated[int, Meta(ge=1, le=65535, description="a port number (1-65535)")]
@@ -353,8 +356,7 @@ class KillProcess(Command, tag="kill_process", kw_only=True):
     pid: PositivePid
     tree: bool = False
     signal: Annotated[Literal["KILL", "TERM"], Meta(description="KILL or TERM")] = "KILL"
-    exe: Annotated[str, Meta(max_length=MAX_PATH, pattern=r"\A(/[^\x00]*)?\Z",
-                             description="an absolute path")] = ""
+    exe: OptionalPath = ""
 
 
 class BlockConnect(Command, tag="block_connect", kw_only=True):
@@ -376,13 +378,15 @@ class BlockConnect(Command, tag="block_connect", kw_only=True):
 
 
 class BlockExec(Command, tag="block_exec", kw_only=True):
-    """Refuse execs of ``path`` (a glob: ``*``, ``?``, ``**``, ``[..]``) or of
-    a file whose SHA-256 is ``sha256``; ``ttl`` as for ``BlockConnect``."""
+    """Refuse execs of the file at ``path`` (exactly that name, whatever
+    characters it holds), of files matching ``glob`` (``*``, ``?``, ``**``,
+    ``[..]``), or of a file whose SHA-256 is ``sha256``; ``ttl`` as for
+    ``BlockConnect``."""
 
-    one_of = ("path", "sha256")
+    one_of = ("path", "glob", "sha256")
 
-    path: Annotated[str, Meta(max_length=MAX_PATH, pattern=r"\A(/[^\x00]*)?\Z",
-                              description="an absolute path")] = ""
+    path: OptionalPath = ""
+    glob: OptionalPath = ""
     sha256: Annotated[str, Meta(pattern=r"\A([0-9a-fA-F]{64})?\Z", description="64 hex digits")] = ""
     ttl: Ttl = 0
 

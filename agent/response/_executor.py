@@ -6,7 +6,7 @@ what the result's ``data`` holds:
 
     wire.KillProcess      pid, tree, signal, exe                     -> killed, gone, ms
     wire.BlockConnect     address and/or port, protocol, ttl         -> rule, expires
-    wire.BlockExec        path (glob) or sha256, ttl                 -> rule, expires
+    wire.BlockExec        path (exact), glob or sha256, ttl          -> rule, expires
     wire.IsolateHost      allow (addresses/CIDRs), ttl               -> rule, allowed, expires
     wire.Unisolate        -
     wire.Unblock          rule
@@ -48,6 +48,7 @@ from ._policy import (
     Block,
     Isolation,
     SensorSlot,
+    literal_glob,
     parse_rules,
     rule_text,
     write_json,
@@ -200,17 +201,21 @@ class Executor:
         return f"connect to {what} blocked (rule {out['rule']})", out
 
     def _do_block_exec(self, cmd: wire.BlockExec) -> tuple[str, dict]:
-        match = {k: v for k, v in (("path", cmd.path), ("sha256", cmd.sha256)) if v}
+        globs = [g for g in (literal_glob(cmd.path) if cmd.path else "", cmd.glob) if g]
+        match: dict[str, Any] = {"path": globs} if globs else {}
+        if cmd.sha256:
+            match["sha256"] = cmd.sha256
         protected = protected_files()
-        if cmd.path:
-            probe = Policy(parse_rules([rule_text("probe", "exec", "block", {"path": cmd.path})]))
+        if globs:
+            probe = Policy(parse_rules([rule_text("probe", "exec", "block", {"path": globs})]))
             hit = next((f for f in protected if probe.match_exec(f, with_hash=False)), None)
             if hit:
-                raise Refused(f"refused: {cmd.path} matches {hit}, which the agent or the host needs to run")
+                raise Refused(f"refused: {cmd.path or cmd.glob} matches {hit}, which the agent or the host "
+                              "needs to run")
         if cmd.sha256 and any(_safe_sha256(f) == cmd.sha256 for f in protected):
             raise Refused("refused: that digest is of an executable the agent or the host needs to run")
         out = self._add_block(cmd, "exec", match)
-        what = cmd.path or cmd.sha256
+        what = " or ".join(repr(w) for w in (cmd.path, cmd.glob) if w) or f"sha256 {cmd.sha256}"
         return f"exec of {what} blocked (rule {out['rule']})", out
 
     def _do_isolate_host(self, cmd: wire.IsolateHost) -> tuple[str, dict]:

@@ -68,12 +68,38 @@ class Isolation:
     command: str = ""
 
 
+_TOML_ESCAPES = {c: f"\\u{c:04X}" for c in (*range(0x20), 0x7F)} | {
+    ord('"'): '\\"', ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+"""What a TOML basic string cannot hold as is: the quote, the backslash and
+control characters.  Every other character is written as itself (JSON's
+surrogate pairs for characters beyond the BMP are not valid TOML)."""
+
+
 def _toml(value: Any) -> str:
-    # JSON strings, numbers and arrays are valid TOML values.
-    return json.dumps(value)
+    """``value`` (a str, an int, or a list of them) as a TOML value."""
+    if isinstance(value, str):
+        return '"' + value.translate(_TOML_ESCAPES) + '"'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    raise TypeError(f"no TOML for {type(value).__name__} in a response rule")
+
+
+_GLOB_LITERALS = str.maketrans({"*": "[*]", "?": "[?]", "[": "[\0[]"})
+"""A glob's wildcards as classes of one character.  ``[`` is the class of
+``[`` and NUL (which no path holds): ``[[]`` would be the usual spelling,
+but Python's re warns it may one day read it as a nested set."""
+
+
+def literal_glob(path: str) -> str:
+    """The glob that matches ``path`` and nothing else."""
+    return path.translate(_GLOB_LITERALS)
 
 
 def rule_text(name: str, hook: str, action: str, match: dict[str, Any]) -> str:
+    """A kmod rule as policy text (kmod's parser is the one way to a Rule,
+    and it checks every value)."""
     lines = ["[[rule]]", f"name = {_toml(name)}", f"hook = {_toml(hook)}", f"action = {_toml(action)}"]
     lines += [f"match.{k} = {_toml(v)}" for k, v in match.items()]
     return "\n".join(lines) + "\n"

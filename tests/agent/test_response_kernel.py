@@ -208,7 +208,7 @@ def test_block_connect_takes_effect_and_is_reverted_at_its_ttl(netns, slot, tmp_
 
 def test_the_hive_cannot_be_blocked(netns, slot, tmp_path):
     executor = Executor(tmp_path, slot=slot, hive=[HIVE])
-    r = executor.execute(wire.Command(id="b1", action="block_connect", params={"address": "10.77.0.0/24"}))
+    r = executor.execute(wire.BlockConnect(id="b1", address="10.77.0.0/24"))
     assert not r.ok and r.detail == ("refused: 10.77.0.0/24 covers the hive's address 10.77.0.1/32; "
                                      "the agent must keep reaching it")
     assert call(netns, "connect", OTHER) == 0
@@ -237,7 +237,7 @@ def test_isolation_keeps_the_hive_and_is_reverted_at_its_ttl(netns, slot, tmp_pa
 def test_the_agent_lifts_a_block_itself_when_the_hive_does_not(netns, slot, tmp_path):
     clock = Clock()
     executor = Executor(tmp_path, slot=slot, hive=[HIVE], clock=clock, grace=30)
-    r = executor.execute(wire.Command(id="b2", action="block_connect", params={"address": OTHER, "ttl": 60}))
+    r = executor.execute(wire.BlockConnect(id="b2", address=OTHER, ttl=60))
     assert r.ok and call(netns, "connect", OTHER) == errno.EPERM
     clock.t += 89
     assert executor.expire() == []
@@ -245,13 +245,13 @@ def test_the_agent_lifts_a_block_itself_when_the_hive_does_not(netns, slot, tmp_
     assert executor.expire() == [r.data["rule"]]
     assert call(netns, "connect", OTHER) == 0
     # the hive's revert, arriving late, finds nothing to do
-    late = executor.execute(wire.Command(id="u2", action="unblock", params={"rule": r.data["rule"]}))
+    late = executor.execute(wire.Unblock(id="u2", rule=r.data["rule"]))
     assert late.ok and late.detail == f"no rule {r.data['rule']} (already lifted)"
 
 
 def test_blocks_survive_an_agent_restart_and_a_sensor_restart(netns, slot, sensor, base, tmp_path):
     executor = Executor(tmp_path, slot=slot, hive=[HIVE])
-    assert executor.execute(wire.Command(id="b3", action="block_connect", params={"address": OTHER})).ok
+    assert executor.execute(wire.BlockConnect(id="b3", address=OTHER)).ok
     sensor.reload(base)  # as if the reader restarted with its base policy
     assert call(netns, "connect", OTHER) == 0
     slot.attach(sensor)  # the reader's on_sensor
@@ -280,7 +280,7 @@ def test_quarantine_moves_the_file_and_denies_its_exec(netns, slot, workdir, tmp
     digest = hashlib.sha256(bad.read_bytes()).hexdigest()
     assert run_exec(netns, bad) == 0
     executor = Executor(tmp_path, slot=slot, hive=[HIVE])
-    cmd = wire.Command(id="q1", action="quarantine_file", params={"path": str(bad)})
+    cmd = wire.QuarantineFile(id="q1", path=str(bad))
     executor.prepare(cmd)  # the file's half, on a worker thread in the actor
     assert not bad.exists()
     r = executor.execute(cmd)  # the sensor's half
@@ -299,7 +299,7 @@ def test_quarantine_moves_the_file_and_denies_its_exec(netns, slot, workdir, tmp
         copy.unlink()
     assert run_exec(netns, other) == 0
     # unblocking the rule lets that content run again (the file stays in quarantine)
-    assert executor.execute(wire.Command(id="u1", action="unblock", params={"rule": r.data["rule"]})).ok
+    assert executor.execute(wire.Unblock(id="u1", rule=r.data["rule"])).ok
     copy = executable(workdir, "copy2", tag)
     assert run_exec(netns, copy) == 0
 
@@ -307,11 +307,24 @@ def test_quarantine_moves_the_file_and_denies_its_exec(netns, slot, workdir, tmp
 def test_block_exec_by_path_and_the_agents_own_interpreter_is_protected(netns, slot, workdir, tmp_path):
     tool = executable(workdir, "tool", f"t{time.monotonic_ns()}".encode())
     executor = Executor(tmp_path, slot=slot, hive=[HIVE])
-    r = executor.execute(wire.Command(id="e1", action="block_exec", params={"path": f"{workdir}/*"}))
+    r = executor.execute(wire.BlockExec(id="e1", glob=f"{workdir}/*"))
     assert r.ok, r.detail
     assert run_exec(netns, tool) == errno.EPERM
     me = os.path.realpath("/proc/self/exe")
-    r = executor.execute(wire.Command(id="e2", action="block_exec", params={"path": os.path.dirname(me) + "/*"}))
+    r = executor.execute(wire.BlockExec(id="e2", glob=os.path.dirname(me) + "/*"))
     assert not r.ok and r.detail.startswith("refused:") and me in r.detail
-    r = executor.execute(wire.Command(id="e3", action="quarantine_file", params={"path": me}))
+    r = executor.execute(wire.QuarantineFile(id="e3", path=me))
     assert not r.ok and r.detail.startswith("refused:")
+
+
+def test_a_file_name_cannot_defeat_an_exec_block(netns, slot, workdir, tmp_path):
+    """Whatever characters its name holds, a block of a file's path refuses
+    that file's exec, and only that file's."""
+    executor = Executor(tmp_path, slot=slot, hive=[HIVE])
+    names = ["\U0001F600 tool", "q\"uo'te", "back\\slash", "new\nline", "ctl\x01\x1b[0m\x7f", "star*", "[x]", "x"]
+    files = [executable(workdir, name, f"{i} {time.monotonic_ns()}".encode()) for i, name in enumerate(names)]
+    for i, f in enumerate(files[:-1]):
+        r = executor.execute(wire.BlockExec(id=f"n{i}", path=str(f)))
+        assert r.ok, r.detail
+        assert run_exec(netns, f) == errno.EPERM, f
+    assert run_exec(netns, files[-1]) == 0  # "star*" and "[x]" are names, not patterns

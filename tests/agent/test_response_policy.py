@@ -2,17 +2,26 @@
 kernel will be given (its LPM entries), without a kernel."""
 
 import ipaddress
+import json
 import struct
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
+import wire
+from actors import Codec
 from agent.response import (
     Block,
+    Executor,
     Isolation,
     ResponseError,
     ResponsePolicy,
+    SensorSlot,
     endpoint_addresses,
 )
+from agent.response._policy import literal_glob
+from hive.playbook import PlaybookEngine, parse_playbook
 from kmod import Policy
 
 BASE = Policy.parse("""
@@ -111,3 +120,102 @@ def test_the_hive_addresses_from_its_endpoint():
     assert endpoint_addresses("ipc:///run/immune/hive.sock") == []
     with pytest.raises(ResponseError, match="cannot resolve the hive's address 'no-such-host.invalid'"):
         endpoint_addresses("tcp://no-such-host.invalid:7001")
+
+
+HOSTILE_NAMES = ["\U0001F600.sh", 'say "hi".sh', "back\\slash", "new\nline", "tab\there", "cr\rret",
+                 "bell\x07\x1b[31m", "del\x7f", "\u2028sep\u0085", "\\u0041", "'single'", "=.toml]]",
+                 "\U0010FFFF", "glob*?[!a-z]**", "[[]", "]"]
+"""Any str but NUL; a lone surrogate cannot come over the wire (not UTF-8)."""
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=[repr(n) for n in HOSTILE_NAMES])
+def test_an_exec_block_holds_any_file_name_exactly(name):
+    path = f"/srv/dir {name}/{name}"
+    rp = ResponsePolicy(BASE)
+    rp.blocks["resp-1"] = Block("resp-1", "exec", {"path": [literal_glob(path)]})
+    p = rp.compose()
+    assert p.match_exec(path, with_hash=False).name == "resp-1"
+    for other in (path[:-1], path + "x", path.replace(name, "a" * len(name))):
+        assert p.match_exec(other, with_hash=False) is None, other
+
+
+@hypothesis.given(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1))
+@hypothesis.settings(max_examples=300, deadline=None)
+def test_every_path_but_nul_is_blocked_exactly(name):
+    path = "/" + name
+    rp = ResponsePolicy(Policy())
+    rp.blocks["resp-1"] = Block("resp-1", "exec", {"path": [literal_glob(path)]})
+    p = rp.compose()
+    assert p.match_exec(path, with_hash=False) is not None
+    assert p.match_exec(path + "x", with_hash=False) is None
+
+
+class PolicyHolder:
+    """In place of the kernel sensor (test_response_kernel.py runs the real
+    one): keeps the policy the response layer gives it, to ask what it would
+    decide."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def reload(self, policy: Policy) -> None:
+        self.policy = policy
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+BLOCK_EXEC = """
+id: block-exec
+title: Block what ran
+trigger: {rules: [r1]}
+steps:
+  - action: block_exec
+    params: {path: "{{ event.exe }}"}
+    ttl: 10m
+"""
+
+
+def test_a_playbooks_block_reaches_the_agent_with_its_ttl_and_the_agent_lifts_it_without_the_hive(tmp_path):
+    clock = Clock()
+    engine = PlaybookEngine([parse_playbook(BLOCK_EXEC)], clock=clock)
+    sensor = PolicyHolder(BASE)
+    slot = SensorSlot()
+    slot.attach(sensor)
+    executor = Executor(tmp_path, slot=slot, clock=clock, grace=30)
+    exe = "/srv/app/\U0001F600 \"x\"\n\\evil"
+    alert = wire.Alert(id="al-1", rule_id="r1", title="t", agent="web1",
+                       events=[wire.Exec(pid=5, agent="web1", exe=exe)])
+    [(agent, cmd)] = engine.on_alert(alert).send
+    wire_codec = Codec(wire.HiveMessage)
+    received = wire_codec.decode(wire_codec.encode(cmd))  # as the agent's relay gets it
+    assert received == wire.BlockExec(id=cmd.id, path=exe, ttl=600, expires=cmd.expires)
+    result = executor.execute(received)
+    assert result.ok, result.detail
+    assert sensor.policy.match_exec(exe, with_hash=False).name == result.data["rule"]
+    assert engine.on_result(agent, result).actions[0].state == "active"
+    # the hive is gone: its revert at 600 s never comes; the agent lifts the block 30 s later
+    clock.t += 629
+    assert executor.expire() == [] and sensor.policy.match_exec(exe, with_hash=False) is not None
+    clock.t += 1
+    assert executor.expire() == [result.data["rule"]]
+    assert sensor.policy.match_exec(exe, with_hash=False) is None
+    assert json.loads((tmp_path / "response" / "state.json").read_text())["blocks"] == []
+
+
+def test_a_glob_blocks_what_matches_and_a_path_only_itself(tmp_path):
+    sensor = PolicyHolder(BASE)
+    slot = SensorSlot()
+    slot.attach(sensor)
+    executor = Executor(tmp_path, slot=slot)
+    r = executor.execute(wire.BlockExec(id="g", glob="/srv/app/tool-[0-9]*"))
+    assert r.ok and r.detail == f"exec of '/srv/app/tool-[0-9]*' blocked (rule {r.data['rule']})"
+    assert sensor.policy.match_exec("/srv/app/tool-7.sh", with_hash=False).name == r.data["rule"]
+    r = executor.execute(wire.BlockExec(id="p", path="/srv/app/tool-[0-9]*"))
+    assert sensor.policy.match_exec("/srv/app/tool-[0-9]*", with_hash=False).name == r.data["rule"]
+    assert sensor.policy.match_exec("/srv/app/tool-8", with_hash=False).name != r.data["rule"]
