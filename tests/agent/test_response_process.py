@@ -7,8 +7,11 @@ agent's own children, and here the test process plays the agent."""
 import json
 import logging
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -278,3 +281,28 @@ def test_an_archive_that_climbs_out_is_refused(tmp_path):
         unpack(buf.getvalue(), tmp_path / "in")
     assert not (tmp_path / "escape").exists()
 
+
+
+def test_a_result_always_fits_the_wire_contract(executor):
+    """A refusal that names a program whose path is not UTF-8 (read from
+    /proc as surrogates, which no encoder takes), and a detail over the
+    bound: the result is still kept and still decodes at the hive."""
+    folder = Path(tempfile.mkdtemp(prefix="immune-odd-", dir="/var/lib"))  # not /tmp: a sensor may refuse it
+    odd = folder / os.fsdecode(b"sleep-\xff")
+    odd.write_bytes(Path("/bin/sleep").read_bytes())
+    odd.chmod(0o755)
+    pid = detached(f"exec {shlex.quote(str(odd))} 300")
+    try:
+        deadline = time.monotonic() + 3
+        while os.readlink(f"/proc/{pid}/exe") != str(odd):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = run(executor, "kill_process", pid=pid, exe="/usr/bin/other")
+    finally:
+        os.kill(pid, 9)
+        shutil.rmtree(folder)
+    assert not r.ok and f"runs {folder}/sleep-\ufffd, not /usr/bin/other" in r.detail
+    codec = Codec(wire.AgentMessage)
+    assert codec.decode(codec.encode(r)) == r
+    long = executor._finish(command("kill_process", pid=5), False, "x" * (wire.MAX_TEXT + 10))
+    assert len(long.detail) == wire.MAX_TEXT and codec.decode(codec.encode(long)) == long
