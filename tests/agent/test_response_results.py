@@ -40,6 +40,21 @@ def test_a_torn_last_line_is_skipped_and_said(tmp_path, caplog):
     assert any(getattr(r, "event", "") == "response.results_skipped" for r in caplog.records)
 
 
+def test_a_line_nested_too_deep_or_out_of_bounds_is_skipped(tmp_path, caplog):
+    path = tmp_path / "results.jsonl"
+    log = ResultLog(path)
+    done = log.load()
+    done["c0"] = result(0)
+    log.append(done["c0"], done)
+    with open(path, "ab") as f:
+        f.write(b'{"type":"result","command":"c1","data":{"k":' + b"[" * 100_000 + b"]" * 100_000 + b"}}\n")
+        f.write(b'{"type":"result","command":"c2","data":{"k":' + str(2**64).encode() + b"}}\n")
+    with caplog.at_level(logging.WARNING):
+        assert list(ResultLog(path).load()) == ["c0"]
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "response.results_skipped"]
+    assert "lines=2" in record.getMessage()
+
+
 def test_the_file_is_compacted_to_the_newest(tmp_path):
     path = tmp_path / "results.jsonl"
     log = ResultLog(path, keep=5)

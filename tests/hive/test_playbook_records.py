@@ -56,6 +56,20 @@ def test_decisions_are_written_and_read_back(records):
     assert [r.id for r in records.actions(states=["pending_approval"])] == ["a-2"]
 
 
+def test_a_damaged_row_is_read_with_what_can_be_read(records):
+    """A row the engine cannot parse (nested past the decoder's recursion
+    limit, not JSON, not an object) must not stop the hive taking back the
+    others after a restart."""
+    e = PlaybookEngine([parse_playbook(PB)], clock=Clock(), new_id=ids())
+    records.write(e.on_alert(alert()))
+    deep = "[" * 100_000 + "]" * 100_000
+    records.db.execute("UPDATE commands SET params=?, result=? WHERE id='a-2'", (deep, "not json"))
+    records.db.execute("UPDATE commands SET params='[1]' WHERE id='a-1'")
+    rows = {r.id: r for r in records.open_actions()}
+    assert (rows["a-2"].params, rows["a-2"].result, rows["a-2"].state) == ({}, "not json", "pending_approval")
+    assert rows["a-1"].params == {}
+
+
 def test_an_operator_approves_through_the_store_and_the_engine_carries_it_out(records):
     clock = Clock()
     e = PlaybookEngine([parse_playbook(PB)], clock=clock, new_id=ids())
