@@ -78,6 +78,7 @@ def test_an_open_storm_loses_no_process_or_network_event(workdir):
     notices: list[Notice] = []
     seen: dict[type, list] = {Fork: [], Exec: [], Exit: [], SetId: [], Connect: []}
     watched: set[int] = set()  # the forker and its children
+    order: list[tuple[type, int]] = []  # (kind, the child it is about), as drained
 
     def drain(sensor) -> None:
         nonlocal opens
@@ -92,6 +93,7 @@ def test_an_open_storm_loses_no_process_or_network_event(workdir):
                     notices.append(e)
             elif e.pid in watched and kind in seen:
                 seen[kind].append(e)
+                order.append((kind, e.child_pid if kind is Fork else e.pid))
                 if kind is Fork:
                     watched.add(e.child_pid)
 
@@ -135,6 +137,8 @@ def test_an_open_storm_loses_no_process_or_network_event(workdir):
     for kind in (Exec, Exit, SetId):
         assert sorted(e.pid for e in seen[kind] if e.pid in kids) == sorted(children), kind.__name__
     assert all(e.argv == ["/bin/true", "storm-child"] for e in seen[Exec] if e.pid in kids)
+    for child in children:  # in the order they happened
+        assert [k for k, pid in order if pid == child] == [Fork, SetId, Exec, Exit]
     assert len([e for e in seen[Connect] if e.pid == forker.pid and e.port == port]) == CHILDREN
 
 
