@@ -3,7 +3,11 @@
 A batch counts as accepted only once :meth:`Spool.sync` has returned after
 it was appended: its bytes are then written and ``fdatasync``-ed, so they
 survive SIGKILL and power loss.  ``append`` only buffers, so one ``sync``
-covers everything appended since the last one (group commit).
+covers everything appended since the last one (group commit).  A caller
+that must not wait for the disk (the relay, on the trio thread that also
+drains the sensor) syncs in three steps: :meth:`Spool.begin_sync` takes what
+was appended, :meth:`SyncJob.run` writes and syncs it on another thread, and
+:meth:`Spool.end_sync` makes it durable, or gives it back after a failure.
 
 The folder holds:
 
@@ -140,12 +144,64 @@ def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
         offset += n
 
 
+class SyncJob:
+    """The writes and syncs of one :meth:`Spool.begin_sync`.  :meth:`run`
+    touches only its own copies of the descriptors and bytes, so it may run
+    on any thread while the spool goes on being used."""
+
+    def __init__(self, last: int) -> None:
+        self.writes: list[tuple[_Segment, int, bytearray, int]] = []
+        """(segment, its descriptor duplicated, bytes, offset)."""
+        self.dir_fd = -1
+        """The folder's descriptor duplicated if a segment was created."""
+        self.syncs_folder = False
+        self.last = last
+        """The disk seq durable once this job has run."""
+        self.done = False
+        self.error: SpoolError | None = None
+
+    def run(self) -> None:
+        """Write and sync; never raises (:meth:`Spool.end_sync` does)."""
+        try:
+            for seg, fd, data, offset in self.writes:
+                try:
+                    if data:
+                        _pwrite_all(fd, data, offset)
+                    os.fdatasync(fd)
+                except OSError as e:
+                    self.error = _error("write", seg.path, e)
+                    return
+            if self.dir_fd >= 0:
+                try:
+                    os.fsync(self.dir_fd)
+                except OSError as e:
+                    self.error = SpoolError(f"spool: cannot sync the folder: {e.strerror or e}", e.errno or 0)
+                    return
+            self.done = True
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for _, fd, _, _ in self.writes:
+            if fd >= 0:
+                os.close(fd)
+        self.writes = [(seg, -1, data, offset) for seg, _, data, offset in self.writes]
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write or sync: it can end without running."""
+        return not self.writes and not self.syncs_folder
+
+
 class Spool:
     """Event batches on disk, numbered 1, 2, 3... within :attr:`stream`.
 
-    Not thread-safe; one owner calls everything.  Every OS error becomes a
-    :class:`SpoolError`; after one, the spool is still consistent and the
-    call can be retried.
+    Not thread-safe; one owner calls everything (but :meth:`SyncJob.run`).
+    Every OS error becomes a :class:`SpoolError`; after one, the spool is
+    still consistent and the call can be retried.
     """
 
     def __init__(self, folder: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -164,6 +220,7 @@ class Spool:
         self._segments: list[_Segment] = []
         self._dirty: list[_Segment] = []
         self._dir_dirty = False
+        self._syncing: SyncJob | None = None
         self._bad: set[int] = set()
         self._total = 0
         self._next = 1
@@ -410,23 +467,57 @@ class Spool:
     def sync(self) -> int:
         """Write and fsync everything appended; return :attr:`last_seq`.
         On failure nothing appended is forgotten: the next call writes it again."""
-        for seg in list(self._dirty):
-            try:
-                if seg.buf:
-                    _pwrite_all(seg.fd, seg.buf, seg.synced)
-                os.fdatasync(seg.fd)
-            except OSError as e:
-                raise _error("write", seg.path, e) from None
-            seg.synced += len(seg.buf)
+        job = self.begin_sync()
+        job.run()
+        return self.end_sync(job)
+
+    def begin_sync(self) -> SyncJob:
+        """Take what was appended since the last sync into a job to run;
+        appends go on meanwhile, for the next one.  One job at a time:
+        :meth:`end_sync` it before the next."""
+        if self._syncing is not None:
+            raise RuntimeError("spool: a sync is already under way")
+        # Its own descriptors: a segment dropped meanwhile closes the spool's.
+        job = SyncJob(self._next - 1)
+        try:
+            for seg in self._dirty:
+                job.writes.append((seg, os.dup(seg.fd), seg.buf, seg.synced))
+            if self._dir_dirty:
+                job.dir_fd = os.dup(self._dir_fd)
+        except OSError as e:
+            job.close()
+            raise _error("sync", self.folder, e) from None
+        job.syncs_folder = self._dir_dirty
+        for seg in self._dirty:
             seg.buf = bytearray()
-            self._dirty.remove(seg)
-        if self._dir_dirty:
-            try:
-                os.fsync(self._dir_fd)
-            except OSError as e:
-                raise _error("sync the folder", self.folder, e) from None
-            self._dir_dirty = False
-        self._synced = self._next - 1
+        self._dirty.clear()
+        self._dir_dirty = False
+        self._syncing = job
+        return job
+
+    def end_sync(self, job: SyncJob) -> int:
+        """After :meth:`SyncJob.run`: the batches it covered are durable;
+        return :attr:`last_seq`.  If it failed (SpoolError raised) or never
+        ran, its bytes go back in front of what was appended since, to be
+        written by the next sync."""
+        if job is not self._syncing:
+            raise RuntimeError("spool: not the sync under way")
+        self._syncing = None
+        job.close()
+        if job.done:
+            for seg, _, data, offset in job.writes:
+                seg.synced = offset + len(data)
+            self._synced = max(self._synced, job.last)
+            return self.last_seq
+        for seg, _, data, _ in reversed(job.writes):
+            if seg not in self._segments:
+                continue  # dropped meanwhile
+            seg.buf = data + seg.buf
+            if seg not in self._dirty:
+                self._dirty.insert(0, seg)
+        self._dir_dirty = self._dir_dirty or job.syncs_folder
+        if job.error is not None:
+            raise job.error
         return self.last_seq
 
     def _roll(self) -> _Segment:

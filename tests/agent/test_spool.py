@@ -337,3 +337,44 @@ def test_every_batch_reported_accepted_survives_sigkill(tmp_path):
             assert seqs[:accepted] == list(range(1, accepted + 1)), f"round {round_}"
             for seq, frame in got:
                 assert decode(frame).events == batch(seq)
+
+
+def test_a_sync_in_steps_lets_appends_go_on_and_counts_only_what_it_wrote(tmp_path):
+    with Spool(tmp_path) as s:
+        s.append(batch(1))
+        job = s.begin_sync()
+        s.append(batch(2))  # while the job runs elsewhere: for the next sync
+        job.run()
+        assert s.last_seq == 0  # durable only once ended
+        assert s.end_sync(job) == 1
+        assert [seq for seq, _ in s.pending(1)] == [1]
+        with pytest.raises(RuntimeError):
+            s.end_sync(job)
+        assert s.sync() == 2
+    with Spool(tmp_path) as s:
+        assert [origin(decode(f)) for _, f in s.pending(1)] == [1, 2]
+
+
+def test_a_sync_that_never_ran_gives_its_bytes_back(tmp_path):
+    with Spool(tmp_path) as s:
+        s.append(batch(1))
+        job = s.begin_sync()  # then cancelled before its thread started
+        s.append(batch(2))
+        assert s.end_sync(job) == 0
+        assert s.sync() == 2
+    with Spool(tmp_path) as s:
+        assert [origin(decode(f)) for _, f in s.pending(1)] == [1, 2]
+
+
+def test_a_segment_dropped_while_its_sync_runs_is_counted_and_nothing_else_is_lost(tmp_path):
+    with Spool(tmp_path, max_bytes=4096, segment_bytes=1024) as s:
+        s.append(batch(1, n=10))
+        job = s.begin_sync()
+        while s.statistics().dropped_batches == 0:  # the segment of batch 1 goes while it is written
+            s.append(batch(s.next_seq, n=10))
+        job.run()
+        s.end_sync(job)
+        last = s.sync()
+        got = [seq for seq, _ in s.pending(1, max_batches=100)]
+        assert got and got[-1] == last and 1 not in got
+        assert s.take_dropped() == s.statistics().dropped_events  # never durable: lost for certain
