@@ -4,7 +4,10 @@ Seeded from /proc at start and kept current by the sensor's exec, fork and
 exit events, so that enriching an event costs dictionary lookups, not
 /proc reads.  /proc is read only for a process no event announced (it
 started before the seed, or its fork was lost), and the executable is hashed
-once per (device, inode, mtime, size).
+once per (device, inode, mtime, size).  Hashing reads up to ``hash_limit``
+bytes: :meth:`ProcessTable.enrich_all` leaves it to a :class:`HashJob` that
+the caller runs on another thread, so the relay's trio thread never waits
+for a disk.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pwd
 import re
 import stat
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ _CONTAINER_ID = re.compile(r"^(?:[a-z][a-z-]*-)?([0-9a-f]{64})(?:\.scope)?$")
 _LXC = re.compile(r"^lxc\.payload\.(.+)$")
 _RECENT_EXITS = 1024
 _CACHE = 4096
+_PATHS_TRIED = 4
 
 
 def parse_cgroup(text: str) -> tuple[str, str, str]:
@@ -71,8 +76,60 @@ def _cgroup2_mount(proc: Path) -> str:
     return ""
 
 
+class _Hashing:
+    """An executable to hash, and the events and processes that wait for its digest."""
+
+    __slots__ = ("key", "paths", "digest", "waiting")
+
+    def __init__(self, key: tuple[int, int, int, int], path: str) -> None:
+        self.key = key
+        self.paths = [path]
+        """Where it was seen (a /proc/PID/exe may be gone by the time it is read)."""
+        self.digest: str | None = None
+        self.waiting: list[wire.Event | Process] = []
+
+
+class HashJob:
+    """Executables :meth:`ProcessTable.enrich_all` left to hash.  :meth:`run`
+    reads them and touches nothing else, so it may run on any thread; then
+    :meth:`ProcessTable.complete` fills their digests in."""
+
+    def __init__(self, files: list[_Hashing]) -> None:
+        self.files = files
+
+    def run(self) -> None:
+        for f in self.files:
+            for path in f.paths:
+                f.digest = _digest(path, f.key)
+                if f.digest is not None:
+                    break
+
+
+def _digest(path: str, key: tuple[int, int, int, int]) -> str | None:
+    """SHA-256 of ``path`` if it is still the file ``key`` names, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino, now.st_mtime_ns, now.st_size) != key:
+            return None  # replaced in between: do not file a digest under the old identity
+        h = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            h.update(chunk)
+            offset += len(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 class Process:
-    __slots__ = ("pid", "ppid", "image", "exe", "cmdline", "cgroup", "unit", "container", "sha256")
+    __slots__ = ("pid", "ppid", "image", "exe", "cmdline", "cgroup", "unit", "container", "sha256",
+                 "hashing")
 
     def __init__(self, pid: int, ppid: int = 0, image: str = "", exe: str = "", cmdline: str = "",
                  cgroup: int = 0, unit: str = "", container: str = "") -> None:
@@ -88,10 +145,15 @@ class Process:
         self.container = container
         self.sha256: str | None = None
         """None until first needed."""
+        self.hashing: _Hashing | None = None
+        """Its executable being hashed (sha256 is then still None)."""
 
     def copy(self, pid: int, ppid: int) -> "Process":
         child = Process(pid, ppid, self.image, self.exe, self.cmdline, self.cgroup, self.unit, self.container)
         child.sha256 = self.sha256
+        if self.hashing is not None:
+            child.hashing = self.hashing
+            self.hashing.waiting.append(child)
         return child
 
     def __repr__(self) -> str:
@@ -130,6 +192,7 @@ class ProcessTable:
         """Recently exited, for a child's event that races its parent's exit."""
         self._users: dict[int, str] = {}
         self._hashes: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._to_hash: dict[tuple[int, int, int, int], _Hashing] = {}
         self._cgroups: OrderedDict[int, tuple[str, str]] = OrderedDict()
         self._seeded = self._loaded = self._unknown = self._evicted = 0
         self._hashed = self._hash_hits = self._hash_skipped = self._hash_failed = 0
@@ -189,7 +252,44 @@ class ProcessTable:
         """Fill the event's image, cmdline, parent_image, parent_cmdline,
         user, sha256, unit and container, and apply what it says (exec, fork,
         exit) to the table.  ``cwd`` comes from the sensor on exec events and
-        is not guessed for others (chdir is not traced)."""
+        is not guessed for others (chdir is not traced).  Hashes here, on
+        the calling thread: see :meth:`enrich_all` for the way that does not."""
+        job = self.enrich_all((event,))
+        if job is not None:
+            job.run()
+            self.complete(job)
+
+    def enrich_all(self, events: Iterable[wire.Event]) -> HashJob | None:
+        """:meth:`enrich` the events in order, except the digests of
+        executables not hashed yet: those are left for the job returned
+        (None if there are none), to :meth:`HashJob.run` anywhere and then
+        :meth:`complete` here, before the events are used."""
+        for event in events:
+            self._enrich(event)
+        if not self._to_hash:
+            return None
+        job = HashJob(list(self._to_hash.values()))
+        self._to_hash.clear()
+        return job
+
+    def complete(self, job: HashJob) -> None:
+        """Fill in the digests of a job (run or not: a file not hashed gets "")."""
+        for f in job.files:
+            if f.digest is None:
+                self._hash_failed += 1
+                digest = ""
+            else:
+                self._hashed += 1
+                digest = f.digest
+                self._remember_digest(f.key, digest)
+            for w in f.waiting:
+                if type(w) is Process:
+                    if w.hashing is f:  # else it has exec'd something else since
+                        w.sha256, w.hashing = digest, None
+                else:
+                    w.sha256 = digest
+
+    def _enrich(self, event: wire.Event) -> None:
         kind = type(event)
         if kind is wire.Notice or event.pid <= 0:
             return
@@ -207,9 +307,17 @@ class ProcessTable:
             event.parent_cmdline = parent.cmdline
         event.user = self._user(event.uid)
         if kind is not wire.Exec or event.result == 0:  # type: ignore[attr-defined]
-            if p.sha256 is None:
-                p.sha256 = self._hash_process(p)
-            event.sha256 = p.sha256
+            if p.sha256 is None and p.hashing is None:
+                digest = self._hash_process(p)
+                if type(digest) is _Hashing:
+                    p.hashing = digest
+                    digest.waiting.append(p)
+                else:
+                    p.sha256 = digest
+            if p.hashing is not None:
+                p.hashing.waiting.append(event)
+            else:
+                event.sha256 = p.sha256
         event.unit = p.unit
         event.container = p.container
         if kind is wire.Fork:
@@ -229,12 +337,16 @@ class ProcessTable:
         if event.result != 0:
             # The caller keeps its old image; the event is about the file it tried.
             path = event.exe or image
-            event.sha256 = self._hash_path(path) if path.startswith("/") and not p.container else ""
+            digest = self._hash_path(path) if path.startswith("/") and not p.container else ""
+            if type(digest) is _Hashing:
+                digest.waiting.append(event)
+            else:
+                event.sha256 = digest
             return p
         p.image = image
         p.exe = event.exe or image
         p.cmdline = cmdline
-        p.sha256 = None
+        p.sha256 = p.hashing = None
         if event.ppid:
             p.ppid = event.ppid
         return p
@@ -318,7 +430,7 @@ class ProcessTable:
 
     # -- hashing --------------------------------------------------------------------
 
-    def _hash_process(self, p: Process) -> str:
+    def _hash_process(self, p: Process) -> str | _Hashing:
         """Hash the running process's executable through /proc/PID/exe,
         which is exactly the file it runs even if the path was replaced or
         lives in a container.  If the process has gone or runs something
@@ -339,7 +451,7 @@ class ProcessTable:
             return ""
         return self._hash_path(p.exe)
 
-    def _hash_path(self, path: str) -> str:
+    def _hash_path(self, path: str) -> str | _Hashing:
         try:
             st = os.stat(path)
         except OSError:
@@ -347,9 +459,10 @@ class ProcessTable:
             return ""
         return self._hash(path, st)
 
-    def _hash(self, path: str, st: os.stat_result) -> str:
+    def _hash(self, path: str, st: os.stat_result) -> str | _Hashing:
         """The digest of the file ``st`` describes, from the cache if it was
-        seen with the same device, inode, mtime and size."""
+        seen with the same device, inode, mtime and size; else the file to
+        hash, which the next job takes."""
         if not stat.S_ISREG(st.st_mode):
             return ""
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
@@ -359,35 +472,20 @@ class ProcessTable:
             self._hash_hits += 1
             return digest
         if st.st_size > self.hash_limit:
-            digest = TOO_LARGE
             self._hash_skipped += 1
-        else:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            except OSError:
-                self._hash_failed += 1
-                return ""
-            try:
-                now = os.fstat(fd)
-                if (now.st_dev, now.st_ino, now.st_mtime_ns, now.st_size) != key:
-                    self._hash_failed += 1  # replaced in between: do not file a digest under the old identity
-                    return ""
-                h = hashlib.sha256()
-                offset = 0
-                while chunk := os.pread(fd, 1 << 20, offset):
-                    h.update(chunk)
-                    offset += len(chunk)
-            except OSError:
-                self._hash_failed += 1
-                return ""
-            finally:
-                os.close(fd)
-            digest = h.hexdigest()
-            self._hashed += 1
+            self._remember_digest(key, TOO_LARGE)
+            return TOO_LARGE
+        queued = self._to_hash.get(key)
+        if queued is None:
+            queued = self._to_hash[key] = _Hashing(key, path)
+        elif len(queued.paths) < _PATHS_TRIED and path not in queued.paths:
+            queued.paths.append(path)
+        return queued
+
+    def _remember_digest(self, key: tuple[int, int, int, int], digest: str) -> None:
         self._hashes[key] = digest
         if len(self._hashes) > _CACHE:
             self._hashes.popitem(last=False)
-        return digest
 
     def statistics(self) -> ProcessTableStatistics:
         return ProcessTableStatistics(

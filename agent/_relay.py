@@ -6,7 +6,9 @@ A thin shell around three plain objects: :class:`ProcessTable` (enrichment),
 mean).  Its tasks:
 
 * intake: PULL event batches from the sensor, enrich, append to the spool,
-  one fsync per burst (group commit), then count them accepted;
+  one fsync per burst (group commit), then count them accepted.  Hashing
+  executables and waiting for the disk happen on worker threads: this trio
+  thread also drains the sensor, and must never wait for a disk;
 * sender: send what :class:`Delivery` says, wake on new data, acks and
   timeouts;
 * inbound: acks to :class:`Delivery`, commands to the response executor
@@ -96,10 +98,15 @@ async def relay(
         curve_client(uplink.sock.zmq, keys, hive_public)
         monitor = Socket(uplink.sock.zmq.get_monitor_socket(_MONITORED), stats=Statistics("monitor"), log=ctx.log)
         uplink.sock.connect(hive_endpoint)
-        events = await _bind(ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), topic=""), events_endpoint)
-        results = await _bind(ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), topic=""), results_endpoint)
-        commands = await _bind(ctx.socket(zmq.PUSH, codec=Codec(wire.HiveMessage), topic=f"{ctx.name}.commands"),
-                               commands_endpoint)
+        try:
+            events = await ctx.bind(ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), topic=""),
+                                    events_endpoint)
+            results = await ctx.bind(ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), topic=""),
+                                     results_endpoint)
+            commands = await ctx.bind(ctx.socket(zmq.PUSH, codec=Codec(wire.HiveMessage),
+                                                 topic=f"{ctx.name}.commands"), commands_endpoint)
+        except zmq.ZMQError as e:
+            raise AgentError(f"relay: cannot bind its endpoints: {e.strerror}") from None
         r = _Relay(ctx, spool, table, delivery, uplink, batch=batch, heartbeat=heartbeat,
                    hello=hello(agent_id, policy_version))
         ctx.stats.add_depth(lambda: r.spool_batches)
@@ -126,20 +133,6 @@ async def relay(
         spool.close()
 
 
-async def _bind(sock: Socket, endpoint: str, wait: float = 5.0) -> Socket:
-    """Bind, waiting while the socket of a previous run (this actor being
-    restarted) still holds the endpoint: ZeroMQ releases a closed socket's
-    inproc name in its reaper thread, a moment later."""
-    deadline = trio.current_time() + wait
-    while True:
-        try:
-            return sock.bind(endpoint)
-        except zmq.ZMQError as e:
-            if e.errno != zmq.EADDRINUSE or trio.current_time() >= deadline:
-                raise AgentError(f"relay: cannot bind {endpoint}: {e.strerror}") from None
-        await trio.sleep(0.01)
-
-
 class _Relay:
     def __init__(self, ctx: Context, spool: Spool, table: ProcessTable, delivery: Delivery, uplink: Duplex,
                  *, batch: int, heartbeat: float, hello: wire.Hello) -> None:
@@ -158,6 +151,9 @@ class _Relay:
         self._sensor_drops = 0
         self._drops_to_report = 0
         self._failing = False
+        self._sync_lock = trio.Lock()  # one spool sync under way at a time
+        self._disk = trio.CapacityLimiter(1)
+        self._hashing = trio.CapacityLimiter(1)
         self.spool_batches = 0
         self.accepted = 0
 
@@ -189,22 +185,43 @@ class _Relay:
             log_event(self.ctx.log, "spool.recovered", logging.WARNING)
         self._failing = False
 
-    def _note_drops(self, *, sync: bool = True) -> None:
+    def _note_drops(self) -> bool:
         """Put events the spool lost for certain into a Notice, in the spool
-        itself, so that the count reaches the hive in order with the events."""
+        itself, so that the count reaches the hive in order with the events.
+        True if one was appended (to sync)."""
         self._drops_to_report += self.spool.take_dropped()
         if not self._drops_to_report:
-            return
+            return False
         notice = wire.Notice(time=time.time_ns(), what="spool_dropped", count=self._drops_to_report,
                              verdict="audit",
                              detail=f"spool full ({self.spool.max_bytes} bytes): the oldest events were dropped")
         try:
             self.spool.append([notice])
-            self._drops_to_report = 0
-            if sync:
-                self.spool.sync()
-        except SpoolError as e:  # the heartbeat task retries the sync
+        except SpoolError as e:
             self._spool_failed(e)
+            return False
+        self._drops_to_report = 0
+        return True
+
+    async def _sync(self) -> None:
+        """Make what was appended durable, the disk waited for on a worker
+        thread.  Raises SpoolError; a failed sync forgets nothing."""
+        async with self._sync_lock:
+            job = self.spool.begin_sync()
+            try:
+                if job.empty:
+                    job.run()
+                else:
+                    await trio.to_thread.run_sync(job.run, limiter=self._disk)
+            finally:
+                self.spool.end_sync(job)  # gives the bytes back if it never ran
+
+    async def _sync_drops(self) -> None:
+        if self._note_drops():
+            try:
+                await self._sync()
+            except SpoolError as e:  # the heartbeat task retries the sync
+                self._spool_failed(e)
 
     async def _send(self, msg: Any) -> None:
         data = self.out.encode(msg)
@@ -223,7 +240,6 @@ class _Relay:
     # -- tasks --------------------------------------------------------------------
 
     async def intake(self, events: Socket) -> None:
-        enrich = self.table.enrich
         chunks: list[list[wire.Event]] = []
         while True:
             got: list[wire.Event] = []
@@ -232,10 +248,15 @@ class _Relay:
                 if not isinstance(msg, wire.EventBatch):
                     continue  # malformed ones are counted by decode
                 for ev in msg.events:
-                    enrich(ev)
                     if type(ev) is wire.Notice and ev.what == "drops":
                         self._sensor_drops += ev.count
                 got.extend(msg.events)
+            job = self.table.enrich_all(got)
+            if job is not None:
+                try:
+                    await trio.to_thread.run_sync(job.run, limiter=self._hashing)
+                finally:
+                    self.table.complete(job)
             b = self.batch
             chunks.extend(got[i:i + b] for i in range(0, len(got), b))
             await self._store(chunks)
@@ -252,8 +273,8 @@ class _Relay:
                 while chunks:
                     self.spool.append(chunks[0])
                     del chunks[0]
-                self._note_drops(sync=False)
-                self.spool.sync()
+                self._note_drops()
+                await self._sync()
             except SpoolError as e:
                 self._spool_failed(e)
                 self.publish()
@@ -267,9 +288,9 @@ class _Relay:
         d = self.delivery
         while True:
             self._wake = trio.Event()
+            await self._sync_drops()
             now = trio.current_time()
             d.check(now)
-            self._note_drops()
             try:
                 frames = d.take(now, _SEND_BATCHES)
             except SpoolError as e:
@@ -299,7 +320,7 @@ class _Relay:
                         self._spool_failed(e)
                 else:
                     await self._command(msg)
-            self._note_drops()
+            await self._sync_drops()
             self.publish()
             self.kick()
 
@@ -339,7 +360,7 @@ class _Relay:
         while True:
             await trio.sleep(self.heartbeat)
             try:
-                self.spool.sync()  # retries a failed sync even when no events come
+                await self._sync()  # retries a failed sync even when no events come
                 self._spool_ok()
             except SpoolError as e:
                 self._spool_failed(e)

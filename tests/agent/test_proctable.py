@@ -5,6 +5,7 @@ import os
 import pwd
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -223,3 +224,48 @@ def test_a_process_moved_to_another_cgroup_gets_its_unit():
         child.kill()
         child.wait()
         os.rmdir(folder)
+
+
+def test_enrich_all_leaves_hashing_to_a_job_that_runs_on_another_thread(tmp_path):
+    table = ProcessTable()
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.write_bytes(b"tool one")
+    two.write_bytes(b"tool two")
+    a, b, c = GONE + 30, GONE + 31, GONE + 32
+    burst = [
+        wire.Exec(pid=a, filename=str(one), exe=str(one), argv=["one"]),
+        wire.Open(pid=a, path="/etc/hosts"),
+        wire.Fork(pid=a, child_pid=b),
+        wire.Open(pid=b, path="/etc/hosts"),
+        wire.Exec(pid=c, filename=str(two), exe=str(two), result=-13),  # refused: the file it tried
+        wire.Exec(pid=b, filename=str(two), exe=str(two), argv=["two"]),
+        wire.Open(pid=b, path="/etc/passwd"),
+    ]
+    job = table.enrich_all(burst)
+    assert job is not None and len(job.files) == 2
+    assert [e.sha256 for e in burst] == [""] * len(burst)  # nothing read on this thread
+    assert burst[1].image == str(one) and burst[6].image == str(two)
+    worker = threading.Thread(target=job.run)
+    worker.start()
+    worker.join()
+    table.complete(job)
+    d1, d2 = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (one, two))
+    assert [e.sha256 for e in burst] == [d1, d1, d1, d1, d2, d2, d2]
+    assert (table.get(a).sha256, table.get(b).sha256) == (d1, d2)  # b exec'd two after its fork
+    assert table.statistics().hashed == 2
+    again = [wire.Open(pid=a, path="/x"), wire.Exec(pid=GONE + 33, filename=str(one), exe=str(one))]
+    assert table.enrich_all(again) is None and [e.sha256 for e in again] == [d1, d1]
+
+
+def test_a_job_that_never_ran_leaves_no_one_waiting(tmp_path):
+    table = ProcessTable()
+    exe = tmp_path / "tool"
+    exe.write_bytes(b"tool")
+    ev = wire.Exec(pid=GONE + 40, filename=str(exe), exe=str(exe))
+    job = table.enrich_all([ev])
+    table.complete(job)  # cancelled before it ran
+    assert ev.sha256 == "" and table.get(GONE + 40).hashing is None
+    assert table.statistics().hash_failed == 1
+    later = wire.Exec(pid=GONE + 41, filename=str(exe), exe=str(exe))
+    table.enrich(later)  # not remembered as failed: hashed next time
+    assert later.sha256 == hashlib.sha256(b"tool").hexdigest()
