@@ -105,6 +105,7 @@ async def zap_handler(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     while True:
         for frames in await sock.recv_frames(1):
             await sock.send_frames(_answer(ctx, frames, authorize))
+        ctx.throttle.flush()
 
 
 def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> list[bytes]:
@@ -115,8 +116,8 @@ def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> list[byt
     addr = address.decode(errors="replace")
     if mechanism != b"CURVE" or len(creds) != 1 or len(creds[0]) != 32:
         ctx.stats.extra["refused"] = int(ctx.stats.extra.get("refused", 0)) + 1
-        log_event(ctx.log, "auth.refused", logging.WARNING, address=addr,
-                  reason=f"mechanism {mechanism.decode(errors='replace')} is not CURVE")
+        ctx.throttle.event("refused", "auth.refused", address=addr,
+                           reason=f"mechanism {mechanism.decode(errors='replace')} is not CURVE")
         return [version, request_id, b"400", b"CURVE required", b"", b""]
     public = z85.encode(creds[0])
     try:
@@ -126,8 +127,8 @@ def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> list[byt
         user = None
     if user is None:
         ctx.stats.extra["refused"] = int(ctx.stats.extra.get("refused", 0)) + 1
-        log_event(ctx.log, "auth.refused", logging.WARNING, address=addr, key=public.decode(),
-                  reason="key not enrolled or revoked")
+        ctx.throttle.event("refused", "auth.refused", address=addr, key=public.decode(),
+                           reason="key not enrolled or revoked")
         return [version, request_id, b"400", b"key not enrolled", b"", b""]
     ctx.stats.extra["accepted"] = int(ctx.stats.extra.get("accepted", 0)) + 1
     log_event(ctx.log, "auth.accepted", logging.DEBUG, address=addr, user=user)

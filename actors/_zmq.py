@@ -264,12 +264,16 @@ class Duplex(Generic[T]):
     high-water marks, while outbound messages keep flowing.
     """
 
-    def __init__(self, sock: Socket[T], *, max_in: int = 8192, max_out: int = 8192) -> None:
+    def __init__(self, sock: Socket[T], *, max_in: int = 8192, max_out: int = 8192,
+                 max_in_bytes: int | None = None) -> None:
         self.sock = sock
-        self._in: collections.deque[list[bytes]] = collections.deque()
+        self._in: collections.deque[tuple[list[bytes], int]] = collections.deque()
         self._out: collections.deque[list[bytes]] = collections.deque()
         self._max_in = max_in
         self._max_out = max_out
+        self._max_in_bytes = max_in_bytes if max_in_bytes is not None else float("inf")
+        """Bytes the inbound queue may hold (it always takes one message)."""
+        self._in_bytes = 0
         self._in_lot = trio.lowlevel.ParkingLot()
         self._out_lot = trio.lowlevel.ParkingLot()
         self._wait_scope: trio.CancelScope | None = None
@@ -287,9 +291,13 @@ class Duplex(Generic[T]):
                 raise SocketClosed("duplex closed")
             await self._in_lot.park()
         await _checkpoint_if_cancelled()
-        was_full = len(self._in) >= self._max_in
+        was_full = self._in_full()
         n = min(limit, len(self._in))
-        out = [self._in.popleft() for _ in range(n)]
+        out = []
+        for _ in range(n):
+            frames, size = self._in.popleft()
+            self._in_bytes -= size
+            out.append(frames)
         if was_full:
             self._kick()
         await _shielded_checkpoint()
@@ -297,6 +305,9 @@ class Duplex(Generic[T]):
 
     def decode(self, frame: bytes) -> T | None:
         return self.sock.decode(frame)
+
+    def _in_full(self) -> bool:
+        return len(self._in) >= self._max_in or self._in_bytes >= self._max_in_bytes
 
     async def send(self, frames: list[bytes]) -> None:
         """Queue one multipart message for the pump, waiting while the
@@ -343,14 +354,15 @@ class Duplex(Generic[T]):
                 if progressed:
                     self._out_lot.unpark_all()
                 # Inbound, up to the queue's room.
-                room = self._max_in - len(self._in)
                 got = 0
                 try:
-                    while got < room:
+                    while not self._in_full():
                         frames = z.recv_multipart(zmq.NOBLOCK, copy=sock.copy)
-                        self._in.append(frames)
+                        size = sum(map(len, frames))
+                        self._in.append((frames, size))
+                        self._in_bytes += size
                         got += 1
-                        sock.stats.bytes_in += sum(map(len, frames))
+                        sock.stats.bytes_in += size
                 except zmq.Again:
                     pass
                 except zmq.ZMQError as e:
@@ -363,7 +375,7 @@ class Duplex(Generic[T]):
                     await trio.lowlevel.checkpoint()
                     continue
                 events = z.getsockopt(zmq.EVENTS)
-                if (events & zmq.POLLIN and len(self._in) < self._max_in) or (
+                if (events & zmq.POLLIN and not self._in_full()) or (
                     self._out and events & zmq.POLLOUT
                 ):
                     continue

@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 import zmq
 
 import wire
-from actors import Codec, Context, Duplex, KeyPair, curve_server, log_event
+from actors import Codec, Context, Door, Duplex, KeyPair, curve_server, log_event, watch_door
 
 from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Result, Stored
 from ._store import AgentRow, Ingested, Store, StoreError
@@ -290,22 +291,38 @@ def _merge(old: AgentSeen | None, new: AgentSeen | None) -> AgentSeen:
 # -- router ----------------------------------------------------------------------------
 
 
+DEFAULT_MAX_FRAME = 4 << 20
+"""The largest frame an agent may send: ``wire.MAX_BATCH`` (4096) events of
+1 KiB each, the agent's default batch of 256 events of 16 KiB each (a
+typical enriched event is about 420 bytes)."""
+PEER_HWM = 2
+"""Frames ZeroMQ queues per agent connection before it stops reading it, so
+a connection holds at most (PEER_HWM + 1) x max_frame in the hive."""
+STORE_SNDHWM = 8
+"""Batches the router queues for the store beyond the store's own queue."""
+
+
 async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
-                       keys: KeyPair, listen: str, max_frame: int = 16 << 20) -> None:
+                       keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME) -> None:
     """The agents' door: CURVE-authenticated ROUTER.  Refuses what it cannot
-    trust (counted, logged), passes batches to the store, acks what the store
-    wrote, carries commands out and results back."""
+    trust (counted, logged a few per interval), passes batches to the store,
+    acks what the store wrote, carries commands out and results back.
+
+    Memory is bounded: ZeroMQ drops a connection that sends a frame above
+    ``max_frame`` (MAXMSGSIZE) before it is buffered, queues at most
+    ``PEER_HWM`` frames per connection, the inbound queue holds at most four
+    frames' worth of bytes, and the store's queue a few dozen batches."""
     store = Store(path, readonly=True)
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.AgentMessage, max_size=max_frame))
     z = sock.zmq
     curve_server(z, keys)
-    z.setsockopt(zmq.MAXMSGSIZE, 4 * max_frame)  # memory guard; max_frame itself is checked and counted
+    z.setsockopt(zmq.MAXMSGSIZE, max_frame)
     z.setsockopt(zmq.ROUTER_MANDATORY, 0)
-    z.setsockopt(zmq.RCVHWM, 1000)
-    z.bind(listen)
+    z.setsockopt(zmq.RCVHWM, PEER_HWM)
     sock.copy = False
-    agents = Duplex(sock)
-    to_store = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec(), topic=f"{ctx.name}.ingest")
+    agents = Duplex(sock, max_in_bytes=4 * max_frame)
+    to_store = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec(), topic=f"{ctx.name}.ingest",
+                          sndhwm=STORE_SNDHWM)
     to_registry = ctx.socket(zmq.PUSH, connect=SEEN, codec=internal_codec(), topic="")
     stored = ctx.socket(zmq.PULL, connect=STORED, codec=internal_codec(), topic="")
     deliver = ctx.socket(zmq.PULL, bind=DELIVER, codec=internal_codec(), topic="")
@@ -313,13 +330,21 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     ack_codec = Codec(wire.HiveMessage)
     idents: dict[str, bytes] = {}
     revoked: set[str] = store.revoked()
+    # The pid each agent's Hello gave (from the store until it says hello
+    # again): no kill of it leaves this door, however fast it follows.
+    agent_pids: dict[str, int] = {a.id: a.pid for a in store.agents() if a.pid}
     seen_at: dict[str, float] = {}
-    refused = ctx.stats.extra
-    refused.update(unauthenticated=0, revoked=0, oversized=0, wrong_type=0)
+    counts = ctx.stats.extra
+    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0)
+
+    def refused(why: str, agent: str, detail: str) -> None:
+        ctx.throttle.event(why, "frame.refused", why=why, agent=agent or "?", detail=detail)
 
     def refuse(why: str, agent: str, detail: str) -> None:
-        refused[why] = int(refused.get(why, 0)) + 1
-        log_event(ctx.log, "frame.refused", logging.WARNING, why=why, agent=agent or "?", detail=detail)
+        counts[why] = int(counts.get(why, 0)) + 1
+        refused(why, agent, detail)
+
+    door = Door(counts, lambda why, detail: refused(why, "", detail))
 
     async def inbound() -> None:
         while True:
@@ -328,18 +353,13 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     refuse("wrong_type", "", f"{len(frames) - 1} frames in one message")
                     continue
                 ident, frame = frames[0].bytes, frames[1]
+                if ident not in door.idents:
+                    door.spoke(frame.get(zmq.SRCFD), ident)
                 agent = frame.get("User-Id") or ""
-                if not agent:
-                    refuse("unauthenticated", "", "no authenticated key")
-                    continue
                 if agent in revoked:
                     refuse("revoked", agent, "key revoked")
                     continue
-                data = frame.bytes
-                if len(data) > max_frame:
-                    refuse("oversized", agent, f"{len(data)} bytes > {max_frame}")
-                    continue
-                msg = sock.decode(data)
+                msg = sock.decode(frame.bytes)
                 if msg is None:
                     continue  # counted and logged by the socket
                 idents[agent] = ident
@@ -350,19 +370,23 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                         continue
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 elif isinstance(msg, wire.Hello):
+                    agent_pids[agent] = msg.pid
                     seen = AgentSeen(agent=agent, time=time.time_ns(), hello=msg,
                                      address=frame.get("Peer-Address") or "")
                 elif isinstance(msg, wire.Heartbeat):
                     seen = AgentSeen(agent=agent, time=time.time_ns(), heartbeat=msg)
                 else:
-                    # Never blocks the agents' door: with the playbook restarting
-                    # or far behind, the result is counted and dropped (the
-                    # playbook closes that action as unanswered after its timeout).
-                    if not results.try_send(Result(agent=agent, result=msg)):
-                        refused["results_dropped"] = int(refused.get("results_dropped", 0)) + 1
+                    answer(Result(agent=agent, result=msg))
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 seen_at[agent] = now
                 await to_registry.send(seen)
+
+    def answer(result: Result) -> None:
+        # Never blocks the agents' door: with the playbook restarting or far
+        # behind, the result is counted and dropped (the playbook closes
+        # that action as unanswered after its timeout).
+        if not results.try_send(result):
+            counts["results_dropped"] = int(counts["results_dropped"]) + 1
 
     async def acks() -> None:
         while True:
@@ -372,20 +396,32 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     await agents.send([idents[o.agent], ack_codec.encode(ack)])
 
     async def commands() -> None:
+        from hive.playbook import check_guardrails  # (hive.playbook imports this module)
+
         while True:
             for d in await deliver.recv():
                 if not isinstance(d, Deliver):
                     continue
+                cmd = d.command
+                pid = agent_pids.get(d.agent)
+                why = check_guardrails(cmd.action, msgspec.structs.asdict(cmd),
+                                       agent_pids=frozenset([pid] if pid else []))
+                if why:
+                    counts["commands_refused"] = int(counts["commands_refused"]) + 1
+                    log_event(ctx.log, "command.refused", logging.WARNING, agent=d.agent, id=cmd.id, reason=why)
+                    answer(Result(agent=d.agent, result=wire.CommandResult(command=cmd.id, detail=why)))
+                    continue
                 ident = idents.get(d.agent)
                 if ident is None:
-                    log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=d.agent, id=d.command.id)
+                    log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=d.agent, id=cmd.id)
                     continue
-                await agents.send([ident, ack_codec.encode(d.command)])
+                await agents.send([ident, ack_codec.encode(cmd)])
 
-    async def watch_revocations() -> None:
+    async def housekeeping() -> None:
         nonlocal revoked
         while True:
             await trio.sleep(1.0)
+            ctx.throttle.flush()
             try:
                 revoked = await trio.to_thread.run_sync(store.revoked)
             except StoreError as e:
@@ -393,10 +429,12 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
 
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(watch_door, z, door)
+            z.bind(listen)
             await nursery.start(agents.pump)
-            for fn in (inbound, acks, commands, watch_revocations):
+            for fn in (inbound, acks, commands, housekeeping):
                 nursery.start_soon(fn)
-            log_event(ctx.log, "router.listening", endpoint=listen)
+            log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
             task_status.started()
     finally:
         store.close()
@@ -405,25 +443,36 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
 # -- enrollment --------------------------------------------------------------------------
 
 
+ENROLL_MAX_FRAME = 4096
+"""An enrollment request is a token and a name: a few hundred bytes."""
+
+
 async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
                        keys: KeyPair, listen: str) -> None:
     """The enrollment door: any CURVE key may connect (the channel is still
     encrypted and the agent pins our key from its token), but only a valid
-    one-time token gets that key enrolled."""
+    one-time token gets that key enrolled.  Refusals are counted and logged
+    a few per interval, as at the router."""
     store = Store(path)
-    sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.Enroll, max_size=4096))
-    curve_server(sock.zmq, keys, domain=ENROLL_DOMAIN)
-    sock.zmq.setsockopt(zmq.MAXMSGSIZE, 65536)
-    sock.zmq.bind(listen)
+    sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.Enroll, max_size=ENROLL_MAX_FRAME))
+    z = sock.zmq
+    curve_server(z, keys, domain=ENROLL_DOMAIN)
+    z.setsockopt(zmq.MAXMSGSIZE, ENROLL_MAX_FRAME)
+    z.setsockopt(zmq.RCVHWM, PEER_HWM)
     sock.copy = False
     reply = Codec(wire.Enrolled)
-    task_status.started()
-    try:
+    counts = ctx.stats.extra
+    counts.update(enrolled=0, refused=0)
+    door = Door(counts, lambda why, detail: ctx.throttle.event(why, "enroll.refused", why=why, detail=detail))
+
+    async def serve() -> None:
         while True:
             for frames in await sock.recv_frames(64):
                 if len(frames) != 3 or frames[1].bytes != b"":
                     continue  # REQ peers send [identity, "", body]
                 ident, body = frames[0].bytes, frames[2]
+                if ident not in door.idents:
+                    door.spoke(body.get(zmq.SRCFD), ident)
                 public = body.get("User-Id") or ""
                 req = sock.decode(body.bytes)
                 if req is None:
@@ -432,12 +481,27 @@ async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     try:
                         await trio.to_thread.run_sync(store.redeem_token, req.token, req.agent, public)
                         answer = wire.Enrolled(ok=True, agent=req.agent)
+                        counts["enrolled"] = int(counts["enrolled"]) + 1
                         log_event(ctx.log, "agent.enrolled", agent=req.agent, key=public)
                     except StoreError as e:
                         answer = wire.Enrolled(ok=False, detail=str(e))
-                        log_event(ctx.log, "enroll.refused", logging.WARNING, agent=req.agent, reason=str(e),
-                                  address=body.get("Peer-Address") or "")
+                        counts["refused"] = int(counts["refused"]) + 1
+                        ctx.throttle.event("token", "enroll.refused", why="token", agent=req.agent, reason=str(e),
+                                           address=body.get("Peer-Address") or "")
                 await sock.send_frames([ident, b"", reply.encode(answer)])
+
+    async def flush_log() -> None:
+        while True:
+            await trio.sleep(1.0)
+            ctx.throttle.flush()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch_door, z, door)
+            z.bind(listen)
+            nursery.start_soon(serve)
+            nursery.start_soon(flush_log)
+            task_status.started()
     finally:
         store.close()
 

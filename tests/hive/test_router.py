@@ -134,25 +134,39 @@ async def test_unenrolled_and_revoked_keys_are_refused_while_others_are_served(h
     assert any(getattr(r, "event", "") == "auth.refused" for r in caplog.records)
 
 
-async def test_garbage_oversized_and_wrongly_typed_frames_are_counted(tmp_path, runtime):
+async def test_garbage_oversized_and_wrongly_typed_frames_are_counted(tmp_path, runtime, caplog):
     from actors import Context
     h = Hive(tmp_path, max_frame=4096)
     async with trio.open_nursery() as n:
         await n.start(h.tree, Context(runtime, "hive"))
         a = Agent(runtime, h, h.enroll("a"))
         a.z.send(b"\xc1\x00garbage")
-        a.z.send(b"x" * 10_000)
         a.z.send(HIVE.encode(wire.Ack(seq=1)))  # a hive message, from an agent
         a.z.send_multipart([b"two", b"frames"])
         a.send(wire.EventBatch(seq=1, stream="s", events=events(2)))
         acks = await a.replies(1)
+        # Above the limit, ZeroMQ drops the connection before buffering the
+        # frame; the agent's socket connects again and goes on.
+        a.z.send(b"x" * 10_000)
+        st = runtime.registry["hive.router"]
+        with trio.fail_after(5):
+            while st.extra["oversized"] < 1:
+                await trio.sleep(0.05)
+        with trio.fail_after(10):
+            while len(acks) < 2:
+                a.send(wire.EventBatch(seq=2, stream="s", events=events(2)))
+                acks += await a.replies(1, timeout=0.5)
         a.close()
+        with trio.fail_after(5):
+            while st.extra["disconnects"] < 1:
+                await trio.sleep(0.05)
         n.cancel_scope.cancel()
-    st = runtime.registry["hive.router"]
-    assert [x.seq for x in acks] == [1]
+    assert [x.seq for x in acks] == [1, 2]
     assert st.malformed == 2  # garbage and the wrong type
-    assert st.extra["oversized"] == 1 and st.extra["wrong_type"] == 1
+    assert st.extra["oversized"] == 1 and st.extra["wrong_type"] == 1 and st.extra["unauthenticated"] == 0
+    assert st.extra["connections"] == 2 and st.extra["disconnects"] == 1  # the agent's own close at the end
     assert st.restarts == 0
+    assert any(getattr(r, "event", "") == "frame.refused" and r.fields["why"] == "oversized" for r in caplog.records)
 
 
 async def test_enrollment_with_a_one_time_token(hive, runtime):
@@ -274,3 +288,64 @@ async def test_after_any_restart_the_hive_acks_and_stores_again(hive, runtime, v
     assert [x.seq for x in acks] == [2]
     a.close()
     assert len(Store(hive.db, readonly=True).events(agent="steady", kind="exec")) == 4
+
+
+async def test_strangers_at_both_doors_are_counted_and_logged_briefly(hive, runtime, caplog):
+    good = Agent(runtime, hive, hive.enroll("good"))
+    strangers = []
+    for door in (hive.listen, hive.enroll_listen):
+        host, port = door.removeprefix("tcp://").rsplit(":", 1)
+        for _ in range(10):  # plain TCP, an HTTP request
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        for _ in range(5):  # a port scan
+            socket.create_connection((host, int(port))).close()
+        for _ in range(5):  # ZeroMQ without CURVE
+            z = runtime.zmq.socket(zmq.DEALER)
+            z.setsockopt(zmq.LINGER, 0)
+            z.connect(door)
+            strangers.append(z)
+    for _ in range(5):  # CURVE with a key nobody enrolled (the enroll door takes any key)
+        strangers.append(Agent(runtime, hive, KeyPair.generate()).z)
+    good.send(wire.EventBatch(seq=1, stream="g", events=events(1)))
+    assert [x.seq for x in await good.replies(1)] == [1]
+    router, enroll = runtime.registry["hive.router"], runtime.registry["hive.enroll"]
+    with trio.fail_after(10):
+        while router.extra["unauthenticated"] < 25 or enroll.extra["unauthenticated"] < 20:
+            await trio.sleep(0.05)
+    await trio.sleep(0.5)
+    for z in strangers:
+        z.close()
+    good.close()
+    # The NULL and unenrolled clients try again and again: each try is one more.
+    assert router.extra["unauthenticated"] >= 25 and enroll.extra["unauthenticated"] >= 20
+    assert router.extra["oversized"] == 0 and enroll.extra["oversized"] == 0
+    refused = [r for r in caplog.records if getattr(r, "event", "") == "frame.refused"
+               and r.fields["why"] == "unauthenticated"]
+    assert 1 <= len(refused) <= 5
+
+
+async def test_a_kill_of_the_agents_own_pid_is_refused_at_the_door_right_after_its_hello(hive, runtime):
+    from actors import Context
+    from hive import DELIVER, RESULTS, Deliver, Result
+    from hive._actors import internal_codec
+
+    ctx = Context(runtime, "playbook")
+    deliver = ctx.socket(zmq.PUSH, connect=DELIVER, codec=internal_codec())
+    results = ctx.socket(zmq.PULL, connect=RESULTS, codec=internal_codec())
+    a = Agent(runtime, hive, hive.enroll("web-1"))
+    a.send(wire.Hello(agent="web-1", pid=4242))
+    a.send(wire.Heartbeat())  # so the router knows where web-1 is
+    await trio.sleep(0.3)  # the router has the Hello (the registry may not have written it yet)
+    await deliver.send(Deliver(agent="web-1", command=wire.KillProcess(id="k1", pid=4242)))
+    await deliver.send(Deliver(agent="web-1", command=wire.KillProcess(id="k2", pid=4343)))
+    with trio.fail_after(5):
+        [refused] = await results.recv()
+    assert isinstance(refused, Result) and refused.agent == "web-1"
+    assert refused.result.command == "k1" and not refused.result.ok
+    assert "is the agent itself" in refused.result.detail
+    [cmd] = await a.replies(1)
+    assert cmd.id == "k2"  # the other kill went out
+    assert runtime.registry["hive.router"].extra["commands_refused"] == 1
+    a.close()
+    ctx.close()
