@@ -42,10 +42,13 @@ from sigma.types import (
     SigmaNull,
     SigmaNumber,
     SigmaRegularExpression,
+    SigmaRegularExpressionFlag,
     SigmaString,
     SigmaTimestampPart,
     SpecialChars,
 )
+
+from hive._regex import Regex, RegexError, escape
 
 from ._errors import RuleError, sigma_reason
 from ._fields import FIELDS
@@ -181,6 +184,34 @@ _COMPARE = {
 }
 
 
+# A regular expression that is only a literal, maybe anchored: plain text with escaped
+# punctuation, between an optional ^ and an optional $.
+_LITERAL_REGEX = re.compile(r"(\^?)((?:[^\\.^$*+?{}\[\]|()]|\\[!-/:-@\[-^`{-~])*)(\$?)")
+
+
+def _regex_leaf(name: str, pattern: str, flags) -> _Leaf:
+    """A ``re`` value: RE2 (linear time, whatever the pattern), or, for a literal, the
+    string test it amounts to (a str method beats a call into RE2, and the index can
+    key it)."""
+    ignore_case = SigmaRegularExpressionFlag.IGNORECASE in flags
+    multiline = SigmaRegularExpressionFlag.MULTILINE in flags
+    literal = _LITERAL_REGEX.fullmatch(pattern)
+    # Case folding is only the same as lower() for ASCII; ^ and $ mean lines under m.
+    if literal is not None and not multiline and (pattern.isascii() or not ignore_case):
+        start, text, end = literal.groups()
+        text = re.sub(r"\\(.)", r"\1", text)
+        parts = _normalize(("" if start else _ANY, text, "" if end else _ANY)) or ("",)
+        if not ignore_case:
+            return _Leaf(name, "any", (parts,), cased=True)
+        return _Leaf(name, "any", (tuple(p.lower() if isinstance(p, str) else p
+                                         for p in parts),))
+    try:
+        return _Leaf(name, "re", Regex(pattern, ignore_case=ignore_case, multiline=multiline,
+                                       dotall=SigmaRegularExpressionFlag.DOTALL in flags))
+    except RegexError as e:
+        raise RuleError(str(e), kind="value") from None
+
+
 def _value_leaf(name: str | None, value) -> _Leaf | _Node:
     if isinstance(value, SigmaExpansion):
         return _Node("or", tuple(_value_leaf(name, v) for v in value.values))
@@ -201,14 +232,7 @@ def _value_leaf(name: str | None, value) -> _Leaf | _Node:
     if isinstance(value, SigmaExists):
         return _Leaf(name, "exists" if value.exists else "absent")
     if isinstance(value, SigmaRegularExpression):
-        flags = 0
-        for flag in value.flags:
-            flags |= SigmaRegularExpression.sigma_to_python_flags[flag]
-        try:
-            pattern = re.compile(str(value.regexp), flags)
-        except re.error as e:
-            raise RuleError(f"regular expression {str(value.regexp)!r}: {e}", kind="value") from e
-        return _Leaf(name, "re", pattern)
+        return _regex_leaf(name, str(value.regexp), value.flags)
     if isinstance(value, SigmaCIDRExpression):
         return _Leaf(name, "cidr", value.network)
     if isinstance(value, SigmaCompareExpression):
@@ -284,11 +308,34 @@ def _fields_of(node, found: set) -> set:
 
 
 def _glob(parts: tuple) -> Callable[[str], bool]:
-    pattern = re.compile(
-        "".join(".*" if p is _ANY else "." if p is _ONE else re.escape(p) for p in parts),
-        re.DOTALL,
-    )
-    return lambda s: pattern.fullmatch(s) is not None
+    """A whole-string test for a wildcard pattern, in time linear in the string (a
+    backtracking ``.*a.*b.*`` is quadratic or worse on a hostile command line)."""
+    if _ONE in parts:
+        regex = Regex("\\A" + "".join(".*" if p is _ANY else "." if p is _ONE else escape(p)
+                                       for p in parts) + "\\z", dotall=True)
+        return regex.search
+    if len(parts) == 1 and isinstance(parts[0], str):
+        return parts[0].__eq__
+    # Only text and *: the first piece anchors the start, the last the end, and the
+    # leftmost occurrence of each piece between them is as good as any.
+    head = parts[0] if isinstance(parts[0], str) else ""
+    tail = parts[-1] if isinstance(parts[-1], str) and len(parts) > 1 else ""
+    middle = tuple(p for p in parts[1 if head else 0:len(parts) - 1 if tail else None]
+                   if isinstance(p, str))
+
+    def test(s: str) -> bool:
+        if not (s.startswith(head) and s.endswith(tail)):
+            return False
+        start, end = len(head), len(s) - len(tail)
+        if start > end:
+            return False
+        for piece in middle:
+            found = s.find(piece, start, end)
+            if found < 0:
+                return False
+            start = found + len(piece)
+        return True
+    return test
 
 
 def _pattern_test(patterns: tuple, all_of: bool) -> Callable[[str], bool]:
@@ -383,8 +430,7 @@ def _string_test(leaf: _Leaf) -> tuple[Callable[[str], bool], bool]:
     if leaf.op in ("any", "all"):
         return _pattern_test(leaf.arg, leaf.op == "all"), leaf.cased
     if leaf.op == "re":
-        search = leaf.arg.search
-        return (lambda s: search(s) is not None), True
+        return leaf.arg.search, True
     if leaf.op == "cidr":
         return _ip_test(leaf.arg), True
     raise AssertionError(leaf.op)
@@ -454,6 +500,10 @@ def _cost(node) -> float:
     return 3.0
 
 
+_NESTED = 8
+"""And/or of up to this many tests nest as closures; longer ones loop."""
+
+
 def _build(node) -> Matcher:
     if isinstance(node, _Leaf):
         name = node.field
@@ -474,6 +524,9 @@ def _build(node) -> Matcher:
     if node.op == "not":
         (inner,) = parts
         return lambda ev: not inner(ev)
+    if len(parts) > _NESTED:
+        # A loop: nesting hundreds of closures would nest as many calls at match time.
+        return _every(parts) if node.op == "and" else _some(parts)
     # Nest pairwise: two closures and a short-circuit beat all()/any() over a generator.
     combined = parts[-1]
     for left in reversed(parts[:-1]):
@@ -573,9 +626,24 @@ def _keys(node) -> tuple[frozenset, float] | None:
 # --------------------------------------------------------------------------
 
 
+MAX_CONDITION_DEPTH = 20
+"""And, or and not inside each other in one condition (SigmaHQ's Linux rules need 4 at
+most); matching recurses through them."""
+
+
+def _depth(node) -> int:
+    if isinstance(node, _Leaf):
+        return 0
+    return 1 + max(_depth(a) for a in node.args)
+
+
 def compile_detection(condition, category: str) -> tuple[Matcher, frozenset | None, frozenset]:
     """Matcher, index keys and referenced fields for a resolved pySigma condition tree."""
     tree = _simplify(_from_condition(condition))
+    depth = _depth(tree)
+    if depth > MAX_CONDITION_DEPTH:
+        raise RuleError(f"the condition nests {depth} levels deep, more than "
+                        f"{MAX_CONDITION_DEPTH} (MAX_CONDITION_DEPTH)", kind="limit")
     fields = frozenset(_fields_of(tree, set()))
     unknown = sorted(fields - FIELDS[category])
     if unknown:
@@ -617,6 +685,10 @@ def compile_rule(rule: SigmaRule, path: Path | None = None) -> Rule:
             # pySigma assumes a well-formed condition and fails with Python errors otherwise.
             raise RuleError(f"malformed condition: {type(e).__name__}: {e}",
                             kind="condition") from e
+        except RecursionError:
+            raise RuleError("the condition nests too deeply for pySigma's parser (more than "
+                            f"{MAX_CONDITION_DEPTH} levels are refused anyway)",
+                            kind="limit") from None
         if any(c is None for c in conditions):
             raise RuleError("condition resolves to nothing", kind="condition")
         root = conditions[0] if len(conditions) == 1 else ConditionOR(conditions)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KINDS = ("file", "yaml", "sigma", "metadata", "logsource", "field", "value", "condition",
-         "duplicate", "reference", "correlation")
-"""What went wrong, coarsely: the file could not be read, was not YAML, pySigma
-refused the rule, a required attribute is missing, the logsource or a field is
-one our sensors do not produce, a value or modifier is unsupported, the condition
-is unusable, the id is taken, a correlation names an unknown rule, or uses a
+KINDS = ("file", "yaml", "limit", "sigma", "metadata", "logsource", "field", "value",
+         "condition", "duplicate", "reference", "correlation")
+"""What went wrong, coarsely: the file could not be read, was not YAML, is over a
+loader limit (``hive/_datafile.py``; or there are too many rules), pySigma refused
+the rule, a required attribute is missing, the logsource or a field is one our
+sensors do not produce, a value or modifier is unsupported, the condition is
+unusable, the id is taken, a correlation names an unknown rule, or uses a
 correlation feature we do not implement."""
 
 

@@ -12,12 +12,13 @@ one file changed only re-reads that file.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
 from sigma.collection import SigmaCollection
 from sigma.correlations import (
     CorrelationConditionAND,
@@ -29,8 +30,12 @@ from sigma.correlations import (
     SigmaRuleReference,
 )
 from sigma.exceptions import SigmaError, SigmaRuleLocation
+from sigma.policy import SigmaPolicy
+from sigma.policy.regex_engine import RegexEngine
 from sigma.rule import SigmaRule
 
+from hive._datafile import MAX_RULES, FileRefused, read_yaml
+from hive._regex import Regex, RegexError
 from hive.correlate import TYPES, CorrelationRule
 
 from ._compile import Rule, compile_rule
@@ -134,7 +139,10 @@ def rule_files(paths: Sequence[Path | str]) -> list[tuple[Path, tuple]]:
         else:
             raise RuleError("no such file or directory", kind="file", path=path)
         for candidate in candidates:
-            st = candidate.stat()
+            try:
+                st = candidate.stat()
+            except OSError:
+                continue  # removed since it was listed
             found.append((candidate, (st.st_size, st.st_mtime_ns)))
     return found
 
@@ -144,23 +152,43 @@ def signature(paths: Sequence[Path | str]) -> tuple:
     return tuple((str(p), stamp) for p, stamp in rule_files(paths))
 
 
-def _yaml_reason(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
-    if mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return problem
+class _RegexEngine(RegexEngine):
+    """How pySigma checks the ``re`` values of the rules it parses: with our RE2 compiler,
+    so that a rule is refused for the reason it could not run, in one line (pySigma's
+    own RE2 engine prints RE2's log on stderr as well)."""
+
+    def compile(self, pattern: str, flags: int = 0) -> Any:
+        try:
+            regex = Regex(pattern, ignore_case=bool(flags & re.IGNORECASE),
+                          multiline=bool(flags & re.MULTILINE), dotall=bool(flags & re.DOTALL))
+        except RegexError as e:
+            raise _Refused(e.reason) from None
+        return regex.with_re_api()
+
+    @property
+    def error(self) -> type[Exception]:
+        return _Refused
+
+
+class _Refused(Exception):
+    pass
+
+
+_POLICY = SigmaPolicy(regex_engine=_RegexEngine())
 
 
 def _parse_file(path: Path) -> _Parsed:
+    """One file's rules; whatever the file holds, failures are reported, never raised."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return _Parsed((), (), (RuleError(f"cannot read: {e}", kind="file", path=path),))
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        return _Parsed((), (), (RuleError(_yaml_reason(e), kind="yaml", path=path),))
+        return _parse_documents(path, read_yaml(path))
+    except FileRefused as e:
+        return _Parsed((), (), (RuleError(e.reason, kind=e.kind, path=path),))
+    except Exception as e:  # pySigma on input nobody tried: refuse the file, load the rest
+        return _Parsed((), (), (RuleError(f"unusable: {type(e).__name__}: {e}", kind="sigma",
+                                          path=path),))
+
+
+def _parse_documents(path: Path, documents: list) -> _Parsed:
     for number, document in enumerate(documents, 1):
         if not isinstance(document, dict):
             return _Parsed((), (), (RuleError(
@@ -173,7 +201,7 @@ def _parse_file(path: Path) -> _Parsed:
     try:
         collection = SigmaCollection.from_dicts(
             documents, collect_errors=True, source=SigmaRuleLocation(path),
-            collect_filters=True, resolve_references=False)
+            collect_filters=True, resolve_references=False, policy=_POLICY)
     except SigmaError as e:
         return _Parsed((), (), (RuleError(sigma_reason(e), kind="sigma", path=path),))
     except (TypeError, ValueError, AttributeError, KeyError) as e:
@@ -297,7 +325,16 @@ def load_rules(paths: Sequence[Path | str], cache: RuleCache | None = None) -> R
     first: dict[str, Path] = {}
     ids: dict[str, str] = {}
     for path, stamp in files:
+        if len(rules) + len(pending) >= MAX_RULES:  # not even read: reading takes time too
+            failures.append(RuleError(f"not read: {MAX_RULES} rules are loaded already "
+                                      "(MAX_RULES)", kind="limit", path=path))
+            continue
         parsed = cache.parse(path, stamp)
+        count = len(parsed.rules) + len(parsed.correlations)
+        if len(rules) + len(pending) + count > MAX_RULES:
+            failures.append(RuleError(f"its {count} rules would make more than {MAX_RULES} "
+                                      "(MAX_RULES)", kind="limit", path=path))
+            continue
         failures.extend(parsed.failures)
         for rule in parsed.rules:
             if rule.id in first:
