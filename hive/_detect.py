@@ -34,6 +34,12 @@ ALERTS = "inproc://hive.alerts"
 
 _RELOAD_EVERY = 2.0
 _RECENT_ALERTS = 10_000
+DETECT_BUDGET = 1.0
+"""Seconds the sentinel may spend on one batch (a batch of a thousand events takes
+a few tens of milliseconds); the events after that are counted in
+``detect_skipped`` and not checked, so that detection falls behind by a bounded
+time and says so, instead of stalling."""
+_WARN_EVERY = 10.0
 
 
 def _count(ctx: Context, key: str, n: int = 1) -> None:
@@ -42,13 +48,15 @@ def _count(ctx: Context, key: str, n: int = 1) -> None:
 
 async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
                          rule_dirs: list[Path], suppress_window: float = 300.0,
-                         detect: str = DETECT, correlate: str = CORRELATE) -> None:
+                         batch_budget: float = DETECT_BUDGET, detect: str = DETECT,
+                         correlate: str = CORRELATE) -> None:
     from hive.sigma import RuleEngine
 
     engine = RuleEngine(clock=trio.current_time, suppress_window=suppress_window)
     # Compiling a few hundred rules takes a moment: off the event loop.
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
-    _report_rules(ctx, report)
+    refused = _report_rules(ctx, report, set())
+    ctx.stats.extra.update(detect_skipped=0, slowest_rules="")
     inbox = ctx.socket(zmq.PULL, bind=detect, codec=internal_codec(), rcvhwm=2000)
     out = ctx.socket(zmq.PUSH, connect=correlate, codec=internal_codec(), sndhwm=4000)
     task_status.started()
@@ -58,6 +66,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             _count(ctx, f"{what}_skipped")  # correlate is behind; counted, never blocking detection
 
     async def housekeeping() -> None:
+        nonlocal refused
         since_reload = 0.0
         while True:
             await trio.sleep(1.0)
@@ -68,32 +77,54 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 since_reload = 0.0
                 if engine.changed():
                     try:
-                        _report_rules(ctx, engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs)))
+                        refused = _report_rules(
+                            ctx, engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs)),
+                            refused)
                     except Exception as e:  # a broken rule folder keeps the rules we have
                         log_event(ctx.log, "rules.reload_failed", logging.ERROR, reason=str(e))
             st = engine.statistics()
             ctx.stats.extra.update(evaluated=st.evaluated, matched=st.matched,
-                                   suppressed=st.suppression.suppressed)
+                                   suppressed=st.suppression.suppressed,
+                                   slowest_rules=_costs(st.slowest))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(housekeeping)
+        warned = -_WARN_EVERY
         while True:
             for batch in await inbox.recv():
                 if not isinstance(batch, Ingest):
                     continue
-                alerts = engine.process_batch(batch.events)
+                skipped = engine.skipped
+                alerts = engine.process_batch(batch.events, batch_budget)
+                skipped = engine.skipped - skipped
                 _count(ctx, "events", len(batch.events))
+                if skipped:
+                    _count(ctx, "detect_skipped", skipped)
+                    if trio.current_time() - warned >= _WARN_EVERY:
+                        warned = trio.current_time()
+                        log_event(ctx.log, "detect.over_budget", logging.WARNING,
+                                  skipped=ctx.stats.extra["detect_skipped"], budget=batch_budget,
+                                  slowest=_costs(engine.slowest()))
                 send(batch, "events")
                 for alert in alerts:
                     _count(ctx, "alerts")
                     send(alert, "alerts")
 
 
-def _report_rules(ctx: Context, report: Any) -> None:
-    for failure in report.failures:
-        log_event(ctx.log, "rule.not_loaded", logging.WARNING, reason=str(failure))
-    ctx.stats.extra.update(rules_loaded=report.loaded, rules_failed=report.failed)
-    log_event(ctx.log, "rules.loaded", loaded=report.loaded, failed=report.failed, files=report.files)
+def _report_rules(ctx: Context, report: Any, logged: set[str]) -> set[str]:
+    """Count what loaded and what was refused; log each refusal once, not at every
+    reload.  Returns the refusals, to pass back in next time."""
+    refused = {str(failure) for failure in report.failures}
+    for failure in sorted(refused - logged):
+        log_event(ctx.log, "rule.refused", logging.WARNING, reason=failure)
+    ctx.stats.extra.update(rules_loaded=report.loaded, rules_refused=report.failed)
+    log_event(ctx.log, "rules.loaded", loaded=report.loaded, refused=report.failed, files=report.files)
+    return refused
+
+
+def _costs(slowest: Any) -> str:
+    """The slowest rules, for the status line: id, time in all and number of tests."""
+    return ", ".join(f"{c.id} {c.seconds * 1000:.0f}ms/{c.tests}" for c in slowest)
 
 
 async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,

@@ -17,7 +17,7 @@ mapping and logsources are documented in ``_fields.py``.
 from pathlib import Path
 
 from ._compile import Rule, SigmaEvent
-from ._engine import EngineStatistics, RuleEngine
+from ._engine import EngineStatistics, RuleCost, RuleEngine
 from ._errors import KINDS, RuleError
 from ._fields import CATEGORIES, FIELDS, SUBJECT_FIELDS, sigma_events
 from ._index import IndexSummary, RuleIndex
@@ -29,7 +29,7 @@ BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules"
 
 __all__ = [
     "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "SUBJECT_FIELDS",
-    "EngineStatistics", "IndexSummary", "LoadReport", "Rule", "RuleCache", "RuleEngine",
+    "EngineStatistics", "IndexSummary", "LoadReport", "Rule", "RuleCache", "RuleCost", "RuleEngine",
     "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor", "SuppressorStatistics",
     "check_rules", "load_rules", "sigma_events", "signature",
 ]
