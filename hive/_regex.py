@@ -67,7 +67,7 @@ class Regex:
     """A compiled pattern: ``search`` answers whether it occurs in a text, ``first``
     gives the text of a group of its first occurrence."""
 
-    __slots__ = ("_options", "_re", "_source", "groups", "pattern")
+    __slots__ = ("_options", "_re", "_source", "groups", "names", "pattern")
 
     def __init__(self, pattern: str, *, ignore_case: bool = False, multiline: bool = False,
                  dotall: bool = False) -> None:
@@ -84,6 +84,9 @@ class Regex:
             raise RegexError(pattern, _reason(compiled.error()))
         self._re, self._source, self._options = compiled, source, options
         self.groups = compiled.NumberOfCapturingGroups()
+        self.names = {name.decode("utf-8", "surrogatepass"): number
+                      for name, number in compiled.NamedCapturingGroups()}
+        """Group numbers by name, for ``(?P<name>...)``."""
 
     def search(self, text: str) -> bool:
         data = _encode(text)

@@ -47,12 +47,20 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import yaml
+
+from hive._datafile import FileRefused, parse_yaml, read_yaml
+from hive._regex import Regex, RegexError
 
 from ._actions import ACTIONS, check_params
 from ._errors import PlaybookError, TemplateError
 from ._template import MISSING, Template, compile_value, resolve, value_roots
 
+MAX_PLAYBOOKS = 1000
+"""Playbooks loaded from all files together (one file, one playbook)."""
+MAX_STEPS = 32
+"""Steps in one playbook (each alert that triggers it may send all of them)."""
+MAX_CONDITIONS = 64
+"""Conditions in one list (``conditions``, a step's ``when``), tested on every alert."""
 MODES = ("auto", "approval", "dry-run")
 LEVELS = ("informational", "low", "medium", "high", "critical")
 ROOTS = ("alert", "event", "playbook", "vars")
@@ -147,7 +155,7 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "contains": lambda v, x: any(_same(i, x) for i in v) if isinstance(v, list) else str(x) in str(v),
     "startswith": lambda v, x: any(str(v).startswith(str(i)) for i in _as_list(x)),
     "endswith": lambda v, x: any(str(v).endswith(str(i)) for i in _as_list(x)),
-    "matches": lambda v, x: x.search(str(v)) is not None,
+    "matches": lambda v, x: x.search(str(v)),
     "cidr": _in_networks,
     "lt": lambda v, x: (n := _number(v)) is not None and n < x,
     "gt": lambda v, x: (n := _number(v)) is not None and n > x,
@@ -186,9 +194,9 @@ def _condition(spec: _ConditionSpec, where: str) -> Condition:
         raise PlaybookError(f"{where}.value: {op} takes a list")
     elif op == "matches":
         try:
-            value = re.compile(str(value))
-        except re.error as e:
-            raise PlaybookError(f"{where}.value: bad regex {value!r}: {e}") from None
+            value = Regex(str(value))
+        except RegexError as e:
+            raise PlaybookError(f"{where}.value: bad regex {value!r}: {e.reason}") from None
     elif op == "cidr":
         try:
             value = [ipaddress.ip_network(str(v), strict=False) for v in _as_list(value)]
@@ -359,12 +367,22 @@ def _limits(spec: _LimitsSpec) -> Limits:
 def parse_playbook(text: str, origin: Path | str = "<playbook>") -> Playbook:
     """One playbook from YAML text; a PlaybookError names what is wrong and where."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise PlaybookError(f"not valid YAML{at}: {problem}", path=origin) from None
+        documents = parse_yaml(text)
+    except FileRefused as e:
+        raise _refused(e, origin) from None
+    return _playbook(documents, origin)
+
+
+def _refused(e: FileRefused, origin: Path | str) -> PlaybookError:
+    return PlaybookError(f"not valid YAML: {e.reason}" if e.kind == "yaml" else e.reason,
+                         path=origin)
+
+
+def _playbook(documents: list, origin: Path | str) -> Playbook:
+    if len(documents) > 1:
+        raise PlaybookError(f"{len(documents)} YAML documents: a playbook file holds one",
+                            path=origin)
+    doc = documents[0] if documents else None
     if not isinstance(doc, dict):
         raise PlaybookError("expected a mapping with id, title, trigger and steps", path=origin)
     try:
@@ -380,6 +398,13 @@ def parse_playbook(text: str, origin: Path | str = "<playbook>") -> Playbook:
             raise PlaybookError(f"mode: {spec.mode!r} is not one of {', '.join(MODES)}")
         if not spec.steps:
             raise PlaybookError("steps: a playbook needs at least one step")
+        if len(spec.steps) > MAX_STEPS:
+            raise PlaybookError(f"steps: {len(spec.steps)} steps, more than {MAX_STEPS} (MAX_STEPS)")
+        for where, conditions in [("conditions", spec.conditions),
+                                  *((f"steps[{i}].when", s.when) for i, s in enumerate(spec.steps))]:
+            if len(conditions) > MAX_CONDITIONS:
+                raise PlaybookError(f"{where}: {len(conditions)} conditions, more than "
+                                    f"{MAX_CONDITIONS} (MAX_CONDITIONS)")
         return Playbook(
             id=spec.id, title=spec.title, description=spec.description, enabled=spec.enabled,
             mode=spec.mode, trigger=_trigger(spec.trigger),
@@ -406,10 +431,10 @@ def _readable(msgspec_message: str) -> str:
 def load_playbook(path: Path | str) -> Playbook:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise PlaybookError(f"cannot read: {getattr(e, 'strerror', None) or e}", path=path) from None
-    return parse_playbook(text, path)
+        documents = read_yaml(path)
+    except FileRefused as e:
+        raise _refused(e, path) from None
+    return _playbook(documents, path)
 
 
 @dataclass
@@ -458,6 +483,10 @@ def check_playbooks(*paths: Path | str) -> CheckReport:
     seen: dict[str, Path | None] = {}
     for f in files:
         report.files += 1
+        if len(seen) >= MAX_PLAYBOOKS:
+            report.failures.append(PlaybookError(
+                f"not read: {MAX_PLAYBOOKS} playbooks are loaded already (MAX_PLAYBOOKS)", path=f))
+            continue
         try:
             pb = load_playbook(f)
         except PlaybookError as e:

@@ -9,8 +9,14 @@ expression keeps its type (``"{{ event.pid }}"`` renders to an int); text
 around expressions makes a string.
 
 Filters: ``default(v)`` (if missing, null or empty), ``regex(pattern[, group])``
-(first match; group 1 if the pattern has one, else the whole match; missing
-when nothing matches), ``int``, ``str``, ``lower``.
+(first match, in RE2: see ``hive/_regex.py``; group 1 if the pattern has one,
+else the whole match; missing when nothing matches), ``int``, ``str``,
+``lower``.
+
+Bounds, so that no playbook can make the hive spin or swell: an expression
+has at most ``MAX_EXPRESSION`` characters, ``MAX_FILTERS`` filters and
+``MAX_NESTING`` parentheses inside each other; a template renders to at most
+``MAX_RENDERED`` characters.
 """
 
 from __future__ import annotations
@@ -20,9 +26,19 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hive._regex import Regex, RegexError
+
 from ._errors import TemplateError
 
-_EXPR = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+MAX_EXPRESSION = 1024
+"""Characters between ``{{`` and ``}}``."""
+MAX_FILTERS = 16
+"""Filters in one expression."""
+MAX_NESTING = 8
+"""Parentheses inside each other in one expression."""
+MAX_RENDERED = 64 << 10
+"""Characters a template may render to (a command's parameter, a notification)."""
+
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|\d+))*\Z")
 _FILTER = re.compile(r"([a-z_]+)\s*(?:\((.*)\))?\Z", re.DOTALL)
 
@@ -39,13 +55,9 @@ def _default(value: Any, fallback: Any) -> Any:
     return fallback if value is MISSING or value is None or value == "" else value
 
 
-def _regex(value: Any, pattern: re.Pattern[str], group: int | None = None) -> Any:
-    m = pattern.search(str(value))
-    if m is None:
-        return MISSING
-    if group is None:
-        group = 1 if pattern.groups else 0
-    return m.group(group)
+def _regex(value: Any, pattern: Regex, group: int) -> Any:
+    found = pattern.first(str(value), group)
+    return MISSING if found is None else found
 
 
 def _int(value: Any) -> int:
@@ -81,6 +93,9 @@ def _split_pipes(text: str) -> list[str]:
             quote = c
         elif c == "(":
             depth += 1
+            if depth > MAX_NESTING:
+                raise TemplateError(f"{text.strip()!r}: parentheses nest more than "
+                                    f"{MAX_NESTING} deep (MAX_NESTING)")
         elif c == ")":
             depth -= 1
         elif c == "|" and depth == 0:
@@ -98,7 +113,13 @@ class _Expr:
 
     def __init__(self, text: str) -> None:
         self.text = text.strip()
+        if len(text) > MAX_EXPRESSION:
+            raise TemplateError(f"{{{{ {self.text[:40]}... }}}}: {len(text)} characters, more than "
+                                f"{MAX_EXPRESSION} (MAX_EXPRESSION)")
         head, *rest = _split_pipes(text)
+        if len(rest) > MAX_FILTERS:
+            raise TemplateError(f"{{{{ {self.text} }}}}: {len(rest)} filters, more than {MAX_FILTERS} "
+                                "(MAX_FILTERS)")
         if not _PATH.match(head):
             raise TemplateError(f"{{{{ {self.text} }}}}: {head!r} is not a dotted path such as event.pid")
         self.path = head.split(".")
@@ -122,11 +143,21 @@ class _Expr:
                 raise TemplateError(f"{{{{ {self.text} }}}}: {name} takes {least}"
                                     + (f" to {most}" if most != least else "") + f" argument(s), got {len(args)}")
             if name == "regex":
-                try:
-                    args = (re.compile(str(args[0])), *args[1:])
-                except re.error as e:
-                    raise TemplateError(f"{{{{ {self.text} }}}}: bad regex {args[0]!r}: {e}") from None
+                args = self._regex_args(*args)
             self.filters.append((name, fn, args))
+
+    def _regex_args(self, pattern: Any, group: Any = None) -> tuple[Regex, int]:
+        try:
+            regex = Regex(str(pattern))
+        except RegexError as e:
+            raise TemplateError(f"{{{{ {self.text} }}}}: bad regex {pattern!r}: {e.reason}") from None
+        if group is None:
+            group = 1 if regex.groups else 0
+        number = regex.names.get(group) if isinstance(group, str) else group
+        if type(number) is not int or not 0 <= number <= regex.groups:
+            raise TemplateError(f"{{{{ {self.text} }}}}: the regex has no group {group!r} (it has "
+                                f"0 to {regex.groups}{''.join(f', {n!r}' for n in regex.names)})")
+        return regex, number
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         value = resolve(scope, self.path)
@@ -179,15 +210,16 @@ class Template:
         self.text = text
         self._parts: list[str | _Expr] = []
         at = 0
-        for m in _EXPR.finditer(text):
-            if m.start() > at:
-                self._parts.append(text[at:m.start()])
-            self._parts.append(_Expr(m.group(1)))
-            at = m.end()
+        while (start := text.find("{{", at)) >= 0:  # str.find: linear, whatever the text
+            end = text.find("}}", start + 2)
+            if end < 0:
+                raise TemplateError(f"{_short(text)!r}: '{{{{' without a closing '}}}}'")
+            if start > at:
+                self._parts.append(text[at:start])
+            self._parts.append(_Expr(text[start + 2:end]))
+            at = end + 2
         if at < len(text):
             self._parts.append(text[at:])
-        if "{{" in "".join(p for p in self._parts if isinstance(p, str)):
-            raise TemplateError(f"{text!r}: '{{{{' without a closing '}}}}'")
         self._whole = len(self._parts) == 1 and isinstance(self._parts[0], _Expr)
 
     @property
@@ -196,8 +228,26 @@ class Template:
 
     def render(self, scope: Mapping[str, Any]) -> Any:
         if self._whole:
-            return self._parts[0].evaluate(scope)  # type: ignore[union-attr]
-        return "".join(p if isinstance(p, str) else str(p.evaluate(scope)) for p in self._parts)
+            value = self._parts[0].evaluate(scope)  # type: ignore[union-attr]
+            if isinstance(value, str):
+                self._check_size(len(value))
+            return value
+        out, size = [], 0
+        for part in self._parts:
+            text = part if isinstance(part, str) else str(part.evaluate(scope))
+            size += len(text)
+            self._check_size(size)  # before joining: a hundred copies of a long value add up
+            out.append(text)
+        return "".join(out)
+
+    def _check_size(self, size: int) -> None:
+        if size > MAX_RENDERED:
+            raise TemplateError(f"{_short(self.text)!r}: renders to more than {MAX_RENDERED} "
+                                "characters (MAX_RENDERED)")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def compile_value(value: Any) -> Any:

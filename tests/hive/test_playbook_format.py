@@ -29,7 +29,7 @@ def broken(**replace):
 
 
 CASES = [
-    ("not yaml", "id: [unclosed\n", "not valid YAML at line 2, column 1"),
+    ("not yaml", "id: [unclosed\n", "not valid YAML: line 2, column 1"),
     ("not a mapping", "- just\n- a list\n", "expected a mapping with id, title, trigger and steps"),
     ("unknown key", GOOD.replace("trigger:", "trigerr: {}\ntrigger:"), "unknown key `trigerr`"),
     ("missing steps", "id: x\ntitle: X\ntrigger: {rules: [r]}\n", "missing required key `steps`"),

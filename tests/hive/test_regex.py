@@ -49,6 +49,7 @@ def test_flags_and_python_spellings_that_re2_shares():
     assert not Regex("a.b").search("a\nb")
     assert Regex("a.b", dotall=True).search("a\nb")
     assert Regex(r"(?P<ip>\d+\.\d+)").first("v 12.34", 1) == "12.34"
+    assert Regex(r"(?P<ip>\d+)(x)(?P<y>y)").names == {"ip": 1, "y": 3}
     assert Regex(r"end\z").search("the end")
 
 
