@@ -66,6 +66,10 @@ class Sensor(abc.ABC):
         """Apply a new policy in place, without detaching anything."""
 
     @abc.abstractmethod
+    def notice(self, what: str, detail: str, count: int = 0) -> None:
+        """Put a ``wire.Notice`` in the stream (the next drain); from any thread."""
+
+    @abc.abstractmethod
     def exclude(self, *pids: int) -> None:
         """Never report or act on these processes (the agent's own)."""
 

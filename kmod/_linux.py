@@ -203,7 +203,7 @@ class LinuxSensor(Sensor):
         for fd in (bpf.map_fd("events"), self._timer, self._event):
             self._epoll.register(fd, select.EPOLLIN)
 
-        self._guard = Guard(self._policy, resolved, self._excluded, self._verdicts, self._notice,
+        self._guard = Guard(self._policy, resolved, self._excluded, self._verdicts, self.notice,
                             self._bound)
         self._guard.start()
         log.info("kernel sensor started (scope %s, %d rules)", self._scope, len(self._policy.rules))
@@ -322,7 +322,7 @@ class LinuxSensor(Sensor):
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
         _libc.timerfd_settime(self._timer, 0, ctypes.byref(spec), None)
 
-    def _notice(self, what: str, detail: str, count: int = 0) -> None:
+    def notice(self, what: str, detail: str, count: int = 0) -> None:
         """Queue a notice for the next drain; safe from any thread."""
         self._notices.append(Notice(time=time.time_ns(), pid=os.getpid(), what=what,
                                     count=count, detail=detail, verdict="audit"))
@@ -344,7 +344,7 @@ class LinuxSensor(Sensor):
             self._drops_seen = drops
             detail = " ".join(f"{k}={n}" for k, n in lost.items())
             log.error("kernel ring buffer full for their kind: lost %s", detail)
-            self._notice("drops", f"ring buffer full for their kind, records lost: {detail}",
+            self.notice("drops", f"ring buffer full for their kind, records lost: {detail}",
                          count=sum(lost.values()))
 
     # ---- policy, exclusions -------------------------------------------------------
@@ -425,7 +425,7 @@ class LinuxSensor(Sensor):
                     f"{endpoint_text(family, address_text(family, addr), port)} reset "
                     f"(rule {rule.name if rule else rule_id})")
             log.warning("%s", what)
-            self._notice("connection_cut", what, count=1)
+            self.notice("connection_cut", what, count=1)
 
     def exclude(self, *pids: int) -> None:
         for pid in pids:

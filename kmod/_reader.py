@@ -8,6 +8,7 @@ counted in the actor's statistics."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,20 +18,60 @@ import zmq
 import wire
 from actors import Codec, Context
 
+from ._errors import PolicyError
 from ._interface import Sensor, open_sensor
+from ._policy import Policy
+from ._reload import PolicyFile, watch_policy
 
 
 async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
-                       sink: str, policy: Any = None, batch: int = 4096,
-                       on_sensor: Callable[[Sensor], None] | None = None,
-                       **options: Any) -> None:
+                       policy: Any = None, on_sensor: Callable[[Sensor], None] | None = None,
+                       on_policy: Callable[[Policy], None] | None = None, policy_watch: bool = True,
+                       **kw: Any) -> None:
     """Run a sensor and push its events to ``sink`` (a ZeroMQ endpoint).
 
-    ``policy`` and ``options`` (``scope``, ``exclude_pids``, ...) are those
-    of ``kmod.open_sensor``.  ``on_sensor`` receives the started sensor, for
-    whoever reloads its policy, adds exclusions or reads its statistics from
-    the same trio thread.  ``seq`` of each batch counts batches from 1 in this
-    run of the actor, so the receiver can tell a gap or a restart."""
+    ``policy`` and the other options (``scope``, ``exclude_pids``, ...) are
+    those of ``kmod.open_sensor``.  ``on_sensor`` receives the started sensor,
+    for whoever reloads its policy, adds exclusions or reads its statistics
+    from the same trio thread.  ``seq`` of each batch counts batches from 1 in
+    this run of the actor, so the receiver can tell a gap or a restart.
+
+    A policy from a file (or the default one) is reloaded on SIGHUP and, with
+    ``policy_watch``, when the file changes (kmod/_reload.py); ``on_policy``
+    applies a reloaded one (default: ``sensor.reload``), e.g. under the
+    response layer's rules."""
+    source = PolicyFile.of(policy)
+    refused = ""
+    if source is not None:
+        try:
+            policy = source.load()
+        except PolicyError as e:
+            if source.applied is None:
+                raise
+            policy, refused = source.applied, str(e)  # refused while the previous run ran
+    try:
+        async with trio.open_nursery() as nursery:
+
+            def started(sensor: Sensor) -> None:
+                if source is not None:
+                    source.applied = policy
+                    if refused:
+                        sensor.notice("policy_refused", f"{refused}; the policy in force stays")
+                    nursery.start_soon(functools.partial(
+                        watch_policy, ctx, source, on_policy or sensor.reload, sensor.notice,
+                        on_change=policy_watch))
+                if on_sensor is not None:
+                    on_sensor(sensor)
+
+            await _read(ctx, task_status=task_status, policy=policy, on_sensor=started, **kw)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # the sensor's own error, as it is: a one-line reason
+            raise group.exceptions[0] from None
+        raise
+
+
+async def _read(ctx: Context, *, task_status: Any, sink: str, policy: Any, batch: int = 4096,
+                on_sensor: Callable[[Sensor], None], **options: Any) -> None:
     if batch < 1:
         raise ValueError("batch must be at least 1")
     sensor = open_sensor(policy, **options)
@@ -41,8 +82,7 @@ async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
         stats = ctx.stats.extra
         stats.update(events=0, batches=0, drops=0, notices=0)
         fd = sensor.fileno()
-        if on_sensor is not None:
-            on_sensor(sensor)
+        on_sensor(sensor)
         task_status.started()
         seq = 0
         try:

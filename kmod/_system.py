@@ -1,11 +1,13 @@
 """What the sensor needs from the machine: root, BTF, a cgroup v2 mount and
-tracefs.  Each check fails with a message that says what is missing."""
+tracefs.  Each check fails with a message that says what is missing.  And
+inotify, for the policy watcher."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import struct
 from pathlib import Path
 
 from ._errors import KernelError, PrivilegeError
@@ -77,3 +79,56 @@ def ensure_tracefs() -> None:
     if DEBUGFS_TRACING.exists():
         raise KernelError(f"{DEBUGFS_TRACING} exists but has no events/: is tracefs broken?")
     _mount("tracefs", TRACEFS, "tracefs")
+
+
+# inotify(7): what the policy watcher needs to learn that a file changed
+# without waking up to look.
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_DELETE = 0x200
+IN_IGNORED = 0x8000
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
+
+
+class Inotify:
+    """An inotify descriptor (non-blocking, close-on-exec)."""
+
+    def __init__(self) -> None:
+        self._fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if self._fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def watch(self, path: str | os.PathLike, mask: int) -> int:
+        wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), ctypes.c_uint32(mask))
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+        return wd
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """(watch, mask, name) of what is queued; [] if nothing is."""
+        out = []
+        while True:
+            try:
+                buf = os.read(self._fd, 64 * 1024)
+            except BlockingIOError:
+                return out
+            at = 0
+            while at + _EVENT.size <= len(buf):
+                wd, mask, _, length = _EVENT.unpack_from(buf, at)
+                name = buf[at + _EVENT.size:at + _EVENT.size + length].split(b"\0", 1)[0]
+                out.append((wd, mask, os.fsdecode(name)))
+                at += _EVENT.size + length
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -81,13 +81,13 @@ def hive_tree(cfg: Config) -> Supervisor:
 EVENTS = "inproc://agent.events"
 
 
-def sensor_child(cfg: Config, sink: str, on_sensor=None) -> Child:
+def sensor_child(cfg: Config, sink: str, on_sensor=None, on_policy=None) -> Child:
     from kmod import Scope, reader_actor
 
     return Child("sensor", reader_actor, shutdown=cfg.node.shutdown_timeout, start_timeout=120, args=dict(
         sink=sink, policy=cfg.sensor.policy or None, scope=Scope.parse(cfg.sensor.scope),
         watchdog_bound=cfg.sensor.watchdog_ms / 1000, fold=cfg.sensor.fold_ms / 1000,
-        on_sensor=on_sensor))
+        on_sensor=on_sensor, on_policy=on_policy))
 
 
 def standalone_tree(cfg: Config) -> Supervisor:
@@ -143,7 +143,7 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         # restarted sensor gets the response rules back when it attaches.
         slot = SensorSlot()
         children += [
-            sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach),
+            sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach, on_policy=slot.rebase),
             Child("executor", executor_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
                 data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint))),
         ]

@@ -137,7 +137,8 @@ class ResponsePolicy:
             texts.append(rule_text("isolation-bind", "bind", "block", {}))
             base = tuple(r for r in base if not (r.hook in ("connect", "bind") and r.action == "audit"))
         try:
-            return Policy([*parse_rules(texts), *base], origin=f"{self.base.origin} + response")
+            return Policy([*parse_rules(texts), *base], origin=f"{self.base.origin} + response",
+                          guard=self.base.guard)
         except PolicyError as e:
             raise ResponseError(str(e)) from None
 
@@ -193,6 +194,18 @@ class SensorSlot:
         self.policy.base = sensor.policy
         if self.policy.active:
             sensor.reload(self.policy.compose())
+
+    def rebase(self, base: Policy) -> None:
+        """The reader's ``on_policy``: a reloaded policy file becomes the
+        base, the layer staying on top.  If the sensor refuses the result,
+        the old base stays (ResponseError)."""
+        old, self.policy.base = self.policy.base, base
+        try:
+            if self.sensor is not None:
+                self.sensor.reload(self.policy.compose() if self.policy.active else base)
+        except (KmodError, OSError, ResponseError) as e:
+            self.policy.base = old
+            raise ResponseError(f"the sensor refused the policy: {e}") from None
 
     def apply(self) -> None:
         """Put the current layer into the running sensor."""
