@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -50,6 +52,8 @@ _BURST = 256
 _SEND_BATCHES = 64
 _COMMAND_QUEUE = 256
 _MAX_RETRY = 5.0
+_RELOADED_DIGEST = re.compile(r"sha256 ([0-9a-f]{64})$")
+"""In the detail of the sensor's ``policy_reloaded`` notice (kmod/_reload.py)."""
 _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -248,8 +252,11 @@ class _Relay:
                 if not isinstance(msg, wire.EventBatch):
                     continue  # malformed ones are counted by decode
                 for ev in msg.events:
-                    if type(ev) is wire.Notice and ev.what == "drops":
-                        self._sensor_drops += ev.count
+                    if type(ev) is wire.Notice:
+                        if ev.what == "drops":
+                            self._sensor_drops += ev.count
+                        elif ev.what == "policy_reloaded":
+                            await self._policy_reloaded(ev)
                 got.extend(msg.events)
             job = self.table.enrich_all(got)
             if job is not None:
@@ -263,6 +270,17 @@ class _Relay:
             self.accepted += len(got)
             self.publish()
             self.kick()
+
+    async def _policy_reloaded(self, notice: wire.Notice) -> None:
+        """The sensor runs a new policy file: the hive shows it from a new
+        Hello (same file name, the new digest)."""
+        m = _RELOADED_DIGEST.search(notice.detail)
+        if m is None:
+            return
+        name = self.hello.policy_version.rpartition(":")[0] or "policy"
+        self.hello = msgspec.structs.replace(self.hello, policy_version=f"{name}:{m.group(1)[:12]}")
+        if self.connected:
+            await self._send(self.hello)
 
     async def _store(self, chunks: list[list[wire.Event]]) -> None:
         """Append and fsync; on a disk error, retry with backoff without

@@ -471,3 +471,20 @@ async def test_hashing_a_large_executable_does_not_stall_the_trio_thread(tmp_pat
     print(f"longest stall of the trio thread while a 256 MiB file was hashed: {stall * 1000:.1f} ms")
     assert rig.hive.stored[-1].sha256 == hashlib.sha256(bytes(256 << 20)).hexdigest()
     assert stall < 0.15
+
+
+async def test_a_reloaded_policy_reaches_the_hive_in_a_new_hello(tmp_path):
+    rig = Rig(tmp_path)
+    digest = hashlib.sha256(b"new policy").hexdigest()
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n, policy_version="p.toml:0123456789ab")
+        await rig.emit(1)
+        await rig.hive.wait(lambda: rig.hive.hellos)
+        await rig.sensor.send(wire.EventBatch(seq=2, events=[wire.Notice(
+            what="policy_reloaded", detail=f"/etc/immune/p.toml: 3 rules, sha256 {digest}")]))
+        await rig.hive.wait(lambda: len(rig.hive.hellos) >= 2 and isinstance(rig.hive.stored[-1], wire.Notice))
+        n.cancel_scope.cancel()
+    assert rig.hive.hellos[0].policy_version == "p.toml:0123456789ab"
+    assert rig.hive.hellos[-1].policy_version == f"p.toml:{digest[:12]}"
+    assert rig.hive.stored[-1].what == "policy_reloaded"  # and the notice itself, in order
