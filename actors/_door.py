@@ -79,8 +79,6 @@ class Door:
         self.idents: dict[bytes, int] = {}
         """Routing id -> fd, of the connections that spoke."""
         self._ident_of: dict[int, bytes] = {}
-        self._early: set[int] = set()
-        """fds that spoke before their acceptance was reported."""
         self._failures = 0
         """Reported handshake failures whose connection has not ended yet."""
         self._credit = 0
@@ -92,10 +90,7 @@ class Door:
         self.counters[kind] = int(self.counters[kind]) + n
 
     def accepted(self, fd: int) -> None:
-        if fd in self._early:
-            self._early.discard(fd)
-        else:
-            self.open[fd] = False
+        self.open[fd] = False
         self._count("connections")
 
     def handshake(self, ok: bool, detail: str = "") -> None:
@@ -107,14 +102,16 @@ class Door:
         self.refused("unauthenticated", detail)
 
     def spoke(self, fd: int, ident: bytes) -> None:
-        """A message came on ``fd`` from routing id ``ident``, the first of
-        that connection (see :attr:`idents`)."""
+        """A message came on ``fd`` from routing id ``ident`` (call it until
+        ``ident`` is in :attr:`idents`).  A message of a connection whose
+        end was already reported (it was read before the end), or whose
+        start is not yet (rare: the handshake takes round trips), is not
+        counted here: the connection is then counted by how it ends, on its
+        handshake success."""
+        if self.open.get(fd) is not False:
+            return
         self.idents[ident] = fd
         self._ident_of[fd] = ident
-        if self.open.get(fd):
-            return
-        if fd not in self.open:
-            self._early.add(fd)
         self.open[fd] = True
         self._credit -= 1
         if self._credit < 0 and self._lent:
