@@ -21,7 +21,7 @@ from actors import Codec, Context
 from ._errors import PolicyError
 from ._interface import Sensor, open_sensor
 from ._policy import Policy
-from ._reload import PolicyFile, watch_policy
+from ._reload import PolicyFile, sighup_receiver, watch_policy
 
 
 async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
@@ -50,20 +50,21 @@ async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 raise
             policy, refused = source.applied, str(e)  # refused while the previous run ran
     try:
-        async with trio.open_nursery() as nursery:
+        with sighup_receiver() as hups:
+            async with trio.open_nursery() as nursery:
 
-            def started(sensor: Sensor) -> None:
-                if source is not None:
-                    source.applied = policy
-                    if refused:
-                        sensor.notice("policy_refused", f"{refused}; the policy in force stays")
-                    nursery.start_soon(functools.partial(
-                        watch_policy, ctx, source, on_policy or sensor.reload, sensor.notice,
-                        on_change=policy_watch))
-                if on_sensor is not None:
-                    on_sensor(sensor)
+                def started(sensor: Sensor) -> None:
+                    if source is not None:
+                        source.applied = policy
+                        if refused:
+                            sensor.notice("policy_refused", f"{refused}; the policy in force stays")
+                        nursery.start_soon(functools.partial(
+                            watch_policy, ctx, source, on_policy or sensor.reload, sensor.notice,
+                            hups=hups, on_change=policy_watch))
+                    if on_sensor is not None:
+                        on_sensor(sensor)
 
-            await _read(ctx, task_status=task_status, policy=policy, on_sensor=started, **kw)
+                await _read(ctx, task_status=task_status, policy=policy, on_sensor=started, **kw)
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1:  # the sensor's own error, as it is: a one-line reason
             raise group.exceptions[0] from None

@@ -16,11 +16,12 @@ half-done.  Without inotify the file is looked at every second."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -86,12 +87,26 @@ class PolicyFile:
         return out
 
 
+@contextlib.contextmanager
+def sighup_receiver() -> Iterator[AsyncIterator[int] | None]:
+    """SIGHUP caught from now on, for ``watch_policy`` (None outside the main
+    thread, where Python cannot catch signals).  Opened before the sensor
+    starts, which takes seconds: SIGHUP's default action ends the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    with trio.open_signal_receiver(signal.SIGHUP) as hups:
+        yield hups
+
+
 async def watch_policy(ctx: Context, source: PolicyFile, apply: Callable[[Policy], None],
-                       notice: Callable[[str, str], None], *, on_change: bool = True) -> None:
-    """Reload ``source`` into the sensor on SIGHUP and, with ``on_change``,
-    when the file changes.  ``apply`` puts a policy into the sensor (raising
-    if it cannot); ``notice(what, detail)`` reports to the hive.  Counted in
-    the actor's statistics: ``policy_reloads``, ``policy_refusals``."""
+                       notice: Callable[[str, str], None], *, hups: AsyncIterator[int] | None,
+                       on_change: bool = True) -> None:
+    """Reload ``source`` into the sensor on each signal from ``hups``
+    (``sighup_receiver``) and, with ``on_change``, when the file changes.
+    ``apply`` puts a policy into the sensor (raising if it cannot);
+    ``notice(what, detail)`` reports to the hive.  Counted in the actor's
+    statistics: ``policy_reloads``, ``policy_refusals``."""
     log, stats = ctx.log, ctx.stats.extra
     stats.setdefault("policy_reloads", 0)
     stats.setdefault("policy_refusals", 0)
@@ -125,8 +140,8 @@ async def watch_policy(ctx: Context, source: PolicyFile, apply: Callable[[Policy
         notice("policy_refused", f"{reason}; the policy in force stays")
 
     async with trio.open_nursery() as nursery:
-        if threading.current_thread() is threading.main_thread():
-            nursery.start_soon(_on_sighup, reload)
+        if hups is not None:
+            nursery.start_soon(_on_sighup, hups, reload)
         else:
             log_event(log, "policy.no_sighup", logging.WARNING,
                       reason="not in the main thread: reload on SIGHUP is off")
@@ -134,13 +149,12 @@ async def watch_policy(ctx: Context, source: PolicyFile, apply: Callable[[Policy
             nursery.start_soon(_on_change, log, source, reload)
 
 
-async def _on_sighup(reload: Callable[[str], object]) -> None:
-    with trio.open_signal_receiver(signal.SIGHUP) as signals:
-        async for _ in signals:
-            await reload("SIGHUP")
+async def _on_sighup(hups: AsyncIterator[int], reload: Callable[[str], Awaitable[None]]) -> None:
+    async for _ in hups:
+        await reload("SIGHUP")
 
 
-async def _on_change(log: logging.Logger, source: PolicyFile, reload: Callable[[str], object]) -> None:
+async def _on_change(log: logging.Logger, source: PolicyFile, reload: Callable[[str], Awaitable[None]]) -> None:
     inotify: Inotify | None = None
     try:
         inotify = Inotify()

@@ -16,20 +16,11 @@ from actors import Codec, Context, Runtime
 from agent.response import SensorSlot
 from agent.response._policy import Block
 from kmod import Policy, PolicyError, reader_actor
-from kmod._reload import PolicyFile, watch_policy
+from kmod._reload import PolicyFile, sighup_receiver, watch_policy
 
 from .conftest import _REASON, dropped_script, free_port, kernel, private_rules, run_child
 
 RULE = '[[rule]]\nname = "{name}"\nhook = "exec"\naction = "block"\nmatch.path = "{path}"\n'
-
-
-@pytest.fixture
-def hup_ignored():
-    """SIGHUP ignored outside the watcher's receiver, so a signal sent
-    before it is installed cannot end the test run."""
-    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    yield
-    signal.signal(signal.SIGHUP, old)
 
 
 def test_a_policy_file_knows_when_it_changed_and_refuses_a_broken_one_once(tmp_path):
@@ -56,7 +47,7 @@ async def wait_for(condition, timeout: float = 2.0) -> float:
     return trio.current_time() - began
 
 
-async def test_the_watcher_applies_a_good_file_and_refuses_a_broken_one(tmp_path, hup_ignored):
+async def test_the_watcher_applies_a_good_file_and_refuses_a_broken_one(tmp_path):
     path = tmp_path / "policy.toml"
     path.write_text(RULE.format(name="a", path="/opt/a/**"))
     source = PolicyFile.of(path)
@@ -64,7 +55,7 @@ async def test_the_watcher_applies_a_good_file_and_refuses_a_broken_one(tmp_path
     applied, notices = [], []
     ctx = Context(Runtime(), "t")
     async with trio.open_nursery() as n:
-        n.start_soon(lambda: watch_policy(ctx, source, applied.append, lambda *a: notices.append(a)))
+        n.start_soon(lambda: watch_policy(ctx, source, applied.append, lambda *a: notices.append(a), hups=None))
         await trio.sleep(0.1)
         path.write_text(RULE.format(name="b", path="/opt/b/**"))  # written in place
         took = await wait_for(lambda: applied)
@@ -85,7 +76,7 @@ async def test_the_watcher_applies_a_good_file_and_refuses_a_broken_one(tmp_path
     assert (stats["policy_reloads"], stats["policy_refusals"]) == (2, 1)
 
 
-async def test_sighup_reloads_and_a_refusing_sensor_keeps_the_old_policy(tmp_path, hup_ignored):
+async def test_sighup_reloads_and_a_refusing_sensor_keeps_the_old_policy(tmp_path):
     path = tmp_path / "policy.toml"
     path.write_text(RULE.format(name="a", path="/opt/a/**"))
     source = PolicyFile.of(path)
@@ -98,20 +89,21 @@ async def test_sighup_reloads_and_a_refusing_sensor_keeps_the_old_policy(tmp_pat
         applied.append(policy)
 
     ctx = Context(Runtime(), "t")
-    async with trio.open_nursery() as n:
-        n.start_soon(lambda: watch_policy(ctx, source, apply, lambda *a: notices.append(a), on_change=False))
-        await trio.sleep(0.1)
-        path.write_text(RULE.format(name="b", path="/opt/b/**"))
-        await trio.sleep(0.3)
-        assert not applied  # not watched: only SIGHUP reloads
-        os.kill(os.getpid(), signal.SIGHUP)
-        await wait_for(lambda: applied)
-        assert applied[-1].rules[0].name == "b"
-        path.write_text(RULE.format(name="bad", path="/opt/x/**"))
-        os.kill(os.getpid(), signal.SIGHUP)
-        await wait_for(lambda: notices[-1][0] == "policy_refused")
-        assert "the sensor refused it" in notices[-1][1] and source.applied is applied[-1]
-        n.cancel_scope.cancel()
+    with sighup_receiver() as hups:
+        async with trio.open_nursery() as n:
+            n.start_soon(lambda: watch_policy(ctx, source, apply, lambda *a: notices.append(a), hups=hups,
+                                              on_change=False))
+            path.write_text(RULE.format(name="b", path="/opt/b/**"))
+            await trio.sleep(0.3)
+            assert not applied  # not watched: only SIGHUP reloads
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(lambda: applied)
+            assert applied[-1].rules[0].name == "b"
+            path.write_text(RULE.format(name="bad", path="/opt/x/**"))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_for(lambda: notices[-1][0] == "policy_refused")
+            assert "the sensor refused it" in notices[-1][1] and source.applied is applied[-1]
+            n.cancel_scope.cancel()
     assert first is not source.applied
 
 
@@ -214,7 +206,7 @@ async def test_an_edited_policy_file_is_enforced_without_a_restart(reader_setup)
 
 
 @in_kernel
-async def test_sighup_reloads_the_policy_file(reader_setup, hup_ignored):
+async def test_sighup_reloads_the_policy_file(reader_setup):
     ctx, sink, inbox, policy, script, blocking = reader_setup
     async with trio.open_nursery() as n:
         await start_reader(n, ctx, sink, policy, policy_watch=False)
