@@ -5,6 +5,8 @@ file is read within the bounds of ``hive/_datafile.py`` and a refused file is
 one line in the report while the rest load (``immune-node rules check`` lists
 it and exits non-zero)."""
 
+import fnmatch
+import random
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ import pytest
 
 from hive._datafile import MAX_DEPTH, MAX_DOCUMENTS, MAX_FILE_BYTES, MAX_NODES
 from hive.sigma import RuleEngine, check_rules
-from hive.sigma._compile import MAX_CONDITION_DEPTH
+from hive.sigma._compile import _ANY, _ONE, MAX_CONDITION_DEPTH, _glob, _normalize
 from wire import Exec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +74,19 @@ def test_wildcards_cannot_backtrack(tmp_path):
     assert not alerts and seconds < 0.5
     assert {a.rule_id[-1] for a in engine.process(exec_of("aaaab"))} == {"1"}
     assert {a.rule_id[-1] for a in engine.process(exec_of("axaaab", pid=2))} == {"1", "2"}
+
+
+def test_wildcard_matching_agrees_with_fnmatch():
+    rng = random.Random(5)
+    for _ in range(20_000):
+        parts = _normalize([rng.choice([_ANY, _ONE, "a", "b", "ab"]) for _ in range(rng.randrange(1, 6))])
+        if not parts:
+            continue
+        pattern = "".join("*" if p is _ANY else "?" if p is _ONE else p for p in parts)
+        test = _glob(parts)
+        for _ in range(10):
+            text = "".join(rng.choice("ab\n") for _ in range(rng.randrange(7)))
+            assert test(text) == fnmatch.fnmatchcase(text, pattern), (pattern, text)
 
 
 @pytest.mark.parametrize("pattern,reason", [
