@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta
 
+import wire
+
 DEFAULT_CONFIG = Path("/etc/immune/immune.toml")
 
-# Until the wire contract states it: the most events one batch may carry.
-MAX_BATCH = 4096
 # The longest socket name the node binds in its run folder: a unix socket
 # path holds at most 107 bytes.
 _SOCKET_NAME_ROOM = len("/correlate.sock")
@@ -64,8 +64,9 @@ class HiveConfig(_Section):
     """An agent silent for this long is marked offline."""
     retention_days: Annotated[float, Meta(gt=0, le=36500)] = 30.0
     retention_mb: Annotated[int, Meta(ge=1, le=1 << 24)] = 10240
-    max_frame: Annotated[int, Meta(ge=64 << 10, le=64 << 20)] = 16 << 20
-    """Largest frame accepted from an agent, in bytes."""
+    max_frame: Annotated[int, Meta(ge=64 << 10, le=64 << 20)] = 4 << 20
+    """Largest frame accepted from an agent, in bytes (the router's own
+    default, ``hive._actors.DEFAULT_MAX_FRAME``)."""
 
 
 class AgentConfig(_Section):
@@ -76,7 +77,7 @@ class AgentConfig(_Section):
     """The hive's public key (Z85), pinned at enrollment; default: read from the data folder."""
     spool_mb: Annotated[int, Meta(ge=1, le=1 << 20)] = 1024
     """Disk spool bound; when full the oldest events are dropped and reported."""
-    batch: Annotated[int, Meta(ge=1, le=MAX_BATCH)] = 256
+    batch: Annotated[int, Meta(ge=1, le=wire.MAX_BATCH)] = 256
     heartbeat: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
 
 

@@ -147,6 +147,15 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def cmd_restart(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        name = actors.request_restart(cfg.run_dir, args.actor, timeout=args.timeout)
+    except actors.ActorError as e:
+        raise CliError(str(e)) from None
+    print(f"restarted {name}: its supervisor restarts it (and, by its strategy, the actors that depend on it)")
+    return EXIT_OK
+
+
 def cmd_tap(args: argparse.Namespace, cfg: Config) -> int:
     info_path = cfg.run_dir / "node.json"
     try:
@@ -572,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    p = add("restart", cmd_restart, "restart one actor of a running node",
+            "Make ACTOR of the node running with --data exit as if it crashed: its supervisor restarts "
+            "it, and by its strategy the actors that depend on it. ACTOR is a name as `status` shows it "
+            "(hive.router) or its last part if that is unique (router).")
+    p.add_argument("actor", metavar="ACTOR")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the node's answer")
+
     p = add("status", cmd_status, "print each actor's state and statistics of a running node")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the node's answer")
@@ -593,7 +609,7 @@ _CHECKS = {
     "agent": {WRITE_DATA, POLICY_FILE},
     "demo": {WRITE_DATA, HIVE_FOLDERS, POLICY_FILE},
     "enroll": {WRITE_DATA},
-    **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status"), {READ_DATA}),
+    **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart"), {READ_DATA}),
 }
 
 

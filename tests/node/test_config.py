@@ -26,6 +26,14 @@ def test_example_file_states_each_range():
         assert lines[key.split(".")[1]].endswith(span), key
 
 
+def test_the_bounds_shared_with_the_wire_and_the_router():
+    import wire
+    from hive._actors import DEFAULT_MAX_FRAME
+
+    assert Config().hive.max_frame == DEFAULT_MAX_FRAME
+    assert ranges()["agent.batch"] == f"an integer from 1 to {wire.MAX_BATCH}"
+
+
 def test_enrollment_endpoint_follows_the_listen_port(tmp_path):
     assert load_config(None, hive_listen="tcp://127.0.0.1:9000").hive.enroll_listen == "tcp://127.0.0.1:9001"
 
