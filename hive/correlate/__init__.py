@@ -23,6 +23,8 @@ from ._hosts import (
     TimelineEntry,
 )
 from ._sigma import (
+    MAX_COUNT,
+    MAX_DEPTH,
     OPERATORS,
     TYPES,
     CorrelationHit,
@@ -32,7 +34,7 @@ from ._sigma import (
 )
 
 __all__ = [
-    "LATERAL_MOVEMENT_RULE", "OPERATORS", "SPREAD_RULE", "TYPES", "CorrelationHit",
+    "LATERAL_MOVEMENT_RULE", "MAX_COUNT", "MAX_DEPTH", "OPERATORS", "SPREAD_RULE", "TYPES", "CorrelationHit",
     "CorrelationRule", "CorrelatorStatistics", "HostCorrelator", "HostStatistics", "Incident",
     "SigmaCorrelator", "TimelineEntry",
 ]

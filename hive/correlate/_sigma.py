@@ -29,6 +29,11 @@ from pathlib import Path
 TYPES = ("event_count", "value_count", "temporal", "temporal_ordered")
 OPERATORS = ("gte", "gt", "lte", "lt", "eq", "neq")
 _RISING = ("gte", "gt")
+MAX_COUNT = 10_000
+"""A condition's count: a group keeps up to that many hit times or values until it is
+judged (SigmaHQ's correlations count to a few dozen)."""
+MAX_DEPTH = 8
+"""Correlations of correlations of ...: a hit runs up the chain in nested calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,9 @@ class CorrelationRule:
             raise ValueError("a correlation needs at least one rule")
         if self.timespan <= 0:
             raise ValueError("a correlation timespan must be positive")
+        if not 0 <= self.count <= MAX_COUNT:
+            raise ValueError(f"a correlation counts from 0 to {MAX_COUNT} (MAX_COUNT), "
+                             f"not {self.count:g}")
         if self.type == "value_count" and not self.field:
             raise ValueError("value_count needs a field")
         if self.type == "temporal_ordered" and (self.expression is not None

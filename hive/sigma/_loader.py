@@ -36,7 +36,7 @@ from sigma.rule import SigmaRule
 
 from hive._datafile import MAX_RULES, FileRefused, read_yaml
 from hive._regex import Regex, RegexError
-from hive.correlate import TYPES, CorrelationRule
+from hive.correlate import MAX_DEPTH, TYPES, CorrelationRule
 
 from ._compile import Rule, compile_rule
 from ._errors import RuleError, sigma_reason
@@ -352,6 +352,8 @@ def load_rules(paths: Sequence[Path | str], cache: RuleCache | None = None) -> R
     fields = {rule.id: FIELDS[rule.category] for rule in rules}
     failed = {f.rule_id for f in failures if f.rule_id}
     correlations: list[CorrelationRule] = []
+    depths: dict[str, int] = {}
+    """Correlation id -> how many correlations deep it is (its rules' depth + 1)."""
     # Correlations may correlate correlations: resolve in rounds until nothing moves.
     while pending:
         unresolved = {str(i.id) for i, _ in pending} | {i.name for i, _ in pending if i.name}
@@ -370,6 +372,10 @@ def load_rules(paths: Sequence[Path | str], cache: RuleCache | None = None) -> R
                     waiting.append((item, path))
                     continue
                 rule = _resolve(item, path, ids, fields, failed)
+                depth = 1 + max(depths.get(r, 0) for r in rule.rules)
+                if depth > MAX_DEPTH:
+                    raise RuleError(f"correlations of correlations nest {depth} deep, more "
+                                    f"than {MAX_DEPTH} (MAX_DEPTH)", kind="limit")
             except RuleError as e:
                 failures.append(e.located(path=path, rule_id=rule_id, title=title))
                 failed.update({rule_id, item.name or ""} - {""})
@@ -380,6 +386,7 @@ def load_rules(paths: Sequence[Path | str], cache: RuleCache | None = None) -> R
             if rule.name:
                 ids.setdefault(rule.name, rule.id)
             fields[rule.id] = frozenset(rule.group_by)
+            depths[rule.id] = depth
         if len(waiting) == len(pending):
             failures.extend(
                 RuleError("correlation references form a cycle", kind="reference", path=path,

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from hive.correlate import CorrelationRule, SigmaCorrelator
+from hive.correlate import MAX_COUNT, MAX_DEPTH, CorrelationRule, SigmaCorrelator
 from hive.sigma import RuleEngine
 from wire import Exec, Open
 
@@ -373,3 +373,45 @@ def test_bad_correlation_rules_are_refused():
     with pytest.raises(ValueError, match="in order"):
         CorrelationRule(id="x", title="x", type="temporal_ordered", rules=("a", "b"),
                         timespan=1, op="gte", count=1)
+
+
+# -- bounds: no correlation rule can crash the sentinel ---------------------------
+
+
+def _chained(n: int) -> str:
+    return "".join(textwrap.dedent(f"""\
+        ---
+        title: Chain {i}
+        id: 20000000-cccc-4ccc-8ccc-{i:012d}
+        name: chain_{i}
+        correlation:
+            type: event_count
+            rules: [{'discovery_1' if i == 1 else f'chain_{i - 1}'}]
+            timespan: 60s
+            condition: {{gte: 1}}
+        """) for i in range(1, n + 1))
+
+
+def test_correlations_of_correlations_nest_at_most_max_depth(tmp_path):
+    # 600 deep, a hit ran up the chain in 1200 nested calls: RecursionError in the sentinel.
+    (tmp_path / "rules.yml").write_text(BASE.format(n=1).rstrip("-\n") + "\n" + _chained(600))
+    engine = RuleEngine(clock=Clock(), suppress_window=0)
+    report = engine.load(tmp_path)
+    assert len(report.correlations) == MAX_DEPTH
+    depth = report.failures[0]
+    assert depth.rule_id.endswith(f"{MAX_DEPTH + 1:012d}") and depth.kind == "limit"
+    assert f"nest {MAX_DEPTH + 1} deep, more than {MAX_DEPTH} (MAX_DEPTH)" in depth.reason
+    assert all("which did not load" in f.reason for f in report.failures[1:])
+    # Each correlation feeds the next (generate: false keeps the inner ones silent).
+    assert titles(engine.process(run(1))) == [f"Chain {MAX_DEPTH}"]
+
+
+@pytest.mark.parametrize("count", [MAX_COUNT + 1, 10**23, -5])
+def test_a_count_beyond_max_count_is_refused(tmp_path, count):
+    # 10**23 raised OverflowError and -5 ValueError at the first hit, in the sentinel.
+    (tmp_path / "rules.yml").write_text(
+        BASE.format(n=1) + EVENT_COUNT.replace("{gte: 3}", f"{{gte: {count}}}"))
+    engine = RuleEngine(clock=Clock(), suppress_window=0)
+    [failure] = engine.load(tmp_path).failures
+    assert f"a correlation counts from 0 to {MAX_COUNT} (MAX_COUNT)" in failure.reason
+    assert engine.process(run(1)) != []  # the base rule alone: no correlation silences it
