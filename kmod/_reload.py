@@ -136,7 +136,8 @@ async def watch_policy(ctx: Context, source: PolicyFile, apply: Callable[[Policy
 
     def refuse(reason: str) -> None:
         stats["policy_refusals"] = int(stats["policy_refusals"]) + 1
-        log_event(log, "policy.refused", logging.ERROR, reason=reason, kept=str(source.path))
+        in_force = source.applied.digest if source.applied is not None else ""
+        log_event(log, "policy.refused", logging.ERROR, reason=reason, in_force=in_force)
         notice("policy_refused", f"{reason}; the policy in force stays")
 
     async with trio.open_nursery() as nursery:
