@@ -18,6 +18,8 @@ from actors import Node, Supervisor, decode_tap, query_status, setup_logging
 from ._config import HIVE_FOLDERS, POLICY_FILE, READ_DATA, WRITE_DATA, Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+INT64_MAX = 2**63 - 1
+"""SQLite's largest integer: bounds limits and times given on the command line."""
 
 
 class CliError(Exception):
@@ -356,14 +358,18 @@ def parse_since(text: str) -> int:
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
-        return int((time.time() - float(text[:-1]) * units[text[-1]]) * 1e9)
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(f"--since {text!r}: expected e.g. 10m, 2h, 1d or an ISO time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return int(when.timestamp() * 1e9)
+        seconds = time.time() - float(text[:-1]) * units[text[-1]]
+    else:
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise CliError(f"--since {text!r}: expected e.g. 10m, 2h, 1d or an ISO time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        seconds = when.timestamp()
+    if not 0 <= seconds * 1e9 <= INT64_MAX:
+        raise CliError(f"--since {text!r}: before 1970 or after 2262, when no event can be")
+    return int(seconds * 1e9)
 
 
 def describe(event: object) -> str:
@@ -480,6 +486,21 @@ def cmd_rules(args: argparse.Namespace, cfg: Config) -> int:
 Command = Callable[[argparse.Namespace, Config], int]
 
 
+def _positive(kind: type, most: float) -> Callable[[str], float]:
+    """An argparse type: a number above zero and at most ``most`` (a
+    negative timeout would wait for ever, a negative limit would lift it)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not 0 < value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} must be above zero and at most {kind(most)}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="TOML configuration file (default: /etc/immune/immune.toml if it exists)")
@@ -524,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Print the decoded messages of a running node as JSON lines until interrupted. "
             "TOPIC is a prefix of an actor's name, e.g. 'agent.sensor'; none means all.")
     p.add_argument("topics", nargs="*", metavar="TOPIC")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N messages")
+    p.add_argument("--count", type=_positive(int, INT64_MAX), metavar="N", help="stop after N messages")
 
     p = add("enroll", cmd_enroll, "give agents their identity at a hive",
             "On the hive: `token` prints a one-time token, `add` registers an agent's public key, "
@@ -532,13 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
             "agent's key and pins the hive's key.", common=False)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = actions.add_parser("token", help="(hive) print a one-time enrollment token")
-    t.add_argument("--ttl", type=float, default=3600.0, help="seconds the token stays valid (default 3600)")
+    t.add_argument("--ttl", type=_positive(float, 10 * 365 * 86400), default=3600.0, help="seconds the token stays valid (default 3600)")
     j = actions.add_parser("join", help="(agent) enroll this agent with a token")
     j.add_argument("token")
     j.add_argument("--enroll", metavar="ENDPOINT",
                    help="the hive's enrollment endpoint (default: agent.hive's port + 1)")
     j.add_argument("--id", help="name to enroll as (default: agent.id, else the host name)")
-    j.add_argument("--timeout", type=float, default=10.0)
+    j.add_argument("--timeout", type=_positive(float, 86400), default=10.0)
     a = actions.add_parser("add", help="(hive) register an agent's public key")
     a.add_argument("name")
     a.add_argument("key", help="the agent's public key (Z85, the content of keys/agent.pub)")
@@ -554,14 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", help="only this agent")
     p.add_argument("--kind", help="exec, fork, exit, open, setid, connect, bind or notice")
     p.add_argument("--since", help="e.g. 10m, 2h, 1d, or an ISO time")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive(int, INT64_MAX), default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = add("alerts", cmd_alerts, "query the alerts a hive raised (newest first)")
     p.add_argument("--agent", help="only this agent")
     p.add_argument("--level", help="informational, low, medium, high or critical")
     p.add_argument("--since", help="e.g. 10m, 2h, 1d, or an ISO time")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive(int, INT64_MAX), default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     for noun, fn in (("rules", cmd_rules), ("playbooks", cmd_playbooks)):
@@ -578,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approve", metavar="ID", help="approve a pending action")
     p.add_argument("--deny", metavar="ID", help="deny a pending action")
     p.add_argument("--why", help="reason recorded with --deny")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive(int, INT64_MAX), default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = add("restart", cmd_restart, "restart one actor of a running node",
@@ -586,11 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
             "it, and by its strategy the actors that depend on it. ACTOR is a name as `status` shows it "
             "(hive.router) or its last part if that is unique (router).")
     p.add_argument("actor", metavar="ACTOR")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the node's answer")
+    p.add_argument("--timeout", type=_positive(float, 86400), default=3.0, help="seconds to wait for the node's answer")
 
     p = add("status", cmd_status, "print each actor's state and statistics of a running node")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the node's answer")
+    p.add_argument("--timeout", type=_positive(float, 86400), default=3.0, help="seconds to wait for the node's answer")
     return parser
 
 

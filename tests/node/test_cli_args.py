@@ -1,0 +1,36 @@
+"""Flags that are not config keys are bounded too: one line, never a traceback."""
+
+import time
+
+import pytest
+
+from node.cli import INT64_MAX, CliError, build_parser, parse_since
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["status", "--timeout", "-1"], "argument --timeout: '-1' must be above zero and at most 86400.0"),
+    (["status", "--timeout", "nan"], "argument --timeout: 'nan' must be above zero"),
+    (["restart", "router", "--timeout", "1e10"], "argument --timeout: '1e10' must be above zero"),
+    (["events", "--limit", "0"], "argument --limit: '0' must be above zero"),
+    (["events", "--limit", str(2**63)], f"argument --limit: '{2**63}' must be above zero and at most {INT64_MAX}"),
+    (["alerts", "--limit", "x"], "argument --limit: 'x' is not a number"),
+    (["tap", "--count", "-5"], "argument --count: '-5' must be above zero"),
+    (["enroll", "token", "--ttl", "inf"], "argument --ttl: 'inf' must be above zero"),
+    (["enroll", "join", "t", "--timeout", "0"], "argument --timeout: '0' must be above zero"),
+])
+def test_out_of_range_flags_are_refused_by_the_parser(argv, says, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999d", "9999-12-31T23:59:59+14:00", "0001-01-01", "1900-01-01"])
+def test_a_since_no_event_can_have_is_refused(text):
+    with pytest.raises(CliError, match="before 1970 or after 2262"):
+        parse_since(text)
+
+
+def test_since_in_range():
+    assert abs(parse_since("10m") / 1e9 - (time.time() - 600)) < 5
+    assert parse_since("1970-01-01T00:00:01+00:00") == 10**9
