@@ -173,9 +173,50 @@ def agent_message(data: bytes) -> None:
             heartbeat=msg if isinstance(msg, wire.Heartbeat) else None, address="127.0.0.1")])
 
 
+POLICY_ACTIONS = ("block_connect", "block_exec", "isolate_host", "unisolate", "unblock")
+"""The commands the target carries out: they change only the sensor's policy
+(a kill, an evidence copy or a quarantine would act on this machine)."""
+_executor: Any = None
+
+
+class _Sensor:
+    """What the agent's sensor does with a policy before the kernel gets it:
+    compiles it into map entries and fanotify marks (kmod/_linux.py reload)."""
+
+    def __init__(self) -> None:
+        from kmod import Policy
+
+        self.policy = Policy.default()
+
+    def reload(self, policy: Any) -> None:
+        _compile(policy)
+        self.policy = policy
+
+
+def _response() -> Any:
+    """The agent's response executor over a stand-in sensor, made anew
+    every few hundred commands (blocks pile up in its policy)."""
+    from agent.response import Executor, SensorSlot
+
+    global _executor
+    if _executor is None or next(_calls) % 300 == 0:
+        folder = SCRATCH / "agent"
+        shutil.rmtree(folder, ignore_errors=True)
+        slot = SensorSlot()
+        slot.attach(_Sensor())
+        _executor = Executor(folder, slot=slot, hive=["127.0.0.1"])
+    return _executor
+
+
 def hive_message(data: bytes) -> None:
-    """A frame from the hive (or whoever took its place), as the agent decodes it."""
-    _decoded(hive_codec(), data)
+    """A frame from the hive (or whoever took its place), as the agent
+    decodes it; a command that changes the sensor's policy is carried out as
+    the agent's executor does, which may refuse it but never fail inside."""
+    msg = _decoded(hive_codec(), data)
+    if getattr(msg, "action", None) in POLICY_ACTIONS:
+        result = _response().execute(msg)
+        if result.detail.startswith("internal error"):
+            raise ContractBroken(f"{msg.action}: {result.detail}")
 
 
 def enroll(data: bytes) -> None:
@@ -200,6 +241,17 @@ def _key_of(agent: str) -> str:
 
 # -- sensor policy files ----------------------------------------------------------
 
+
+def _compile(policy: Any) -> None:
+    """What the sensor computes from a policy for the kernel and fanotify."""
+    policy.open_prefixes()
+    policy.open_dirs()
+    policy.open_heads()
+    policy.sock_entries(generation=7)
+    policy.needs_exec_guard
+    policy.open_marks()
+
+
 _PATHS = ["/etc/shadow", "/tmp/x.sh", "/usr/bin/bash", "/", "/home/a/b/c/d/e/f", "/tmp/\u00e9\U0001f600"]
 
 
@@ -209,10 +261,7 @@ def policy(data: bytes) -> None:
     from kmod import Policy
 
     p = Policy.load(_file(data, "policy.toml"))
-    p.open_prefixes()
-    p.open_dirs()
-    p.open_heads()
-    p.sock_entries(generation=7)
+    _compile(p)
     for path in _PATHS:
         p.match_open(path)
         p.match_exec(path, lambda: "0" * 64)
@@ -318,7 +367,8 @@ _WIRE = ("wire", "actors._codec")
 _YAML = ("hive._datafile", "hive._regex", "yaml")
 TARGETS: dict[str, Target] = {
     "agent_message": Target(agent_message, (), 1.0, (*_WIRE, "hive._store", "hive._messages")),
-    "hive_message": Target(hive_message, (), 1.0, _WIRE),
+    "hive_message": Target(hive_message, (), 1.0, (*_WIRE, "agent.response._policy", "agent.response._executor",
+                                                    "kmod._policy")),
     "enroll": Target(enroll, ("hive.StoreError",), 1.0, (*_WIRE, "hive._store")),
     "policy": Target(policy, ("kmod.PolicyError",), 2.0, ("kmod._policy", "tomllib", "ipaddress"), max_len=16384),
     "sigma": Target(sigma, ("hive.sigma.RuleError",), 5.0, ("hive.sigma", "hive.correlate", "sigma", *_YAML),
