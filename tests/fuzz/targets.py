@@ -405,6 +405,11 @@ OPEN_BUGS: tuple[OpenBug, ...] = (
     # every alert the playbook answers kills the playbook actor.
     OpenBug("template", "int-of-infinity", "OverflowError: cannot convert float infinity", _TEMPLATE),
     OpenBug("playbook", "int-of-infinity.yml", "OverflowError: cannot convert float infinity", _TEMPLATE),
+    # A correlation whose `rules` holds a mapping instead of a rule name:
+    # load_rules looks it up in a dict and raises TypeError, so `immune-node
+    # rules check` prints a traceback and the sentinel cannot load its rules.
+    OpenBug("sigma", "correlation-rule-not-a-name.yml", "TypeError: unhashable type: 'dict'",
+            "hive/sigma/_loader.py (helper rules)"),
 )
 
 
