@@ -1,11 +1,13 @@
 """hive/_regex.py: the one place rule, condition and template patterns are
 compiled, in RE2 (linear time), with one-line reasons for what RE2 refuses."""
 
+import random
 import time
 
 import pytest
+import re2
 
-from hive._regex import Regex, RegexError
+from hive._regex import Regex, RegexError, shortest
 
 
 def test_a_catastrophic_pattern_runs_in_linear_time():
@@ -68,3 +70,47 @@ def test_text_that_is_not_valid_unicode_is_searched_not_refused():
     path = b"/tmp/\xff/x".decode("utf-8", "surrogateescape")
     assert Regex("/x$").search(path)
     assert Regex("^/tmp/(.)/x").first(path, 1) == "\udcff"
+
+
+def _random_pattern(rng, depth=0) -> str:
+    atoms = ["a", "b", ".", "[ab]", "[^a]", "\\s", "\\d", "\\.", "^", "$", "\\b", "[[:alpha:]]",
+             "\\x{62}", "\\pL"]
+    parts = []
+    for _ in range(rng.randrange(1, 4)):
+        if depth < 2 and rng.random() < 0.25:
+            inner = "|".join(_random_pattern(rng, depth + 1) for _ in range(rng.randrange(1, 3)))
+            atom = rng.choice(["(", "(?:", "(?P<g%d>" % rng.randrange(10**6), "(?i:"]) + inner + ")"
+        else:
+            atom = rng.choice(atoms)
+        parts.append(atom + rng.choice(["", "", "*", "+", "?", "{2}", "{1,3}", "{0,2}", "{2,}", "*?"]))
+    return "".join(parts)
+
+
+def test_no_match_is_shorter_than_shortest_says():
+    """A text shorter than ``shortest(pattern)`` is refused without asking RE2: that
+    must never hide a match."""
+    rng = random.Random(3)
+    for _ in range(1000):
+        pattern = _random_pattern(rng)
+        try:
+            regex = Regex(pattern)
+        except RegexError:
+            continue
+        least, oracle = shortest(pattern), re2.compile(pattern)
+        for _ in range(20):
+            text = "".join(rng.choice("ab .1\n") for _ in range(rng.randrange(8)))
+            found = oracle.search(text)
+            assert found is None or len(found.group()) >= least, (pattern, text)
+            assert (found is not None) == regex.search(text), (pattern, text, least)
+    assert shortest("[^/]{100,}$") == 100 and shortest("a|") == 0 and shortest("\\Qx\\E") == 0
+
+
+def test_a_yes_no_search_does_not_pay_for_groups():
+    regex = Regex(r"(.{1,5}){150}x")
+    text = "aé1 " * 4000
+    assert not regex.search(text)  # RE2 builds its DFA states as it goes: once
+    start = time.perf_counter()
+    for _ in range(10):
+        assert not regex.search(text)
+    assert time.perf_counter() - start < 0.1  # 0.1 s each when RE2 also tracked the groups
+    assert regex.first("ab" * 80 + "x") == "ab" * 80 + "x"
