@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
+from node import Config
 from tests.fuzz import targets
 from tests.fuzz.__main__ import fuzz
 
@@ -89,7 +90,7 @@ def _from_type(t: msgspec.inspect.Type, depth: int = 0) -> st.SearchStrategy:
     if isinstance(t, i.FloatType):
         return st.floats() | st.sampled_from([0.0, -0.0, 1e308, -1e308, 2.0**63, 2.0**64])
     if isinstance(t, i.StrType):
-        bounded = [_long(n) for n in {t.max_length, t.max_length + 1} if t.max_length and n <= 20000]
+        bounded = [_long(n) for n in ({t.max_length, t.max_length + 1} if t.max_length else ()) if n <= 20000]
         return st.one_of(st.text(TEXT, max_size=40), *bounded)
     if isinstance(t, i.BoolType):
         return st.booleans()
@@ -325,3 +326,13 @@ def test_the_long_run_command_lists_the_targets(capsys):
 
     assert main(["--list"]) == 0
     assert capsys.readouterr().out.split() == list(targets.TARGETS)
+
+
+@FAST
+@given(_from_type(msgspec.inspect.type_info(Config)))
+def test_config_files_on_and_beyond_every_bound(doc):
+    lines = []
+    for section, keys in doc.items():
+        lines.append(f"[{section}]")
+        lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in keys.items()]
+    targets.run("config", "\n".join(lines).encode(), tolerate_open_bugs=True)
