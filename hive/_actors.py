@@ -71,7 +71,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     for endpoint in ingest:
         inbox.bind(endpoint)
     acks = ctx.socket(zmq.PUSH, bind=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
-    detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=2000)
+    detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=DETECT_HWM)
     st = ctx.stats.extra
     st.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0, refused_batches=0,
               refused_events=0, dropped_records=0, write_failures=0)
@@ -96,6 +96,9 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                 except StoreError as e:
                     # Not acknowledged, so the agents still hold their batches
                     # and will send them again; nothing accepted is lost.
+                    for b in batches:
+                        if b.seq:
+                            await acks.send(Stored(agent=b.agent, stream=b.stream, seq=b.seq, outcome="failed"))
                     ours = [m for m in msgs if not (isinstance(m, Ingest) and m.seq)]
                     waiting = ours[-RETRY_RECORDS:]
                     st["dropped_records"] = int(st["dropped_records"]) + len(ours) - len(waiting)
@@ -115,10 +118,18 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
         store.close()
 
 
-STORE_HWM = 256
-"""Messages queued for the store per sender (router, registry, correlate)."""
-COMMIT_BYTES = 32 << 20
+STORE_HWM = 16
+"""Messages queued for the store per sender (router, registry, correlate).
+Counts, not bytes: with the router's own queue, at most 20 of the largest
+batches wait (80 MiB at the default max_frame), while a commit still takes
+thousands of events of ordinary batches."""
+COMMIT_BYTES = 16 << 20
 """Bytes of messages taken into one group commit (decoded, about four times that)."""
+DETECT_HWM = 128
+"""Stored batches queued for the sentinel beyond its own queue: a commit's
+batches leave in one burst, faster than ZeroMQ moves them out, so this
+holds a few commits' worth.  When the sentinel is behind, the store skips
+detection of a batch (counted) rather than wait."""
 RETRY_RECORDS = 10_000
 """The hive's own events, alerts and incidents kept for the next try while
 the disk refuses writes; older ones are dropped and counted."""
@@ -298,8 +309,16 @@ typical enriched event is about 420 bytes)."""
 PEER_HWM = 2
 """Frames ZeroMQ queues per agent connection before it stops reading it, so
 a connection holds at most (PEER_HWM + 1) x max_frame in the hive."""
-STORE_SNDHWM = 8
+STORE_SNDHWM = 4
 """Batches the router queues for the store beyond the store's own queue."""
+AGENT_BUDGET = 2
+"""Frames' worth of bytes (of ``max_frame``) of batches one agent may have
+on their way to the store; more from it are dropped until the store caught
+up (a relay sends them again): 8 MiB at the default, a relay's window of 64
+batches of 256 events of 500 bytes."""
+CURVE_OVERHEAD = 64
+"""ZeroMQ applies MAXMSGSIZE to the encrypted frame: a CURVE MESSAGE command
+is 33 bytes longer than the frame it carries."""
 
 
 async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
@@ -316,7 +335,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.AgentMessage, max_size=max_frame))
     z = sock.zmq
     curve_server(z, keys)
-    z.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    z.setsockopt(zmq.MAXMSGSIZE, max_frame + CURVE_OVERHEAD)
     z.setsockopt(zmq.ROUTER_MANDATORY, 0)
     z.setsockopt(zmq.RCVHWM, PEER_HWM)
     sock.copy = False
@@ -329,13 +348,18 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     results = ctx.socket(zmq.PUSH, bind=RESULTS, codec=internal_codec(), topic="", sndhwm=10000)
     ack_codec = Codec(wire.HiveMessage)
     idents: dict[str, bytes] = {}
+    # Bytes of each agent's batches on their way to the store, oldest first
+    # (the store answers each in the order it got them): an agent (or a key
+    # on many connections) cannot fill the store's queue and delay the others.
+    in_flight: dict[str, collections.deque[int]] = {}
+    budget = AGENT_BUDGET * max_frame
     revoked: set[str] = store.revoked()
     # The pid each agent's Hello gave (from the store until it says hello
     # again): no kill of it leaves this door, however fast it follows.
     agent_pids: dict[str, int] = {a.id: a.pid for a in store.agents() if a.pid}
     seen_at: dict[str, float] = {}
     counts = ctx.stats.extra
-    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0)
+    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0)
 
     def refused(why: str, agent: str, detail: str) -> None:
         ctx.throttle.event(why, "frame.refused", why=why, agent=agent or "?", detail=detail)
@@ -359,12 +383,22 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 if agent in revoked:
                     refuse("revoked", agent, "key revoked")
                     continue
-                msg = sock.decode(frame.bytes)
+                data = frame.bytes
+                if len(data) > max_frame:  # within the CURVE overhead above it
+                    refuse("oversized", agent, f"{len(data)} bytes > {max_frame}")
+                    continue
+                msg = sock.decode(data)
                 if msg is None:
                     continue  # counted and logged by the socket
                 idents[agent] = ident
                 now = time.time()
                 if isinstance(msg, wire.EventBatch):
+                    queued = in_flight.setdefault(agent, collections.deque())
+                    if sum(queued) >= budget:
+                        # Not taken, so not acknowledged: the agent sends it again.
+                        counts["over_budget"] = int(counts["over_budget"]) + 1
+                        continue
+                    queued.append(len(data))
                     await to_store.send(Ingest(agent=agent, stream=msg.stream, seq=msg.seq, events=msg.events))
                     if now - seen_at.get(agent, 0) < 1.0:
                         continue
@@ -391,7 +425,14 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     async def acks() -> None:
         while True:
             for o in await stored.recv():
-                if isinstance(o, Stored) and o.agent in idents:
+                if not isinstance(o, Stored):
+                    continue
+                queued = in_flight.get(o.agent)
+                if queued:
+                    queued.popleft()
+                    if not queued:
+                        del in_flight[o.agent]
+                if o.outcome != "failed" and o.agent in idents:
                     ack = wire.Ack(seq=o.seq, stream=o.stream, resend=o.outcome == "gap")
                     await agents.send([idents[o.agent], ack_codec.encode(ack)])
 
@@ -457,7 +498,7 @@ async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.Enroll, max_size=ENROLL_MAX_FRAME))
     z = sock.zmq
     curve_server(z, keys, domain=ENROLL_DOMAIN)
-    z.setsockopt(zmq.MAXMSGSIZE, ENROLL_MAX_FRAME)
+    z.setsockopt(zmq.MAXMSGSIZE, ENROLL_MAX_FRAME + CURVE_OVERHEAD)
     z.setsockopt(zmq.RCVHWM, PEER_HWM)
     sock.copy = False
     reply = Codec(wire.Enrolled)

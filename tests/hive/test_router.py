@@ -247,8 +247,10 @@ async def test_a_full_disk_at_the_hive_stores_nothing_acks_nothing_and_loses_not
                 pass
         big = wire.EventBatch(seq=2, stream="s", events=[wire.Exec(time=time.time_ns() + i, argv=["x" * 500] * 4)
                                                           for i in range(200)])
-        a.send(big)
         a.send(wire.Hello(agent="a", hostname="full"))  # the registry cannot write it either
+        for _ in range(12):  # as a relay resends: more than the agent's budget in flight, but each refused
+            a.send(big)
+            await trio.sleep(0.2)
         assert await a.replies(1, timeout=2.5) == []  # not stored, so not acknowledged
         store_stats = runtime.registry["hive.store"]
         assert "full" in store_stats.last_error
@@ -267,6 +269,7 @@ async def test_a_full_disk_at_the_hive_stores_nothing_acks_nothing_and_loses_not
     s = Store(tiny_disk / "hive.db", readonly=True)
     assert len(s.events(agent="a", kind="exec", limit=1000)) == 205
     assert runtime.registry["hive.store"].restarts == 0 and runtime.registry["hive.registry"].restarts == 0
+    assert runtime.registry["hive.router"].extra["over_budget"] == 0  # each failed write gave its bytes back
 
 
 @pytest.mark.parametrize("victim", ["store", "registry", "zap", "router", "enroll"])
@@ -349,3 +352,27 @@ async def test_a_kill_of_the_agents_own_pid_is_refused_at_the_door_right_after_i
     assert runtime.registry["hive.router"].extra["commands_refused"] == 1
     a.close()
     ctx.close()
+
+
+async def test_a_frame_of_exactly_max_frame_bytes_is_taken(tmp_path, runtime):
+    from actors import Context
+    h = Hive(tmp_path, max_frame=4096)
+    async with trio.open_nursery() as n:
+        await n.start(h.tree, Context(runtime, "hive"))
+        a = Agent(runtime, h, h.enroll("a"))
+
+        def batch(seq, size):
+            b = wire.EventBatch(seq=seq, stream="s", events=[wire.Exec(filename="x")])
+            b.events[0].filename = "x" * (size - len(AGENT.encode(b)) - 1)  # a fixstr's header is 2 bytes shorter
+            assert len(AGENT.encode(b)) == size
+            return b
+
+        a.send(batch(1, 4096))
+        assert [x.seq for x in await a.replies(1)] == [1]
+        a.send(batch(2, 4096 + 8))  # above the limit, within the encryption's overhead
+        a.send(batch(2, 4000))
+        assert [x.seq for x in await a.replies(1)] == [2]
+        a.close()
+        n.cancel_scope.cancel()
+    st = runtime.registry["hive.router"].extra
+    assert st["oversized"] == 1 and st["disconnects"] == 0
