@@ -37,7 +37,9 @@ class Stored(_Msg, tag="stored"):
     seq: NonNegative
     """The last seq stored for (agent, stream) after this batch."""
     outcome: str
-    """``stored``, ``duplicate`` (already had it) or ``gap`` (an earlier one is missing)."""
+    """``stored``, ``duplicate`` (already had it), ``gap`` (an earlier one is
+    missing), ``refused`` (stored as a ``batch_refused`` notice instead: ack
+    it) or ``failed`` (nothing written, the disk refused: do not ack)."""
 
 
 class AgentSeen(_Msg, tag="seen"):
