@@ -57,6 +57,25 @@ def test_open_bugs_have_their_reproducer():
         assert (REGRESSIONS / bug.target / bug.name).is_file(), bug
 
 
+def test_a_call_over_its_bound_breaks_the_contract(monkeypatch):
+    spin = targets.Target(lambda data: sum(range(3_000_000)), (), 0.001, ())
+    monkeypatch.setitem(targets.TARGETS, "spin", spin)
+    with pytest.raises(targets.ContractBroken, match="more than its bound of 0.001"):
+        targets.run("spin", b"")
+
+
+def test_a_foreign_error_escapes_and_an_own_one_does_not(monkeypatch):
+    from hive import StoreError
+
+    def fail(data: bytes) -> None:
+        raise (KeyError if data else StoreError)("x")
+
+    monkeypatch.setitem(targets.TARGETS, "fail", targets.Target(fail, ("hive.StoreError",), 1.0, ()))
+    targets.run("fail", b"")
+    with pytest.raises(KeyError):
+        targets.run("fail", b"1")
+
+
 @pytest.mark.parametrize("target", list(targets.TARGETS))
 def test_a_short_coverage_guided_run(target, tmp_path):
     outcome = fuzz(target, seconds=1, work=tmp_path, seed=1)
