@@ -63,7 +63,7 @@ def _regex(value: Any, pattern: Regex, group: int) -> Any:
 def _int(value: Any) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(1e400)
         raise TemplateError(f"{value!r} is not an integer") from None
 
 
@@ -136,7 +136,7 @@ class _Expr:
             if args_text is not None and args_text.strip():
                 try:
                     args = ast.literal_eval(f"({args_text},)")
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, TypeError):  # TypeError: {[]: 1}
                     raise TemplateError(f"{{{{ {self.text} }}}}: the arguments of {name} must be "
                                         f"literals (quoted strings, numbers), not {args_text!r}") from None
             if not least <= len(args) <= most:

@@ -368,6 +368,10 @@ def load_rules(paths: Sequence[Path | str], cache: RuleCache | None = None) -> R
                     raise RuleError(f"id already used by {first[rule_id]}", kind="duplicate")
                 references = ([r.reference for r in item.rules] if item.rules is not None
                               else item.condition.get_referenced_rules())
+                odd = next((r for r in references if not isinstance(r, str)), None)
+                if odd is not None:
+                    raise RuleError(f"rules must name rules (an id or a name), not {odd!r}",
+                                    kind="correlation")
                 if any(r not in ids and r in unresolved for r in references):
                     waiting.append((item, path))
                     continue

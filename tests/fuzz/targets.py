@@ -395,24 +395,7 @@ class OpenBug:
     owner: str
 
 
-_TEMPLATE = "hive/playbook/_template.py (helper rules)"
-OPEN_BUGS: tuple[OpenBug, ...] = (
-    # A filter's literal argument that literal_eval builds and then cannot
-    # hash escapes Template(): `immune-node playbooks check` prints a
-    # traceback, and the playbook actor dies loading the file.
-    OpenBug("template", "unhashable-literal", "TypeError: unhashable type", _TEMPLATE),
-    OpenBug("playbook", "unhashable-literal.yml", "TypeError: unhashable type", _TEMPLATE),
-    # `int` of an infinite float (a literal such as 1e400) raises
-    # OverflowError, which the engine's `except TemplateError` lets through:
-    # every alert the playbook answers kills the playbook actor.
-    OpenBug("template", "int-of-infinity", "OverflowError: cannot convert float infinity", _TEMPLATE),
-    OpenBug("playbook", "int-of-infinity.yml", "OverflowError: cannot convert float infinity", _TEMPLATE),
-    # A correlation whose `rules` holds a mapping instead of a rule name:
-    # load_rules looks it up in a dict and raises TypeError, so `immune-node
-    # rules check` prints a traceback and the sentinel cannot load its rules.
-    OpenBug("sigma", "correlation-rule-not-a-name.yml", "TypeError: unhashable type: 'dict'",
-            "hive/sigma/_loader.py (helper rules)"),
-)
+OPEN_BUGS: tuple[OpenBug, ...] = ()
 
 
 CORPUS = Path(__file__).resolve().parent / "corpus"

@@ -415,3 +415,12 @@ def test_a_count_beyond_max_count_is_refused(tmp_path, count):
     [failure] = engine.load(tmp_path).failures
     assert f"a correlation counts from 0 to {MAX_COUNT} (MAX_COUNT)" in failure.reason
     assert engine.process(run(1)) != []  # the base rule alone: no correlation silences it
+
+
+def test_a_correlation_whose_rules_are_not_names_is_refused(tmp_path):
+    # Found by tests/fuzz: the mapping was looked up as a rule id, TypeError in load_rules.
+    (tmp_path / "rules.yml").write_text(BASE.format(n=1) + EVENT_COUNT.replace(
+        "rules: [discovery_1]", "rules: [discovery_1, shadow_type: reads]"))
+    [failure] = RuleEngine(clock=Clock()).load(tmp_path).failures
+    assert failure.kind == "correlation"
+    assert failure.reason == "rules must name rules (an id or a name), not {'shadow_type': 'reads'}"

@@ -135,3 +135,12 @@ def test_playbooks_check_lists_each_refused_file_and_exits_non_zero(tmp_path):
     assert lines[0] == (f"FAILED {tmp_path / 'b_deep.yml'}: line 1: nested more than {MAX_DEPTH} "
                         "levels deep (MAX_DEPTH)")
     assert lines[-1] == "2 files: 1 playbooks loaded, 0 disabled, 1 failed"
+
+
+def test_filter_arguments_and_values_that_python_cannot_take_are_template_errors():
+    # Found by tests/fuzz: TypeError and OverflowError escaped, and the engine catches only
+    # TemplateError, so the playbook actor died loading the file or answering the alert.
+    with pytest.raises(TemplateError, match="must be literals"):
+        Template("{{ event.pid | default({[]: 1}) }}")
+    with pytest.raises(TemplateError, match="inf is not an integer"):
+        Template("{{ event.missing | default(1e400) | int }}").render({"event": {}})
