@@ -166,12 +166,13 @@ class Context:
         self.throttle.flush(all=True)
 
 
-_REBIND_FOR = 0.1
+_REBIND_FOR = 0.25
 """How long ``Context.socket(bind=...)`` retries, on the calling (trio)
 thread.  ZeroMQ's reaper thread releases a closed socket's inproc name a
-moment after the close (measured here: p99 4 ms, max 8 ms over 3000
-restarts), so this is ample and never stalls the thread that may also be
-draining the sensor for long.  ``Context.bind`` waits longer, asynchronously."""
+moment after the close (measured here over 3000 restarts: p99 4 ms, max
+8 ms idle; p99 6 ms, max 45 ms with both cores busy), so this is ample and
+never stalls the thread for long (it was 2 s).  ``Context.bind`` waits
+longer, asynchronously: the agent's relay binds with it."""
 _REBIND_POLL = 0.005
 
 
