@@ -7,6 +7,9 @@ For each batch size (events per batch) two cases:
 * spool: ``Spool.append(events)`` then ``Spool.sync()`` for every batch
   (encoding, CRC, index and one fdatasync per batch);
 * grouped: 16 appends per ``sync()``, the relay's group commit under load;
+* off-thread: the same, synced as the relay does it: appends on a trio
+  thread, the write and fdatasync on a worker thread (``begin_sync``,
+  ``SyncJob.run`` in ``trio.to_thread``, ``end_sync``), compared with grouped;
 
 and the baseline: ``os.write`` of the very bytes the spool writes for a batch
 (header and encoded events, prepared before timing) and ``os.fdatasync``, on a
@@ -24,6 +27,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import trio  # noqa: E402
 
 import wire  # noqa: E402
 from agent import Spool  # noqa: E402
@@ -65,6 +70,34 @@ def spool_rate(folder: str, events: list, seconds: float, group: int) -> float:
         shutil.rmtree(path)
 
 
+def off_thread_rate(folder: str, events: list, seconds: float, group: int) -> float:
+    path = tempfile.mkdtemp(dir=folder)
+    s = Spool(path, max_bytes=64 << 30)
+    disk = trio.CapacityLimiter(1)
+
+    async def run() -> float:
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            for _ in range(group):
+                s.append(events)
+            job = s.begin_sync()
+            try:
+                await trio.to_thread.run_sync(job.run, limiter=disk)
+            finally:
+                s.end_sync(job)
+            n += group * len(events)
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                return n / elapsed
+
+    try:
+        return trio.run(run)
+    finally:
+        s.close()
+        shutil.rmtree(path)
+
+
 def raw_rate(folder: str, events: list, seconds: float) -> float:
     # The exact record the spool writes: take it from a spool's segment file.
     probe = tempfile.mkdtemp(dir=folder)
@@ -100,14 +133,16 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="bench-spool-", dir=args.dir)
     try:
         print(f"folder {folder}, {args.seconds:g} s per case, one fdatasync per batch (grouped: per {GROUP})")
-        print(f"{'batch':>6} {'raw ev/s':>12} {'spool ev/s':>12} {'ratio':>6} {'grouped ev/s':>13} {'ratio':>6}")
+        print(f"{'batch':>6} {'raw ev/s':>12} {'spool ev/s':>12} {'ratio':>6} {'grouped ev/s':>13} {'ratio':>6} "
+              f"{'off-thread ev/s':>16} {'/grouped':>8}")
         for size in SIZES:
             events = make_events(size)
             raw = raw_rate(folder, events, args.seconds)
             one = spool_rate(folder, events, args.seconds, 1)
             grouped = spool_rate(folder, events, args.seconds, GROUP)
-            print(f"{size:>6} {raw:>12,.0f} {one:>12,.0f} {one / raw:>6.2f} {grouped:>13,.0f} {grouped / raw:>6.2f}",
-                  flush=True)
+            off = off_thread_rate(folder, events, args.seconds, GROUP)
+            print(f"{size:>6} {raw:>12,.0f} {one:>12,.0f} {one / raw:>6.2f} {grouped:>13,.0f} {grouped / raw:>6.2f} "
+                  f"{off:>16,.0f} {off / grouped:>8.2f}", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
