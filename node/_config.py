@@ -257,10 +257,8 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
     for key, folders in (("hive.rules", cfg.hive.rules), ("hive.playbooks", cfg.hive.playbooks)):
         if "" in folders:
             yield key, "an empty folder name"
-    if cfg.hive.webhook:
-        url = urlsplit(cfg.hive.webhook)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            yield "hive.webhook", f"{cfg.hive.webhook!r} is not an http:// or https:// URL"
+    if cfg.hive.webhook and not _is_http_url(cfg.hive.webhook):
+        yield "hive.webhook", f"{cfg.hive.webhook!r} is not an http:// or https:// URL"
     if cfg.agent.id and not _AGENT_ID.fullmatch(cfg.agent.id):
         yield "agent.id", f"{cfg.agent.id!r}: up to 256 characters, no spaces or control characters"
     if cfg.agent.hive_key:
@@ -273,6 +271,14 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
     kind, _, where = cfg.sensor.scope.partition(":")
     if not (cfg.sensor.scope == "machine" or kind in ("cgroup", "netns") and where):
         yield "sensor.scope", f"{cfg.sensor.scope!r}: expected machine, cgroup:PATH or netns:PATH"
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        url = urlsplit(text)
+        return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # "Invalid IPv6 URL", a port out of range
+        return False
 
 
 def _endpoint_problem(endpoint: str) -> str | None:
