@@ -58,7 +58,10 @@ class Runtime:
         self.taps = Taps()
         self.registry: dict[str, Statistics] = {}
         self.crashers: dict[str, Callable[[str], None]] = {}
-        """How to crash each running child, by full name (see :meth:`request_restart`)."""
+        """How to crash each child of a running supervisor, by full name (see
+        :meth:`request_restart`)."""
+        self.zap_syncs: list[Callable[[], None]] = []
+        """Called by the ZAP handler before each answer (see ``watch_door``)."""
         self.run_dir = run_dir
         self.leaf_endpoint = leaf_endpoint
         """Where actors in child processes publish their taps."""
@@ -68,7 +71,8 @@ class Runtime:
         supervisor applies its strategy (and counts it against its
         intensity).  ``name`` is the full name or, if only one child has it,
         the last part (``router`` for ``hive.router``).  Returns the full
-        name; raises :class:`ActorError` if no running child matches."""
+        name; raises :class:`ActorError` if no child matches, or if it is
+        not running (starting, or between runs)."""
         matches = [name] if name in self.crashers else [
             full for full in self.crashers if full.rpartition(".")[2] == name]
         if len(matches) != 1:

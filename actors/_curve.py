@@ -104,6 +104,8 @@ async def zap_handler(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     task_status.started()
     while True:
         for frames in await sock.recv_frames(1):
+            for sync in ctx.runtime.zap_syncs:  # doors take note of the connection first
+                sync()
             await sock.send_frames(_answer(ctx, frames, authorize))
         ctx.throttle.flush()
 

@@ -11,9 +11,9 @@ Every message carries the fd it came on (``SRCFD``).  :class:`Door` puts
 these together:
 
 * a connection that sent a message is authenticated; when it ends, it ends
-  by its peer (``disconnects``) or by the door with bytes of the peer's
-  still unread (``oversized``: a frame above the size limit, or a broken
-  CURVE box);
+  by its peer or by the door on a silent connection (``disconnects``), or
+  by the door while the peer was sending (``oversized``: a frame above the
+  size limit, or a broken CURVE box);
 * a connection that ends without a message counts as a reported handshake
   failure if one is unclaimed (already counted ``unauthenticated``), else
   as an authenticated one that never spoke if a handshake success is
@@ -28,9 +28,10 @@ number reused by a new connection before the monitor reports the close
 aside).
 
 How a connection ended (by its peer or by the door) is read from a
-duplicate of its fd, taken when it is accepted and closed as soon as its
-end is reported: the duplicate keeps the socket open just long enough to
-peek at it.  :func:`watch_door` is the actor side.
+duplicate of its fd, taken when it is accepted (at the latest when the ZAP
+handler is asked about it) and closed as soon as its end is reported: the
+duplicate keeps the socket open just long enough to peek at it.
+:func:`watch_door` is the actor side.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import collections
 import errno
 import os
 import socket
+import struct
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -50,8 +52,9 @@ from ._stats import Statistics
 from ._zmq import Socket
 
 PEER, UNREAD, QUIET = "peer", "unread", "quiet"
-"""How a connection ended: closed by its peer, dropped by the door with the
-peer's bytes unread, dropped by the door with nothing pending (a timeout)."""
+"""How a connection ended: closed by its peer, dropped by the door while the
+peer was sending (bytes unread, or received within the last second),
+dropped by the door on a silent connection (a heartbeat timeout)."""
 
 _MONITORED = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -142,15 +145,28 @@ class Door:
             self.refused("oversized", "connection dropped by the size limit or a broken frame")
 
 
+_LAST_DATA_RECV = struct.Struct("=52xI")
+"""``tcpi_last_data_recv`` (ms since the peer's last data) in Linux's struct tcp_info."""
+_RECENT_MS = 1000
+
+
 def _how_it_ended(dup: int) -> str:
     try:
         with socket.socket(fileno=dup) as s:
             try:
                 return UNREAD if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) else PEER
             except BlockingIOError:
-                return QUIET
+                pass
             except OSError:  # reset by the peer
                 return PEER
+            # Nothing pending: the rest of a refused frame may be on its way
+            # still; a connection dropped for a heartbeat timeout has been
+            # silent for seconds.
+            try:
+                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _LAST_DATA_RECV.size)
+                return UNREAD if _LAST_DATA_RECV.unpack(info)[0] < _RECENT_MS else QUIET
+            except (OSError, struct.error):  # not TCP
+                return QUIET
     except OSError:  # not a socket any more
         os.close(dup)
         return PEER
@@ -170,32 +186,55 @@ def _failure(event: int, value: int) -> str:
     return f"handshake failed: {os.strerror(value) if 0 < value < 200 else value}"
 
 
-async def watch_door(z: zmq.Socket, door: Door, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def watch_door(z: zmq.Socket, door: Door, *, syncs: list[Callable[[], None]] | None = None,
+                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Feed ``door`` from the monitor of server socket ``z`` until
-    cancelled.  Start it (``nursery.start``) before ``z`` binds."""
+    cancelled.  Start it (``nursery.start``) before ``z`` binds.
+
+    ``syncs``: where to register a function that takes in the monitor's
+    reports at once (the runtime's ``zap_syncs``, which the ZAP handler
+    calls before each answer): a connection's acceptance is then noted, and
+    its fd duplicated, before the connection can authenticate and send a
+    frame that gets it dropped."""
     monitor = Socket(z.get_monitor_socket(_MONITORED), stats=Statistics("monitor"))
     dups: dict[int, int] = {}
+
+    def handle(frames: list[bytes]) -> None:
+        ev = parse_monitor_message(frames)
+        event, value = ev["event"], ev["value"]
+        if event == zmq.EVENT_ACCEPTED:
+            try:
+                dups[value] = os.dup(value)
+            except OSError as e:
+                if e.errno not in (errno.EBADF, errno.EMFILE, errno.ENFILE):
+                    raise
+            door.accepted(value)
+        elif event == zmq.EVENT_DISCONNECTED:
+            dup = dups.pop(value, None)
+            door.closed(value, PEER if dup is None else _how_it_ended(dup))
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            door.handshake(True)
+        else:
+            door.handshake(False, _failure(event, value))
+
+    def sync() -> None:
+        while True:
+            try:
+                frames = monitor.zmq.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:  # Again, or closed
+                return
+            handle(frames)
+
+    if syncs is not None:
+        syncs.append(sync)
     task_status.started()
     try:
         while True:
             for frames in await monitor.recv_frames():
-                ev = parse_monitor_message(frames)
-                event, value = ev["event"], ev["value"]
-                if event == zmq.EVENT_ACCEPTED:
-                    try:
-                        dups[value] = os.dup(value)
-                    except OSError as e:
-                        if e.errno not in (errno.EBADF, errno.EMFILE, errno.ENFILE):
-                            raise
-                    door.accepted(value)
-                elif event == zmq.EVENT_DISCONNECTED:
-                    dup = dups.pop(value, None)
-                    door.closed(value, PEER if dup is None else _how_it_ended(dup))
-                elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    door.handshake(True)
-                else:
-                    door.handshake(False, _failure(event, value))
+                handle(frames)
     finally:
+        if syncs is not None:
+            syncs.remove(sync)
         for dup in dups.values():
             os.close(dup)
         try:

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from ._actor import Child, Context, TaskStatus
-from ._errors import Escalation, StartError
+from ._errors import ActorError, Escalation, StartError
 from ._log import log_event
 from ._policy import Decision, RestartPolicy, Strategy
 
@@ -93,6 +93,9 @@ class _Run:
 
     async def run(self, task_status: Any) -> None:
         self.stats.set_state("starting")
+        crashers = self.ctx.runtime.crashers
+        for name in self.policy.order:
+            crashers[f"{self.ctx.name}.{name}"] = lambda reason, name=name: self._crash(name, reason)
         try:
             for name in list(self.policy.order):
                 await self._start(name)
@@ -101,9 +104,18 @@ class _Run:
             async for inst in self.exits_recv:
                 await self._handle(inst)
         finally:
+            for name in self.specs:
+                crashers.pop(f"{self.ctx.name}.{name}", None)
             with trio.CancelScope(shield=True):
                 await self._stop_all()
             self.stats.set_state("stopped")
+
+    def _crash(self, name: str, reason: str) -> None:
+        inst = self.running.get(name)
+        if inst is None:
+            state = self.ctx.runtime.stats(f"{self.ctx.name}.{name}").state
+            raise ActorError(f"{self.ctx.name}.{name} is {state}, not running: try again when it runs")
+        inst.crash(reason)
 
     async def _handle(self, inst: _Instance) -> None:
         name = inst.spec.name
@@ -120,6 +132,7 @@ class _Run:
             await self._stop(self.running[name])
         for name in d.remove:
             self.specs.pop(name, None)
+            self.ctx.runtime.crashers.pop(f"{self.ctx.name}.{name}", None)
         if d.escalate:
             self.stats.escalations += 1
             self.stats.last_error = d.escalate
@@ -169,7 +182,6 @@ class _Run:
             log_event(self.log, "child.start_failed", logging.ERROR, child=name, reason=why)
             raise StartError(f"{inst.ctx.name} failed to start: {why}")
         self.running[name] = inst
-        self.ctx.runtime.crashers[inst.ctx.name] = inst.crash
         self.policy.started(name)
         self.stats.starts += 1
         cstats.starts += 1
@@ -188,13 +200,11 @@ class _Run:
         except trio.Cancelled:
             inst.exit = _Exit("shutdown", False)  # the whole run is ending
         except BaseException as e:  # a child crash must never escape the system task
-            inst.exit = _Exit(f"{type(e).__name__}: {e}", True)
+            inst.exit = _Exit(_reason(e), True)
             if not isinstance(e, (Escalation, StartError, ChildProcessError)):
                 ctx.log.error("crashed", exc_info=e)
         finally:
             ctx.close()
-            if ctx.runtime.crashers.get(ctx.name) == inst.crash:
-                del ctx.runtime.crashers[ctx.name]
             ex = inst.exit or _Exit("unknown", True)
             ctx.stats.exits += 1
             self.stats.exits += 1
@@ -227,6 +237,14 @@ class _Run:
             inst = self.running.get(name)
             if inst is not None:
                 await self._stop(inst)
+
+
+def _reason(e: BaseException) -> str:
+    """``Type: message`` of what ended a child; of the first error inside
+    exception groups (an actor's nursery wraps what its tasks raise)."""
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
 
 
 async def _wait_any(*events: trio.Event) -> None:

@@ -14,6 +14,7 @@ detection processes are ipc, which reconnects by itself.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -470,7 +471,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
 
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(watch_door, z, door)
+            await nursery.start(functools.partial(watch_door, z, door, syncs=ctx.runtime.zap_syncs))
             z.bind(listen)
             await nursery.start(agents.pump)
             for fn in (inbound, acks, commands, housekeeping):
@@ -538,7 +539,7 @@ async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
 
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(watch_door, z, door)
+            await nursery.start(functools.partial(watch_door, z, door, syncs=ctx.runtime.zap_syncs))
             z.bind(listen)
             nursery.start_soon(serve)
             nursery.start_soon(flush_log)

@@ -79,3 +79,14 @@ async def chatter(ctx, *, task_status, endpoint):
         n += 1
         await sock.send_many([[n.to_bytes(4, "little")]])
         await trio.sleep(0.01)
+
+
+async def slow_start(ctx, *, task_status, delay=1.0):
+    await trio.sleep(delay)
+    task_status.started()
+    await trio.sleep_forever()
+
+
+async def fail_in_nursery(ctx, *, task_status):
+    async with trio.open_nursery():
+        raise OSError(98, "Address already in use")  # as a bind does, before started()

@@ -62,3 +62,42 @@ def test_refusals_are_reported_as_they_are_counted():
     for fd in range(10):
         d.closed(fd, PEER)
     assert d.counters["unauthenticated"] == 10 and refused == ["unauthenticated"] * 10
+
+
+def test_how_a_connection_ended_is_read_from_a_duplicate_of_its_fd():
+    import os
+    import socket
+    import time
+
+    from actors._door import _how_it_ended
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pair():
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        return client, server
+
+    def ended(server):
+        dup = os.dup(server.fileno())
+        server.close()  # as ZeroMQ closes its fd: the duplicate keeps the socket
+        return _how_it_ended(dup)
+
+    client, server = pair()
+    client.close()
+    time.sleep(0.05)
+    assert ended(server) == PEER
+    client, server = pair()
+    client.sendall(b"x" * 1000)  # the rest of a refused frame
+    time.sleep(0.05)
+    assert ended(server) == UNREAD
+    client, server = pair()
+    client.sendall(b"header")  # read by the door, which then refused it; the rest not sent yet
+    time.sleep(0.05)
+    server.recv(100)
+    assert ended(server) == UNREAD
+    client, server = pair()
+    time.sleep(1.1)  # silent: a heartbeat timeout
+    assert ended(server) == QUIET
+    client.close()
+    listener.close()

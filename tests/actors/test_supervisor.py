@@ -286,3 +286,26 @@ def test_an_operator_restarts_an_actor_of_a_running_node(tmp_path):
     finally:
         done.set()
         runner.join()
+
+
+async def test_a_child_still_starting_is_not_restarted_and_says_so(root_ctx, runtime):
+    from ._children import slow_start
+
+    sup = Supervisor([Child("a", forever), Child("slow", slow_start, args={"delay": 1.0})])
+    async with trio.open_nursery() as n:
+        n.start_soon(sup, root_ctx)
+        await wait_for(lambda: runtime.registry.get("t.slow") and runtime.registry["t.slow"].state == "starting")
+        with pytest.raises(ActorError, match="t.slow is starting, not running"):
+            runtime.request_restart("slow")
+        with pytest.raises(ActorError, match=r"no running actor named 'x' \(running: t.a, t.slow\)"):
+            runtime.request_restart("x")
+        n.cancel_scope.cancel()
+    assert runtime.crashers == {}
+
+
+async def test_a_crash_inside_an_actors_nursery_is_reported_as_the_error_itself(root_ctx, runtime):
+    from ._children import fail_in_nursery
+
+    sup = Supervisor([Child("door", fail_in_nursery)])
+    with pytest.raises(StartError, match=r"^t.door failed to start: OSError: \[Errno 98\] Address already in use$"):
+        await sup(root_ctx)

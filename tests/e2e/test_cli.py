@@ -233,9 +233,6 @@ def test_an_idle_node_uses_under_one_percent_cpu(tmp_path, start_node):
     assert used < 0.01, f"idle node used {used:.2%} CPU"
 
 
-@pytest.mark.xfail(strict=True, reason="since the router binds inside a nursery, actors/_supervisor.py words a "
-                   "child's start failure as 'ExceptionGroup: Exceptions from Trio nursery (1 sub-exception)' "
-                   "instead of the ZMQError inside it (helper backbone)")
 def test_a_port_in_use_stops_the_hive_with_the_reason(tmp_path):
     import socket
     with socket.socket() as busy:
