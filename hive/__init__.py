@@ -1,9 +1,10 @@
 """The hive: router, registry, sentinel, correlate, playbook, store, API."""
 
-from ._actors import (
-    DELIVER, DETECT, INGEST, RESULTS, SEEN, STORED, enroll_actor, registry_actor, router_actor,
-    store_actor, zap_authorizer,
-)
+from ._actors import DELIVER, DETECT, INGEST, RESULTS, SEEN, STORED
+from ._enroll import enroll_actor, zap_authorizer
+from ._registry import registry_actor
+from ._router import router_actor
+from ._store_actor import store_actor
 from ._detect import ALERTS, CORRELATE, correlate_actor, sentinel_actor
 from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Result, Stored
 from ._store import SCHEMA_VERSION, AgentRow, Ingested, Store, StoreDataError, StoreError

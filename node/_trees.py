@@ -73,8 +73,11 @@ def hive_addresses(listen: str) -> list[str]:
 
 
 def hive_tree(cfg: Config) -> Supervisor:
-    # rest_for_one: a restarted store restarts the router, which then holds
-    # no state about batches the old store never acknowledged.
+    # rest_for_one: every inproc endpoint is bound by an earlier child and
+    # connected by later ones (the table in hive._actors), so whoever
+    # restarts, those that depend on it restart after it and connect again;
+    # a restarted store restarts the router, which then holds no state about
+    # batches the old store never acknowledged.
     return Supervisor(hive_children(cfg), strategy="rest_for_one", intensity=5, period=30)
 
 

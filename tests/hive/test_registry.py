@@ -3,7 +3,7 @@ keep when the store could not write it."""
 
 import wire
 from hive import AgentRow, AgentSeen
-from hive._actors import Presence
+from hive._registry import Presence
 
 
 def row(agent, online=True):

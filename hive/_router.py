@@ -1,0 +1,196 @@
+"""The router actor: the agents' door."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+import zmq
+
+import wire
+from actors import Codec, Context, Door, Duplex, KeyPair, curve_server, log_event, watch_door
+
+from ._actors import DEFAULT_MAX_FRAME, DELIVER, INGEST, RESULTS, SEEN, STORED, internal_codec
+from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
+from ._store import Store, StoreError
+
+
+PEER_HWM = 2
+"""Frames ZeroMQ queues per agent connection before it stops reading it, so
+a connection holds at most (PEER_HWM + 1) x max_frame in the hive."""
+STORE_SNDHWM = 4
+"""Batches the router queues for the store beyond the store's own queue."""
+AGENT_BUDGET = 2
+"""Frames' worth of bytes (of ``max_frame``) of batches one agent may have
+on their way to the store; more from it are dropped until the store caught
+up (a relay sends them again): 8 MiB at the default, a relay's window of 64
+batches of 256 events of 500 bytes."""
+CURVE_OVERHEAD = 64
+"""ZeroMQ applies MAXMSGSIZE to the encrypted frame: a CURVE MESSAGE command
+is 33 bytes longer than the frame it carries."""
+
+
+async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+                       keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    """The agents' door: CURVE-authenticated ROUTER.  Refuses what it cannot
+    trust (counted, logged a few per interval), passes batches to the store,
+    acks what the store wrote, carries commands out and results back.
+
+    Memory is bounded: ZeroMQ drops a connection that sends a frame above
+    ``max_frame`` (MAXMSGSIZE) before it is buffered, queues at most
+    ``PEER_HWM`` frames per connection, the inbound queue holds at most four
+    frames' worth of bytes, and the store's queue a few dozen batches."""
+    store = Store(path, readonly=True)
+    sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.AgentMessage, max_size=max_frame))
+    z = sock.zmq
+    curve_server(z, keys)
+    z.setsockopt(zmq.MAXMSGSIZE, max_frame + CURVE_OVERHEAD)
+    z.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    z.setsockopt(zmq.RCVHWM, PEER_HWM)
+    sock.copy = False
+    agents = Duplex(sock, max_in_bytes=4 * max_frame)
+    to_store = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec(), topic=f"{ctx.name}.ingest",
+                          sndhwm=STORE_SNDHWM)
+    to_registry = ctx.socket(zmq.PUSH, connect=SEEN, codec=internal_codec(), topic="")
+    stored = ctx.socket(zmq.PULL, connect=STORED, codec=internal_codec(), topic="")
+    deliver = ctx.socket(zmq.PULL, bind=DELIVER, codec=internal_codec(), topic="")
+    results = ctx.socket(zmq.PUSH, bind=RESULTS, codec=internal_codec(), topic="", sndhwm=10000)
+    ack_codec = Codec(wire.HiveMessage)
+    idents: dict[str, bytes] = {}
+    # Bytes of each agent's batches on their way to the store, oldest first
+    # (the store answers each in the order it got them): an agent (or a key
+    # on many connections) cannot fill the store's queue and delay the others.
+    in_flight: dict[str, collections.deque[int]] = {}
+    budget = AGENT_BUDGET * max_frame
+    revoked: set[str] = store.revoked()
+    # The pid each agent's Hello gave (from the store until it says hello
+    # again): no kill of it leaves this door, however fast it follows.
+    agent_pids: dict[str, int] = {a.id: a.pid for a in store.agents() if a.pid}
+    seen_at: dict[str, float] = {}
+    counts = ctx.stats.extra
+    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0)
+
+    def refused(why: str, agent: str, detail: str) -> None:
+        ctx.throttle.event(why, "frame.refused", why=why, agent=agent or "?", detail=detail)
+
+    def refuse(why: str, agent: str, detail: str) -> None:
+        counts[why] = int(counts.get(why, 0)) + 1
+        refused(why, agent, detail)
+
+    door = Door(counts, lambda why, detail: refused(why, "", detail))
+
+    async def inbound() -> None:
+        while True:
+            for frames in await agents.recv():
+                if len(frames) != 2:
+                    refuse("wrong_type", "", f"{len(frames) - 1} frames in one message")
+                    continue
+                ident, frame = frames[0].bytes, frames[1]
+                if ident not in door.idents:
+                    door.spoke(frame.get(zmq.SRCFD), ident)
+                agent = frame.get("User-Id") or ""
+                if agent in revoked:
+                    refuse("revoked", agent, "key revoked")
+                    continue
+                data = frame.bytes
+                if len(data) > max_frame:  # within the CURVE overhead above it
+                    refuse("oversized", agent, f"{len(data)} bytes > {max_frame}")
+                    continue
+                msg = sock.decode(data)
+                if msg is None:
+                    continue  # counted and logged by the socket
+                idents[agent] = ident
+                now = time.time()
+                if isinstance(msg, wire.EventBatch):
+                    queued = in_flight.setdefault(agent, collections.deque())
+                    if sum(queued) >= budget:
+                        # Not taken, so not acknowledged: the agent sends it again.
+                        counts["over_budget"] = int(counts["over_budget"]) + 1
+                        continue
+                    queued.append(len(data))
+                    await to_store.send(Ingest(agent=agent, stream=msg.stream, seq=msg.seq, events=msg.events))
+                    if now - seen_at.get(agent, 0) < 1.0:
+                        continue
+                    seen = AgentSeen(agent=agent, time=time.time_ns())
+                elif isinstance(msg, wire.Hello):
+                    agent_pids[agent] = msg.pid
+                    seen = AgentSeen(agent=agent, time=time.time_ns(), hello=msg,
+                                     address=frame.get("Peer-Address") or "")
+                elif isinstance(msg, wire.Heartbeat):
+                    seen = AgentSeen(agent=agent, time=time.time_ns(), heartbeat=msg)
+                else:
+                    answer(Result(agent=agent, result=msg))
+                    seen = AgentSeen(agent=agent, time=time.time_ns())
+                seen_at[agent] = now
+                await to_registry.send(seen)
+
+    def answer(result: Result) -> None:
+        # Never blocks the agents' door: with the playbook restarting or far
+        # behind, the result is counted and dropped (the playbook closes
+        # that action as unanswered after its timeout).
+        if not results.try_send(result):
+            counts["results_dropped"] = int(counts["results_dropped"]) + 1
+
+    async def acks() -> None:
+        while True:
+            for o in await stored.recv():
+                if not isinstance(o, Stored):
+                    continue
+                queued = in_flight.get(o.agent)
+                if queued:
+                    queued.popleft()
+                    if not queued:
+                        del in_flight[o.agent]
+                if o.outcome != "failed" and o.agent in idents:
+                    ack = wire.Ack(seq=o.seq, stream=o.stream, resend=o.outcome == "gap")
+                    await agents.send([idents[o.agent], ack_codec.encode(ack)])
+
+    async def commands() -> None:
+        from hive.playbook import check_guardrails  # (hive.playbook imports this module)
+
+        while True:
+            for d in await deliver.recv():
+                if not isinstance(d, Deliver):
+                    continue
+                cmd = d.command
+                pid = agent_pids.get(d.agent)
+                why = check_guardrails(cmd.action, msgspec.structs.asdict(cmd),
+                                       agent_pids=frozenset([pid] if pid else []))
+                if why:
+                    counts["commands_refused"] = int(counts["commands_refused"]) + 1
+                    log_event(ctx.log, "command.refused", logging.WARNING, agent=d.agent, id=cmd.id, reason=why)
+                    answer(Result(agent=d.agent, result=wire.CommandResult(command=cmd.id, detail=why)))
+                    continue
+                ident = idents.get(d.agent)
+                if ident is None:
+                    log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=d.agent, id=cmd.id)
+                    continue
+                await agents.send([ident, ack_codec.encode(cmd)])
+
+    async def housekeeping() -> None:
+        nonlocal revoked
+        while True:
+            await trio.sleep(1.0)
+            ctx.throttle.flush()
+            try:
+                revoked = await trio.to_thread.run_sync(store.revoked)
+            except StoreError as e:
+                ctx.stats.last_error = str(e)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(watch_door, z, door, syncs=ctx.runtime.zap_syncs))
+            z.bind(listen)
+            await nursery.start(agents.pump)
+            for fn in (inbound, acks, commands, housekeeping):
+                nursery.start_soon(fn)
+            log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
+            task_status.started()
+    finally:
+        store.close()
