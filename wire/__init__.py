@@ -51,6 +51,7 @@ from ._messages import (
     Unblock,
     Unisolate,
 )
+from ._fit import CUT, fit, fit_all, fit_text
 
 __all__ = [
     "COMMANDS", "EVENT_KINDS", "INT64_MAX", "MAX_ADDRESS", "MAX_ADDRESSES", "MAX_ARCHIVE", "MAX_ARG", "MAX_ARGV",
@@ -59,5 +60,5 @@ __all__ = [
     "Ack", "AgentMessage", "Alert", "AnyCommand", "AnyEvent", "Bind", "BlockConnect", "BlockExec",
     "CollectEvidence", "Command", "CommandResult", "Connect", "Enroll", "Enrolled", "Event", "EventBatch", "Exec",
     "Exit", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateHost", "KillProcess", "Notice", "Open",
-    "QuarantineFile", "SetId", "Unblock", "Unisolate",
+    "QuarantineFile", "SetId", "Unblock", "Unisolate", "CUT", "fit", "fit_all", "fit_text",
 ]
