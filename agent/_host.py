@@ -45,7 +45,7 @@ def addresses(proc: str = "/proc") -> list[str]:
 
 def os_name() -> str:
     try:
-        with open("/etc/os-release") as f:
+        with open("/etc/os-release", errors="replace") as f:
             for line in f:
                 key, _, value = line.strip().partition("=")
                 if key == "PRETTY_NAME":
@@ -63,8 +63,11 @@ def agent_version() -> str:
 
 
 def hello(agent_id: str, policy_version: str = "") -> wire.Hello:
-    return wire.Hello(
+    """What the agent says of its host, within the wire's bounds (a host
+    name or an os-release that is not UTF-8, a host with thousands of
+    addresses)."""
+    return wire.fit(wire.Hello(
         agent=agent_id, hostname=socket.gethostname(), addresses=addresses(), os=os_name(),
         kernel=os.uname().release, agent_version=agent_version(), policy_version=policy_version,
         pid=os.getpid(),
-    )
+    ))

@@ -27,6 +27,12 @@ import wire
 TOO_LARGE = "too-large"
 """``sha256`` of an executable bigger than the hash limit: not hashed, on purpose."""
 
+ENRICHED = frozenset({"image", "cmdline", "parent_image", "parent_cmdline", "user", "sha256", "unit", "container"})
+"""The event fields enrichment writes, and the only ones.  Their values are
+as the system gave them (a name that is not UTF-8 keeps its bytes as
+``os.fsdecode``'s surrogates, so that it still names its file): the relay
+fits these fields into the wire's bounds before it spools an event."""
+
 _UNIT = re.compile(r"\.(?:service|scope|socket|mount|swap)$")
 _CONTAINER_ID = re.compile(r"^(?:[a-z][a-z-]*-)?([0-9a-f]{64})(?:\.scope)?$")
 _LXC = re.compile(r"^lxc\.payload\.(.+)$")
@@ -66,7 +72,7 @@ def _cgroup2_mount(proc: Path) -> str:
     """Where cgroup v2 is mounted (/sys/fs/cgroup, or .../unified on hybrid
     layouts); "" if nowhere, and then cgroup ids are not resolved."""
     try:
-        with open(proc / "mounts") as f:
+        with open(proc / "mounts", errors="surrogateescape") as f:  # a mount point may be any bytes
             for line in f:
                 fields = line.split()
                 if len(fields) > 2 and fields[2] == "cgroup2":
@@ -379,8 +385,8 @@ class ProcessTable:
                 stat_line = f.read()
             with open(f"{base}/cmdline", "rb") as f:
                 raw = f.read(self.cmdline_limit * 4)
-            with open(f"{base}/cgroup") as f:
-                cgroup_text = f.read()
+            with open(f"{base}/cgroup", "rb") as f:
+                cgroup_text = os.fsdecode(f.read())  # anyone may name a delegated cgroup
         except OSError:
             return None
         # The comm in parentheses may hold anything, so split after the last ')'.
@@ -419,8 +425,8 @@ class ProcessTable:
         info = self._cgroups.get(cgroup)
         if info is None:
             try:
-                with open(f"{self.proc}/{p.pid}/cgroup") as f:
-                    path, unit, container = parse_cgroup(f.read())
+                with open(f"{self.proc}/{p.pid}/cgroup", "rb") as f:
+                    path, unit, container = parse_cgroup(os.fsdecode(f.read()))
             except OSError:
                 return  # gone: keep what we knew
             info = (unit, container)

@@ -5,8 +5,9 @@ A thin shell around three plain objects: :class:`ProcessTable` (enrichment),
 :class:`Spool` (durability) and :class:`Delivery` (what to send, what acks
 mean).  Its tasks:
 
-* intake: PULL event batches from the sensor, enrich, append to the spool,
-  one fsync per burst (group commit), then count them accepted.  Hashing
+* intake: PULL event batches from the sensor, enrich, fit into the wire's
+  bounds (what the hive refuses would be resent for ever), append to the
+  spool, one fsync per burst (group commit), then count them accepted.  Hashing
   executables and waiting for the disk happen on worker threads: this trio
   thread also drains the sensor, and must never wait for a disk;
 * sender: send what :class:`Delivery` says, wake on new data, acks and
@@ -40,7 +41,7 @@ from actors import Codec, Context, Duplex, KeyPair, Socket, Statistics, check_ke
 from ._delivery import Delivery
 from ._errors import AgentError, SpoolError
 from ._host import hello
-from ._proctable import ProcessTable
+from ._proctable import ENRICHED, ProcessTable
 from ._spool import DEFAULT_MAX_BYTES, Spool
 
 EVENTS_ENDPOINT = "inproc://agent.events"
@@ -196,9 +197,9 @@ class _Relay:
         self._drops_to_report += self.spool.take_dropped()
         if not self._drops_to_report:
             return False
-        notice = wire.Notice(time=time.time_ns(), what="spool_dropped", count=self._drops_to_report,
-                             verdict="audit",
-                             detail=f"spool full ({self.spool.max_bytes} bytes): the oldest events were dropped")
+        notice = wire.fit(wire.Notice(
+            time=time.time_ns(), what="spool_dropped", count=self._drops_to_report, verdict="audit",
+            detail=f"spool full ({self.spool.max_bytes} bytes): the oldest events were dropped"))
         try:
             self.spool.append([notice])
         except SpoolError as e:
@@ -228,13 +229,13 @@ class _Relay:
                 self._spool_failed(e)
 
     async def _send(self, msg: Any) -> None:
-        data = self.out.encode(msg)
+        data = self.out.encode(wire.fit(msg))
         await self.uplink.send([data])
         if self.ctx.watched():
             self.ctx.tap(data)
 
     def _send_nowait(self, msg: Any) -> bool:
-        data = self.out.encode(msg)
+        data = self.out.encode(wire.fit(msg))
         if not self.uplink.send_nowait([data]):
             return False
         if self.ctx.watched():
@@ -264,6 +265,9 @@ class _Relay:
                     await trio.to_thread.run_sync(job.run, limiter=self._hashing)
                 finally:
                     self.table.complete(job)
+            # What the hive would refuse would stall the stream behind it.  The
+            # decoder above checked the sensor's fields; enrichment wrote these.
+            wire.fit_all(got, ENRICHED)
             b = self.batch
             chunks.extend(got[i:i + b] for i in range(0, len(got), b))
             await self._store(chunks)

@@ -8,11 +8,14 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
+import msgspec
 import pytest
 
 import wire
 from agent import TOO_LARGE, ProcessTable, parse_cgroup
+from agent._proctable import ENRICHED, _cgroup2_mount
 
 GONE = 4_000_000_000  # beyond any pid_max: never in /proc
 
@@ -269,3 +272,45 @@ def test_a_job_that_never_ran_leaves_no_one_waiting(tmp_path):
     later = wire.Exec(pid=GONE + 41, filename=str(exe), exe=str(exe))
     table.enrich(later)  # not remembered as failed: hashed next time
     assert later.sha256 == hashlib.sha256(b"tool").hexdigest()
+
+
+@pytest.mark.parametrize("event", [
+    wire.Exec(pid=os.getpid(), ppid=os.getppid(), filename="/usr/bin/true", exe="/usr/bin/true", argv=["true"],
+              cwd="/"),
+    wire.Fork(pid=os.getpid(), ppid=os.getppid(), child_pid=GONE + 40),
+    wire.Exit(pid=GONE + 41, ppid=os.getpid(), code=1),
+    wire.Open(pid=os.getpid(), ppid=os.getppid(), path="/etc/hosts", cgroup=1),
+    wire.SetId(pid=os.getpid(), call="setuid", new=0),
+    wire.Connect(pid=os.getpid(), address="10.0.0.1", port=443),
+    wire.Bind(pid=os.getpid(), address="0.0.0.0", port=8080),
+], ids=lambda e: type(e).__name__)
+def test_enrichment_writes_only_the_fields_it_names(event):
+    # The relay fits only these to the wire (the others passed the
+    # contract's decoder): a field enrichment writes must be among them.
+    table = ProcessTable()
+    before = msgspec.structs.asdict(event)
+    table.enrich(event)
+    changed = {k for k, v in msgspec.structs.asdict(event).items() if before[k] != v}
+    assert changed and changed <= ENRICHED
+
+
+def test_a_cgroup_named_in_bytes_that_are_not_utf8_is_read(tmp_path):
+    # Anyone with a delegated cgroup (a systemd user session) may name one so.
+    root = _cgroup2_mount(Path("/proc"))
+    if not root or not os.access(root, os.W_OK):
+        pytest.skip("needs a writable cgroup v2 mount (root)")
+    name = b"immune-" + uuid.uuid4().hex[:8].encode() + b"-\xff.scope"
+    folder = os.fsencode(root) + b"/" + name
+    os.mkdir(folder)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(folder + b"/cgroup.procs", "wb") as f:
+            f.write(str(child.pid).encode())
+        ev = wire.Open(pid=child.pid, ppid=os.getpid(), path="/etc/hosts")
+        ProcessTable().enrich(ev)
+        assert ev.unit == os.fsdecode(name)  # as the system named it, until the relay fits it
+        assert wire.fit(ev).unit == name.decode(errors="replace")
+    finally:
+        child.kill()
+        child.wait()
+        os.rmdir(folder)

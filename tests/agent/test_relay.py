@@ -4,9 +4,11 @@ ZAP handler, a fake sensor PUSHing event batches, a fake executor."""
 import hashlib
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ from tests.ports import tcp_endpoint
 
 AGENT_CODEC = Codec(wire.AgentMessage)
 HIVE_CODEC = Codec(wire.HiveMessage)
+GONE_PID = 4_000_000  # not running: the table knows it only from a fork event
 
 
 class ScriptedHive:
@@ -488,3 +491,50 @@ async def test_a_reloaded_policy_reaches_the_hive_in_a_new_hello(tmp_path):
     assert rig.hive.hellos[0].policy_version == "p.toml:0123456789ab"
     assert rig.hive.hellos[-1].policy_version == f"p.toml:{digest[:12]}"
     assert rig.hive.stored[-1].what == "policy_reloaded"  # and the notice itself, in order
+
+
+# ---- what the relay accepted, the hive takes ---------------------------------------------
+
+
+@pytest.fixture
+def scratch():
+    """A folder outside /tmp, /var/tmp and /dev/shm (where a sensor's default
+    policy, if one runs on this machine, refuses execs), as bytes."""
+    folder = tempfile.mkdtemp(prefix="immune-relay-", dir="/var/lib" if os.access("/var/lib", os.W_OK) else None)
+    yield os.fsencode(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_process_named_in_bytes_that_are_not_utf8_cannot_stall_the_stream(tmp_path, scratch):
+    # A real process: its executable's name is not UTF-8 (readlink gives
+    # surrogates, which msgspec cannot encode at all), its command line is
+    # 100 KB and not UTF-8 either.
+    exe = scratch + b"/sh-\xff\xfe"
+    shutil.copy("/bin/sh", exe)
+    argv = [exe, b"-c", b"read x", b"name", b"\xfe" * 100_000]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    grandchild = GONE_PID
+    rig = Rig(tmp_path)
+    try:
+        async with trio.open_nursery() as n:
+            await rig.start_hive(n)
+            # The table keeps 100 KB of command line, so that the wire's bound cuts it.
+            await rig.start_agent(n, table=ProcessTable(cmdline_limit=200_000))
+            rig.sensor = rig.root.socket(zmq.PUSH, codec=AGENT_CODEC, connect=rig.args["events_endpoint"])
+            await rig.sensor.send(wire.EventBatch(seq=1, events=[
+                wire.Open(pid=child.pid, ppid=os.getpid(), path="/etc/hosts"),
+                wire.Fork(pid=child.pid, ppid=os.getpid(), child_pid=grandchild),
+                wire.Open(pid=grandchild, ppid=child.pid, path="/etc/passwd"),
+            ]))
+            await rig.hive.wait(lambda: len(rig.hive.stored) >= 3 and rig.stats.extra.get("spooled") == 0)
+            n.cancel_scope.cancel()
+    finally:
+        child.kill()
+        child.wait()
+    opened, forked, child_opened = rig.hive.stored  # each decoded by the hive's codec
+    image = os.fsdecode(scratch) + "/sh-\ufffd\ufffd"  # as the kernel sensor spells it
+    assert opened.image == forked.image == child_opened.image == child_opened.parent_image == image
+    assert len(opened.cmdline) == wire.MAX_CMDLINE and opened.cmdline.endswith("\u2026")
+    assert opened.cmdline.startswith(f"{image} -c read x name \ufffd\ufffd")
+    assert child_opened.parent_cmdline == opened.cmdline
+    assert rig.stats.restarts == 0
