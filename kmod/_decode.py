@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 
-from wire import Bind, Connect, Event, Exec, Exit, Fork, Open, SetId
+from wire import MAX_PATH, Bind, Connect, Event, Exec, Exit, Fork, Open, SetId, fit_text
 
 from ._policy import SETID_CALLS, Policy
 
@@ -168,7 +168,9 @@ class Decoder:
         if hit is not None:
             rule, action, path = hit
             verdict = "block" if action == "block" and result == _EPERM else "audit"
-            exe = exe or path
+            # fanotify's path is readlink's, a name not UTF-8 in surrogates that
+            # no encoder takes: spelled as the kernel's own strings are.
+            exe = exe or fit_text(path, MAX_PATH)
         else:
             # No verdict noted: refused anyway (another agent's fanotify group
             # answered first), or let through (failed open), or failed otherwise.
