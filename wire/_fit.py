@@ -24,15 +24,16 @@ the response executor checks against the contract itself).
 
 Cheap when nothing is out of bounds, the usual case: a message's texts are
 joined and the length of the join compared with the least bound, in C; only
-a longer join is looked at per bound, and a message is rewritten field by
-field only when a bound is exceeded or a join holds a surrogate.
+a longer join is looked at per bound, only a join that is not ASCII is
+checked for surrogates (by converting its texts to UTF-8, which the spool's
+encoding then reuses), and a message is rewritten field by field only when
+a bound is exceeded or a text holds a surrogate.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from operator import itemgetter
+from operator import attrgetter
 from typing import Callable, TypeVar
 
 import msgspec
@@ -43,8 +44,19 @@ T = TypeVar("T", bound=msgspec.Struct)
 CUT = "\u2026"
 """Ends a text that was cut to its bound."""
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNBOUNDED = 2**63
+_to_msgpack = msgspec.msgpack.Encoder().encode
+"""Raises UnicodeEncodeError on a surrogate, else leaves each text's UTF-8
+in the text (CPython keeps it): the spool's encoding of the same texts then
+costs a copy, and a text shared by many events is converted once."""
+
+
+def _utf8_ok(texts: str | tuple[str, ...] | list[str]) -> bool:
+    try:
+        _to_msgpack(texts)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def fit_text(text: str, bound: int) -> str:
@@ -53,7 +65,7 @@ def fit_text(text: str, bound: int) -> str:
 
 
 def _utf8(text: str) -> str:
-    if text.isascii() or _SURROGATE.search(text) is None:
+    if text.isascii() or _utf8_ok(text):
         return text
     try:
         raw = text.encode("utf-8", "surrogateescape")  # the bytes the system gave
@@ -76,27 +88,25 @@ def fit(msg: T, only: frozenset[str] | None = None) -> T:
 
 def fit_all(msgs: Iterable[msgspec.Struct], only: frozenset[str] | None = None) -> None:
     """:func:`fit` each of ``msgs``."""
-    plans = _PLANS.get(only) or _PLANS.setdefault(only, {})
-    astuple = msgspec.structs.astuple
+    checks = _CHECKS.get(only) or _CHECKS.setdefault(only, {})
     for msg in msgs:
-        plan = plans.get(type(msg)) or _plan(type(msg), only)
-        if not plan.fits(astuple(msg)):
-            plan.rewrite(msg)
+        fits = checks.get(type(msg)) or _plan(type(msg), only).fits
+        if not fits(msg):
+            _PLANS[only][type(msg)].rewrite(msg)
 
 
 class _Plan:
     """How to check and fit the fields of one Struct type."""
 
-    def __init__(self, texts: list[tuple[str, int]], lists: list[tuple[str, int, int, str | None]],
-                 positions: dict[str, int]) -> None:
+    def __init__(self, texts: list[tuple[str, int]], lists: list[tuple[str, int, int, str | None]]) -> None:
         self.texts = texts
         """(field, longest) of each text field."""
         self.lists = lists
         """(field, most items, longest item, flag field or None) of each list of texts."""
-        by_bound: dict[int, list[int]] = {}
+        by_bound: dict[int, list[str]] = {}
         for name, bound in texts:
-            by_bound.setdefault(bound, []).append(positions[name])
-        self.fits = _checker(by_bound, [(positions[name], most, longest) for name, most, longest, _ in lists])
+            by_bound.setdefault(bound, []).append(name)
+        self.fits = _checker(by_bound, [(name, most, longest) for name, most, longest, _ in lists])
 
     def rewrite(self, msg: msgspec.Struct) -> None:
         for name, bound in self.texts:
@@ -113,45 +123,58 @@ class _Plan:
                 setattr(msg, flag, True)
 
 
-def _checker(by_bound: dict[int, list[int]], lists: list[tuple[int, int, int]]) -> Callable[[tuple], bool]:
-    """A test of a message's values (``msgspec.structs.astuple``): True if
-    each is within its bound; False if one may not be.  Built on: a sum of
-    lengths within a bound puts each within it, and a join is ASCII (a flag
-    CPython keeps) or holds a surrogate only if one of its parts does."""
-    every = _getter([at for ats in by_bound.values() for at in ats])
+def _checker(by_bound: dict[int, list[str]], lists: list[tuple[str, int, int]]) -> Callable[[object], bool]:
+    """A test of a message: True if each text is within its bound; False if
+    one may not be.  Built on: a sum of lengths within a bound puts each
+    within it, and a join is ASCII (a flag CPython keeps) only if each part
+    is."""
+    every = _getter([name for names in by_bound.values() for name in names])
     least = min(by_bound, default=0)
-    per_bound = [(_getter(ats), bound) for bound, ats in by_bound.items()]
-    surrogate = _SURROGATE.search
+    per_bound = [(_getter(names), bound) for bound, names in by_bound.items()]
     join = "".join
 
-    def fits(values: tuple) -> bool:
-        joined = join(every(values))
-        if not joined.isascii() and surrogate(joined):
+    def texts_fit(msg: object) -> bool:
+        texts = every(msg)
+        joined = join(texts)
+        if not joined.isascii() and not _utf8_ok(texts):
             return False
         if len(joined) > least:
             for get, bound in per_bound:
-                if len(join(get(values))) > bound:
+                if len(join(get(msg))) > bound:
                     return False
-        for at, most, longest in lists:
-            items = values[at]
+        return True
+
+    if not lists:
+        return texts_fit
+
+    def fits(msg: object) -> bool:
+        if not texts_fit(msg):
+            return False
+        for name, most, longest in lists:
+            items = getattr(msg, name)
             if len(items) > most:
                 return False
             joined = join(items)
-            if len(joined) > longest or (not joined.isascii() and surrogate(joined)):
+            if len(joined) > longest or (not joined.isascii() and not _utf8_ok(items)):
                 return False
         return True
 
     return fits
 
 
-def _getter(at: list[int]) -> Callable[[tuple], tuple]:
-    """The values at ``at`` of a tuple, always as a tuple."""
-    if not at:
-        return lambda values: ()
-    return itemgetter(*at) if len(at) > 1 else itemgetter(slice(at[0], at[0] + 1))
+def _getter(names: list[str]) -> Callable[[object], tuple]:
+    """The fields ``names`` of a message, always as a tuple."""
+    if len(names) > 1:
+        return attrgetter(*names)
+    if names:
+        get = attrgetter(names[0])
+        return lambda msg: (get(msg),)
+    return lambda msg: ()
 
 
 _PLANS: dict[frozenset[str] | None, dict[type, _Plan]] = {}
+_CHECKS: dict[frozenset[str] | None, dict[type, Callable[[object], bool]]] = {}
+"""By ``only``, then by type: the plans, and their tests on their own (the fast path)."""
 
 
 def _plan(cls: type, only: frozenset[str] | None) -> _Plan:
@@ -175,7 +198,8 @@ def _plan(cls: type, only: frozenset[str] | None) -> _Plan:
             flag = f"{f.name}_truncated"
             lists.append((f.name, _UNBOUNDED if t.max_length is None else t.max_length,
                           _bound(_bare(t.item_type), cls, f.name), flag if flag in names else None))
-    plan = _PLANS[only][cls] = _Plan(texts, lists, {f.name: i for i, f in enumerate(info.fields)})
+    plan = _PLANS.setdefault(only, {})[cls] = _Plan(texts, lists)
+    _CHECKS.setdefault(only, {})[cls] = plan.fits
     return plan
 
 
