@@ -31,11 +31,12 @@ async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     inbox = ctx.socket(zmq.PULL, bind=SEEN, codec=internal_codec())
     notices = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec())
     presence = Presence(heartbeat_timeout, store.agents(), now=time.time())
-    ctx.stats.extra.update(writes=0, store_errors=0)
+    versions = WireVersions()
+    ctx.stats.extra.update(writes=0, store_errors=0, wire_mismatch=0)
     task_status.started()
 
-    async def notice(agent: str, what: str, detail: str) -> None:
-        log_event(ctx.log, f"agent.{what.removeprefix('agent_')}", agent=agent, detail=detail)
+    async def notice(agent: str, what: str, detail: str, level: int = logging.INFO) -> None:
+        log_event(ctx.log, f"agent.{what.removeprefix('agent_')}", level, agent=agent, detail=detail)
         await notices.send(Ingest(agent=agent, events=[wire.Notice(time=time.time_ns(), what=what, detail=detail)]))
 
     async def write() -> None:
@@ -67,6 +68,12 @@ async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 for m in await inbox.recv():
                     if isinstance(m, AgentSeen):
                         presence.seen(m)
+                        if m.hello is None:
+                            continue
+                        if versions.hello(m.agent, m.hello.wire_version):
+                            await notice(m.agent, "wire_version_mismatch", versions.why(m.hello.wire_version),
+                                         logging.WARNING)
+                        ctx.stats.extra["wire_mismatch"] = len(versions.mismatched)
     finally:
         store.close()
 
@@ -105,6 +112,35 @@ class Presence:
         for m in seen:
             self.pending[m.agent] = _merge(m, self.pending.get(m.agent))
         self.going.update(a for a in gone if a not in self.pending)
+
+
+class WireVersions:
+    """The wire version each agent said in its latest Hello.  One other than
+    the hive's is worth reporting once per agent and version, not at each
+    Hello (an agent says hello at every reconnect)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, int] = {}
+        self.mismatched: set[str] = set()
+        """Agents whose latest Hello said another version than the hive's."""
+        self._reported: dict[str, int] = {}
+
+    def hello(self, agent: str, version: int) -> bool:
+        """Record ``agent``'s version; True if it is to be reported."""
+        self.latest[agent] = version
+        if version == wire.WIRE_VERSION:
+            self.mismatched.discard(agent)
+            return False
+        self.mismatched.add(agent)
+        if self._reported.get(agent) == version:
+            return False
+        self._reported[agent] = version
+        return True
+
+    @staticmethod
+    def why(version: int) -> str:
+        older = "cannot decode the hive's commands" if version < wire.WIRE_VERSION else "is newer than the hive"
+        return f"the agent speaks wire version {version}, the hive {wire.WIRE_VERSION}: it {older}"
 
 
 def _merge(old: AgentSeen | None, new: AgentSeen | None) -> AgentSeen:

@@ -3,7 +3,7 @@ keep when the store could not write it."""
 
 import wire
 from hive import AgentRow, AgentSeen
-from hive._registry import Presence
+from hive._registry import Presence, WireVersions
 
 
 def row(agent, online=True):
@@ -47,3 +47,16 @@ def test_a_failed_write_is_retried_with_what_came_since():
     due, gone = p.due(now=12)
     assert gone == ["x"] and len(due) == 1
     assert (due[0].time, due[0].hello.hostname) == (12 * 10**9, "h")
+
+
+def test_a_wire_version_other_than_the_hives_is_reported_once_per_agent_and_version():
+    v = WireVersions()
+    old = wire.WIRE_VERSION - 1
+    assert not v.hello("a", wire.WIRE_VERSION) and not v.mismatched
+    assert v.hello("b", old) and v.mismatched == {"b"}
+    assert not v.hello("b", old)  # it reconnected: said already
+    assert not v.hello("b", wire.WIRE_VERSION) and not v.mismatched  # upgraded
+    assert not v.hello("b", old) and v.mismatched == {"b"}  # and back: said already
+    assert v.hello("b", wire.WIRE_VERSION + 1)
+    assert v.latest == {"a": wire.WIRE_VERSION, "b": wire.WIRE_VERSION + 1}
+    assert "cannot decode the hive's commands" in WireVersions.why(old)
