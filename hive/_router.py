@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import time
@@ -17,6 +16,7 @@ import wire
 from actors import Codec, Context, Door, Duplex, KeyPair, curve_server, log_event, watch_door
 
 from ._actors import DEFAULT_MAX_FRAME, DELIVER, INGEST, RESULTS, SEEN, STORED, internal_codec
+from ._fair import FairQueue
 from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
 from ._store import Store, StoreError
 
@@ -24,13 +24,18 @@ from ._store import Store, StoreError
 PEER_HWM = 2
 """Frames ZeroMQ queues per agent connection before it stops reading it, so
 a connection holds at most (PEER_HWM + 1) x max_frame in the hive."""
-STORE_SNDHWM = 4
-"""Batches the router queues for the store beyond the store's own queue."""
+STORE_WINDOW = 2
+"""Frames' worth of bytes (of ``max_frame``) on their way to the store at
+once (see ``FairQueue``): a commit's worth of the largest batches, or
+dozens of ordinary ones."""
 AGENT_BUDGET = 2
-"""Frames' worth of bytes (of ``max_frame``) of batches one agent may have
-on their way to the store; more from it are dropped until the store caught
-up (a relay sends them again): 8 MiB at the default, a relay's window of 64
-batches of 256 events of 500 bytes."""
+"""Frames' worth of bytes one agent may have queued here or on their way to
+the store; more from it are dropped until the store caught up (a relay
+sends them again): 8 MiB at the default, a relay's window of 64 batches of
+256 events of 500 bytes."""
+QUEUE_LIMIT = 8
+"""Frames' worth of bytes queued here for all agents, past which the router
+stops reading (ZeroMQ then holds them, at most PEER_HWM per connection)."""
 CURVE_OVERHEAD = 64
 """ZeroMQ applies MAXMSGSIZE to the encrypted frame: a CURVE MESSAGE command
 is 33 bytes longer than the frame it carries."""
@@ -45,7 +50,9 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     Memory is bounded: ZeroMQ drops a connection that sends a frame above
     ``max_frame`` (MAXMSGSIZE) before it is buffered, queues at most
     ``PEER_HWM`` frames per connection, the inbound queue holds at most four
-    frames' worth of bytes, and the store's queue a few dozen batches."""
+    frames' worth of bytes, the agents' batches here ``QUEUE_LIMIT`` and on
+    their way to the store ``STORE_WINDOW``, shared among the agents in turn
+    (``FairQueue``)."""
     store = Store(path, readonly=True)
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.AgentMessage, max_size=max_frame))
     z = sock.zmq
@@ -56,18 +63,16 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     sock.copy = False
     agents = Duplex(sock, max_in_bytes=4 * max_frame)
     to_store = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec(), topic=f"{ctx.name}.ingest",
-                          sndhwm=STORE_SNDHWM)
+                          sndhwm=1000)  # the window bounds the bytes
     to_registry = ctx.socket(zmq.PUSH, connect=SEEN, codec=internal_codec(), topic="")
     stored = ctx.socket(zmq.PULL, connect=STORED, codec=internal_codec(), topic="")
     deliver = ctx.socket(zmq.PULL, bind=DELIVER, codec=internal_codec(), topic="")
     results = ctx.socket(zmq.PUSH, bind=RESULTS, codec=internal_codec(), topic="", sndhwm=10000)
     ack_codec = Codec(wire.HiveMessage)
     idents: dict[str, bytes] = {}
-    # Bytes of each agent's batches on their way to the store, oldest first
-    # (the store answers each in the order it got them): an agent (or a key
-    # on many connections) cannot fill the store's queue and delay the others.
-    in_flight: dict[str, collections.deque[int]] = {}
-    budget = AGENT_BUDGET * max_frame
+    fair = FairQueue(window=STORE_WINDOW * max_frame, agent_budget=AGENT_BUDGET * max_frame)
+    work, room = trio.lowlevel.ParkingLot(), trio.lowlevel.ParkingLot()
+    ingest_codec = internal_codec()
     revoked: set[str] = store.revoked()
     # The pid each agent's Hello gave (from the store until it says hello
     # again): no kill of it leaves this door, however fast it follows.
@@ -87,6 +92,8 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
 
     async def inbound() -> None:
         while True:
+            while fair.queued_bytes >= QUEUE_LIMIT * max_frame:
+                await room.park()
             for frames in await agents.recv():
                 if len(frames) != 2:
                     refuse("wrong_type", "", f"{len(frames) - 1} frames in one message")
@@ -108,13 +115,13 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 idents[agent] = ident
                 now = time.time()
                 if isinstance(msg, wire.EventBatch):
-                    queued = in_flight.setdefault(agent, collections.deque())
-                    if sum(queued) >= budget:
+                    ingest = ingest_codec.encode(Ingest(agent=agent, stream=msg.stream, seq=msg.seq,
+                                                        events=msg.events))
+                    if not fair.offer(agent, ingest, len(ingest)):
                         # Not taken, so not acknowledged: the agent sends it again.
                         counts["over_budget"] = int(counts["over_budget"]) + 1
                         continue
-                    queued.append(len(data))
-                    await to_store.send(Ingest(agent=agent, stream=msg.stream, seq=msg.seq, events=msg.events))
+                    work.unpark_all()
                     if now - seen_at.get(agent, 0) < 1.0:
                         continue
                     seen = AgentSeen(agent=agent, time=time.time_ns())
@@ -137,16 +144,22 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
         if not results.try_send(result):
             counts["results_dropped"] = int(counts["results_dropped"]) + 1
 
+    async def to_the_store() -> None:
+        while True:
+            batches = fair.take()
+            if not batches:
+                await work.park()
+                continue
+            room.unpark_all()
+            await to_store.send_many([[data] for _, data in batches])
+
     async def acks() -> None:
         while True:
             for o in await stored.recv():
                 if not isinstance(o, Stored):
                     continue
-                queued = in_flight.get(o.agent)
-                if queued:
-                    queued.popleft()
-                    if not queued:
-                        del in_flight[o.agent]
+                fair.answered(o.agent)
+                work.unpark_all()
                 if o.outcome != "failed" and o.agent in idents:
                     ack = wire.Ack(seq=o.seq, stream=o.stream, resend=o.outcome == "gap")
                     await agents.send([idents[o.agent], ack_codec.encode(ack)])
@@ -188,7 +201,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             await nursery.start(functools.partial(watch_door, z, door, syncs=ctx.runtime.zap_syncs))
             z.bind(listen)
             await nursery.start(agents.pump)
-            for fn in (inbound, acks, commands, housekeeping):
+            for fn in (inbound, to_the_store, acks, commands, housekeeping):
                 nursery.start_soon(fn)
             log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
             task_status.started()

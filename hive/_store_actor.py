@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
         inbox.bind(endpoint)
     acks = ctx.socket(zmq.PUSH, bind=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
     detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=DETECT_HWM)
+    to_detect = _Backlog(DETECT_BYTES)
     st = ctx.stats.extra
     st.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0, refused_batches=0,
               refused_events=0, dropped_records=0, write_failures=0)
@@ -52,6 +54,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
             nursery.start_soon(_retention, ctx, store, retention_days, retention_mb)
             nursery.start_soon(_report_lag, ctx, lags)
             nursery.start_soon(_checkpoint, ctx, store)
+            nursery.start_soon(to_detect.feed, detect_out)
             while True:
                 msgs = waiting + await inbox.recv(4096, max_bytes=COMMIT_BYTES)
                 waiting = []
@@ -82,7 +85,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                 for b in done.stored:
                     # A sample of events: from their creation on the agent to our commit.
                     lags.extend((now, (now_ns - e.time) / 1e6) for e in b.events[::16] if e.time)
-                await _after_commit(ctx, done, acks, detect_out)
+                await _after_commit(ctx, done, acks, to_detect)
     finally:
         store.close()
 
@@ -94,11 +97,13 @@ batches wait (80 MiB at the default max_frame), while a commit still takes
 thousands of events of ordinary batches."""
 COMMIT_BYTES = 16 << 20
 """Bytes of messages taken into one group commit (decoded, about four times that)."""
-DETECT_HWM = 128
-"""Stored batches queued for the sentinel beyond its own queue: a commit's
-batches leave in one burst, faster than ZeroMQ moves them out, so this
-holds a few commits' worth.  When the sentinel is behind, the store skips
-detection of a batch (counted) rather than wait."""
+DETECT_HWM = 16
+"""Stored batches ZeroMQ queues for the sentinel beyond its own queue."""
+DETECT_BYTES = 64 << 20
+"""Bytes of stored batches waiting here for the sentinel (a commit's
+batches leave in one burst, and the sentinel's process may be slow to take
+them on a busy machine); past that, the store skips detection of a batch
+(counted in ``detect_skipped``) rather than wait."""
 RETRY_RECORDS = 10_000
 """The hive's own events, alerts and incidents kept for the next try while
 the disk refuses writes; older ones are dropped and counted."""
@@ -129,7 +134,30 @@ async def _report_lag(ctx: Context, lags: collections.deque[tuple[float, float]]
             ctx.stats.extra["lag_p99_ms"] = round(ordered[int(len(ordered) * 0.99)], 2)
 
 
-async def _after_commit(ctx: Context, done: Ingested, acks: Any, detect: Any) -> None:
+class _Backlog:
+    """Stored batches on their way to the sentinel, bounded in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._codec = internal_codec()
+        self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
+
+    def offer(self, batch: Ingest) -> bool:
+        data = self._codec.encode(batch)
+        if self.bytes + len(data) > self.limit:
+            return False
+        self.bytes += len(data)
+        self._send.send_nowait(data)
+        return True
+
+    async def feed(self, sock: Any) -> None:
+        async for data in self._receive:
+            await sock.send_many([[data]])
+            self.bytes -= len(data)
+
+
+async def _after_commit(ctx: Context, done: Ingested, acks: Any, detect: _Backlog) -> None:
     st = ctx.stats.extra
     for o in done.outcomes:
         if o.outcome == "duplicate":
@@ -148,7 +176,7 @@ async def _after_commit(ctx: Context, done: Ingested, acks: Any, detect: Any) ->
     for b in done.stored:
         st["events"] = int(st["events"]) + len(b.events)
         st["batches"] = int(st["batches"]) + 1
-        if not detect.try_send(b):
+        if not detect.offer(b):
             # Detection is behind: the events are stored, say what it missed.
             st["detect_skipped"] = int(st["detect_skipped"]) + len(b.events)
 
