@@ -23,15 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wire
+from wire import fit_text
 
 TOO_LARGE = "too-large"
 """``sha256`` of an executable bigger than the hash limit: not hashed, on purpose."""
 
 ENRICHED = frozenset({"image", "cmdline", "parent_image", "parent_cmdline", "user", "sha256", "unit", "container"})
-"""The event fields enrichment writes, and the only ones.  Their values are
-as the system gave them (a name that is not UTF-8 keeps its bytes as
-``os.fsdecode``'s surrogates, so that it still names its file): the relay
-fits these fields into the wire's bounds before it spools an event."""
+"""The event fields enrichment writes, and the only ones: the relay fits
+these into the wire's bounds before it spools an event.  The table spells
+the names it reads from the system as the kernel sensor does (a byte that
+is not UTF-8 as U+FFFD, ``wire.fit_text``), once per process, user or
+cgroup: the same file has one name whichever told it, and the relay's fit
+has nothing to rewrite.  Only ``Process.exe``, which names the file to
+hash, keeps the bytes (as ``os.fsdecode``'s surrogates)."""
 
 _UNIT = re.compile(r"\.(?:service|scope|socket|mount|swap)$")
 _CONTAINER_ID = re.compile(r"^(?:[a-z][a-z-]*-)?([0-9a-f]{64})(?:\.scope)?$")
@@ -46,7 +50,8 @@ def parse_cgroup(text: str) -> tuple[str, str, str]:
 
     The path is the cgroup v2 one (``0::/...``), else the v1 systemd one.
     The unit is the innermost systemd unit in it; the container the innermost
-    docker, containerd, CRI-O, podman (64 hex digits) or LXC id."""
+    docker, containerd, CRI-O, podman (64 hex digits) or LXC id; both as the
+    wire spells them (the path keeps its bytes, to be looked up)."""
     path = ""
     for line in text.splitlines():
         hier, _, rest = line.partition(":")
@@ -65,7 +70,7 @@ def parse_cgroup(text: str) -> tuple[str, str, str]:
         m = _CONTAINER_ID.match(part) or _LXC.match(part)
         if m:
             container = m.group(1)
-    return path, unit, container
+    return path, fit_text(unit), fit_text(container)
 
 
 def _cgroup2_mount(proc: Path) -> str:
@@ -142,7 +147,8 @@ class Process:
         self.pid = pid
         self.ppid = ppid
         self.image = image
-        """What rules call Image: the path given to execve, or /proc's exe for a seeded process."""
+        """What rules call Image: the path given to execve, or /proc's exe for a seeded process,
+        spelled as the wire does."""
         self.exe = exe
         """The executable the kernel resolved (what gets hashed)."""
         self.cmdline = cmdline
@@ -368,7 +374,7 @@ class ProcessTable:
         name = self._users.get(uid)
         if name is None:
             try:
-                name = pwd.getpwuid(uid).pw_name
+                name = fit_text(pwd.getpwuid(uid).pw_name)
             except KeyError:
                 name = str(uid)
             if len(self._users) >= _CACHE:
@@ -403,7 +409,7 @@ class ProcessTable:
         cgroup = self._cgroup_id(path)
         if cgroup:
             self._remember_cgroup(cgroup, (unit, container))
-        return Process(pid, ppid, exe, exe, cmdline, cgroup, unit, container)
+        return Process(pid, ppid, fit_text(exe), exe, cmdline, cgroup, unit, container)
 
     def _cgroup_id(self, path: str) -> int:
         """The cgroup v2 id the sensor reports is the inode of its folder."""
@@ -448,8 +454,10 @@ class ProcessTable:
         try:
             st = os.stat(link)
             # Checked after the stat: if it still names our image, the file
-            # we looked at is that image.
-            if os.readlink(link) == p.exe:
+            # we looked at is that image.  The sensor's exe is spelled for
+            # the wire (a byte not UTF-8 as U+FFFD), readlink's is not.
+            target = os.readlink(link)
+            if target == p.exe or fit_text(target) == p.exe:
                 return self._hash(link, st)
         except OSError:
             pass

@@ -3,8 +3,10 @@
 import hashlib
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -307,10 +309,34 @@ def test_a_cgroup_named_in_bytes_that_are_not_utf8_is_read(tmp_path):
         with open(folder + b"/cgroup.procs", "wb") as f:
             f.write(str(child.pid).encode())
         ev = wire.Open(pid=child.pid, ppid=os.getpid(), path="/etc/hosts")
-        ProcessTable().enrich(ev)
-        assert ev.unit == os.fsdecode(name)  # as the system named it, until the relay fits it
-        assert wire.fit(ev).unit == name.decode(errors="replace")
+        table = ProcessTable()
+        table.enrich(ev)
+        assert ev.unit == name.decode(errors="replace")  # spelled as the kernel spells names
+        assert table.get(child.pid).cgroup == os.stat(folder).st_ino  # and its id still found
     finally:
         child.kill()
         child.wait()
         os.rmdir(folder)
+
+
+def test_an_executable_named_in_bytes_that_are_not_utf8_is_named_as_the_kernel_does_and_hashed():
+    folder = tempfile.mkdtemp(prefix="immune-table-", dir="/var/lib" if os.access("/var/lib", os.W_OK) else None)
+    exe = os.fsencode(folder) + b"/sleep-\xff"
+    shutil.copy("/bin/sleep", exe)
+    child = subprocess.Popen([exe, "30"])
+    try:
+        time.sleep(0.05)
+        spelled = exe.decode(errors="replace")  # as kmod's decoder and wire.fit spell it
+        seeded = ProcessTable()
+        ev = wire.Open(pid=child.pid, ppid=os.getpid(), path="/etc/hosts")
+        seeded.enrich(ev)
+        assert ev.image == spelled and ev.sha256 == sha256_of(exe)
+        # The same process as the sensor reports its exec: hashed through /proc all the same.
+        table = ProcessTable()
+        ex = wire.Exec(pid=child.pid, ppid=os.getpid(), filename=spelled, exe=spelled, argv=[spelled, "30"])
+        table.enrich(ex)
+        assert ex.image == spelled and ex.sha256 == sha256_of(exe)
+    finally:
+        child.kill()
+        child.wait()
+        shutil.rmtree(folder)
