@@ -1,7 +1,9 @@
-"""The hive under a flood of maximum-size frames: its memory, and a good
-agent's ack latency beside it, against a baseline measured in the same run.
+"""The hive under each attack of issue 10 and under floods of maximum-size
+frames: its memory, and a good agent's ack latency beside it, against a
+baseline measured in the same run.
 
     .venv/bin/python bench/bench_flood.py [--max-frame BYTES] [--connections N] [--seconds S]
+                                          [--phases PHASE ...]
 
 One real ``immune-node hive`` (``max_frame`` as given) and a good agent that
 sends batches of 10 events one at a time and times each ack.  Phases of
@@ -16,6 +18,14 @@ sends batches of 10 events one at a time and times each ack.  Phases of
   drops each such connection; the attackers' sockets connect again);
 * valid: frames of about ``max_frame`` holding a valid batch of
   ``wire.MAX_BATCH`` events, which the hive stores;
+* nested: 2 KB frames of 2000 nested msgpack arrays (once a RecursionError
+  that crashed the router);
+* enroll-nested: the same at the enrollment door, from fresh keys (anyone
+  holding an enrollment token's hive key can connect there);
+* range: valid msgpack batches with a pid of 2**63 (once a crash of the
+  store's group commit);
+* malformed: 8-byte frames that are not msgpack, as fast as possible;
+* strangers: plain TCP connections that send an HTTP request and close;
 * after: the good agent alone again.
 
 For each phase: the hive process's resident memory (VmRSS sampled every
@@ -31,6 +41,7 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +57,11 @@ import zmq  # noqa: E402
 
 import wire  # noqa: E402
 from actors import Codec, KeyPair, curve_client, query_status  # noqa: E402
+from tests.hostile import nested_junk  # noqa: E402
 from tests.ports import free_port  # noqa: E402
+
+PHASES = ("baseline", "garbage", "oversized", "valid", "nested", "enroll-nested", "range", "malformed",
+          "strangers", "after")
 
 AGENT = Codec(wire.AgentMessage)
 HIVE = Codec(wire.HiveMessage)
@@ -97,25 +112,57 @@ def valid_frame(seq: int, stream: str, max_frame: int) -> bytes:
     return frame
 
 
-def attacker(endpoint: str, keys: tuple[bytes, bytes], server: bytes, kind: str, max_frame: int, stop) -> None:
+def frames(kind: str, max_frame: int):
+    """The endless frames of one attacker of ``kind``."""
+    stream, seq = uuid.uuid4().hex, 0
+    fixed = {
+        "garbage": b"\xc1" * max_frame,
+        "oversized": b"\xc1" * (max_frame + 1),
+        "nested": nested_junk({"type": "heartbeat"}),
+        "enroll-nested": nested_junk({"type": "enroll", "token": "x", "agent": "y"}),
+        "malformed": b"\x92\x01\xc1junk!",
+    }.get(kind)
+    while True:
+        seq += 1
+        if fixed is not None:
+            yield fixed
+        elif kind == "valid":
+            yield valid_frame(seq, stream, max_frame)
+        elif kind == "range":
+            yield AGENT.encode(wire.EventBatch(seq=seq, stream=stream, events=[
+                wire.Exec(pid=2**63, filename="/bin/huge")] * 64))
+
+
+def attacker(endpoint: str, enroll: str, keys: tuple[bytes, bytes], server: bytes, kind: str, max_frame: int,
+             stop) -> None:
     # At the lowest priority: a real attacker's CPU is elsewhere, and here the
     # attackers' encryption would otherwise take the CPU from the hive.
     os.nice(19)
-    z = client(endpoint, keys, server)
-    stream, seq = uuid.uuid4().hex, 0
-    junk = b"\xc1" * (max_frame if kind == "garbage" else max_frame + 1)
-    while not stop.is_set():
-        if kind == "valid":
-            seq += 1
-            frame = valid_frame(seq, stream, max_frame)
-        else:
-            frame = junk
+    if kind == "strangers":
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        while not stop.is_set():
+            try:
+                with socket.create_connection((host, int(port)), timeout=1) as s:
+                    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            except OSError:
+                pass
+        return
+    if kind == "enroll-nested":  # anyone: a fresh key, the enrollment door
+        new = KeyPair.generate()
+        z = client(enroll, (new.public, new.secret), server)
+        prefix = [b""]
+    else:
+        z = client(endpoint, keys, server)
+        prefix = []
+    for frame in frames(kind, max_frame):
+        if stop.is_set():
+            break
         try:
-            z.send(frame)
+            z.send_multipart([*prefix, frame])
         except zmq.Again:
             continue
         while z.poll(0):
-            z.recv()  # acks for the valid frames
+            z.recv_multipart()  # acks, enrollment answers
     z.close()
 
 
@@ -161,14 +208,16 @@ def main() -> None:
     ap.add_argument("--max-frame", type=int, default=4 << 20)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                    help="which phases to run, in this order (the first is the baseline)")
     args = ap.parse_args()
 
     from hive import Store
 
     data = Path(tempfile.mkdtemp(prefix="bench-flood-"))
-    port = free_port()
+    port, enroll_port = free_port(), free_port()
     (data / "hive.toml").write_text(f"[hive]\nmax_frame = {args.max_frame}\n"
-                                    f'enroll_listen = "tcp://127.0.0.1:{free_port()}"\n')
+                                    f'enroll_listen = "tcp://127.0.0.1:{enroll_port}"\n')
     hive_keys = KeyPair.load_or_create(data / "keys", "hive")
     store = Store(data / "hive.db")
     keys = []
@@ -180,7 +229,7 @@ def main() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "node.cli", "hive", "--data", str(data), "--config",
                              str(data / "hive.toml"), "--listen", f"tcp://127.0.0.1:{port}",
                              "--log-level", "warning"], cwd=ROOT, stderr=open(data / "hive.log", "wb"))
-    endpoint = f"tcp://127.0.0.1:{port}"
+    endpoint, enroll = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{enroll_port}"
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -197,11 +246,11 @@ def main() -> None:
         time.sleep(1.0)
         ctx = mp.get_context("fork")
         rows = []
-        for phase in ("baseline", "garbage", "oversized", "valid", "after"):
+        for phase in args.phases:
             stop = ctx.Event()
             procs = [] if phase in ("baseline", "after") else [
-                ctx.Process(target=attacker, args=(endpoint, keys[1 + i], hive_keys.public, phase, args.max_frame,
-                                                   stop)) for i in range(args.connections)]
+                ctx.Process(target=attacker, args=(endpoint, enroll, keys[1 + i], hive_keys.public, phase,
+                                                   args.max_frame, stop)) for i in range(args.connections)]
             for p in procs:
                 p.start()
             t0 = time.monotonic()
@@ -222,7 +271,9 @@ def main() -> None:
             time.sleep(1.0)
         good.stop.set()
         good.join(10)
-        router = {a.name: a for a in query_status(data / "run").actors}["hive.router"]
+        actors = {a.name: a for a in query_status(data / "run").actors}
+        router, enroll_door = actors["hive.router"], actors["hive.enroll"]
+        restarts = {name: a.restarts for name, a in actors.items() if a.restarts}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -230,15 +281,16 @@ def main() -> None:
 
     base_p99 = rows[0][5]
     print(f"max_frame {args.max_frame} bytes, {args.connections} attacker connections, {args.seconds:g} s per phase")
-    print(f"{'phase':>10} {'RSS peak MB':>12} {'RSS end MB':>11} {'children MB':>12} {'good p50 ms':>12} "
+    print(f"{'phase':>13} {'RSS peak MB':>12} {'RSS end MB':>11} {'children MB':>12} {'good p50 ms':>12} "
           f"{'good p99 ms':>12} {'p99 ratio':>10} {'acks':>6}")
     for phase, peak, end, kids, p50, p99, n in rows:
-        print(f"{phase:>10} {peak / 1024:>12.1f} {end / 1024:>11.1f} {kids / 1024:>12.1f} {p50:>12.1f} "
+        print(f"{phase:>13} {peak / 1024:>12.1f} {end / 1024:>11.1f} {kids / 1024:>12.1f} {p50:>12.1f} "
               f"{p99:>12.1f} {p99 / base_p99:>9.2f}x {n:>6}")
     extra = router.extra
     print(f"good agent: {good.timeouts} acks not within 5 s; router: malformed {router.malformed}, "
           f"oversized {extra.get('oversized')}, unauthenticated {extra.get('unauthenticated')}, "
-          f"connections {extra.get('connections')}, restarts {router.restarts}")
+          f"connections {extra.get('connections')}; enroll door: malformed {enroll_door.malformed}; "
+          f"actor restarts: {restarts or 'none'}")
 
 
 if __name__ == "__main__":

@@ -17,23 +17,13 @@ import zmq
 import wire
 from actors import Codec, KeyPair, curve_client
 from hive import Store
+from tests.hostile import nested_junk
 from tests.ports import free_port
 
 from .hosts import wait_until
 
 AGENT = Codec(wire.AgentMessage)
 HIVE = Codec(wire.HiveMessage)
-DEPTH = 2000
-"""Nesting of the hostile frames: deeper than msgspec's recursion limit."""
-
-
-def nested_junk(head: dict) -> bytes:
-    """``head`` as a msgpack map with one more key whose value is DEPTH nested
-    arrays: about 2 KB that once raised RecursionError in the decoder."""
-    enc = msgspec.msgpack.encode(head)
-    assert 0x80 <= enc[0] < 0x8F
-    body = bytes([enc[0] + 1]) + enc[1:] + msgspec.msgpack.encode("junk") + b"\x91" * DEPTH + b"\xc0"
-    return b"\x92\x01" + body
 
 
 class Client:
