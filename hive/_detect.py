@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +112,19 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                     send(alert, "alerts")
 
 
-def _report_rules(ctx: Context, report: Any, logged: set[str]) -> set[str]:
-    """Count what loaded and what was refused; log each refusal once, not at every
-    reload.  Returns the refusals, to pass back in next time."""
-    refused = {str(failure) for failure in report.failures}
+def log_refusals(ctx: Context, event: str, failures: Iterable[object], logged: set[str]) -> set[str]:
+    """Log each refused file or rule (its name and reason) once, not at every
+    reload: ``logged`` is what the previous call returned.  Returns the
+    refusals of this load."""
+    refused = {str(failure) for failure in failures}
     for failure in sorted(refused - logged):
-        log_event(ctx.log, "rule.refused", logging.WARNING, reason=failure)
+        log_event(ctx.log, event, logging.WARNING, reason=failure)
+    return refused
+
+
+def _report_rules(ctx: Context, report: Any, logged: set[str]) -> set[str]:
+    """Count what loaded and what was refused, each refusal logged once."""
+    refused = log_refusals(ctx, "rule.refused", report.failures, logged)
     ctx.stats.extra.update(rules_loaded=report.loaded, rules_refused=report.failed)
     log_event(ctx.log, "rules.loaded", loaded=report.loaded, refused=report.failed, files=report.files)
     return refused

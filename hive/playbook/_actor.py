@@ -32,7 +32,7 @@ import wire
 from actors import Context, log_event
 
 from .._actors import DELIVER, RESULTS, internal_codec
-from .._detect import ALERTS
+from .._detect import ALERTS, log_refusals
 from .._messages import Deliver, Result
 from .._store import Store, StoreError
 from ._actions import Notify
@@ -56,8 +56,10 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     the hive's own addresses, which no playbook may block; ``dry_run``: every
     playbook in dry-run."""
     dirs = [Path(d) for d in playbook_dirs]
+    # The signature before the load: a file changed after it is reloaded.
+    sig = await trio.to_thread.run_sync(lambda: signature(*dirs))
     report = await trio.to_thread.run_sync(lambda: check_playbooks(*dirs))
-    _report(ctx, report)
+    refused = _report(ctx, report, set())
     engine = PlaybookEngine(report.playbooks, clock=time.time, variables=variables, protected=protected,
                             dry_run=dry_run)
     store = Store(path)
@@ -138,7 +140,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 nursery.start_soon(one, cmd)
 
     async def housekeeping() -> None:
-        sig = await trio.to_thread.run_sync(lambda: signature(*dirs))
+        nonlocal refused, sig
         since_reload = 0.0
         while True:
             await trio.sleep(tick)
@@ -167,7 +169,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 if now_sig != sig:
                     sig = now_sig
                     fresh = await trio.to_thread.run_sync(lambda: check_playbooks(*dirs))
-                    _report(ctx, fresh)
+                    refused = _report(ctx, fresh, refused)
                     engine.set_playbooks(fresh.playbooks)
 
     try:
@@ -207,12 +209,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "_"
 
 
-def _report(ctx: Context, report: Any) -> None:
-    for failure in report.failures:
-        log_event(ctx.log, "playbook.not_loaded", logging.WARNING, reason=str(failure))
-    ctx.stats.extra.update(playbooks_loaded=len(report.playbooks), playbooks_failed=len(report.failures))
+def _report(ctx: Context, report: Any, logged: set[str]) -> set[str]:
+    """Count what loaded and what was refused, each refusal logged once."""
+    refused = log_refusals(ctx, "playbook.refused", report.failures, logged)
+    ctx.stats.extra.update(playbooks_loaded=len(report.playbooks), playbooks_refused=len(report.failures))
     log_event(ctx.log, "playbooks.loaded", loaded=len(report.playbooks), disabled=len(report.disabled),
-              failed=len(report.failures), files=report.files)
+              refused=len(report.failures), files=report.files)
+    return refused
 
 
 def _log_audit(ctx: Context, r: AuditRecord) -> None:

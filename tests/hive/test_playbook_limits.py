@@ -144,3 +144,49 @@ def test_filter_arguments_and_values_that_python_cannot_take_are_template_errors
         Template("{{ event.pid | default({[]: 1}) }}")
     with pytest.raises(TemplateError, match="inf is not an integer"):
         Template("{{ event.missing | default(1e400) | int }}").render({"event": {}})
+
+
+async def test_the_playbook_actor_counts_refused_files_and_logs_each_once(tmp_path, runtime, caplog):
+    import logging
+
+    import trio
+
+    from actors import Context
+    from hive import Store
+    from hive.playbook import playbook_actor
+
+    folder = tmp_path / "playbooks"
+    folder.mkdir()
+    (folder / "good.yml").write_text(GOOD)
+    (folder / "bad.yml").write_text(GOOD.replace("kill_process", "no_such_action"))
+    db = tmp_path / "hive.db"
+    Store(db).close()
+    tag = time.monotonic_ns()
+    ctx = Context(runtime, "playbook")
+    st = ctx.stats.extra
+    caplog.set_level(logging.INFO)
+
+    def logged(event):
+        return [r.fields.get("reason") for r in caplog.records if getattr(r, "event", "") == event]
+
+    async def loads(n):
+        with trio.fail_after(10):
+            while len(logged("playbooks.loaded")) < n:
+                await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: playbook_actor(
+            ctx, task_status=task_status, path=db, playbook_dirs=[folder], tick=0.02, reload_every=0.02,
+            alerts_endpoint=f"inproc://t.alerts.{tag}", deliver_endpoint=f"inproc://t.deliver.{tag}",
+            results_endpoint=f"inproc://t.results.{tag}"))
+        assert st["playbooks_loaded"] == 1 and st["playbooks_refused"] == 1
+        (folder / "other.yml").write_text(GOOD.replace("id: good", "id: other"))  # a reload
+        await loads(2)
+        (folder / "worse.yml").write_text("steps: [")  # a reload, with a refusal of its own
+        await loads(3)
+        nursery.cancel_scope.cancel()
+    assert st["playbooks_loaded"] == 2 and st["playbooks_refused"] == 2
+    refused = logged("playbook.refused")
+    assert len(refused) == 2, refused  # bad.yml once, though three loads refused it
+    assert refused[0].startswith(f"{folder}/bad.yml: ") and refused[1].startswith(f"{folder}/worse.yml: ")
+    assert "playbooks_failed" not in st
