@@ -58,7 +58,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
     refused = _report_rules(ctx, report, set())
     ctx.stats.extra.update(detect_skipped=0, slowest_rules="")
-    inbox = ctx.socket(zmq.PULL, bind=detect, codec=internal_codec(), rcvhwm=2000)
+    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=2000), detect)
     out = ctx.socket(zmq.PUSH, connect=correlate, codec=internal_codec(), sndhwm=4000)
     task_status.started()
 
@@ -141,8 +141,8 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
     from hive.correlate import HostCorrelator
 
     hosts = HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
+    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=4000), correlate)
     store = Store(path, readonly=True)
-    inbox = ctx.socket(zmq.PULL, bind=correlate, codec=internal_codec(), rcvhwm=4000)
     to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
     to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
 

@@ -27,8 +27,8 @@ async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     are gathered for ``interval`` seconds and written in one transaction
     for all agents; when the store cannot write (a full disk), they are kept,
     merged with newer ones, and written at the next try."""
+    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec()), SEEN)
     store = Store(path)
-    inbox = ctx.socket(zmq.PULL, bind=SEEN, codec=internal_codec())
     notices = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec())
     presence = Presence(heartbeat_timeout, store.agents(), now=time.time())
     versions = WireVersions()

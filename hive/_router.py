@@ -53,6 +53,8 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     frames' worth of bytes, the agents' batches here ``QUEUE_LIMIT`` and on
     their way to the store ``STORE_WINDOW``, shared among the agents in turn
     (``FairQueue``)."""
+    deliver = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), topic=""), DELIVER)
+    results = await ctx.bind(ctx.socket(zmq.PUSH, codec=internal_codec(), topic="", sndhwm=10000), RESULTS)
     store = Store(path, readonly=True)
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.AgentMessage, max_size=max_frame))
     z = sock.zmq
@@ -66,8 +68,6 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                           sndhwm=1000)  # the window bounds the bytes
     to_registry = ctx.socket(zmq.PUSH, connect=SEEN, codec=internal_codec(), topic="")
     stored = ctx.socket(zmq.PULL, connect=STORED, codec=internal_codec(), topic="")
-    deliver = ctx.socket(zmq.PULL, bind=DELIVER, codec=internal_codec(), topic="")
-    results = ctx.socket(zmq.PUSH, bind=RESULTS, codec=internal_codec(), topic="", sndhwm=10000)
     ack_codec = Codec(wire.HiveMessage)
     idents: dict[str, bytes] = {}
     fair = FairQueue(window=STORE_WINDOW * max_frame, agent_budget=AGENT_BUDGET * max_frame)

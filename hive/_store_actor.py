@@ -36,11 +36,11 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     full disk), nothing is acknowledged: the agents keep their batches and
     send them again, and the hive's own events, alerts and incidents wait
     here (up to ``RETRY_RECORDS``) for the next try."""
-    store = Store(path, checkpoint_by_hand=True)
     inbox = ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=STORE_HWM)
     for endpoint in ingest:
-        inbox.bind(endpoint)
-    acks = ctx.socket(zmq.PUSH, bind=STORED, codec=internal_codec(), topic=f"{ctx.name}.acks")
+        await ctx.bind(inbox, endpoint)
+    acks = await ctx.bind(ctx.socket(zmq.PUSH, codec=internal_codec(), topic=f"{ctx.name}.acks"), STORED)
+    store = Store(path, checkpoint_by_hand=True)
     detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=DETECT_HWM)
     to_detect = _Backlog(DETECT_BYTES)
     st = ctx.stats.extra

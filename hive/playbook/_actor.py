@@ -62,6 +62,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     refused = _report(ctx, report, set())
     engine = PlaybookEngine(report.playbooks, clock=time.time, variables=variables, protected=protected,
                             dry_run=dry_run)
+    alerts = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=10000), alerts_endpoint)
     store = Store(path)
     records = Records(store.db)
     db = trio.Lock()  # one connection: one user at a time
@@ -80,7 +81,6 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     engine.restore(opened)
     await in_db(records.write, closed)
 
-    alerts = ctx.socket(zmq.PULL, bind=alerts_endpoint, codec=internal_codec(), rcvhwm=10000)
     results = ctx.socket(zmq.PULL, connect=results_endpoint, codec=internal_codec())
     deliver = ctx.socket(zmq.PUSH, connect=deliver_endpoint, codec=internal_codec())
     notify_in, notify_out = trio.open_memory_channel[Notify](_NOTIFY_QUEUE)

@@ -377,3 +377,44 @@ async def test_a_frame_of_exactly_max_frame_bytes_is_taken(tmp_path, runtime):
         n.cancel_scope.cancel()
     st = runtime.registry["hive.router"].extra
     assert st["oversized"] == 1 and st["connections"] == 1  # refused, and the connection kept
+
+
+async def test_the_router_waits_out_a_held_name_without_blocking_the_trio_thread(tmp_path, runtime):
+    """A restarted router binds the inproc names its previous run is
+    releasing: it waits for them asynchronously (it used to retry on the trio
+    thread, blocking it, and fail after 0.25 s)."""
+    from actors import Context
+    from hive import DELIVER
+
+    db = tmp_path / "hive.db"
+    Store(db).close()
+    holder = runtime.zmq.socket(zmq.PULL)
+    holder.setsockopt(zmq.LINGER, 0)
+    holder.bind(DELIVER)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.01)
+            ticks += 1
+
+    ctx = Context(runtime, "router")
+    try:
+        async with trio.open_nursery() as n:
+            n.start_soon(ticker)
+
+            async def release():
+                await trio.sleep(0.5)
+                holder.close()
+
+            n.start_soon(release)
+            start = trio.current_time()
+            await n.start(lambda task_status: router_actor(ctx, task_status=task_status, path=db,
+                                                            keys=KeyPair.generate(), listen=tcp_endpoint()))
+            assert trio.current_time() - start >= 0.5
+            assert ticks >= 20  # the trio thread went on while the router waited
+            n.cancel_scope.cancel()
+    finally:
+        ctx.close()
+        holder.close()
