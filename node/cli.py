@@ -34,6 +34,11 @@ def run_node(name: str, tree: Supervisor, cfg: Config) -> int:
     setup_logging(cfg.node.log_level)
     log = actors.get_logger(name)
     node = Node(name, tree, cfg.run_dir)
+    # SIGHUP's default action ends a process: a node only reloads on it (the
+    # kmod reader's receiver takes it while it runs and restores this after),
+    # so a hive, or an agent between two runs of its reader, ignores it; so
+    # do the node's child processes, which inherit the disposition.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -525,10 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("hive", cmd_hive, "run the hive: receives agents' events, detects, responds")
+    p = add("hive", cmd_hive, "run the hive: receives agents' events, detects, responds",
+            "Run the hive: receives agents' events, detects, responds. SIGINT or SIGTERM stop it; "
+            "SIGHUP is ignored (rules and playbooks reload by themselves when their files change).")
     p.add_argument("--listen", metavar="ENDPOINT", help="where agents connect (default: tcp://0.0.0.0:7400)")
 
-    p = add("agent", cmd_agent, "run the agent: the kernel sensor and the uplink to a hive")
+    p = add("agent", cmd_agent, "run the agent: the kernel sensor and the uplink to a hive",
+            "Run the agent: the kernel sensor and the uplink to a hive. SIGINT or SIGTERM stop it; "
+            "SIGHUP reloads the sensor's policy file (so does a change to the file).")
     p.add_argument("--hive", metavar="ENDPOINT", help="the hive's endpoint (default: tcp://127.0.0.1:7400)")
     p.add_argument("--id", help="this agent's name at the hive (default: the host name)")
     p.add_argument("--scope", help="machine | cgroup:/path | netns:/run/netns/NAME (default: machine)")

@@ -214,6 +214,21 @@ def test_signal_gives_a_clean_exit_within_the_shutdown_timeouts(tmp_path, start_
     assert not (tmp_path / "run" / "node.json").exists()
 
 
+def test_sighup_leaves_a_hive_and_its_child_processes_running(tmp_path, start_node):
+    n = start_node("hive", tmp_path, "--listen", f"tcp://127.0.0.1:{free_port()}")
+    st = n.wait_ready()
+    children = {a.name: a.pid for a in st.actors if a.pid and a.pid != n.pid}
+    assert children  # the detection processes
+    for pid in [n.pid, *children.values()]:
+        os.kill(pid, signal.SIGHUP)  # its default action ends a process
+    time.sleep(1.0)
+    assert n.proc.poll() is None, n.log()
+    after = n.status()
+    assert all(a.state == "running" and a.restarts == 0 for a in after.actors), after.actors
+    assert {a.name: a.pid for a in after.actors if a.name in children} == children
+    assert n.stop() == 0
+
+
 @pytest.mark.slow
 def test_an_idle_node_uses_under_one_percent_cpu(tmp_path, start_node):
     n = start_node("hive", tmp_path, "--listen", f"tcp://127.0.0.1:{free_port()}")
