@@ -27,6 +27,7 @@ from actors import Context, log_event
 from ._actors import DETECT, INGEST, internal_codec
 from ._messages import IncidentUpdate, Ingest
 from ._store import Store, StoreError
+from ._store_actor import Backlog
 
 CORRELATE = "inproc://hive.correlate"
 """sentinel -> correlate: events and alerts."""
@@ -41,6 +42,26 @@ a few tens of milliseconds); the events after that are counted in
 ``detect_skipped`` and not checked, so that detection falls behind by a bounded
 time and says so, instead of stalling."""
 _WARN_EVERY = 10.0
+
+# Memory: a detection process holds what agents send only within these
+# bounds, whatever they send.  The store keeps the backlog (its DETECT_BYTES,
+# then detect_skipped); with B the largest stored batch (about hive.max_frame,
+# 4 MiB by default) the sentinel holds at most (HOP_HWM + 1) x B in ZeroMQ's
+# inbound queue and reader, BURST_BYTES + B taken at once (and their decoded
+# events), and CORRELATE_BYTES + ALERT_RESERVE + (HOP_HWM + 1) x B on the way
+# to correlate: 65 MiB of encoded batches at the default max_frame.
+HOP_HWM = 4
+"""Messages ZeroMQ queues at each end of a hop into and out of a detection
+process (RCVHWM, SNDHWM)."""
+BURST_BYTES = 1 << 20
+"""Encoded bytes of messages a detection actor takes (and decodes) at once,
+one message more at most."""
+CORRELATE_BYTES = 16 << 20
+"""Bytes of batches waiting in the sentinel for correlate; a batch past it
+is not passed on (``events_skipped``)."""
+ALERT_RESERVE = 4 << 20
+"""Room beyond ``CORRELATE_BYTES`` only alerts may take: batches waiting for
+correlate never crowd an alert out."""
 
 
 def _count(ctx: Context, key: str, n: int = 1) -> None:
@@ -58,12 +79,13 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
     refused = _report_rules(ctx, report, set())
     ctx.stats.extra.update(detect_skipped=0, slowest_rules="")
-    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=2000), detect)
-    out = ctx.socket(zmq.PUSH, connect=correlate, codec=internal_codec(), sndhwm=4000)
+    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), detect)
+    out = ctx.socket(zmq.PUSH, connect=correlate, sndhwm=HOP_HWM)
+    to_correlate = Backlog(CORRELATE_BYTES)
     task_status.started()
 
-    def send(msg: Any, what: str) -> None:
-        if not out.try_send(msg):
+    def send(msg: Any, what: str, reserve: int = 0) -> None:
+        if not to_correlate.offer(msg, reserve):
             _count(ctx, f"{what}_skipped")  # correlate is behind; counted, never blocking detection
 
     async def housekeeping() -> None:
@@ -72,7 +94,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
         while True:
             await trio.sleep(1.0)
             for alert in engine.tick():
-                send(alert, "alerts")
+                send(alert, "alerts", ALERT_RESERVE)
             since_reload += 1.0
             if since_reload >= _RELOAD_EVERY:
                 since_reload = 0.0
@@ -90,9 +112,10 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(housekeeping)
+        nursery.start_soon(to_correlate.feed, out)
         warned = -_WARN_EVERY
         while True:
-            for batch in await inbox.recv():
+            for batch in await inbox.recv(max_bytes=BURST_BYTES):
                 if not isinstance(batch, Ingest):
                     continue
                 skipped = engine.skipped
@@ -109,7 +132,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                 send(batch, "events")
                 for alert in alerts:
                     _count(ctx, "alerts")
-                    send(alert, "alerts")
+                    send(alert, "alerts", ALERT_RESERVE)
 
 
 def log_refusals(ctx: Context, event: str, failures: Iterable[object], logged: set[str]) -> set[str]:
@@ -141,7 +164,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
     from hive.correlate import HostCorrelator
 
     hosts = HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
-    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=4000), correlate)
+    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), correlate)
     store = Store(path, readonly=True)
     to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
     to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
@@ -187,7 +210,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
             nursery.start_soon(housekeeping)
             while True:
                 out: list[wire.Alert] = []
-                for msg in await inbox.recv():
+                for msg in await inbox.recv(max_bytes=BURST_BYTES):
                     if isinstance(msg, Ingest):
                         for event in msg.events:
                             out.extend(hosts.observe(event))

@@ -42,7 +42,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     acks = await ctx.bind(ctx.socket(zmq.PUSH, codec=internal_codec(), topic=f"{ctx.name}.acks"), STORED)
     store = Store(path, checkpoint_by_hand=True)
     detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=DETECT_HWM)
-    to_detect = _Backlog(DETECT_BYTES)
+    to_detect = Backlog(DETECT_BYTES)
     st = ctx.stats.extra
     st.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0, refused_batches=0,
               refused_events=0, dropped_records=0, write_failures=0)
@@ -134,18 +134,25 @@ async def _report_lag(ctx: Context, lags: collections.deque[tuple[float, float]]
             ctx.stats.extra["lag_p99_ms"] = round(ordered[int(len(ordered) * 0.99)], 2)
 
 
-class _Backlog:
-    """Stored batches on their way to the sentinel, bounded in bytes."""
+class Backlog:
+    """Messages on their way to a socket, bounded in bytes: what would pass
+    the bound is refused (the caller counts it) instead of waiting or
+    queueing without end; :meth:`feed` sends the rest in order.  The
+    store's stored batches on their way to the sentinel, the sentinel's
+    batches and alerts on their way to correlate."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.bytes = 0
+        """Encoded bytes offered and not yet taken by ZeroMQ."""
         self._codec = internal_codec()
         self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
 
-    def offer(self, batch: Ingest) -> bool:
-        data = self._codec.encode(batch)
-        if self.bytes + len(data) > self.limit:
+    def offer(self, msg: Any, reserve: int = 0) -> bool:
+        """Queue ``msg`` if it fits within the bound, and ``reserve`` bytes
+        beyond it (room that only such messages may take)."""
+        data = self._codec.encode(msg)
+        if self.bytes + len(data) > self.limit + reserve:
             return False
         self.bytes += len(data)
         self._send.send_nowait(data)
@@ -157,7 +164,7 @@ class _Backlog:
             self.bytes -= len(data)
 
 
-async def _after_commit(ctx: Context, done: Ingested, acks: Any, detect: _Backlog) -> None:
+async def _after_commit(ctx: Context, done: Ingested, acks: Any, detect: Backlog) -> None:
     st = ctx.stats.extra
     for o in done.outcomes:
         if o.outcome == "duplicate":
