@@ -142,6 +142,14 @@ class WireVersions:
         older = "cannot decode the hive's commands" if version < wire.WIRE_VERSION else "is newer than the hive"
         return f"the agent speaks wire version {version}, the hive {wire.WIRE_VERSION}: it {older}"
 
+    @classmethod
+    def refusal(cls, version: int | None) -> str | None:
+        """Why no command may go to an agent whose latest Hello said
+        ``version`` (None: it said none yet), or None if one may."""
+        if version is None or version == wire.WIRE_VERSION:
+            return None
+        return f"refused: {cls.why(version)}"
+
 
 def _merge(old: AgentSeen | None, new: AgentSeen | None) -> AgentSeen:
     """``new``, keeping what only ``old`` said (its Hello, Heartbeat, address)."""

@@ -18,6 +18,7 @@ from actors import Codec, Context, Door, Duplex, KeyPair, curve_server, log_even
 from ._actors import DEFAULT_MAX_FRAME, DELIVER, INGEST, RESULTS, SEEN, STORED, internal_codec
 from ._fair import FairQueue
 from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
+from ._registry import WireVersions
 from ._store import Store, StoreError
 
 
@@ -74,9 +75,12 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     work, room = trio.lowlevel.ParkingLot(), trio.lowlevel.ParkingLot()
     ingest_codec = internal_codec()
     revoked: set[str] = store.revoked()
-    # The pid each agent's Hello gave (from the store until it says hello
-    # again): no kill of it leaves this door, however fast it follows.
-    agent_pids: dict[str, int] = {a.id: a.pid for a in store.agents() if a.pid}
+    # The pid and wire version each agent's Hello gave (from the store until
+    # it says hello again): no kill of it, and no command it cannot read,
+    # leaves this door, however fast it follows.
+    known = store.agents()
+    agent_pids: dict[str, int] = {a.id: a.pid for a in known if a.pid}
+    agent_wires: dict[str, int] = {a.id: a.wire_version for a in known if a.wire_version is not None}
     seen_at: dict[str, float] = {}
     counts = ctx.stats.extra
     counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0)
@@ -127,6 +131,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 elif isinstance(msg, wire.Hello):
                     agent_pids[agent] = msg.pid
+                    agent_wires[agent] = msg.wire_version
                     seen = AgentSeen(agent=agent, time=time.time_ns(), hello=msg,
                                      address=frame.get("Peer-Address") or "")
                 elif isinstance(msg, wire.Heartbeat):
@@ -173,8 +178,8 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     continue
                 cmd = d.command
                 pid = agent_pids.get(d.agent)
-                why = check_guardrails(cmd.action, msgspec.structs.asdict(cmd),
-                                       agent_pids=frozenset([pid] if pid else []))
+                why = WireVersions.refusal(agent_wires.get(d.agent)) or check_guardrails(
+                    cmd.action, msgspec.structs.asdict(cmd), agent_pids=frozenset([pid] if pid else []))
                 if why:
                     counts["commands_refused"] = int(counts["commands_refused"]) + 1
                     log_event(ctx.log, "command.refused", logging.WARNING, agent=d.agent, id=cmd.id, reason=why)

@@ -113,7 +113,12 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
     db.execute("UPDATE incidents SET updated = ?", (time.time(),))
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2]
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    # The wire version of each agent's latest Hello: NULL until it says one.
+    db.execute("ALTER TABLE agents ADD COLUMN wire_version INTEGER")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -178,6 +183,9 @@ class AgentRow:
     dropped: int
     pid: int
     """The agent process's pid on its host, from its Hello (playbooks never kill it)."""
+    wire_version: int | None = None
+    """The wire version of its latest Hello (None: it has not said one since
+    the hive kept it); the router sends commands only on the hive's own."""
 
 
 _encode_event = msgspec.msgpack.Encoder().encode
@@ -618,9 +626,9 @@ class Store:
                 addresses.append(m.address)
             db.execute(
                 "UPDATE agents SET hostname=?, addresses=?, os=?, kernel=?, agent_version=?, "
-                "policy_version=?, pid=? WHERE id=?",
+                "policy_version=?, pid=?, wire_version=? WHERE id=?",
                 (hello.hostname, json.dumps(addresses), hello.os, hello.kernel,
-                 hello.agent_version, hello.policy_version, hello.pid, agent),
+                 hello.agent_version, hello.policy_version, hello.pid, hello.wire_version, agent),
             )
         if m.heartbeat is not None:
             db.execute("UPDATE agents SET spooled=?, dropped=? WHERE id=?",
@@ -631,10 +639,10 @@ class Store:
 
     def agents(self) -> list[AgentRow]:
         rows = self._read("SELECT id, public_key, enrolled, revoked, hostname, addresses, os, kernel, "
-                          "agent_version, policy_version, first_seen, last_seen, online, spooled, dropped, pid "
-                          "FROM agents ORDER BY id", ())
+                          "agent_version, policy_version, first_seen, last_seen, online, spooled, dropped, pid, "
+                          "wire_version FROM agents ORDER BY id", ())
         return [AgentRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10],
-                         r[11], bool(r[12]), r[13], r[14], r[15]) for r in rows]
+                         r[11], bool(r[12]), r[13], r[14], r[15], r[16]) for r in rows]
 
     # -- plumbing ------------------------------------------------------------------
 

@@ -348,13 +348,24 @@ def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
     if not rows:
         print("no agents")
         return EXIT_OK
-    table = [("AGENT", "STATE", "HOSTNAME", "LAST SEEN", "SPOOLED", "DROPPED", "VERSION", "POLICY", "ADDRESSES")]
+    table = [("AGENT", "STATE", "HOSTNAME", "LAST SEEN", "SPOOLED", "DROPPED", "VERSION", "WIRE", "POLICY",
+              "ADDRESSES")]
     for r in rows:
         state = "revoked" if r.revoked else "online" if r.online else "offline" if r.last_seen else "enrolled"
         table.append((r.id, state, r.hostname, _ago(r.last_seen), str(r.spooled), str(r.dropped),
-                      r.agent_version, r.policy_version or "-", ",".join(r.addresses)))
+                      r.agent_version, _wire(r.wire_version), r.policy_version or "-", ",".join(r.addresses)))
     _table(table)
     return EXIT_OK
+
+
+def _wire(version: int | None) -> str:
+    """An agent's wire version; one other than the hive's says so (the hive
+    sends it no commands)."""
+    import wire
+
+    if version is None:
+        return "-"
+    return str(version) if version == wire.WIRE_VERSION else f"{version} (hive {wire.WIRE_VERSION}: no commands)"
 
 
 def parse_since(text: str) -> int:
@@ -577,7 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (t, j, a, r):
         _common(sp)
 
-    p = add("agents", cmd_agents, "list the agents a hive knows")
+    p = add("agents", cmd_agents, "list the agents a hive knows",
+            "List the agents a hive knows: state, last sign of life, spooled and dropped events, versions "
+            "(WIRE: the wire version of the agent's last Hello; the hive sends no commands to an agent "
+            "on another one than its own), policy and addresses.")
     p.add_argument("--json", action="store_true")
 
     p = add("events", cmd_events, "query the events a hive stored (newest first)")

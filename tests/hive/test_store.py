@@ -242,6 +242,42 @@ def test_a_store_of_an_older_schema_is_migrated_and_a_newer_one_refused(tmp_path
             Store(path, readonly=readonly)
 
 
+def test_a_version_2_store_gets_the_agents_wire_version_and_keeps_its_data(tmp_path):
+    import sqlite3
+
+    from hive import SCHEMA_VERSION
+    from hive._store import _SCHEMA_V1, MIGRATIONS, _hash_token
+
+    assert SCHEMA_VERSION == 3
+    path = tmp_path / "v2.db"
+    # A store as the immune-node of schema version 2 left it.
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_SCHEMA_V1)
+    MIGRATIONS[0](db)
+    db.execute("INSERT INTO meta VALUES('schema', '2')")
+    db.execute("INSERT INTO agents(id, public_key, enrolled, hostname, pid, online, last_seen) "
+               "VALUES('a', ?, 1.0, 'web', 42, 1, 100.0)", ("A" * 40,))
+    db.execute("INSERT INTO streams VALUES('a', 's1', 2, 6)")
+    db.executemany("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES('a', ?, 'exec', 1, '', x'')",
+                   [(t,) for t in range(6)])
+    db.execute("INSERT INTO tokens(hash, created, expires) VALUES(?, ?, ?)",
+               (_hash_token("secret"), time.time(), time.time() + 3600))
+    db.close()
+    with pytest.raises(StoreError, match="schema version 2, older than .* start the hive once"):
+        Store(path, readonly=True)
+    s = Store(path)
+    assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+    [row] = s.agents()
+    assert (row.id, row.public_key, row.hostname, row.pid, row.online, row.wire_version) == (
+        "a", "A" * 40, "web", 42, True, None)  # None: no Hello said one since
+    assert s.count_events("a") == 6 and s.stream_marks() == {("a", "s1"): 2}
+    assert s.authorize("A" * 40) == "a"
+    s.agent_seen("a", 200.0, hello=wire.Hello(agent="a", wire_version=1))
+    assert s.agents()[0].wire_version == 1
+    s.redeem_token("secret", "b", "B" * 40)  # the token was kept too
+    s.close()
+
+
 def test_many_agents_signs_of_life_in_one_transaction(store):
     from hive import AgentSeen
 
