@@ -6,8 +6,10 @@ A thin shell around three plain objects: :class:`ProcessTable` (enrichment),
 mean).  Its tasks:
 
 * intake: PULL event batches from the sensor, enrich, fit into the wire's
-  bounds (what the hive refuses would be resent for ever), append to the
-  spool, one fsync per burst (group commit), then count them accepted.  Hashing
+  bounds (what the hive refuses would be resent for ever), pack into batches
+  of at most ``batch`` events and ``wire.MAX_BATCH_BYTES`` (a larger frame
+  could be above the hive's ``max_frame``), append to the spool, one fsync
+  per burst (group commit), then count them accepted.  Hashing
   executables and waiting for the disk happen on worker threads: this trio
   thread also drains the sensor, and must never wait for a disk;
 * sender: send what :class:`Delivery` says, wake on new data, acks and
@@ -42,7 +44,7 @@ from ._delivery import Delivery
 from ._errors import AgentError, SpoolError
 from ._host import hello
 from ._proctable import ENRICHED, ProcessTable
-from ._spool import DEFAULT_MAX_BYTES, Spool
+from ._spool import DEFAULT_MAX_BYTES, Packed, Spool
 
 EVENTS_ENDPOINT = "inproc://agent.events"
 COMMANDS_ENDPOINT = "inproc://agent.commands"
@@ -245,7 +247,7 @@ class _Relay:
     # -- tasks --------------------------------------------------------------------
 
     async def intake(self, events: Socket) -> None:
-        chunks: list[list[wire.Event]] = []
+        chunks: list[Packed] = []
         while True:
             got: list[wire.Event] = []
             for frames in await events.recv_frames(_BURST):
@@ -268,8 +270,7 @@ class _Relay:
             # What the hive would refuse would stall the stream behind it.  The
             # decoder above checked the sensor's fields; enrichment wrote these.
             wire.fit_all(got, ENRICHED)
-            b = self.batch
-            chunks.extend(got[i:i + b] for i in range(0, len(got), b))
+            chunks.extend(self.spool.pack(got, self.batch))
             await self._store(chunks)
             self.accepted += len(got)
             self.publish()
@@ -286,7 +287,7 @@ class _Relay:
         if self.connected:
             await self._send(self.hello)
 
-    async def _store(self, chunks: list[list[wire.Event]]) -> None:
+    async def _store(self, chunks: list[Packed]) -> None:
         """Append and fsync; on a disk error, retry with backoff without
         taking more from the sensor (its own queue then pushes back)."""
         delay = 0.1

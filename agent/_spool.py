@@ -23,6 +23,11 @@ The folder holds:
     (little-endian ``IIQI``) and a payload, the msgpack array of the batch's
     events.  The CRC covers the rest of the header and the payload.
 
+A record is one batch as the hive receives it: :meth:`Spool.pack` encodes
+events into batches of at most ``agent.batch`` events whose frames are at
+most ``wire.MAX_BATCH_BYTES`` (an event larger than that goes alone), so no
+hive configured within its bounds refuses one for its size.
+
 Records carry a *disk* sequence number that only grows in this folder.  The
 wire sequence number is ``disk seq - base``: when the hive needs a batch the
 spool no longer has (it was dropped because the spool was full, or damaged),
@@ -47,6 +52,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -80,6 +86,19 @@ class _Frame(msgspec.Struct, tag="events", tag_field="type", kw_only=True, omit_
     seq: int
     stream: str = ""
     events: msgspec.Raw
+
+
+_ENVELOPE = len(Codec(wire.AgentMessage).encode(
+    _Frame(seq=wire.INT64_MAX, stream="\U0010ffff" * wire.MAX_NAME, events=msgspec.Raw(b""))))
+"""Bytes of a frame besides its events, at most (the largest seq, the longest stream)."""
+
+
+class Packed(NamedTuple):
+    """Events encoded as one batch (:meth:`Spool.pack`), as a record holds them."""
+
+    payload: bytes
+    """The msgpack array of the events."""
+    events: int
 
 
 @dataclass(frozen=True)
@@ -205,13 +224,22 @@ class Spool:
     """
 
     def __init__(self, folder: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 segment_bytes: int = 0, log: logging.Logger | None = None) -> None:
+                 segment_bytes: int = 0, batch_bytes: int = wire.MAX_BATCH_BYTES,
+                 log: logging.Logger | None = None) -> None:
         if max_bytes < 4 * _HEADER:
             raise ValueError(f"spool bound of {max_bytes} bytes is too small")
         if not 0 <= segment_bytes <= _MAX_OFFSET:
             raise ValueError(f"segment size of {segment_bytes} bytes is out of range")
+        if batch_bytes <= _ENVELOPE + 16:
+            raise ValueError(f"batch bound of {batch_bytes} bytes is too small")
         self.folder = Path(folder)
         self.max_bytes = max_bytes
+        self.batch_bytes = batch_bytes
+        """Bytes of a batch's frame, at most (but a batch of one event)."""
+        self._room = batch_bytes - _ENVELOPE
+        """Bytes of a batch's encoded events, at most."""
+        self._per_event = 1.0
+        """Bytes per event of the last batch packed."""
         # Dropping works a segment at a time, so a segment is a small part of the bound.
         self.segment_bytes = segment_bytes or min(_MAX_SEGMENT, max(max_bytes // 16, _MIN_SEGMENT))
         self.log = log or get_logger("agent.spool")
@@ -424,13 +452,44 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------
 
-    def append(self, events: Sequence[wire.Event]) -> int:
-        """Buffer one batch; return its seq (accepted once :meth:`sync`
-        returns).  Makes room by dropping the oldest segment when the spool
-        is full.  A batch larger than the whole bound is dropped and counted
-        and 0 is returned."""
-        payload = self._encoder.encode(events)
-        n = len(events)
+    def pack(self, events: Sequence[wire.Event], most: int = wire.MAX_BATCH) -> list[Packed]:
+        """``events``, in order, encoded as batches of at most ``most`` events
+        whose frames are at most :attr:`batch_bytes` (an event larger than
+        that goes alone): what :meth:`append` takes.  Each batch is as many
+        events as the last one's bytes per event say will fit (``most`` of
+        usual events), so events are encoded once; a batch found too large
+        all the same is cut by its size and encoded again."""
+        out: list[Packed] = []
+        i = 0
+        while i < len(events):
+            chunk = events[i:i + min(most, max(1, int(self._room / self._per_event)))]
+            self._packed(chunk, self._encoder.encode(chunk), out)
+            i += len(chunk)
+        return out
+
+    def _packed(self, chunk: Sequence[wire.Event], payload: bytes, out: list[Packed]) -> None:
+        if len(payload) <= self._room or len(chunk) == 1:
+            out.append(Packed(payload, len(chunk)))
+            self._per_event = len(payload) / len(chunk)
+            return
+        # Slices expected to fit (at least two); one that does not is cut again.
+        step = -(-len(chunk) // -(-len(payload) // self._room))
+        for i in range(0, len(chunk), step):
+            part = chunk[i:i + step]
+            self._packed(part, self._encoder.encode(part), out)
+
+    def append(self, batch: Packed | Sequence[wire.Event]) -> int:
+        """Buffer one batch, events :meth:`pack` encoded or a few events,
+        which must make one batch (else ValueError); return its seq (accepted
+        once :meth:`sync` returns).  Makes room by dropping the oldest
+        segment when the spool is full.  A batch larger than the whole bound
+        is dropped and counted and 0 is returned."""
+        if isinstance(batch, Packed):
+            payload, n = batch
+        else:
+            payload, n = self._encoder.encode(batch), len(batch)
+            if n > 1 and (len(payload) > self._room or n > wire.MAX_BATCH):
+                raise ValueError(f"{n} events in {len(payload)} bytes are more than one batch: pack() them")
         size = _HEADER + len(payload)
         try:
             if size > self.max_bytes:
@@ -727,3 +786,4 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+

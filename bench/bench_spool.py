@@ -4,15 +4,16 @@
 
 For each batch size (events per batch) two cases:
 
-* spool: ``Spool.append(events)`` then ``Spool.sync()`` for every batch
-  (encoding, CRC, index and one fdatasync per batch);
+* spool: ``Spool.pack(events)`` and ``Spool.append`` then ``Spool.sync()``
+  for every batch (encoding, CRC, index and one fdatasync per batch; a batch
+  of 4096 is above ``wire.MAX_BATCH_BYTES`` and is spooled as 4 records);
 * grouped: 16 appends per ``sync()``, the relay's group commit under load;
 * off-thread: the same, synced as the relay does it: appends on a trio
   thread, the write and fdatasync on a worker thread (``begin_sync``,
   ``SyncJob.run`` in ``trio.to_thread``, ``end_sync``), compared with grouped;
 
 and the baseline: ``os.write`` of the very bytes the spool writes for a batch
-(header and encoded events, prepared before timing) and ``os.fdatasync``, on a
+(headers and encoded events, prepared before timing) and ``os.fdatasync``, on a
 file in the same folder.  Printed: events/s of each and spool/baseline ratio
 (grouped is compared with the same baseline, so it can exceed 1).
 """
@@ -51,6 +52,12 @@ def make_events(n: int) -> list:
     ]
 
 
+def append(s: Spool, events: list) -> None:
+    """As the relay spools a burst."""
+    for packed in s.pack(events):
+        s.append(packed)
+
+
 def spool_rate(folder: str, events: list, seconds: float, group: int) -> float:
     path = tempfile.mkdtemp(dir=folder)
     s = Spool(path, max_bytes=64 << 30)
@@ -59,7 +66,7 @@ def spool_rate(folder: str, events: list, seconds: float, group: int) -> float:
         t0 = time.perf_counter()
         while True:
             for _ in range(group):
-                s.append(events)
+                append(s, events)
             s.sync()
             n += group * len(events)
             elapsed = time.perf_counter() - t0
@@ -80,7 +87,7 @@ def off_thread_rate(folder: str, events: list, seconds: float, group: int) -> fl
         t0 = time.perf_counter()
         while True:
             for _ in range(group):
-                s.append(events)
+                append(s, events)
             job = s.begin_sync()
             try:
                 await trio.to_thread.run_sync(job.run, limiter=disk)
@@ -102,7 +109,7 @@ def raw_rate(folder: str, events: list, seconds: float) -> float:
     # The exact record the spool writes: take it from a spool's segment file.
     probe = tempfile.mkdtemp(dir=folder)
     with Spool(probe) as s:
-        s.append(events)
+        append(s, events)
         s.sync()
         (seg,) = [f for f in os.listdir(probe) if f.endswith(".seg")]
         with open(os.path.join(probe, seg), "rb") as f:

@@ -64,9 +64,10 @@ class HiveConfig(_Section):
     """An agent silent for this long is marked offline."""
     retention_days: Annotated[float, Meta(gt=0, le=36500)] = 30.0
     retention_mb: Annotated[int, Meta(ge=1, le=1 << 24)] = 10240
-    max_frame: Annotated[int, Meta(ge=64 << 10, le=64 << 20)] = 4 << 20
+    max_frame: Annotated[int, Meta(ge=1 << 20, le=64 << 20)] = 4 << 20
     """Largest frame accepted from an agent, in bytes (the router's own
-    default, ``hive._actors.DEFAULT_MAX_FRAME``)."""
+    default, ``hive._actors.DEFAULT_MAX_FRAME``); at least an agent's largest
+    batch (``wire.MAX_BATCH_BYTES``) and event, so none is ever refused."""
 
 
 class AgentConfig(_Section):
@@ -217,7 +218,7 @@ def _one_line(text: str) -> str:
 
 
 def _type_error(origin: _Origin, merged: dict, err: msgspec.ValidationError) -> ConfigError:
-    # msgspec says "Expected `int` >= 65536 - at `$.hive.max_frame`".
+    # msgspec says "Expected `int` >= 1048576 - at `$.hive.max_frame`".
     text = _one_line(str(err))
     m = re.match(r"(.*) - at `\$\.?(.*)`$", text)
     key, text = (m.group(2), m.group(1)) if m else ("", text)

@@ -65,6 +65,14 @@ MAX_ADDRESSES = 1024
 MAX_BATCH = 4096
 """Events in one batch: the agent's relay sends ``agent.batch`` (256 by
 default) and the kernel reader drains at most 4096 at a time."""
+MAX_BATCH_BYTES = 512 << 10
+"""Bytes of an agent's encoded ``EventBatch`` frame: its relay starts a new
+batch rather than go above it, so a batch of one event is the only one that
+may (an event is at most about 231 KiB: every text the agent writes at its
+bound in 4-byte characters, the kernel's at the size of its record).  Well
+under the least ``hive.max_frame`` (1 MiB), which no agent batch can exceed;
+large enough that a batch of ``agent.batch`` usual events (0.3 to 2 KiB
+each) is never split, so per-batch costs (ack, fsync, commit) stay spread."""
 MAX_PORTS = 1024
 """Ports in one block (kmod's limit per rule)."""
 MAX_TTL = 365 * 86400

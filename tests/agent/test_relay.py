@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 
+import msgspec
 import pytest
 import trio
 import zmq
@@ -41,6 +42,8 @@ class ScriptedHive:
         self.hellos: list[wire.Hello] = []
         self.heartbeats: list[wire.Heartbeat] = []
         self.results: list[wire.CommandResult] = []
+        self.sizes: list[int] = []
+        """Bytes of each EventBatch frame received."""
         self.users: set[str] = set()
         self.lose: set[int] = set()
         """Seqs to treat as never arrived, once each."""
@@ -69,6 +72,8 @@ class ScriptedHive:
                     self.users.add(frame.get("User-Id"))
                     self.peer = ident.bytes
                     msg = d.decode(frame.bytes)
+                    if isinstance(msg, wire.EventBatch):
+                        self.sizes.append(len(frame.bytes))
                     if msg is not None:
                         reply = self.handle(msg)
                         if reply is not None:
@@ -538,3 +543,77 @@ async def test_a_process_named_in_bytes_that_are_not_utf8_cannot_stall_the_strea
     assert opened.cmdline.startswith(f"{image} -c read x name \ufffd\ufffd")
     assert child_opened.parent_cmdline == opened.cmdline
     assert rig.stats.restarts == 0
+
+
+# ---- a batch is always one the hive takes -----------------------------------------------
+
+
+@pytest.fixture
+def long_cmdline():
+    """A real process whose command line is 16 KiB long."""
+    child = subprocess.Popen(["/bin/sh", "-c", "read x", "name", "x" * (16 << 10)], stdin=subprocess.PIPE)
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+async def emit_long(rig, pid: int, n: int, per_batch: int = 250) -> None:
+    rig.sensor = rig.sensor or rig.root.socket(zmq.PUSH, codec=AGENT_CODEC, connect=rig.args["events_endpoint"])
+    for first in range(0, n, per_batch):
+        await rig.sensor.send(wire.EventBatch(seq=1, events=[
+            wire.Open(pid=pid, tid=i, path=f"/etc/f{i}") for i in range(first, min(first + per_batch, n))]))
+
+
+async def test_a_burst_of_long_command_lines_is_spooled_in_batches_within_the_byte_bound(tmp_path, long_cmdline):
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        # Batches of 256 such events were 4.2 MiB: above the hive's default max_frame.
+        await rig.start_agent(n, batch=256, spool_bytes=64 << 20, table=ProcessTable(cmdline_limit=wire.MAX_CMDLINE))
+        await emit_long(rig, long_cmdline, 1000)
+        await rig.hive.wait(lambda: len(rig.hive.stored) >= 1000 and rig.stats.extra.get("spooled") == 0)
+        n.cancel_scope.cancel()
+    h = rig.hive
+    assert [e.tid for e in h.stored] == list(range(1000))
+    assert all(len(e.cmdline) == wire.MAX_CMDLINE for e in h.stored)  # 16 KiB each
+    assert max(h.sizes) <= wire.MAX_BATCH_BYTES and len(h.sizes) >= 1000 * (16 << 10) // wire.MAX_BATCH_BYTES
+
+
+def least_max_frame() -> int:
+    from node._config import HiveConfig
+
+    (field,) = [f for f in msgspec.inspect.type_info(HiveConfig).fields if f.name == "max_frame"]
+    return field.type.ge
+
+
+async def test_a_hive_at_the_least_max_frame_stores_a_burst_of_long_command_lines(tmp_path, long_cmdline):
+    """The hive's own door (store, registry, ZAP, router) at the least
+    ``hive.max_frame`` a config may give it."""
+    from hive import Store, registry_actor, router_actor, store_actor, zap_authorizer
+
+    rig = Rig(tmp_path)
+    db = tmp_path / "hive.db"
+    store = Store(db)
+    store.enroll("agent-1", rig.agent_keys.public.decode())
+    store.close()
+    hive = Supervisor([
+        Child("store", store_actor, args={"path": db}),
+        Child("registry", registry_actor, args={"path": db}),
+        Child("zap", zap_handler, args={"authorize": zap_authorizer(db)}),
+        Child("router", router_actor, args={"path": db, "keys": rig.hive_keys, "listen": rig.endpoint,
+                                             "max_frame": least_max_frame()}),
+    ], strategy="rest_for_one")
+
+    async with trio.open_nursery() as n:
+        await n.start(rig._run, "hive", hive)
+        await rig.start_agent(n, batch=256, spool_bytes=64 << 20, table=ProcessTable(cmdline_limit=wire.MAX_CMDLINE))
+        await emit_long(rig, long_cmdline, 2000)
+        with trio.fail_after(30):
+            while rig.stats.extra.get("spooled") != 0 or rig.stats.extra.get("accepted") != 2000:
+                await trio.sleep(0.1)
+        n.cancel_scope.cancel()
+    store = Store(db, readonly=True)
+    events = store.events(agent="agent-1", kind="open", limit=5000)
+    store.close()
+    assert sorted(e.tid for e in events) == list(range(2000))  # each once
+    assert rig.runtime.registry["t.hive.router"].extra.get("oversized", 0) == 0

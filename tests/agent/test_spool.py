@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 
 import wire
@@ -184,6 +185,55 @@ def test_damage_found_when_reading_is_never_sent(tmp_path):
         assert s.statistics().corrupt == 1
         s.ack(2)
         assert s.first_unacked() == 4
+
+
+# ---- a batch is always one the hive takes -------------------------------------------------
+
+
+def long_events(n: int, cmdline: int = 16 << 10) -> list:
+    return [wire.Open(pid=7, tid=i, path=f"/etc/f{i}", cmdline="x" * cmdline) for i in range(n)]
+
+
+def frames_of(s: Spool, packed) -> list[bytes]:
+    """The frames of ``packed`` as the hive receives them."""
+    seqs = [s.append(p) for p in packed]
+    s.sync()
+    out = []
+    while len(out) < len(seqs):
+        out += [f for _, f in s.pending(seqs[len(out)], max_batches=len(seqs) - len(out))]
+    return out
+
+
+def test_events_are_packed_within_the_byte_bound_in_order(tmp_path):
+    with Spool(tmp_path) as s:
+        # Usual events: batches of `most`, each one encoding of its events.
+        small = batch(1, n=600)
+        packed = s.pack(small, 256)
+        assert [p.events for p in packed] == [256, 256, 88]
+        assert packed[0].payload == msgspec.msgpack.encode(small[:256])
+        packed = s.pack(long_events(1000), 256)
+        frames = frames_of(s, packed)
+        assert len(frames) == len(packed)
+        assert all(len(f) <= wire.MAX_BATCH_BYTES for f in frames)
+        assert sum(map(len, frames)) / len(frames) > 0.8 * wire.MAX_BATCH_BYTES  # filled, not crumbled
+        events = [e for f in frames for e in decode(f).events]
+        assert events == long_events(1000)
+        # After large events, a batch of usual ones is small once.
+        first, *rest = [p.events for p in s.pack(small, 256)]
+        assert first < 64 and rest[:2] == [256, 256]
+
+
+def test_an_event_above_the_bound_goes_alone(tmp_path):
+    with Spool(tmp_path, batch_bytes=64 << 10) as s:
+        events = long_events(3, cmdline=12 << 10)
+        events.insert(1, wire.Open(pid=7, tid=99, cmdline="\U0001F600" * wire.MAX_CMDLINE, parent_cmdline="y" * 9999))
+        packed = s.pack(events)
+        assert [p.events for p in packed] == [1, 1, 2]
+        frames = frames_of(s, packed)
+        assert len(frames[1]) > 64 << 10 and all(len(f) <= 64 << 10 for f in (frames[0], frames[2]))
+        assert [e for f in frames for e in decode(f).events] == events
+        with pytest.raises(ValueError, match="pack"):
+            s.append(long_events(8, cmdline=12 << 10))  # more than one batch at once
 
 
 def test_when_full_the_oldest_are_dropped_and_counted(tmp_path):

@@ -197,7 +197,7 @@ def test_strangers_without_curve_are_refused_and_counted(hive):
 
 
 def test_oversized_frames_are_refused_and_counted(tmp_path, start_node):
-    hive = Hive(tmp_path, start_node, max_frame=64 << 10)
+    hive = Hive(tmp_path, start_node)  # max_frame 1 MiB, the least a config allows
     good, big = hive.agent("good"), hive.agent("big")
     for _ in range(3):
         big.send_raw(b"\x92\x01" + b"\xc6" + (1 << 20).to_bytes(4, "big") + bytes(1 << 20))

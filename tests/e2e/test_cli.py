@@ -49,7 +49,7 @@ def one_line(r: subprocess.CompletedProcess, code: int, after_logs: bool = False
     (b"[hive]\nlisten = 5\n", "hive.listen: expected `str`, got `int`"),
     (b"not toml at all", "Expected '=' after a key"),
     (b'[node]\nlog_level = "\xff"\n', "not UTF-8 text (byte 20)"),
-    (b"[hive]\nmax_frame = -5\n", "hive.max_frame: must be an integer from 65536 to 67108864, not -5"),
+    (b"[hive]\nmax_frame = -5\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not -5"),
     (b"[hive]\nheartbeat_timeout = -1\n", "hive.heartbeat_timeout: must be a number from 1 to 86400, not -1"),
     (b"[hive]\nrules = ['/nonexistent']\n", "hive.rules: /nonexistent: no such folder"),
 ])

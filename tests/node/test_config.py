@@ -34,6 +34,44 @@ def test_the_bounds_shared_with_the_wire_and_the_router():
     assert ranges()["agent.batch"] == f"an integer from 1 to {wire.MAX_BATCH}"
 
 
+def largest_events() -> list:
+    """The largest events an agent can send, an exec and a notice: the texts
+    the agent writes (enrichment, a notice's) at their bounds in 4-byte
+    characters, the kernel's at the size of its record with every byte not
+    UTF-8 (3 bytes each once decoded), after ``wire.fit``."""
+    import wire
+
+    wide, bad = "\U0001F600", "\ufffd"
+    common = dict(time=wire.INT64_MAX, pid=wire.PID_MAX, tid=wire.PID_MAX, ppid=wire.PID_MAX, uid=2**32 - 1,
+                  euid=2**32 - 1, gid=2**32 - 1, cgroup=wire.INT64_MAX, comm=bad * 15, verdict="block",
+                  rule=wide * 300, image=wide * 5000, cmdline=wide * 20000, parent_image=wide * 5000,
+                  parent_cmdline=wide * 20000, user=wide * 300, sha256=wide * 300, unit=wide * 300,
+                  container=wide * 300)
+    path = "/\u2026/" + "/".join([bad * 63] * 16)  # 16 components of 63 bytes, cut
+    return [wire.fit(wire.Exec(**common, filename=bad * 255, exe=path, cwd=path, argv=[bad * 1280],
+                               argv_truncated=True, result=-(2**31))),
+            wire.fit(wire.Notice(**common, what=wide * 300, count=wire.INT64_MAX, detail=wide * 20000))]
+
+
+def test_an_agent_batch_is_never_above_the_least_max_frame():
+    """The relay closes a batch before it would pass ``wire.MAX_BATCH_BYTES``
+    (only a batch of one larger event may), so a batch is at most that or
+    the largest event; the least ``hive.max_frame`` is above their sum."""
+    import wire
+    from actors import Codec
+
+    codec = Codec(wire.AgentMessage)
+    sizes = []
+    for ev in largest_events():
+        frame = codec.encode(wire.EventBatch(seq=wire.INT64_MAX, stream="s" * wire.MAX_NAME, events=[ev]))
+        assert codec.decode(frame).events == [ev]
+        sizes.append(len(frame))
+    least = int(ranges()["hive.max_frame"].split()[3])
+    print(f"largest frames of one event (exec, notice): {sizes} bytes; least max_frame {least}")
+    assert max(sizes) < 240 << 10  # as wire.MAX_BATCH_BYTES says
+    assert least >= wire.MAX_BATCH_BYTES + max(sizes) + (64 << 10)
+
+
 def test_enrollment_endpoint_follows_the_listen_port(tmp_path):
     assert load_config(None, hive_listen="tcp://127.0.0.1:9000").hive.enroll_listen == "tcp://127.0.0.1:9001"
 
@@ -97,11 +135,11 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[hive]\nheartbeat_timeout = 86401\n", "hive.heartbeat_timeout: must be a number from 1 to 86400"),
     ("[hive]\nretention_days = 0\n", "hive.retention_days: must be a number greater than 0 and at most 36500"),
     ("[hive]\nretention_mb = 0\n", "hive.retention_mb: must be an integer from 1 to 16777216, not 0"),
-    ("[hive]\nmax_frame = -5\n", "hive.max_frame: must be an integer from 65536 to 67108864, not -5"),
-    ("[hive]\nmax_frame = 65535\n", "hive.max_frame: must be an integer from 65536"),
-    ("[hive]\nmax_frame = 67108865\n", "hive.max_frame: must be an integer from 65536"),
-    ("[hive]\nmax_frame = 1e6\n", "hive.max_frame: must be an integer from 65536 to 67108864, not 1000000.0"),
-    ("[hive]\nmax_frame = true\n", "hive.max_frame: must be an integer from 65536 to 67108864, not True"),
+    ("[hive]\nmax_frame = -5\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not -5"),
+    ("[hive]\nmax_frame = 1048575\n", "hive.max_frame: must be an integer from 1048576"),
+    ("[hive]\nmax_frame = 67108865\n", "hive.max_frame: must be an integer from 1048576"),
+    ("[hive]\nmax_frame = 1e6\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not 1000000.0"),
+    ("[hive]\nmax_frame = true\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not True"),
     # [agent]
     ("[agent]\nid = 'web 1'\n", "agent.id: 'web 1': up to 256 characters, no spaces or control characters"),
     (f"[agent]\nid = '{'w' * 257}'\n", "agent.id: 'www"),
@@ -127,7 +165,7 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
 
 @pytest.mark.parametrize("text", [
     "[node]\nshutdown_timeout = 600\n",
-    "[hive]\nmax_frame = 65536\n[agent]\nbatch = 4096\n",
+    "[hive]\nmax_frame = 1048576\n[agent]\nbatch = 4096\n",
     "[hive]\nmax_frame = 67108864\nheartbeat_timeout = 1\n",
     "[hive]\nlisten = 'tcp://[::1]:7400'\nwebhook = 'https://soc.example/hook'\n",
     "[hive]\nlisten = 'ipc:///run/immune/hive'\nenroll_listen = 'ipc:///run/immune/enroll'\n",
