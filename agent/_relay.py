@@ -177,7 +177,8 @@ class _Relay:
         self.ctx.stats.extra.update(
             accepted=self.accepted, spooled=st.events, spool_bytes=st.bytes, dropped=st.dropped_events,
             acked=st.acked, stream=st.stream, resends=d.resends, restreams=d.restreams,
-            stale_acks=d.stale_acks, corrupt=st.corrupt, connected=int(self.connected),
+            stale_acks=d.stale_acks, corrupt=st.corrupt, repaired=st.repaired, unsendable=st.unsendable,
+            connected=int(self.connected),
         )
 
     def _spool_failed(self, e: SpoolError) -> None:

@@ -28,6 +28,14 @@ events into batches of at most ``agent.batch`` events whose frames are at
 most ``wire.MAX_BATCH_BYTES`` (an event larger than that goes alone), so no
 hive configured within its bounds refuses one for its size.
 
+A batch read again (it was sent and not acknowledged: the hive may have
+refused it) is first checked with the contract's own decoder, once: an
+earlier version may have spooled it beyond the bounds of today's contract,
+or larger, and a batch refused for ever would stall its stream.  One
+refused is sent with its events fitted (``wire.fit``); one that cannot be
+made acceptable is skipped, its events counted dropped, and the gap it
+leaves is handled like a drop.
+
 Records carry a *disk* sequence number that only grows in this folder.  The
 wire sequence number is ``disk seq - base``: when the hive needs a batch the
 spool no longer has (it was dropped because the spool was full, or damaged),
@@ -48,7 +56,7 @@ import secrets
 import struct
 import zlib
 from array import array
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +65,7 @@ from typing import NamedTuple
 import msgspec
 
 import wire
-from actors import Codec, get_logger, log_event
+from actors import Codec, DecodeError, get_logger, log_event
 
 from ._errors import SpoolError
 
@@ -91,6 +99,7 @@ class _Frame(msgspec.Struct, tag="events", tag_field="type", kw_only=True, omit_
 _ENVELOPE = len(Codec(wire.AgentMessage).encode(
     _Frame(seq=wire.INT64_MAX, stream="\U0010ffff" * wire.MAX_NAME, events=msgspec.Raw(b""))))
 """Bytes of a frame besides its events, at most (the largest seq, the longest stream)."""
+_KINDS: dict[str, type[wire.Event]] = {c.__struct_config__.tag: c for c in wire.AnyEvent.__args__}  # type: ignore[attr-defined,misc]
 
 
 class Packed(NamedTuple):
@@ -121,6 +130,11 @@ class SpoolStatistics:
     dropped_batches: int
     corrupt: int
     """Damaged records found (at open or when read) and skipped."""
+    repaired: int
+    """Batches the contract's decoder refused, sent with their events fitted."""
+    unsendable: int
+    """Batches that could not be made acceptable to the hive: skipped, their
+    events counted in ``dropped_events``."""
 
 
 class _Segment:
@@ -263,6 +277,15 @@ class Spool:
         """(disk seq, events) of dropped batches that may have reached the
         hive: an ack over them takes them back off the dropped count."""
         self._corrupt = 0
+        self._sent = 0
+        """Highest disk seq :meth:`pending` returned: one read again was sent before."""
+        self._checked = 0
+        """Every disk seq up to this one (and :attr:`acked`) passed the contract's decoder."""
+        self._repaired_upto = 0
+        self._repaired = 0
+        self._unsendable = 0
+        self._skipped: set[int] = set()
+        """Disk seqs of unsendable batches, already counted dropped (and in ``_bad``)."""
         self._ack_fd = -1
         self._dir_fd = -1
         try:
@@ -597,13 +620,17 @@ class Spool:
             for i in range(start, len(seg.offsets)):
                 n = seg.cum[i] - (seg.cum[i - 1] if i else 0)
                 seq = seg.first + i
-                if seq <= self._synced and len(self._limbo) + len(limbo) < _LIMBO:
+                if seq in self._skipped:  # counted when it was skipped
+                    events -= n
+                    batches -= 1
+                elif seq <= self._synced and len(self._limbo) + len(limbo) < _LIMBO:
                     limbo.append((seq, n))
                 else:  # never durable, or beyond any window: never sent
                     certain += n
             # Counted on disk before the data goes, so a crash cannot hide a loss.
             self._count_dropped(events, batches)
-            self._limbo.extend(limbo)
+            for item in limbo:
+                insort(self._limbo, item)
             self._unreported += certain
             log_event(self.log, "spool.dropped", logging.WARNING, segment=seg.path.name,
                       batches=batches, events=events, bound=self.max_bytes)
@@ -624,7 +651,9 @@ class Spool:
         if seg in self._dirty:
             self._dirty.remove(seg)
         self._total -= seg.size
-        self._bad.difference_update(range(seg.first, seg.last + 1))
+        held = range(seg.first, seg.last + 1)
+        self._bad.difference_update(held)
+        self._skipped.difference_update(held)
 
     # -- reading and acknowledging --------------------------------------------
 
@@ -675,9 +704,62 @@ class Spool:
                 continue
             if seq in self._bad:
                 continue
-            frame = _Frame(seq=seq - self._base, stream=self._stream,
-                           events=msgspec.Raw(body[_REST.size:]))
-            out.append((seq - self._base, self._codec.encode(frame)))
+            frame: bytes | None = self._frame(seq, body[_REST.size:])
+            if max(self._checked, self._acked) < seq <= self._sent:
+                frame = self._sendable(seg, seq, _n, body[_REST.size:], frame)
+                if frame is None:
+                    continue
+            self._sent = max(self._sent, seq)
+            out.append((seq - self._base, frame))
+
+    def _frame(self, seq: int, payload: bytes | memoryview) -> bytes:
+        return self._codec.encode(_Frame(seq=seq - self._base, stream=self._stream, events=msgspec.Raw(payload)))
+
+    def _refusal(self, frame: bytes, events: int) -> str | None:
+        """Why the hive would refuse ``frame``, if it would."""
+        if events > 1 and len(frame) > self.batch_bytes:
+            return f"a frame of {len(frame)} bytes, above the batch bound of {self.batch_bytes}"
+        try:
+            self._codec.decode(frame)
+        except DecodeError as e:
+            return str(e)
+        return None
+
+    def _sendable(self, seg: _Segment, seq: int, events: int, payload: memoryview, frame: bytes) -> bytes | None:
+        """``frame``, of a batch sent before and not acknowledged, as the hive
+        takes it: as it is, or with its events fitted; None if neither, and
+        then the batch is skipped and its events counted dropped."""
+        problem = self._refusal(frame, events)
+        if problem is None:
+            if seq == max(self._checked, self._acked) + 1:
+                self._checked = seq
+            return frame
+        fitted = _refit(payload)
+        if fitted is not None:
+            frame = self._frame(seq, fitted)
+            if self._refusal(frame, events) is None:
+                if seq > self._repaired_upto:  # once, however often it is sent again
+                    self._repaired_upto = seq
+                    self._repaired += 1
+                    log_event(self.log, "spool.repaired", logging.WARNING, segment=seg.path.name,
+                              seq=seq - self._base, events=events, reason=problem)
+                return frame
+        # As a drop: counted on disk first; the hive may still have it (it
+        # took a frame above our bound), until it says otherwise.
+        try:
+            self._count_dropped(events, 1)
+        except OSError as e:
+            raise _error("write the state of", self.folder, e) from None
+        if len(self._limbo) < _LIMBO:
+            insort(self._limbo, (seq, events))
+        else:
+            self._unreported += events
+        self._bad.add(seq)
+        self._skipped.add(seq)
+        self._unsendable += 1
+        log_event(self.log, "spool.unsendable", logging.ERROR, segment=seg.path.name, seq=seq - self._base,
+                  events=events, reason=problem)
+        return None
 
     def ack(self, seq: int) -> None:
         """Every batch up to ``seq`` is stored by the hive: forget it.
@@ -763,7 +845,7 @@ class Spool:
             stream=self._stream, batches=batches, events=events, bytes=self._total,
             segments=len(self._segments), acked=self.acked, last=self.last_seq,
             dropped_events=self._dropped_events, dropped_batches=self._dropped_batches,
-            corrupt=self._corrupt,
+            corrupt=self._corrupt, repaired=self._repaired, unsendable=self._unsendable,
         )
 
     def close(self) -> None:
@@ -787,3 +869,16 @@ class Spool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def _refit(payload: bytes | memoryview) -> bytes | None:
+    """The events of ``payload`` read without the contract's bounds, fitted
+    into them and encoded again; None if they are not events at all."""
+    try:
+        events = []
+        for fields in msgspec.msgpack.decode(payload):
+            cls = _KINDS[fields.pop("kind")]
+            events.append(cls(**fields))
+        wire.fit_all(events)
+        return msgspec.msgpack.encode(events)
+    except Exception:  # noqa: BLE001  (whatever was written, never a crash: the caller skips it)
+        return None

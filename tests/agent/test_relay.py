@@ -20,7 +20,7 @@ import zmq
 
 import wire
 from actors import Child, Codec, Context, KeyPair, Runtime, StartError, Supervisor, curve_server, zap_handler
-from agent import ProcessTable, relay
+from agent import ProcessTable, Spool, relay
 from tests.ports import tcp_endpoint
 
 AGENT_CODEC = Codec(wire.AgentMessage)
@@ -617,3 +617,47 @@ async def test_a_hive_at_the_least_max_frame_stores_a_burst_of_long_command_line
     store.close()
     assert sorted(e.tid for e in events) == list(range(2000))  # each once
     assert rig.runtime.registry["t.hive.router"].extra.get("oversized", 0) == 0
+
+
+# ---- a spooled batch the hive refuses does not stall the stream -------------------------
+
+
+async def test_a_spooled_batch_beyond_the_contract_is_fitted_and_delivered(tmp_path):
+    """Spooled by an earlier version, before the wire's bounds: the hive's
+    decoder refuses it, the relay sends it again fitted."""
+    with Spool(tmp_path / "spool") as spool:
+        spool.append([wire.Open(pid=1, tid=0, path="/etc/a")])
+        spool.append([wire.Open(pid=1, tid=1, path="/" + "p" * 10_000, cmdline="c" * 100_000)])
+        spool.append([wire.Open(pid=1, tid=2, path="/etc/b")])
+        spool.sync()
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        await rig.hive.wait(lambda: rig.stats.extra.get("spooled") == 0 and len(rig.hive.stored) >= 3)
+        n.cancel_scope.cancel()
+    assert [e.tid for e in rig.hive.stored] == [0, 1, 2]
+    fitted = rig.hive.stored[1]
+    assert len(fitted.path) == wire.MAX_PATH and fitted.path.endswith(wire.CUT)
+    assert len(fitted.cmdline) == wire.MAX_CMDLINE
+    assert rig.stats.extra["repaired"] == 1 and rig.stats.extra["dropped"] == 0
+
+
+async def test_a_spooled_batch_no_fit_can_save_is_skipped_counted_and_the_rest_delivered(tmp_path):
+    with Spool(tmp_path / "spool") as spool:
+        spool.append([wire.Open(pid=1, tid=0, path="/etc/a")])
+        spool.append([wire.Open(pid=2 ** 63, tid=1, path="/etc/x"), wire.Open(pid=1, tid=2, path="/etc/y")])
+        for i in range(3, 6):
+            spool.append([wire.Open(pid=1, tid=i, path="/etc/b")])
+        spool.sync()
+    rig = Rig(tmp_path)
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        await rig.hive.wait(lambda: any(isinstance(e, wire.Notice) for e in rig.hive.stored)
+                            and rig.stats.extra.get("spooled") == 0, timeout=20)
+        n.cancel_scope.cancel()
+    assert [e.tid for e in real_events(rig.hive.stored)] == [0, 3, 4, 5]
+    (notice,) = [e for e in rig.hive.stored if isinstance(e, wire.Notice)]
+    assert (notice.what, notice.count) == ("spool_dropped", 2)
+    assert rig.stats.extra["unsendable"] == 1 and rig.stats.extra["restreams"] == 1

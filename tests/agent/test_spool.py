@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 import wire
-from actors import Codec
+from actors import Codec, DecodeError
 from agent import Spool, SpoolError
 
 CODEC = Codec(wire.AgentMessage)
@@ -234,6 +234,66 @@ def test_an_event_above_the_bound_goes_alone(tmp_path):
         assert [e for f in frames for e in decode(f).events] == events
         with pytest.raises(ValueError, match="pack"):
             s.append(long_events(8, cmdline=12 << 10))  # more than one batch at once
+
+
+def test_a_batch_the_hive_refused_is_sent_again_with_its_events_fitted(tmp_path):
+    """Spooled beyond today's contract (an earlier version, a bug): the first
+    send is the record as it is; a resend is checked with the hive's own
+    decoder and fitted, so the stream does not stall on it."""
+    with Spool(tmp_path) as s:
+        s.append(batch(1))
+        s.append([wire.Open(pid=2, path="/" + "p" * 10_000), wire.Exec(pid=2, argv=["a"] * 5000)])
+        s.append(batch(3))
+        s.sync()
+        first = s.pending(1)
+        with pytest.raises(DecodeError, match="Expected `str` of length <= 4096"):
+            CODEC.decode(first[1][1])
+        again = s.pending(2)  # not acknowledged: sent again
+        assert [seq for seq, _ in again] == [2, 3] and again[1] == first[2]
+        opened, executed = decode(again[0][1]).events
+        assert len(opened.path) == wire.MAX_PATH and opened.path.endswith(wire.CUT)
+        assert len(executed.argv) == wire.MAX_ARGV and executed.argv_truncated
+        assert s.pending(2)[0] == again[0] and s.statistics().repaired == 1  # counted once
+        assert s.statistics().dropped_events == 0
+
+
+def test_a_batch_that_cannot_be_made_acceptable_is_skipped_and_counted(tmp_path):
+    with Spool(tmp_path) as s:
+        s.append(batch(1))
+        s.append([wire.Open(pid=2 ** 63, path="/etc/x"), wire.Open(pid=2, path="/etc/y")])  # no fit for that
+        s.append(batch(3))
+        s.sync()
+        assert [seq for seq, _ in s.pending(1)] == [1, 2, 3]
+        s.ack(1)
+        assert [origin(decode(f)) for _, f in s.pending(2)] == [3]
+        st = s.statistics()
+        assert (st.unsendable, st.dropped_events, st.dropped_batches) == (1, 2, 1)
+        assert s.first_unacked() == 3  # a gap, handled as a drop's: a new stream
+        assert s.take_dropped() == 0  # the hive may have it, until it asks for it
+        s.new_stream()
+        assert s.take_dropped() == 2
+        s.append(batch(4))
+        s.sync()
+        assert [origin(decode(f)) for _, f in s.pending(1)] == [3, 4]
+    with Spool(tmp_path) as s:
+        assert s.statistics().dropped_events == 2
+
+
+def test_a_batch_spooled_above_the_byte_bound_is_skipped_when_refused(tmp_path):
+    """An earlier relay batched by count only: 256 events of 16 KiB, above
+    what a hive at its least max_frame takes.  Sent as it is first (a hive
+    with a larger max_frame takes it, and an ack over it takes the loss back)."""
+    with Spool(tmp_path, batch_bytes=64 << 20) as s:
+        s.append(s.pack(long_events(256), 256)[0])
+        s.append(batch(2))
+        s.sync()
+    with Spool(tmp_path) as s:
+        assert len(s.pending(1)[0][1]) > 4 << 20
+        assert [origin(decode(f)) for _, f in s.pending(1)] == [2]
+        st = s.statistics()
+        assert (st.unsendable, st.dropped_events) == (1, 256)
+        s.ack(2)  # the hive had it after all
+        assert s.statistics().dropped_events == 0 and s.take_dropped() == 0
 
 
 def test_when_full_the_oldest_are_dropped_and_counted(tmp_path):
