@@ -320,13 +320,10 @@ class Executor:
 def _fit(result: wire.CommandResult) -> wire.CommandResult:
     """``result`` within the wire contract, so that the hive takes it: a
     long detail is cut, a name that is not UTF-8 (read from the system as
-    surrogates) has them replaced, data the contract refuses (too large, too
-    deep, not text) is replaced by the reason, and an archive too big to send
-    stays on the agent."""
-    detail = _utf8(result.detail)
-    if len(detail) > wire.MAX_TEXT:
-        detail = detail[:wire.MAX_TEXT - 1] + "\u2026"
-    result.detail = detail
+    surrogates) has them replaced (``wire.fit``), data the contract refuses
+    (too large, too deep, not text) is replaced by the reason, and an archive
+    too big to send stays on the agent."""
+    wire.fit(result)
     if len(result.archive) > wire.MAX_ARCHIVE:
         result.archive = b""
     try:
@@ -334,16 +331,6 @@ def _fit(result: wire.CommandResult) -> wire.CommandResult:
     except (msgspec.ValidationError, UnicodeEncodeError) as e:
         result.data = {"data_dropped": f"outside the wire contract: {e}"[:wire.MAX_TEXT]}
     return result
-
-
-def _utf8(text: str) -> str:
-    """``text`` with the bytes a name read from the system held undecoded
-    (os.fsdecode's surrogates) as U+FFFD, as the sensor shows them."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte
-        raw = text.encode("utf-8", "replace")
-    return raw.decode("utf-8", "replace")
 
 
 def _safe_sha256(path: str) -> str:
