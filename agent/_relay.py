@@ -30,6 +30,7 @@ import math
 import re
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -78,13 +79,16 @@ async def relay(
     results_endpoint: str = RESULTS_ENDPOINT,
     window: int = 64,
     ack_timeout: float = 5.0,
-    policy_version: str = "",
+    policy_version: str | Callable[[], str] = "",
     table: ProcessTable | None = None,
 ) -> None:
     """Run the relay.  ``keys_dir`` holds ``agent.key``/``agent.pub``;
     ``hive_public`` is the pinned Z85 public key of the hive.  ``window`` is
     the most batches sent and not yet acknowledged; ``ack_timeout`` how long
-    acks may stall before the agent sends again.  ``table`` is a process
+    acks may stall before the agent sends again.  ``policy_version`` is the
+    sensor's policy as the Hello names it, or a function giving it, called at
+    each start (the policy in force may have changed since the node started;
+    a reload is followed from the sensor's notices).  ``table`` is a process
     table to use instead of a new one seeded from /proc (to share it with
     the response executor, or for tests)."""
     if batch < 1 or heartbeat <= 0:
@@ -115,7 +119,7 @@ async def relay(
         except zmq.ZMQError as e:
             raise AgentError(f"relay: cannot bind its endpoints: {e.strerror}") from None
         r = _Relay(ctx, spool, table, delivery, uplink, batch=batch, heartbeat=heartbeat,
-                   hello=hello(agent_id, policy_version))
+                   hello=hello(agent_id, policy_version() if callable(policy_version) else policy_version))
         ctx.stats.add_depth(lambda: r.spool_batches)
         log_event(ctx.log, "relay.start", agent=agent_id, hive=hive_endpoint, stream=spool.stream,
                   pending=spool.statistics().batches, processes=len(table))

@@ -3,8 +3,8 @@
 It waits until the sensor's descriptor is readable, drains in batches (one
 trio checkpoint per batch, no Python callback per record), and sends each
 batch downstream as a ``wire.EventBatch`` on a PUSH socket.  Drops and
-watchdog notices arrive as ``wire.Notice`` events in the same stream, and are
-counted in the actor's statistics."""
+watchdog notices arrive as ``wire.Notice`` events in the same stream, fitted
+into the wire's bounds, and are counted in the actor's statistics."""
 
 from __future__ import annotations
 
@@ -39,8 +39,10 @@ async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     A policy from a file (or the default one) is reloaded on SIGHUP and, with
     ``policy_watch``, when the file changes (kmod/_reload.py); ``on_policy``
     applies a reloaded one (default: ``sensor.reload``), e.g. under the
-    response layer's rules."""
+    response layer's rules.  A restarted reader that starts from another
+    policy than the one in force before says so as a reload does."""
     source = PolicyFile.of(policy)
+    before = source.applied if source is not None else None
     refused = ""
     if source is not None:
         try:
@@ -58,6 +60,8 @@ async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                         source.applied = policy
                         if refused:
                             sensor.notice("policy_refused", f"{refused}; the policy in force stays")
+                        elif before is not None and policy.digest != before.digest:  # changed while stopped
+                            sensor.notice("policy_reloaded", source.reloaded(policy))
                         nursery.start_soon(functools.partial(
                             watch_policy, ctx, source, on_policy or sensor.reload, sensor.notice,
                             hups=hups, on_change=policy_watch))
@@ -94,14 +98,14 @@ async def _read(ctx: Context, *, task_status: Any, sink: str, policy: Any, batch
                     if not events:
                         break
                     seq += 1
+                    notices = _notices(events)
                     await out.send(wire.EventBatch(seq=seq, events=events))
                     stats["events"] = int(stats["events"]) + len(events)
                     stats["batches"] = seq
-                    for ev in events:
-                        if isinstance(ev, wire.Notice):
-                            stats["notices"] = int(stats["notices"]) + 1
-                            if ev.what == "drops":
-                                stats["drops"] = int(stats["drops"]) + ev.count
+                    for ev in notices:
+                        stats["notices"] = int(stats["notices"]) + 1
+                        if ev.what == "drops":
+                            stats["drops"] = int(stats["drops"]) + ev.count
                     if len(events) < batch:
                         break
         finally:
@@ -123,6 +127,7 @@ def _hand_on_the_rest(ctx: Context, sensor: Sensor, out, seq: int, batch: int) -
             if not events:
                 break
             seq += 1
+            _notices(events)
             if not out.try_send(wire.EventBatch(seq=seq, events=events)):
                 left += len(events)
         if left:
@@ -130,3 +135,12 @@ def _hand_on_the_rest(ctx: Context, sensor: Sensor, out, seq: int, batch: int) -
     except Exception as e:  # the sensor may be why we stop
         ctx.log.error("last drain at stop failed: %s", e)
 
+
+def _notices(events: list[wire.Event]) -> list[wire.Notice]:
+    """The notices among ``events``, fitted into the wire's bounds: they are
+    the reader's and the sensor's own texts (a policy path that is not UTF-8,
+    a long reason), which the kernel's decoder never saw, and one the encoder
+    refuses would stop the reader."""
+    notices = [ev for ev in events if type(ev) is wire.Notice]
+    wire.fit_all(notices)
+    return notices

@@ -17,6 +17,7 @@ half-done.  Without inotify the file is looked at every second."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -66,6 +67,21 @@ class PolicyFile:
         except OSError:
             return None
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def in_force(self) -> str:
+        """SHA-256 of the policy from this file the sensor runs: the last one
+        a reader in this process applied (a broken edit since does not
+        replace it), else the file's as it is now; "" if it cannot be read."""
+        if self.applied is not None:
+            return self.applied.digest
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return ""
+
+    def reloaded(self, policy: Policy) -> str:
+        """The detail of the ``policy_reloaded`` notice for ``policy``."""
+        return f"{self.path}: {len(policy.rules)} rules, sha256 {policy.digest}"
 
     def changed(self) -> bool:
         """Whether the file (or where its symlink leads) is not what was last read."""
@@ -132,7 +148,7 @@ async def watch_policy(ctx: Context, source: PolicyFile, apply: Callable[[Policy
         stats["policy_reloads"] = int(stats["policy_reloads"]) + 1
         log_event(log, "policy.reloaded", logging.WARNING, path=str(source.path), sha256=policy.digest,
                   rules=len(policy.rules), why=why)
-        notice("policy_reloaded", f"{source.path}: {len(policy.rules)} rules, sha256 {policy.digest}")
+        notice("policy_reloaded", source.reloaded(policy))
 
     def refuse(reason: str) -> None:
         stats["policy_refusals"] = int(stats["policy_refusals"]) + 1
@@ -164,6 +180,9 @@ async def _on_change(log: logging.Logger, source: PolicyFile, reload: Callable[[
         inotify = _polling(log, source, inotify, e)
     try:
         while True:
+            # First of all: a change made since the file was read, before the watch began, shows no event.
+            if source.changed():
+                await reload("file changed")
             if inotify is None:
                 await trio.sleep(_POLL)
             else:
@@ -174,8 +193,6 @@ async def _on_change(log: logging.Logger, source: PolicyFile, reload: Callable[[
                         _watch(inotify, source)
                     except OSError as e:
                         inotify = _polling(log, source, inotify, e)
-            if source.changed():
-                await reload("file changed")
     finally:
         if inotify is not None:
             _close(inotify)

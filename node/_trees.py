@@ -3,6 +3,7 @@ each keeps its files under the data folder."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from actors import Child, KeyPair, Supervisor, zap_handler
@@ -137,7 +138,7 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
             agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
-            heartbeat=cfg.agent.heartbeat, policy_version=policy_version(cfg))),
+            heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, cfg))),
     ]
     if cfg.sensor.enabled:
         from agent.response import SensorSlot, endpoint_addresses, executor_actor
@@ -155,17 +156,18 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
 
 def policy_version(cfg: Config) -> str:
     """What the hive's registry shows as the agent's policy: the file and the
-    start of its SHA-256, so a fleet running different policies stands out."""
-    import hashlib
+    start of the SHA-256 of the policy in force from it (the sensor's last
+    accepted, in this process), so a fleet running different policies stands
+    out.  The relay asks at each start: a restarted relay names the policy
+    the sensor runs, not the one the node started with."""
+    from kmod._reload import PolicyFile
 
-    from kmod import DEFAULT_POLICY
-
-    path = Path(cfg.sensor.policy) if cfg.sensor.policy else Path(DEFAULT_POLICY)
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    except OSError:
-        return f"{path.name} (unreadable)"
-    return f"{'default' if not cfg.sensor.policy else path.name}:{digest}"
+    source = PolicyFile.of(cfg.sensor.policy or None)
+    assert source is not None
+    digest = source.in_force()
+    if not digest:
+        return f"{source.path.name} (unreadable)"
+    return f"{'default' if not cfg.sensor.policy else source.path.name}:{digest[:12]}"
 
 
 def agent_tree(cfg: Config) -> Supervisor:

@@ -498,6 +498,21 @@ async def test_a_reloaded_policy_reaches_the_hive_in_a_new_hello(tmp_path):
     assert rig.hive.stored[-1].what == "policy_reloaded"  # and the notice itself, in order
 
 
+async def test_a_restarted_relay_says_the_policy_version_in_force_then(tmp_path):
+    rig = Rig(tmp_path)
+    versions = iter(["p.toml:0123456789ab", "p.toml:ba9876543210"])  # as the sensor's policy changes
+    rig.args["policy_version"] = lambda: next(versions)  # node/_trees.py gives the relay's Child this
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        agent = await rig.start_agent(n)
+        await rig.hive.wait(lambda: rig.hive.hellos)
+        agent.cancel()
+        await rig.start_agent(n)
+        await rig.hive.wait(lambda: len(rig.hive.hellos) >= 2)
+        n.cancel_scope.cancel()
+    assert [h.policy_version for h in rig.hive.hellos] == ["p.toml:0123456789ab", "p.toml:ba9876543210"]
+
+
 # ---- what the relay accepted, the hive takes ---------------------------------------------
 
 

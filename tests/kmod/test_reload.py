@@ -39,6 +39,31 @@ def test_a_policy_file_knows_when_it_changed_and_refuses_a_broken_one_once(tmp_p
     assert source.changed()
 
 
+def test_the_policy_in_force_is_the_last_one_applied_and_the_hello_names_it(tmp_path):
+    """What a (re)started relay says in its Hello: the policy the sensor runs,
+    not the file's bytes at the node's start, nor a broken edit since."""
+    import hashlib
+
+    from node._config import Config, SensorConfig
+    from node._trees import policy_version
+
+    path = tmp_path / "p.toml"
+    path.write_text(RULE.format(name="a", path="/opt/a/**"))
+    cfg = Config(sensor=SensorConfig(policy=str(path)))
+    first = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert policy_version(cfg) == f"p.toml:{first[:12]}"  # no reader ran yet: the file
+    source = PolicyFile.of(path)
+    source.applied = source.load()
+    path.write_text(RULE.format(name="b", path="/opt/b/**"))
+    source.applied = second = source.load()  # a reload the sensor accepted
+    path.write_text("[[rule]\n")  # then a broken edit, refused: the second stays in force
+    assert source.in_force() == second.digest != first
+    assert policy_version(cfg) == f"p.toml:{second.digest[:12]}"
+    path.unlink()
+    assert policy_version(cfg) == f"p.toml:{second.digest[:12]}"
+    assert policy_version(Config(sensor=SensorConfig(policy=str(tmp_path / "none.toml")))) == "none.toml (unreadable)"
+
+
 async def wait_for(condition, timeout: float = 2.0) -> float:
     began = trio.current_time()
     with trio.fail_after(timeout):
@@ -74,6 +99,21 @@ async def test_the_watcher_applies_a_good_file_and_refuses_a_broken_one(tmp_path
         n.cancel_scope.cancel()
     stats = ctx.stats.extra
     assert (stats["policy_reloads"], stats["policy_refusals"]) == (2, 1)
+
+
+async def test_a_change_made_before_the_watch_began_is_applied(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text(RULE.format(name="a", path="/opt/a/**"))
+    source = PolicyFile.of(path)
+    source.applied = source.load()  # the reader read it, then the file changed before its watcher ran
+    path.write_text(RULE.format(name="b", path="/opt/b/**"))
+    applied = []
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: watch_policy(Context(Runtime(), "t"), source, applied.append, lambda *a: None,
+                                          hups=None))
+        await wait_for(lambda: applied)
+        n.cancel_scope.cancel()
+    assert applied[-1].rules[0].name == "b"
 
 
 async def test_sighup_reloads_and_a_refusing_sensor_keeps_the_old_policy(tmp_path):
@@ -232,4 +272,41 @@ async def test_the_response_layer_survives_a_reload_of_the_file(reader_setup, wo
         policy.write_text(blocking)
         await refused_within(script, 2.0)
         assert await exec_errno(ordered) == errno.EPERM  # what the hive ordered is still in force
+        n.cancel_scope.cancel()
+
+
+@in_kernel
+async def test_a_policy_path_that_is_not_utf8_is_reported_not_a_crash(reader_setup):
+    """The reader's own notices carry its policy's path, which the kernel's
+    decoder never saw: one the encoder refused stopped the reader at the
+    first reload (and with it the relay's sensor)."""
+    ctx, sink, inbox, policy, script, blocking = reader_setup
+    odd = os.fsdecode(os.path.join(os.fsencode(policy.parent), b"policy-\xff.toml"))
+    os.replace(policy, odd)
+    async with trio.open_nursery() as n:
+        await start_reader(n, ctx, sink, odd)
+        assert await exec_errno(script) == 0
+        with open(odd, "w") as f:
+            f.write(blocking)
+        await refused_within(script, 2.0)
+        (reloaded,) = await notices_of(inbox, "policy_reloaded")
+        assert "policy-\ufffd.toml" in reloaded.detail and reloaded.detail.endswith(Policy.load(odd).digest)
+        n.cancel_scope.cancel()
+
+
+@in_kernel
+async def test_a_restarted_reader_says_it_starts_from_another_policy(reader_setup):
+    """Edited while no reader ran (it was restarting): the relay follows from
+    the notice, as after a reload."""
+    ctx, sink, inbox, policy, script, blocking = reader_setup
+    async with trio.open_nursery() as n:
+        await start_reader(n, ctx, sink, policy)
+        assert await exec_errno(script) == 0
+        n.cancel_scope.cancel()
+    policy.write_text(blocking)
+    async with trio.open_nursery() as n:
+        await start_reader(n, ctx, sink, policy, policy_watch=False)
+        assert await exec_errno(script) == errno.EPERM
+        (reloaded,) = await notices_of(inbox, "policy_reloaded")
+        assert reloaded.detail.endswith(Policy.load(policy).digest)
         n.cancel_scope.cancel()
