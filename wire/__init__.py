@@ -17,6 +17,7 @@ from ._messages import (
     MAX_NAME,
     MAX_PATH,
     MAX_PORTS,
+    MAX_RESULT_BYTES,
     MAX_TEXT,
     MAX_TTL,
     PID_MAX,
@@ -56,7 +57,7 @@ from ._fit import CUT, fit, fit_all, fit_text
 
 __all__ = [
     "COMMANDS", "EVENT_KINDS", "INT64_MAX", "MAX_ADDRESS", "MAX_ADDRESSES", "MAX_ARCHIVE", "MAX_ARG", "MAX_ARGV",
-    "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_CMDLINE", "MAX_DEPTH", "MAX_ITEMS", "MAX_NAME", "MAX_PATH", "MAX_PORTS",
+    "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_CMDLINE", "MAX_DEPTH", "MAX_ITEMS", "MAX_NAME", "MAX_PATH", "MAX_PORTS", "MAX_RESULT_BYTES",
     "MAX_TEXT", "MAX_TTL", "PID_MAX", "WIRE_VERSION",
     "Ack", "AgentMessage", "Alert", "AnyCommand", "AnyEvent", "Bind", "BlockConnect", "BlockExec",
     "CollectEvidence", "Command", "CommandResult", "Connect", "Enroll", "Enrolled", "Event", "EventBatch", "Exec",

@@ -82,8 +82,13 @@ MAX_ITEMS = 65536
 MAX_DEPTH = 4
 """Lists and mappings nested in a result's ``data`` (an evidence manifest
 is 3 deep)."""
-MAX_ARCHIVE = 16 << 20
-"""An evidence archive sent inline (the agent inlines at most 12 MiB)."""
+MAX_RESULT_BYTES = 768 << 10
+"""Bytes of an agent's encoded ``CommandResult`` frame: its executor leaves
+an archive on the agent, then data out, rather than go above it, so that a
+result always fits the least ``hive.max_frame`` (1 MiB)."""
+MAX_ARCHIVE = 640 << 10
+"""An evidence archive sent inline; a larger one stays on the agent (the
+result says where), within ``MAX_RESULT_BYTES`` with room for the manifest."""
 
 Int64 = Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import wire
+
 from ._errors import Gone, ResponseError
 from ._policy import write_json
 from ._process import stat
@@ -36,8 +38,9 @@ _TCP_STATES = {
     "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
 }
 MAX_EXE = 256 << 20
-MAX_INLINE = 12 << 20
-"""Below the hive router's 16 MiB frame limit, with room for the rest."""
+MAX_INLINE = wire.MAX_ARCHIVE
+"""An archive up to this travels in the result; a larger one stays on the
+agent, at the path the result gives."""
 
 
 def _hex_address(text: str) -> str:
@@ -164,14 +167,13 @@ def collect_evidence(pid: object, folder: Path, *, command: str, exe: bool = Tru
     archive = folder / f"{safe}.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(bundle, arcname=safe)
-    packed = archive.read_bytes()
+    digest, size = _sha256(archive)
     out: dict[str, Any] = {
         "bundle": str(bundle), "manifest": manifest, "manifest_sha256": hashlib.sha256(raw).hexdigest(),
-        "archive_path": str(archive), "archive_sha256": hashlib.sha256(packed).hexdigest(),
-        "archive_size": len(packed),
+        "archive_path": str(archive), "archive_sha256": digest, "archive_size": size,
     }
-    if len(packed) <= max_inline:
-        out["archive"] = packed
+    if size <= max_inline:
+        out["archive"] = archive.read_bytes()
     return out
 
 

@@ -322,14 +322,25 @@ def _fit(result: wire.CommandResult) -> wire.CommandResult:
     long detail is cut, a name that is not UTF-8 (read from the system as
     surrogates) has them replaced (``wire.fit``), data the contract refuses
     (too large, too deep, not text) is replaced by the reason, and an archive
-    too big to send stays on the agent."""
+    too big to send stays on the agent.  The whole stays within
+    ``wire.MAX_RESULT_BYTES``, which every hive's ``max_frame`` takes."""
     wire.fit(result)
     if len(result.archive) > wire.MAX_ARCHIVE:
         result.archive = b""
     try:
-        _check_result(_encode(result))
+        frame = _encode(result)
+        _check_result(frame)
     except (msgspec.ValidationError, UnicodeEncodeError) as e:
         result.data = {"data_dropped": f"outside the wire contract: {e}"[:wire.MAX_TEXT]}
+        return result
+    if len(frame) > wire.MAX_RESULT_BYTES and result.archive:
+        result.archive = b""
+        result.detail = wire.fit_text(result.detail.replace(", attached", "") +
+                                      "; the archive stays on the agent (the result would be too large)",
+                                      wire.MAX_TEXT)
+        frame = _encode(result)
+    if len(frame) > wire.MAX_RESULT_BYTES:
+        result.data = {"data_dropped": f"{len(frame)} bytes encoded, over the {wire.MAX_RESULT_BYTES} a result may take"}
     return result
 
 

@@ -4,6 +4,7 @@ The victims are started outside this process's tree (their launcher exits),
 as an attacker's processes would be: the executor refuses to touch the
 agent's own children, and here the test process plays the agent."""
 
+import hashlib
 import json
 import logging
 import os
@@ -204,7 +205,7 @@ def test_collect_evidence_bundle_verifies(tmp_path):
                             env={"EVIDENCE_MARKER": "present", "PATH": os.environ["PATH"]})
     try:
         port = int(proc.stdout.readline())
-        out = collect_evidence(proc.pid, tmp_path / "evidence", command="c-1")
+        out = collect_evidence(proc.pid, tmp_path / "evidence", command="c-1", max_inline=64 << 20)
     finally:
         proc.kill()
         proc.wait()
@@ -253,6 +254,41 @@ def test_collect_evidence_through_the_executor(executor):
     assert r.ok, r.detail
     assert "exe" not in r.data["manifest"]["files"] and "attached" in r.detail
     assert "archive" not in r.data and r.data["archive_size"] == len(r.archive) > 0
+
+
+def test_an_archive_too_large_to_send_stays_on_the_agent(executor, tmp_path):
+    """With an executable of a megabyte that does not compress, the archive
+    is over what a result may carry to a hive at its least max_frame: the
+    result says where it is kept, and still fits the wire."""
+    big = tmp_path / "bigsleep"
+    big.write_bytes(Path(shutil.which("sleep")).read_bytes() + os.urandom(1 << 20))
+    big.chmod(0o755)
+    pid = detached(f"exec {big} 300")
+    wait_started(pid, "bigsleep")
+    try:
+        r = run(executor, "collect_evidence", pid=pid, exe=True)
+    finally:
+        os.kill(pid, 9)
+    assert r.ok, r.detail
+    assert r.archive == b"" and r.data["archive_size"] > wire.MAX_ARCHIVE
+    assert f"kept on the agent at {r.data['archive_path']}" in r.detail
+    assert hashlib.sha256(Path(r.data["archive_path"]).read_bytes()).hexdigest() == r.data["archive_sha256"]
+    assert len(msgspec.msgpack.encode(r)) <= wire.MAX_RESULT_BYTES
+
+
+def test_a_result_over_the_bound_leaves_its_archive_then_its_data_behind():
+    from agent.response._executor import _fit
+
+    big = {"files": {f"f{i}": "x" * 200 for i in range(1000)}}  # about 200 KiB of manifest
+    r = _fit(wire.CommandResult(command="c", ok=True, detail="2 files from pid 7, 600 bytes packed, attached",
+                                data=big, archive=bytes(wire.MAX_ARCHIVE)))
+    assert r.archive == b"" and r.data == big
+    assert r.detail.endswith("; the archive stays on the agent (the result would be too large)")
+    assert "attached" not in r.detail
+    huge = {"files": {f"f{i}": "x" * 1000 for i in range(1000)}}  # about 1 MB
+    r = _fit(wire.CommandResult(command="c", ok=True, data=huge))
+    assert list(r.data) == ["data_dropped"] and "over the" in r.data["data_dropped"]
+    assert len(msgspec.msgpack.encode(r)) <= wire.MAX_RESULT_BYTES
 
 
 def test_the_agents_launcher_is_never_quarantined(tmp_path, monkeypatch):

@@ -123,7 +123,7 @@ def test_a_full_batch_and_a_maximal_result_round_trip():
     deep = {"files": {"exe": {"sizes": [1, -1.5, None, True, "x" * wire.MAX_TEXT, -(2**63)]}}}
     result = wire.CommandResult(command="c" * wire.MAX_NAME, ok=True, detail="d" * wire.MAX_TEXT,
                                 data={"manifest": deep, "killed": list(range(wire.MAX_ITEMS))},
-                                archive=bytes(1 << 20))
+                                archive=bytes(wire.MAX_ARCHIVE))
     assert AGENT.decode(AGENT.encode(result)) == result
 
 
