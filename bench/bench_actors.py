@@ -50,7 +50,7 @@ def raw(endpoint: str, count: int, batched: bool) -> float:
     push.setsockopt(zmq.SNDHWM, HWM)
     push.connect(endpoint)
     codec = Codec(wire.AgentMessage)
-    batch = make_batch(0)
+    batch = make_batch(1)
 
     def send() -> None:
         for i in range(count):
@@ -76,7 +76,7 @@ def actors_rate(endpoint: str, count: int, batched: bool) -> float:
     async def sender(ctx: Context, *, task_status) -> None:
         sock = ctx.socket(zmq.PUSH, connect=endpoint, sndhwm=HWM, codec=Codec(wire.AgentMessage))
         task_status.started()
-        batch = make_batch(0)
+        batch = make_batch(1)
         if batched:
             for _ in range(count):
                 await sock.send(batch)
