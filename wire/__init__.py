@@ -44,6 +44,7 @@ from ._messages import (
     Heartbeat,
     Hello,
     HiveMessage,
+    IsolateContainer,
     IsolateHost,
     KillProcess,
     Notice,
@@ -52,6 +53,7 @@ from ._messages import (
     SetId,
     Unblock,
     Unisolate,
+    UnisolateContainer,
 )
 from ._fit import CUT, fit, fit_all, fit_text
 
@@ -61,6 +63,6 @@ __all__ = [
     "MAX_TEXT", "MAX_TTL", "PID_MAX", "WIRE_VERSION",
     "Ack", "AgentMessage", "Alert", "AnyCommand", "AnyEvent", "Bind", "BlockConnect", "BlockExec",
     "CollectEvidence", "Command", "CommandResult", "Connect", "Enroll", "Enrolled", "Event", "EventBatch", "Exec",
-    "Exit", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateHost", "KillProcess", "Notice", "Open",
-    "QuarantineFile", "SetId", "Unblock", "Unisolate", "CUT", "fit", "fit_all", "fit_text",
+    "Exit", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateContainer", "IsolateHost", "KillProcess", "Notice", "Open",
+    "QuarantineFile", "SetId", "Unblock", "Unisolate", "UnisolateContainer", "CUT", "fit", "fit_all", "fit_text",
 ]

@@ -151,7 +151,22 @@ class Event(Struct, tag_field="kind"):
     sha256: Name = ""
     unit: Name = ""
     container: Name = ""
+    """The container's id (a runtime's 64 hex digits, or its name where the
+    runtime has no other: LXC, systemd-nspawn, a bare crun/runc id)."""
+    container_runtime: Name = ""
+    """docker, containerd, podman, cri-o, crun, runc, lxc or systemd-nspawn."""
+    container_name: Name = ""
+    container_image: Name = ""
+    """What the runtime's own state on disk says; "" where it says nothing."""
     cwd: Path = ""
+
+    # Namespaces, from the kernel: 0 where not known.
+    mntns: U32 = 0
+    """Inode number of the task's mount namespace (``readlink /proc/PID/ns/mnt``)."""
+    pidns: U32 = 0
+    """Inode number of the task's pid namespace."""
+    vpid: Pid = 0
+    """The pid as the task's own pid namespace sees it (``pid`` is the host's)."""
 
 
 class Exec(Event, tag="exec"):
@@ -444,8 +459,26 @@ class CollectEvidence(Command, tag="collect_evidence", kw_only=True):
     exe: bool = True
 
 
+ContainerId = Annotated[str, Meta(min_length=1, max_length=MAX_NAME, pattern=r"\A[^\x00/]+\Z",
+                                  description="a container id or name")]
+
+
+class IsolateContainer(Command, tag="isolate_container", kw_only=True):
+    """Cut the network of one container (by ``container``, its id or name as
+    events carry it) and keep the host's; ``ttl`` as for ``BlockConnect``."""
+
+    container: ContainerId
+    ttl: Ttl = 0
+
+
+class UnisolateContainer(Command, tag="unisolate_container", kw_only=True):
+    """Give ``container`` its network back."""
+
+    container: ContainerId
+
+
 AnyCommand = KillProcess | BlockConnect | BlockExec | IsolateHost | Unisolate | Unblock | QuarantineFile \
-    | CollectEvidence
+    | CollectEvidence | IsolateContainer | UnisolateContainer
 COMMANDS: dict[str, type[Command]] = {c.__struct_config__.tag: c for c in AnyCommand.__args__}  # type: ignore[attr-defined]
 """The command types by action name."""
 

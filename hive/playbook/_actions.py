@@ -75,7 +75,8 @@ def _spec(cls: type, revert: str = "", local: bool = False) -> ActionSpec:
                       frozenset(f.name for f in fields if not f.required), frozenset(cls.one_of), revert, local)
 
 
-_REVERTS = {"block_connect": "unblock", "block_exec": "unblock", "isolate_host": "unisolate"}
+_REVERTS = {"block_connect": "unblock", "block_exec": "unblock", "isolate_host": "unisolate",
+            "isolate_container": "unisolate_container"}
 ACTIONS: dict[str, ActionSpec] = {
     **{name: _spec(cls, _REVERTS.get(name, "")) for name, cls in wire.COMMANDS.items()},
     "notify": _spec(Notify, local=True),
