@@ -8,6 +8,8 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc make clang llvm libbpf-dev bpftool
               iproute2 tcpdump procps util-linux)
+# The tests also run real containers: an OCI runtime and a static busybox for their root.
+[ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
