@@ -20,10 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hive.sigma import BUILTIN_RULES, RuleEngine  # noqa: E402
+from hive.sigma import BUILTIN_RULES, SIGMAHQ_RULES, RuleEngine  # noqa: E402
 from wire import Bind, Connect, Exec, Exit, Fork, Open, SetId  # noqa: E402
 
-SIGMA = Path(__file__).resolve().parents[1] / "tests" / "data" / "sigma"
 
 USERS = [("root", 0), ("www-data", 33), ("postgres", 112), ("alice", 1000), ("ci", 1001)]
 COMMANDS = [
@@ -165,7 +164,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cpu", type=int, default=0, help="core to pin to (-1: do not pin)")
-    parser.add_argument("--sigma", type=Path, default=SIGMA)
+    parser.add_argument("--sigma", type=Path, default=SIGMAHQ_RULES)
     args = parser.parse_args()
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})

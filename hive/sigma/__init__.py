@@ -24,11 +24,13 @@ from ._index import IndexSummary, RuleIndex
 from ._loader import LoadReport, RuleCache, RuleSet, check_rules, load_rules, signature
 from ._suppress import Suppressor, SuppressorStatistics
 
-BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules"
-"""The built-in rule pack (``hive/rules``)."""
+BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules" / "builtin"
+"""The built-in rule pack (``hive/rules/builtin``)."""
+SIGMAHQ_RULES = BUILTIN_RULES.parent / "sigmahq"
+"""SigmaHQ's Linux rules as shipped (``hive/rules/sigmahq``, DRL 1.1: see its NOTICE.md)."""
 
 __all__ = [
-    "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "SUBJECT_FIELDS",
+    "BUILTIN_RULES", "CATEGORIES", "SIGMAHQ_RULES", "FIELDS", "KINDS", "SUBJECT_FIELDS",
     "EngineStatistics", "IndexSummary", "LoadReport", "Rule", "RuleCache", "RuleCost", "RuleEngine",
     "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor", "SuppressorStatistics",
     "check_rules", "load_rules", "sigma_events", "signature",

@@ -1,4 +1,4 @@
-"""Conformance with SigmaHQ's Linux rules (tests/data/sigma, DRL 1.1, read
+"""Conformance with SigmaHQ's Linux rules (hive/rules/sigmahq, DRL 1.1, read
 in place): every rule loads or is reported with a precise reason, and our
 verdicts agree with pySigma's own SQLite backend used as an oracle.
 
@@ -13,7 +13,6 @@ import random
 import re
 import sqlite3
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
@@ -41,9 +40,9 @@ from sigma.types import (
     SpecialChars,
 )
 
-from hive.sigma import FIELDS, KINDS, SigmaEvent, check_rules, load_rules
+from hive.sigma import FIELDS, KINDS, SIGMAHQ_RULES, SigmaEvent, check_rules, load_rules
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "sigma"
+CORPUS = SIGMAHQ_RULES
 TARGET = ("process_creation", "network_connection", "file_event")
 NUMERIC = {"DestinationPort", "SourcePort", "ProcessId", "ParentProcessId", "LogonId", "Uid",
            "Euid", "Gid", "Flags", "Result", "OldId", "NewId", "ChildProcessId"}
