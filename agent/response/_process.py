@@ -3,7 +3,8 @@
 Guardrails: never pid 0/1 or a kernel thread, never the agent, its
 ancestors (its supervisor, init) or its own children.  A pid is only a
 number: between the alert and the kill it may have been reused, so an
-``exe`` given by the playbook must still be what the process runs, and
+``exe`` given by the playbook must still be what the process runs (the
+path as the sensor saw it: in the process's own root), and
 every signal goes through a pidfd opened on the process whose start time
 was seen in the scan (never a bare kill(pid)).
 
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._errors import Refused, ResponseError
+from ._root import runs
 
 _SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
 _FREEZE_ROUNDS = 16
@@ -139,7 +141,8 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
         raise Refused(f"refused: pid {pid} ({root.comm}) is a kernel thread")
     if exe:
         running = exe_of(pid)
-        if running is not None and running != exe:
+        # Its own root may name the file otherwise than the agent's (a chroot).
+        if running is not None and running != exe and not runs(pid, exe):
             raise Refused(f"refused: pid {pid} runs {running}, not {exe}: the pid may have been reused")
     handles = {pid: _open(root)}
     try:
