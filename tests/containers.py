@@ -53,10 +53,12 @@ def busybox_rootfs(root: Path) -> Path:
 class Container:
     """A runc container running ``args``, detached, until the block ends
     (killed and deleted then).  ``netns``: a network namespace to join (a
-    path such as /run/netns/NAME) instead of a new one with only loopback."""
+    path such as /run/netns/NAME) instead of a new one with only loopback.
+    ``annotations``: the bundle's OCI annotations (an image name, say)."""
 
     def __init__(self, where: Path, args: list[str], *, name: str | None = None,
-                 netns: str | None = None, tmpfs_tmp: bool = False) -> None:
+                 netns: str | None = None, tmpfs_tmp: bool = False,
+                 annotations: dict[str, str] | None = None) -> None:
         require()
         self.id = name or f"immune-test-{uuid.uuid4().hex[:12]}"
         self.bundle = Path(where) / self.id
@@ -64,6 +66,7 @@ class Container:
         self.args = args
         self.netns = netns
         self.tmpfs_tmp = tmpfs_tmp
+        self.annotations = annotations or {}
         self.pid = 0
 
     def _config(self) -> dict:
@@ -75,6 +78,8 @@ class Container:
         process["cwd"] = "/"
         config["root"] = {"path": "rootfs", "readonly": False}
         config["hostname"] = self.id[:63]
+        if self.annotations:
+            config["annotations"] = dict(self.annotations)
         if self.tmpfs_tmp:  # what some images do: /tmp its own filesystem
             config["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                                      "options": ["nosuid", "nodev", "mode=1777"]})
