@@ -29,7 +29,7 @@ def hive_children(cfg: Config) -> list[Child]:
         zap_authorizer,
     )
     from hive.playbook import DEFAULT_PLAYBOOKS, playbook_actor
-    from hive.sigma import BUILTIN_RULES
+    from hive.sigma import rule_folders
 
     lay = Layout(cfg.data_dir)
     keys = KeyPair.load_or_create(lay.keys, "hive")
@@ -58,7 +58,7 @@ def hive_children(cfg: Config) -> list[Child]:
         Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
             path=db, correlate=correlate, ingest=ingest, alerts=alerts)),
         Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
-            rule_dirs=[BUILTIN_RULES, *map(Path, cfg.hive.rules)], detect=detect, correlate=correlate)),
+            rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True), detect=detect, correlate=correlate)),
     ]
 
 

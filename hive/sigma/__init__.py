@@ -14,24 +14,22 @@ Drive it from an actor like this::
 mapping and logsources are documented in ``_fields.py``.
 """
 
-from pathlib import Path
-
 from ._compile import Rule, SigmaEvent
 from ._engine import EngineStatistics, RuleCost, RuleEngine
 from ._errors import KINDS, RuleError
 from ._fields import CATEGORIES, FIELDS, SUBJECT_FIELDS, sigma_events
 from ._index import IndexSummary, RuleIndex
 from ._loader import LoadReport, RuleCache, RuleSet, check_rules, load_rules, signature
+from ._sets import (
+    BUILTIN_RULES, SIGMAHQ_RULES, ListedRule, listing, rule_folders, sigmahq_folder, suppression_key,
+)
 from ._suppress import Suppressor, SuppressorStatistics
-
-BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules" / "builtin"
-"""The built-in rule pack (``hive/rules/builtin``)."""
-SIGMAHQ_RULES = BUILTIN_RULES.parent / "sigmahq"
-"""SigmaHQ's Linux rules as shipped (``hive/rules/sigmahq``, DRL 1.1: see its NOTICE.md)."""
+from ._update import Installed, UpdateError, update_sigmahq
 
 __all__ = [
     "BUILTIN_RULES", "CATEGORIES", "SIGMAHQ_RULES", "FIELDS", "KINDS", "SUBJECT_FIELDS",
-    "EngineStatistics", "IndexSummary", "LoadReport", "Rule", "RuleCache", "RuleCost", "RuleEngine",
-    "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor", "SuppressorStatistics",
-    "check_rules", "load_rules", "sigma_events", "signature",
+    "EngineStatistics", "IndexSummary", "Installed", "ListedRule", "LoadReport", "Rule", "RuleCache",
+    "RuleCost", "RuleEngine", "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor",
+    "SuppressorStatistics", "UpdateError", "check_rules", "listing", "load_rules", "rule_folders",
+    "sigma_events", "sigmahq_folder", "signature", "suppression_key", "update_sigmahq",
 ]

@@ -131,10 +131,13 @@ def rule_files(paths: Sequence[Path | str]) -> list[tuple[Path, tuple]]:
         if path.is_file():
             candidates = [path]
         elif path.is_dir():
+            # A linked folder is read through its target of the moment: a swap of the
+            # link (``rules update``) is seen whole, and as a change of every path.
+            root = path.resolve() if path.is_symlink() else path
             candidates = sorted(
-                p for p in path.rglob("*")
+                p for p in root.rglob("*")
                 if p.suffix in SUFFIXES and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
         else:
             raise RuleError("no such file or directory", kind="file", path=path)
