@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wire
+from kmod import ContainerIdentity, Containers, cgroup2_mount
 from wire import fit_text
 
 TOO_LARGE = "too-large"
 """``sha256`` of an executable bigger than the hash limit: not hashed, on purpose."""
 
-ENRICHED = frozenset({"image", "cmdline", "parent_image", "parent_cmdline", "user", "sha256", "unit", "container"})
+ENRICHED = frozenset({"image", "cmdline", "parent_image", "parent_cmdline", "user", "sha256", "unit", "container",
+                      "container_runtime", "container_name", "container_image"})
 """The event fields enrichment writes, and the only ones: the relay fits
 these into the wire's bounds before it spools an event.  The table spells
 the names it reads from the system as the kernel sensor does (a byte that
@@ -38,20 +40,18 @@ has nothing to rewrite.  Only ``Process.exe``, which names the file to
 hash, keeps the bytes (as ``os.fsdecode``'s surrogates)."""
 
 _UNIT = re.compile(r"\.(?:service|scope|socket|mount|swap)$")
-_CONTAINER_ID = re.compile(r"^(?:[a-z][a-z-]*-)?([0-9a-f]{64})(?:\.scope)?$")
-_LXC = re.compile(r"^lxc\.payload\.(.+)$")
 _RECENT_EXITS = 1024
 _CACHE = 4096
 _PATHS_TRIED = 4
 
 
-def parse_cgroup(text: str) -> tuple[str, str, str]:
-    """``(path, unit, container)`` from the text of /proc/PID/cgroup.
+def parse_cgroup(text: str) -> tuple[str, str]:
+    """``(path, unit)`` from the text of /proc/PID/cgroup.
 
     The path is the cgroup v2 one (``0::/...``), else the v1 systemd one.
-    The unit is the innermost systemd unit in it; the container the innermost
-    docker, containerd, CRI-O, podman (64 hex digits) or LXC id; both as the
-    wire spells them (the path keeps its bytes, to be looked up)."""
+    The unit is the innermost systemd unit in it, as the wire spells it (the
+    path keeps its bytes, to be looked up).  The container is
+    ``kmod.Containers``'s to say."""
     path = ""
     for line in text.splitlines():
         hier, _, rest = line.partition(":")
@@ -61,30 +61,11 @@ def parse_cgroup(text: str) -> tuple[str, str, str]:
             break
         if controllers == "name=systemd" or (not path and p):
             path = p
-    unit = container = ""
+    unit = ""
     for part in path.split("/"):
         if _UNIT.search(part):
             unit = part
-        if "conmon" in part:  # podman's and CRI-O's monitor runs beside the container, not in it
-            continue
-        m = _CONTAINER_ID.match(part) or _LXC.match(part)
-        if m:
-            container = m.group(1)
-    return path, fit_text(unit), fit_text(container)
-
-
-def _cgroup2_mount(proc: Path) -> str:
-    """Where cgroup v2 is mounted (/sys/fs/cgroup, or .../unified on hybrid
-    layouts); "" if nowhere, and then cgroup ids are not resolved."""
-    try:
-        with open(proc / "mounts", errors="surrogateescape") as f:  # a mount point may be any bytes
-            for line in f:
-                fields = line.split()
-                if len(fields) > 2 and fields[2] == "cgroup2":
-                    return fields[1]
-    except OSError:
-        pass
-    return ""
+    return path, fit_text(unit)
 
 
 class _Hashing:
@@ -143,7 +124,7 @@ class Process:
                  "hashing")
 
     def __init__(self, pid: int, ppid: int = 0, image: str = "", exe: str = "", cmdline: str = "",
-                 cgroup: int = 0, unit: str = "", container: str = "") -> None:
+                 cgroup: int = 0, unit: str = "", container: ContainerIdentity | None = None) -> None:
         self.pid = pid
         self.ppid = ppid
         self.image = image
@@ -155,6 +136,7 @@ class Process:
         self.cgroup = cgroup
         self.unit = unit
         self.container = container
+        """None on the host."""
         self.sha256: str | None = None
         """None until first needed."""
         self.hashing: _Hashing | None = None
@@ -193,9 +175,12 @@ class ProcessTable:
     """Processes by pid.  :meth:`enrich` both reads and updates it."""
 
     def __init__(self, *, proc: str | os.PathLike = "/proc", cgroup_root: str | os.PathLike | None = None,
-                 max_processes: int = 32768, hash_limit: int = 32 << 20, cmdline_limit: int = 8192) -> None:
+                 max_processes: int = 32768, hash_limit: int = 32 << 20, cmdline_limit: int = 8192,
+                 containers: Containers | None = None) -> None:
         self.proc = Path(proc)
-        self.cgroup_root = str(cgroup_root) if cgroup_root is not None else _cgroup2_mount(self.proc)
+        # "" if cgroup v2 is mounted nowhere: then cgroup ids are not resolved.
+        self.cgroup_root = str(cgroup_root) if cgroup_root is not None else cgroup2_mount(str(self.proc))
+        self.containers = containers or Containers(proc=self.proc, cgroup2=self.cgroup_root)
         self.max_processes = max_processes
         self.hash_limit = hash_limit
         self.cmdline_limit = cmdline_limit
@@ -205,7 +190,8 @@ class ProcessTable:
         self._users: dict[int, str] = {}
         self._hashes: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
         self._to_hash: dict[tuple[int, int, int, int], _Hashing] = {}
-        self._cgroups: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self._cgroups: OrderedDict[int, tuple[str, ContainerIdentity | None]] = OrderedDict()
+        """cgroup id -> (unit, container), for a process seen moving (docker exec)."""
         self._seeded = self._loaded = self._unknown = self._evicted = 0
         self._hashed = self._hash_hits = self._hash_skipped = self._hash_failed = 0
 
@@ -331,7 +317,12 @@ class ProcessTable:
             else:
                 event.sha256 = p.sha256
         event.unit = p.unit
-        event.container = p.container
+        c = p.container
+        if c is not None:
+            event.container = c.id
+            event.container_runtime = c.runtime
+            event.container_name = c.name
+            event.container_image = c.image
         if kind is wire.Fork:
             self._put(p.copy(event.child_pid, event.pid))  # type: ignore[attr-defined]
         elif kind is wire.Exit:
@@ -359,6 +350,9 @@ class ProcessTable:
         p.exe = event.exe or image
         p.cmdline = cmdline
         p.sha256 = p.hashing = None
+        # Asked again at each exec: a runtime writes its state after its
+        # first process is in the container's cgroup (cached by cgroup id).
+        p.container = self.containers.of_pid(p.pid, event.cgroup or p.cgroup)
         if event.ppid:
             p.ppid = event.ppid
         return p
@@ -405,7 +399,8 @@ class ProcessTable:
         if args and args[-1] == b"":
             args.pop()
         cmdline = " ".join(a.decode(errors="replace") for a in args)[:self.cmdline_limit]
-        path, unit, container = parse_cgroup(cgroup_text)
+        path, unit = parse_cgroup(cgroup_text)
+        container = self.containers.identify(cgroup_text)
         cgroup = self._cgroup_id(path)
         if cgroup:
             self._remember_cgroup(cgroup, (unit, container))
@@ -420,7 +415,7 @@ class ProcessTable:
         except OSError:
             return 0
 
-    def _remember_cgroup(self, cgroup: int, info: tuple[str, str]) -> None:
+    def _remember_cgroup(self, cgroup: int, info: tuple[str, ContainerIdentity | None]) -> None:
         self._cgroups[cgroup] = info
         if len(self._cgroups) > _CACHE:
             self._cgroups.popitem(last=False)
@@ -432,10 +427,11 @@ class ProcessTable:
         if info is None:
             try:
                 with open(f"{self.proc}/{p.pid}/cgroup", "rb") as f:
-                    path, unit, container = parse_cgroup(os.fsdecode(f.read()))
+                    text = os.fsdecode(f.read())
             except OSError:
                 return  # gone: keep what we knew
-            info = (unit, container)
+            path, unit = parse_cgroup(text)
+            info = (unit, self.containers.identify(text))
             self._remember_cgroup(self._cgroup_id(path) or cgroup, info)
         p.cgroup = cgroup
         p.unit, p.container = info

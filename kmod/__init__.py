@@ -13,6 +13,7 @@ from kernel records to the wire contract's events.
 from __future__ import annotations
 
 from ._build import build, cache_dir
+from ._containers import RUNTIMES, ContainerIdentity, Containers, ContainerStatistics, cgroup2_mount
 from ._decode import Decoder, Verdicts, verdict_line
 from ._errors import BuildError, KernelError, KmodError, PolicyError, PrivilegeError, ScopeError
 from ._interface import Sensor, SensorStatistics, open_sensor
@@ -22,8 +23,8 @@ from ._reader import reader_actor
 from ._scope import Scope
 
 __all__ = [
-    "DEFAULT_POLICY", "BuildError", "Decoder", "KernelError", "KmodError", "LinuxSensor",
-    "Policy", "PolicyError", "PrivilegeError", "Rule", "Scope", "ScopeError", "Sensor",
-    "SensorStatistics", "Verdicts", "build", "cache_dir", "open_sensor", "reader_actor",
-    "verdict_line",
+    "DEFAULT_POLICY", "RUNTIMES", "BuildError", "ContainerIdentity", "ContainerStatistics", "Containers",
+    "Decoder", "KernelError", "KmodError", "LinuxSensor", "Policy", "PolicyError", "PrivilegeError", "Rule",
+    "Scope", "ScopeError", "Sensor", "SensorStatistics", "Verdicts", "build", "cache_dir", "cgroup2_mount",
+    "open_sensor", "reader_actor", "verdict_line",
 ]

@@ -17,7 +17,9 @@ import pytest
 
 import wire
 from agent import TOO_LARGE, ProcessTable, parse_cgroup
-from agent._proctable import ENRICHED, _cgroup2_mount
+from agent._proctable import ENRICHED
+from kmod import Containers, cgroup2_mount
+from tests import containers
 
 GONE = 4_000_000_000  # beyond any pid_max: never in /proc
 
@@ -201,8 +203,62 @@ def test_notices_from_the_agent_itself_are_left_alone():
     ("0::/init.scope\n", "init.scope", ""),
     ("0::/\n", "", ""),
 ])
-def test_cgroup_lines_give_unit_and_container(text, unit, container):
-    assert parse_cgroup(text)[1:] == (unit, container)
+def test_cgroup_lines_give_unit_and_container(tmp_path, text, unit, container):
+    assert parse_cgroup(text)[1] == unit
+    # No runtime's state in tmp_path: the id is what the cgroup's name says.
+    found = Containers(root=tmp_path, proc=tmp_path, cgroup2=tmp_path).identify(text)
+    assert (found.id if found else "") == container
+
+
+def test_events_of_a_container_carry_its_identity(tmp_path):
+    with containers.Container(tmp_path, ["sleep", "60"],
+                              annotations={"org.opencontainers.image.ref.name": "vllm/vllm-openai:v1"}) as c:
+        table = ProcessTable()
+        table.seed()
+        cgroup = os.stat(f"{table.cgroup_root}/{c.id}").st_ino
+        inside = [wire.Open(pid=c.pid, cgroup=cgroup, path="/etc/hosts"),
+                  wire.Exec(pid=c.pid, cgroup=cgroup, filename="/bin/sleep", exe="/bin/busybox", argv=["sleep"]),
+                  wire.Fork(pid=c.pid, cgroup=cgroup, child_pid=GONE + 50),
+                  wire.Connect(pid=GONE + 50, ppid=c.pid, cgroup=cgroup, address="10.0.0.1", port=443)]
+        table.enrich_all(inside)
+        for ev in inside:
+            assert (ev.container, ev.container_runtime, ev.container_name, ev.container_image) == \
+                (c.id, "runc", c.id, "vllm/vllm-openai:v1"), ev
+        host = wire.Open(pid=os.getpid(), path="/etc/hosts")
+        table.enrich(host)
+        assert (host.container, host.container_runtime, host.container_name, host.container_image) == ("",) * 4
+
+
+def test_a_container_whose_runtime_wrote_its_state_late_is_known_at_its_next_exec(tmp_path):
+    # runc writes state.json once its first process is in the cgroup: a
+    # process seeded in between is known from its next exec on.
+    root = cgroup2_mount("/proc")
+    if not root or not os.access(root, os.W_OK):
+        pytest.skip("needs a writable cgroup v2 mount (root)")
+    name = f"immune-late-{uuid.uuid4().hex[:8]}"
+    os.mkdir(f"{root}/{name}")
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"{root}/{name}/cgroup.procs", "w") as f:
+            f.write(str(child.pid))
+        table = ProcessTable(containers=Containers(root=tmp_path))
+        table.seed()
+        cgroup = os.stat(f"{root}/{name}").st_ino
+        before = wire.Open(pid=child.pid, cgroup=cgroup, path="/etc/hosts")
+        table.enrich(before)
+        assert before.container == ""
+        state = tmp_path / "run/runc" / name / "state.json"
+        state.parent.mkdir(parents=True)
+        state.write_text('{"config": {"labels": ["org.opencontainers.image.ref.name=late:1"]}}')
+        time.sleep(1.05)  # a container without state is asked again after a second
+        after = [wire.Exec(pid=child.pid, cgroup=cgroup, filename="/bin/sleep", exe="/bin/sleep", argv=["sleep"]),
+                 wire.Open(pid=child.pid, cgroup=cgroup, path="/etc/hosts")]
+        table.enrich_all(after)
+        assert [(e.container, e.container_runtime, e.container_image) for e in after] == [(name, "runc", "late:1")] * 2
+    finally:
+        child.kill()
+        child.wait()
+        os.rmdir(f"{root}/{name}")
 
 
 def test_a_process_moved_to_another_cgroup_gets_its_unit():
@@ -298,7 +354,7 @@ def test_enrichment_writes_only_the_fields_it_names(event):
 
 def test_a_cgroup_named_in_bytes_that_are_not_utf8_is_read(tmp_path):
     # Anyone with a delegated cgroup (a systemd user session) may name one so.
-    root = _cgroup2_mount(Path("/proc"))
+    root = cgroup2_mount("/proc")
     if not root or not os.access(root, os.W_OK):
         pytest.skip("needs a writable cgroup v2 mount (root)")
     name = b"immune-" + uuid.uuid4().hex[:8].encode() + b"-\xff.scope"
