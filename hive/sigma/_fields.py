@@ -40,7 +40,18 @@ LogonId                ``uid``: the Linux rules compare it with 0 for root-start
 Uid, Euid, Gid         ``uid``, ``euid``, ``gid``
 Comm                   ``comm``
 Hashes                 ``SHA256=<sha256>`` (Sysmon's form)
-Container, Unit        ``container``, ``unit``
+Unit                   ``unit``: the innermost systemd unit of the process's cgroup
+ContainerId            ``container``: the id (a runtime's 64 hex digits, or the name where
+                       the runtime has no other: runc, crun, LXC, systemd-nspawn);
+                       ``Container`` is the same value, kept for rules written before
+ContainerRuntime       ``container_runtime``: docker, containerd, podman, cri-o, crun, runc,
+                       lxc or systemd-nspawn
+ContainerName          ``container_name``, where the runtime's state names one
+ContainerImage         ``container_image``, as the runtime recorded it (docker: as given
+                       to ``docker run``; Kubernetes: fully qualified, ``docker.io/...``)
+MountNamespace         ``mntns``: the mount namespace's inode number (integer)
+PidNamespace           ``pidns``: the pid namespace's inode number (integer)
+VirtualProcessId       ``vpid``: the pid as the process's own pid namespace sees it
 =====================  ================================================================
 
 Per logsource:
@@ -76,7 +87,8 @@ _WRITE_INTENT = _O_WRONLY | _O_RDWR | _O_CREAT | _O_TRUNC
 _COMMON_FIELDS = frozenset({
     "Agent", "ProcessId", "ParentProcessId", "Image", "CommandLine", "ParentImage",
     "ParentCommandLine", "User", "CurrentDirectory", "LogonId", "Uid", "Euid", "Gid", "Comm",
-    "Hashes", "Container", "Unit",
+    "Hashes", "Container", "Unit", "ContainerId", "ContainerRuntime", "ContainerName", "ContainerImage",
+    "MountNamespace", "PidNamespace", "VirtualProcessId",
 })
 _FILE_FIELDS = _COMMON_FIELDS | {"TargetFilename", "Flags", "Access", "Result"}
 
@@ -119,10 +131,23 @@ def _common(event, fields: dict) -> dict:
         ("Agent", event.agent), ("CommandLine", event.cmdline),
         ("ParentImage", event.parent_image), ("ParentCommandLine", event.parent_cmdline),
         ("User", event.user), ("CurrentDirectory", event.cwd), ("Comm", event.comm),
-        ("Container", event.container), ("Unit", event.unit),
+        ("Unit", event.unit),
     ):
         if value:
             fields[name] = value
+    if event.container:
+        fields["Container"] = fields["ContainerId"] = event.container
+        for name, value in (("ContainerRuntime", event.container_runtime), ("ContainerName", event.container_name),
+                            ("ContainerImage", event.container_image)):
+            if value:
+                fields[name] = value
+    # 0: not known (a kernel that does not say, or an event from an older agent).
+    if event.mntns:
+        fields["MountNamespace"] = event.mntns
+    if event.pidns:
+        fields["PidNamespace"] = event.pidns
+    if event.vpid:
+        fields["VirtualProcessId"] = event.vpid
     if event.sha256:
         fields["Hashes"] = "SHA256=" + event.sha256
     return fields
