@@ -409,6 +409,24 @@ def describe(event: object) -> str:
     return ""
 
 
+def container_label(event: object) -> str:
+    """The container an event ran in, as a person reads it: its name (else
+    the id's first 12 characters) and its image, without the default
+    registry's prefix; "-" on the host."""
+    cid = getattr(event, "container", "")
+    if not cid:
+        return "-"
+    label = event.container_name or cid[:12]  # type: ignore[attr-defined]
+    image = event.container_image  # type: ignore[attr-defined]
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if image.startswith(prefix):
+            image = image[len(prefix):]
+            break
+    if len(image) > 40:
+        image = image[:39] + "\u2026"
+    return f"{label} ({image})" if image else label
+
+
 def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
     import wire
 
@@ -421,10 +439,11 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
         for e in events:
             sys.stdout.buffer.write(enc.encode(e) + b"\n")
         return EXIT_OK
-    table = [("TIME", "AGENT", "KIND", "VERDICT", "PID", "WHAT")]
+    table = [("TIME", "AGENT", "KIND", "VERDICT", "PID", "CONTAINER", "WHAT")]
     for e in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time / 1e9))
-        table.append((stamp, e.agent, type(e).__struct_config__.tag, e.verdict, str(e.pid), describe(e)))
+        table.append((stamp, e.agent, type(e).__struct_config__.tag, e.verdict, str(e.pid), container_label(e),
+                      describe(e)))
     _table(table)
     return EXIT_OK
 
@@ -437,10 +456,11 @@ def cmd_alerts(args: argparse.Namespace, cfg: Config) -> int:
         for a in alerts:
             sys.stdout.buffer.write(enc.encode(a) + b"\n")
         return EXIT_OK
-    table = [("TIME", "AGENT", "LEVEL", "INCIDENT", "TITLE")]
+    table = [("TIME", "AGENT", "LEVEL", "INCIDENT", "CONTAINER", "TITLE")]
     for a in alerts:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.time / 1e9))
-        table.append((stamp, a.agent or "-", a.level, a.incident[:12] or "-", a.title))
+        inside = next((e for e in a.events if getattr(e, "container", "")), None)
+        table.append((stamp, a.agent or "-", a.level, a.incident[:12] or "-", container_label(inside), a.title))
     _table(table)
     return EXIT_OK
 
