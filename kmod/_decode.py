@@ -26,13 +26,14 @@ F_ARGS_TRUNC = 1
 F_PATH_TRUNC = 2
 F_RESOLVED = 8
 F_IN_DIR = 16
+F_UNGUARDED = 32
 RULE_NONE = 0xFFFFFFFF
 COMP_MAX, COMP_LEN, NAME_LEN = 16, 64, 64
 _VERDICTS = ("allow", "audit", "block")
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 _EPERM = -errno.EPERM
 
-_HDR = "<BBHIIIIII4xQQ16s"
+_HDR = "<BBHIIIIIIIQQ16sII"  # struct hdr; vpid after gid, mntns and pidns at the end
 # Header and body in one unpack per record: this is the hot path.
 _EXEC = struct.Struct(_HDR + "iHH256s1280s")
 _PATHBUF = struct.Struct(f"<H6x{COMP_MAX * COMP_LEN}s")
@@ -155,7 +156,7 @@ class Decoder:
     # passing it as **kwargs costs a third of the time per event.
 
     def _exec(self, rec, at) -> Exec:
-        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, vpid, ts, cgroup, comm, mntns, pidns,
          result, args_len, _, filename, args) = _EXEC.unpack_from(rec, at)
         truncated = bool(flags & F_PATH_TRUNC)
         argv = args[:args_len].split(b"\0")
@@ -173,33 +174,39 @@ class Decoder:
             exe = exe or fit_text(path, MAX_PATH)
         else:
             # No verdict noted: refused anyway (another agent's fanotify group
-            # answered first), or let through (failed open), or failed otherwise.
+            # answered first), or let through (failed open, or from a filesystem
+            # the guard had not marked yet), or failed otherwise.
             r = self._policy(gen).match_exec(exe or filename, with_hash=False)
-            if r is not None:
+            if flags & F_UNGUARDED:  # fanotify was never asked; the rule it would have met
+                verdict, rule = "unguarded", r.name if r else ""
+            elif r is not None:
                 verdict = "block" if r.action == "block" and result == _EPERM else "audit"
                 rule = r.name
         return Exec(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
-                    gid=gid, comm=self._str(comm), cgroup=cgroup,
-                    filename=filename, exe=exe, argv=[a.decode(errors="replace") for a in argv],
+                    gid=gid, comm=self._str(comm), cgroup=cgroup, mntns=mntns, pidns=pidns,
+                    vpid=vpid, filename=filename, exe=exe,
+                    argv=[a.decode(errors="replace") for a in argv],
                     argv_truncated=bool(flags & F_ARGS_TRUNC), result=result,
                     cwd=_join(rec, at + _CWD_OFF, truncated), verdict=verdict, rule=rule)
 
     def _fork(self, rec, at) -> Fork:
-        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, vpid, ts, cgroup, comm, mntns, pidns,
          child) = _FORK.unpack_from(rec, at)
         r = self._policy(gen).match_fork()
         return Fork(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
-                    gid=gid, comm=self._str(comm), cgroup=cgroup, child_pid=child,
-                    verdict="audit" if r else "allow", rule=r.name if r else "")
+                    gid=gid, comm=self._str(comm), cgroup=cgroup, mntns=mntns, pidns=pidns,
+                    vpid=vpid, child_pid=child, verdict="audit" if r else "allow",
+                    rule=r.name if r else "")
 
     def _exit(self, rec, at) -> Exit:
-        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, vpid, ts, cgroup, comm, mntns, pidns,
          status) = _EXIT.unpack_from(rec, at)
         return Exit(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
-                    gid=gid, comm=self._str(comm), cgroup=cgroup, code=wait_status_code(status))
+                    gid=gid, comm=self._str(comm), cgroup=cgroup, mntns=mntns, pidns=pidns,
+                    vpid=vpid, code=wait_status_code(status))
 
     def _open(self, rec, at) -> Open | None:
-        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, vpid, ts, cgroup, comm, mntns, pidns,
          result, oflags, _, count, path_len, _) = _OPEN.unpack_from(rec, at)
         start = at + _OPEN.size
         if flags & F_RESOLVED:  # by a relative path: the file's own path
@@ -220,21 +227,23 @@ class Decoder:
             if result == _EPERM:
                 verdict = "block"
         return Open(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
-                    gid=gid, comm=self._str(comm), cgroup=cgroup, path=path, flags=oflags,
-                    result=result, count=count, verdict=verdict, rule=rule)
+                    gid=gid, comm=self._str(comm), cgroup=cgroup, mntns=mntns, pidns=pidns,
+                    vpid=vpid, path=path, flags=oflags, result=result, count=count,
+                    verdict=verdict, rule=rule)
 
     def _setid(self, rec, at) -> SetId:
-        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, vpid, ts, cgroup, comm, mntns, pidns,
          call_code, old, new, result) = _SETID.unpack_from(rec, at)
         call = SETID_CALLS[call_code - 1] if 1 <= call_code <= len(SETID_CALLS) else str(call_code)
         old, new = _id(old), _id(new)
         r = self._policy(gen).match_setid(call, new)
         return SetId(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
-                     gid=gid, comm=self._str(comm), cgroup=cgroup, call=call, old=old, new=new,
+                     gid=gid, comm=self._str(comm), cgroup=cgroup, mntns=mntns, pidns=pidns,
+                     vpid=vpid, call=call, old=old, new=new,
                      result=result, verdict="audit" if r else "allow", rule=r.name if r else "")
 
     def _sock(self, rec, at) -> Connect | Bind:
-        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, ts, cgroup, comm,
+        (kind, flags, gen, pid, tid, ppid, uid, euid, gid, vpid, ts, cgroup, comm, mntns, pidns,
          family, port, proto, verdict, _, rule_id, addr) = _SOCK.unpack_from(rec, at)
         rule = ""
         if rule_id != RULE_NONE:  # generation << 16 | index, see Policy.sock_entries
@@ -243,7 +252,8 @@ class Decoder:
             rule = r.name if r else ""
         cls = Connect if kind == K_CONNECT else Bind
         return cls(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
-                   gid=gid, comm=self._str(comm), cgroup=cgroup, family=family,
+                   gid=gid, comm=self._str(comm), cgroup=cgroup, mntns=mntns, pidns=pidns,
+                   vpid=vpid, family=family,
                    protocol=PROTOCOL_NAMES.get(proto) or str(proto), address=address_text(family, addr),
                    port=port, verdict=_VERDICTS[verdict] if verdict < 3 else "allow", rule=rule)
 
@@ -261,14 +271,14 @@ def endpoint_text(family: int, address: str, port: int) -> str:
     return f"[{address}]:{port}" if family == 10 else f"{address}:{port}"
 
 
+_TAGS = {"block": "BLOCKED", "audit": "AUDIT", "unguarded": "UNGUARDED"}
+
+
 def verdict_line(event: Event) -> str | None:
-    """The seed's line for a BLOCK or AUDIT verdict, e.g.
+    """The seed's line for a BLOCK, AUDIT or UNGUARDED verdict, e.g.
     ``IMMUNE: [BLOCKED] exec /tmp/test.sh (pid=3158)``; None otherwise."""
-    if event.verdict == "block":
-        tag = "BLOCKED"
-    elif event.verdict == "audit":
-        tag = "AUDIT"
-    else:
+    tag = _TAGS.get(event.verdict)
+    if tag is None:
         return None
     if isinstance(event, Exec):
         what = f"exec {event.filename}"

@@ -29,7 +29,7 @@ from ._system import ensure_tracefs, require_btf, require_root
 log = logging.getLogger("kmod")
 
 # struct sensor_config in kmod/bpf/sensor.h
-_CONFIG = struct.Struct(f"<IIQQQIIQIIQ{max(KINDS) + 1}Q")
+_CONFIG = struct.Struct(f"<IIQQQIIQIIQ{max(KINDS) + 1}QII")
 
 # How much of the ring buffer each kind's records may fill (the kernel's
 # ring_limit; kmod/bpf/sensor.bpf.c, within_limit).  The cheaper a call is to
@@ -111,13 +111,17 @@ class LinuxSensor(Sensor):
 
     ``ring_size``: the one ring buffer's bytes, of which each kind of event
     may fill only its share (``RING_SHARES``), so that a storm of opens never
-    takes the room of an exec."""
+    takes the room of an exec.
+
+    ``namespaces``: every event carries the task's mount and pid namespaces
+    and its pid as its own pid namespace sees it (``mntns``, ``pidns``,
+    ``vpid``); False leaves them 0 (bench/bench_sensor.py measures the cost)."""
 
     def __init__(self, policy: Policy | str | os.PathLike | None = None, *,
                  scope: Scope | str | None = None, exclude_pids: Iterable[int] = (),
                  exclude_self: bool = True, ring_size: int = 16 << 20, latency: float = 0.02,
                  wake_bytes: int | None = None, watchdog_bound: float = 0.25,
-                 fold: float = 1.0):
+                 fold: float = 1.0, namespaces: bool = True):
         if ring_size < 1 << 16 or ring_size & (ring_size - 1):
             raise ValueError(f"ring_size must be a power of two of at least 64 KiB, not {ring_size}")
         if not 0 < latency <= 10:
@@ -136,6 +140,7 @@ class LinuxSensor(Sensor):
                              for code in range(max(KINDS) + 1)]
         self._latency = latency
         self._fold = fold
+        self._namespaces = bool(namespaces)
         self._flush_at: float | None = None  # when to send the folds of quiet threads
         self._flush_more = False  # an open was reported after that flush was set
         self._n_dirs = 0  # entries in the kernel's watched_dirs
@@ -355,7 +360,7 @@ class LinuxSensor(Sensor):
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
                              int(self._latency * 1e9), len(self._excluded), heads,
                              int(self._fold * 1e9), self._n_dirs, *_cgroup_place(r),
-                             *self._ring_limits)
+                             *self._ring_limits, self._namespaces, 0)
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:

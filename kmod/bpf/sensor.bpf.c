@@ -156,7 +156,45 @@ struct {
 	__type(value, struct open_rec);
 } open_scratch SEC(".maps");
 
+/* The exec guard (kmod/_fanotify.py): the superblocks (device, the
+ * kernel's encoding) it has marked for FAN_OPEN_EXEC_PERM, whether it is
+ * on at all, and when an exec from each superblock it had not marked last
+ * asked the marker to mark it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} guarded_devs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} exec_guard SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u64);
+} unguarded_asked SEC(".maps");
+
+/* struct mount_rec for the guard's marker thread, apart from the events:
+ * its news must not wait behind a backlog of events, nor for anyone to
+ * drain them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 10);
+} mounts SEC(".maps");
+
 __u64 last_wake = 0;
+
+/* Kernel memory through a plain pointer, read with direct loads (which fault
+ * safely) instead of a helper call per field. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define KERNEL(type, p) ((type *)bpf_rdonly_cast((p), bpf_core_type_id_kernel(type)))
 
 static __always_inline struct sensor_config *get_config(void)
 {
@@ -202,7 +240,7 @@ static __always_inline __u64 wake_flags(struct sensor_config *c, __u64 size, int
 static __always_inline int within_limit(struct sensor_config *c, __u32 kind, __u64 size)
 {
 	__u64 after = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + BPF_RINGBUF_HDR_SZ;
-	return after <= c->ring_limit[kind & (K_MAX - 1)];
+	return after <= c->ring_limit[kind & (RING_KINDS - 1)];
 }
 
 /* A record of this kind and size to fill and submit, or NULL: no room for
@@ -259,6 +297,25 @@ static __always_inline void remember_ids(struct task_struct *t)
 	}
 }
 
+/* The task's mount and pid namespaces and its pid as seen in its own pid
+ * namespace: direct loads, no helper call (see bench/bench_sensor.py for
+ * what they cost). */
+static __always_inline void fill_ns(struct hdr *h, struct task_struct *task, struct sensor_config *c)
+{
+	if (!c->ns_ids) {
+		h->vpid = h->mntns = h->pidns = 0;
+		return;
+	}
+	struct task_struct *t = KERNEL(struct task_struct, task);
+	h->mntns = t->nsproxy->mnt_ns->ns.inum;  /* 0 if nsproxy is gone (a load of NULL reads 0) */
+	struct pid *p = t->group_leader->thread_pid;
+	__u32 level = p->level & 31;  /* MAX_PID_NS_LEVEL */
+	struct upid *u = KERNEL(struct upid, (void *)p + bpf_core_field_offset(struct pid, numbers) +
+					     level * sizeof(struct upid));
+	h->vpid = u->nr;
+	h->pidns = u->ns->ns.inum;
+}
+
 static __always_inline void fill_hdr(struct hdr *h, __u8 kind, struct sensor_config *c)
 {
 	struct task_struct *t = (void *)bpf_get_current_task();
@@ -274,10 +331,10 @@ static __always_inline void fill_hdr(struct hdr *h, __u8 kind, struct sensor_con
 	h->uid = (__u32)ug;
 	h->gid = ug >> 32;
 	h->euid = BPF_CORE_READ(t, cred, euid.val);
-	h->_pad = 0;
 	h->ts = bpf_ktime_get_boot_ns();
 	h->cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
+	fill_ns(h, t, c);
 }
 
 /* Walk a path's dentries up to the task's root, crossing mounts, keeping the
@@ -384,6 +441,104 @@ static __always_inline struct pt_regs *user_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
+/* ---- the exec guard's news ----------------------------------------------
+ *
+ * fanotify refuses an exec only from a filesystem the guard has marked
+ * (FAN_MARK_FILESYSTEM, one superblock at a time), and a container runtime
+ * or `unshare -m` mounts new ones (an overlay root, a tmpfs /tmp) in mount
+ * namespaces of their own at any time.  So every mount call that succeeds
+ * wakes the guard's marker at once to mark what is new in the caller's mount
+ * namespace, and an exec from a superblock it has not marked yet (it came
+ * first, or no mount call was seen) is flagged F_UNGUARDED and wakes it too. */
+
+static __always_inline void tell_marker(__u8 call, __s32 result, __u32 dev)
+{
+	struct mount_rec *r = bpf_ringbuf_reserve(&mounts, sizeof(*r), 0);
+	if (!r) {
+		count_drops(K_MOUNT, 1);
+		return;
+	}
+	struct task_struct *t = KERNEL(struct task_struct, (void *)bpf_get_current_task());
+	r->kind = K_MOUNT;
+	r->call = call;
+	r->_pad = 0;
+	r->pid = bpf_get_current_pid_tgid() >> 32;
+	r->ppid = t->real_parent->tgid;
+	r->mntns = t->nsproxy->mnt_ns->ns.inum;
+	r->result = result;
+	r->dev = dev;
+	r->ts = bpf_ktime_get_boot_ns();
+	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);  /* not the events' 20 ms batching */
+}
+
+SEC("tracepoint/syscalls/sys_exit_mount")
+int exit_mount(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret == 0)
+		tell_marker(M_MOUNT, 0, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_move_mount")
+int exit_move_mount(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret == 0)
+		tell_marker(M_MOVE_MOUNT, 0, 0);
+	return 0;
+}
+
+/* A detached mount, reachable only through the returned fd until it is
+ * moved into place, and already a way to exec (execveat on the fd). */
+SEC("tracepoint/syscalls/sys_exit_fsmount")
+int exit_fsmount(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret >= 0)
+		tell_marker(M_FSMOUNT, ctx->ret, 0);
+	return 0;
+}
+
+/* No new superblock, but cheap: a mount made executable again is looked at. */
+SEC("tracepoint/syscalls/sys_exit_mount_setattr")
+int exit_mount_setattr(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret == 0)
+		tell_marker(M_MOUNT_SETATTR, 0, 0);
+	return 0;
+}
+
+#define SB_KERNMOUNT (1 << 22)
+#define SB_NOUSER (1 << 31)
+#define ASK_AGAIN_NS 1000000000ULL
+
+/* Is the image the current task just exec'd on a superblock the guard has
+ * not marked, while the guard is on?  Then ask the marker (at most once a
+ * second per superblock).  Superblocks no path reaches (memfd, the kernel's
+ * internal mounts) can never be marked: not flagged. */
+static __always_inline int exec_unguarded(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&exec_guard, &zero);
+	if (!on || !*on)
+		return 0;
+	struct task_struct *t = KERNEL(struct task_struct, (void *)bpf_get_current_task());
+	struct super_block *sb = t->mm->exe_file->f_inode->i_sb;
+	if (!sb)
+		return 0;
+	sb = KERNEL(struct super_block, sb);
+	if (sb->s_flags & (SB_KERNMOUNT | SB_NOUSER))
+		return 0;
+	__u32 dev = sb->s_dev;
+	if (bpf_map_lookup_elem(&guarded_devs, &dev))
+		return 0;
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 *asked = bpf_map_lookup_elem(&unguarded_asked, &dev);
+	if (!asked || now - *asked >= ASK_AGAIN_NS) {
+		bpf_map_update_elem(&unguarded_asked, &dev, &now, BPF_ANY);
+		tell_marker(M_UNGUARDED, 0, dev);
+	}
+	return 1;
+}
+
 /* ---- exec ---------------------------------------------------------------- */
 
 /* A failed exec is reported here; a successful one at sched_process_exec. */
@@ -483,6 +638,8 @@ int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 		len = 0;
 	r->args_len = len;
 	r->h.flags |= read_exe_cwd(r, 1);
+	if (exec_unguarded())
+		r->h.flags |= F_UNGUARDED;
 	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	return 0;
 }
@@ -567,7 +724,7 @@ static __always_inline void send_folds(struct task_struct *t, struct sensor_conf
 	r->h.uid = BPF_CORE_READ(t, cred, uid.val);
 	r->h.euid = BPF_CORE_READ(t, cred, euid.val);
 	r->h.gid = BPF_CORE_READ(t, cred, gid.val);
-	r->h._pad = 0;
+	fill_ns(&r->h, t, c);
 	r->h.ts = f->last;
 	r->h.cgroup = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
 	BPF_CORE_READ_STR_INTO(&r->h.comm, t, comm);
@@ -666,11 +823,6 @@ int BPF_PROG(on_exit, struct task_struct *task)
 /* ---- open -------------------------------------------------------------- */
 
 #define DIR_DEPTH 8
-
-/* Kernel memory through a plain pointer, read with direct loads (which fault
- * safely) instead of a helper call per field. */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
-#define KERNEL(type, p) ((type *)bpf_rdonly_cast((p), bpf_core_type_id_kernel(type)))
 
 #define AT_FDCWD -100
 

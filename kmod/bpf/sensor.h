@@ -23,8 +23,11 @@ enum kind {
 	K_SETID,
 	K_CONNECT,
 	K_BIND,
+	K_MOUNT,      /* struct mount_rec, on the mounts ring only */
 	K_MAX,
 };
+
+#define RING_KINDS 8      /* ring_limit: the kinds of the events ring (K_EXEC..K_BIND) */
 
 enum verdict { V_ALLOW = 0, V_AUDIT = 1, V_BLOCK = 2 };
 enum scope { S_MACHINE = 0, S_CGROUP = 1, S_NETNS = 2 };
@@ -41,6 +44,7 @@ enum setid_call {
 #define F_FOLDED 4       /* an open record standing for `count` identical opens */
 #define F_RESOLVED 8     /* an open by a relative path: struct open_resolved_rec */
 #define F_IN_DIR 16      /* ... that failed: `resolved` is the directory, `name` the name given */
+#define F_UNGUARDED 32   /* an exec from a filesystem the exec guard had not marked */
 
 struct sensor_config {
 	__u32 scope;
@@ -54,7 +58,9 @@ struct sensor_config {
 	__u32 watched_dirs;   /* entries in watched_dirs */
 	__u32 cgroup_level;   /* S_CGROUP: the scope cgroup's depth below the root */
 	__u64 cgroup_id;      /* S_CGROUP: its id (the inode of its directory) */
-	__u64 ring_limit[K_MAX];  /* by kind: queue a record only while the ring holds less */
+	__u64 ring_limit[RING_KINDS];  /* by kind: queue a record only while the ring holds less */
+	__u32 ns_ids;         /* 1: fill the headers' namespace fields */
+	__u32 _pad;
 };
 
 struct hdr {
@@ -67,10 +73,12 @@ struct hdr {
 	__u32 uid;
 	__u32 euid;
 	__u32 gid;
-	__u32 _pad;
+	__u32 vpid;           /* pid as the task's own pid namespace sees it */
 	__u64 ts;             /* CLOCK_BOOTTIME ns */
 	__u64 cgroup;
 	char comm[16];
+	__u32 mntns;          /* inode numbers of the task's mount namespace */
+	__u32 pidns;          /* ... and of its (active) pid namespace */
 };
 
 struct pathbuf {
@@ -166,6 +174,29 @@ struct sock_rec {
 	__u8 addr[16];        /* network byte order; IPv4 in the first 4 bytes */
 	__u32 _pad2;
 };
+
+/* The exec guard's news, on a ring of its own (the mounts ring) read by
+ * the guard's marker thread: a mount call that succeeded (the namespace
+ * may hold a filesystem not marked yet), or an exec from a filesystem not
+ * marked (M_UNGUARDED).  Each wakes the marker at once. */
+enum mount_call {
+	M_MOUNT = 1, M_MOVE_MOUNT, M_FSMOUNT, M_MOUNT_SETATTR, M_UNGUARDED,
+};
+
+struct mount_rec {
+	__u8 kind;            /* K_MOUNT */
+	__u8 call;            /* enum mount_call */
+	__u16 _pad;
+	__u32 pid;
+	__u32 ppid;           /* asked too if pid is gone by then (mount(8) exits at once) */
+	__u32 mntns;
+	__s32 result;         /* M_FSMOUNT: the new mount's fd in pid */
+	__u32 dev;            /* M_UNGUARDED: the superblock (kernel encoding) */
+	__u64 ts;             /* CLOCK_BOOTTIME ns */
+};
+
+/* guarded_devs values */
+#define G_MARKED 1
 
 /* LPM keys: [hook, proto, port_hi, port_lo] then the address, so one
  * trie holds both hooks and "any protocol/port" is the value 0. */

@@ -16,9 +16,9 @@ OFFSET = 1_000_000_000_000
 
 
 def hdr(kind, pid=100, tid=None, ppid=1, uid=0, euid=0, gid=0, gen=0, flags=0, ts=5,
-        cgroup=7, comm=b"cmd"):
-    return struct.pack("<BBHIIIIII4xQQ16s", kind, flags, gen, pid, tid or pid, ppid, uid, euid,
-                       gid, ts, cgroup, comm)
+        cgroup=7, comm=b"cmd", vpid=None, mntns=4026531841, pidns=4026531836):
+    return struct.pack("<BBHIIIIIIIQQ16sII", kind, flags, gen, pid, tid or pid, ppid, uid, euid,
+                       gid, pid if vpid is None else vpid, ts, cgroup, comm, mntns, pidns)
 
 
 def pathbuf(path: str) -> bytes:
@@ -93,6 +93,36 @@ def test_exec_refused_before_our_responder_saw_it_is_still_blocked(decoder):
     assert (ev.verdict, ev.rule, ev.exe) == ("block", "exec-from-temp", "")
     other = decoder.decode(exec_rec("/tmp/x", ["/tmp/x"], result=-errno.EACCES, exe=""))
     assert other.verdict == "audit"
+
+
+def test_every_record_carries_its_namespaces(decoder):
+    records = [exec_rec("/bin/a", ["a"], pid=4242), open_rec("/etc/shadow", pid=4242),
+               sock_rec(6, socket.AF_INET, "10.0.0.1", 80), hdr(5) + struct.pack("<IIIi", 1, 0, 1, 0),
+               hdr(2) + struct.pack("<I4x", 11), hdr(3) + struct.pack("<i4x", 0)]
+    for rec in records:
+        rec = rec[:28] + struct.pack("<I", 7) + rec[32:64] + struct.pack("<II", 4026532174, 4026532175) \
+            + rec[72:]
+        ev = decoder.decode(rec)
+        assert (ev.vpid, ev.mntns, ev.pidns) == (7, 4026532174, 4026532175), type(ev)
+
+
+def unguarded_exec(filename, exe, **kw):
+    return exec_rec(filename, [filename], exe=exe, flags=32, ts=later(), **kw)
+
+
+def test_exec_from_a_filesystem_not_marked_yet_is_unguarded(decoder):
+    """The kernel flags an exec whose file is on a superblock the guard had
+    not marked: fanotify was never asked, so the verdict says that, and the
+    rule is the one that would have applied."""
+    ev = decoder.decode(unguarded_exec("/tmp/sh", "/tmp/sh", pid=3170))
+    assert (ev.verdict, ev.rule, ev.result) == ("unguarded", "exec-from-temp", 0)
+    assert verdict_line(ev) == "IMMUNE: [UNGUARDED] exec /tmp/sh (pid=3170)"
+    other = decoder.decode(unguarded_exec("/opt/app/run", "/opt/app/run"))
+    assert (other.verdict, other.rule) == ("unguarded", "")
+    # a verdict fanotify noted wins: that exec was guarded after all
+    decoder.verdicts.record("exec", 3171, "exec-from-temp", "audit", "/tmp/sh")
+    seen = decoder.decode(unguarded_exec("/tmp/sh", "/tmp/sh", pid=3171))
+    assert (seen.verdict, seen.rule) == ("audit", "exec-from-temp")
 
 
 def test_truncation_flags(decoder):
