@@ -25,7 +25,7 @@ import wire
 from actors import Context, log_event
 
 from ._actors import DETECT, INGEST, internal_codec
-from ._messages import IncidentUpdate, Ingest
+from ._messages import IncidentUpdate, Ingest, Repeat
 from ._store import Store, StoreError
 from ._store_actor import Backlog
 
@@ -108,7 +108,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             st = engine.statistics()
             ctx.stats.extra.update(evaluated=st.evaluated, matched=st.matched,
                                    suppressed=st.suppression.suppressed,
-                                   slowest_rules=_costs(st.slowest))
+                                   slowest_rules=_costs(st.slowest), rule_hits=format_hits(engine.hits()))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(housekeeping)
@@ -131,7 +131,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                                   slowest=_costs(engine.slowest()))
                 send(batch, "events")
                 for alert in alerts:
-                    _count(ctx, "alerts")
+                    _count(ctx, "repeats" if isinstance(alert, Repeat) else "alerts")
                     send(alert, "alerts", ALERT_RESERVE)
 
 
@@ -151,6 +151,22 @@ def _report_rules(ctx: Context, report: Any, logged: set[str]) -> set[str]:
     ctx.stats.extra.update(rules_loaded=report.loaded, rules_refused=report.failed)
     log_event(ctx.log, "rules.loaded", loaded=report.loaded, refused=report.failed, files=report.files)
     return refused
+
+
+def format_hits(hits: dict[str, int]) -> str:
+    """The sentinel's hits per rule for its statistics (``rule_hits``), which
+    ``immune-node rules list`` reads: ``id=count`` for each rule that hit."""
+    return " ".join(f"{rule}={n}" for rule, n in sorted(hits.items()))
+
+
+def parse_hits(text: str) -> dict[str, int]:
+    """``format_hits`` read back."""
+    hits = {}
+    for item in text.split():
+        rule, _, n = item.rpartition("=")
+        if rule and n.isdigit():
+            hits[rule] = int(n)
+    return hits
 
 
 def _costs(slowest: Any) -> str:
@@ -179,9 +195,11 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
     recent: collections.OrderedDict[str, wire.Alert] = collections.OrderedDict()
     task_status.started()
 
-    async def publish(alerts: list[wire.Alert]) -> None:
+    async def publish(alerts: list[wire.Alert | Repeat]) -> None:
         for alert in alerts:
             await to_store.send(alert)
+            if isinstance(alert, Repeat):
+                continue  # counted on its alert; the playbook acted on that one already
             recent[alert.id] = alert
             if len(recent) > _RECENT_ALERTS:
                 recent.popitem(last=False)
@@ -209,7 +227,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
         async with trio.open_nursery() as nursery:
             nursery.start_soon(housekeeping)
             while True:
-                out: list[wire.Alert] = []
+                out: list[wire.Alert | Repeat] = []
                 for msg in await inbox.recv(max_bytes=BURST_BYTES):
                     if isinstance(msg, Ingest):
                         for event in msg.events:
@@ -217,7 +235,10 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                     elif isinstance(msg, wire.Alert):
                         msg.incident = hosts.observe_alert(msg)
                         out.append(msg)
-                _count(ctx, "alerts", len(out))
+                    elif isinstance(msg, Repeat):
+                        out.append(msg)
+                        _count(ctx, "repeats")
+                _count(ctx, "alerts", sum(isinstance(m, wire.Alert) for m in out))
                 await publish(out)
     finally:
         store.close()

@@ -66,10 +66,23 @@ class Result(_Msg, tag="result"):
     result: wire.CommandResult
 
 
+class Repeat(_Msg, tag="repeat"):
+    """Sentinel -> correlate -> store: a hit of a rule within its suppression window
+    (``hive.sigma.RuleEngine``), counted on the alert it repeats, which keeps its
+    events up to a bound (``Store``).  It never reaches the playbook, which acted
+    on that alert already."""
+
+    alert: str
+    """The id of the alert it repeats."""
+    time: NonNegative
+    """When it happened (ns): the alert's last seen from now on."""
+    events: Annotated[list[wire.AnyEvent], msgspec.Meta(max_length=wire.MAX_BATCH)] = []
+
+
 class IncidentUpdate(_Msg, tag="incident"):
     """Correlate -> store: an incident opened or grew."""
 
     incident: Incident
 
 
-InternalMessage = Ingest | Stored | AgentSeen | Deliver | Result | wire.Alert | IncidentUpdate
+InternalMessage = Ingest | Stored | AgentSeen | Deliver | Result | wire.Alert | Repeat | IncidentUpdate

@@ -45,7 +45,7 @@ import wire
 
 from hive.correlate import Incident
 
-from ._messages import AgentSeen, Ingest, Stored
+from ._messages import AgentSeen, Ingest, Repeat, Stored
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,9 +118,25 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE agents ADD COLUMN wire_version INTEGER")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3]
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    # A hit within an alert's suppression window is counted on it (issue 12):
+    # how many hits the alert stands for, and when the latest happened.
+    db.execute("ALTER TABLE alerts ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE alerts ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE alerts SET last_seen = time")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+ALERT_EVENTS = 16
+"""Events an alert keeps: its own, then those of its first repeats.  Later
+repeats only raise its count and last seen: a rule hitting in a loop costs the
+store two integers per hit, not a growing row, and the first steps of an attack
+are the ones kept (every event is in the events table as well, by its time)."""
+ALERT_BYTES = 1 << 20
+"""An alert's stored body stays under this whatever its repeats' events weigh."""
 
 
 class StoreError(Exception):
@@ -161,7 +177,8 @@ class Ingested:
     """Agent batches that could not be stored on their own, with why; each
     was replaced by a ``batch_refused`` notice and counts as stored."""
     dropped: int = 0
-    """The hive's own events, alerts and incidents that could not be stored."""
+    """The hive's own events, alerts and incidents that could not be stored,
+    and repeats of alerts not in the store."""
 
 
 @dataclass
@@ -295,10 +312,10 @@ class Store:
 
     # -- events ----------------------------------------------------------------
 
-    def ingest(self, batches: Sequence[Ingest], alerts: Sequence[wire.Alert] = (),
+    def ingest(self, batches: Sequence[Ingest], alerts: Sequence[wire.Alert | Repeat] = (),
                incidents: Sequence[Incident] = ()) -> Ingested:
-        """Write every batch that is next in its stream, and the alerts and
-        incidents given, in one transaction.  If some of it is data SQLite
+        """Write every batch that is next in its stream, and the alerts (a
+        repeat counted on its alert) and incidents given, in one transaction.  If some of it is data SQLite
         refuses, each batch and record is written on its own instead, so one
         bad batch cannot hold back the others: an agent's batch that cannot
         be stored is replaced by a ``batch_refused`` notice (so its stream
@@ -314,7 +331,7 @@ class Store:
         for one in [([a], []) for a in alerts] + [([], [i]) for i in incidents]:
             try:
                 with self._tx() as db:
-                    self._write_records(db, *one)
+                    out.dropped += self._write_records(db, *one)
             except StoreDataError:
                 out.dropped += 1
         for b in batches:
@@ -333,11 +350,11 @@ class Store:
             out.stored += part.stored
         return out
 
-    def _ingest(self, db: sqlite3.Connection, batches: Sequence[Ingest], alerts: Sequence[wire.Alert],
+    def _ingest(self, db: sqlite3.Connection, batches: Sequence[Ingest], alerts: Sequence[wire.Alert | Repeat],
                 incidents: Sequence[Incident]) -> Ingested:
         out = Ingested()
         rows: list[tuple] = []
-        self._write_records(db, alerts, incidents)
+        out.dropped += self._write_records(db, alerts, incidents)
         marks: dict[tuple[str, str], int] = {}
         counts: dict[tuple[str, str], int] = {}
         for b in batches:
@@ -390,18 +407,48 @@ class Store:
         )
 
     @staticmethod
-    def _write_records(db: sqlite3.Connection, alerts: Sequence[wire.Alert], incidents: Sequence[Incident]) -> None:
-        db.executemany(
-            "INSERT INTO alerts(id, time, agent, rule_id, title, level, incident, body) VALUES(?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(id) DO UPDATE SET incident=excluded.incident, body=excluded.body",
-            [(a.id, a.time or time.time_ns(), a.agent, a.rule_id, a.title, a.level, a.incident, _encode_event(a))
-             for a in alerts])
+    def _write_records(db: sqlite3.Connection, alerts: Sequence[wire.Alert | Repeat],
+                       incidents: Sequence[Incident]) -> int:
+        """Returns how many repeats were of alerts not in the store."""
+        orphans = 0
+        for a in alerts:  # in order: a repeat may follow its alert
+            if isinstance(a, Repeat):
+                orphans += not Store._count_repeat(db, a)
+                continue
+            when = a.time or time.time_ns()
+            # Written again (correlate filing it under an incident): only the
+            # incident changes; the body holds the events of its repeats.
+            db.execute(
+                "INSERT INTO alerts(id, time, agent, rule_id, title, level, incident, body, count, last_seen) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET incident=excluded.incident",
+                (a.id, when, a.agent, a.rule_id, a.title, a.level, a.incident, _encode_event(a), a.count,
+                 max(a.last_seen, when)))
         db.executemany(
             "INSERT INTO incidents(id, updated, body) VALUES(?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET updated=excluded.updated, body=excluded.body",
             # The wall clock of this write: an incident's own ``updated`` is
             # the correlator's monotonic clock.
             [(i.id, time.time(), _encode_event(i)) for i in incidents])
+        return orphans
+
+    @staticmethod
+    def _count_repeat(db: sqlite3.Connection, r: Repeat) -> bool:
+        """Count ``r`` on its alert, keeping its events within ALERT_EVENTS and
+        ALERT_BYTES; False if the alert is not in the store."""
+        row = db.execute("SELECT count, body FROM alerts WHERE id=?", (r.alert,)).fetchone()
+        if row is None:
+            return False
+        db.execute("UPDATE alerts SET count=count+1, last_seen=max(last_seen, ?) WHERE id=?", (r.time, r.alert))
+        if row[0] >= ALERT_EVENTS or not r.events:
+            return True  # its events are full: each repeat before added one at least
+        alert = _decode_alert(row[1])
+        room = ALERT_EVENTS - len(alert.events)
+        if room > 0:
+            alert.events.extend(r.events[:room])
+            body = _encode_event(alert)
+            if len(body) <= ALERT_BYTES:
+                db.execute("UPDATE alerts SET body=? WHERE id=?", (body, r.alert))
+        return True
 
     def alerts(self, *, agent: str | None = None, since: int | None = None, level: str | None = None,
                limit: int = 100) -> list[wire.Alert]:
@@ -414,9 +461,18 @@ class Store:
         if since:
             where.append("time >= ?")
             args.append(since)
-        sql = "SELECT body FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = "SELECT body, incident, count, last_seen FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
         args.append(limit)
-        return [_decode_alert(b) for (b,) in self._read(sql + " ORDER BY time DESC LIMIT ?", args)]
+        alerts = []
+        for body, incident, count, last_seen in self._read(sql + " ORDER BY time DESC LIMIT ?", args):
+            alert = _decode_alert(body)
+            alert.incident, alert.count, alert.last_seen = incident, count, last_seen
+            alerts.append(alert)
+        return alerts
+
+    def alert_hits(self) -> dict[str, int]:
+        """Rule id -> hits its stored alerts stand for (their repeats counted)."""
+        return dict(self._read("SELECT rule_id, sum(count) FROM alerts GROUP BY rule_id", ()))
 
     def incidents(self, limit: int = 100) -> list[Incident]:
         return [_decode_incident(b) for (b,) in

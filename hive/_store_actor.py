@@ -18,7 +18,7 @@ import wire
 from actors import Context, log_event
 
 from ._actors import DETECT, INGEST, STORED, internal_codec
-from ._messages import IncidentUpdate, Ingest, Stored
+from ._messages import IncidentUpdate, Ingest, Repeat, Stored
 from ._store import Ingested, Store, StoreError
 
 
@@ -44,7 +44,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=DETECT_HWM)
     to_detect = Backlog(DETECT_BYTES)
     st = ctx.stats.extra
-    st.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0, refused_batches=0,
+    st.update(events=0, batches=0, duplicates=0, gaps=0, detect_skipped=0, alerts=0, repeats=0, refused_batches=0,
               refused_events=0, dropped_records=0, write_failures=0)
     lags: collections.deque[tuple[float, float]] = collections.deque(maxlen=50_000)
     waiting: list[Any] = []  # the hive's own records a failed commit did not write
@@ -59,7 +59,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                 msgs = waiting + await inbox.recv(4096, max_bytes=COMMIT_BYTES)
                 waiting = []
                 batches = [m for m in msgs if isinstance(m, Ingest)]
-                alerts = [m for m in msgs if isinstance(m, wire.Alert)]
+                alerts = [m for m in msgs if isinstance(m, (wire.Alert, Repeat))]  # in order
                 incidents = [m.incident for m in msgs if isinstance(m, IncidentUpdate)]
                 if not (batches or alerts or incidents):
                     continue
@@ -80,7 +80,9 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                                        batches=len(batches), alerts=len(alerts), waiting=len(waiting))
                     await trio.sleep(1.0)
                     continue
-                st["alerts"] = int(st["alerts"]) + len(alerts)
+                repeats = sum(isinstance(m, Repeat) for m in alerts)
+                st["alerts"] = int(st["alerts"]) + len(alerts) - repeats
+                st["repeats"] = int(st["repeats"]) + repeats
                 now_ns, now = time.time_ns(), trio.current_time()
                 for b in done.stored:
                     # A sample of events: from their creation on the agent to our commit.

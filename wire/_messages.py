@@ -447,9 +447,19 @@ class Unblock(Command, tag="unblock", kw_only=True):
 
 
 class QuarantineFile(Command, tag="quarantine_file", kw_only=True):
-    """Move ``path`` into the agent's quarantine and refuse execs of its SHA-256."""
+    """Move ``path`` into the agent's quarantine and refuse execs of its SHA-256.
+
+    ``path`` is as process ``pid`` saw it, in its root and mount namespace
+    (``mntns``), in ``container``: the event's own (0 and "" where not
+    known).  If ``pid`` has exited, the path is opened in the root of a live
+    process of the same mount namespace or container; with none of the
+    three, in the agent's own root."""
 
     path: AbsolutePath
+    pid: Pid = 0
+    container: Annotated[str, Meta(max_length=MAX_NAME, pattern=r"\A[^\x00/]*\Z",
+                                   description="a container id or name")] = ""
+    mntns: U32 = 0
 
 
 class CollectEvidence(Command, tag="collect_evidence", kw_only=True):
@@ -520,3 +530,8 @@ class Alert(Struct, tag="alert", tag_field="type"):
     events: list[AnyEvent] = []
     incident: str = ""
     detail: str = ""
+    count: Annotated[int, Meta(ge=1, le=INT64_MAX)] = 1
+    """Hits it stands for: itself and its repeats within the suppression window,
+    which the store counts on it (the hive's ``Repeat``)."""
+    last_seen: TimeNs = 0
+    """When its latest hit happened, as stored: its own time until a repeat comes."""

@@ -5,8 +5,8 @@ relay binds) and PUSHes each ``wire.CommandResult`` back
 (``agent.RESULTS_ENDPOINT``), one command at a time in the order received,
 so a playbook's steps run in its order.  Actions that change the sensor's
 policy run on this trio thread, the one the sensor lives on; kills, evidence
-collection and a quarantine's file move, which wait on the system, run on a
-worker thread."""
+collection, a quarantine's file move and container isolation, which wait on
+the system, run on a worker thread."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import zmq
 
 import wire
 from actors import Codec, Context
-from agent import COMMANDS_ENDPOINT, RESULTS_ENDPOINT
+from agent import COMMANDS_ENDPOINT, RESULTS_ENDPOINT, ProcessTable
 
 from ._executor import SENSOR_ACTIONS, Executor
 from ._policy import SensorSlot
@@ -28,11 +28,13 @@ from ._policy import SensorSlot
 async def executor_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, data_dir: Path,
                          slot: SensorSlot | None = None, hive: Iterable[str] = (),
                          protected_pids: Iterable[int] = (), commands: str = COMMANDS_ENDPOINT,
-                         results: str = RESULTS_ENDPOINT, grace: float = 30.0) -> None:
+                         results: str = RESULTS_ENDPOINT, grace: float = 30.0,
+                         table: ProcessTable | None = None) -> None:
     """``slot``: the SensorSlot whose ``attach`` is the reader actor's
-    ``on_sensor``; ``hive``: the hive's addresses (``endpoint_addresses``)."""
+    ``on_sensor``; ``hive``: the hive's addresses (``endpoint_addresses``);
+    ``table``: the relay's process table, shared in this process."""
     executor = Executor(Path(data_dir), slot=slot, hive=hive, protected_pids=protected_pids, grace=grace,
-                        log=ctx.log)
+                        log=ctx.log, table=table)
     executor.restore()
     inbox = ctx.socket(zmq.PULL, connect=commands, codec=Codec(wire.HiveMessage))
     outbox = ctx.socket(zmq.PUSH, connect=results, codec=Codec(wire.AgentMessage))
@@ -43,7 +45,8 @@ async def executor_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     async def expire() -> None:
         while True:
             await trio.sleep(1.0)
-            stats["expired_locally"] = int(stats["expired_locally"]) + len(executor.expire())
+            lifted = executor.expire() + await trio.to_thread.run_sync(executor.expire_containers)
+            stats["expired_locally"] = int(stats["expired_locally"]) + len(lifted)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(expire)

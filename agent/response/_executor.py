@@ -10,13 +10,17 @@ what the result's ``data`` holds:
     wire.IsolateHost      allow (addresses/CIDRs), ttl               -> rule, allowed, expires
     wire.Unisolate        -
     wire.Unblock          rule
-    wire.QuarantineFile   path                                       -> sha256, path, original, rule, ...
+    wire.QuarantineFile   path, and pid, container, mntns: whose     -> sha256, path, original, rule, view, ...
     wire.CollectEvidence  pid, exe                                   -> bundle, manifest, ... (+ archive)
+    wire.IsolateContainer container (id or name), ttl                -> container, id, netns, links, expires
+    wire.UnisolateContainer container                                -> container, netns
 
 A block's ``ttl`` is also enforced here, ``grace`` seconds after the hive's
 own revert was due, so a block never outlives its ttl by long when the hive
 is gone.  Blocks and isolation are kept in ``<data>/response/state.json``
-and put back when the agent restarts.  A command id seen before, also
+and put back when the agent restarts; container isolations (which live in
+the containers' namespaces, not the sensor) in ``containers.json``, so
+they can still be lifted after a restart.  A command id seen before, also
 before a restart (``results.jsonl``), is answered with its first result and
 not run again (the hive resends what an agent went offline without
 answering)."""
@@ -26,7 +30,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -37,6 +43,7 @@ import msgspec
 
 import wire
 from actors import log_event
+from agent import ProcessTable
 from kmod import Policy
 
 from ._errors import Gone, Refused, ResponseError
@@ -55,6 +62,8 @@ from ._policy import (
 )
 from ._process import kill_process
 from ._results import ResultLog
+from ._netns import ContainerIsolations, cut, open_net, refuse_shared, restore
+from ._view import container_of, container_pids, find_view
 
 SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unisolate", "unblock",
                             "quarantine_file"})
@@ -76,13 +85,17 @@ class Executor:
     """``slot`` reaches the sensor (None: the agent runs without one and
     refuses blocks); ``hive`` are the hive's addresses, which nothing may
     block and isolation keeps reachable; ``protected_pids`` are more pids no
-    kill may touch, beyond init and the agent's own family."""
+    kill may touch, beyond init and the agent's own family; ``table`` is the
+    relay's process table (what the agent knew of processes, also of those
+    that exited), read but never changed here."""
 
     def __init__(self, data_dir: Path, *, slot: SensorSlot | None = None, hive: Iterable[str] = (),
                  protected_pids: Iterable[int] = (), clock: Callable[[], float] = time.time,
-                 grace: float = 30.0, log: logging.Logger | None = None, memory: int = 1024) -> None:
+                 grace: float = 30.0, log: logging.Logger | None = None, memory: int = 1024,
+                 table: ProcessTable | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.slot = slot
+        self.table = table
         self.hive = [str(ipaddress.ip_network(a, strict=False)) for a in hive]
         self._protected = tuple(protected_pids)
         self._clock = clock
@@ -93,6 +106,9 @@ class Executor:
         self._done: OrderedDict[str, wire.CommandResult] = self._results.load()
         self._prepared: dict[str, dict | ResponseError] = {}
         self._state_file = self.data_dir / "response" / "state.json"
+        self._containers = ContainerIsolations(self.data_dir / "response" / "containers.json")
+        self._net_lock = threading.Lock()
+        """One container isolation or lift at a time (commands and expiry run on worker threads)."""
 
     # ---- the one entry point -----------------------------------------------------
 
@@ -130,7 +146,9 @@ class Executor:
             return  # execute() says so
         try:
             self._slot()  # nothing is moved if its exec could not be denied afterwards
-            self._prepared[cmd.id] = quarantine_file(cmd.path, self.data_dir / "quarantine", command=cmd.id)
+            view = find_view(cmd.pid, container=cmd.container, mntns=cmd.mntns, table=self.table)
+            self._prepared[cmd.id] = quarantine_file(cmd.path, self.data_dir / "quarantine", command=cmd.id,
+                                                     view=view)
         except ResponseError as e:
             self._prepared[cmd.id] = e
 
@@ -261,7 +279,86 @@ class Executor:
             raise ResponseError(f"{cmd.path} moved to {sidecar['path']}, but its exec could not be "
                                 f"denied: {e}") from None
         sidecar["rule"] = block.name
-        return f"{sidecar['original']} quarantined as {sidecar['path']}; exec of sha256 {sidecar['sha256']} denied", sidecar
+        where = f" (in the root of {sidecar['view']['how']})" if "view" in sidecar else ""
+        return (f"{sidecar['original']}{where} quarantined as {sidecar['path']}; exec of sha256 "
+                f"{sidecar['sha256']} denied"), sidecar
+
+    # ---- containers ---------------------------------------------------------------------
+
+    def _do_isolate_container(self, cmd: wire.IsolateContainer) -> tuple[str, dict]:
+        with self._net_lock:
+            pid, cid, name = _live_container(cmd.container)
+            ns = open_net(pid)
+            try:
+                netns = os.fstat(ns).st_ino
+                refuse_shared(netns, cmd.container)
+                expires = self._expiry(cmd.ttl)
+                found = self._containers.get(cmd.container)
+                if found is not None and found[1]["netns"] == netns:
+                    key, record = found
+                    record["expires"] = 0.0 if not (expires and record["expires"]) else max(expires, record["expires"])
+                    self._containers.put(key, record)
+                    return (f"container {cmd.container} was already isolated (by {record['command']})",
+                            {"container": cmd.container, "netns": netns, "expires": record["expires"]})
+                started = time.monotonic()
+                saved = cut(ns)
+            finally:
+                os.close(ns)
+            ms = round((time.monotonic() - started) * 1000, 1)
+            self._containers.put(cmd.container, {"id": cid, "name": name, "netns": netns, "command": cmd.id,
+                                                 "expires": expires, "since": self._clock(), **saved})
+        links = ", ".join(saved["links"])
+        what = f"links {links} set down" if links else "it had no link but loopback"
+        return (f"container {cmd.container} cut off in its network namespace net:[{netns}] ({what}; connections "
+                f"{saved['connections']}); the host's network untouched",
+                {"container": cmd.container, "id": cid, "netns": netns, "links": saved["links"], "expires": expires,
+                 "ms": ms})
+
+    def _do_unisolate_container(self, cmd: wire.UnisolateContainer) -> tuple[str, dict]:
+        with self._net_lock:
+            return self._lift_container(cmd.container)
+
+    def _lift_container(self, container: str) -> tuple[str, dict]:
+        found = self._containers.get(container)
+        if found is None:
+            return f"container {container} was not isolated", {"container": container}
+        key, record = found
+        data = {"container": container, "netns": record["netns"]}
+        try:
+            pid = _live_container(record["id"] or key)[0]
+        except Gone:
+            self._containers.pop(key)
+            return f"container {container} is gone, its network namespace with it: nothing to restore", data
+        ns = open_net(pid)
+        try:
+            if os.fstat(ns).st_ino != record["netns"]:
+                self._containers.pop(key)
+                return (f"container {container} has another network namespace than the one isolated (it "
+                        "restarted): nothing to restore", data)
+            failed = restore(ns, record)
+        finally:
+            os.close(ns)
+        self._containers.pop(key)
+        links = ", ".join(record["links"]) or "none"
+        if failed:
+            raise ResponseError(f"container {container}: links {links} set up, but not restored: {'; '.join(failed)}")
+        return (f"container {container}'s network restored (links {links} up, {len(record['addresses'])} "
+                f"address(es) and {len(record['routes'])} route(s) put back where missing)", data)
+
+    def expire_containers(self) -> list[str]:
+        """Lift the container isolations that outlived their ttl (and the
+        grace); blocking (it enters namespaces): on a worker thread."""
+        lifted = []
+        for key in self._containers.due(self._clock()):
+            with self._net_lock:
+                try:
+                    detail, _ = self._lift_container(key)
+                except ResponseError as e:
+                    detail = str(e)
+            lifted.append(key)
+            log_event(self._log, "response.expired", logging.WARNING, container=key, detail=detail,
+                      reason="ttl passed and the hive did not lift it")
+        return lifted
 
     # ---- time, restarts ---------------------------------------------------------------
 
@@ -294,7 +391,12 @@ class Executor:
         return names
 
     def restore(self) -> None:
-        """Take back the blocks and isolation of before a restart."""
+        """Take back the blocks and isolations of before a restart."""
+        try:
+            self._containers.load()
+        except (OSError, ValueError) as e:
+            log_event(self._log, "response.state_unreadable", logging.ERROR, path=str(self._containers.path),
+                      reason=str(e))
         if self.slot is None or not self._state_file.exists():
             return
         try:
@@ -342,6 +444,15 @@ def _fit(result: wire.CommandResult) -> wire.CommandResult:
     if len(frame) > wire.MAX_RESULT_BYTES:
         result.data = {"data_dropped": f"{len(frame)} bytes encoded, over the {wire.MAX_RESULT_BYTES} a result may take"}
     return result
+
+
+def _live_container(container: str) -> tuple[int, str, str]:
+    """(a live pid, id, name) of the container whose id or name is ``container``."""
+    for pid in container_pids(container):
+        cid, name = container_of(pid)
+        if cid:
+            return pid, cid, name
+    raise Gone(f"no container {container} runs on this host (no process of it found)")
 
 
 def _safe_sha256(path: str) -> str:

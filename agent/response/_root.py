@@ -11,7 +11,6 @@ host's files."""
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 
 from ._errors import ResponseError
@@ -80,7 +79,3 @@ def split(path: str) -> tuple[str, str]:
     if not path.startswith("/") or name in ("", ".", ".."):
         raise ResponseError(f"path must be an absolute path to a file, not {path!r}")
     return parent or "/", name
-
-
-def missing(e: OSError) -> bool:
-    return e.errno in (errno.ENOENT, errno.ENOTDIR)

@@ -508,6 +508,8 @@ class PlaybookEngine:
                 d.audit.append(AuditRecord(now, "engine", a.describe(), "ttl ran out", a.result, self._detail(a)))
                 return
             params["rule"] = rule
+        elif kind == "unisolate_container":
+            params["container"] = a.params["container"]  # as the isolation named it: the agent knows it so
         a.result = "reverting"
         a.updated = now
         d.actions.append(a)

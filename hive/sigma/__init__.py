@@ -20,10 +20,8 @@ from ._errors import KINDS, RuleError
 from ._fields import CATEGORIES, FIELDS, SUBJECT_FIELDS, sigma_events
 from ._index import IndexSummary, RuleIndex
 from ._loader import LoadReport, RuleCache, RuleSet, check_rules, load_rules, signature
-from ._sets import (
-    BUILTIN_RULES, SIGMAHQ_RULES, ListedRule, listing, rule_folders, sigmahq_folder, suppression_key,
-)
-from ._suppress import Suppressor, SuppressorStatistics
+from ._sets import BUILTIN_RULES, SIGMAHQ_RULES, ListedRule, listing, rule_folders, sigmahq_folder
+from ._suppress import Suppressor, SuppressorStatistics, suppression_key
 from ._update import Installed, UpdateError, update_sigmahq
 
 __all__ = [

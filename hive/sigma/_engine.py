@@ -14,14 +14,15 @@ from time import perf_counter, perf_counter_ns
 from dataclasses import dataclass
 from pathlib import Path
 
+from hive._messages import Repeat
 from hive.correlate import CorrelationHit, CorrelatorStatistics, SigmaCorrelator
 from wire import Alert
 
 from ._compile import Rule, SigmaEvent
-from ._fields import SUBJECT_FIELDS, sigma_events
+from ._fields import sigma_events
 from ._index import RuleIndex
 from ._loader import LoadReport, RuleCache, RuleSet, load_rules, signature
-from ._suppress import Suppressor, SuppressorStatistics
+from ._suppress import Suppressor, SuppressorStatistics, suppression_key
 
 _EMPTY = RuleSet(RuleIndex(()), (), frozenset(), LoadReport())
 SAMPLE = 16
@@ -62,9 +63,10 @@ class EngineStatistics:
 class RuleEngine:
     """Detection (Sigma rules, indexed) plus Sigma correlation plus repeat suppression.
 
-    ``suppress_window`` seconds: a rule hitting the same subject (see
-    ``SUBJECT_FIELDS``) on the same agent again within it raises no new alert;
-    the next alert after it says how many repeats were held back.
+    ``suppress_window`` seconds: a rule hitting the same subject on the same agent
+    again (its ``suppression_key``) within that time of its alert raises no new
+    alert but a ``Repeat`` of it, which the store counts on that alert, keeping
+    its events; the playbooks never see it.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
@@ -81,6 +83,8 @@ class RuleEngine:
         self._correlator = self._new_correlator(_EMPTY)
         self._correlated = self._correlator.sources()
         self._events = self._skipped = self._evaluated = self._matched = self._alerts = 0
+        self._hits: dict[str, int] = {}
+        """rule id -> hits (alerts and repeats) since the engine was made."""
         self._costs: dict[Rule, list[int]] = {}
         """rule -> [tests, nanoseconds] of the timed events."""
 
@@ -128,12 +132,12 @@ class RuleEngine:
 
     # -- events -----------------------------------------------------------
 
-    def process(self, event) -> list[Alert]:
-        """Alerts for one wire event."""
+    def process(self, event) -> list[Alert | Repeat]:
+        """Alerts for one wire event, and Repeats of alerts raised before."""
         # Timing every test would cost a fifth of detection: time every SAMPLE-th event's.
         timed = not self._events % SAMPLE
         self._events += 1
-        alerts: list[Alert] = []
+        alerts: list[Alert | Repeat] = []
         index, silent, correlated = self._set.index, self._set.silent, self._correlated
         for category, fields in sigma_events(event):
             view = SigmaEvent(category, fields, event)
@@ -149,23 +153,20 @@ class RuleEngine:
                     continue
                 self._matched += 1
                 if rule.id not in silent:
-                    alert = self._hit_alert(rule, view, event)
-                    if alert is not None:
-                        alerts.append(alert)
+                    alerts.append(self._hit_alert(rule, view, event))
                 if rule.id in correlated:
                     weight = getattr(event, "count", 1)  # a folded wire.Open
                     for hit in self._correlator.observe(rule.id, fields, (event,), weight):
                         self._add_correlation_alert(hit, alerts)
-        self._alerts += len(alerts)
         return alerts
 
-    def process_batch(self, events: Sequence, budget: float | None = None) -> list[Alert]:
+    def process_batch(self, events: Sequence, budget: float | None = None) -> list[Alert | Repeat]:
         """Alerts for a batch of wire events.  Once ``budget`` seconds have gone on the
         batch, the events after it are not checked but counted (``skipped``; the first
         is always checked): a slow
         rule or a flood of costly events delays detection by a bounded time, and what
         it costs is seen in the statistics rather than in a stalled pipeline."""
-        alerts: list[Alert] = []
+        alerts: list[Alert | Repeat] = []
         deadline = None if budget is None else perf_counter() + budget
         for done, event in enumerate(events):
             if done and deadline is not None and perf_counter() > deadline:
@@ -187,17 +188,24 @@ class RuleEngine:
         """Events left unchecked by ``process_batch`` for want of time, in all."""
         return self._skipped
 
-    def tick(self) -> list[Alert]:
+    def tick(self) -> list[Alert | Repeat]:
         """Expire windows; alerts of correlations judged when their window closed.
 
         Call about once a second.
         """
         self._suppressor.expire()
-        alerts: list[Alert] = []
+        alerts: list[Alert | Repeat] = []
         for hit in self._correlator.expire():
             self._add_correlation_alert(hit, alerts)
-        self._alerts += len(alerts)
         return alerts
+
+    def hits(self) -> dict[str, int]:
+        """Rule id -> hits since the engine was made (alerts and their repeats;
+        a rule that only feeds correlations counts its matches)."""
+        return dict(self._hits)
+
+    def _count(self, rule_id: str) -> None:
+        self._hits[rule_id] = self._hits.get(rule_id, 0) + 1
 
     def statistics(self) -> EngineStatistics:
         report = self._set.report
@@ -217,24 +225,32 @@ class RuleEngine:
 
     # -- alerts -----------------------------------------------------------
 
-    def _hit_alert(self, rule: Rule, view: SigmaEvent, event) -> Alert | None:
+    def _hit_alert(self, rule: Rule, view: SigmaEvent, event) -> Alert | Repeat:
         fields = view.fields
-        subject = tuple(fields.get(name) for name in SUBJECT_FIELDS[view.category])
-        repeats = self._suppressor.admit((rule.id, event.agent, subject))
-        if repeats is None:
-            return None
+        self._count(rule.id)
+        key = (rule.id, *(fields.get(name) for name in suppression_key(rule)))
+        first = self._suppressor.repeat_of(key)
+        if first is not None:
+            return Repeat(alert=first, time=event.time, events=[event])
         detail = " ".join(f"{name}={fields[name]}" for name in sorted(rule.fields)
                           if name in fields)
-        return Alert(id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
-                     tags=list(rule.tags), agent=event.agent, time=event.time, events=[event],
-                     detail=_with_repeats(detail, repeats))
+        alert = Alert(id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
+                      tags=list(rule.tags), agent=event.agent, time=event.time, events=[event],
+                      detail=detail)
+        self._suppressor.admit(key, alert.id)
+        self._alerts += 1
+        return alert
 
-    def _add_correlation_alert(self, hit: CorrelationHit, alerts: list[Alert]) -> None:
+    def _add_correlation_alert(self, hit: CorrelationHit, alerts: list[Alert | Repeat]) -> None:
         rule = hit.rule
         if rule.id in self._set.silent:
             return
-        repeats = self._suppressor.admit((rule.id, tuple(sorted(hit.group.items(), key=str))))
-        if repeats is None:
+        self._count(rule.id)
+        key = (rule.id, *(hit.group.get(name) for name in suppression_key(rule)))
+        last = max((e.time for e in hit.events), default=0)
+        first = self._suppressor.repeat_of(key)
+        if first is not None:
+            alerts.append(Repeat(alert=first, time=last, events=list(hit.events)))
             return
         agents = sorted({e.agent for e in hit.events})
         group = " ".join(f"{k}={v}" for k, v in hit.group.items())
@@ -243,14 +259,10 @@ class RuleEngine:
             detail += f" for {group}"
         if len(agents) > 1:
             detail += f" on {', '.join(agents)}"
-        alerts.append(Alert(
+        alert = Alert(
             id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
             tags=list(rule.tags), agent=agents[0] if len(agents) == 1 else "",
-            time=max((e.time for e in hit.events), default=0), events=list(hit.events),
-            detail=_with_repeats(detail, repeats)))
-
-
-def _with_repeats(detail: str, repeats: int) -> str:
-    if not repeats:
-        return detail
-    return f"{detail} ({repeats} repeat{'s' if repeats > 1 else ''} suppressed before)"
+            time=last, events=list(hit.events), detail=detail)
+        self._suppressor.admit(key, alert.id)
+        self._alerts += 1
+        alerts.append(alert)

@@ -20,8 +20,8 @@ from pathlib import Path
 from hive.correlate import CorrelationRule
 
 from ._compile import Rule
-from ._fields import SUBJECT_FIELDS
 from ._loader import LoadReport
+from ._suppress import suppression_key
 
 BUILTIN_RULES = Path(__file__).resolve().parent.parent / "rules" / "builtin"
 """The built-in rule pack (``hive/rules/builtin``)."""
@@ -75,15 +75,6 @@ def rule_folders(data: Path, extra: Sequence[Path | str] = (), *, create: bool =
     """The hive's rule folders in the order it loads them: the built-in pack, SigmaHQ's
     set, then ``hive.rules`` (``extra``)."""
     return [BUILTIN_RULES, sigmahq_folder(data, create=create), *map(Path, extra)]
-
-
-def suppression_key(rule: Rule | CorrelationRule) -> tuple[str, ...]:
-    """What makes two hits of ``rule`` one alert within the suppression window:
-    the agent and the subject of its logsource (``SUBJECT_FIELDS``) for a detection
-    rule; the group-by fields for a correlation (none: one alert per window)."""
-    if isinstance(rule, CorrelationRule):
-        return rule.group_by
-    return ("Agent", *SUBJECT_FIELDS[rule.category])
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Repeat suppression: one alert per key per window."""
+"""Repeat suppression: one alert per key per window, its repeats counted on it."""
 
 from __future__ import annotations
 
@@ -6,18 +6,37 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from hive.correlate import CorrelationRule
+
+from ._compile import Rule
+from ._fields import SUBJECT_FIELDS
+
+
+def suppression_key(rule: Rule | CorrelationRule) -> tuple[str, ...]:
+    """The fields whose values make two hits of ``rule`` one alert within the
+    suppression window: the agent and the subject of its logsource
+    (``SUBJECT_FIELDS``) for a detection rule, the group-by fields for a
+    correlation (none: one alert per window)."""
+    if isinstance(rule, CorrelationRule):
+        return rule.group_by
+    return ("Agent", *SUBJECT_FIELDS[rule.category])
+
 
 @dataclass(slots=True)
 class SuppressorStatistics:
     admitted: int = 0
     suppressed: int = 0
+    """Hits counted as repeats of an alert raised within its window."""
     evicted: int = 0
     """Keys forgotten early because ``capacity`` keys were held."""
     keys: int = 0
 
 
 class Suppressor:
-    """Lets a key through once per ``window`` seconds and counts the repeats in between.
+    """Remembers, for ``window`` seconds after a key raised an alert, which alert it
+    was, so that the key's hits in that window are counted on it instead of raising
+    alerts of their own.  The window runs from the alert, not from the last repeat:
+    a key that keeps hitting raises one alert per window.
 
     At most ``capacity`` keys are remembered; past that the key admitted longest
     ago is forgotten (counted in ``evicted``), so a flood of distinct keys costs
@@ -31,27 +50,27 @@ class Suppressor:
         self.window = window
         self._clock = clock
         self._capacity = capacity
-        self._seen: OrderedDict[Hashable, list] = OrderedDict()
-        """key -> [time admitted, repeats since], oldest admission first."""
+        self._seen: OrderedDict[Hashable, tuple[float, str]] = OrderedDict()
+        """key -> (time admitted, alert id), oldest admission first."""
         self._stats = SuppressorStatistics()
 
-    def admit(self, key: Hashable) -> int | None:
-        """None if ``key`` is a repeat within the window; else the repeats suppressed
-        since it was last let through."""
-        now = self._clock()
+    def repeat_of(self, key: Hashable) -> str | None:
+        """The id of the alert ``key`` raised within the window, this hit counted as
+        its repeat; None if there is none (raise an alert, then ``admit`` it)."""
         entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self.window:
-            entry[1] += 1
-            self._stats.suppressed += 1
+        if entry is None or self._clock() - entry[0] >= self.window:
             return None
-        repeats = entry[1] if entry is not None else 0
-        self._seen[key] = [now, 0]
+        self._stats.suppressed += 1
+        return entry[1]
+
+    def admit(self, key: Hashable, alert: str) -> None:
+        """``key`` raised the alert whose id is ``alert``: its window starts now."""
+        self._seen[key] = (self._clock(), alert)
         self._seen.move_to_end(key)
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
             self._stats.evicted += 1
         self._stats.admitted += 1
-        return repeats
 
     def expire(self) -> None:
         """Forget keys whose window has passed."""

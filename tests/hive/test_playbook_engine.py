@@ -446,3 +446,48 @@ def test_restore_takes_back_open_actions():
 def test_default_playbooks_load(pb):
     report = check_playbooks(pb)
     assert report.ok, report.format()
+
+
+ISOLATE_CONTAINER = """
+id: iso-c
+title: Isolate the container
+trigger: {rules: [r1]}
+steps:
+  - action: isolate_container
+    params: {container: "{{ event.container }}"}
+    ttl: 1h
+    when: [{field: event.container, op: not_equals, value: ""}]
+"""
+
+
+def test_container_isolation_ttl_reverts_with_unisolate_container_naming_it():
+    clock = Clock()
+    e = engine(ISOLATE_CONTAINER, clock=clock)
+    cmd = e.on_alert(alert(events=[wire.Exec(pid=7, agent="web1", container="c0ffee")])).send[0][1]
+    assert cmd == wire.IsolateContainer(id=cmd.id, container="c0ffee", ttl=3600, expires=cmd.expires)
+    e.on_result("web1", wire.CommandResult(command=cmd.id, ok=True, data={"container": "c0ffee", "netns": 42}))
+    clock.advance(3600)
+    [(agent, revert)] = e.tick().send
+    assert (agent, revert) == ("web1", wire.UnisolateContainer(id=revert.id, container="c0ffee",
+                                                               expires=revert.expires))
+    d = e.on_result("web1", wire.CommandResult(command=revert.id, ok=True))
+    assert {a.id: a.state for a in d.actions} == {revert.id: "done", cmd.id: "reverted"}
+    # an event from the host names no container: the step is skipped, not sent
+    d = e.on_alert(alert(events=[wire.Exec(pid=8, agent="web1")]))
+    assert not d.send and d.audit[0].result == "skipped: condition event.container not_equals not met"
+
+
+def test_exec_from_temp_names_whose_file_to_quarantine():
+    """The path is the process's own: the quarantine carries its pid, mount
+    namespace and container, so the agent opens it in that root."""
+    e = PlaybookEngine([parse_playbook((DEFAULT_PLAYBOOKS / "exec_from_temp.yml").read_text())], clock=Clock(),
+                       new_id=ids())
+    event = wire.Exec(pid=4242, agent="web1", exe="/tmp/x", result=-1, verdict="block", container="c0ffee",
+                      mntns=4026532174)
+    [(_, cmd)] = e.on_alert(alert(rule="f0e573d2-6313-4ebf-acd3-66449483759d", events=[event])).send
+    assert (cmd.action, cmd.path, cmd.pid, cmd.container, cmd.mntns) == (
+        "quarantine_file", "/tmp/x", 4242, "c0ffee", 4026532174)
+    # on the host: no container, and the mount namespace as the sensor says
+    event = wire.Exec(pid=4243, agent="web1", exe="/tmp/y", result=-1, verdict="block", mntns=4026531832)
+    [(_, cmd)] = e.on_alert(alert(rule="f0e573d2-6313-4ebf-acd3-66449483759d", events=[event])).send
+    assert (cmd.pid, cmd.container, cmd.mntns) == (4243, "", 4026531832)

@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from hive.sigma import RuleEngine, RuleError, check_rules, sigma_events
+from hive import Repeat
+from hive.sigma import RuleEngine, RuleError, Suppressor, SuppressorStatistics, check_rules, sigma_events
 from wire import Alert, Bind, Connect, Exec, Exit, Fork, Open, SetId
 
 
@@ -79,19 +80,66 @@ def test_benign_event_raises_nothing(engine):
     assert engine.statistics().matched == 0
 
 
-def test_repeats_are_suppressed_within_the_window(engine, clock):
-    assert len(engine.process(tmp_exec())) == 1
+def test_repeats_within_the_window_are_counted_on_the_first_alert(engine, clock):
+    (first,) = engine.process(tmp_exec())
     clock.now += 30
-    assert engine.process(tmp_exec(pid=101)) == []
-    assert engine.process(tmp_exec(pid=102)) == []
+    # a different step with the same program and command line: kept, as a repeat of the first
+    second, third = tmp_exec(pid=101, time=200, cwd="/srv"), tmp_exec(pid=102, time=300)
+    assert engine.process(second) == [Repeat(alert=first.id, time=200, events=[second])]
+    assert engine.process(third) == [Repeat(alert=first.id, time=300, events=[third])]
     # another agent, or another subject, is not a repeat
-    assert len(engine.process(tmp_exec(agent="web-2"))) == 1
-    assert len(engine.process(tmp_exec(filename="/tmp/y"))) == 1
+    (other_agent,) = engine.process(tmp_exec(agent="web-2"))
+    (other_subject,) = engine.process(tmp_exec(filename="/tmp/y"))
+    assert isinstance(other_agent, Alert) and isinstance(other_subject, Alert)
+    # the window runs from the alert: the next hit after it is an alert again
     clock.now += 31
     (alert,) = engine.process(tmp_exec(pid=103))
-    assert "2 repeats suppressed" in alert.detail
-    stats = engine.statistics().suppression
-    assert stats.suppressed == 2
+    assert isinstance(alert, Alert) and alert.id != first.id and "repeat" not in alert.detail
+    stats = engine.statistics()
+    assert (stats.suppression.suppressed, stats.alerts) == (2, 4)
+    assert engine.hits() == {"11111111-1111-4111-8111-111111111111": 6}
+
+
+def test_suppressor_holds_the_first_alert_of_each_key_for_its_window():
+    clock = Clock()
+    clock.now = 0
+    s = Suppressor(10, clock=clock, capacity=2)
+    assert s.repeat_of("k") is None
+    s.admit("k", "alert-1")
+    clock.now = 9.9
+    assert s.repeat_of("k") == "alert-1"
+    clock.now = 10
+    assert s.repeat_of("k") is None  # its window is over: a new alert
+    s.admit("k", "alert-2")
+    s.admit("a", "alert-3")
+    s.admit("b", "alert-4")  # over capacity: the oldest key goes
+    assert s.repeat_of("k") is None and s.repeat_of("b") == "alert-4"
+    assert s.statistics() == SuppressorStatistics(admitted=4, suppressed=2, evicted=1, keys=2)
+    clock.now = 20
+    s.expire()
+    assert s.statistics().keys == 0
+
+
+def test_a_correlation_repeats_by_its_group(tmp_path, clock):
+    write(tmp_path, "tmp.yml", RULE)
+    write(tmp_path, "burst.yml", """title: Burst from tmp
+id: 22222222-2222-4222-8222-222222222222
+correlation:
+    type: event_count
+    rules: [11111111-1111-4111-8111-111111111111]
+    group-by: [Agent]
+    timespan: 1m
+    condition: {gte: 2}
+level: high
+""")
+    engine = RuleEngine(clock=clock, suppress_window=600)
+    assert engine.load(tmp_path).ok
+    out = [m for n in range(4) for m in engine.process(tmp_exec(pid=200 + n, filename=f"/tmp/{n}"))]
+    # the rule only feeds the burst (no generate): the burst fires at the 2nd and the 4th
+    burst, repeat = out
+    assert isinstance(burst, Alert) and burst.title == "Burst from tmp"
+    assert repeat == Repeat(alert=burst.id, time=123, events=repeat.events)
+    assert [e.pid for e in repeat.events] == [202, 203]
 
 
 def test_tick_expires_suppression(engine, clock):

