@@ -130,15 +130,20 @@ def agent_identity(cfg: Config) -> tuple[str, bytes]:
 
 
 def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
-    from agent import EVENTS_ENDPOINT, relay
+    from agent import EVENTS_ENDPOINT, ProcessTable, relay
 
     name, hive_public = agent_identity(cfg)
     lay = Layout(cfg.data_dir)
+    # One process table, kept current by the relay and read by the response
+    # executor (what the agent knew of a process, also of one that exited):
+    # a plain object shared in this process.
+    table = ProcessTable()
+    table.seed()
     children = [
         Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
             agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
-            heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, cfg))),
+            heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, cfg), table=table)),
     ]
     if cfg.sensor.enabled:
         from agent.response import SensorSlot, endpoint_addresses, executor_actor
@@ -149,7 +154,7 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         children += [
             sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach, on_policy=slot.rebase),
             Child("executor", executor_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
-                data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint))),
+                data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint), table=table)),
         ]
     return children
 
