@@ -176,7 +176,7 @@ class Decoder:
             # No verdict noted: refused anyway (another agent's fanotify group
             # answered first), or let through (failed open, or from a filesystem
             # the guard had not marked yet), or failed otherwise.
-            r = self._policy(gen).match_exec(exe or filename, with_hash=False)
+            r = self._policy(gen).match_exec(exe or filename, with_hash=False, pid=pid, cgroup=cgroup)
             if flags & F_UNGUARDED:  # fanotify was never asked; the rule it would have met
                 verdict, rule = "unguarded", r.name if r else ""
             elif r is not None:
@@ -216,7 +216,7 @@ class Decoder:
                 path = posixpath.normpath(f"{path}/{name}")
         else:
             path = self._str(bytes(rec[start:start + max(path_len - 1, 0)]))
-        r = self._policy(gen).match_open(path)
+        r = self._policy(gen).match_open(path, pid=pid, cgroup=cgroup)
         if r is None:
             return None
         verdict, rule = "audit", r.name

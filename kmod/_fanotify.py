@@ -477,7 +477,7 @@ class Guard:
         if mask & FAN_OPEN_EXEC_PERM:
             hook = "exec"
             lookup = _DigestLookup(self, fd, deadline)
-            rule = policy.match_exec(path, lookup)
+            rule = policy.match_exec(path, lookup, pid=pid)
             if lookup.wait:
                 if pid in self._excluded or not self._scope.contains(pid):
                     self._counts["allowed"] += 1
@@ -487,7 +487,8 @@ class Guard:
             if lookup.unknown:
                 self._counts["unhashed"] += 1
         else:
-            hook, rule = "open", policy.match_open(path)
+            hook, rule = "open", policy.match_open(path, pid=pid)
+        final = final and not policy.varies_by_container(hook, path)  # a verdict for this caller only
         if rule is None:
             self._counts["allowed"] += 1
             return True, final

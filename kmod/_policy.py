@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._containers import RUNTIMES, ContainerIdentity, Containers, shared
 from ._errors import PolicyError
 
 DEFAULT_POLICY = Path(__file__).parent / "default_policy.toml"
@@ -25,9 +26,11 @@ ACTIONS = ("block", "audit")
 SETID_CALLS = ("setuid", "setreuid", "setresuid", "setfsuid",
                "setgid", "setregid", "setresgid", "setfsgid")
 PROTOCOLS = {"tcp": 6, "udp": 17}
+CONTAINER_KEYS = ("container_id", "container_name", "container_image", "container_runtime")
+"""Keys of ``match`` that select containers: exec and open rules only (decided in userspace)."""
 _MATCH_KEYS = {
-    "exec": {"path", "sha256"},
-    "open": {"path"},
+    "exec": {"path", "sha256", *CONTAINER_KEYS},
+    "open": {"path", *CONTAINER_KEYS},
     "connect": {"address", "port", "protocol"},
     "bind": {"address", "port", "protocol"},
     "setid": {"call", "id"},
@@ -123,10 +126,79 @@ class Rule:
     protocol: str = ""
     calls: frozenset[str] = frozenset()
     ids: frozenset[int] = frozenset()
+    containers: ContainerSelector | None = None
+    """None: the rule applies on the host and in every container alike."""
     _regexes: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
     def match_path(self, path: str) -> bool:
         return any(r.match(path) for r in self._regexes)
+
+
+def image_forms(image: str) -> tuple[str, ...]:
+    """The ways people write one image: as the runtime recorded it, the
+    short form (``vllm/vllm-openai:v1``, ``nginx``) and the fully qualified
+    one (``docker.io/vllm/vllm-openai:v1``, ``docker.io/library/nginx``).
+    Docker records what was typed, Kubernetes the qualified name."""
+    short = image
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if short.startswith(prefix):
+            short = short[len(prefix):]
+            break
+    first, slash, _ = short.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return (image,)  # another registry: no other form
+    full = "docker.io/" + ("" if slash else "library/") + short
+    return tuple(dict.fromkeys((image, short, full)))
+
+
+@dataclass(frozen=True)
+class ContainerSelector:
+    """Which containers a rule (or a scope) applies to: each key given must
+    match (one of its globs), the process outside any container never does.
+    Globs as for paths: ``*`` stays within a ``/``-separated component."""
+
+    ids: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()
+    runtimes: frozenset[str] = frozenset()
+    _regexes: tuple[tuple[re.Pattern[str], ...], ...] = field(default=((), (), ()), repr=False, compare=False)
+
+    @classmethod
+    def of(cls, ids=(), names=(), images=(), runtimes=()) -> ContainerSelector:
+        return cls(tuple(ids), tuple(names), tuple(images), frozenset(runtimes),
+                   tuple(tuple(glob_regex(g) for g in globs) for globs in (ids, names, images)))
+
+    def matches(self, c: ContainerIdentity | None) -> bool:
+        if c is None:
+            return False
+        ids, names, images = self._regexes
+        if ids and not any(r.match(c.id) for r in ids):
+            return False
+        if names and not (c.name and any(r.match(c.name) for r in names)):
+            return False
+        if images and not (c.image and any(r.match(form) for form in image_forms(c.image) for r in images)):
+            return False
+        return not self.runtimes or c.runtime in self.runtimes
+
+    def __str__(self) -> str:
+        return " ".join(f"{key}={','.join(sorted(v))}" for key, v in (
+            ("id", self.ids), ("name", self.names), ("image", self.images), ("runtime", self.runtimes)) if v)
+
+
+def container_selector(match: dict, where: str) -> ContainerSelector | None:
+    """The container keys of a rule's ``match`` (or a scope's), checked."""
+    given = {k: _strings(match[k], f"{where}: match.{k}") for k in CONTAINER_KEYS if k in match}
+    if not given:
+        return None
+    for key, globs in given.items():
+        for g in globs:
+            if key == "container_runtime" and g not in RUNTIMES:
+                raise PolicyError(f"{where}: match.container_runtime: {g!r} is not a runtime "
+                                  f"(one of {', '.join(RUNTIMES)})")
+            if key != "container_runtime":
+                glob_regex(g)  # a '[' without ']' is named now, not at the first match
+    return ContainerSelector.of(given.get("container_id", ()), given.get("container_name", ()),
+                                given.get("container_image", ()), given.get("container_runtime", ()))
 
 
 @dataclass(frozen=True)
@@ -223,6 +295,13 @@ def _rule(table: object, index: int) -> Rule:
     match = table.get("match", {})
     if not isinstance(match, dict):
         raise PolicyError(f"{where}: 'match' must be a table")
+    selecting = sorted(set(match) & set(CONTAINER_KEYS))
+    if selecting and hook in ("connect", "bind"):
+        raise PolicyError(f"{where}: match.{selecting[0]}: {hook} rules cannot select containers: connect and "
+                          "bind are decided in the kernel by address tries, which know no container; run an agent "
+                          "scoped to the container instead (--scope container:NAME)")
+    if selecting and hook in ("setid", "fork"):
+        raise PolicyError(f"{where}: match.{selecting[0]}: only exec and open rules select containers")
     unknown = set(match) - _MATCH_KEYS[hook]
     if unknown:
         allowed = ", ".join(sorted(_MATCH_KEYS[hook])) or "none"
@@ -279,7 +358,23 @@ def _rule(table: object, index: int) -> Rule:
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in ids):
             raise PolicyError(f"{where}: match.id must be ids between 0 and 2^32-1")
         kw["ids"] = frozenset(ids)
+    kw["containers"] = container_selector(match, where)
     return Rule(name=name, hook=hook, action=action, description=description, **kw)
+
+
+_UNSEEN = object()
+
+
+def _decided(candidates: tuple[Rule, ...]) -> Rule | tuple[Rule, ...] | None:
+    """What a path's candidate rules come to: the first one if it needs
+    neither a container nor a digest to decide (then it wins whoever calls),
+    None if there are none; else the candidates, to walk at each call."""
+    if not candidates:
+        return None
+    first = candidates[0]
+    if first.containers is None and not first.sha256:
+        return first
+    return candidates
 
 
 def _remember(cache: dict, key, value, limit: int = 4096) -> None:
@@ -291,14 +386,18 @@ def _remember(cache: dict, key, value, limit: int = 4096) -> None:
 class Policy:
     """An ordered list of rules; within a hook the first match wins.
     ``digest`` is the SHA-256 of the text it was read from ("" if built in
-    code), to tell which file a running sensor enforces."""
+    code), to tell which file a running sensor enforces.  ``containers``
+    resolves the container of a process for the rules that select
+    containers (default: the machine's, ``kmod._containers.shared()``)."""
 
     def __init__(self, rules: Iterable[Rule] = (), origin: str = "<policy>",
-                 guard: GuardSettings | None = None, digest: str = ""):
+                 guard: GuardSettings | None = None, digest: str = "",
+                 containers: Containers | None = None):
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.origin = origin
         self.guard = guard or GuardSettings()
         self.digest = digest
+        self._containers = containers
         if len(self.rules) > 0xFFFF:
             raise PolicyError(f"{origin}: {len(self.rules)} rules; at most 65535")
         seen: set[str] = set()
@@ -309,11 +408,19 @@ class Policy:
         self._by_hook = {h: [(i, r) for i, r in enumerate(self.rules) if r.hook == h]
                          for h in HOOKS}
         # Paths repeat: the decoder matches every open and exec it sees.
-        self._open_cache: dict[str, Rule | None] = {}
-        self._exec_cache: dict[str, Rule | None] = {}
+        # Per path: the rule if it needs nothing more to decide, else the
+        # candidates (rules that need a container or a digest), walked per call.
+        self._open_cache: dict[str, Rule | tuple[Rule, ...] | None] = {}
+        self._exec_cache: dict[str, Rule | tuple[Rule, ...] | None] = {}
+
+    @property
+    def containers(self) -> Containers:
+        if self._containers is None:
+            self._containers = shared()
+        return self._containers
 
     @classmethod
-    def parse(cls, text: str, origin: str = "<policy>") -> Policy:
+    def parse(cls, text: str, origin: str = "<policy>", containers: Containers | None = None) -> Policy:
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -331,10 +438,10 @@ class Policy:
             rules = [_rule(t, i) for i, t in enumerate(tables)]
         except PolicyError as e:
             raise PolicyError(f"{origin}: {e}") from None
-        return cls(rules, origin, guard, hashlib.sha256(text.encode()).hexdigest())
+        return cls(rules, origin, guard, hashlib.sha256(text.encode()).hexdigest(), containers)
 
     @classmethod
-    def load(cls, path: str | Path) -> Policy:
+    def load(cls, path: str | Path, containers: Containers | None = None) -> Policy:
         try:
             data = Path(path).read_bytes()
         except OSError as e:
@@ -343,7 +450,7 @@ class Policy:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise PolicyError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        return cls.parse(text, str(path))
+        return cls.parse(text, str(path), containers)
 
     @classmethod
     def default(cls) -> Policy:
@@ -355,42 +462,64 @@ class Policy:
     # ---- matching in userspace -------------------------------------------
 
     def match_exec(self, path: str, digest: Callable[[], str | None] | None = None,
-                   with_hash: bool = True) -> Rule | None:
+                   with_hash: bool = True, pid: int = 0, cgroup: int = 0) -> Rule | None:
         """First exec rule matching ``path``.  ``digest`` gives the file's
         SHA-256, called only if a rule needs it, or None when it is not known
         (then ``guard.unhashed`` decides: a digest block rule either becomes
         ``UNHASHED_RULE`` or is skipped).  With ``with_hash=False`` rules that
-        need a digest are skipped (the decoder has no file to hash)."""
-        cacheable = not with_hash or not self.hashes_exec
-        if cacheable and path in self._exec_cache:
-            return self._exec_cache[path]
-        found = None
-        for _, r in self._by_hook["exec"]:
-            if r.paths and not r.match_path(path):
-                continue
+        need a digest are skipped (the decoder has no file to hash).  ``pid``
+        (and its cgroup id, if known) is the caller, whose container is
+        looked up only if a rule that selects containers matches the path;
+        0: not known, as on the host."""
+        found = self._exec_cache.get(path, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._entry("exec", path)
+        if type(found) is not tuple:
+            return found  # type: ignore[return-value]
+        who: ContainerIdentity | None | object = _UNSEEN
+        for r in found:
+            if r.containers is not None:
+                if who is _UNSEEN:
+                    who = self.containers.of_pid(pid, cgroup) if pid > 0 else None
+                if not r.containers.matches(who):  # type: ignore[arg-type]
+                    continue
             if r.sha256:
                 if not with_hash or digest is None:
                     continue
                 known = digest()
                 if known is None:
                     if r.action == "block" and self.guard.unhashed == "block":
-                        found = UNHASHED_RULE
-                        break
+                        return UNHASHED_RULE
                     continue
                 if known not in r.sha256:
                     continue
-            found = r
-            break
-        if cacheable:
-            _remember(self._exec_cache, path, found)
-        return found
+            return r
+        return None
 
-    def match_open(self, path: str) -> Rule | None:
-        if path in self._open_cache:
-            return self._open_cache[path]
-        found = next((r for _, r in self._by_hook["open"] if r.match_path(path)), None)
-        _remember(self._open_cache, path, found)
-        return found
+    def match_open(self, path: str, pid: int = 0, cgroup: int = 0) -> Rule | None:
+        found = self._open_cache.get(path, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._entry("open", path)
+        if type(found) is not tuple:
+            return found  # type: ignore[return-value]
+        who = self.containers.of_pid(pid, cgroup) if pid > 0 else None
+        return next((r for r in found if r.containers is None or r.containers.matches(who)), None)
+
+    def varies_by_container(self, hook: str, path: str) -> bool:
+        """Does the verdict on ``path`` depend on the caller's container?
+        Then the fanotify guard must not cache it on the file for everyone."""
+        found = self._entry(hook, path)
+        return type(found) is tuple and any(r.containers is not None for r in found)
+
+    def _entry(self, hook: str, path: str) -> Rule | tuple[Rule, ...] | None:
+        """The path's cache entry, made if missing (an exec rule without a
+        path is a candidate for every path: it matches on digests)."""
+        cache = self._exec_cache if hook == "exec" else self._open_cache
+        found = cache.get(path, _UNSEEN)
+        if found is _UNSEEN:
+            found = _decided(tuple(r for _, r in self._by_hook[hook] if not r.paths or r.match_path(path)))
+            _remember(cache, path, found)
+        return found  # type: ignore[return-value]
 
     def match_setid(self, call: str, new: int) -> Rule | None:
         for _, r in self._by_hook["setid"]:
