@@ -171,11 +171,14 @@ class Executor:
         return f"killed {len(out['killed'])} process(es): {', '.join(map(str, out['killed']))}", out
 
     def _do_collect_evidence(self, cmd: wire.CollectEvidence) -> tuple[str, dict]:
-        out = collect_evidence(cmd.pid, self.data_dir / "evidence", command=cmd.id, exe=cmd.exe)
+        out = collect_evidence(cmd.pid, self.data_dir / "evidence", command=cmd.id, exe=cmd.exe, table=self.table)
         m = out["manifest"]
         where = "attached" if "archive" in out else f"kept on the agent at {out['archive_path']}"
-        return (f"{len(m['files'])} files from pid {m['pid']}, {out['archive_size']} bytes packed, {where}"
-                + (f"; unreadable: {', '.join(m['errors'])}" if m["errors"] else "")), out
+        source = (f"pid {m['pid']} had exited: {len(m['files'])} files from what the agent knew of it"
+                  if m["missing"] else f"{len(m['files'])} files from pid {m['pid']}")
+        return (f"{source}, {out['archive_size']} bytes packed, {where}"
+                + (f"; unreadable: {', '.join(m['errors'])}" if m["errors"] else "")
+                + (f"; missing: {', '.join(m['missing'])}" if m["missing"] else "")), out
 
     # ---- policy -------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ busybox-static only."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import wire
-from agent.response import Executor, Refused, ResponseError, SensorSlot, quarantine_file
+from agent.response import Executor, Refused, ResponseError, SensorSlot, quarantine_file, unpack, verify_bundle
 from agent.response._errors import Gone
 from agent.response._view import AGENT_VIEW, find_view, mount_ns
 from tests.containers import Container
@@ -387,3 +389,70 @@ def test_a_container_isolation_survives_an_agent_restart(veth, tmp_path):
         u = run(fresh, "unisolate_container", container=c.id)
         assert u.ok, u.detail
         assert network(netns) == before
+
+
+# ---- evidence of a process that has exited ------------------------------------------
+
+
+def test_evidence_of_a_process_that_exited_in_a_container(tmp_path):
+    """The process ran a dropped program from the container's /tmp and
+    exited before the evidence was taken: the bundle holds what the process
+    table knew (from the sensor's exec: image, command line, digest, parents,
+    container), a copy of the executable from the container's root, or from
+    another process still running it once the file is deleted, and the
+    manifest names what was missing."""
+    from agent import ProcessTable
+
+    table = ProcessTable()
+    executor = Executor(tmp_path / "agent", table=table)
+    with Container(tmp_path, ["sleep", "300"]) as c:
+        made = c.run("sh", "-c", f"cat /bin/busybox > /tmp/busybox && echo {c.id} >> /tmp/busybox "
+                                 "&& chmod +x /tmp/busybox")
+        assert made.returncode == 0, made.stderr
+        dropped = (c.rootfs / "tmp" / "busybox").read_bytes()
+        runc = detached(f"runc exec {c.id} /tmp/busybox sleep 1")
+        [pid] = children_of(runc)
+        wait_started(pid, "busybox")
+        # what the relay does with the sensor's events
+        table.enrich(wire.Exec(pid=pid, ppid=runc, filename="/tmp/busybox", exe="/tmp/busybox",
+                               argv=["/tmp/busybox", "sleep", "1"]))
+        while alive(pid):
+            time.sleep(0.05)
+        table.enrich(wire.Exit(pid=pid, ppid=runc))
+
+        r = run(executor, "collect_evidence", pid=pid)
+        assert r.ok, r.detail
+        m = r.data["manifest"]
+        assert r.detail.startswith(f"pid {pid} had exited: 2 files from what the agent knew of it")
+        assert set(m["files"]) == {"process.json", "exe"}
+        assert set(m["missing"]) == {"status", "stat", "cmdline", "environ", "maps", "limits", "cgroup",
+                                     "fds.json", "sockets.json", "cwd", "root"}
+        assert "kept on the agent" in r.detail  # busybox: too large to travel
+        bundle = unpack(Path(r.data["archive_path"]).read_bytes(), tmp_path / "hive")
+        assert verify_bundle(bundle) == []
+        assert (bundle / "exe").read_bytes() == dropped
+        info = json.loads((bundle / "process.json").read_text())
+        assert (info["image"], info["cmdline"], info["sha256"]) == (
+            "/tmp/busybox", "/tmp/busybox sleep 1", hashlib.sha256(dropped).hexdigest())
+        assert info["container"]["id"] == c.id and info["parents"][0]["pid"] == runc
+        assert info["exe_copy"]["from"].startswith(f"/tmp/busybox in the root of pid {c.pid} of container {c.id}")
+        assert info["exe_copy"]["verified"] is True
+
+        # deleted from disk, but another process still runs it: copied from there
+        keeper = children_of(detached(f"runc exec {c.id} /tmp/busybox sleep 300"))[0]
+        wait_started(keeper, "busybox")
+        assert c.run("rm", "/tmp/busybox").returncode == 0
+        r = run(executor, "collect_evidence", pid=pid)
+        assert r.ok, r.detail
+        bundle = Path(r.data["bundle"])
+        assert (bundle / "exe").read_bytes() == dropped
+        info = json.loads((bundle / "process.json").read_text())
+        assert info["exe_copy"]["from"] == f"/proc/{keeper}/exe, which pid {keeper} runs"
+
+        # and once nothing has it any more, the manifest says so
+        os.kill(keeper, 9)
+        while alive(keeper):
+            time.sleep(0.02)
+        r = run(executor, "collect_evidence", pid=pid)
+        assert r.ok and "exe" not in r.data["manifest"]["files"]
+        assert r.data["manifest"]["missing"]["exe"].startswith("no copy of its executable was found")

@@ -233,13 +233,15 @@ def test_collect_evidence_bundle_verifies(tmp_path):
 
 
 def test_collect_evidence_of_a_gone_process(executor, caplog):
-    """An expected race (the process exited before the evidence was taken):
-    a failed result, logged as a warning, not as an agent fault."""
+    """An expected race (the process exited before the evidence was taken)
+    that nothing remembers (no process table): a failed result, logged as a
+    warning, not as an agent fault."""
     pid = detached("exit 0")
     time.sleep(0.1)
     with caplog.at_level(logging.WARNING):
         r = run(executor, "collect_evidence", pid=pid)
-    assert not r.ok and r.detail == f"pid {pid} is gone; there is no process to collect evidence from"
+    assert not r.ok and r.detail == (f"pid {pid} is gone and the agent's process table has no record of it; "
+                                     "there is no process to collect evidence from")
     (record,) = [x for x in caplog.records if getattr(x, "event", "") == "response.failed"]
     assert record.levelno == logging.WARNING
 
