@@ -456,3 +456,23 @@ def test_evidence_of_a_process_that_exited_in_a_container(tmp_path):
         r = run(executor, "collect_evidence", pid=pid)
         assert r.ok and "exe" not in r.data["manifest"]["files"]
         assert r.data["manifest"]["missing"]["exe"].startswith("no copy of its executable was found")
+
+
+@pytest.mark.kernel
+def test_block_exec_by_path_holds_the_path_the_container_sees(netns, sensor, tmp_path):
+    """No resolution needed: the guard names a file of a container's root
+    by its path inside (the kernel's d_path of a mount the agent cannot
+    reach starts at that mount's root), so a block of /root/a/busybox
+    refuses the container's file of that path, and its other files still run."""
+    executor = Executor(tmp_path / "agent", slot=sensor)
+    with Container(tmp_path, ["sleep", "300"], netns=f"/run/netns/{netns}") as c:
+        for d in ("a", "b"):
+            made = c.run("sh", "-c", f"mkdir /root/{d} && cat /bin/busybox > /root/{d}/busybox "
+                                     f"&& chmod +x /root/{d}/busybox")
+            assert made.returncode == 0, made.stderr
+        assert c.run("/root/a/busybox", "true").returncode == 0
+        r = run(executor, "block_exec", path="/root/a/busybox")
+        assert r.ok, r.detail
+        refused = c.run("/root/a/busybox", "true")
+        assert refused.returncode != 0 and "operation not permitted" in refused.stderr.lower()
+        assert c.run("/root/b/busybox", "true").returncode == 0
