@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the sensor, print verdict lines until SIGTERM/SIGINT")
     r.add_argument("--policy", help="policy TOML file (default: kmod/default_policy.toml)")
     r.add_argument("--scope", default="machine",
-                   help="machine (default), cgroup:PATH or netns:PATH|NAME")
+                   help="machine (default), cgroup:PATH, netns:PATH|NAME or container:ID|NAME|image=GLOB")
     r.add_argument("--events", action="store_true", help="also print every event as JSON")
     r.add_argument("--watchdog-ms", type=float, default=250.0,
                    help="fail open when fanotify is not answered within this (default 250)")

@@ -1,11 +1,13 @@
-"""What a sensor watches: the whole machine, one cgroup v2 subtree, or one
-network namespace.  Several agents on one machine (containers, or tests that
-simulate hosts in network namespaces) each see and act on their own
-processes only."""
+"""What a sensor watches: the whole machine, one cgroup v2 subtree, one
+network namespace, or one container (found by id, name or image when the
+sensor starts, and then watched as its cgroup).  Several agents on one
+machine (containers, or tests that simulate hosts in network namespaces)
+each see and act on their own processes only."""
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import socket
 import threading
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ._errors import ScopeError
+from ._containers import Containers, shared
+from ._errors import PolicyError, ScopeError
+from ._policy import ContainerSelector, container_selector
 from ._system import cgroup2_root
 
 SO_NETNS_COOKIE = 71
@@ -27,7 +31,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Scope:
-    """``Scope.machine()``, ``Scope.cgroup(path)`` or ``Scope.netns(path)``."""
+    """``Scope.machine()``, ``Scope.cgroup(path)``, ``Scope.netns(path)`` or
+    ``Scope.container(selector)``."""
 
     kind: str = "machine"
     path: str = ""
@@ -47,9 +52,19 @@ class Scope:
         return cls("netns", os.fspath(path))
 
     @classmethod
+    def container(cls, selector: str) -> Scope:
+        """One container: its id (or the first 12 characters of it) or its
+        name, or ``KEY=GLOB[,KEY=GLOB...]`` with keys ``id``, ``name``,
+        ``image`` and ``runtime`` (as a policy rule's ``match.container_*``).
+        Exactly one running container must match when the sensor starts."""
+        scope = cls("container", selector)
+        scope._selector()  # refused now, not at start
+        return scope
+
+    @classmethod
     def parse(cls, text: str) -> Scope:
-        """``machine``, ``cgroup:PATH`` or ``netns:PATH`` (a bare netns name
-        means ``/run/netns/NAME``)."""
+        """``machine``, ``cgroup:PATH``, ``netns:PATH`` (a bare netns name
+        means ``/run/netns/NAME``) or ``container:SELECTOR``."""
         kind, _, path = text.partition(":")
         if kind == "machine" and not path:
             return cls.machine()
@@ -57,7 +72,45 @@ class Scope:
             return cls.cgroup(path)
         if kind == "netns" and path:
             return cls.netns(path if "/" in path else f"/run/netns/{path}")
-        raise ScopeError(f"scope {text!r}: expected machine, cgroup:PATH or netns:PATH")
+        if kind == "container" and path:
+            return cls.container(path)
+        raise ScopeError(f"scope {text!r}: expected machine, cgroup:PATH, netns:PATH or container:SELECTOR")
+
+    def _selector(self) -> ContainerSelector | str:
+        """A bare id or name, or the selector its KEY=GLOB pairs make."""
+        if "=" not in self.path:
+            return self.path
+        pairs: dict[str, list[str]] = {}
+        for part in self.path.split(","):
+            key, eq, value = part.partition("=")
+            if not eq or key not in ("id", "name", "image", "runtime") or not value:
+                raise ScopeError(f"scope {self}: {part!r}: expected KEY=GLOB with KEY one of id, name, "
+                                 "image, runtime")
+            pairs.setdefault(f"container_{key}", []).append(value)
+        try:
+            return container_selector(pairs, f"scope {self}")  # type: ignore[return-value]
+        except PolicyError as e:
+            raise ScopeError(str(e).replace(": match.container_", ": ")) from None
+
+    def find_container(self, containers: Containers | None = None):
+        """The one running container this scope selects (ScopeError if none
+        or several)."""
+        wanted = self._selector()
+        running = (containers or shared()).running()
+        if isinstance(wanted, str):
+            found = [c for c in running if wanted in (c.id, c.name) or len(wanted) >= 12 and c.id.startswith(wanted)]
+        else:
+            found = [c for c in running if wanted.matches(c)]
+        if not found:
+            seen = ", ".join(sorted(c.name or c.id[:12] for c in running)[:10]) or "none"
+            raise ScopeError(f"scope {self}: no running container matches (running: {seen})")
+        if len(found) > 1:
+            names = ", ".join(sorted(c.name or c.id[:12] for c in found)[:10])
+            raise ScopeError(f"scope {self}: {len(found)} running containers match ({names}); a scope is one "
+                             "cgroup: name one, or select them all in the policy's rules (match.container_*)")
+        if not found[0].cgroup:
+            raise ScopeError(f"scope {self}: container {found[0].id} has no cgroup v2 directory to watch")
+        return found[0]
 
     def __str__(self) -> str:
         return self.kind if self.kind == "machine" else f"{self.kind}:{self.path}"
@@ -83,6 +136,10 @@ class Scope:
                 raise ScopeError(f"network namespace {self.path!r}: {e.strerror}") from None
             return ResolvedScope(self, S_NETNS, cgroup_dir=cgroup2_root(),
                                  netns=(st.st_dev, st.st_ino), netns_cookie=_netns_cookie(self.path))
+        if self.kind == "container":
+            # Its cgroup, in the kernel as in userspace: connect and bind
+            # rules reach it too, and nothing outside it.
+            return dataclasses.replace(Scope.cgroup(self.find_container().cgroup).resolve(), scope=self)
         raise ScopeError(f"unknown scope kind {self.kind!r}")
 
 

@@ -270,8 +270,16 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
         except KeyFileError as e:
             yield "agent.hive_key", str(e).lstrip(": ")
     kind, _, where = cfg.sensor.scope.partition(":")
-    if not (cfg.sensor.scope == "machine" or kind in ("cgroup", "netns") and where):
-        yield "sensor.scope", f"{cfg.sensor.scope!r}: expected machine, cgroup:PATH or netns:PATH"
+    if not (cfg.sensor.scope == "machine" or kind in ("cgroup", "netns", "container") and where):
+        yield "sensor.scope", (f"{cfg.sensor.scope!r}: expected machine, cgroup:PATH, netns:PATH "
+                               "or container:SELECTOR")
+    elif kind == "container":
+        from kmod import Scope, ScopeError
+
+        try:
+            Scope.parse(cfg.sensor.scope)  # its KEY=GLOB pairs
+        except ScopeError as e:
+            yield "sensor.scope", str(e).removeprefix("scope ")
 
 
 def _is_http_url(text: str) -> bool:

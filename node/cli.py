@@ -571,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
             "SIGHUP reloads the sensor's policy file (so does a change to the file).")
     p.add_argument("--hive", metavar="ENDPOINT", help="the hive's endpoint (default: tcp://127.0.0.1:7400)")
     p.add_argument("--id", help="this agent's name at the hive (default: the host name)")
-    p.add_argument("--scope", help="machine | cgroup:/path | netns:/run/netns/NAME (default: machine)")
+    p.add_argument("--scope", help="machine | cgroup:/path | netns:/run/netns/NAME | container:ID|NAME|image=GLOB "
+                   "(one running container, watched as its cgroup; default: machine)")
     p.add_argument("--policy", metavar="FILE", help="sensor policy file (default: the built-in policy)")
     p.add_argument("--standalone", action="store_true",
                    help="run the sensor alone, no hive: print verdict lines on stdout")

@@ -63,7 +63,8 @@ def test_broken_config_fails_with_one_line(tmp_path, text, reason):
 @pytest.mark.parametrize("command,args,line", [
     ("hive", ["--listen", "127.0.0.1:7400"], "--listen: '127.0.0.1:7400' is not a ZeroMQ endpoint"),
     ("agent", ["--hive", "tcp://hive"], "--hive: 'tcp://hive' is not a ZeroMQ endpoint"),
-    ("agent", ["--scope", "everywhere"], "--scope: 'everywhere': expected machine, cgroup:PATH or netns:PATH"),
+    ("agent", ["--scope", "everywhere"], "--scope: 'everywhere': expected machine, cgroup:PATH, netns:PATH "
+                                         "or container:SELECTOR"),
     ("agent", ["--policy", "/nonexistent.toml"], "--policy: /nonexistent.toml: No such file or directory"),
 ])
 def test_a_bad_flag_fails_with_one_line(tmp_path, command, args, line):

@@ -88,8 +88,8 @@ def test_bad_arguments():
         LinuxSensor(ring_size=1000)
     with pytest.raises(ValueError, match="watchdog_bound"):
         LinuxSensor(watchdog_bound=0)
-    with pytest.raises(ScopeError, match="expected machine, cgroup:PATH or netns:PATH"):
-        Scope.parse("container:x")
+    with pytest.raises(ScopeError, match="expected machine, cgroup:PATH, netns:PATH or container:SELECTOR"):
+        Scope.parse("jail:x")
     assert Scope.parse("netns:blue") == Scope.netns("/run/netns/blue")
     with pytest.raises(ScopeError, match="network namespace '/run/netns/no-such-ns'"):
         Scope.netns("/run/netns/no-such-ns").resolve()

@@ -153,8 +153,10 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     # [sensor]
     ("[sensor]\nenabled = 1\n", "sensor.enabled: expected `bool`, got `int`"),
     ('[sensor]\npolicy = "\\u0000"\n', "sensor.policy: contains a NUL character"),
-    ("[sensor]\nscope = 'everything'\n", "sensor.scope: 'everything': expected machine, cgroup:PATH or netns:PATH"),
+    ("[sensor]\nscope = 'everything'\n", "sensor.scope: 'everything': expected machine, cgroup:PATH, netns:PATH "
+                                        "or container:SELECTOR"),
     ("[sensor]\nscope = 'cgroup:'\n", "sensor.scope: 'cgroup:': expected"),
+    ("[sensor]\nscope = 'container:image=x,tag=y'\n", "sensor.scope: container:image=x,tag=y: 'tag=y': expected KEY=GLOB"),
     ("[sensor]\nwatchdog_ms = 5\n", "sensor.watchdog_ms: must be an integer from 10 to 60000, not 5"),
     ("[sensor]\nfold_ms = -1\n", "sensor.fold_ms: must be an integer from 0 to 60000, not -1"),
     ("[sensor]\nfold_ms = 60001\n", "sensor.fold_ms: must be an integer from 0 to 60000, not 60001"),
