@@ -196,7 +196,10 @@ def container_selector(match: dict, where: str) -> ContainerSelector | None:
                 raise PolicyError(f"{where}: match.container_runtime: {g!r} is not a runtime "
                                   f"(one of {', '.join(RUNTIMES)})")
             if key != "container_runtime":
-                glob_regex(g)  # a '[' without ']' is named now, not at the first match
+                try:
+                    glob_regex(g)
+                except PolicyError as e:
+                    raise PolicyError(f"{where}: match.{key}: {e}") from None
     return ContainerSelector.of(given.get("container_id", ()), given.get("container_name", ()),
                                 given.get("container_image", ()), given.get("container_runtime", ()))
 
