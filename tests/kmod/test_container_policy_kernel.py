@@ -1,0 +1,66 @@
+"""A policy rule that selects a container's image, enforced for real: the
+sensor loaded, a runc container started after it, the same file exec'd
+inside (refused) and on the host (not refused by that rule).  Under the
+kernel lock, as every test that loads the sensor."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from kmod import LinuxSensor, Policy
+from tests import containers
+from wire import Exec
+
+from .conftest import _REASON, collect, drain_for, kernel
+
+pytestmark = kernel
+
+
+def test_a_rule_on_the_image_refuses_an_exec_in_that_container_only(tmp_path):
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    containers.require()
+    image = f"immune-test/{uuid.uuid4().hex[:8]}:1"
+    # The file is on the container's root, a directory of the host's root
+    # filesystem, which the guard marks.  fanotify names it by its path in
+    # the container or on the host, depending on the kernel's view: both.
+    policy = Policy.parse(f'''
+[[rule]]
+name = "exec-in-image"
+hook = "exec"
+action = "block"
+match.path = ["/opt/echo", "/**/rootfs/opt/echo"]
+match.container_image = "immune-test/*"
+match.container_runtime = "runc"
+''')
+    sensor = LinuxSensor(policy)
+    sensor.start()
+    try:
+        with containers.Container(tmp_path, ["sleep", "120"],
+                                  annotations={"org.opencontainers.image.ref.name": image}) as c:
+            tool = c.rootfs / "opt" / "echo"  # busybox runs the applet its name says
+            tool.parent.mkdir()
+            shutil.copy2(containers.BUSYBOX, tool)
+            # The host first: an allow it cached on the file would let the container's exec through.
+            host = subprocess.run([str(tool), "host ran"], capture_output=True, text=True, timeout=10)
+            assert (host.returncode, host.stdout) == (0, "host ran\n")
+            inside = c.run("/opt/echo", "inside ran")
+            assert inside.returncode != 0 and "inside ran" not in inside.stdout
+            assert "operation not permitted" in inside.stderr.lower(), inside.stderr
+            again = subprocess.run([str(tool), "host ran"], capture_output=True, text=True, timeout=10)
+            assert again.returncode == 0
+            assert c.run("/bin/echo", "still alive").stdout == "still alive\n"  # only that file, only there
+
+            blocked = collect(sensor, lambda e: isinstance(e, Exec) and e.verdict == "block")
+            (ev,) = blocked
+            assert (ev.rule, ev.result) == ("exec-in-image", -errno.EPERM)
+            assert ev.filename == "/opt/echo"
+            later = [e for e in drain_for(sensor, 0.3) if isinstance(e, Exec) and e.rule == "exec-in-image"]
+            assert later == []  # the host's two execs: no verdict of that rule
+    finally:
+        sensor.close()
