@@ -62,7 +62,7 @@ from ._policy import (
 )
 from ._process import kill_process
 from ._results import ResultLog
-from ._netns import ContainerIsolations, cut, open_net, refuse_shared, restore
+from ._netns import ContainerIsolations, cut_network, open_net, refuse_shared, restore_network
 from ._view import container_of, container_pids, find_view
 
 SENSOR_ACTIONS = frozenset({"block_connect", "block_exec", "isolate_host", "unisolate", "unblock",
@@ -106,7 +106,7 @@ class Executor:
         self._done: OrderedDict[str, wire.CommandResult] = self._results.load()
         self._prepared: dict[str, dict | ResponseError] = {}
         self._state_file = self.data_dir / "response" / "state.json"
-        self._containers = ContainerIsolations(self.data_dir / "response" / "containers.json")
+        self._containers = ContainerIsolations(self.data_dir / "response" / "containers.json", self._log)
         self._net_lock = threading.Lock()
         """One container isolation or lift at a time (commands and expiry run on worker threads)."""
 
@@ -304,7 +304,7 @@ class Executor:
                     return (f"container {cmd.container} was already isolated (by {record['command']})",
                             {"container": cmd.container, "netns": netns, "expires": record["expires"]})
                 started = time.monotonic()
-                saved = cut(ns)
+                saved = cut_network(ns)
             finally:
                 os.close(ns)
             ms = round((time.monotonic() - started) * 1000, 1)
@@ -338,7 +338,7 @@ class Executor:
                 self._containers.pop(key)
                 return (f"container {container} has another network namespace than the one isolated (it "
                         "restarted): nothing to restore", data)
-            failed = restore(ns, record)
+            failed = restore_network(ns, record)
         finally:
             os.close(ns)
         self._containers.pop(key)

@@ -9,7 +9,7 @@ established connections die at once instead of after their timeouts, and
 the host's own links, routes and connections are never touched.  A link
 down also drops its routes (and, for IPv6, its addresses), so what was up
 is recorded first: addresses, and routes that are not the kernel's own;
-``restore`` brings those links up and puts back what is missing, and says
+``restore_network`` brings those links up and puts back what is missing, and says
 what it could not.
 
 A packet filter in the namespace would keep routes but needs nftables,
@@ -23,11 +23,14 @@ died: not done."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
+
+from actors import log_event
 
 from ._errors import Refused, ResponseError
 from ._policy import write_json
@@ -149,17 +152,23 @@ def _address_args(a: dict[str, Any]) -> list[str]:
     return args
 
 
-def cut(ns: int) -> dict[str, Any]:
+def cut_network(ns: int) -> dict[str, Any]:
     """Set every link but loopback of the namespace down and reset its
-    connections; returns what ``restore`` needs."""
+    connections; returns what ``restore_network`` needs.  If a link cannot
+    be set down, those already down are set up again and the error raised."""
     links = _ip_json(ns, "addr", "show")
     up = [link["ifname"] for link in links
           if "UP" in link.get("flags", []) and "LOOPBACK" not in link.get("flags", [])]
     names = set(up)
     saved = {"links": up, "addresses": _addresses(links, names),
              "routes": [r for r in _routes(ns) if _restorable(r, names)]}
-    for name in up:
-        _run(ns, "ip", "link", "set", "dev", name, "down")
+    for i, name in enumerate(up):
+        try:
+            _run(ns, "ip", "link", "set", "dev", name, "down")
+        except ResponseError as e:
+            left = restore_network(ns, {**saved, "links": up[:i]})
+            raise ResponseError(f"cannot cut link {name}: {e}; the others were set up again"
+                                + (f", but not restored: {'; '.join(left)}" if left else "")) from None
     try:
         _run(ns, "ss", "-K", "-n", "-t", "-u", "state", "connected", "( not dst 127.0.0.0/8 and not dst [::1] )")
         saved["connections"] = "reset"
@@ -168,8 +177,8 @@ def cut(ns: int) -> dict[str, Any]:
     return saved
 
 
-def restore(ns: int, saved: dict[str, Any]) -> list[str]:
-    """Bring back what ``cut`` recorded; returns what could not be."""
+def restore_network(ns: int, saved: dict[str, Any]) -> list[str]:
+    """Bring back what ``cut_network`` recorded; returns what could not be."""
     failed = []
     present = {link["ifname"] for link in _ip_json(ns, "link", "show")}
     for name in saved["links"]:
@@ -215,8 +224,9 @@ class ContainerIsolations:
     an agent restart; the links stay down meanwhile).  Thread-safe: the
     executor runs commands and lifts expired ones on worker threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, log: logging.Logger) -> None:
         self.path = Path(path)
+        self._log = log
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
 
@@ -254,8 +264,13 @@ class ContainerIsolations:
             return [k for k, r in self._records.items() if r.get("expires") and r["expires"] <= now]
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, self._records)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, self._records)
+        except OSError as e:
+            # In force in the namespaces, just not kept across a restart: say so, do not undo it.
+            log_event(self._log, "response.state_not_saved", logging.ERROR, path=str(self.path),
+                      reason=e.strerror or str(e))
 
 
 def refuse_shared(ns: int, container: str) -> None:

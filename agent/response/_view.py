@@ -149,7 +149,7 @@ def find_view(pid: int = 0, *, container: str = "", mntns: int = 0, table: Any =
             continue
         tried.add(candidate)
         st = stat(candidate)
-        if st is None or st.dead or st.pid == os.getpid():
+        if st is None or st.dead:
             continue
         if mntns and mount_ns(candidate) != mntns:
             continue
