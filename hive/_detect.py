@@ -69,15 +69,14 @@ def _count(ctx: Context, key: str, n: int = 1) -> None:
 
 
 async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
-                         rule_dirs: list[Path], suppress_window: float = 300.0,
-                         batch_budget: float = DETECT_BUDGET, detect: str = DETECT,
+                         rule_dirs: list[Path], batch_budget: float = DETECT_BUDGET, detect: str = DETECT,
                          correlate: str = CORRELATE) -> None:
     from hive.sigma import RuleEngine
 
-    engine = RuleEngine(clock=trio.current_time, suppress_window=suppress_window)
+    engine = RuleEngine(clock=trio.current_time)
     # Compiling a few hundred rules takes a moment: off the event loop.
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
-    refused = _report_rules(ctx, report, set())
+    refused = _report_rules(ctx, report, set(), rule_dirs)
     ctx.stats.extra.update(detect_skipped=0, slowest_rules="")
     inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), detect)
     out = ctx.socket(zmq.PUSH, connect=correlate, sndhwm=HOP_HWM)
@@ -102,7 +101,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                     try:
                         refused = _report_rules(
                             ctx, engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs)),
-                            refused)
+                            refused, rule_dirs)
                     except Exception as e:  # a broken rule folder keeps the rules we have
                         log_event(ctx.log, "rules.reload_failed", logging.ERROR, reason=str(e))
             st = engine.statistics()
@@ -145,10 +144,13 @@ def log_refusals(ctx: Context, event: str, failures: Iterable[object], logged: s
     return refused
 
 
-def _report_rules(ctx: Context, report: Any, logged: set[str]) -> set[str]:
-    """Count what loaded and what was refused, each refusal logged once."""
+def _report_rules(ctx: Context, report: Any, logged: set[str], folders: list[Path]) -> set[str]:
+    """Count what loaded and what was refused, each refusal logged once.
+    ``rule_folders`` says which folders were read, a link by its target (a
+    swap of it after the load is seen as a change and loaded next)."""
     refused = log_refusals(ctx, "rule.refused", report.failures, logged)
-    ctx.stats.extra.update(rules_loaded=report.loaded, rules_refused=report.failed)
+    ctx.stats.extra.update(rules_loaded=report.loaded, rules_refused=report.failed,
+                           rule_folders="\n".join(str(Path(f).resolve()) for f in folders))
     log_event(ctx.log, "rules.loaded", loaded=report.loaded, refused=report.failed, files=report.files)
     return refused
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import trio
@@ -456,13 +457,21 @@ def cmd_alerts(args: argparse.Namespace, cfg: Config) -> int:
         for a in alerts:
             sys.stdout.buffer.write(enc.encode(a) + b"\n")
         return EXIT_OK
-    table = [("TIME", "AGENT", "LEVEL", "INCIDENT", "CONTAINER", "TITLE")]
+    table = [("TIME", "AGENT", "LEVEL", "COUNT", "INCIDENT", "CONTAINER", "TITLE")]
     for a in alerts:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.time / 1e9))
         inside = next((e for e in a.events if getattr(e, "container", "")), None)
-        table.append((stamp, a.agent or "-", a.level, a.incident[:12] or "-", container_label(inside), a.title))
+        table.append((stamp, a.agent or "-", a.level, _count(a), a.incident[:12] or "-", container_label(inside),
+                      a.title))
     _table(table)
     return EXIT_OK
+
+
+def _count(alert) -> str:
+    """An alert's hits: itself and its repeats, with the time of the last repeat."""
+    if alert.count == 1:
+        return "1"
+    return f"{alert.count} (last {time.strftime('%H:%M:%S', time.gmtime(alert.last_seen / 1e9))})"
 
 
 def cmd_playbooks(args: argparse.Namespace, cfg: Config) -> int:
@@ -509,12 +518,96 @@ def cmd_actions(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_rules(args: argparse.Namespace, cfg: Config) -> int:
     from hive.sigma import RuleError, check_rules
 
+    if args.action == "list":
+        return _rules_list(args, cfg)
+    if args.action == "update":
+        return _rules_update(args, cfg)
     try:
         report = check_rules(args.dir)
     except RuleError as e:
         raise CliError(str(e)) from None
     print(report.format())
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _sentinel(cfg: Config) -> dict | None:
+    """The statistics of the running hive's sentinel; None if no hive runs with this data folder."""
+    try:
+        st = query_status(cfg.run_dir, timeout=2.0)
+    except actors.ActorError:
+        return None
+    return next((a.extra for a in st.actors if a.name.endswith(".sentinel")), None)
+
+
+def _rules_list(args: argparse.Namespace, cfg: Config) -> int:
+    from hive import StoreError
+    from hive import parse_hits
+    from hive.sigma import SUPPRESS_WINDOW, RuleError, listing, load_rules, rule_folders
+
+    folders = rule_folders(cfg.data_dir, cfg.hive.rules)
+    try:
+        report = load_rules(folders).report
+    except RuleError as e:
+        raise CliError(str(e)) from None
+    sentinel = _sentinel(cfg)
+    if sentinel is not None:
+        hits, counted = parse_hits(str(sentinel.get("rule_hits", ""))), "since the running hive's sentinel started"
+    else:
+        try:
+            hits, counted = _hive_store(cfg, readonly=True).alert_hits(), "in the stored alerts (no hive runs)"
+        except (CliError, StoreError):
+            hits, counted = {}, "none: no hive runs and there is no store"
+    rules = listing(report, folders)
+    if args.json:
+        enc = msgspec.json.Encoder()
+        for r in rules:
+            sys.stdout.buffer.write(enc.encode({
+                "loaded": True, "id": r.id, "title": r.title, "level": r.level, "source": r.source,
+                "hits": hits.get(r.id, 0), "suppressed_by": r.suppressed_by}) + b"\n")
+        for f in report.failures:
+            sys.stdout.buffer.write(enc.encode({
+                "loaded": False, "id": f.rule_id, "title": f.title, "path": str(f.path or ""), "kind": f.kind,
+                "reason": f.reason}) + b"\n")
+        return EXIT_OK
+    table = [("ID", "LEVEL", "HITS", "SOURCE", "SUPPRESSED BY", "TITLE")]
+    table += [(r.id, r.level, str(hits.get(r.id, 0)), r.source, "+".join(r.suppressed_by) or "-", r.title)
+              for r in rules]
+    _table(table)
+    if report.failures:
+        print(f"\nnot loaded ({report.failed}):")
+        for f in report.failures:
+            print(f"  {f}")
+    print(f"\n{len(rules)} rules loaded from {', '.join(map(str, folders))}; {report.failed} not loaded; "
+          f"hits {counted}. A hit within {SUPPRESS_WINDOW:g} s of its rule's alert with the same SUPPRESSED BY "
+          "values is counted on that alert (immune-node alerts, COUNT).")
+    return EXIT_OK
+
+
+UPDATE_WAIT = 15.0
+"""Seconds ``rules update`` waits for a running hive to load the new set."""
+
+
+def _rules_update(args: argparse.Namespace, cfg: Config) -> int:
+    from hive.sigma import UpdateError, update_sigmahq
+
+    try:
+        done = update_sigmahq(cfg.data_dir, args.source, cfg.hive.rules)
+    except UpdateError as e:
+        raise CliError(f"rules update: {e}; the rules in use are unchanged") from None
+    print(f"installed {done.files} rule files from {args.source} as {done.folder}: {done.loaded} rules load, "
+          f"{done.not_loaded} do not (`immune-node rules list` says why)")
+    if _sentinel(cfg) is None:
+        print("no hive runs with this data folder: it loads them when it starts")
+        return EXIT_OK
+    deadline = time.monotonic() + UPDATE_WAIT
+    while time.monotonic() < deadline:
+        sentinel = _sentinel(cfg) or {}
+        if str(done.folder.resolve()) in str(sentinel.get("rule_folders", "")).split("\n"):
+            print(f"the running hive loaded them: {sentinel.get('rules_loaded')} rules in all")
+            return EXIT_OK
+        time.sleep(0.5)
+    raise CliError(f"rules update: installed, but the running hive did not load them within {UPDATE_WAIT:g}s "
+                   "(see immune-node status: the sentinel's last error)")
 
 
 # -- the parser ---------------------------------------------------------------------
@@ -633,10 +726,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(noun, fn, f"check {'Sigma rule' if noun == 'rules' else 'playbook'} files",
                 f"`{noun} check DIR` loads every file under DIR as the hive would and lists each one "
                 "that cannot load, with its reason; exits 1 if any failed.", common=False)
-        c = p.add_subparsers(dest="action", metavar="ACTION", required=True).add_parser(
-            "check", help=f"load the {noun} under DIR and report those that fail")
+        actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+        c = actions.add_parser("check", help=f"load the {noun} under DIR and report those that fail")
         c.add_argument("dir", metavar="DIR")
         _common(c)
+        if noun == "rules":
+            _rules_parsers(p, actions)
 
     p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them")
     p.add_argument("--pending", action="store_true", help="only actions waiting for approval")
@@ -657,6 +752,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=_positive(float, 86400), default=3.0, help="seconds to wait for the node's answer")
     return parser
+
+
+def _rules_parsers(p: argparse.ArgumentParser, actions: argparse._SubParsersAction) -> None:
+    p.description += (" `rules list` shows every rule the hive runs (the built-in pack, SigmaHQ's Linux rules, "
+                      "hive.rules) with its hits and suppression key, and every rule that does not load with "
+                      "its reason. `rules update SOURCE` installs SigmaHQ's Linux rules from SOURCE as the "
+                      "set the hive runs, and a running hive switches to it within seconds.")
+    c = actions.add_parser("list", help="the rules the hive runs, their hits and suppression keys, and those "
+                           "that do not load, with the reason")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    _common(c)
+    c = actions.add_parser(
+        "update", help="install SigmaHQ's Linux rules from a folder or a release archive",
+        description="Install the Linux rules of SOURCE (a folder, such as a checkout of SigmaHQ/sigma, or a "
+        "release archive: .zip, .tar, .tar.gz) as the SigmaHQ set of the hive of --data, in place of the one "
+        "shipped with immune-node (give that folder as SOURCE to go back to it). The new set is checked "
+        "as the hive would load it and swapped in at once; a broken or hostile SOURCE changes nothing and "
+        "exits 1 with the reason. Rules whose logsource our sensor does not produce do not load and do not "
+        "stop the update: `rules list` names them.")
+    c.add_argument("source", metavar="SOURCE", type=Path)
+    _common(c)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:

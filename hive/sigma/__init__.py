@@ -21,11 +21,11 @@ from ._fields import CATEGORIES, FIELDS, SUBJECT_FIELDS, sigma_events
 from ._index import IndexSummary, RuleIndex
 from ._loader import LoadReport, RuleCache, RuleSet, check_rules, load_rules, signature
 from ._sets import BUILTIN_RULES, SIGMAHQ_RULES, ListedRule, listing, rule_folders, sigmahq_folder
-from ._suppress import Suppressor, SuppressorStatistics, suppression_key
+from ._suppress import SUPPRESS_WINDOW, Suppressor, SuppressorStatistics, suppression_key
 from ._update import Installed, UpdateError, update_sigmahq
 
 __all__ = [
-    "BUILTIN_RULES", "CATEGORIES", "SIGMAHQ_RULES", "FIELDS", "KINDS", "SUBJECT_FIELDS",
+    "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "SIGMAHQ_RULES", "SUBJECT_FIELDS", "SUPPRESS_WINDOW",
     "EngineStatistics", "IndexSummary", "Installed", "ListedRule", "LoadReport", "Rule", "RuleCache",
     "RuleCost", "RuleEngine", "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor",
     "SuppressorStatistics", "UpdateError", "check_rules", "listing", "load_rules", "rule_folders",

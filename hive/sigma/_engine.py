@@ -22,7 +22,7 @@ from ._compile import Rule, SigmaEvent
 from ._fields import sigma_events
 from ._index import RuleIndex
 from ._loader import LoadReport, RuleCache, RuleSet, load_rules, signature
-from ._suppress import Suppressor, SuppressorStatistics, suppression_key
+from ._suppress import SUPPRESS_WINDOW, Suppressor, SuppressorStatistics, suppression_key
 
 _EMPTY = RuleSet(RuleIndex(()), (), frozenset(), LoadReport())
 SAMPLE = 16
@@ -70,7 +70,7 @@ class RuleEngine:
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
-                 suppress_window: float = 300.0, max_suppressed: int = 100_000,
+                 suppress_window: float = SUPPRESS_WINDOW, max_suppressed: int = 100_000,
                  max_groups: int = 10_000, max_events: int = 10,
                  new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
         self._clock = clock

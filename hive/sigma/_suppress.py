@@ -11,6 +11,9 @@ from hive.correlate import CorrelationRule
 from ._compile import Rule
 from ._fields import SUBJECT_FIELDS
 
+SUPPRESS_WINDOW = 300.0
+"""Seconds after a rule's alert in which its hits of the same key are counted on it."""
+
 
 def suppression_key(rule: Rule | CorrelationRule) -> tuple[str, ...]:
     """The fields whose values make two hits of ``rule`` one alert within the

@@ -59,10 +59,11 @@ class GoodAgent(Client):
         self.seq = 0
         self.send_raw(AGENT.encode(wire.Hello(agent=name, hostname="good", pid=os.getpid())))
 
-    def batch(self, n: int = 10, timeout: float = 15.0) -> float:
-        """Send one batch of ``n`` events; the seconds its ack took."""
+    def batch(self, n: int = 10, timeout: float = 15.0, events: list | None = None) -> float:
+        """Send one batch of ``n`` events (or of ``events``); the seconds its ack took."""
         self.seq += 1
-        events = [wire.Exec(pid=1000 + i, filename=f"/bin/good-{self.seq}-{i}") for i in range(n)]
+        if events is None:
+            events = [wire.Exec(pid=1000 + i, filename=f"/bin/good-{self.seq}-{i}") for i in range(n)]
         t0 = time.monotonic()
         self.send_raw(AGENT.encode(wire.EventBatch(seq=self.seq, stream=self.stream, events=events)))
         deadline = t0 + timeout
