@@ -12,7 +12,9 @@ saw it in.  Its path is opened in the root of a live process of that view
 3. else the command fails, saying why: the path is never looked up in
    another view, least of all the host's.
 
-A candidate must match every identity the command gives.  One that gives
+A candidate must match every identity the command gives.  Processes of
+one mount namespace may still have different roots (a chroot inside it):
+the pid's own family is tried first for that reason.  One that gives
 none (an older playbook, a hand-made command) is read in the agent's own
 root, as before; one that gives only a pid is read in that pid's root, or
 its nearest living ancestor's, and the result says it was not checked.
@@ -135,7 +137,7 @@ def find_view(pid: int = 0, *, container: str = "", mntns: int = 0, table: Any =
         if pid:
             yield pid, f"pid {pid}"
             for p in ancestors(table, pid):
-                yield p.pid, f"pid {p.pid}, an ancestor of pid {pid} (gone)"
+                yield p.pid, f"pid {p.pid}, an ancestor of pid {pid}"
         if container:
             for p in container_pids(container):
                 yield p, f"pid {p} of container {container}"
