@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from hive.sigma import (
-    BUILTIN_RULES, SIGMAHQ_RULES, UpdateError, listing, load_rules, rule_folders, sigmahq_folder, signature,
-    update_sigmahq,
+    BUILTIN_RULES, SIGMAHQ_RULES, SUBJECT_FIELDS, UpdateError, listing, load_rules, rule_folders, sigmahq_folder,
+    signature, suppression_key, update_sigmahq,
 )
 from hive.sigma import _update
 
@@ -145,6 +145,18 @@ def test_a_linked_folder_is_read_through_its_target_so_a_swap_is_a_change(tmp_pa
     link.unlink()
     link.symlink_to(b)
     assert signature([link]) != before
+
+
+def test_the_readme_gives_each_builtin_rules_suppression_key():
+    text = (BUILTIN_RULES.parent / "README.md").read_text()
+    rows = {tuple(cell.strip(" `") for cell in line.strip("|").split("|"))
+            for line in text.splitlines() if line.startswith("| ")}
+    for category, subject in SUBJECT_FIELDS.items():
+        assert (category, " + ".join(("Agent", *subject))) in rows
+    report = load_rules([BUILTIN_RULES]).report
+    for rule in (*report.rules, *report.correlations):
+        path = str(rule.path.relative_to(BUILTIN_RULES.parent))
+        assert (rule.title, path, " + ".join(suppression_key(rule))) in rows, rule.title
 
 
 # -- installing ------------------------------------------------------------------------
