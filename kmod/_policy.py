@@ -474,10 +474,11 @@ class Policy:
         (and its cgroup id, if known) is the caller, whose container is
         looked up only if a rule that selects containers matches the path;
         0: not known, as on the host."""
-        found = self._exec_cache.get(path, _UNSEEN)
-        if found is _UNSEEN:
+        try:  # the hot path: no global name looked up (the decoder matches every exec)
+            found = self._exec_cache[path]
+        except KeyError:
             found = self._entry("exec", path)
-        if type(found) is not tuple:
+        if found.__class__ is not tuple:
             return found  # type: ignore[return-value]
         who: ContainerIdentity | None | object = _UNSEEN
         for r in found:
@@ -500,10 +501,11 @@ class Policy:
         return None
 
     def match_open(self, path: str, pid: int = 0, cgroup: int = 0) -> Rule | None:
-        found = self._open_cache.get(path, _UNSEEN)
-        if found is _UNSEEN:
+        try:  # the hot path, as in match_exec: every audited open
+            found = self._open_cache[path]
+        except KeyError:
             found = self._entry("open", path)
-        if type(found) is not tuple:
+        if found.__class__ is not tuple:
             return found  # type: ignore[return-value]
         who = self.containers.of_pid(pid, cgroup) if pid > 0 else None
         return next((r for r in found if r.containers is None or r.containers.matches(who)), None)
