@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import errno
 import shutil
+import socket
 import subprocess
 import uuid
 
 import pytest
 
-from kmod import LinuxSensor, Policy
+from kmod import LinuxSensor, Policy, Scope
 from tests import containers
-from wire import Exec
+from wire import Connect, Exec
 
-from .conftest import _REASON, collect, drain_for, kernel
+from .conftest import _REASON, collect, drain_for, free_port, kernel
 
 pytestmark = kernel
 
@@ -64,3 +65,28 @@ match.container_runtime = "runc"
             assert later == []  # the host's two execs: no verdict of that rule
     finally:
         sensor.close()
+
+
+def test_a_sensor_scoped_to_a_container_refuses_its_connects_only(tmp_path):
+    """Connect rules cannot select containers, but a scope can: the sock
+    programs attach to the container's cgroup."""
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    containers.require()
+    image = f"immune-test/{uuid.uuid4().hex[:8]}:1"
+    port = free_port()
+    policy = Policy.parse(f'[[rule]]\nname = "c2"\nhook = "connect"\naction = "block"\nmatch.port = {port}\n')
+    with containers.Container(tmp_path, ["sleep", "120"],
+                              annotations={"org.opencontainers.image.ref.name": image}) as c:
+        sensor = LinuxSensor(policy, scope=Scope.container(f"image={image}"))
+        sensor.start()
+        try:
+            inside = c.run("nc", "127.0.0.1", str(port))
+            assert "operation not permitted" in inside.stderr.lower(), inside.stderr
+            with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+                s.connect(("127.0.0.1", port))  # the host: no listener, and no refusal of ours
+            (ev,) = collect(sensor, lambda e: isinstance(e, Connect) and e.port == port)
+            assert (ev.verdict, ev.rule, ev.address) == ("block", "c2", "127.0.0.1")
+            assert [e for e in drain_for(sensor, 0.3) if isinstance(e, Connect) and e.port == port] == []
+        finally:
+            sensor.close()
