@@ -10,6 +10,9 @@ module is built around never hanging the host:
   number of files of a bounded size: an exec waits for its file's digest
   briefly, parked while the responder answers others, and is then decided
   by the policy's ``[guard] unhashed`` setting;
+* execs are watched on every filesystem one can exec from, in every mount
+  namespace, including those mounted later (kmod/_mounts.py, on a thread of
+  its own);
 * files the policy allows get an ignore mark on their inode, so running them
   again costs nothing; the kernel drops that mark when the file is modified
   (FAN_MARK_IGNORED_SURV_MODIFY is deliberately not set), and a reload
@@ -41,9 +44,10 @@ from collections.abc import Callable
 from ._decode import Verdicts
 from ._errors import KernelError
 from ._lifeline import Lifeline
+from ._mounts import Marker, Superblocks, marked_superblocks
 from ._policy import Policy
+from ._ringbuf import RingBuffer
 from ._scope import ResolvedScope
-from ._system import mounts
 
 log = logging.getLogger("kmod.fanotify")
 
@@ -73,12 +77,6 @@ _DIGESTS = 4096
 _METADATA = struct.Struct("<IBBHQii")
 _RESPONSE = struct.Struct("<iI")
 _READ_SIZE = _METADATA.size * 128
-# Filesystems where nothing is executed from; marking them is pointless.
-_PSEUDO_FS = frozenset((
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "bpf", "tracefs", "debugfs",
-    "securityfs", "pstore", "configfs", "fusectl", "binfmt_misc", "nsfs", "autofs",
-    "efivarfs", "selinuxfs", "rpc_pipefs", "nfsd", "hugetlbfs",
-))
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _init = _libc.fanotify_init
@@ -94,6 +92,17 @@ def _fanotify_mark(fd: int, flags: int, mask: int, dirfd: int = AT_FDCWD,
     if _mark(fd, flags, mask, dirfd, os.fsencode(path) if path is not None else None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
+
+
+def _seen_by(pid: int, path: str) -> str:
+    """``path`` (readlink's, from our root) as process ``pid`` sees it: a
+    chrooted process (into an overlay a runtime mounted, say) sees the part
+    below its root, which is what the policy's paths mean to it."""
+    try:
+        root = os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        return path
+    return path[len(root):] if root != "/" and path.startswith(root + "/") else path
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -226,10 +235,13 @@ class _DigestLookup:
 
 
 class Guard:
-    """The fanotify group, its responder thread and its watchdog thread."""
+    """The fanotify group, its responder thread, its watchdog thread and its
+    marker thread.  ``kernel``: the BPF side's view of the marks;
+    ``news``: the ring of mount news (and its descriptor, to poll)."""
 
     def __init__(self, policy: Policy, scope: ResolvedScope, excluded: set[int],
-                 verdicts: Verdicts, notify: Callable[[str, str], None], bound: float = 0.25):
+                 verdicts: Verdicts, notify: Callable[[str, str], None], bound: float = 0.25, *,
+                 kernel: Superblocks, news: RingBuffer | None = None, news_fd: int = -1):
         if bound <= 0:
             raise ValueError("the watchdog bound must be positive")
         self._policy = policy
@@ -244,7 +256,6 @@ class Guard:
         self._failed_open = False
         self._closed = False
         self._stall = 0.0
-        self._marked_devs: set[int] = set()
         # Execs waiting for their file's digest: event fd -> (mask, pid, deadline).
         self._parked: dict[int, tuple[int, int, float]] = {}
         self._hash_wait = min(_HASH_WAIT, 0.4 * bound)
@@ -262,6 +273,8 @@ class Guard:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._hashed = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._hasher = Hasher(self._hash_done)
+        self._marker = Marker(fd, self._mark_exec, self._unmark_exec, self._lock,
+                              self._marks_allowed, kernel, news, news_fd)
         # The whole agent stopped (SIGSTOP, frozen) runs no watchdog either:
         # past this, an outside process kills it so the kernel answers.
         self._lifeline_timeout = max(2.0, 8 * bound)
@@ -284,19 +297,26 @@ class Guard:
         # not hold the GIL while the child runs.
         subprocess._USE_VFORK = False
         self._excluded.add(self._lifeline.pid)
+        self._hasher.start()
+        self._responder.start()  # before the marks: no exec waits for it
+        self._watchdog.start()
         with self._lock:
             self._apply_marks()
-        self._hasher.start()
-        self._responder.start()
-        self._watchdog.start()
+        if self._policy.needs_exec_guard:
+            self._marker.mark_all()
+        self._marker.start()
 
     def reload(self, policy: Policy) -> None:
         """Swap the policy and redo the marks in place (the allow cache is
         flushed: a file allowed before may be blocked now; digests stay)."""
         with self._lock:
+            was_on = self._policy.needs_exec_guard
             self._policy = policy
+            rescan = not self._failed_open and policy.needs_exec_guard and not was_on
             if not self._failed_open:
                 self._apply_marks()
+        if rescan:
+            self._marker.mark_all()
 
     def close(self) -> None:
         self._stop.set()
@@ -304,6 +324,7 @@ class Guard:
         for t in (self._responder, self._watchdog):
             if t.is_alive():
                 t.join(timeout=1.0)
+        self._marker.close()
         self._hasher.close()
         with self._lock:
             if not self._closed:
@@ -322,6 +343,7 @@ class Guard:
         self._closed = True
         for fd in (self._fd, self._wake_r, self._wake_w, self._hashed):
             os.close(fd)
+        self._marker.forsake()
         if self._lifeline is not None:
             os.close(self._lifeline._w)  # or the lifeline would wait for this child too
             self._lifeline = None
@@ -337,24 +359,39 @@ class Guard:
         reads next, as a hung responder would.  The watchdog must fail open."""
         self._stall = seconds
 
+    def skip_mount_news(self, skip: bool) -> None:
+        """Drill: see ``Marker.skip_mount_news``."""
+        self._marker.skip_mount_news(skip)
+
+    def marked_filesystems(self) -> set[int]:
+        """The superblocks (kernel device numbers) fanotify holds an exec
+        mark on for us, as the kernel lists them."""
+        return marked_superblocks(self._fd)
+
+    def mark_latencies(self) -> list[int]:
+        """ns from a mount's (or an unguarded exec's) news to the filesystems
+        of its namespace marked, of the latest ones (``Marker.latencies``)."""
+        return self._marker.latencies()
+
     def statistics(self) -> dict:
         state = "failed-open" if self._failed_open else "armed"
-        return dict(self._counts, **self._hasher.counts, state=state, inflight=len(self._inflight),
-                    parked=len(self._parked), filesystems=len(self._marked_devs))
+        return dict(self._counts, **self._hasher.counts, **self._marker.statistics(), state=state,
+                    inflight=len(self._inflight), parked=len(self._parked))
 
     # ---- marks ------------------------------------------------------------------
 
     def _apply_marks(self) -> None:
-        """Called with the lock held."""
+        """Called with the lock held.  The filesystems' exec marks are the
+        marker's (``mark_all`` after this, without the lock)."""
         try:
             _fanotify_mark(self._fd, FAN_MARK_FLUSH, 0)  # open marks and the allow cache
             if not self._policy.needs_exec_guard:
                 _fanotify_mark(self._fd, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM, 0)
-                self._marked_devs.clear()
+                self._marker.forget()
         except OSError as e:
             raise KernelError(f"cannot reset the fanotify marks: {e.strerror}") from None
         if self._policy.needs_exec_guard:
-            self._mark_filesystems()
+            self._marker.arm()
         for path, on_child in self._policy.open_marks():
             mask = FAN_OPEN_PERM | (FAN_EVENT_ON_CHILD if on_child else 0)
             try:
@@ -362,21 +399,22 @@ class Guard:
             except OSError as e:
                 log.warning("cannot watch %s for open blocks: %s", path, e.strerror)
 
-    def _mark_filesystems(self) -> None:
-        """FAN_OPEN_EXEC_PERM on every filesystem one can execute from."""
-        for _, target, fstype in mounts():
-            if fstype in _PSEUDO_FS:
-                continue
+    def _marks_allowed(self) -> bool:
+        """May the marker add exec marks now?  Called with the lock held."""
+        return not (self._closed or self._failed_open) and self._policy.needs_exec_guard
+
+    def _mark_exec(self, path: str) -> None:
+        """FAN_OPEN_EXEC_PERM on the filesystem ``path`` leads to (the marker's)."""
+        _fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM, path=path)
+
+    def _unmark_exec(self) -> None:
+        """Take back every filesystem mark (the marker's, with the lock held,
+        when one landed after the guard was disarmed)."""
+        if not self._closed:
             try:
-                dev = os.stat(target).st_dev
-                if dev in self._marked_devs:
-                    continue
-                _fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM,
-                               path=target)
+                _fanotify_mark(self._fd, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM, 0)
             except OSError as e:
-                log.debug("not watching execs on %s (%s): %s", target, fstype, e.strerror)
-                continue
-            self._marked_devs.add(dev)
+                log.error("fanotify: cannot remove the exec marks: %s", e.strerror)
 
     def _unmark_all(self) -> None:
         for flags in (FAN_MARK_FLUSH, FAN_MARK_FLUSH | FAN_MARK_FILESYSTEM,
@@ -385,7 +423,7 @@ class Guard:
                 _fanotify_mark(self._fd, flags, 0)
             except OSError as e:
                 log.error("fanotify: cannot remove marks while failing open: %s", e.strerror)
-        self._marked_devs.clear()
+        self._marker.forget()
 
     # ---- the responder ----------------------------------------------------------
 
@@ -471,7 +509,7 @@ class Guard:
         """(allow, cache), or None to wait for the file's digest.  Only a
         decision that does not depend on the process may be cached: the
         ignore mark is on the file, for everyone."""
-        path = os.readlink(f"/proc/self/fd/{fd}")
+        path = _seen_by(pid, os.readlink(f"/proc/self/fd/{fd}"))
         policy = self._policy
         final = True  # the file's verdict holds until it changes
         if mask & FAN_OPEN_EXEC_PERM:
@@ -548,26 +586,17 @@ class Guard:
     def _watch_loop(self) -> None:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        # /proc/self/mounts signals POLLPRI when a filesystem is (un)mounted
-        with open("/proc/self/mounts", "rb") as mounts_file:
-            poller.register(mounts_file.fileno(), select.POLLPRI)
-            interval_ms = max(1, int(self._bound * 1000 / 10))
-            while not self._stop.is_set():
-                if self._lifeline is not None:
-                    self._lifeline.beat()
-                ready = poller.poll(interval_ms)
-                if self._stop.is_set():
-                    return
-                try:
-                    if any(fd == mounts_file.fileno() for fd, _ in ready):
-                        mounts_file.seek(0)
-                        mounts_file.read()
-                        with self._lock:
-                            if not self._failed_open and self._policy.needs_exec_guard:
-                                self._mark_filesystems()
-                    self._check()
-                except Exception:  # the watchdog must outlive any one bad tick
-                    log.exception("fanotify watchdog tick failed")
+        interval_ms = max(1, int(self._bound * 1000 / 10))
+        while not self._stop.is_set():
+            if self._lifeline is not None:
+                self._lifeline.beat()
+            poller.poll(interval_ms)
+            if self._stop.is_set():
+                return
+            try:
+                self._check()
+            except Exception:  # the watchdog must outlive any one bad tick
+                log.exception("fanotify watchdog tick failed")
 
     def _check(self) -> None:
         busy = self._busy_since
@@ -624,6 +653,8 @@ class Guard:
                 log.error("fanotify watchdog: cannot re-arm, still open: %s", e)
                 return
             self._failed_open = False
+        if self._policy.needs_exec_guard:
+            self._marker.mark_all()
         log.warning("fanotify watchdog: the responder answers again; exec and open blocks "
                     "are back on")
         self._notify("watchdog-resumed", "the responder answers again; blocks are back on")

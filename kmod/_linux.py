@@ -21,6 +21,7 @@ from ._errors import KmodError
 from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
+from ._mounts import Superblocks
 from ._policy import D_NAMES, DIR_BITS, Policy, bitmap
 from ._ringbuf import RingBuffer
 from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
@@ -41,6 +42,10 @@ _CONFIG = struct.Struct(f"<IIQQQIIQIIQ{max(KINDS) + 1}QII")
 RING_SHARES = {"exec": 1.0, "fork": 1.0, "exit": 1.0, "setid": 0.25, "connect": 0.25,
                "bind": 0.25, "open": 0.125}
 _U32 = struct.Struct("<I")
+_MOUNTS_RING = 64 << 10  # the mounts ring's size, as in kmod/bpf/sensor.bpf.c
+K_MOUNT = 8
+# Records lost, per kind: the events' kinds, and the mount news for the exec guard.
+_DROP_KINDS = {**KINDS, K_MOUNT: "mount"}
 _CUT = struct.Struct("<HHB3xI16s")  # struct cut_rec
 _OPEN_KEY_SIZE = 4 + 256
 _SOCK4_KEY_SIZE = 4 + 8
@@ -153,11 +158,12 @@ class LinuxSensor(Sensor):
         self._decoder = Decoder(self._policy, self._verdicts)
         self._notices: collections.deque[Notice] = collections.deque()
         self._counts = dict.fromkeys(KINDS.values(), 0)
-        self._drops_seen = dict.fromkeys(KINDS.values(), 0)
+        self._drops_seen = dict.fromkeys(_DROP_KINDS.values(), 0)
         self._drops_checked = 0.0
         self._malformed = 0
         self._bpf: BpfObject | None = None
         self._ring: RingBuffer | None = None
+        self._mounts_ring: RingBuffer | None = None
         self._guard: Guard | None = None
         self._fds: list[int] = []
         self._epoll: select.epoll | None = None
@@ -208,8 +214,10 @@ class LinuxSensor(Sensor):
         for fd in (bpf.map_fd("events"), self._timer, self._event):
             self._epoll.register(fd, select.EPOLLIN)
 
+        self._mounts_ring = RingBuffer(bpf.map_fd("mounts"), _MOUNTS_RING)
         self._guard = Guard(self._policy, resolved, self._excluded, self._verdicts, self.notice,
-                            self._bound)
+                            self._bound, news=self._mounts_ring, news_fd=bpf.map_fd("mounts"),
+                            kernel=Superblocks(bpf.map_fd("guarded_devs"), bpf.map_fd("exec_guard")))
         self._guard.start()
         log.info("kernel sensor started (scope %s, %d rules)", self._scope, len(self._policy.rules))
 
@@ -229,9 +237,10 @@ class LinuxSensor(Sensor):
         if self._bpf is not None:
             self._bpf.close()
             self._bpf = None
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        for ring in (self._ring, self._mounts_ring):
+            if ring is not None:
+                ring.close()
+        self._ring = self._mounts_ring = None
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
@@ -246,7 +255,7 @@ class LinuxSensor(Sensor):
         if self._guard is not None:
             self._guard.forsake()
             self._guard = None
-        self._bpf = self._ring = None  # their descriptors go in the sweep
+        self._bpf = self._ring = self._mounts_ring = None  # their descriptors go in the sweep
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
@@ -337,7 +346,7 @@ class LinuxSensor(Sensor):
     def _read_drops(self) -> dict[str, int]:
         fd, size = self._bpf.map_fd("drops"), 8 * _possible_cpus()
         out = {}
-        for code, kind in KINDS.items():
+        for code, kind in _DROP_KINDS.items():
             raw = map_lookup(fd, _U32.pack(code), size)
             out[kind] = sum(struct.unpack(f"<{size // 8}Q", raw)) if raw else 0
         return out

@@ -471,49 +471,36 @@ static __always_inline void tell_marker(__u8 call, __s32 result, __u32 dev)
 	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);  /* not the events' 20 ms batching */
 }
 
-SEC("tracepoint/syscalls/sys_exit_mount")
-int exit_mount(struct trace_event_raw_sys_exit *ctx)
-{
-	if (ctx->ret == 0)
-		tell_marker(M_MOUNT, 0, 0);
-	return 0;
-}
+#define MOUNT_NEWS(name, call)                                                \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                            \
+	int exit_##name(struct trace_event_raw_sys_exit *ctx)                 \
+	{                                                                     \
+		if (ctx->ret >= 0)                                            \
+			tell_marker(call, ctx->ret, 0);                       \
+		return 0;                                                     \
+	}
 
-SEC("tracepoint/syscalls/sys_exit_move_mount")
-int exit_move_mount(struct trace_event_raw_sys_exit *ctx)
-{
-	if (ctx->ret == 0)
-		tell_marker(M_MOVE_MOUNT, 0, 0);
-	return 0;
-}
-
+MOUNT_NEWS(mount, M_MOUNT)
+MOUNT_NEWS(move_mount, M_MOVE_MOUNT)
 /* A detached mount, reachable only through the returned fd until it is
  * moved into place, and already a way to exec (execveat on the fd). */
-SEC("tracepoint/syscalls/sys_exit_fsmount")
-int exit_fsmount(struct trace_event_raw_sys_exit *ctx)
-{
-	if (ctx->ret >= 0)
-		tell_marker(M_FSMOUNT, ctx->ret, 0);
-	return 0;
-}
-
+MOUNT_NEWS(fsmount, M_FSMOUNT)
 /* No new superblock, but cheap: a mount made executable again is looked at. */
-SEC("tracepoint/syscalls/sys_exit_mount_setattr")
-int exit_mount_setattr(struct trace_event_raw_sys_exit *ctx)
-{
-	if (ctx->ret == 0)
-		tell_marker(M_MOUNT_SETATTR, 0, 0);
-	return 0;
-}
+MOUNT_NEWS(mount_setattr, M_MOUNT_SETATTR)
 
 #define SB_KERNMOUNT (1 << 22)
 #define SB_NOUSER (1 << 31)
+#define FS_OPEN_EXEC_PERM 0x00040000
 #define ASK_AGAIN_NS 1000000000ULL
 
 /* Is the image the current task just exec'd on a superblock the guard has
  * not marked, while the guard is on?  Then ask the marker (at most once a
- * second per superblock).  Superblocks no path reaches (memfd, the kernel's
- * internal mounts) can never be marked: not flagged. */
+ * second per superblock).  Marked means both: the superblock carries an
+ * exec permission mark (its own s_fsnotify_mask: a superblock gone with its
+ * mark may leave its device number to a new one, which the map would still
+ * list), and it is one the guard marked (guarded_devs: not another group's).
+ * Superblocks no path reaches (memfd, the kernel's internal mounts) can
+ * never be marked: not flagged. */
 static __always_inline int exec_unguarded(void)
 {
 	__u32 zero = 0;
@@ -528,7 +515,7 @@ static __always_inline int exec_unguarded(void)
 	if (sb->s_flags & (SB_KERNMOUNT | SB_NOUSER))
 		return 0;
 	__u32 dev = sb->s_dev;
-	if (bpf_map_lookup_elem(&guarded_devs, &dev))
+	if (sb->s_fsnotify_mask & FS_OPEN_EXEC_PERM && bpf_map_lookup_elem(&guarded_devs, &dev))
 		return 0;
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u64 *asked = bpf_map_lookup_elem(&unguarded_asked, &dev);
