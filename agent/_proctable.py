@@ -337,6 +337,11 @@ class ProcessTable:
         event.image = image
         event.cmdline = cmdline
         p = self._lookup(event.pid, event.ppid)
+        # Asked at each exec, the refused ones too (their caller, often just
+        # moved into the container by its runtime, is gone by now: the
+        # resolver answers by cgroup id), and because a runtime writes its
+        # state after its first process is in the container's cgroup.
+        p.container = self.containers.of_pid(p.pid, event.cgroup or p.cgroup, gone=p.container)
         if event.result != 0:
             # The caller keeps its old image; the event is about the file it tried.
             path = event.exe or image
@@ -350,9 +355,6 @@ class ProcessTable:
         p.exe = event.exe or image
         p.cmdline = cmdline
         p.sha256 = p.hashing = None
-        # Asked again at each exec: a runtime writes its state after its
-        # first process is in the container's cgroup (cached by cgroup id).
-        p.container = self.containers.of_pid(p.pid, event.cgroup or p.cgroup)
         if event.ppid:
             p.ppid = event.ppid
         return p
@@ -400,8 +402,8 @@ class ProcessTable:
             args.pop()
         cmdline = " ".join(a.decode(errors="replace") for a in args)[:self.cmdline_limit]
         path, unit = parse_cgroup(cgroup_text)
-        container = self.containers.identify(cgroup_text)
         cgroup = self._cgroup_id(path)
+        container = self.containers.identify(cgroup_text, cgroup)
         if cgroup:
             self._remember_cgroup(cgroup, (unit, container))
         return Process(pid, ppid, fit_text(exe), exe, cmdline, cgroup, unit, container)
@@ -431,8 +433,9 @@ class ProcessTable:
             except OSError:
                 return  # gone: keep what we knew
             path, unit = parse_cgroup(text)
-            info = (unit, self.containers.identify(text))
-            self._remember_cgroup(self._cgroup_id(path) or cgroup, info)
+            cgroup_id = self._cgroup_id(path) or cgroup
+            info = (unit, self.containers.identify(text, cgroup_id))
+            self._remember_cgroup(cgroup_id, info)
         p.cgroup = cgroup
         p.unit, p.container = info
 

@@ -166,10 +166,14 @@ class Containers:
 
     # -- asking ------------------------------------------------------------------------
 
-    def of_pid(self, pid: int, cgroup: int = 0) -> ContainerIdentity | None:
-        """The container process ``pid`` runs in (None: the host, or the
-        process is gone).  ``cgroup``: its cgroup v2 id if known (what the
-        kernel reports), which spares the /proc read once seen."""
+    def of_pid(self, pid: int, cgroup: int = 0,
+               gone: ContainerIdentity | None = None) -> ContainerIdentity | None:
+        """The container process ``pid`` runs in (None: the host).
+        ``cgroup``: its cgroup v2 id if known (what the kernel reports):
+        once any process of that cgroup was seen, no /proc read, and an
+        answer even for a process already gone (a refused exec's caller
+        exits at once).  ``gone``: the answer when the process is gone and
+        its cgroup was never seen."""
         now = time.monotonic()
         with self._lock:
             self._lookups += 1
@@ -178,18 +182,21 @@ class Containers:
                 return entry.identity
         text = self._read_cgroup(pid)
         if text is None:
-            return None
-        entry = self._identify(text, now)
+            return entry.identity if entry is not None else gone
+        return self._remember(self._identify(text, now), cgroup)
+
+    def identify(self, cgroup_text: str, cgroup: int = 0) -> ContainerIdentity | None:
+        """The container the text of a /proc/PID/cgroup names, if any;
+        ``cgroup``: that cgroup's id, to answer ``of_pid`` by it later."""
+        with self._lock:
+            self._lookups += 1
+        return self._remember(self._identify(cgroup_text, time.monotonic()), cgroup)
+
+    def _remember(self, entry: _Entry, cgroup: int) -> ContainerIdentity | None:
         if cgroup:
             with self._lock:
                 _put(self._by_cgroup, cgroup, entry)
         return entry.identity
-
-    def identify(self, cgroup_text: str) -> ContainerIdentity | None:
-        """The container the text of a /proc/PID/cgroup names, if any."""
-        with self._lock:
-            self._lookups += 1
-        return self._identify(cgroup_text, time.monotonic()).identity
 
     def running(self) -> list[ContainerIdentity]:
         """Every container with a process on this machine now (for a scope)."""
