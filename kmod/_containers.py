@@ -44,10 +44,12 @@ outside its lock."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
 import stat
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -67,6 +69,9 @@ _MAX_STATE = 1 << 20
 _MAX_LIST = 8 << 20
 """Bytes of podman's containers.json, one entry per container of the host."""
 _MAX_CGROUP = 64 << 10
+_FILEID_KERNFS = 0xFE
+"""A cgroup v2 directory's file handle: its 8-byte id, what the kernel reports."""
+_libc = ctypes.CDLL(None, use_errno=True)
 _RETRY = 1.0
 """Seconds before a container found without its runtime's state is looked up again."""
 _SWEEP = 30.0
@@ -181,6 +186,8 @@ class Containers:
             if entry is not None and entry.expires > now:
                 return entry.identity
         text = self._read_cgroup(pid)
+        if text is None and entry is None and cgroup:
+            text = self._cgroup_text(cgroup)  # the process is gone, its cgroup may not be
         if text is None:
             return entry.identity if entry is not None else gone
         return self._remember(self._identify(text, now), cgroup)
@@ -268,6 +275,33 @@ class Containers:
                 self._known.pop(key, None)
             for cg in [cg for cg, e in self._by_cgroup.items() if (e.path, e.inode) in gone]:
                 del self._by_cgroup[cg]
+
+    def _cgroup_text(self, cgroup: int) -> str | None:
+        """A /proc/PID/cgroup text naming the cgroup v2 directory whose id
+        is ``cgroup``, found by its file handle (root: CAP_DAC_READ_SEARCH);
+        None if it is gone or cannot be opened."""
+        if not self.cgroup2:
+            return None
+        try:
+            mount = os.open(self.cgroup2, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            handle = ctypes.create_string_buffer(struct.pack("<IiQ", 8, _FILEID_KERNFS, cgroup))
+            fd = _libc.open_by_handle_at(mount, handle, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if fd < 0:
+                return None
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(mount)
+        if path != self.cgroup2 and not path.startswith(self.cgroup2 + "/"):
+            return None
+        return f"0::{path[len(self.cgroup2):] or '/'}\n"
 
     def _read_cgroup(self, pid: int) -> str | None:
         with self._lock:

@@ -233,19 +233,20 @@ def test_a_refused_exec_whose_caller_is_gone_still_names_its_container(tmp_path)
     # runc exec: runc (on the host) forks runc init, which joins the
     # container's cgroup and execs; refused, it exits before the relay
     # enriches the event.  The table knew only runc's host process.
+    # Nothing of the container was seen alive: its cgroup's id names it.
     table = ProcessTable()
     table.seed()
     with containers.Container(tmp_path, ["sleep", "60"],
                               annotations={"org.opencontainers.image.ref.name": "app/img:2"}) as c:
         cgroup = os.stat(f"{table.cgroup_root}/{c.id}").st_ino
-        first = wire.Exec(pid=c.pid, cgroup=cgroup, filename="/bin/sleep", exe="/bin/busybox", argv=["sleep"])
         runc_init = GONE + 60
-        later = [wire.Fork(pid=os.getpid(), child_pid=runc_init),
-                 wire.Exec(pid=runc_init, ppid=os.getpid(), cgroup=cgroup, filename="/tmp/x", result=-1,
-                           verdict="block")]
-        table.enrich_all([first, *later])
-        assert [(e.container, e.container_image) for e in (first, later[1])] == [(c.id, "app/img:2")] * 2
-        assert later[0].container == ""  # the fork happened on the host
+        events = [wire.Fork(pid=os.getpid(), child_pid=runc_init),
+                  wire.Exec(pid=runc_init, ppid=os.getpid(), cgroup=cgroup, filename="/tmp/x", result=-1,
+                            verdict="block")]
+        table.enrich_all(events)
+        assert (events[1].container, events[1].container_runtime, events[1].container_image) == \
+            (c.id, "runc", "app/img:2")
+        assert events[0].container == ""  # the fork happened on the host
 
 
 def test_a_container_whose_runtime_wrote_its_state_late_is_known_at_its_next_exec(tmp_path):

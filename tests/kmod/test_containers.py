@@ -230,5 +230,8 @@ def test_a_real_runc_container(tmp_path):
         got = resolver.of_pid(c.pid)
         assert (got.id, got.runtime, got.name, got.image) == (c.id, "runc", c.id, "vllm/vllm-openai:v0.6.0")
         assert got.cgroup.endswith("/" + c.id)
+        # A process already gone, known only by the cgroup id the kernel reported.
+        cgroup = os.stat(f"{resolver.cgroup2}/{c.id}").st_ino
+        assert Containers().of_pid(4_000_000_000, cgroup) == got
         assert {i.id for i in resolver.running()} >= {c.id}
     assert resolver.of_pid(os.getpid()) is None
