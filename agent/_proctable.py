@@ -431,7 +431,10 @@ class ProcessTable:
                 with open(f"{self.proc}/{p.pid}/cgroup", "rb") as f:
                     text = os.fsdecode(f.read())
             except OSError:
-                return  # gone: keep what we knew
+                # Gone: its unit stays what we knew; its container the resolver
+                # still finds by the cgroup's id.
+                p.container = self.containers.of_pid(p.pid, cgroup, gone=p.container)
+                return
             path, unit = parse_cgroup(text)
             cgroup_id = self._cgroup_id(path) or cgroup
             info = (unit, self.containers.identify(text, cgroup_id))

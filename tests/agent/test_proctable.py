@@ -241,11 +241,12 @@ def test_a_refused_exec_whose_caller_is_gone_still_names_its_container(tmp_path)
         cgroup = os.stat(f"{table.cgroup_root}/{c.id}").st_ino
         runc_init = GONE + 60
         events = [wire.Fork(pid=os.getpid(), child_pid=runc_init),
+                  wire.Open(pid=runc_init, ppid=os.getpid(), cgroup=cgroup, path="/etc/shadow"),
                   wire.Exec(pid=runc_init, ppid=os.getpid(), cgroup=cgroup, filename="/tmp/x", result=-1,
                             verdict="block")]
         table.enrich_all(events)
-        assert (events[1].container, events[1].container_runtime, events[1].container_image) == \
-            (c.id, "runc", "app/img:2")
+        assert [(e.container, e.container_runtime, e.container_image) for e in events[1:]] == \
+            [(c.id, "runc", "app/img:2")] * 2
         assert events[0].container == ""  # the fork happened on the host
 
 
