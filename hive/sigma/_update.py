@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 import stat
+import struct
 import tarfile
 import time
 import zipfile
@@ -55,6 +56,9 @@ _SKIPPED = ("deprecated", "unsupported")
 
 class UpdateError(Exception):
     """The new set was not installed (the old one stays); the message says why, in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(" ".join(reason.split()))  # YAML's and pySigma's reasons span lines
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def _validate(stage: Path, source: Path, others: Sequence[Path | str]) -> LoadRe
 
 def _wanted(path: PurePosixPath) -> bool:
     """Whether an entry of SOURCE is read at all: rule files and the licence."""
-    if any(part.startswith(".") for part in path.parts):
+    if not path.parts or any(part.startswith(".") for part in path.parts):
         return False
     return path.suffix in SUFFIXES or (len(path.parts) <= 2 and path.name.upper().startswith("LICENSE"))
 
@@ -194,12 +198,11 @@ def _read(source: Path) -> list[tuple[PurePosixPath, bytes]]:
         files = list(_folder(source))
     elif not source.is_file():
         raise UpdateError(f"{source}: no such folder or archive")
-    elif zipfile.is_zipfile(source):
-        files = _zip(source)
-    elif tarfile.is_tarfile(source):
-        files = _tar(source)
     else:
-        raise UpdateError(f"{source}: neither a folder nor a .zip or .tar(.gz) archive")
+        kind = _kind(source)
+        if kind is None:
+            raise UpdateError(f"{source}: neither a folder nor a .zip or .tar(.gz) archive")
+        files = _zip(source) if kind == "zip" else _tar(source)
     seen: set[PurePosixPath] = set()
     for path, _ in files:
         if path in seen:
@@ -227,10 +230,22 @@ def _content(source: Path, path: PurePosixPath, f) -> bytes:
     return data
 
 
-_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, NotImplementedError,
-                   EOFError, OSError, zlib.error, lzma.LZMAError, ValueError, RuntimeError)
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, NotImplementedError, EOFError,
+                   OSError, zlib.error, lzma.LZMAError, ValueError, RuntimeError, struct.error, IndexError,
+                   KeyError, OverflowError)
 """What Python's zip and tar readers raise on a damaged archive (RuntimeError: an
-encrypted zip member; NotImplementedError: an unknown compression)."""
+encrypted zip member; NotImplementedError: an unknown compression; the rest:
+fields that do not hold what they should)."""
+
+
+def _kind(source: Path) -> str | None:
+    """``zip``, ``tar`` or None (neither), by the file's content."""
+    try:
+        if zipfile.is_zipfile(source):
+            return "zip"
+        return "tar" if tarfile.is_tarfile(source) else None
+    except _ARCHIVE_ERRORS as e:  # damaged before its first member
+        raise UpdateError(f"{source}: not a readable archive: {e}") from None
 
 
 def _zip(source: Path) -> list[tuple[PurePosixPath, bytes]]:
@@ -240,7 +255,7 @@ def _zip(source: Path) -> list[tuple[PurePosixPath, bytes]]:
             for info in archive.infolist():
                 budget.entry(info.file_size)
                 path = _member(source, info.filename)
-                if info.is_dir() or not _wanted(path):
+                if info.filename.endswith("/") or not _wanted(path):
                     continue
                 if stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG):  # 0: no Unix mode
                     raise UpdateError(f"{source}: {path} is a link or a device, not a file: refused")

@@ -6,7 +6,10 @@ bytes when the code it came from changes."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
 import node
@@ -100,6 +103,36 @@ TEMPLATES = [
 ]
 
 
+LINUX_RULE = b"""title: Fuzz Seed Tool
+id: 5f9b7e2a-8c1d-4e3f-9a6b-0c2d4e6f8a1b
+logsource: {product: linux, category: process_creation}
+detection:
+    selection: {Image|endswith: /seed-tool}
+    condition: selection
+level: high
+"""
+
+
+def _archive(kind: str, files: dict[str, bytes]) -> bytes:
+    """A zip or tar.gz release of ``files`` (name -> content)."""
+    out = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+    else:
+        with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+RELEASE = {"sigma/LICENSE": b"Detection Rule License (DRL) 1.1\n", "sigma/rules/linux/seed.yml": LINUX_RULE,
+           "sigma/rules/windows/w.yml": LINUX_RULE.replace(b"linux", b"windows")}
+
+
 def write_seeds() -> None:
     seeds: dict[str, dict[str, bytes]] = {
         "agent_message": {
@@ -127,6 +160,8 @@ def write_seeds() -> None:
         },
         "policy": {"default": DEFAULT_POLICY.read_bytes(), "every-hook": POLICY_EVERY_HOOK},
         "sigma": {f"{p.parent.name}-{p.name}": p.read_bytes() for p in sorted(BUILTIN_RULES.rglob("*.yml"))},
+        "rules_update": {"release.zip": _archive("zip", RELEASE), "release.tar.gz": _archive("tar", RELEASE),
+                         "escape.zip": _archive("zip", {"../seed.yml": LINUX_RULE})},
         "playbook": {p.name: p.read_bytes() for p in sorted(DEFAULT_PLAYBOOKS.glob("*.yml"))},
         "template": {f"t{i}": text for i, text in enumerate(TEMPLATES)},
         "config": {"example": (Path(node.__file__).parent / "immune.example.toml").read_bytes(),

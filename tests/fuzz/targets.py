@@ -309,6 +309,32 @@ def sigma(data: bytes) -> None:
         engine.tick()
 
 
+def rules_update(data: bytes) -> None:
+    """A SigmaHQ release archive as ``immune-node rules update`` installs it:
+    refused in one line with the set in use untouched, or installed as a set
+    that loads; nothing is written outside the data folder's ``rules``."""
+    from hive.sigma import UpdateError, load_rules, update_sigmahq
+
+    folder = SCRATCH / "rules-update"
+    rules = folder / "rules"
+    link = rules / "sigmahq"
+    before = os.readlink(link) if link.is_symlink() else None
+    try:
+        done = update_sigmahq(folder, _file(data, "release"))
+    except UpdateError as e:
+        if "\n" in str(e):
+            raise ContractBroken(f"a refusal of more than one line: {e!r}") from None
+        if (os.readlink(link) if link.is_symlink() else None) != before:
+            raise ContractBroken(f"refused ({e}), yet the set in use changed") from None
+    else:
+        if os.readlink(link) != done.folder.name or not load_rules([link]).report.loaded:
+            raise ContractBroken(f"installed {done}, but the set in use is not it or loads nothing")
+    stray = sorted(p.name for p in rules.iterdir() if p.name not in (".update.lock", "sigmahq")
+                   and not p.name.startswith("sigmahq-")) if rules.is_dir() else []
+    if stray:
+        raise ContractBroken(f"left beside the sets: {stray}")
+
+
 # -- playbooks and their templates -----------------------------------------------
 
 
@@ -378,6 +404,8 @@ TARGETS: dict[str, Target] = {
     "policy": Target(policy, ("kmod.PolicyError",), 2.0, ("kmod._policy", "tomllib", "ipaddress"), max_len=16384),
     "sigma": Target(sigma, ("hive.sigma.RuleError",), 5.0, ("hive.sigma", "hive.correlate", "sigma", *_YAML),
                     max_len=16384),
+    "rules_update": Target(rules_update, (), 5.0, ("hive.sigma._update", "zipfile", "tarfile", "gzip", *_YAML),
+                           max_len=16384),
     "playbook": Target(playbook, ("hive.playbook.PlaybookError",), 2.0, ("hive.playbook", "ipaddress", *_YAML),
                        max_len=16384),
     "template": Target(template, ("hive.playbook.TemplateError",), 1.0, ("hive.playbook._template", "hive._regex"),

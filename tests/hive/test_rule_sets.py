@@ -4,6 +4,7 @@ and refused in one line, with the set in use untouched, whatever SOURCE holds.""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import tarfile
@@ -215,6 +216,10 @@ BAD_YAML = b"title: t\nlogsource: {product: linux\n"
     (lambda p: make_zip(p / "x.zip", {"c.yml": rule(3, WINDOWS)}), "no SigmaHQ Linux rule in it"),
     (lambda p: make_zip(p / "x.zip", {"b.yml": rule(2, AUDITD)}), "none of its Linux rules can run here"),
     (lambda p: make_tar(p / "x.tgz", {"a.yml": rule(1), "./a.yml": rule(2)}), "appears twice"),
+    (lambda p: make_zip(p / "x.zip", {"a.yml": rule(1).replace(b"status", b"\0status")}),
+     "a.yml: yaml: unacceptable character #x0000"),  # YAML's reason spans two lines: said in one
+    (lambda p: (p / "x.tgz").write_bytes(gzip.compress(b"x" * 100_000)[:20]) and p / "x.tgz",
+     "not a readable archive: Compressed file ended"),
     (lambda p: p / "missing", "no such folder or archive"),
     (lambda p: (p / "x.tar.gz").write_bytes(os.urandom(4096)) and p / "x.tar.gz", "neither a folder nor"),
     (lambda p: (p / "x.zip").write_bytes(make_zip(p / "y.zip", release()).read_bytes()[:900]) and p / "x.zip",
