@@ -6,11 +6,11 @@ from ._registry import registry_actor
 from ._router import router_actor
 from ._store_actor import store_actor
 from ._detect import ALERTS, CORRELATE, correlate_actor, parse_hits, sentinel_actor
-from ._messages import AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Repeat, Result, Stored
+from ._messages import ALERT_EVENTS, AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Repeat, Result, Stored
 from ._store import SCHEMA_VERSION, AgentRow, Ingested, Store, StoreDataError, StoreError
 
 __all__ = [
-    "ALERTS", "CORRELATE", "correlate_actor", "parse_hits", "sentinel_actor",
+    "ALERT_EVENTS", "ALERTS", "CORRELATE", "correlate_actor", "parse_hits", "sentinel_actor",
     "DELIVER", "DETECT", "INGEST", "RESULTS", "SEEN", "STORED", "AgentRow", "AgentSeen", "Deliver",
     "IncidentUpdate", "Ingest", "Ingested", "InternalMessage", "Repeat", "Result", "SCHEMA_VERSION", "Store", "StoreDataError",
     "StoreError", "Stored", "enroll_actor",

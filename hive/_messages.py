@@ -66,17 +66,27 @@ class Result(_Msg, tag="result"):
     result: wire.CommandResult
 
 
+ALERT_EVENTS = 16
+"""Events an alert keeps: its own, then those of its first repeats.  Later
+repeats only raise its count and last seen, so a rule hitting in a loop costs
+two integers per hit, not a growing row, and the first steps of an attack are
+the ones kept (every event is in the store's events table as well)."""
+
+
 class Repeat(_Msg, tag="repeat"):
-    """Sentinel -> correlate -> store: a hit of a rule within its suppression window
-    (``hive.sigma.RuleEngine``), counted on the alert it repeats, which keeps its
-    events up to a bound (``Store``).  It never reaches the playbook, which acted
-    on that alert already."""
+    """Sentinel -> correlate -> store: hits of a rule within its suppression
+    window (``hive.sigma.RuleEngine``), counted on the alert they repeat, which
+    keeps their events up to ``ALERT_EVENTS``.  It never reaches the playbook,
+    which acted on that alert already."""
 
     alert: str
     """The id of the alert it repeats."""
     time: NonNegative
-    """When it happened (ns): the alert's last seen from now on."""
+    """When the latest of its hits happened (ns): the alert's last seen from now on."""
     events: Annotated[list[wire.AnyEvent], msgspec.Meta(max_length=wire.MAX_BATCH)] = []
+    """The hits' events while the alert has room for them."""
+    count: Annotated[int, msgspec.Meta(ge=1, le=wire.INT64_MAX)] = 1
+    """Hits it stands for: the sentinel sends one Repeat per alert per batch of events."""
 
 
 class IncidentUpdate(_Msg, tag="incident"):

@@ -45,7 +45,7 @@ import wire
 
 from hive.correlate import Incident
 
-from ._messages import AgentSeen, Ingest, Repeat, Stored
+from ._messages import ALERT_EVENTS, AgentSeen, Ingest, Repeat, Stored
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -130,11 +130,6 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3, 
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
-ALERT_EVENTS = 16
-"""Events an alert keeps: its own, then those of its first repeats.  Later
-repeats only raise its count and last seen: a rule hitting in a loop costs the
-store two integers per hit, not a growing row, and the first steps of an attack
-are the ones kept (every event is in the events table as well, by its time)."""
 ALERT_BYTES = 1 << 20
 """An alert's stored body stays under this whatever its repeats' events weigh."""
 
@@ -438,9 +433,10 @@ class Store:
         row = db.execute("SELECT count, body FROM alerts WHERE id=?", (r.alert,)).fetchone()
         if row is None:
             return False
-        db.execute("UPDATE alerts SET count=count+1, last_seen=max(last_seen, ?) WHERE id=?", (r.time, r.alert))
+        db.execute("UPDATE alerts SET count=count+?, last_seen=max(last_seen, ?) WHERE id=?",
+                   (r.count, r.time, r.alert))
         if row[0] >= ALERT_EVENTS or not r.events:
-            return True  # its events are full: each repeat before added one at least
+            return True  # its events are full: each hit before brought one while there was room
         alert = _decode_alert(row[1])
         room = ALERT_EVENTS - len(alert.events)
         if room > 0:

@@ -14,7 +14,7 @@ from time import perf_counter, perf_counter_ns
 from dataclasses import dataclass
 from pathlib import Path
 
-from hive._messages import Repeat
+from hive._messages import ALERT_EVENTS, Repeat
 from hive.correlate import CorrelationHit, CorrelatorStatistics, SigmaCorrelator
 from wire import Alert
 
@@ -173,7 +173,7 @@ class RuleEngine:
                 self._skipped += len(events) - done
                 break
             alerts.extend(self.process(event))
-        return alerts
+        return _coalesced(alerts)
 
     def _charge(self, rule: Rule, ns: int) -> None:
         cost = self._costs.get(rule)
@@ -231,7 +231,7 @@ class RuleEngine:
         key = (rule.id, *(fields.get(name) for name in suppression_key(rule)))
         first = self._suppressor.repeat_of(key)
         if first is not None:
-            return Repeat(alert=first, time=event.time, events=[event])
+            return _repeat(first, event.time, [event])
         detail = " ".join(f"{name}={fields[name]}" for name in sorted(rule.fields)
                           if name in fields)
         alert = Alert(id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
@@ -250,7 +250,7 @@ class RuleEngine:
         last = max((e.time for e in hit.events), default=0)
         first = self._suppressor.repeat_of(key)
         if first is not None:
-            alerts.append(Repeat(alert=first, time=last, events=list(hit.events)))
+            alerts.append(_repeat(first, last, list(hit.events)))
             return
         agents = sorted({e.agent for e in hit.events})
         group = " ".join(f"{k}={v}" for k, v in hit.group.items())
@@ -266,3 +266,28 @@ class RuleEngine:
         self._suppressor.admit(key, alert.id)
         self._alerts += 1
         alerts.append(alert)
+
+
+def _repeat(first: tuple[str, int], time: int, events: list) -> Repeat:
+    """A Repeat of the alert ``first`` names, its events left out once the alert
+    has no room for them (its own and ALERT_EVENTS - 1 repeats' at least)."""
+    alert, n = first
+    return Repeat(alert=alert, time=time, events=events if n < ALERT_EVENTS else [])
+
+
+def _coalesced(out: list[Alert | Repeat]) -> list[Alert | Repeat]:
+    """One Repeat per alert: a rule hitting on every event of a batch sends its
+    store one message, not thousands.  Each stays after its alert."""
+    merged: dict[str, Repeat] = {}
+    kept: list[Alert | Repeat] = []
+    for m in out:
+        if isinstance(m, Repeat):
+            into = merged.get(m.alert)
+            if into is not None:
+                into.count += m.count
+                into.time = max(into.time, m.time)
+                into.events.extend(m.events[:max(0, ALERT_EVENTS - len(into.events))])
+                continue
+            merged[m.alert] = m
+        kept.append(m)
+    return kept

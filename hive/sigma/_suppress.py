@@ -53,22 +53,24 @@ class Suppressor:
         self.window = window
         self._clock = clock
         self._capacity = capacity
-        self._seen: OrderedDict[Hashable, tuple[float, str]] = OrderedDict()
-        """key -> (time admitted, alert id), oldest admission first."""
+        self._seen: OrderedDict[Hashable, list] = OrderedDict()
+        """key -> [time admitted, alert id, repeats], oldest admission first."""
         self._stats = SuppressorStatistics()
 
-    def repeat_of(self, key: Hashable) -> str | None:
-        """The id of the alert ``key`` raised within the window, this hit counted as
-        its repeat; None if there is none (raise an alert, then ``admit`` it)."""
+    def repeat_of(self, key: Hashable) -> tuple[str, int] | None:
+        """The id of the alert ``key`` raised within the window and how many repeats
+        of it this hit makes (1 for the first); None if there is none (raise an
+        alert, then ``admit`` it)."""
         entry = self._seen.get(key)
         if entry is None or self._clock() - entry[0] >= self.window:
             return None
         self._stats.suppressed += 1
-        return entry[1]
+        entry[2] += 1
+        return entry[1], entry[2]
 
     def admit(self, key: Hashable, alert: str) -> None:
         """``key`` raised the alert whose id is ``alert``: its window starts now."""
-        self._seen[key] = (self._clock(), alert)
+        self._seen[key] = [self._clock(), alert, 0]
         self._seen.move_to_end(key)
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)

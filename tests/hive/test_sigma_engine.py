@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from hive import Repeat
+from hive import ALERT_EVENTS, Repeat
 from hive.sigma import RuleEngine, RuleError, Suppressor, SuppressorStatistics, check_rules, sigma_events
 from wire import Alert, Bind, Connect, Exec, Exit, Fork, Open, SetId
 
@@ -107,17 +107,31 @@ def test_suppressor_holds_the_first_alert_of_each_key_for_its_window():
     assert s.repeat_of("k") is None
     s.admit("k", "alert-1")
     clock.now = 9.9
-    assert s.repeat_of("k") == "alert-1"
+    assert s.repeat_of("k") == ("alert-1", 1)
+    assert s.repeat_of("k") == ("alert-1", 2)
     clock.now = 10
     assert s.repeat_of("k") is None  # its window is over: a new alert
     s.admit("k", "alert-2")
     s.admit("a", "alert-3")
     s.admit("b", "alert-4")  # over capacity: the oldest key goes
-    assert s.repeat_of("k") is None and s.repeat_of("b") == "alert-4"
-    assert s.statistics() == SuppressorStatistics(admitted=4, suppressed=2, evicted=1, keys=2)
+    assert s.repeat_of("k") is None and s.repeat_of("b") == ("alert-4", 1)
+    assert s.statistics() == SuppressorStatistics(admitted=4, suppressed=3, evicted=1, keys=2)
     clock.now = 20
     s.expire()
     assert s.statistics().keys == 0
+
+
+def test_a_batch_sends_one_repeat_per_alert_and_no_events_the_alert_has_no_room_for(engine, clock):
+    (first,) = engine.process(tmp_exec())
+    batch = [tmp_exec(pid=200 + n, time=1000 + n) for n in range(100)]
+    (repeat,) = engine.process_batch(batch)
+    assert (repeat.alert, repeat.count, repeat.time) == (first.id, 100, 1099)
+    assert repeat.events == batch[:ALERT_EVENTS - 1]  # with the alert's own: ALERT_EVENTS
+    (more,) = engine.process_batch([tmp_exec(pid=400, time=2000)])
+    assert (more.count, more.events) == (1, [])  # the alert is full: counted only
+    # an alert raised in the batch comes before its repeats
+    out = engine.process_batch([tmp_exec(agent="web-2", time=5), tmp_exec(agent="web-2", pid=7, time=6)])
+    assert [type(m) for m in out] == [Alert, Repeat] and out[1].alert == out[0].id
 
 
 def test_a_correlation_repeats_by_its_group(tmp_path, clock):

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 import wire
-from hive import SCHEMA_VERSION, Ingest, Repeat, Store, StoreError
-from hive._store import _SCHEMA_V1, ALERT_BYTES, ALERT_EVENTS, MIGRATIONS
+from hive import ALERT_EVENTS, SCHEMA_VERSION, Ingest, Repeat, Store, StoreError
+from hive._store import _SCHEMA_V1, ALERT_BYTES, MIGRATIONS
 
 
 def batch(agent, seq, n=3, stream="s1", t0=None):
@@ -318,6 +318,12 @@ def test_an_alert_keeps_its_first_events_and_counts_the_rest(store):
     (a,) = store.alerts()
     assert a.count == 101 and a.last_seen == 2_099
     assert [e.pid for e in a.events] == [100, *range(200, 200 + ALERT_EVENTS - 1)]
+
+
+def test_a_repeat_standing_for_many_hits_counts_them_all(store):
+    store.ingest([], [alert(), Repeat(alert="a1", time=3_000, count=500, events=[run(101, 2_000)])])
+    (a,) = store.alerts()
+    assert (a.count, a.last_seen, len(a.events)) == (501, 3_000, 2)
 
 
 def test_an_alert_body_stays_within_its_byte_bound(store):
