@@ -378,7 +378,9 @@ static long walk_step(__u32 i, struct walk *w)
 		return 0;
 	}
 	struct dentry *up = BPF_CORE_READ(d, d_parent);
-	if (up == d)
+	/* a file in no directory (memfd_create's: "memfd:NAME") keeps its name */
+	int orphan = up == d;
+	if (orphan && w->depth)
 		return 1;
 	if (w->depth >= COMP_MAX) {
 		w->flags |= F_PATH_TRUNC;
@@ -389,7 +391,7 @@ static long walk_step(__u32 i, struct walk *w)
 		w->flags |= F_PATH_TRUNC;
 	w->depth++;
 	w->d = up;
-	return 0;
+	return orphan;
 }
 
 static __always_inline __u8 read_path(struct pathbuf *out, __u32 slot, const struct path *p,

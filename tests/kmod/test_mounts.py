@@ -146,6 +146,27 @@ def test_a_detached_mount_is_marked_through_its_descriptor(sensor):
         holder.stdin.close()
 
 
+FILELESS = textwrap.dedent("""
+    import os
+    fd = os.memfd_create("payload", 0)
+    os.write(fd, open("/bin/true", "rb").read())
+    os.execve(fd, ["fileless-payload"], {})
+""")
+
+
+@on_kernel
+def test_a_fileless_exec_is_named_by_its_memfd_and_not_unguarded(sensor):
+    """memfd_create's files live on the kernel's internal tmpfs, which no
+    path reaches and fanotify refuses to mark: the exec is reported by that
+    name (a policy can audit "/memfd:*"), not as unguarded, and asks for no
+    marking the guard could never do."""
+    before = sensor.statistics().fanotify["unguarded_news"]
+    subprocess.run([sys.executable, "-S", "-c", FILELESS], check=True, timeout=10)
+    (ev,) = collect(sensor, lambda e: isinstance(e, Exec) and e.argv == ["fileless-payload"])
+    assert (ev.exe, ev.verdict, ev.result) == ("/memfd:payload", "allow", 0)
+    assert sensor.statistics().fanotify["unguarded_news"] == before
+
+
 STORM = textwrap.dedent("""
     import ctypes, errno, os, sys
     libc = ctypes.CDLL(None, use_errno=True)
