@@ -14,13 +14,13 @@ import time
 
 import pytest
 
-from kmod import verdict_line
+from kmod import Policy, verdict_line
 from kmod._mounts import M_FSMOUNT, M_MOUNT, M_UNGUARDED, News, Requests, kernel_dev, parse_mountinfo
 from tests import containers
 from tests.containers import Container, overlay_chroot
 from wire import Exec, Open
 
-from .conftest import collect, executable_copy, kernel
+from .conftest import collect, executable_copy, flush, kernel
 
 HOST_MNTNS = os.stat("/proc/self/ns/mnt").st_ino
 TMP_EXEC = "cp /bin/busybox /tmp/sh && /tmp/sh -c true; echo status=$?"
@@ -65,6 +65,7 @@ def test_exec_from_tmp_in_a_runc_container_is_refused(sensor, tmp_path, tmpfs_tm
 
 @on_kernel
 def test_exec_from_tmp_in_a_chroot_on_a_fresh_overlay_is_refused(sensor, tmp_path):
+    flush(sensor)
     done = overlay_chroot(tmp_path, TMP_EXEC)
     # the chroot's own shell ran (from the overlay, allowed); its /tmp/sh did not
     assert "status=126" in done.stdout and "Operation not permitted" in done.stderr, done
@@ -88,6 +89,28 @@ def test_watched_file_opened_inside_is_reported_by_its_path_inside(sensor, tmp_p
     assert 1 < ev.vpid < 100
 
 
+@on_kernel
+def test_a_guard_switched_on_by_a_reload_covers_namespaces_made_meanwhile(sensor):
+    """A policy without exec rules needs no exec guard: it is off, mount news
+    is ignored.  The reload that brings one back scans every namespace."""
+    containers.require()
+    no_exec = Policy.parse('[[rule]]\nname = "c2"\nhook = "connect"\naction = "block"\n'
+                           'match.port = 4444\n')
+    assert not no_exec.needs_exec_guard
+    script = ("mount -t tmpfs tmpfs /tmp && cp /bin/true /tmp/x && echo ready && read go && /tmp/x; "
+              "echo status=$?")
+    sensor.reload(no_exec)
+    try:
+        with subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+            assert child.stdout.readline() == "ready\n"
+            sensor.reload(Policy.default())
+            out, _ = child.communicate("go\n", timeout=10)
+    finally:
+        sensor.reload(Policy.default())
+    assert "status=126" in out, out
+
+
 # ---- the window between a mount and its mark ---------------------------------------
 
 
@@ -104,6 +127,7 @@ def mount_news_missed(sensor):
 @on_kernel
 def test_an_exec_before_the_mark_is_unguarded_and_gets_it_marked(sensor, mount_news_missed):
     containers.require()
+    flush(sensor)
     script = ("mount -t tmpfs tmpfs /tmp && cp /bin/true /tmp/x && /tmp/x; echo first=$?; "
               "sleep 0.1; /tmp/x; echo then=$?")
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
