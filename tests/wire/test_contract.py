@@ -135,7 +135,7 @@ def test_the_largest_exec_the_kernel_decoder_makes_is_within_the_bounds(args):
     from kmod import _decode as k
 
     head = (k.K_EXEC, k.F_ARGS_TRUNC | k.F_PATH_TRUNC, 0, wire.PID_MAX, wire.PID_MAX, wire.PID_MAX, 2**32 - 1,
-            2**32 - 1, 2**32 - 1, 2**61, 2**62, b"\xff" * 16)
+            2**32 - 1, 2**32 - 1, wire.PID_MAX, 2**61, 2**62, b"\xff" * 16, 2**32 - 1, 2**32 - 1)
     record = k._EXEC.pack(*head, 0, len(args), 0, b"\xff" * 256, args)
     pathbuf = k._PATHBUF.pack(k.COMP_MAX, b"\xff" * (k.COMP_MAX * k.COMP_LEN))
     event = Decoder(Policy(), clock_offset_ns=2**61).decode(record + pathbuf + pathbuf)  # exe, then cwd
