@@ -359,6 +359,10 @@ class Guard:
         reads next, as a hung responder would.  The watchdog must fail open."""
         self._stall = seconds
 
+    def rescan(self) -> None:
+        """Mount news was lost: the marker scans every namespace."""
+        self._marker.rescan()
+
     def skip_mount_news(self, skip: bool) -> None:
         """Drill: see ``Marker.skip_mount_news``."""
         self._marker.skip_mount_news(skip)

@@ -23,7 +23,9 @@ class SensorStatistics:
     pending_bytes: int = 0
     """Bytes in the ring buffer not yet drained."""
     fanotify: dict[str, int | str] = field(default_factory=dict)
-    """Permission answers (allowed, denied, audited, cached, ...) and errors."""
+    """Permission answers (allowed, denied, audited, cached, ...) and errors;
+    the exec guard's marking: mount news, scans, filesystems marked, and
+    news-to-marked latency (mark_latency_p50_us, _p99_us, _max_us)."""
     watchdog: str = "off"
     """``armed``, ``failed-open`` or ``off`` (no fanotify)."""
     policy_generation: int = 0

@@ -360,6 +360,8 @@ class LinuxSensor(Sensor):
             log.error("kernel ring buffer full for their kind: lost %s", detail)
             self.notice("drops", f"ring buffer full for their kind, records lost: {detail}",
                          count=sum(lost.values()))
+            if "mount" in lost and self._guard is not None:
+                self._guard.rescan()  # a namespace with a new filesystem may not be known
 
     # ---- policy, exclusions -------------------------------------------------------
 

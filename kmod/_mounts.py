@@ -71,6 +71,8 @@ PENDING_LIMIT = 1024
 """Namespaces waiting to be scanned; past it, one scan of them all replaces them."""
 ROUND = 16
 """Requests served before the marker looks at its ring again."""
+NEWS_PER_ROUND = 4096
+"""Records read from the ring in one round (a storm refills it as fast)."""
 RECONCILE_EVERY = 10.0
 """Seconds between checks of what fanotify really holds when no news comes
 (a superblock that went away takes its mark with it, and its device number
@@ -403,10 +405,10 @@ class Marker:
     def start(self) -> None:
         self._thread.start()
 
-    def request(self, news: News) -> None:
-        """Queue work (from any thread) and wake the marker."""
+    def rescan(self) -> None:
+        """Scan every namespace soon (from any thread): news was lost."""
         with self._pending_lock:
-            self._requests.add(news)
+            self._requests.overflow = True
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
@@ -421,7 +423,7 @@ class Marker:
     def _read_news(self) -> None:
         if self._ring is None:
             return
-        while True:
+        for _ in range(NEWS_PER_ROUND // 256):
             offsets = self._ring.read(256)
             if not offsets:
                 return
