@@ -37,9 +37,12 @@ device; a file that cannot be read leaves the fields it would have given
 empty, with one log line per file.  Lookups are cached: by the cgroup id the
 kernel reports (unique for the life of a boot), and by the container's cgroup
 path with its directory's inode (so a runc id used again by a new container
-is a new entry).  A result found while the runtime had not yet written its
-state is retried after a second; entries of containers whose cgroup is gone
-are swept out.  One resolver may be shared between threads: files are read
+is a new entry).  A cgroup whose runc or crun directory exists without its
+state file is a container being created (runc makes the directory, puts the
+first process in the cgroup, then writes state.json, ~20 ms later): that
+answer is never cached.  Another result found without a runtime's state is
+retried after a second; entries of containers whose cgroup is gone are swept
+out.  One resolver may be shared between threads: files are read
 outside its lock."""
 
 from __future__ import annotations
@@ -186,8 +189,10 @@ class Containers:
             if entry is not None and entry.expires > now:
                 return entry.identity
         text = self._read_cgroup(pid)
-        if text is None and entry is None and cgroup:
-            text = self._cgroup_text(cgroup)  # the process is gone, its cgroup may not be
+        if text is None and cgroup:
+            # The process is gone, its cgroup may not be; an expired entry
+            # (made before the runtime wrote its state) is asked again too.
+            text = self._cgroup_text(cgroup)
         if text is None:
             return entry.identity if entry is not None else gone
         return self._remember(self._identify(text, now), cgroup)
@@ -245,7 +250,11 @@ class Containers:
         if sweep:
             self._sweep()
         identity, complete = self._resolve(found)
-        entry = _Entry(identity, float("inf") if complete and key[1] else now + _RETRY, first.path, key[1])
+        if complete is None:  # being created: asked again at the next lookup
+            expires = now
+        else:
+            expires = float("inf") if complete and key[1] else now + _RETRY
+        entry = _Entry(identity, expires, first.path, key[1])
         with self._lock:
             self._resolved += 1
             _put(self._known, key, entry)
@@ -314,20 +323,34 @@ class Containers:
 
     # -- the runtimes' files -----------------------------------------------------------------
 
-    def _resolve(self, found: tuple[_Found, ...]) -> tuple[ContainerIdentity | None, bool]:
-        """(identity, complete): incomplete when no runtime's state was
-        found (yet: runc writes its state after its first process is in the
-        cgroup), to be looked up again soon."""
+    def _resolve(self, found: tuple[_Found, ...]) -> tuple[ContainerIdentity | None, bool | None]:
+        """(identity, complete): False when no runtime's state was found,
+        to be looked up again soon; None when runc or crun is creating the
+        container (its directory is there, its state not yet), to be looked
+        up again at once."""
         for f in found:
             identity = self._from_runtime(f)
             if identity is not None:
                 return ContainerIdentity(fit_text(identity.id), identity.runtime, fit_text(identity.name),
                                          fit_text(identity.image), f.path if f.v2 else ""), True
-            if f.sure:  # the cgroup's name says container; no runtime's state says more
+            creating = self._being_created(f)
+            if f.sure or creating:  # the cgroup's name or a runtime's directory says container
                 cid = fit_text(f.id)
-                return ContainerIdentity(cid, f.hint, cid if f.hint in _NAMED_BY_ID else "", "",
-                                         f.path if f.v2 else ""), False
+                hint = f.hint or creating
+                return ContainerIdentity(cid, hint, cid if hint in _NAMED_BY_ID else "", "",
+                                         f.path if f.v2 else ""), None if creating else False
         return None, False
+
+    def _being_created(self, f: _Found) -> str:
+        """The runtime (runc, crun) whose directory for this id exists while
+        its state file does not, "" if none.  Called once the state was not
+        found; runc makes the directory before the cgroup."""
+        if f.hint not in ("", "runc", "crun"):
+            return ""
+        for runtime in ("runc", "crun") if not f.hint else (f.hint,):
+            if (self.root / "run" / runtime / f.id).is_dir():
+                return runtime
+        return ""
 
     def _from_runtime(self, f: _Found) -> ContainerIdentity | None:
         if f.hint == "lxc":

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from kmod._containers import ContainerIdentity, Containers
+from kmod._containers import ContainerIdentity, Containers, cgroup2_mount
 from tests import containers
 
 CID = "4f" * 32
@@ -235,3 +237,55 @@ def test_a_real_runc_container(tmp_path):
         assert Containers().of_pid(4_000_000_000, cgroup) == got
         assert {i.id for i in resolver.running()} >= {c.id}
     assert resolver.of_pid(os.getpid()) is None
+
+
+def test_a_runc_container_being_created_is_asked_again_at_once(machine):
+    # runc makes /run/runc/ID, puts the first process in the cgroup, and
+    # writes state.json ~20 ms later: what was found in between is not kept.
+    resolver = machine.resolver()
+    (machine.root / "run/runc/job").mkdir(parents=True)
+    pid = machine.process("/job")
+    got = resolver.of_pid(pid, cgroup=77)
+    assert (got.id, got.runtime, got.name, got.image) == ("job", "runc", "job", "")
+    machine.file("run/runc/job/state.json", {"config": {"labels": ["org.opencontainers.image.ref.name=a"]}})
+    assert resolver.of_pid(pid, cgroup=77).image == "a"  # no second's wait
+    assert resolver.of_pid(pid, cgroup=77).image == "a"
+
+
+def _real_cgroup(name: str) -> tuple[str, subprocess.Popen]:
+    """A cgroup v2 directory of that name with a sleeping process in it."""
+    root = cgroup2_mount("/proc")
+    if not root or not os.access(root, os.W_OK):
+        pytest.skip("needs a writable cgroup v2 mount (root)")
+    os.mkdir(f"{root}/{name}")
+    child = subprocess.Popen(["sleep", "30"])
+    with open(f"{root}/{name}/cgroup.procs", "w") as f:
+        f.write(str(child.pid))
+    return f"{root}/{name}", child
+
+
+@pytest.mark.parametrize("creating", [True, False])
+def test_a_gone_process_of_a_container_first_seen_without_state_is_named_once_it_has(tmp_path, creating):
+    # The relay reads a runc container's first process before runc wrote
+    # its state; a later process of the container (runc exec's, refused)
+    # is gone when its event is enriched: its cgroup id still names it.
+    name = f"immune-late-{uuid.uuid4().hex[:8]}"
+    if creating:
+        (tmp_path / "run/runc" / name).mkdir(parents=True)
+    folder, child = _real_cgroup(name)
+    try:
+        resolver = Containers(root=tmp_path)
+        cgroup = os.stat(folder).st_ino
+        first = resolver.of_pid(child.pid, cgroup)
+        assert (first.id if first else "") == (name if creating else "")
+        state = tmp_path / "run/runc" / name / "state.json"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text('{"config": {"labels": ["org.opencontainers.image.ref.name=late:1"]}}')
+        if not creating:
+            time.sleep(1.05)  # what no runtime's directory announced is asked again after a second
+        got = resolver.of_pid(4_000_000_000, cgroup)
+        assert got is not None and (got.id, got.runtime, got.name, got.image) == (name, "runc", name, "late:1")
+    finally:
+        child.kill()
+        child.wait()
+        os.rmdir(folder)
