@@ -190,8 +190,10 @@ class ProcessTable:
         self._users: dict[int, str] = {}
         self._hashes: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
         self._to_hash: dict[tuple[int, int, int, int], _Hashing] = {}
-        self._cgroups: OrderedDict[int, tuple[str, ContainerIdentity | None]] = OrderedDict()
-        """cgroup id -> (unit, container), for a process seen moving (docker exec)."""
+        self._units: OrderedDict[int, str] = OrderedDict()
+        """cgroup id -> unit, for a process seen moving (docker exec).  Its
+        container is the resolver's to cache: an answer found before the
+        runtime wrote its state must not stick."""
         self._seeded = self._loaded = self._unknown = self._evicted = 0
         self._hashed = self._hash_hits = self._hash_skipped = self._hash_failed = 0
 
@@ -211,6 +213,11 @@ class ProcessTable:
 
     def get(self, pid: int) -> Process | None:
         return self._procs.get(pid)
+
+    def known(self, pid: int) -> Process | None:
+        """The live process, else one that exited recently (what the table
+        knew of it when it went)."""
+        return self._procs.get(pid) or self._exited.get(pid)
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -242,7 +249,7 @@ class ProcessTable:
     def _parent(self, ppid: int) -> Process | None:
         if ppid <= 0:
             return None
-        return self._procs.get(ppid) or self._exited.get(ppid) or self._lookup(ppid, 0)
+        return self.known(ppid) or self._lookup(ppid, 0)
 
     # -- enrichment -----------------------------------------------------------------
 
@@ -405,7 +412,7 @@ class ProcessTable:
         cgroup = self._cgroup_id(path)
         container = self.containers.identify(cgroup_text, cgroup)
         if cgroup:
-            self._remember_cgroup(cgroup, (unit, container))
+            self._remember_unit(cgroup, unit)
         return Process(pid, ppid, fit_text(exe), exe, cmdline, cgroup, unit, container)
 
     def _cgroup_id(self, path: str) -> int:
@@ -417,16 +424,17 @@ class ProcessTable:
         except OSError:
             return 0
 
-    def _remember_cgroup(self, cgroup: int, info: tuple[str, ContainerIdentity | None]) -> None:
-        self._cgroups[cgroup] = info
-        if len(self._cgroups) > _CACHE:
-            self._cgroups.popitem(last=False)
+    def _remember_unit(self, cgroup: int, unit: str) -> None:
+        self._units[cgroup] = unit
+        if len(self._units) > _CACHE:
+            self._units.popitem(last=False)
 
     def _moved(self, p: Process, cgroup: int) -> None:
         """The process is in another cgroup than we knew (docker exec,
-        systemd-run): look the new one up once per cgroup."""
-        info = self._cgroups.get(cgroup)
-        if info is None:
+        systemd-run): its unit read once per cgroup, its container asked
+        of the resolver (which caches by cgroup id what is final)."""
+        unit = self._units.get(cgroup)
+        if unit is None:
             try:
                 with open(f"{self.proc}/{p.pid}/cgroup", "rb") as f:
                     text = os.fsdecode(f.read())
@@ -437,10 +445,12 @@ class ProcessTable:
                 return
             path, unit = parse_cgroup(text)
             cgroup_id = self._cgroup_id(path) or cgroup
-            info = (unit, self.containers.identify(text, cgroup_id))
-            self._remember_cgroup(cgroup_id, info)
+            self._remember_unit(cgroup_id, unit)
+            p.container = self.containers.identify(text, cgroup_id)
+        else:
+            p.container = self.containers.of_pid(p.pid, cgroup, gone=p.container)
         p.cgroup = cgroup
-        p.unit, p.container = info
+        p.unit = unit
 
     # -- hashing --------------------------------------------------------------------
 

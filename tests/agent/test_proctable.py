@@ -102,6 +102,7 @@ def test_fork_exec_exit_keep_the_table_current(tmp_path):
     table.enrich(ex_)
     assert ex_.image == "/usr/bin/true"
     assert table.get(child) is None
+    assert table.known(child).image == "/usr/bin/true"  # recently exited: still known
 
     # A grandchild whose event races its parent's exit still finds the parent.
     late = wire.Open(pid=GONE + 2, ppid=child, path="/x")
@@ -276,6 +277,44 @@ def test_a_container_whose_runtime_wrote_its_state_late_is_known_at_its_next_exe
                  wire.Open(pid=child.pid, cgroup=cgroup, path="/etc/hosts")]
         table.enrich_all(after)
         assert [(e.container, e.container_runtime, e.container_image) for e in after] == [(name, "runc", "late:1")] * 2
+    finally:
+        child.kill()
+        child.wait()
+        os.rmdir(f"{root}/{name}")
+
+
+def test_runc_execs_name_a_container_whose_first_process_was_seen_before_its_state(tmp_path):
+    # What a demo saw: the relay enriched `runc run`'s first process as it
+    # joined the container's cgroup, before runc wrote state.json; then
+    # `runc exec`'s process joined it, exec'd and was refused, and was gone
+    # when its events were enriched.  They carried no container: the table
+    # had kept the cgroup's first answer for good.
+    root = cgroup2_mount("/proc")
+    if not root or not os.access(root, os.W_OK):
+        pytest.skip("needs a writable cgroup v2 mount (root)")
+    name = f"immune-late-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "run/runc" / name).mkdir(parents=True)  # runc's directory comes first
+    os.mkdir(f"{root}/{name}")
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        table = ProcessTable(containers=Containers(root=tmp_path))
+        table.seed()
+        with open(f"{root}/{name}/cgroup.procs", "w") as f:
+            f.write(str(child.pid))
+        cgroup = os.stat(f"{root}/{name}").st_ino
+        init = wire.SetId(pid=child.pid, cgroup=cgroup, old=0, new=0)
+        table.enrich(init)
+        assert (init.container, init.container_image) == (name, "")  # runc's, its image not known yet
+        (tmp_path / "run/runc" / name / "state.json").write_text(
+            '{"config": {"labels": ["org.opencontainers.image.ref.name=late:1"]}}')
+        runc_init = GONE + 70  # runc exec's, forked on the host, moved in, gone
+        events = [wire.Fork(pid=os.getpid(), child_pid=runc_init),
+                  wire.SetId(pid=runc_init, ppid=os.getpid(), cgroup=cgroup, old=0, new=0),
+                  wire.Exec(pid=runc_init, ppid=os.getpid(), cgroup=cgroup, filename="/tmp/x", result=-1,
+                            verdict="block")]
+        table.enrich_all(events)
+        assert [(e.container, e.container_runtime, e.container_name, e.container_image) for e in events[1:]] == \
+            [(name, "runc", name, "late:1")] * 2
     finally:
         child.kill()
         child.wait()
