@@ -3,6 +3,7 @@ container started after the agent runs a dropped program from its /tmp;
 the sensor refuses it, the hive alerts, and the exec-from-temp playbook's
 quarantine moves the container's file, not the host's file of that name."""
 
+import os
 import uuid
 from pathlib import Path
 
@@ -51,5 +52,16 @@ def test_the_playbook_quarantines_the_containers_file_end_to_end(demo, tmp_path)
             assert not inside.exists()
             assert host.read_bytes() == b"the host's own file"
             assert f"(in the root of pid {c.pid} " in action.result
+            # the refused exec as the hive stored it: the container's identity and view
+            store = Store(tmp_path / "node" / "hive.db")
+            [refused] = [e for e in store.events(kind="exec", limit=1000)
+                         if e.filename == name and e.verdict == "block"]
+            assert (refused.container, refused.container_runtime, refused.container_name) == (c.id, "runc", c.id)
+            host_mntns = os.stat("/proc/self/ns/mnt").st_ino
+            assert refused.mntns == os.stat(f"/proc/{c.pid}/ns/mnt").st_ino != host_mntns
+            assert refused.pidns == os.stat(f"/proc/{c.pid}/ns/pid").st_ino and 1 < refused.vpid < 1000
+            # the built-in rule's alert and SigmaHQ's (both run by default), each with the container
+            alerts = [a for a in store.alerts(limit=1000) if any(e.filename == name for e in a.events)]
+            assert alerts and all(a.events[0].container == c.id for a in alerts), alerts
     finally:
         host.unlink()
