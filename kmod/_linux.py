@@ -217,7 +217,8 @@ class LinuxSensor(Sensor):
         self._mounts_ring = RingBuffer(bpf.map_fd("mounts"), _MOUNTS_RING)
         self._guard = Guard(self._policy, resolved, self._excluded, self._verdicts, self.notice,
                             self._bound, news=self._mounts_ring, news_fd=bpf.map_fd("mounts"),
-                            kernel=Superblocks(bpf.map_fd("guarded_devs"), bpf.map_fd("exec_guard")))
+                            kernel=Superblocks(bpf.map_fd("guarded_devs"), bpf.map_fd("exec_guard"),
+                                               bpf.map_fd("unguarded_asked")))
         self._guard.start()
         log.info("kernel sensor started (scope %s, %d rules)", self._scope, len(self._policy.rules))
 

@@ -238,11 +238,14 @@ class Requests:
 
 class Superblocks:
     """The kernel's view of the exec guard (kmod/bpf/sensor.bpf.c,
-    exec_unguarded): whether it is on, and which superblocks it marked."""
+    exec_unguarded): whether it is on, which superblocks it marked, and when
+    an unguarded exec last asked for each (cleared when that device number
+    is marked or pruned: a new superblock may reuse it, and must ask at once)."""
 
-    def __init__(self, guarded_fd: int, switch_fd: int):
+    def __init__(self, guarded_fd: int, switch_fd: int, asked_fd: int):
         self._guarded_fd = guarded_fd
         self._switch_fd = switch_fd
+        self._asked_fd = asked_fd
         self.refused = 0
 
     def switch(self, on: bool) -> None:
@@ -257,9 +260,11 @@ class Superblocks:
             if not self.refused:
                 log.error("the kernel's list of marked filesystems refused one: %s", e)
             self.refused += 1
+        map_delete(self._asked_fd, _U32.pack(dev))
 
     def discard(self, dev: int) -> None:
         map_delete(self._guarded_fd, _U32.pack(dev))
+        map_delete(self._asked_fd, _U32.pack(dev))
 
 
 class Marker:

@@ -493,11 +493,11 @@ MOUNT_NEWS(mount_setattr, M_MOUNT_SETATTR)
 #define SB_KERNMOUNT (1 << 22)
 #define SB_NOUSER (1 << 31)
 #define FS_OPEN_EXEC_PERM 0x00040000
-#define ASK_AGAIN_NS 1000000000ULL
+#define ASK_AGAIN_NS 100000000ULL  /* against an exec storm from one the marker cannot mark */
 
 /* Is the image the current task just exec'd on a superblock the guard has
- * not marked, while the guard is on?  Then ask the marker (at most once a
- * second per superblock).  Marked means both: the superblock carries an
+ * not marked, while the guard is on?  Then ask the marker (at most every
+ * 100 ms per device number).  Marked means both: the superblock carries an
  * exec permission mark (its own s_fsnotify_mask: a superblock gone with its
  * mark may leave its device number to a new one, which the map would still
  * list), and it is one the guard marked (guarded_devs: not another group's).
