@@ -56,6 +56,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,12 +214,17 @@ class Containers:
     def running(self) -> list[ContainerIdentity]:
         """Every container with a process on this machine now (for a scope)."""
         seen: dict[tuple[str, str], ContainerIdentity] = {}
+        for _, identity in self.processes():
+            seen.setdefault((identity.runtime, identity.id), identity)
+        return list(seen.values())
+
+    def processes(self) -> Iterator[tuple[int, ContainerIdentity]]:
+        """(pid, its container) of every process in a container now."""
         for name in os.listdir(self.proc):
             text = self._read_cgroup(int(name)) if name.isdigit() else None
             identity = self._identify(text, time.monotonic()).identity if text else None
             if identity is not None:
-                seen.setdefault((identity.runtime, identity.id), identity)
-        return list(seen.values())
+                yield int(name), identity
 
     def statistics(self) -> ContainerStatistics:
         with self._lock:

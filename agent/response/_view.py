@@ -76,14 +76,10 @@ def mount_ns(pid: int) -> int:
 
 def known(table: Any, pid: int) -> Any:
     """What the process table knew of ``pid``, running or recently exited
-    (a ``agent.Process``), or None.
-
-    ProcessTable keeps the recently exited for its own enrichment but has
-    no public way to read them yet: this one function reaches in, until it
-    has one (asked of its owner)."""
+    (a ``agent.Process``), or None (also without a table)."""
     if table is None or pid <= 0:
         return None
-    return table.get(pid) or table._exited.get(pid)
+    return table.known(pid)
 
 
 def ancestors(table: Any, pid: int) -> Iterator[Any]:
@@ -109,14 +105,11 @@ def container_pids(container: str) -> list[int]:
     """Live processes of the container whose id or name is ``container``, oldest first."""
     from kmod._containers import shared
 
-    resolver = shared()
     out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            found = resolver.of_pid(int(name))
-            st = stat(int(name)) if found is not None and container in (found.id, found.name) else None
-            if st is not None:
-                out.append((st.start, st.pid))
+    for pid, found in shared().processes():
+        st = stat(pid) if container in (found.id, found.name) else None
+        if st is not None:
+            out.append((st.start, st.pid))
     return [p for _, p in sorted(out)]
 
 

@@ -236,6 +236,7 @@ def test_a_real_runc_container(tmp_path):
         cgroup = os.stat(f"{resolver.cgroup2}/{c.id}").st_ino
         assert Containers().of_pid(4_000_000_000, cgroup) == got
         assert {i.id for i in resolver.running()} >= {c.id}
+        assert c.pid in {pid for pid, i in resolver.processes() if i.id == c.id}
     assert resolver.of_pid(os.getpid()) is None
 
 
