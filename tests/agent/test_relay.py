@@ -491,7 +491,7 @@ async def test_a_reloaded_policy_reaches_the_hive_in_a_new_hello(tmp_path):
         await rig.hive.wait(lambda: rig.hive.hellos)
         await rig.sensor.send(wire.EventBatch(seq=2, events=[wire.Notice(
             what="policy_reloaded", detail=f"/etc/immune/p.toml: 3 rules, sha256 {digest}")]))
-        await rig.hive.wait(lambda: len(rig.hive.hellos) >= 2 and isinstance(rig.hive.stored[-1], wire.Notice))
+        await rig.hive.wait(lambda: len(rig.hive.hellos) >= 2 and rig.hive.stored and isinstance(rig.hive.stored[-1], wire.Notice))
         n.cancel_scope.cancel()
     assert rig.hive.hellos[0].policy_version == "p.toml:0123456789ab"
     assert rig.hive.hellos[-1].policy_version == f"p.toml:{digest[:12]}"
