@@ -55,8 +55,6 @@ log = logging.getLogger("kmod.fanotify")
 
 # enum mount_call in kmod/bpf/sensor.h
 M_MOUNT, M_MOVE_MOUNT, M_FSMOUNT, M_MOUNT_SETATTR, M_UNGUARDED = range(1, 6)
-CALLS = {M_MOUNT: "mount", M_MOVE_MOUNT: "move_mount", M_FSMOUNT: "fsmount",
-         M_MOUNT_SETATTR: "mount_setattr", M_UNGUARDED: "unguarded exec"}
 _MOUNT_REC = struct.Struct("<BBHIIIiIQ")  # struct mount_rec
 _U32 = struct.Struct("<I")
 
