@@ -159,6 +159,14 @@ class Event(Struct, tag_field="kind"):
     container_image: Name = ""
     """What the runtime's own state on disk says; "" where it says nothing."""
     cwd: Path = ""
+    package: Name = ""
+    """The package that installed the process's program (dpkg's file lists;
+    a script's own path first, else its executable): "" if none, not known
+    (no dpkg database) or in a container."""
+    package_session: Path = ""
+    """The package manager (its path: /usr/bin/dpkg, /usr/bin/apt-get, ...)
+    the process descends from, or is: it runs in a package management
+    session (maintainer scripts, triggers).  "" if none."""
 
     # Namespaces, from the kernel: 0 where not known.
     mntns: U32 = 0
@@ -211,6 +219,12 @@ class SetId(Event, tag="setid"):
     new: Annotated[int, Meta(ge=-1, le=2**32 - 1)] = 0
     """The effective id asked for, else the first id given; -1: unchanged."""
     result: Int32 = 0
+    held: bool | None = None
+    """Set by the agent for the set*uid calls: whether the process's program
+    held the user id asked for before the call (since its exec: a real uid it
+    ran as, or an effective one it gave up), so returning to it is no gain;
+    None: its history is not known (first seen at this call, or an older
+    agent)."""
 
     def change(self) -> str:
         """``old->new`` as the verdict lines print it; an unknown old id is ``?``."""

@@ -52,6 +52,11 @@ ContainerImage         ``container_image``, as the runtime recorded it (docker: 
 MountNamespace         ``mntns``: the mount namespace's inode number (integer)
 PidNamespace           ``pidns``: the pid namespace's inode number (integer)
 VirtualProcessId       ``vpid``: the pid as the process's own pid namespace sees it
+Package                ``package``: the package that installed the process's program
+                       (dpkg's lists; a script's own path first), on the host
+PackageSession         ``package_session``: the package manager the process descends
+                       from or is (``/usr/bin/dpkg``, ``/usr/bin/apt-get``, ...): it runs
+                       in a package management session (maintainer scripts, triggers)
 =====================  ================================================================
 
 Per logsource:
@@ -62,7 +67,10 @@ Per logsource:
   end), ``Protocol``, ``Initiated``.
 * file_event, file_access: ``TargetFilename``, ``Flags`` (the open flags), ``Access``
   (``read``, ``write`` or ``readwrite``), ``Result``.
-* setid: ``Call``, ``OldId``, ``NewId``, ``Result``.
+* setid: ``Call``, ``OldId``, ``NewId``, ``Result``, ``NewIdHeld`` (``'true'``: the
+  process's program held NewId before the call, since its exec, as a real uid it ran as
+  or an effective one it gave up, so the call returns to it; ``'false'``: it never did;
+  absent: not known, and for the set*gid calls).
 * bind: ``SourceIp``, ``SourcePort`` (the local address bound), ``Protocol``.
 * fork: ``ChildProcessId``.
 
@@ -88,7 +96,7 @@ _COMMON_FIELDS = frozenset({
     "Agent", "ProcessId", "ParentProcessId", "Image", "CommandLine", "ParentImage",
     "ParentCommandLine", "User", "CurrentDirectory", "LogonId", "Uid", "Euid", "Gid", "Comm",
     "Hashes", "Container", "Unit", "ContainerId", "ContainerRuntime", "ContainerName", "ContainerImage",
-    "MountNamespace", "PidNamespace", "VirtualProcessId",
+    "MountNamespace", "PidNamespace", "VirtualProcessId", "Package", "PackageSession",
 })
 _FILE_FIELDS = _COMMON_FIELDS | {"TargetFilename", "Flags", "Access", "Result"}
 
@@ -100,7 +108,7 @@ FIELDS: dict[str, frozenset[str]] = {
     },
     "file_event": _FILE_FIELDS,
     "file_access": _FILE_FIELDS,
-    "setid": _COMMON_FIELDS | {"Call", "OldId", "NewId", "Result"},
+    "setid": _COMMON_FIELDS | {"Call", "OldId", "NewId", "Result", "NewIdHeld"},
     "bind": _COMMON_FIELDS | {"SourceIp", "SourcePort", "Protocol"},
     "fork": _COMMON_FIELDS | {"ChildProcessId"},
 }
@@ -131,7 +139,7 @@ def _common(event, fields: dict) -> dict:
         ("Agent", event.agent), ("CommandLine", event.cmdline),
         ("ParentImage", event.parent_image), ("ParentCommandLine", event.parent_cmdline),
         ("User", event.user), ("CurrentDirectory", event.cwd), ("Comm", event.comm),
-        ("Unit", event.unit),
+        ("Unit", event.unit), ("Package", event.package), ("PackageSession", event.package_session),
     ):
         if value:
             fields[name] = value
@@ -205,6 +213,8 @@ def _setid(event: SetId) -> dict:
     fields = {"OldId": event.old, "NewId": event.new, "Result": event.result}
     if event.call:
         fields["Call"] = event.call
+    if event.held is not None:
+        fields["NewIdHeld"] = "true" if event.held else "false"
     return _with_image(event, fields)
 
 
