@@ -26,13 +26,16 @@ import wire
 from kmod import ContainerIdentity, Containers, cgroup2_mount
 from wire import fit_text
 
+from ._packages import PackageIndex, is_manager, system_packages
+
 TOO_LARGE = "too-large"
 """``sha256`` of an executable bigger than the hash limit: not hashed, on purpose."""
 
 ENRICHED = frozenset({"image", "cmdline", "parent_image", "parent_cmdline", "user", "sha256", "unit", "container",
-                      "container_runtime", "container_name", "container_image"})
-"""The event fields enrichment writes, and the only ones: the relay fits
-these into the wire's bounds before it spools an event.  The table spells
+                      "container_runtime", "container_name", "container_image", "package", "package_session"})
+"""The event fields enrichment writes, and the only ones but ``SetId.held``
+(a flag, nothing to fit): the relay fits these into the wire's bounds
+before it spools an event.  The table spells
 the names it reads from the system as the kernel sensor does (a byte that
 is not UTF-8 as U+FFFD, ``wire.fit_text``), once per process, user or
 cgroup: the same file has one name whichever told it, and the relay's fit
@@ -43,6 +46,17 @@ _UNIT = re.compile(r"\.(?:service|scope|socket|mount|swap)$")
 _RECENT_EXITS = 1024
 _CACHE = 4096
 _PATHS_TRIED = 4
+_UID_CALLS = frozenset({"setuid", "setreuid", "setresuid", "setfsuid"})
+_LINEAGE_DEPTH = 64
+
+
+def _real_uid(status: bytes) -> frozenset[int] | None:
+    """The real uid on the ``Uid:`` line of /proc/PID/status."""
+    at = status.find(b"\nUid:")
+    if at < 0:
+        return None
+    fields = status[at + 5:status.find(b"\n", at + 1)].split()
+    return frozenset({int(fields[0])}) if fields and fields[0].isdigit() else None
 
 
 def parse_cgroup(text: str) -> tuple[str, str]:
@@ -121,10 +135,11 @@ def _digest(path: str, key: tuple[int, int, int, int]) -> str | None:
 
 class Process:
     __slots__ = ("pid", "ppid", "image", "exe", "cmdline", "cgroup", "unit", "container", "sha256",
-                 "hashing")
+                 "hashing", "package", "session", "uids")
 
     def __init__(self, pid: int, ppid: int = 0, image: str = "", exe: str = "", cmdline: str = "",
-                 cgroup: int = 0, unit: str = "", container: ContainerIdentity | None = None) -> None:
+                 cgroup: int = 0, unit: str = "", container: ContainerIdentity | None = None,
+                 package: str = "", uids: frozenset[int] | None = None) -> None:
         self.pid = pid
         self.ppid = ppid
         self.image = image
@@ -141,9 +156,24 @@ class Process:
         """None until first needed."""
         self.hashing: _Hashing | None = None
         """Its executable being hashed (sha256 is then still None)."""
+        self.package = package
+        """The package its program came from ("" if none, or in a container)."""
+        self.session: str | None = None
+        """The package manager it descends from (itself included), "" if none;
+        None until first needed."""
+        self.uids = uids
+        """The user ids its program held: the real uid it was started with
+        (at its exec, or as read from /proc), the real ones it ran as since
+        and the effective ones it gave up; None if not known.  An exec starts
+        it again: what root's setpriv or cron held is not the user program's
+        it execs.  Learned from fork, exec and set*uid calls only, never from
+        other events: a process whose credentials a kernel exploit rewrote
+        does not vouch for itself."""
 
     def copy(self, pid: int, ppid: int) -> "Process":
-        child = Process(pid, ppid, self.image, self.exe, self.cmdline, self.cgroup, self.unit, self.container)
+        child = Process(pid, ppid, self.image, self.exe, self.cmdline, self.cgroup, self.unit, self.container,
+                        self.package, self.uids)
+        child.session = self.session
         child.sha256 = self.sha256
         if self.hashing is not None:
             child.hashing = self.hashing
@@ -176,11 +206,12 @@ class ProcessTable:
 
     def __init__(self, *, proc: str | os.PathLike = "/proc", cgroup_root: str | os.PathLike | None = None,
                  max_processes: int = 32768, hash_limit: int = 32 << 20, cmdline_limit: int = 8192,
-                 containers: Containers | None = None) -> None:
+                 containers: Containers | None = None, packages: PackageIndex | None = None) -> None:
         self.proc = Path(proc)
         # "" if cgroup v2 is mounted nowhere: then cgroup ids are not resolved.
         self.cgroup_root = str(cgroup_root) if cgroup_root is not None else cgroup2_mount(str(self.proc))
         self.containers = containers or Containers(proc=self.proc, cgroup2=self.cgroup_root)
+        self.packages = packages if packages is not None else system_packages()
         self.max_processes = max_processes
         self.hash_limit = hash_limit
         self.cmdline_limit = cmdline_limit
@@ -301,9 +332,16 @@ class ProcessTable:
         if kind is wire.Exec:
             p = self._exec(event)  # type: ignore[arg-type]
         else:
+            # A process first seen at its set*id call is read from /proc as the call left it.
+            fresh = kind is wire.SetId and event.pid not in self._procs
             p = self._lookup(event.pid, event.ppid)
             event.image = p.image
             event.cmdline = p.cmdline
+            event.package = p.package
+            if kind is wire.SetId:
+                self._setid(p, event, fresh)  # type: ignore[arg-type]
+        session = p.session
+        event.package_session = session if session is not None else self._session(p)
         if event.cgroup and event.cgroup != p.cgroup:
             self._moved(p, event.cgroup)
         parent = self._parent(event.ppid or p.ppid)
@@ -357,14 +395,68 @@ class ProcessTable:
                 digest.waiting.append(event)
             else:
                 event.sha256 = digest
+            event.package = self._owner(p.container, image, path)
             return p
         p.image = image
         p.exe = event.exe or image
         p.cmdline = cmdline
         p.sha256 = p.hashing = None
+        event.package = p.package = self._owner(p.container, image, p.exe)
+        if is_manager(image) or is_manager(p.exe):
+            p.session = image
+        p.uids = frozenset((event.uid,))  # the real uid: an exec never changes it
         if event.ppid:
             p.ppid = event.ppid
         return p
+
+    def _owner(self, container: ContainerIdentity | None, image: str, exe: str) -> str:
+        """The package of the program at ``image`` (a script's own path), else
+        of ``exe``; "" in a container, whose paths are not the host's files."""
+        if container is not None:
+            return ""
+        return self.packages.owner(image) or (self.packages.owner(exe) if exe != image else "")
+
+    def _session(self, p: Process) -> str:
+        """The package manager ``p`` descends from, found up its ancestry
+        once and kept on each process walked (they share it)."""
+        walked = []
+        q: Process | None = p
+        session = ""
+        for _ in range(_LINEAGE_DEPTH):
+            if q is None:
+                break
+            if q.session is not None:
+                session = q.session
+                break
+            if is_manager(q.image) or is_manager(q.exe):
+                session = q.session = q.image
+                break
+            walked.append(q)
+            if q.ppid <= 0 or q.ppid == q.pid:
+                break
+            q = self._parent(q.ppid)
+        for w in walked:
+            w.session = session
+        return session
+
+    def _setid(self, p: Process, event: wire.SetId, fresh: bool) -> None:
+        """Whether the process held the user id it asks for (``event.held``),
+        then what the call taught: the real uid after it, the effective one
+        given up.  Group calls are left alone (no rule needs their history)."""
+        if event.call not in _UID_CALLS:
+            return
+        uids = p.uids
+        if uids is not None and not fresh and event.new >= 0:
+            event.held = event.new in uids
+        if event.call == "setuid" and event.old == 0 and event.result == 0:
+            # Root's setuid sets the real, effective and saved ids: nothing
+            # to go back to (a daemon's drop, cron's child becoming its user).
+            p.uids = frozenset((event.uid,))
+        # setfs*id returns the old id; the others 0 on success.
+        elif event.result == 0 or event.call == "setfsuid":
+            learned = {event.uid, event.old} if event.old >= 0 else {event.uid}
+            if uids is None or not learned <= uids:
+                p.uids = (uids or frozenset()) | learned
 
     def _exit(self, pid: int) -> None:
         p = self._procs.pop(pid, None)
@@ -396,6 +488,8 @@ class ProcessTable:
                 raw = f.read(self.cmdline_limit * 4)
             with open(f"{base}/cgroup", "rb") as f:
                 cgroup_text = os.fsdecode(f.read())  # anyone may name a delegated cgroup
+            with open(f"{base}/status", "rb") as f:
+                status = f.read()
         except OSError:
             return None
         # The comm in parentheses may hold anything, so split after the last ')'.
@@ -413,7 +507,9 @@ class ProcessTable:
         container = self.containers.identify(cgroup_text, cgroup)
         if cgroup:
             self._remember_unit(cgroup, unit)
-        return Process(pid, ppid, fit_text(exe), exe, cmdline, cgroup, unit, container)
+        image = fit_text(exe)
+        return Process(pid, ppid, image, exe, cmdline, cgroup, unit, container,
+                       self._owner(container, image, image), _real_uid(status))
 
     def _cgroup_id(self, path: str) -> int:
         """The cgroup v2 id the sensor reports is the inode of its folder."""
