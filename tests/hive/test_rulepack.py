@@ -44,18 +44,29 @@ CASES = {
         [connect("203.0.113.5", 443), connect("127.0.0.1", 4444)]),
     "302196c1-e34d-4fa8-9854-d313e973dc85": (  # shadow read
         [opened("/etc/shadow", "/usr/bin/cat"),
-         opened("/etc/shadow", "/usr/bin/python3", result=-13)],
-        [opened("/etc/shadow", "/usr/sbin/unix_chkpwd"), opened("/etc/passwd", "/usr/bin/cat")]),
+         opened("/etc/shadow", "/usr/bin/python3", result=-13),
+         opened("/etc/shadow", "/usr/bin/cat", package="coreutils")],  # the system's own cat, still
+        [opened("/etc/shadow", "/usr/sbin/unix_chkpwd"), opened("/etc/passwd", "/usr/bin/cat"),
+         # debconf and adduser's tools look accounts up as root in a package's scripts
+         opened("/etc/shadow", "/usr/share/debconf/frontend", package_session="/usr/bin/dpkg"),
+         opened("/etc/shadow", "/usr/sbin/dpkg-preconfigure", package_session="/usr/bin/apt-get"),
+         opened("/etc/shadow", "/usr/sbin/deluser"), opened("/etc/shadow", "/usr/bin/chfn")]),
     "40c96ca6-9ba3-42ec-a745-dcbcc90136b4": (  # passwd read with a text tool
         [opened("/etc/passwd", "/usr/bin/cat"), opened("/etc/group", "/usr/bin/grep")],
         [opened("/etc/passwd", "/usr/bin/ls"), opened("/etc/hosts", "/usr/bin/cat")]),
     "99668ef1-b53c-46ec-862e-d78886de8d78": (  # account database written
         [opened("/etc/passwd", "/usr/bin/python3", WR),
          opened("/etc/sudoers.d/backdoor", "/usr/bin/tee", WR)],
-        [opened("/etc/passwd", "/usr/sbin/useradd", WR), opened("/etc/passwd", "/usr/bin/tee")]),
+        [opened("/etc/passwd", "/usr/sbin/useradd", WR), opened("/etc/passwd", "/usr/bin/tee"),
+         opened("/etc/passwd", "/usr/sbin/update-passwd", WR, package_session="/usr/bin/dpkg")]),
     "0504836b-8a2a-4133-8cc4-563d59c188bb": (  # became root
-        [SetId(agent="h", call="setuid", old=1000, new=0, image="/tmp/exploit")],
+        [SetId(agent="h", call="setuid", old=1000, new=0, image="/tmp/exploit"),
+         # a setuid-root program run by a user: effectively root already, never held it
+         SetId(agent="h", call="setuid", old=0, new=0, held=False, image="/srv/tools/helper"),
+         SetId(agent="h", call="setresuid", old=1000, new=0, held=False, image="/tmp/exploit")],
         [SetId(agent="h", call="setuid", old=1000, new=0, image="/usr/bin/sudo"),
+         # root's apt-get back from its _apt sandbox
+         SetId(agent="h", call="setresuid", old=42, new=0, held=True, image="/usr/bin/apt-get"),
          SetId(agent="h", call="setuid", old=0, new=0, image="/usr/sbin/cron"),
          SetId(agent="h", call="setuid", old=1000, new=0, image="/tmp/x", result=-1)]),
     "a1cc0e9e-aeba-4e34-9e77-499794339b57": (  # setuid to nobody
@@ -116,7 +127,9 @@ CASES = {
     "4d836e8c-981f-4983-85b9-ffca30676577": (  # suid
         [run("/usr/bin/chmod", "chmod u+s /tmp/sh"), run("/bin/chmod", "chmod 4755 /tmp/sh"),
          run("/usr/sbin/setcap", "setcap cap_setuid+ep /usr/bin/python3")],
-        [run("/usr/bin/chmod", "chmod 755 /opt/app"), run("/usr/bin/chmod", "chmod +x run.sh")]),
+        [run("/usr/bin/chmod", "chmod 755 /opt/app"), run("/usr/bin/chmod", "chmod +x run.sh"),
+         # a maintainer script giving its package's program its mode
+         run("/usr/bin/chmod", "chmod 2755 /usr/bin/ssh-agent", package_session="/usr/bin/dpkg")]),
     "9d7145e1-92b0-495a-a16c-9bbaf37501e6": (  # container escape
         [run("/usr/bin/nsenter", "nsenter -t 1 -m -u -i -n -p -- bash"),
          run("/bin/mount", "mount /dev/sda1 /mnt", container="3f2a"),
