@@ -10,9 +10,9 @@ busybox-static for the container part):
   (polled), timed from the mount call's return (CLOCK_BOOTTIME both).  Also
   the guard's own account: from the kernel's news of the mount to the
   namespace's scan done.
-* exec rate inside a runc container: fork+exec of /bin/true (busybox) by a
-  static C loop inside it, without and with the sensor; the same loop on the
-  host beside it.
+* exec rate inside a runc container: fork+exec of /bin/true (busybox) by
+  bench_sensor.py's loop program (linked static) inside it, without and with
+  the sensor; the same loop on the host beside it.
 * the namespace ids in every record header (mntns, pidns, vpid): the exec
   and connect loops of bench_sensor.py with the sensor filling them and not
   (LinuxSensor(namespaces=False)), against no sensor; and the run time per
@@ -40,39 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-LOOP_CPU, SENSOR_CPU = 1, 0
+from bench.bench_sensor import LOOP_CPU, LOOPS_C, SENSOR_CPU, compile_loops, count_loop  # noqa: E402
+
 CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x20000, 0x4000, 0x40000
-
-EXEC_LOOP_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-int main(int argc, char **argv) {
-    double secs = atof(argv[1]), t0 = now(), t = t0;
-    long n = 0;
-    while (t - t0 < secs) {
-        for (int i = 0; i < 16; i++, n++) {
-            pid_t pid = fork();
-            if (pid == 0) { execl(argv[2], "true", (char *)0); _exit(127); }
-            int status;
-            waitpid(pid, &status, 0);
-            if (status) { fprintf(stderr, "exec of %s failed\n", argv[2]); return 1; }
-        }
-        t = now();
-    }
-    printf("%ld %.6f\n", n, t - t0);
-    return 0;
-}
-"""
 
 
 # ---- the sensor, in a process of its own ------------------------------------------------
@@ -215,29 +185,20 @@ def pct_text(ns: list[int]) -> str:
 # ---- exec rates ---------------------------------------------------------------------------
 
 
-def compile_loop(tmp: str) -> str:
-    src, exe = os.path.join(tmp, "execloop.c"), os.path.join(tmp, "execloop")
-    Path(src).write_text(EXEC_LOOP_C)
+def compile_static_loops(tmp: str) -> str:
+    """bench_sensor.py's loops, linked static: they run in a busybox root too."""
+    src, exe = os.path.join(tmp, "loops-static.c"), os.path.join(tmp, "loops-static")
+    Path(src).write_text(LOOPS_C)
     subprocess.run(["clang", "-O2", "-static", "-o", exe, src], check=True)
     return exe
 
 
-def parse_loop(out: str) -> tuple[int, float]:
-    n, elapsed = out.split()
-    return int(n), float(elapsed)
-
-
-def host_loop(exe: str, seconds: float) -> tuple[int, float]:
-    done = subprocess.run([exe, str(seconds), "/bin/true"], capture_output=True, text=True,
-                          check=True, preexec_fn=lambda: os.sched_setaffinity(0, {LOOP_CPU}))
-    return parse_loop(done.stdout)
-
-
 def container_loop(container, seconds: float) -> tuple[int, float]:
-    done = container.run("/bin/execloop", str(seconds), "/bin/true", timeout=seconds + 60)
+    done = container.run("/bin/loops", "exec", str(seconds), timeout=seconds + 60)
     if done.returncode:
         raise RuntimeError(f"the loop in the container failed: {done.stderr.strip()}")
-    return parse_loop(done.stdout)
+    n, elapsed = done.stdout.split()
+    return int(n), float(elapsed)
 
 
 class BpfStats:
@@ -268,19 +229,21 @@ def ratios(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
             statistics.median(p[1] / p[0] for p in pairs))
 
 
-def exec_rates(exe: str, tmp: str, seconds: float, rounds: int) -> None:
+def exec_rates(tmp: str, seconds: float, rounds: int) -> None:
     from tests.containers import Container
 
+    exe = compile_static_loops(tmp)
     host: list[tuple[float, float]] = []
     inside: list[tuple[float, float]] = []
     with Container(Path(tmp), ["sleep", "100000"]) as container:
-        loop = container.rootfs / "bin" / "execloop"
+        loop = container.rootfs / "bin" / "loops"
         loop.write_bytes(Path(exe).read_bytes())
         loop.chmod(0o755)
         for _ in range(rounds):
-            off_host, off_inside = rate(host_loop(exe, seconds)), rate(container_loop(container, seconds))
+            off_host = rate(count_loop(exe, "exec", seconds))
+            off_inside = rate(container_loop(container, seconds))
             with Sensor():
-                host.append((off_host, rate(host_loop(exe, seconds))))
+                host.append((off_host, rate(count_loop(exe, "exec", seconds))))
                 inside.append((off_inside, rate(container_loop(container, seconds))))
     print(f"exec rate, fork+exec of /bin/true, {rounds} rounds of {seconds:g} s (target >= 0.95x):")
     print(f"  {'where':22} {'without /s':>11} {'with /s':>11} {'ratio':>7}")
@@ -301,8 +264,6 @@ def namespace_cost(tmp: str, seconds: float, rounds: int) -> None:
     """bench_sensor's exec and connect loops: without a sensor, with one
     that leaves the namespace ids out, with one that reads them; and the
     run time per run of the programs that fill their headers."""
-    from bench.bench_sensor import compile_loops, count_loop
-
     loops = compile_loops(tmp)
     modes = ("exec", "connect")
     rates: dict[tuple[str, bool], list[float]] = {(m, ns): [] for m in modes for ns in (False, True)}
@@ -354,8 +315,7 @@ def main() -> None:
     os.makedirs(cache, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         mount_latency(args.mounts, tmp)
-        exe = compile_loop(tmp)
-        exec_rates(exe, tmp, args.seconds, args.rounds)
+        exec_rates(tmp, args.seconds, args.rounds)
         namespace_cost(tmp, args.seconds, args.rounds)
 
 
