@@ -71,13 +71,19 @@ class PackageIndexStatistics:
     """Lists that could not be read in the last build."""
 
 
+_ANSWERS = 4096
+
+
 class _Index:
-    __slots__ = ("keys", "owners", "names")
+    __slots__ = ("keys", "owners", "names", "answers")
 
     def __init__(self, keys: array, owners: array, names: list[str]) -> None:
         self.keys = keys
         self.owners = owners
         self.names = names
+        self.answers: dict[str, str] = {}
+        """path -> owner, for the programs a host runs again and again
+        (a lookup in the arrays costs 2 us, a hit 0.1 us)."""
 
     def owner(self, key: int) -> str:
         i = bisect_left(self.keys, key)
@@ -116,7 +122,14 @@ class PackageIndex:
         if not path.startswith("/"):
             return ""
         self._refresh()
-        return self._index.owner(hash(_spelled(os.fsencode(path), self._merged)))
+        index = self._index
+        answer = index.answers.get(path)
+        if answer is None:
+            answer = index.owner(hash(_spelled(os.fsencode(path), self._merged)))
+            if len(index.answers) >= _ANSWERS:
+                index.answers.clear()
+            index.answers[path] = answer
+        return answer
 
     def _refresh(self) -> None:
         now = self._clock()
