@@ -139,10 +139,16 @@ def _common(event, fields: dict) -> dict:
         ("Agent", event.agent), ("CommandLine", event.cmdline),
         ("ParentImage", event.parent_image), ("ParentCommandLine", event.parent_cmdline),
         ("User", event.user), ("CurrentDirectory", event.cwd), ("Comm", event.comm),
-        ("Unit", event.unit), ("Package", event.package), ("PackageSession", event.package_session),
+        ("Unit", event.unit),
     ):
         if value:
             fields[name] = value
+    # Outside the loop: a pair more in it costs every event about 0.1 us.
+    package, session = event.package, event.package_session
+    if package:
+        fields["Package"] = package
+    if session:
+        fields["PackageSession"] = session
     if event.container:
         fields["Container"] = fields["ContainerId"] = event.container
         for name, value in (("ContainerRuntime", event.container_runtime), ("ContainerName", event.container_name),
