@@ -8,8 +8,9 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc make clang llvm libbpf-dev bpftool
               iproute2 tcpdump procps util-linux)
-# The tests also run real containers: an OCI runtime and a static busybox for their root.
-[ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static)
+# The tests also run real containers (an OCI runtime, a static busybox for their root) and a
+# benign corpus through the sensor (logrotate, git, a wheel build).
+[ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static logrotate git python3-wheel python3-setuptools)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
