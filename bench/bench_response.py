@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import select
 import dataclasses
+import json
 import os
 import statistics
 import subprocess
@@ -63,10 +64,14 @@ def playbooks():
 
 
 def victim(tag: str, netns: str | None = None) -> int:
+    # The script travels in the environment: only the victim's own command line
+    # has a reverse shell's shape, so each run raises one alert, not a second
+    # one (and its kill and block queued ahead of the victim's) for the launcher.
     script = f"sleep 300; : /dev/tcp/10.77.0.2/4444 {tag}"
-    inner = f"exec ip netns exec {netns} bash -c '{script}'" if netns else f"exec bash -c '{script}'"
+    inner = (f'exec ip netns exec {netns} bash -c "$IMMUNE_VICTIM"' if netns
+             else 'exec bash -c "$IMMUNE_VICTIM"')
     out = subprocess.run(["bash", "-c", f"({inner}) </dev/null >/dev/null 2>&1 & echo $!"],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env={**os.environ, "IMMUNE_VICTIM": script})
     return int(out.stdout)
 
 
@@ -305,11 +310,19 @@ def bench_e2e(runs: int) -> None:
                 raise SystemExit(f"run {i}: the victim was not killed within 10 s")
             dead = time.time()
             os.close(fd)
-            store = Store(data / "hive.db", readonly=True)
-            # Runs are one at a time: the newest kill is this victim's.
-            row = store.db.execute(
-                "SELECT created FROM commands WHERE action='kill_process' ORDER BY created DESC LIMIT 1").fetchone()
-            store.close()
+            # This victim's kill, by its pid (the row may be committed a moment after the kill).
+            row = None
+            for _ in range(100):
+                store = Store(data / "hive.db", readonly=True)
+                row = next((r for r in store.db.execute(
+                    "SELECT created, params FROM commands WHERE action='kill_process' AND created >= ?", (t0,))
+                    if json.loads(r[1]).get("pid") == pid), None)
+                store.close()
+                if row is not None:
+                    break
+                time.sleep(0.02)
+            if row is None:
+                raise SystemExit(f"run {i}: no kill_process recorded for pid {pid}")
             total.append((dead - t0) * 1000)
             decide.append((row[0] - t0) * 1000)
             act.append((dead - row[0]) * 1000)
