@@ -100,6 +100,8 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         try:
             sep = fields.index("-", 6)
             major, minor = fields[2].split(":")
+            if not (major.isdigit() and minor.isdigit() and int(major) < 1 << 12 and int(minor) < 1 << 20):
+                continue  # not a device number the kernel could have written
             out.append(MountEntry(int(major) << 20 | int(minor), _unescape(fields[4]),
                                   fields[sep + 1]))
         except (ValueError, IndexError):

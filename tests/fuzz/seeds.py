@@ -169,6 +169,21 @@ def write_seeds() -> None:
                             b'batch = 512\n[sensor]\nscope = "cgroup:/system.slice"\nfold_ms = 0\n',
                    "hive": b'[hive]\nlisten = "tcp://[::]:7400"\nrules = ["/etc/immune/rules"]\n'
                            b'webhook = "https://soc.example/hook"\nmax_frame = 1048576\nretention_days = 7.5\n'},
+        "container_state": {
+            "docker": f"0::/system.slice/docker-{t.CONTAINER_ID}.scope\n".encode() + b"\0"
+                      + b'{"Name": "/web", "Config": {"Image": "nginx:1.27"}}',
+            "runc": b"0::/box\n1:name=systemd:/box\n\0"
+                    + b'{"config": {"labels": ["bundle=/b", "org.opencontainers.image.ref.name=vllm/vllm:1"]}}',
+            "lxc": b"0::/lxc.payload.box\n\0# Template used to create this container: download debian bookworm\n",
+            "nspawn": b"0::/machine.slice/systemd-nspawn@box.service/payload\n\0CLASS=container\nROOT=/var/lib/machines/box\n",
+            "containerd": f"0::/kubepods/pod1/{t.CONTAINER_ID}\n".encode() + b"\0"
+                          + b'{"annotations": {"io.kubernetes.cri.container-name": "api", '
+                          + b'"io.kubernetes.cri.image-name": "ghcr.io/x/api:2"}}',
+        },
+        "mountinfo": {"self": Path("/proc/self/mountinfo").read_bytes(),
+                      "overlay": b"72 47 0:51 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n"
+                                 b"74 72 0:42 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n"
+                                 b"75 72 0:43 / /with\\040space rw shared:5 - tmpfs tmpfs rw\n"},
     }
     seeds["sigma"]["correlation"] = CORRELATION_RULE
     for target, files in seeds.items():

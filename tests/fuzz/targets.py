@@ -335,6 +335,53 @@ def rules_update(data: bytes) -> None:
         raise ContractBroken(f"left beside the sets: {stray}")
 
 
+# -- what the sensor reads from the machine -------------------------------------------
+
+CONTAINER_ID = "c" * 64
+"""The container id the container_state target's runtime files are written for
+(and "box" for the runtimes that name containers)."""
+_RUNTIME_FILES = (
+    f"var/lib/docker/containers/{CONTAINER_ID}/config.v2.json",
+    f"run/containerd/io.containerd.runtime.v2.task/k8s.io/{CONTAINER_ID}/config.json",
+    f"var/lib/containers/storage/overlay-containers/{CONTAINER_ID}/userdata/config.json",
+    "run/runc/box/state.json", "run/crun/box/status", "var/lib/lxc/box/config", "run/systemd/machines/box",
+)
+
+
+def container_state(data: bytes) -> None:
+    """/proc/PID/cgroup (before the first NUL) and a runtime's state files
+    (the rest, written for every runtime) as kmod.Containers reads them: an
+    answer or none, never an exception, and names the wire can carry."""
+    from kmod import Containers
+
+    cgroup, _, state = data.partition(b"\0")
+    root = SCRATCH / "containers"
+    shutil.rmtree(root, ignore_errors=True)
+    for rel in _RUNTIME_FILES:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(state)
+    (root / "proc/1").mkdir(parents=True)
+    (root / "proc/1/cgroup").write_bytes(cgroup)
+    (root / "cgroup2").mkdir()
+    found = Containers(root=root, proc=root / "proc", cgroup2=root / "cgroup2").of_pid(1)
+    if found is not None:
+        for name in ("id", "runtime", "name", "image"):
+            value = getattr(found, name)
+            if not isinstance(value, str):
+                raise ContractBroken(f"container {name} is {value!r}, not text")
+
+
+def mountinfo(data: bytes) -> None:
+    """A /proc/PID/mountinfo as the exec guard's marker parses it: lines that
+    do not parse are skipped; every entry's device fits the kernel's 32 bits."""
+    from kmod._mounts import parse_mountinfo
+
+    for entry in parse_mountinfo(data.decode("utf-8", "surrogateescape")):
+        if not 0 <= entry.dev < 2**32:
+            raise ContractBroken(f"a device number out of the kernel's range: {entry}")
+
+
 # -- playbooks and their templates -----------------------------------------------
 
 
@@ -411,6 +458,8 @@ TARGETS: dict[str, Target] = {
     "template": Target(template, ("hive.playbook.TemplateError",), 1.0, ("hive.playbook._template", "hive._regex"),
                        max_len=2048),
     "config": Target(config, ("node.ConfigError",), 1.0, ("node._config", "tomllib"), max_len=8192),
+    "container_state": Target(container_state, (), 1.0, ("kmod._containers", "json"), max_len=8192),
+    "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
 }
 
 

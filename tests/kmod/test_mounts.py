@@ -248,7 +248,11 @@ def test_mountinfo_lines():
     text = ("22 27 0:21 / /proc rw,relatime - proc proc rw\n"
             "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
             "80 27 0:57 / /srv/with\\040space rw shared:1 master:2 - tmpfs tmpfs rw\n"
-            "garbage\n")
+            "garbage\n"
+            # device numbers no kernel writes (the fuzz target's first find): skipped
+            "75 72 52766:811 / /big rw - tmpfs t rw\n"
+            "76 72 +1:-2 / /signed rw - tmpfs t rw\n"
+            "77 72 1_0:3 / /underscore rw - tmpfs t rw\n")
     assert parse_mountinfo(text) == [(21, "/proc", "proc"), (254 << 20, "/", "ext4"),
                                      (57, "/srv/with space", "tmpfs")]
     assert kernel_dev(os.makedev(254, 3)) == 254 << 20 | 3
