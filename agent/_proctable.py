@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wire
-from kmod import ContainerIdentity, Containers, cgroup2_mount
+from kmod import ContainerIdentity, Containers, cgroup2_mount, machine_containers
 from wire import fit_text
 
 from ._packages import PackageIndex, is_manager, system_packages
@@ -210,7 +210,12 @@ class ProcessTable:
         self.proc = Path(proc)
         # "" if cgroup v2 is mounted nowhere: then cgroup ids are not resolved.
         self.cgroup_root = str(cgroup_root) if cgroup_root is not None else cgroup2_mount(str(self.proc))
-        self.containers = containers or Containers(proc=self.proc, cgroup2=self.cgroup_root)
+        # The machine's resolver, whose cache the sensor's policy and the response
+        # share, unless this table reads another procfs (a test's).
+        if containers is None:
+            containers = (machine_containers() if (str(proc), cgroup_root) == ("/proc", None)
+                          else Containers(proc=self.proc, cgroup2=self.cgroup_root))
+        self.containers = containers
         self.packages = packages if packages is not None else system_packages()
         self.max_processes = max_processes
         self.hash_limit = hash_limit

@@ -13,7 +13,8 @@ from kernel records to the wire contract's events.
 from __future__ import annotations
 
 from ._build import build, cache_dir
-from ._containers import RUNTIMES, ContainerIdentity, Containers, ContainerStatistics, cgroup2_mount
+from ._containers import (RUNTIMES, ContainerIdentity, Containers, ContainerStatistics, cgroup2_mount,
+                          machine_containers)
 from ._decode import Decoder, Verdicts, verdict_line
 from ._errors import BuildError, KernelError, KmodError, PolicyError, PrivilegeError, ScopeError
 from ._interface import Sensor, SensorStatistics, open_sensor
@@ -23,7 +24,7 @@ from ._reader import reader_actor
 from ._scope import Scope
 
 __all__ = [
-    "DEFAULT_POLICY", "RUNTIMES", "BuildError", "ContainerIdentity", "ContainerStatistics", "Containers",
+    "DEFAULT_POLICY", "RUNTIMES", "BuildError", "ContainerIdentity", "ContainerStatistics", "Containers", "machine_containers",
     "Decoder", "KernelError", "KmodError", "LinuxSensor", "Policy", "PolicyError", "PrivilegeError", "Rule",
     "Scope", "ScopeError", "Sensor", "SensorStatistics", "Verdicts", "build", "cache_dir", "cgroup2_mount",
     "open_sensor", "reader_actor", "verdict_line",

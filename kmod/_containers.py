@@ -642,7 +642,7 @@ _shared: Containers | None = None
 _shared_lock = threading.Lock()
 
 
-def shared() -> Containers:
+def machine_containers() -> Containers:
     """The machine's resolver, one per process: the policy's matching in
     the fanotify guard and the decoder share its cache."""
     global _shared

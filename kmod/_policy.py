@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._containers import RUNTIMES, ContainerIdentity, Containers, shared
+from ._containers import RUNTIMES, ContainerIdentity, Containers, machine_containers
 from ._errors import PolicyError
 
 DEFAULT_POLICY = Path(__file__).parent / "default_policy.toml"
@@ -391,7 +391,7 @@ class Policy:
     ``digest`` is the SHA-256 of the text it was read from ("" if built in
     code), to tell which file a running sensor enforces.  ``containers``
     resolves the container of a process for the rules that select
-    containers (default: the machine's, ``kmod._containers.shared()``)."""
+    containers (default: the machine's, ``kmod.machine_containers()``)."""
 
     def __init__(self, rules: Iterable[Rule] = (), origin: str = "<policy>",
                  guard: GuardSettings | None = None, digest: str = "",
@@ -419,7 +419,7 @@ class Policy:
     @property
     def containers(self) -> Containers:
         if self._containers is None:
-            self._containers = shared()
+            self._containers = machine_containers()
         return self._containers
 
     @classmethod

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ._containers import Containers, shared
+from ._containers import Containers, machine_containers
 from ._errors import PolicyError, ScopeError
 from ._policy import ContainerSelector, container_selector
 from ._system import cgroup2_root
@@ -96,7 +96,7 @@ class Scope:
         """The one running container this scope selects (ScopeError if none
         or several)."""
         wanted = self._selector()
-        running = (containers or shared()).running()
+        running = (containers or machine_containers()).running()
         if isinstance(wanted, str):
             found = [c for c in running if wanted in (c.id, c.name) or len(wanted) >= 12 and c.id.startswith(wanted)]
         else:

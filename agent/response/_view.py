@@ -95,18 +95,18 @@ def ancestors(table: Any, pid: int) -> Iterator[Any]:
 
 def container_of(pid: int) -> tuple[str, str]:
     """(id, name) of the container ``pid`` runs in; ("", "") for the host."""
-    from kmod._containers import shared
+    from kmod import machine_containers
 
-    found = shared().of_pid(pid)
+    found = machine_containers().of_pid(pid)
     return (found.id, found.name) if found is not None else ("", "")
 
 
 def container_pids(container: str) -> list[int]:
     """Live processes of the container whose id or name is ``container``, oldest first."""
-    from kmod._containers import shared
+    from kmod import machine_containers
 
     out = []
-    for pid, found in shared().processes():
+    for pid, found in machine_containers().processes():
         st = stat(pid) if container in (found.id, found.name) else None
         if st is not None:
             out.append((st.start, st.pid))
