@@ -128,7 +128,7 @@ class WireVersions:
     def hello(self, agent: str, version: int) -> bool:
         """Record ``agent``'s version; True if it is to be reported."""
         self.latest[agent] = version
-        if version == wire.WIRE_VERSION:
+        if wire.COMMANDS_SINCE <= version <= wire.WIRE_VERSION:
             self.mismatched.discard(agent)
             return False
         self.mismatched.add(agent)
@@ -139,14 +139,14 @@ class WireVersions:
 
     @staticmethod
     def why(version: int) -> str:
-        older = "cannot decode the hive's commands" if version < wire.WIRE_VERSION else "is newer than the hive"
+        older = "cannot decode the hive's commands" if version < wire.COMMANDS_SINCE else "is newer than the hive"
         return f"the agent speaks wire version {version}, the hive {wire.WIRE_VERSION}: it {older}"
 
     @classmethod
     def refusal(cls, version: int | None) -> str | None:
         """Why no command may go to an agent whose latest Hello said
         ``version`` (None: it said none yet), or None if one may."""
-        if version is None or version == wire.WIRE_VERSION:
+        if version is None or wire.COMMANDS_SINCE <= version <= wire.WIRE_VERSION:
             return None
         return f"refused: {cls.why(version)}"
 

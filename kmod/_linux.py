@@ -30,7 +30,8 @@ from ._system import ensure_tracefs, require_btf, require_root
 log = logging.getLogger("kmod")
 
 # struct sensor_config in kmod/bpf/sensor.h
-_CONFIG = struct.Struct(f"<IIQQQIIQIIQ{max(KINDS) + 1}QII")
+RING_KINDS = 16  # as in kmod/bpf/sensor.h
+_CONFIG = struct.Struct(f"<IIQQQIIQIIQ{RING_KINDS}QII")
 
 # How much of the ring buffer each kind's records may fill (the kernel's
 # ring_limit; kmod/bpf/sensor.bpf.c, within_limit).  The cheaper a call is to
@@ -142,7 +143,7 @@ class LinuxSensor(Sensor):
             self._excluded.add(os.getpid())
         self._ring_size = ring_size
         self._ring_limits = [int(ring_size * RING_SHARES.get(KINDS.get(code), 1.0))
-                             for code in range(max(KINDS) + 1)]
+                             for code in range(RING_KINDS)]
         self._latency = latency
         self._fold = fold
         self._namespaces = bool(namespaces)

@@ -360,13 +360,15 @@ def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _wire(version: int | None) -> str:
-    """An agent's wire version; one other than the hive's says so (the hive
-    sends it no commands)."""
+    """An agent's wire version; one whose commands the hive cannot send says
+    so."""
     import wire
 
     if version is None:
         return "-"
-    return str(version) if version == wire.WIRE_VERSION else f"{version} (hive {wire.WIRE_VERSION}: no commands)"
+    if wire.COMMANDS_SINCE <= version <= wire.WIRE_VERSION:
+        return str(version)
+    return f"{version} (hive {wire.WIRE_VERSION}: no commands)"
 
 
 def parse_since(text: str) -> int:

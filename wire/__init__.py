@@ -2,6 +2,7 @@
 
 from ._messages import (
     COMMANDS,
+    COMMANDS_SINCE,
     EVENT_KINDS,
     INT64_MAX,
     MAX_ADDRESS,
@@ -30,6 +31,7 @@ from ._messages import (
     Bind,
     BlockConnect,
     BlockExec,
+    Bpf,
     CollectEvidence,
     Command,
     CommandResult,
@@ -40,6 +42,7 @@ from ._messages import (
     EventBatch,
     Exec,
     Exit,
+    File,
     Fork,
     Heartbeat,
     Hello,
@@ -47,10 +50,13 @@ from ._messages import (
     IsolateContainer,
     IsolateHost,
     KillProcess,
+    Mount,
     Notice,
     Open,
+    Ptrace,
     QuarantineFile,
     SetId,
+    Signal,
     Unblock,
     Unisolate,
     UnisolateContainer,
@@ -58,11 +64,11 @@ from ._messages import (
 from ._fit import CUT, fit, fit_all, fit_text
 
 __all__ = [
-    "COMMANDS", "EVENT_KINDS", "INT64_MAX", "MAX_ADDRESS", "MAX_ADDRESSES", "MAX_ARCHIVE", "MAX_ARG", "MAX_ARGV",
+    "COMMANDS", "COMMANDS_SINCE", "EVENT_KINDS", "INT64_MAX", "MAX_ADDRESS", "MAX_ADDRESSES", "MAX_ARCHIVE", "MAX_ARG", "MAX_ARGV",
     "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_CMDLINE", "MAX_DEPTH", "MAX_ITEMS", "MAX_NAME", "MAX_PATH", "MAX_PORTS", "MAX_RESULT_BYTES",
     "MAX_TEXT", "MAX_TTL", "PID_MAX", "WIRE_VERSION",
-    "Ack", "AgentMessage", "Alert", "AnyCommand", "AnyEvent", "Bind", "BlockConnect", "BlockExec",
+    "Ack", "AgentMessage", "Alert", "AnyCommand", "AnyEvent", "Bind", "BlockConnect", "BlockExec", "Bpf",
     "CollectEvidence", "Command", "CommandResult", "Connect", "Enroll", "Enrolled", "Event", "EventBatch", "Exec",
-    "Exit", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateContainer", "IsolateHost", "KillProcess", "Notice", "Open",
-    "QuarantineFile", "SetId", "Unblock", "Unisolate", "UnisolateContainer", "CUT", "fit", "fit_all", "fit_text",
+    "Exit", "File", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateContainer", "IsolateHost", "KillProcess", "Mount", "Notice", "Open",
+    "Ptrace", "QuarantineFile", "SetId", "Signal", "Unblock", "Unisolate", "UnisolateContainer", "CUT", "fit", "fit_all", "fit_text",
 ]

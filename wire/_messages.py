@@ -1,7 +1,7 @@
 """The wire contract between agents and the hive.
 
 Every message is a msgspec Struct in a tagged union; the tag is the ``type``
-field on the wire.  Version 2 is this file.  Rules for changing it:
+field on the wire.  Version 3 is this file.  Rules for changing it:
 
 * a field added later always has a default, so an older peer's message still
   decodes;
@@ -11,6 +11,10 @@ field on the wire.  Version 2 is this file.  Rules for changing it:
 * ``WIRE_VERSION`` is bumped only for a change an older peer cannot read.
   Version 2: a command is one Struct per action (``KillProcess``, ...)
   instead of ``Command(action, params)``.
+  Version 3: event kinds ``file``, ``ptrace``, ``signal``, ``bpf`` and
+  ``mount``, and ``Exec.fileless``.  An older hive cannot decode them, so
+  hives are upgraded before agents; commands are as in version 2
+  (``COMMANDS_SINCE``), so a version 2 agent still gets them.
 
 Every value is bounded here, at decoding, so nothing out of range reaches
 the hive's store, its arithmetic or its memory: integers fit the range of
@@ -30,7 +34,9 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import msgspec
 from msgspec import Meta
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
+COMMANDS_SINCE = 2
+"""The oldest wire version whose agents decode this version's commands."""
 
 # --------------------------------------------------------------------------
 # Bounds
@@ -187,6 +193,10 @@ class Exec(Event, tag="exec"):
     argv_truncated: bool = False
     result: Int32 = 0
     """0, or the negative errno the call failed with."""
+    fileless: bool = False
+    """The executable has no name in any filesystem: a memfd, or a file
+    deleted before or while it was executed (``exe`` ends in " (deleted)"
+    or is ``/memfd:NAME``)."""
 
 
 class Fork(Event, tag="fork"):
@@ -250,6 +260,83 @@ class Bind(Event, tag="bind"):
     port: Port = 0
 
 
+Mode = Annotated[int, Meta(ge=-1, le=0xFFFF)]
+"""A file mode as the kernel keeps it (type and permission bits); -1: not given."""
+OptionalId = Annotated[int, Meta(ge=-1, le=2**32 - 1)]
+"""A user or group id, or -1 for "unchanged" (chown's -1)."""
+Signo = Annotated[int, Meta(ge=0, le=64)]
+
+
+class File(Event, tag="file"):
+    """A change to a file's name or attributes: what an ``Open`` does not
+    show.  (Creating and writing a file are ``Open`` events with write
+    intent.)"""
+
+    op: Name = ""
+    """rename, unlink, rmdir, link, symlink, mknod, chmod, chown, setxattr or
+    removexattr."""
+    path: Path = ""
+    """The name the call creates, removes or changes: rename's new name,
+    link's and symlink's new link, the file chmod, chown or *xattr change."""
+    source: Path = ""
+    """rename: the old name; link: the existing file; symlink: the text the
+    link holds (its target)."""
+    mode: Mode = -1
+    """chmod's and mknod's mode."""
+    owner: OptionalId = -1
+    """chown's user id (-1: unchanged)."""
+    group: OptionalId = -1
+    """chown's group id (-1: unchanged)."""
+    xattr: Name = ""
+    """setxattr's and removexattr's attribute name (``security.capability``: file capabilities)."""
+    result: Int32 = 0
+
+
+class Ptrace(Event, tag="ptrace"):
+    """A ptrace request aimed at another process (attach, seize, memory and
+    register access); ``pid`` is the tracer."""
+
+    request: Name = ""
+    """The request without its prefix, lower case: attach, seize, peekdata, pokedata, ..."""
+    target_pid: Pid = 0
+    target_comm: Name = ""
+    result: Int32 = 0
+
+
+class Signal(Event, tag="signal"):
+    """A signal sent to a protected process (the agent and its family); ``pid`` is the sender."""
+
+    signal: Signo = 0
+    target_pid: Pid = 0
+    target_comm: Name = ""
+    result: Int32 = 0
+
+
+class Bpf(Event, tag="bpf"):
+    """A BPF program loaded into the kernel by another process than the agent."""
+
+    command: Name = ""
+    """The bpf(2) command, lower case: prog_load, ..."""
+    prog_type: Name = ""
+    """The program type, lower case without its prefix: kprobe, tracepoint, xdp, ..."""
+    prog_name: Name = ""
+    result: Int32 = 0
+
+
+class Mount(Event, tag="mount"):
+    """A filesystem mounted, moved or unmounted."""
+
+    call: Name = ""
+    """mount, umount, move_mount, fsmount or mount_setattr."""
+    source: Path = ""
+    """The device or source given (mount)."""
+    target: Path = ""
+    """The mount point."""
+    fstype: Name = ""
+    flags: Count = 0
+    result: Int32 = 0
+
+
 class Notice(Event, tag="notice"):
     """Something the agent itself reports: drops, watchdog fail-open, spool loss."""
 
@@ -258,8 +345,8 @@ class Notice(Event, tag="notice"):
     detail: Text = ""
 
 
-AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | Notice
-EVENT_KINDS = ("exec", "fork", "exit", "open", "setid", "connect", "bind", "notice")
+AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | File | Ptrace | Signal | Bpf | Mount | Notice
+EVENT_KINDS = tuple(c.__struct_config__.tag for c in AnyEvent.__args__)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------

@@ -24,10 +24,15 @@ enum kind {
 	K_CONNECT,
 	K_BIND,
 	K_MOUNT,      /* struct mount_rec, on the mounts ring only */
+	K_FILE,       /* rename, unlink, link, symlink, chmod, chown, *xattr */
+	K_PTRACE,
+	K_SIGNAL,
+	K_BPF,
+	K_MOUNTED,    /* a mount event on the events ring (K_MOUNT is the guard's news) */
 	K_MAX,
 };
 
-#define RING_KINDS 8      /* ring_limit: the kinds of the events ring (K_EXEC..K_BIND) */
+#define RING_KINDS 16     /* ring_limit's entries: a power of two above every kind */
 
 enum verdict { V_ALLOW = 0, V_AUDIT = 1, V_BLOCK = 2 };
 enum scope { S_MACHINE = 0, S_CGROUP = 1, S_NETNS = 2 };

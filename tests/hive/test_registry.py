@@ -51,8 +51,10 @@ def test_a_failed_write_is_retried_with_what_came_since():
 
 def test_a_wire_version_other_than_the_hives_is_reported_once_per_agent_and_version():
     v = WireVersions()
-    old = wire.WIRE_VERSION - 1
+    old = wire.COMMANDS_SINCE - 1
     assert not v.hello("a", wire.WIRE_VERSION) and not v.mismatched
+    assert not v.hello("c", wire.COMMANDS_SINCE) and not v.mismatched  # one back: decodes our commands
+    del v.latest["c"]
     assert v.hello("b", old) and v.mismatched == {"b"}
     assert not v.hello("b", old)  # it reconnected: said already
     assert not v.hello("b", wire.WIRE_VERSION) and not v.mismatched  # upgraded

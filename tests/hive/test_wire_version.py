@@ -28,7 +28,7 @@ async def test_an_agent_of_another_wire_version_is_reported_once(hive, runtime, 
     new.send(wire.Hello(agent="new-agent"))
     old.send(wire.Hello(agent="old-agent", wire_version=1))
     (notice,) = await notices(hive.db, "old-agent", 1)
-    assert notice.detail == "the agent speaks wire version 1, the hive 2: it cannot decode the hive's commands"
+    assert notice.detail == f"the agent speaks wire version 1, the hive {wire.WIRE_VERSION}: it cannot decode the hive's commands"
     old.send(wire.Hello(agent="old-agent", wire_version=1))  # a reconnect: said already
     new.send(wire.Heartbeat())
     registry = runtime.registry["hive.registry"]
@@ -70,14 +70,14 @@ async def test_an_agent_on_another_wire_version_is_shown_and_sent_no_command(hiv
         [refused] = await results.recv()
     assert isinstance(refused, Result) and refused.agent == "old-agent"
     assert refused.result.command == "k-old-agent" and not refused.result.ok
-    assert refused.result.detail == ("refused: the agent speaks wire version 1, the hive 2: "
+    assert refused.result.detail == (f"refused: the agent speaks wire version 1, the hive {wire.WIRE_VERSION}: "
                                      "it cannot decode the hive's commands")
     assert [c.id for c in await new.replies(1)] == ["k-new-agent"]
     assert await old.replies(1, timeout=0.5) == []  # never sent what it cannot read
     assert runtime.registry["hive.router"].extra["commands_refused"] == 1
     with trio.fail_after(5):  # the registry writes once a second
         while {a.id: a.wire_version for a in Store(hive.db, readonly=True).agents()} != {
-                "old-agent": 1, "new-agent": 2}:
+                "old-agent": 1, "new-agent": wire.WIRE_VERSION}:
             await trio.sleep(0.05)
     old.close()
     new.close()
@@ -89,8 +89,8 @@ async def test_an_agent_on_another_wire_version_is_shown_and_sent_no_command(hiv
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    assert {a["id"]: a["wire_version"] for a in json.loads(agents("--json"))} == {"old-agent": 1, "new-agent": 2}
+    assert {a["id"]: a["wire_version"] for a in json.loads(agents("--json"))} == {"old-agent": 1, "new-agent": wire.WIRE_VERSION}
     table = agents().splitlines()
     assert table[0].split()[7:9] == ["VERSION", "WIRE"]
     row = next(line for line in table if line.startswith("old-agent "))
-    assert "  1 (hive 2: no commands)  " in row
+    assert f"  1 (hive {wire.WIRE_VERSION}: no commands)  " in row
