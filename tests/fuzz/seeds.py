@@ -10,8 +10,11 @@ import io
 import shutil
 import tarfile
 import zipfile
+
+import msgspec
 from pathlib import Path
 
+import fleet
 import node
 import wire
 from hive.playbook import DEFAULT_PLAYBOOKS
@@ -184,6 +187,12 @@ def write_seeds() -> None:
                       "overlay": b"72 47 0:51 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n"
                                  b"74 72 0:42 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n"
                                  b"75 72 0:43 / /with\\040space rw shared:5 - tmpfs tmpfs rw\n"},
+        "bundle": {
+            "signed": fleet.encode(t._fleet_key().sign(fleet.Bundle(
+                name="web", version=3, labels={"role": "web"}, policy=DEFAULT_POLICY.read_text(),
+                rules={"r.yml": LINUX_RULE.decode()}))),
+            "unsigned": msgspec.msgpack.encode(fleet.Bundle(name="db", version=1, playbooks={"p.yml": "name: x\n"})),
+        },
     }
     seeds["sigma"]["correlation"] = CORRELATION_RULE
     for target, files in seeds.items():

@@ -335,6 +335,44 @@ def rules_update(data: bytes) -> None:
         raise ContractBroken(f"left beside the sets: {stray}")
 
 
+# -- what the hive assigns to agents ----------------------------------------------------
+
+
+@functools.cache
+def _fleet_key() -> Any:
+    from fleet import SigningKey
+
+    return SigningKey.from_bytes(bytes(range(32)))
+
+
+def bundle(data: bytes) -> None:
+    """A bundle as an agent is offered it: refused in one line, or taken.
+    The bytes are tried both as a signed bundle (the agent's input) and as
+    a bundle the hive signs: what the hive signs, the agent takes back as
+    it was."""
+    import msgspec
+
+    from fleet import Bundle, BundleRefused, Keeper
+
+    keeper = Keeper(SCRATCH / "fleet", _fleet_key().public)
+    try:
+        keeper.offer(data)
+    except BundleRefused as e:
+        if "\n" in str(e):
+            raise ContractBroken(f"a refusal of more than one line: {e!r}") from None
+    try:
+        made = msgspec.msgpack.decode(data, type=Bundle)
+    except (msgspec.DecodeError, ValueError):
+        return
+    try:
+        signed = _fleet_key().sign(made)
+    except ValueError:  # above MAX_BUNDLE: the hive refuses to sign it
+        return
+    back = keeper.offer(signed)
+    if msgspec.structs.replace(back, issued=0) != msgspec.structs.replace(made, issued=0):
+        raise ContractBroken(f"signed {made!r}, the agent read {back!r}")
+
+
 # -- what the sensor reads from the machine -------------------------------------------
 
 CONTAINER_ID = "c" * 64
@@ -460,6 +498,7 @@ TARGETS: dict[str, Target] = {
     "config": Target(config, ("node.ConfigError",), 1.0, ("node._config", "tomllib"), max_len=8192),
     "container_state": Target(container_state, (), 1.0, ("kmod._containers", "json"), max_len=8192),
     "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
+    "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
 }
 
 

@@ -1,0 +1,10 @@
+"""Fleet policy: bundles of sensor policy, rules and playbooks that the hive
+signs and assigns to agents by their labels (see ``_bundle``).  Agents and
+the hive both import this package; it imports neither."""
+
+from ._bundle import MAX_BUNDLE, Bundle, Signed, SigningKey, encode, selects, verify
+from ._errors import BundleRefused, FleetError
+from ._keeper import Keeper
+
+__all__ = ["MAX_BUNDLE", "Bundle", "BundleRefused", "FleetError", "Keeper", "Signed", "SigningKey",
+           "encode", "selects", "verify"]

@@ -1,0 +1,134 @@
+"""Policy bundles: what the hive assigns to agents, signed, versioned.
+
+A bundle carries what an agent runs that the hive manages: the sensor
+policy, and the rules and playbooks it runs at the edge.  The hive signs
+each bundle with its Ed25519 signing key; an agent holds the hive's public
+key (pinned at enrollment, like its CURVE key) and takes a bundle only if
+the signature holds and its version is above the one it runs, so a bundle
+cannot be forged, altered, or replayed to roll an agent back.
+
+Versions come from one counter per hive, not per assignment: an agent whose
+labels move it to another assignment still sees a higher number.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ._errors import BundleRefused
+
+_DOMAIN = b"immune-bundle-v1\0"
+"""Signed with the bundle, so a signature made for anything else never verifies as one."""
+MAX_BUNDLE = 4 << 20
+"""Bytes of an encoded bundle: a sensor policy and a few hundred rules and
+playbooks fit with room to spare (SigmaHQ's Linux set is about 1 MiB)."""
+MAX_FILES = 4096
+
+Text = Annotated[str, msgspec.Meta(max_length=MAX_BUNDLE)]
+FileName = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"\A[^/\x00]+\Z")]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")]
+LabelValue = Annotated[str, msgspec.Meta(max_length=255, pattern=r"\A[^\x00]*\Z")]
+Files = Annotated[dict[FileName, Text], msgspec.Meta(max_length=MAX_FILES)]
+
+
+class Bundle(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")]
+    """The assignment it came from."""
+    version: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    issued: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    """Unix ns when the hive signed it."""
+    labels: Annotated[dict[Label, LabelValue], msgspec.Meta(max_length=64)] = {}
+    """The agents it is for: those whose labels include all of these ({} is every agent)."""
+    policy: Text = ""
+    """The sensor policy (TOML); "" leaves the agent's own file in force."""
+    rules: Files = {}
+    """Sigma rules for the edge, by file name."""
+    playbooks: Files = {}
+    """Playbooks for the edge, by file name."""
+
+
+class Signed(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A bundle as it travels and as the agent keeps it on disk."""
+
+    bundle: Annotated[bytes, msgspec.Meta(max_length=MAX_BUNDLE)]
+    """The encoded ``Bundle``, byte for byte what was signed."""
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_signed = msgspec.msgpack.Decoder(Signed).decode
+_decode_bundle = msgspec.msgpack.Decoder(Bundle).decode
+
+
+def _said(e: Exception) -> str:
+    """msgspec's message, which may quote the input, on one line."""
+    return str(e).encode("unicode_escape").decode("ascii")
+
+
+def selects(labels: dict[str, str], agent_labels: dict[str, str]) -> bool:
+    """Whether a bundle for ``labels`` is for an agent labelled ``agent_labels``."""
+    return all(agent_labels.get(k) == v for k, v in labels.items())
+
+
+class SigningKey:
+    """The hive's Ed25519 key pair for bundles."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = private.public_key().public_bytes_raw()
+        """32 bytes: what agents pin."""
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SigningKey:
+        if len(raw) != 32:
+            raise ValueError(f"a signing key is 32 bytes, not {len(raw)}")
+        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+
+    def private_bytes(self) -> bytes:
+        return self._private.private_bytes_raw()
+
+    def sign(self, bundle: Bundle) -> Signed:
+        if not bundle.issued:
+            bundle = msgspec.structs.replace(bundle, issued=time.time_ns())
+        data = _encode(bundle)
+        if len(data) > MAX_BUNDLE:
+            raise ValueError(f"bundle {bundle.name!r} is {len(data)} bytes encoded, above {MAX_BUNDLE}")
+        return Signed(bundle=data, signature=self._private.sign(_DOMAIN + data))
+
+
+def encode(signed: Signed) -> bytes:
+    return _encode(signed)
+
+
+def verify(signed: Signed | bytes, public: bytes, running: int = 0) -> Bundle:
+    """The bundle in ``signed`` if the hive whose key is ``public`` signed it
+    and its version is above ``running`` (the version the agent runs).
+
+    Raises ``BundleRefused`` saying why not: not decodable, not signed by
+    that key, not newer."""
+    if isinstance(signed, (bytes, bytearray, memoryview)):
+        try:
+            signed = _decode_signed(signed)
+        except msgspec.DecodeError as e:
+            raise BundleRefused(f"not a signed bundle: {_said(e)}") from None
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signed.signature, _DOMAIN + signed.bundle)
+    except (InvalidSignature, ValueError):
+        raise BundleRefused("its signature is not the hive's: altered, or signed by another key") from None
+    try:
+        bundle = _decode_bundle(signed.bundle)
+    except msgspec.DecodeError as e:  # signed, so the hive made it: a newer format
+        raise BundleRefused(f"signed, but not a bundle this agent can read: {_said(e)}") from None
+    if bundle.version <= running:
+        raise BundleRefused(f"version {bundle.version} is not newer than the version running ({running}): "
+                            "a replay or a stale copy")
+    return bundle
