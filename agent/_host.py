@@ -62,12 +62,12 @@ def agent_version() -> str:
         return "unknown"
 
 
-def hello(agent_id: str, policy_version: str = "") -> wire.Hello:
+def hello(agent_id: str, policy_version: str = "", bundle_version: int = 0) -> wire.Hello:
     """What the agent says of its host, within the wire's bounds (a host
     name or an os-release that is not UTF-8, a host with thousands of
     addresses)."""
     return wire.fit(wire.Hello(
         agent=agent_id, hostname=socket.gethostname(), addresses=addresses(), os=os_name(),
         kernel=os.uname().release, agent_version=agent_version(), policy_version=policy_version,
-        pid=os.getpid(),
+        pid=os.getpid(), bundle_version=bundle_version,
     ))

@@ -50,6 +50,8 @@ from ._spool import DEFAULT_MAX_BYTES, Packed, Spool
 EVENTS_ENDPOINT = "inproc://agent.events"
 COMMANDS_ENDPOINT = "inproc://agent.commands"
 RESULTS_ENDPOINT = "inproc://agent.results"
+FLEET_ENDPOINT = "inproc://agent.fleet"
+"""Policy bundles from the hive, to the fleet actor (agent/_fleet.py)."""
 
 _BURST = 256
 """Sensor messages taken per burst, so per fsync."""
@@ -80,6 +82,8 @@ async def relay(
     window: int = 64,
     ack_timeout: float = 5.0,
     policy_version: str | Callable[[], str] = "",
+    bundle_version: Callable[[], int] = lambda: 0,
+    fleet_endpoint: str = FLEET_ENDPOINT,
     table: ProcessTable | None = None,
 ) -> None:
     """Run the relay.  ``keys_dir`` holds ``agent.key``/``agent.pub``;
@@ -88,7 +92,9 @@ async def relay(
     acks may stall before the agent sends again.  ``policy_version`` is the
     sensor's policy as the Hello names it, or a function giving it, called at
     each start (the policy in force may have changed since the node started;
-    a reload is followed from the sensor's notices).  ``table`` is a process
+    a reload is followed from the sensor's notices); ``bundle_version`` the
+    policy bundle the agent runs, asked at each start (a new one is followed
+    from the fleet actor's statuses).  ``table`` is a process
     table to use instead of a new one seeded from /proc (to share it with
     the response executor, or for tests)."""
     if batch < 1 or heartbeat <= 0:
@@ -116,10 +122,14 @@ async def relay(
                                      results_endpoint)
             commands = await ctx.bind(ctx.socket(zmq.PUSH, codec=Codec(wire.HiveMessage),
                                                  topic=f"{ctx.name}.commands"), commands_endpoint)
+            bundles = await ctx.bind(ctx.socket(zmq.PUSH, codec=Codec(wire.HiveMessage),
+                                                topic=f"{ctx.name}.bundles", sndhwm=4), fleet_endpoint)
         except zmq.ZMQError as e:
             raise AgentError(f"relay: cannot bind its endpoints: {e.strerror}") from None
         r = _Relay(ctx, spool, table, delivery, uplink, batch=batch, heartbeat=heartbeat,
-                   hello=hello(agent_id, policy_version() if callable(policy_version) else policy_version))
+                   hello=hello(agent_id, policy_version() if callable(policy_version) else policy_version,
+                               bundle_version()), bundles=bundles,
+                   describe_policy=policy_version if callable(policy_version) else None)
         ctx.stats.add_depth(lambda: r.spool_batches)
         log_event(ctx.log, "relay.start", agent=agent_id, hive=hive_endpoint, stream=spool.stream,
                   pending=spool.statistics().batches, processes=len(table))
@@ -146,8 +156,11 @@ async def relay(
 
 class _Relay:
     def __init__(self, ctx: Context, spool: Spool, table: ProcessTable, delivery: Delivery, uplink: Duplex,
-                 *, batch: int, heartbeat: float, hello: wire.Hello) -> None:
+                 *, batch: int, heartbeat: float, hello: wire.Hello, bundles: Socket,
+                 describe_policy: Callable[[], str] | None = None) -> None:
         self.ctx = ctx
+        self.bundles = bundles
+        self.describe_policy = describe_policy
         self.spool = spool
         self.table = table
         self.delivery = delivery
@@ -346,6 +359,10 @@ class _Relay:
                         d.on_ack(msg, now)
                     except SpoolError as e:  # a new stream could not be recorded; the hive will ask again
                         self._spool_failed(e)
+                elif isinstance(msg, wire.PolicyBundle):
+                    if not self.bundles.try_send(msg):  # the hive sends it again at the next Hello
+                        log_event(self.ctx.log, "bundle.dropped", logging.WARNING, version=msg.version,
+                                  reason="the fleet actor is busy or down")
                 else:
                     await self._command(msg)
             await self._sync_drops()
@@ -383,6 +400,13 @@ class _Relay:
                     ex = self.ctx.stats.extra
                     ex["results"] = int(ex.get("results", 0)) + 1
                     await self._send(msg)
+                elif isinstance(msg, wire.BundleStatus):
+                    self.hello = msgspec.structs.replace(
+                        self.hello, bundle_version=msg.running,
+                        policy_version=self.describe_policy() if self.describe_policy else self.hello.policy_version)
+                    await self._send(msg)
+                    if msg.ok and self.connected:
+                        await self._send(self.hello)  # the registry shows the policy it brought
 
     async def heartbeats(self) -> None:
         while True:

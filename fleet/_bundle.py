@@ -13,25 +13,29 @@ labels move it to another assignment still sees a higher number.
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Annotated
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from wire import MAX_BUNDLE
+
 from ._errors import BundleRefused
 
 _DOMAIN = b"immune-bundle-v1\0"
 """Signed with the bundle, so a signature made for anything else never verifies as one."""
-MAX_BUNDLE = 4 << 20
-"""Bytes of an encoded bundle: a sensor policy and a few hundred rules and
-playbooks fit with room to spare (SigmaHQ's Linux set is about 1 MiB)."""
 MAX_FILES = 4096
 
 Text = Annotated[str, msgspec.Meta(max_length=MAX_BUNDLE)]
 FileName = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"\A[^/\x00]+\Z")]
-Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")]
+LABEL_KEY = r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z"
+"""A label's key: a letter or digit, then letters, digits, '.', '_' or '-'; at most 63."""
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=LABEL_KEY)]
 LabelValue = Annotated[str, msgspec.Meta(max_length=255, pattern=r"\A[^\x00]*\Z")]
 Files = Annotated[dict[FileName, Text], msgspec.Meta(max_length=MAX_FILES)]
 
@@ -75,6 +79,19 @@ def selects(labels: dict[str, str], agent_labels: dict[str, str]) -> bool:
     return all(agent_labels.get(k) == v for k, v in labels.items())
 
 
+def assigned(bundles: Iterable[Any], agent_labels: dict[str, str]) -> Any | None:
+    """Of ``bundles`` (each with ``labels`` and ``version``: the latest of
+    each name), the one an agent labelled ``agent_labels`` runs: the most
+    specific that selects it (the most labels), then the newest.  None if
+    none does: the agent keeps what it runs."""
+    best = None
+    for b in bundles:
+        if selects(b.labels, agent_labels) and (
+                best is None or (len(b.labels), b.version) > (len(best.labels), best.version)):
+            best = b
+    return best
+
+
 class SigningKey:
     """The hive's Ed25519 key pair for bundles."""
 
@@ -96,10 +113,37 @@ class SigningKey:
     def private_bytes(self) -> bytes:
         return self._private.private_bytes_raw()
 
+    @classmethod
+    def load_or_create(cls, folder: str | Path) -> SigningKey:
+        """The key in ``folder``/bundle.key (made, 0600, with bundle.pub
+        beside it, if there is none)."""
+        folder = Path(folder)
+        path = folder / "bundle.key"
+        try:
+            return cls.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            pass
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        key = cls.generate()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made meanwhile by another process
+            return cls.load_or_create(folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes())
+        (folder / "bundle.pub").write_bytes(key.public)
+        return key
+
     def sign(self, bundle: Bundle) -> Signed:
         if not bundle.issued:
             bundle = msgspec.structs.replace(bundle, issued=time.time_ns())
         data = _encode(bundle)
+        try:  # what an agent would refuse (a label too long, a file name with a slash) is never signed
+            _decode_bundle(data)
+        except msgspec.ValidationError as e:
+            raise ValueError(_said(e)) from None
         if len(data) > MAX_BUNDLE:
             raise ValueError(f"bundle {bundle.name!r} is {len(data)} bytes encoded, above {MAX_BUNDLE}")
         return Signed(bundle=data, signature=self._private.sign(_DOMAIN + data))

@@ -12,7 +12,9 @@ import logging
 import os
 from pathlib import Path
 
-from ._bundle import MAX_BUNDLE, Bundle, Signed, verify
+from wire import MAX_BUNDLE
+
+from ._bundle import Bundle, Signed, verify
 from ._errors import BundleRefused
 
 log = logging.getLogger("immune.fleet")

@@ -23,11 +23,12 @@ ENROLL_MAX_FRAME = 4096
 
 
 async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
-                       keys: KeyPair, listen: str) -> None:
+                       keys: KeyPair, listen: str, bundle_key: bytes = b"") -> None:
     """The enrollment door: any CURVE key may connect (the channel is still
     encrypted and the agent pins our key from its token), but only a valid
     one-time token gets that key enrolled.  Refusals are counted and logged
-    a few per interval, as at the router."""
+    a few per interval, as at the router.  ``bundle_key`` is the public key
+of the hive's policy bundles, which an enrolled agent pins."""
     store = Store(path)
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.Enroll, max_size=ENROLL_MAX_FRAME))
     z = sock.zmq
@@ -55,7 +56,7 @@ async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 else:
                     try:
                         await trio.to_thread.run_sync(store.redeem_token, req.token, req.agent, public)
-                        answer = wire.Enrolled(ok=True, agent=req.agent)
+                        answer = wire.Enrolled(ok=True, agent=req.agent, bundle_key=bundle_key)
                         counts["enrolled"] = int(counts["enrolled"]) + 1
                         log_event(ctx.log, "agent.enrolled", agent=req.agent, key=public)
                     except StoreError as e:

@@ -50,6 +50,7 @@ class AgentSeen(_Msg, tag="seen"):
     address: str = ""
     hello: wire.Hello | None = None
     heartbeat: wire.Heartbeat | None = None
+    bundle: wire.BundleStatus | None = None
 
 
 class Deliver(_Msg, tag="deliver"):

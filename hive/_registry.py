@@ -152,10 +152,11 @@ class WireVersions:
 
 
 def _merge(old: AgentSeen | None, new: AgentSeen | None) -> AgentSeen:
-    """``new``, keeping what only ``old`` said (its Hello, Heartbeat, address)."""
+    """``new``, keeping what only ``old`` said (its Hello, Heartbeat, bundle status, address)."""
     if old is None:
         return new
     if new is None:
         return old
     return AgentSeen(agent=new.agent, time=max(old.time, new.time), address=new.address or old.address,
-                     hello=new.hello or old.hello, heartbeat=new.heartbeat or old.heartbeat)
+                     hello=new.hello or old.hello, heartbeat=new.heartbeat or old.heartbeat,
+                     bundle=new.bundle or old.bundle)

@@ -19,8 +19,8 @@ from ._actors import DEFAULT_MAX_FRAME, DELIVER, INGEST, RESULTS, SEEN, STORED, 
 from ._fair import FairQueue
 from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
 from ._registry import WireVersions
+from ._fleet import Fleet
 from ._store import Store, StoreError
-
 
 PEER_HWM = 2
 """Frames ZeroMQ queues per agent connection before it stops reading it, so
@@ -37,6 +37,10 @@ sends them again): 8 MiB at the default, a relay's window of 64 batches of
 QUEUE_LIMIT = 8
 """Frames' worth of bytes queued here for all agents, past which the router
 stops reading (ZeroMQ then holds them, at most PEER_HWM per connection)."""
+FLEET_POLL = 1.0
+"""Seconds between looks at the store for pushed bundles and changed labels
+(``immune-node policy push`` and ``agents label`` write there, also with
+no hive running)."""
 CURVE_OVERHEAD = 64
 """ZeroMQ applies MAXMSGSIZE to the encrypted frame: a CURVE MESSAGE command
 is 33 bytes longer than the frame it carries."""
@@ -83,7 +87,8 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     agent_wires: dict[str, int] = {a.id: a.wire_version for a in known if a.wire_version is not None}
     seen_at: dict[str, float] = {}
     counts = ctx.stats.extra
-    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0)
+    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0, bundles_sent=0)
+    fleet = Fleet()
 
     def refused(why: str, agent: str, detail: str) -> None:
         ctx.throttle.event(why, "frame.refused", why=why, agent=agent or "?", detail=detail)
@@ -132,8 +137,16 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 elif isinstance(msg, wire.Hello):
                     agent_pids[agent] = msg.pid
                     agent_wires[agent] = msg.wire_version
+                    fleet.hello(agent, msg.bundle_version, ident)
+                    await send_bundle(agent)
                     seen = AgentSeen(agent=agent, time=time.time_ns(), hello=msg,
                                      address=frame.get("Peer-Address") or "")
+                elif isinstance(msg, wire.BundleStatus):
+                    fleet.status(agent, msg)
+                    log_event(ctx.log, "bundle.applied" if msg.ok else "bundle.refused",
+                              logging.INFO if msg.ok else logging.WARNING, agent=agent, version=msg.version,
+                              running=msg.running, detail=msg.detail)
+                    seen = AgentSeen(agent=agent, time=time.time_ns(), bundle=msg)
                 elif isinstance(msg, wire.Heartbeat):
                     seen = AgentSeen(agent=agent, time=time.time_ns(), heartbeat=msg)
                 else:
@@ -141,6 +154,27 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 seen_at[agent] = now
                 await to_registry.send(seen)
+
+    async def send_bundle(agent: str) -> None:
+        b = fleet.due(agent, agent_wires.get(agent))
+        if b is not None and agent in idents:
+            counts["bundles_sent"] = int(counts["bundles_sent"]) + 1
+            log_event(ctx.log, "bundle.sent", agent=agent, version=b.version, name=b.name)
+            await agents.send([idents[agent], ack_codec.encode(wire.PolicyBundle(version=b.version, signed=b.signed))])
+
+    async def fleet_changes() -> None:
+        while True:
+            try:
+                serial = await trio.to_thread.run_sync(store.fleet_serial)
+                if serial != fleet.serial:
+                    fleet.latest, fleet.labels = await trio.to_thread.run_sync(
+                        lambda: (store.bundles(latest=True), store.labels()))
+                    fleet.serial = serial
+                    for agent in list(idents):
+                        await send_bundle(agent)
+            except StoreError as e:
+                ctx.stats.last_error = str(e)
+            await trio.sleep(FLEET_POLL)
 
     def answer(result: Result) -> None:
         # Never blocks the agents' door: with the playbook restarting or far
@@ -206,7 +240,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             await nursery.start(functools.partial(watch_door, z, door, syncs=ctx.runtime.zap_syncs))
             z.bind(listen)
             await nursery.start(agents.pump)
-            for fn in (inbound, to_the_store, acks, commands, housekeeping):
+            for fn in (inbound, to_the_store, acks, commands, housekeeping, fleet_changes):
                 nursery.start_soon(fn)
             log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
             task_status.started()

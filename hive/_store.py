@@ -126,7 +126,19 @@ def _v3_to_v4(db: sqlite3.Connection) -> None:
     db.execute("UPDATE alerts SET last_seen = time")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4]
+def _v4_to_v5(db: sqlite3.Connection) -> None:
+    # Fleet policy (issue 13): agents' labels, the signed bundles pushed to
+    # them (one version counter for all), and what each agent runs.
+    db.execute("CREATE TABLE IF NOT EXISTS labels(agent TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+               "PRIMARY KEY(agent, key))")
+    db.execute("CREATE TABLE IF NOT EXISTS bundles(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+               "labels TEXT NOT NULL, signed BLOB NOT NULL, pushed REAL NOT NULL, note TEXT NOT NULL DEFAULT '')")
+    db.execute("CREATE INDEX IF NOT EXISTS bundles_name ON bundles(name, version)")
+    db.execute("ALTER TABLE agents ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE agents ADD COLUMN bundle_detail TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -198,6 +210,20 @@ class AgentRow:
     wire_version: int | None = None
     """The wire version of its latest Hello (None: it has not said one since
     the hive kept it); the router sends commands only on the hive's own."""
+    bundle_version: int = 0
+    """The policy bundle it runs (its latest Hello or bundle status; 0: none)."""
+    bundle_detail: str = ""
+    """What its latest bundle status said (why a bundle was refused)."""
+
+
+@dataclass
+class BundleRow:
+    version: int
+    name: str
+    labels: dict[str, str]
+    signed: bytes
+    pushed: float
+    note: str
 
 
 _encode_event = msgspec.msgpack.Encoder().encode
@@ -682,9 +708,14 @@ class Store:
                 (hello.hostname, json.dumps(addresses), hello.os, hello.kernel,
                  hello.agent_version, hello.policy_version, hello.pid, hello.wire_version, agent),
             )
+            db.execute("UPDATE agents SET bundle_version=? WHERE id=?", (hello.bundle_version, agent))
         if m.heartbeat is not None:
             db.execute("UPDATE agents SET spooled=?, dropped=? WHERE id=?",
                        (m.heartbeat.spooled, m.heartbeat.dropped, agent))
+        if m.bundle is not None:
+            db.execute("UPDATE agents SET bundle_version=?, bundle_detail=? WHERE id=?",
+                       (m.bundle.running, "" if m.bundle.ok else f"v{m.bundle.version} refused: {m.bundle.detail}",
+                        agent))
 
     def mark_offline(self, agent: str) -> None:
         self.agents_seen([], offline=[agent])
@@ -692,9 +723,72 @@ class Store:
     def agents(self) -> list[AgentRow]:
         rows = self._read("SELECT id, public_key, enrolled, revoked, hostname, addresses, os, kernel, "
                           "agent_version, policy_version, first_seen, last_seen, online, spooled, dropped, pid, "
-                          "wire_version FROM agents ORDER BY id", ())
+                          "wire_version, bundle_version, bundle_detail FROM agents ORDER BY id", ())
         return [AgentRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10],
-                         r[11], bool(r[12]), r[13], r[14], r[15], r[16]) for r in rows]
+                         r[11], bool(r[12]), r[13], r[14], r[15], r[16], r[17], r[18]) for r in rows]
+
+    # -- fleet policy ----------------------------------------------------------------
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        """Every labelled agent's labels."""
+        out: dict[str, dict[str, str]] = {}
+        for agent, key, value in self._read("SELECT agent, key, value FROM labels ORDER BY agent, key", ()):
+            out.setdefault(agent, {})[key] = value
+        return out
+
+    def set_labels(self, agent: str, put: dict[str, str], remove: Iterable[str] = (),
+                   actor: str = "") -> dict[str, str]:
+        """Give ``agent`` the labels ``put`` and take ``remove`` away; its
+        labels after.  ``actor`` (who did it) goes into the audit trail."""
+        remove = list(remove)
+        with self._tx() as db:
+            db.executemany("INSERT INTO labels(agent, key, value) VALUES(?,?,?) "
+                           "ON CONFLICT(agent, key) DO UPDATE SET value=excluded.value",
+                           [(agent, k, v) for k, v in put.items()])
+            db.executemany("DELETE FROM labels WHERE agent=? AND key=?", [(agent, k) for k in remove])
+            self._bump_fleet(db)
+            rows = db.execute("SELECT key, value FROM labels WHERE agent=? ORDER BY key", (agent,)).fetchall()
+            self._audit(db, actor, "agent_labels", json.dumps({"agent": agent, "set": put, "removed": remove,
+                                                               "labels": dict(rows)}))
+        return dict(rows)
+
+    def push_bundle(self, name: str, labels: dict[str, str], sign: Callable[[int], bytes], note: str = "",
+                    actor: str = "") -> int:
+        """Store a new bundle: ``sign(version)`` makes it once its version
+        (one more than any before) is known.  Returns the version."""
+        with self._tx() as db:
+            version = (db.execute("SELECT max(version) FROM bundles").fetchone()[0] or 0) + 1
+            db.execute("INSERT INTO bundles(version, name, labels, signed, pushed, note) VALUES(?,?,?,?,?,?)",
+                       (version, name, json.dumps(labels, sort_keys=True), sign(version), time.time(), note))
+            self._bump_fleet(db)
+            self._audit(db, actor, "policy_push", json.dumps({"name": name, "version": version, "labels": labels}),
+                        why=note)
+        return version
+
+    def bundles(self, name: str | None = None, *, latest: bool = False, limit: int = 1000) -> list[BundleRow]:
+        """Pushed bundles, newest first: all (or ``name``'s), or with
+        ``latest`` the newest of each name."""
+        where, args = ("WHERE name=?", (name,)) if name else ("", ())
+        if latest:
+            where += (" AND " if where else "WHERE ") + "version IN (SELECT max(version) FROM bundles GROUP BY name)"
+        rows = self._read(f"SELECT version, name, labels, signed, pushed, note FROM bundles {where} "
+                          "ORDER BY version DESC LIMIT ?", (*args, limit))
+        return [BundleRow(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    def fleet_serial(self) -> int:
+        """A number that grows with every change of labels or bundles."""
+        r = self._read("SELECT value FROM meta WHERE key='fleet_serial'", ())
+        return int(r[0][0]) if r else 0
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, actor: str, what: str, detail: str, why: str = "") -> None:
+        db.execute("INSERT INTO audit(time, actor, what, why, result, detail) VALUES(?,?,?,?,?,?)",
+                   (time.time(), actor or "?", what, why, "done", detail))
+
+    @staticmethod
+    def _bump_fleet(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO meta(key, value) VALUES('fleet_serial', '1') "
+                   "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
 
     # -- plumbing ------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ each keeps its files under the data folder."""
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
+from typing import Any
 
 from actors import Child, KeyPair, Supervisor, zap_handler
 
@@ -21,6 +23,11 @@ class Layout:
         self.spool = self.data / "spool"
         self.agent_id = self.keys / "agent.id"
         self.hive_pub = self.keys / "hive.pub"
+        self.bundle_pub = self.keys / "bundle.pub"
+        """The hive's key for policy bundles: the hive's own (beside
+        bundle.key), or the one an agent pinned at enrollment."""
+        self.fleet = self.data / "fleet"
+        """An agent's policy bundles (``fleet.Keeper``) and the sensor policy link."""
 
 
 def hive_children(cfg: Config) -> list[Child]:
@@ -31,8 +38,11 @@ def hive_children(cfg: Config) -> list[Child]:
     from hive.playbook import DEFAULT_PLAYBOOKS, playbook_actor
     from hive.sigma import rule_folders
 
+    import fleet
+
     lay = Layout(cfg.data_dir)
     keys = KeyPair.load_or_create(lay.keys, "hive")
+    bundle_key = fleet.SigningKey.load_or_create(lay.keys)
     Store(lay.hive_db).close()  # create the schema, and fail here if the folder is unusable
     t = cfg.node.shutdown_timeout
     db = lay.hive_db
@@ -49,7 +59,8 @@ def hive_children(cfg: Config) -> list[Child]:
         Child("zap", zap_handler, shutdown=t, args=dict(authorize=zap_authorizer(db))),
         Child("router", router_actor, shutdown=t, args=dict(
             path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame)),
-        Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen)),
+        Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen,
+                                                           bundle_key=bundle_key.public)),
         Child("playbook", playbook_actor, shutdown=t, args=dict(
             path=db, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)],
             # No webhook configured: vars.webhook is absent and notify steps are skipped.
@@ -85,11 +96,12 @@ def hive_tree(cfg: Config) -> Supervisor:
 EVENTS = "inproc://agent.events"
 
 
-def sensor_child(cfg: Config, sink: str, on_sensor=None, on_policy=None) -> Child:
+def sensor_child(cfg: Config, sink: str, on_sensor=None, on_policy=None, policy=None) -> Child:
+    """The sensor, reading ``policy`` (default: ``[sensor] policy``, else the default one)."""
     from kmod import Scope, reader_actor
 
     return Child("sensor", reader_actor, shutdown=cfg.node.shutdown_timeout, start_timeout=120, args=dict(
-        sink=sink, policy=cfg.sensor.policy or None, scope=Scope.parse(cfg.sensor.scope),
+        sink=sink, policy=policy or cfg.sensor.policy or None, scope=Scope.parse(cfg.sensor.scope),
         watchdog_bound=cfg.sensor.watchdog_ms / 1000, fold=cfg.sensor.fold_ms / 1000,
         on_sensor=on_sensor, on_policy=on_policy))
 
@@ -129,8 +141,28 @@ def agent_identity(cfg: Config) -> tuple[str, bytes]:
     return name, hive_public
 
 
+def agent_fleet(cfg: Config) -> tuple[Any, Any]:
+    """(keeper, policy link) of an agent: the policy bundles it took from
+    the hive, and the link its sensor reads its policy through, pointed at
+    the running bundle's policy or the local one (None for the keeper if
+    the agent pinned no bundle key)."""
+    import fleet
+    from agent._fleet import PolicyLink
+    from kmod import DEFAULT_POLICY
+
+    lay = Layout(cfg.data_dir)
+    keeper = None
+    if lay.bundle_pub.exists():
+        keeper = fleet.Keeper(lay.fleet, lay.bundle_pub.read_bytes())
+        keeper.start()
+    link = PolicyLink(lay.fleet, cfg.sensor.policy or DEFAULT_POLICY)
+    link.start(keeper.running if keeper else None)
+    return keeper, link
+
+
 def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
     from agent import EVENTS_ENDPOINT, ProcessTable, relay
+    from agent._fleet import fleet_actor
 
     name, hive_public = agent_identity(cfg)
     lay = Layout(cfg.data_dir)
@@ -139,11 +171,15 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
     # a plain object shared in this process.
     table = ProcessTable()
     table.seed()
+    keeper, link = agent_fleet(cfg)
     children = [
         Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
             agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
-            heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, cfg), table=table)),
+            heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, link.path, keeper),
+            bundle_version=lambda: keeper.version if keeper else 0, table=table)),
+        Child("fleet", fleet_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
+            keeper=keeper, link=link, sensor=cfg.sensor.enabled)),
     ]
     if cfg.sensor.enabled:
         from agent.response import SensorSlot, endpoint_addresses, executor_actor
@@ -152,27 +188,34 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         # restarted sensor gets the response rules back when it attaches.
         slot = SensorSlot()
         children += [
-            sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach, on_policy=slot.rebase),
+            sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach, on_policy=slot.rebase, policy=link.path),
             Child("executor", executor_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
                 data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint), table=table)),
         ]
     return children
 
 
-def policy_version(cfg: Config) -> str:
-    """What the hive's registry shows as the agent's policy: the file and the
-    start of the SHA-256 of the policy in force from it (the sensor's last
-    accepted, in this process), so a fleet running different policies stands
-    out.  The relay asks at each start: a restarted relay names the policy
-    the sensor runs, not the one the node started with."""
+def policy_version(link: Path, keeper=None) -> str:
+    """What the hive's registry shows as the agent's policy: where it comes
+    from (the hive's bundle vN, the default policy, or the local file's
+    name) and the start of the SHA-256 of the policy in force (the sensor's
+    last accepted, in this process), so a fleet running different policies
+    stands out.  The relay asks at each start: a restarted relay names the
+    policy the sensor runs, not the one the node started with."""
+    from kmod import DEFAULT_POLICY
     from kmod._reload import PolicyFile
 
-    source = PolicyFile.of(cfg.sensor.policy or None)
+    source = PolicyFile.of(link)
     assert source is not None
+    target = Path(os.path.realpath(link))
+    if keeper is not None and keeper.running is not None and keeper.running.policy:
+        name = f"bundle v{keeper.running.version}"
+    else:
+        name = "default" if target == Path(os.path.realpath(DEFAULT_POLICY)) else target.name
     digest = source.in_force()
     if not digest:
-        return f"{source.path.name} (unreadable)"
-    return f"{'default' if not cfg.sensor.policy else source.path.name}:{digest[:12]}"
+        return f"{name} (unreadable)"
+    return f"{name}:{digest[:12]}"
 
 
 def agent_tree(cfg: Config) -> Supervisor:

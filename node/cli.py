@@ -17,6 +17,7 @@ import actors
 from actors import Node, Supervisor, decode_tap, query_status, setup_logging
 
 from ._config import HIVE_FOLDERS, POLICY_FILE, READ_DATA, WRITE_DATA, Config, ConfigError, load_config
+from ._fleet import FleetCliError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 INT64_MAX = 2**63 - 1
@@ -309,8 +310,11 @@ def _join(args: argparse.Namespace, cfg: Config, lay) -> int:
     if not reply.ok:
         raise CliError(f"enrollment refused: {reply.detail}")
     lay.hive_pub.write_bytes(hive_public + b"\n")
+    if reply.bundle_key:
+        lay.bundle_pub.write_bytes(reply.bundle_key)
     lay.agent_id.write_text(name + "\n")
-    print(f"enrolled as {name}; hive key pinned in {lay.hive_pub}")
+    print(f"enrolled as {name}; hive key pinned in {lay.hive_pub}"
+          + ("" if reply.bundle_key else " (the hive sent no policy bundle key: an older hive; no fleet policy)"))
     return EXIT_OK
 
 
@@ -342,6 +346,12 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action == "label":
+        from ._fleet import label
+
+        return label(args, cfg)
+    if args.rest or args.remove:
+        raise CliError("agents: KEY=VALUE and --remove go with `agents label NAME`")
     rows = _hive_store(cfg, readonly=True).agents()
     if args.json:
         sys.stdout.buffer.write(msgspec.json.encode([r.__dict__ for r in rows]) + b"\n")
@@ -349,13 +359,21 @@ def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
     if not rows:
         print("no agents")
         return EXIT_OK
+    labels = _hive_store(cfg, readonly=True).labels()
     table = [("AGENT", "STATE", "HOSTNAME", "LAST SEEN", "SPOOLED", "DROPPED", "VERSION", "WIRE", "POLICY",
-              "ADDRESSES")]
+              "BUNDLE", "LABELS", "ADDRESSES")]
+    refused = []
     for r in rows:
         state = "revoked" if r.revoked else "online" if r.online else "offline" if r.last_seen else "enrolled"
         table.append((r.id, state, r.hostname, _ago(r.last_seen), str(r.spooled), str(r.dropped),
-                      r.agent_version, _wire(r.wire_version), r.policy_version or "-", ",".join(r.addresses)))
+                      r.agent_version, _wire(r.wire_version), r.policy_version or "-",
+                      f"v{r.bundle_version}" if r.bundle_version else "-",
+                      ",".join(f"{k}={v}" for k, v in labels.get(r.id, {}).items()) or "-", ",".join(r.addresses)))
+        if r.bundle_detail:
+            refused.append(f"{r.id}: {r.bundle_detail}")
     _table(table)
+    if refused:
+        print("\nbundles refused:\n  " + "\n  ".join(refused))
     return EXIT_OK
 
 
@@ -704,10 +722,15 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (t, j, a, r):
         _common(sp)
 
-    p = add("agents", cmd_agents, "list the agents a hive knows",
+    p = add("agents", cmd_agents, "list the agents a hive knows; label them",
             "List the agents a hive knows: state, last sign of life, spooled and dropped events, versions "
             "(WIRE: the wire version of the agent's last Hello; the hive sends no commands to an agent "
-            "on another one than its own), policy and addresses.")
+            "on a wire version whose commands it cannot read), the policy in force, the policy bundle it "
+            "runs (`immune-node policy`), labels and addresses. `agents label NAME KEY=VALUE ... "
+            "[--remove KEY ...]` sets an agent's labels, which select the bundles it gets.")
+    p.add_argument("action", nargs="?", choices=["label"], help="label: set labels of agent NAME")
+    p.add_argument("rest", nargs="*", metavar="NAME KEY=VALUE", help=argparse.SUPPRESS)
+    p.add_argument("--remove", nargs="+", metavar="KEY", help="(label) labels to take away")
     p.add_argument("--json", action="store_true")
 
     p = add("events", cmd_events, "query the events a hive stored (newest first)")
@@ -734,6 +757,10 @@ def build_parser() -> argparse.ArgumentParser:
         _common(c)
         if noun == "rules":
             _rules_parsers(p, actions)
+
+    from ._fleet import add_parsers as fleet_parsers
+
+    fleet_parsers(add)
 
     p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them")
     p.add_argument("--pending", action="store_true", help="only actions waiting for approval")
@@ -792,7 +819,7 @@ _CHECKS = {
     "agent": {WRITE_DATA, POLICY_FILE},
     "demo": {WRITE_DATA, HIVE_FOLDERS, POLICY_FILE},
     "enroll": {WRITE_DATA},
-    **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart"), {READ_DATA}),
+    **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart", "policy"), {READ_DATA}),
 }
 
 
@@ -801,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, check=_CHECKS.get(args.command, ()), **_overrides(args))
         return args.fn(args, cfg)
-    except (ConfigError, CliError) as e:
+    except (ConfigError, CliError, FleetCliError) as e:
         print(f"immune-node: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILED
     except OSError as e:

@@ -12,9 +12,10 @@ field on the wire.  Version 3 is this file.  Rules for changing it:
   Version 2: a command is one Struct per action (``KillProcess``, ...)
   instead of ``Command(action, params)``.
   Version 3: event kinds ``file``, ``ptrace``, ``signal``, ``bpf`` and
-  ``mount``, and ``Exec.fileless``.  An older hive cannot decode them, so
-  hives are upgraded before agents; commands are as in version 2
-  (``COMMANDS_SINCE``), so a version 2 agent still gets them.
+  ``mount``, and ``Exec.fileless``; policy bundles (``PolicyBundle`` down,
+  ``BundleStatus`` up).  An older hive cannot decode them, so hives are
+  upgraded before agents; commands are as in version 2 (``COMMANDS_SINCE``),
+  so a version 2 agent still gets them (but no bundle).
 
 Every value is bounded here, at decoding, so nothing out of range reaches
 the hive's store, its arithmetic or its memory: integers fit the range of
@@ -366,6 +367,8 @@ class Hello(Struct, tag="hello", tag_field="type"):
     pid: Pid = 0
     """The agent daemon's pid (0: not said), so the hive's playbooks refuse
     to act on it before a command is even sent."""
+    bundle_version: Count = 0
+    """The version of the hive's policy bundle the agent runs (0: none)."""
 
 
 class Heartbeat(Struct, tag="heartbeat", tag_field="type"):
@@ -420,7 +423,23 @@ class CommandResult(Struct, tag="result", tag_field="type"):
     """collect_evidence: the evidence as a .tar.gz, when small enough to send."""
 
 
-AgentMessage = Hello | Heartbeat | EventBatch | CommandResult
+MAX_BUNDLE = 768 << 10
+"""Bytes of a signed policy bundle (``fleet.MAX_BUNDLE``), so that one
+travels in a frame under the least ``hive.max_frame``."""
+
+
+class BundleStatus(Struct, tag="bundle_status", tag_field="type"):
+    """What became of the policy bundle of ``version`` the hive sent."""
+
+    version: Count
+    ok: bool = False
+    detail: Text = ""
+    """Why it was refused or rolled back; what it changed when ok."""
+    running: Count = 0
+    """The version the agent runs after it (``version`` when ok)."""
+
+
+AgentMessage = Hello | Heartbeat | EventBatch | CommandResult | BundleStatus
 
 
 # --------------------------------------------------------------------------
@@ -593,7 +612,15 @@ AnyCommand = KillProcess | BlockConnect | BlockExec | IsolateHost | Unisolate | 
 COMMANDS: dict[str, type[Command]] = {c.__struct_config__.tag: c for c in AnyCommand.__args__}  # type: ignore[attr-defined]
 """The command types by action name."""
 
-HiveMessage = Union[Ack, AnyCommand]
+class PolicyBundle(Struct, tag="bundle", tag_field="type"):
+    """A policy bundle the hive assigned to the agent: a ``fleet.Signed``,
+    encoded, which the agent verifies with the key it pinned at enrollment."""
+
+    version: Count
+    signed: Annotated[bytes, Meta(max_length=MAX_BUNDLE + 256)]
+
+
+HiveMessage = Union[Ack, PolicyBundle, AnyCommand]
 
 
 # --------------------------------------------------------------------------
@@ -613,6 +640,9 @@ class Enrolled(Struct, tag="enrolled", tag_field="type"):
     ok: bool
     agent: Name = ""
     detail: Text = ""
+    bundle_key: Annotated[bytes, Meta(max_length=32)] = b""
+    """The hive's Ed25519 public key for policy bundles (version 3), which
+    the agent pins; the channel it comes on is the CURVE one pinned by the token."""
 
 
 # --------------------------------------------------------------------------

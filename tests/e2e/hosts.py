@@ -92,6 +92,15 @@ def wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> Non
     raise AssertionError(f"timed out waiting for {what} (last error: {last})")
 
 
+def exec_errno(path: Path) -> int:
+    """Run ``path``: 0, or the errno the exec got (EPERM: the sensor refused it)."""
+    try:
+        subprocess.run([str(path)], check=True, timeout=10, capture_output=True)
+        return 0
+    except PermissionError as e:
+        return e.errno
+
+
 def drained(agent: RunningNode) -> bool:
     st = relay_stats(agent)
     return int(st.get("spooled", 1)) == 0 and int(st.get("connected", 0)) == 1

@@ -6,7 +6,6 @@ import errno
 import hashlib
 import shutil
 import signal
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -16,18 +15,10 @@ from hive import Store
 from kmod import DEFAULT_POLICY
 from tests.kmod.conftest import kernel
 
-from .hosts import wait_until
+from .hosts import exec_errno, wait_until
 from .nodes import free_port
 
 pytestmark = kernel
-
-
-def exec_errno(path: Path) -> int:
-    try:
-        subprocess.run([str(path)], check=True, timeout=10, capture_output=True)
-        return 0
-    except PermissionError as e:
-        return e.errno
 
 
 def policy_version(data: Path) -> str:

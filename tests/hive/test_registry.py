@@ -17,12 +17,14 @@ def seen(agent, t, **kw):
 def test_signs_of_life_are_merged_per_agent_until_written():
     p = Presence(30, [], now=0)
     p.seen(seen("a", 1, hello=wire.Hello(agent="a", pid=7), address="10.0.0.1"))
+    p.seen(seen("a", 1.5, bundle=wire.BundleStatus(version=4, detail="not newer", running=3)))
     p.seen(seen("a", 2, heartbeat=wire.Heartbeat(spooled=3)))
     p.seen(seen("b", 2))
     due, gone = p.due(now=2.5)
     assert gone == [] and [m.agent for m in due] == ["a", "b"]
     a = due[0]
     assert (a.time, a.hello.pid, a.heartbeat.spooled, a.address) == (2 * 10**9, 7, 3, "10.0.0.1")
+    assert (a.bundle.version, a.bundle.running) == (4, 3)  # a bundle status is not lost in the merge
     assert p.due(now=3) == ([], [])  # nothing new: nothing to write
 
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 import wire
-from hive import ALERT_EVENTS, SCHEMA_VERSION, Ingest, Repeat, Store, StoreError
+from hive import ALERT_EVENTS, SCHEMA_VERSION, AgentSeen, Ingest, Repeat, Store, StoreError
 from hive._store import _SCHEMA_V1, ALERT_BYTES, MIGRATIONS
 
 
@@ -350,22 +350,49 @@ def test_an_alert_filed_under_an_incident_later_keeps_its_repeats(store):
     assert (a.incident, a.count, [e.pid for e in a.events]) == ("inc-1", 2, [100, 101])
 
 
-def test_a_version_3_store_opens_with_its_alerts_and_gains_count_and_last_seen(tmp_path):
-    path = tmp_path / "v3.db"
+def old_store(path, version: int) -> sqlite3.Connection:
+    """A store as immune-node of schema ``version`` left it."""
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(_SCHEMA_V1)
-    for step in MIGRATIONS[:2]:
+    for step in MIGRATIONS[:version - 1]:
         step(db)
-    db.execute("INSERT INTO meta VALUES('schema', '3')")
+    db.execute("INSERT INTO meta VALUES('schema', ?)", (str(version),))
+    return db
+
+
+def test_a_version_3_store_opens_with_its_alerts_and_gains_count_and_last_seen(tmp_path):
+    path = tmp_path / "v3.db"
+    db = old_store(path, 3)
     old = msgspec.msgpack.encode(alert("old", t=5_000))
     db.execute("INSERT INTO alerts(id, time, agent, rule_id, title, level, incident, body) "
                "VALUES('old', 5000, 'web1', 'r1', 'Download', 'high', 'inc-9', ?)", (old,))
     db.close()
     s = Store(path)
-    assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION) == "4"
+    assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
     (a,) = s.alerts()
     assert (a.id, a.count, a.last_seen, a.incident) == ("old", 1, 5_000, "inc-9")
     s.ingest([], [Repeat(alert="old", time=6_000, events=[run(101, 6_000)])])
     (a,) = s.alerts()
     assert (a.count, a.last_seen, len(a.events)) == (2, 6_000, 2)
     s.close()
+
+
+def test_a_version_4_store_gains_labels_bundles_and_what_each_agent_runs(tmp_path):
+    path = tmp_path / "v4.db"
+    db = old_store(path, 4)
+    db.execute("INSERT INTO agents(id, public_key) VALUES('web1', 'k')")
+    db.close()
+    s = Store(path)
+    assert s.agents()[0].bundle_version == 0 and s.fleet_serial() == 0
+    assert s.set_labels("web1", {"role": "web", "dc": "fra"}, actor="cli:root") == {"dc": "fra", "role": "web"}
+    assert s.set_labels("web1", {}, remove=["dc"]) == {"role": "web"}
+    assert [s.push_bundle(n, {"role": "web"}, lambda v: f"signed-{v}".encode()) for n in ("a", "b", "a")] == [1, 2, 3]
+    assert [(b.version, b.name, b.signed) for b in s.bundles(latest=True)] == [(3, "a", b"signed-3"), (2, "b", b"signed-2")]
+    assert [b.version for b in s.bundles("a")] == [3, 1]
+    assert s.fleet_serial() == 5  # two label changes, three pushes
+    s.agent_seen("web1", 1.0, hello=wire.Hello(agent="web1", bundle_version=3))
+    s.agents_seen([AgentSeen(agent="web1", time=2, bundle=wire.BundleStatus(version=4, detail="not newer", running=3))])
+    row = s.agents()[0]
+    assert (row.bundle_version, row.bundle_detail) == (3, "v4 refused: not newer")
+    whats = [r[0] for r in s.db.execute("SELECT what FROM audit ORDER BY id")]
+    assert whats == ["agent_labels", "agent_labels", "policy_push", "policy_push", "policy_push"]

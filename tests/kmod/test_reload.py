@@ -44,24 +44,22 @@ def test_the_policy_in_force_is_the_last_one_applied_and_the_hello_names_it(tmp_
     not the file's bytes at the node's start, nor a broken edit since."""
     import hashlib
 
-    from node._config import Config, SensorConfig
     from node._trees import policy_version
 
     path = tmp_path / "p.toml"
     path.write_text(RULE.format(name="a", path="/opt/a/**"))
-    cfg = Config(sensor=SensorConfig(policy=str(path)))
     first = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert policy_version(cfg) == f"p.toml:{first[:12]}"  # no reader ran yet: the file
+    assert policy_version(path) == f"p.toml:{first[:12]}"  # no reader ran yet: the file
     source = PolicyFile.of(path)
     source.applied = source.load()
     path.write_text(RULE.format(name="b", path="/opt/b/**"))
     source.applied = second = source.load()  # a reload the sensor accepted
     path.write_text("[[rule]\n")  # then a broken edit, refused: the second stays in force
     assert source.in_force() == second.digest != first
-    assert policy_version(cfg) == f"p.toml:{second.digest[:12]}"
+    assert policy_version(path) == f"p.toml:{second.digest[:12]}"
     path.unlink()
-    assert policy_version(cfg) == f"p.toml:{second.digest[:12]}"
-    assert policy_version(Config(sensor=SensorConfig(policy=str(tmp_path / "none.toml")))) == "none.toml (unreadable)"
+    assert policy_version(path) == f"p.toml:{second.digest[:12]}"
+    assert policy_version(tmp_path / "none.toml") == "none.toml (unreadable)"
 
 
 async def wait_for(condition, timeout: float = 2.0) -> float:
