@@ -37,10 +37,11 @@ sends them again): 8 MiB at the default, a relay's window of 64 batches of
 QUEUE_LIMIT = 8
 """Frames' worth of bytes queued here for all agents, past which the router
 stops reading (ZeroMQ then holds them, at most PEER_HWM per connection)."""
-FLEET_POLL = 1.0
+FLEET_POLL = 0.1
 """Seconds between looks at the store for pushed bundles and changed labels
 (``immune-node policy push`` and ``agents label`` write there, also with
-no hive running)."""
+no hive running): one read of one row, so a push reaches online agents
+within this plus the sending."""
 CURVE_OVERHEAD = 64
 """ZeroMQ applies MAXMSGSIZE to the encrypted frame: a CURVE MESSAGE command
 is 33 bytes longer than the frame it carries."""
