@@ -146,6 +146,7 @@ def write_seeds() -> None:
             "heartbeat": t.agent_codec().encode(wire.Heartbeat(time=1, spooled=10, dropped=2)),
             "result": t.agent_codec().encode(wire.CommandResult(command="c-1", ok=True, detail="killed",
                                                               data={"pids": [1, 2], "tree": {"x": 1.5}})),
+            "bundle-status": t.agent_codec().encode(wire.BundleStatus(version=4, detail="not newer", running=3)),
         },
         "hive_message": {
             "ack": t.hive_codec().encode(wire.Ack(seq=3, stream="a1b2")),
@@ -156,6 +157,8 @@ def write_seeds() -> None:
             "unblock": t.hive_codec().encode(wire.Unblock(id="c-5", rule="resp-c-2")),
             "quarantine": t.hive_codec().encode(wire.QuarantineFile(id="c-6", path="/tmp/x.sh")),
             "evidence": t.hive_codec().encode(wire.CollectEvidence(id="c-7", pid=4242, exe=True)),
+            "bundle": t.hive_codec().encode(wire.PolicyBundle(version=2, signed=fleet.encode(t._fleet_key().sign(
+                fleet.Bundle(name="web", version=2, policy="version = 1\n"))))),
         },
         "enroll": {
             "live-token": t.enroll_codec().encode(wire.Enroll(token=t.TOKEN, agent="web-1")),
