@@ -1,13 +1,55 @@
 """The hive: router, registry, sentinel, correlate, playbook, store, API."""
 
-from ._actors import DELIVER, DETECT, INGEST, RESULTS, SEEN, STORED
-from ._enroll import enroll_actor, zap_authorizer
-from ._registry import registry_actor
-from ._router import router_actor
-from ._store_actor import store_actor
-from ._detect import ALERTS, CORRELATE, correlate_actor, parse_hits, sentinel_actor
-from ._messages import ALERT_EVENTS, AgentSeen, Deliver, IncidentUpdate, Ingest, InternalMessage, Repeat, Result, Stored
-from ._store import SCHEMA_VERSION, AgentRow, BundleRow, Ingested, Store, StoreDataError, StoreError
+import importlib
+from typing import Any
+
+# What each name is, by module: imported when first asked for, so that the
+# engines (hive.sigma, hive.playbook's plain objects), which the agent runs
+# at the edge, come without the hive's actors and store.
+_EXPORTS = {
+    "DELIVER": "._actors",
+    "DETECT": "._actors",
+    "INGEST": "._actors",
+    "RESULTS": "._actors",
+    "SEEN": "._actors",
+    "STORED": "._actors",
+    "enroll_actor": "._enroll",
+    "zap_authorizer": "._enroll",
+    "registry_actor": "._registry",
+    "router_actor": "._router",
+    "store_actor": "._store_actor",
+    "ALERTS": "._detect",
+    "CORRELATE": "._detect",
+    "correlate_actor": "._detect",
+    "parse_hits": "._detect",
+    "sentinel_actor": "._detect",
+    "ALERT_EVENTS": "._messages",
+    "AgentSeen": "._messages",
+    "Deliver": "._messages",
+    "IncidentUpdate": "._messages",
+    "Ingest": "._messages",
+    "InternalMessage": "._messages",
+    "Repeat": "._messages",
+    "Result": "._messages",
+    "Stored": "._messages",
+    "SCHEMA_VERSION": "._store",
+    "AgentRow": "._store",
+    "BundleRow": "._store",
+    "Ingested": "._store",
+    "Store": "._store",
+    "StoreDataError": "._store",
+    "StoreError": "._store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hive' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ALERT_EVENTS", "ALERTS", "CORRELATE", "correlate_actor", "parse_hits", "sentinel_actor",

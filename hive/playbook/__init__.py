@@ -7,10 +7,11 @@ results, approvals and time into commands for agents and an audit trail;
 hive's store.  ``check_playbooks(DIR)`` is ``immune-node playbooks check DIR``.
 """
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 from ._actions import ACTIONS, ActionSpec, Notify, check_guardrails, check_params, command, plain_params
-from ._actor import playbook_actor
 from ._engine import (
     Action,
     AuditRecord,
@@ -34,8 +35,20 @@ from ._playbook import (
     load_playbook,
     parse_playbook,
 )
-from ._records import Records
 from ._template import Template
+
+# The actor and the store's records come when first asked for: the engine,
+# which the agent runs at the edge, comes without them.
+_LAZY = {"playbook_actor": "._actor", "Records": "._records"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hive.playbook' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 DEFAULT_PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 """The playbooks that ship (``hive/playbooks``)."""
