@@ -18,6 +18,7 @@ from wire import Event, Notice, Open
 from ._build import build
 from ._decode import KINDS, PROTOCOL_NAMES, Decoder, Verdicts, address_text, endpoint_text
 from ._errors import KmodError
+from . import _files
 from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
@@ -42,6 +43,7 @@ _CONFIG = struct.Struct(f"<IIQQQIIQIIQ{RING_KINDS}QII")
 # can put the events above it: they wait until the reader has drained it.
 RING_SHARES = {"exec": 1.0, "fork": 1.0, "exit": 1.0, "setid": 0.25, "connect": 0.25,
                "bind": 0.25, "open": 0.125}
+RING_SHARES["file"] = 0.125  # 2.7 KB records: about 750 in a burst (kmod/_files.py)
 _U32 = struct.Struct("<I")
 _MOUNTS_RING = 64 << 10  # the mounts ring's size, as in kmod/bpf/sensor.bpf.c
 K_MOUNT = 8
@@ -413,6 +415,7 @@ class LinuxSensor(Sensor):
         for fd, key in stale:
             map_delete(fd, key)
         map_update(filter_fd, _U32.pack(0), dir_bits)
+        _files.install(bpf, new)
 
     def reload(self, policy: Policy | str | os.PathLike) -> None:
         new = _coerce_policy(policy)

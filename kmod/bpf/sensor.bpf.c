@@ -1238,3 +1238,5 @@ int cut_udp(struct bpf_iter__udp *ctx)
 	return cut(ctx->meta, sk, 17);
 }
 
+
+#include "files.bpf.h"  /* rename, unlink, link, symlink, chmod, chown, *xattr (K_FILE) */
