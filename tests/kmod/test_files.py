@@ -262,3 +262,81 @@ def test_a_block_file_rule_is_refused():
 
     with pytest.raises(PolicyError, match="file rules can only audit: .* no refusal point here"):
         Policy.parse('[[rule]]\nname = "x"\nhook = "file"\naction = "block"\nmatch.path = "/etc/passwd"\n')
+
+
+# ---- creates and writes of watched paths, by any path form --------------------------
+
+
+def opens_of(sensor, pid: int, n: int) -> list:
+    from wire import Open
+
+    def keep(e):
+        return isinstance(e, Open) and e.pid == pid
+    events = collect(sensor, keep, until=lambda evs: len(evs) >= n)
+    return events + [e for e in drain_for(sensor, 0.3) if keep(e)]
+
+
+def test_files_created_in_folders_made_after_load(workdir):
+    """The rule's folder does not exist when the policy loads: a file created
+    in it later by a relative name, through a dirfd, or deeper down (mkdir -p)
+    is reported with its path; so are writes through path forms the prefix
+    filter cannot judge (a doubled slash, a symlinked folder)."""
+    from kmod import LinuxSensor, Policy
+
+    spool = workdir / "spool" / "cron"
+    policy = Policy.parse(f"""
+[[rule]]
+name = "test-spool"
+hook = "open"
+action = "audit"
+match.path = "{spool}/**"
+""")
+    with LinuxSensor(policy) as s:
+        pid = act(f"""
+            os.makedirs({str(spool / 'crontabs')!r})
+            os.chdir({str(spool / 'crontabs')!r})
+            os.close(os.open("root", os.O_CREAT | os.O_WRONLY, 0o600))
+            d = os.open({str(spool)!r}, os.O_RDONLY)
+            os.close(os.open("atjob", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=d))
+            os.close(os.open({str(workdir) + '/spool//cron/crontabs/bob'!r}, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.symlink({str(spool)!r}, {str(workdir / 'alias')!r})
+            os.close(os.open({str(workdir / 'alias' / 'evil')!r}, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.close(os.open({str(workdir / 'elsewhere')!r}, os.O_CREAT | os.O_WRONLY, 0o600))
+            """)
+        events = opens_of(s, pid, 4)
+    assert [(e.path, e.rule, e.result >= 0) for e in events] == [
+        (f"{spool}/crontabs/root", "test-spool", True),
+        (f"{spool}/atjob", "test-spool", True),
+        (f"{spool}/crontabs/bob", "test-spool", True),
+        (f"{spool}/evil", "test-spool", True)]
+
+
+def test_a_file_created_by_a_relative_name_is_blocked(workdir):
+    """fanotify judges the file opened, whatever the path form."""
+    from kmod import LinuxSensor, Policy
+
+    guarded = workdir / "guarded"
+    guarded.mkdir()
+    policy = Policy.parse(f"""
+[[rule]]
+name = "test-no-drop"
+hook = "open"
+action = "block"
+match.path = "{guarded}/*"
+""")
+    with LinuxSensor(policy) as s:
+        pid = act(f"""
+            os.chdir({str(guarded)!r})
+            for how in ("rel", "dirfd"):
+                try:
+                    if how == "rel":
+                        os.open("dropped", os.O_CREAT | os.O_WRONLY, 0o600)
+                    else:
+                        os.open("dropped2", os.O_CREAT | os.O_WRONLY, 0o600,
+                                dir_fd=os.open({str(workdir)!r} + "/guarded", os.O_RDONLY))
+                except PermissionError:
+                    print(json.dumps(how), flush=True)
+            """)
+        events = opens_of(s, pid, 2)
+    assert [(e.path, e.verdict, e.result) for e in events] == [
+        (f"{guarded}/dropped", "block", -errno.EPERM), (f"{guarded}/dropped2", "block", -errno.EPERM)]
