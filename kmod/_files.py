@@ -20,8 +20,8 @@ import struct
 from wire import File
 
 from ._decode import _HDR, _PATHBUF, NAME_LEN, _cstr, _id, _join
-from ._libbpf import map_delete, map_keys, map_update
-from ._policy import DIR_BITS, FILE_OPS, Policy, Rule, bitmap, has_wildcard, literal_prefix
+from ._libbpf import map_delete, map_keys, map_lookup, map_update
+from ._policy import DIR_BITS, FILE_OPS, HEAD_BITS, Policy, Rule, bitmap, has_wildcard, literal_prefix
 
 K_FILE = 9  # kmod/bpf/sensor.h
 W_RULE, W_SETID, W_CAP = 1, 2, 4
@@ -86,6 +86,13 @@ class FileFilters:
         # the ops of the shorter ones it extends.
         self.prefixes = {k: v | _covering(k, own) for k, v in own.items()}
 
+    def heads(self) -> bytes | None:
+        """The kernel's first check on an absolute path, as Policy.open_heads;
+        None when a prefix is shorter than 8 bytes (every path goes to the trie)."""
+        if any(len(p) < 8 for p in self.prefixes):
+            return None
+        return bitmap((int.from_bytes(p[:8], "little") for p in self.prefixes), HEAD_BITS)
+
 
 def _covering(key: bytes, own: dict[bytes, int]) -> int:
     bits = 0
@@ -138,11 +145,17 @@ def install(bpf, policy: Policy) -> None:
                                                        DIR_BITS))
         for key, value in entries.items():
             map_update(fd, key, value)
-    conf = _CONF.pack(len(prefixes), len(names), len(dirs), 0)
+    heads = f.heads()
+    conf = _CONF.pack(len(prefixes), len(names), len(dirs), heads is not None)
+    if heads is not None:  # the union of both until the old prefixes are gone
+        old = map_lookup(bpf.map_fd("file_heads"), _U32.pack(0), len(heads))
+        map_update(bpf.map_fd("file_heads"), _U32.pack(0), bytes(a | b for a, b in zip(old, heads)))
     map_update(bpf.map_fd("file_settings"), _U32.pack(0), conf)
     for fd, key in stale:
         map_delete(fd, key)
     map_update(filter_fd, _U32.pack(0), bitmap(inodes, DIR_BITS))
+    if heads is not None:
+        map_update(bpf.map_fd("file_heads"), _U32.pack(0), heads)
 
 
 def _path(rec, at: int, truncated: bool) -> tuple[str, bool]:

@@ -66,7 +66,7 @@ struct file_conf {
 	__u32 prefixes;       /* entries in file_prefixes */
 	__u32 names;          /* entries in file_names */
 	__u32 dirs;           /* entries in file_dirs */
-	__u32 _pad;
+	__u32 heads;          /* 1: file_heads holds every prefix's first 8 bytes */
 };
 
 struct file_name {
@@ -108,6 +108,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct file_conf);
 } file_settings SEC(".maps");
+
+/* As open_heads: most absolute paths are turned away by a bit test on
+ * their first 8 bytes, before the trie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct heads);
+} file_heads SEC(".maps");
 
 struct file_scratch {
 	struct open_key key;
@@ -201,17 +210,44 @@ static __always_inline __u32 fd_ops(struct file_conf *fc, struct file_scratch *s
 	return ops;
 }
 
-/* Where the last component of the path in s->key starts (bpf_loop: the
- * verifier walks the body once, not once per byte). */
+/* Where the last component of the path in s->key starts: 8 bytes a step
+ * (a '/' byte is a zero byte of v ^ 0x2f..2f), bytes from the NUL on left
+ * out (the scratch holds older paths there).  bpf_loop: the verifier walks
+ * the body once. */
 struct last_slash {
 	struct file_scratch *s;
+	__u32 len;            /* bytes before the NUL */
 	__u32 after;
 };
 
-static long slash_step(__u32 i, struct last_slash *ls)
+#define BYTES(b) (0x0101010101010101ULL * (b))
+
+static long slash_step(__u32 w, struct last_slash *ls)
 {
-	if (ls->s->key.data[i & (PATH_LEN - 1)] == '/')
-		ls->after = i + 1;
+	__u32 at = w * 8;
+	if (at >= ls->len || at > PATH_LEN - 8)
+		return 1;
+	__u64 v;
+	__builtin_memcpy(&v, &ls->s->key.data[at & (PATH_LEN - 8)], 8);
+	__u64 x = v ^ BYTES('/');
+	__u64 zero = ~(((x & BYTES(0x7f)) + BYTES(0x7f)) | x | BYTES(0x7f));  /* 0x80 where '/' */
+	__u32 left = ls->len - at;
+	if (left < 8)
+		zero &= (1ULL << (left * 8)) - 1;
+	if (!zero)
+		return 0;
+	__u32 b = 0;  /* the highest byte with its bit set */
+	if (zero >> 32) {
+		b += 4;
+		zero >>= 32;
+	}
+	if (zero >> 16) {
+		b += 2;
+		zero >>= 16;
+	}
+	if (zero >> 8)
+		b += 1;
+	ls->after = at + b + 1;
 	return 0;
 }
 
@@ -233,11 +269,18 @@ static __always_inline __u32 path_ops(int dfd, const char *upath, int text_only)
 		return text_only ? 0 : fd_ops(fc, s, dfd);
 	__u32 ops = 0;
 	if (fc->names) {
-		struct last_slash ls = {.s = s};
-		bpf_loop(n - 1, slash_step, &ls, 0);
+		struct last_slash ls = {.s = s, .len = n - 1};
+		bpf_loop(PATH_LEN / 8, slash_step, &ls, 0);
 		ops = name_ops(s, &s->key.data[ls.after & (PATH_LEN - 1)]);
 	}
 	if (s->key.data[0] == '/') {
+		struct heads *heads = bpf_map_lookup_elem(&file_heads, &zero);
+		__u64 head;
+		__builtin_memcpy(&head, s->key.data, 8);
+		if (n <= 8)
+			head &= (1ULL << ((n - 1) * 8)) - 1;  /* as the key: NUL-padded */
+		if (fc->heads && heads && !in_filter(heads->words, HEAD_WORDS, head, HEAD_BITS))
+			return ops;
 		s->key.prefixlen = n * 8;
 		__u32 *v = bpf_map_lookup_elem(&file_prefixes, &s->key);
 		return ops | (v ? *v : 0);
