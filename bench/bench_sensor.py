@@ -10,7 +10,13 @@ needs anyway) so that Python's own overhead does not hide the sensor's:
            no rule watches (the kernel checks the directories above it);
 * exec:    fork()+execve("/bin/true")+waitpid();
 * connect: TCP connect()+accept()+close() on loopback (SO_LINGER 0, so no
-           TIME_WAIT).
+           TIME_WAIT);
+* write:   open(O_WRONLY)+close() of a file no rule names, by its absolute path (judged
+           by the directories above it too, as a relative open is);
+* chmod:   chmod() of a file no rule names, by its absolute path (kmod/bpf/files.bpf.h
+           reads the path and looks up its prefix and last component);
+* rename:  rename() there and back by relative names (the directories above the cwd are checked);
+* unlink:  open(O_CREAT)+close()+unlink() of an absolute path no rule names.
 
 Each loop runs pinned to CPU 1; the sensor (all hooks, default policy) and
 a thread draining it (as the kmod reader would: wait, drain in batches,
@@ -90,6 +96,7 @@ LOOPS_C = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -120,6 +127,19 @@ int main(int argc, char **argv) {
                 int fd = open(argv[3], O_RDONLY);
                 if (fd < 0) { perror("open"); return 1; }
                 close(fd);
+            } else if (!strcmp(mode, "write")) {
+                int fd = open(argv[3], O_WRONLY);
+                if (fd < 0) { perror("open"); return 1; }
+                close(fd);
+            } else if (!strcmp(mode, "chmod")) {
+                if (chmod(argv[3], i & 1 ? 0600 : 0644)) { perror("chmod"); return 1; }
+            } else if (!strcmp(mode, "rename")) {
+                if (rename(i & 1 ? "y" : "x", i & 1 ? "x" : "y")) { perror("rename"); return 1; }
+            } else if (!strcmp(mode, "unlink")) {
+                int fd = open(argv[3], O_CREAT | O_WRONLY, 0600);
+                if (fd < 0) { perror("open"); return 1; }
+                close(fd);
+                if (unlink(argv[3])) { perror("unlink"); return 1; }
             } else if (!strcmp(mode, "exec")) {
                 pid_t pid = fork();
                 if (pid == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
@@ -224,6 +244,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per loop and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--saturation", type=float, default=10.0, help="seconds")
+    parser.add_argument("--only", nargs="+", metavar="LOOP",
+                        help="run only these loops (e.g. chmod rename unlink), no floors, saturation or storm")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_sensor: needs root")
@@ -234,8 +256,13 @@ def main() -> None:
     # directory, under /root/.cache, none of them watched)
     loops = [("open", "open", ("/etc/hostname",), None), ("open-rel", "open", ("f",), "deep"),
              ("exec", "exec", (), None), ("connect", "connect", (), None)]
+    loops += [("write", "write", ("FILES/x",), "files"), ("chmod", "chmod", ("FILES/x",), "files"), ("rename", "rename", (), "files"),
+              ("unlink", "unlink", ("FILES/u",), "files")]  # FILES: a folder no rule names
     # (without, with) per round; the floors are (without, one floor program)
     floors = {"floor": "empty", "floor+read": "path_read"}
+    if args.only:
+        loops = [loop for loop in loops if loop[0] in args.only]
+        floors = {}
     pairs: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in loops}
     pairs.update((f, []) for f in floors)
 
@@ -247,11 +274,15 @@ def main() -> None:
         deep = os.path.join(tmp, "a", "b", "c", "d", "e")
         os.makedirs(deep)
         Path(deep, "f").touch()
+        files = os.path.join(tmp, "files")
+        os.makedirs(files)
+        Path(files, "x").touch()
         objects = {f: compile_bpf(tmp, name, EMPTY_BPF_C if name == "empty" else PATH_READ_BPF_C)
                    for f, name in floors.items()}
         for _ in range(args.rounds):
             for label, mode, extra, cwd in loops:
-                cwd = deep if cwd == "deep" else cwd
+                cwd = {"deep": deep, "files": files}.get(cwd, cwd)
+                extra = tuple(a.replace("FILES", files) for a in extra)
                 off = run_loop(exe, mode, args.seconds, *extra, cwd=cwd)
                 with LinuxSensor() as sensor, Drainer(sensor):
                     pairs[label].append((off, run_loop(exe, mode, args.seconds, *extra, cwd=cwd)))
@@ -276,6 +307,8 @@ def main() -> None:
                     "floor+read": "   (the same, reading the path's first 8 bytes)"}.get(mode, "")
             print(f"{mode:10} {off:12.0f} {on:12.0f} {ratio:7.2f}x{note}")
 
+        if args.only:
+            return
         print(f"saturation, {args.saturation:g} s each, calls on one core; for opens, the "
               "calls the events account for (a folded event stands for many):")
         for label, mode, extra, fold in (
@@ -296,7 +329,8 @@ def main() -> None:
             print(f"  {label:25} {calls / seconds:10.0f} calls/s {drainer.events / elapsed:10.0f} "
                   f"events/s drained {drainer.events:10d} events  drops {drop_text(stats)}"
                   f"  {accounted}")
-        storm(exe, args.saturation)
+        if not args.only:
+            storm(exe, args.saturation)
 
 
 def drop_text(stats) -> str:

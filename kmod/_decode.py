@@ -15,13 +15,14 @@ import struct
 import threading
 import time
 
-from wire import MAX_PATH, Bind, Connect, Event, Exec, Exit, Fork, Open, SetId, fit_text
+from wire import MAX_PATH, Bind, Connect, Event, Exec, Exit, File, Fork, Open, SetId, fit_text
 
 from ._policy import SETID_CALLS, Policy
 
 K_EXEC, K_FORK, K_EXIT, K_OPEN, K_SETID, K_CONNECT, K_BIND = range(1, 8)
 KINDS = {K_EXEC: "exec", K_FORK: "fork", K_EXIT: "exit", K_OPEN: "open",
          K_SETID: "setid", K_CONNECT: "connect", K_BIND: "bind"}
+KINDS[9] = "file"  # K_FILE: kmod/_files.py
 F_ARGS_TRUNC = 1
 F_PATH_TRUNC = 2
 F_RESOLVED = 8
@@ -125,6 +126,8 @@ class Decoder:
         self._decoders = {K_EXEC: self._exec, K_FORK: self._fork, K_EXIT: self._exit,
                           K_OPEN: self._open, K_SETID: self._setid,
                           K_CONNECT: self._sock, K_BIND: self._sock}
+        from ._files import K_FILE, decode_file  # it builds on this module
+        self._decoders[K_FILE] = functools.partial(decode_file, self)
 
     def set_policy(self, generation: int, policy: Policy) -> None:
         self._policies[generation] = policy
@@ -303,6 +306,9 @@ def verdict_line(event: Event) -> str | None:
         what = f"{event.call} {event.change()}"
     elif isinstance(event, Fork):
         what = f"fork {event.child_pid}"
+    elif isinstance(event, File):
+        from ._files import file_what
+        what = file_what(event)
     else:
         return None
     return f"IMMUNE: [{tag}] {what} (pid={event.pid})"

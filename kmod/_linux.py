@@ -18,6 +18,7 @@ from wire import Event, Notice, Open
 from ._build import build
 from ._decode import KINDS, PROTOCOL_NAMES, Decoder, Verdicts, address_text, endpoint_text
 from ._errors import KmodError
+from . import _files
 from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
@@ -42,6 +43,7 @@ _CONFIG = struct.Struct(f"<IIQQQIIQIIQ{RING_KINDS}QII")
 # can put the events above it: they wait until the reader has drained it.
 RING_SHARES = {"exec": 1.0, "fork": 1.0, "exit": 1.0, "setid": 0.25, "connect": 0.25,
                "bind": 0.25, "open": 0.125}
+RING_SHARES["file"] = 0.125  # 2.7 KB records: about 750 in a burst (kmod/_files.py)
 _U32 = struct.Struct("<I")
 _MOUNTS_RING = 64 << 10  # the mounts ring's size, as in kmod/bpf/sensor.bpf.c
 K_MOUNT = 8
@@ -385,10 +387,14 @@ class LinuxSensor(Sensor):
                     for k, v in new.open_prefixes().items()}
         new4, new6 = new.sock_entries(generation)
         dirs, names, dir_bits = _dir_entries(new.open_dirs())
+        pending, pending_bits = _pending_entries(new.open_dirs())
         filter_fd = bpf.map_fd("dir_filter")
         # the union of both filters until the old directories are gone
         old_bits = map_lookup(filter_fd, _U32.pack(0), len(dir_bits))
         map_update(filter_fd, _U32.pack(0), bytes(a | b for a, b in zip(old_bits, dir_bits)))
+        pending_fd = bpf.map_fd("pending_filter")
+        old_pending = map_lookup(pending_fd, _U32.pack(0), len(pending_bits))
+        map_update(pending_fd, _U32.pack(0), bytes(a | b for a, b in zip(old_pending, pending_bits)))
         heads_fd, heads = bpf.map_fd("open_heads"), new.open_heads()
         if heads is None:  # stop relying on the filter before it changes
             self._write_config(new)
@@ -400,19 +406,22 @@ class LinuxSensor(Sensor):
                                          ("sock4_rules", new4, _SOCK4_KEY_SIZE),
                                          ("watched_dirs", dirs, _DIR_KEY.size),
                                          ("watched_names", names, _DIR_KEY.size + _NAME_LEN),
+                                         ("pending_dirs", pending, _DIR_KEY.size + _NAME_LEN),
                                          ("sock6_rules", new6, _SOCK6_KEY_SIZE)):
             fd = bpf.map_fd(name)
             stale += [(fd, key) for key in set(map_keys(fd, key_size)) - set(entries)]
             for key, value in entries.items():
                 map_update(fd, key, value)
         self._policy, self._generation = new, generation
-        self._n_dirs = len(dirs)
+        self._n_dirs = len(dirs) + len(pending)
         self._write_config()
         if heads is not None:
             map_update(heads_fd, _U32.pack(0), heads)
         for fd, key in stale:
             map_delete(fd, key)
         map_update(filter_fd, _U32.pack(0), dir_bits)
+        map_update(pending_fd, _U32.pack(0), pending_bits)
+        _files.install(bpf, new)
 
     def reload(self, policy: Policy | str | os.PathLike) -> None:
         new = _coerce_policy(policy)
@@ -522,6 +531,25 @@ def _dir_entries(dirs: dict[str, tuple[int, frozenset[str]]]) -> tuple[dict, dic
             name_entries[key + name.encode()[:_NAME_LEN - 1].ljust(_NAME_LEN, b"\0")] = b"\1"
     inodes = (_DIR_KEY.unpack(key)[0] for key in found)
     return entries, name_entries, bitmap(inodes, DIR_BITS)
+
+
+def _pending_entries(dirs: Iterable[str]) -> tuple[dict, bytes]:
+    """The directories of Policy.open_dirs that do not exist (yet), for the
+    kernel to find by name: pending_dirs entries (the nearest existing
+    ancestor's key and the first missing component's name), and the
+    ancestors' inode filter.  A file in such a directory made later is
+    judged by its whole path."""
+    entries: dict[bytes, bytes] = {}
+    for path in dirs:
+        missing, parent = "", path
+        while parent != "/" and not os.path.isdir(parent):
+            parent, missing = os.path.split(parent)
+        if not missing:
+            continue
+        st = os.stat(parent)
+        key = _DIR_KEY.pack(st.st_ino, os.major(st.st_dev) << 20 | os.minor(st.st_dev))
+        entries[key + missing.encode()[:_NAME_LEN - 1].ljust(_NAME_LEN, b"\0")] = b"\1"
+    return entries, bitmap((_DIR_KEY.unpack(k[:_DIR_KEY.size])[0] for k in entries), DIR_BITS)
 
 
 def _cgroup_place(r) -> tuple[int, int]:

@@ -21,11 +21,14 @@ from ._errors import PolicyError
 
 DEFAULT_POLICY = Path(__file__).parent / "default_policy.toml"
 
-HOOKS = ("exec", "open", "connect", "bind", "setid", "fork")
+HOOKS = ("exec", "open", "connect", "bind", "setid", "fork", "file")
 ACTIONS = ("block", "audit")
 SETID_CALLS = ("setuid", "setreuid", "setresuid", "setfsuid",
                "setgid", "setregid", "setresgid", "setfsgid")
 PROTOCOLS = {"tcp": 6, "udp": 17}
+FILE_OPS = ("rename", "unlink", "rmdir", "link", "symlink", "mknod", "chmod", "chown",
+            "setxattr", "removexattr")
+"""What a ``file`` rule's match.op names; the kernel's enum file_op is the index + 1."""
 CONTAINER_KEYS = ("container_id", "container_name", "container_image", "container_runtime")
 """Keys of ``match`` that select containers: exec and open rules only (decided in userspace)."""
 _MATCH_KEYS = {
@@ -35,6 +38,7 @@ _MATCH_KEYS = {
     "bind": {"address", "port", "protocol"},
     "setid": {"call", "id"},
     "fork": set(),
+    "file": {"path", "op"},
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -125,6 +129,8 @@ class Rule:
     ports: tuple[int, ...] = ()
     protocol: str = ""
     calls: frozenset[str] = frozenset()
+    ops: frozenset[str] = frozenset()
+    """file rules: the calls they apply to (empty: all of FILE_OPS)."""
     ids: frozenset[int] = frozenset()
     containers: ContainerSelector | None = None
     """None: the rule applies on the host and in every container alike."""
@@ -292,6 +298,10 @@ def _rule(table: object, index: int) -> Rule:
         raise PolicyError(f"{where}: 'action' must be block or audit (got {action!r})")
     if action == "block" and hook in ("setid", "fork"):
         raise PolicyError(f"{where}: {hook} can only be audited (no LSM hook to refuse it here)")
+    if action == "block" and hook == "file":
+        raise PolicyError(f"{where}: file rules can only audit: rename, unlink, link, symlink, mknod, "
+                          "chmod, chown and *xattr have no refusal point here (BPF LSM programs do not "
+                          "load on this kernel, and fanotify refuses only opens and execs)")
     description = table.get("description", "")
     if not isinstance(description, str):
         raise PolicyError(f"{where}: 'description' must be a string")
@@ -317,7 +327,7 @@ def _rule(table: object, index: int) -> Rule:
         for p in paths:
             if not p.startswith("/"):
                 raise PolicyError(f"{where}: path {p!r} must be absolute")
-            if hook == "open" and len(literal_prefix(p).encode()) >= PATH_LEN:
+            if hook in ("open", "file") and len(literal_prefix(p).encode()) >= PATH_LEN:
                 raise PolicyError(f"{where}: path {p!r} is longer than the kernel keeps")
             if hook == "open" and action == "block" and "/" in p[len(literal_prefix(p)):]:
                 raise PolicyError(
@@ -331,7 +341,7 @@ def _rule(table: object, index: int) -> Rule:
             if not _SHA256.fullmatch(d):
                 raise PolicyError(f"{where}: {d!r} is not a SHA-256 hex digest")
         kw["sha256"] = frozenset(digests)
-    if hook in ("exec", "open") and not kw.get("paths") and not kw.get("sha256"):
+    if hook in ("exec", "open", "file") and not kw.get("paths") and not kw.get("sha256"):
         need = "path or sha256" if hook == "exec" else "path"
         raise PolicyError(f"{where}: {hook} rules need match.{need}")
     if "address" in match:
@@ -356,6 +366,12 @@ def _rule(table: object, index: int) -> Rule:
             raise PolicyError(f"{where}: unknown call(s) {', '.join(bad)} "
                               f"(known: {', '.join(SETID_CALLS)})")
         kw["calls"] = frozenset(calls)
+    if "op" in match:
+        ops = _strings(match["op"], f"{where}: match.op")
+        bad = [o for o in ops if o not in FILE_OPS]
+        if bad:
+            raise PolicyError(f"{where}: unknown op(s) {', '.join(bad)} (known: {', '.join(FILE_OPS)})")
+        kw["ops"] = frozenset(ops)
     if "id" in match:
         ids = _as_list(match["id"], f"{where}: match.id")
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in ids):
@@ -529,6 +545,14 @@ class Policy:
     def match_setid(self, call: str, new: int) -> Rule | None:
         for _, r in self._by_hook["setid"]:
             if (not r.calls or call in r.calls) and (not r.ids or new in r.ids):
+                return r
+        return None
+
+    def match_file(self, op: str, path: str, source: str = "") -> Rule | None:
+        """First file rule for ``op`` naming ``path`` or ``source`` (rename's
+        old name, link's file, an absolute symlink target)."""
+        for _, r in self._by_hook["file"]:
+            if (not r.ops or op in r.ops) and (r.match_path(path) or (source and r.match_path(source))):
                 return r
         return None
 

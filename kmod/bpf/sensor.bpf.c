@@ -141,6 +141,32 @@ struct {
 	__type(value, struct name_key);
 } name_scratch SEC(".maps");
 
+/* Directories the open rules name that did not exist at load (or reload):
+ * each by its nearest existing ancestor and the name of its first missing
+ * component (/var/spool + "cron" for /var/spool/cron/crontabs), so a file
+ * in one made later is found by name on the way up.  pending_filter holds
+ * the ancestors' inodes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dir_filter);
+} pending_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct name_key);
+	__type(value, __u8);
+} pending_dirs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct name_key);
+} pending_scratch SEC(".maps");
+
 /* Scratch space too big for the 512-byte stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -828,6 +854,24 @@ static __always_inline __u8 dir_covers(struct dir_filter *filter, struct dentry 
 	return v && (depth == 0 || *v == D_ANY) ? *v : 0;
 }
 
+/* Is DIR the existing ancestor of a directory the rules name that was
+ * missing at load, and BELOW (its child on the way up) that directory's
+ * first missing component?  Then userspace judges the file's whole path. */
+static __always_inline __u8 pending_covers(struct dir_filter *filter, struct dentry *dir,
+					   struct dentry *below)
+{
+	__u32 zero = 0;
+	struct name_key *pk = bpf_map_lookup_elem(&pending_scratch, &zero);
+	if (!pk || !in_filter(filter->words, DIR_WORDS, dir->d_inode->i_ino, DIR_BITS))
+		return 0;
+	pk->dir.ino = dir->d_inode->i_ino;
+	pk->dir.dev = dir->d_sb->s_dev;
+	pk->dir._pad = 0;
+	__builtin_memset(pk->name, 0, NAME_LEN);
+	bpf_probe_read_kernel_str(pk->name, NAME_LEN, below->d_name.name);
+	return bpf_map_lookup_elem(&pending_dirs, pk) ? D_ANY : 0;
+}
+
 /* A relative path says nothing by itself (`cd /etc; cat shadow`).  An open
  * that succeeded is judged by the directories above the opened file, up to
  * DIR_DEPTH; one that failed has no file, so by the directory it started
@@ -841,7 +885,8 @@ static __always_inline int open_relative(struct sensor_config *c, long ret, __u3
 	__u32 zero = 0;
 	struct dir_filter *filter = bpf_map_lookup_elem(&dir_filter, &zero);
 	struct name_key *nk = bpf_map_lookup_elem(&name_scratch, &zero);
-	if (!c->watched_dirs || !filter || !nk)
+	struct dir_filter *pending = bpf_map_lookup_elem(&pending_filter, &zero);
+	if (!c->watched_dirs || !filter || !nk || !pending)
 		return 0;
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct file **fds = (void *)t->files->fdt->fd;
@@ -858,8 +903,8 @@ static __always_inline int open_relative(struct sensor_config *c, long ret, __u3
 			struct dentry *up = d->d_parent;
 			if (!up || up == d)
 				break;
+			how = dir_covers(filter, up, i, &nk->dir) ?: pending_covers(pending, up, d);
 			d = up;
-			how = dir_covers(filter, d, i, &nk->dir);
 		}
 		if (how == D_NAMES)
 			bpf_probe_read_kernel_str(nk->name, NAME_LEN, f->f_path.dentry->d_name.name);
@@ -898,6 +943,18 @@ static __always_inline int open_relative(struct sensor_config *c, long ret, __u3
 	return 0;
 }
 
+#define O_WRITES (01 | 02 | 0100 | 01000)  /* O_WRONLY O_RDWR O_CREAT O_TRUNC */
+
+/* An absolute path the prefixes do not name may still lead to a watched
+ * file (/etc//cron.d/x, /proc/self/cwd/x, a symlinked directory): a file
+ * opened to be created or written is judged by its directories, as a
+ * relative open is.  (Reads are not: that walk on every read cost more.) */
+static __always_inline int open_written(struct sensor_config *c, long ret, __u32 flags, int dfd,
+					const char *upath)
+{
+	return ret >= 0 && (flags & O_WRITES) ? open_relative(c, ret, flags, dfd, upath) : 0;
+}
+
 /* Only paths under a policy prefix go further than the 8-byte head check,
  * which keeps the cost for everything else to one read and a bit test. */
 static __always_inline int open_done(long ret, int dfd, const char *upath, __u32 flags)
@@ -912,7 +969,7 @@ static __always_inline int open_done(long ret, int dfd, const char *upath, __u32
 			return open_relative(c, ret, flags, dfd, upath);
 		struct heads *heads = bpf_map_lookup_elem(&open_heads, &zero);
 		if (c->open_heads && heads && !in_filter(heads->words, HEAD_WORDS, head, HEAD_BITS))
-			return 0;
+			return open_written(c, ret, flags, dfd, upath);
 	}
 	struct open_key *k = bpf_map_lookup_elem(&open_key_scratch, &zero);
 	if (!k)
@@ -922,7 +979,9 @@ static __always_inline int open_done(long ret, int dfd, const char *upath, __u32
 		return 0;
 	k->prefixlen = n * 8;
 	__u32 *rule = bpf_map_lookup_elem(&open_prefixes, k);
-	if (!rule || !in_scope(c) || fold_open(c, k, n, flags, ret, *rule))
+	if (!rule)
+		return open_written(c, ret, flags, dfd, upath);
+	if (!in_scope(c) || fold_open(c, k, n, flags, ret, *rule))
 		return 0;
 	struct open_rec *r = bpf_map_lookup_elem(&open_scratch, &zero);
 	if (!r)
@@ -1238,3 +1297,5 @@ int cut_udp(struct bpf_iter__udp *ctx)
 	return cut(ctx->meta, sk, 17);
 }
 
+
+#include "files.bpf.h"  /* rename, unlink, link, symlink, chmod, chown, *xattr (K_FILE) */

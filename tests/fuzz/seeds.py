@@ -69,6 +69,12 @@ match = { call = ["setuid", "setresuid"], id = [0] }
 name = "forks"
 hook = "fork"
 action = "audit"
+
+[[rule]]
+name = "tamper"
+hook = "file"
+action = "audit"
+match = { path = ["/var/log/**", "/home/*/.bash_history", "/etc/passwd"], op = ["rename", "unlink", "symlink"] }
 '''
 
 CORRELATION_RULE = b'''title: Many shadow reads

@@ -252,6 +252,9 @@ def _compile(policy: Any) -> None:
     policy.sock_entries(generation=7)
     policy.needs_exec_guard
     policy.open_marks()
+    from kmod._files import FileFilters
+
+    FileFilters(policy).heads()
 
 
 _PATHS = ["/etc/shadow", "/tmp/x.sh", "/usr/bin/bash", "/", "/home/a/b/c/d/e/f", "/tmp/\u00e9\U0001f600"]
@@ -273,6 +276,8 @@ def policy(data: bytes) -> None:
         p.varies_by_container("exec", path)
     p.match_setid("setuid", 0)
     p.match_fork()
+    for path in _PATHS:
+        p.match_file("rename", path, "/var/log/x")
 
 
 # -- Sigma rules ------------------------------------------------------------------

@@ -16,7 +16,7 @@ def parse(text: str) -> Policy:
 
 def test_default_policy_loads_and_covers_the_seed():
     p = Policy.default()
-    assert {r.hook for r in p.rules} == {"exec", "connect", "bind", "open", "setid", "fork"}
+    assert {r.hook for r in p.rules} == {"exec", "connect", "bind", "open", "setid", "fork", "file"}
     assert p.match_exec("/tmp/test.sh").action == "block"
     assert p.match_exec("/dev/shm/x/y").name == "exec-from-temp"
     assert p.match_exec("/usr/bin/true") is None
