@@ -63,7 +63,9 @@ TOKEN = re.compile(r"[0-9a-z_]+")
 _COMMON_TOKENS = frozenset(
     "usr bin sbin local lib lib64 libexec etc var tmp home root opt dev proc sys run share "
     "python python3 sh bash true false exe so py conf log x86_64 linux gnu srv src app data "
-    "cache config json txt html js php node server new main index init test sudo".split()
+    "cache config json txt html js php node server new main index init test sudo "
+    # auditd's record types, in every record of their type (_fields.py)
+    "execve syscall path".split()
 )
 
 _UNSEEN = object()
@@ -665,13 +667,16 @@ def compile_detection(condition, category: str) -> tuple[Matcher, frozenset | No
 
 def _category(rule: SigmaRule) -> str:
     source = rule.logsource
+    if source.service == "auditd" and source.category is None and source.product in (None, "linux"):
+        return "auditd"  # our events as auditd's records (_fields.py)
     if source.service is not None or source.product not in (None, "linux") \
-            or source.category not in FIELDS:
+            or source.category not in FIELDS or source.category == "auditd":
         shown = ", ".join(f"{k}={v}" for k, v in (("product", source.product),
                           ("category", source.category), ("service", source.service)) if v)
+        categories = ", ".join(c for c in FIELDS if c != "auditd")
         raise RuleError(
             f"logsource {shown or '(empty)'} is not produced by SENTINEL IMMUNE sensors "
-            f"(product linux, categories {', '.join(FIELDS)})", kind="logsource")
+            f"(product linux, categories {categories}, or service auditd)", kind="logsource")
     return source.category
 
 

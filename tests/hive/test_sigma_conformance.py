@@ -105,7 +105,7 @@ class Oracle:
     def __init__(self):
         self.db = sqlite3.connect(":memory:")
         self.db.create_function("regexp", 2, _regexp, deterministic=True)
-        columns = sorted(set().union(*FIELDS.values()))
+        columns = sorted(set().union(*(FIELDS[c] for c in TARGET)))  # auditd's "comm" would clash with "Comm"
         self.columns = columns
         # No declared type: integers stay integers, text compares without case.
         self.db.execute("CREATE TABLE logs (" + ", ".join(f'"{c}" COLLATE NOCASE' for c in columns) + ")")

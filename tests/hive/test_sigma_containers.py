@@ -17,11 +17,11 @@ def write(directory, name, text):
 def test_container_fields():
     event = Exec(filename="/tmp/x", container="c" * 64, container_runtime="containerd", container_name="vllm",
                  container_image="docker.io/vllm/vllm-openai:v0.6.0", mntns=4026532801, pidns=4026532802, vpid=7)
-    ((_, f),) = sigma_events(event)
+    (_, f), *_auditd = sigma_events(event)
     assert (f["ContainerId"], f["Container"], f["ContainerRuntime"], f["ContainerName"], f["ContainerImage"]) == \
         ("c" * 64, "c" * 64, "containerd", "vllm", "docker.io/vllm/vllm-openai:v0.6.0")
     assert (f["MountNamespace"], f["PidNamespace"], f["VirtualProcessId"]) == (4026532801, 4026532802, 7)
-    ((_, host),) = sigma_events(Exec(filename="/tmp/x"))
+    (_, host), *_auditd = sigma_events(Exec(filename="/tmp/x"))
     assert not {"Container", "ContainerId", "ContainerImage", "MountNamespace", "VirtualProcessId"} & set(host)
 
 

@@ -177,9 +177,14 @@ def test_suppression_memory_is_capped(tmp_path, clock):
 # -- what counts as which logsource --------------------------------------------
 
 
+def ours(event) -> tuple:
+    """The event's logsources but auditd's records (tests/hive/test_sigma_sources.py)."""
+    return tuple(pair for pair in sigma_events(event) if pair[0] != "auditd")
+
+
 def test_failed_exec_is_no_process_creation_but_a_blocked_one_is():
-    assert sigma_events(Exec(filename="/x", result=-2)) == ()
-    ((category, fields),) = sigma_events(Exec(filename="/tmp/x", result=-1, verdict="block"))
+    assert ours(Exec(filename="/x", result=-2)) == ()
+    ((category, fields),) = ours(Exec(filename="/tmp/x", result=-1, verdict="block"))
     assert category == "process_creation" and fields["Image"] == "/tmp/x"
 
 
@@ -187,49 +192,54 @@ def test_exec_fields():
     event = Exec(agent="a", pid=5, ppid=4, uid=1000, euid=0, filename="./run", exe="/opt/run",
                  argv=["./run", "-v"], parent_image="/bin/bash", parent_cmdline="bash",
                  user="alice", cwd="/opt", sha256="ab" * 32, container="c1")
-    ((_, f),) = sigma_events(event)
-    assert f["Image"] == "./run" and f["Exe"] == "/opt/run"
+    ((_, f),) = ours(event)
+    # a relative name is read from the process's folder: rules compare absolute paths
+    assert f["Image"] == "/opt/run" and f["Exe"] == "/opt/run"
     assert f["CommandLine"] == "./run -v"
     assert (f["ParentImage"], f["ParentCommandLine"], f["User"]) == ("/bin/bash", "bash", "alice")
     assert (f["ProcessId"], f["ParentProcessId"], f["LogonId"], f["Euid"]) == (5, 4, 1000, 0)
     assert f["CurrentDirectory"] == "/opt" and f["Hashes"] == "SHA256=" + "ab" * 32
     assert f["Agent"] == "a" and f["Container"] == "c1"
     # the relay's command line wins over the raw argv
-    ((_, f),) = sigma_events(Exec(filename="/x", argv=["x"], cmdline="x --full"))
+    ((_, f),) = ours(Exec(filename="/x", argv=["x"], cmdline="x --full"))
     assert f["CommandLine"] == "x --full"
+    ((_, f),) = ours(Exec(filename="./x", exe="/dev/shm/x", cwd="/dev/shm/a/.."))
+    assert f["Image"] == "/dev/shm/x"
+    ((_, f),) = ours(Exec(filename="bin/x", exe="/srv/app/bin/x"))  # no folder known
+    assert f["Image"] == "/srv/app/bin/x"
 
 
 def test_open_read_is_file_access_and_write_is_also_file_event():
-    ((category, f),) = sigma_events(Open(path="/etc/shadow", flags=os.O_RDONLY, image="/bin/cat"))
+    ((category, f),) = ours(Open(path="/etc/shadow", flags=os.O_RDONLY, image="/bin/cat"))
     assert category == "file_access" and f["Access"] == "read"
     assert f["TargetFilename"] == "/etc/shadow" and f["Image"] == "/bin/cat"
-    pairs = sigma_events(Open(path="/etc/cron.d/x", flags=os.O_WRONLY | os.O_CREAT))
+    pairs = ours(Open(path="/etc/cron.d/x", flags=os.O_WRONLY | os.O_CREAT))
     assert [c for c, _ in pairs] == ["file_access", "file_event"]
     assert pairs[0][1]["Access"] == "write"
     # a failed write attempt created nothing
-    pairs = sigma_events(Open(path="/etc/cron.d/x", flags=os.O_WRONLY, result=-13))
+    pairs = ours(Open(path="/etc/cron.d/x", flags=os.O_WRONLY, result=-13))
     assert [c for c, _ in pairs] == ["file_access"]
 
 
 def test_network_setid_bind_fork_fields():
-    ((c, f),) = sigma_events(Connect(address="1.2.3.4", port=443, src_address="10.0.0.2",
+    ((c, f),) = ours(Connect(address="1.2.3.4", port=443, src_address="10.0.0.2",
                                      src_port=5000, family=2, hostname="x.example"))
     assert c == "network_connection"
     assert (f["DestinationIp"], f["DestinationPort"], f["SourceIp"], f["SourcePort"]) == \
         ("1.2.3.4", 443, "10.0.0.2", 5000)
     assert f["Initiated"] == "true" and f["DestinationIsIpv6"] == "false"
     assert f["DestinationHostname"] == "x.example"
-    ((c, f),) = sigma_events(SetId(call="setuid", old=1000, new=0))
+    ((c, f),) = ours(SetId(call="setuid", old=1000, new=0))
     assert c == "setid" and (f["Call"], f["OldId"], f["NewId"]) == ("setuid", 1000, 0)
-    ((c, f),) = sigma_events(Bind(address="0.0.0.0", port=8080))
+    ((c, f),) = ours(Bind(address="0.0.0.0", port=8080))
     assert c == "bind" and (f["SourceIp"], f["SourcePort"]) == ("0.0.0.0", 8080)
-    ((c, f),) = sigma_events(Fork(pid=1, child_pid=2))
+    ((c, f),) = ours(Fork(pid=1, child_pid=2))
     assert c == "fork" and f["ChildProcessId"] == 2
-    assert sigma_events(Exit(pid=1)) == ()
+    assert ours(Exit(pid=1)) == ()
 
 
 def test_empty_enrichment_is_absent():
-    ((_, f),) = sigma_events(Exec(filename="/bin/ls"))
+    ((_, f),) = ours(Exec(filename="/bin/ls"))
     assert "User" not in f and "ParentImage" not in f and "Hashes" not in f
 
 
@@ -240,8 +250,8 @@ def test_each_bad_rule_is_reported_and_the_rest_load(tmp_path):
     write(tmp_path, "good.yml", RULE)
     write(tmp_path, "yaml.yml", "title: [unclosed\n")
     write(tmp_path, "field.yml", RULE.replace("1111-4111", "2222-4111").replace("Image|", "Hostname|"))
-    write(tmp_path, "auditd.yml", RULE.replace("1111-4111", "3333-4111")
-          .replace("category: process_creation", "service: auditd"))
+    write(tmp_path, "sshd.yml", RULE.replace("1111-4111", "3333-4111")
+          .replace("category: process_creation", "service: sshd"))
     write(tmp_path, "noid.yml", "\n".join(l for l in RULE.splitlines() if not l.startswith("id:")))
     write(tmp_path, "z-dup.yml", RULE.replace("Exec from tmp", "Copy"))
     write(tmp_path, "modifier.yml", RULE.replace("1111-4111", "4444-4111").replace("startswith", "startwith"))
@@ -253,7 +263,7 @@ def test_each_bad_rule_is_reported_and_the_rest_load(tmp_path):
     kinds = {f.path.name: (f.kind, f.reason) for f in report.failures}
     assert kinds["yaml.yml"][0] == "yaml" and "line" in kinds["yaml.yml"][1]
     assert kinds["field.yml"] == ("field", kinds["field.yml"][1]) and "Hostname" in kinds["field.yml"][1]
-    assert kinds["auditd.yml"][0] == "logsource"
+    assert kinds["sshd.yml"][0] == "logsource"
     assert kinds["noid.yml"][0] == "metadata"
     assert kinds["z-dup.yml"][0] == "duplicate" and "good.yml" in kinds["z-dup.yml"][1]
     assert kinds["modifier.yml"][0] == "sigma" and "startwith" in kinds["modifier.yml"][1]
