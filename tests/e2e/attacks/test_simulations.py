@@ -39,6 +39,7 @@ def _environment(sim: Simulation, work, home, port: int, victim: int, root) -> d
         "LO": f"127.{1 + n % 250}.{n // 250 % 256}.{1 + n // 64000 % 250}",
         "PORT": str(port), "URL": f"http://127.0.0.1:{port}", "VICTIM": str(victim),
         "ESC": f"/var/lib/immune-attack-{uuid.uuid4().hex[:8]}", "AKB": str(root / "authorized_keys.saved"),
+        "HB": str(root / "bash_history.saved"),
     }
 
 
