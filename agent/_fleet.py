@@ -85,13 +85,15 @@ class PolicyLink:
 
 
 async def fleet_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
-                      keeper: fleet.Keeper | None, link: PolicyLink, sensor: bool,
+                      keeper: fleet.Keeper | None, link: PolicyLink, sensor: bool, edge: Any = None,
                       bundles: str = FLEET_ENDPOINT, results: str = RESULTS_ENDPOINT,
                       apply_timeout: float = APPLY_TIMEOUT) -> None:
     """Take the bundles the relay receives (``bundles``), answer each with a
     ``wire.BundleStatus`` (to ``results``, which the relay sends up).
     ``keeper`` None: this agent pinned no bundle key, so it refuses them all.
-    ``sensor``: whether a sensor runs here to put a policy in force."""
+    ``sensor``: whether a sensor runs here to put a policy in force;
+    ``edge`` (``agent._edge.Edge``) runs the bundle's rules and playbooks."""
+    from agent._edge import EdgeError
     from kmod import Policy, PolicyError
     from kmod._reload import PolicyFile
 
@@ -131,6 +133,14 @@ async def fleet_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
         except fleet.BundleRefused as e:
             await status(msg.version, False, str(e))
             return
+        edge_said = ""
+        if edge is not None:
+            try:
+                edge_said = edge.install(bundle, link.folder)
+            except EdgeError as e:
+                keeper.refuse(bundle, str(e))
+                await status(bundle.version, False, f"its edge rules cannot run: {e}")
+                return
         done = "no policy in it: the sensor's own stays"
         if bundle.policy:
             try:
@@ -150,6 +160,8 @@ async def fleet_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
                     why = f"the sensor did not put its policy in force within {apply_timeout:g} s " \
                           "(its policy_refused notice says why); rolled back"
                     keeper.refuse(bundle, why)
+                    if edge is not None:
+                        edge.install(keeper.running, link.folder)  # loaded before: it loads again
                     await status(bundle.version, False, why)
                     return
                 done = f"policy in force (sha256 {policy.digest[:12]}, {len(policy.rules)} rules)"
@@ -160,7 +172,7 @@ async def fleet_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
         link.prune({p for p in (link.target(), link.bundle_file(bundle.version)) if p is not None}
                    | ({link.bundle_file(prev.version)} if (prev := keeper.previous()) is not None else set()))
         await status(bundle.version, True, f"{bundle.name} v{bundle.version}: {done}; "
-                     f"{len(bundle.rules)} rules and {len(bundle.playbooks)} playbooks kept")
+                     + (edge_said or f"{len(bundle.rules)} rules and {len(bundle.playbooks)} playbooks kept"))
 
     while True:
         for msg in await inbox.recv():

@@ -84,6 +84,7 @@ async def relay(
     policy_version: str | Callable[[], str] = "",
     bundle_version: Callable[[], int] = lambda: 0,
     fleet_endpoint: str = FLEET_ENDPOINT,
+    edge: Any = None,
     table: ProcessTable | None = None,
 ) -> None:
     """Run the relay.  ``keys_dir`` holds ``agent.key``/``agent.pub``;
@@ -94,7 +95,9 @@ async def relay(
     each start (the policy in force may have changed since the node started;
     a reload is followed from the sensor's notices); ``bundle_version`` the
     policy bundle the agent runs, asked at each start (a new one is followed
-    from the fleet actor's statuses).  ``table`` is a process
+    from the fleet actor's statuses).  ``edge`` (``agent._edge.Edge``) runs
+    the bundle's rules and playbooks on the events before they are spooled
+    and hands its commands to the executor.  ``table`` is a process
     table to use instead of a new one seeded from /proc (to share it with
     the response executor, or for tests)."""
     if batch < 1 or heartbeat <= 0:
@@ -129,7 +132,7 @@ async def relay(
         r = _Relay(ctx, spool, table, delivery, uplink, batch=batch, heartbeat=heartbeat,
                    hello=hello(agent_id, policy_version() if callable(policy_version) else policy_version,
                                bundle_version()), bundles=bundles,
-                   describe_policy=policy_version if callable(policy_version) else None)
+                   describe_policy=policy_version if callable(policy_version) else None, edge=edge)
         ctx.stats.add_depth(lambda: r.spool_batches)
         log_event(ctx.log, "relay.start", agent=agent_id, hive=hive_endpoint, stream=spool.stream,
                   pending=spool.statistics().batches, processes=len(table))
@@ -141,6 +144,8 @@ async def relay(
             nursery.start_soon(r.forward_results, results)
             nursery.start_soon(r.push_commands, commands)
             nursery.start_soon(r.heartbeats)
+            if edge is not None:
+                nursery.start_soon(r.edge_ticks)
             nursery.start_soon(r.watch, monitor)
             task_status.started()
     finally:
@@ -157,8 +162,9 @@ async def relay(
 class _Relay:
     def __init__(self, ctx: Context, spool: Spool, table: ProcessTable, delivery: Delivery, uplink: Duplex,
                  *, batch: int, heartbeat: float, hello: wire.Hello, bundles: Socket,
-                 describe_policy: Callable[[], str] | None = None) -> None:
+                 describe_policy: Callable[[], str] | None = None, edge: Any = None) -> None:
         self.ctx = ctx
+        self.edge = edge
         self.bundles = bundles
         self.describe_policy = describe_policy
         self.spool = spool
@@ -288,11 +294,42 @@ class _Relay:
             # What the hive would refuse would stall the stream behind it.  The
             # decoder above checked the sensor's fields; enrichment wrote these.
             wire.fit_all(got, ENRICHED)
+            if self.edge is not None and self.edge.active:
+                got = self._at_the_edge(got)
             chunks.extend(self.spool.pack(got, self.batch))
             await self._store(chunks)
             self.accepted += len(got)
             self.publish()
             self.kick()
+
+    def _at_the_edge(self, events: list[wire.Event]) -> list[wire.Event]:
+        """``events`` with the edge's ``Edge`` events right behind those they
+        came from; its commands go to the executor at once."""
+        out: list[wire.Event] = []
+        ex = self.ctx.stats.extra
+        for ev in events:
+            out.append(ev)
+            d = self.edge.process((ev,))
+            if d.events:
+                out += d.events
+                ex["edge_alerts"] = int(ex.get("edge_alerts", 0)) + len(d.events)
+                self._edge_commands(d.commands)
+        return out
+
+    def _edge_commands(self, commands: list[wire.Command]) -> None:
+        ex = self.ctx.stats.extra
+        for cmd in commands:
+            ex["edge_commands"] = int(ex.get("edge_commands", 0)) + 1
+            try:
+                self._commands_in.send_nowait(cmd)
+            except trio.WouldBlock:
+                log_event(self.ctx.log, "edge.command_refused", logging.ERROR, id=cmd.id, action=cmd.action,
+                          reason="the executor's queue is full")
+
+    async def edge_ticks(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self._edge_commands(self.edge.tick())
 
     async def _policy_reloaded(self, notice: wire.Notice) -> None:
         """The sensor runs a new policy file: the hive shows it from a new
@@ -399,7 +436,12 @@ class _Relay:
                 if isinstance(msg, wire.CommandResult):
                     ex = self.ctx.stats.extra
                     ex["results"] = int(ex.get("results", 0)) + 1
-                    await self._send(msg)
+                    if self.edge is not None and msg.command.startswith("edge-"):
+                        # the edge's own: reported through the spool, so it reaches the hive when it is back
+                        await self._store(self.spool.pack([self.edge.answered(msg)], self.batch))
+                        self.kick()
+                    else:
+                        await self._send(msg)
                 elif isinstance(msg, wire.BundleStatus):
                     self.hello = msgspec.structs.replace(
                         self.hello, bundle_version=msg.running,

@@ -160,6 +160,25 @@ def agent_fleet(cfg: Config) -> tuple[Any, Any]:
     return keeper, link
 
 
+def agent_edge(name: str, keeper, folder: Path, hive_endpoint: str):
+    """The agent's edge engine, running the kept bundle's rules and playbooks
+    from the start (before the hive says anything: it may be unreachable).
+    Its playbooks may not block the hive's addresses or loopback."""
+    import logging
+
+    from agent._edge import Edge, EdgeError
+    from agent.response import endpoint_addresses
+
+    edge = Edge(name, protected=sorted({*endpoint_addresses(hive_endpoint), "127.0.0.1", "::1"}))
+    if keeper is not None and keeper.running is not None:
+        try:
+            edge.install(keeper.running, folder)
+        except EdgeError as e:  # verified and loaded before it was kept: a newer engine refuses it
+            logging.getLogger("immune.agent.edge").error("edge.refused version=%d reason=%s",
+                                                         keeper.running.version, e)
+    return edge
+
+
 def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
     from agent import EVENTS_ENDPOINT, ProcessTable, relay
     from agent._fleet import fleet_actor
@@ -172,14 +191,15 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
     table = ProcessTable()
     table.seed()
     keeper, link = agent_fleet(cfg)
+    edge = agent_edge(name, keeper, lay.fleet, hive_endpoint)
     children = [
         Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
             agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
             heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, link.path, keeper),
-            bundle_version=lambda: keeper.version if keeper else 0, table=table)),
+            bundle_version=lambda: keeper.version if keeper else 0, table=table, edge=edge)),
         Child("fleet", fleet_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
-            keeper=keeper, link=link, sensor=cfg.sensor.enabled)),
+            keeper=keeper, link=link, sensor=cfg.sensor.enabled, edge=edge)),
     ]
     if cfg.sensor.enabled:
         from agent.response import SensorSlot, endpoint_addresses, executor_actor

@@ -37,6 +37,8 @@ from ._messages import (
     CollectEvidence,
     Command,
     CommandResult,
+    Edge,
+    EdgeAction,
     Connect,
     Enroll,
     Enrolled,
@@ -71,7 +73,7 @@ __all__ = [
     "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_BUNDLE", "MAX_CMDLINE", "MAX_DEPTH", "MAX_ITEMS", "MAX_NAME", "MAX_PATH", "MAX_PORTS", "MAX_RESULT_BYTES",
     "MAX_TEXT", "MAX_TTL", "PID_MAX", "WIRE_VERSION",
     "Ack", "AgentMessage", "Alert", "AnyCommand", "AnyEvent", "Bind", "BlockConnect", "BlockExec", "Bpf", "BundleStatus",
-    "CollectEvidence", "Command", "CommandResult", "Connect", "Enroll", "Enrolled", "Event", "EventBatch", "Exec",
+    "CollectEvidence", "Command", "CommandResult", "Connect", "Edge", "EdgeAction", "Enroll", "Enrolled", "Event", "EventBatch", "Exec",
     "Exit", "File", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateContainer", "IsolateHost", "KillProcess", "Mount", "Notice", "Open", "PolicyBundle",
     "Ptrace", "QuarantineFile", "SetId", "Signal", "Unblock", "Unisolate", "UnisolateContainer", "CUT", "fit", "fit_all", "fit_text",
 ]

@@ -11,8 +11,8 @@ field on the wire.  Version 3 is this file.  Rules for changing it:
 * ``WIRE_VERSION`` is bumped only for a change an older peer cannot read.
   Version 2: a command is one Struct per action (``KillProcess``, ...)
   instead of ``Command(action, params)``.
-  Version 3: event kinds ``file``, ``ptrace``, ``signal``, ``bpf`` and
-  ``mount``, and ``Exec.fileless``; policy bundles (``PolicyBundle`` down,
+  Version 3: event kinds ``file``, ``ptrace``, ``signal``, ``bpf``,
+  ``mount`` and ``edge``, and ``Exec.fileless``; policy bundles (``PolicyBundle`` down,
   ``BundleStatus`` up).  An older hive cannot decode them, so hives are
   upgraded before agents; commands are as in version 2 (``COMMANDS_SINCE``),
   so a version 2 agent still gets them (but no bundle).
@@ -346,7 +346,43 @@ class Notice(Event, tag="notice"):
     detail: Text = ""
 
 
-AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | File | Ptrace | Signal | Bpf | Mount | Notice
+class EdgeAction(Struct):
+    """A command the agent ran on its own, as its edge playbook decided."""
+
+    id: Name
+    """The command's id (``edge-...``)."""
+    action: Name
+    """kill_process, block_exec, block_connect, quarantine_file, ..."""
+    detail: Text = ""
+    """Its parameters as the playbook filled them; once answered, the result's detail."""
+    ok: bool | None = None
+    """None: decided and handed to the executor; then its result."""
+
+
+class Edge(Event, tag="edge"):
+    """An alert the agent raised and answered itself, from the rules and
+    playbooks of the hive's bundle: spooled right after the event it came
+    from, whose ``pid`` and ``time`` it carries, so the hive files one
+    alert (``alert``) for both, taken at the edge, and does not act on it
+    again."""
+
+    alert: Name = ""
+    """The alert's id, which the hive's alert for that event takes."""
+    rule_id: Name = ""
+    title: Text = ""
+    level: Name = ""
+    tags: Annotated[list[Name], Meta(max_length=256)] = []
+    playbooks: Annotated[list[Name], Meta(max_length=64)] = []
+    """The playbooks that ran on it at the edge (their auto-mode steps were taken there)."""
+    actions: Annotated[list[EdgeAction], Meta(max_length=64)] = []
+    answered: bool = False
+    """False: the decision, spooled right after the event; True: results of
+    its actions (``actions[].ok`` set), spooled as they come."""
+    bundle: Count = 0
+    """The bundle version whose rules raised it."""
+
+
+AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | File | Ptrace | Signal | Bpf | Mount | Edge | Notice
 EVENT_KINDS = tuple(c.__struct_config__.tag for c in AnyEvent.__args__)  # type: ignore[attr-defined]
 
 
@@ -664,5 +700,8 @@ class Alert(Struct, tag="alert", tag_field="type"):
     count: Annotated[int, Meta(ge=1, le=INT64_MAX)] = 1
     """Hits it stands for: itself and its repeats within the suppression window,
     which the store counts on it (the hive's ``Repeat``)."""
+    edge: bool = False
+    """Raised and answered by the agent itself (its ``Edge`` event is among
+    ``events``): the hive's playbooks do not act on it again."""
     last_seen: TimeNs = 0
     """When its latest hit happened, as stored: its own time until a repeat comes."""

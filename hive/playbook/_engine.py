@@ -220,6 +220,7 @@ class PlaybookEngine:
         self._stats.alerts += 1
         now = self._clock()
         scope: dict[str, Any] | None = None
+        taken = self._taken_at_edge(alert, now, d)
         for pb in self._playbooks:
             if not pb.trigger.matches(alert.rule_id, alert.tags, alert.level, alert.incident, alert.agent):
                 continue
@@ -244,8 +245,28 @@ class PlaybookEngine:
                 continue
             self._count_run(pb, key, now)
             for step in pb.steps:
+                if pb.id in taken and step.mode == "auto":
+                    d.audit.append(AuditRecord(now, f"playbook:{pb.id}", f"step {step.index} {step.action}", why,
+                                               "taken at the edge: the agent ran it", {"alert": alert.id}))
+                    continue
                 self._step(pb, step, alert, scope, why, now, d)
         return d
+
+    @staticmethod
+    def _taken_at_edge(alert: wire.Alert, now: float, d: Decisions) -> frozenset[str]:
+        """The playbooks whose auto steps the agent ran on ``alert`` (its
+        Edge event says), each action it took recorded in the audit trail."""
+        if not alert.edge:
+            return frozenset()
+        edge = next((e for e in alert.events if isinstance(e, wire.Edge)), None)
+        if edge is None:
+            return frozenset()
+        for a in edge.actions:
+            d.audit.append(AuditRecord(now, f"agent:{alert.agent}", f"{a.action} {a.detail}",
+                                       f"alert {alert.id} {alert.title!r} at the edge, playbook "
+                                       f"{', '.join(edge.playbooks) or '?'} (bundle v{edge.bundle})",
+                                       "sent at the edge", {"alert": alert.id, "command": a.id}))
+        return frozenset(edge.playbooks)
 
     def _step(self, pb: Playbook, step: Step, alert: wire.Alert, scope: dict[str, Any], why: str,
               now: float, d: Decisions) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hive._messages import ALERT_EVENTS, Repeat
 from hive.correlate import CorrelationHit, CorrelatorStatistics, SigmaCorrelator
-from wire import Alert
+from wire import Alert, Edge
 
 from ._compile import Rule, SigmaEvent
 from ._fields import sigma_events
@@ -85,6 +85,10 @@ class RuleEngine:
         self._events = self._skipped = self._evaluated = self._matched = self._alerts = 0
         self._hits: dict[str, int] = {}
         """rule id -> hits (alerts and repeats) since the engine was made."""
+        self._edge: dict[tuple, Edge] = {}
+        """The batch's alerts raised at the edge, by (agent, rule, pid, time) of their event."""
+        self._batch: dict[tuple, object] = {}
+        """The batch's events by (agent, pid, time), while edge alerts are in it."""
         self._costs: dict[Rule, list[int]] = {}
         """rule -> [tests, nanoseconds] of the timed events."""
 
@@ -138,6 +142,12 @@ class RuleEngine:
         timed = not self._events % SAMPLE
         self._events += 1
         alerts: list[Alert | Repeat] = []
+        if type(event) is Edge:
+            if not event.answered:
+                alerts.append(self._edge_alert(event))
+            return alerts
+        if self._edge:
+            self._batch[(event.agent, event.pid, event.time)] = event
         index, silent, correlated = self._set.index, self._set.silent, self._correlated
         for category, fields in sigma_events(event):
             view = SigmaEvent(category, fields, event)
@@ -153,7 +163,9 @@ class RuleEngine:
                     continue
                 self._matched += 1
                 if rule.id not in silent:
-                    alerts.append(self._hit_alert(rule, view, event))
+                    hit_alert = self._hit_alert(rule, view, event)
+                    if hit_alert is not None:
+                        alerts.append(hit_alert)
                 if rule.id in correlated:
                     weight = getattr(event, "count", 1)  # a folded wire.Open
                     for hit in self._correlator.observe(rule.id, fields, (event,), weight):
@@ -168,11 +180,15 @@ class RuleEngine:
         it costs is seen in the statistics rather than in a stalled pipeline."""
         alerts: list[Alert | Repeat] = []
         deadline = None if budget is None else perf_counter() + budget
-        for done, event in enumerate(events):
-            if done and deadline is not None and perf_counter() > deadline:
-                self._skipped += len(events) - done
-                break
-            alerts.extend(self.process(event))
+        self._edge = {(e.agent, e.rule_id, e.pid, e.time): e for e in events if type(e) is Edge and not e.answered}
+        try:
+            for done, event in enumerate(events):
+                if done and deadline is not None and perf_counter() > deadline:
+                    self._skipped += len(events) - done
+                    break
+                alerts.extend(self.process(event))
+        finally:
+            self._edge, self._batch = {}, {}
         return _coalesced(alerts)
 
     def _charge(self, rule: Rule, ns: int) -> None:
@@ -225,13 +241,20 @@ class RuleEngine:
 
     # -- alerts -----------------------------------------------------------
 
-    def _hit_alert(self, rule: Rule, view: SigmaEvent, event) -> Alert | Repeat:
+    def _hit_alert(self, rule: Rule, view: SigmaEvent, event) -> Alert | Repeat | None:
+        """The rule's alert on ``event``, a Repeat of one before, or None
+        when the agent raised it already (its Edge event, later in the
+        batch, makes the alert; its repeats count on it from here on)."""
         fields = view.fields
         self._count(rule.id)
         key = (rule.id, *(fields.get(name) for name in suppression_key(rule)))
         first = self._suppressor.repeat_of(key)
         if first is not None:
             return _repeat(first, event.time, [event])
+        edge = self._edge.get((event.agent, rule.id, event.pid, event.time)) if self._edge else None
+        if edge is not None:
+            self._suppressor.admit(key, edge.alert)
+            return None
         detail = " ".join(f"{name}={fields[name]}" for name in sorted(rule.fields)
                           if name in fields)
         alert = Alert(id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
@@ -240,6 +263,18 @@ class RuleEngine:
         self._suppressor.admit(key, alert.id)
         self._alerts += 1
         return alert
+
+    def _edge_alert(self, edge: Edge) -> Alert:
+        """The alert of an Edge event: raised and answered by the agent, filed
+        under the agent's id with the event it came from."""
+        self._count(edge.rule_id)
+        self._alerts += 1
+        source = self._batch.get((edge.agent, edge.pid, edge.time))
+        done = ", ".join(a.action for a in edge.actions) or "nothing"
+        return Alert(id=edge.alert, rule_id=edge.rule_id, title=edge.title, level=edge.level or "medium",
+                     tags=list(edge.tags), agent=edge.agent, time=edge.time,
+                     events=[source, edge] if source is not None else [edge], edge=True,
+                     detail=f"taken at the edge (bundle v{edge.bundle}): {done}")
 
     def _add_correlation_alert(self, hit: CorrelationHit, alerts: list[Alert | Repeat]) -> None:
         rule = hit.rule

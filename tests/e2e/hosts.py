@@ -67,6 +67,8 @@ def enroll(hive_dir: Path, agent_dir: Path, name: str) -> None:
     pair.save(keys, "agent")
     (keys / "agent.id").write_text(name + "\n")
     (keys / "hive.pub").write_bytes(KeyPair.load(hive_dir / "keys", "hive").public + b"\n")
+    if (hive_dir / "keys" / "bundle.pub").exists():  # made at the hive's first start
+        (keys / "bundle.pub").write_bytes((hive_dir / "keys" / "bundle.pub").read_bytes())
     store = Store(hive_dir / "hive.db")
     store.enroll(name, pair.public.decode())
     store.close()
