@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,13 @@ when its policy loads, so they are made (and removed after) before the node star
 FAKE_KEYS = ("/root/.ssh/id_rsa", "/root/.ssh/id_ed25519")
 """Keys for the procedures to steal (cp reads only a file that exists): made where absent,
 with text no SSH client can use, and removed after."""
+
+
+@dataclass(frozen=True)
+class AttackNode:
+    db: Path
+    pid: int
+    """The node's pid: the agent, whose family the sensor protects."""
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +56,7 @@ def attack_node(tmp_path_factory):
     node = RunningNode("demo", data, "--config", str(config), "--listen", f"tcp://127.0.0.1:{free_port()}")
     try:
         node.wait_ready(timeout=120)
-        yield data / "hive.db"
+        yield AttackNode(data / "hive.db", node.pid)
         assert node.stop() == 0
     finally:
         node.kill()

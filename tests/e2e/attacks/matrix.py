@@ -144,7 +144,9 @@ def render() -> str:
     rules = rules_by_technique()
     proofs: dict[str, list[str]] = defaultdict(list)
     for sim in SIMULATIONS:
-        proofs[sim.technique.upper()].append(sim.spelling)
+        hooks = f" ({'+'.join(sim.hooks)} hook)" if sim.hooks else ""
+        proofs[sim.technique.upper()].append(sim.spelling + hooks)
+    hooked = {h for sim in SIMULATIONS for h in sim.hooks}
     ids = {t.id for t in listed}
     proven = sorted(ids & set(proofs))
     ruled = sorted((ids & set(rules)) - set(proofs))
@@ -163,7 +165,10 @@ def render() -> str:
         "processes. **Rules only**: a loaded rule carries the tag, but no simulation proves it here.",
         "",
         f"- proven live: **{len(proven)}** techniques and sub-techniques, "
-        f"{sum(len(proofs[t]) for t in proven)} spellings",
+        f"{sum(len(proofs[t]) for t in proven)} spellings "
+        f"({len(ids & {s.technique.upper() for s in SIMULATIONS if not s.hooks})} without the hooks below)",
+        f"- of these spellings, {sum(bool(sim.hooks) for sim in SIMULATIONS)} need the sensor's "
+        f"{', '.join(sorted(hooked))} hooks (issue 12's process events): a tree without them skips those",
         f"- rules only: {len(ruled)}",
         f"- not covered: {len(ids - set(proofs) - set(rules))} (why, in each row)",
         "",

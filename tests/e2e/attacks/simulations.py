@@ -14,7 +14,7 @@ Variables the shell has: ``$W`` (the work folder, under root's home), ``$FH``
 loopback address of this procedure's own, 127.x.y.z: a playbook blocking
 "the address a reverse shell calls" blocks only it), ``$URL`` (the local HTTP
 server: ``payload.sh``, ``tool``; ``$PORT`` its port), ``$VICTIM`` (the pid of a
-sleeping process of ours), ``$ESC`` (a folder others can enter, for a setuid
+sleeping process of ours), ``$AGENT`` (the demo node's pid: the agent the sensor protects), ``$ESC`` (a folder others can enter, for a setuid
 helper), ``$AKB`` and ``$HB`` (where root's authorized_keys and .bash_history were saved,
 if they existed).
 
@@ -42,6 +42,8 @@ class Simulation:
     cleanup: str = ""
     needs: tuple[str, ...] = ()
     """Programs that must be installed (the test is skipped, or fails under CI, otherwise)."""
+    hooks: tuple[str, ...] = ()
+    """Sensor hooks (kmod's policy) it needs beyond exec, open, connect, bind, setid, fork, file."""
 
     @property
     def id(self) -> str:
@@ -52,9 +54,10 @@ class Simulation:
         return f"attack.{self.technique}"
 
 
-def _many(technique: str, needs: tuple[str, ...] = (), setup: str = "", cleanup: str = "", **spellings: str):
-    return [Simulation(technique, name.replace("_", "-"), script, setup=setup, cleanup=cleanup, needs=needs)
-            for name, script in spellings.items()]
+def _many(technique: str, needs: tuple[str, ...] = (), setup: str = "", cleanup: str = "",
+          hooks: tuple[str, ...] = (), **spellings: str):
+    return [Simulation(technique, name.replace("_", "-"), script, setup=setup, cleanup=cleanup, needs=needs,
+                       hooks=hooks) for name, script in spellings.items()]
 
 
 _USER = "userdel -f $U 2>/dev/null; groupdel g$U 2>/dev/null; true"
@@ -70,6 +73,19 @@ int main(int argc, char **argv) {
 }
 C
 mkdir -p $ESC && chmod 755 $ESC && cc -o $ESC/helper $W/helper.c && chmod 4755 $ESC/helper
+"""
+
+_BPF_LOAD = r"""
+cat > $W/load.py <<'PY'
+import ctypes, struct, sys
+insns = struct.pack("<BBhi", 0xb7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = 0; exit
+buf, lic = ctypes.create_string_buffer(insns), ctypes.create_string_buffer(b"GPL")
+name = (sys.argv[1] if len(sys.argv) > 1 else "").encode()[:15]
+attr = struct.pack("<IIQQIIQII16s", 1, 2, ctypes.addressof(buf), ctypes.addressof(lic), 0, 0, 0, 0, 0, name)
+attr = ctypes.create_string_buffer(attr + bytes(128 - len(attr)))
+fd = ctypes.CDLL(None, use_errno=True).syscall(321, 5, attr, 128)  # bpf(BPF_PROG_LOAD), socket filter
+print(fd, ctypes.get_errno())
+PY
 """
 
 SIMULATIONS: list[Simulation] = [
@@ -191,6 +207,11 @@ SIMULATIONS: list[Simulation] = [
            strace_fp="timeout 2 strace -fp $VICTIM -o /dev/null",
            strace_attach="timeout 2 strace --attach=$VICTIM -o /dev/null",
            gdb_p="gdb -p $VICTIM -batch -ex detach", needs=("strace", "gdb")),
+    # kernel (ptrace hook): a tracer of the agent is killed before it attaches, and reported
+    *_many("t1055.008", strace_agent="timeout 5 strace -p $AGENT -o /dev/null",
+           gdb_agent="timeout 5 gdb -p $AGENT -batch -ex detach",
+           python_attach="python3 -c \"import ctypes; ctypes.CDLL(None).ptrace(16, $AGENT, 0, 0)\"",
+           hooks=("ptrace",), needs=("strace", "gdb")),
     *_many("t1055.009", dd_mem="dd if=/dev/null of=/proc/$VICTIM/mem",
            dd_mem_opts="dd of=/proc/$VICTIM/mem if=/dev/null bs=1 count=0 status=none"),
     # -- defense evasion ---------------------------------------------------------------
@@ -233,6 +254,20 @@ SIMULATIONS: list[Simulation] = [
     *_many("t1562.001", stop_auditd="systemctl stop auditd", disable_now="systemctl disable --now falcon-sensor",
            service_stop="service auditd stop", pkill="pkill -9 -x osqueryd",
            killall="killall -q wazuh-agentd"),
+    # kernel (signal hook): the agent stopped and let go at once (builtins: no exec between,
+    # which the stopped agent's exec guard would hold)
+    *_many("t1562.001", bash_stop="bash -c 'kill -STOP $AGENT; kill -CONT $AGENT'",
+           python_stop="python3 -c \"import os, signal; os.kill($AGENT, signal.SIGSTOP); os.kill($AGENT, signal.SIGCONT)\"",
+           hooks=("signal",)),
+    # kernel (bpf hook): a two-instruction socket filter loaded and freed (its only fd closes)
+    *_many("t1014", python_prog_load="python3 $W/load.py", python_named="python3 $W/load.py hide_pid",
+           setup=_BPF_LOAD, hooks=("bpf",)),
+    # kernel (exec fileless = block): killed before its first instruction, and reported
+    *_many("t1620", memfd="python3 -c \"import os; fd = os.memfd_create('x'); os.write(fd, open('/bin/true', 'rb').read()); "
+                          "os.execve(fd, ['x'], {})\"",
+           deleted="cp /bin/true $W/t && python3 -c \"import os; fd = os.open('$W/t', os.O_RDONLY); os.unlink('$W/t'); "
+                   "os.execve(fd, ['t'], {})\"",
+           hooks=("ptrace",)),  # fileless execs came with the ptrace hook (issue 12, kp)
     *_many("t1564.001", mkdir_tmp="mkdir /tmp/.ia-$U", touch_shm="touch /dev/shm/.ia-$U",
            cp_var_tmp="cp /bin/true /var/tmp/.ia-$U", mv_tmp="touch $W/t && mv $W/t /tmp/.ia-$U",
            cleanup="rm -rf /tmp/.ia-$U /dev/shm/.ia-$U /var/tmp/.ia-$U"),
