@@ -10,7 +10,9 @@ APT_PACKAGES=(python3 python3-venv python3-dev gcc make clang llvm libbpf-dev bp
               iproute2 tcpdump procps util-linux)
 # The tests also run real containers (an OCI runtime, a static busybox for their root) and a
 # benign corpus through the sensor (logrotate, git, a wheel build).
-[ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static logrotate git python3-wheel python3-setuptools)
+# The attack simulations (tests/e2e/attacks) run the tools attackers use; a missing one fails under CI.
+[ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static logrotate git python3-wheel python3-setuptools
+    strace gdb zip gnupg openssh-client libcap2-bin e2fsprogs lsof)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
