@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_response.py [--runs 100] [--parts kernel,actors,objects]
 
 The victim each time is a fresh shell whose command line has the shape of a
-reverse shell (``bash -c 'sleep 300; : /dev/tcp/10.77.0.2/4444 TAG'``, which
+reverse shell (``bash -c 'sleep 300; : /dev/tcp/10.77.0.2/4444 0>&1 TAG'``, which
 calls nowhere) with a child ``sleep``, started outside this process's tree
 as an attacker's would be.  The default playbooks are used (their rate
 limits lifted: 100 runs in a minute is the benchmark, not a storm).
@@ -24,6 +24,9 @@ actors   alert pushed to the playbook actor -> victim dead (seen on a pidfd),
          actor over inproc ZeroMQ sockets in one process.
 objects  the two hops of this part alone, without sockets: the engine's
          decision, and the executor's kill.
+edge     the same victims on a demo node whose agent runs the reverse-shell
+         rule and playbook itself (a pushed bundle): exec -> dead with no
+         hive in the path, and its ratio to e2e when both run.
 e2e      the whole path on a real ``immune-node demo`` process: kernel,
          sensor, relay (enrich, spool with fsync), CURVE uplink, router,
          store commit, sentinel and correlate (child processes), playbook,
@@ -37,8 +40,9 @@ e2e      the whole path on a real ``immune-node demo`` process: kernel,
 from __future__ import annotations
 
 import argparse
-import select
+import contextlib
 import dataclasses
+import select
 import json
 import os
 import statistics
@@ -67,7 +71,7 @@ def victim(tag: str, netns: str | None = None) -> int:
     # The script travels in the environment: only the victim's own command line
     # has a reverse shell's shape, so each run raises one alert, not a second
     # one (and its kill and block queued ahead of the victim's) for the launcher.
-    script = f"sleep 300; : /dev/tcp/10.77.0.2/4444 {tag}"
+    script = f"sleep 300; : /dev/tcp/10.77.0.2/4444 0>&1 {tag}"
     inner = (f'exec ip netns exec {netns} bash -c "$IMMUNE_VICTIM"' if netns
              else 'exec bash -c "$IMMUNE_VICTIM"')
     out = subprocess.run(["bash", "-c", f"({inner}) </dev/null >/dev/null 2>&1 & echo $!"],
@@ -277,12 +281,13 @@ def bench_kernel(runs: int) -> None:
 # ---- e2e ---------------------------------------------------------------------------
 
 
-def bench_e2e(runs: int) -> None:
+@contextlib.contextmanager
+def demo_node():
+    """A real ``immune-node demo`` on loopback: its data folder while it runs."""
     import signal as _signal
     import socket as _socket
 
     from actors import query_status
-    from hive import Store
 
     with _socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -301,15 +306,37 @@ def bench_e2e(runs: int) -> None:
                 if time.monotonic() > deadline or node.poll() is not None:
                     raise SystemExit("the demo node did not start")
                 time.sleep(0.2)
-        total, decide, act = [], [], []
-        for i in range(runs):
-            t0 = time.time()
-            pid = victim(f"e2e{i}")
-            fd = os.pidfd_open(pid)
-            if not select.select([fd], [], [], 10)[0]:
-                raise SystemExit(f"run {i}: the victim was not killed within 10 s")
-            dead = time.time()
-            os.close(fd)
+        yield data
+    finally:
+        node.send_signal(_signal.SIGTERM)
+        node.wait(60)
+
+
+def kills(runs: int, tag: str, on_dead=None) -> list[float]:
+    """exec -> dead of ``runs`` victims, ms; ``on_dead(i, pid, t0, dead)`` per run."""
+    total = []
+    for i in range(runs):
+        t0 = time.time()
+        pid = victim(f"{tag}{i}")
+        fd = os.pidfd_open(pid)
+        if not select.select([fd], [], [], 10)[0]:
+            raise SystemExit(f"run {i}: the victim was not killed within 10 s")
+        dead = time.time()
+        os.close(fd)
+        total.append((dead - t0) * 1000)
+        if on_dead is not None:
+            on_dead(i, pid, t0, dead)
+        time.sleep(max(0.0, 2.1 - (time.time() - t0)))  # under the playbook's 60 runs a minute
+    return total
+
+
+def bench_e2e(runs: int) -> None:
+    from hive import Store
+
+    with demo_node() as data:
+        decide, act = [], []
+
+        def split(i, pid, t0, dead):
             # This victim's kill, by its pid (the row may be committed a moment after the kill).
             row = None
             for _ in range(100):
@@ -323,33 +350,71 @@ def bench_e2e(runs: int) -> None:
                 time.sleep(0.02)
             if row is None:
                 raise SystemExit(f"run {i}: no kill_process recorded for pid {pid}")
-            total.append((dead - t0) * 1000)
             decide.append((row[0] - t0) * 1000)
             act.append((dead - row[0]) * 1000)
-            time.sleep(max(0.0, 2.1 - (time.time() - t0)))  # under 60 alerts a minute
+
+        total = kills(runs, "e2e", split)
         table("e2e: a demo node, exec -> dead", {
             "exec -> decision (sensor, relay, uplink, store, sentinel, correlate, playbook)": decide,
             "decision -> dead (router, relay, executor, kill)": act,
             "**exec -> dead**": total,
         })
-    finally:
-        node.send_signal(_signal.SIGTERM)
-        node.wait(60)
+    return total
+
+
+def bench_edge(runs: int, through_hive: list[float] | None = None) -> None:
+    """The same victims on a demo node whose agent runs the reverse-shell
+    rule and playbook at the edge (a pushed bundle): exec -> dead without the
+    hive's round trip; its ratio to the e2e part when both ran."""
+    import shutil
+
+    from hive import Store
+    from hive.sigma import BUILTIN_RULES
+
+    with demo_node() as data:
+        edge = data / "edge-bundle"
+        for kind, source in (("rules", BUILTIN_RULES / "linux" / "reverse_shell.yml"),
+                             ("playbooks", DEFAULT_PLAYBOOKS / "reverse_shell.yml")):
+            (edge / kind).mkdir(parents=True)
+            shutil.copy(source, edge / kind)
+        subprocess.run([sys.executable, "-m", "node.cli", "policy", "push", "edge", "--rules", str(edge / "rules"),
+                        "--playbooks", str(edge / "playbooks"), "--data", str(data)], check=True,
+                       capture_output=True)
+        deadline = time.monotonic() + 30
+        while True:
+            store = Store(data / "hive.db", readonly=True)
+            running = [a.bundle_version for a in store.agents()]
+            store.close()
+            if running and running[0] >= 1:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("the agent never ran the edge bundle")
+            time.sleep(0.1)
+        total = kills(runs, "edge")
+        rows = {"**exec -> dead at the edge** (sensor, relay, edge rules and playbook, executor, kill)": total}
+        table("edge: a demo node's agent answering alone", rows)
+        if through_hive:
+            print(f"\nedge / through the hive: p50 {statistics.median(total) / statistics.median(through_hive):.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=100)
-    ap.add_argument("--parts", default="kernel,actors,objects,e2e")
+    ap.add_argument("--parts", default="kernel,actors,objects,e2e,edge")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the kernel sensor, and killing processes started elsewhere, need it")
     parts = args.parts.split(",")
     print(f"bench_response: {args.runs} runs, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    through_hive = None
     for part, fn in (("kernel", bench_kernel), ("actors", bench_actors), ("objects", bench_objects),
                      ("e2e", bench_e2e)):
         if part in parts:
-            fn(args.runs)
+            out = fn(args.runs)
+            if part == "e2e":
+                through_hive = out
+    if "edge" in parts:
+        bench_edge(args.runs, through_hive)
 
 
 if __name__ == "__main__":
