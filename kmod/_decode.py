@@ -22,11 +22,14 @@ from ._policy import SETID_CALLS, Policy
 K_EXEC, K_FORK, K_EXIT, K_OPEN, K_SETID, K_CONNECT, K_BIND = range(1, 8)
 KINDS = {K_EXEC: "exec", K_FORK: "fork", K_EXIT: "exit", K_OPEN: "open",
          K_SETID: "setid", K_CONNECT: "connect", K_BIND: "bind"}
+K_PTRACE, K_SIGNAL, K_BPF, K_MOUNTED = range(10, 14)  # kmod/_procs.py decodes them
+KINDS.update({K_PTRACE: "ptrace", K_SIGNAL: "signal", K_BPF: "bpf", K_MOUNTED: "mount"})
 F_ARGS_TRUNC = 1
 F_PATH_TRUNC = 2
 F_RESOLVED = 8
 F_IN_DIR = 16
 F_UNGUARDED = 32
+F_FILELESS = 128  # the image has no name (kmod/bpf/procs.bpf.h)
 RULE_NONE = 0xFFFFFFFF
 COMP_MAX, COMP_LEN, NAME_LEN = 16, 64, 64
 _VERDICTS = ("allow", "audit", "block")
@@ -125,6 +128,8 @@ class Decoder:
         self._decoders = {K_EXEC: self._exec, K_FORK: self._fork, K_EXIT: self._exit,
                           K_OPEN: self._open, K_SETID: self._setid,
                           K_CONNECT: self._sock, K_BIND: self._sock}
+        from ._procs import procs_decoders  # which imports this module
+        self._decoders.update(procs_decoders(self))
 
     def set_policy(self, generation: int, policy: Policy) -> None:
         self._policies[generation] = policy
@@ -169,7 +174,12 @@ class Decoder:
         filename = self._str(filename)
         verdict, rule = "allow", ""
         hit = self.verdicts.take("exec", pid, ts)
-        if hit is not None:
+        fileless = bool(flags & F_FILELESS)
+        if fileless and not exe.startswith("/memfd:"):
+            exe += " (deleted)"  # as /proc/PID/exe says it
+        if fileless and (r := self._policy(gen).match_fileless()) is not None:
+            verdict, rule = r.action, r.name  # the kernel killed it at once under block
+        elif hit is not None:
             rule, action, path = hit
             verdict = "block" if action == "block" and result == _EPERM else "audit"
             # fanotify's path is readlink's, a name not UTF-8 in surrogates that
@@ -190,6 +200,7 @@ class Decoder:
                   argv=[a.decode(errors="replace") for a in argv], result=result,
                   verdict=verdict, rule=rule)
         ev.argv_truncated, ev.cwd = bool(flags & F_ARGS_TRUNC), _join(rec, at + _CWD_OFF, truncated)
+        ev.fileless = fileless
         ev.mntns, ev.pidns, ev.vpid = mntns, pidns, vpid
         return ev
 
@@ -304,5 +315,8 @@ def verdict_line(event: Event) -> str | None:
     elif isinstance(event, Fork):
         what = f"fork {event.child_pid}"
     else:
-        return None
+        from ._procs import procs_what
+        what = procs_what(event)
+        if what is None:
+            return None
     return f"IMMUNE: [{tag}] {what} (pid={event.pid})"
