@@ -3,6 +3,7 @@ ptrace of protected processes refused, signals to them reported, BPF
 program loads audited or refused, mounts reported, fileless execs flagged
 and refused, and the hooks this kernel cannot have named at start."""
 
+import errno
 import logging
 import os
 import subprocess
@@ -239,6 +240,7 @@ def test_a_bpf_block_rule_kills_the_loader(sensor):
     (ev,) = collect(sensor, lambda e: isinstance(e, Bpf) and e.pid == p.pid)
     assert (ev.prog_type, ev.prog_name, ev.verdict, ev.rule) == (
         "socket_filter", "immune_probe", "block", "bpf-no-filters")
+    assert ev.result == -errno.EAGAIN  # the verifier gave up on the pending SIGKILL: no program ever existed
     assert verdict_line(ev).startswith("IMMUNE: [BLOCKED] bpf prog_load socket_filter immune_probe")
 
 
