@@ -17,6 +17,20 @@ needs anyway) so that Python's own overhead does not hide the sensor's:
            reads the path and looks up its prefix and last component);
 * rename:  rename() there and back by relative names (the directories above the cwd are checked);
 * unlink:  open(O_CREAT)+close()+unlink() of an absolute path no rule names.
+* getppid: the cheapest syscall, which no program watches: what every
+           syscall pays once any sys_enter_* tracepoint is attached (the
+           sensor's ptrace and bpf hooks are);
+* ptrace:  PTRACE_PEEKDATA of a seized child (not protected: not reported),
+           gdb's most frequent request;
+* signal:  kill(child, SIGWINCH) to a child that is not protected (every
+           signal passes the signal_generate hook's filter);
+* bpf:     bpf(BPF_PROG_LOAD) of a two-instruction socket filter + close
+           (each one reported);
+* mount:   mount+umount2(MNT_DETACH: the exec guard may be marking it) of
+           a tmpfs in a private mount namespace (each reported twice, and
+           news for the exec guard's marker);
+* exec-memfd: fork()+execveat(memfd of /bin/true, AT_EMPTY_PATH)+waitpid(),
+           under a policy that audits fileless execs (the default kills them).
 
 Each loop runs pinned to CPU 1; the sensor (all hooks, default policy) and
 a thread draining it (as the kmod reader would: wait, drain in batches,
@@ -28,6 +42,10 @@ syscalls/sys_exit_openat, the least any syscall-tracepoint sensor can cost
 (the sensor sees opens at sys_exit only); and with one that only reads the
 path's first 8 bytes from the caller, the least an in-kernel path filter
 costs.
+And on the getppid loop: floor-exit, one empty program on
+syscalls/sys_exit_openat (what the sensor's sys_exit hooks make every
+syscall pay), and floor-enter, one on syscalls/sys_enter_ptrace (what any
+sys_enter_* hook makes every syscall pay).
 
 Saturation: one core issues calls as fast as it can for S seconds while the
 sensor drains: opens of an unwatched path (the kernel filters them all),
@@ -56,7 +74,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kmod import LinuxSensor  # noqa: E402
+from kmod import DEFAULT_POLICY, LinuxSensor, Policy  # noqa: E402
 from kmod._build import build, cache_dir  # noqa: E402
 from kmod._libbpf import BpfObject  # noqa: E402
 from wire import Exec, Open  # noqa: E402
@@ -67,6 +85,9 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tracepoint/syscalls/sys_exit_openat")
 int empty(void *ctx) { return 0; }
 """
+
+# Any sys_enter_* program makes every syscall call the enter tracepoint's probe.
+EMPTY_ENTER_BPF_C = EMPTY_BPF_C.replace("sys_exit_openat", "sys_enter_ptrace")
 
 # What any in-kernel path filter must do at least: find the caller's
 # registers and read the path's first bytes from its memory.
@@ -89,17 +110,34 @@ int path_read(void *ctx)
 """
 
 LOOPS_C = r"""
+#define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <signal.h>
+#include <linux/bpf.h>
+#include <sys/mount.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+static long word = 42;  /* what the ptrace loop peeks at in its child */
+
+static pid_t idle_child(void) {
+    pid_t pid = fork();
+    if (pid == 0) { for (;;) pause(); }
+    return pid;
+}
 
 static double now(void) {
     struct timespec t;
@@ -120,6 +158,39 @@ int main(int argc, char **argv) {
         bind(lfd, (void *)&a, sizeof(a));
         listen(lfd, 1024);
         getsockname(lfd, (void *)&a, &len);
+    }
+    pid_t child = 0;
+    int memfd = -1;
+    union bpf_attr attr;
+    struct bpf_insn insns[2] = {{.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = 0, .imm = 0},
+                                {.code = BPF_JMP | BPF_EXIT}};
+    char *noargs[] = {"true", 0}, *noenv[] = {0};
+    if (!strcmp(mode, "ptrace") || !strcmp(mode, "signal"))
+        child = idle_child();
+    if (!strcmp(mode, "ptrace")) {
+        int status;
+        if (ptrace(PTRACE_SEIZE, child, 0, 0) || ptrace(PTRACE_INTERRUPT, child, 0, 0)) {
+            perror("ptrace"); return 1;
+        }
+        waitpid(child, &status, __WALL);
+    } else if (!strcmp(mode, "bpf")) {
+        memset(&attr, 0, sizeof(attr));
+        attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+        attr.insn_cnt = 2;
+        attr.insns = (unsigned long)insns;
+        attr.license = (unsigned long)"GPL";
+        strcpy(attr.prog_name, "bench");
+    } else if (!strcmp(mode, "mount")) {
+        if (unshare(CLONE_NEWNS) || mount(0, "/", 0, MS_REC | MS_PRIVATE, 0)) { perror("unshare"); return 1; }
+        mkdir(argv[3], 0700);
+    } else if (!strcmp(mode, "memfd")) {
+        char buf[65536];
+        int in = open("/bin/true", O_RDONLY);
+        ssize_t got;
+        memfd = memfd_create("bench", 0);
+        while ((got = read(in, buf, sizeof(buf))) > 0)
+            if (write(memfd, buf, got) != got) { perror("write"); return 1; }
+        close(in);
     }
     while (t - t0 < secs) {
         for (int i = 0; i < 64; i++) {
@@ -145,6 +216,26 @@ int main(int argc, char **argv) {
                 if (pid == 0) { execl("/bin/true", "true", (char *)0); _exit(127); }
                 int status;
                 waitpid(pid, &status, 0);
+            } else if (!strcmp(mode, "getppid")) {
+                syscall(SYS_getppid);
+            } else if (!strcmp(mode, "ptrace")) {
+                errno = 0;
+                ptrace(PTRACE_PEEKDATA, child, &word, 0);
+                if (errno) { perror("peekdata"); return 1; }
+            } else if (!strcmp(mode, "signal")) {
+                kill(child, SIGWINCH);
+            } else if (!strcmp(mode, "bpf")) {
+                int fd = syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof(attr));
+                if (fd < 0) { perror("bpf"); return 1; }
+                close(fd);
+            } else if (!strcmp(mode, "mount")) {
+                if (mount("bench", argv[3], "tmpfs", 0, 0) || umount2(argv[3], MNT_DETACH)) { perror("mount"); return 1; }
+            } else if (!strcmp(mode, "memfd")) {
+                pid_t pid = fork();
+                if (pid == 0) { syscall(SYS_execveat, memfd, "", noargs, noenv, AT_EMPTY_PATH); _exit(127); }
+                int status;
+                waitpid(pid, &status, 0);
+                if (!WIFEXITED(status) || WEXITSTATUS(status)) { fprintf(stderr, "memfd exec failed\n"); return 1; }
             } else {
                 int s = socket(AF_INET, SOCK_STREAM, 0);
                 if (connect(s, (void *)&a, sizeof(a))) { perror("connect"); return 1; }
@@ -157,6 +248,8 @@ int main(int argc, char **argv) {
         }
         t = now();
     }
+    if (child)
+        kill(child, SIGKILL);
     printf("%ld %.6f\n", n, t - t0);
     return 0;
 }
@@ -255,11 +348,20 @@ def main() -> None:
     # label, mode, arguments, working directory ("deep": 5 levels below the bench's
     # directory, under /root/.cache, none of them watched)
     loops = [("open", "open", ("/etc/hostname",), None), ("open-rel", "open", ("f",), "deep"),
-             ("exec", "exec", (), None), ("connect", "connect", (), None)]
-    loops += [("write", "write", ("FILES/x",), "files"), ("chmod", "chmod", ("FILES/x",), "files"), ("rename", "rename", (), "files"),
-              ("unlink", "unlink", ("FILES/u",), "files")]  # FILES: a folder no rule names
-    # (without, with) per round; the floors are (without, one floor program)
-    floors = {"floor": "empty", "floor+read": "path_read"}
+             ("exec", "exec", (), None), ("connect", "connect", (), None),
+             ("getppid", "getppid", (), None), ("ptrace", "ptrace", (), None),
+             ("signal", "signal", (), None), ("bpf", "bpf", (), None),
+             ("mount", "mount", ("mnt",), "tmp"), ("exec-memfd", "memfd", (), None)]
+    # the exec-memfd loop's policy: the default kills fileless execs, which is no overhead
+    policies = {"exec-memfd": Policy.parse(DEFAULT_POLICY.read_text().replace(
+        'action = "block"\ndescription = "An image with no name',
+        'action = "audit"\ndescription = "An image with no name'))}
+    assert policies["exec-memfd"].match_fileless().action == "audit"
+    # (without, with) per round; the floors are (without, one floor program), on a loop
+    floors = {"floor": ("empty", "open"), "floor+read": ("path_read", "open"),
+              "floor-exit": ("empty", "getppid"), "floor-enter": ("empty_enter", "getppid")}
+    loops += [("write", "write", ("FILES/x",), "files"), ("chmod", "chmod", ("FILES/x",), "files"),
+              ("rename", "rename", (), "files"), ("unlink", "unlink", ("FILES/u",), "files")]  # FILES: no rule names it
     if args.only:
         loops = [loop for loop in loops if loop[0] in args.only]
         floors = {}
@@ -277,16 +379,16 @@ def main() -> None:
         files = os.path.join(tmp, "files")
         os.makedirs(files)
         Path(files, "x").touch()
-        objects = {f: compile_bpf(tmp, name, EMPTY_BPF_C if name == "empty" else PATH_READ_BPF_C)
-                   for f, name in floors.items()}
+        sources = {"empty": EMPTY_BPF_C, "path_read": PATH_READ_BPF_C, "empty_enter": EMPTY_ENTER_BPF_C}
+        objects = {f: (compile_bpf(tmp, name, sources[name]), loop) for f, (name, loop) in floors.items()}
         for _ in range(args.rounds):
             for label, mode, extra, cwd in loops:
-                cwd = {"deep": deep, "files": files}.get(cwd, cwd)
+                cwd = {"deep": deep, "files": files, "tmp": tmp}.get(cwd, cwd)
                 extra = tuple(a.replace("FILES", files) for a in extra)
                 off = run_loop(exe, mode, args.seconds, *extra, cwd=cwd)
-                with LinuxSensor() as sensor, Drainer(sensor):
+                with LinuxSensor(policies.get(label)) as sensor, Drainer(sensor):
                     pairs[label].append((off, run_loop(exe, mode, args.seconds, *extra, cwd=cwd)))
-                for floor, obj in objects.items() if label == "open" else ():
+                for floor, (obj, _) in ((f, o) for f, o in objects.items() if o[1] == label):
                     program = BpfObject(obj)
                     try:
                         program.load()
@@ -304,7 +406,9 @@ def main() -> None:
             on = statistics.median(p[1] for p in runs)
             ratio = statistics.median(p[1] / p[0] for p in runs)
             note = {"floor": "   (open loop, one empty program on sys_exit_openat)",
-                    "floor+read": "   (the same, reading the path's first 8 bytes)"}.get(mode, "")
+                    "floor+read": "   (the same, reading the path's first 8 bytes)",
+                    "floor-exit": "   (getppid loop, one empty program on sys_exit_openat)",
+                    "floor-enter": "   (getppid loop, one empty program on sys_enter_ptrace)"}.get(mode, "")
             print(f"{mode:10} {off:12.0f} {on:12.0f} {ratio:7.2f}x{note}")
 
         if args.only:

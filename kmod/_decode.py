@@ -23,11 +23,14 @@ K_EXEC, K_FORK, K_EXIT, K_OPEN, K_SETID, K_CONNECT, K_BIND = range(1, 8)
 KINDS = {K_EXEC: "exec", K_FORK: "fork", K_EXIT: "exit", K_OPEN: "open",
          K_SETID: "setid", K_CONNECT: "connect", K_BIND: "bind"}
 KINDS[9] = "file"  # K_FILE: kmod/_files.py
+K_PTRACE, K_SIGNAL, K_BPF, K_MOUNTED = range(10, 14)  # kmod/_procs.py decodes them
+KINDS.update({K_PTRACE: "ptrace", K_SIGNAL: "signal", K_BPF: "bpf", K_MOUNTED: "mount"})
 F_ARGS_TRUNC = 1
 F_PATH_TRUNC = 2
 F_RESOLVED = 8
 F_IN_DIR = 16
 F_UNGUARDED = 32
+F_FILELESS = 128  # the image has no name (kmod/bpf/procs.bpf.h)
 RULE_NONE = 0xFFFFFFFF
 COMP_MAX, COMP_LEN, NAME_LEN = 16, 64, 64
 _VERDICTS = ("allow", "audit", "block")
@@ -128,6 +131,8 @@ class Decoder:
                           K_CONNECT: self._sock, K_BIND: self._sock}
         from ._files import K_FILE, decode_file  # it builds on this module
         self._decoders[K_FILE] = functools.partial(decode_file, self)
+        from ._procs import procs_decoders  # which imports this module
+        self._decoders.update(procs_decoders(self))
 
     def set_policy(self, generation: int, policy: Policy) -> None:
         self._policies[generation] = policy
@@ -172,7 +177,12 @@ class Decoder:
         filename = self._str(filename)
         verdict, rule = "allow", ""
         hit = self.verdicts.take("exec", pid, ts)
-        if hit is not None:
+        fileless = bool(flags & F_FILELESS)
+        if fileless and not exe.startswith("/memfd:"):
+            exe += " (deleted)"  # as /proc/PID/exe says it
+        if fileless and (r := self._policy(gen).match_fileless()) is not None:
+            verdict, rule = r.action, r.name  # the kernel killed it at once under block
+        elif hit is not None:
             rule, action, path = hit
             verdict = "block" if action == "block" and result == _EPERM else "audit"
             # fanotify's path is readlink's, a name not UTF-8 in surrogates that
@@ -193,6 +203,7 @@ class Decoder:
                   argv=[a.decode(errors="replace") for a in argv], result=result,
                   verdict=verdict, rule=rule)
         ev.argv_truncated, ev.cwd = bool(flags & F_ARGS_TRUNC), _join(rec, at + _CWD_OFF, truncated)
+        ev.fileless = fileless
         ev.mntns, ev.pidns, ev.vpid = mntns, pidns, vpid
         return ev
 
@@ -310,5 +321,8 @@ def verdict_line(event: Event) -> str | None:
         from ._files import file_what
         what = file_what(event)
     else:
-        return None
+        from ._procs import procs_what
+        what = procs_what(event)
+        if what is None:
+            return None
     return f"IMMUNE: [{tag}] {what} (pid={event.pid})"

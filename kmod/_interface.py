@@ -31,6 +31,8 @@ class SensorStatistics:
     policy_generation: int = 0
     malformed: int = 0
     """Kernel records the decoder could not read (skipped, logged)."""
+    hooks_off: dict[str, str] = field(default_factory=dict)
+    """Hooks this kernel cannot have, with why (said once in the log at start)."""
 
 
 class Sensor(abc.ABC):

@@ -24,6 +24,7 @@ from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
 from ._mounts import Superblocks
 from ._policy import D_NAMES, DIR_BITS, Policy, bitmap
+from ._procs import hooks_off, hooks_off_line, procs_config
 from ._ringbuf import RingBuffer
 from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
 from ._system import ensure_tracefs, require_btf, require_root
@@ -44,11 +45,12 @@ _CONFIG = struct.Struct(f"<IIQQQIIQIIQ{RING_KINDS}QII")
 RING_SHARES = {"exec": 1.0, "fork": 1.0, "exit": 1.0, "setid": 0.25, "connect": 0.25,
                "bind": 0.25, "open": 0.125}
 RING_SHARES["file"] = 0.125  # 2.7 KB records: about 750 in a burst (kmod/_files.py)
+RING_SHARES.update(ptrace=0.25, signal=0.25, bpf=0.25, mount=0.25)  # kmod/_procs.py: repeatable at will
 _U32 = struct.Struct("<I")
 _MOUNTS_RING = 64 << 10  # the mounts ring's size, as in kmod/bpf/sensor.bpf.c
 K_MOUNT = 8
 # Records lost, per kind: the events' kinds, and the mount news for the exec guard.
-_DROP_KINDS = {**KINDS, K_MOUNT: "mount"}
+_DROP_KINDS = {**KINDS, K_MOUNT: "mount_news"}
 _CUT = struct.Struct("<HHB3xI16s")  # struct cut_rec
 _OPEN_KEY_SIZE = 4 + 256
 _SOCK4_KEY_SIZE = 4 + 8
@@ -173,6 +175,7 @@ class LinuxSensor(Sensor):
         self._timer = self._event = -1
         self._resolved = None
         self._started = False
+        self._hooks_off: dict[str, str] = {}
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -224,6 +227,9 @@ class LinuxSensor(Sensor):
                                                bpf.map_fd("unguarded_asked")))
         self._guard.start()
         log.info("kernel sensor started (scope %s, %d rules)", self._scope, len(self._policy.rules))
+        self._hooks_off = hooks_off()
+        if self._hooks_off:
+            log.info("hooks off: %s", hooks_off_line(self._hooks_off))
 
     def _open_fd(self, path, flags: int) -> int:
         try:
@@ -364,7 +370,7 @@ class LinuxSensor(Sensor):
             log.error("kernel ring buffer full for their kind: lost %s", detail)
             self.notice("drops", f"ring buffer full for their kind, records lost: {detail}",
                          count=sum(lost.values()))
-            if "mount" in lost and self._guard is not None:
+            if "mount_news" in lost and self._guard is not None:
                 self._guard.rescan()  # a namespace with a new filesystem may not be known
 
     # ---- policy, exclusions -------------------------------------------------------
@@ -412,6 +418,7 @@ class LinuxSensor(Sensor):
             stale += [(fd, key) for key in set(map_keys(fd, key_size)) - set(entries)]
             for key, value in entries.items():
                 map_update(fd, key, value)
+        map_update(bpf.map_fd("procs_rules"), _U32.pack(0), procs_config(new))
         self._policy, self._generation = new, generation
         self._n_dirs = len(dirs) + len(pending)
         self._write_config()
@@ -491,6 +498,7 @@ class LinuxSensor(Sensor):
             watchdog=str(fan.get("state", "off")),
             policy_generation=self._generation,
             malformed=self._malformed,
+            hooks_off=dict(self._hooks_off),
         )
 
     def attachments(self) -> dict[str, list[int]]:

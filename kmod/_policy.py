@@ -10,6 +10,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+import signal
 import struct
 import tomllib
 from collections.abc import Callable, Iterable
@@ -22,6 +23,19 @@ from ._errors import PolicyError
 DEFAULT_POLICY = Path(__file__).parent / "default_policy.toml"
 
 HOOKS = ("exec", "open", "connect", "bind", "setid", "fork", "file")
+PROCESS_HOOKS = ("ptrace", "signal", "bpf", "mount")  # kmod/_procs.py
+HOOKS += PROCESS_HOOKS
+AUDIT_ONLY = {"signal": "a signal cannot be refused without an LSM hook",
+              "mount": "a mount cannot be refused without an LSM hook"}
+PTRACE_TARGETS = ("protected", "any")
+# enum bpf_prog_type, without its BPF_PROG_TYPE_ prefix, lower case
+BPF_PROG_TYPES = (
+    "unspec", "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp",
+    "perf_event", "cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops",
+    "sk_skb", "cgroup_device", "sk_msg", "raw_tracepoint", "cgroup_sock_addr", "lwt_seg6local",
+    "lirc_mode2", "sk_reuseport", "flow_dissector", "cgroup_sysctl", "raw_tracepoint_writable",
+    "cgroup_sockopt", "tracing", "struct_ops", "ext", "lsm", "sk_lookup", "syscall", "netfilter",
+)
 ACTIONS = ("block", "audit")
 SETID_CALLS = ("setuid", "setreuid", "setresuid", "setfsuid",
                "setgid", "setregid", "setresgid", "setfsgid")
@@ -40,6 +54,8 @@ _MATCH_KEYS = {
     "fork": set(),
     "file": {"path", "op"},
 }
+_MATCH_KEYS["exec"] |= {"fileless"}
+_MATCH_KEYS.update(ptrace={"target"}, signal={"signal"}, bpf={"prog_type"}, mount={"path", "fstype"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_PORTS_PER_RULE = 1024
@@ -134,6 +150,13 @@ class Rule:
     ids: frozenset[int] = frozenset()
     containers: ContainerSelector | None = None
     """None: the rule applies on the host and in every container alike."""
+    target: str = ""
+    """ptrace: "protected" (the agent and its family) or "any"."""
+    signals: frozenset[int] = frozenset()
+    prog_types: frozenset[str] = frozenset()
+    fstypes: frozenset[str] = frozenset()
+    fileless: bool = False
+    """exec: the rule is for images with no name (memfd, deleted), decided in the kernel."""
     _regexes: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
     def match_path(self, path: str) -> bool:
@@ -263,6 +286,14 @@ def _strings(value, what: str) -> list[str]:
     return items
 
 
+def _known(value, known: tuple[str, ...], what: str) -> frozenset[str]:
+    names = _strings(value, what)
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise PolicyError(f"{what}: unknown {', '.join(bad)} (known: {', '.join(known)})")
+    return frozenset(names)
+
+
 def _ports(value, what: str) -> tuple[int, ...]:
     out: list[int] = []
     for v in _as_list(value, what):
@@ -302,6 +333,8 @@ def _rule(table: object, index: int) -> Rule:
         raise PolicyError(f"{where}: file rules can only audit: rename, unlink, link, symlink, mknod, "
                           "chmod, chown and *xattr have no refusal point here (BPF LSM programs do not "
                           "load on this kernel, and fanotify refuses only opens and execs)")
+    if action == "block" and hook in AUDIT_ONLY:
+        raise PolicyError(f"{where}: {hook} can only be audited ({AUDIT_ONLY[hook]})")
     description = table.get("description", "")
     if not isinstance(description, str):
         raise PolicyError(f"{where}: 'description' must be a string")
@@ -341,7 +374,11 @@ def _rule(table: object, index: int) -> Rule:
             if not _SHA256.fullmatch(d):
                 raise PolicyError(f"{where}: {d!r} is not a SHA-256 hex digest")
         kw["sha256"] = frozenset(digests)
-    if hook in ("exec", "open", "file") and not kw.get("paths") and not kw.get("sha256"):
+    kw.update(_process_match(hook, match, where))
+    if kw.get("fileless") and set(match) != {"fileless"}:
+        raise PolicyError(f"{where}: match.fileless is decided in the kernel, which knows no path, digest "
+                          "or container: give it alone")
+    if hook in ("exec", "open", "file") and not kw.get("paths") and not kw.get("sha256") and not kw.get("fileless"):
         need = "path or sha256" if hook == "exec" else "path"
         raise PolicyError(f"{where}: {hook} rules need match.{need}")
     if "address" in match:
@@ -360,18 +397,9 @@ def _rule(table: object, index: int) -> Rule:
             raise PolicyError(f"{where}: protocol must be tcp or udp (got {proto!r})")
         kw["protocol"] = proto
     if "call" in match:
-        calls = _strings(match["call"], f"{where}: match.call")
-        bad = [c for c in calls if c not in SETID_CALLS]
-        if bad:
-            raise PolicyError(f"{where}: unknown call(s) {', '.join(bad)} "
-                              f"(known: {', '.join(SETID_CALLS)})")
-        kw["calls"] = frozenset(calls)
+        kw["calls"] = _known(match["call"], SETID_CALLS, f"{where}: match.call")
     if "op" in match:
-        ops = _strings(match["op"], f"{where}: match.op")
-        bad = [o for o in ops if o not in FILE_OPS]
-        if bad:
-            raise PolicyError(f"{where}: unknown op(s) {', '.join(bad)} (known: {', '.join(FILE_OPS)})")
-        kw["ops"] = frozenset(ops)
+        kw["ops"] = _known(match["op"], FILE_OPS, f"{where}: match.op")
     if "id" in match:
         ids = _as_list(match["id"], f"{where}: match.id")
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in ids):
@@ -379,6 +407,36 @@ def _rule(table: object, index: int) -> Rule:
         kw["ids"] = frozenset(ids)
     kw["containers"] = container_selector(match, where)
     return Rule(name=name, hook=hook, action=action, description=description, **kw)
+
+
+def _process_match(hook: str, match: dict, where: str) -> dict:
+    """The match keys of the process hooks (kmod/_procs.py) and exec's fileless."""
+    kw: dict = {}
+    if "fileless" in match:
+        if match["fileless"] is not True:
+            raise PolicyError(f"{where}: match.fileless must be true")
+        kw["fileless"] = True
+    if hook == "ptrace":
+        target = match.get("target", "protected")
+        if target not in PTRACE_TARGETS:
+            raise PolicyError(f"{where}: match.target must be protected or any (got {target!r})")
+        kw["target"] = target
+    if "signal" in match:
+        signals = set()
+        for v in _as_list(match["signal"], f"{where}: match.signal"):
+            name = v.upper() if isinstance(v, str) else v
+            if isinstance(name, str) and not name.startswith("SIG"):
+                name = "SIG" + name
+            try:
+                signals.add(int(signal.Signals[name] if isinstance(name, str) else signal.Signals(name)))
+            except (KeyError, ValueError):
+                raise PolicyError(f"{where}: match.signal: {v!r} is not a signal") from None
+        kw["signals"] = frozenset(signals)
+    if "prog_type" in match:
+        kw["prog_types"] = _known(match["prog_type"], BPF_PROG_TYPES[1:], f"{where}: match.prog_type")
+    if "fstype" in match:
+        kw["fstypes"] = frozenset(_strings(match["fstype"], f"{where}: match.fstype"))
+    return kw
 
 
 _UNSEEN = object()
@@ -424,8 +482,9 @@ class Policy:
             if r.name in seen:
                 raise PolicyError(f"{origin}: two rules are named {r.name!r}")
             seen.add(r.name)
-        self._by_hook = {h: [(i, r) for i, r in enumerate(self.rules) if r.hook == h]
+        self._by_hook = {h: [(i, r) for i, r in enumerate(self.rules) if r.hook == h and not r.fileless]
                          for h in HOOKS}
+        self._fileless = next((r for r in self.rules if r.fileless), None)
         # Paths repeat: the decoder matches every open and exec it sees.
         # Per path: the rule if it needs nothing more to decide, else the
         # candidates (rules that need a container or a digest), walked per call.
@@ -557,8 +616,35 @@ class Policy:
         return None
 
     def match_fork(self) -> Rule | None:
-        rules = self._by_hook["fork"]
+        return self.first("fork")
+
+    def first(self, hook: str) -> Rule | None:
+        rules = self._by_hook[hook]
         return rules[0][1] if rules else None
+
+    def match_fileless(self) -> Rule | None:
+        """The exec rule for images with no name: it applies to every
+        fileless exec whatever rules come before it (the kernel decides it)."""
+        return self._fileless
+
+    def match_ptrace(self, protected: bool) -> Rule | None:
+        """First ptrace rule for a request naming a protected process (any
+        request) or another one (attach and seize)."""
+        return next((r for _, r in self._by_hook["ptrace"] if protected or r.target == "any"), None)
+
+    def match_signal(self, signo: int) -> Rule | None:
+        return next((r for _, r in self._by_hook["signal"] if not r.signals or signo in r.signals), None)
+
+    def match_bpf(self, prog_type: str) -> Rule | None:
+        """First bpf rule for a program of this type ("": one of a type
+        that only rules without match.prog_type cover)."""
+        return next((r for _, r in self._by_hook["bpf"] if not r.prog_types or prog_type in r.prog_types),
+                    None)
+
+    def match_mount(self, target: str, fstype: str) -> Rule | None:
+        return next((r for _, r in self._by_hook["mount"]
+                     if (not r.paths or r.match_path(target)) and (not r.fstypes or fstype in r.fstypes)),
+                    None)
 
     # ---- what the kernel side needs ----------------------------------------
 

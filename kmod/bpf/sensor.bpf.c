@@ -469,6 +469,8 @@ static __always_inline struct pt_regs *user_regs(void)
 	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 }
 
+#include "procs.bpf.h"  /* ptrace, signals, BPF loads, mounts, fileless exec */
+
 /* ---- the exec guard's news ----------------------------------------------
  *
  * fanotify refuses an exec only from a filesystem the guard has marked
@@ -505,6 +507,7 @@ static __always_inline void tell_marker(__u8 call, __s32 result, __u32 dev)
 	{                                                                     \
 		if (ctx->ret >= 0)                                            \
 			tell_marker(call, ctx->ret, 0);                       \
+		mounted(call, ctx->ret);                                      \
 		return 0;                                                     \
 	}
 
@@ -655,6 +658,7 @@ int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	r->h.flags |= read_exe_cwd(r, 1);
 	if (exec_unguarded())
 		r->h.flags |= F_UNGUARDED;
+	r->h.flags |= exec_fileless(c);
 	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
 	return 0;
 }

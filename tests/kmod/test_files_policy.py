@@ -20,7 +20,7 @@ def policy(*rules: str) -> Policy:
 def test_a_file_rule_needs_a_path_and_known_ops():
     with pytest.raises(PolicyError, match="file rules need match.path"):
         policy('name = "x"')
-    with pytest.raises(PolicyError, match=r"unknown op\(s\) delete \(known: rename, unlink"):
+    with pytest.raises(PolicyError, match=r"match.op: unknown delete \(known: rename, unlink"):
         policy('name = "x"\nmatch.path = "/etc/*"\nmatch.op = ["unlink", "delete"]')
     with pytest.raises(PolicyError, match="file rules do not match on container_image"):
         policy('name = "x"\nmatch.path = "/etc/*"\nmatch.container_image = "a"')

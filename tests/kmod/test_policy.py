@@ -16,7 +16,8 @@ def parse(text: str) -> Policy:
 
 def test_default_policy_loads_and_covers_the_seed():
     p = Policy.default()
-    assert {r.hook for r in p.rules} == {"exec", "connect", "bind", "open", "setid", "fork", "file"}
+    assert {r.hook for r in p.rules} == {"exec", "connect", "bind", "open", "setid", "fork", "file",
+                                         "ptrace", "signal", "bpf", "mount"}
     assert p.match_exec("/tmp/test.sh").action == "block"
     assert p.match_exec("/dev/shm/x/y").name == "exec-from-temp"
     assert p.match_exec("/usr/bin/true") is None
@@ -57,7 +58,7 @@ def test_literal_prefix():
     ('[[rule]]\nname="a"\nhook="exec"\naction="block"\nmatch.path="/tmp/*"\nextra=1',
      "unknown key(s) extra"),
     ('[[rule]]\nname="a b"\nhook="exec"\naction="block"', "'name' must be"),
-    ('[[rule]]\nname="a"\nhook="ptrace"\naction="block"', "'hook' must be one of"),
+    ('[[rule]]\nname="a"\nhook="ioctl"\naction="block"', "'hook' must be one of"),
     ('[[rule]]\nname="a"\nhook="exec"\naction="kill"', "'action' must be block or audit"),
     ('[[rule]]\nname="a"\nhook="setid"\naction="block"', "setid can only be audited"),
     ('[[rule]]\nname="a"\nhook="exec"\naction="block"', "exec rules need match.path or sha256"),
@@ -73,7 +74,7 @@ def test_literal_prefix():
      "protocol must be tcp or udp"),
     ('[[rule]]\nname="a"\nhook="connect"\naction="block"\nmatch.path="/x"',
      "connect rules do not match on path"),
-    ('[[rule]]\nname="a"\nhook="setid"\naction="audit"\nmatch.call="setuidx"', "unknown call"),
+    ('[[rule]]\nname="a"\nhook="setid"\naction="audit"\nmatch.call="setuidx"', "match.call: unknown setuidx"),
     ('[[rule]]\nname="a"\nhook="fork"\naction="audit"\n[[rule]]\nname="a"\nhook="fork"\n'
      'action="audit"', "two rules are named 'a'"),
 ])
