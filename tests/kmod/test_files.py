@@ -283,7 +283,7 @@ def test_files_created_in_folders_made_after_load(workdir):
     filter cannot judge (a doubled slash, a symlinked folder)."""
     from kmod import LinuxSensor, Policy
 
-    spool = workdir / "spool" / "cron"
+    spool = workdir / "var-spool" / "cron"  # its first missing name longer than 8 bytes
     policy = Policy.parse(f"""
 [[rule]]
 name = "test-spool"
@@ -298,7 +298,7 @@ match.path = "{spool}/**"
             os.close(os.open("root", os.O_CREAT | os.O_WRONLY, 0o600))
             d = os.open({str(spool)!r}, os.O_RDONLY)
             os.close(os.open("atjob", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=d))
-            os.close(os.open({str(workdir) + '/spool//cron/crontabs/bob'!r}, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.close(os.open({str(workdir) + '/var-spool//cron/crontabs/bob'!r}, os.O_CREAT | os.O_WRONLY, 0o600))
             os.symlink({str(spool)!r}, {str(workdir / 'alias')!r})
             os.close(os.open({str(workdir / 'alias' / 'evil')!r}, os.O_CREAT | os.O_WRONLY, 0o600))
             os.close(os.open({str(workdir / 'elsewhere')!r}, os.O_CREAT | os.O_WRONLY, 0o600))
