@@ -23,7 +23,7 @@ from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
 from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
 from ._mounts import Superblocks
-from ._policy import D_NAMES, DIR_BITS, Policy, bitmap
+from ._policy import D_NAMES, DIR_BITS, HEAD_MULT, Policy, bitmap
 from ._procs import hooks_off, hooks_off_line, procs_config
 from ._ringbuf import RingBuffer
 from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
@@ -557,7 +557,15 @@ def _pending_entries(dirs: Iterable[str]) -> tuple[dict, bytes]:
         st = os.stat(parent)
         key = _DIR_KEY.pack(st.st_ino, os.major(st.st_dev) << 20 | os.minor(st.st_dev))
         entries[key + missing.encode()[:_NAME_LEN - 1].ljust(_NAME_LEN, b"\0")] = b"\1"
-    return entries, bitmap((_DIR_KEY.unpack(k[:_DIR_KEY.size])[0] for k in entries), DIR_BITS)
+    return entries, bitmap((_pending_bit(k) for k in entries), DIR_BITS)
+
+
+def _pending_bit(entry: bytes) -> int:
+    """What pending_filter holds of a pending_dirs entry: the ancestor's
+    inode and the name's first 8 bytes (kmod/bpf/sensor.bpf.c pending_covers)."""
+    ino = _DIR_KEY.unpack(entry[:_DIR_KEY.size])[0]
+    head = int.from_bytes(entry[_DIR_KEY.size:_DIR_KEY.size + 8], "little")
+    return ino ^ (head * HEAD_MULT & (2**64 - 1))
 
 
 def _cgroup_place(r) -> tuple[int, int]:

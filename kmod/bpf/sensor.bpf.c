@@ -145,7 +145,8 @@ struct {
  * each by its nearest existing ancestor and the name of its first missing
  * component (/var/spool + "cron" for /var/spool/cron/crontabs), so a file
  * in one made later is found by name on the way up.  pending_filter holds
- * the ancestors' inodes. */
+ * pending_bits() of each: the ancestor's inode and the name's first 8 bytes,
+ * so a walk through a busy ancestor (/, /root) reads no name. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -865,8 +866,16 @@ static __always_inline __u8 pending_covers(struct dir_filter *filter, struct den
 					   struct dentry *below)
 {
 	__u32 zero = 0;
+	__u64 head = 0;
+	__u32 len = below->d_name.len;
+	bpf_probe_read_kernel(&head, sizeof(head), below->d_name.name);
+	if (len < 8)
+		head &= (1ULL << (len * 8)) - 1;
+	/* kmod/_linux.py _pending_bit */
+	if (!in_filter(filter->words, DIR_WORDS, dir->d_inode->i_ino ^ (head * HEAD_MULT), DIR_BITS))
+		return 0;
 	struct name_key *pk = bpf_map_lookup_elem(&pending_scratch, &zero);
-	if (!pk || !in_filter(filter->words, DIR_WORDS, dir->d_inode->i_ino, DIR_BITS))
+	if (!pk)
 		return 0;
 	pk->dir.ino = dir->d_inode->i_ino;
 	pk->dir.dev = dir->d_sb->s_dev;

@@ -283,7 +283,7 @@ def test_files_created_in_folders_made_after_load(workdir):
     filter cannot judge (a doubled slash, a symlinked folder)."""
     from kmod import LinuxSensor, Policy
 
-    spool = workdir / "spool" / "cron"
+    spool = workdir / "var-spool" / "cron"  # its first missing name longer than 8 bytes
     policy = Policy.parse(f"""
 [[rule]]
 name = "test-spool"
@@ -298,7 +298,7 @@ match.path = "{spool}/**"
             os.close(os.open("root", os.O_CREAT | os.O_WRONLY, 0o600))
             d = os.open({str(spool)!r}, os.O_RDONLY)
             os.close(os.open("atjob", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=d))
-            os.close(os.open({str(workdir) + '/spool//cron/crontabs/bob'!r}, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.close(os.open({str(workdir) + '/var-spool//cron/crontabs/bob'!r}, os.O_CREAT | os.O_WRONLY, 0o600))
             os.symlink({str(spool)!r}, {str(workdir / 'alias')!r})
             os.close(os.open({str(workdir / 'alias' / 'evil')!r}, os.O_CREAT | os.O_WRONLY, 0o600))
             os.close(os.open({str(workdir / 'elsewhere')!r}, os.O_CREAT | os.O_WRONLY, 0o600))
@@ -340,3 +340,61 @@ match.path = "{guarded}/*"
         events = opens_of(s, pid, 2)
     assert [(e.path, e.verdict, e.result) for e in events] == [
         (f"{guarded}/dropped", "block", -errno.EPERM), (f"{guarded}/dropped2", "block", -errno.EPERM)]
+
+
+def test_a_watched_name_is_found_at_any_offset(sensor):
+    """The kernel finds the last component 8 bytes at a time: names starting
+    and ending at every offset within a word, absolute and relative, and a
+    longer stale path in the scratch before a short one."""
+    dirs = [Path(tempfile.mkdtemp(prefix="immune-kf-" + "d" * k, dir="/home")) for k in range(8)]
+    try:
+        calls = []
+        for d in dirs:
+            calls.append(f"os.symlink('/dev/null', {str(d / '.bash_history')!r})")
+            calls.append(f"os.unlink({str(d / '.bash_history')!r})")
+            calls.append(f"os.chdir({str(d)!r}); os.symlink('/dev/null', '.zsh_history')")
+            calls.append("os.unlink('./.zsh_history')")
+            calls.append("os.symlink('/dev/null', 'x.bash_history')")  # not the name
+            calls.append("os.symlink('/dev/null', '.bash_historyx')")
+        flush(sensor)
+        pid = act("\n".join(calls))
+        events = files_of(sensor, pid, 4 * len(dirs))
+    finally:
+        for d in dirs:
+            shutil.rmtree(d)
+    expected = []
+    for d in dirs:
+        expected += [("symlink", f"{d}/.bash_history"), ("unlink", f"{d}/.bash_history"),
+                     ("symlink", f"{d}/.zsh_history"), ("unlink", f"{d}/.zsh_history")]
+    assert [(e.op, e.path) for e in events] == expected
+
+
+def test_the_newer_call_forms(watched):
+    """fchmodat2 (AT_EMPTY_PATH on an O_PATH fd), setxattrat and removexattrat
+    (Linux 6.13), renameat2 with RENAME_NOREPLACE, linkat of an fd (AT_EMPTY_PATH)."""
+    sensor, folder = watched
+    flush(sensor)
+    (folder / "n").write_bytes(b"")
+    pid = act(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(*args):
+            if libc.syscall(*args) != 0:
+                raise OSError(ctypes.get_errno(), "syscall")
+        fd = os.open({str(folder / 'n')!r}, os.O_PATH)
+        call(452, fd, b"", 0o640, 0x1000)  # fchmodat2
+        d = os.open({str(folder)!r}, os.O_RDONLY)
+        args = (ctypes.c_uint64 * 3)(ctypes.cast(ctypes.c_char_p(b"1"), ctypes.c_void_p).value, 1, 0)
+        call(463, d, b"n", 0, b"user.a", args, 24)  # setxattrat
+        call(466, d, b"n", 0, b"user.a")  # removexattrat
+        call(316, d, b"n", d, b"m", 1)  # renameat2, RENAME_NOREPLACE
+        call(265, os.open({str(folder / 'm')!r}, os.O_RDONLY), b"", d, b"hard", 0x1000)  # linkat
+        """)
+    events = files_of(sensor, pid, 5)
+    f = str(folder)
+    assert [(e.op, e.path, e.source, e.mode, e.xattr, e.result) for e in events] == [
+        ("chmod", f"{f}/n", "", 0o640, "", 0),
+        ("setxattr", f"{f}/n", "", -1, "user.a", 0),
+        ("removexattr", f"{f}/n", "", -1, "user.a", 0),
+        ("rename", f"{f}/m", f"{f}/n", -1, "", 0),
+        ("link", f"{f}/hard", f"{f}/m", -1, "", 0)]

@@ -125,3 +125,17 @@ def test_symlink_targets_are_text():
     assert verdict_line(ev) == "IMMUNE: [AUDIT] symlink /tmp/l -> /var/log/x (pid=42)"
     assert d.decode(record("symlink", W_RULE, _file_path(FP_TEXT, "/tmp/l"),
                            _file_path(FP_TEXT, "var/log/x"))) is None
+
+
+def test_file_events_are_enriched_as_the_others():
+    import os
+    import sys
+
+    from agent import ProcessTable
+
+    table = ProcessTable()
+    table.seed()
+    ev = File(pid=os.getpid(), ppid=os.getppid(), op="chmod", path="/usr/local/bin/x", mode=0o4755)
+    table.enrich(ev)
+    assert (ev.image, ev.cmdline) == (os.path.realpath(sys.executable), " ".join(sys.orig_argv))
+    assert ev.parent_image == os.readlink(f"/proc/{os.getppid()}/exe") and ev.user
