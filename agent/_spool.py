@@ -485,7 +485,12 @@ class Spool:
         out: list[Packed] = []
         i = 0
         while i < len(events):
-            chunk = events[i:i + min(most, max(1, int(self._room / self._per_event)))]
+            end = i + min(most, max(1, int(self._room / self._per_event)))
+            # An edge's report stays in the batch of the event it came from: the
+            # hive files them as one alert only when it sees them together.
+            while i + 1 < end < len(events) and type(events[end]) is wire.Edge:
+                end -= 1
+            chunk = events[i:end]
             self._packed(chunk, self._encoder.encode(chunk), out)
             i += len(chunk)
         return out

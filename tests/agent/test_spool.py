@@ -223,6 +223,18 @@ def test_events_are_packed_within_the_byte_bound_in_order(tmp_path):
         assert first < 64 and rest[:2] == [256, 256]
 
 
+def test_an_edge_report_stays_in_the_batch_of_its_event(tmp_path):
+    with Spool(tmp_path) as s:
+        events = batch(1, n=300)
+        reports = [wire.Edge(pid=events[255].pid, time=events[255].time, alert="a1"),
+                   wire.Edge(pid=events[255].pid, time=events[255].time, alert="a2")]
+        events[256:256] = reports  # an event at the end of the first batch, then its two reports
+        packed = s.pack(events, 256)
+        assert [p.events for p in packed] == [255, 47]  # the event moves on with them
+        second = msgspec.msgpack.decode(packed[1].payload, type=list[wire.AnyEvent])
+        assert second[:3] == [events[255], *reports]
+
+
 def test_an_event_above_the_bound_goes_alone(tmp_path):
     with Spool(tmp_path, batch_bytes=64 << 10) as s:
         events = long_events(3, cmdline=12 << 10)
