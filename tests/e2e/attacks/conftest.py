@@ -38,8 +38,11 @@ class AttackNode:
     """The node's pid: the agent, whose family the sensor protects."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def attack_node(tmp_path_factory):
+    """One demo node for a module's simulations, stopped at its end: its sensor's
+    machine-wide policy (execs under /tmp, fileless execs) must not outlive them,
+    or later tests of the same session run under it."""
     made = []
     for folder in map(Path, WATCHED_FOLDERS):
         if not folder.exists():
