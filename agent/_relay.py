@@ -199,6 +199,7 @@ class _Relay:
         self.spool_batches = st.batches
         self.ctx.stats.extra.update(
             accepted=self.accepted, spooled=st.events, spool_bytes=st.bytes, dropped=st.dropped_events,
+            sensor_drops=self._sensor_drops,
             acked=st.acked, stream=st.stream, resends=d.resends, restreams=d.restreams,
             stale_acks=d.stale_acks, corrupt=st.corrupt, repaired=st.repaired, unsendable=st.unsendable,
             connected=int(self.connected),
