@@ -48,9 +48,12 @@ def alert_id(agent: str, rule_id: str, event: wire.Event) -> str:
 
 
 class Edge:
-    def __init__(self, agent: str, *, clock: Callable[[], float] = time.time, protected: Sequence[str] = ()) -> None:
+    def __init__(self, agent: str, *, clock: Callable[[], float] = time.time, protected: Sequence[str] = (),
+                 wake: Callable[[frozenset[str]], None] | None = None) -> None:
         """``protected``: addresses no edge playbook may block or cut (the
-        hive's, loopback), as the hive's own playbook engine is told."""
+        hive's, loopback), as the hive's own playbook engine is told.
+        ``wake``: told the sensor's event kinds the rules read whenever the
+        rules change, for the sensor to deliver those at once (the fast path)."""
         from hive.playbook import PlaybookEngine
         from hive.sigma import RuleEngine
 
@@ -63,10 +66,17 @@ class Edge:
                                          protected=protected)
         self.alerts = self.commands = 0
         self._queued: list[wire.Command] = []
+        self._wake = wake or (lambda kinds: None)
 
     @property
     def active(self) -> bool:
         return bool(self._rules.rules.report.rules)
+
+    def kinds(self) -> frozenset[str]:
+        """The sensor's event kinds the installed rules read."""
+        from hive.sigma import SENSOR_KINDS
+
+        return frozenset().union(*(SENSOR_KINDS[r.category] for r in self._rules.rules.index.rules))
 
     def install(self, bundle: fleet.Bundle | None, folder: Path) -> str:
         """Run ``bundle``'s rules and playbooks from now on (its files are
@@ -78,6 +88,7 @@ class Edge:
             self._rules.install(self._rules.prepare())
             self._playbooks.set_playbooks(())
             self.version = bundle.version if bundle else 0
+            self._wake(self.kinds())
             return "no edge rules"
         try:
             playbooks = [parse_playbook(text, f"bundle v{bundle.version}: {name}")
@@ -98,6 +109,7 @@ class Edge:
             if old != rules_dir:
                 shutil.rmtree(old, ignore_errors=True)
         self.version = bundle.version
+        self._wake(self.kinds())
         return f"{len(prepared.report.rules)} edge rules, {len(playbooks)} edge playbooks"
 
     def process(self, events: Sequence[wire.Event]) -> EdgeDecisions:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wire import Event
@@ -79,6 +80,12 @@ class Sensor(abc.ABC):
 
     @abc.abstractmethod
     def include(self, *pids: int) -> None: ...
+
+    @abc.abstractmethod
+    def wake_at_once(self, kinds: Iterable[str]) -> None:
+        """Deliver events of these kinds (``exec``, ``connect``...) as soon
+        as they happen instead of in batches up to ``latency`` late: the kinds
+        the agent's own rules act on.  Replaces the previous set; from any thread."""
 
     @abc.abstractmethod
     def statistics(self) -> SensorStatistics: ...

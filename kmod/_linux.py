@@ -158,6 +158,7 @@ class LinuxSensor(Sensor):
         if not 0 < self._wake_bytes <= min(self._ring_limits):  # or a storm wakes nobody early
             raise ValueError(f"wake_bytes must be in (0, {min(self._ring_limits)}], not {wake_bytes}")
         self._bound = watchdog_bound
+        self._wake_kinds = 0  # bit per kind code: wake the reader at once (wake_at_once)
         self._generation = 0
         self._verdicts = Verdicts()
         self._decoder = Decoder(self._policy, self._verdicts)
@@ -381,7 +382,7 @@ class LinuxSensor(Sensor):
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
                              int(self._latency * 1e9), len(self._excluded), heads,
                              int(self._fold * 1e9), self._n_dirs, *_cgroup_place(r),
-                             *self._ring_limits, self._namespaces, 0)
+                             *self._ring_limits, self._namespaces, self._wake_kinds)
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:
@@ -460,6 +461,15 @@ class LinuxSensor(Sensor):
                     f"(rule {rule.name if rule else rule_id})")
             log.warning("%s", what)
             self.notice("connection_cut", what, count=1)
+
+    def wake_at_once(self, kinds: Iterable[str]) -> None:
+        codes = {name: code for code, name in KINDS.items()}
+        unknown = sorted(set(kinds) - codes.keys())
+        if unknown:
+            raise ValueError(f"no such event kind: {', '.join(unknown)} (known: {', '.join(codes)})")
+        self._wake_kinds = sum(1 << codes[k] for k in set(kinds))
+        if self._bpf is not None:
+            self._write_config()
 
     def exclude(self, *pids: int) -> None:
         for pid in pids:

@@ -160,16 +160,18 @@ def agent_fleet(cfg: Config) -> tuple[Any, Any]:
     return keeper, link
 
 
-def agent_edge(name: str, keeper, folder: Path, hive_endpoint: str):
+def agent_edge(name: str, keeper, folder: Path, hive_endpoint: str, slot=None):
     """The agent's edge engine, running the kept bundle's rules and playbooks
     from the start (before the hive says anything: it may be unreachable).
-    Its playbooks may not block the hive's addresses or loopback."""
+    Its playbooks may not block the hive's addresses or loopback; the events
+    its rules read are delivered at once by the sensor in ``slot``."""
     import logging
 
     from agent._edge import Edge, EdgeError
     from agent.response import endpoint_addresses
 
-    edge = Edge(name, protected=sorted({*endpoint_addresses(hive_endpoint), "127.0.0.1", "::1"}))
+    edge = Edge(name, protected=sorted({*endpoint_addresses(hive_endpoint), "127.0.0.1", "::1"}),
+                wake=slot.wake_at_once if slot is not None else None)
     if keeper is not None and keeper.running is not None:
         try:
             edge.install(keeper.running, folder)
@@ -191,7 +193,15 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
     table = ProcessTable()
     table.seed()
     keeper, link = agent_fleet(cfg)
-    edge = agent_edge(name, keeper, lay.fleet, hive_endpoint)
+    # The executor changes the sensor's policy through the slot, and the
+    # edge the kinds it delivers at once; a restarted sensor gets both back
+    # when it attaches.
+    slot = None
+    if cfg.sensor.enabled:
+        from agent.response import SensorSlot
+
+        slot = SensorSlot()
+    edge = agent_edge(name, keeper, lay.fleet, hive_endpoint, slot)
     children = [
         Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
             agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
@@ -201,12 +211,9 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         Child("fleet", fleet_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
             keeper=keeper, link=link, sensor=cfg.sensor.enabled, edge=edge)),
     ]
-    if cfg.sensor.enabled:
-        from agent.response import SensorSlot, endpoint_addresses, executor_actor
+    if slot is not None:
+        from agent.response import endpoint_addresses, executor_actor
 
-        # The executor changes the sensor's policy through the slot; a
-        # restarted sensor gets the response rules back when it attaches.
-        slot = SensorSlot()
         children += [
             sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach, on_policy=slot.rebase, policy=link.path),
             Child("executor", executor_actor, shutdown=cfg.node.shutdown_timeout, args=dict(

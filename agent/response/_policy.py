@@ -180,20 +180,33 @@ class _Reloadable(Protocol):
 
     def reload(self, policy: Policy) -> None: ...
 
+    def wake_at_once(self, kinds: frozenset[str]) -> None: ...
+
 
 class SensorSlot:
-    """Holds the sensor the reader actor runs, and the response layer."""
+    """Holds the sensor the reader actor runs, the response layer, and the
+    event kinds the agent's edge rules want at once."""
 
     def __init__(self) -> None:
         self.sensor: _Reloadable | None = None
         self.policy = ResponsePolicy()
+        self.wake: frozenset[str] = frozenset()
 
     def attach(self, sensor: _Reloadable) -> None:
-        """The reader's ``on_sensor``: a (re)started sensor gets the layer back."""
+        """The reader's ``on_sensor``: a (re)started sensor gets the layer
+        and the fast path back."""
         self.sensor = sensor
         self.policy.base = sensor.policy
+        if self.wake:
+            sensor.wake_at_once(self.wake)
         if self.policy.active:
             sensor.reload(self.policy.compose())
+
+    def wake_at_once(self, kinds: frozenset[str]) -> None:
+        """The edge rules' kinds, delivered by the sensor as they happen."""
+        self.wake = frozenset(kinds)
+        if self.sensor is not None:
+            self.sensor.wake_at_once(self.wake)
 
     def rebase(self, base: Policy) -> None:
         """The reader's ``on_policy``: a reloaded policy file becomes the

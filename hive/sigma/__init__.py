@@ -17,7 +17,7 @@ mapping and logsources are documented in ``_fields.py``.
 from ._compile import Rule, SigmaEvent
 from ._engine import EngineStatistics, RuleCost, RuleEngine
 from ._errors import KINDS, RuleError
-from ._fields import CATEGORIES, FIELDS, SUBJECT_FIELDS, sigma_events
+from ._fields import CATEGORIES, FIELDS, SENSOR_KINDS, SUBJECT_FIELDS, sigma_events
 from ._index import IndexSummary, RuleIndex
 from ._loader import LoadReport, RuleCache, RuleSet, check_rules, load_rules, signature
 from ._sets import BUILTIN_RULES, SIGMAHQ_RULES, ListedRule, listing, rule_folders, sigmahq_folder
@@ -25,7 +25,7 @@ from ._suppress import SUPPRESS_WINDOW, Suppressor, SuppressorStatistics, suppre
 from ._update import Installed, UpdateError, update_sigmahq
 
 __all__ = [
-    "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "SIGMAHQ_RULES", "SUBJECT_FIELDS", "SUPPRESS_WINDOW",
+    "BUILTIN_RULES", "CATEGORIES", "FIELDS", "KINDS", "SENSOR_KINDS", "SIGMAHQ_RULES", "SUBJECT_FIELDS", "SUPPRESS_WINDOW",
     "EngineStatistics", "IndexSummary", "Installed", "ListedRule", "LoadReport", "Rule", "RuleCache",
     "RuleCost", "RuleEngine", "RuleError", "RuleIndex", "RuleSet", "SigmaEvent", "Suppressor",
     "SuppressorStatistics", "UpdateError", "check_rules", "listing", "load_rules", "rule_folders",

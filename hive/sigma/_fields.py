@@ -172,6 +172,28 @@ FIELDS["file_event"] = FIELDS["file_event"] | {"SourceFilename", "Operation"}
 
 CATEGORIES = tuple(FIELDS)
 
+_AUDITED = frozenset({"exec", "open", "file", "ptrace", "signal", "bpf", "mount"})
+SENSOR_KINDS: dict[str, frozenset[str]] = {
+    "process_creation": frozenset({"exec"}),
+    "network_connection": frozenset({"connect"}),
+    "file_event": frozenset({"open", "file"}),
+    "file_access": frozenset({"open"}),
+    "file_delete": frozenset({"file"}),
+    "file_rename": frozenset({"file"}),
+    "file_change": frozenset({"file"}),
+    "setid": frozenset({"setid"}),
+    "bind": frozenset({"bind"}),
+    "fork": frozenset({"fork"}),
+    "ptrace": frozenset({"ptrace"}),
+    "signal": frozenset({"signal"}),
+    "bpf": frozenset({"bpf"}),
+    "mount": frozenset({"mount"}),
+    "auditd": _AUDITED,
+}
+"""The sensor's event kinds (wire tags) each category is made from, as the
+table above says: what an agent whose rules read a category must have
+delivered at once (kmod ``Sensor.wake_at_once``)."""
+
 SUBJECT_FIELDS: dict[str, tuple[str, ...]] = {
     "process_creation": ("Image", "CommandLine"),
     "network_connection": ("Image", "DestinationIp", "DestinationPort"),

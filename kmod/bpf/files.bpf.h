@@ -373,7 +373,7 @@ static __always_inline int file_done(long ret, struct file_call *a)
 	else
 		r->source.how = FP_NONE;
 	r->h.flags |= (r->path.flags | r->source.flags) & F_PATH_TRUNC;
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_FILE, sizeof(*r), 1));
 	return 0;
 }
 

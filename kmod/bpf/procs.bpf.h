@@ -139,7 +139,7 @@ static __always_inline int on_ptrace(int at_exit, long ret)
 			r->verdict = v;
 			r->protected = protected;
 			__builtin_memset(r->_pad, 0, sizeof(r->_pad));
-			bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+			bpf_ringbuf_submit(r, wake_flags(c, K_PTRACE, sizeof(*r), 1));
 		}
 	}
 	bpf_task_release(t);
@@ -192,7 +192,7 @@ int BPF_PROG(on_signal, int sig, struct kernel_siginfo *info, struct task_struct
 	r->result = result;
 	r->_pad = 0;
 	bpf_probe_read_kernel(r->target_comm, sizeof(r->target_comm), task->comm);
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_SIGNAL, sizeof(*r), 1));
 	return 0;
 }
 
@@ -234,7 +234,7 @@ static __always_inline int on_bpf(int at_exit, long ret)
 	__builtin_memset(r->_pad, 0, sizeof(r->_pad));
 	if (bpf_probe_read_user(r->prog_name, sizeof(r->prog_name), attr->prog_name))
 		r->prog_name[0] = 0;
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_BPF, sizeof(*r), 1));
 	return 0;
 }
 
@@ -298,7 +298,7 @@ static __always_inline void mounted(__u8 call, long ret)
 			bpf_probe_read_kernel_str(r->source, PATH_LEN, fc->source);
 		}
 	}
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_MOUNTED, sizeof(*r), 1));
 }
 
 SEC("tracepoint/syscalls/sys_exit_umount")

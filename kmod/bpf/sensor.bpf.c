@@ -241,9 +241,13 @@ static __always_inline void count_drops(__u32 kind, __u32 lost)
  * wake_bytes (once per crossing: a reader that is awake polls on its own,
  * and a wake-up per record above the mark was an interrupt storm) or when
  * the last wake-up is wake_ns old; the reader's own timer collects the tail
- * of a burst.  ``reserved``: the record already counts in the pending data. */
-static __always_inline __u64 wake_flags(struct sensor_config *c, __u64 size, int reserved)
+ * of a burst.  A kind in wake_kinds skips the batching: the agent's edge
+ * rules act on it, and 20 ms of waiting would be most of their answer.
+ * ``reserved``: the record already counts in the pending data. */
+static __always_inline __u64 wake_flags(struct sensor_config *c, __u32 kind, __u64 size, int reserved)
 {
+	if ((c->wake_kinds >> (kind & 31)) & 1)
+		return BPF_RB_FORCE_WAKEUP;
 	__u64 after = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + (reserved ? 0 : size);
 	if (after >= c->wake_bytes && after - size < c->wake_bytes)
 		return BPF_RB_FORCE_WAKEUP;
@@ -284,7 +288,7 @@ static __always_inline void *reserve(struct sensor_config *c, __u32 kind, __u64 
 static __always_inline void send(struct sensor_config *c, __u32 kind, void *data, __u64 size)
 {
 	if (!within_limit(c, kind, size) ||
-	    bpf_ringbuf_output(&events, data, size, wake_flags(c, size, 0)))
+	    bpf_ringbuf_output(&events, data, size, wake_flags(c, kind, size, 0)))
 		count_drops(kind, 1);
 }
 
@@ -601,7 +605,7 @@ static __always_inline int exec_failed(long ret, const char *filename, const cha
 	}
 	r->args_len = off;
 	r->h.flags |= read_exe_cwd(r, 0);
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_EXEC, sizeof(*r), 1));
 	return 0;
 }
 
@@ -660,7 +664,7 @@ int sched_exec(struct trace_event_raw_sched_process_exec *ctx)
 	if (exec_unguarded())
 		r->h.flags |= F_UNGUARDED;
 	r->h.flags |= exec_fileless(c);
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_EXEC, sizeof(*r), 1));
 	return 0;
 }
 
@@ -755,7 +759,7 @@ static __always_inline void send_folds(struct task_struct *t, struct sensor_conf
 	r->path_len = s->len;
 	r->_pad = 0;
 	bpf_probe_read_kernel(r->path, PATH_LEN, s->path);
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_OPEN, sizeof(*r), 1));
 }
 
 /* 1: folded, send nothing.  0: send it (after any folds of the open before). */
@@ -815,7 +819,7 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	fill_hdr(&r->h, K_FORK, c);
 	r->child_pid = BPF_CORE_READ(child, tgid);
 	r->_pad = 0;
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_FORK, sizeof(*r), 1));
 	return 0;
 }
 
@@ -836,7 +840,7 @@ int BPF_PROG(on_exit, struct task_struct *task)
 	fill_hdr(&r->h, K_EXIT, c);
 	r->code = BPF_CORE_READ(task, exit_code);
 	r->_pad = 0;
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_EXIT, sizeof(*r), 1));
 	return 0;
 }
 
@@ -952,7 +956,7 @@ static __always_inline int open_relative(struct sensor_config *c, long ret, __u3
 		r->h.flags |= F_IN_DIR;
 		bpf_probe_read_kernel(r->name, NAME_LEN, nk->name);
 	}
-	bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+	bpf_ringbuf_submit(r, wake_flags(c, K_OPEN, sizeof(*r), 1));
 	return 0;
 }
 
@@ -1196,7 +1200,7 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6,
 		r->_pad2 = 0;
 		r->rule = v ? v->rule : RULE_NONE;
 		__builtin_memcpy(r->addr, addr, 16);
-		bpf_ringbuf_submit(r, wake_flags(c, sizeof(*r), 1));
+		bpf_ringbuf_submit(r, wake_flags(c, kind, sizeof(*r), 1));
 	}
 	return verdict == V_BLOCK ? 0 : 1;
 }

@@ -65,7 +65,7 @@ struct sensor_config {
 	__u64 cgroup_id;      /* S_CGROUP: its id (the inode of its directory) */
 	__u64 ring_limit[RING_KINDS];  /* by kind: queue a record only while the ring holds less */
 	__u32 ns_ids;         /* 1: fill the headers' namespace fields */
-	__u32 _pad;
+	__u32 wake_kinds;     /* bit k: a record of kind k wakes the reader at once (an edge rule wants it) */
 };
 
 struct hdr {

@@ -79,3 +79,32 @@ def test_no_bundle_no_edge_and_a_broken_one_keeps_the_rules_in_force(edge, tmp_p
     assert edge.version == 3 and edge.process([shell()]).commands
     assert edge.install(None, tmp_path) == "no edge rules"
     assert not edge.active and edge.process([shell(pid=7)]).events == []
+
+
+def test_the_sensor_is_told_which_kinds_the_edge_rules_read(tmp_path):
+    """The fast path: the kinds of the installed rules' categories go to the
+    sensor (through the agent's SensorSlot) each time the rules change, and
+    a sensor that (re)attaches later gets them too."""
+    from agent.response import SensorSlot
+
+    class Sensor:
+        policy = None
+        kinds: frozenset = frozenset()
+
+        def wake_at_once(self, kinds):
+            self.kinds = kinds
+
+    slot = SensorSlot()
+    e = Edge("web-1", wake=slot.wake_at_once)
+    files = (BUILTIN_RULES / "linux" / "authorized_keys_modified.yml").read_text()
+    e.install(fleet.Bundle(name="edge", version=1, rules={"a.yml": RULE, "b.yml": files}), tmp_path)
+    first = Sensor()
+    slot.attach(first)
+    assert first.kinds == {"exec", "open", "file"} == e.kinds()
+    e.install(fleet.Bundle(name="edge", version=2, rules={"a.yml": RULE}), tmp_path)
+    assert first.kinds == {"exec"}
+    again = Sensor()
+    slot.attach(again)
+    assert again.kinds == {"exec"}
+    e.install(None, tmp_path)
+    assert again.kinds == frozenset()  # the sensor attached now

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from hive.sigma import FIELDS, SIGMAHQ_RULES, RuleEngine, check_rules, load_rules, sigma_events
-from wire import Bpf, Exec, File, Mount, Open, Ptrace, Signal
+from hive.sigma import FIELDS, SENSOR_KINDS, SIGMAHQ_RULES, RuleEngine, check_rules, load_rules, sigma_events
+from wire import Bind, Bpf, Connect, Exec, File, Fork, Mount, Open, Ptrace, SetId, Signal
 
 AUDITD = SIGMAHQ_RULES / "rules-linux" / "auditd"
 
@@ -154,3 +154,19 @@ def test_shipped_auditd_rules_stay_quiet_on_ordinary_work():
 def test_the_whole_set_loads_with_auditd():
     report = load_rules([SIGMAHQ_RULES]).report
     assert sum(r.category == "auditd" for r in report.rules) >= 40
+
+
+@pytest.mark.parametrize("event", [
+    Exec(filename="/bin/sh"), Open(path="/etc/passwd", flags=os.O_WRONLY), Open(path="/etc/shadow"),
+    File(op="rename", path="/a", source="/b"), File(op="unlink", path="/a"), File(op="chmod", path="/a"),
+    File(op="unlink", path="/a", result=-2), Connect(), Bind(), Fork(), SetId(), Ptrace(), Signal(), Bpf(),
+    Mount(),
+], ids=lambda e: e.__struct_config__.tag)
+def test_each_category_names_the_sensor_kinds_it_is_made_from(event):
+    """An agent's edge rules have the sensor wake at once for the kinds of
+    their categories (SENSOR_KINDS); a kind missing there would be batched."""
+    assert set(SENSOR_KINDS) == set(FIELDS)
+    kind = event.__struct_config__.tag
+    made = {category for category, _ in sigma_events(event)}
+    assert made, "every sample stands for some category"
+    assert all(kind in SENSOR_KINDS[c] for c in made), {c: SENSOR_KINDS[c] for c in made}
