@@ -43,24 +43,49 @@ class ProcStat:
         return self.state in ("Z", "X")
 
 
-def stat(pid: int) -> ProcStat | None:
-    # os.open/os.read: a scan of /proc reads hundreds of these, and file
+def _read(path: str) -> bytes | None:
+    # os.open/os.read: a look at a tree reads many of these, and file
     # objects cost twice as much.
     try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        raw = os.read(fd, 4096)
+        return os.read(fd, 1 << 16)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def stat(pid: int) -> ProcStat | None:
+    raw = _read(f"/proc/{pid}/stat")
+    if raw is None:
+        return None
     # comm may hold spaces and parentheses: it ends at the last ')'.
     end = raw.rindex(b")")
     fields = raw[end + 2:].split()
     return ProcStat(pid, int(fields[1]), int(fields[19]), raw[raw.index(b"(") + 1:end].decode(errors="replace"),
                     fields[0].decode())
+
+
+_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def children(pid: int) -> list[int]:
+    """``pid``'s children, from its threads' ``children`` files: a look at
+    a tree costs the tree's size, not a scan of every process on the host
+    (three scans were most of a kill).  Without CONFIG_PROC_CHILDREN, a scan."""
+    if not _CHILDREN_FILES:
+        return [st.pid for st in all_stats().values() if st.ppid == pid]
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        out += map(int, (_read(f"/proc/{pid}/task/{tid}/children") or b"").split())
+    return out
 
 
 def all_stats() -> dict[int, ProcStat]:
@@ -73,15 +98,14 @@ def all_stats() -> dict[int, ProcStat]:
     return out
 
 
-def descendants(root: int, stats: dict[int, ProcStat]) -> list[int]:
-    """``root``'s descendants, parents before children."""
-    children: dict[int, list[int]] = {}
-    for st in stats.values():
-        children.setdefault(st.ppid, []).append(st.pid)
-    out, todo = [], [root]
+def descendants(root: int) -> list[int]:
+    """``root``'s descendants, parents before children (as they are now:
+    exact once the tree is stopped)."""
+    out, seen, todo = [], {root}, [root]
     while todo:
-        for child in children.get(todo.pop(0), ()):
-            if child not in out and child != root:
+        for child in children(todo.pop(0)):
+            if child not in seen:
+                seen.add(child)
                 out.append(child)
                 todo.append(child)
     return out
@@ -94,19 +118,19 @@ def exe_of(pid: int) -> str | None:
         return None
 
 
-def protected_pids(extra: Iterable[int] = (), stats: dict[int, ProcStat] | None = None) -> dict[int, str]:
+def protected_pids(extra: Iterable[int] = ()) -> dict[int, str]:
     """pid -> why it may not be killed: init, the agent, its ancestors and
-    its descendants (from a fresh scan unless given one: the agent's
-    children come and go)."""
+    its descendants (looked up now: the agent's children come and go)."""
     me = os.getpid()
-    stats = all_stats() if stats is None else stats
     out = {1: "pid 1 is init; killing it would bring the host down"}
     out[me] = f"pid {me} is the agent itself"
-    pid = stats[me].ppid if me in stats else 0
+    st = stat(me)
+    pid = st.ppid if st else 0
     while pid > 1 and pid not in out:
-        out[pid] = f"pid {pid} ({stats[pid].comm if pid in stats else '?'}) is an ancestor of the agent (pid {me})"
-        pid = stats[pid].ppid if pid in stats else 0
-    for child in descendants(me, stats):
+        st = stat(pid)
+        out[pid] = f"pid {pid} ({st.comm if st else '?'}) is an ancestor of the agent (pid {me})"
+        pid = st.ppid if st else 0
+    for child in descendants(me):
         out[child] = f"pid {child} is a child of the agent (pid {me})"
     for pid in extra:
         out.setdefault(pid, f"pid {pid} is protected by the agent's configuration")
@@ -129,9 +153,8 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
     if sig not in _SIGNALS:
         raise ResponseError(f"signal must be one of {', '.join(_SIGNALS)}, not {sig!r}")
     started = time.monotonic()
-    stats = all_stats()  # one scan: the agent's family, then the first look at the tree
     if protected is None:
-        protected = protected_pids(extra_protected, stats)
+        protected = protected_pids(extra_protected)
     if pid in protected:
         raise Refused(f"refused: {protected[pid]}")
     root = stat(pid)
@@ -150,7 +173,7 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
             return {"killed": [], "gone": [pid], "ms": _ms(started)}
         if tree:
             try:
-                _freeze(root, handles, protected, stats)
+                _freeze(root, handles, protected)
             except ResponseError:
                 for fd in handles.values():  # leave nothing stopped behind a refusal
                     if fd is not None:
@@ -198,24 +221,22 @@ def _signal(fd: int, signum: int) -> None:
         raise ResponseError(f"cannot signal: {e.strerror}") from None
 
 
-def _freeze(root: ProcStat, handles: dict[int, int | None], protected: dict[int, str],
-            stats: dict[int, ProcStat]) -> None:
-    """Stop the root, then its descendants, rescanning until a scan made
-    after the last stop finds nobody new (the first round may use a scan
-    from before the root stopped: the next one catches what it forked)."""
+def _freeze(root: ProcStat, handles: dict[int, int | None], protected: dict[int, str]) -> None:
+    """Stop the root, then its descendants, looking again until a look made
+    after the last stop finds nobody new (the first may come before the
+    root's stop took effect: the next one catches what it forked)."""
     _signal(handles[root.pid], signal.SIGSTOP)  # type: ignore[arg-type]
     for round_ in range(_FREEZE_ROUNDS):
-        if round_:
-            stats = all_stats()
-        new = [p for p in descendants(root.pid, stats) if p not in handles]
+        new = [p for p in descendants(root.pid) if p not in handles]
         if not new and round_:
             return
         for p in new:
             if p in protected:
                 raise Refused(f"refused: the tree of pid {root.pid} holds {protected[p]}")
-            if _kernel_thread(stats[p]):
+            st = stat(p)
+            if st is None or _kernel_thread(st):
                 continue
-            handles[p] = fd = _open(stats[p])
+            handles[p] = fd = _open(st)
             if fd is not None:
                 _signal(fd, signal.SIGSTOP)
     raise ResponseError(f"the tree of pid {root.pid} kept growing for {_FREEZE_ROUNDS} rounds; "

@@ -99,7 +99,13 @@ def test_kill_a_process(executor):
     assert not alive(pid)
 
 
-def test_kill_a_process_tree_frozen_first(executor):
+@pytest.mark.parametrize("children_files", [True, False], ids=["children-files", "scan"])
+def test_kill_a_process_tree_frozen_first(executor, monkeypatch, children_files):
+    """The tree is found through the threads' ``children`` files, or by a
+    scan of /proc on a kernel without CONFIG_PROC_CHILDREN."""
+    from agent.response import _process
+
+    monkeypatch.setattr(_process, "_CHILDREN_FILES", children_files and _process._CHILDREN_FILES)
     pid = detached("sleep 300 & sleep 300 & bash -c 'sleep 300 & wait' & wait")
     kids = children_of(pid, want=3)
     grandkids = children_of(max(kids), want=1) if kids else []
