@@ -766,6 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fleet_parsers(add)
 
+    from ._users import add_parsers as users_parsers
+
+    users_parsers(add)
+
     p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them")
     p.add_argument("--pending", action="store_true", help="only actions waiting for approval")
     p.add_argument("--approve", metavar="ID", help="approve a pending action")
@@ -824,6 +828,7 @@ _CHECKS = {
     "agent": {WRITE_DATA, POLICY_FILE},
     "demo": {WRITE_DATA, HIVE_FOLDERS, POLICY_FILE},
     "enroll": {WRITE_DATA},
+    "users": {WRITE_DATA},
     **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart", "policy"), {READ_DATA}),
 }
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .._store import Store, StoreError
 from ._auth import ROLES, User
-from ._secrets import digest, hash_password, new_session_id, new_token, split_token
+from ._secrets import digest, hash_password, new_session_id, new_token, same, split_token
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 NAME_RULE = "1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
@@ -151,8 +151,6 @@ class Users:
             return None
         r = self.store._read("SELECT u.name, u.role, t.hash FROM api_tokens t JOIN users u ON u.name=t.user "
                              "WHERE t.id=? AND t.revoked IS NULL", (parts[0],))
-        from ._secrets import same
-
         return User(name=r[0][0], role=r[0][1]) if r and same(r[0][2], digest(parts[1])) else None
 
     def start_session(self, user: User, hours: float, address: str = "") -> str:
