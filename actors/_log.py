@@ -35,18 +35,21 @@ class _Formatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str | int = "INFO", stream=None) -> None:
-    """Log to stderr in the project's one line format (idempotent)."""
-    root = logging.getLogger("immune")
-    root.setLevel(level if isinstance(level, int) else level.upper())
-    for h in list(root.handlers):
-        if getattr(h, "_immune", False):
-            root.removeHandler(h)
+def setup_logging(level: str | int = "INFO", stream=None, also: tuple[str, ...] = ()) -> None:
+    """Log to stderr in the project's one line format (idempotent).
+    ``also``: loggers outside ``immune`` (libraries of the node's with names
+    of their own) that log the same way."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter())
     handler._immune = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.propagate = False
+    for name in ("immune", *also):
+        root = logging.getLogger(name)
+        root.setLevel(level if isinstance(level, int) else level.upper())
+        for h in list(root.handlers):
+            if getattr(h, "_immune", False):
+                root.removeHandler(h)
+        root.addHandler(handler)
+        root.propagate = False
 
 
 def get_logger(name: str) -> logging.Logger:

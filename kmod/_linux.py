@@ -468,6 +468,7 @@ class LinuxSensor(Sensor):
         if unknown:
             raise ValueError(f"no such event kind: {', '.join(unknown)} (known: {', '.join(codes)})")
         self._wake_kinds = sum(1 << codes[k] for k in set(kinds))
+        log.info("events delivered at once for the edge's rules: %s", ", ".join(sorted(set(kinds))) or "none")
         if self._bpf is not None:
             self._write_config()
 

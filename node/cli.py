@@ -33,7 +33,7 @@ class CliError(Exception):
 
 def run_node(name: str, tree: Supervisor, cfg: Config) -> int:
     """Run ``tree`` until SIGINT/SIGTERM, then stop it in reverse order."""
-    setup_logging(cfg.node.log_level)
+    setup_logging(cfg.node.log_level, also=("kmod",))  # the sensor's library logs as "kmod"
     log = actors.get_logger(name)
     node = Node(name, tree, cfg.run_dir)
     # SIGHUP's default action ends a process: a node only reloads on it (the

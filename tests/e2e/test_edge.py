@@ -59,6 +59,9 @@ def test_a_reverse_shell_is_killed_by_the_agent_alone_and_reported_once_when_the
             s.close()
 
     wait_until(lambda: running() == 1, timeout=30, what="the agent running bundle v1")
+    # the fast path: the sensor wakes the reader at once for the kinds the edge rules read
+    wait_until(lambda: "delivered at once for the edge's rules: exec" in agent.log(), timeout=10,
+               what="the sensor told to deliver execs at once")
 
     # The hive goes away; a reverse shell to 127.0.0.2 (loopback, which the
     # edge may not block, is the hive's) is killed by the agent alone.
