@@ -186,15 +186,21 @@ class WebhookSender:
 
 
 def _reason(e: BaseException) -> str:
-    """A foreign error as a short phrase."""
+    """A foreign error as a short phrase, with its cause's (trio's "all
+    attempts to connect failed" says why only in its cause)."""
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"certificate refused: {e.verify_message}"
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(_reason(x) for x in e.exceptions))
+    own = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     cause = e.__cause__ or e.__context__
-    if not str(e) and cause is not None:
-        return _reason(cause)
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e) or type(e).__name__
+    if cause is not None:
+        inner = _reason(cause)
+        if not own:
+            return inner
+        if inner not in own:
+            return f"{own}: {inner}"
+    return own or type(e).__name__
 
 
 Sender = FileSender | SyslogSender | WebhookSender
