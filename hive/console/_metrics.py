@@ -192,20 +192,11 @@ def _store_families(f: Figures) -> Iterator[Metric]:
     store_up = GaugeMetricFamily("immune_store_up", "1 if the scrape could read the store.")
     store_up.add_metric([], 0 if f.store_error else 1)
     yield store_up
-    hits = GaugeMetricFamily("immune_rule_hits", "Hits of each rule that its stored alerts stand for "
-                             "(repeats counted; falls as retention deletes alerts).", labels=["rule"])
-    for rule, n in sorted(f.rule_hits.items()):
-        hits.add_metric([rule], n)
-    yield hits
-    alerts = GaugeMetricFamily("immune_alerts", "Alerts in the store, by level.", labels=["level"])
-    for level, n in sorted(f.alerts_by_level.items()):
-        alerts.add_metric([level], n)
-    yield alerts
-    actions = GaugeMetricFamily("immune_actions", "Response actions in the store, by state (their outcome "
-                                "once closed).", labels=["state"])
-    for state, n in sorted(f.actions_by_state.items()):
-        actions.add_metric([state], n)
-    yield actions
+    yield _by("immune_rule_hits", "Hits of each rule that its stored alerts stand for (repeats counted; falls "
+              "as retention deletes alerts).", "rule", f.rule_hits)
+    yield _by("immune_alerts", "Alerts in the store, by level.", "level", f.alerts_by_level)
+    yield _by("immune_actions", "Response actions in the store, by state (their outcome once closed).", "state",
+              f.actions_by_state)
     online = GaugeMetricFamily("immune_agents", "Enrolled agents, by whether they are online.", labels=["state"])
     online.add_metric(["online"], sum(a.online for a in f.agents))
     online.add_metric(["offline"], sum(not a.online for a in f.agents))
@@ -218,6 +209,13 @@ def _store_families(f: Figures) -> Iterator[Metric]:
         spooled.add_metric([a.id], a.spooled)
         dropped.add_metric([a.id], a.dropped)
     yield from (spooled, dropped)
+
+
+def _by(name: str, text: str, label: str, counts: dict[str, int]) -> Metric:
+    gauge = GaugeMetricFamily(name, text, labels=[label])
+    for key, n in sorted(counts.items()):
+        gauge.add_metric([key], n)
+    return gauge
 
 
 class _Reading:
