@@ -176,3 +176,48 @@ class WebhookServer:
             except OSError:
                 pass
         self._connections.clear()
+
+
+class ThreadedSyslog:
+    """A TCP syslog receiver in a thread, for tests that drive real
+    ``immune-node`` processes without a trio loop of their own."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[bytes] = []
+        self._sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def docs(self) -> list[dict]:
+        return [body(m) for m in list(self.messages)]
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        buf = bytearray()
+        conn.settimeout(0.2)
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                buf += chunk
+                self.messages += split_frames(buf)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
