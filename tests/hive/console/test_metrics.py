@@ -114,3 +114,17 @@ async def test_an_anonymous_scrape_is_refused_and_a_viewer_token_served(console)
     assert m["immune_alerts"] == {(("level", "critical"),): 1}
     assert m["immune_rule_hits"] == {(("rule", "r1"),): 1}
     assert m["immune_console_requests_total"][(("route", "/metrics"), ("status", "401"))] == 2
+
+
+def test_the_grafana_dashboard_charts_only_metrics_the_console_serves():
+    import json
+    import re
+    from pathlib import Path
+
+    import hive
+
+    dashboard = json.loads((Path(hive.__file__).parent.parent / "services/grafana/immune.json").read_text())
+    served = set(parse(render(reading()).decode()))
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"\bimmune_\w+", target["expr"])}
+    assert used and used <= served, used - served
