@@ -19,6 +19,7 @@ import wire
 from hive import Store
 from tests.e2e.nodes import IMMUNE_NODE, RunningNode
 from tests.hive.outputs.receivers import ThreadedSyslog
+from tests.kmod.conftest import kernel
 from tests.ports import free_port, tcp_endpoint
 
 PASSWORD = "correct horse battery"
@@ -123,3 +124,32 @@ keep = 2
     finally:
         assert node.stop() == 0
         listener.close()
+
+
+def test_a_demo_shows_its_agent_actors_sensor_and_spool(tmp_path, start_node):
+    data = tmp_path / "demo"
+    data.mkdir()
+    subprocess.run([*IMMUNE_NODE, "users", "add", "prom", "--role", "viewer", "--data", str(data)],
+                   input=PASSWORD + "\n", text=True, check=True, capture_output=True, timeout=60)
+    token = subprocess.run([*IMMUNE_NODE, "users", "token", "prom", "--data", str(data)], text=True, check=True,
+                           capture_output=True, timeout=60).stdout.strip()
+    node = start_node("demo", data, "--listen", tcp_endpoint())
+    node.wait_ready(120)
+    subprocess.run(["/bin/true"], check=True)  # an exec for the sensor
+
+    def sensor_counted() -> bool:
+        m = samples(scrape(node, token).text)
+        return any(s.value > 0 for s in m.get("immune_sensor_events_total", []))
+
+    wait_for(sensor_counted, what="the sensor's events in /metrics")
+    m = samples(scrape(node, token).text)
+    actors = {s.labels["actor"] for s in m["immune_actor_messages_in_total"]}
+    assert {"demo.agent.relay", "demo.agent.sensor", "demo.hive.store", "demo.hive.console"} <= actors
+    assert {s.labels["where"] for s in m["immune_drops_total"]} == {"ring", "spool"}
+    assert m["immune_spool_bytes"] and m["immune_store_events_total"][0].value > 0
+    assert {s.labels["state"]: s.value for s in m["immune_agents"]}["online"] == 1
+    assert node.stop() == 0
+
+
+for _mark in kernel:  # the sensor's: root, BTF, and the shared lock's marker
+    test_a_demo_shows_its_agent_actors_sensor_and_spool = _mark(test_a_demo_shows_its_agent_actors_sensor_and_spool)
