@@ -9,7 +9,7 @@ from typing import Any
 # without loading the actor, trio and the store.
 _EXPORTS = {
     "make_sender": "._actor", "output_actor": "._actor",
-    "SOURCES": "._cursor", "Cursors": "._cursor", "Record": "._cursor",
+    "Cursors": "._cursor", "Record": "._cursor",
     "ECS_VERSION": "._ecs", "alert_doc": "._ecs", "attack": "._ecs", "event_doc": "._ecs",
     "Link": "._link",
     "RotatingFile": "._rotate",

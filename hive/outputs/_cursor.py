@@ -58,9 +58,6 @@ class Cursors:
                            (name, source, start, time.time()))
             return dict(db.execute("SELECT source, position FROM outputs WHERE name=?", (name,)).fetchall())
 
-    def positions(self, name: str) -> dict[str, int]:
-        return dict(self._read("SELECT source, position FROM outputs WHERE name=?", (name,)))
-
     def advance(self, name: str, positions: dict[str, int]) -> None:
         """Move ``name`` to ``positions`` (never back)."""
         with self._tx() as db:
@@ -103,13 +100,6 @@ class Cursors:
         row's key, so it costs nothing however long the backlog)."""
         return sum(max(0, self._read(f"SELECT coalesce(max({_TABLE[s][1]}), 0) FROM {_TABLE[s][0]}", ())[0][0] - p)
                    for s, p in positions.items())
-
-    def outputs(self) -> dict[str, dict[str, int]]:
-        """Every output's positions (for the CLI and metrics)."""
-        out: dict[str, dict[str, int]] = {}
-        for name, source, position in self._read("SELECT name, source, position FROM outputs ORDER BY name", ()):
-            out.setdefault(name, {})[source] = position
-        return out
 
     def _read(self, sql: str, args: Iterable) -> list[tuple]:
         try:
