@@ -50,13 +50,13 @@ async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     try:
         positions = await trio.to_thread.run_sync(lambda: Cursors(store.db).open(
             name, output.what, backfill=output.backfill))
-        sender = make_sender(output)
-    except (StoreError, OutputError) as e:
+    except StoreError as e:
         store.close()
         raise OutputError(f"output {name}: {e}") from None
     link = Link(cap=output.retry_max)
-    log_event(ctx.log, "output.start", output=name, kind=output.kind, target=sender.where, what=output.what,
+    log_event(ctx.log, "output.start", output=name, kind=output.kind, target=output.target, what=output.what,
               **{f"from_{s}": p for s, p in positions.items()})
+    sender: Sender | None = None
     task_status.started()
     try:
         while True:
@@ -74,6 +74,10 @@ async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             records = [r for r in batch if r.doc]
             st["malformed"] = int(st["malformed"]) + len(batch) - len(records)
             try:
+                # Made here, so that a CA file that cannot be read is an
+                # output down (retried, fixed without a restart), not an
+                # actor that fails until its supervisor gives up on the hive.
+                sender = sender or make_sender(output)
                 if records:
                     await sender.send(records)
             except OutputError as e:
@@ -97,8 +101,9 @@ async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 log_event(ctx.log, "output.up", output=name, down_s=round(down_for, 1),
                           failed_attempts=link.failures)
     finally:
-        with trio.CancelScope(shield=True):
-            await sender.aclose()
+        if sender is not None:
+            with trio.CancelScope(shield=True):
+                await sender.aclose()
         store.close()
 
 

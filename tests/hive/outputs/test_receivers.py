@@ -237,12 +237,17 @@ async def test_an_unwritable_file_is_a_clear_error(tmp_path, db, runtime):
         n.cancel_scope.cancel()
 
 
-async def test_a_missing_ca_file_stops_the_output_with_one_line(tmp_path, db, runtime):
-    from hive.outputs import OutputError
-
-    out = OutputConfig(name="t", kind="syslog", target="tls://localhost:6514", ca=str(tmp_path / "none.pem"))
-    with pytest.raises(OutputError, match=r"^output t: CA file .*none.pem: No such file or directory$"):
-        await output_actor(Context(runtime, "out"), path=db, output=out)
+async def test_a_bad_ca_file_is_an_output_down_not_a_crash(tmp_path, db, runtime):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    out = OutputConfig(name="t", kind="syslog", target="tls://localhost:6514", ca=str(bad))
+    async with trio.open_nursery() as n:
+        ctx, actor = await start(n, runtime, db, out)
+        add_alerts(db, 0, 1)
+        await wait_for(lambda: ctx.stats.extra["failures"] >= 1)
+        assert ctx.stats.last_error.startswith(f"CA file {bad}: ") and "\n" not in ctx.stats.last_error
+        assert ctx.stats.extra["up"] == 0
+        n.cancel_scope.cancel()
 
 
 pytestmark = pytest.mark.trio
