@@ -154,7 +154,15 @@ def _v5_to_v6(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS sessions_expires ON sessions(expires)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6]
+def _v6_to_v7(db: sqlite3.Connection) -> None:
+    # SIEM outputs (issue 14): each output's position in alerts and events
+    # (hive.outputs._cursor), moved once its receiver took the records.
+    db.execute("CREATE TABLE IF NOT EXISTS outputs(name TEXT NOT NULL, source TEXT NOT NULL, "
+               "position INTEGER NOT NULL, updated REAL NOT NULL, PRIMARY KEY(name, source))")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

@@ -109,12 +109,43 @@ class ConsoleConfig(_Section):
     """A login lasts this long."""
 
 
+class OutputConfig(_Section):
+    """One ``[[outputs]]`` table: where the hive forwards alerts (and
+    events) as ECS JSON, from a cursor kept in the store."""
+
+    name: str
+    """Its name in logs, metrics and the store's cursor (letters, digits, ``-_.``)."""
+    kind: str
+    """``file``, ``syslog`` or ``webhook``."""
+    target: str
+    """file: a path; syslog: ``udp://``, ``tcp://`` or ``tls://HOST:PORT``; webhook: an http(s) URL."""
+    what: str = "alerts"
+    """``alerts``, ``events`` or ``both``."""
+    backfill: bool = False
+    """On its first start, forward what the store already holds (else what arrives from then on)."""
+    ca: str = ""
+    """CA file that signs the receiver's certificate (tls://, https://); empty: the system's CAs."""
+    token: str = ""
+    """webhook: sent as ``Authorization: Bearer TOKEN``."""
+    timeout: Annotated[float, Meta(gt=0, le=600)] = 10.0
+    """Seconds a connection or a delivery may take before it counts as failed."""
+    retry_max: Annotated[float, Meta(ge=1, le=3600)] = 60.0
+    """Longest wait between retries (they start at 1 s and double)."""
+    facility: str = "local0"
+    """syslog facility name."""
+    max_mb: Annotated[int, Meta(ge=1, le=1 << 20)] = 100
+    """file: rotated once this big."""
+    keep: Annotated[int, Meta(ge=1, le=1000)] = 5
+    """file: rotated files kept beside the current one."""
+
+
 class Config(_Section):
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     hive: HiveConfig = msgspec.field(default_factory=HiveConfig)
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
     sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
+    outputs: Annotated[list[OutputConfig], Meta(max_length=64)] = []
 
     @property
     def data_dir(self) -> Path:
@@ -133,7 +164,8 @@ WRITE_DATA = "write data"
 READ_DATA = "read data"
 """The data folder, if it exists, must be a folder the node can read."""
 HIVE_FOLDERS = "hive folders"
-"""``hive.rules`` and ``hive.playbooks`` must be readable folders."""
+"""``hive.rules`` and ``hive.playbooks`` must be readable folders, outputs' CA files readable
+files and file outputs' folders present."""
 POLICY_FILE = "policy file"
 """``sensor.policy``, if set, must be a readable file."""
 
@@ -143,7 +175,9 @@ def ranges() -> dict[str, str]:
     the example file say it."""
     out = {}
     for section in msgspec.inspect.type_info(Config).fields:
-        for field in section.type.fields:
+        t = section.type
+        table = t.item_type if isinstance(t, msgspec.inspect.ListType) else t
+        for field in table.fields:
             t = field.type
             if isinstance(t, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
                 kind = "an integer" if isinstance(t, msgspec.inspect.IntType) else "a number"
@@ -170,7 +204,7 @@ class _Origin:
         in_file = self.raw.get(section, {})
         if key in self.flags:
             where = f"--{name.replace('_', '-')}"
-        elif not name or not isinstance(in_file, dict) or name.partition("[")[0] in in_file:
+        elif not name or not isinstance(in_file, dict) or name.partition("[")[0] in in_file or "[" in section:
             where = f"config {self.path}: {key or 'top level'}"
         else:
             where = f"{key} (the default)"
@@ -237,10 +271,14 @@ def _type_error(origin: _Origin, merged: dict, err: msgspec.ValidationError) -> 
     text = _one_line(str(err))
     m = re.match(r"(.*) - at `\$\.?(.*)`$", text)
     key, text = (m.group(2), m.group(1)) if m else ("", text)
-    allowed = ranges().get(key)
+    allowed = ranges().get(re.sub(r"\[[0-9]+\]", "", key))
     if allowed:
         section, _, name = key.partition(".")
-        return origin.error(key, f"must be {allowed}, not {merged[section][name]!r}")
+        m = re.fullmatch(r"(\w+)\[([0-9]+)\]", section)
+        table = merged[m.group(1)][int(m.group(2))] if m else merged[section]
+        return origin.error(key, f"must be {allowed}, not {table[name]!r}")
+    if key == "outputs" and "got `object`" in text:
+        text = "is a list: write each output as an [[outputs]] table"
     return origin.error(key, text[:1].lower() + text[1:])
 
 
@@ -252,10 +290,13 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
     """(key, what is wrong) for each value out of its shape."""
     for section in msgspec.structs.fields(cfg):
         values = getattr(cfg, section.name)
-        for field in msgspec.structs.fields(values):
-            value = getattr(values, field.name)
-            if any(isinstance(text, str) and "\0" in text for text in (value if isinstance(value, list) else [value])):
-                yield f"{section.name}.{field.name}", "contains a NUL character"
+        tables = ([(f"{section.name}[{i}]", v) for i, v in enumerate(values)] if isinstance(values, list)
+                  else [(section.name, values)])
+        for where, table in tables:
+            for field in msgspec.structs.fields(table):
+                value = getattr(table, field.name)
+                if any(isinstance(text, str) and "\0" in text for text in (value if isinstance(value, list) else [value])):
+                    yield f"{where}.{field.name}", "contains a NUL character"
     if not cfg.node.data:
         yield "node.data", "must name a folder"
     longest = len(os.fsencode(cfg.node.data)) + len("/run") + _SOCKET_NAME_ROOM
@@ -304,6 +345,59 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
             Scope.parse(cfg.sensor.scope)  # its KEY=GLOB pairs
         except ScopeError as e:
             yield "sensor.scope", str(e).removeprefix("scope ")
+    yield from _output_problems(cfg.outputs)
+
+
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_OUTPUT_KINDS = ("file", "syslog", "webhook")
+_OUTPUT_WHAT = ("alerts", "events", "both")
+_SYSLOG_SCHEMES = ("udp", "tcp", "tls")
+_TOKEN = re.compile(r"[!-~]{1,4096}")  # printable ASCII, no spaces: it goes into a header
+
+
+def _output_problems(outputs: list[OutputConfig]) -> Iterator[tuple[str, str]]:
+    from hive.outputs import FACILITIES
+
+    seen: set[str] = set()
+    for i, o in enumerate(outputs):
+        key = f"outputs[{i}]"
+        if not _OUTPUT_NAME.fullmatch(o.name):
+            yield f"{key}.name", f"{o.name!r}: 1 to 64 letters, digits, '-', '_' or '.'"
+        elif o.name in seen:
+            yield f"{key}.name", f"{o.name!r} is the name of an earlier output"
+        seen.add(o.name)
+        if o.kind not in _OUTPUT_KINDS:
+            yield f"{key}.kind", f"{o.kind!r} is not one of {', '.join(_OUTPUT_KINDS)}"
+            continue
+        if o.what not in _OUTPUT_WHAT:
+            yield f"{key}.what", f"{o.what!r} is not one of {', '.join(_OUTPUT_WHAT)}"
+        problem = _target_problem(o)
+        if problem:
+            yield f"{key}.target", problem
+        if o.ca and not (o.kind == "syslog" and o.target.startswith("tls://")
+                         or o.kind == "webhook" and o.target.startswith("https://")):
+            yield f"{key}.ca", "only for a tls:// syslog or an https:// webhook target"
+        if o.token and (o.kind != "webhook" or not _TOKEN.fullmatch(o.token)):
+            yield f"{key}.token", ("only for a webhook" if o.kind != "webhook"
+                                   else "1 to 4096 printable ASCII characters without spaces")
+        if o.facility not in FACILITIES:
+            yield f"{key}.facility", f"{o.facility!r} is not a syslog facility (kern, user, ..., local0-local7)"
+
+
+def _target_problem(o: OutputConfig) -> str | None:
+    if o.kind == "file":
+        return None if o.target else "must name a file"
+    if o.kind == "webhook":
+        return None if _is_http_url(o.target) else f"{o.target!r} is not an http:// or https:// URL"
+    try:
+        url = urlsplit(o.target)
+        port = url.port
+    except ValueError:  # a port out of range, a broken IPv6 address
+        port = None
+        url = None
+    if url is None or url.scheme not in _SYSLOG_SCHEMES or not url.hostname or not port or url.path or url.query:
+        return f"{o.target!r} is not udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (port 1 to 65535)"
+    return None
 
 
 def _is_http_url(text: str) -> bool:
@@ -342,6 +436,20 @@ def _disk_problems(cfg: Config, check: set[str]) -> Iterator[tuple[str, str]]:
                 problem = _readable_folder(Path(folder))
                 if problem:
                     yield key, problem
+        for i, o in enumerate(cfg.outputs):
+            if o.ca:
+                try:
+                    with open(o.ca, "rb"):
+                        pass
+                except IsADirectoryError:
+                    yield f"outputs[{i}].ca", f"{o.ca}: is a folder, not a file"
+                except OSError as e:
+                    yield f"outputs[{i}].ca", f"{o.ca}: {e.strerror}"
+            if o.kind == "file":
+                target = Path(o.target)
+                problem = _readable_folder(target.parent) or (f"{target}: is a folder" if target.is_dir() else None)
+                if problem:
+                    yield f"outputs[{i}].target", problem
     if POLICY_FILE in check and cfg.sensor.policy:
         try:
             with open(cfg.sensor.policy, "rb"):

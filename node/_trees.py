@@ -36,6 +36,7 @@ def hive_children(cfg: Config) -> list[Child]:
         INGEST, Store, correlate_actor, enroll_actor, registry_actor, router_actor, sentinel_actor, store_actor,
         zap_authorizer,
     )
+    from hive.outputs import output_actor
     from hive.playbook import DEFAULT_PLAYBOOKS, playbook_actor
     from hive.sigma import rule_folders
 
@@ -51,7 +52,7 @@ def hive_children(cfg: Config) -> list[Child]:
     run = cfg.run_dir
     detect, correlate = f"ipc://{run}/detect.sock", f"ipc://{run}/correlate.sock"
     ingest, alerts = f"ipc://{run}/ingest.sock", f"ipc://{run}/alerts.sock"
-    return [
+    children = [
         Child("store", store_actor, shutdown=t, args=dict(
             path=db, retention_days=cfg.hive.retention_days, retention_mb=cfg.hive.retention_mb,
             ingest=(INGEST, ingest), detect=detect)),
@@ -75,6 +76,11 @@ def hive_children(cfg: Config) -> list[Child]:
         *([Child("console", console_actor, shutdown=t, args=dict(
             config=cfg, db=db, data=lay.data, shutdown_timeout=t))] if cfg.console.enabled else []),
     ]
+    # Outputs last: one that restarts (its receiver's errors never make it)
+    # restarts nothing else.  They read the store on their own.
+    children += [Child(f"output-{o.name}", output_actor, shutdown=t, args=dict(path=db, output=o))
+                 for o in cfg.outputs]
+    return children
 
 
 def hive_addresses(listen: str) -> list[str]:

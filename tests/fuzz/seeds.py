@@ -181,6 +181,16 @@ def write_seeds() -> None:
                             b'batch = 512\n[sensor]\nscope = "cgroup:/system.slice"\nfold_ms = 0\n',
                    "hive": b'[hive]\nlisten = "tcp://[::]:7400"\nrules = ["/etc/immune/rules"]\n'
                            b'webhook = "https://soc.example/hook"\nmax_frame = 1048576\nretention_days = 7.5\n'},
+        "outputs": {
+            "syslog-tls": b'[[outputs]]\nname = "siem"\nkind = "syslog"\ntarget = "tls://siem.example.org:6514"\n'
+                          b'what = "both"\nfacility = "authpriv"\ntimeout = 5.0\nretry_max = 120.0\n',
+            "syslog-udp": b'[[outputs]]\nname = "u"\nkind = "syslog"\ntarget = "udp://[::1]:514"\n',
+            "file": b'[[outputs]]\nname = "archive"\nkind = "file"\ntarget = "/var/log/immune/alerts.json"\n'
+                    b'max_mb = 1\nkeep = 10\nbackfill = true\n',
+            "webhook": b'[[outputs]]\nname = "soar"\nkind = "webhook"\ntarget = "https://soar.example/hook?x=1"\n'
+                       b'token = "abc.DEF-123"\n[[outputs]]\nname = "chat"\nkind = "webhook"\n'
+                       b'target = "http://127.0.0.1:8080/"\n',
+        },
         "console_request": {
             "login": b"\0\0csrf=" + b"A" * 43 + b"&name=alice&password=correct%20horse%20battery&next=%2Falerts%3Fq%3D1",
             "bearer": b"Bearer imt_0123456789ab_" + b"B" * 43 + b"\0\0",

@@ -484,6 +484,31 @@ def config(data: bytes) -> None:
         raise ContractBroken("hive.enroll_listen was not derived from hive.listen")
 
 
+def outputs(data: bytes) -> None:
+    """A configuration file with ``[[outputs]]`` tables: a ConfigError (one
+    line), or outputs whose senders build (a CA file that cannot be read
+    is the sender's one-line OutputError) and whose syslog messages are
+    well-formed ASCII for every facility accepted."""
+    from hive.outputs import FACILITIES, OutputError, make_sender, message
+    from node import load_config
+
+    cfg = load_config(_file(data, "outputs.toml"))
+    for o in cfg.outputs:
+        try:
+            sender = make_sender(o, hostname="fuzz")
+        except OutputError as e:
+            if "\n" in str(e) or not o.ca:
+                raise ContractBroken(f"output {o.name}: {e!r}") from None
+            continue
+        if o.kind == "syslog":
+            if not (sender.host and 1 <= sender.port <= 65535):
+                raise ContractBroken(f"syslog target {o.target!r} accepted without a host and port")
+            msg = message({"event": {"kind": "alert"}, "log": {"level": "high"}}, facility=FACILITIES[o.facility],
+                          hostname=o.name, time_ns=0, procid=1)
+            if not msg.isascii() or not msg.startswith(b"<"):
+                raise ContractBroken(f"syslog message {msg[:40]!r}")
+
+
 # -- what a browser or an API client sends the console -------------------------------
 
 
@@ -542,6 +567,8 @@ TARGETS: dict[str, Target] = {
     "template": Target(template, ("hive.playbook.TemplateError",), 1.0, ("hive.playbook._template", "hive._regex"),
                        max_len=2048),
     "config": Target(config, ("node.ConfigError",), 1.0, ("node._config", "tomllib"), max_len=8192),
+    "outputs": Target(outputs, ("node.ConfigError",), 1.0, ("node._config", "hive.outputs._syslog",
+                                                          "hive.outputs._actor", "urllib.parse"), max_len=8192),
     "console_request": Target(console_request, (), 1.0, ("hive.console._auth", "hive.console._secrets",
                                                          "urllib.parse"), max_len=8192),
     "container_state": Target(container_state, (), 1.0, ("kmod._containers", "json"), max_len=8192),

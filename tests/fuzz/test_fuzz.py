@@ -352,6 +352,8 @@ def test_the_long_run_command_lists_the_targets(capsys):
 def test_config_files_on_and_beyond_every_bound(doc):
     lines = []
     for section, keys in doc.items():
-        lines.append(f"[{section}]")
-        lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in keys.items()]
+        # A list of tables (outputs) is written as [[section]] tables.
+        for table in keys if isinstance(keys, list) else [keys]:
+            lines.append(f"[[{section}]]" if isinstance(keys, list) else f"[{section}]")
+            lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in table.items()]
     targets.run("config", "\n".join(lines).encode(), tolerate_open_bugs=True)
