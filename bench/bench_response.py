@@ -397,8 +397,10 @@ def bench_edge(runs: int, through_hive: list[float] | None = None) -> None:
             # event the agent raised on it (stored when the batch reaches the hive).
             for _ in range(100):
                 store = Store(data / "hive.db", readonly=True)
+                # (a second of slack: the sensor's boot-to-wall clock offset is fixed at
+                # its start, and the wall clock may be stepped after it)
                 row = store.db.execute("SELECT min(time) FROM events WHERE kind='edge' AND pid=? AND time >= ?",
-                                       (pid, int(t0 * 1e9))).fetchone()
+                                       (pid, int((t0 - 1) * 1e9))).fetchone()
                 store.close()
                 if row[0] is not None:
                     break

@@ -20,7 +20,7 @@ from ._policy import (
     SensorSlot,
     endpoint_addresses,
 )
-from ._process import kill_process, protected_pids
+from ._process import kill_process
 
 __all__ = [
     "ACTIONS",
@@ -37,7 +37,6 @@ __all__ = [
     "endpoint_addresses",
     "executor_actor",
     "kill_process",
-    "protected_pids",
     "quarantine_file",
     "rule_name",
     "sha256_file",

@@ -18,7 +18,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ._errors import Refused, ResponseError
@@ -118,23 +118,41 @@ def exe_of(pid: int) -> str | None:
         return None
 
 
-def protected_pids(extra: Iterable[int] = ()) -> dict[int, str]:
-    """pid -> why it may not be killed: init, the agent, its ancestors and
-    its descendants (looked up now: the agent's children come and go)."""
-    me = os.getpid()
-    out = {1: "pid 1 is init; killing it would bring the host down"}
-    out[me] = f"pid {me} is the agent itself"
-    st = stat(me)
-    pid = st.ppid if st else 0
-    while pid > 1 and pid not in out:
-        st = stat(pid)
-        out[pid] = f"pid {pid} ({st.comm if st else '?'}) is an ancestor of the agent (pid {me})"
+class Family:
+    """Why a process may not be killed: init, the agent, its ancestors, its
+    descendants, or the configuration's pids.  Asked per process, walking
+    the process's own parents up (stopping at one seen to be clear), so a
+    kill costs the victim's tree, not a look at everything the agent runs."""
+
+    def __init__(self, extra: Iterable[int] = ()) -> None:
+        self.me = me = os.getpid()
+        self._why = {1: "pid 1 is init; killing it would bring the host down",
+                     me: f"pid {me} is the agent itself"}
+        st = stat(me)
         pid = st.ppid if st else 0
-    for child in descendants(me):
-        out[child] = f"pid {child} is a child of the agent (pid {me})"
-    for pid in extra:
-        out.setdefault(pid, f"pid {pid} is protected by the agent's configuration")
-    return out
+        while pid > 1 and pid not in self._why:
+            st = stat(pid)
+            self._why[pid] = f"pid {pid} ({st.comm if st else '?'}) is an ancestor of the agent (pid {me})"
+            pid = st.ppid if st else 0
+        for pid in extra:
+            self._why.setdefault(pid, f"pid {pid} is protected by the agent's configuration")
+        self._clear: set[int] = set()
+
+    def get(self, pid: int) -> str | None:
+        why = self._why.get(pid)
+        if why is not None or pid in self._clear:
+            return why
+        walked, up = [], pid
+        while up > 1 and up not in self._clear:
+            st = stat(up)
+            if st is None:
+                break
+            if st.ppid == self.me:
+                return f"pid {pid} is a child of the agent (pid {self.me})"
+            walked.append(up)
+            up = st.ppid
+        self._clear.update(walked)
+        return None
 
 
 def _kernel_thread(st: ProcStat) -> bool:
@@ -146,17 +164,17 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
                  wait: float = 1.0) -> dict:
     """Kill ``pid`` (and its descendants if ``tree``).  Returns what the result
     carries: ``killed`` (dead now), ``gone`` (dead before the signal) and
-    ``ms``; raises Refused or ResponseError.  ``protected`` replaces the
-    scan for init and the agent's family (tests)."""
+    ``ms``; raises Refused or ResponseError.  ``protected`` (pid -> why)
+    replaces the agent's own ``Family`` (tests)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         raise ResponseError(f"pid must be a positive integer, not {pid!r}")
     if sig not in _SIGNALS:
         raise ResponseError(f"signal must be one of {', '.join(_SIGNALS)}, not {sig!r}")
     started = time.monotonic()
-    if protected is None:
-        protected = protected_pids(extra_protected)
-    if pid in protected:
-        raise Refused(f"refused: {protected[pid]}")
+    why_protected = (protected if protected is not None else Family(extra_protected)).get
+    why = why_protected(pid)
+    if why:
+        raise Refused(f"refused: {why}")
     root = stat(pid)
     if root is None or root.dead:
         return {"killed": [], "gone": [pid], "ms": _ms(started)}
@@ -173,7 +191,7 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
             return {"killed": [], "gone": [pid], "ms": _ms(started)}
         if tree:
             try:
-                _freeze(root, handles, protected)
+                _freeze(root, handles, why_protected)
             except ResponseError:
                 for fd in handles.values():  # leave nothing stopped behind a refusal
                     if fd is not None:
@@ -221,7 +239,7 @@ def _signal(fd: int, signum: int) -> None:
         raise ResponseError(f"cannot signal: {e.strerror}") from None
 
 
-def _freeze(root: ProcStat, handles: dict[int, int | None], protected: dict[int, str]) -> None:
+def _freeze(root: ProcStat, handles: dict[int, int | None], why_protected: Callable[[int], str | None]) -> None:
     """Stop the root, then its descendants, looking again until a look made
     after the last stop finds nobody new (the first may come before the
     root's stop took effect: the next one catches what it forked)."""
@@ -231,8 +249,9 @@ def _freeze(root: ProcStat, handles: dict[int, int | None], protected: dict[int,
         if not new and round_:
             return
         for p in new:
-            if p in protected:
-                raise Refused(f"refused: the tree of pid {root.pid} holds {protected[p]}")
+            why = why_protected(p)
+            if why:
+                raise Refused(f"refused: the tree of pid {root.pid} holds {why}")
             st = stat(p)
             if st is None or _kernel_thread(st):
                 continue

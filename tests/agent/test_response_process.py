@@ -50,10 +50,11 @@ def children_of(pid: int, timeout: float = 3.0, want: int = 1) -> list[int]:
         for name in os.listdir("/proc"):
             if name.isdigit():
                 try:
-                    stat = Path(f"/proc/{name}/stat").read_text()
+                    # bytes: another test's process may have a name that is not UTF-8
+                    stat = Path(f"/proc/{name}/stat").read_bytes()
                 except OSError:
                     continue
-                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
                     found.append(int(name))
         if len(found) >= want or time.monotonic() > deadline:
             return found
