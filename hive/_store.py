@@ -138,7 +138,23 @@ def _v4_to_v5(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE agents ADD COLUMN bundle_detail TEXT NOT NULL DEFAULT ''")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5]
+def _v5_to_v6(db: sqlite3.Connection) -> None:
+    # The console (issue 14): its users, their API tokens and browser
+    # sessions.  Tokens and sessions are kept as SHA-256 digests of their
+    # secrets (hive.console._secrets); a user's removal or new password
+    # deletes their sessions, so those end at the next request.
+    db.execute("CREATE TABLE IF NOT EXISTS users(name TEXT PRIMARY KEY, role TEXT NOT NULL, "
+               "password TEXT NOT NULL, created REAL NOT NULL, changed REAL NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS api_tokens(id TEXT PRIMARY KEY, user TEXT NOT NULL, "
+               "hash TEXT NOT NULL, created REAL NOT NULL, revoked REAL)")
+    db.execute("CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens(user)")
+    db.execute("CREATE TABLE IF NOT EXISTS sessions(hash TEXT PRIMARY KEY, user TEXT NOT NULL, "
+               "created REAL NOT NULL, expires REAL NOT NULL, address TEXT NOT NULL DEFAULT '')")
+    db.execute("CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user)")
+    db.execute("CREATE INDEX IF NOT EXISTS sessions_expires ON sessions(expires)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

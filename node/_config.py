@@ -95,11 +95,26 @@ class SensorConfig(_Section):
     as one event with a count; 0: report every open."""
 
 
+class ConsoleConfig(_Section):
+    enabled: bool = True
+    """Serve the console (web pages, JSON API, metrics) from the hive."""
+    listen: str = "https://127.0.0.1:7480"
+    """Where the console listens: ``https://HOST:PORT``."""
+    cert: str = ""
+    """PEM certificate file; empty (with ``key`` empty): a self-signed pair
+    made on first start in the data folder (console.crt, console.key)."""
+    key: str = ""
+    """PEM private key file of ``cert``."""
+    session_hours: Annotated[float, Meta(gt=0, le=720)] = 12.0
+    """A login lasts this long."""
+
+
 class Config(_Section):
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     hive: HiveConfig = msgspec.field(default_factory=HiveConfig)
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
     sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -269,6 +284,15 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
             check_key(cfg.agent.hive_key.encode(), "")
         except KeyFileError as e:
             yield "agent.hive_key", str(e).lstrip(": ")
+    if cfg.console.enabled:
+        from hive.console._tls import parse_listen
+
+        try:
+            parse_listen(cfg.console.listen)
+        except ValueError as e:
+            yield "console.listen", str(e)
+        if bool(cfg.console.cert) != bool(cfg.console.key):
+            yield ("console.key" if cfg.console.cert else "console.cert"), "set console.cert and console.key together"
     kind, _, where = cfg.sensor.scope.partition(":")
     if not (cfg.sensor.scope == "machine" or kind in ("cgroup", "netns", "container") and where):
         yield "sensor.scope", (f"{cfg.sensor.scope!r}: expected machine, cgroup:PATH, netns:PATH "

@@ -31,6 +31,7 @@ class Layout:
 
 
 def hive_children(cfg: Config) -> list[Child]:
+    from hive.console import console_actor
     from hive import (
         INGEST, Store, correlate_actor, enroll_actor, registry_actor, router_actor, sentinel_actor, store_actor,
         zap_authorizer,
@@ -70,6 +71,9 @@ def hive_children(cfg: Config) -> list[Child]:
             path=db, correlate=correlate, ingest=ingest, alerts=alerts)),
         Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
             rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True), detect=detect, correlate=correlate)),
+        # Last: nothing depends on it, so its restart restarts nothing else.
+        *([Child("console", console_actor, shutdown=t, args=dict(
+            config=cfg, db=db, data=lay.data, shutdown_timeout=t))] if cfg.console.enabled else []),
     ]
 
 

@@ -678,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the hive: receives agents' events, detects, responds. SIGINT or SIGTERM stop it; "
             "SIGHUP is ignored (rules and playbooks reload by themselves when their files change).")
     p.add_argument("--listen", metavar="ENDPOINT", help="where agents connect (default: tcp://0.0.0.0:7400)")
+    p.add_argument("--console-listen", metavar="URL",
+                   help="where the console serves HTTPS (default: https://127.0.0.1:7480)")
 
     p = add("agent", cmd_agent, "run the agent: the kernel sensor and the uplink to a hive",
             "Run the agent: the kernel sensor and the uplink to a hive. SIGINT or SIGTERM stop it; "
@@ -694,6 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a hive and an agent in one node on this machine, with embedded SQLite, "
             "the default policy, rules and playbooks. The agent enrolls itself.")
     p.add_argument("--listen", metavar="ENDPOINT", help="the hive's endpoint (default: tcp://127.0.0.1:7400)")
+    p.add_argument("--console-listen", metavar="URL",
+                   help="where the console serves HTTPS (default: https://127.0.0.1:7480)")
 
     p = add("tap", cmd_tap, "print a running node's messages as JSON lines",
             "Print the decoded messages of a running node as JSON lines until interrupted. "
@@ -762,6 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fleet_parsers(add)
 
+    from ._users import add_parsers as users_parsers
+
+    users_parsers(add)
+
     p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them")
     p.add_argument("--pending", action="store_true", help="only actions waiting for approval")
     p.add_argument("--approve", metavar="ID", help="approve a pending action")
@@ -808,6 +816,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     o: dict[str, object] = {"node_data": args.data, "node_log_level": args.log_level}
     if args.command in ("hive", "demo"):
         o["hive_listen"] = args.listen
+        o["console_listen"] = args.console_listen
     if args.command == "agent":
         o.update(agent_hive=args.hive, agent_id=args.id, sensor_scope=args.scope, sensor_policy=args.policy)
     return o
@@ -819,6 +828,7 @@ _CHECKS = {
     "agent": {WRITE_DATA, POLICY_FILE},
     "demo": {WRITE_DATA, HIVE_FOLDERS, POLICY_FILE},
     "enroll": {WRITE_DATA},
+    "users": {WRITE_DATA},
     **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart", "policy"), {READ_DATA}),
 }
 

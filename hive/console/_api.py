@@ -1,0 +1,5 @@
+"""The console's JSON API under /api/ (rooms replaces this placeholder)."""
+
+
+def routes() -> list:
+    return []

@@ -1,0 +1,5 @@
+"""The console's pages (rooms replaces this placeholder)."""
+
+
+def routes() -> list:
+    return []
