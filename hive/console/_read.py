@@ -766,6 +766,14 @@ def events(store: Store, q: EventQuery = EventQuery()) -> EventPage:
             return EventPage(items=items, next=cursor, scanned=scanned)
 
 
+def changes(store: Store) -> tuple:
+    """A stamp that moves whenever an alert is stored, an action changes or an
+    agent comes or goes: what the live pages poll."""
+    return _read(store.db, "SELECT (SELECT coalesce(max(rowid), 0) FROM alerts), "
+                 "(SELECT coalesce(max(updated), 0) FROM commands), (SELECT count(*) FROM commands), "
+                 "(SELECT coalesce(sum(online), 0) FROM agents)", ())[0]
+
+
 def latest_event(store: Store) -> int:
     return _read(store.db, "SELECT coalesce(max(id), 0) FROM events", ())[0][0]
 

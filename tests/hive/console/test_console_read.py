@@ -59,7 +59,7 @@ def test_alert_filters_rule_agent_since_and_text_with_like_wildcards_taken_liter
 
 
 def test_overview_counts_alerts_by_level_per_bucket_top_rules_agents_and_pending(store):
-    now = time.time()
+    now = time.time() // 3600 * 3600 + 1800  # mid-hour: a minute ago is in the same bucket
     base = int(now) * S
     store.ingest([], alerts=[an_alert(1, level="high", when=base - 2 * 3600 * S),
                              an_alert(2, level="high", when=base - 60 * S, rule="r2"),
