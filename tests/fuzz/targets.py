@@ -484,6 +484,35 @@ def config(data: bytes) -> None:
         raise ContractBroken("hive.enroll_listen was not derived from hive.listen")
 
 
+# -- the console's query parameters ----------------------------------------------
+
+
+def console_query(data: bytes) -> None:
+    """A query string as the console's pages and API get it (Starlette's
+    parse of the raw bytes): a QueryError (one line), or filters that the
+    store then runs, alerts and events alike, without a store error."""
+    from urllib.parse import parse_qsl
+
+    from hive.console import _read as read
+
+    params = dict(parse_qsl(data.decode("latin-1"), keep_blank_values=True))
+    store = _hive_store()
+    errors = 0
+    for parse, query in ((read.alert_query, read.alerts), (read.event_query, read.events)):
+        try:
+            q = parse(params)
+        except read.QueryError as e:
+            if "\n" in str(e):
+                raise ContractBroken(f"a QueryError of more than one line: {e!r}") from None
+            errors += 1
+            continue
+        page = query(store, q)
+        if len(page.items) > q.limit:
+            raise ContractBroken(f"a page of {len(page.items)} items, more than the limit {q.limit}")
+    if errors == 2:
+        raise read.QueryError("neither filter takes these parameters")
+
+
 _WIRE = ("wire", "actors._codec")
 _YAML = ("hive._datafile", "hive._regex", "yaml")
 TARGETS: dict[str, Target] = {
@@ -504,6 +533,7 @@ TARGETS: dict[str, Target] = {
     "container_state": Target(container_state, (), 1.0, ("kmod._containers", "json"), max_len=8192),
     "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
     "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
+    "console_query": Target(console_query, ("hive.console._read.QueryError",), 1.0, ("hive.console._read",)),
 }
 
 

@@ -231,6 +231,7 @@ def test_rules_and_playbooks_loaded_failed_and_counted(store, tmp_path):
     ({"limit": "-3"}, "limit: '-3' is not a whole number"),
     ({"before": "9" * 30}, "before: '9999"),
     ({"since": "yesterday"}, "since 'yesterday': expected"),
+    ({"since": "\u00b21m"}, "since .\u00b21m.: expected"),
     ({"text": "a\x00b"}, "text: control characters"),
     ({"agent": "x" * 201}, "agent: at most 200 characters"),
     ({"colour": "red"}, "unknown parameter 'colour'"),
