@@ -4,6 +4,7 @@ that change anything: approve and deny an action."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -32,11 +33,16 @@ def _ts(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value)) if value else ""
 
 
+def _errno(result: int) -> str:
+    """A call's negative errno by its name (-1: EPERM)."""
+    return errno.errorcode.get(-result, str(result)) if result < 0 else str(result)
+
+
 def _params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if k != "alert")
 
 
-templates.env.filters.update(ns=_ns, ts=_ts, ago=ago, params=_params, basename=os.path.basename)
+templates.env.filters.update(ns=_ns, ts=_ts, ago=ago, params=_params, errno=_errno, basename=os.path.basename)
 
 
 def _page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
