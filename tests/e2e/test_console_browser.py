@@ -151,7 +151,12 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
         row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#alert-rows tr.fresh a[data-open]")))
         assert browser.execute_script("return window.notReloaded") is True, "the page reloaded: not live"
         shoot(browser, "alerts")
-        row.click()
+        del row
+        # Keyboard triage: j selects the newest row, o opens it.
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("j")
+        assert browser.find_elements(By.CSS_SELECTOR, "#alert-rows tr.sel:first-child")
+        body.send_keys("o")
 
         wait.until(ec.presence_of_element_located((By.ID, "open-tree"))).click()
         tree = wait.until(ec.presence_of_element_located((By.ID, "tree")))
@@ -168,12 +173,19 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
         WebDriverWait(browser, 60, poll_frequency=1).until(pending_kill)
         assert "kill_process" in browser.find_element(By.ID, "actions").text
         shoot(browser, "actions")
-        browser.find_element(By.CSS_SELECTOR, "#actions button.approve").click()
+        browser.execute_script("window.notReloaded = true")
+        # j selects the pending kill, a approves it once the confirmation is accepted.
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("j")
+        body.send_keys("a")
         WebDriverWait(browser, 10).until(ec.alert_is_present())
-        browser.switch_to.alert.accept()  # hx-confirm asks first
-        # The kill is carried out; the page shows it (live, by its change stream).
+        assert "Approve kill_process" in browser.switch_to.alert.text
+        browser.switch_to.alert.accept()
+        # The kill is carried out; the page shows its result (live, by its change stream).
         assert shell.wait(timeout=60) == -9
-        wait.until(lambda d: "done" in d.find_element(By.ID, "actions").text)
+        done = ("//div[@id='actions']//tr[.//a[text()='kill_process'] and .//td[contains(@class, 'state-done')]]")
+        wait.until(ec.presence_of_element_located((By.XPATH, done)))
+        assert browser.execute_script("return window.notReloaded") is True
     finally:
         shell.kill()
         shell.wait()
