@@ -108,7 +108,8 @@ async def live_alerts(request: Request) -> Response:
         nonlocal mark
         page = await console.read(lambda store: read.alerts(store, q))
         fresh = [a for a in page.items if a.seq > mark]
-        mark = new
+        # The page may hold rows stored after ``new`` was read: never send them twice.
+        mark = max([new] + [a.seq for a in fresh])
         return sse("alert", rows.render(rows=fresh, fresh=True)) if fresh else None
 
     return EventStream(_poll(console, read.latest_alert, changed))

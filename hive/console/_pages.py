@@ -65,6 +65,12 @@ def _args(request: Request):
     return args
 
 
+def _live_url(request: Request, path: str, mark: int) -> str:
+    """The stream of what comes after ``mark`` under this page's filters."""
+    params = {k: v for k, v in request.query_params.items() if v and k not in ("before", "after", "limit")}
+    return f"{path}?" + urlencode({**params, "after": mark})
+
+
 def _bad_query(request: Request, e: read.QueryError) -> Response:
     return refuse(request, 400, f"bad query: {e}")
 
@@ -126,8 +132,7 @@ async def alerts(request: Request) -> Response:
     if not q.before:
         # The first page grows live: rows newer than its newest come by SSE.
         mark = page.items[0].seq if page.items else await request.app.state.console.read(read.latest_alert)
-        params = {k: v for k, v in request.query_params.items() if v and k not in ("before", "limit")}
-        live = "/live/alerts?" + urlencode({**params, "after": mark})
+        live = _live_url(request, "/live/alerts", mark)
     return _page(request, "alerts.html", q=q, page=page, live=live, since=request.query_params.get("since", ""),
                  args=_args(request))
 
@@ -253,8 +258,7 @@ async def events(request: Request) -> Response:
     live = None
     if not q.before and not q.after:
         mark = page.items[0].id if page.items else await request.app.state.console.read(read.latest_event)
-        params = {k: v for k, v in request.query_params.items() if v and k not in ("before", "after", "limit")}
-        live = "/live/events?" + urlencode({**params, "after": mark})
+        live = _live_url(request, "/live/events", mark)
     return _page(request, "events.html", q=q, page=page, live=live, kinds=wire.EVENT_KINDS,
                  verdicts=read._VERDICTS, scan_limit=read.TEXT_SCAN, args=_args(request))
 

@@ -251,38 +251,74 @@ async def test_openapi_describes_every_route_and_every_reference_resolves(consol
     assert {"level", "rule", "agent", "since", "text", "before", "limit"} <= params
 
 
-async def test_live_alerts_stream_sends_new_rows_and_ends_when_the_client_goes(console, monkeypatch):
-    monkeypatch.setattr(_live, "POLL", 0.05)
+async def stream(console, path: str, query: str, until: bytes, act) -> str:
+    """What ``path?query`` streams while ``act()`` writes to the store, until
+    ``until`` is in it; then the client goes away, and the app must return."""
     app = make_app(console)
-    token = console.tokens["vera"]
-    latest = console.store.db.execute("SELECT max(rowid) FROM alerts").fetchone()[0]
     got = bytearray()
-    disconnect = trio.Event()
-    sent = []
+    gone = trio.Event()
 
     async def receive():
-        await disconnect.wait()
+        await gone.wait()
         return {"type": "http.disconnect"}
 
     async def send(message):
-        sent.append(message["type"])
         got.extend(message.get("body", b""))
-        if b"al-new" in got:
-            disconnect.set()
+        if until in got:
+            gone.set()
 
-    scope = {"type": "http", "method": "GET", "path": "/live/alerts", "raw_path": b"/live/alerts",
-             "query_string": f"level=high&after={latest}".encode(), "headers": [(b"authorization", f"Bearer {token}".encode())],
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+             "query_string": query.encode(), "headers": [(b"authorization", f"Bearer {console.tokens['vera']}".encode())],
              "scheme": "https", "server": ("console.test", 443), "client": ("10.0.0.7", 5555),
              "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0", "spec_version": "2.4"}}
+    # The app returns on the disconnect, not at its next poll or keepalive.
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(app, scope, receive, send)
             await trio.sleep(0.2)
-            console.store.ingest([], alerts=[wire.Alert(id="al-low", rule_id="r2", title="quiet", level="low",
-                                                        time=T0 + 10)])
-            console.store.ingest([], alerts=[wire.Alert(id="al-new", rule_id="r1", title="Fresh <one>",
-                                                        level="high", time=T0 + 11)])
-    # The app returned on the disconnect, without waiting for its next poll or keepalive.
+            act()
     text = got.decode()
-    assert "event: alert\n" in text and "Fresh &lt;one&gt;" in text and "al-low" not in text
     assert all(line.startswith(("event:", "data:", ":")) or not line for line in text.split("\n"))
+    return text
+
+
+async def test_live_alerts_stream_sends_new_rows_matching_the_filter(console, monkeypatch):
+    monkeypatch.setattr(_live, "POLL", 0.05)
+    latest = console.store.db.execute("SELECT max(rowid) FROM alerts").fetchone()[0]
+
+    def act():
+        console.store.ingest([], alerts=[wire.Alert(id="al-low", rule_id="r2", title="quiet", level="low", time=T0)])
+        console.store.ingest([], alerts=[wire.Alert(id="al-new", rule_id="r1", title="Fresh <one>", level="high",
+                                                    time=T0)])
+
+    text = await stream(console, "/live/alerts", f"level=high&after={latest}", b"al-new", act)
+    assert "event: alert\n" in text and "Fresh &lt;one&gt;" in text and "al-low" not in text
+    assert text.count("al-new") == 2  # the row's link and its data-href: sent once
+
+
+async def test_live_events_stream_sends_the_tail_newest_first(console, monkeypatch):
+    monkeypatch.setattr(_live, "POLL", 0.05)
+    latest = console.store.db.execute("SELECT max(id) FROM events").fetchone()[0]
+
+    def act():
+        console.store.ingest([Ingest(agent="web1", events=[
+            wire.Exec(time=T0, pid=7, argv=["first-one"]), wire.Exec(time=T0, pid=8, argv=["second-one"]),
+            wire.Open(time=T0, pid=9, path="/etc/other")])])
+
+    text = await stream(console, "/live/events", f"kind=exec&after={latest}", b"first-one", act)
+    assert "event: event\n" in text and text.index("second-one") < text.index("first-one")
+    assert "/etc/other" not in text
+
+
+async def test_live_changes_says_changed_when_an_action_moves(console, monkeypatch):
+    monkeypatch.setattr(_live, "POLL", 0.05)
+    pending = read_pending(console)
+    text = await stream(console, "/live/changes", "", b"event: changed",
+                        lambda: Records(console.store.db).approve(pending[0], "rick"))
+    assert "event: changed\n" in text
+
+
+async def test_a_bad_live_query_is_a_400(console):
+    async with client(console, "vera") as c:
+        assert (await c.get("/live/alerts?after=x")).status_code == 400
+        assert (await c.get("/live/events?kind=nope")).status_code == 400
