@@ -38,6 +38,8 @@ TREE_DEPTH = 64
 """How far up (ancestors) and down (descendants) a process tree goes."""
 TREE_NODES = 300
 """The most processes one tree shows; the rest are counted in ``cut``."""
+TREE_SCAN = 50_000
+"""The most of an agent's events one process lookup reads (see _process_events)."""
 TEXT_SCAN = 50_000
 """The most events one text-filtered page reads before it answers with what it
 found and a cursor to go on from (a rare word in a million events must not
@@ -338,10 +340,18 @@ def _command(e: Any) -> str:
     return e.cmdline
 
 
-def _process_events(db: sqlite3.Connection, agent: str, pid: int, low: int, high: int) -> list[Any]:
-    rows = _read(db, "SELECT body FROM events WHERE agent=? AND pid=? AND time BETWEEN ? AND ? "
-                 "AND kind IN ('exec', 'fork', 'exit') ORDER BY time, id LIMIT 2000", (agent, pid, low, high))
-    return [_decode_event(b) for (b,) in rows]
+def _process_events(db: sqlite3.Connection, agent: str, pid: int, low: int, high: int, *,
+                    backwards: bool = False) -> list[Any]:
+    """``pid``'s exec, fork and exit events on ``agent`` between ``low`` and
+    ``high``, oldest first.  Found through the (agent, time) index, reading
+    at most TREE_SCAN of the agent's events from ``low`` on (``backwards``:
+    from ``high`` back): a busy host's window is cut, never slow.  (An index
+    by pid would make this exact, at a third of the store's write rate.)"""
+    order = "DESC" if backwards else "ASC"
+    rows = _read(db, "SELECT time, id, body FROM (SELECT time, id, pid, kind, body FROM events "
+                 f"WHERE agent=? AND time BETWEEN ? AND ? ORDER BY time {order} LIMIT ?) "
+                 "WHERE pid=? AND kind IN ('exec', 'fork', 'exit') LIMIT 2000", (agent, low, high, TREE_SCAN, pid))
+    return [_decode_event(b) for _, _, b in sorted(rows)]
 
 
 def _node(pid: int, depth: int, events: Sequence[Any], fallback: Any = None) -> ProcessNode:
@@ -375,7 +385,8 @@ def process_tree(store: Store, agent: str, pid: int, when: int, *, window: int =
     verdicts.  ``window`` bounds how far from ``when`` a pid is taken to be
     the same process (pids are reused)."""
     db = store.db
-    own = _process_events(db, agent, pid, when - window, when + window)
+    own = (_process_events(db, agent, pid, when - window, when, backwards=True)
+           + _process_events(db, agent, pid, when + 1, when + window))
     before = [e for e in own if e.time <= when]
     # Its life ends at its exit after ``when``; a pid is reused only after that.
     end = next((e.time for e in own if isinstance(e, wire.Exit) and e.time >= when), when + window)
@@ -391,8 +402,7 @@ def process_tree(store: Store, agent: str, pid: int, when: int, *, window: int =
         if parent_pid <= 0 or parent_pid in seen:
             break
         seen.add(parent_pid)
-        theirs = [e for e in _process_events(db, agent, parent_pid, child_start - window, child_start)
-                  if e.time <= child_start]
+        theirs = _process_events(db, agent, parent_pid, child_start - window, child_start, backwards=True)
         # Only its events since its last exit before the child started.
         exits = [i for i, e in enumerate(theirs) if isinstance(e, wire.Exit)]
         if exits:

@@ -129,6 +129,18 @@ def test_process_tree_is_bounded_by_tree_nodes(store, monkeypatch):
     assert len(tree.nodes) == 5 and tree.cut == 15
 
 
+def test_a_busy_hosts_lookup_reads_at_most_tree_scan_events(store, monkeypatch):
+    evs = tree_events()[:3]
+    noise = [wire.Open(time=T0 + S + i, pid=999, path="/etc/hosts") for i in range(1, 50)]
+    hive_events(store, *evs[:2], *noise, evs[2])
+    assert [n.pid for n in read.process_tree(store, "web1", 200, T0 + 2 * S).nodes if n.known] == [100, 200]
+    monkeypatch.setattr(read, "TREE_SCAN", 20)
+    tree = read.process_tree(store, "web1", 200, T0 + 2 * S)
+    # bash's exec is more than 20 events back: cut off, known only by what its child's event says.
+    assert [(n.pid, n.known) for n in tree.nodes] == [(100, False), (200, True)]
+    assert tree.nodes[0].image == ""  # the child's exec names no parent image
+
+
 def test_incidents_agents_and_the_event_tail(store):
     inc = Incident(id="inc-1", title="Lateral movement", opened=1.0, updated=2.0, level="high",
                    agents=["web1", "db1"], edges=[("web1", "db1", 22)], alerts=["al-1"])
