@@ -22,6 +22,13 @@ class RunningNode:
         self.data.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         prefix = ["ip", "netns", "exec", netns] if netns else []
+        if command in ("hive", "demo") and "--console-listen" not in args:
+            # Its own port: nodes of tests running at once must not share the
+            # console's default.  Not the next port: a hive's enrollment
+            # endpoint is its listen port + 1, often the last one handed out.
+            free_port()
+            self.console_port = free_port()
+            args = (*args, "--console-listen", f"https://127.0.0.1:{self.console_port}")
         self.proc = subprocess.Popen(
             [*prefix, *IMMUNE_NODE, command, "--data", str(data), *args],
             stdout=stdout if stdout is not None else self._log, stderr=self._log,

@@ -187,6 +187,11 @@ def write_seeds() -> None:
                             b'batch = 512\n[sensor]\nscope = "cgroup:/system.slice"\nfold_ms = 0\n',
                    "hive": b'[hive]\nlisten = "tcp://[::]:7400"\nrules = ["/etc/immune/rules"]\n'
                            b'webhook = "https://soc.example/hook"\nmax_frame = 1048576\nretention_days = 7.5\n'},
+        "console_request": {
+            "login": b"\0\0csrf=" + b"A" * 43 + b"&name=alice&password=correct%20horse%20battery&next=%2Falerts%3Fq%3D1",
+            "bearer": b"Bearer imt_0123456789ab_" + b"B" * 43 + b"\0\0",
+            "session": b"\0theme=dark; __Host-immune-session=" + b"C" * 43 + b"; other=1\0next=%2F%2Fevil.example",
+        },
         "container_state": {
             "docker": f"0::/system.slice/docker-{t.CONTAINER_ID}.scope\n".encode() + b"\0"
                       + b'{"Name": "/web", "Config": {"Image": "nginx:1.27"}}',

@@ -513,6 +513,47 @@ def console_query(data: bytes) -> None:
         raise read.QueryError("neither filter takes these parameters")
 
 
+# -- what a browser or an API client sends the console -------------------------------
+
+
+def console_request(data: bytes) -> None:
+    """The parts of a request the console reads before it knows who sends it,
+    NUL-separated: an Authorization header, a Cookie header, a login form
+    body.  Each is refused with a 4xx ``BadRequest`` or read into what the
+    next step takes: a bearer token of b64token characters, a session id
+    only if well-formed, form fields as text, and a ``next`` that stays on
+    this site."""
+    import re
+
+    from hive.console._auth import SESSION_COOKIE, BadRequest, bearer_token, cookie_value, parse_form, safe_next
+    from hive.console._secrets import is_session_id, split_token
+
+    authorization, _, rest = data.partition(b"\0")
+    cookie, _, body = rest.partition(b"\0")
+    try:
+        token = bearer_token(authorization.decode("latin-1"))
+        if not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+            raise ContractBroken(f"bearer token {token[:40]!r} has characters outside b64token")
+        split_token(token)
+    except BadRequest as e:
+        if e.status != 401:
+            raise ContractBroken(f"a bad Authorization header got {e.status}, not 401") from None
+    sid = cookie_value(cookie.decode("latin-1"), SESSION_COOKIE)
+    if sid is not None and is_session_id(sid) and len(sid) != 43:
+        raise ContractBroken(f"session id of {len(sid)} characters accepted")
+    try:
+        form = parse_form(body, "application/x-www-form-urlencoded")
+    except BadRequest as e:
+        if e.status not in (400, 413):
+            raise ContractBroken(f"a bad form got {e.status}") from None
+        return
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in form.items()):
+        raise ContractBroken("a form field is not text")
+    target = safe_next(form.get("next"))
+    if not target.startswith("/") or target.startswith(("//", "/\\")):
+        raise ContractBroken(f"next {target[:60]!r} leaves the site")
+
+
 _WIRE = ("wire", "actors._codec")
 _YAML = ("hive._datafile", "hive._regex", "yaml")
 TARGETS: dict[str, Target] = {
@@ -530,6 +571,8 @@ TARGETS: dict[str, Target] = {
     "template": Target(template, ("hive.playbook.TemplateError",), 1.0, ("hive.playbook._template", "hive._regex"),
                        max_len=2048),
     "config": Target(config, ("node.ConfigError",), 1.0, ("node._config", "tomllib"), max_len=8192),
+    "console_request": Target(console_request, (), 1.0, ("hive.console._auth", "hive.console._secrets",
+                                                         "urllib.parse"), max_len=8192),
     "container_state": Target(container_state, (), 1.0, ("kmod._containers", "json"), max_len=8192),
     "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
     "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
