@@ -5,8 +5,14 @@ the kernel, sees the alert arrive without reloading, opens its process tree,
 approves the pending kill a playbook in approval mode asked for, and sees
 the process die and the result recorded under their name.
 
-Along the way it saves the screenshots in docs/console/ (small PNGs).  It
-skips, with the reason, where Chromium or chromedriver is missing, and
+Along the way it takes the screenshots of the main pages: into the test's
+folder, or with IMMUNE_CONSOLE_SCREENSHOTS=docs/console into the docs (small
+PNGs, recompressed by optipng where installed)::
+
+    IMMUNE_CONSOLE_SCREENSHOTS=docs/console flock /tmp/immune-kernel.lock \
+        .venv/bin/python -m pytest tests/e2e/test_console_browser.py
+
+It skips, with the reason, where Chromium or chromedriver is missing, and
 fails instead under CI=true."""
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from .nodes import IMMUNE_NODE, free_port
 pytestmark = kernel
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "console"
 PASSWORD = "a long responder password"
 EXEC_FROM_TEMP = "f0e573d2-6313-4ebf-acd3-66449483759d"
 PLAYBOOK = f"""
@@ -107,15 +112,16 @@ def browser(demo, tmp_path):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
+    driver.screenshots = tmp_path / "screenshots"
     yield driver
     driver.quit()
 
 
 def shoot(driver, name: str) -> None:
-    """A screenshot for the docs: the viewport at 1280x800, recompressed when
-    optipng is installed."""
-    DOCS.mkdir(parents=True, exist_ok=True)
-    path = DOCS / f"{name}.png"
+    """A screenshot of the viewport (1280x800)."""
+    folder = Path(os.environ.get("IMMUNE_CONSOLE_SCREENSHOTS") or driver.screenshots)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     driver.save_screenshot(str(path))
     if shutil.which("optipng"):
         subprocess.run(["optipng", "-quiet", "-o2", "-strip", "all", str(path)], check=False)
