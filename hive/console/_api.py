@@ -233,6 +233,10 @@ def _wrap(r: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
     return allow(r.role)(endpoint)
 
 
+def _error(why: str) -> dict[str, Any]:
+    return {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``ROUTES``."""
     returns = [r.returns for r in ROUTES] + [Error, Decision]
@@ -248,10 +252,9 @@ def openapi() -> dict[str, Any]:
         else:
             fields = msgspec.json.schema(r.query)["$defs"][r.query.__name__]["properties"]
             params += [{"name": name, "in": "query", "schema": schema} for name, schema in fields.items()]
-        errors = {str(code): {"description": why, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Error"}}}}
-            for code, why in ((400, "a bad parameter or body"), (401, "no or unknown token"),
-                              (403, f"needs the {r.role} role"), (404, "not found"))}
+        errors = {str(code): _error(why) for code, why in (
+            (400, "a bad parameter or body"), (401, "no or unknown token"), (403, f"needs the {r.role} role"),
+            (404, "not found"))}
         op: dict[str, Any] = {
             "summary": r.summary, "operationId": r.endpoint.__name__, "parameters": params,
             "security": [{"bearer": []}], "x-role": r.role,
@@ -261,8 +264,7 @@ def openapi() -> dict[str, Any]:
         if r.method == "POST":
             op["requestBody"] = {"required": False, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Decision"}}}}
-            op["responses"]["409"] = {"description": "the action is not awaiting approval",
-                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            op["responses"]["409"] = _error("the action is not awaiting approval")
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -116,7 +116,8 @@ def level_chart(o: read.Overview) -> str:
             out.append(f'<rect class="{level}" x="{i * bar + gap:.1f}" y="{y:.1f}" width="{bar - 2 * gap:.1f}" '
                        f'height="{h:.1f}"><title>{_ns(b.start)}: {n} {level}</title></rect>')
         if i % 4 == 0:
-            out.append(f'<text x="{i * bar + gap:.1f}" y="{height + 12}">{time.strftime("%H:%M", time.gmtime(b.start / 1e9))}</text>')
+            hour = time.strftime("%H:%M", time.gmtime(b.start / 1e9))
+            out.append(f'<text x="{i * bar + gap:.1f}" y="{height + 12}">{hour}</text>')
     out.append("</svg>")
     return "".join(out)
 

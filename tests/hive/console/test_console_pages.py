@@ -22,18 +22,10 @@ from hive.console._users import Users
 from hive.correlate import Incident
 from hive.playbook import PlaybookEngine, Records, parse_playbook
 from node import Config
+from test_console_read import PB
 
 PASSWORD = "correct horse battery"
 T0 = 1_700_000_000 * 10**9
-PB = """
-id: approve-kill
-title: Kill, approved
-mode: approval
-trigger: {rules: [r1]}
-steps:
-  - action: kill_process
-    params: {pid: "{{ event.pid }}"}
-"""
 
 
 def fill(store: Store) -> None:
@@ -268,7 +260,8 @@ async def stream(console, path: str, query: str, until: bytes, act) -> str:
             gone.set()
 
     scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
-             "query_string": query.encode(), "headers": [(b"authorization", f"Bearer {console.tokens['vera']}".encode())],
+             "query_string": query.encode(),
+             "headers": [(b"authorization", f"Bearer {console.tokens['vera']}".encode())],
              "scheme": "https", "server": ("console.test", 443), "client": ("10.0.0.7", 5555),
              "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0", "spec_version": "2.4"}}
     # The app returns on the disconnect, not at its next poll or keepalive.
