@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import wire
 from hive.correlate import Incident
 
 from . import _read as read
@@ -233,6 +234,20 @@ def _wrap(r: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
     return allow(r.role)(endpoint)
 
 
+def _param(name: str) -> dict[str, Any]:
+    """A query parameter as it is sent (``_read`` parses it): empty means any."""
+    enums = {"level": read.LEVELS, "kind": wire.EVENT_KINDS, "verdict": read._VERDICTS, "state": read.ACTION_STATES}
+    if name in enums:
+        return {"type": "string", "enum": ["", *enums[name]]}
+    if name == "limit":
+        return {"type": "integer", "minimum": 1, "maximum": read.MAX_PAGE}
+    if name in ("before", "after", "pid"):
+        return {"type": "integer", "minimum": 0}
+    if name == "since":
+        return {"type": "string", "description": "how long ago (30s, 10m, 2h, 1d) or an ISO 8601 time"}
+    return {"type": "string", "maxLength": read._TEXT}
+
+
 def _error(why: str) -> dict[str, Any]:
     return {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
@@ -248,10 +263,9 @@ def openapi() -> dict[str, Any]:
         if "{id}" in r.path:
             params.append({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})
         if isinstance(r.query, tuple):
-            params += [{"name": q, "in": "query", "schema": {"type": "string"}} for q in r.query]
+            params += [{"name": q, "in": "query", "schema": _param(q)} for q in r.query]
         else:
-            fields = msgspec.json.schema(r.query)["$defs"][r.query.__name__]["properties"]
-            params += [{"name": name, "in": "query", "schema": schema} for name, schema in fields.items()]
+            params += [{"name": name, "in": "query", "schema": _param(name)} for name in r.query.__struct_fields__]
         errors = {str(code): _error(why) for code, why in (
             (400, "a bad parameter or body"), (401, "no or unknown token"), (403, f"needs the {r.role} role"),
             (404, "not found"))}

@@ -239,8 +239,9 @@ async def test_openapi_describes_every_route_and_every_reference_resolves(consol
     names = set(doc["components"]["schemas"])
     refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(doc)))
     assert refs <= names and {"AlertPage", "ProcessTree", "Error"} <= names
-    params = {p["name"] for p in doc["paths"]["/api/alerts"]["get"]["parameters"]}
-    assert {"level", "rule", "agent", "since", "text", "before", "limit"} <= params
+    params = {p["name"]: p["schema"] for p in doc["paths"]["/api/alerts"]["get"]["parameters"]}
+    assert {"level", "rule", "agent", "since", "text", "before", "limit"} <= set(params)
+    assert params["since"]["type"] == "string" and params["limit"]["maximum"] == 500
 
 
 async def stream(console, path: str, query: str, until: bytes, act) -> str:
