@@ -135,6 +135,12 @@ async def _decision(request: Request) -> Decision:
         body += chunk
         if len(body) > BODY_BYTES:
             raise ApiError(413, f"the body is larger than {BODY_BYTES} bytes")
+    return parse_decision(body)
+
+
+def parse_decision(body: bytes) -> Decision:
+    """An approve or deny request's body (none, or ``{"why": "..."}``);
+    :class:`ApiError` (400) if it is not that."""
     if not body.strip():
         return Decision()
     try:

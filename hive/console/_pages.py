@@ -19,7 +19,7 @@ import wire
 from node.cli import _ago as ago
 
 from . import _read as read
-from ._auth import allow, read_form, refuse, role_allows
+from ._auth import allow, read_form, refuse, role_allows, safe_next
 from ._graph import incident_svg
 from ._live import live_alerts, live_changes, live_events
 from ._templates import templates
@@ -222,9 +222,7 @@ async def decide(request: Request) -> Response:
 
     action_id, verb = request.path_params["id"], request.path_params["verb"]
     form = await read_form(request)
-    back = form.get("back", "/actions")
-    if not back.startswith("/") or back.startswith("//"):
-        back = "/actions"
+    back = safe_next(form.get("back")) if form.get("back") else "/actions"  # never another site
     if verb not in ("approve", "deny"):
         return refuse(request, 404, f"no such decision {verb[:20]!r}: approve or deny")
     try:

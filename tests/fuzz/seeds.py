@@ -177,6 +177,7 @@ def write_seeds() -> None:
             "since_iso": b"since=2026-01-01T00:00:00&incident=inc-1",
             "wildcards": b"level=&text=100%25_x&limit=500",
         },
+        "console_decision": {"empty": b"", "why": b'{"why": "a false positive: the backup job"}', "none": b"{}"},
         "sigma": {f"{p.parent.name}-{p.name}": p.read_bytes() for p in sorted(BUILTIN_RULES.rglob("*.yml"))},
         "rules_update": {"release.zip": _archive("zip", RELEASE), "release.tar.gz": _archive("tar", RELEASE),
                          "escape.zip": _archive("zip", {"../seed.yml": LINUX_RULE})},

@@ -513,6 +513,21 @@ def console_query(data: bytes) -> None:
         raise read.QueryError("neither filter takes these parameters")
 
 
+def console_decision(data: bytes) -> None:
+    """An approve or deny request's JSON body: an ApiError (400, one line) or
+    a reason within its bound."""
+    from hive.console import _api
+
+    try:
+        d = _api.parse_decision(data)
+    except _api.ApiError as e:
+        if e.status != 400 or "\n" in str(e):
+            raise ContractBroken(f"a refusal that is not one 400 line: {e.status} {e!r}") from None
+        raise
+    if len(d.why) > _api.MAX_WHY:
+        raise ContractBroken(f"a reason of {len(d.why)} characters accepted")
+
+
 # -- what a browser or an API client sends the console -------------------------------
 
 
@@ -577,6 +592,7 @@ TARGETS: dict[str, Target] = {
     "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
     "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
     "console_query": Target(console_query, ("hive.console._read.QueryError",), 1.0, ("hive.console._read",)),
+    "console_decision": Target(console_decision, ("hive.console._api.ApiError",), 1.0, ("hive.console._api",)),
 }
 
 

@@ -137,8 +137,9 @@ async def test_a_responder_approves_by_form_with_csrf_and_the_trail_names_them(c
         assert r.status_code == 303 and r.headers["location"] == "/alerts/al-1"
         again = await c.post(f"/actions/{pending[0]}/approve", data={"csrf": csrf})
         assert again.status_code == 409 and "not awaiting approval" in again.text
-        r = await c.post(f"/actions/{pending[1]}/deny", headers={"x-csrf-token": csrf}, data={"why": "false positive"})
-        assert r.status_code == 303
+        r = await c.post(f"/actions/{pending[1]}/deny", headers={"x-csrf-token": csrf},
+                         data={"why": "false positive", "back": "/\\evil.example/"})
+        assert r.status_code == 303 and r.headers["location"] == "/"  # never to another site
     rows = {a.id: a for a in Records(console.store.db).actions()}
     assert rows[pending[0]].state == "approved" and rows[pending[1]].state == "denied"
     trail = Records(console.store.db).audit(limit=2)
