@@ -27,9 +27,12 @@ KEEPALIVE = 15.0
 STREAM_SECONDS = 600.0
 
 
-def sse(event: str, data: str = "") -> str:
-    """One server-sent event; every line of ``data`` its own ``data:`` field."""
-    return f"event: {event}\n" + "".join(f"data: {line}\n" for line in (data.splitlines() or [""])) + "\n"
+def sse(event: str, data: str = "", mark: int | None = None) -> str:
+    """One server-sent event; every line of ``data`` its own ``data:`` field.
+    ``mark`` (the last row it holds) is its ``id``: the browser sends it back
+    as Last-Event-ID when it reconnects, so nothing comes twice."""
+    head = f"event: {event}\n" + (f"id: {mark}\n" if mark is not None else "")
+    return head + "".join(f"data: {line}\n" for line in (data.splitlines() or [""])) + "\n"
 
 
 class EventStream(Response):
@@ -86,9 +89,14 @@ async def _poll(console: Any, stamp: Callable[[Any], Any], changed: Callable[[An
 
 
 def _after(request: Request) -> tuple[dict[str, str], int]:
+    """The filters, and the row the stream starts after: the page's mark, or
+    on a reconnection the last one the browser got."""
     params = dict(request.query_params)
     after = read._int(params, "after", 0, 0, read._INT64)
     params.pop("after", None)
+    last = request.headers.get("last-event-id")
+    if last:
+        after = read._int({"Last-Event-ID": last}, "Last-Event-ID", 0, 0, read._INT64)
     return params, after
 
 
@@ -110,7 +118,7 @@ async def live_alerts(request: Request) -> Response:
         fresh = [a for a in page.items if a.seq > mark]
         # The page may hold rows stored after ``new`` was read: never send them twice.
         mark = max([new] + [a.seq for a in fresh])
-        return sse("alert", rows.render(rows=fresh, fresh=True)) if fresh else None
+        return sse("alert", rows.render(rows=fresh, fresh=True), mark) if fresh else None
 
     return EventStream(_poll(console, read.latest_alert, changed))
 
@@ -133,7 +141,7 @@ async def live_events(request: Request) -> Response:
         page = await console.read(lambda store: read.events(store, q))
         # Past a burst larger than a page the tail skips ahead: it shows the present.
         mark = page.next or new
-        return sse("event", rows.render(rows=page.items[::-1], fresh=True)) if page.items else None
+        return sse("event", rows.render(rows=page.items[::-1], fresh=True), mark) if page.items else None
 
     return EventStream(_poll(console, read.latest_event, changed))
 

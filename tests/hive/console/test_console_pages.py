@@ -245,7 +245,7 @@ async def test_openapi_describes_every_route_and_every_reference_resolves(consol
     assert params["since"]["type"] == "string" and params["limit"]["maximum"] == 500
 
 
-async def stream(console, path: str, query: str, until: bytes, act) -> str:
+async def stream(console, path: str, query: str, until: bytes, act, headers=()) -> str:
     """What ``path?query`` streams while ``act()`` writes to the store, until
     ``until`` is in it; then the client goes away, and the app must return."""
     app = make_app(console)
@@ -263,7 +263,7 @@ async def stream(console, path: str, query: str, until: bytes, act) -> str:
 
     scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
              "query_string": query.encode(),
-             "headers": [(b"authorization", f"Bearer {console.tokens['vera']}".encode())],
+             "headers": [(b"authorization", f"Bearer {console.tokens['vera']}".encode()), *headers],
              "scheme": "https", "server": ("console.test", 443), "client": ("10.0.0.7", 5555),
              "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0", "spec_version": "2.4"}}
     # The app returns on the disconnect, not at its next poll or keepalive.
@@ -273,7 +273,7 @@ async def stream(console, path: str, query: str, until: bytes, act) -> str:
             await trio.sleep(0.2)
             act()
     text = got.decode()
-    assert all(line.startswith(("event:", "data:", ":")) or not line for line in text.split("\n"))
+    assert all(line.startswith(("event:", "id:", "data:", ":")) or not line for line in text.split("\n"))
     return text
 
 
@@ -289,6 +289,22 @@ async def test_live_alerts_stream_sends_new_rows_matching_the_filter(console, mo
     text = await stream(console, "/live/alerts", f"level=high&after={latest}", b"al-new", act)
     assert "event: alert\n" in text and "Fresh &lt;one&gt;" in text and "al-low" not in text
     assert text.count("al-new") == 2  # the row's link and its data-href: sent once
+
+
+async def test_a_reconnecting_stream_starts_after_the_last_event_id(console, monkeypatch):
+    monkeypatch.setattr(_live, "POLL", 0.05)
+    first = console.store.db.execute("SELECT min(rowid) FROM alerts").fetchone()[0]
+    latest = console.store.db.execute("SELECT max(rowid) FROM alerts").fetchone()[0]
+
+    def act():
+        console.store.ingest([], alerts=[wire.Alert(id="al-after", rule_id="r1", title="after", time=T0)])
+
+    text = await stream(console, "/live/alerts", f"after={first}", b"al-after", act,
+                        headers=[(b"last-event-id", str(latest).encode())])
+    assert "al-5" not in text and f"id: {latest + 1}\n" in text  # the page's rows are not sent again
+    async with client(console, "vera") as c:
+        r = await c.get("/live/alerts", headers={"last-event-id": "x"})
+        assert r.status_code == 400 and "Last-Event-ID" in r.text
 
 
 async def test_live_events_stream_sends_the_tail_newest_first(console, monkeypatch):
