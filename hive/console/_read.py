@@ -40,7 +40,7 @@ TREE_NODES = 300
 """The most processes one tree shows; the rest are counted in ``cut``."""
 TREE_SCAN = 50_000
 """The most of an agent's events one process lookup reads (see _process_events)."""
-TEXT_SCAN = 50_000
+TEXT_SCAN = 20_000
 """The most events one text-filtered page reads before it answers with what it
 found and a cursor to go on from (a rare word in a million events must not
 hold a worker for seconds)."""
