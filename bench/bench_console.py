@@ -23,7 +23,6 @@ import random
 import shutil
 import signal
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile

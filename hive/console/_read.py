@@ -44,7 +44,6 @@ TEXT_SCAN = 20_000
 """The most events one text-filtered page reads before it answers with what it
 found and a cursor to go on from (a rare word in a million events must not
 hold a worker for seconds)."""
-_PROCESS_KINDS = ("exec", "fork", "exit")
 
 
 class QueryError(ValueError):

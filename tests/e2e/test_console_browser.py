@@ -33,7 +33,6 @@ from hive.correlate import Incident
 from hive.playbook import Records
 from tests.kmod.conftest import kernel
 
-from .hosts import wait_until
 from .nodes import IMMUNE_NODE, free_port
 
 pytestmark = kernel
