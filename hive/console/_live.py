@@ -17,6 +17,8 @@ import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from hive._store import StoreError
+
 from . import _read as read
 from ._auth import allow, refuse
 from ._templates import templates
@@ -58,11 +60,14 @@ class EventStream(Response):
                 with trio.move_on_after(STREAM_SECONDS):
                     async for chunk in self.source:
                         await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except OSError:
-                pass  # the connection went while sending
+            except StoreError:
+                pass  # the store cannot be read now: end here, the browser reconnects
             finally:
                 await self.source.aclose()  # type: ignore[attr-defined]
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:
+                pass  # the connection went meanwhile
             nursery.cancel_scope.cancel()
 
 

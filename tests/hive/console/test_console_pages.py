@@ -329,6 +329,26 @@ async def test_live_changes_says_changed_when_an_action_moves(console, monkeypat
     assert "event: changed\n" in text
 
 
+async def test_a_stream_whose_store_fails_ends_cleanly():
+    from hive import StoreError
+
+    async def source():
+        yield ": live\n\n"
+        raise StoreError("database is locked")
+
+    sent = []
+
+    async def receive():
+        await trio.sleep_forever()
+
+    async def send(message):
+        sent.append(message)
+
+    with trio.fail_after(5):
+        await _live.EventStream(source())({"type": "http"}, receive, send)
+    assert [m.get("more_body") for m in sent[1:]] == [True, False]  # ended, not broken off
+
+
 async def test_a_bad_live_query_is_a_400(console):
     async with client(console, "vera") as c:
         assert (await c.get("/live/alerts?after=x")).status_code == 400
