@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import wire
+from hive._store import StoreError
 from hive.correlate import Incident
 
 from . import _read as read
@@ -235,6 +236,8 @@ def _wrap(r: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
             return _json(Error(error=f"bad query: {e}"), 400)
         except ApiError as e:
             return _json(Error(error=str(e)), e.status)
+        except StoreError as e:
+            return _json(Error(error=f"the store cannot be read now: {e}"), 503)
 
     endpoint.__name__ = r.endpoint.__name__
     return allow(r.role)(endpoint)

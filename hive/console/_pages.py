@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 import wire
+from hive._store import StoreError
 from node.cli import _ago as ago
 
 from . import _read as read
@@ -262,7 +263,24 @@ async def events(request: Request) -> Response:
                  verdicts=read._VERDICTS, scan_limit=read.TEXT_SCAN, args=_args(request))
 
 
+def _store_errors(endpoint: Any) -> Any:
+    """A store that cannot be read now (locked too long, a full disk) is a
+    503 with the reason, never a traceback."""
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except StoreError as e:
+            return refuse(request, 503, f"the store cannot be read now: {e}")
+
+    guarded.__name__ = endpoint.__name__
+    return guarded
+
+
 def routes() -> list:
+    return [Route(r.path, _store_errors(r.endpoint), methods=r.methods) for r in _routes()]
+
+
+def _routes() -> list[Route]:
     return [
         Route("/", overview),
         Route("/alerts", alerts),

@@ -223,6 +223,23 @@ async def test_bad_decision_bodies_are_refused(console, body, status, reason):
     assert read_pending(console) == pending
 
 
+async def test_a_store_that_cannot_be_read_is_a_503_with_the_reason(console, monkeypatch):
+    from hive import StoreError
+    from hive.console import _read
+
+    def locked(*args, **kw):
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(_read, "alerts", locked)
+    async with client(console, "vera") as c:
+        r = await c.get("/api/alerts")
+        assert r.status_code == 503 and r.json()["error"] == "the store cannot be read now: database is locked"
+    async with client(console) as c:
+        await login(c, "vera")
+        r = await c.get("/alerts")
+        assert r.status_code == 503 and "database is locked" in r.text
+
+
 async def test_anonymous_api_is_401_and_pages_redirect(console):
     async with client(console) as c:
         assert (await c.get("/api/alerts")).status_code == 401
