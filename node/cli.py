@@ -394,7 +394,8 @@ def parse_since(text: str) -> int:
     import datetime as dt
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+    number = text[:-1].replace(".", "", 1)
+    if text and text[-1] in units and number.isascii() and number.isdigit():  # "²" is a digit to isdigit()
         seconds = time.time() - float(text[:-1]) * units[text[-1]]
     else:
         try:

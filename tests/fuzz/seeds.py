@@ -171,6 +171,13 @@ def write_seeds() -> None:
             "unknown-token": t.enroll_codec().encode(wire.Enroll(token="0123456789abcdef", agent="db-2")),
         },
         "policy": {"default": DEFAULT_POLICY.read_bytes(), "every-hook": POLICY_EVERY_HOOK},
+        "console_query": {
+            "alerts": b"level=high&rule=r1&agent=web1&since=10m&text=shell&before=42&limit=50",
+            "events": b"kind=exec&verdict=block&pid=12&text=%2Ftmp&after=5&limit=20",
+            "since_iso": b"since=2026-01-01T00:00:00&incident=inc-1",
+            "wildcards": b"level=&text=100%25_x&limit=500",
+        },
+        "console_decision": {"empty": b"", "why": b'{"why": "a false positive: the backup job"}', "none": b"{}"},
         "sigma": {f"{p.parent.name}-{p.name}": p.read_bytes() for p in sorted(BUILTIN_RULES.rglob("*.yml"))},
         "rules_update": {"release.zip": _archive("zip", RELEASE), "release.tar.gz": _archive("tar", RELEASE),
                          "escape.zip": _archive("zip", {"../seed.yml": LINUX_RULE})},

@@ -509,6 +509,50 @@ def outputs(data: bytes) -> None:
                 raise ContractBroken(f"syslog message {msg[:40]!r}")
 
 
+# -- the console's query parameters ----------------------------------------------
+
+
+def console_query(data: bytes) -> None:
+    """A query string as the console's pages and API get it (Starlette's
+    parse of the raw bytes): a QueryError (one line), or filters that the
+    store then runs, alerts and events alike, without a store error."""
+    from urllib.parse import parse_qsl
+
+    from hive.console import _read as read
+
+    params = dict(parse_qsl(data.decode("latin-1"), keep_blank_values=True))
+    store = _hive_store()
+    errors = 0
+    for parse, query in ((read.alert_query, read.alerts), (read.event_query, read.events)):
+        try:
+            q = parse(params)
+        except read.QueryError as e:
+            if "\n" in str(e):
+                raise ContractBroken(f"a QueryError of more than one line: {e!r}") from None
+            errors += 1
+            continue
+        page = query(store, q)
+        if len(page.items) > q.limit:
+            raise ContractBroken(f"a page of {len(page.items)} items, more than the limit {q.limit}")
+    if errors == 2:
+        raise read.QueryError("neither filter takes these parameters")
+
+
+def console_decision(data: bytes) -> None:
+    """An approve or deny request's JSON body: an ApiError (400, one line) or
+    a reason within its bound."""
+    from hive.console import _api
+
+    try:
+        d = _api.parse_decision(data)
+    except _api.ApiError as e:
+        if e.status != 400 or "\n" in str(e):
+            raise ContractBroken(f"a refusal that is not one 400 line: {e.status} {e!r}") from None
+        raise
+    if len(d.why) > _api.MAX_WHY:
+        raise ContractBroken(f"a reason of {len(d.why)} characters accepted")
+
+
 # -- what a browser or an API client sends the console -------------------------------
 
 
@@ -574,6 +618,8 @@ TARGETS: dict[str, Target] = {
     "container_state": Target(container_state, (), 1.0, ("kmod._containers", "json"), max_len=8192),
     "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
     "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
+    "console_query": Target(console_query, ("hive.console._read.QueryError",), 1.0, ("hive.console._read",)),
+    "console_decision": Target(console_decision, ("hive.console._api.ApiError",), 1.0, ("hive.console._api",)),
 }
 
 
