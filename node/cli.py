@@ -15,13 +15,13 @@ import zmq
 
 import actors
 from actors import Node, Supervisor, decode_tap, query_status, setup_logging
+from hive import present
+from wire import INT64_MAX  # SQLite's largest integer: bounds limits and times on the command line
 
 from ._config import HIVE_FOLDERS, POLICY_FILE, READ_DATA, WRITE_DATA, Config, ConfigError, load_config
 from ._fleet import FleetCliError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-INT64_MAX = 2**63 - 1
-"""SQLite's largest integer: bounds limits and times given on the command line."""
 
 
 class CliError(Exception):
@@ -329,14 +329,11 @@ def _enroll_endpoint(hive_endpoint: str) -> str:
 # -- querying the hive's store -------------------------------------------------------------
 
 
-def _ago(t: float | None) -> str:
-    if not t:
-        return "never"
-    d = time.time() - t
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if d >= size:
-            return f"{d / size:.0f}{unit} ago"
-    return f"{d:.0f}s ago"
+def parse_since(text: str) -> int:
+    try:
+        return present.parse_since(text)
+    except present.SinceError as e:
+        raise CliError(str(e)) from None
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
@@ -365,7 +362,7 @@ def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
     refused = []
     for r in rows:
         state = "revoked" if r.revoked else "online" if r.online else "offline" if r.last_seen else "enrolled"
-        table.append((r.id, state, r.hostname, _ago(r.last_seen), str(r.spooled), str(r.dropped),
+        table.append((r.id, state, r.hostname, present.ago(r.last_seen), str(r.spooled), str(r.dropped),
                       r.agent_version, _wire(r.wire_version), r.policy_version or "-",
                       f"v{r.bundle_version}" if r.bundle_version else "-",
                       ",".join(f"{k}={v}" for k, v in labels.get(r.id, {}).items()) or "-", ",".join(r.addresses)))
@@ -389,66 +386,6 @@ def _wire(version: int | None) -> str:
     return f"{version} (hive {wire.WIRE_VERSION}: no commands)"
 
 
-def parse_since(text: str) -> int:
-    """``10m``, ``2h``, ``1d``, ``30s`` ago, or an ISO 8601 time; as Unix ns."""
-    import datetime as dt
-
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number = text[:-1].replace(".", "", 1)
-    if text and text[-1] in units and number.isascii() and number.isdigit():  # "²" is a digit to isdigit()
-        seconds = time.time() - float(text[:-1]) * units[text[-1]]
-    else:
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise CliError(f"--since {text!r}: expected e.g. 10m, 2h, 1d or an ISO time") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
-        seconds = when.timestamp()
-    if not 0 <= seconds * 1e9 <= INT64_MAX:
-        raise CliError(f"--since {text!r}: before 1970 or after 2262, when no event can be")
-    return int(seconds * 1e9)
-
-
-def describe(event: object) -> str:
-    import wire
-
-    match event:
-        case wire.Exec():
-            return " ".join(event.argv) or event.filename
-        case wire.Open():
-            return event.path if event.count == 1 else f"{event.path} ({event.count} times)"
-        case wire.Connect() | wire.Bind():
-            return f"[{event.address}]:{event.port}" if ":" in event.address else f"{event.address}:{event.port}"
-        case wire.SetId():
-            return f"{event.call} {event.change()}"
-        case wire.Fork():
-            return f"child {event.child_pid}"
-        case wire.Exit():
-            return f"code {event.code}"
-        case wire.Notice():
-            return f"{event.what} {event.count or ''} {event.detail}".strip()
-    return ""
-
-
-def container_label(event: object) -> str:
-    """The container an event ran in, as a person reads it: its name (else
-    the id's first 12 characters) and its image, without the default
-    registry's prefix; "-" on the host."""
-    cid = getattr(event, "container", "")
-    if not cid:
-        return "-"
-    label = event.container_name or cid[:12]  # type: ignore[attr-defined]
-    image = event.container_image  # type: ignore[attr-defined]
-    for prefix in ("docker.io/library/", "docker.io/"):
-        if image.startswith(prefix):
-            image = image[len(prefix):]
-            break
-    if len(image) > 40:
-        image = image[:39] + "\u2026"
-    return f"{label} ({image})" if image else label
-
-
 def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
     import wire
 
@@ -464,8 +401,8 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
     table = [("TIME", "AGENT", "KIND", "VERDICT", "PID", "CONTAINER", "WHAT")]
     for e in events:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time / 1e9))
-        table.append((stamp, e.agent, type(e).__struct_config__.tag, e.verdict, str(e.pid), container_label(e),
-                      describe(e)))
+        table.append((stamp, e.agent, type(e).__struct_config__.tag, e.verdict, str(e.pid), present.container_label(e),
+                      present.describe(e)))
     _table(table)
     return EXIT_OK
 
@@ -482,7 +419,7 @@ def cmd_alerts(args: argparse.Namespace, cfg: Config) -> int:
     for a in alerts:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.time / 1e9))
         inside = next((e for e in a.events if getattr(e, "container", "")), None)
-        table.append((stamp, a.agent or "-", a.level, _count(a), a.incident[:12] or "-", container_label(inside),
+        table.append((stamp, a.agent or "-", a.level, _count(a), a.incident[:12] or "-", present.container_label(inside),
                       a.title))
     _table(table)
     return EXIT_OK

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 import wire
 from hive._store import StoreError
-from node.cli import _ago as ago
+from hive.present import ago
 
 from . import _read as read
 from ._auth import allow, read_form, refuse, role_allows, safe_next

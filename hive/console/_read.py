@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 import wire
+from hive import present
 from hive._store import Store, StoreError, _decode_alert, _decode_event, _decode_incident
 from hive.correlate import Incident
 from hive.playbook import Records, RecordsError, check_playbooks
@@ -177,14 +178,12 @@ def _one_of(params: Mapping[str, str], key: str, allowed: Sequence[str]) -> str:
 
 
 def _since(params: Mapping[str, str]) -> int:
-    from node.cli import CliError, parse_since
-
     value = _text(params, "since")
     if not value:
         return 0
     try:
-        return parse_since(value)
-    except CliError as e:
+        return present.parse_since(value)
+    except present.SinceError as e:
         raise QueryError(str(e).removeprefix("--")) from None
 
 
@@ -726,11 +725,9 @@ class EventPage(Struct):
 
 
 def _row(event_id: int, e: Any) -> EventRow:
-    from node.cli import container_label, describe
-
     return EventRow(id=event_id, time=e.time, agent=e.agent, kind=type(e).__struct_config__.tag, pid=e.pid,
                     verdict=e.verdict, image=e.image or getattr(e, "filename", ""), user=e.user,
-                    container=container_label(e), summary=describe(e))
+                    container=present.container_label(e), summary=present.describe(e))
 
 
 def _matches(row: EventRow, e: Any, words: str) -> bool:

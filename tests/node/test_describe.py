@@ -1,7 +1,8 @@
 """One line per event in `immune-node events`."""
 
 import wire
-from node.cli import container_label, describe, main
+from hive.present import container_label, describe
+from node.cli import main
 
 
 def test_a_folded_open_says_how_many_it_stands_for():
