@@ -75,6 +75,13 @@ async def reader_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
         raise
 
 
+def _by_kind(stats: dict, st: Any) -> None:
+    """Events read and records the ring had no room for, by kind (the kinds
+    seen so far), for ``immune-node status`` and the console's /metrics."""
+    for prefix, counts in (("events_", st.events), ("drops_", st.drops)):
+        stats.update({prefix + kind: n for kind, n in counts.items() if n})
+
+
 async def _read(ctx: Context, *, task_status: Any, sink: str, policy: Any, batch: int = 4096,
                 on_sensor: Callable[[Sensor], None], **options: Any) -> None:
     if batch < 1:
@@ -89,7 +96,7 @@ async def _read(ctx: Context, *, task_status: Any, sink: str, policy: Any, batch
         fd = sensor.fileno()
         on_sensor(sensor)
         task_status.started()
-        seq = 0
+        seq, published = 0, -1.0
         try:
             while True:
                 await trio.lowlevel.wait_readable(fd)
@@ -108,6 +115,9 @@ async def _read(ctx: Context, *, task_status: Any, sink: str, policy: Any, batch
                             stats["drops"] = int(stats["drops"]) + ev.count
                     if len(events) < batch:
                         break
+                if trio.current_time() - published >= 1.0:
+                    published = trio.current_time()
+                    _by_kind(stats, sensor.statistics())
         finally:
             trio.lowlevel.notify_closing(fd)
             _hand_on_the_rest(ctx, sensor, out, seq, batch)

@@ -153,6 +153,10 @@ def _actor_families(status: Status) -> Iterator[Metric]:
     sensor_events = CounterMetricFamily("immune_sensor_events", "Events the kernel sensor read.", labels=labels)
     drops = CounterMetricFamily("immune_drops", "Events lost before the hive, by where: the sensor's ring "
                                 "buffer (ring) or a full agent spool (spool).", labels=[*labels, "where"])
+    kind_events = CounterMetricFamily("immune_sensor_kind_events", "Events the kernel sensor read, by kind "
+                                      "(counted about once a second).", labels=[*labels, "kind"])
+    kind_drops = CounterMetricFamily("immune_sensor_kind_drops", "Records the sensor's ring buffer had no room "
+                                     "for, by kind.", labels=[*labels, "kind"])
     spool = GaugeMetricFamily("immune_spool_bytes", "Bytes in the agent's disk spool.", labels=labels)
     spooled = GaugeMetricFamily("immune_spool_events", "Events in the agent's disk spool.", labels=labels)
     lag = GaugeMetricFamily("immune_store_lag_seconds", "From an event's creation on the agent to its commit in "
@@ -170,6 +174,10 @@ def _actor_families(status: Status) -> Iterator[Metric]:
         if short == "sensor" and "events" in x:
             sensor_events.add_metric(key, x["events"])
             drops.add_metric([*key, "ring"], x.get("drops", 0))
+            for name, n in x.items():
+                family, _, kind = name.partition("_")
+                if kind and family in ("events", "drops"):
+                    (kind_events if family == "events" else kind_drops).add_metric([*key, kind], n)
         elif short == "relay" and "spool_bytes" in x:
             drops.add_metric([*key, "spool"], x.get("dropped", 0))
             spool.add_metric(key, x["spool_bytes"])
@@ -185,7 +193,7 @@ def _actor_families(status: Status) -> Iterator[Metric]:
             out_backlog.add_metric(k, x["backlog"])
             out_failures.add_metric(k, x["failures"])
             out_up.add_metric(k, x["up"])
-    yield from (sensor_events, drops, spool, spooled, lag, stored, out_sent, out_backlog, out_failures, out_up)
+    yield from (sensor_events, kind_events, kind_drops, drops, spool, spooled, lag, stored, out_sent, out_backlog, out_failures, out_up)
 
 
 def _store_families(f: Figures) -> Iterator[Metric]:

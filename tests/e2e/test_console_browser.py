@@ -187,7 +187,15 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
         assert "Approve kill_process" in browser.switch_to.alert.text
         browser.switch_to.alert.accept()
         # The kill is carried out; the page shows its result (live, by its change stream).
-        assert shell.wait(timeout=60) == -9
+        try:
+            code = shell.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # say why: the playbook's actions and the node's last lines
+            store = Store(demo.data / "hive.db", readonly=True)
+            actions = [(a.playbook, a.action, a.state, a.result) for a in Records(store.db).actions()]
+            store.close()
+            raise AssertionError(f"pid {shell.pid} not killed in 60 s after the approval; actions: {actions}; "
+                                 f"node log:\n{demo.log()[-4000:]}") from None
+        assert code == -9
         done = ("//div[@id='actions']//tr[.//a[text()='kill_process'] and .//td[contains(@class, 'state-done')]]")
         wait.until(ec.presence_of_element_located((By.XPATH, done)))
         assert browser.execute_script("return window.notReloaded") is True

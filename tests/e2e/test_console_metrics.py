@@ -135,11 +135,11 @@ def test_a_demo_shows_its_agent_actors_sensor_and_spool(tmp_path, start_node):
                            capture_output=True, timeout=60).stdout.strip()
     node = start_node("demo", data, "--listen", tcp_endpoint())
     node.wait_ready(120)
-    subprocess.run(["/bin/true"], check=True)  # an exec for the sensor
-
     def sensor_counted() -> bool:
+        subprocess.run(["/bin/true"], check=True)  # an exec for the sensor (its kinds are counted each second)
         m = samples(scrape(node, token).text)
-        return any(s.value > 0 for s in m.get("immune_sensor_events_total", []))
+        return any(s.value > 0 for s in m.get("immune_sensor_events_total", [])) and any(
+            s.labels["kind"] == "exec" and s.value > 0 for s in m.get("immune_sensor_kind_events_total", []))
 
     wait_for(sensor_counted, what="the sensor's events in /metrics")
     m = samples(scrape(node, token).text)

@@ -33,7 +33,8 @@ def reading() -> Figures:
     actors = [
         Snapshot(name="demo.hive.store", state="running", msgs_in=10, bytes_in=2048, queue_depth=3,
                  extra={"events": 500, "lag_p50_ms": 12.5, "lag_p99_ms": 80.0, "note": "text is left out"}),
-        Snapshot(name="demo.agent.sensor", state="running", restarts=2, extra={"events": 900, "drops": 7}),
+        Snapshot(name="demo.agent.sensor", state="running", restarts=2, extra={"events": 900, "drops": 7,
+                 "events_exec": 600, "events_open": 300, "drops_open": 7}),
         Snapshot(name="demo.agent.relay", state="running", malformed=1,
                  extra={"spool_bytes": 4096, "spooled": 12, "dropped": 3}),
         Snapshot(name="demo.hive.output-siem", state="running",
@@ -61,6 +62,10 @@ def test_one_reading_renders_every_family():
     assert m["immune_actor_stat"][(*node_actor("demo.hive.store"), ("stat", "events"))] == 500
     assert not any(dict(k).get("stat") == "note" for k in m["immune_actor_stat"])
     assert m["immune_sensor_events_total"][node_actor("demo.agent.sensor")] == 900
+    by_kind = lambda kind: (("actor", "demo.agent.sensor"), ("kind", kind), ("node", "demo"))  # noqa: E731
+    assert m["immune_sensor_kind_events_total"][by_kind("exec")] == 600
+    assert m["immune_sensor_kind_events_total"][by_kind("open")] == 300
+    assert m["immune_sensor_kind_drops_total"] == {by_kind("open"): 7}
     assert m["immune_drops_total"][(*node_actor("demo.agent.sensor"), ("where", "ring"))] == 7
     assert m["immune_drops_total"][(*node_actor("demo.agent.relay"), ("where", "spool"))] == 3
     assert m["immune_spool_bytes"][node_actor("demo.agent.relay")] == 4096
