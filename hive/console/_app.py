@@ -24,6 +24,7 @@ from ._auth import (
     safe_next,
 )
 from ._console import Console
+from .._store import StoreError
 from ._secrets import MAX_PASSWORD, same, verify_password
 from ._templates import templates
 from ._throttle import retry_after
@@ -52,7 +53,7 @@ def make_app(console: Console) -> Starlette:
         *_metrics.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={BadRequest: _bad_request},
+    app = Starlette(routes=routes, exception_handlers={BadRequest: _bad_request, StoreError: _store_error},
                     middleware=[Middleware(Guard, console=console)])
     app.state.console = console
     return app
@@ -95,6 +96,11 @@ class Guard:
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadRequest)
     return refuse(request, exc.status, str(exc))
+
+
+async def _store_error(request: Any, exc: Exception) -> Any:
+    # e.g. while checking a token or a session: the reason, not a traceback
+    return refuse(request, 503, f"the hive's store cannot be read: {exc}")
 
 
 async def health(request: Request) -> Response:

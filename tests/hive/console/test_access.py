@@ -201,3 +201,15 @@ async def test_requests_are_counted_by_route(console):
     assert console.requests[("/health", 200)] == 1
     assert console.requests[("/api/things", 401)] == 1
     assert console.requests[("other", 404)] == 2
+
+
+async def test_a_store_that_cannot_be_read_is_a_503_with_the_reason_not_a_500(console, tmp_path):
+    """Checking a token reads the store; a broken one answers 503 and says why."""
+    console.close()
+    (tmp_path / "hive.db").write_bytes(b"not a database at all" * 300)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"hive.db{suffix}").unlink(missing_ok=True)
+    async with client(console) as c:
+        r = await c.get("/api/things", headers={"Authorization": f"Bearer {console.tokens['vera']}"})
+    assert r.status_code == 503, r.text
+    assert "store cannot be read" in r.json()["error"]
