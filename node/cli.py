@@ -455,6 +455,8 @@ def cmd_actions(args: argparse.Namespace, cfg: Config) -> int:
                 raise CliError("actions run: name the ACTION (kill_process, block_connect, isolate_host, "
                                "collect_evidence)")
             return _run_action(args, cfg, records)
+        if args.what or args.agent or args.pid is not None or args.address or args.ttl is not None or args.tree:
+            raise CliError("ACTION, --agent, --pid, --tree, --address and --ttl go with `actions run`")
         if args.approve:
             a = records.approve(args.approve, getpass.getuser())
             print(f"approved {a.id}: {a.action} on {a.agent or 'the hive'}; the playbook acts within a second")

@@ -53,3 +53,8 @@ def test_a_manual_kill_is_recorded_for_the_hive_under_the_operators_name(data, c
     [row] = rows(data)
     assert (row.state, row.mode, row.params, row.reason) == (
         "requested", "manual", {"pid": 4321, "tree": True}, f"run by {getpass.getuser()}: test")
+
+
+def test_run_flags_without_run_are_refused(data, capsys):
+    assert main(["actions", "--pid", "5", "--data", str(data)]) != 0
+    assert "go with `actions run`" in capsys.readouterr().err
