@@ -134,7 +134,7 @@ class Records:
             out.append((row[0], verbs[row[4]], doc.get("by", "operator"), doc.get("why", "")))
         return out
 
-    def agents(self) -> dict[str, frozenset[int]]:
+    def agent_pids(self) -> dict[str, frozenset[int]]:
         """The agents an operator may act on (enrolled, not revoked), each with its own pid."""
         rows = self._read("SELECT id, pid FROM agents WHERE revoked IS NULL", ())
         return {agent: frozenset([pid] if pid else []) for agent, pid in rows}
@@ -153,7 +153,7 @@ class Records:
         actor to send; ValueError (one line) if it must not be sent: an
         action not run by hand, bad parameters, an unknown or revoked agent,
         a guardrail (``protected``: the hive's own addresses)."""
-        params = check_manual(action, agent, params, ttl, agents=self.agents(), protected=protected)
+        params = check_manual(action, agent, params, ttl, agents=self.agent_pids(), protected=protected)
         now = time.time()
         a = Action(id=new_action_id(), agent=agent, action=action, params=params, state="requested", created=now,
                    updated=now, alert=alert, reason=f"run by {by}" + (f": {why}" if why else ""), mode="manual",
