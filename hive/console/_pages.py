@@ -269,7 +269,8 @@ async def run_action(request: Request) -> Response:
         m = manual_from_form(form)
         if form.get("confirm") != "yes":
             params = await console.read(lambda store: check_manual(
-                m.action, m.agent, m.params(), m.ttl, agents=Records(store.db).agent_pids(), protected=console.protected))
+                m.action, m.agent, m.params(), m.ttl, agents=Records(store.db).agent_pids(),
+                protected=console.protected))
             fields = {k: form[k] for k in _RUN_FIELDS if form.get(k)}
             return _page(request, "run.html", what=what, on=on, m=m, params=params, fields=fields, back=back)
         done = await run(request, m)
