@@ -74,7 +74,8 @@ def hive_children(cfg: Config) -> list[Child]:
             rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True), detect=detect, correlate=correlate)),
         # Last: nothing depends on it, so its restart restarts nothing else.
         *([Child("console", console_actor, shutdown=t, args=dict(
-            config=cfg, db=db, data=lay.data, shutdown_timeout=t))] if cfg.console.enabled else []),
+            config=cfg, db=db, data=lay.data, shutdown_timeout=t, protected=hive_addresses(cfg.hive.listen)))]
+          if cfg.console.enabled else []),
     ]
     # Outputs last: one that restarts (its receiver's errors never make it)
     # restarts nothing else.  They read the store on their own.

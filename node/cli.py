@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import msgspec
@@ -449,6 +450,13 @@ def cmd_actions(args: argparse.Namespace, cfg: Config) -> int:
     store = _hive_store(cfg)
     records = Records(store.db)
     try:
+        if args.verb == "run":
+            if not args.what:
+                raise CliError("actions run: name the ACTION (kill_process, block_connect, isolate_host, "
+                               "collect_evidence)")
+            return _run_action(args, cfg, records)
+        if args.what or args.agent or args.pid is not None or args.address or args.ttl is not None or args.tree:
+            raise CliError("ACTION, --agent, --pid, --tree, --address and --ttl go with `actions run`")
         if args.approve:
             a = records.approve(args.approve, getpass.getuser())
             print(f"approved {a.id}: {a.action} on {a.agent or 'the hive'}; the playbook acts within a second")
@@ -470,6 +478,26 @@ def cmd_actions(args: argparse.Namespace, cfg: Config) -> int:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.created))
         table.append((a.id, stamp, a.agent or "-", a.action, a.mode, a.state, a.playbook, a.result[:70]))
     _table(table)
+    return EXIT_OK
+
+
+def _run_action(args: argparse.Namespace, cfg: Config, records: Any) -> int:
+    """``immune-node actions run ACTION --agent NAME ...``: the operator's
+    own action, checked as the console checks it, for the hive to send."""
+    import getpass
+
+    from ._trees import hive_addresses
+
+    params: dict[str, Any] = {k: getattr(args, k) for k in ("pid", "address") if getattr(args, k) is not None}
+    if args.tree:
+        params["tree"] = True
+    try:
+        a = records.run(args.what, args.agent or "", params, ttl=args.ttl or 0.0, by=getpass.getuser(),
+                        why=args.why or "", protected=hive_addresses(cfg.hive.listen))
+    except ValueError as e:
+        raise CliError(f"refused: {e}" if not str(e).startswith("refused") else str(e)) from None
+    print(f"requested {a.id}: {a.describe()}; the hive sends it within a second or two "
+          f"(`immune-node actions` shows its result)")
     return EXIT_OK
 
 
@@ -708,11 +736,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     users_parsers(add)
 
-    p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them")
+    p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them; run one by hand",
+            "List the response actions of a hive, approve or deny those awaiting approval, or run one by hand: "
+            "`actions run ACTION --agent NAME` with --pid (kill_process, collect_evidence; --tree kills its "
+            "children too), --address (block_connect), --ttl (block_connect, isolate_host: lifted after that "
+            "many seconds). The hive checks it as it checks a playbook's step (never init, the agent itself or "
+            "the hive's own addresses) and sends it within a second or two; the audit trail names you.")
+    p.add_argument("verb", nargs="?", choices=["run"], help="run an action by hand")
+    # Checked by the hive (hive.playbook.MANUAL), not here: no import of the playbook engine for --help.
+    p.add_argument("what", nargs="?", metavar="ACTION",
+                   help="kill_process | block_connect | isolate_host | collect_evidence (with run)")
+    p.add_argument("--agent", metavar="NAME", help="the agent to act on (with run)")
+    p.add_argument("--pid", type=int, metavar="N", help="the process to kill or collect evidence on (with run)")
+    p.add_argument("--tree", action="store_true", help="kill the process's children too (with run kill_process)")
+    p.add_argument("--address", metavar="A", help="the address or network to block (with run block_connect)")
+    p.add_argument("--ttl", type=float, metavar="S", help="lift the block or isolation after S seconds (with run)")
     p.add_argument("--pending", action="store_true", help="only actions waiting for approval")
     p.add_argument("--approve", metavar="ID", help="approve a pending action")
     p.add_argument("--deny", metavar="ID", help="deny a pending action")
-    p.add_argument("--why", help="reason recorded with --deny")
+    p.add_argument("--why", help="reason recorded with --deny or run")
     p.add_argument("--limit", type=_positive(int, INT64_MAX), default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 

@@ -1,6 +1,6 @@
 """The console's JSON API under /api/: the read model's Structs as JSON
 (msgspec), the same data the pages show, paged by cursor; approve and deny;
-and the OpenAPI 3.1 document that describes it at /api/openapi.json.
+run an action by hand (POST /api/actions); and the OpenAPI 3.1 document that describes it at /api/openapi.json.
 
 Every route is listed once in ``ROUTES`` with what it returns: the router
 and the OpenAPI document are both made from that list, so they cannot
@@ -22,7 +22,7 @@ from hive._store import StoreError
 from hive.correlate import Incident
 
 from . import _read as read
-from ._actions import MAX_WHY, decide
+from ._actions import MAX_WHY, ManualAction, decide, run
 from ._auth import allow
 
 _encode = msgspec.json.Encoder().encode
@@ -130,13 +130,13 @@ async def action(request: Request) -> Any:
     return ActionDetail(action=found[0], audit=found[1])
 
 
-async def _decision(request: Request) -> Decision:
+async def _body(request: Request) -> bytes:
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > BODY_BYTES:
             raise ApiError(413, f"the body is larger than {BODY_BYTES} bytes")
-    return parse_decision(body)
+    return body
 
 
 def parse_decision(body: bytes) -> Decision:
@@ -153,6 +153,27 @@ def parse_decision(body: bytes) -> Decision:
     return d
 
 
+def parse_manual(body: bytes) -> ManualAction:
+    """A manual action's JSON body; :class:`ApiError` (400) if it is not one."""
+    try:
+        return msgspec.json.decode(body, type=ManualAction)
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"body: {e}") from None
+
+
+async def run_action(request: Request) -> Any:
+    from hive.playbook import RecordsError
+
+    _only(request)
+    m = parse_manual(await _body(request))
+    try:
+        return await run(request, m)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    except RecordsError as e:
+        raise ApiError(503, str(e)) from None
+
+
 async def approve(request: Request) -> Any:
     return await _decide(request, "approve")
 
@@ -165,7 +186,7 @@ async def _decide(request: Request, verb: str) -> Any:
     from hive.playbook import RecordsError
 
     _only(request)
-    d = await _decision(request)
+    d = parse_decision(await _body(request))
     try:
         return await decide(request, request.path_params["id"], verb, d.why)
     except RecordsError as e:
@@ -201,8 +222,13 @@ class ApiRoute:
     role: str = "viewer"
     query: type | tuple[str, ...] = ()
     """The query parameters: a Struct whose fields they are, or their names."""
+    body: type | None = None
+    """What a POST takes as its JSON body."""
+    conflict: str = ""
+    """When it answers 409."""
 
 
+_NOT_PENDING = "the action is not awaiting approval"
 ROUTES = [
     ApiRoute("/api/overview", overview, read.Overview, "Agents online, alerts by level over 24 h, top rules, "
              "actions pending"),
@@ -219,10 +245,15 @@ ROUTES = [
     ApiRoute("/api/actions", actions, read.Actions, "Actions awaiting approval, the others newest first, the "
              "audit trail", query=("state", "limit")),
     ApiRoute("/api/actions/{id}", action, ActionDetail, "An action and its audit trail"),
+    ApiRoute("/api/actions", run_action, read.ActionView, "Run an action by hand on an agent: kill_process "
+             "(pid, tree), block_connect (address, ttl), isolate_host (ttl), collect_evidence (pid); the hive "
+             "checks it as a playbook's step (never init, the agent itself or the hive's addresses) and sends it "
+             "within a second or two; a refusal is a 400 with the reason", method="POST", role="responder",
+             body=ManualAction),
     ApiRoute("/api/actions/{id}/approve", approve, read.ActionView, "Approve an action awaiting approval",
-             method="POST", role="responder"),
+             method="POST", role="responder", body=Decision, conflict=_NOT_PENDING),
     ApiRoute("/api/actions/{id}/deny", deny, read.ActionView, "Deny an action awaiting approval (body "
-             '`{"why": "..."}` optional)', method="POST", role="responder"),
+             '`{"why": "..."}` optional)', method="POST", role="responder", body=Decision, conflict=_NOT_PENDING),
     ApiRoute("/api/rules", rules, read.Rules, "Sigma rules loaded and not loaded (with the reason), hits"),
     ApiRoute("/api/playbooks", playbooks, read.Playbooks, "Playbooks loaded and not loaded, actions made"),
 ]
@@ -263,7 +294,7 @@ def _error(why: str) -> dict[str, Any]:
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``ROUTES``."""
-    returns = [r.returns for r in ROUTES] + [Error, Decision]
+    returns = [r.returns for r in ROUTES] + [Error, Decision, ManualAction]
     schemas, components = msgspec.json.schema_components(returns, ref_template="#/components/schemas/{name}")
     by_type = dict(zip(returns, schemas))
     paths: dict[str, Any] = {}
@@ -284,10 +315,11 @@ def openapi() -> dict[str, Any]:
             "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": by_type[r.returns]}}},
                           **errors},
         }
-        if r.method == "POST":
-            op["requestBody"] = {"required": False, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Decision"}}}}
-            op["responses"]["409"] = _error("the action is not awaiting approval")
+        if r.body is not None:
+            op["requestBody"] = {"required": r.body is not Decision, "content": {"application/json": {
+                "schema": by_type[r.body]}}}
+        if r.conflict:
+            op["responses"]["409"] = _error(r.conflict)
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from actors import log_event
 
-from . import _api, _metrics, _pages
+from . import _admin, _api, _metrics, _pages
 from ._auth import (
     LOGIN_COOKIE, SESSION_COOKIE, BadRequest, User, allow, client_address, cookie_value, read_form, refuse,
     safe_next,
@@ -49,6 +49,7 @@ def make_app(console: Console) -> Starlette:
         Route("/logout", logout, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         *_pages.routes(),
+        *_admin.routes(),
         *_api.routes(),
         *_metrics.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),

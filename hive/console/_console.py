@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,12 +32,14 @@ class Console:
     waits for the lock up to the store's busy timeout): keep writes short."""
 
     def __init__(self, config: Any, db: Path, *, run_dir: Path | None = None,
-                 session_hours: float | None = None) -> None:
+                 session_hours: float | None = None, protected: Sequence[str] = ()) -> None:
         self.config = config
         """The node's :class:`node._config.Config`."""
         self.run_dir = Path(run_dir) if run_dir is not None else Path(config.run_dir)
         """The node's run folder (``actors.query_status(console.run_dir)``)."""
         self.db = Path(db)
+        self.protected = tuple(protected)
+        """The hive's own addresses: no operator's action may block them."""
         self.session_hours = session_hours if session_hours is not None else config.console.session_hours
         self.requests: collections.Counter[tuple[str, int]] = collections.Counter()
         """Requests served, by (route path, HTTP status)."""

@@ -1,6 +1,6 @@
 """The console's pages: server-rendered templates over the read model
-(``_read``), kept live by server-sent events (``_live``), and the two forms
-that change anything: approve and deny an action."""
+(``_read``), kept live by server-sent events (``_live``), and the forms
+that change anything: approve and deny an action, run one by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -190,6 +190,20 @@ async def agents(request: Request) -> Response:
 
 
 @allow("viewer")
+async def agent(request: Request) -> Response:
+    agent_id = request.path_params["id"]
+
+    def both(store: Any) -> tuple[Any, Any]:
+        found = [a for a in read.agents(store) if a.id == agent_id]
+        return found, read.actions(store, limit=500, audit=0).recent if found else []
+
+    found, acts = await request.app.state.console.read(both)
+    if not found:
+        return refuse(request, 404, f"no agent {agent_id!r}")
+    return _page(request, "agent.html", a=found[0], acts=[x for x in acts if x.agent == agent_id][:50])
+
+
+@allow("viewer")
 async def actions(request: Request) -> Response:
     return await _actions(request)
 
@@ -232,6 +246,40 @@ async def decide(request: Request) -> Response:
         return await _actions(request, flash=str(e), flash_kind="error", status=409)
     # Post/redirect/get: a reload does not send the decision again.
     return RedirectResponse(back, status_code=303)
+
+
+_RUN_FIELDS = ("action", "agent", "alert", "pid", "tree", "address", "ttl")
+
+
+@allow("responder")
+async def run_action(request: Request) -> Response:
+    """POST /actions: an operator's own action.  Without ``confirm=yes`` it
+    is checked (as the hive will check it) and shown for confirmation, or
+    refused with the reason; with it, it is recorded under the logged-in
+    user's name and the playbook actor sends it."""
+    from hive.playbook import Records, RecordsError, check_manual
+
+    from ._actions import manual_from_form, run
+
+    console = request.app.state.console
+    form = await read_form(request)
+    what, on, alert_id = form.get("action", "")[:40], form.get("agent", "")[:64], form.get("alert", "")[:64]
+    back = f"/alerts/{quote(alert_id, safe='')}" if alert_id else f"/agents/{quote(on, safe='')}"
+    try:
+        m = manual_from_form(form)
+        if form.get("confirm") != "yes":
+            params = await console.read(lambda store: check_manual(
+                m.action, m.agent, m.params(), m.ttl, agents=Records(store.db).agent_pids(),
+                protected=console.protected))
+            fields = {k: form[k] for k in _RUN_FIELDS if form.get(k)}
+            return _page(request, "run.html", what=what, on=on, m=m, params=params, fields=fields, back=back)
+        done = await run(request, m)
+    except ValueError as e:
+        return _page(request, "run.html", status=400, what=what, on=on, error=str(e), back=back)
+    except RecordsError as e:
+        return refuse(request, 503, str(e))
+    # Post/redirect/get to the live list, where its result comes.
+    return RedirectResponse(f"/actions#action-{done.id}", status_code=303)
 
 
 @allow("viewer")
@@ -289,7 +337,9 @@ def _routes() -> list[Route]:
         Route("/incidents", incidents),
         Route("/incidents/{id}", incident),
         Route("/agents", agents),
+        Route("/agents/{id}", agent),
         Route("/actions", actions),
+        Route("/actions", run_action, methods=["POST"]),
         Route("/actions/{id}", action),
         Route("/actions/{id}/{verb:str}", decide, methods=["POST"]),
         Route("/rules", rules),

@@ -574,9 +574,9 @@ class Actions(Struct):
 
 
 _ACTION_COLUMNS = "id, agent, action, params, state, created, updated, expires, playbook, alert, reason, result"
-ACTION_STATES = ("approved", "denied", *OPEN_STATES, *CLOSED_STATES)
+ACTION_STATES = ("approved", "denied", "requested", *OPEN_STATES, *CLOSED_STATES)
 """Every state an action row can be in: the engine's, and an operator's
-decision not yet carried out."""
+decision or own action not yet carried out."""
 
 
 def _view(a: Action) -> ActionView:

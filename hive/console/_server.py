@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,9 @@ def _bind(host: str, port: int, listen: str) -> socket.socket:
 
 
 async def console_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, config: Any,
-                        db: Path, data: Path, shutdown_timeout: float = 5.0) -> None:
-    """Serve the console at ``[console] listen`` until cancelled."""
+                        db: Path, data: Path, shutdown_timeout: float = 5.0, protected: Sequence[str] = ()) -> None:
+    """Serve the console at ``[console] listen`` until cancelled; ``protected``:
+    the hive's own addresses, which no operator's action may block."""
     section = config.console
     try:
         cert, key, made = certificate(section.cert, section.key, Path(data))
@@ -63,7 +65,7 @@ async def console_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGN
         log_event(ctx.log, "console.certificate_made", cert=cert, key=key)
     log_event(ctx.log, "console.certificate", sha256=fingerprint(cert), cert=cert)
     sock = _bind(host, port, section.listen)
-    console = Console(config, db)
+    console = Console(config, db, protected=protected)
     console.log = ctx.log
     hc = _Hypercorn(context)
     hc.certfile, hc.keyfile = str(cert), str(key)  # marks the socket secure for hypercorn

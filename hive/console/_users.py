@@ -13,6 +13,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .._store import Store, StoreError
 from ._auth import ROLES, User
@@ -57,6 +58,13 @@ def check_role(role: str) -> None:
         raise UsersError(f"role {role[:80]!r}: one of {', '.join(ROLES)}")
 
 
+def _keep_an_admin(db: Any, name: str) -> None:
+    """Refuse to take the last admin away: nobody could manage users from
+    the console again."""
+    if db.execute("SELECT count(*) FROM users WHERE role='admin' AND name<>?", (name,)).fetchone()[0] == 0:
+        raise UsersError(f"{name} is the only admin: make another user admin first")
+
+
 class Users:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -75,6 +83,20 @@ class Users:
                        (name, role, hashed, now, now))
             Store._audit(db, actor, "user_add", json.dumps({"user": name, "role": role}))
 
+    def set_role(self, name: str, role: str, *, actor: str, keep_an_admin: bool = False) -> None:
+        """Give ``name`` the role ``role``; it holds from their next request.
+        ``keep_an_admin``: refuse to demote the last admin (the console's
+        admins; the CLI on the hive's host can always add one back)."""
+        check_role(role)
+        with self.store._tx() as db:
+            r = db.execute("SELECT role FROM users WHERE name=?", (name,)).fetchone()
+            if r is None:
+                raise UsersError(f"no user {name!r}")
+            if keep_an_admin and r[0] == "admin" and role != "admin":
+                _keep_an_admin(db, name)
+            db.execute("UPDATE users SET role=? WHERE name=?", (role, name))
+            Store._audit(db, actor, "user_role", json.dumps({"user": name, "role": role, "was": r[0]}))
+
     def set_password(self, name: str, password: str, *, actor: str) -> int:
         """Change ``name``'s password and end their sessions; how many ended."""
         hashed = hash_password(password)
@@ -86,12 +108,17 @@ class Users:
             Store._audit(db, actor, "user_passwd", json.dumps({"user": name, "sessions_ended": ended}))
         return ended
 
-    def remove(self, name: str, *, actor: str) -> None:
-        """Remove ``name``: their sessions end and their tokens are revoked."""
+    def remove(self, name: str, *, actor: str, keep_an_admin: bool = False) -> None:
+        """Remove ``name``: their sessions end and their tokens are revoked.
+        ``keep_an_admin``: as for :meth:`set_role`."""
         now = time.time()
         with self.store._tx() as db:
-            if db.execute("DELETE FROM users WHERE name=?", (name,)).rowcount == 0:
+            r = db.execute("SELECT role FROM users WHERE name=?", (name,)).fetchone()
+            if r is None:
                 raise UsersError(f"no user {name!r}")
+            if keep_an_admin and r[0] == "admin":
+                _keep_an_admin(db, name)
+            db.execute("DELETE FROM users WHERE name=?", (name,))
             ended = db.execute("DELETE FROM sessions WHERE user=?", (name,)).rowcount
             revoked = db.execute("UPDATE api_tokens SET revoked=? WHERE user=? AND revoked IS NULL",
                                  (now, name)).rowcount

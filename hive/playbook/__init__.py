@@ -11,7 +11,17 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from ._actions import ACTIONS, ActionSpec, Notify, check_guardrails, check_params, command, plain_params
+from ._actions import (
+    ACTIONS,
+    MANUAL,
+    ActionSpec,
+    Notify,
+    check_guardrails,
+    check_manual,
+    check_params,
+    command,
+    plain_params,
+)
 from ._engine import (
     Action,
     AuditRecord,
@@ -57,6 +67,7 @@ __all__ = [
     "ACTIONS",
     "DEFAULT_PLAYBOOKS",
     "LEVELS",
+    "MANUAL",
     "MODES",
     "Action",
     "ActionSpec",
@@ -78,6 +89,7 @@ __all__ = [
     "TemplateError",
     "Trigger",
     "check_guardrails",
+    "check_manual",
     "check_params",
     "check_playbooks",
     "command",

@@ -162,3 +162,47 @@ def check_guardrails(action: str, params: Mapping[str, Any], *, agent_pids: froz
             if p.version == net.version and net.overlaps(p):
                 return f"refused: {params['address']} covers the hive's address {p}; the agent must keep reaching it"
     return None
+
+
+MANUAL: dict[str, tuple[str, ...]] = {
+    "kill_process": ("pid", "tree"),
+    "block_connect": ("address",),
+    "isolate_host": (),
+    "collect_evidence": ("pid",),
+}
+"""The actions an operator may run by hand, and the parameters each takes."""
+
+
+def check_manual(action: str, agent: str, params: Mapping[str, Any], ttl: float = 0.0, *,
+                 agents: Mapping[str, frozenset[int]],
+                 protected: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> dict[str, Any]:
+    """The parameters of an operator's ``action`` on ``agent`` as the
+    commands table keeps them; ValueError with the reason in one line if it
+    must not be sent.  ``agents``: the agents that may be acted on, with
+    their own pids (which are never killed); ``protected``: the hive's own
+    addresses.  The same checks as a playbook's step, the same guardrails."""
+    if action not in MANUAL:
+        raise ValueError(f"action {action[:40]!r} cannot be run by hand: one of {', '.join(MANUAL)}")
+    if not agent:
+        raise ValueError("agent: name the agent to act on")
+    if agent not in agents:
+        raise ValueError(f"agent {agent[:80]!r} is unknown or revoked")
+    taken = MANUAL[action]
+    for name in params:
+        if name not in taken:
+            raise ValueError(f"{name[:40]}: {action} takes " + (", ".join(taken) if taken else "no parameters"))
+    if ttl and not ACTIONS[action].revert:
+        raise ValueError(f"ttl: {action} cannot be undone, so it takes no ttl")
+    if "pid" in taken and params.get("pid") is None:
+        raise ValueError(f"pid: {action} needs the pid of a process")
+    if action == "block_connect" and not params.get("address"):
+        raise ValueError("address: block_connect needs an address or network to block")
+    try:
+        plain = plain_params(command(action, params, id="check", ttl=ttl))
+    except ValueError as e:
+        raise ValueError(f"invalid parameters: {e}") from None
+    networks = [p if not isinstance(p, str) else ipaddress.ip_network(p, strict=False) for p in protected]
+    refusal = check_guardrails(action, plain, agent_pids=agents[agent], protected=networks)
+    if refusal is not None:
+        raise ValueError(refusal)
+    return plain

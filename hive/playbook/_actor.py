@@ -3,7 +3,8 @@
 Sockets: PULL alerts from correlate (binds ``hive.ALERTS``), PUSH
 ``Deliver(agent, command)`` to the router (connects ``hive.DELIVER``), PULL
 ``Result`` from the router (connects ``hive.RESULTS``).  Once a second: the
-engine's clock (TTL reverts, expiries), operators' approvals from the store,
+engine's clock (TTL reverts, expiries), operators' approvals and manual
+actions from the store,
 agents going offline and coming back (the registry keeps them in the store),
 and a reload of changed playbook files.
 
@@ -146,18 +147,23 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             await trio.sleep(tick)
             d = engine.tick()
             try:
+                # Agents first: an operator's action is checked against the agents the engine knows.
+                for agent in await in_db(store.agents):
+                    if online.get(agent.id) != agent.online:
+                        online[agent.id] = agent.online
+                        d.extend(engine.agent_online(agent.id, pids=[agent.pid] if agent.pid else [])
+                                 if agent.online else engine.agent_offline(agent.id))
                 for action_id, verb, by, why in await in_db(records.requested):
+                    if verb == "run":
+                        for a in await in_db(functools.partial(records.actions, action_id=action_id)):
+                            d.extend(engine.run(a, by))
+                        continue
                     decided = engine.approve(action_id, by) if verb == "approve" else engine.reject(action_id, by, why)
                     if not decided.actions:  # the engine no longer had it waiting
                         decided.actions += await in_db(functools.partial(records.actions, action_id=action_id))
                         for a in decided.actions:
                             a.state, a.result, a.updated = "expired", "no longer awaiting approval", time.time()
                     d.extend(decided)
-                for agent in await in_db(store.agents):
-                    if online.get(agent.id) != agent.online:
-                        online[agent.id] = agent.online
-                        d.extend(engine.agent_online(agent.id, pids=[agent.pid] if agent.pid else [])
-                                 if agent.online else engine.agent_offline(agent.id))
             except (RecordsError, StoreError) as e:
                 ctx.stats.last_error = str(e)
             if d:

@@ -8,6 +8,7 @@ store; the playbook actor feeds it and carries out what it returns::
     d = engine.on_alert(alert)            # every alert
     d = engine.on_result(agent, result)   # every CommandResult
     d = engine.approve(action_id, "alice")  /  engine.reject(action_id, "alice", "false positive")
+    d = engine.run(action, "alice")       # an operator's own action (Records.run wrote it)
     d = engine.agent_online(agent)  /  engine.agent_offline(agent)
     d = engine.tick()                     # about once a second: TTL reverts, expiries
     # d.send: (agent, wire command) to deliver; d.local: commands the hive runs
@@ -21,6 +22,7 @@ lifts it itself if the hive's revert never comes.
 Every action a playbook asks for becomes an ``Action`` with a state:
 
     pending_approval -> (approve) -> sent | queued      (reject) -> rejected
+    requested (an operator's own action) -> sent | queued | refused
     queued (agent offline) -> sent when it returns, or expired
     sent -> done | failed | active (a block with a ttl) -> reverted
     refused (a guardrail or invalid parameters), dry_run, expired, unanswered
@@ -45,7 +47,7 @@ import msgspec
 
 import wire
 
-from ._actions import ACTIONS, Notify, check_guardrails, command, plain_params
+from ._actions import ACTIONS, Notify, check_guardrails, check_manual, command, plain_params
 from ._errors import TemplateError
 from ._playbook import Playbook, Step
 from ._template import render_value
@@ -158,7 +160,7 @@ def _scope(alert: wire.Alert, variables: Mapping[str, Any]) -> dict[str, Any]:
     return {"alert": a, "event": (own or events or [{}])[0], "vars": dict(variables)}
 
 
-def _new_id() -> str:
+def new_action_id() -> str:
     return "a-" + uuid.uuid4().hex[:16]
 
 
@@ -170,7 +172,7 @@ class PlaybookEngine:
     how long a sent command may go unanswered."""
 
     def __init__(self, playbooks: Iterable[Playbook] = (), *, clock: Callable[[], float] = time.time,
-                 new_id: Callable[[], str] = _new_id, variables: Mapping[str, Any] | None = None,
+                 new_id: Callable[[], str] = new_action_id, variables: Mapping[str, Any] | None = None,
                  protected: Iterable[str] = (), dry_run: bool = False, command_ttl: float = 300.0,
                  approval_wait: float = 3600.0, offline_wait: float = 3600.0,
                  result_timeout: float = 120.0, max_open: int = 10_000, memory: int = 10_000) -> None:
@@ -192,6 +194,8 @@ class PlaybookEngine:
         self._reverts: list[tuple[float, str]] = []
         self._offline: set[str] = set()
         self._agent_pids: dict[str, frozenset[int]] = {}
+        self._known: set[str] = set()
+        """Agents the hive told us of (online or not): the only ones an operator may act on."""
         self._seen_alerts: OrderedDict[str, None] = OrderedDict()
         self._last_run: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._runs: dict[str, deque[float]] = {}
@@ -450,6 +454,32 @@ class PlaybookEngine:
             d.audit.append(AuditRecord(now, actor, a.describe(), why or "rejected", "rejected", self._detail(a)))
         return d
 
+    def run(self, a: Action, by: str) -> Decisions:
+        """An operator's own action (a ``requested`` row ``Records.run``
+        wrote): checked again here, where the agents' pids are known, as a
+        playbook's step is, then sent (or queued for an offline agent)."""
+        d = Decisions()
+        if a.id in self._open:  # already taken; its row had not been written yet
+            return d
+        now = self._clock()
+        actor = f"operator:{by}"
+        agents = {x: self._agent_pids.get(x, frozenset()) for x in self._known}
+        refusal = None
+        try:
+            a.params = check_manual(a.action, a.agent, a.params, a.ttl, agents=agents, protected=self._protected)
+        except ValueError as e:
+            refusal = str(e) if str(e).startswith("refused:") else f"refused: {e}"
+        if refusal is None and len(self._open) >= self.max_open:
+            refusal = f"refused: {self.max_open} actions are already open; see immune-node actions --pending"
+        if refusal is not None:
+            self._stats.refused += 1
+            a.state, a.updated, a.result = "refused", now, refusal
+            d.actions.append(a)
+            d.audit.append(AuditRecord(now, actor, a.describe(), a.reason, refusal, self._detail(a)))
+            return d
+        self._dispatch(a, now, d, actor, a.reason)
+        return d
+
     def pending(self) -> list[Action]:
         """Actions awaiting approval, oldest first."""
         return sorted((a for a in self._open.values() if a.state == "pending_approval"), key=lambda a: a.created)
@@ -463,6 +493,7 @@ class PlaybookEngine:
         """``agent`` is reachable (again); ``pids`` are its own processes, which
         no playbook may kill."""
         d = Decisions()
+        self._known.add(agent)
         if pids:
             self._agent_pids[agent] = frozenset(pids)
         if agent not in self._offline:
@@ -483,6 +514,7 @@ class PlaybookEngine:
         """Commands it had not answered are queued to be sent again (the
         executor answers a repeated id without running it twice)."""
         d = Decisions()
+        self._known.add(agent)
         if agent in self._offline:
             return d
         self._offline.add(agent)

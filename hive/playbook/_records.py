@@ -12,7 +12,10 @@ for an operator's decision).
 An operator approves or denies through the table: ``approve()`` moves a row
 from ``pending_approval`` to ``approved`` (``deny()``: ``denied``); the
 playbook actor polls ``requested()`` and hands the decision to the engine,
-which then records what it did (``sent``, ``queued``, ``rejected``).
+which then records what it did (``sent``, ``queued``, ``rejected``).  An
+operator's own action (``run()``) is a new row in state ``requested``, checked
+here against the agents table and the hive's addresses, then checked again
+and sent by the engine as an approved step would be.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 import msgspec
 
 from .._store import Transaction
-from ._engine import Action, AuditRecord, Decisions
+from ._actions import check_manual
+from ._engine import Action, AuditRecord, Decisions, new_action_id
 from ._errors import RecordsError
 
 _json = msgspec.json.Encoder()
@@ -120,13 +124,20 @@ class Records:
                             limit=1_000_000)
 
     def requested(self) -> list[tuple[str, str, str, str]]:
-        """Operators' decisions not yet carried out: (id, approve|deny, by, why)."""
+        """Operators' decisions and actions not yet carried out, oldest
+        first: (id, approve|deny|run, by, why)."""
+        verbs = {"approved": "approve", "denied": "deny", "requested": "run"}
         out = []
-        for row in self._read(f"SELECT {_COLUMNS} FROM commands WHERE state IN ('approved', 'denied')", ()):
+        for row in self._read(f"SELECT {_COLUMNS} FROM commands WHERE state IN ('approved', 'denied', 'requested') "
+                              "ORDER BY created", ()):
             doc = _doc(row[11], {})
-            out.append((row[0], "approve" if row[4] == "approved" else "deny", doc.get("by", "operator"),
-                        doc.get("why", "")))
+            out.append((row[0], verbs[row[4]], doc.get("by", "operator"), doc.get("why", "")))
         return out
+
+    def agent_pids(self) -> dict[str, frozenset[int]]:
+        """The agents an operator may act on (enrolled, not revoked), each with its own pid."""
+        rows = self._read("SELECT id, pid FROM agents WHERE revoked IS NULL", ())
+        return {agent: frozenset([pid] if pid else []) for agent, pid in rows}
 
     # ---- operators ---------------------------------------------------------------------
 
@@ -135,6 +146,26 @@ class Records:
 
     def deny(self, action_id: str, by: str, why: str = "") -> Action:
         return self._request(action_id, "denied", by, why)
+
+    def run(self, action: str, agent: str, params: dict[str, Any], *, ttl: float = 0.0, by: str, why: str = "",
+            alert: str = "", protected: Iterable[str] = ()) -> Action:
+        """Record an operator's own ``action`` on ``agent`` for the playbook
+        actor to send; ValueError (one line) if it must not be sent: an
+        action not run by hand, bad parameters, an unknown or revoked agent,
+        a guardrail (``protected``: the hive's own addresses)."""
+        params = check_manual(action, agent, params, ttl, agents=self.agent_pids(), protected=protected)
+        now = time.time()
+        a = Action(id=new_action_id(), agent=agent, action=action, params=params, state="requested", created=now,
+                   updated=now, alert=alert, reason=f"run by {by}" + (f": {why}" if why else ""), mode="manual",
+                   ttl=ttl, result=f"requested by {by}; the hive sends it within a second or two")
+        with self._tx() as db:
+            db.execute(f"INSERT INTO commands({_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (a.id, a.agent, a.action, _json.encode(a.params).decode(), a.state, a.created, a.updated,
+                        a.expires, a.playbook, a.alert, a.reason, _result_json(a, by=by, why=why)))
+            db.execute("INSERT INTO audit(time, actor, what, why, result, detail) VALUES(?,?,?,?,?,?)",
+                       (now, f"operator:{by}", f"run {a.describe()}", why or "run by hand", "requested",
+                        _json.encode({"action": a.id, "alert": alert, "agent": agent, "mode": "manual"}).decode()))
+        return a
 
     def _request(self, action_id: str, state: str, by: str, why: str) -> Action:
         now = time.time()

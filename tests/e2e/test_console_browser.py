@@ -3,7 +3,8 @@ selenium and chromedriver) against a real ``immune-node demo``.  A responder
 logs in, watches the alerts page while a program under /tmp is refused by
 the kernel, sees the alert arrive without reloading, opens its process tree,
 approves the pending kill a playbook in approval mode asked for, and sees
-the process die and the result recorded under their name.
+the process die and the result recorded under their name; then kills
+another process by hand from the agent's page, through its confirmation.
 
 Along the way it takes the screenshots of the main pages: into the test's
 folder, or with IMMUNE_CONSOLE_SCREENSHOTS=docs/console into the docs (small
@@ -208,6 +209,29 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
     assert kill.state == "done" and kill.params["pid"] == shell.pid
     assert any(r.actor == "operator:rhea" for r in Records(store.db).audit(action_id=kill.id))
     store.close()
+
+    # A kill by hand from the agent's page: the form, the confirmation page, the live result.
+    store = Store(demo.data / "hive.db", readonly=True)
+    [agent] = [a.id for a in store.agents() if a.online]
+    store.close()
+    victim = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    try:
+        browser.get(f"{demo.console}/agents/{agent}")
+        form = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "form.run:has(button.kill)")))
+        form.find_element(By.NAME, "pid").send_keys(str(victim.pid))
+        form.find_element(By.CSS_SELECTOR, "button.kill").click()
+        confirm = wait.until(ec.presence_of_element_located((By.ID, "confirm")))
+        assert f"pid={victim.pid} tree=True" in browser.find_element(By.ID, "confirm-what").text
+        assert victim.poll() is None  # nothing before the confirmation
+        shoot(browser, "run-action")
+        confirm.click()
+        wait.until(lambda d: "/actions#action-" in d.current_url)  # to the live list, at its row
+        row = browser.current_url.rpartition("#")[2]
+        assert victim.wait(timeout=60) == -9
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#actions tr#{row} td.state-done")))
+    finally:
+        victim.kill()
+        victim.wait()
 
     browser.get(demo.console + "/")
     wait.until(ec.presence_of_element_located((By.ID, "overview")))

@@ -178,6 +178,25 @@ def write_seeds() -> None:
             "wildcards": b"level=&text=100%25_x&limit=500",
         },
         "console_decision": {"empty": b"", "why": b'{"why": "a false positive: the backup job"}', "none": b"{}"},
+        "console_action": {
+            "kill": b'{"action": "kill_process", "agent": "' + t.AGENT.encode() + b'", "pid": 4321, "tree": true}\0'
+                    b"action=kill_process&agent=" + t.AGENT.encode() + b"&pid=4321&tree=on&alert=al-1",
+            "block": b'{"action": "block_connect", "agent": "' + t.AGENT.encode() + b'", "address": "192.0.2.0/24", '
+                     b'"ttl": 600, "why": "C2"}\0action=block_connect&agent=' + t.AGENT.encode()
+                     + b"&address=10.0.0.0%2F8&ttl=60",
+            "isolate": b'{"action": "isolate_host", "agent": "' + t.AGENT.encode() + b'", "ttl": 3600}\0'
+                       b"action=isolate_host&agent=nobody&ttl=1e400",
+            "evidence": b'{"action": "collect_evidence", "agent": "' + t.AGENT.encode() + b'", "pid": 0}\0'
+                        b"action=collect_evidence&agent=" + t.AGENT.encode() + b"&pid=77",
+        },
+        "console_admin": {
+            "add": b"add \nname=bob&role=responder&password=a+fresh+long+password",
+            "role": b"role bob\nrole=admin",
+            "password": b"password bob\npassword=another%20long%20password",
+            "token": b"token bob\n",
+            "revoke": b"revoke imt_0123456789ab_" + b"B" * 43 + b"\n",
+            "remove": b"remove ../bob\n",
+        },
         "sigma": {f"{p.parent.name}-{p.name}": p.read_bytes() for p in sorted(BUILTIN_RULES.rglob("*.yml"))},
         "rules_update": {"release.zip": _archive("zip", RELEASE), "release.tar.gz": _archive("tar", RELEASE),
                          "escape.zip": _archive("zip", {"../seed.yml": LINUX_RULE})},

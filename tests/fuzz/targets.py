@@ -553,6 +553,75 @@ def console_decision(data: bytes) -> None:
         raise ContractBroken(f"a reason of {len(d.why)} characters accepted")
 
 
+def console_action(data: bytes) -> None:
+    """An operator's own action, NUL-separated: the JSON body of POST
+    /api/actions, then the urlencoded form of POST /actions.  Each is an
+    ApiError (one 400 line), or an action the hive's checks accept, recorded
+    for an enrolled agent, whose command the agent's decoding takes."""
+    from hive.console import _api
+    from hive.console._actions import manual_from_form
+    from hive.console._auth import BadRequest, parse_form
+    from hive.playbook import Records, command
+
+    body, _, form = data.partition(b"\0")
+    records = Records(_hive_store().db)
+
+    def one(read: Callable[[], Any]) -> None:
+        try:
+            m = read()
+            a = records.run(m.action, m.agent, m.params(), ttl=m.ttl, by="fuzz", why=m.why, alert=m.alert,
+                            protected=["127.0.0.1", "10.0.0.1"])
+        except (ValueError, BadRequest) as e:
+            if "\n" in str(e):
+                raise ContractBroken(f"a refusal of more than one line: {e!r}") from None
+            raise _api.ApiError(400, str(e)) from None
+        if a.agent != AGENT or a.state != "requested":
+            raise ContractBroken(f"recorded {a.state} for agent {a.agent!r}")
+        command(a.action, a.params, id=a.id, ttl=a.ttl)  # what the agent decodes: it must take it
+
+    errors: list[Exception] = []
+    for read in (lambda: _api.parse_manual(body),
+                 lambda: manual_from_form(parse_form(form, "application/x-www-form-urlencoded"))):
+        try:
+            one(read)
+        except _api.ApiError as e:
+            if e.status != 400:
+                raise ContractBroken(f"a refusal that is not a 400: {e.status} {e!r}") from None
+            errors.append(e)
+    if len(errors) == 2:
+        raise errors[0]
+
+
+def console_admin(data: bytes) -> None:
+    """An admin's change of a user or a token: ``VERB TARGET`` on the first
+    line, then the urlencoded form.  A BadRequest (one line), or a change
+    whose name, role and password ``Users`` takes as they are."""
+    from hive.console._admin import admin_change
+    from hive.console._auth import ROLES, BadRequest, parse_form
+    from hive.console._secrets import check_password
+    from hive.console._users import NAME
+
+    head, _, body = data.partition(b"\n")
+    verb, _, target = head.decode("latin-1").partition(" ")
+    form = parse_form(body, "application/x-www-form-urlencoded")
+    try:
+        c = admin_change(verb, target, form)
+    except ValueError as e:
+        if "\n" in str(e):
+            raise ContractBroken(f"a refusal of more than one line: {e!r}") from None
+        raise BadRequest(400, str(e)) from None
+    if c.verb == "revoke":
+        if len(c.token) != 12:
+            raise ContractBroken(f"token id {c.token!r} accepted")
+        return
+    if not NAME.fullmatch(c.name):
+        raise ContractBroken(f"user name {c.name!r} accepted")
+    if c.verb in ("add", "role") and c.role not in ROLES:
+        raise ContractBroken(f"role {c.role!r} accepted")
+    if c.verb in ("add", "password"):
+        check_password(c.password)
+
+
 # -- what a browser or an API client sends the console -------------------------------
 
 
@@ -620,6 +689,11 @@ TARGETS: dict[str, Target] = {
     "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
     "console_query": Target(console_query, ("hive.console._read.QueryError",), 1.0, ("hive.console._read",)),
     "console_decision": Target(console_decision, ("hive.console._api.ApiError",), 1.0, ("hive.console._api",)),
+    "console_action": Target(console_action, ("hive.console._api.ApiError",), 1.0,
+                             ("hive.console._api", "hive.console._actions", "hive.playbook._actions",
+                              "hive.playbook._records")),
+    "console_admin": Target(console_admin, ("hive.console._auth.BadRequest",), 1.0,
+                            ("hive.console._admin", "hive.console._auth", "hive.console._users")),
 }
 
 

@@ -242,3 +242,26 @@ async def test_an_archive_nobody_asked_for_is_not_written(response, runtime):
     [rec] = Records(store.db).audit(limit=1)
     store.close()
     assert (rec.actor, rec.result) == ("agent:../../etc", "ignored: no such command")
+
+
+async def test_an_operators_own_kill_reaches_the_agent_and_the_trail_names_them(response):
+    _, db, _, _ = response
+    store = Store(db)
+    store.agent_seen("web1", time.time())
+    pid = detached("sleep 300 & wait")
+    try:
+        # What the console's action form and `immune-node actions run` do.
+        a = Records(store.db).run("kill_process", "web1", {"pid": pid, "tree": True}, by="rick", why="by hand")
+        await wait_for(lambda: not alive(pid))
+        await wait_for(lambda: rows(db, action_id=a.id)[0].state == "done")
+        trail = Records(store.db).audit(action_id=a.id)
+        assert [(t.actor, t.result.split(":")[0]) for t in reversed(trail)] == [
+            ("operator:rick", "requested"), ("operator:rick", "sent"), ("agent:web1", "ok")]
+        # A request the hive's own checks refuse at pickup (here: no such agent any more) never goes out.
+        store.db.execute("UPDATE agents SET revoked=1 WHERE id='web1'")
+        with pytest.raises(ValueError, match="unknown or revoked"):
+            Records(store.db).run("kill_process", "web1", {"pid": pid}, by="rick")
+    finally:
+        store.close()
+        if alive(pid):
+            os.kill(pid, 9)

@@ -64,6 +64,12 @@
     ev.preventDefault();
   });
 
+  // A form with data-confirm asks before it is sent (the users page's changes).
+  document.addEventListener("submit", function (ev) {
+    var message = ev.target.dataset && ev.target.dataset.confirm;
+    if (message && !window.confirm(message)) ev.preventDefault();
+  });
+
   // A click on a row selects it; a click on its link still follows the link.
   document.addEventListener("click", function (ev) {
     var tr = ev.target.closest && ev.target.closest("table[data-nav] tbody tr");
