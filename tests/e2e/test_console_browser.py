@@ -67,6 +67,26 @@ def _browser_or_skip():
         pytest.skip(reason)
 
 
+def stored(demo, read):
+    """What ``read`` finds in the demo's store now (None: nothing yet)."""
+    store = Store(demo.data / "hive.db", readonly=True)
+    try:
+        return read(store)
+    finally:
+        store.close()
+
+
+def select(body, browser, selected: str, most: int = 50) -> None:
+    """Press j until the row ``selected`` names is the selected one."""
+    from selenium.webdriver.common.by import By
+
+    for _ in range(most):
+        body.send_keys("j")
+        if browser.find_elements(By.CSS_SELECTOR, selected):
+            return
+    raise AssertionError(f"j never selected {selected}")
+
+
 def spki_pin(cert: Path) -> str:
     """base64 SHA-256 of the certificate's public key: what Chromium's
     --ignore-certificate-errors-spki-list trusts (this one key, nothing else)."""
@@ -158,10 +178,13 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
         assert browser.execute_script("return window.notReloaded") is True, "the page reloaded: not live"
         shoot(browser, "alerts")
         del row
-        # Keyboard triage: j selects the newest row, o opens it.
+        # Keyboard triage: j moves down the rows to the shell's alert, o opens it.  (Other
+        # alerts may be newer: from a checkout under /tmp, the node's own processes match
+        # the same rule.)
+        alert_id = WebDriverWait(browser, 30).until(lambda d: stored(demo, lambda store: next(
+            (a.id for a in store.alerts(limit=1000) if shell.pid in {e.pid for e in a.events}), None)))
         body = browser.find_element(By.TAG_NAME, "body")
-        body.send_keys("j")
-        assert browser.find_elements(By.CSS_SELECTOR, "#alert-rows tr.sel:first-child")
+        select(body, browser, f"#alert-rows tr.sel[data-href='/alerts/{alert_id}']")
         body.send_keys("o")
 
         wait.until(ec.presence_of_element_located((By.ID, "open-tree"))).click()
@@ -172,17 +195,21 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
 
         browser.get(demo.console + "/actions")
 
+        kill_id = WebDriverWait(browser, 60, poll_frequency=1).until(lambda d: stored(demo, lambda store: next(
+            (a.id for a in Records(store.db).actions(states=("pending_approval",))
+             if a.action == "kill_process" and a.params.get("pid") == shell.pid), None)))
+
         def pending_kill(d):
             d.refresh()
-            return d.find_elements(By.CSS_SELECTOR, "#actions button.approve")
+            return d.find_elements(By.CSS_SELECTOR, f"#action-{kill_id} button.approve")
 
         WebDriverWait(browser, 60, poll_frequency=1).until(pending_kill)
         assert "kill_process" in browser.find_element(By.ID, "actions").text
         shoot(browser, "actions")
         browser.execute_script("window.notReloaded = true")
-        # j selects the pending kill, a approves it once the confirmation is accepted.
+        # j moves to the shell's pending kill, a approves it once the confirmation is accepted.
         body = browser.find_element(By.TAG_NAME, "body")
-        body.send_keys("j")
+        select(body, browser, f"#action-{kill_id}.sel")
         body.send_keys("a")
         WebDriverWait(browser, 10).until(ec.alert_is_present())
         assert "Approve kill_process" in browser.switch_to.alert.text
@@ -197,15 +224,14 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
             raise AssertionError(f"pid {shell.pid} not killed in 60 s after the approval; actions: {actions}; "
                                  f"node log:\n{demo.log()[-4000:]}") from None
         assert code == -9
-        done = ("//div[@id='actions']//tr[.//a[text()='kill_process'] and .//td[contains(@class, 'state-done')]]")
-        wait.until(ec.presence_of_element_located((By.XPATH, done)))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#action-{kill_id} td.state-done")))
         assert browser.execute_script("return window.notReloaded") is True
     finally:
         shell.kill()
         shell.wait()
 
     store = Store(demo.data / "hive.db", readonly=True)
-    [kill] = [a for a in Records(store.db).actions() if a.playbook == "kill-from-temp-approved"]
+    [kill] = Records(store.db).actions(action_id=kill_id)
     assert kill.state == "done" and kill.params["pid"] == shell.pid
     assert any(r.actor == "operator:rhea" for r in Records(store.db).audit(action_id=kill.id))
     store.close()
