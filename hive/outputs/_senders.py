@@ -69,10 +69,7 @@ class SyslogSender:
         self.timeout = timeout
         self._ssl: ssl.SSLContext | None = None
         if self.scheme == "tls":
-            try:
-                self._ssl = ssl.create_default_context(cafile=ca or None)
-            except (OSError, ssl.SSLError) as e:
-                raise OutputError(f"CA file {ca}: {getattr(e, 'strerror', None) or e}") from None
+            self._ssl = _tls_context(ca)
         self._stream: trio.abc.Stream | None = None
         self._udp: trio.socket.SocketType | None = None
 
@@ -166,11 +163,8 @@ class WebhookSender:
         headers = {"Content-Type": "application/json", "User-Agent": "sentinel-immune-hive"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        try:
-            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca or None)
-        except (OSError, ssl.SSLError) as e:
-            raise OutputError(f"CA file {ca}: {getattr(e, 'strerror', None) or e}") from None
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, verify=verify, follow_redirects=False)
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, verify=_tls_context(ca),
+                                         follow_redirects=False)
 
     async def send(self, records: Sequence[Record]) -> None:
         for r in records:
@@ -183,6 +177,14 @@ class WebhookSender:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _tls_context(ca: str) -> ssl.SSLContext:
+    """The receiver's certificate and name verified, against ``ca`` or the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=ca or None)
+    except (OSError, ssl.SSLError) as e:
+        raise OutputError(f"CA file {ca}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _reason(e: BaseException) -> str:
