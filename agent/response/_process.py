@@ -73,11 +73,9 @@ _CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 def children(pid: int) -> list[int]:
-    """``pid``'s children, from its threads' ``children`` files: a look at
-    a tree costs the tree's size, not a scan of every process on the host
-    (three scans were most of a kill).  Without CONFIG_PROC_CHILDREN, a scan."""
-    if not _CHILDREN_FILES:
-        return [st.pid for st in all_stats().values() if st.ppid == pid]
+    """``pid``'s children, from its threads' ``children`` files (CONFIG_PROC_CHILDREN):
+    a look at a tree costs the tree's size, not a scan of every process on
+    the host (three scans were most of a kill)."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -100,10 +98,18 @@ def all_stats() -> dict[int, ProcStat]:
 
 def descendants(root: int) -> list[int]:
     """``root``'s descendants, parents before children (as they are now:
-    exact once the tree is stopped)."""
+    exact once the tree is stopped).  Without CONFIG_PROC_CHILDREN, from one
+    scan of /proc."""
+    if _CHILDREN_FILES:
+        children_of = children
+    else:
+        by_parent: dict[int, list[int]] = {}
+        for st in all_stats().values():
+            by_parent.setdefault(st.ppid, []).append(st.pid)
+        children_of = lambda pid: by_parent.get(pid, [])  # noqa: E731
     out, seen, todo = [], {root}, [root]
     while todo:
-        for child in children(todo.pop(0)):
+        for child in children_of(todo.pop(0)):
             if child not in seen:
                 seen.add(child)
                 out.append(child)
