@@ -46,6 +46,13 @@ class NodeConfig(_Section):
     """Seconds each actor gets to stop before it is abandoned or killed."""
 
 
+class StoreConfig(_Section):
+    url: str = ""
+    """Where the hive keeps its state: empty for ``hive.db`` in the data
+    folder, or ``sqlite:///PATH`` for another SQLite file (one that several
+    hive nodes on this machine may share)."""
+
+
 class HiveConfig(_Section):
     listen: str = "tcp://0.0.0.0:7400"
     """Where agents connect (ZeroMQ endpoint; CURVE-encrypted)."""
@@ -142,6 +149,7 @@ class OutputConfig(_Section):
 class Config(_Section):
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     hive: HiveConfig = msgspec.field(default_factory=HiveConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
     sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
@@ -154,6 +162,13 @@ class Config(_Section):
     @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
+
+    @property
+    def store_location(self) -> Path:
+        """The hive's store, as ``hive.Store`` opens it."""
+        if not self.store.url:
+            return self.data_dir / "hive.db"
+        return Path(self.store.url.removeprefix("sqlite://"))
 
 
 _LEVELS = {"debug", "info", "warning", "error"}
@@ -314,6 +329,8 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
     for key, folders in (("hive.rules", cfg.hive.rules), ("hive.playbooks", cfg.hive.playbooks)):
         if "" in folders:
             yield key, "an empty folder name"
+    if cfg.store.url and not (cfg.store.url.startswith("sqlite:///") and len(cfg.store.url) > len("sqlite:///")):
+        yield "store.url", f"{cfg.store.url!r} is not sqlite:///PATH (an absolute path)"
     if cfg.hive.webhook and not _is_http_url(cfg.hive.webhook):
         yield "hive.webhook", f"{cfg.hive.webhook!r} is not an http:// or https:// URL"
     if cfg.agent.id and not _AGENT_ID.fullmatch(cfg.agent.id):

@@ -93,13 +93,11 @@ def _check(args: argparse.Namespace) -> tuple[str, dict[str, str], dict[str, str
 def _store(cfg: Config, readonly: bool = False):
     from hive import Store, StoreError
 
-    from ._trees import Layout
 
-    lay = Layout(cfg.data_dir)
-    if not lay.hive_db.exists():
-        raise FleetCliError(f"no hive store in {cfg.data_dir} (start the hive once, or pass --data)")
+    if not cfg.store_location.exists():
+        raise FleetCliError(f"no hive store at {cfg.store_location} (start the hive once, or pass --data)")
     try:
-        return Store(lay.hive_db, readonly=readonly)
+        return Store(cfg.store_location, readonly=readonly)
     except StoreError as e:
         raise FleetCliError(str(e)) from None
 

@@ -19,7 +19,6 @@ class Layout:
     def __init__(self, data: Path) -> None:
         self.data = Path(data)
         self.keys = self.data / "keys"
-        self.hive_db = self.data / "hive.db"
         self.spool = self.data / "spool"
         self.agent_id = self.keys / "agent.id"
         self.hive_pub = self.keys / "hive.pub"
@@ -45,9 +44,9 @@ def hive_children(cfg: Config) -> list[Child]:
     lay = Layout(cfg.data_dir)
     keys = KeyPair.load_or_create(lay.keys, "hive")
     bundle_key = fleet.SigningKey.load_or_create(lay.keys)
-    Store(lay.hive_db).close()  # create the schema, and fail here if the folder is unusable
+    Store(cfg.store_location).close()  # create the schema, and fail here if the folder is unusable
     t = cfg.node.shutdown_timeout
-    db = lay.hive_db
+    db = cfg.store_location
     # Detection runs in child processes, so these hops are ipc.
     run = cfg.run_dir
     detect, correlate = f"ipc://{run}/detect.sock", f"ipc://{run}/correlate.sock"
@@ -282,7 +281,7 @@ def demo_tree(cfg: Config) -> Supervisor:
         lay.agent_id.write_text(socket.gethostname() + "\n")
     lay.hive_pub.write_bytes(KeyPair.load(lay.keys, "hive").public + b"\n")
     name, _ = agent_identity(cfg)
-    store = Store(lay.hive_db)
+    store = Store(cfg.store_location)
     try:
         store.enroll(name, agent_keys.public.decode())
     finally:

@@ -39,12 +39,11 @@ def cmd_users(args: argparse.Namespace, cfg: Config) -> int:
     from hive import Store, StoreError
     from hive.console._users import Users, check_name, check_role
 
-    from ._trees import Layout
     from .cli import _table
 
     try:
         # Made if missing: the first admin is added before the hive first starts.
-        store = Store(Layout(cfg.data_dir).hive_db)
+        store = Store(cfg.store_location)
     except StoreError as e:
         raise FleetCliError(str(e)) from None
     users = Users(store)

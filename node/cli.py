@@ -242,11 +242,10 @@ def parse_token(token: str) -> tuple[bytes, str]:
 def _hive_store(cfg: Config, readonly: bool = False):
     from hive import Store, StoreError
 
-    from ._trees import Layout
 
-    db = Layout(cfg.data_dir).hive_db
+    db = cfg.store_location
     if not db.exists():
-        raise CliError(f"no hive store in {cfg.data_dir} (run `immune-node hive --data {cfg.data_dir}` once)")
+        raise CliError(f"no hive store at {db} (run `immune-node hive --data {cfg.data_dir}` once)")
     try:
         return Store(db, readonly=readonly)
     except StoreError as e:

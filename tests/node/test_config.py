@@ -143,6 +143,9 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[hive]\nmax_frame = 67108865\n", "hive.max_frame: must be an integer from 1048576"),
     ("[hive]\nmax_frame = 1e6\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not 1000000.0"),
     ("[hive]\nmax_frame = true\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not True"),
+    # [store]
+    ("[store]\nurl = 'hive.db'\n", "store.url: 'hive.db' is not sqlite:///PATH (an absolute path)"),
+    ("[store]\nurl = 'sqlite:///'\n", "store.url: 'sqlite:///' is not"),
     # [agent]
     ("[agent]\nid = 'web 1'\n", "agent.id: 'web 1': up to 256 characters, no spaces or control characters"),
     (f"[agent]\nid = '{'w' * 257}'\n", "agent.id: 'www"),
@@ -176,6 +179,7 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[hive]\nlisten = 'ipc:///run/immune/hive'\nenroll_listen = 'ipc:///run/immune/enroll'\n",
     "[agent]\nid = 'web-1.example.org'\nheartbeat = 0.5\nhive_key = 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'\n",
     "[sensor]\nscope = 'netns:blue'\nwatchdog_ms = 10\nfold_ms = 0\n",
+    "[store]\nurl = 'sqlite:///srv/shared/hive.db'\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"
@@ -261,3 +265,10 @@ def test_the_policy_file_must_be_readable_for_the_sensor(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(None, check={POLICY_FILE}, sensor_policy=str(tmp_path))
     assert str(info.value) == f"--policy: {tmp_path}: is a folder, not a file"
+
+
+def test_store_location_is_the_data_folder_or_the_url(tmp_path):
+    assert load_config(None, node_data=str(tmp_path)).store_location == tmp_path / "hive.db"
+    f = tmp_path / "s.toml"
+    f.write_text("[store]\nurl = 'sqlite:///srv/shared/hive.db'\n")
+    assert str(load_config(f).store_location) == "/srv/shared/hive.db"

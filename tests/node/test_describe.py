@@ -37,9 +37,8 @@ def test_the_container_a_person_reads():
 def test_events_and_alerts_show_the_container(tmp_path, capsys):
     from hive import Store
     from hive._messages import Ingest
-    from node._trees import Layout
 
-    store = Store(Layout(tmp_path).hive_db)
+    store = Store(tmp_path / "hive.db")
     inside = wire.Exec(time=2_000_000_000_000_000_000, pid=42, filename="/tmp/x", argv=["/tmp/x"], verdict="block",
                        container="c" * 64, container_runtime="containerd", container_name="vllm",
                        container_image="docker.io/vllm/vllm-openai:v0.6.0")
