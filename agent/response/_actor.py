@@ -4,9 +4,11 @@ PULLs ``wire.Command`` from the relay (``agent.COMMANDS_ENDPOINT``, which the
 relay binds) and PUSHes each ``wire.CommandResult`` back
 (``agent.RESULTS_ENDPOINT``), one command at a time in the order received,
 so a playbook's steps run in its order.  Actions that change the sensor's
-policy run on this trio thread, the one the sensor lives on; kills, evidence
-collection, a quarantine's file move and container isolation, which wait on
-the system, run on a worker thread."""
+policy run on this trio thread, the one the sensor lives on; so do a kill's
+signals (a worker thread would first have to win the interpreter from the
+reader and the relay, busy with the victim's own events).  Waiting for the
+deaths, evidence collection, a quarantine's file move and container
+isolation, which wait on the system, run on a worker thread."""
 
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ async def executor_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                     await trio.to_thread.run_sync(executor.prepare, cmd)
                     result = executor.execute(cmd)
                 else:
+                    executor.strike(cmd)
                     result = await trio.to_thread.run_sync(executor.execute, cmd)
                 stats["ok" if result.ok else "failed"] = int(stats["ok" if result.ok else "failed"]) + 1
                 await outbox.send(result)

@@ -60,7 +60,7 @@ from ._policy import (
     rule_text,
     write_json,
 )
-from ._process import kill_process
+from ._process import Strike, strike
 from ._results import ResultLog
 from ._netns import ContainerIsolations, cut_network, open_net, refuse_shared, restore_network
 from ._view import container_of, container_pids, find_view
@@ -104,7 +104,8 @@ class Executor:
         self._memory = memory
         self._results = ResultLog(self.data_dir / "response" / "results.jsonl", keep=memory, log=self._log)
         self._done: OrderedDict[str, wire.CommandResult] = self._results.load()
-        self._prepared: dict[str, dict | ResponseError] = {}
+        self._prepared: dict[str, dict | Strike | Exception] = {}
+        """Commands half done by ``prepare`` or ``strike``: what ``execute`` finishes."""
         self._state_file = self.data_dir / "response" / "state.json"
         self._containers = ContainerIsolations(self.data_dir / "response" / "containers.json", self._log)
         self._net_lock = threading.Lock()
@@ -117,7 +118,7 @@ class Executor:
         if seen is not None:
             return wire.CommandResult(command=cmd.id, ok=seen.ok, data=seen.data,
                                       detail=f"already done (command repeated): {seen.detail}")
-        if cmd.expires and cmd.expires < self._clock() * 1e9:
+        if cmd.expires and cmd.expires < self._clock() * 1e9 and cmd.id not in self._prepared:
             return self._finish(cmd, False, "expired before the executor took it; not run")
         if wire.COMMANDS.get(cmd.action) is not type(cmd):
             return self._finish(cmd, False, f"unknown action {cmd.action!r} (known: {', '.join(sorted(ACTIONS))})")
@@ -152,6 +153,20 @@ class Executor:
         except ResponseError as e:
             self._prepared[cmd.id] = e
 
+    def strike(self, cmd: wire.Command) -> None:
+        """Send a kill's signals now, on the caller's thread (the actor's: no
+        hand-off to a worker before the victim stops); ``execute`` then waits
+        for the deaths.  Without it, execute does both."""
+        if not isinstance(cmd, wire.KillProcess) or cmd.id in self._done or cmd.id in self._prepared:
+            return
+        if cmd.expires and cmd.expires < self._clock() * 1e9:
+            return  # execute() says so
+        try:
+            self._prepared[cmd.id] = strike(cmd.pid, tree=cmd.tree, sig=cmd.signal, exe=cmd.exe,
+                                            extra_protected=self._protected)
+        except Exception as e:  # noqa: BLE001  execute() reports it, as if it had run there
+            self._prepared[cmd.id] = e
+
     def _finish(self, cmd: wire.Command, ok: bool, detail: str, data: dict | None = None) -> wire.CommandResult:
         data = dict(data or {})
         archive = data.pop("archive", b"")
@@ -165,7 +180,12 @@ class Executor:
     # ---- processes ----------------------------------------------------------------
 
     def _do_kill_process(self, cmd: wire.KillProcess) -> tuple[str, dict]:
-        out = kill_process(cmd.pid, tree=cmd.tree, sig=cmd.signal, exe=cmd.exe, extra_protected=self._protected)
+        self.strike(cmd)
+        done = self._prepared.pop(cmd.id)
+        if isinstance(done, Exception):
+            raise done
+        assert isinstance(done, Strike)
+        out = done.wait(1.0)
         if not out["killed"]:
             return f"pid {cmd.pid} was already gone", out
         return f"killed {len(out['killed'])} process(es): {', '.join(map(str, out['killed']))}", out

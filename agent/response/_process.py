@@ -172,6 +172,43 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
     carries: ``killed`` (dead now), ``gone`` (dead before the signal) and
     ``ms``; raises Refused or ResponseError.  ``protected`` (pid -> why)
     replaces the agent's own ``Family`` (tests)."""
+    return strike(pid, tree=tree, sig=sig, exe=exe, extra_protected=extra_protected,
+                  protected=protected).wait(wait)
+
+
+class Strike:
+    """Signals sent, deaths not yet confirmed: the pidfds of the processes
+    signalled (None for one gone before it).  ``wait`` confirms and closes
+    them; the executor's actor sends the signals on its own thread and waits
+    on a worker thread, so nothing stands between the decision and the kill."""
+
+    def __init__(self, handles: dict[int, int | None], sig: str, started: float) -> None:
+        self.handles, self.sig, self.started = handles, sig, started
+        self._closed = False
+
+    def wait(self, timeout: float) -> dict:
+        try:
+            dead, alive = _wait_dead({p: fd for p, fd in self.handles.items() if fd is not None}, timeout)
+        finally:
+            self.close()
+        gone = sorted(p for p, fd in self.handles.items() if fd is None)
+        out = {"killed": sorted(dead), "gone": gone, "ms": _ms(self.started)}
+        if alive:
+            raise ResponseError(f"still alive {timeout:g}s after SIG{self.sig}: "
+                                f"pid(s) {', '.join(map(str, sorted(alive)))}")
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for fd in self.handles.values():
+                if fd is not None:
+                    os.close(fd)
+
+
+def strike(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str = "",
+           extra_protected: Iterable[int] = (), protected: dict[int, str] | None = None) -> Strike:
+    """The checks and the signals of ``kill_process``, without the wait."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         raise ResponseError(f"pid must be a positive integer, not {pid!r}")
     if sig not in _SIGNALS:
@@ -183,7 +220,7 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
         raise Refused(f"refused: {why}")
     root = stat(pid)
     if root is None or root.dead:
-        return {"killed": [], "gone": [pid], "ms": _ms(started)}
+        return Strike({pid: None}, sig, started)
     if _kernel_thread(root):
         raise Refused(f"refused: pid {pid} ({root.comm}) is a kernel thread")
     if exe:
@@ -192,9 +229,10 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
         if running is not None and running != exe and not runs(pid, exe):
             raise Refused(f"refused: pid {pid} runs {running}, not {exe}: the pid may have been reused")
     handles = {pid: _open(root)}
+    done = Strike(handles, sig, started)
     try:
         if handles[pid] is None:
-            return {"killed": [], "gone": [pid], "ms": _ms(started)}
+            return done
         if tree:
             try:
                 _freeze(root, handles, why_protected)
@@ -209,16 +247,10 @@ def kill_process(pid: object, *, tree: bool = False, sig: str = "KILL", exe: str
                 _signal(fd, signum)
                 if signum != signal.SIGKILL:
                     _signal(fd, signal.SIGCONT)  # a frozen process must wake to act on TERM
-        dead, alive = _wait_dead({p: fd for p, fd in handles.items() if fd is not None}, wait)
-    finally:
-        for fd in handles.values():
-            if fd is not None:
-                os.close(fd)
-    gone = sorted(p for p, fd in handles.items() if fd is None)
-    out = {"killed": sorted(dead), "gone": gone, "ms": _ms(started)}
-    if alive:
-        raise ResponseError(f"still alive {wait:g}s after SIG{sig}: pid(s) {', '.join(map(str, sorted(alive)))}")
-    return out
+    except BaseException:
+        done.close()
+        raise
+    return done
 
 
 def _open(st: ProcStat) -> int | None:

@@ -118,6 +118,34 @@ def test_kill_a_process_tree_frozen_first(executor, monkeypatch, children_files)
     assert not any(alive(p) for p in tree)
 
 
+def test_a_struck_kill_is_dead_before_execute_and_finished_by_it(tmp_path):
+    """The actor's order: the signals on its own thread (``strike``), the
+    wait for the deaths and the result on a worker (``execute``), even if the
+    command expires between the two."""
+    now = [time.time()]
+    executor = Executor(tmp_path / "agent", clock=lambda: now[0])
+    pid = detached("sleep 300 & wait")
+    [child] = children_of(pid)
+    cmd = msgspec.convert({"id": "c-strike", "pid": pid, "tree": True, "expires": int((now[0] + 5) * 1e9)},
+                          wire.KillProcess)
+    executor.strike(cmd)
+    deadline = time.monotonic() + 2
+    while alive(pid) or alive(child):
+        assert time.monotonic() < deadline, "strike sent no SIGKILL"
+        time.sleep(0.005)
+    now[0] += 10
+    r = executor.execute(cmd)
+    assert r.ok and sorted(r.data["killed"]) == sorted([pid, child]), r.detail
+    assert executor.execute(cmd).detail.startswith("already done (command repeated): killed 2")
+
+
+def test_a_struck_refusal_is_reported_by_execute(executor):
+    cmd = command("kill_process", pid=1)
+    executor.strike(cmd)
+    r = executor.execute(cmd)
+    assert not r.ok and r.detail == "refused: pid 1 is init; killing it would bring the host down"
+
+
 def test_without_tree_the_children_survive(executor):
     pid = detached("sleep 300 & wait")
     [child] = children_of(pid)
