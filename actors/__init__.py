@@ -8,7 +8,7 @@ from ._codec import Codec
 from ._curve import ZAP_ENDPOINT, KeyFileError, KeyPair, check_key, curve_client, curve_server, zap_handler
 from ._door import Door, watch_door
 from ._errors import ActorError, DecodeError, Escalation, SocketClosed, StartError
-from ._log import LogThrottle, get_logger, log_event, setup_logging
+from ._log import LogThrottle, get_logger, log_event, log_setup, setup_logging
 from ._node import Node, NodeBusy, Status, endpoints, query_status, request_restart
 from ._policy import Decision, Restart, RestartPolicy, Strategy
 from ._stats import Snapshot, Statistics
@@ -22,5 +22,5 @@ __all__ = [
     "Duplex", "Escalation", "LogThrottle", "Node", "NodeBusy", "Restart", "RestartPolicy", "Runtime", "Snapshot",
     "Socket", "SocketClosed", "StartError", "Statistics", "Status", "Strategy", "Supervisor",
     "TaskStatus", "Taps", "decode_tap", "endpoints", "get_logger", "log_event",
-    "query_status", "request_restart", "setup_logging", "watch_door",
+    "query_status", "request_restart", "log_setup", "setup_logging", "watch_door",
 ]

@@ -28,7 +28,7 @@ import msgspec
 import trio
 
 from ._actor import Child, Context, Runtime, TaskStatus
-from ._log import log_event, setup_logging
+from ._log import log_event, log_setup, setup_logging
 from ._stats import Snapshot
 
 _STATS_EVERY = 0.5
@@ -59,6 +59,7 @@ async def run_child_process(ctx: Context, spec: Child, status: TaskStatus) -> No
         "args": dict(spec.args),
         "leaf_endpoint": ctx.runtime.leaf_endpoint,
         "log_level": logging.getLogger("immune").getEffectiveLevel(),
+        "log_setup": log_setup(),
     })
     rfd, wfd = os.pipe()
     try:
@@ -163,7 +164,7 @@ async def _child_main(spec: dict[str, Any], report_fd: int) -> None:
 def main() -> None:
     report_fd = int(sys.argv[1])
     spec = pickle.loads(sys.stdin.buffer.read())
-    setup_logging(spec["log_level"])
+    setup_logging(spec["log_level"], **spec["log_setup"])
     try:
         trio.run(_child_main, spec, report_fd)
     except BaseException as e:  # report how we died; the exit status tells the parent

@@ -42,6 +42,10 @@ class NodeConfig(_Section):
     data: str = "/var/lib/immune"
     """Folder where the node keeps its state (store, spool, keys, run files)."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` (one line per record) or ``json`` (one JSON object per line, Elastic Common Schema names)."""
+    log_to: str = "stderr"
+    """``stderr`` or ``journald`` (its native socket: fields stay fields; the format is the journal's)."""
     shutdown_timeout: Annotated[float, Meta(gt=0, le=600)] = 5.0
     """Seconds each actor gets to stop before it is abandoned or killed."""
 
@@ -320,6 +324,12 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
                             f"need a path under {_IPC_PATH_MAX + 1} bytes")
     if cfg.node.log_level.lower() not in _LEVELS:
         yield "node.log_level", f"{cfg.node.log_level!r} is not one of {sorted(_LEVELS)}"
+    from actors._log import DESTINATIONS, FORMATS
+
+    if cfg.node.log_format not in FORMATS:
+        yield "node.log_format", f"{cfg.node.log_format!r} is not one of {', '.join(FORMATS)}"
+    if cfg.node.log_to not in DESTINATIONS:
+        yield "node.log_to", f"{cfg.node.log_to!r} is not one of {', '.join(DESTINATIONS)}"
     for key, endpoint in (("hive.listen", cfg.hive.listen), ("hive.enroll_listen", cfg.hive.enroll_listen),
                           ("agent.hive", cfg.agent.hive)):
         if endpoint or key != "hive.enroll_listen":

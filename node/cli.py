@@ -34,7 +34,10 @@ class CliError(Exception):
 
 def run_node(name: str, tree: Supervisor, cfg: Config) -> int:
     """Run ``tree`` until SIGINT/SIGTERM, then stop it in reverse order."""
-    setup_logging(cfg.node.log_level, also=("kmod",))  # the sensor's library logs as "kmod"
+    try:  # the sensor's library logs as "kmod"
+        setup_logging(cfg.node.log_level, also=("kmod",), format=cfg.node.log_format, to=cfg.node.log_to)
+    except OSError as e:
+        raise CliError(e.strerror or str(e)) from None
     log = actors.get_logger(name)
     node = Node(name, tree, cfg.run_dir)
     # SIGHUP's default action ends a process: a node only reloads on it (the
@@ -622,6 +625,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="folder where the node keeps its state (default: /var/lib/immune)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="log verbosity (default: info)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="text lines, or JSON lines with Elastic Common Schema names (default: text)")
+    p.add_argument("--log-to", choices=["stderr", "journald"],
+                   help="where a running node logs (default: stderr)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -792,7 +799,8 @@ def _rules_parsers(p: argparse.ArgumentParser, actions: argparse._SubParsersActi
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
-    o: dict[str, object] = {"node_data": args.data, "node_log_level": args.log_level}
+    o: dict[str, object] = {"node_data": args.data, "node_log_level": args.log_level,
+                            "node_log_format": args.log_format, "node_log_to": args.log_to}
     if args.command in ("hive", "demo"):
         o["hive_listen"] = args.listen
         o["console_listen"] = args.console_listen

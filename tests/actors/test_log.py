@@ -33,3 +33,33 @@ def test_a_flood_logs_a_few_lines_per_kind_and_then_how_many_were_left_out(caplo
         caplog.clear()
         t.flush(all=True)  # as the actor stops
         assert [r.getMessage() for r in caplog.records] == ["log.suppressed kind=oversized suppressed=997 seconds=11.0"]
+
+
+def test_json_lines_carry_ecs_names_and_the_event_fields():
+    import io
+    import json
+
+    from actors import get_logger, log_event, setup_logging
+
+    out = io.StringIO()
+    setup_logging("INFO", stream=out, format="json")
+    try:
+        log_event(get_logger("hive.router"), "frame.refused", logging.WARNING, peer="tcp://x y", size=7)
+        try:
+            raise ValueError("bad = thing")
+        except ValueError:
+            get_logger("hive.store").exception("crashed")
+    finally:
+        setup_logging("INFO")
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["log"] == {"level": "warning", "logger": "hive.router"}
+    assert first["event"] == {"action": "frame.refused"} and first["immune"] == {"peer": "tcp://x y", "size": 7}
+    assert first["message"] == "frame.refused peer='tcp://x y' size=7" and first["@timestamp"].endswith("Z")
+    assert second["error"]["type"] == "ValueError" and "bad = thing" in second["error"]["stack_trace"]
+
+
+def test_a_journal_entry_keeps_fields_and_multi_line_values():
+    from actors._log import _journal_datagram
+
+    data = _journal_datagram([("MESSAGE", "two\nlines"), ("IMMUNE_EVENT", "child.exit")])
+    assert data == b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\nIMMUNE_EVENT=child.exit\n"

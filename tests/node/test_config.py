@@ -143,6 +143,8 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[hive]\nmax_frame = 67108865\n", "hive.max_frame: must be an integer from 1048576"),
     ("[hive]\nmax_frame = 1e6\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not 1000000.0"),
     ("[hive]\nmax_frame = true\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not True"),
+    ("[node]\nlog_format = 'xml'\n", "node.log_format: 'xml' is not one of text, json"),
+    ("[node]\nlog_to = 'syslog'\n", "node.log_to: 'syslog' is not one of stderr, journald"),
     # [store]
     ("[store]\nurl = 'hive.db'\n", "store.url: 'hive.db' is not sqlite:///PATH (an absolute path)"),
     ("[store]\nurl = 'sqlite:///'\n", "store.url: 'sqlite:///' is not"),
