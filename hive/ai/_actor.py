@@ -25,6 +25,7 @@ from actors import Context, log_event
 from .._store import Store, StoreError
 from ._budget import HOUR, Budget
 from ._client import ChatClient, Outcome
+from ._redact import redact
 from ._summary import summarize, summary_text
 
 POLL = 1.0
@@ -102,7 +103,7 @@ async def ai_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
                         budget=budget, backoff=backoff)
     st = ctx.stats.extra
     st.update(triaged=0, failed=0, calls=0, budget_used=budget.used, budget=ai.calls_per_hour)
-    log_event(ctx.log, "ai.start", url=client.url, model=ai.model, calls_per_hour=ai.calls_per_hour,
+    log_event(ctx.log, "ai.start", url=redact(client.url), model=ai.model, calls_per_hour=ai.calls_per_hour,
               spent_last_hour=budget.used)
     task_status.started()
 

@@ -82,12 +82,15 @@ def summarize(incident: Any, alerts: Sequence[Any], *, trees: Mapping[str, Itera
     trees = trees or {}
     agents = set(incident.agents) | {a.agent for a in alerts}
     ranked = sorted(alerts, key=lambda a: (_LEVEL_ORDER.index(a.level) if a.level in _LEVEL_ORDER else 9, a.time))
+    # The incident's own times are the correlator's monotonic clock: its
+    # alerts' and events' times say when things happened.
+    times = sorted(a.time for a in alerts if a.time)
     return {
         "incident": {
-            "id": incident.id, "title": incident.title, "level": incident.level,
-            "opened": _when(incident.opened), "hosts": list(incident.agents),
+            "id": incident.id, "title": incident.title, "level": incident.level, "hosts": list(incident.agents),
+            "first_alert": _when(times[0]) if times else "", "last_alert": _when(times[-1]) if times else "",
             "links": [{"from": a, "to": b, "port": port} for a, b, port in incident.edges],
-            "timeline": [{"time": _when(t.event_time or t.time), "host": t.agent, "what": t.what,
+            "timeline": [{"time": _when(t.event_time), "host": t.agent, "what": t.what,
                           "summary": _cut(t.summary)} for t in incident.timeline[-40:]],
         },
         "alerts": [{
@@ -109,12 +112,16 @@ _encode = msgspec.json.Encoder().encode
 
 
 def summary_text(summary: dict[str, Any], max_bytes: int = MAX_BYTES) -> str:
-    """``summary`` redacted and encoded as JSON within ``max_bytes``."""
+    """``summary`` redacted and encoded as JSON within ``max_bytes`` (as
+    near as it can come: one alert with one event, one process and strings
+    of 256 characters is the least it sends)."""
+    # Redacted before anything is cut, so a cut never leaves half a secret
+    # its pattern no longer recognises.
     clean = redact_all(summary)
     while True:
         text = _encode(clean)
         if len(text) <= max_bytes or not _shrink(clean):
-            return text[:max_bytes].decode(errors="ignore") if len(text) > max_bytes else text.decode()
+            return text.decode()
 
 
 def _shrink(summary: dict[str, Any]) -> bool:
@@ -137,4 +144,17 @@ def _shrink(summary: dict[str, Any]) -> bool:
     if timeline:
         timeline.pop(0)
         return True
-    return False
+    return _shorten(summary, 256)
+
+
+def _shorten(value: Any, most: int) -> bool:
+    """Cut every string in ``value`` to ``most`` characters; False if none was longer."""
+    changed = False
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, v in list(items):
+        if isinstance(v, str) and len(v) > most:
+            value[key] = v[:most] + "...(cut)"
+            changed = True
+        elif isinstance(v, (dict, list)):
+            changed = _shorten(v, most) or changed
+    return changed

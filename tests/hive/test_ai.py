@@ -282,6 +282,10 @@ def test_a_huge_incident_makes_a_bounded_summary():
     text = summary_text(summary, 16 * 1024)
     assert len(text.encode()) <= 16 * 1024 and "abcdef123456" not in text
     assert json.loads(text)["incident"]["id"] == "inc-1"
+    # At the least bound the config allows, strings are cut too and it still fits, still JSON.
+    smallest = summary_text(summarize(inc, alerts), 4 * 1024)
+    assert len(smallest.encode()) <= 4 * 1024 and json.loads(smallest)["alerts"][0]["events"]
+    assert "abcdef123456" not in smallest
 
 
 async def test_without_a_url_the_client_is_never_made(tmp_path):

@@ -388,6 +388,9 @@ async def test_the_incident_page_and_api_show_its_ai_triage_and_ask_for_one(cons
         assert 'id="ask-triage"' not in page  # [ai] unset: nothing to ask
         r = await c.post("/incidents/inc-1/triage", data={"csrf": csrf})
         assert r.status_code == 409 and "AI triage is off" in r.text
+        r = await c.post("/api/incidents/inc-1/triage", headers={"x-csrf-token": csrf})
+        assert r.status_code == 409 and r.json() == {"error": "AI triage is off: the hive's [ai] url is not set"}
+        assert console.store.triage_requests() == []
         console.config.ai.url, console.config.ai.model = "http://127.0.0.1:9/v1", "m"
         page = (await c.get("/incidents/inc-1")).text
         assert 'action="/incidents/inc-1/triage"' in page and "Ask the AI again" in page
