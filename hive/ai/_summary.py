@@ -52,6 +52,11 @@ def event_view(event: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": data.pop("kind", type(event).__name__.lower())}
     if "time" in data:
         out["time"] = _when(data.pop("time"))
+    # Arguments one by one would hide a secret from the redaction that
+    # knows it by its neighbour (``--password``, ``X``): the command line whole.
+    argv = data.pop("argv", None)
+    if argv and not data.get("cmdline"):
+        data["cmdline"] = " ".join(argv)
     for key, value in data.items():
         if key in _NOISE or value in ("", 0, [], {}, None, False) or (key == "verdict" and value == "allow"):
             continue

@@ -273,6 +273,14 @@ async def test_requests_first_new_incidents_once_settled_old_ones_only_on_reques
     assert len(triage(db, "inc-1")) == 1 and triage(db, "inc-3") == [] and len(server.requests) == 2
 
 
+def test_arguments_are_redacted_as_one_command_line():
+    inc, alerts = incident(1, alerts=1)
+    alerts[0].events = [wire.Exec(time=1, pid=5, filename="/usr/bin/mysql",
+                                  argv=["mysql", "-u", "root", "-pArgvSecret1", "--password", "ArgvSecret2"])]
+    text = summary_text(summarize(inc, alerts))
+    assert "ArgvSecret" not in text and "mysql -u root -p[REDACTED] --password [REDACTED]" in text
+
+
 def test_a_huge_incident_makes_a_bounded_summary():
     inc, alerts = incident(1, alerts=40)
     for a in alerts:
