@@ -594,6 +594,10 @@ class Store:
             db.execute("INSERT OR IGNORE INTO triage_requests(incident, time, requested_by) VALUES(?,?,?)",
                        (incident_id, time.time(), by))
 
+    def triage_requested(self, incident_id: str) -> bool:
+        """A triage of ``incident_id`` was asked for and is not done yet."""
+        return bool(self._read("SELECT 1 FROM triage_requests WHERE incident=?", (incident_id,)))
+
     def triage_requests(self, limit: int = 10) -> list[tuple[str, str]]:
         """(incident, who asked) of triages asked for and not done, oldest first."""
         return self._read("SELECT incident, requested_by FROM triage_requests ORDER BY time LIMIT ?", (limit,))

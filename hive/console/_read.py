@@ -533,15 +533,15 @@ class IncidentTriage(Struct):
 
 def incident_triage(store: Store, incident_id: str, enabled: bool, limit: int = 20) -> IncidentTriage | None:
     """The AI triages of an incident (None: no such incident)."""
-    if not _read(store.db, "SELECT 1 FROM incidents WHERE id=?", (incident_id,)):
+    if store.incident(incident_id) is None:
         return None
     views = [TriageView(id=r.id, time=r.time, state=r.state, requested_by=r.requested_by, model=r.model,
                         severity=r.severity, confidence=r.confidence, techniques=list(r.verdict.get("techniques", [])),
                         explanation=r.verdict.get("explanation", ""), playbook=r.verdict.get("playbook", ""),
                         reason=r.reason, seconds=r.seconds, calls=r.calls)
              for r in store.triage(incident_id, limit)]
-    pending = bool(_read(store.db, "SELECT 1 FROM triage_requests WHERE incident=?", (incident_id,)))
-    return IncidentTriage(incident=incident_id, enabled=enabled, pending=pending, triages=views)
+    return IncidentTriage(incident=incident_id, enabled=enabled, pending=store.triage_requested(incident_id),
+                          triages=views)
 
 
 # -- agents ------------------------------------------------------------------------------------

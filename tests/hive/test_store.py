@@ -420,11 +420,12 @@ def test_a_version_7_store_gets_the_triage_tables_and_keeps_its_incidents(tmp_pa
         assert s.untriaged(settled=time.time(), since=0) == ["i1"]
         s.request_triage("i1", "cli")
         s.request_triage("i1", "operator:bob")  # asked twice: done once
-        assert s.triage_requests() == [("i1", "cli")]
+        assert s.triage_requests() == [("i1", "cli")] and s.triage_requested("i1")
         first = s.add_triage("i1", state="done", requested_by="cli", model="m", seconds=1.5, calls=2,
                              verdict={"severity": "high", "techniques": ["T1059"], "explanation": "x",
                                       "playbook": "", "confidence": 0.8})
-        assert s.triage_requests() == [] and s.untriaged(settled=time.time(), since=0) == []
+        assert s.triage_requests() == [] and not s.triage_requested("i1")
+        assert s.untriaged(settled=time.time(), since=0) == []
         second = s.add_triage("i1", state="failed", requested_by="auto", reason="over budget")
         assert second > first and s.triage_mark() == second
         assert [r.state for r in s.triage("i1")] == ["failed", "done"]
