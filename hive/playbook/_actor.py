@@ -158,9 +158,12 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             if row.state != "done":
                 continue
             alerts = store.incident_alerts(row.incident)
-            if alerts:
-                alert = max(alerts, key=lambda a: (_LEVELS.index(a.level) if a.level in _LEVELS else -1, -a.time))
-                out.append(({**row.verdict, "model": row.model, "incident": row.incident, "id": row.id}, alert))
+            if not alerts:  # nothing a step could act on
+                log_event(ctx.log, "verdict.skipped", logging.WARNING, incident=row.incident, triage=row.id,
+                          reason="the incident has no stored alert")
+                continue
+            alert = max(alerts, key=lambda a: (_LEVELS.index(a.level) if a.level in _LEVELS else -1, -a.time))
+            out.append(({**row.verdict, "model": row.model, "incident": row.incident, "id": row.id}, alert))
         return out
 
     async def housekeeping() -> None:
