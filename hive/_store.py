@@ -161,8 +161,23 @@ def _v6_to_v7(db: sqlite3.Connection) -> None:
                "position INTEGER NOT NULL, updated REAL NOT NULL, PRIMARY KEY(name, source))")
 
 
+def _v7_to_v8(db: sqlite3.Connection) -> None:
+    # AI triage (issue 16): each incident's verdicts (and failed attempts,
+    # with the reason) newest last, and the triages asked for by hand that
+    # the hive's ai actor has not done yet.
+    db.execute("CREATE TABLE IF NOT EXISTS triage(id INTEGER PRIMARY KEY AUTOINCREMENT, incident TEXT NOT NULL, "
+               "time REAL NOT NULL, state TEXT NOT NULL, requested_by TEXT NOT NULL DEFAULT '', "
+               "model TEXT NOT NULL DEFAULT '', severity TEXT NOT NULL DEFAULT '', "
+               "confidence REAL NOT NULL DEFAULT 0, verdict TEXT NOT NULL DEFAULT '', "
+               "reason TEXT NOT NULL DEFAULT '', seconds REAL NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0)")
+    db.execute("CREATE INDEX IF NOT EXISTS triage_incident ON triage(incident, id)")
+    db.execute("CREATE INDEX IF NOT EXISTS triage_time ON triage(time)")
+    db.execute("CREATE TABLE IF NOT EXISTS triage_requests(incident TEXT PRIMARY KEY, time REAL NOT NULL, "
+               "requested_by TEXT NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7]
+    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7, _v7_to_v8]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -238,6 +253,36 @@ class AgentRow:
     """The policy bundle it runs (its latest Hello or bundle status; 0: none)."""
     bundle_detail: str = ""
     """What its latest bundle status said (why a bundle was refused)."""
+
+
+@dataclass
+class TriageRow:
+    """One triage of an incident: a verdict (``state`` done) or a failure."""
+
+    id: int
+    incident: str
+    time: float
+    state: str
+    """``done`` (``verdict`` holds the model's answer) or ``failed`` (``reason`` says why)."""
+    requested_by: str
+    """``auto`` (the hive, for a new incident) or who asked (``operator:NAME``, ``cli``)."""
+    model: str
+    severity: str
+    confidence: float
+    verdict: dict
+    """severity, techniques, explanation, playbook, confidence; {} when failed."""
+    reason: str
+    seconds: float
+    calls: int
+    """HTTP requests made to the model (0: none, e.g. over budget)."""
+
+
+_TRIAGE_COLUMNS = "id, incident, time, state, requested_by, model, severity, confidence, verdict, reason, seconds, calls"
+
+
+def _triage_row(r: tuple) -> TriageRow:
+    return TriageRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] else {}, r[9],
+                     r[10], r[11])
 
 
 @dataclass
@@ -524,6 +569,81 @@ class Store:
         return [_decode_incident(b) for (b,) in
                 self._read("SELECT body FROM incidents ORDER BY updated DESC LIMIT ?", (limit,))]
 
+    def incident(self, incident_id: str) -> Incident | None:
+        rows = self._read("SELECT body FROM incidents WHERE id=?", (incident_id,))
+        return _decode_incident(rows[0][0]) if rows else None
+
+    def incident_alerts(self, incident_id: str, limit: int = 200) -> list[wire.Alert]:
+        """The stored alerts filed under ``incident_id``, oldest first."""
+        alerts = []
+        for body, count, last_seen in self._read("SELECT body, count, last_seen FROM alerts WHERE incident=? "
+                                                 "ORDER BY time LIMIT ?", (incident_id, limit)):
+            alert = _decode_alert(body)
+            alert.incident, alert.count, alert.last_seen = incident_id, count, last_seen
+            alerts.append(alert)
+        return alerts
+
+    # -- AI triage -------------------------------------------------------------
+
+    def request_triage(self, incident_id: str, by: str) -> None:
+        """Ask the hive's ai actor for a new triage of ``incident_id`` (once
+        until it is done, whoever asks again)."""
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM incidents WHERE id=?", (incident_id,)).fetchone():
+                raise StoreError(f"no incident {incident_id!r}")
+            db.execute("INSERT OR IGNORE INTO triage_requests(incident, time, requested_by) VALUES(?,?,?)",
+                       (incident_id, time.time(), by))
+
+    def triage_requested(self, incident_id: str) -> bool:
+        """A triage of ``incident_id`` was asked for and is not done yet."""
+        return bool(self._read("SELECT 1 FROM triage_requests WHERE incident=?", (incident_id,)))
+
+    def triage_requests(self, limit: int = 10) -> list[tuple[str, str]]:
+        """(incident, who asked) of triages asked for and not done, oldest first."""
+        return self._read("SELECT incident, requested_by FROM triage_requests ORDER BY time LIMIT ?", (limit,))
+
+    def untriaged(self, *, settled: float, since: float, limit: int = 10) -> list[str]:
+        """Incidents changed between ``since`` and ``settled`` (wall clock)
+        that were never triaged, oldest change first."""
+        return [i for (i,) in self._read(
+            "SELECT id FROM incidents WHERE updated >= ? AND updated <= ? AND id NOT IN "
+            "(SELECT incident FROM triage) ORDER BY updated LIMIT ?", (since, settled, limit))]
+
+    def add_triage(self, incident_id: str, *, state: str, requested_by: str, model: str = "",
+                   verdict: dict | None = None, reason: str = "", seconds: float = 0.0, calls: int = 0) -> int:
+        """Store one triage of ``incident_id`` (and close its request, if
+        any); its id, which grows with every triage stored."""
+        verdict = verdict or {}
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO triage(incident, time, state, requested_by, model, severity, confidence, verdict, "
+                "reason, seconds, calls) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                (incident_id, time.time(), state, requested_by, model, verdict.get("severity", ""),
+                 float(verdict.get("confidence", 0.0)), json.dumps(verdict) if verdict else "", reason,
+                 seconds, calls))
+            db.execute("DELETE FROM triage_requests WHERE incident=?", (incident_id,))
+            return cur.lastrowid
+
+    def triage(self, incident_id: str, limit: int = 20) -> list[TriageRow]:
+        """The triages of ``incident_id``, newest first."""
+        return [_triage_row(r) for r in self._read(
+            f"SELECT {_TRIAGE_COLUMNS} FROM triage WHERE incident=? ORDER BY id DESC LIMIT ?", (incident_id, limit))]
+
+    def triage_after(self, after: int, limit: int = 100) -> list[TriageRow]:
+        """Triages stored after id ``after``, oldest first (a reader's cursor)."""
+        return [_triage_row(r) for r in self._read(
+            f"SELECT {_TRIAGE_COLUMNS} FROM triage WHERE id > ? ORDER BY id LIMIT ?", (after, limit))]
+
+    def triage_mark(self) -> int:
+        """The id of the latest triage stored (0: none)."""
+        return self._read("SELECT coalesce(max(id), 0) FROM triage", ())[0][0]
+
+    def triage_calls(self, since: float) -> list[float]:
+        """When each call to the model since ``since`` was made (a triage's
+        calls are counted at its time): what the budget has spent."""
+        return [t for t, calls in self._read("SELECT time, calls FROM triage WHERE time >= ? AND calls > 0",
+                                             (since,)) for _ in range(calls)]
+
     @staticmethod
     def _rows(b: Ingest) -> Iterable[tuple]:
         agent = b.agent
@@ -585,6 +705,7 @@ class Store:
             "commands": self._delete("commands", f"state IN ({states}) AND updated < ?",
                                      (*finished_commands, cutoff), key="rowid"),
             "audit": self._delete("audit", "time < ?", (cutoff,)),
+            "triage": self._delete("triage", "time < ?", (cutoff,)),
             "tokens": self._delete("tokens", "expires < ?", (now,), key="rowid"),
         }
         while self.size() > max_bytes:

@@ -120,6 +120,30 @@ class ConsoleConfig(_Section):
     """A login lasts this long."""
 
 
+class AiConfig(_Section):
+    """AI triage: incidents summarised (secrets redacted) and sent to an
+    OpenAI-compatible chat-completions endpoint for a verdict.  Off while
+    ``url`` is empty: then nothing about an incident leaves the hive."""
+
+    url: str = ""
+    """The endpoint: ``http(s)://HOST:PORT/v1`` (``/chat/completions`` is
+    added) or the full ``.../chat/completions`` URL, used as given."""
+    model: str = ""
+    """The model name sent in each request (llama.cpp ignores it; vLLM, Ollama and hosted services need it)."""
+    token: str = ""
+    """Sent as ``Authorization: Bearer TOKEN``; empty: no header."""
+    timeout: Annotated[float, Meta(gt=0, le=600)] = 60.0
+    """Seconds one request may take in all."""
+    retries: Annotated[int, Meta(ge=0, le=10)] = 2
+    """Requests tried again after a failure that may pass (no connection, timeout, HTTP 429 or 5xx)."""
+    calls_per_hour: Annotated[int, Meta(ge=1, le=100000)] = 60
+    """Requests to the model in any hour, retries included; beyond it a triage fails with the reason."""
+    delay: Annotated[float, Meta(ge=0, le=86400)] = 30.0
+    """A new incident is triaged once it has not changed for this many seconds."""
+    max_kb: Annotated[int, Meta(ge=4, le=4096)] = 64
+    """Largest summary sent, in KiB (the least telling parts are dropped to fit)."""
+
+
 class OutputConfig(_Section):
     """One ``[[outputs]]`` table: where the hive forwards alerts (and
     events) as ECS JSON, from a cursor kept in the store."""
@@ -158,6 +182,7 @@ class Config(_Section):
     sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     outputs: Annotated[list[OutputConfig], Meta(max_length=64)] = []
+    ai: AiConfig = msgspec.field(default_factory=AiConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -373,6 +398,14 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
         except ScopeError as e:
             yield "sensor.scope", str(e).removeprefix("scope ")
     yield from _output_problems(cfg.outputs)
+    if cfg.ai.url and not _is_http_url(cfg.ai.url):
+        yield "ai.url", f"{cfg.ai.url!r} is not an http:// or https:// URL"
+    elif cfg.ai.url and urlsplit(cfg.ai.url).query:
+        yield "ai.url", f"{cfg.ai.url!r}: no query string (the path ends in /v1 or /chat/completions)"
+    if cfg.ai.url and not cfg.ai.model.strip():
+        yield "ai.model", "set it to the model's name (the server's, e.g. llama3.1:8b) when ai.url is set"
+    if cfg.ai.token and not _TOKEN.fullmatch(cfg.ai.token):
+        yield "ai.token", "1 to 4096 printable ASCII characters without spaces"
 
 
 _OUTPUT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -80,6 +80,12 @@ def hive_children(cfg: Config) -> list[Child]:
     # restarts nothing else.  They read the store on their own.
     children += [Child(f"output-{o.name}", output_actor, shutdown=t, args=dict(path=db, output=o))
                  for o in cfg.outputs]
+    if cfg.ai.url:
+        # Only with [ai] url set: without it nothing about an incident leaves the hive.
+        from hive.ai import ai_actor
+
+        children.append(Child("ai", ai_actor, shutdown=t, args=dict(
+            path=db, ai=cfg.ai, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)])))
     return children
 
 

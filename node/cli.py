@@ -435,6 +435,58 @@ def _count(alert) -> str:
     return f"{alert.count} (last {time.strftime('%H:%M:%S', time.gmtime(alert.last_seen / 1e9))})"
 
 
+def cmd_triage(args: argparse.Namespace, cfg: Config) -> int:
+    from hive import StoreError
+
+    store = _hive_store(cfg)
+    try:
+        if store.incident(args.incident) is None:
+            raise CliError(f"no incident {args.incident!r} (see the console's incidents page)")
+        rows = store.triage(args.incident, limit=args.limit if args.all else 1)
+        if args.new or not rows:
+            if not cfg.ai.url:
+                raise CliError("AI triage is off: set [ai] url and model in the hive's configuration (without "
+                               "them nothing about an incident leaves the hive)")
+            mark = rows[0].id if rows else 0
+            store.request_triage(args.incident, "cli")
+            deadline = time.monotonic() + args.wait
+            while True:
+                rows = store.triage(args.incident, limit=args.limit if args.all else 1)
+                if rows and rows[0].id > mark:
+                    break
+                if time.monotonic() > deadline:
+                    raise CliError(f"no triage of {args.incident} within {args.wait:g} s: is the hive running "
+                                   "with [ai] url set? (the request stays: it will be done when it is)")
+                time.sleep(0.2)
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    finally:
+        store.close()
+    if args.json:
+        enc = msgspec.json.Encoder()
+        for r in rows:
+            sys.stdout.buffer.write(enc.encode(r) + b"\n")
+    else:
+        for r in rows:
+            print(_triage_text(r))
+    return EXIT_OK if rows[0].state == "done" else EXIT_FAILED
+
+
+def _triage_text(r) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.time))
+    calls = f"{r.calls} call{'s' if r.calls != 1 else ''}"
+    if r.state != "done":
+        return f"incident {r.incident}: triage failed ({r.requested_by}, {when}, {calls}): {r.reason}"
+    v = r.verdict
+    return "\n".join([
+        f"incident {r.incident}: verdict {v['severity']} (confidence {v['confidence']:.2f}) from {r.model} "
+        f"in {r.seconds:.1f} s ({r.requested_by}, {when}, {calls})",
+        f"  techniques: {', '.join(v['techniques']) or '-'}",
+        f"  recommended playbook: {v['playbook'] or '-'}",
+        f"  explanation: {v['explanation']}",
+    ])
+
+
 def cmd_playbooks(args: argparse.Namespace, cfg: Config) -> int:
     from hive.playbook import check_playbooks
 
@@ -764,6 +816,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive(int, INT64_MAX), default=100)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    p = add("triage", cmd_triage, "show an incident's AI verdict, or ask the hive's model for one",
+            "Print the latest AI triage of incident ID: the model's verdict (severity, confidence, ATT&CK "
+            "techniques, recommended playbook, explanation) or why it failed. With --new, or when it has none "
+            "yet, ask the running hive for a triage ([ai] url must be set) and wait for it. Exit 1 when the "
+            "triage failed.")
+    p.add_argument("incident", metavar="ID")
+    p.add_argument("--new", action="store_true", help="ask for a new triage even if there is one")
+    p.add_argument("--wait", type=_positive(float, 86400), default=180.0,
+                   help="seconds to wait for the hive's triage (default: 180)")
+    p.add_argument("--all", action="store_true", help="every triage of it, newest first")
+    p.add_argument("--limit", type=_positive(int, INT64_MAX), default=20, help="with --all: at most this many")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
     p = add("restart", cmd_restart, "restart one actor of a running node",
             "Make ACTOR of the node running with --data exit as if it crashed: its supervisor restarts "
             "it, and by its strategy the actors that depend on it. ACTOR is a name as `status` shows it "
@@ -816,7 +881,8 @@ _CHECKS = {
     "demo": {WRITE_DATA, HIVE_FOLDERS, POLICY_FILE},
     "enroll": {WRITE_DATA},
     "users": {WRITE_DATA},
-    **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart", "policy"), {READ_DATA}),
+    **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart", "policy", "triage"),
+                    {READ_DATA}),
 }
 
 

@@ -106,6 +106,30 @@ async def incident(request: Request) -> Any:
     return _found(await _read(request, lambda store: read.incident(store, incident_id)), f"incident {incident_id!r}")
 
 
+async def incident_triage(request: Request) -> Any:
+    _only(request)
+    incident_id = request.path_params["id"]
+    enabled = bool(request.app.state.console.config.ai.url)
+    return _found(await _read(request, lambda store: read.incident_triage(store, incident_id, enabled)),
+                  f"incident {incident_id!r}")
+
+
+async def request_triage(request: Request) -> Any:
+    """Ask the hive's ai actor for a triage of the incident, as the logged-in user."""
+    _only(request)
+    incident_id = request.path_params["id"]
+    console = request.app.state.console
+    if not console.config.ai.url:
+        raise ApiError(409, _AI_OFF)
+    if await _read(request, lambda store: read.incident(store, incident_id)) is None:
+        raise ApiError(404, f"no incident {incident_id!r}")
+    await console.write(lambda store: store.request_triage(incident_id, f"operator:{request.state.user.name}"))
+    return await _read(request, lambda store: read.incident_triage(store, incident_id, True))
+
+
+_AI_OFF = "AI triage is off: the hive's [ai] url is not set"
+
+
 async def events(request: Request) -> Any:
     q = read.event_query(request.query_params)
     return await _read(request, lambda store: read.events(store, q))
@@ -239,6 +263,11 @@ ROUTES = [
     ApiRoute("/api/incidents", incidents, list[read.IncidentRow], "Incidents, latest change first",
              query=("limit",)),
     ApiRoute("/api/incidents/{id}", incident, Incident, "An incident: its hosts, links and timeline"),
+    ApiRoute("/api/incidents/{id}/triage", incident_triage, read.IncidentTriage, "An incident's AI triages "
+             "(verdicts, or why there is none), newest first"),
+    ApiRoute("/api/incidents/{id}/triage", request_triage, read.IncidentTriage, "Ask the hive's AI model for a "
+             "triage of the incident (a redacted summary is sent to [ai] url); it comes within the model's time",
+             method="POST", role="responder", conflict=_AI_OFF),
     ApiRoute("/api/events", events, read.EventPage, "Events, newest first (`before`), or after an id, oldest "
              "first (`after`)", query=read.EventQuery),
     ApiRoute("/api/agents", agents, list[read.AgentView], "Agents: state, versions, spool, drops, last seen"),

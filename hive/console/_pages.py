@@ -178,10 +178,32 @@ async def incidents(request: Request) -> Response:
 @allow("viewer")
 async def incident(request: Request) -> Response:
     incident_id = request.path_params["id"]
-    i = await request.app.state.console.read(lambda store: read.incident(store, incident_id))
+    console = request.app.state.console
+    enabled = bool(console.config.ai.url)
+
+    def both(store: Any) -> tuple[Any, Any]:
+        return read.incident(store, incident_id), read.incident_triage(store, incident_id, enabled)
+
+    i, triage = await console.read(both)
     if i is None:
         return refuse(request, 404, f"no incident {incident_id!r}")
-    return _page(request, "incident.html", i=i, svg=incident_svg(i))
+    return _page(request, "incident.html", i=i, svg=incident_svg(i), triage=triage)
+
+
+@allow("responder")
+async def triage(request: Request) -> Response:
+    """POST /incidents/{id}/triage: ask the hive's AI model for a verdict,
+    under the logged-in user's name; the ai actor sends the summary."""
+    incident_id = request.path_params["id"]
+    console = request.app.state.console
+    await read_form(request)
+    if not console.config.ai.url:
+        return refuse(request, 409, "AI triage is off: the hive's [ai] url is not set")
+    try:
+        await console.write(lambda store: store.request_triage(incident_id, f"operator:{request.state.user.name}"))
+    except StoreError as e:
+        return refuse(request, 404 if "no incident" in str(e) else 503, str(e))
+    return RedirectResponse(f"/incidents/{quote(incident_id, safe='')}#triage", status_code=303)
 
 
 @allow("viewer")
@@ -336,6 +358,7 @@ def _routes() -> list[Route]:
         Route("/alerts/{id}/tree", tree),
         Route("/incidents", incidents),
         Route("/incidents/{id}", incident),
+        Route("/incidents/{id}/triage", triage, methods=["POST"]),
         Route("/agents", agents),
         Route("/agents/{id}", agent),
         Route("/actions", actions),

@@ -501,6 +501,49 @@ def incident(store: Store, incident_id: str) -> Incident | None:
     return _decode_incident(rows[0][0]) if rows else None
 
 
+class TriageView(Struct):
+    """One AI triage of an incident: the model's verdict, or why there is none."""
+
+    id: int
+    time: float
+    state: str
+    """done (a verdict) or failed (``reason`` says why)."""
+    requested_by: str
+    model: str
+    severity: str
+    confidence: float
+    techniques: list[str]
+    explanation: str
+    playbook: str
+    """The playbook the model recommends ("" for none); it runs only if a playbook's ai_verdict trigger says so."""
+    reason: str
+    seconds: float
+    calls: int
+
+
+class IncidentTriage(Struct):
+    incident: str
+    enabled: bool
+    """[ai] url is set: triages can be asked for."""
+    pending: bool
+    """A triage was asked for and is not done yet."""
+    triages: list[TriageView]
+    """Newest first."""
+
+
+def incident_triage(store: Store, incident_id: str, enabled: bool, limit: int = 20) -> IncidentTriage | None:
+    """The AI triages of an incident (None: no such incident)."""
+    if store.incident(incident_id) is None:
+        return None
+    views = [TriageView(id=r.id, time=r.time, state=r.state, requested_by=r.requested_by, model=r.model,
+                        severity=r.severity, confidence=r.confidence, techniques=list(r.verdict.get("techniques", [])),
+                        explanation=r.verdict.get("explanation", ""), playbook=r.verdict.get("playbook", ""),
+                        reason=r.reason, seconds=r.seconds, calls=r.calls)
+             for r in store.triage(incident_id, limit)]
+    return IncidentTriage(incident=incident_id, enabled=enabled, pending=store.triage_requested(incident_id),
+                          triages=views)
+
+
 # -- agents ------------------------------------------------------------------------------------
 
 

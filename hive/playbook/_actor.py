@@ -6,7 +6,8 @@ Sockets: PULL alerts from correlate (binds ``hive.ALERTS``), PUSH
 engine's clock (TTL reverts, expiries), operators' approvals and manual
 actions from the store,
 agents going offline and coming back (the registry keeps them in the store),
-and a reload of changed playbook files.
+AI verdicts stored since the last look (``hive.ai``; those stored before the
+actor started are not acted on), and a reload of changed playbook files.
 
 Commands go out before their records are written (a kill should not wait
 for a disk); every decision is then written to the store's ``commands`` and
@@ -44,6 +45,7 @@ from ._playbook import check_playbooks, signature
 from ._records import Records
 
 _NOTIFY_QUEUE = 256
+_LEVELS = ("informational", "low", "medium", "high", "critical")
 
 
 async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
@@ -140,6 +142,30 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             async for cmd in notify_out:
                 nursery.start_soon(one, cmd)
 
+    verdict_mark = await in_db(store.triage_mark)
+
+    def new_verdicts() -> list[tuple[dict[str, Any], wire.Alert]]:
+        """Verdicts stored since the last look, each with the alert of its
+        incident that the steps act on (its most severe, the earliest)."""
+        nonlocal verdict_mark
+        rows = store.triage_after(verdict_mark)
+        if rows:
+            verdict_mark = rows[-1].id
+        if not any(p.trigger.ai_verdict for p in engine.playbooks):
+            return []
+        out = []
+        for row in rows:
+            if row.state != "done":
+                continue
+            alerts = store.incident_alerts(row.incident)
+            if not alerts:  # nothing a step could act on
+                log_event(ctx.log, "verdict.skipped", logging.WARNING, incident=row.incident, triage=row.id,
+                          reason="the incident has no stored alert")
+                continue
+            alert = max(alerts, key=lambda a: (_LEVELS.index(a.level) if a.level in _LEVELS else -1, -a.time))
+            out.append(({**row.verdict, "model": row.model, "incident": row.incident, "id": row.id}, alert))
+        return out
+
     async def housekeeping() -> None:
         nonlocal refused, sig
         since_reload = 0.0
@@ -164,6 +190,8 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                         for a in decided.actions:
                             a.state, a.result, a.updated = "expired", "no longer awaiting approval", time.time()
                     d.extend(decided)
+                for verdict, alert in await in_db(new_verdicts):
+                    d.extend(engine.on_verdict(verdict, alert))
             except (RecordsError, StoreError) as e:
                 ctx.stats.last_error = str(e)
             if d:

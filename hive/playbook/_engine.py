@@ -6,6 +6,7 @@ store; the playbook actor feeds it and carries out what it returns::
 
     engine = PlaybookEngine(report.playbooks, clock=time.time, variables={"webhook": url})
     d = engine.on_alert(alert)            # every alert
+    d = engine.on_verdict(verdict, alert) # every stored AI verdict (hive.ai), with its incident's alert
     d = engine.on_result(agent, result)   # every CommandResult
     d = engine.approve(action_id, "alice")  /  engine.reject(action_id, "alice", "false positive")
     d = engine.run(action, "alice")       # an operator's own action (Records.run wrote it)
@@ -230,30 +231,58 @@ class PlaybookEngine:
                 continue
             if scope is None:
                 scope = _scope(alert, self.variables)
-            scope["playbook"] = {"id": pb.id, "title": pb.title}
-            if not all(c.holds(scope) for c in pb.conditions):
-                continue
-            self._stats.matched += 1
-            try:
-                key = str(render_value(pb.limits.key, scope))
-            except TemplateError:
-                key = ""
             why = (f"alert {alert.id} {alert.title!r} ({alert.level}) on {alert.agent or 'no agent'} "
                    f"matched playbook {pb.id}")
-            limited = self._limited(pb, key, now)
-            if limited:
-                self._stats.suppressed += 1
-                if self._note_once((pb.id, key, limited.split(":")[0]), now, pb):
-                    d.audit.append(AuditRecord(now, f"playbook:{pb.id}", f"run playbook {pb.id} for {key or '-'}",
-                                               why, f"suppressed: {limited}", {"alert": alert.id}))
+            self._run(pb, alert, scope, why, now, d, taken)
+        return d
+
+    def _run(self, pb: Playbook, alert: wire.Alert, scope: dict[str, Any], why: str, now: float, d: Decisions,
+             taken: frozenset[str] = frozenset()) -> None:
+        """Run ``pb``'s steps on ``alert`` if its conditions hold and its limits allow."""
+        scope["playbook"] = {"id": pb.id, "title": pb.title}
+        if not all(c.holds(scope) for c in pb.conditions):
+            return
+        self._stats.matched += 1
+        try:
+            key = str(render_value(pb.limits.key, scope))
+        except TemplateError:
+            key = ""
+        limited = self._limited(pb, key, now)
+        if limited:
+            self._stats.suppressed += 1
+            if self._note_once((pb.id, key, limited.split(":")[0]), now, pb):
+                d.audit.append(AuditRecord(now, f"playbook:{pb.id}", f"run playbook {pb.id} for {key or '-'}",
+                                           why, f"suppressed: {limited}", {"alert": alert.id}))
+            return
+        self._count_run(pb, key, now)
+        for step in pb.steps:
+            if pb.id in taken and step.mode == "auto":
+                d.audit.append(AuditRecord(now, f"playbook:{pb.id}", f"step {step.index} {step.action}", why,
+                                           "taken at the edge: the agent ran it", {"alert": alert.id}))
                 continue
-            self._count_run(pb, key, now)
-            for step in pb.steps:
-                if pb.id in taken and step.mode == "auto":
-                    d.audit.append(AuditRecord(now, f"playbook:{pb.id}", f"step {step.index} {step.action}", why,
-                                               "taken at the edge: the agent ran it", {"alert": alert.id}))
-                    continue
-                self._step(pb, step, alert, scope, why, now, d)
+            self._step(pb, step, alert, scope, why, now, d)
+
+    def on_verdict(self, verdict: Mapping[str, Any], alert: wire.Alert) -> Decisions:
+        """Run the playbooks whose ``ai_verdict`` trigger ``verdict`` (a
+        stored triage: severity, techniques, explanation, playbook,
+        confidence, model, incident, id) meets; ``alert`` is its incident's
+        alert the steps act on.  Each verdict is acted on once."""
+        d = Decisions()
+        seen = f"verdict:{verdict.get('id', '')}"
+        if seen in self._seen_alerts:
+            return d
+        self._remember(self._seen_alerts, seen, None)
+        now = self._clock()
+        scope: dict[str, Any] | None = None
+        for pb in self._playbooks:
+            if not pb.trigger.matches_verdict(verdict, alert.agent, pb.id):
+                continue
+            if scope is None:
+                scope = _scope(alert, self.variables)
+                scope["verdict"] = dict(verdict)
+            why = (f"AI verdict on incident {verdict.get('incident', '?')}: {verdict.get('severity')} "
+                   f"({verdict.get('confidence')}) from {verdict.get('model') or 'the model'} matched playbook {pb.id}")
+            self._run(pb, alert, scope, why, now, d)
         return d
 
     @staticmethod

@@ -15,6 +15,13 @@ The format (``hive/playbooks/README.md`` shows it with examples)::
       incident: true                 #   the alert belongs to an incident (false: does not)
       agents: ["web-*"]              #   glob on alert.agent
       exclude_agents: ["bastion-*"]
+    trigger:                         # or: on a stored AI verdict of an incident (hive.ai), never on alerts
+      ai_verdict:                    #   every key given must hold
+        min_severity: high           #   verdict.severity is at least this
+        min_confidence: 0.8          #   verdict.confidence is at least this (0 to 1)
+        techniques: [T1059]          #   one of its techniques is one of these (or a sub-technique)
+        recommended: true            #   the model recommended this playbook
+      agents: ["web-*"]              #   (only agents and exclude_agents go with ai_verdict)
     conditions:                      # all must hold; a missing field fails every op but exists
       - {field: event.image, op: startswith, value: /tmp/}
     limits:
@@ -32,7 +39,10 @@ The format (``hive/playbooks/README.md`` shows it with examples)::
 
 Templates (``_template.py``) see ``alert`` (the whole alert), ``event`` (the
 alert's first event on its own agent), ``playbook`` (id, title) and ``vars``
-(values the hive is configured with, such as ``vars.webhook``).  A parameter
+(values the hive is configured with, such as ``vars.webhook``).  On an
+``ai_verdict`` trigger ``alert`` is the incident's most severe alert (the
+earliest of them) and ``verdict`` the verdict (severity, techniques,
+explanation, playbook, confidence, model, incident, id).  A parameter
 that renders to an empty string is left out.
 """
 
@@ -63,7 +73,7 @@ MAX_CONDITIONS = 64
 """Conditions in one list (``conditions``, a step's ``when``), tested on every alert."""
 MODES = ("auto", "approval", "dry-run")
 LEVELS = ("informational", "low", "medium", "high", "critical")
-ROOTS = ("alert", "event", "playbook", "vars")
+ROOTS = ("alert", "event", "playbook", "vars", "verdict")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -76,7 +86,15 @@ class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class _VerdictSpec(_Struct, kw_only=True):
+    min_severity: str = ""
+    min_confidence: float = 0.0
+    techniques: list[str] = []
+    recommended: bool = False
+
+
 class _TriggerSpec(_Struct, kw_only=True):
+    ai_verdict: _VerdictSpec | None = None
     rules: list[str] = []
     tags: list[str] = []
     levels: list[str] = []
@@ -213,7 +231,31 @@ def _condition(spec: _ConditionSpec, where: str) -> Condition:
 
 
 @dataclass(frozen=True)
+class VerdictTrigger:
+    """Which stored AI verdicts fire a playbook."""
+
+    min_severity: int = 0
+    """Index in LEVELS."""
+    min_confidence: float = 0.0
+    techniques: tuple[str, ...] = ()
+    recommended: bool = False
+
+    def matches(self, verdict: dict[str, Any], playbook_id: str) -> bool:
+        severity = verdict.get("severity", "")
+        if (LEVELS.index(severity) if severity in LEVELS else -1) < self.min_severity:
+            return False
+        if float(verdict.get("confidence", 0.0)) < self.min_confidence:
+            return False
+        if self.techniques and not any(t == w or t.startswith(w + ".") for t in verdict.get("techniques", ())
+                                       for w in self.techniques):
+            return False
+        return not self.recommended or verdict.get("playbook") == playbook_id
+
+
+@dataclass(frozen=True)
 class Trigger:
+    ai_verdict: VerdictTrigger | None = None
+    """Set: the playbook fires on stored AI verdicts, never on alerts."""
     rules: frozenset[str] = frozenset()
     tags: frozenset[str] = frozenset()
     levels: frozenset[str] = frozenset()
@@ -223,6 +265,8 @@ class Trigger:
     exclude_agents: tuple[str, ...] = ()
 
     def matches(self, rule_id: str, tags: Iterable[str], level: str, incident: str, agent: str) -> bool:
+        if self.ai_verdict is not None:
+            return False
         if self.rules and rule_id not in self.rules:
             return False
         if self.tags and not self.tags.intersection(tags):
@@ -233,9 +277,16 @@ class Trigger:
             return False
         if self.incident is not None and bool(incident) != self.incident:
             return False
+        return self.agent_matches(agent)
+
+    def agent_matches(self, agent: str) -> bool:
         if self.agents and not any(fnmatch.fnmatchcase(agent, g) for g in self.agents):
             return False
         return not any(fnmatch.fnmatchcase(agent, g) for g in self.exclude_agents)
+
+    def matches_verdict(self, verdict: dict[str, Any], agent: str, playbook_id: str) -> bool:
+        return (self.ai_verdict is not None and self.ai_verdict.matches(verdict, playbook_id)
+                and self.agent_matches(agent))
 
 
 @dataclass(frozen=True)
@@ -338,7 +389,34 @@ def _step(spec: _StepSpec, index: int, mode: str) -> Step:
     )
 
 
+_TECHNIQUE = re.compile(r"T[0-9]{4}(\.[0-9]{3})?\Z")
+
+
+def _verdict_trigger(spec: _TriggerSpec) -> Trigger:
+    v = spec.ai_verdict
+    assert v is not None
+    if spec.rules or spec.tags or spec.levels or spec.min_level or spec.incident is not None:
+        raise PlaybookError("trigger: with ai_verdict, only agents and exclude_agents may be given (it fires on "
+                            "an incident's verdict, not on an alert)")
+    if v.min_severity and v.min_severity not in LEVELS:
+        raise PlaybookError(f"trigger.ai_verdict.min_severity: {v.min_severity!r} is not one of {', '.join(LEVELS)}")
+    if not 0 <= v.min_confidence <= 1:
+        raise PlaybookError(f"trigger.ai_verdict.min_confidence: {v.min_confidence!r} is not from 0 to 1")
+    bad = [t for t in v.techniques if not _TECHNIQUE.match(t)]
+    if bad:
+        raise PlaybookError(f"trigger.ai_verdict.techniques: {bad[0]!r} is not an ATT&CK id (T1059, T1059.004)")
+    if not (v.min_severity or v.min_confidence or v.techniques or v.recommended):
+        raise PlaybookError("trigger.ai_verdict: it would fire on every verdict; give min_severity, "
+                            "min_confidence, techniques or recommended")
+    return Trigger(ai_verdict=VerdictTrigger(
+        min_severity=LEVELS.index(v.min_severity) if v.min_severity else 0, min_confidence=v.min_confidence,
+        techniques=tuple(v.techniques), recommended=v.recommended),
+        agents=tuple(spec.agents), exclude_agents=tuple(spec.exclude_agents))
+
+
 def _trigger(spec: _TriggerSpec) -> Trigger:
+    if spec.ai_verdict is not None:
+        return _verdict_trigger(spec)
     for lv in [*spec.levels, *([spec.min_level] if spec.min_level else [])]:
         if lv not in LEVELS:
             raise PlaybookError(f"trigger: level {lv!r} is not one of {', '.join(LEVELS)}")

@@ -142,6 +142,22 @@ RELEASE = {"sigma/LICENSE": b"Detection Rule License (DRL) 1.1\n", "sigma/rules/
            "sigma/rules/windows/w.yml": LINUX_RULE.replace(b"linux", b"windows")}
 
 
+def _completion(content: str, model: str = "llama-3.1-8b-instruct") -> bytes:
+    return msgspec.json.encode({"id": "chatcmpl-1", "object": "chat.completion", "model": model, "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]})
+
+
+_VERDICT = {"severity": "high", "techniques": ["T1059.004", "T1105"], "playbook": "reverse-shell",
+            "explanation": "bash opened a socket to 203.0.113.9:4444 and ran a fetched script", "confidence": 0.87}
+AI_ANSWERS = {
+    "valid": _completion(msgspec.json.encode(_VERDICT).decode()),
+    "fenced": _completion("```json\n" + msgspec.json.encode({**_VERDICT, "playbook": ""}).decode() + "\n```"),
+    "schema": _completion(msgspec.json.encode({**_VERDICT, "severity": "severe", "confidence": 2}).decode()),
+    "malformed": _completion('{"severity": "low", "techniques": ["T1'),
+    "no-choices": b'{"choices": [], "model": "x"}',
+}
+
+
 def write_seeds() -> None:
     seeds: dict[str, dict[str, bytes]] = {
         "agent_message": {
@@ -177,6 +193,7 @@ def write_seeds() -> None:
             "since_iso": b"since=2026-01-01T00:00:00&incident=inc-1",
             "wildcards": b"level=&text=100%25_x&limit=500",
         },
+        "ai_answer": AI_ANSWERS,
         "console_decision": {"empty": b"", "why": b'{"why": "a false positive: the backup job"}', "none": b"{}"},
         "console_action": {
             "kill": b'{"action": "kill_process", "agent": "' + t.AGENT.encode() + b'", "pid": 4321, "tree": true}\0'

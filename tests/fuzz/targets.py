@@ -509,6 +509,30 @@ def outputs(data: bytes) -> None:
                 raise ContractBroken(f"syslog message {msg[:40]!r}")
 
 
+# -- the AI model's answer -----------------------------------------------------------
+
+
+def ai_answer(data: bytes) -> None:
+    """An HTTP answer's body from the chat-completions endpoint, as the hive's
+    ai actor reads it: a TriageError (one line), or a verdict within the
+    schema that the store takes as JSON."""
+    import json
+    import re
+
+    from hive.ai import SEVERITIES, parse_answer
+
+    verdict, model = parse_answer(data)
+    if verdict.severity not in SEVERITIES or not 0 <= verdict.confidence <= 1 or not verdict.explanation:
+        raise ContractBroken(f"verdict out of the schema: {verdict!r}")
+    if any(not re.fullmatch(r"T[0-9]{4}(\.[0-9]{3})?", t) for t in verdict.techniques):
+        raise ContractBroken(f"techniques {verdict.techniques!r}")
+    if len(model) > 128 or not model.isprintable():
+        raise ContractBroken(f"model {model!r}")
+    import msgspec
+
+    json.dumps(msgspec.to_builtins(verdict), allow_nan=False)  # what Store.add_triage writes
+
+
 # -- the console's query parameters ----------------------------------------------
 
 
@@ -687,6 +711,7 @@ TARGETS: dict[str, Target] = {
     "container_state": Target(container_state, (), 1.0, ("kmod._containers", "json"), max_len=8192),
     "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
     "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
+    "ai_answer": Target(ai_answer, ("hive.ai._verdict.TriageError",), 1.0, ("hive.ai._verdict",), max_len=8192),
     "console_query": Target(console_query, ("hive.console._read.QueryError",), 1.0, ("hive.console._read",)),
     "console_decision": Target(console_decision, ("hive.console._api.ApiError",), 1.0, ("hive.console._api",)),
     "console_action": Target(console_action, ("hive.console._api.ApiError",), 1.0,

@@ -48,6 +48,15 @@ steps:
     params: {pid: "{{ event.pid }}"}
 """
 
+AI_KILL = """
+id: ai-kill
+title: Kill what the AI calls critical
+trigger: {ai_verdict: {min_severity: critical, min_confidence: 0.8}}
+steps:
+  - action: kill_process
+    params: {pid: "{{ event.pid }}"}
+"""
+
 
 async def bridge(ctx: Context, *, task_status=trio.TASK_STATUS_IGNORED, ep: dict) -> None:
     """The router and the relay in one: Deliver -> Command, CommandResult -> Result
@@ -107,6 +116,7 @@ async def response(tmp_path, runtime):
     (tmp_path / "playbooks" / "kill.yml").write_text(KILL)
     (tmp_path / "playbooks" / "approve.yml").write_text(APPROVE)
     (tmp_path / "playbooks" / "evidence.yml").write_text(EVIDENCE)
+    (tmp_path / "playbooks" / "ai_kill.yml").write_text(AI_KILL)
     db = tmp_path / "hive.db"
     Store(db).close()
     tag = f"{os.getpid()}.{time.monotonic_ns()}"
@@ -263,5 +273,34 @@ async def test_an_operators_own_kill_reaches_the_agent_and_the_trail_names_them(
             Records(store.db).run("kill_process", "web1", {"pid": pid}, by="rick")
     finally:
         store.close()
+        if alive(pid):
+            os.kill(pid, 9)
+
+
+async def test_a_stored_ai_verdict_fires_its_playbook_and_only_that(response):
+    from hive.correlate import Incident
+
+    _, db, _, _ = response
+    pid = detached("exec sleep 300")
+    try:
+        store = Store(db)
+        a = alert("r9", pid)
+        a.incident = "inc-1"
+        store.ingest([], [a], [Incident(id="inc-1", title="t", opened=1.0, updated=1.0, agents=["web1"],
+                                        alerts=[a.id])])
+        verdict = {"severity": "critical", "techniques": ["T1059"], "explanation": "x", "playbook": "",
+                   "confidence": 0.7}
+        # A failure and a verdict under the playbook's confidence do nothing.
+        store.add_triage("inc-1", state="failed", requested_by="auto", reason="the verdict is not JSON")
+        store.add_triage("inc-1", state="done", requested_by="auto", model="m", verdict=verdict)
+        await trio.sleep(0.3)
+        assert alive(pid) and rows(db) == []
+        store.add_triage("inc-1", state="done", requested_by="cli", model="m", verdict={**verdict, "confidence": 0.9})
+        store.close()
+        await wait_for(lambda: not alive(pid))
+        await wait_for(lambda: [r.state for r in rows(db)] == ["done"])
+        [row] = rows(db)
+        assert row.playbook == "ai-kill" and row.alert == a.id and "AI verdict on incident inc-1" in row.reason
+    finally:
         if alive(pid):
             os.kill(pid, 9)

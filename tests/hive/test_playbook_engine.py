@@ -491,3 +491,79 @@ def test_exec_from_temp_names_whose_file_to_quarantine():
     event = wire.Exec(pid=4243, agent="web1", exe="/tmp/y", result=-1, verdict="block", mntns=4026531832)
     [(_, cmd)] = e.on_alert(alert(rule="f0e573d2-6313-4ebf-acd3-66449483759d", events=[event])).send
     assert (cmd.pid, cmd.container, cmd.mntns) == (4243, "", 4026531832)
+
+
+ON_VERDICT = """
+id: ai-kill
+title: Kill what the AI called high
+mode: approval
+trigger:
+  ai_verdict: {min_severity: high, min_confidence: 0.8, techniques: [T1059]}
+  exclude_agents: [bastion]
+conditions:
+  - {field: verdict.explanation, op: contains, value: shell}
+steps:
+  - action: kill_process
+    params: {pid: "{{ event.pid }}", tree: true}
+"""
+
+RECOMMENDED = """
+id: reverse-shell-ai
+title: Only when the model recommends it
+trigger: {ai_verdict: {recommended: true}}
+steps:
+  - action: kill_process
+    params: {pid: "{{ event.pid }}"}
+"""
+
+_verdicts = itertools.count(1)
+
+
+def verdict(**kw):
+    v = {"severity": "high", "techniques": ["T1059.004"], "explanation": "a reverse shell", "playbook": "",
+         "confidence": 0.9, "model": "m", "incident": "inc-1"}
+    v.update(kw)
+    v.setdefault("id", next(_verdicts))
+    return v
+
+
+def test_ai_verdict_trigger_fires_on_a_stored_verdict_only_where_it_holds():
+    e = engine(ON_VERDICT, KILL)
+    a = alert()
+    d = e.on_verdict(verdict(), a)
+    [act] = d.actions
+    assert (act.playbook, act.state, act.params["pid"], act.agent) == ("ai-kill", "pending_approval", 4242, "web1")
+    assert "AI verdict on incident inc-1: high (0.9) from m matched playbook ai-kill" in act.reason
+    # The same verdict again: acted on once.
+    assert not e.on_verdict(verdict(id=1), a) and not e.on_verdict(verdict(id=1), a).actions
+    for miss in (verdict(severity="medium"), verdict(confidence=0.79), verdict(techniques=["T1105"]),
+                 verdict(techniques=["T10590"]), verdict(explanation="benign cron job")):
+        assert not e.on_verdict(miss, alert()).actions, miss
+    assert not e.on_verdict(verdict(), alert(agent="bastion")).actions
+    assert e.on_verdict(verdict(severity="critical", techniques=["T1059"]), alert()).actions
+    # An alert never fires an ai_verdict playbook, a verdict never an alert's.
+    d = e.on_alert(alert())
+    assert [x.playbook for x in d.actions] == ["kill"]
+
+
+def test_ai_verdict_recommended_fires_only_the_playbook_the_model_named():
+    e = engine(RECOMMENDED, ON_VERDICT.replace("ai-kill", "other"))
+    assert [x.playbook for x in e.on_verdict(verdict(playbook="reverse-shell-ai"), alert()).actions] == [
+        "reverse-shell-ai", "other"]
+    assert [x.playbook for x in e.on_verdict(verdict(playbook="something-else"), alert()).actions] == ["other"]
+
+
+@pytest.mark.parametrize("trigger, reason", [
+    ("{ai_verdict: {}}", "it would fire on every verdict"),
+    ("{ai_verdict: {min_severity: dire}}", "min_severity: 'dire' is not one of"),
+    ("{ai_verdict: {min_confidence: 1.5}}", "min_confidence: 1.5 is not from 0 to 1"),
+    ("{ai_verdict: {techniques: [execution]}}", "'execution' is not an ATT&CK id"),
+    ("{ai_verdict: {min_severity: high}, rules: [r1]}", "with ai_verdict, only agents and exclude_agents"),
+    ("{ai_verdict: {min_severity: high, when: now}}", "unknown key"),
+])
+def test_ai_verdict_trigger_is_checked_when_loaded(trigger, reason):
+    from hive.playbook import PlaybookError
+
+    with pytest.raises(PlaybookError, match=reason):
+        parse_playbook(f"id: x\ntitle: x\ntrigger: {trigger}\nsteps:\n  - action: kill_process\n"
+                       "    params: {pid: 5}\n")

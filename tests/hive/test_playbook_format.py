@@ -44,7 +44,7 @@ CASES = [
     ("static param checked", GOOD.replace('"{{ event.pid }}"', '"twelve"'), "steps[0].params: pid must be a positive integer"),
     ("bad template", GOOD.replace("event.pid }}", "event.pid | shout }}"), "unknown filter 'shout'"),
     ("unclosed template", GOOD.replace("event.pid }}", "event.pid"), "'{{' without a closing '}}'"),
-    ("template root", GOOD.replace("event.pid", "os.system"), "templates may name alert, event, playbook, vars, not os"),
+    ("template root", GOOD.replace("event.pid", "os.system"), "templates may name alert, event, playbook, vars, verdict, not os"),
     ("template call", GOOD.replace("event.pid", "event.pid()"), "is not a dotted path"),
     ("ttl on kill", GOOD.replace("    params:", "    ttl: 10m\n    params:"), "steps[0].ttl: kill_process cannot be reverted"),
     ("bad duration", GOOD.replace("    params:", "    expires: soon\n    params:"), "steps[0].expires: 'soon' is not a duration"),

@@ -210,10 +210,15 @@ def test_retention_reaches_every_table(store):
         db.execute("INSERT INTO commands(id, agent, action, params, state, created, updated) VALUES(?,?,?,?,?,?,?)",
                    (f"c{i}", "a", "kill_process", "{}", state, updated, updated))
     db.execute("INSERT INTO audit(time, actor, what) VALUES(?, 'engine', 'old'), (?, 'engine', 'new')", (old, new))
+    store.add_triage("i1", state="failed", requested_by="auto", reason="old")
+    store.add_triage("i2", state="failed", requested_by="auto", reason="new")
+    db.execute("UPDATE triage SET time=? WHERE reason='old'", (old,))
     store.new_token(ttl=-10)
     live = store.new_token()
     deleted = store.retain(max_age=30 * 86400, max_bytes=1 << 40, finished_commands=CLOSED_STATES)
-    assert deleted == {"events": 3, "alerts": 1, "incidents": 1, "commands": 1, "audit": 1, "tokens": 1}
+    assert deleted == {"events": 3, "alerts": 1, "incidents": 1, "commands": 1, "audit": 1, "tokens": 1,
+                       "triage": 1}
+    assert [r.reason for r in store.triage("i2")] == ["new"]
     assert [a.id for a in store.alerts()] == ["new"]
     assert sorted(r[0] for r in db.execute("SELECT id FROM commands")) == ["c1", "c2", "c3"]
     assert [r[0] for r in db.execute("SELECT what FROM audit")] == ["new"]
@@ -396,3 +401,37 @@ def test_a_version_4_store_gains_labels_bundles_and_what_each_agent_runs(tmp_pat
     assert (row.bundle_version, row.bundle_detail) == (3, "v4 refused: not newer")
     whats = [r[0] for r in s.db.execute("SELECT what FROM audit ORDER BY id")]
     assert whats == ["agent_labels", "agent_labels", "policy_push", "policy_push", "policy_push"]
+
+
+def test_a_version_7_store_gets_the_triage_tables_and_keeps_its_incidents(tmp_path):
+    from hive.correlate import Incident
+
+    path = tmp_path / "v7.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_SCHEMA_V1)
+    for step in MIGRATIONS[:6]:
+        step(db)
+    db.execute("INSERT INTO meta VALUES('schema', '7')")
+    db.close()
+    s = Store(path)
+    try:
+        assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "8" == str(SCHEMA_VERSION)
+        s.ingest([], incidents=[Incident(id="i1", title="t", opened=1.0, updated=1.0)])
+        assert s.untriaged(settled=time.time(), since=0) == ["i1"]
+        s.request_triage("i1", "cli")
+        s.request_triage("i1", "operator:bob")  # asked twice: done once
+        assert s.triage_requests() == [("i1", "cli")] and s.triage_requested("i1")
+        first = s.add_triage("i1", state="done", requested_by="cli", model="m", seconds=1.5, calls=2,
+                             verdict={"severity": "high", "techniques": ["T1059"], "explanation": "x",
+                                      "playbook": "", "confidence": 0.8})
+        assert s.triage_requests() == [] and not s.triage_requested("i1")
+        assert s.untriaged(settled=time.time(), since=0) == []
+        second = s.add_triage("i1", state="failed", requested_by="auto", reason="over budget")
+        assert second > first and s.triage_mark() == second
+        assert [r.state for r in s.triage("i1")] == ["failed", "done"]
+        assert [r.id for r in s.triage_after(first)] == [second]
+        done = s.triage("i1")[1]
+        assert done.severity == "high" and done.confidence == 0.8 and done.verdict["techniques"] == ["T1059"]
+        assert len(s.triage_calls(time.time() - 60)) == 2
+    finally:
+        s.close()

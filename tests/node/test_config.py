@@ -168,6 +168,16 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[sensor]\nwatchdog_ms = 5\n", "sensor.watchdog_ms: must be an integer from 10 to 60000, not 5"),
     ("[sensor]\nfold_ms = -1\n", "sensor.fold_ms: must be an integer from 0 to 60000, not -1"),
     ("[sensor]\nfold_ms = 60001\n", "sensor.fold_ms: must be an integer from 0 to 60000, not 60001"),
+    ("[ai]\nurl = 'ftp://model'\nmodel = 'm'\n", "ai.url: 'ftp://model' is not an http:// or https:// URL"),
+    ("[ai]\nurl = 'http://'\nmodel = 'm'\n", "ai.url: 'http://' is not an http:// or https:// URL"),
+    ("[ai]\nurl = 'http://h:8080/v1?key=x'\nmodel = 'm'\n", "ai.url: 'http://h:8080/v1?key=x': no query string"),
+    ("[ai]\nurl = 'http://127.0.0.1:8080/v1'\n", "ai.model (the default): set it to the model's name"),
+    ("[ai]\ntoken = 'two words'\n", "ai.token: 1 to 4096 printable ASCII characters without spaces"),
+    ("[ai]\ncalls_per_hour = 0\n", "ai.calls_per_hour: must be an integer from 1 to 100000, not 0"),
+    ("[ai]\ncalls_per_hour = 'lots'\n", "ai.calls_per_hour: must be an integer from 1 to 100000, not 'lots'"),
+    ("[ai]\ntimeout = 0\n", "ai.timeout: must be a number greater than 0 and at most 600, not 0"),
+    ("[ai]\nretries = 11\n", "ai.retries: must be an integer from 0 to 10, not 11"),
+    ("[ai]\nendpoint = 'http://x'\n", "ai: object contains unknown field `endpoint`"),
 ])
 def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reason):
     assert _error(tmp_path, text).startswith(reason)
@@ -182,6 +192,8 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[agent]\nid = 'web-1.example.org'\nheartbeat = 0.5\nhive_key = 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'\n",
     "[sensor]\nscope = 'netns:blue'\nwatchdog_ms = 10\nfold_ms = 0\n",
     "[store]\nurl = 'sqlite:///srv/shared/hive.db'\n",
+    "[ai]\nurl = 'https://llm.internal:8443/v1/chat/completions'\nmodel = 'qwen2.5'\ncalls_per_hour = 100000\n"
+    "retries = 0\ntimeout = 600\ndelay = 0\nmax_kb = 4\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"

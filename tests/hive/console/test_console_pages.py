@@ -370,3 +370,42 @@ async def test_a_bad_live_query_is_a_400(console):
     async with client(console, "vera") as c:
         assert (await c.get("/live/alerts?after=x")).status_code == 400
         assert (await c.get("/live/events?kind=nope")).status_code == 400
+
+
+async def test_the_incident_page_and_api_show_its_ai_triage_and_ask_for_one(console):
+    verdict = {"severity": "critical", "techniques": ["T1021.004"], "explanation": "SSH from <web1> to db1",
+               "playbook": "lateral-movement", "confidence": 0.85}
+    console.store.add_triage("inc-1", state="failed", requested_by="auto", reason="the verdict is not JSON")
+    console.store.add_triage("inc-1", state="done", requested_by="auto", model="qwen2.5", verdict=verdict,
+                             seconds=2.3, calls=1)
+    async with client(console) as c:
+        csrf = await login(c, "rick")
+        page = (await c.get("/incidents/inc-1")).text
+        for wanted in ("critical", "confidence 0.85", "T1021.004", "from qwen2.5 in 2.3 s",
+                       "SSH from &lt;web1&gt; to db1", "lateral-movement", "failed: the verdict is not JSON",
+                       "AI triage is off"):
+            assert wanted in page, wanted
+        assert 'id="ask-triage"' not in page  # [ai] unset: nothing to ask
+        r = await c.post("/incidents/inc-1/triage", data={"csrf": csrf})
+        assert r.status_code == 409 and "AI triage is off" in r.text
+        r = await c.post("/api/incidents/inc-1/triage", headers={"x-csrf-token": csrf})
+        assert r.status_code == 409 and r.json() == {"error": "AI triage is off: the hive's [ai] url is not set"}
+        assert console.store.triage_requests() == []
+        console.config.ai.url, console.config.ai.model = "http://127.0.0.1:9/v1", "m"
+        page = (await c.get("/incidents/inc-1")).text
+        assert 'action="/incidents/inc-1/triage"' in page and "Ask the AI again" in page
+        assert (await c.post("/incidents/inc-1/triage", data={})).status_code == 403  # no CSRF token
+        r = await c.post("/incidents/inc-1/triage", data={"csrf": csrf})
+        assert r.status_code == 303 and r.headers["location"] == "/incidents/inc-1#triage"
+        assert "is on its way" in (await c.get("/incidents/inc-1")).text
+    assert console.store.triage_requests() == [("inc-1", "operator:rick")]
+    async with client(console, "vera") as c:
+        t = (await c.get("/api/incidents/inc-1/triage")).json()
+        assert t["enabled"] and t["pending"] and [x["state"] for x in t["triages"]] == ["done", "failed"]
+        assert t["triages"][0]["techniques"] == ["T1021.004"] and t["triages"][0]["confidence"] == 0.85
+        assert (await c.post("/api/incidents/inc-1/triage")).status_code == 403  # a viewer may not send data out
+        assert (await c.get("/api/incidents/nope/triage")).status_code == 404
+    async with client(console, "rick") as c:
+        r = await c.post("/api/incidents/nope/triage")
+        assert r.status_code == 404
+        assert (await c.post("/api/incidents/inc-1/triage")).json()["pending"]
