@@ -139,6 +139,23 @@ DEMO_LISTEN = "tcp://127.0.0.1:7400"
 # -- looking at a running node ------------------------------------------------
 
 
+def cmd_version(args: argparse.Namespace, cfg: Config) -> int:
+    import json
+
+    import wire
+    from agent._host import agent_version
+    from hive._store import SCHEMA_VERSION
+
+    info = {"version": agent_version(), "wire": wire.WIRE_VERSION, "wire_commands_since": wire.COMMANDS_SINCE,
+            "store_schema": SCHEMA_VERSION}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"immune-node {info['version']} (wire {wire.WIRE_VERSION}: speaks with agents of wire "
+              f"{wire.COMMANDS_SINCE} to {wire.WIRE_VERSION}; store schema {SCHEMA_VERSION})")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     try:
         st = query_status(cfg.run_dir, timeout=args.timeout)
@@ -835,6 +852,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(hive.router) or its last part if that is unique (router).")
     p.add_argument("actor", metavar="ACTOR")
     p.add_argument("--timeout", type=_positive(float, 86400), default=3.0, help="seconds to wait for the node's answer")
+
+    p = add("version", cmd_version, "print this immune-node's version, wire version and store schema")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a line")
 
     p = add("status", cmd_status, "print each actor's state and statistics of a running node")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

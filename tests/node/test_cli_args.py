@@ -34,3 +34,19 @@ def test_a_since_no_event_can_have_is_refused(text):
 def test_since_in_range():
     assert abs(parse_since("10m") / 1e9 - (time.time() - 600)) < 5
     assert parse_since("1970-01-01T00:00:01+00:00") == 10**9
+
+
+def test_version_names_the_package_the_wire_and_the_store(capsys):
+    import importlib.metadata
+    import json
+
+    import wire
+    from hive._store import SCHEMA_VERSION
+    from node.cli import main
+
+    assert main(["version", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == {"version": importlib.metadata.version("sentinel-immune"), "wire": wire.WIRE_VERSION,
+                    "wire_commands_since": wire.COMMANDS_SINCE, "store_schema": SCHEMA_VERSION}
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.startswith(f"immune-node {info['version']} (wire {wire.WIRE_VERSION}")
