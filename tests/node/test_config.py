@@ -166,6 +166,16 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[sensor]\nwatchdog_ms = 5\n", "sensor.watchdog_ms: must be an integer from 10 to 60000, not 5"),
     ("[sensor]\nfold_ms = -1\n", "sensor.fold_ms: must be an integer from 0 to 60000, not -1"),
     ("[sensor]\nfold_ms = 60001\n", "sensor.fold_ms: must be an integer from 0 to 60000, not 60001"),
+    # [profile]
+    ("[profile]\nenabled = 'yes'\n", "profile.enabled: expected `bool`, got `str`"),
+    ("[profile]\nlearn_hours = 0\n", "profile.learn_hours: must be a number greater than 0 and at most 8760, not 0"),
+    ("[profile]\nstable_hours = -1\n", "profile.stable_hours: must be a number from 0 to 8760, not -1"),
+    ("[profile]\nrealert_hours = 9000\n", "profile.realert_hours: must be a number from 0 to 8760, not 9000"),
+    ("[profile]\nfolder_cap = 0\n", "profile.folder_cap: must be an integer from 1 to 4096, not 0"),
+    ("[profile]\npeer_cap = 5000\n", "profile.peer_cap: must be an integer from 1 to 4096, not 5000"),
+    ("[profile]\nmax_workloads = 0\n", "profile.max_workloads: must be an integer from 1 to 65536, not 0"),
+    ("[profile]\nmax_items = 15\n", "profile.max_items: must be an integer from 16 to 65536, not 15"),
+    ("[profile]\nlearn = 3\n", "profile: object contains unknown field `learn`"),
 ])
 def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reason):
     assert _error(tmp_path, text).startswith(reason)
@@ -180,6 +190,7 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[agent]\nid = 'web-1.example.org'\nheartbeat = 0.5\nhive_key = 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'\n",
     "[sensor]\nscope = 'netns:blue'\nwatchdog_ms = 10\nfold_ms = 0\n",
     "[store]\nurl = 'sqlite:///srv/shared/hive.db'\n",
+    "[profile]\nlearn_hours = 8760\nstable_hours = 0\nrealert_hours = 0\nfolder_cap = 1\nmax_items = 16\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"
