@@ -35,6 +35,8 @@ PROFILE_VERSION = 1
 
 STATES = ("learning", "stable", "enforcing")
 KINDS = ("exec", "read", "write", "connect", "bind", "setuid")
+FIELDS = {"exec": 3, "read": 1, "write": 1, "connect": 3, "bind": 3, "setuid": 1}
+"""Fields after an item's kind."""
 TECHNIQUE = {
     "exec": "attack.t1059",  # a new child of a service: a command interpreter, most often
     "connect": "attack.t1071",  # a new peer: application-layer C2
@@ -267,6 +269,16 @@ class Learner:
             s.add(f"{kind}\t{proto}\t{address}\t*")
 
 
+def valid_item(item: str, kind: str = "") -> bool:
+    """Whether ``item`` is one (of ``kind``): its kind and as many fields."""
+    k, _, rest = item.partition("\t")
+    return k in FIELDS and (not kind or k == kind) and rest.count("\t") == FIELDS[k] - 1
+
+
+def _f(text: str) -> str:
+    return text.replace("\t", " ")  # a tab separates an item's fields
+
+
 def items_of(ev: wire.Event) -> list[str]:
     """The profile items an event stands for (none for most kinds)."""
     t = type(ev)
@@ -275,19 +287,19 @@ def items_of(ev: wire.Event) -> list[str]:
             return []
         image = generalise_path(ev.exe or ev.filename or ev.image, versions=False)
         parent = generalise_path(ev.parent_image, versions=False)
-        return [f"exec\t{image}\t{parent}\t{argument_shape(ev.argv)}"]
+        return [f"exec\t{_f(image)}\t{_f(parent)}\t{_f(argument_shape(ev.argv))}"]
     if t is wire.Open:
         if not ev.path.startswith("/"):
             return []
-        return [("write\t" if ev.flags & _WRITE_INTENT else "read\t") + generalise_path(ev.path)]
+        return [("write\t" if ev.flags & _WRITE_INTENT else "read\t") + _f(generalise_path(ev.path))]
     if t is wire.Connect:
         if not ev.address or ev.family not in (2, 10):
             return []
-        return [f"connect\t{ev.protocol}\t{ev.address}\t{ev.port}"]
+        return [f"connect\t{_f(ev.protocol)}\t{_f(ev.address)}\t{ev.port}"]
     if t is wire.Bind:
         if ev.port == 0:
             return []  # an ephemeral port the kernel picks: nothing to learn
-        return [f"bind\t{ev.protocol}\t{ev.address or '*'}\t{ev.port}"]
+        return [f"bind\t{_f(ev.protocol)}\t{_f(ev.address) or '*'}\t{ev.port}"]
     if t is wire.SetId:
         if ev.call.startswith("set") and "uid" in ev.call and ev.new >= 0 and ev.result == 0:
             return [f"setuid\t{ev.new}"]
@@ -461,7 +473,7 @@ class Profiles:
             raise ValueError(f"no profile for {workload!r} on this agent")
         added = 0
         for item in items:
-            if item.partition("\t")[0] not in KINDS or item.count("\t") < 1:
+            if not valid_item(item):
                 raise ValueError(f"not a profile item: {item[:80]!r}")
             added += lr.add(item)
             lr.p.pending.pop(item, None)
@@ -516,9 +528,22 @@ class Profiles:
 def decode_profile(body: bytes) -> Profile:
     """A profile as a ``wire.Profile`` event carries it; msgspec's errors as ValueError."""
     try:
-        return msgspec.msgpack.decode(body, type=Profile)
+        p = msgspec.msgpack.decode(body, type=Profile)
     except msgspec.DecodeError as e:
         raise ValueError(f"not a profile: {e}") from None
+    check(p)
+    return p
+
+
+def check(p: Profile) -> None:
+    """ValueError unless every item of ``p`` is one of the kind it is listed under."""
+    for kind, items in p.items.items():
+        for item in items:
+            if not valid_item(item, kind):
+                raise ValueError(f"not a profile item of {kind!r}: {item[:80]!r}")
+    for item in p.pending:
+        if not valid_item(item):
+            raise ValueError(f"not a profile item: {item[:80]!r}")
 
 
 # --------------------------------------------------------------------------
@@ -566,6 +591,7 @@ class ProfileStore:
                 f = dec.decode(path.read_bytes())
                 if f.version != PROFILE_VERSION:
                     raise ValueError(f"version {f.version}, this agent reads {PROFILE_VERSION}")
+                check(f.profile)
                 out.append(f.profile)
             except (OSError, msgspec.DecodeError, ValueError) as e:
                 bad.append(f"{path.name}: {e}")

@@ -99,11 +99,12 @@ def propose(profile, mode: str = "audit") -> str:
     items = {k: [i.split("\t")[1:] for i in v] for k, v in profile.items.items()}
     select = ""
     if w.startswith("image:"):
-        select = f"match.container_image = {_toml(w[len('image:'):])}\n"
+        select = f"match.container_image = {_toml(_glob_literal(w[len('image:'):]).replace('*', '[*]'))}\n"
+    shown = "".join(c if c.isprintable() else "?" for c in w)  # a comment is one line of text
     lines = [
-        f"# Proposed from the learned profile of {w} (revision {profile.revision}, {profile.state}): "
-        f"{mode} what it never did.",
-        f"# Connect and bind rules cannot select a workload: run this on an agent scoped to it ({scope_hint(w)}).",
+        f"# Proposed from the learned profile of {shown} (revision {profile.revision}): {mode} what it never did.",
+        f"# Connect and bind rules cannot select a workload: run this on an agent scoped to it "
+        f"({scope_hint(shown)}).",
         "",
     ]
 
@@ -115,7 +116,7 @@ def propose(profile, mode: str = "audit") -> str:
     if images:
         rule("exec", "exec", "allow", f"what {w} was seen to run", f"match.path = {_toml(images)}\n" + select)
     rule("exec-other", "exec", mode, f"anything else {w} runs", 'match.path = "/**"\n' + select)
-    held_secrets = sorted({f[0] for k in ("read", "write") for f in items.get(k, [])
+    held_secrets = sorted({_glob_literal(f[0]) for k in ("read", "write") for f in items.get(k, [])
                            if any(_glob_match(g, f[0]) for g in SENSITIVE)})
     if held_secrets:
         rule("secrets", "open", "allow", f"credential files {w} was seen to open",
@@ -144,7 +145,9 @@ def _glob_match(glob: str, path: str) -> bool:
 
 
 def _toml(value) -> str:
-    return msgspec.json.encode(value).decode()  # JSON strings, numbers and arrays are TOML's too
+    # JSON strings, numbers and arrays are TOML's too, once DEL (which JSON
+    # leaves as it is and TOML refuses) is escaped.
+    return msgspec.json.encode(value).decode().replace("\x7f", "\\u007f")
 
 
 def merged(base: str, rules: str) -> str:
