@@ -94,7 +94,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             body = pattern[i + 1:end]
             if body.startswith("!"):
                 body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
+            out.append("[" + body.replace("\\", "\\\\").replace("[", "\\[") + "]")  # "[[]": a literal [
             i = end + 1
         else:
             out.append(re.escape(c))
