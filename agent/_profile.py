@@ -364,6 +364,8 @@ class Profiles:
         self.dirty: set[str] = set()
         """Changed since the last save."""
         self._unsent: set[str] = set()
+        self._urgent: set[str] = set()
+        """A new state: sent at the next tick whatever the rate."""
         self._sent: dict[str, float] = {}
         self.novel = self.observed = self.refused = 0
         for p in profiles:
@@ -442,6 +444,7 @@ class Profiles:
         lr.p.revision += 1
         self.dirty.add(lr.p.workload)
         self._unsent.add(lr.p.workload)
+        self._urgent.add(lr.p.workload)
 
     def _alert(self, lr: Learner, item: str, ev: wire.Event) -> wire.Edge:
         self.novel += 1
@@ -494,7 +497,8 @@ class Profiles:
     def tick(self) -> list[wire.Event]:
         """About once a second: profiles quiet long enough become stable;
         ``wire.Profile`` events for those changed since their last upload
-        (at most one per ``upload`` seconds each)."""
+        (at most one per ``upload`` seconds each, but at once for a new
+        state)."""
         now = self._clock()
         for lr in self.learners.values():
             p = lr.p
@@ -502,10 +506,11 @@ class Profiles:
                 self._set_state(lr, "stable", now)
         out: list[wire.Event] = []
         for w in sorted(self._unsent):
-            if now - self._sent.get(w, -1e18) < self.s.upload:
+            if w not in self._urgent and now - self._sent.get(w, -1e18) < self.s.upload:
                 continue
             out.append(self.upload(w, now))
             self._unsent.discard(w)
+            self._urgent.discard(w)
             self._sent[w] = now
         return out
 
