@@ -234,8 +234,8 @@ match.path = "{tmp_path}/*.bin"
                what="three kinds of novelty at the hive")
     alerts = novel_alerts(hive_dir)
     by_rule = {a.rule_id: a for a in alerts}
-    assert "attack.t1059" in by_rule["profile.exec"].tags and "/bin/dash" in by_rule["profile.exec"].detail \
-        or "/usr/bin/dash" in by_rule["profile.exec"].detail, by_rule["profile.exec"].detail
+    assert "attack.t1059" in by_rule["profile.exec"].tags and "sh (parent" in by_rule["profile.exec"].detail, \
+        by_rule["profile.exec"].detail
     assert "attack.t1071" in by_rule["profile.connect"].tags and "127.0.0.3" in by_rule["profile.connect"].detail
     assert "attack.t1552.001" in by_rule["profile.read"].tags and "/etc/shadow" in by_rule["profile.read"].detail
     assert "the profile held" in by_rule["profile.connect"].detail
@@ -270,7 +270,8 @@ match.path = "{tmp_path}/*.bin"
             w.procs[1].terminate()  # the web service is not the proposal's workload
             w.stop()
         if mode == "audit":  # what would have been refused: reported, let through
-            assert shell["shell"].strip() == "0" and secret["secret"] > 0 and "errno" not in connect
+            assert shell["shell"].strip() == "0" and secret["secret"] > 0
+            assert connect.get("errno") == errno.ECONNREFUSED  # nobody listens there; not refused by the sensor
 
             def audited() -> set[str]:
                 s = store(hive_dir)
@@ -283,6 +284,6 @@ match.path = "{tmp_path}/*.bin"
                        what="the proposal's audit verdicts")
             print(f"audit mode verdicts: {sorted(audited())}")
         else:
-            assert shell.get("errno") == errno.EPERM or "shell" not in shell, shell
+            assert shell.get("errno") == errno.EPERM, shell
             assert secret.get("errno") == errno.EPERM, secret
             assert connect.get("errno") == errno.EPERM, connect
