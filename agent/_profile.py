@@ -492,6 +492,7 @@ class Profiles:
             self._set_state(lr, state, now)
         self.dirty.add(workload)
         self._unsent.add(workload)
+        self._urgent.add(workload)  # the operator looks for it at the hive
         return f"{workload}: {added} item(s) accepted, {lr.p.state}, revision {lr.p.revision}"
 
     def tick(self) -> list[wire.Event]:

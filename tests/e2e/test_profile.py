@@ -242,6 +242,19 @@ match.path = "{tmp_path}/*.bin"
     assert {a.agent for a in alerts} == {"self-1"}
     print(f"\nnovelty: {len(alerts)} alerts: " + "; ".join(a.title for a in alerts))
 
+    # An operator accepts one of them (the handler's own `id`): one command,
+    # the agent's profile takes it, and it is no longer novel.
+    [id_alert] = [a for a in alerts if "exec /usr/bin/id" in a.title]
+    assert "accepting into" in cli(hive_dir, "profile", "accept", id_alert.id[:12])
+
+    def accepted() -> list[dict]:
+        return [a for a in map(json.loads, cli(hive_dir, "actions", "--json").splitlines())
+                if a["action"] == "update_profile" and a["state"] == "done"]
+
+    wait_until(accepted, timeout=30, what="the agent's answer to update_profile")
+    wait_until(lambda: "exec /usr/bin/id (parent /bin/sh" in cli(hive_dir, "profile", "show", model_w), timeout=30,
+               what="the accepted item in the profile the hive holds")
+
     # The policy proposed from the model server's profile, first in audit mode.
     os.chdir(tmp_path)
     for mode in ("audit", "block"):
