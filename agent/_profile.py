@@ -17,6 +17,7 @@ accept``), so the three never disagree on what "the same" means.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -56,6 +57,11 @@ _HEX = re.compile(r"\A(0x)?[0-9a-fA-F]{8,}\Z")
 _UUID = re.compile(r"\A[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _DIGITS = re.compile(r"\d+")
 _VERSIONED = re.compile(r"\.\d+\Z")
+_STAMP = re.compile(r"\d{6,}")
+_WITH_DIGIT = re.compile(r"(?<=/)[^/]*\d[^/]*")
+_GENERATED = re.compile(r"\A(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
+                        r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\Z")
+_NO_DIGITS = str.maketrans("", "", "0123456789")
 _CREDENTIALS = (
     re.compile(r"\A/etc/(g?shadow|sudoers|security/opasswd)(-|\Z)"),
     re.compile(r"/\.ssh/(id_[a-z0-9_]+|authorized_keys|known_hosts)?"),
@@ -68,6 +74,7 @@ MAX_SHAPE = 256
 """Characters of an argument shape kept."""
 
 
+@functools.lru_cache(maxsize=8192)
 def credential(path: str) -> bool:
     """Whether ``path`` holds secrets: never swallowed by a folder's glob,
     and its read is tagged T1552.001."""
@@ -78,36 +85,55 @@ def _random(segment: str) -> bool:
     """A name that looks generated: a number, hex, a uuid, or letters and
     digits only, a quarter of them digits at least (``tmpa8f3kq9z``; not
     ``x86_64-linux-gnu``)."""
-    if _NUMBER.match(segment) or _HEX.match(segment) or _UUID.match(segment):
+    stem, dot, ext = segment.rpartition(".")
+    if dot and stem and len(ext) <= 5 and ext.isalpha():
+        segment = stem  # 50ba549f2a738cb31b3215cd01ec635f.json: its name without the extension
+    if _GENERATED.match(segment):
         return True
-    digits = sum(c.isdigit() for c in segment)
-    return len(segment) >= 6 and segment.isalnum() and digits >= 3 and digits * 4 >= len(segment)
+    if len(segment) < 6 or not segment.isalnum():
+        return False
+    digits = len(segment) - len(segment.translate(_NO_DIGITS))
+    return digits >= 3 and digits * 4 >= len(segment)
 
 
+@functools.lru_cache(maxsize=4096)  # the same files are opened again and again: regexes once per name
 def generalise_path(path: str, versions: bool = True) -> str:
     """``path`` with its generated parts as ``*``: numeric and random
     segments, anything under a temporary folder (one name per run); with
     ``versions``, the digits of a last name ending in a number (a library's
-    version, a rotated log's) as ``N``.  An executable's path keeps them:
-    python3.12 is not python3.13."""
+    version, a rotated log's) and of a date or time in a name as ``N``.  An
+    executable's path keeps them: python3.12 is not python3.13."""
     if not path.startswith("/"):
         return path
-    for tmp in _TMP:
-        if path.startswith(tmp):
-            return tmp + "**" if tmp != "/run/user/" else "/run/user/*/**"
-    parts = path.split("/")
-    for i, seg in enumerate(parts):
-        if seg and _random(seg):
-            parts[i] = "*"
-        elif versions and i == len(parts) - 1 and _VERSIONED.search(seg):
-            # a versioned library or rotated log: libfoo.so.3.1, app.log.2
-            parts[i] = _DIGITS.sub("N", seg)
-    return "/".join(parts)
+    if path.startswith(_TMP):
+        tmp = next(t for t in _TMP if path.startswith(t))
+        return tmp + "**" if tmp != "/run/user/" else "/run/user/*/**"
+    # What is generated has digits (a hex name without one: 1 in 2600):
+    # only the names with a digit are looked at, found by one regex.
+    end = len(path)
+
+    def one(m: re.Match) -> str:
+        seg = m.group()
+        if _random(seg):
+            stem, dot, ext = seg.rpartition(".")
+            return f"*.{ext}" if dot and stem and len(ext) <= 5 and ext.isalpha() else "*"
+        if versions and m.end() == end and _VERSIONED.search(seg):
+            return _DIGITS.sub("N", seg)  # a versioned library or rotated log: libfoo.so.3.1, app.log.2
+        if versions and _STAMP.search(seg):
+            return _STAMP.sub("N", seg)  # a date or a time in a name: db-20231116.tgz
+        return seg
+
+    return _WITH_DIGIT.sub(one, path)
 
 
 def argument_shape(argv: Sequence[str]) -> str:
     """The arguments after the program's name as a shape: numbers ``N``,
     hex and uuids ``H``, paths generalised; what changes run to run gone."""
+    return _shape(tuple(argv))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape(argv: tuple[str, ...]) -> str:
     out = []
     for a in argv[1:]:
         if _NUMBER.match(a):
@@ -118,12 +144,15 @@ def argument_shape(argv: Sequence[str]) -> str:
             out.append(generalise_path(a))
         elif "=" in a and a.startswith("-"):
             key, _, value = a.partition("=")
-            out.append(f"{key}={argument_shape(['', value]) or ''}")
+            out.append(f"{key}={_shape(('', value)) or ''}")
+        elif _STAMP.search(a):
+            out.append(_STAMP.sub("N", a))
         else:
             out.append(_DIGITS.sub("N", a) if len(a) > 24 else a)
     return " ".join(out)[:MAX_SHAPE]
 
 
+@functools.lru_cache(maxsize=4096)
 def network(address: str, prefix4: int = 24, prefix6: int = 64) -> str:
     try:
         ip = ipaddress.ip_address(address)
@@ -181,6 +210,10 @@ class Learner:
         self.peer_cap = peer_cap
         self.shape_cap = shape_cap
         self.sets: dict[str, set[str]] = {k: set(profile.items.get(k, ())) for k in KINDS}
+        self._held: set[str] = set()
+        """Items found held through a network or an argument glob (the
+        costly tests): a profile only grows, so they stay held (cleared
+        when large)."""
 
     def export(self) -> Profile:
         self.p.items = {k: sorted(v) for k, v in self.sets.items() if v}
@@ -192,6 +225,18 @@ class Learner:
     # -- membership -------------------------------------------------------
 
     def holds(self, item: str) -> bool:
+        if item in self._held:
+            return True
+        if self._covered(item):
+            if item[0] in "rw":  # a file's folders are a few lookups: no need to remember it
+                return True
+            if len(self._held) > 16384:
+                self._held.clear()
+            self._held.add(item)
+            return True
+        return False
+
+    def _covered(self, item: str) -> bool:
         kind, _, rest = item.partition("\t")
         s = self.sets.get(kind)
         if s is None:
