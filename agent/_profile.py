@@ -70,6 +70,9 @@ _CREDENTIALS = (
     re.compile(r"\.(pem|key|p12|pfx|kdbx)\Z"),
     re.compile(r"\A/etc/(ssl/private|ssh/ssh_host_)"),
 )
+MAX_PENDING = 1024
+"""Novel items alerted and not accepted, per profile, within ``realert``:
+beyond it a workload's novelty is counted, not alerted."""
 MAX_SHAPE = 256
 """Characters of an argument shape kept."""
 
@@ -412,7 +415,7 @@ class Profiles:
         self._urgent: set[str] = set()
         """A new state: sent at the next tick whatever the rate."""
         self._sent: dict[str, float] = {}
-        self.novel = self.observed = self.refused = 0
+        self.novel = self.observed = self.refused = self.suppressed = 0
         for p in profiles:
             self.learners[p.workload] = self._learner(p)
             self._unsent.add(p.workload)
@@ -423,7 +426,8 @@ class Profiles:
     def statistics(self) -> dict[str, int]:
         states = [lr.p.state for lr in self.learners.values()]
         return {"profiles": len(states), "learning": states.count("learning"), "stable": states.count("stable"),
-                "enforcing": states.count("enforcing"), "novel": self.novel, "profile_events": self.observed}
+                "enforcing": states.count("enforcing"), "novel": self.novel, "novel_suppressed": self.suppressed,
+                "profile_events": self.observed}
 
     def observe(self, events: list[wire.Event]) -> list[wire.Event]:
         """``events`` with a novelty alert (``wire.Edge``) right behind each
@@ -479,6 +483,13 @@ class Profiles:
             last = p.pending.get(item)
             if last is not None and now - last < self.s.realert:
                 continue
+            if last is None and len(p.pending) >= MAX_PENDING:
+                # A workload doing ever new things: the alerts so far say so;
+                # more would flood the hive.  Room again as they age.
+                p.pending = {i: t for i, t in p.pending.items() if now - t < self.s.realert}
+                if len(p.pending) >= MAX_PENDING:
+                    self.suppressed += 1
+                    continue
             p.pending[item] = now
             self.dirty.add(w)
             alerts.append(self._alert(lr, item, ev))

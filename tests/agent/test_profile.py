@@ -249,3 +249,17 @@ def test_update_command():
     assert not r.ok and "no profile" in r.detail
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"type": "update_profile", "id": "c3", "workload": "w"}, wire.UpdateProfile)
+
+
+def test_a_workload_doing_ever_new_things_is_alerted_within_a_bound():
+    from agent._profile import MAX_PENDING
+
+    clock = Clock()
+    p = learned(clock)
+    flood = [wire.Connect(family=2, address=f"198.51.{i // 250}.{i % 250}", port=443, **SVC)
+             for i in range(MAX_PENDING + 50)]
+    assert len(novelty(p.observe(flood))) == MAX_PENDING and p.suppressed == 50
+    fresh = wire.Connect(family=2, address="192.0.2.77", port=443, **SVC)
+    assert novelty(p.observe([fresh])) == [] and p.suppressed == 51
+    clock.now += 3601  # those alerted aged out: room again
+    assert len(novelty(p.observe([fresh]))) == 1
