@@ -172,22 +172,36 @@ def latest(store, agent: str | None = None) -> dict[tuple[str, str], object]:
 
 
 def _one(store, workload: str, agent: str | None):
-    found = [(k, v) for k, v in latest(store, agent).items() if k[1] == workload]
+    """(agents, profile): ``workload``'s profile on ``agent``, or without it
+    the profiles of every agent that learns it merged (the same image across
+    the fleet): what any of them held, the least advanced state."""
+    found = sorted((k, v) for k, v in latest(store, agent).items() if k[1] == workload)
     if not found:
         raise FleetCliError(f"no profile of {workload!r}" + (f" from {agent}" if agent else "")
                             + " (`immune-node profile list` shows them)")
-    if len(found) > 1:
-        raise FleetCliError(f"{workload!r} is learned on {', '.join(sorted(k[0] for k, _ in found))}: "
-                            "name one with --agent")
-    from agent._profile import decode_profile
+    from agent._profile import STATES, Profile, decode_profile
 
-    ev = found[0][1]
-    if not ev.body:
-        raise FleetCliError(f"{workload} on {ev.agent}: its profile is too large to send; only its size is known")
-    try:
-        return ev, decode_profile(ev.body)
-    except ValueError as e:
-        raise FleetCliError(f"{workload} on {ev.agent}: {e}") from None
+    profiles = []
+    for (name, _), ev in found:
+        if not ev.body:
+            raise FleetCliError(f"{workload} on {name}: its profile is too large to send; only its size is known")
+        try:
+            profiles.append(decode_profile(ev.body))
+        except ValueError as e:
+            raise FleetCliError(f"{workload} on {name}: {e}") from None
+    agents = [name for (name, _), _ in found]
+    if len(profiles) == 1:
+        return agents, profiles[0]
+    items: dict[str, set[str]] = {}
+    for p in profiles:
+        for kind, held in p.items.items():
+            items.setdefault(kind, set()).update(held)
+    return agents, Profile(
+        workload=workload, state=min((p.state for p in profiles), key=lambda s: STATES.index(s) if s in STATES else 0),
+        started=min(p.started for p in profiles), changed=max(p.changed for p in profiles),
+        revision=max(p.revision for p in profiles), events=sum(p.events for p in profiles),
+        items={k: sorted(v) for k, v in items.items()},
+        pending={i: t for p in profiles for i, t in p.pending.items()})
 
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
@@ -214,14 +228,15 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
 
     store = _store(cfg, readonly=True)
     try:
-        ev, p = _one(store, args.workload, args.agent)
+        agents, p = _one(store, args.workload, args.agent)
     finally:
         store.close()
     if args.json:
-        sys.stdout.buffer.write(msgspec.json.encode({"agent": ev.agent, **msgspec.structs.asdict(p)}) + b"\n")
+        sys.stdout.buffer.write(msgspec.json.encode({"agents": agents, **msgspec.structs.asdict(p)}) + b"\n")
         return 0
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.started))
-    print(f"{p.workload} on {ev.agent}: {p.state}, revision {p.revision}, {p.events} events since {since} UTC")
+    print(f"{p.workload} on {', '.join(agents)}{' (merged)' if len(agents) > 1 else ''}: {p.state}, "
+          f"revision {p.revision}, {p.events} events since {since} UTC")
     for kind in KINDS:
         for item in p.items.get(kind, []):
             print(f"  {describe(item)}")
@@ -271,11 +286,12 @@ def cmd_accept(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_state(args: argparse.Namespace, cfg: Config) -> int:
     store = _store(cfg, readonly=True)
     try:
-        ev, _p = _one(store, args.workload, args.agent)
+        agents, _p = _one(store, args.workload, args.agent)
     finally:
         store.close()
-    action = _request(cfg, ev.agent, {"workload": args.workload, "state": args.state})
-    print(f"{args.workload} on {ev.agent}: to {args.state} (action {action})")
+    for name in agents:
+        action = _request(cfg, name, {"workload": args.workload, "state": args.state})
+        print(f"{args.workload} on {name}: to {args.state} (action {action})")
     return 0
 
 
@@ -305,8 +321,8 @@ def _policy_in_force(store, agent: str) -> tuple[str, str]:
 def cmd_propose(args: argparse.Namespace, cfg: Config) -> int:
     store = _store(cfg, readonly=True)
     try:
-        ev, p = _one(store, args.workload, args.agent)
-        origin, base = _policy_in_force(store, ev.agent)
+        agents, p = _one(store, args.workload, args.agent)
+        origin, base = _policy_in_force(store, agents[0])
     finally:
         store.close()
     if args.base:
@@ -344,7 +360,7 @@ def add_parsers(add) -> None:
     _common(c)
     c = actions.add_parser("show", help="what one workload's profile holds")
     c.add_argument("workload", metavar="WORKLOAD", help="as `profile list` names it (unit:web.service, ...)")
-    c.add_argument("--agent", metavar="NAME", help="the agent, when several learn the workload")
+    c.add_argument("--agent", metavar="NAME", help="one agent's (default: every agent's that learns it, merged)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_show)
     _common(c)

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import wire
-from agent._profile import Profiles, ProfileSettings
+from agent._profile import Profiles, ProfileSettings, items_of
 from hive import Ingest, Store
 from hive.playbook import Records
 from hive.sigma import RuleEngine
@@ -103,3 +103,22 @@ def test_complement_and_ranges():
     assert _port_ranges({22, 80}, 1, 100) == ["1-21", "23-79", "81-100"]
     assert _port_ranges(set(range(1, 1025))) == []
     assert merged("version = 1\n[[rule]]\nname='a'\n", "X\n") == "version = 1\nX\n\n[[rule]]\nname='a'\n"
+
+
+def test_the_same_workload_across_the_fleet_is_merged(hive, capsys):
+    data, _ = hive
+    clock = Clock()
+    other = learned(clock)
+    extra = wire.Exec(pid=9, exe="/usr/bin/curl", parent_image="/usr/bin/python3.12", argv=["curl", "-s"], **SVC)
+    lr = other.learners["unit:web.service"]
+    lr.add(items_of(extra)[0])
+    ev = other.upload("unit:web.service")
+    ev.agent = "web2"
+    store = Store(data / "hive.db")
+    store.ingest([Ingest(agent="web2", stream="s2", seq=1, events=[ev])])
+    store.close()
+    assert main(["profile", "show", "unit:web.service", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unit:web.service on web1, web2 (merged)") and "exec /usr/bin/curl" in out
+    assert main(["profile", "show", "unit:web.service", "--agent", "web1", "--data", str(data)]) == 0
+    assert "curl" not in capsys.readouterr().out
