@@ -6,7 +6,7 @@ import time
 import pytest
 
 import wire
-from agent._profile import Profiles, ProfileSettings, items_of
+from agent._profile import items_of
 from hive import Ingest, Store
 from hive.playbook import Records
 from hive.sigma import RuleEngine
