@@ -180,14 +180,18 @@ def main() -> None:
             evs = msgspec.msgpack.decode(encoded, type=list[wire.AnyEvent])
             return [evs[i:i + 256] for i in range(0, n, 256)]
 
-        def intake(batches: list[list[wire.Event]], learn: bool) -> float:
+        def intake(batches: list[list[wire.Event]], learn: bool, disk: bool = False) -> float:
             start = time.perf_counter_ns()
             for got in batches:
                 wire.fit_all(got, ENRICHED)
                 if learn:
                     got = profiles.observe(got)
-                spool.pack(got, 256)
-            return (time.perf_counter_ns() - start) / n
+                packed = spool.pack(got, 256)
+                if disk:  # and, as the relay, append and fsync once per burst
+                    for chunk in packed:
+                        spool.append(chunk)
+                    spool.sync()
+            return (time.perf_counter_ns() - start) / sum(len(b) for b in batches)
 
         def observe_only(batches: list[list[wire.Event]]) -> float:
             start = time.perf_counter_ns()
@@ -195,16 +199,21 @@ def main() -> None:
                 profiles.observe(got)
             return (time.perf_counter_ns() - start) / n
 
-        runs: dict[str, list[float]] = {"without": [], "with": [], "observe": []}
+        runs: dict[str, list[float]] = {"without": [], "with": [], "observe": [], "disk without": [],
+                                        "disk with": []}
         for _ in range(args.repeat):  # interleaved, so a busy moment hurts both
             runs["without"].append(intake(fresh(), False))
             runs["with"].append(intake(fresh(), True))
             runs["observe"].append(observe_only(fresh()))
+            runs["disk without"].append(intake(fresh()[:100], False, True))  # 25,600 events: the disk's room
+            runs["disk with"].append(intake(fresh()[:100], True, True))
         spool.close()
     best = {k: min(v) for k, v in runs.items()}
     print(f"\nrelay intake (fit + pack) per event, {n} events, best of {args.repeat}: without learning "
           f"{best['without']:.0f} ns, with {best['with']:.0f} ns: ratio {best['with'] / best['without']:.2f}; "
           f"Profiles.observe alone {best['observe']:.0f} ns")
+    print(f"with the spool's appends and one fsync per 256 events (25,600 events): without learning {best['disk without']:.0f} ns, "
+          f"with {best['disk with']:.0f} ns: ratio {best['disk with'] / best['disk without']:.2f}")
 
 
 if __name__ == "__main__":
