@@ -293,8 +293,9 @@ match.path = "{tmp_path}/*.bin"
                 finally:
                     s.close()
 
-            wait_until(lambda: {r.rsplit("-", 1)[-1] for r in audited()} >= {"other"}, timeout=30,
-                       what="the proposal's audit verdicts")
+            wait_until(lambda: {r.split("-", 3)[-1] for r in audited()} >= {"exec-other", "connect-other",
+                                                                               "secrets-other"},
+                       timeout=30, what="the proposal's audit verdicts on the exec, the connect and the read")
             print(f"audit mode verdicts: {sorted(audited())}")
         else:
             assert shell.get("errno") == errno.EPERM, shell
