@@ -582,7 +582,10 @@ class Profiles:
                             profile_version=PROFILE_VERSION, body=body)
 
     def take_dirty(self) -> list[Profile]:
-        out = [self.learners[w].export() for w in sorted(self.dirty)]
+        """Copies of the profiles changed since the last call (to save on
+        another thread while this one goes on changing them)."""
+        out = [msgspec.structs.replace(p, pending=dict(p.pending))
+               for p in (self.learners[w].export() for w in sorted(self.dirty))]
         self.dirty.clear()
         return out
 
