@@ -18,8 +18,9 @@ field on the wire.  Version 3 is this file.  Rules for changing it:
   so a version 2 agent still gets them (but no bundle).
   Later in version 3 (additions, the same order of upgrade): event kind
   ``profile``, ``Edge.detail/workload/novel`` and command
-  ``update_profile`` (learned self, issue 17), sent only to agents that
-  sent a ``profile`` event.
+  ``update_profile`` (learned self, issue 17), which ``immune-node
+  profile`` and the console send only to an agent whose profile or
+  novelty alert the hive holds (so one that reads it).
 
 Every value is bounded here, at decoding, so nothing out of range reaches
 the hive's store, its arithmetic or its memory: integers fit the range of
