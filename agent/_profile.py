@@ -400,6 +400,9 @@ class ProfileSettings:
     cgroups: bool = True
     upload: float = 60.0
     """Seconds between a profile's uploads to the hive, at most one each."""
+    refresh: float = 86400.0
+    """Seconds after which an unchanged profile is sent again: the hive's
+    retention must not age a quiet workload's profile out."""
 
 
 class Profiles:
@@ -562,6 +565,7 @@ class Profiles:
             if p.state == "learning" and now - p.started >= self.s.learn and now - p.changed >= self.s.stable:
                 self._set_state(lr, "stable", now)
         out: list[wire.Event] = []
+        self._unsent.update(w for w, sent in self._sent.items() if now - sent >= self.s.refresh)
         for w in sorted(self._unsent):
             if w not in self._urgent and now - self._sent.get(w, -1e18) < self.s.upload:
                 continue

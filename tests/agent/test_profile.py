@@ -216,6 +216,9 @@ def test_profiles_kept_on_disk_and_uploaded(tmp_path):
     p.accept("unit:web.service", [], "enforcing")
     [ev] = p.tick()
     assert type(ev) is wire.Profile and ev.state == "enforcing" and ev.workload == "unit:web.service"
+    assert p.tick() == []
+    clock.now += 86400  # unchanged for a day: sent again, for the hive's retention
+    assert [e.revision for e in p.tick()] == [ev.revision] and p.tick() == []
     body = decode_profile(ev.body)
     assert body.state == "enforcing" and "bind\ttcp\t0.0.0.0\t8080" in body.items["bind"]
     # through the wire's own codec, as the hive decodes it
