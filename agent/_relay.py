@@ -86,6 +86,7 @@ async def relay(
     fleet_endpoint: str = FLEET_ENDPOINT,
     edge: Any = None,
     table: ProcessTable | None = None,
+    learning: Any = None,
 ) -> None:
     """Run the relay.  ``keys_dir`` holds ``agent.key``/``agent.pub``;
     ``hive_public`` is the pinned Z85 public key of the hive.  ``window`` is
@@ -99,7 +100,10 @@ async def relay(
     the bundle's rules and playbooks on the events before they are spooled
     and hands its commands to the executor.  ``table`` is a process
     table to use instead of a new one seeded from /proc (to share it with
-    the response executor, or for tests)."""
+    the response executor, or for tests).  ``learning``
+    (``agent._profile.Learning``) learns each workload's profile from the
+    events and puts its novelty alerts behind them; it answers the hive's
+    ``update_profile`` commands."""
     if batch < 1 or heartbeat <= 0:
         raise ValueError("batch must be >= 1 and heartbeat > 0")
     keys = KeyPair.load(Path(keys_dir), "agent")
@@ -133,6 +137,7 @@ async def relay(
                    hello=hello(agent_id, policy_version() if callable(policy_version) else policy_version,
                                bundle_version()), bundles=bundles,
                    describe_policy=policy_version if callable(policy_version) else None, edge=edge)
+        r.learning = learning
         ctx.stats.add_depth(lambda: r.spool_batches)
         log_event(ctx.log, "relay.start", agent=agent_id, hive=hive_endpoint, stream=spool.stream,
                   pending=spool.statistics().batches, processes=len(table))
@@ -146,6 +151,8 @@ async def relay(
             nursery.start_soon(r.heartbeats)
             if edge is not None:
                 nursery.start_soon(r.edge_ticks)
+            if learning is not None:
+                nursery.start_soon(r.profile_ticks)
             nursery.start_soon(r.watch, monitor)
             task_status.started()
     finally:
@@ -186,6 +193,7 @@ class _Relay:
         self._hashing = trio.CapacityLimiter(1)
         self.spool_batches = 0
         self.accepted = 0
+        self.learning: Any = None
 
     # -- helpers ----------------------------------------------------------------
 
@@ -297,6 +305,8 @@ class _Relay:
             wire.fit_all(got, ENRICHED)
             if self.edge is not None and self.edge.active:
                 got = self._at_the_edge(got)
+            if self.learning is not None:
+                got = self.learning.observe(got)
             chunks.extend(self.spool.pack(got, self.batch))
             await self._store(chunks)
             self.accepted += len(got)
@@ -331,6 +341,24 @@ class _Relay:
         while True:
             await trio.sleep(1.0)
             self._edge_commands(self.edge.tick())
+
+    async def profile_ticks(self) -> None:
+        """Profiles for the hive into the spool; changed ones to disk, on a
+        worker thread (a failed write is retried with the next change)."""
+        while True:
+            await trio.sleep(1.0)
+            events, changed = self.learning.tick()
+            self.ctx.stats.extra.update(self.learning.profiles.statistics())
+            if events:
+                wire.fit_all(events)
+                await self._store(self.spool.pack(events, self.batch))
+                self.kick()
+            if changed:
+                try:
+                    await trio.to_thread.run_sync(self.learning.save, changed, limiter=self._disk)
+                except OSError as e:
+                    self.learning.profiles.dirty.update(p.workload for p in changed)
+                    log_event(self.ctx.log, "profile.save_failed", logging.WARNING, reason=str(e))
 
     async def _policy_reloaded(self, notice: wire.Notice) -> None:
         """The sensor runs a new policy file: the hive shows it from a new
@@ -410,6 +438,10 @@ class _Relay:
     async def _command(self, cmd: wire.Command) -> None:
         ex = self.ctx.stats.extra
         ex["commands"] = int(ex.get("commands", 0)) + 1
+        if isinstance(cmd, wire.UpdateProfile):  # the relay's own learning, not the executor's
+            await self._send(self.learning.update(cmd) if self.learning is not None else wire.CommandResult(
+                command=cmd.id, ok=False, detail="this agent does not learn profiles ([profile] enabled = false)"))
+            return
         if cmd.expires and cmd.expires < time.time_ns():
             ex["expired"] = int(ex.get("expired", 0)) + 1
             log_event(self.ctx.log, "command.expired", logging.WARNING, id=cmd.id, action=cmd.action)

@@ -59,6 +59,10 @@ def describe(event: object) -> str:
             return f"code {event.code}"
         case wire.Notice():
             return f"{event.what} {event.count or ''} {event.detail}".strip()
+        case wire.Profile():
+            return f"{event.workload} {event.state} r{event.revision} ({event.items} items)"
+        case wire.Edge() if event.workload:
+            return event.title
     return ""
 
 

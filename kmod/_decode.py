@@ -196,7 +196,8 @@ class Decoder:
             if flags & F_UNGUARDED:  # fanotify was never asked; the rule it would have met
                 verdict, rule = "unguarded", r.name if r else ""
             elif r is not None:
-                verdict = "block" if r.action == "block" and result == _EPERM else "audit"
+                verdict = "allow" if r.action == "allow" else \
+                    "block" if r.action == "block" and result == _EPERM else "audit"
                 rule = r.name
         ev = Exec(time=ts + self._offset, pid=pid, tid=tid, ppid=ppid, uid=uid, euid=euid,
                   gid=gid, comm=self._str(comm), cgroup=cgroup, filename=filename, exe=exe,
@@ -237,7 +238,7 @@ class Decoder:
         else:
             path = self._str(bytes(rec[start:start + max(path_len - 1, 0)]))
         r = self._policy(gen).match_open(path, pid=pid, cgroup=cgroup)
-        if r is None:
+        if r is None or r.action == "allow":  # allowed by name: as if no rule watched it
             return None
         verdict, rule = "audit", r.name
         if r.action == "block":

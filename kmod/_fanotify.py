@@ -531,7 +531,7 @@ class Guard:
         else:
             hook, rule = "open", policy.match_open(path, pid=pid)
         final = final and not policy.varies_by_container(hook, path)  # a verdict for this caller only
-        if rule is None:
+        if rule is None or rule.action == "allow":
             self._counts["allowed"] += 1
             return True, final
         if pid in self._excluded or not self._scope.contains(pid):

@@ -36,7 +36,11 @@ BPF_PROG_TYPES = (
     "lirc_mode2", "sk_reuseport", "flow_dissector", "cgroup_sysctl", "raw_tracepoint_writable",
     "cgroup_sockopt", "tracing", "struct_ops", "ext", "lsm", "sk_lookup", "syscall", "netfilter",
 )
-ACTIONS = ("block", "audit")
+ACTIONS = ("block", "audit", "allow")
+ALLOWING = ("exec", "open")
+"""The hooks an ``allow`` rule may be for: decided in userspace, first
+match wins, so an allow rule lets through what a later rule would refuse
+(a workload's own programs before its ``/**`` block: issue 17's proposals)."""
 SETID_CALLS = ("setuid", "setreuid", "setresuid", "setfsuid",
                "setgid", "setregid", "setresgid", "setfsgid")
 PROTOCOLS = {"tcp": 6, "udp": 17}
@@ -90,7 +94,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             body = pattern[i + 1:end]
             if body.startswith("!"):
                 body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
+            out.append("[" + body.replace("\\", "\\\\").replace("[", "\\[") + "]")  # "[[]": a literal [
             i = end + 1
         else:
             out.append(re.escape(c))
@@ -326,7 +330,10 @@ def _rule(table: object, index: int) -> Rule:
     if hook not in HOOKS:
         raise PolicyError(f"{where}: 'hook' must be one of {', '.join(HOOKS)} (got {hook!r})")
     if action not in ACTIONS:
-        raise PolicyError(f"{where}: 'action' must be block or audit (got {action!r})")
+        raise PolicyError(f"{where}: 'action' must be block, audit or allow (got {action!r})")
+    if action == "allow" and hook not in ALLOWING:
+        raise PolicyError(f"{where}: only exec and open rules can allow ({hook} is decided in the kernel, "
+                          "where a rule can only audit or block)")
     if action == "block" and hook in ("setid", "fork"):
         raise PolicyError(f"{where}: {hook} can only be audited (no LSM hook to refuse it here)")
     if action == "block" and hook == "file":
@@ -378,6 +385,9 @@ def _rule(table: object, index: int) -> Rule:
     if kw.get("fileless") and set(match) != {"fileless"}:
         raise PolicyError(f"{where}: match.fileless is decided in the kernel, which knows no path, digest "
                           "or container: give it alone")
+    if kw.get("fileless") and action == "allow":
+        raise PolicyError(f"{where}: a fileless image cannot be allowed: the kernel decides it, and only audits "
+                          "or kills it")
     if hook in ("exec", "open", "file") and not kw.get("paths") and not kw.get("sha256") and not kw.get("fileless"):
         need = "path or sha256" if hook == "exec" else "path"
         raise PolicyError(f"{where}: {hook} rules need match.{need}")

@@ -106,6 +106,28 @@ class SensorConfig(_Section):
     as one event with a count; 0: report every open."""
 
 
+class ProfileConfig(_Section):
+    """Learned self (agent/_profile.py): each workload's behaviour learned
+    by the agent, what falls outside it alerted once stable."""
+
+    enabled: bool = True
+    learn_hours: Annotated[float, Meta(gt=0, le=8760)] = 24.0
+    """A new workload learns for this long at least."""
+    stable_hours: Annotated[float, Meta(ge=0, le=8760)] = 1.0
+    """... and becomes stable once this long passed without a new item."""
+    realert_hours: Annotated[float, Meta(ge=0, le=8760)] = 1.0
+    """A novelty not accepted is alerted again after this long."""
+    folder_cap: Annotated[int, Meta(ge=1, le=4096)] = 16
+    """A folder with more children than this is kept as ``FOLDER/**``."""
+    peer_cap: Annotated[int, Meta(ge=1, le=4096)] = 8
+    """More peers of one /24 on a port than this are kept as the /24."""
+    max_workloads: Annotated[int, Meta(ge=1, le=65536)] = 256
+    max_items: Annotated[int, Meta(ge=16, le=65536)] = 4096
+    """Items per profile; a workload that does more learns no more."""
+    cgroups: bool = True
+    """Learn processes outside any service or container by their cgroup."""
+
+
 class ConsoleConfig(_Section):
     enabled: bool = True
     """Serve the console (web pages, JSON API, metrics) from the hive."""
@@ -181,6 +203,7 @@ class Config(_Section):
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
     sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
+    profile: ProfileConfig = msgspec.field(default_factory=ProfileConfig)
     outputs: Annotated[list[OutputConfig], Meta(max_length=64)] = []
     ai: AiConfig = msgspec.field(default_factory=AiConfig)
 

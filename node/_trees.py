@@ -223,7 +223,8 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
             agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
             heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, link.path, keeper),
-            bundle_version=lambda: keeper.version if keeper else 0, table=table, edge=edge)),
+            bundle_version=lambda: keeper.version if keeper else 0, table=table, edge=edge,
+            learning=agent_learning(cfg, name))),
         Child("fleet", fleet_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
             keeper=keeper, link=link, sensor=cfg.sensor.enabled, edge=edge)),
     ]
@@ -236,6 +237,23 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
                 data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint), table=table)),
         ]
     return children
+
+
+def agent_learning(cfg: Config, name: str):
+    """The agent's learned profiles (kept in ``profiles`` in the data
+    folder), or None with ``[profile] enabled = false``."""
+    if not cfg.profile.enabled:
+        return None
+    import logging
+
+    from agent._profile import Learning, ProfileSettings
+
+    p = cfg.profile
+    settings = ProfileSettings(learn=p.learn_hours * 3600, stable=p.stable_hours * 3600,
+                               realert=p.realert_hours * 3600, folder_cap=p.folder_cap, peer_cap=p.peer_cap,
+                               max_workloads=p.max_workloads, max_items=p.max_items, cgroups=p.cgroups)
+    log = logging.getLogger("immune.agent.profile")
+    return Learning(name, cfg.data_dir / "profiles", settings, log=log.warning)
 
 
 def policy_version(link: Path, keeper=None) -> str:

@@ -807,6 +807,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fleet_parsers(add)
 
+    from ._profile import add_parsers as profile_parsers
+
+    profile_parsers(add)
+
     from ._users import add_parsers as users_parsers
 
     users_parsers(add)

@@ -19,6 +19,7 @@ from ._messages import (
     MAX_NAME,
     MAX_PATH,
     MAX_PORTS,
+    MAX_PROFILE,
     MAX_RESULT_BYTES,
     MAX_TEXT,
     MAX_TTL,
@@ -58,6 +59,7 @@ from ._messages import (
     Notice,
     Open,
     PolicyBundle,
+    Profile,
     Ptrace,
     QuarantineFile,
     SetId,
@@ -65,15 +67,16 @@ from ._messages import (
     Unblock,
     Unisolate,
     UnisolateContainer,
+    UpdateProfile,
 )
 from ._fit import CUT, fit, fit_all, fit_text
 
 __all__ = [
     "COMMANDS", "COMMANDS_SINCE", "EVENT_KINDS", "INT64_MAX", "MAX_ADDRESS", "MAX_ADDRESSES", "MAX_ARCHIVE", "MAX_ARG", "MAX_ARGV",
-    "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_BUNDLE", "MAX_CMDLINE", "MAX_DEPTH", "MAX_ITEMS", "MAX_NAME", "MAX_PATH", "MAX_PORTS", "MAX_RESULT_BYTES",
+    "MAX_BATCH", "MAX_BATCH_BYTES", "MAX_BUNDLE", "MAX_CMDLINE", "MAX_DEPTH", "MAX_ITEMS", "MAX_NAME", "MAX_PATH", "MAX_PORTS", "MAX_PROFILE", "MAX_RESULT_BYTES",
     "MAX_TEXT", "MAX_TTL", "PID_MAX", "WIRE_VERSION",
     "Ack", "AgentMessage", "Alert", "AnyCommand", "AnyEvent", "Bind", "BlockConnect", "BlockExec", "Bpf", "BundleStatus",
     "CollectEvidence", "Command", "CommandResult", "Connect", "Edge", "EdgeAction", "Enroll", "Enrolled", "Event", "EventBatch", "Exec",
-    "Exit", "File", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateContainer", "IsolateHost", "KillProcess", "Mount", "Notice", "Open", "PolicyBundle",
-    "Ptrace", "QuarantineFile", "SetId", "Signal", "Unblock", "Unisolate", "UnisolateContainer", "CUT", "fit", "fit_all", "fit_text",
+    "Exit", "File", "Fork", "Heartbeat", "Hello", "HiveMessage", "IsolateContainer", "IsolateHost", "KillProcess", "Mount", "Notice", "Open", "PolicyBundle", "Profile",
+    "Ptrace", "QuarantineFile", "SetId", "Signal", "Unblock", "Unisolate", "UnisolateContainer", "UpdateProfile", "CUT", "fit", "fit_all", "fit_text",
 ]

@@ -16,6 +16,11 @@ field on the wire.  Version 3 is this file.  Rules for changing it:
   ``BundleStatus`` up).  An older hive cannot decode them, so hives are
   upgraded before agents; commands are as in version 2 (``COMMANDS_SINCE``),
   so a version 2 agent still gets them (but no bundle).
+  Later in version 3 (additions, the same order of upgrade): event kind
+  ``profile``, ``Edge.detail/workload/novel`` and command
+  ``update_profile`` (learned self, issue 17), which ``immune-node
+  profile`` and the console send only to an agent whose profile or
+  novelty alert the hive holds (so one that reads it).
 
 Every value is bounded here, at decoding, so nothing out of range reaches
 the hive's store, its arithmetic or its memory: integers fit the range of
@@ -380,9 +385,36 @@ class Edge(Event, tag="edge"):
     its actions (``actions[].ok`` set), spooled as they come."""
     bundle: Count = 0
     """The bundle version whose rules raised it."""
+    detail: Text = ""
+    """What the alert's detail says instead of the actions taken (a
+    novelty alert: what was new, what the profile held)."""
+    workload: Name = ""
+    """A novelty alert's workload (``unit:``, ``image:`` or ``cgroup:``)."""
+    novel: Annotated[list[Text], Meta(max_length=64)] = []
+    """A novelty alert's profile items, as ``profile accept`` puts them in."""
 
 
-AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | File | Ptrace | Signal | Bpf | Mount | Edge | Notice
+MAX_PROFILE = 256 << 10
+"""Bytes of an encoded profile: 4096 items (the agent's cap) of about 60."""
+
+
+class Profile(Event, tag="profile"):
+    """A workload's learned profile (agent/_profile.py), sent when it
+    changed: the hive keeps the latest revision per agent and workload."""
+
+    workload: Name = ""
+    state: Name = ""
+    """learning, stable or enforcing."""
+    revision: Count = 0
+    items: Count = 0
+    profile_version: Annotated[int, Meta(ge=0, le=65535)] = 0
+    """Of ``body``'s encoding."""
+    body: Annotated[bytes, Meta(max_length=MAX_PROFILE)] = b""
+    """The profile, msgpack."""
+
+
+AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | File | Ptrace | Signal | Bpf | Mount | Edge | Notice \
+    | Profile
 EVENT_KINDS = tuple(c.__struct_config__.tag for c in AnyEvent.__args__)  # type: ignore[attr-defined]
 
 
@@ -643,8 +675,20 @@ class UnisolateContainer(Command, tag="unisolate_container", kw_only=True):
     container: ContainerId
 
 
+class UpdateProfile(Command, tag="update_profile", kw_only=True):
+    """Accept ``accept`` (profile items a novelty alert named) into
+    ``workload``'s profile and/or move it to ``state`` ("" keeps it)."""
+
+    one_of = ("accept", "state")
+
+    workload: Annotated[str, Meta(min_length=1, max_length=MAX_NAME, description="a workload")]
+    accept: Annotated[list[Text], Meta(max_length=64, description="profile items")] = []
+    state: Annotated[Literal["", "learning", "stable", "enforcing"],
+                     Meta(description="learning, stable or enforcing")] = ""
+
+
 AnyCommand = KillProcess | BlockConnect | BlockExec | IsolateHost | Unisolate | Unblock | QuarantineFile \
-    | CollectEvidence | IsolateContainer | UnisolateContainer
+    | CollectEvidence | IsolateContainer | UnisolateContainer | UpdateProfile
 COMMANDS: dict[str, type[Command]] = {c.__struct_config__.tag: c for c in AnyCommand.__args__}  # type: ignore[attr-defined]
 """The command types by action name."""
 

@@ -304,6 +304,40 @@ async def run_action(request: Request) -> Response:
     return RedirectResponse(f"/actions#action-{done.id}", status_code=303)
 
 
+@allow("responder")
+async def accept_novelty(request: Request) -> Response:
+    """POST /alerts/{id}/accept: what a novelty alert found goes into its
+    workload's profile on the agent (issue 17): the items come from the
+    alert as stored, never from the form."""
+    from hive.playbook import Records, RecordsError
+
+    console = request.app.state.console
+    alert_id = request.path_params["id"]
+    user = request.state.user.name
+
+    def write(store: Any) -> str:
+        detail = read.alert(store, alert_id)
+        if detail is None:
+            raise LookupError(f"no alert {alert_id!r}")
+        a = detail.alert
+        edge = next((e for e in a.events if type(e) is wire.Edge and e.novel), None)
+        if edge is None:
+            raise ValueError(f"alert {alert_id} is not a novelty alert: nothing to accept")
+        return Records(store.db).run("update_profile", a.agent, {"workload": edge.workload, "accept": list(edge.novel)},
+                                     by=user, why="accepted into the profile", alert=a.id,
+                                     protected=console.protected).id
+
+    try:
+        done = await console.write(write)
+    except LookupError as e:
+        return refuse(request, 404, str(e))
+    except ValueError as e:
+        return refuse(request, 400, str(e))
+    except RecordsError as e:
+        return refuse(request, 503, str(e))
+    return RedirectResponse(f"/actions#action-{done}", status_code=303)
+
+
 @allow("viewer")
 async def rules(request: Request) -> Response:
     folders = rule_folders(request)
@@ -356,6 +390,7 @@ def _routes() -> list[Route]:
         Route("/alerts", alerts),
         Route("/alerts/{id}", alert),
         Route("/alerts/{id}/tree", tree),
+        Route("/alerts/{id}/accept", accept_novelty, methods=["POST"]),
         Route("/incidents", incidents),
         Route("/incidents/{id}", incident),
         Route("/incidents/{id}/triage", triage, methods=["POST"]),

@@ -31,8 +31,9 @@ from hive.correlate import Incident
 from hive.playbook import Records, RecordsError, check_playbooks
 from hive.playbook._engine import CLOSED_STATES, OPEN_STATES, Action, AuditRecord
 
-LEVELS = ("informational", "low", "medium", "high", "critical")
-"""Sigma's levels, least first."""
+LEVELS = ("informational", "novel", "low", "medium", "high", "critical")
+"""Sigma's levels, least first, and "novel": a workload did what its
+learned profile never held (agent/_profile.py), which says nothing of malice."""
 MAX_PAGE = 500
 """The largest page a caller may ask for."""
 TREE_DEPTH = 64

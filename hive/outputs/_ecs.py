@@ -15,8 +15,9 @@ import wire
 
 ECS_VERSION = "8.11.0"
 
-SEVERITY = {"informational": 1, "low": 21, "medium": 47, "high": 73, "critical": 99}
-"""An alert's level as ``event.severity`` (the risk scores Elastic's detection rules use)."""
+SEVERITY = {"informational": 1, "novel": 21, "low": 21, "medium": 47, "high": 73, "critical": 99}
+"""An alert's level as ``event.severity`` (the risk scores Elastic's detection rules use);
+a learned profile's novelty (``novel``) as low: a change, not a verdict."""
 
 # What ECS calls each kind of event: (event.category, event.type).
 _CATEGORY: dict[str, tuple[list[str], list[str]]] = {

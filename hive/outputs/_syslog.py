@@ -20,7 +20,7 @@ FACILITIES = {
 }
 
 # An alert's level as a syslog severity (0 emergency ... 7 debug).
-_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "informational": 6}
+_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5, "novel": 5, "informational": 6}
 _EVENT_SEVERITY = 6  # informational
 APP_NAME = "immune"
 UDP_MAX = 65_000

@@ -169,6 +169,7 @@ MANUAL: dict[str, tuple[str, ...]] = {
     "block_connect": ("address",),
     "isolate_host": (),
     "collect_evidence": ("pid",),
+    "update_profile": ("workload", "accept", "state"),
 }
 """The actions an operator may run by hand, and the parameters each takes."""
 

@@ -274,7 +274,7 @@ class RuleEngine:
         return Alert(id=edge.alert, rule_id=edge.rule_id, title=edge.title, level=edge.level or "medium",
                      tags=list(edge.tags), agent=edge.agent, time=edge.time,
                      events=[source, edge] if source is not None else [edge], edge=True,
-                     detail=f"taken at the edge (bundle v{edge.bundle}): {done}")
+                     detail=edge.detail or f"taken at the edge (bundle v{edge.bundle}): {done}")
 
     def _add_correlation_alert(self, hit: CorrelationHit, alerts: list[Alert | Repeat]) -> None:
         rule = hit.rule

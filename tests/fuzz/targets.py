@@ -687,6 +687,26 @@ def console_request(data: bytes) -> None:
         raise ContractBroken(f"next {target[:60]!r} leaves the site")
 
 
+def profile(data: bytes) -> None:
+    """A profile's body as a ``wire.Profile`` event brings it to the hive:
+    decoded as ``immune-node profile show`` does, and what decodes makes a
+    proposal that loads as a sensor policy, and a learner that holds what
+    it was given."""
+    from agent._profile import Learner, decode_profile
+    from node._profile import propose
+
+    try:
+        p = decode_profile(data)
+    except ValueError:
+        return
+    lr = Learner(p)
+    for kind, items in p.items.items():
+        for item in items:
+            if item.partition("\t")[0] == kind and not lr.holds(item):
+                raise ContractBroken(f"a profile does not hold its own item {item[:80]!r}")
+    propose(p, "block")  # a PolicyError here: a proposal that would not load
+
+
 _WIRE = ("wire", "actors._codec")
 _YAML = ("hive._datafile", "hive._regex", "yaml")
 TARGETS: dict[str, Target] = {
@@ -712,6 +732,8 @@ TARGETS: dict[str, Target] = {
     "mountinfo": Target(mountinfo, (), 1.0, ("kmod._mounts",)),
     "bundle": Target(bundle, (), 1.0, ("fleet._bundle", "fleet._keeper"), max_len=16384),
     "ai_answer": Target(ai_answer, ("hive.ai._verdict.TriageError",), 1.0, ("hive.ai._verdict",), max_len=8192),
+    "profile": Target(profile, (), 2.0, ("agent._profile", "node._profile", "kmod._policy", "ipaddress"),
+                      max_len=16384),
     "console_query": Target(console_query, ("hive.console._read.QueryError",), 1.0, ("hive.console._read",)),
     "console_decision": Target(console_decision, ("hive.console._api.ApiError",), 1.0, ("hive.console._api",)),
     "console_action": Target(console_action, ("hive.console._api.ApiError",), 1.0,

@@ -59,7 +59,9 @@ def test_literal_prefix():
      "unknown key(s) extra"),
     ('[[rule]]\nname="a b"\nhook="exec"\naction="block"', "'name' must be"),
     ('[[rule]]\nname="a"\nhook="ioctl"\naction="block"', "'hook' must be one of"),
-    ('[[rule]]\nname="a"\nhook="exec"\naction="kill"', "'action' must be block or audit"),
+    ('[[rule]]\nname="a"\nhook="exec"\naction="kill"', "'action' must be block, audit or allow"),
+    ('[[rule]]\nname="a"\nhook="connect"\naction="allow"', "only exec and open rules can allow"),
+    ('[[rule]]\nname="a"\nhook="exec"\naction="allow"\nmatch.fileless=true', "a fileless image cannot be allowed"),
     ('[[rule]]\nname="a"\nhook="setid"\naction="block"', "setid can only be audited"),
     ('[[rule]]\nname="a"\nhook="exec"\naction="block"', "exec rules need match.path or sha256"),
     ('[[rule]]\nname="a"\nhook="exec"\naction="block"\nmatch.path="tmp/*"', "must be absolute"),
@@ -269,3 +271,34 @@ def test_digest_is_of_the_file_read(tmp_path):
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(PolicyError, match="not UTF-8"):
         Policy.load(path)
+
+
+def test_an_allow_rule_lets_through_what_a_later_rule_refuses():
+    p = parse('''
+[[rule]]
+name = "web-own"
+hook = "exec"
+action = "allow"
+match.path = ["/usr/bin/python3*", "/usr/bin/gzip"]
+[[rule]]
+name = "web-rest"
+hook = "exec"
+action = "block"
+match.path = "/**"
+[[rule]]
+name = "web-shadow-ok"
+hook = "open"
+action = "allow"
+match.path = "/etc/shadow"
+[[rule]]
+name = "secrets"
+hook = "open"
+action = "block"
+match.path = ["/etc/shadow", "/etc/gshadow"]
+''')
+    assert p.match_exec("/usr/bin/python3.12").action == "allow"
+    assert p.match_exec("/usr/bin/dash").name == "web-rest"
+    assert p.match_open("/etc/shadow").action == "allow"
+    assert p.match_open("/etc/gshadow").name == "secrets"
+    assert p.needs_exec_guard
+    assert [m for m, _ in p.open_marks()] == ["/etc/shadow", "/etc/gshadow"]  # only what blocks is marked

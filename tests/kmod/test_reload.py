@@ -87,7 +87,7 @@ async def test_the_watcher_applies_a_good_file_and_refuses_a_broken_one(tmp_path
 
         path.write_text("[[rule]]\nname = 'c'\nhook = 'exec'\naction = 'maybe'\n")
         await wait_for(lambda: notices[-1][0] == "policy_refused")
-        assert "'action' must be block or audit" in notices[-1][1] and len(applied) == 1
+        assert "'action' must be block, audit or allow" in notices[-1][1] and len(applied) == 1
 
         tmp = tmp_path / "policy.toml.new"  # as editors and sed -i do: renamed into place
         tmp.write_text(RULE.format(name="d", path="/opt/d/**"))
@@ -238,7 +238,7 @@ async def test_an_edited_policy_file_is_enforced_without_a_restart(reader_setup)
 
         policy.write_text(blocking.replace('action = "block"', 'action = "kill"', 1))
         (refused,) = await notices_of(inbox, "policy_refused")
-        assert "'action' must be block or audit" in refused.detail
+        assert "'action' must be block, audit or allow" in refused.detail
         assert await exec_errno(script) == errno.EPERM  # the old policy is still in force
         n.cancel_scope.cancel()
 

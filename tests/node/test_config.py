@@ -178,6 +178,16 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[ai]\ntimeout = 0\n", "ai.timeout: must be a number greater than 0 and at most 600, not 0"),
     ("[ai]\nretries = 11\n", "ai.retries: must be an integer from 0 to 10, not 11"),
     ("[ai]\nendpoint = 'http://x'\n", "ai: object contains unknown field `endpoint`"),
+    # [profile]
+    ("[profile]\nenabled = 'yes'\n", "profile.enabled: expected `bool`, got `str`"),
+    ("[profile]\nlearn_hours = 0\n", "profile.learn_hours: must be a number greater than 0 and at most 8760, not 0"),
+    ("[profile]\nstable_hours = -1\n", "profile.stable_hours: must be a number from 0 to 8760, not -1"),
+    ("[profile]\nrealert_hours = 9000\n", "profile.realert_hours: must be a number from 0 to 8760, not 9000"),
+    ("[profile]\nfolder_cap = 0\n", "profile.folder_cap: must be an integer from 1 to 4096, not 0"),
+    ("[profile]\npeer_cap = 5000\n", "profile.peer_cap: must be an integer from 1 to 4096, not 5000"),
+    ("[profile]\nmax_workloads = 0\n", "profile.max_workloads: must be an integer from 1 to 65536, not 0"),
+    ("[profile]\nmax_items = 15\n", "profile.max_items: must be an integer from 16 to 65536, not 15"),
+    ("[profile]\nlearn = 3\n", "profile: object contains unknown field `learn`"),
 ])
 def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reason):
     assert _error(tmp_path, text).startswith(reason)
@@ -194,6 +204,7 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[store]\nurl = 'sqlite:///srv/shared/hive.db'\n",
     "[ai]\nurl = 'https://llm.internal:8443/v1/chat/completions'\nmodel = 'qwen2.5'\ncalls_per_hour = 100000\n"
     "retries = 0\ntimeout = 600\ndelay = 0\nmax_kb = 4\n",
+    "[profile]\nlearn_hours = 8760\nstable_hours = 0\nrealert_hours = 0\nfolder_cap = 1\nmax_items = 16\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"

@@ -184,4 +184,4 @@ def test_a_command_is_one_struct_per_action_with_its_tag_on_the_wire():
     assert back == cmd and back.action == "block_exec" and isinstance(back, wire.Command)
     assert set(wire.COMMANDS) == {"kill_process", "block_connect", "block_exec", "isolate_host", "unisolate",
                                   "unblock", "quarantine_file", "collect_evidence", "isolate_container",
-                                  "unisolate_container"}
+                                  "unisolate_container", "update_profile"}

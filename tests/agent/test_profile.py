@@ -1,0 +1,268 @@
+"""Learned self: profiles as plain objects, without sockets or a kernel."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+import wire
+from agent._profile import (
+    LEVEL,
+    Learner,
+    Learning,
+    Profile,
+    Profiles,
+    ProfileSettings,
+    ProfileStore,
+    argument_shape,
+    decode_profile,
+    generalise_path,
+    items_of,
+    workload_of,
+)
+
+SVC = dict(unit="web.service", cgroup=77, agent="a1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(n: int = 0) -> list[wire.Event]:
+    """One run of a small web service: the same work, fresh pids and names."""
+    pid = 1000 + n * 10
+    return [
+        wire.Exec(pid=pid, exe="/usr/bin/python3.12", parent_image="/usr/lib/systemd/systemd",
+                  argv=["python3", "/srv/web/app.py", "--port", "8080", f"--run={n}"], **SVC),
+        wire.Open(pid=pid, path="/srv/web/app.py", flags=0, **SVC),
+        wire.Open(pid=pid, path=f"/proc/{pid}/status", flags=0, **SVC),
+        wire.Open(pid=pid, path=f"/tmp/tmp{n}x8k2q1z/upload", flags=0o101, **SVC),
+        wire.Open(pid=pid, path="/var/log/web/access.log", flags=0o2101, **SVC),
+        wire.Bind(pid=pid, protocol="tcp", address="0.0.0.0", port=8080, **SVC),
+        wire.Connect(pid=pid, family=2, protocol="tcp", address="10.0.0.5", port=5432, **SVC),
+        wire.SetId(pid=pid, call="setuid", old=0, new=33, **SVC),
+        wire.Exec(pid=pid + 1, exe="/usr/bin/gzip", parent_image="/usr/bin/python3.12",
+                  argv=["gzip", f"/var/log/web/access.log.{n + 1}"], **SVC),
+    ]
+
+
+def learned(clock: Clock, runs: int = 3, **kw) -> Profiles:
+    p = Profiles("a1", ProfileSettings(learn=3600, stable=600, **kw), clock=clock)
+    for n in range(runs):
+        assert p.observe(run(n)) == run(n)  # nothing but the events while learning
+        clock.now += 60
+    clock.now += 3600
+    p.tick()
+    return p
+
+
+def novelty(events: list[wire.Event]) -> list[wire.Edge]:
+    return [e for e in events if type(e) is wire.Edge]
+
+
+def test_generalised_paths_and_arguments():
+    assert generalise_path("/proc/4242/status") == "/proc/*/status"
+    assert generalise_path("/tmp/tmpa8f3kq9z/x") == "/tmp/**"
+    assert generalise_path("/var/lib/docker/3f2a9c0d11bb/config.json") == "/var/lib/docker/*/config.json"
+    assert generalise_path("/usr/lib/x86_64-linux-gnu/libssl.so.3") == "/usr/lib/x86_64-linux-gnu/libssl.so.N"
+    assert generalise_path("/etc/nginx/nginx.conf") == "/etc/nginx/nginx.conf"
+    assert generalise_path("/data/q/50ba549f2a738cb31b3215cd01ec635f.json") == "/data/q/*.json"
+    assert generalise_path("/backup/db-20231116.tgz") == "/backup/db-N.tgz"
+    assert generalise_path("/srv/models/llama-7b/w.bin") == "/srv/models/llama-7b/w.bin"
+    assert argument_shape(["sleep", "30"]) == "N"
+    assert argument_shape(["git", "show", "9fceb02d0ae598e95dc970b74767f19372d61af8"]) == "show H"
+    assert argument_shape(["x", "--out=/tmp/abc123/f", "-v"]) == "--out=/tmp/** -v"
+
+
+def test_workloads_services_containers_cgroups_not_sessions():
+    assert workload_of(wire.Exec(unit="nginx.service", cgroup=5)) == "unit:nginx.service"
+    assert workload_of(wire.Exec(container="ab" * 32, container_image="vllm/vllm:1", unit="docker-x.scope")) \
+        == "image:vllm/vllm:1"
+    assert workload_of(wire.Exec(unit="session-3.scope", cgroup=9)) == ""
+    assert workload_of(wire.Exec(unit="user@1000.service", cgroup=9)) == ""
+    assert workload_of(wire.Exec(cgroup=9)) == "cgroup:9"
+    assert workload_of(wire.Exec(cgroup=9), cgroups=False) == ""
+
+
+def test_items_of_each_kind():
+    assert items_of(wire.Open(path="/etc/passwd", flags=0)) == ["read\t/etc/passwd"]
+    assert items_of(wire.Open(path="/var/x.log", flags=0o1)) == ["write\t/var/x.log"]
+    assert items_of(wire.Connect(family=2, address="1.2.3.4", port=443)) == ["connect\ttcp\t1.2.3.4\t443"]
+    assert items_of(wire.Bind(port=0)) == []
+    assert items_of(wire.SetId(call="setresuid", new=65534)) == ["setuid\t65534"]
+    assert items_of(wire.SetId(call="setgid", new=0)) == []
+    assert items_of(wire.Exec(exe="/bin/ls", result=-13)) == []
+
+
+def test_second_benign_run_raises_nothing():
+    clock = Clock()
+    p = learned(clock)
+    assert p.learners["unit:web.service"].p.state == "stable"
+    for n in range(3, 40):
+        assert novelty(p.observe(run(n))) == [], n
+        clock.now += 60
+    assert p.novel == 0
+
+
+def test_learning_is_not_stable_before_its_period_and_quiet():
+    clock = Clock()
+    p = Profiles("a1", ProfileSettings(learn=3600, stable=600), clock=clock)
+    p.observe(run(0))
+    clock.now += 3599
+    p.tick()
+    assert p.learners["unit:web.service"].p.state == "learning"
+    p.observe([wire.Open(path="/srv/web/new.py", **SVC)])  # novelty while learning: learned, restarts the quiet
+    clock.now += 300
+    p.tick()
+    assert p.learners["unit:web.service"].p.state == "learning"
+    clock.now += 301
+    p.tick()
+    assert p.learners["unit:web.service"].p.state == "stable"
+
+
+def test_attacks_on_a_stable_service_are_novel_with_technique_and_what_was_held():
+    clock = Clock()
+    p = learned(clock)
+    shell = wire.Exec(pid=5000, exe="/usr/bin/dash", parent_image="/usr/bin/python3.12", argv=["sh", "-i"],
+                      time=42, **SVC)
+    c2 = wire.Connect(pid=5000, family=2, address="203.0.113.9", port=4444, **SVC)
+    shadow = wire.Open(pid=5000, path="/etc/shadow", flags=0, **SVC)
+    out = p.observe([shell, c2, shadow])
+    alerts = novelty(out)
+    assert out[0] is shell and out[1] is alerts[0]  # each right behind its event
+    assert [a.rule_id for a in alerts] == ["profile.exec", "profile.connect", "profile.read"]
+    assert [a.tags[0] for a in alerts] == ["attack.t1059", "attack.t1071", "attack.t1552.001"]
+    assert all(a.level == LEVEL and a.workload == "unit:web.service" and a.verdict == "audit" for a in alerts)
+    assert alerts[0].pid == 5000 and alerts[0].time == 42
+    assert "exec /usr/bin/dash" in alerts[0].detail and "exec /usr/bin/gzip" in alerts[0].detail
+    assert "connect tcp 10.0.0.5:5432" in alerts[1].detail
+    assert alerts[0].novel == ["exec\t/usr/bin/dash\t/usr/bin/python3.12\t-i"]
+    # the same novelty again within the realert period: no second alert
+    assert novelty(p.observe([shell, c2, shadow])) == []
+    clock.now += 3601
+    assert len(novelty(p.observe([shadow]))) == 1
+
+
+def test_accept_puts_the_novelty_into_the_profile():
+    clock = Clock()
+    p = learned(clock)
+    c = wire.Connect(family=2, address="10.0.0.6", port=5432, **SVC)
+    [alert] = novelty(p.observe([c]))
+    assert p.accept(alert.workload, alert.novel).startswith("unit:web.service: 1 item(s) accepted")
+    clock.now += 7200
+    assert novelty(p.observe([c])) == []
+    with pytest.raises(ValueError, match="no profile"):
+        p.accept("unit:none.service", alert.novel)
+    with pytest.raises(ValueError, match="not a profile item"):
+        p.accept(alert.workload, ["rm -rf /"])
+
+
+def test_folders_with_many_children_become_a_glob_but_secrets_never_do():
+    lr = Learner(Profile(workload="w"), folder_cap=4)
+    for i in "abcdef":
+        lr.add(f"read\t/srv/app/static/{i}.css")
+    assert lr.sets["read"] == {"read\t/srv/app/static/**"}
+    assert lr.holds("read\t/srv/app/static/new/x.js")
+    for name in ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf", "localtime"):
+        lr.add(f"read\t/etc/{name}")
+    assert not lr.holds("read\t/etc/shadow")  # /etc is never globbed
+    for i in range(6):
+        lr.add(f"read\t/home/u/.ssh/k{i}.pub")
+    lr.add("read\t/home/u/.ssh/other")
+    assert not lr.holds("read\t/home/u/.ssh/id_rsa")
+
+
+def test_many_peers_become_a_network_then_any_address():
+    lr = Learner(Profile(workload="w"), peer_cap=3)
+    for i in range(5):
+        lr.add(f"connect\ttcp\t10.1.2.{i}\t443")
+    assert lr.sets["connect"] == {"connect\ttcp\t10.1.2.0/24\t443"}
+    assert lr.holds("connect\ttcp\t10.1.2.200\t443")
+    assert not lr.holds("connect\ttcp\t10.1.3.1\t443")
+    assert not lr.holds("connect\ttcp\t10.1.2.1\t22")
+    for i in range(14):
+        lr.add(f"connect\ttcp\t10.9.{i}.1\t443")
+    assert lr.holds("connect\ttcp\t192.0.2.1\t443")
+
+
+def test_many_argument_shapes_become_any():
+    lr = Learner(Profile(workload="w"), shape_cap=16)
+    for i in range(17):
+        lr.add(f"exec\t/bin/tool\t/bin/sh\tsub{chr(97 + i)}")
+    assert lr.holds("exec\t/bin/tool\t/bin/sh\tanything")
+    assert not lr.holds("exec\t/bin/tool\t/bin/bash\tsuba")
+
+
+def test_workload_and_item_caps():
+    clock = Clock()
+    p = Profiles("a1", ProfileSettings(max_workloads=2, max_items=3), clock=clock)
+    for cg in (1, 2, 3):
+        p.observe([wire.Open(path="/x", cgroup=cg)])
+    assert len(p.learners) == 2 and p.refused == 1
+    p.observe([wire.Open(path=f"/srv/{i}", cgroup=1) for i in "abcdef"])
+    assert p.learners["cgroup:1"].size() == 3
+
+
+def test_profiles_kept_on_disk_and_uploaded(tmp_path):
+    clock = Clock()
+    p = learned(clock)
+    events = p.tick()
+    assert events == []  # uploaded by the tick that made it stable
+    clock.now += 61
+    p.accept("unit:web.service", [], "enforcing")
+    [ev] = p.tick()
+    assert type(ev) is wire.Profile and ev.state == "enforcing" and ev.workload == "unit:web.service"
+    assert p.tick() == []
+    clock.now += 86400  # unchanged for a day: sent again, for the hive's retention
+    assert [e.revision for e in p.tick()] == [ev.revision] and p.tick() == []
+    body = decode_profile(ev.body)
+    assert body.state == "enforcing" and "bind\ttcp\t0.0.0.0\t8080" in body.items["bind"]
+    # through the wire's own codec, as the hive decodes it
+    batch = msgspec.msgpack.decode(msgspec.msgpack.encode(wire.EventBatch(seq=1, events=[ev])),
+                                   type=wire.AgentMessage)
+    assert decode_profile(batch.events[0].body) == body
+    store = ProfileStore(tmp_path / "profiles")
+    store.save(p.take_dirty())
+    [back], bad = store.load()
+    assert bad == [] and back == body
+    again = Profiles("a1", ProfileSettings(learn=3600, stable=600), clock=clock, profiles=[back])
+    assert novelty(again.observe(run(9))) == []
+    assert len(novelty(again.observe([wire.Connect(family=2, address="198.51.100.1", port=80, **SVC)]))) == 1
+
+
+def test_a_bad_file_is_set_aside(tmp_path):
+    (tmp_path / "x.profile").write_bytes(b"\x93garbage")
+    lines = []
+    ln = Learning("a1", tmp_path, log=lines.append)
+    assert len(ln.profiles.learners) == 0 and "x.profile" in lines[0]
+    assert (tmp_path / "x.bad").exists()
+
+
+def test_update_command():
+    clock = Clock()
+    ln = Learning.__new__(Learning)
+    ln.profiles = learned(clock)
+    r = ln.update(wire.UpdateProfile(id="c1", workload="unit:web.service", state="learning"))
+    assert r.ok and "learning" in r.detail
+    r = ln.update(wire.UpdateProfile(id="c2", workload="unit:nope", state="stable"))
+    assert not r.ok and "no profile" in r.detail
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"type": "update_profile", "id": "c3", "workload": "w"}, wire.UpdateProfile)
+
+
+def test_a_workload_doing_ever_new_things_is_alerted_within_a_bound():
+    from agent._profile import MAX_PENDING
+
+    clock = Clock()
+    p = learned(clock)
+    flood = [wire.Connect(family=2, address=f"198.51.{i // 250}.{i % 250}", port=443, **SVC)
+             for i in range(MAX_PENDING + 50)]
+    assert len(novelty(p.observe(flood))) == MAX_PENDING and p.suppressed == 50
+    fresh = wire.Connect(family=2, address="192.0.2.77", port=443, **SVC)
+    assert novelty(p.observe([fresh])) == [] and p.suppressed == 51
+    clock.now += 3601  # those alerted aged out: room again
+    assert len(novelty(p.observe([fresh]))) == 1

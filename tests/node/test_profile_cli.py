@@ -1,0 +1,124 @@
+"""``immune-node profile``: profiles as the hive stores them (``wire.Profile``
+events), a novelty alert accepted with one command, a policy proposed."""
+
+import time
+
+import pytest
+
+import wire
+from agent._profile import items_of
+from hive import Ingest, Store
+from hive.playbook import Records
+from hive.sigma import RuleEngine
+from kmod import DEFAULT_POLICY, Policy
+from node._profile import _complement, _port_ranges, merged, propose
+from node.cli import main
+from tests.agent.test_profile import SVC, Clock, learned
+
+
+@pytest.fixture
+def hive(tmp_path):
+    """A hive's store with web1's profile of web.service and one novelty alert."""
+    clock = Clock()
+    p = learned(clock)
+    store = Store(tmp_path / "hive.db")
+    store.agent_seen("web1", time.time(), hello=wire.Hello(agent="web1", hostname="web1", pid=999))
+    src = wire.Connect(pid=5000, time=time.time_ns(), family=2, address="203.0.113.9", port=4444, **SVC)
+    events = [p.upload("unit:web.service"), *p.observe([src])]
+    for ev in events:
+        ev.agent = "web1"
+    alerts = RuleEngine().process_batch(events)
+    store.ingest([Ingest(agent="web1", stream="s1", seq=1, events=events)], alerts)
+    store.close()
+    return tmp_path, alerts
+
+
+def test_list_show_and_accept(hive, capsys):
+    data, [alert] = hive
+    assert alert.level == "novel" and alert.edge and "the profile held" in alert.detail
+    assert main(["profile", "list", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "web1" in out and "unit:web.service" in out and "stable" in out
+    assert main(["profile", "show", "unit:web.service", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "exec /usr/bin/python3.12 (parent /usr/lib/systemd/systemd" in out and "bind tcp 0.0.0.0:8080" in out
+    assert main(["profile", "accept", alert.id[:10], "--data", str(data)]) == 0
+    assert "connect tcp 203.0.113.9:4444" in capsys.readouterr().out
+    store = Store(data / "hive.db")
+    try:
+        [row] = Records(store.db).actions()
+    finally:
+        store.close()
+    assert (row.action, row.agent, row.state, row.alert) == ("update_profile", "web1", "requested", alert.id)
+    assert row.params == {"workload": "unit:web.service", "accept": ["connect\ttcp\t203.0.113.9\t4444"]}
+
+
+def test_unknown_names_are_one_line(hive, capsys):
+    data, _ = hive
+    for argv, says in ((["show", "unit:nope.service"], "no profile of 'unit:nope.service'"),
+                       (["accept", "zzzz"], "no novelty alert 'zzzz'"),
+                       (["propose", "unit:nope.service"], "no profile")):
+        assert main(["profile", *argv, "--data", str(data)]) != 0
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+
+
+def test_propose_writes_a_policy_that_loads_and_a_diff(hive, capsys, tmp_path):
+    data, _ = hive
+    out = tmp_path / "p.toml"
+    assert main(["profile", "propose", "unit:web.service", "--mode", "block", "--out", str(out),
+                 "--data", str(data)]) == 0
+    diff = capsys.readouterr().out
+    assert "+name = \"profile-unit-web.service-exec\"" in diff and "a/the built-in default policy" in diff
+    policy = Policy.parse(out.read_text())
+    assert policy.match_exec("/usr/bin/python3.12").action == "allow"
+    assert policy.match_exec("/usr/bin/gzip").action == "allow"
+    assert policy.match_exec("/usr/bin/dash").action == "block"
+    assert policy.match_open("/etc/shadow").action == "block"
+    assert len(policy.rules) > len(Policy.parse(DEFAULT_POLICY.read_text()).rules)
+
+
+def test_proposed_rules_from_a_profile():
+    clock = Clock()
+    p = learned(clock).learners["unit:web.service"].export()
+    text = propose(p, "audit")
+    policy = Policy.parse("version = 1\n" + text)
+    by = {r.name: r for r in policy.rules}
+    assert by["profile-unit-web.service-exec-other"].action == "audit"
+    connect = by["profile-unit-web.service-connect-other"]
+    import ipaddress
+
+    held = ipaddress.ip_address("10.0.0.5")
+    assert not any(held in n for n in connect.networks)
+    assert any(ipaddress.ip_address("203.0.113.9") in n for n in connect.networks)
+    bind = by["profile-unit-web.service-bind-other"]
+    assert 8080 not in bind.ports and 22 in bind.ports and 1024 in bind.ports
+    with pytest.raises(ValueError):
+        propose(p, "kill")
+
+
+def test_complement_and_ranges():
+    assert _complement(["0.0.0.0/1", "128.0.0.0/1"]) == ["::/0"]
+    assert "10.0.0.4/32" in _complement(["10.0.0.5"]) and "10.0.0.5/32" not in _complement(["10.0.0.5"])
+    assert _port_ranges({22, 80}, 1, 100) == ["1-21", "23-79", "81-100"]
+    assert _port_ranges(set(range(1, 1025))) == []
+    assert merged("version = 1\n[[rule]]\nname='a'\n", "X\n") == "version = 1\nX\n\n[[rule]]\nname='a'\n"
+
+
+def test_the_same_workload_across_the_fleet_is_merged(hive, capsys):
+    data, _ = hive
+    clock = Clock()
+    other = learned(clock)
+    extra = wire.Exec(pid=9, exe="/usr/bin/curl", parent_image="/usr/bin/python3.12", argv=["curl", "-s"], **SVC)
+    lr = other.learners["unit:web.service"]
+    lr.add(items_of(extra)[0])
+    ev = other.upload("unit:web.service")
+    ev.agent = "web2"
+    store = Store(data / "hive.db")
+    store.ingest([Ingest(agent="web2", stream="s2", seq=1, events=[ev])])
+    store.close()
+    assert main(["profile", "show", "unit:web.service", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unit:web.service on web1, web2 (merged)") and "exec /usr/bin/curl" in out
+    assert main(["profile", "show", "unit:web.service", "--agent", "web1", "--data", str(data)]) == 0
+    assert "curl" not in capsys.readouterr().out
