@@ -34,3 +34,14 @@ def test_a_since_no_event_can_have_is_refused(text):
 def test_since_in_range():
     assert abs(parse_since("10m") / 1e9 - (time.time() - 600)) < 5
     assert parse_since("1970-01-01T00:00:01+00:00") == 10**9
+
+
+def test_hive_given_several_times_is_the_list_of_hive_nodes_in_order(tmp_path):
+    from node import load_config
+    from node.cli import _overrides
+
+    args = build_parser().parse_args(["agent", "--hive", "tcp://10.0.0.1:7400", "--hive", "tcp://10.0.0.2:7400"])
+    cfg = load_config(None, **_overrides(args))
+    assert cfg.agent.endpoints == ["tcp://10.0.0.1:7400", "tcp://10.0.0.2:7400"]
+    one = build_parser().parse_args(["agent", "--hive", "tcp://10.0.0.1:7400"])
+    assert load_config(None, **_overrides(one)).agent.endpoints == ["tcp://10.0.0.1:7400"]
