@@ -23,6 +23,8 @@ from .nodes import IMMUNE_NODE, free_port
 pytestmark = kernel
 
 NAME = "roamer"
+TIMEOUT = 4.0
+"""The hive nodes' heartbeat_timeout (the agent's heartbeat: 1 s)."""
 SHARED_KEYS = ("hive.key", "hive.pub", "bundle.key", "bundle.pub")
 
 
@@ -42,7 +44,9 @@ class Pair:
         self.store = tmp / "shared" / "hive.db"
         self.store.parent.mkdir()
         self.config = tmp / "hive.toml"
-        self.config.write_text(f'[store]\nurl = "sqlite://{self.store}"\n')
+        # A short heartbeat timeout: the node the agent left must not mark it
+        # offline while the other one sees it.
+        self.config.write_text(f'[store]\nurl = "sqlite://{self.store}"\n[hive]\nheartbeat_timeout = {TIMEOUT}\n')
         self.dirs = {"a": tmp / "hive-a", "b": tmp / "hive-b"}
         self.ports = {}
         for which in ("a", "b"):
@@ -121,7 +125,7 @@ def test_kill_the_first_hive_node_under_load_then_the_agent_moves_back(tmp_path,
 
     agent_dir = tmp_path / NAME
     pair.enroll(agent_dir)
-    (tmp_path / "agent.toml").write_text("[agent]\nfailover_after = 1.0\n")
+    (tmp_path / "agent.toml").write_text("[agent]\nfailover_after = 1.0\nheartbeat = 1.0\n")
     agent = start_node("agent", agent_dir, "--hive", a_end, "--hive", b_end, "--config", str(tmp_path / "agent.toml"),
                        "--scope", f"netns:/run/netns/{host.name}", netns=host.name)
     agent.wait_ready(timeout=120)
@@ -154,6 +158,8 @@ def test_kill_the_first_hive_node_under_load_then_the_agent_moves_back(tmp_path,
     pair.start("a")
     wait_until(lambda: on(agent, a_end), timeout=60, what="the agent back on A")
     assert f"back on {a_end}" in agent.log()
+    time.sleep(2.5 * TIMEOUT)  # B's registry no longer sees the agent, A's does
+    assert _offline_notices(pair.store) == 0
     pair.nodes["b"].stop()
     done = host.run("sh", "-c", markers("fb", 300), capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -163,6 +169,16 @@ def test_kill_the_first_hive_node_under_load_then_the_agent_moves_back(tmp_path,
     assert sorted(m for m in marks if m.startswith("fo-")) == sorted(f"fo-{i}" for i in range(1, 1501))
     assert own == int(relay_stats(agent)["accepted"])
     assert _status(agent_dir).count(f"hive {a_end} (connected") == 1
+
+
+def _offline_notices(store_path: Path) -> int:
+    store = Store(store_path, readonly=True)
+    try:
+        rows = {r.id: r for r in store.agents()}
+        assert rows[NAME].online
+        return sum(1 for e in store.events(agent=NAME, kind="notice", limit=10**6) if e.what == "agent_offline")
+    finally:
+        store.close()
 
 
 def _status(data: Path) -> str:
