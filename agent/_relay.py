@@ -115,7 +115,7 @@ async def relay(
     the response executor, or for tests)."""
     if batch < 1 or heartbeat <= 0:
         raise ValueError("batch must be >= 1 and heartbeat > 0")
-    failover = Failover(list(hive_endpoints) or [hive_endpoint], trio.current_time(), fail_after=failover_after,
+    failover = Failover(list(hive_endpoints) or [e for e in [hive_endpoint] if e], trio.current_time(), fail_after=failover_after,
                         probe_every=probe_every, max_wait=max(60.0, failover_after, probe_every), log=ctx.log)
     keys = KeyPair.load(Path(keys_dir), "agent")
     check_key(hive_public, "the hive's public key")
@@ -228,7 +228,7 @@ class _Relay:
             sensor_drops=self._sensor_drops,
             acked=st.acked, stream=st.stream, resends=d.resends, restreams=d.restreams,
             stale_acks=d.stale_acks, corrupt=st.corrupt, repaired=st.repaired, unsendable=st.unsendable,
-            connected=int(self.connected), hive=self.failover.current, failovers=self.failover.moves,
+            connected=int(self.connected), hive=self.failover.current, hive_moves=self.failover.moves,
             probes=self.failover.probes,
         )
 

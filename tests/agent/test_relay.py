@@ -701,7 +701,7 @@ async def test_the_uplink_fails_over_to_the_next_hive_node_and_back_storing_each
         on_a.cancel()  # node A dies; events keep coming
         await rig.emit(20, per_batch=20)
         await b.wait(lambda: len(b.stored) >= 600 and stats().get("spooled") == 0)
-        assert stats()["hive"] == b.endpoint and stats()["failovers"] == 1 and b.hellos
+        assert stats()["hive"] == b.endpoint and stats()["hive_moves"] == 1 and b.hellos
         received_on_a = len(a.received)
         a.changed = trio.Event()
         await n.start(rig._run, "a", Supervisor([Child("router", a.router)]))  # A is back
@@ -711,4 +711,4 @@ async def test_the_uplink_fails_over_to_the_next_hive_node_and_back_storing_each
         n.cancel_scope.cancel()
     assert [e.tid for e in real_events(a.stored)] == list(range(800))  # each once, in order
     assert len(a.received) > received_on_a  # the last ones went to A again
-    assert stats()["failovers"] == 2 and stats()["probes"] >= 1 and len(a.hellos) == 2
+    assert stats()["hive_moves"] == 2 and stats()["probes"] >= 1 and len(a.hellos) == 2

@@ -146,7 +146,7 @@ def test_kill_the_first_hive_node_under_load_then_the_agent_moves_back(tmp_path,
     assert sorted(marks) == sorted(f"fo-{i}" for i in range(1, 1501))  # each once
     accepted = int(relay_stats(agent)["accepted"])
     assert own == accepted, (own, accepted)  # every event the agent accepted, stored once
-    assert int(relay_stats(agent)["failovers"]) == 1
+    assert int(relay_stats(agent)["hive_moves"]) == 1
     log = agent.log()
     assert f"hive {a_end} unreachable for" in log and f"moving to {b_end}" in log
     assert moved_in < 15, moved_in
