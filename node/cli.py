@@ -158,7 +158,8 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         hive = a.extra.get("hive")
         if isinstance(hive, str):  # an agent's relay: the hive node it delivers to
             how = "connected" if a.extra.get("connected") else "connecting"
-            print(f"{a.name}: hive {hive} ({how}; moved between hive nodes {a.extra.get('hive_moves', 0)} times)")
+            moves = int(a.extra.get("hive_moves", 0))
+            print(f"{a.name}: hive {hive} ({how}; {moves} move{'' if moves == 1 else 's'} between hive nodes)")
     return EXIT_OK
 
 
