@@ -337,6 +337,19 @@ class Duplex(Generic[T]):
         self._kick()
         return True
 
+    def switch(self, old: str, new: str) -> None:
+        """Disconnect from ``old`` (what ZeroMQ still queued for it is
+        dropped) and connect to ``new``.  The pump is woken: these calls may
+        have taken in the socket's pending commands, and with them the fd's
+        edge it waits for."""
+        z = self.sock.zmq
+        try:
+            z.disconnect(old)
+        except zmq.ZMQError:  # not connected to it
+            pass
+        z.connect(new)
+        self._kick()
+
     async def pump(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled or the socket closes; the socket's only user."""
         sock = self.sock

@@ -20,7 +20,10 @@ mean).  Its tasks:
 * heartbeat: ``Heartbeat`` every ``heartbeat`` seconds while connected, and
   a retry of a failed spool sync;
 * monitor: the uplink's connection events: ``Hello`` and a rewind after
-  every handshake, a warning when the hive refuses our key.
+  every handshake, a warning when the hive refuses our key;
+* steer: with several hive endpoints, what :class:`Failover` decides: move
+  the uplink to the next node when the current one stays unreachable, probe
+  the preferred one while on another, move back when it answers.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import math
 import re
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -43,6 +46,7 @@ from actors import Codec, Context, Duplex, KeyPair, Socket, Statistics, check_ke
 
 from ._delivery import Delivery
 from ._errors import AgentError, SpoolError
+from ._failover import Failover
 from ._host import hello
 from ._proctable import ENRICHED, ProcessTable
 from ._spool import DEFAULT_MAX_BYTES, Packed, Spool
@@ -60,6 +64,8 @@ _COMMAND_QUEUE = 256
 _MAX_RETRY = 5.0
 _RELOADED_DIGEST = re.compile(r"sha256 ([0-9a-f]{64})$")
 """In the detail of the sensor's ``policy_reloaded`` notice (kmod/_reload.py)."""
+_PROBE_TIMEOUT = 2.0
+"""Seconds a probe of the preferred hive node waits for its handshake."""
 _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -69,7 +75,10 @@ async def relay(
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
     agent_id: str,
-    hive_endpoint: str,
+    hive_endpoint: str = "",
+    hive_endpoints: Sequence[str] = (),
+    failover_after: float = 3.0,
+    probe_every: float = 5.0,
     keys_dir: Path,
     hive_public: bytes,
     spool_dir: Path,
@@ -88,7 +97,11 @@ async def relay(
     table: ProcessTable | None = None,
     learning: Any = None,
 ) -> None:
-    """Run the relay.  ``keys_dir`` holds ``agent.key``/``agent.pub``;
+    """Run the relay.  ``hive_endpoints`` are hive nodes sharing one store
+    and key, in order of preference (or ``hive_endpoint``, one): the uplink
+    moves to the next after ``failover_after`` seconds without a connection,
+    and probes the first every ``probe_every`` seconds (doubling while it
+    does not answer) to go back to it.  ``keys_dir`` holds ``agent.key``/``agent.pub``;
     ``hive_public`` is the pinned Z85 public key of the hive.  ``window`` is
     the most batches sent and not yet acknowledged; ``ack_timeout`` how long
     acks may stall before the agent sends again.  ``policy_version`` is the
@@ -106,6 +119,8 @@ async def relay(
     ``update_profile`` commands."""
     if batch < 1 or heartbeat <= 0:
         raise ValueError("batch must be >= 1 and heartbeat > 0")
+    failover = Failover(list(hive_endpoints) or [e for e in [hive_endpoint] if e], trio.current_time(), fail_after=failover_after,
+                        probe_every=probe_every, max_wait=max(60.0, failover_after, probe_every), log=ctx.log)
     keys = KeyPair.load(Path(keys_dir), "agent")
     check_key(hive_public, "the hive's public key")
     if table is None:
@@ -121,7 +136,7 @@ async def relay(
                             heartbeat_ttl=int(3 * heartbeat * 1000))
         curve_client(uplink.sock.zmq, keys, hive_public)
         monitor = Socket(uplink.sock.zmq.get_monitor_socket(_MONITORED), stats=Statistics("monitor"), log=ctx.log)
-        uplink.sock.connect(hive_endpoint)
+        uplink.sock.connect(failover.current)
         try:
             events = await ctx.bind(ctx.socket(zmq.PULL, codec=Codec(wire.AgentMessage), topic=""),
                                     events_endpoint)
@@ -136,10 +151,11 @@ async def relay(
         r = _Relay(ctx, spool, table, delivery, uplink, batch=batch, heartbeat=heartbeat,
                    hello=hello(agent_id, policy_version() if callable(policy_version) else policy_version,
                                bundle_version()), bundles=bundles,
-                   describe_policy=policy_version if callable(policy_version) else None, edge=edge)
+                   describe_policy=policy_version if callable(policy_version) else None, edge=edge,
+                   failover=failover, keys=keys, hive_public=hive_public)
         r.learning = learning
         ctx.stats.add_depth(lambda: r.spool_batches)
-        log_event(ctx.log, "relay.start", agent=agent_id, hive=hive_endpoint, stream=spool.stream,
+        log_event(ctx.log, "relay.start", agent=agent_id, hive=",".join(failover.endpoints), stream=spool.stream,
                   pending=spool.statistics().batches, processes=len(table))
         async with trio.open_nursery() as nursery:
             await nursery.start(uplink.pump)
@@ -154,6 +170,9 @@ async def relay(
             if learning is not None:
                 nursery.start_soon(r.profile_ticks)
             nursery.start_soon(r.watch, monitor)
+            if len(failover.endpoints) > 1:
+                nursery.start_soon(r.steer)
+            r.publish()
             task_status.started()
     finally:
         if monitor is not None:
@@ -169,8 +188,15 @@ async def relay(
 class _Relay:
     def __init__(self, ctx: Context, spool: Spool, table: ProcessTable, delivery: Delivery, uplink: Duplex,
                  *, batch: int, heartbeat: float, hello: wire.Hello, bundles: Socket,
-                 describe_policy: Callable[[], str] | None = None, edge: Any = None) -> None:
+                 describe_policy: Callable[[], str] | None = None, edge: Any = None,
+                 failover: Failover, keys: KeyPair, hive_public: bytes) -> None:
         self.ctx = ctx
+        self.failover = failover
+        self.keys = keys
+        self.hive_public = hive_public
+        self._steer_wake = trio.Event()
+        self._on = failover.current
+        """The endpoint the uplink is connected to (or trying)."""
         self.edge = edge
         self.bundles = bundles
         self.describe_policy = describe_policy
@@ -210,7 +236,8 @@ class _Relay:
             sensor_drops=self._sensor_drops,
             acked=st.acked, stream=st.stream, resends=d.resends, restreams=d.restreams,
             stale_acks=d.stale_acks, corrupt=st.corrupt, repaired=st.repaired, unsendable=st.unsendable,
-            connected=int(self.connected),
+            connected=int(self.connected), hive=self.failover.current, hive_moves=self.failover.moves,
+            probes=self.failover.probes,
         )
 
     def _spool_failed(self, e: SpoolError) -> None:
@@ -352,6 +379,7 @@ class _Relay:
             if events:
                 wire.fit_all(events)
                 await self._store(self.spool.pack(events, self.batch))
+                self.accepted += len(events)  # spooled like the sensor's: what the hive must end up with
                 self.kick()
             if changed:
                 try:
@@ -502,9 +530,12 @@ class _Relay:
             for frames in await monitor.recv_frames():
                 ev = parse_monitor_message(frames)
                 kind, endpoint = ev["event"], ev["endpoint"].decode(errors="replace")
+                if len(self.failover.endpoints) > 1 and endpoint != self.failover.current:
+                    continue  # a node the uplink has left: its last words are stale
                 now = trio.current_time()
                 if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     self.connected = True
+                    self.failover.on_connected(now)
                     log_event(self.ctx.log, "uplink.connected", endpoint=endpoint)
                     await self._send(self.hello)
                     self.delivery.on_connect(now)
@@ -513,6 +544,7 @@ class _Relay:
                     if self.connected:
                         log_event(self.ctx.log, "uplink.disconnected", logging.WARNING, endpoint=endpoint)
                     self.connected = False
+                    self.failover.on_disconnected(now)
                     self.delivery.on_disconnect(now)
                 elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                     self.ctx.stats.extra["refused"] = int(self.ctx.stats.extra.get("refused", 0)) + 1
@@ -522,3 +554,60 @@ class _Relay:
                     log_event(self.ctx.log, "uplink.handshake_failed", logging.WARNING, endpoint=endpoint,
                               event=kind, detail=ev["value"])
                 self.publish()
+                self._steer_wake.set()
+
+    async def steer(self) -> None:
+        """Move the uplink as :class:`Failover` decides; probe the preferred
+        node beside the current connection, which keeps working meanwhile."""
+        f = self.failover
+        async with trio.open_nursery() as probes:
+            while True:
+                self._steer_wake = trio.Event()
+                now = trio.current_time()
+                target = f.check(now)
+                if target is not None:
+                    self._move(target)
+                target = f.probe(now)
+                if target is not None:
+                    probes.start_soon(self._probe, target)
+                deadline = f.deadline()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    await self._steer_wake.wait()
+
+    def _move(self, target: str) -> None:
+        """Point the uplink at ``target`` (``failover`` already moved): what
+        was in flight to the old node is sent again from the last ack once
+        the new one has shaken hands (``Delivery.on_connect``)."""
+        self.uplink.switch(self._on, target)
+        self._on = target
+        if self.connected:
+            self.connected = False
+            self.delivery.on_disconnect(trio.current_time())
+        self.publish()
+
+    async def _probe(self, endpoint: str) -> None:
+        """Does ``endpoint`` finish a CURVE handshake with our key?  A socket
+        of its own: nothing is sent, the uplink is untouched."""
+        z = self.uplink.sock.zmq.context.socket(zmq.DEALER)
+        z.setsockopt(zmq.LINGER, 0)
+        answered = False
+        monitor = None
+        try:
+            curve_client(z, self.keys, self.hive_public)
+            monitor = Socket(z.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED), stats=Statistics("probe"),
+                             log=self.ctx.log)
+            z.connect(endpoint)
+            with trio.move_on_after(_PROBE_TIMEOUT):
+                while not answered:
+                    answered = any(parse_monitor_message(frames)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                   for frames in await monitor.recv_frames())
+        finally:
+            if monitor is not None:
+                z.disable_monitor()
+                monitor.close()
+            z.close(linger=0)
+        target = self.failover.probed(answered, trio.current_time())
+        if target is not None:
+            self._move(target)
+        self.publish()
+        self._steer_wake.set()

@@ -46,7 +46,10 @@ async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             if not (seen or gone):
                 continue
             try:
-                came_back = await trio.to_thread.run_sync(store.agents_seen, seen, gone)
+                # Another hive node sharing the store may have seen an agent
+                # this one misses: it is offline only if nobody has.
+                came_back, gone = await trio.to_thread.run_sync(store.presence, seen, gone,
+                                                                time.time() - heartbeat_timeout)
             except StoreError as e:
                 presence.retry(seen, gone)
                 ctx.stats.extra["store_errors"] = int(ctx.stats.extra["store_errors"]) + 1

@@ -821,14 +821,31 @@ class Store:
 
     def agents_seen(self, sightings: Iterable[AgentSeen], offline: Iterable[str] = ()) -> set[str]:
         """Record signs of life of many agents, and mark the ``offline``
-        ones, in one transaction (the registry's once a second).  Returns
-        the agents seen that were offline before."""
+        ones, in one transaction.  Returns the agents seen that were
+        offline before."""
+        return self.presence(sightings, offline)[0]
+
+    def presence(self, sightings: Iterable[AgentSeen], offline: Iterable[str] = (),
+                 unseen_since: float | None = None) -> tuple[set[str], list[str]]:
+        """:meth:`agents_seen` for the registry (once a second): with
+        ``unseen_since``, an agent is marked offline only if no sign of life
+        of it was stored since then, for hive nodes sharing this store each
+        see only the agents connected to them.  Returns (the agents seen that
+        were offline before, those marked offline now)."""
         came_back: set[str] = set()
+        gone: list[str] = []
         with self._tx() as db:
             for m in sightings:
                 self._seen(db, m, came_back)
-            db.executemany("UPDATE agents SET online=0 WHERE id=?", [(a,) for a in offline])
-        return came_back
+            for a in offline:
+                if unseen_since is None:
+                    n = db.execute("UPDATE agents SET online=0 WHERE id=?", (a,)).rowcount
+                else:
+                    n = db.execute("UPDATE agents SET online=0 WHERE id=? AND online=1 "
+                                   "AND coalesce(last_seen, 0) < ?", (a, unseen_since)).rowcount
+                if n:
+                    gone.append(a)
+        return came_back, gone
 
     @staticmethod
     def _seen(db: sqlite3.Connection, m: AgentSeen, came_back: set[str]) -> None:

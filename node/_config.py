@@ -84,13 +84,23 @@ class HiveConfig(_Section):
 class AgentConfig(_Section):
     id: str = ""
     """This agent's name at the hive; default: the host name."""
-    hive: str = "tcp://127.0.0.1:7400"
+    hive: str | list[str] = "tcp://127.0.0.1:7400"
+    """The hive's endpoint, or a list of hive nodes' endpoints sharing one
+    store and one identity key: the agent delivers to the first, moves to the
+    next when one fails and goes back to the first when it answers again."""
+    failover_after: Annotated[float, Meta(ge=0.1, le=3600)] = 3.0
+    """Seconds without a connection to a hive node before moving to the next in ``hive``."""
     hive_key: str = ""
     """The hive's public key (Z85), pinned at enrollment; default: read from the data folder."""
     spool_mb: Annotated[int, Meta(ge=1, le=1 << 20)] = 1024
     """Disk spool bound; when full the oldest events are dropped and reported."""
     batch: Annotated[int, Meta(ge=1, le=wire.MAX_BATCH)] = 256
     heartbeat: Annotated[float, Meta(ge=0.5, le=3600)] = 5.0
+
+    @property
+    def endpoints(self) -> list[str]:
+        """``hive`` as a list, in order of preference."""
+        return [self.hive] if isinstance(self.hive, str) else list(self.hive)
 
 
 class SensorConfig(_Section):
@@ -269,8 +279,9 @@ class _Origin:
     def error(self, key: str, problem: str) -> ConfigError:
         section, _, name = key.partition(".")
         in_file = self.raw.get(section, {})
-        if key in self.flags:
-            where = f"--{name.replace('_', '-')}"
+        flag = re.sub(r"\[[0-9]+\]$", "", key)  # agent.hive[1]: one of several --hive
+        if flag in self.flags:
+            where = f"--{flag.partition('.')[2].replace('_', '-')}"
         elif not name or not isinstance(in_file, dict) or name.partition("[")[0] in in_file or "[" in section:
             where = f"config {self.path}: {key or 'top level'}"
         else:
@@ -378,12 +389,12 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
         yield "node.log_format", f"{cfg.node.log_format!r} is not one of {', '.join(FORMATS)}"
     if cfg.node.log_to not in DESTINATIONS:
         yield "node.log_to", f"{cfg.node.log_to!r} is not one of {', '.join(DESTINATIONS)}"
-    for key, endpoint in (("hive.listen", cfg.hive.listen), ("hive.enroll_listen", cfg.hive.enroll_listen),
-                          ("agent.hive", cfg.agent.hive)):
+    for key, endpoint in (("hive.listen", cfg.hive.listen), ("hive.enroll_listen", cfg.hive.enroll_listen)):
         if endpoint or key != "hive.enroll_listen":
             problem = _endpoint_problem(endpoint)
             if problem:
                 yield key, problem
+    yield from _hive_list_problems(cfg.agent.hive)
     for key, folders in (("hive.rules", cfg.hive.rules), ("hive.playbooks", cfg.hive.playbooks)):
         if "" in folders:
             yield key, "an empty folder name"
@@ -489,6 +500,22 @@ def _is_http_url(text: str) -> bool:
         return url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
     except ValueError:  # "Invalid IPv6 URL", a port out of range
         return False
+
+
+def _hive_list_problems(hive: str | list[str]) -> Iterator[tuple[str, str]]:
+    if isinstance(hive, str):
+        problem = _endpoint_problem(hive)
+        if problem:
+            yield "agent.hive", problem
+        return
+    if not hive:
+        yield "agent.hive", "an empty list: give at least one hive endpoint"
+    for i, endpoint in enumerate(hive):
+        problem = _endpoint_problem(endpoint)
+        if problem:
+            yield f"agent.hive[{i}]", problem
+        elif endpoint in hive[:i]:
+            yield f"agent.hive[{i}]", f"{endpoint!r} is listed twice"
 
 
 def _endpoint_problem(endpoint: str) -> str | None:

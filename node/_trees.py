@@ -176,7 +176,7 @@ def agent_fleet(cfg: Config) -> tuple[Any, Any]:
     return keeper, link
 
 
-def agent_edge(name: str, keeper, folder: Path, hive_endpoint: str, slot=None):
+def agent_edge(name: str, keeper, folder: Path, hive_endpoints: list[str], slot=None):
     """The agent's edge engine, running the kept bundle's rules and playbooks
     from the start (before the hive says anything: it may be unreachable).
     Its playbooks may not block the hive's addresses or loopback; the events
@@ -186,7 +186,7 @@ def agent_edge(name: str, keeper, folder: Path, hive_endpoint: str, slot=None):
     from agent._edge import Edge, EdgeError
     from agent.response import endpoint_addresses
 
-    edge = Edge(name, protected=sorted({*endpoint_addresses(hive_endpoint), "127.0.0.1", "::1"}),
+    edge = Edge(name, protected=sorted({*endpoint_addresses(hive_endpoints), "127.0.0.1", "::1"}),
                 wake=slot.wake_at_once if slot is not None else None)
     if keeper is not None and keeper.running is not None:
         try:
@@ -197,7 +197,7 @@ def agent_edge(name: str, keeper, folder: Path, hive_endpoint: str, slot=None):
     return edge
 
 
-def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
+def agent_children(cfg: Config, hive_endpoints: list[str]) -> list[Child]:
     from agent import EVENTS_ENDPOINT, ProcessTable, relay
     from agent._fleet import fleet_actor
 
@@ -217,10 +217,11 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         from agent.response import SensorSlot
 
         slot = SensorSlot()
-    edge = agent_edge(name, keeper, lay.fleet, hive_endpoint, slot)
+    edge = agent_edge(name, keeper, lay.fleet, hive_endpoints, slot)
     children = [
         Child("relay", relay, shutdown=cfg.node.shutdown_timeout, args=dict(
-            agent_id=name, hive_endpoint=hive_endpoint, keys_dir=lay.keys, hive_public=hive_public,
+            agent_id=name, hive_endpoints=hive_endpoints, failover_after=cfg.agent.failover_after,
+            keys_dir=lay.keys, hive_public=hive_public,
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
             heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, link.path, keeper),
             bundle_version=lambda: keeper.version if keeper else 0, table=table, edge=edge,
@@ -234,7 +235,7 @@ def agent_children(cfg: Config, hive_endpoint: str) -> list[Child]:
         children += [
             sensor_child(cfg, EVENTS_ENDPOINT, on_sensor=slot.attach, on_policy=slot.rebase, policy=link.path),
             Child("executor", executor_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
-                data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoint), table=table)),
+                data_dir=lay.data / "response", slot=slot, hive=endpoint_addresses(hive_endpoints), table=table)),
         ]
     return children
 
@@ -282,7 +283,7 @@ def policy_version(link: Path, keeper=None) -> str:
 def agent_tree(cfg: Config) -> Supervisor:
     # rest_for_one: the relay binds the endpoints the sensor (and the response
     # executor) connect to; an inproc connection does not survive its binder.
-    return Supervisor(agent_children(cfg, cfg.agent.hive), strategy="rest_for_one", intensity=5, period=30)
+    return Supervisor(agent_children(cfg, cfg.agent.endpoints), strategy="rest_for_one", intensity=5, period=30)
 
 
 def local_endpoint(listen: str) -> str:
@@ -310,7 +311,7 @@ def demo_tree(cfg: Config) -> Supervisor:
         store.enroll(name, agent_keys.public.decode())
     finally:
         store.close()
-    agent = Supervisor(agent_children(cfg, local_endpoint(cfg.hive.listen)), strategy="rest_for_one",
+    agent = Supervisor(agent_children(cfg, [local_endpoint(cfg.hive.listen)]), strategy="rest_for_one",
                        intensity=5, period=30)
     t = cfg.node.shutdown_timeout * 8
     return Supervisor([Child("hive", hive, shutdown=t), Child("agent", agent, shutdown=t)],

@@ -174,6 +174,12 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         for a in st.actors
     ]
     _table(rows)
+    for a in st.actors:
+        hive = a.extra.get("hive")
+        if isinstance(hive, str):  # an agent's relay: the hive node it delivers to
+            how = "connected" if a.extra.get("connected") else "connecting"
+            moves = int(a.extra.get("hive_moves", 0))
+            print(f"{a.name}: hive {hive} ({how}; {moves} move{'' if moves == 1 else 's'} between hive nodes)")
     return EXIT_OK
 
 
@@ -310,7 +316,7 @@ def _join(args: argparse.Namespace, cfg: Config, lay) -> int:
     from actors import Codec, KeyPair, curve_client
 
     hive_public, secret = parse_token(args.token)
-    endpoint = args.enroll or _enroll_endpoint(cfg.agent.hive)
+    endpoint = args.enroll or _enroll_endpoint(cfg.agent.endpoints[0])
     name = args.id or cfg.agent.id or pysocket.gethostname()
     keys = KeyPair.load_or_create(lay.keys, "agent")
     z = zmq.Context.instance().socket(zmq.REQ)
@@ -725,7 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("agent", cmd_agent, "run the agent: the kernel sensor and the uplink to a hive",
             "Run the agent: the kernel sensor and the uplink to a hive. SIGINT or SIGTERM stop it; "
             "SIGHUP reloads the sensor's policy file (so does a change to the file).")
-    p.add_argument("--hive", metavar="ENDPOINT", help="the hive's endpoint (default: tcp://127.0.0.1:7400)")
+    p.add_argument("--hive", metavar="ENDPOINT", action="append",
+                   help="the hive's endpoint (default: tcp://127.0.0.1:7400); give it again for each further hive "
+                   "node sharing the store and key, in order of preference (replaces agent.hive)")
     p.add_argument("--id", help="this agent's name at the hive (default: the host name)")
     p.add_argument("--scope", help="machine | cgroup:/path | netns:/run/netns/NAME | container:ID|NAME|image=GLOB "
                    "(one running container, watched as its cgroup; default: machine)")
@@ -756,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     j = actions.add_parser("join", help="(agent) enroll this agent with a token")
     j.add_argument("token")
     j.add_argument("--enroll", metavar="ENDPOINT",
-                   help="the hive's enrollment endpoint (default: agent.hive's port + 1)")
+                   help="the hive's enrollment endpoint (default: the first agent.hive's port + 1)")
     j.add_argument("--id", help="name to enroll as (default: agent.id, else the host name)")
     j.add_argument("--timeout", type=_positive(float, 86400), default=10.0)
     a = actions.add_parser("add", help="(hive) register an agent's public key")

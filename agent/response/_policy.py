@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -230,17 +230,21 @@ class SensorSlot:
             raise ResponseError(f"the sensor refused the policy: {e}") from None
 
 
-def endpoint_addresses(endpoint: str) -> list[str]:
-    """The IP addresses of a ZeroMQ endpoint such as ``tcp://hive.example:7001``
-    (the hive the agent must keep reaching)."""
-    host = urlsplit(endpoint).hostname or ""
-    if not host or host == "*":
-        return []
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as e:
-        raise ResponseError(f"cannot resolve the hive's address {host!r}: {e.strerror}") from None
-    return sorted({info[4][0] for info in infos})
+def endpoint_addresses(endpoint: str | Sequence[str]) -> list[str]:
+    """The IP addresses of a ZeroMQ endpoint such as ``tcp://hive.example:7001``,
+    or of several (the hive nodes the agent must keep reaching: an isolated
+    host may have to fail over to any of them)."""
+    out: set[str] = set()
+    for one in [endpoint] if isinstance(endpoint, str) else endpoint:
+        host = urlsplit(one).hostname or ""
+        if not host or host == "*":
+            continue
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as e:
+            raise ResponseError(f"cannot resolve the hive's address {host!r}: {e.strerror}") from None
+        out.update(info[4][0] for info in infos)
+    return sorted(out)
 
 
 def write_json(path: Path, doc: Any) -> None:

@@ -164,3 +164,42 @@ async def _idle_sub(ctx, *, task_status, path):
     sub.zmq.setsockopt(zmq.SUBSCRIBE, b"")
     task_status.started()
     await sub.recv()
+
+
+async def test_a_switched_dealer_talks_to_the_new_peer_only_and_its_pump_keeps_up(runtime, root_ctx, tmp_path):
+    ends = [f"ipc://{tmp_path}/one.sock", f"ipc://{tmp_path}/two.sock"]
+    got: dict[str, list[int]] = {e: [] for e in ends}
+    replies: list[bytes] = []
+
+    async def router(ctx, *, task_status, endpoint):
+        d = ctx.duplex(zmq.ROUTER, bind=endpoint)
+        async with trio.open_nursery() as n:
+            await n.start(d.pump)
+            task_status.started()
+            while True:
+                for ident, frame in await d.recv():
+                    got[endpoint].append(int.from_bytes(frame, "little"))
+                    await d.send([ident, endpoint.encode()])
+
+    sup = Supervisor([Child(f"r{i}", router, args={"endpoint": e}) for i, e in enumerate(ends)])
+    async with trio.open_nursery() as n:
+        await n.start(sup, root_ctx)
+        d = root_ctx.duplex(zmq.DEALER, connect=ends[0])
+        await n.start(d.pump)
+
+        async def answers():
+            while True:
+                replies.extend(f for (f,) in await d.recv())
+
+        n.start_soon(answers)
+        with trio.fail_after(10):
+            await d.send_many([[i.to_bytes(4, "little")] for i in range(100)])
+            while len(replies) < 100:
+                await trio.sleep(0.01)
+            d.switch(ends[0], ends[1])
+            await d.send_many([[i.to_bytes(4, "little")] for i in range(100, 200)])
+            while len(replies) < 200:  # a wake-up lost in the switch would hang here
+                await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    assert got[ends[0]] == list(range(100)) and got[ends[1]] == list(range(100, 200))
+    assert replies[100:] == [ends[1].encode()] * 100

@@ -676,3 +676,39 @@ async def test_a_spooled_batch_no_fit_can_save_is_skipped_counted_and_the_rest_d
     (notice,) = [e for e in rig.hive.stored if isinstance(e, wire.Notice)]
     assert (notice.what, notice.count) == ("spool_dropped", 2)
     assert rig.stats.extra["unsendable"] == 1 and rig.stats.extra["restreams"] == 1
+
+
+async def test_the_uplink_fails_over_to_the_next_hive_node_and_back_storing_each_batch_once(tmp_path):
+    """Two hive nodes with one store (their seq marks and events shared) and
+    one key: the first is stopped under load, the relay moves to the second
+    and goes on; once the first is back a probe finds it and the relay
+    returns to it."""
+    rig = Rig(tmp_path)
+    a = rig.hive
+    b = ScriptedHive(rig.hive_keys, tcp_endpoint(), a.enrolled)
+    b.last, b.stored = a.last, a.stored  # the shared store
+    zap = Supervisor([Child("zap", zap_handler, args={"authorize": lambda key, addr, domain: a.enrolled.get(key)})])
+    stats = lambda: rig.stats.extra  # noqa: E731
+    async with trio.open_nursery() as n:
+        await n.start(rig._run, "zap", zap)
+        on_a = await n.start(rig._run, "a", Supervisor([Child("router", a.router)]))
+        await n.start(rig._run, "b", Supervisor([Child("router", b.router)]))
+        await rig.start_agent(n, hive_endpoint="", hive_endpoints=[a.endpoint, b.endpoint], failover_after=0.3,
+                              probe_every=0.3)
+        await rig.emit(10, per_batch=20)
+        await a.wait(lambda: len(a.stored) >= 200 and stats().get("spooled") == 0)
+        assert stats()["hive"] == a.endpoint and not b.hellos
+        on_a.cancel()  # node A dies; events keep coming
+        await rig.emit(20, per_batch=20)
+        await b.wait(lambda: len(b.stored) >= 600 and stats().get("spooled") == 0)
+        assert stats()["hive"] == b.endpoint and stats()["hive_moves"] == 1 and b.hellos
+        received_on_a = len(a.received)
+        a.changed = trio.Event()
+        await n.start(rig._run, "a", Supervisor([Child("router", a.router)]))  # A is back
+        await a.wait(lambda: stats().get("hive") == a.endpoint and stats().get("connected") == 1)
+        await rig.emit(10, per_batch=20)
+        await a.wait(lambda: len(a.stored) >= 800 and stats().get("spooled") == 0)
+        n.cancel_scope.cancel()
+    assert [e.tid for e in real_events(a.stored)] == list(range(800))  # each once, in order
+    assert len(a.received) > received_on_a  # the last ones went to A again
+    assert stats()["hive_moves"] == 2 and stats()["probes"] >= 1 and len(a.hellos) == 2

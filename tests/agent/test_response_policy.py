@@ -118,6 +118,8 @@ def test_the_hive_addresses_from_its_endpoint():
     assert endpoint_addresses("tcp://127.0.0.1:7001") == ["127.0.0.1"]
     assert endpoint_addresses("tcp://[::1]:7001") == ["::1"]
     assert endpoint_addresses("ipc:///run/immune/hive.sock") == []
+    # Every hive node an agent may fail over to stays reachable.
+    assert endpoint_addresses(["tcp://127.0.0.2:7400", "tcp://127.0.0.1:7400", "ipc:///x"]) == ["127.0.0.1", "127.0.0.2"]
     with pytest.raises(ResponseError, match="cannot resolve the hive's address 'no-such-host.invalid'"):
         endpoint_addresses("tcp://no-such-host.invalid:7001")
 

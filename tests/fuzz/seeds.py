@@ -222,6 +222,8 @@ def write_seeds() -> None:
         "config": {"example": (Path(node.__file__).parent / "immune.example.toml").read_bytes(),
                    "agent": b'[node]\ndata = "/var/lib/immune-agent"\n[agent]\nid = "web-1"\nhive = "tcp://10.0.0.1:7400"\n'
                             b'batch = 512\n[sensor]\nscope = "cgroup:/system.slice"\nfold_ms = 0\n',
+                   "hive-nodes": b'[agent]\nhive = ["tcp://10.0.0.1:7400", "tcp://10.0.0.2:7400", "ipc:///run/h"]\n'
+                                 b'failover_after = 0.5\n',
                    "hive": b'[hive]\nlisten = "tcp://[::]:7400"\nrules = ["/etc/immune/rules"]\n'
                            b'webhook = "https://soc.example/hook"\nmax_frame = 1048576\nretention_days = 7.5\n'},
         "outputs": {

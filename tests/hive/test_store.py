@@ -435,3 +435,17 @@ def test_a_version_7_store_gets_the_triage_tables_and_keeps_its_incidents(tmp_pa
         assert len(s.triage_calls(time.time() - 60)) == 2
     finally:
         s.close()
+def test_an_agent_another_hive_node_saw_lately_is_not_marked_offline(store):
+    # Hive nodes sharing a store each see only the agents connected to them:
+    # one whose registry misses an agent must not mark it offline while
+    # another node records it.
+    from hive import AgentSeen
+
+    store.agents_seen([AgentSeen(agent="a", time=100 * 10**9), AgentSeen(agent="b", time=50 * 10**9)])
+    came_back, gone = store.presence([], offline=["a", "b"], unseen_since=80.0)
+    assert gone == ["b"] and came_back == set()
+    rows = {r.id: r for r in store.agents()}
+    assert rows["a"].online and not rows["b"].online
+    # Already offline (another node marked it): no second notice.
+    assert store.presence([], offline=["b"], unseen_since=80.0) == (set(), [])
+    assert store.presence([], offline=["a"], unseen_since=101.0) == (set(), ["a"])

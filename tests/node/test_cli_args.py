@@ -50,3 +50,12 @@ def test_version_names_the_package_the_wire_and_the_store(capsys):
                     "wire_commands_since": wire.COMMANDS_SINCE, "store_schema": SCHEMA_VERSION}
     assert main(["version"]) == 0
     assert capsys.readouterr().out.startswith(f"immune-node {info['version']} (wire {wire.WIRE_VERSION}")
+def test_hive_given_several_times_is_the_list_of_hive_nodes_in_order(tmp_path):
+    from node import load_config
+    from node.cli import _overrides
+
+    args = build_parser().parse_args(["agent", "--hive", "tcp://10.0.0.1:7400", "--hive", "tcp://10.0.0.2:7400"])
+    cfg = load_config(None, **_overrides(args))
+    assert cfg.agent.endpoints == ["tcp://10.0.0.1:7400", "tcp://10.0.0.2:7400"]
+    one = build_parser().parse_args(["agent", "--hive", "tcp://10.0.0.1:7400"])
+    assert load_config(None, **_overrides(one)).agent.endpoints == ["tcp://10.0.0.1:7400"]

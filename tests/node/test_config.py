@@ -152,6 +152,14 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[agent]\nid = 'web 1'\n", "agent.id: 'web 1': up to 256 characters, no spaces or control characters"),
     (f"[agent]\nid = '{'w' * 257}'\n", "agent.id: 'www"),
     ("[agent]\nhive = '127.0.0.1:7400'\n", "agent.hive: '127.0.0.1:7400' is not a ZeroMQ endpoint"),
+    ("[agent]\nhive = []\n", "agent.hive: an empty list: give at least one hive endpoint"),
+    ("[agent]\nhive = ['tcp://10.0.0.1:7400', 'tcp://10.0.0.2']\n",
+     "agent.hive[1]: 'tcp://10.0.0.2' is not a ZeroMQ endpoint"),
+    ("[agent]\nhive = ['tcp://10.0.0.1:7400', 'tcp://10.0.0.1:7400']\n",
+     "agent.hive[1]: 'tcp://10.0.0.1:7400' is listed twice"),
+    ("[agent]\nhive = 7400\n", "agent.hive: expected `str | array`, got `int`"),
+    ("[agent]\nhive = ['tcp://10.0.0.1:7400', 5]\n", "agent.hive[1]: expected `str`, got `int`"),
+    ("[agent]\nfailover_after = 0\n", "agent.failover_after: must be a number from 0.1 to 3600, not 0"),
     ("[agent]\nhive_key = 'abc'\n", "agent.hive_key: not a Z85 CURVE key (40 characters expected, got 3)"),
     (f"[agent]\nhive_key = '{'_' * 40}'\n", "agent.hive_key: not a Z85 CURVE key"),
     ("[agent]\nspool_mb = 0\n", "agent.spool_mb: must be an integer from 1 to 1048576, not 0"),
@@ -215,6 +223,7 @@ def test_values_at_their_bounds_load(tmp_path, text):
 @pytest.mark.parametrize("flag,value,reason", [
     ("hive_listen", "nowhere", "--listen: 'nowhere' is not a ZeroMQ endpoint"),
     ("agent_hive", "tcp://x", "--hive: 'tcp://x' is not a ZeroMQ endpoint"),
+    ("agent_hive", ["tcp://127.0.0.1:7400", "tcp://x"], "--hive: 'tcp://x' is not a ZeroMQ endpoint"),
     ("node_data", "", "--data: must name a folder"),
     ("agent_id", "a\tb", "--id: 'a\\tb': up to 256"),
     ("sensor_scope", "galaxy", "--scope: 'galaxy': expected machine"),
@@ -297,3 +306,17 @@ def test_store_location_is_the_data_folder_or_the_url(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text("[store]\nurl = 'sqlite:///srv/shared/hive.db'\n")
     assert str(load_config(f).store_location) == "/srv/shared/hive.db"
+
+
+def test_agent_hive_is_one_endpoint_or_a_list_in_order_of_preference(tmp_path):
+    assert load_config(None).agent.endpoints == ["tcp://127.0.0.1:7400"]
+    f = tmp_path / "h.toml"
+    f.write_text("[agent]\nhive = 'tcp://10.0.0.1:7400'\n")
+    assert load_config(f).agent.endpoints == ["tcp://10.0.0.1:7400"]
+    f.write_text("[agent]\nhive = ['tcp://10.0.0.1:7400', 'ipc:///run/immune/b']\nfailover_after = 0.5\n")
+    cfg = load_config(f)
+    assert cfg.agent.endpoints == ["tcp://10.0.0.1:7400", "ipc:///run/immune/b"]
+    assert cfg.agent.failover_after == 0.5
+    # Several --hive flags replace the file's list.
+    cfg = load_config(f, agent_hive=["tcp://10.0.0.3:7400", "tcp://10.0.0.4:7400"])
+    assert cfg.agent.endpoints == ["tcp://10.0.0.3:7400", "tcp://10.0.0.4:7400"]
