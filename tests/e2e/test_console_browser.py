@@ -148,6 +148,7 @@ def shoot(driver, name: str) -> None:
 
 
 def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_kill(demo, browser, tmp_path):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -254,7 +255,15 @@ def test_a_responder_sees_a_blocked_exec_live_opens_its_tree_and_approves_the_ki
         wait.until(lambda d: "/actions#action-" in d.current_url)  # to the live list, at its row
         row = browser.current_url.rpartition("#")[2]
         assert victim.wait(timeout=60) == -9
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#actions tr#{row} td.state-done")))
+        try:
+            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#actions tr#{row} td.state-done")))
+        except TimeoutException:  # say why: the action as stored, and the row as shown
+            store = Store(demo.data / "hive.db", readonly=True)
+            stored_as = [(a.id, a.state, a.result) for a in Records(store.db).actions(
+                action_id=row.removeprefix("action-"))]
+            store.close()
+            shown = [r.get_attribute("outerHTML")[:500] for r in browser.find_elements(By.CSS_SELECTOR, f"#{row}")]
+            raise AssertionError(f"{row} never shown done; stored: {stored_as}; shown: {shown}") from None
     finally:
         victim.kill()
         victim.wait()
