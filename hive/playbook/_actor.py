@@ -173,13 +173,16 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             await trio.sleep(tick)
             d = engine.tick()
             try:
+                # One worker-thread hop a tick for the three looks (an idle hive's cost).
+                agents, requested, verdicts = await in_db(lambda: (store.agents(), records.requested(),
+                                                                   new_verdicts()))
                 # Agents first: an operator's action is checked against the agents the engine knows.
-                for agent in await in_db(store.agents):
+                for agent in agents:
                     if online.get(agent.id) != agent.online:
                         online[agent.id] = agent.online
                         d.extend(engine.agent_online(agent.id, pids=[agent.pid] if agent.pid else [])
                                  if agent.online else engine.agent_offline(agent.id))
-                for action_id, verb, by, why in await in_db(records.requested):
+                for action_id, verb, by, why in requested:
                     if verb == "run":
                         for a in await in_db(functools.partial(records.actions, action_id=action_id)):
                             d.extend(engine.run(a, by))
@@ -190,7 +193,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                         for a in decided.actions:
                             a.state, a.result, a.updated = "expired", "no longer awaiting approval", time.time()
                     d.extend(decided)
-                for verdict, alert in await in_db(new_verdicts):
+                for verdict, alert in verdicts:
                     d.extend(engine.on_verdict(verdict, alert))
             except (RecordsError, StoreError) as e:
                 ctx.stats.last_error = str(e)
