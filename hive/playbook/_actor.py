@@ -142,17 +142,20 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             async for cmd in notify_out:
                 nursery.start_soon(one, cmd)
 
-    verdict_mark = await in_db(store.triage_mark)
+    verdict_mark: int | None = await in_db(store.triage_mark)
 
     def new_verdicts() -> list[tuple[dict[str, Any], wire.Alert]]:
         """Verdicts stored since the last look, each with the alert of its
         incident that the steps act on (its most severe, the earliest)."""
         nonlocal verdict_mark
+        if not any(p.trigger.ai_verdict for p in engine.playbooks):
+            verdict_mark = None  # no query a tick while no playbook reads verdicts
+            return []
+        if verdict_mark is None:  # those stored meanwhile were for no playbook, as before
+            verdict_mark = store.triage_mark()
         rows = store.triage_after(verdict_mark)
         if rows:
             verdict_mark = rows[-1].id
-        if not any(p.trigger.ai_verdict for p in engine.playbooks):
-            return []
         out = []
         for row in rows:
             if row.state != "done":
