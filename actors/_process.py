@@ -140,9 +140,13 @@ async def _child_main(spec: dict[str, Any], report_fd: int) -> None:
             report(_Report(ready=True))
 
     async def report_stats() -> None:
+        last = None
         while True:
             await trio.sleep(_STATS_EVERY)
-            report(_Report(stats=ctx.stats.snapshot()))
+            snap = ctx.stats.snapshot()
+            if snap != last:  # an idle child does not wake its parent
+                report(_Report(stats=snap))
+                last = snap
 
     async with trio.open_nursery() as nursery:
         if spec["leaf_endpoint"]:

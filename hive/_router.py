@@ -20,7 +20,7 @@ from ._fair import FairQueue
 from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
 from ._registry import WireVersions
 from ._fleet import Fleet
-from ._store import Store, StoreError
+from ._store import Changes, Store, StoreError
 
 PEER_HWM = 2
 """Frames ZeroMQ queues per agent connection before it stops reading it, so
@@ -40,8 +40,9 @@ stops reading (ZeroMQ then holds them, at most PEER_HWM per connection)."""
 FLEET_POLL = 0.1
 """Seconds between looks at the store for pushed bundles and changed labels
 (``immune-node policy push`` and ``agents label`` write there, also with
-no hive running): one read of one row, so a push reaches online agents
-within this plus the sending."""
+no hive running): a stat of its files, and a read of one row when they
+changed, so a push reaches online agents within this plus the sending."""
+
 CURVE_OVERHEAD = 64
 """ZeroMQ applies MAXMSGSIZE to the encrypted frame: a CURVE MESSAGE command
 is 33 bytes longer than the frame it carries."""
@@ -164,8 +165,12 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             await agents.send([idents[agent], ack_codec.encode(wire.PolicyBundle(version=b.version, signed=b.signed))])
 
     async def fleet_changes() -> None:
+        changes = Changes(store)
         while True:
             try:
+                if not changes.due():
+                    await trio.sleep(FLEET_POLL)
+                    continue
                 serial = await trio.to_thread.run_sync(store.fleet_serial)
                 if serial != fleet.serial:
                     fleet.latest, fleet.labels = await trio.to_thread.run_sync(
@@ -228,9 +233,12 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
 
     async def housekeeping() -> None:
         nonlocal revoked
+        changes = Changes(store)
         while True:
             await trio.sleep(1.0)
             ctx.throttle.flush()
+            if not changes.due():
+                continue
             try:
                 revoked = await trio.to_thread.run_sync(store.revoked)
             except StoreError as e:

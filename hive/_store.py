@@ -305,6 +305,26 @@ def _hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class Changes:
+    """Whether the store may have changed since the last look: its files'
+    times and sizes moved (any process wrote), or ``recheck`` seconds
+    passed (two writes within one tick of the file clock leave the same
+    time).  Pollers ask this, a stat, before a query on a worker thread,
+    so an idle hive does not wake a thread every tick for each of them."""
+
+    def __init__(self, store: "Store", recheck: float = 5.0) -> None:
+        self.store, self.recheck = store, recheck
+        self._mark: object = None
+        self._at = -recheck
+
+    def due(self) -> bool:
+        mark, now = self.store.write_mark(), time.monotonic()
+        if mark == self._mark and now - self._at < self.recheck:
+            return False
+        self._mark, self._at = mark, now
+        return True
+
+
 class Store:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, checkpoint_by_hand: bool = False) -> None:
         self.path = Path(path)
@@ -743,6 +763,18 @@ class Store:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as e:
             raise StoreError(f"store {self.path}: checkpoint failed: {e}") from None
+
+    def write_mark(self) -> tuple[int, int, int, int]:
+        """The database and WAL files' modification times and sizes: moves
+        when any process writes the store (see ``Changes``)."""
+        mark = []
+        for f in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = os.stat(f)
+                mark += [st.st_mtime_ns, st.st_size]
+            except OSError:
+                mark += [0, 0]
+        return tuple(mark)  # type: ignore[return-value]
 
     def size(self) -> int:
         page_count = self._read("PRAGMA page_count", ())[0][0]

@@ -112,10 +112,15 @@ the disk refuses writes; older ones are dropped and counted."""
 
 
 async def _checkpoint(ctx: Context, store: Store) -> None:
+    done = None
     while True:
         await trio.sleep(0.5)
+        mark = store.write_mark()
+        if mark == done:
+            continue    # nothing written since: an idle hive stays asleep
         try:
             await trio.to_thread.run_sync(store.checkpoint)
+            done = mark
         except StoreError as e:
             ctx.stats.last_error = str(e)
 

@@ -36,7 +36,7 @@ from actors import Context, log_event
 from .._actors import DELIVER, RESULTS, internal_codec
 from .._detect import ALERTS, log_refusals
 from .._messages import Deliver, Result
-from .._store import Store, StoreError
+from .._store import Changes, Store, StoreError
 from ._actions import Notify
 from ._engine import AuditRecord, Decisions, PlaybookEngine
 from ._errors import RecordsError
@@ -172,13 +172,15 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     async def housekeeping() -> None:
         nonlocal refused, sig
         since_reload = 0.0
+        changes = Changes(store)
         while True:
             await trio.sleep(tick)
             d = engine.tick()
             try:
-                # One worker-thread hop a tick for the three looks (an idle hive's cost).
+                # One worker-thread hop for the three looks, and none while
+                # the store's files stand still (an idle hive's cost).
                 agents, requested, verdicts = await in_db(lambda: (store.agents(), records.requested(),
-                                                                   new_verdicts()))
+                                                                   new_verdicts())) if changes.due() else ([], [], [])
                 # Agents first: an operator's action is checked against the agents the engine knows.
                 for agent in agents:
                     if online.get(agent.id) != agent.online:
