@@ -11,7 +11,6 @@ yet."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from .._store import StoreError, Transaction, _decode_alert, _decode_event
+from .._sql import DB_ERRORS, Transaction
+from .._store import StoreError, _decode_alert, _decode_event
 from ._ecs import alert_doc, event_doc
 
 SOURCES = {"alerts": ("alerts",), "events": ("events",), "both": ("alerts", "events")}
@@ -40,7 +40,7 @@ class Record:
 class Cursors:
     """The ``outputs`` table on an open sqlite3 connection in autocommit mode."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self.db = db
 
     def _tx(self) -> Transaction:
@@ -61,8 +61,9 @@ class Cursors:
     def advance(self, name: str, positions: dict[str, int]) -> None:
         """Move ``name`` to ``positions`` (never back)."""
         with self._tx() as db:
-            db.executemany("UPDATE outputs SET position=max(position, ?), updated=? WHERE name=? AND source=?",
-                           [(p, time.time(), name, s) for s, p in positions.items()])
+            db.executemany("UPDATE outputs SET position=CASE WHEN position < ? THEN ? ELSE position END, updated=? "
+                           "WHERE name=? AND source=?",
+                           [(p, p, time.time(), name, s) for s, p in positions.items()])
 
     def fetch(self, source: str, after: int, limit: int) -> list[Record]:
         """Up to ``limit`` records of ``source`` after ``after``, oldest
@@ -104,5 +105,5 @@ class Cursors:
     def _read(self, sql: str, args: Iterable) -> list[tuple]:
         try:
             return self.db.execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"output cursors: {e}") from None

@@ -20,14 +20,13 @@ and sent by the engine as an approved step would be.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
-from .._store import Transaction
+from .._sql import DB_ERRORS, Transaction
 from ._actions import check_manual
 from ._engine import Action, AuditRecord, Decisions, new_action_id
 from ._errors import RecordsError
@@ -70,7 +69,7 @@ class Records:
     """The commands and audit tables, on an open sqlite3 connection in
     autocommit mode (``isolation_level=None``, as ``Store`` opens it)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self.db = db
 
     def _tx(self) -> Transaction:
@@ -189,6 +188,6 @@ class Records:
     def _read(self, sql: str, args: Sequence) -> list[tuple]:
         try:
             return self.db.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise RecordsError(f"cannot read the response records: {e}") from None
 
