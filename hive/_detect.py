@@ -176,7 +176,7 @@ def _costs(slowest: Any) -> str:
     return ", ".join(f"{c.id} {c.seconds * 1000:.0f}ms/{c.tests}" for c in slowest)
 
 
-async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                           lateral_window: float = 120.0, correlate: str = CORRELATE, ingest: str = INGEST,
                           alerts: str = ALERTS) -> None:
     from hive.correlate import HostCorrelator

@@ -22,7 +22,7 @@ ENROLL_MAX_FRAME = 4096
 """An enrollment request is a token and a name: a few hundred bytes."""
 
 
-async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                        keys: KeyPair, listen: str, bundle_key: bytes = b"") -> None:
     """The enrollment door: any CURVE key may connect (the channel is still
     encrypted and the agent pins our key from its token), but only a valid
@@ -82,7 +82,7 @@ of the hive's policy bundles, which an enrolled agent pins."""
         store.close()
 
 
-def zap_authorizer(path: Path):
+def zap_authorizer(path: Path | str):
     """ZAP decisions for the hive: enrolled, unrevoked keys on the agent
     domain; any key on the enrollment domain (its user id is the key)."""
     store: Store | None = None

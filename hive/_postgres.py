@@ -275,13 +275,13 @@ class Postgres:
 
     def open_schema(self, store: Store) -> int:
         db = store.db
-        if db.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+        if not self._has_schema(db):
             if self.readonly:
                 raise SqlError("it holds no hive store yet (start the hive once)")
             with store._tx() as tx:
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
                 # Another node may have made it while this one waited for the lock.
-                if tx.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+                if not self._has_schema(tx):
                     for statement in _SCHEMA:
                         tx.execute(statement)
                     tx.execute("INSERT INTO meta(key, value) VALUES('schema', ?)", (str(FIRST_VERSION),))
@@ -290,6 +290,13 @@ class Postgres:
             return int(r[0])
         except (TypeError, ValueError):
             raise SqlError(f"schema version {r and r[0]!r} is not a number") from None
+
+    @staticmethod
+    def _has_schema(db: Connection) -> bool:
+        # A query of the catalog, not to_regclass: its cache may not have
+        # seen a table another node made while this one waited for the lock.
+        return db.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                          "WHERE n.nspname = current_schema() AND c.relname = 'meta'").fetchone()[0] > 0
 
     def migrate(self, store: Store, version: int) -> None:
         with store._tx() as tx:

@@ -20,7 +20,7 @@ from ._messages import AgentSeen, Ingest
 from ._store import AgentRow, Store, StoreError
 
 
-async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                          heartbeat_timeout: float = 30.0, interval: float = 1.0) -> None:
     """Keeps the agents table current; an agent that goes silent is marked
     offline, and that (and its return) is itself an event.  Signs of life

@@ -47,7 +47,7 @@ CURVE_OVERHEAD = 64
 is 33 bytes longer than the frame it carries."""
 
 
-async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                        keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME) -> None:
     """The agents' door: CURVE-authenticated ROUTER.  Refuses what it cannot
     trust (counted, logged a few per interval), passes batches to the store,

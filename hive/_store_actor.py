@@ -22,7 +22,7 @@ from ._messages import IncidentUpdate, Ingest, Repeat, Stored
 from ._store import Ingested, Store, StoreError
 
 
-async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                       retention_days: float = 30.0, retention_mb: int = 10240,
                       ingest: tuple[str, ...] = (INGEST,), detect: str = DETECT) -> None:
     """Writes batches in group commits (all that arrived while the previous

@@ -36,7 +36,7 @@ def make_sender(output: Any, hostname: str = "") -> Sender:
     return WebhookSender(output.target, timeout=output.timeout, token=output.token, ca=output.ca)
 
 
-async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                        output: Any, poll: float = POLL) -> None:
     """Forward what ``output`` asks for (alerts, events or both) to its
     receiver, oldest first, moving its cursor after each batch the receiver

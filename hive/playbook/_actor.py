@@ -46,7 +46,7 @@ from ._records import Records
 _NOTIFY_QUEUE = 256
 
 
-async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                          playbook_dirs: Sequence[Path], evidence_dir: Path | None = None,
                          variables: Mapping[str, Any] | None = None, protected: Iterable[str] = (),
                          dry_run: bool = False, alerts_endpoint: str = ALERTS, deliver_endpoint: str = DELIVER,
