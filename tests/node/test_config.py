@@ -144,8 +144,14 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[hive]\nmax_frame = 1e6\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not 1000000.0"),
     ("[hive]\nmax_frame = true\n", "hive.max_frame: must be an integer from 1048576 to 67108864, not True"),
     # [store]
-    ("[store]\nurl = 'hive.db'\n", "store.url: 'hive.db' is not sqlite:///PATH (an absolute path)"),
+    ("[store]\nurl = 'hive.db'\n", "store.url: 'hive.db' is not sqlite:///PATH (an absolute path) or "
+     "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
     ("[store]\nurl = 'sqlite:///'\n", "store.url: 'sqlite:///' is not"),
+    ("[store]\nurl = 'mysql://db/hive'\n", "store.url: 'mysql://db/hive' is not sqlite:///PATH"),
+    ("[store]\nurl = 'postgresql://hive:secret@db.example.org'\n",
+     "store.url: 'postgresql://hive:...@db.example.org' names no database"),
+    ("[store]\nurl = 'postgresql://db:99999/hive'\n",
+     "store.url: 'postgresql://db:99999/hive': the port is not a number from 1 to 65535"),
     # [agent]
     ("[agent]\nid = 'web 1'\n", "agent.id: 'web 1': up to 256 characters, no spaces or control characters"),
     (f"[agent]\nid = '{'w' * 257}'\n", "agent.id: 'www"),
@@ -180,6 +186,8 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[agent]\nid = 'web-1.example.org'\nheartbeat = 0.5\nhive_key = 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'\n",
     "[sensor]\nscope = 'netns:blue'\nwatchdog_ms = 10\nfold_ms = 0\n",
     "[store]\nurl = 'sqlite:///srv/shared/hive.db'\n",
+    "[store]\nurl = 'postgresql://hive:secret@db.example.org:5432/immune'\n",
+    "[store]\nurl = 'postgres:///immune'\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"
@@ -272,3 +280,5 @@ def test_store_location_is_the_data_folder_or_the_url(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text("[store]\nurl = 'sqlite:///srv/shared/hive.db'\n")
     assert str(load_config(f).store_location) == "/srv/shared/hive.db"
+    f.write_text("[store]\nurl = 'postgresql://hive:pw@db:5432/immune'\n")
+    assert load_config(f).store_location == "postgresql://hive:pw@db:5432/immune"
