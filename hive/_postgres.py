@@ -113,7 +113,35 @@ _SCHEMA_LOCK = 0x494D4D31
 """The advisory lock nodes take to make or migrate the schema and partitions one at a time."""
 
 _COPY_EVENTS = "COPY events(agent, time, kind, pid, verdict, body) FROM STDIN (FORMAT BINARY)"
-_EVENT_TYPES = ["text", "int8", "text", "int8", "text", "bytea"]
+_COPY_HEAD = b"PGCOPY\n\xff\r\n\0" + bytes(8)  # signature, no flags, no header extension
+_COPY_END = b"\xff\xff"
+_FIELDS = struct.Struct("!hi")  # 6 fields, then the first one's length
+_INT8 = struct.Struct("!iq")  # length 8, then the value
+_LENGTH = struct.Struct("!i")
+
+
+def _copy_data(rows: list[tuple]) -> bytearray:
+    """Rows of (agent, time, kind, pid, verdict, body) in COPY's binary
+    format: packed here at a fifth of the cost of psycopg's ``write_row``
+    (its pure-Python build dumps each value through its adapters)."""
+    out = bytearray(_COPY_HEAD)
+    names: dict[str, bytes] = {}  # agents, kinds and verdicts repeat: encode each once
+    for agent, when, kind, pid, verdict, body in rows:
+        a = names.get(agent) or names.setdefault(agent, agent.encode())
+        k = names.get(kind) or names.setdefault(kind, kind.encode())
+        v = names.get(verdict) or names.setdefault(verdict, verdict.encode())
+        out += _FIELDS.pack(6, len(a))
+        out += a
+        out += _INT8.pack(8, when)
+        out += _LENGTH.pack(len(k))
+        out += k
+        out += _INT8.pack(8, pid)
+        out += _LENGTH.pack(len(v))
+        out += v
+        out += _LENGTH.pack(len(body))
+        out += body
+    out += _COPY_END
+    return out
 
 
 def display(url: str) -> str:
@@ -224,14 +252,14 @@ class Connection:
 
     def copy_events(self, rows: list[tuple]) -> None:
         try:
+            data = _copy_data(rows)
+        except (struct.error, OverflowError, UnicodeEncodeError) as e:  # a number beyond int8, a lone surrogate
+            raise SqlError(f"a value out of range: {e}", data=True) from None
+        try:
             with self._live().cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-                copy.set_types(_EVENT_TYPES)
-                for row in rows:
-                    copy.write_row(row)
+                copy.write(data)
         except psycopg.Error as e:
             raise _error(e) from None
-        except (struct.error, OverflowError) as e:  # a number beyond its binary column
-            raise SqlError(f"a value out of range: {e}", data=True) from None
 
     @property
     def in_transaction(self) -> bool:

@@ -35,7 +35,7 @@ class PgServer:
         if r.returncode:
             raise RuntimeError(f"{argv[0]} failed: {r.stderr.strip() or r.stdout.strip()}")
 
-    def start_first(self) -> None:
+    def start_first(self, durable: bool = False) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
         pwfile = self.root / "pw"
@@ -45,9 +45,11 @@ class PgServer:
         self._run(str(BIN / "initdb"), "-D", str(self.data), "-U", "immune", "--pwfile", str(pwfile),
                   "-A", "scram-sha-256", "-E", "UTF8", "--no-sync")
         with open(self.data / "postgresql.conf", "a") as f:
-            # Loopback only, no unix socket in a shared folder, no fsync on a test server.
+            # Loopback only, no unix socket in a shared folder.
             f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n"
-                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n")
+                    "max_connections = 200\n")
+            if not durable:  # a test server need not survive a power cut
+                f.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
         self.start()
         self._run(str(BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "immune", "immune")
 
@@ -86,11 +88,12 @@ def missing() -> str:
     return ""
 
 
-def start(root: Path | None = None) -> PgServer:
+def start(root: Path | None = None, *, durable: bool = False) -> PgServer:
+    """``durable``: with fsync and synchronous commits, as a production server runs."""
     root = root or Path(tempfile.mkdtemp(prefix="immune-pg-"))
     os.chmod(root, 0o755)
     server = PgServer(root)
-    server.start_first()
+    server.start_first(durable)
     return server
 
 
