@@ -1,6 +1,9 @@
 """A private PostgreSQL server for tests: initdb into a temporary folder as
-an unprivileged user, listening on loopback on a free port, stopped at the
-end.  Debian's postgresql package puts the server programs here."""
+an unprivileged user (the postgres system user when run as root), listening
+on loopback on a free port, stopped at the end.  Debian's postgresql
+package puts the server programs under /usr/lib/postgresql/VERSION/bin.
+
+``python -m tests.pgserver`` runs one until interrupted and prints its URL."""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ from pathlib import Path
 
 from tests.ports import free_port
 
-BIN = Path("/usr/lib/postgresql/15/bin")
+def _bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _bin()
 PASSWORD = "immune-test"
 
 
@@ -78,7 +86,7 @@ class PgServer:
 def missing() -> str:
     """Why no server can be started here ('' if one can)."""
     if not (BIN / "initdb").exists():
-        return f"PostgreSQL 15 is not installed ({BIN}/initdb missing; ./setup.sh test installs it)"
+        return "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; ./setup.sh test installs it)"
     if os.geteuid() == 0:
         try:
             import pwd
