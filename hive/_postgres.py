@@ -331,6 +331,9 @@ class Postgres:
             tx.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
             now = int(tx.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
             if now == version:  # not done by another node meanwhile
+                if version not in MIGRATIONS:
+                    raise SqlError(f"schema version {version} was never made on PostgreSQL (it began at "
+                                   f"{FIRST_VERSION})")
                 MIGRATIONS[version](tx)
                 tx.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version + 1),))
 

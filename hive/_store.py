@@ -185,8 +185,11 @@ class Store:
         if version < SCHEMA_VERSION and self.readonly:
             raise StoreError(f"the store {self.path} has schema version {version}, older than this "
                              f"immune-node's {SCHEMA_VERSION}: start the hive once to migrate it")
-        for step in range(version, SCHEMA_VERSION):
-            self.backend.migrate(self, step)
+        try:
+            for step in range(version, SCHEMA_VERSION):
+                self.backend.migrate(self, step)
+        except DB_ERRORS as e:
+            raise StoreError(f"cannot migrate the store {self.path}: {e}") from None
 
     @property
     def db(self) -> Any:

@@ -209,3 +209,11 @@ def test_a_readonly_store_cannot_write(store, pg_url):
         reader.enroll("a", "K" * 40)
     assert reader.agents() == []
     reader.close()
+
+
+def test_a_schema_version_postgresql_never_had_is_refused_in_one_line(pg_url):
+    Store(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute("UPDATE meta SET value='3' WHERE key='schema'")
+    with pytest.raises(StoreError, match=r"store postgresql://\S+: schema version 3 was never made on PostgreSQL \(it began at 7\)"):
+        Store(pg_url)
