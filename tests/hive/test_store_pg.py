@@ -49,7 +49,8 @@ def test_sqlite_statements_are_said_in_postgresql():
     # Inside quotes nothing changes but the % psycopg would read as a placeholder.
     assert translate("SELECT '?%' WHERE x=?", True) == "SELECT '?%%' WHERE x=%s"
     assert translate("SELECT '?%'", False) == "SELECT '?%'"
-    assert translate("INSERT OR IGNORE INTO o(a) VALUES(?)", True) == "INSERT INTO o(a) VALUES(%s) ON CONFLICT DO NOTHING"
+    assert translate("INSERT OR IGNORE INTO o(a) VALUES(?)", True) == \
+        "INSERT INTO o(a) VALUES(%s) ON CONFLICT DO NOTHING"
     assert translate("SELECT 1 FROM audit WHERE json_extract(detail, '$.action') = ?", True) == \
         "SELECT 1 FROM audit WHERE (detail::jsonb ->> 'action') = %s"
     assert translate("BEGIN IMMEDIATE", False) == "BEGIN"
@@ -215,5 +216,6 @@ def test_a_schema_version_postgresql_never_had_is_refused_in_one_line(pg_url):
     Store(pg_url).close()
     with psycopg.connect(pg_url, autocommit=True) as db:
         db.execute("UPDATE meta SET value='3' WHERE key='schema'")
-    with pytest.raises(StoreError, match=r"store postgresql://\S+: schema version 3 was never made on PostgreSQL \(it began at 7\)"):
+    never = r"store postgresql://\S+: schema version 3 was never made on PostgreSQL \(it began at 7\)"
+    with pytest.raises(StoreError, match=never):
         Store(pg_url)
