@@ -53,3 +53,12 @@ def test_an_unreachable_postgresql_store_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "secret" not in err
     assert err.startswith(f"immune-node: cannot open the store postgresql://immune@127.0.0.1:{port}/immune: ")
     assert "Connection refused" in err
+
+
+def test_a_hive_whose_postgresql_refuses_the_password_stops_with_one_line(tmp_path, pg_server, capsys):
+    url = pg_server.url.replace(":immune-test@", ":wrong@")
+    assert main(["hive", "--config", config(tmp_path, url), "--listen", f"tcp://127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wrong" not in err
+    assert err.startswith(f"immune-node: cannot open the store postgresql://immune@127.0.0.1:{pg_server.port}/immune: ")
+    assert 'password authentication failed for user "immune"' in err
