@@ -27,9 +27,10 @@ class Console:
     """On ``request.app.state.console``.
 
     ``read(fn)`` and ``write(fn)`` run ``fn(store)`` in a worker thread with
-    a read-only or a writable :class:`Store` (each thread has its own SQLite
-    connection; WAL lets readers run beside the store actor, and a write
-    waits for the lock up to the store's busy timeout): keep writes short."""
+    a read-only or a writable :class:`Store` (each thread has its own
+    connection; on SQLite, WAL lets readers run beside the store actor, and
+    a write waits for the lock up to the store's busy timeout): keep writes
+    short.  ``db``: the store's location, a path or a PostgreSQL URL."""
 
     def __init__(self, config: Any, db: Path | str, *, run_dir: Path | None = None,
                  session_hours: float | None = None, protected: Sequence[str] = ()) -> None:

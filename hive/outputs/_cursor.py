@@ -4,10 +4,13 @@ table's id), kept in the ``outputs`` table and moved only after the
 receiver took everything up to it, so delivery is at-least-once across
 restarts of the hive and of the receiver.
 
-Written against the store's sqlite3 connection (``Store.db``) like the
-playbook's records.  Rows reach each table in commit order (SQLite has one
-writer at a time), so a position never passes a row a reader cannot see
-yet."""
+Written against the store's connection (``Store.db``, SQLite's dialect:
+hive._sql) like the playbook's records.  Rows reach each table in commit
+order (SQLite has one writer at a time; on PostgreSQL so does one hive
+node, whose store actor writes every event and alert), so a position never
+passes a row a reader cannot see yet.  Several nodes writing one PostgreSQL
+database take ids from one sequence but commit in their own time: there a
+cursor can pass a row committed late, so run the outputs with one writer."""
 
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ class Record:
 
 
 class Cursors:
-    """The ``outputs`` table on an open sqlite3 connection in autocommit mode."""
+    """The ``outputs`` table on a store's connection (in autocommit mode)."""
 
     def __init__(self, db: Any) -> None:
         self.db = db

@@ -2,8 +2,9 @@
 row per action, its latest state) and the ``audit`` table (one row per
 decision, refusal, approval and result, never changed).
 
-Written against the store's sqlite3 connection (``Store.db``), so the
-playbook actor and the CLI share one file with the rest of the hive.  The
+Written against the store's connection (``Store.db``, SQLite's dialect:
+hive._sql), so the playbook actor and the CLI share one store with the rest
+of the hive.  The
 ``result`` column holds JSON: ``text`` (the outcome in words), ``data`` (what
 the agent returned), and what the engine needs to take the action back
 after a restart (``mode``, ``ttl``, ``wait``, ``reverts``, and ``by``/``why``
@@ -66,8 +67,8 @@ def _action(row: Sequence) -> Action:
 
 
 class Records:
-    """The commands and audit tables, on an open sqlite3 connection in
-    autocommit mode (``isolation_level=None``, as ``Store`` opens it)."""
+    """The commands and audit tables, on a store's connection in autocommit
+    mode (as ``Store`` opens it: ``Store.db``)."""
 
     def __init__(self, db: Any) -> None:
         self.db = db
