@@ -237,14 +237,14 @@ class Connection:
 
     def execute(self, sql: str, args: Sequence = ()) -> psycopg.Cursor:
         conn = self._live()
+        if sql in ("COMMIT", "ROLLBACK"):
+            self._began = False  # over, whether it goes through or not
         try:
             cursor = conn.execute(translate(sql, bool(args)), args or None)
         except psycopg.Error as e:
             raise _error(e) from None
         if sql == "BEGIN IMMEDIATE":
             self._began = True
-        elif sql in ("COMMIT", "ROLLBACK"):
-            self._began = False
         return cursor
 
     def executemany(self, sql: str, rows: Sequence[Sequence]) -> psycopg.Cursor:
