@@ -4,9 +4,11 @@ commands on a PostgreSQL store, and one line when it cannot be reached."""
 import io
 import json
 import time
+from pathlib import Path
 
 import pytest
 
+import kmod
 import wire
 from hive import Ingest, Store
 from node.cli import main
@@ -43,6 +45,18 @@ def test_the_commands_read_and_write_a_postgresql_store(tmp_path, pg_url, capsys
     capsys.readouterr()
     assert main(["users", "list", "--config", cfg]) == 0
     assert "ada" in capsys.readouterr().out
+    policy = str(Path(kmod.__file__).with_name("default_policy.toml"))
+    assert main(["policy", "push", "web", "--labels", "role=web", "--policy", policy, "--config", cfg]) == 0
+    assert main(["agents", "label", "db-1", "role=web", "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["policy", "history", "--json", "--config", cfg]) == 0
+    (pushed,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (pushed["name"], pushed["version"], pushed["labels"]) == ("web", 1, {"role": "web"})
+    assert main(["actions", "run", "kill_process", "--agent", "db-1", "--pid", "4242", "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["actions", "--json", "--config", cfg]) == 0
+    (action,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (action["action"], action["agent"]) == ("kill_process", "db-1")
 
 
 def test_an_unreachable_postgresql_store_is_one_line(tmp_path, capsys):
