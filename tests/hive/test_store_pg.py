@@ -3,6 +3,7 @@ backends: day partitions and retention by dropping them, writers of one
 stream on two connections at once, a server restart under an open store,
 and the errors a wrong URL, a missing server or a wrong password give."""
 
+import multiprocessing
 import threading
 import time
 
@@ -140,6 +141,34 @@ def test_two_writers_racing_on_the_same_streams_store_each_batch_once(pg_url):
     assert all(any(o[3] == "stored" for o in out) for out in outcomes)
     for s in stores:
         s.close()
+
+
+def _race(url: str, streams: list, start, results) -> None:
+    store = Store(url)
+    won = []
+    for seq in range(1, 101):
+        start.wait()
+        done = store.ingest([batch(a, seq, n=2, stream=s) for a, s in streams])
+        won += [(o.agent, o.stream, o.seq) for o in done.outcomes if o.outcome == "stored"]
+    store.close()
+    results.put(won)
+
+
+def test_two_hive_processes_racing_on_the_same_streams_store_each_batch_once(pg_url):
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    streams = [("a", "s1"), ("b", "s1")]
+    procs = [ctx.Process(target=_race, args=(pg_url, order, start, results)) for order in (streams, streams[::-1])]
+    for p in procs:
+        p.start()
+    won = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert sorted(won[0] + won[1]) == sorted((a, s, seq) for a, s in streams for seq in range(1, 101))
+    store = Store(pg_url)
+    assert store.count_events() == 2 * 100 * 2 and store.stream_marks() == {k: 100 for k in streams}
+    store.close()
 
 
 def test_a_server_restart_fails_the_call_it_cuts_then_the_store_works_again(pg_server, pg_url):
