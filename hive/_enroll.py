@@ -29,7 +29,7 @@ async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     one-time token gets that key enrolled.  Refusals are counted and logged
     a few per interval, as at the router.  ``bundle_key`` is the public key
 of the hive's policy bundles, which an enrolled agent pins."""
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.Enroll, max_size=ENROLL_MAX_FRAME))
     z = sock.zmq
     curve_server(z, keys, domain=ENROLL_DOMAIN)

@@ -43,7 +43,7 @@ async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     took.  A failure keeps the cursor where it is and retries after a wait
     that doubles up to ``output.retry_max``; the log says once when the
     receiver went down and once when it came back."""
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     name = output.name
     st = ctx.stats.extra
     st.update(kind=output.kind, sent=0, backlog=0, failures=0, up=1, malformed=0)

@@ -64,7 +64,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     engine = PlaybookEngine(report.playbooks, clock=time.time, variables=variables, protected=protected,
                             dry_run=dry_run)
     alerts = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=10000), alerts_endpoint)
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     records = Records(store.db)
     db = trio.Lock()  # one connection: one user at a time
 
