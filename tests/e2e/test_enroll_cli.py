@@ -46,7 +46,7 @@ def test_bad_tokens_and_keys_are_clear_errors(tmp_path):
     r = run("enroll", "join", "hello", "--data", str(tmp_path))
     assert r.returncode == 1 and "not an enrollment token" in r.stderr
     r = run("enroll", "add", "x", "shortkey", "--data", str(tmp_path))
-    assert r.returncode == 1 and "no hive store in" in r.stderr
+    assert r.returncode == 1 and "no hive store at" in r.stderr
 
 
 def test_events_query_validates_its_arguments(tmp_path, start_node):
