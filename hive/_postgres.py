@@ -111,6 +111,10 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {}
 
 _SCHEMA_LOCK = 0x494D4D31
 """The advisory lock nodes take to make or migrate the schema and partitions one at a time."""
+_WRITE_LOCK = 0x494D4D32
+"""Every transaction that writes events or alerts holds it shared from its
+start; a reader holding it alone for a moment knows every id up to the
+largest it sees is committed (see :meth:`Connection.horizon`)."""
 
 _COPY_EVENTS = "COPY events(agent, time, kind, pid, verdict, body) FROM STDIN (FORMAT BINARY)"
 _COPY_HEAD = b"PGCOPY\n\xff\r\n\0" + bytes(8)  # signature, no flags, no header extension
@@ -214,6 +218,7 @@ class Connection:
         self.url = url
         self.readonly = readonly
         self._began = False
+        self._horizons: dict[str, int] = {}
         self._conn = self._open()
 
     def _open(self) -> psycopg.Connection:
@@ -266,6 +271,26 @@ class Connection:
             raise _error(e) from None
         except (struct.error, OverflowError, UnicodeEncodeError) as e:  # a number beyond int8, a lone surrogate
             raise SqlError(f"a value out of range: {e}", data=True) from None
+
+    def horizon(self, table: str, key: str, after: int) -> int:
+        """The largest ``key`` of ``table`` below which no row can appear
+        any more.  Writers of several hive nodes draw ids from one sequence
+        but commit in their own order, so a reader going by id could pass a
+        row committed late: taking the write lock alone waits for the writers
+        in flight, and every id drawn after it is larger than what it sees.
+        Kept until a reader passes ``after`` it (the lock holds writers back
+        for one commit)."""
+        known = self._horizons.get(table, 0)
+        if after < known:
+            return known
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            self.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+            known = self.execute(f"SELECT coalesce(max({key}), 0) FROM {table}").fetchone()[0]
+        finally:
+            self.execute("ROLLBACK")
+        self._horizons[table] = known
+        return known
 
     @property
     def in_transaction(self) -> bool:
@@ -375,6 +400,11 @@ class Postgres:
         return [r[0] for r in db.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhparent = 'events'::regclass").fetchall()]
+
+    @staticmethod
+    def begin_write(db: Connection) -> None:
+        # Before any id is drawn from a sequence: see Connection.horizon.
+        db.execute("SELECT pg_advisory_xact_lock_shared(?)", (_WRITE_LOCK,))
 
     @staticmethod
     def insert_events(db: Connection, rows: list[tuple]) -> None:

@@ -202,6 +202,10 @@ class Sqlite:
         """Nothing to make ahead of a write."""
 
     @staticmethod
+    def begin_write(db: sqlite3.Connection) -> None:
+        """Nothing: SQLite has one writer at a time, so rows reach each table in commit order."""
+
+    @staticmethod
     def insert_events(db: sqlite3.Connection, rows: list[tuple]) -> None:
         db.executemany(_INSERT_EVENTS, rows)
 

@@ -249,6 +249,7 @@ class Store:
         for one in [([a], []) for a in alerts] + [([], [i]) for i in incidents]:
             try:
                 with self._tx() as db:
+                    self.backend.begin_write(db)
                     out.dropped += self._write_records(db, *one)
             except StoreDataError:
                 out.dropped += 1
@@ -272,6 +273,7 @@ class Store:
                 incidents: Sequence[Incident]) -> Ingested:
         out = Ingested()
         rows: list[tuple] = []
+        self.backend.begin_write(db)
         out.dropped += self._write_records(db, alerts, incidents)
         # Every stream's mark, locked until the commit (in one order, so two
         # writers of the same streams cannot deadlock).
@@ -301,6 +303,7 @@ class Store:
     def _refuse(self, db: Any, b: Ingest, reason: str) -> Ingested:
         """Store a notice in place of batch ``b`` (next in its stream: only a
         batch to be written can fail) and move the stream's mark past it."""
+        self.backend.begin_write(db)
         last = self.backend.lock_marks(db, [(b.agent, b.stream)])[(b.agent, b.stream)]
         if b.seq != last + 1:  # another hive node moved the stream meanwhile
             return Ingested(outcomes=[Stored(agent=b.agent, stream=b.stream, seq=last,

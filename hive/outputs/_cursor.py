@@ -6,11 +6,10 @@ restarts of the hive and of the receiver.
 
 Written against the store's connection (``Store.db``, SQLite's dialect:
 hive._sql) like the playbook's records.  Rows reach each table in commit
-order (SQLite has one writer at a time; on PostgreSQL so does one hive
-node, whose store actor writes every event and alert), so a position never
-passes a row a reader cannot see yet.  Several nodes writing one PostgreSQL
-database take ids from one sequence but commit in their own time: there a
-cursor can pass a row committed late, so run the outputs with one writer."""
+order on SQLite (one writer at a time), so a position never passes a row a
+reader cannot see yet; on PostgreSQL, where hive nodes draw ids from one
+sequence but commit in their own order, a fetch goes no further than the
+connection's ``horizon`` (hive._postgres)."""
 
 from __future__ import annotations
 
@@ -72,14 +71,22 @@ class Cursors:
         """Up to ``limit`` records of ``source`` after ``after``, oldest
         first.  A row that cannot be decoded comes as a record with an empty
         ``doc``: skipped and counted, its position still passes."""
+        table, key = _TABLE[source]
+        horizon = getattr(self.db, "horizon", None)
+        try:
+            upto = horizon(table, key, after) if horizon is not None else 2**63 - 1
+        except DB_ERRORS as e:
+            raise StoreError(f"output cursors: {e}") from None
         if source == "alerts":
             rows = self._read(
                 "SELECT a.rowid, a.body, a.incident, a.count, a.last_seen, coalesce(g.hostname, '') FROM alerts a "
-                "LEFT JOIN agents g ON g.id = a.agent WHERE a.rowid > ? ORDER BY a.rowid LIMIT ?", (after, limit))
+                "LEFT JOIN agents g ON g.id = a.agent WHERE a.rowid > ? AND a.rowid <= ? ORDER BY a.rowid LIMIT ?",
+                (after, upto, limit))
         else:
             rows = self._read(
                 "SELECT e.id, e.body, coalesce(g.hostname, '') FROM events e "
-                "LEFT JOIN agents g ON g.id = e.agent WHERE e.id > ? ORDER BY e.id LIMIT ?", (after, limit))
+                "LEFT JOIN agents g ON g.id = e.agent WHERE e.id > ? AND e.id <= ? ORDER BY e.id LIMIT ?",
+                (after, upto, limit))
         out = []
         for row in rows:
             try:

@@ -248,3 +248,34 @@ def test_a_schema_version_postgresql_never_had_is_refused_in_one_line(pg_url):
     never = r"store postgresql://\S+: schema version 3 was never made on PostgreSQL \(it began at 7\)"
     with pytest.raises(StoreError, match=never):
         Store(pg_url)
+
+
+def test_an_output_never_passes_an_event_another_node_has_yet_to_commit(pg_url):
+    """Node A draws an id, node B draws the next and commits first: a cursor
+    going by id must not pass A's row before A commits."""
+    from hive.outputs._cursor import Cursors
+
+    store = Store(pg_url)
+    store.ingest([batch("b", 1, n=1)])  # the schema and today's partition
+    a = psycopg.connect(pg_url, autocommit=True)
+    a.execute("BEGIN")
+    a.execute("SELECT pg_advisory_xact_lock_shared(%s)", (0x494D4D32,))  # as Store.ingest begins
+    a.execute("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES('a', %s, 'exec', 1, 'allow', %s)",
+              (time.time_ns(), b"\x80"))
+    done = []
+    writer = threading.Thread(target=lambda: done.append(store.ingest([batch("b", 2, n=1)])))
+    writer.start()
+    writer.join(10)
+    assert [o.outcome for o in done[0].outcomes] == ["stored"]  # B committed while A is open
+    found: list = []
+    reader = threading.Thread(target=lambda: found.extend(Cursors(Store(pg_url).db).fetch("events", 1, 100)))
+    reader.start()
+    reader.join(1.0)
+    assert reader.is_alive() and not found  # waiting for A, not reading past its row
+    a.execute("COMMIT")
+    reader.join(10)
+    a.close()
+    # A's row (a bare body: its record comes empty) before B's second batch, none passed.
+    assert [r.position for r in found] == sorted(r.position for r in found)
+    assert len(found) == 2 and found[0].doc == {}
+    store.close()
