@@ -8,7 +8,10 @@ now for a partition of its own (a host's wrong clock) lands in
 ``events_default``, from which retention deletes row by row.  Events are
 written with COPY, in the same transaction that moves their streams' marks;
 those rows are locked first, in one order, so two nodes ingesting the same
-stream store each batch once and never deadlock.
+stream store each batch once and never deadlock.  Ids come from sequences
+but nodes commit in their own order: a writer holds an advisory lock shared
+from its first statement, so that a reader going by id (an output's cursor)
+can learn up to where every id is committed (:meth:`Connection.horizon`).
 
 Each thread has its own connection in autocommit mode (no transaction left
 open between calls); one that the server dropped (a restart) fails the call
