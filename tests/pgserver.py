@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -113,10 +114,15 @@ def stop(server: PgServer) -> None:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # SIGTERM too, and SIGINT even when started in the background (which ignores it).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: sys.exit(0))
     s = start()
     print(s.url, s.root, flush=True)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    finally:
         stop(s)
