@@ -57,8 +57,11 @@ class PgServer:
             # Loopback only, no unix socket in a shared folder.
             f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n"
                     "max_connections = 200\n")
-            if not durable:  # a test server need not survive a power cut
-                f.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+            if not durable:
+                # A test server need not survive a power cut, and its vacuum
+                # workers (hundreds of small schemas) would take CPU from
+                # the timing tests that run beside it.
+                f.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nautovacuum = off\n")
         self.start()
         self._run(str(BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "immune", "immune")
 
