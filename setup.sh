@@ -6,14 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# libpq5: psycopg's client library, for a hive whose [store] url is a PostgreSQL database.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc make clang llvm libbpf-dev bpftool
-              iproute2 tcpdump procps util-linux)
+              iproute2 tcpdump procps util-linux libpq5)
 # The tests also run real containers (an OCI runtime, a static busybox for their root) and a
 # benign corpus through the sensor (logrotate, git, a wheel build).
 # The attack simulations (tests/e2e/attacks) run the tools attackers use; a missing one fails under CI.
-# The console's browser test drives Debian's headless Chromium.
+# The console's browser test drives Debian's headless Chromium. The store's tests start their own
+# PostgreSQL server (a missing one fails under CI).
 [ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static logrotate git python3-wheel python3-setuptools
-    strace gdb zip gnupg openssh-client libcap2-bin e2fsprogs lsof chromium chromium-driver)
+    strace gdb zip gnupg openssh-client libcap2-bin e2fsprogs lsof chromium chromium-driver postgresql)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do

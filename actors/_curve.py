@@ -106,11 +106,11 @@ async def zap_handler(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
         for frames in await sock.recv_frames(1):
             for sync in ctx.runtime.zap_syncs:  # doors take note of the connection first
                 sync()
-            await sock.send_frames(_answer(ctx, frames, authorize))
+            await sock.send_frames(await _answer(ctx, frames, authorize))
         ctx.throttle.flush()
 
 
-def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> list[bytes]:
+async def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> list[bytes]:
     if len(frames) < 6:
         return [b"1.0", b"", b"500", b"malformed ZAP request", b"", b""]
     version, request_id, domain, address, _identity, mechanism = frames[:6]
@@ -123,7 +123,8 @@ def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> list[byt
         return [version, request_id, b"400", b"CURVE required", b"", b""]
     public = z85.encode(creds[0])
     try:
-        user = authorize(public, addr, domain.decode(errors="replace"))
+        # Off the trio thread: the lookup may wait on a database server.
+        user = await trio.to_thread.run_sync(authorize, public, addr, domain.decode(errors="replace"))
     except Exception as e:  # a broken lookup refuses, never admits
         ctx.log.error("authorize failed", exc_info=e)
         user = None

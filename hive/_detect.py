@@ -176,14 +176,14 @@ def _costs(slowest: Any) -> str:
     return ", ".join(f"{c.id} {c.seconds * 1000:.0f}ms/{c.tests}" for c in slowest)
 
 
-async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                           lateral_window: float = 120.0, correlate: str = CORRELATE, ingest: str = INGEST,
                           alerts: str = ALERTS) -> None:
     from hive.correlate import HostCorrelator
 
     hosts = HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
     inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), correlate)
-    store = Store(path, readonly=True)
+    store = await trio.to_thread.run_sync(lambda: Store(path, readonly=True))  # may wait on a server
     to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
     to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
 
@@ -191,7 +191,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
         for a in store.agents():
             hosts.set_addresses(a.id, a.addresses)
 
-    refresh_addresses()
+    await trio.to_thread.run_sync(refresh_addresses)
     # Alerts published lately, so that one an incident takes in afterwards
     # (the incident links earlier alerts on its hosts) is filed under it too.
     recent: collections.OrderedDict[str, wire.Alert] = collections.OrderedDict()

@@ -22,14 +22,14 @@ ENROLL_MAX_FRAME = 4096
 """An enrollment request is a token and a name: a few hundred bytes."""
 
 
-async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def enroll_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                        keys: KeyPair, listen: str, bundle_key: bytes = b"") -> None:
     """The enrollment door: any CURVE key may connect (the channel is still
     encrypted and the agent pins our key from its token), but only a valid
     one-time token gets that key enrolled.  Refusals are counted and logged
     a few per interval, as at the router.  ``bundle_key`` is the public key
 of the hive's policy bundles, which an enrolled agent pins."""
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.Enroll, max_size=ENROLL_MAX_FRAME))
     z = sock.zmq
     curve_server(z, keys, domain=ENROLL_DOMAIN)
@@ -82,7 +82,7 @@ of the hive's policy bundles, which an enrolled agent pins."""
         store.close()
 
 
-def zap_authorizer(path: Path):
+def zap_authorizer(path: Path | str):
     """ZAP decisions for the hive: enrolled, unrevoked keys on the agent
     domain; any key on the enrollment domain (its user id is the key)."""
     store: Store | None = None

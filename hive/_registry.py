@@ -20,7 +20,7 @@ from ._messages import AgentSeen, Ingest
 from ._store import AgentRow, Store, StoreError
 
 
-async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                          heartbeat_timeout: float = 30.0, interval: float = 1.0) -> None:
     """Keeps the agents table current; an agent that goes silent is marked
     offline, and that (and its return) is itself an event.  Signs of life
@@ -28,9 +28,9 @@ async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     for all agents; when the store cannot write (a full disk), they are kept,
     merged with newer ones, and written at the next try."""
     inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec()), SEEN)
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     notices = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec())
-    presence = Presence(heartbeat_timeout, store.agents(), now=time.time())
+    presence = Presence(heartbeat_timeout, await trio.to_thread.run_sync(store.agents), now=time.time())
     versions = WireVersions()
     ctx.stats.extra.update(writes=0, store_errors=0, wire_mismatch=0)
     task_status.started()

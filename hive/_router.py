@@ -48,7 +48,7 @@ CURVE_OVERHEAD = 64
 is 33 bytes longer than the frame it carries."""
 
 
-async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                        keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME) -> None:
     """The agents' door: CURVE-authenticated ROUTER.  Refuses what it cannot
     trust (counted, logged a few per interval), passes batches to the store,
@@ -62,7 +62,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     (``FairQueue``)."""
     deliver = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), topic=""), DELIVER)
     results = await ctx.bind(ctx.socket(zmq.PUSH, codec=internal_codec(), topic="", sndhwm=10000), RESULTS)
-    store = Store(path, readonly=True)
+    store = await trio.to_thread.run_sync(lambda: Store(path, readonly=True))  # may wait on a server
     sock = ctx.socket(zmq.ROUTER, codec=Codec(wire.AgentMessage, max_size=max_frame))
     z = sock.zmq
     curve_server(z, keys)
@@ -80,11 +80,11 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     fair = FairQueue(window=STORE_WINDOW * max_frame, agent_budget=AGENT_BUDGET * max_frame)
     work, room = trio.lowlevel.ParkingLot(), trio.lowlevel.ParkingLot()
     ingest_codec = internal_codec()
-    revoked: set[str] = store.revoked()
+    revoked: set[str] = await trio.to_thread.run_sync(store.revoked)
     # The pid and wire version each agent's Hello gave (from the store until
     # it says hello again): no kill of it, and no command it cannot read,
     # leaves this door, however fast it follows.
-    known = store.agents()
+    known = await trio.to_thread.run_sync(store.agents)
     agent_pids: dict[str, int] = {a.id: a.pid for a in known if a.pid}
     agent_wires: dict[str, int] = {a.id: a.wire_version for a in known if a.wire_version is not None}
     seen_at: dict[str, float] = {}

@@ -1,25 +1,29 @@
-"""The hive's store: embedded SQLite in WAL mode.
+"""The hive's store: embedded SQLite (hive._sqlite), or PostgreSQL
+(hive._postgres) for hive nodes sharing one database.
 
 A plain object; the store actor drives the event writes, other actors and
-the CLI open their own ``Store`` on the same file (WAL lets readers run
-beside the one writer).  Everything the rest of the hive needs from a
-database goes through these methods, so a server database can replace
-SQLite behind the same interface.
+the CLI open their own ``Store`` on the same location.  Everything the rest
+of the hive needs from a database goes through these methods, or through
+``Store.db`` in SQLite's dialect (hive._sql says what other backends
+translate); the SQL that differs between backends lives in their modules.
+``Store(location)`` picks the backend: a ``postgresql://`` URL, or a path
+(``sqlite:///PATH`` or a plain one) to a SQLite file.
 
 Events are stored once per (agent, stream, seq): a batch is written only if
 its seq is the next one for its stream, in the same transaction that moves
 the stream's high-water mark, so redelivery after any crash stores nothing
-twice.  Commits use ``synchronous=FULL``: what the hive acknowledges is on
-disk.
+twice.  On PostgreSQL the transaction locks the streams' rows first, so
+hive nodes writing the same database at once still store each batch once.
 
 A ``Store`` object may be used from several threads at once (the store actor
 writes, retains and checkpoints from worker threads): each thread gets its
-own SQLite connection, made on first use.
+own connection, made on first use.
 
 Errors come in two kinds.  :class:`StoreDataError`: this data cannot be
-stored (a value out of SQLite's range, a constraint), and trying again will
-not help.  Any other :class:`StoreError` (a full disk, a read-only file, a
-lock held too long) may pass: nothing was written, try again later.
+stored (a value out of the database's range, a constraint), and trying again
+will not help.  Any other :class:`StoreError` (a full disk, a read-only file,
+a lock held too long, a database server restarting) may pass: nothing was
+written, try again later.
 
 The schema carries its version in ``meta``; opening a store older than
 this code migrates it step by step (each step one transaction), and a store
@@ -32,12 +36,12 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -46,140 +50,12 @@ import wire
 from hive.correlate import Incident
 
 from ._messages import ALERT_EVENTS, AgentSeen, Ingest, Repeat, Stored
+from ._sql import DB_ERRORS, Transaction
+from ._sqlite import _SCHEMA_V1, MIGRATIONS, SCHEMA_VERSION, Sqlite
 
-_SCHEMA_V1 = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events(
-    id INTEGER PRIMARY KEY,
-    agent TEXT NOT NULL,
-    time INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    verdict TEXT NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_time ON events(time);
-CREATE INDEX IF NOT EXISTS events_agent_time ON events(agent, time);
-CREATE INDEX IF NOT EXISTS events_kind_time ON events(kind, time);
-CREATE TABLE IF NOT EXISTS streams(
-    agent TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, events INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY(agent, stream)
-);
-CREATE TABLE IF NOT EXISTS agents(
-    id TEXT PRIMARY KEY,
-    public_key TEXT UNIQUE,
-    enrolled REAL, revoked REAL,
-    hostname TEXT NOT NULL DEFAULT '', addresses TEXT NOT NULL DEFAULT '[]',
-    os TEXT NOT NULL DEFAULT '', kernel TEXT NOT NULL DEFAULT '',
-    agent_version TEXT NOT NULL DEFAULT '', policy_version TEXT NOT NULL DEFAULT '',
-    first_seen REAL, last_seen REAL, online INTEGER NOT NULL DEFAULT 0,
-    spooled INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
-    pid INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS tokens(
-    hash TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL,
-    used REAL, agent TEXT
-);
-CREATE TABLE IF NOT EXISTS alerts(
-    id TEXT PRIMARY KEY, time INTEGER NOT NULL, agent TEXT NOT NULL, rule_id TEXT NOT NULL,
-    title TEXT NOT NULL, level TEXT NOT NULL, incident TEXT NOT NULL DEFAULT '', body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alerts_time ON alerts(time);
-CREATE TABLE IF NOT EXISTS incidents(id TEXT PRIMARY KEY, updated REAL NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS commands(
-    id TEXT PRIMARY KEY, agent TEXT NOT NULL, action TEXT NOT NULL, params TEXT NOT NULL,
-    state TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-    expires REAL NOT NULL DEFAULT 0, playbook TEXT NOT NULL DEFAULT '', alert TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS commands_state ON commands(state, agent);
-CREATE TABLE IF NOT EXISTS audit(
-    id INTEGER PRIMARY KEY, time REAL NOT NULL, actor TEXT NOT NULL, what TEXT NOT NULL,
-    why TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '{}'
-);
-"""
+__all__ = ["ALERT_BYTES", "MIGRATIONS", "SCHEMA_VERSION", "_SCHEMA_V1", "AgentRow", "BundleRow", "Ingested",
+           "Store", "StoreDataError", "StoreError", "Transaction", "is_postgres"]
 
-
-def _v1_to_v2(db: sqlite3.Connection) -> None:
-    # Retention reaches every table by time: give each its index.
-    for sql in ("CREATE INDEX IF NOT EXISTS incidents_updated ON incidents(updated)",
-                "CREATE INDEX IF NOT EXISTS commands_updated ON commands(state, updated)",
-                "CREATE INDEX IF NOT EXISTS audit_time ON audit(time)",
-                "CREATE INDEX IF NOT EXISTS tokens_expires ON tokens(expires)"):
-        db.execute(sql)
-    # Version 1 wrote the correlator's monotonic clock as an incident's
-    # ``updated``; from 2 it is the wall clock of the last write.  The old
-    # values mean nothing as dates: count them from now.
-    db.execute("UPDATE incidents SET updated = ?", (time.time(),))
-
-
-def _v2_to_v3(db: sqlite3.Connection) -> None:
-    # The wire version of each agent's latest Hello: NULL until it says one.
-    db.execute("ALTER TABLE agents ADD COLUMN wire_version INTEGER")
-
-
-def _v3_to_v4(db: sqlite3.Connection) -> None:
-    # A hit within an alert's suppression window is counted on it (issue 12):
-    # how many hits the alert stands for, and when the latest happened.
-    db.execute("ALTER TABLE alerts ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
-    db.execute("ALTER TABLE alerts ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0")
-    db.execute("UPDATE alerts SET last_seen = time")
-
-
-def _v4_to_v5(db: sqlite3.Connection) -> None:
-    # Fleet policy (issue 13): agents' labels, the signed bundles pushed to
-    # them (one version counter for all), and what each agent runs.
-    db.execute("CREATE TABLE IF NOT EXISTS labels(agent TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
-               "PRIMARY KEY(agent, key))")
-    db.execute("CREATE TABLE IF NOT EXISTS bundles(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-               "labels TEXT NOT NULL, signed BLOB NOT NULL, pushed REAL NOT NULL, note TEXT NOT NULL DEFAULT '')")
-    db.execute("CREATE INDEX IF NOT EXISTS bundles_name ON bundles(name, version)")
-    db.execute("ALTER TABLE agents ADD COLUMN bundle_version INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE agents ADD COLUMN bundle_detail TEXT NOT NULL DEFAULT ''")
-
-
-def _v5_to_v6(db: sqlite3.Connection) -> None:
-    # The console (issue 14): its users, their API tokens and browser
-    # sessions.  Tokens and sessions are kept as SHA-256 digests of their
-    # secrets (hive.console._secrets); a user's removal or new password
-    # deletes their sessions, so those end at the next request.
-    db.execute("CREATE TABLE IF NOT EXISTS users(name TEXT PRIMARY KEY, role TEXT NOT NULL, "
-               "password TEXT NOT NULL, created REAL NOT NULL, changed REAL NOT NULL)")
-    db.execute("CREATE TABLE IF NOT EXISTS api_tokens(id TEXT PRIMARY KEY, user TEXT NOT NULL, "
-               "hash TEXT NOT NULL, created REAL NOT NULL, revoked REAL)")
-    db.execute("CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens(user)")
-    db.execute("CREATE TABLE IF NOT EXISTS sessions(hash TEXT PRIMARY KEY, user TEXT NOT NULL, "
-               "created REAL NOT NULL, expires REAL NOT NULL, address TEXT NOT NULL DEFAULT '')")
-    db.execute("CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user)")
-    db.execute("CREATE INDEX IF NOT EXISTS sessions_expires ON sessions(expires)")
-
-
-def _v6_to_v7(db: sqlite3.Connection) -> None:
-    # SIEM outputs (issue 14): each output's position in alerts and events
-    # (hive.outputs._cursor), moved once its receiver took the records.
-    db.execute("CREATE TABLE IF NOT EXISTS outputs(name TEXT NOT NULL, source TEXT NOT NULL, "
-               "position INTEGER NOT NULL, updated REAL NOT NULL, PRIMARY KEY(name, source))")
-
-
-def _v7_to_v8(db: sqlite3.Connection) -> None:
-    # AI triage (issue 16): each incident's verdicts (and failed attempts,
-    # with the reason) newest last, and the triages asked for by hand that
-    # the hive's ai actor has not done yet.
-    db.execute("CREATE TABLE IF NOT EXISTS triage(id INTEGER PRIMARY KEY AUTOINCREMENT, incident TEXT NOT NULL, "
-               "time REAL NOT NULL, state TEXT NOT NULL, requested_by TEXT NOT NULL DEFAULT '', "
-               "model TEXT NOT NULL DEFAULT '', severity TEXT NOT NULL DEFAULT '', "
-               "confidence REAL NOT NULL DEFAULT 0, verdict TEXT NOT NULL DEFAULT '', "
-               "reason TEXT NOT NULL DEFAULT '', seconds REAL NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0)")
-    db.execute("CREATE INDEX IF NOT EXISTS triage_incident ON triage(incident, id)")
-    db.execute("CREATE INDEX IF NOT EXISTS triage_time ON triage(time)")
-    db.execute("CREATE TABLE IF NOT EXISTS triage_requests(incident TEXT PRIMARY KEY, time REAL NOT NULL, "
-               "requested_by TEXT NOT NULL)")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7, _v7_to_v8]
-"""``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
-SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 ALERT_BYTES = 1 << 20
 """An alert's stored body stays under this whatever its repeats' events weigh."""
@@ -190,23 +66,8 @@ class StoreError(Exception):
 
 
 class StoreDataError(StoreError):
-    """This data cannot be stored (a value SQLite refuses): trying again will
-    not help, unlike any other :class:`StoreError`."""
-
-
-# SQLite's primary result codes that mean "this data", not "this disk".
-_DATA_CODES = frozenset({18, 19, 20, 25})  # TOOBIG, CONSTRAINT, MISMATCH, RANGE
-# Python-side errors binding a value (an int beyond 64 bits, a type SQLite
-# has no column type for) or encoding a row.
-_DATA_EXCEPTIONS = (OverflowError, ValueError, TypeError, msgspec.EncodeError)
-
-
-def _is_data_error(e: BaseException) -> bool:
-    if isinstance(e, sqlite3.Error):
-        code = getattr(e, "sqlite_errorcode", None)
-        # No code: the sqlite3 module refused a value before SQLite saw it.
-        return code is None or (code & 0xFF) in _DATA_CODES
-    return isinstance(e, _DATA_EXCEPTIONS)
+    """This data cannot be stored (a value the database refuses): trying again
+    will not help, unlike any other :class:`StoreError`."""
 
 
 @dataclass
@@ -305,6 +166,10 @@ def _hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def is_postgres(location: str | os.PathLike) -> bool:
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
 class Changes:
     """Whether the store may have changed since the last look: its files'
     times and sizes moved (any process wrote), or ``recheck`` seconds
@@ -319,27 +184,40 @@ class Changes:
 
     def due(self) -> bool:
         mark, now = self.store.write_mark(), time.monotonic()
-        if mark == self._mark and now - self._at < self.recheck:
+        if mark is not None and mark == self._mark and now - self._at < self.recheck:
             return False
         self._mark, self._at = mark, now
         return True
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, checkpoint_by_hand: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, location: str | os.PathLike, *, readonly: bool = False,
+                 checkpoint_by_hand: bool = False) -> None:
+        """``location``: a ``postgresql://`` URL, or a SQLite file (a path, or
+        ``sqlite:///PATH``).  ``readonly``: never write (and refuse a store
+        that does not exist yet)."""
+        self.location = location
+        """As given."""
         self.readonly = readonly
         self.checkpoint_by_hand = checkpoint_by_hand
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        if readonly and not self.path.exists():
-            raise StoreError(f"no hive store at {self.path}")
-        try:
-            if not readonly:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot open the store {self.path}: {e.strerror}") from None
+        self._connections: list[tuple[threading.Thread, Any]] = []
+        self.backend: Any
+        if is_postgres(location):
+            from ._postgres import Postgres, display
+
+            self.path: Path | str = display(str(location))
+            """What messages call the store: its file, or its URL without the password."""
+            self.backend = Postgres(str(location), readonly=readonly)
+        else:
+            if isinstance(location, str) and location.startswith("sqlite://"):
+                location = location.removeprefix("sqlite://")
+            self.path = Path(location)
+            self.backend = Sqlite(self.path, readonly=readonly, checkpoint_by_hand=checkpoint_by_hand)
+        problem = self.backend.prepare_location()
+        if problem:
+            raise StoreError(problem)
         try:
             self._open_schema()
         except BaseException:
@@ -347,25 +225,9 @@ class Store:
             raise
 
     def _open_schema(self) -> None:
-        db = self.db
         try:
-            if self.readonly:
-                version = _version(db)
-            elif not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
-                # Before any table exists: lets retention give pages back to the disk.
-                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-                db.execute("PRAGMA journal_mode=WAL")
-                with self._tx() as tx:
-                    for statement in _SCHEMA_V1.split(";"):
-                        if statement.strip():
-                            tx.execute(statement)
-                    tx.execute("INSERT OR IGNORE INTO meta VALUES('schema', '1')")
-                version = 1
-            else:
-                # An existing store of this version is opened without
-                # writing, so that a restart works on a full disk.
-                version = _version(db)
-        except sqlite3.Error as e:
+            version = self.backend.open_schema(self)
+        except DB_ERRORS as e:
             raise StoreError(f"cannot open the store {self.path}: {e}") from None
         if version > SCHEMA_VERSION:
             raise StoreError(f"the store {self.path} has schema version {version}, newer than this "
@@ -373,33 +235,25 @@ class Store:
         if version < SCHEMA_VERSION and self.readonly:
             raise StoreError(f"the store {self.path} has schema version {version}, older than this "
                              f"immune-node's {SCHEMA_VERSION}: start the hive once to migrate it")
-        for step in range(version, SCHEMA_VERSION):
-            with self._tx() as tx:
-                MIGRATIONS[step - 1](tx)
-                tx.execute("UPDATE meta SET value=? WHERE key='schema'", (str(step + 1),))
+        try:
+            for step in range(version, SCHEMA_VERSION):
+                self.backend.migrate(self, step)
+        except DB_ERRORS as e:
+            raise StoreError(f"cannot migrate the store {self.path}: {e}") from None
 
     @property
-    def db(self) -> sqlite3.Connection:
-        """This thread's connection to the store."""
+    def db(self) -> Any:
+        """This thread's connection to the store: a sqlite3 connection, or one
+        that speaks the same dialect (see hive._sql)."""
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = self._connect()
         return db
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> Any:
         try:
-            if self.readonly:
-                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10, isolation_level=None,
-                                     check_same_thread=False)
-            else:
-                db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA synchronous=FULL")
-                if self.checkpoint_by_hand:
-                    # The writer never stops for a checkpoint: that copy-back
-                    # and its fsync were the long tail of commit latency.
-                    # ``checkpoint()`` runs it beside the writer instead.
-                    db.execute("PRAGMA wal_autocheckpoint=0")
-        except sqlite3.Error as e:
+            db = self.backend.connect()
+        except DB_ERRORS as e:
             raise StoreError(f"cannot open the store {self.path}: {e}") from None
         with self._lock:
             # Connections of threads that ended (trio retires idle workers) go.
@@ -433,6 +287,10 @@ class Store:
         is dropped and counted.  Raises :class:`StoreError` (never the data
         kind) when nothing could be written: the disk, not the data."""
         try:
+            self.backend.prepare(self, batches)
+        except DB_ERRORS as e:
+            raise StoreError(f"store {self.path}: {e}") from None
+        try:
             with self._tx() as db:
                 return self._ingest(db, batches, alerts, incidents)
         except StoreDataError:
@@ -441,6 +299,7 @@ class Store:
         for one in [([a], []) for a in alerts] + [([], [i]) for i in incidents]:
             try:
                 with self._tx() as db:
+                    self.backend.begin_write(db)
                     out.dropped += self._write_records(db, *one)
             except StoreDataError:
                 out.dropped += 1
@@ -460,12 +319,15 @@ class Store:
             out.stored += part.stored
         return out
 
-    def _ingest(self, db: sqlite3.Connection, batches: Sequence[Ingest], alerts: Sequence[wire.Alert | Repeat],
+    def _ingest(self, db: Any, batches: Sequence[Ingest], alerts: Sequence[wire.Alert | Repeat],
                 incidents: Sequence[Incident]) -> Ingested:
         out = Ingested()
         rows: list[tuple] = []
+        self.backend.begin_write(db)
         out.dropped += self._write_records(db, alerts, incidents)
-        marks: dict[tuple[str, str], int] = {}
+        # Every stream's mark, locked until the commit (in one order, so two
+        # writers of the same streams cannot deadlock).
+        marks = self.backend.lock_marks(db, sorted({(b.agent, b.stream) for b in batches if b.seq}))
         counts: dict[tuple[str, str], int] = {}
         for b in batches:
             if b.seq == 0:  # made by the hive itself: no stream to dedupe
@@ -473,9 +335,7 @@ class Store:
                 out.stored.append(b)
                 continue
             key = (b.agent, b.stream)
-            last = marks.get(key)
-            if last is None:
-                last = self._mark(db, key)
+            last = marks[key]
             if b.seq == last + 1:
                 rows.extend(self._rows(b))
                 marks[key] = b.seq
@@ -486,38 +346,37 @@ class Store:
                 marks[key] = last
                 out.outcomes.append(Stored(agent=b.agent, stream=b.stream, seq=last,
                                            outcome="duplicate" if b.seq <= last else "gap"))
-        db.executemany("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES(?,?,?,?,?,?)", rows)
+        self.backend.insert_events(db, rows)
         self._set_marks(db, marks, counts)
         return out
 
-    def _refuse(self, db: sqlite3.Connection, b: Ingest, reason: str) -> Ingested:
+    def _refuse(self, db: Any, b: Ingest, reason: str) -> Ingested:
         """Store a notice in place of batch ``b`` (next in its stream: only a
         batch to be written can fail) and move the stream's mark past it."""
+        self.backend.begin_write(db)
+        last = self.backend.lock_marks(db, [(b.agent, b.stream)])[(b.agent, b.stream)]
+        if b.seq != last + 1:  # another hive node moved the stream meanwhile
+            return Ingested(outcomes=[Stored(agent=b.agent, stream=b.stream, seq=last,
+                                             outcome="duplicate" if b.seq <= last else "gap")])
         notice = Ingest(agent=b.agent, events=[wire.Notice(
             time=time.time_ns(), what="batch_refused", count=len(b.events), verdict="audit",
             detail=f"stream {b.stream} seq {b.seq}: {len(b.events)} events not stored: {reason}"[:4096])])
-        db.executemany("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES(?,?,?,?,?,?)",
-                       list(self._rows(notice)))
+        self.backend.insert_events(db, list(self._rows(notice)))
         self._set_marks(db, {(b.agent, b.stream): b.seq}, {})
         return Ingested(outcomes=[Stored(agent=b.agent, stream=b.stream, seq=b.seq, outcome="refused")],
                         stored=[notice])
 
     @staticmethod
-    def _mark(db: sqlite3.Connection, key: tuple[str, str]) -> int:
-        r = db.execute("SELECT seq FROM streams WHERE agent=? AND stream=?", key).fetchone()
-        return r[0] if r else 0
-
-    @staticmethod
-    def _set_marks(db: sqlite3.Connection, marks: dict[tuple[str, str], int],
+    def _set_marks(db: Any, marks: dict[tuple[str, str], int],
                    counts: dict[tuple[str, str], int]) -> None:
         db.executemany(
             "INSERT INTO streams(agent, stream, seq, events) VALUES(?,?,?,?) "
-            "ON CONFLICT(agent, stream) DO UPDATE SET seq=excluded.seq, events=events+excluded.events",
+            "ON CONFLICT(agent, stream) DO UPDATE SET seq=excluded.seq, events=streams.events+excluded.events",
             [(a, s, seq, counts.get((a, s), 0)) for (a, s), seq in marks.items()],
         )
 
     @staticmethod
-    def _write_records(db: sqlite3.Connection, alerts: Sequence[wire.Alert | Repeat],
+    def _write_records(db: Any, alerts: Sequence[wire.Alert | Repeat],
                        incidents: Sequence[Incident]) -> int:
         """Returns how many repeats were of alerts not in the store."""
         orphans = 0
@@ -542,14 +401,14 @@ class Store:
         return orphans
 
     @staticmethod
-    def _count_repeat(db: sqlite3.Connection, r: Repeat) -> bool:
+    def _count_repeat(db: Any, r: Repeat) -> bool:
         """Count ``r`` on its alert, keeping its events within ALERT_EVENTS and
         ALERT_BYTES; False if the alert is not in the store."""
         row = db.execute("SELECT count, body FROM alerts WHERE id=?", (r.alert,)).fetchone()
         if row is None:
             return False
-        db.execute("UPDATE alerts SET count=count+?, last_seen=max(last_seen, ?) WHERE id=?",
-                   (r.count, r.time, r.alert))
+        db.execute("UPDATE alerts SET count=count+?, last_seen=CASE WHEN last_seen < ? THEN ? ELSE last_seen END "
+                   "WHERE id=?", (r.count, r.time, r.time, r.alert))
         if row[0] >= ALERT_EVENTS or not r.events:
             return True  # its events are full: each hit before brought one while there was room
         alert = _decode_alert(row[1])
@@ -637,12 +496,13 @@ class Store:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO triage(incident, time, state, requested_by, model, severity, confidence, verdict, "
-                "reason, seconds, calls) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                "reason, seconds, calls) VALUES(?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (incident_id, time.time(), state, requested_by, model, verdict.get("severity", ""),
                  float(verdict.get("confidence", 0.0)), json.dumps(verdict) if verdict else "", reason,
                  seconds, calls))
+            row_id = cur.fetchone()[0]  # RETURNING: both backends say it so
             db.execute("DELETE FROM triage_requests WHERE incident=?", (incident_id,))
-            return cur.lastrowid
+            return row_id
 
     def triage(self, incident_id: str, limit: int = 20) -> list[TriageRow]:
         """The triages of ``incident_id``, newest first."""
@@ -718,31 +578,19 @@ class Store:
         now = time.time() if now is None else now
         cutoff = now - max_age
         states = ",".join("?" * len(finished_commands)) or "NULL"
-        deleted = {
-            "events": self._delete("events", "time < ?", (int(cutoff * 1e9),)),
-            "alerts": self._delete("alerts", "time < ?", (int(cutoff * 1e9),), key="rowid"),
-            "incidents": self._delete("incidents", "updated < ?", (cutoff,), key="rowid"),
-            "commands": self._delete("commands", f"state IN ({states}) AND updated < ?",
-                                     (*finished_commands, cutoff), key="rowid"),
-            "audit": self._delete("audit", "time < ?", (cutoff,)),
-            "triage": self._delete("triage", "time < ?", (cutoff,)),
-            "tokens": self._delete("tokens", "expires < ?", (now,), key="rowid"),
-        }
-        while self.size() > max_bytes:
-            # A twentieth at a time: close to the bound without many passes.
-            chunk = max(100, self.count_events() // 20)
-            with self._tx() as db:
-                n = db.execute(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY time LIMIT ?)", (chunk,)
-                ).rowcount
-            deleted["events"] += n
-            if n == 0:
-                break
-            try:
-                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self.db.execute("PRAGMA incremental_vacuum")
-            except sqlite3.Error as e:
-                raise StoreError(f"store {self.path}: {e}") from None
+        try:
+            deleted = {"events": self.backend.retain_events(self, int(cutoff * 1e9))}
+            deleted.update(
+                alerts=self._delete("alerts", "time < ?", (int(cutoff * 1e9),), key="rowid"),
+                incidents=self._delete("incidents", "updated < ?", (cutoff,), key="rowid"),
+                commands=self._delete("commands", f"state IN ({states}) AND updated < ?",
+                                      (*finished_commands, cutoff), key="rowid"),
+                audit=self._delete("audit", "time < ?", (cutoff,)),
+                triage=self._delete("triage", "time < ?", (cutoff,)),
+                tokens=self._delete("tokens", "expires < ?", (now,), key="rowid"))
+            deleted["events"] += self.backend.bound_size(self, max_bytes)
+        except DB_ERRORS as e:
+            raise StoreError(f"store {self.path}: {e}") from None
         return deleted
 
     _CHUNK = 5000
@@ -758,29 +606,20 @@ class Store:
                 return deleted
 
     def checkpoint(self) -> None:
-        """Copy the WAL back into the database without blocking the writer."""
+        """Copy SQLite's WAL back into the database without blocking the writer."""
         try:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as e:
+            self.backend.checkpoint(self)
+        except DB_ERRORS as e:
             raise StoreError(f"store {self.path}: checkpoint failed: {e}") from None
 
-    def write_mark(self) -> tuple[int, int, int, int]:
-        """The database and WAL files' modification times and sizes: moves
-        when any process writes the store (see ``Changes``)."""
-        mark = []
-        for f in (self.path, self.path.with_name(self.path.name + "-wal")):
-            try:
-                st = os.stat(f)
-                mark += [st.st_mtime_ns, st.st_size]
-            except OSError:
-                mark += [0, 0]
-        return tuple(mark)  # type: ignore[return-value]
+    def write_mark(self) -> tuple[int, ...] | None:
+        """Something that moves when any process writes the store (see
+        ``Changes``), or None where no cheap look exists (PostgreSQL)."""
+        return self.backend.write_mark(self)
 
     def size(self) -> int:
-        page_count = self._read("PRAGMA page_count", ())[0][0]
-        freelist = self._read("PRAGMA freelist_count", ())[0][0]
-        page_size = self._read("PRAGMA page_size", ())[0][0]
-        return (page_count - freelist) * page_size
+        """Bytes the store takes (what ``retain``'s ``max_bytes`` bounds)."""
+        return self.backend.size(self)
 
     # -- agents, keys and tokens -------------------------------------------------
 
@@ -790,7 +629,7 @@ class Store:
             self._enroll(db, agent, public_key)
 
     @staticmethod
-    def _enroll(db: sqlite3.Connection, agent: str, public_key: str) -> None:
+    def _enroll(db: Any, agent: str, public_key: str) -> None:
         other = db.execute("SELECT id FROM agents WHERE public_key=? AND id<>?", (public_key, agent)).fetchone()
         if other:
             raise StoreError(f"that key is already enrolled as agent {other[0]!r}")
@@ -880,7 +719,7 @@ class Store:
         return came_back, gone
 
     @staticmethod
-    def _seen(db: sqlite3.Connection, m: AgentSeen, came_back: set[str]) -> None:
+    def _seen(db: Any, m: AgentSeen, came_back: set[str]) -> None:
         agent, when = m.agent, m.time / 1e9
         r = db.execute("SELECT online FROM agents WHERE id=?", (agent,)).fetchone()
         if not (r and r[0]):
@@ -888,7 +727,7 @@ class Store:
         db.execute(
             "INSERT INTO agents(id, first_seen, last_seen, online) VALUES(?,?,?,1) "
             "ON CONFLICT(id) DO UPDATE SET last_seen=excluded.last_seen, online=1, "
-            "first_seen=coalesce(first_seen, excluded.first_seen)",
+            "first_seen=coalesce(agents.first_seen, excluded.first_seen)",
             (agent, when, when),
         )
         hello = m.hello
@@ -975,70 +814,19 @@ class Store:
         return int(r[0][0]) if r else 0
 
     @staticmethod
-    def _audit(db: sqlite3.Connection, actor: str, what: str, detail: str, why: str = "") -> None:
+    def _audit(db: Any, actor: str, what: str, detail: str, why: str = "") -> None:
         db.execute("INSERT INTO audit(time, actor, what, why, result, detail) VALUES(?,?,?,?,?,?)",
                    (time.time(), actor or "?", what, why, "done", detail))
 
     @staticmethod
-    def _bump_fleet(db: sqlite3.Connection) -> None:
+    def _bump_fleet(db: Any) -> None:
         db.execute("INSERT INTO meta(key, value) VALUES('fleet_serial', '1') "
-                   "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
+                   "ON CONFLICT(key) DO UPDATE SET value=CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)")
 
     # -- plumbing ------------------------------------------------------------------
 
     def _read(self, sql: str, args: Sequence) -> list[tuple]:
         try:
             return self.db.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"store {self.path}: {e}") from None
-
-
-def _version(db: sqlite3.Connection) -> int:
-    r = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-    try:
-        return int(r[0]) if r else 1
-    except ValueError:
-        raise sqlite3.DatabaseError(f"schema version {r[0]!r} is not a number") from None
-
-
-class Transaction:
-    """``with Transaction(db, error):`` BEGIN IMMEDIATE, then COMMIT, or ROLLBACK
-    on any exception; SQLite's errors leave as ``error(reason)``.  Given
-    ``data_error``, errors that are the data's (see :class:`StoreDataError`),
-    including a value Python cannot bind, leave as ``data_error(reason)``."""
-
-    def __init__(self, db: sqlite3.Connection, error: Callable[[str], Exception],
-                 data_error: Callable[[str], Exception] | None = None) -> None:
-        self.db = db
-        self.error = error
-        self.data_error = data_error
-
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise self.error(str(e)) from None
-        return self.db
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if kind is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except sqlite3.Error as e:
-                self._rollback()
-                raise self.error(f"commit failed: {e}") from None
-        self._rollback()
-        if self.data_error is not None and _is_data_error(exc):
-            what = str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
-            raise self.data_error(what) from None
-        if isinstance(exc, sqlite3.Error):
-            raise self.error(str(exc)) from None
-
-    def _rollback(self) -> None:
-        # After some failures (a full disk) SQLite has rolled back already.
-        if self.db.in_transaction:
-            try:
-                self.db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass

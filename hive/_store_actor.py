@@ -22,7 +22,7 @@ from ._messages import IncidentUpdate, Ingest, Repeat, Stored
 from ._store import Ingested, Store, StoreError
 
 
-async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                       retention_days: float = 30.0, retention_mb: int = 10240,
                       ingest: tuple[str, ...] = (INGEST,), detect: str = DETECT) -> None:
     """Writes batches in group commits (all that arrived while the previous
@@ -40,7 +40,7 @@ async def store_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNOR
     for endpoint in ingest:
         await ctx.bind(inbox, endpoint)
     acks = await ctx.bind(ctx.socket(zmq.PUSH, codec=internal_codec(), topic=f"{ctx.name}.acks"), STORED)
-    store = Store(path, checkpoint_by_hand=True)
+    store = await trio.to_thread.run_sync(lambda: Store(path, checkpoint_by_hand=True))  # may wait on a server
     detect_out = ctx.socket(zmq.PUSH, connect=detect, codec=internal_codec(), sndhwm=DETECT_HWM)
     to_detect = Backlog(DETECT_BYTES)
     st = ctx.stats.extra

@@ -53,8 +53,10 @@ class NodeConfig(_Section):
 class StoreConfig(_Section):
     url: str = ""
     """Where the hive keeps its state: empty for ``hive.db`` in the data
-    folder, or ``sqlite:///PATH`` for another SQLite file (one that several
-    hive nodes on this machine may share)."""
+    folder, ``sqlite:///PATH`` for another SQLite file (one that several
+    hive nodes on this machine may share), or
+    ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` for a PostgreSQL
+    database that hive nodes on several machines may share."""
 
 
 class HiveConfig(_Section):
@@ -226,10 +228,13 @@ class Config(_Section):
         return self.data_dir / "run"
 
     @property
-    def store_location(self) -> Path:
-        """The hive's store, as ``hive.Store`` opens it."""
+    def store_location(self) -> Path | str:
+        """The hive's store, as ``hive.Store`` opens it: a SQLite file's
+        path, or a PostgreSQL URL."""
         if not self.store.url:
             return self.data_dir / "hive.db"
+        if self.store.url.startswith(_POSTGRES_SCHEMES):
+            return self.store.url
         return Path(self.store.url.removeprefix("sqlite://"))
 
 
@@ -398,8 +403,10 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
     for key, folders in (("hive.rules", cfg.hive.rules), ("hive.playbooks", cfg.hive.playbooks)):
         if "" in folders:
             yield key, "an empty folder name"
-    if cfg.store.url and not (cfg.store.url.startswith("sqlite:///") and len(cfg.store.url) > len("sqlite:///")):
-        yield "store.url", f"{cfg.store.url!r} is not sqlite:///PATH (an absolute path)"
+    if cfg.store.url:
+        problem = _store_url_problem(cfg.store.url)
+        if problem:
+            yield "store.url", problem
     if cfg.hive.webhook and not _is_http_url(cfg.hive.webhook):
         yield "hive.webhook", f"{cfg.hive.webhook!r} is not an http:// or https:// URL"
     if cfg.agent.id and not _AGENT_ID.fullmatch(cfg.agent.id):
@@ -491,6 +498,25 @@ def _target_problem(o: OutputConfig) -> str | None:
         url = None
     if url is None or url.scheme not in _SYSLOG_SCHEMES or not url.hostname or not port or url.path or url.query:
         return f"{o.target!r} is not udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT (port 1 to 65535)"
+    return None
+
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _store_url_problem(url: str) -> str | None:
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return None
+    if not url.startswith(_POSTGRES_SCHEMES):
+        return f"{url!r} is not sqlite:///PATH (an absolute path) or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+    parts = urlsplit(url)
+    shown = url.replace(f":{parts.password}@", ":...@") if parts.password else url
+    try:
+        parts.port
+    except ValueError:
+        return f"{shown!r}: the port is not a number from 1 to 65535"
+    if not parts.path.strip("/"):
+        return f"{shown!r} names no database (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
     return None
 
 

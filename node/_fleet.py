@@ -94,7 +94,7 @@ def _store(cfg: Config, readonly: bool = False):
     from hive import Store, StoreError
 
 
-    if not cfg.store_location.exists():
+    if isinstance(cfg.store_location, Path) and not cfg.store_location.exists():
         raise FleetCliError(f"no hive store at {cfg.store_location} (start the hive once, or pass --data)")
     try:
         return Store(cfg.store_location, readonly=readonly)

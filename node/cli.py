@@ -270,7 +270,7 @@ def _hive_store(cfg: Config, readonly: bool = False):
 
 
     db = cfg.store_location
-    if not db.exists():
+    if isinstance(db, Path) and not db.exists():
         raise CliError(f"no hive store at {db} (run `immune-node hive --data {cfg.data_dir}` once)")
     try:
         return Store(db, readonly=readonly)

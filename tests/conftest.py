@@ -24,3 +24,33 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and os.environ.get("CI") and item.get_closest_marker("kernel"):
         report.outcome = "failed"
         report.longrepr = f"kernel test skipped in CI: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A private PostgreSQL server for the session (tests/pgserver.py).  In
+    CI a missing PostgreSQL fails: a skip there would test nothing."""
+    from tests import pgserver
+
+    why = pgserver.missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is needed in CI: {why}")
+        pytest.skip(f"no PostgreSQL: {why}")
+    server = pgserver.start()
+    yield server
+    pgserver.stop(server)
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A PostgreSQL store of its own for this test (a fresh schema)."""
+    return pg_server.fresh_schema()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a test's store is: run once on each backend."""
+    if request.param == "sqlite":
+        return tmp_path / "hive.db"
+    return request.getfixturevalue("pg_url")

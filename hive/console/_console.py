@@ -27,17 +27,18 @@ class Console:
     """On ``request.app.state.console``.
 
     ``read(fn)`` and ``write(fn)`` run ``fn(store)`` in a worker thread with
-    a read-only or a writable :class:`Store` (each thread has its own SQLite
-    connection; WAL lets readers run beside the store actor, and a write
-    waits for the lock up to the store's busy timeout): keep writes short."""
+    a read-only or a writable :class:`Store` (each thread has its own
+    connection; on SQLite, WAL lets readers run beside the store actor, and
+    a write waits for the lock up to the store's busy timeout): keep writes
+    short.  ``db``: the store's location, a path or a PostgreSQL URL."""
 
-    def __init__(self, config: Any, db: Path, *, run_dir: Path | None = None,
+    def __init__(self, config: Any, db: Path | str, *, run_dir: Path | None = None,
                  session_hours: float | None = None, protected: Sequence[str] = ()) -> None:
         self.config = config
         """The node's :class:`node._config.Config`."""
         self.run_dir = Path(run_dir) if run_dir is not None else Path(config.run_dir)
         """The node's run folder (``actors.query_status(console.run_dir)``)."""
-        self.db = Path(db)
+        self.db = db
         self.protected = tuple(protected)
         """The hive's own addresses: no operator's action may block them."""
         self.session_hours = session_hours if session_hours is not None else config.console.session_hours

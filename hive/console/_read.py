@@ -15,7 +15,6 @@ bad input with the same one-line reason (:class:`QueryError`).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ import msgspec
 
 import wire
 from hive import present
+from hive._sql import DB_ERRORS
 from hive._store import Store, StoreError, _decode_alert, _decode_event, _decode_incident
 from hive.correlate import Incident
 from hive.playbook import Records, RecordsError, check_playbooks
@@ -339,7 +339,7 @@ def _command(e: Any) -> str:
     return e.cmdline
 
 
-def _process_events(db: sqlite3.Connection, agent: str, pid: int, low: int, high: int, *,
+def _process_events(db: Any, agent: str, pid: int, low: int, high: int, *,
                     backwards: bool = False) -> list[Any]:
     """``pid``'s exec, fork and exit events on ``agent`` between ``low`` and
     ``high``, oldest first.  Found through the (agent, time) index, reading
@@ -348,7 +348,7 @@ def _process_events(db: sqlite3.Connection, agent: str, pid: int, low: int, high
     by pid would make this exact, at a third of the store's write rate.)"""
     order = "DESC" if backwards else "ASC"
     rows = _read(db, "SELECT time, id, body FROM (SELECT time, id, pid, kind, body FROM events "
-                 f"WHERE agent=? AND time BETWEEN ? AND ? ORDER BY time {order} LIMIT ?) "
+                 f"WHERE agent=? AND time BETWEEN ? AND ? ORDER BY time {order} LIMIT ?) AS scan "
                  "WHERE pid=? AND kind IN ('exec', 'fork', 'exit') LIMIT 2000", (agent, low, high, TREE_SCAN, pid))
     return [_decode_event(b) for _, _, b in sorted(rows)]
 
@@ -421,7 +421,7 @@ def process_tree(store: Store, agent: str, pid: int, when: int, *, window: int =
     return ProcessTree(agent=agent, pid=pid, nodes=nodes, cut=cut)
 
 
-def _descendants(db: sqlite3.Connection, agent: str, root: ProcessNode, root_events: list[Any], root_end: int,
+def _descendants(db: Any, agent: str, root: ProcessNode, root_events: list[Any], root_end: int,
                  window: int, nodes: list[ProcessNode], seen: set[int]) -> int:
     cut = 0
     stack = [(root_events, 1)]
@@ -842,8 +842,8 @@ def _equal(conditions: Iterable[tuple[str, Any]]) -> tuple[list[str], list[Any]]
     return where, args
 
 
-def _read(db: sqlite3.Connection, sql: str, args: Iterable) -> list[tuple]:
+def _read(db: Any, sql: str, args: Iterable) -> list[tuple]:
     try:
         return db.execute(sql, tuple(args)).fetchall()
-    except sqlite3.Error as e:
+    except DB_ERRORS as e:
         raise StoreError(f"cannot read the store: {e}") from None

@@ -51,7 +51,8 @@ def _bind(host: str, port: int, listen: str) -> socket.socket:
 
 
 async def console_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, config: Any,
-                        db: Path, data: Path, shutdown_timeout: float = 5.0, protected: Sequence[str] = ()) -> None:
+                        db: Path | str, data: Path, shutdown_timeout: float = 5.0,
+                        protected: Sequence[str] = ()) -> None:
     """Serve the console at ``[console] listen`` until cancelled; ``protected``:
     the hive's own addresses, which no operator's action may block."""
     section = config.console

@@ -104,7 +104,7 @@ class Users:
             if db.execute("UPDATE users SET password=?, changed=? WHERE name=?",
                           (hashed, time.time(), name)).rowcount == 0:
                 raise UsersError(f"no user {name!r}")
-            ended = db.execute("DELETE FROM sessions WHERE user=?", (name,)).rowcount
+            ended = db.execute("DELETE FROM sessions WHERE \"user\"=?", (name,)).rowcount
             Store._audit(db, actor, "user_passwd", json.dumps({"user": name, "sessions_ended": ended}))
         return ended
 
@@ -119,8 +119,8 @@ class Users:
             if keep_an_admin and r[0] == "admin":
                 _keep_an_admin(db, name)
             db.execute("DELETE FROM users WHERE name=?", (name,))
-            ended = db.execute("DELETE FROM sessions WHERE user=?", (name,)).rowcount
-            revoked = db.execute("UPDATE api_tokens SET revoked=? WHERE user=? AND revoked IS NULL",
+            ended = db.execute("DELETE FROM sessions WHERE \"user\"=?", (name,)).rowcount
+            revoked = db.execute("UPDATE api_tokens SET revoked=? WHERE \"user\"=? AND revoked IS NULL",
                                  (now, name)).rowcount
             Store._audit(db, actor, "user_remove", json.dumps(
                 {"user": name, "sessions_ended": ended, "tokens_revoked": revoked}))
@@ -129,8 +129,8 @@ class Users:
         now = time.time()
         rows = self.store._read(
             "SELECT name, role, created, changed, "
-            "(SELECT count(*) FROM api_tokens t WHERE t.user=u.name AND t.revoked IS NULL), "
-            "(SELECT count(*) FROM sessions s WHERE s.user=u.name AND s.expires > ?) "
+            "(SELECT count(*) FROM api_tokens t WHERE t.\"user\"=u.name AND t.revoked IS NULL), "
+            "(SELECT count(*) FROM sessions s WHERE s.\"user\"=u.name AND s.expires > ?) "
             "FROM users u ORDER BY name", (now,))
         return [UserRow(*r) for r in rows]
 
@@ -142,7 +142,7 @@ class Users:
         with self.store._tx() as db:
             if not db.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
                 raise UsersError(f"no user {name!r}")
-            db.execute("INSERT INTO api_tokens(id, user, hash, created) VALUES(?,?,?,?)",
+            db.execute("INSERT INTO api_tokens(id, \"user\", hash, created) VALUES(?,?,?,?)",
                        (token_id, name, digest(secret), time.time()))
             Store._audit(db, actor, "token_add", json.dumps({"user": name, "token": token_id}))
         return token_id, token
@@ -150,7 +150,7 @@ class Users:
     def revoke_token(self, token_id: str, *, actor: str) -> str:
         """Revoke the token ``token_id``; the user it was for."""
         with self.store._tx() as db:
-            r = db.execute("SELECT user, revoked FROM api_tokens WHERE id=?", (token_id,)).fetchone()
+            r = db.execute("SELECT \"user\", revoked FROM api_tokens WHERE id=?", (token_id,)).fetchone()
             if r is None:
                 raise UsersError(f"no API token {token_id[:80]!r}")
             if r[1] is not None:
@@ -160,9 +160,9 @@ class Users:
         return r[0]
 
     def tokens(self, name: str | None = None) -> list[TokenRow]:
-        where, args = ("WHERE user=?", (name,)) if name else ("", ())
+        where, args = ("WHERE \"user\"=?", (name,)) if name else ("", ())
         return [TokenRow(*r) for r in self.store._read(
-            f"SELECT id, user, created, revoked FROM api_tokens {where} ORDER BY created", args)]
+            f"SELECT id, \"user\", created, revoked FROM api_tokens {where} ORDER BY created", args)]
 
     # -- signing in (the console) ----------------------------------------------------
 
@@ -176,7 +176,7 @@ class Users:
         parts = split_token(token)
         if parts is None:
             return None
-        r = self.store._read("SELECT u.name, u.role, t.hash FROM api_tokens t JOIN users u ON u.name=t.user "
+        r = self.store._read("SELECT u.name, u.role, t.hash FROM api_tokens t JOIN users u ON u.name=t.\"user\" "
                              "WHERE t.id=? AND t.revoked IS NULL", (parts[0],))
         return User(name=r[0][0], role=r[0][1]) if r and same(r[0][2], digest(parts[1])) else None
 
@@ -187,14 +187,14 @@ class Users:
         now = time.time()
         with self.store._tx() as db:
             db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
-            db.execute("INSERT INTO sessions(hash, user, created, expires, address) VALUES(?,?,?,?,?)",
+            db.execute("INSERT INTO sessions(hash, \"user\", created, expires, address) VALUES(?,?,?,?,?)",
                        (digest(sid), user.name, now, now + hours * 3600, address))
             Store._audit(db, user.name, "login", json.dumps({"address": address}))
         return sid
 
     def session_user(self, session_id: str) -> User | None:
         """The user of a live session, else None (expired, ended, user removed)."""
-        r = self.store._read("SELECT u.name, u.role FROM sessions s JOIN users u ON u.name=s.user "
+        r = self.store._read("SELECT u.name, u.role FROM sessions s JOIN users u ON u.name=s.\"user\" "
                              "WHERE s.hash=? AND s.expires > ?", (digest(session_id), time.time()))
         return User(name=r[0][0], role=r[0][1]) if r else None
 

@@ -36,14 +36,14 @@ def make_sender(output: Any, hostname: str = "") -> Sender:
     return WebhookSender(output.target, timeout=output.timeout, token=output.token, ca=output.ca)
 
 
-async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def output_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                        output: Any, poll: float = POLL) -> None:
     """Forward what ``output`` asks for (alerts, events or both) to its
     receiver, oldest first, moving its cursor after each batch the receiver
     took.  A failure keeps the cursor where it is and retries after a wait
     that doubles up to ``output.retry_max``; the log says once when the
     receiver went down and once when it came back."""
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     name = output.name
     st = ctx.stats.extra
     st.update(kind=output.kind, sent=0, backlog=0, failures=0, up=1, malformed=0)

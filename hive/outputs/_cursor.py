@@ -4,14 +4,15 @@ table's id), kept in the ``outputs`` table and moved only after the
 receiver took everything up to it, so delivery is at-least-once across
 restarts of the hive and of the receiver.
 
-Written against the store's sqlite3 connection (``Store.db``) like the
-playbook's records.  Rows reach each table in commit order (SQLite has one
-writer at a time), so a position never passes a row a reader cannot see
-yet."""
+Written against the store's connection (``Store.db``, SQLite's dialect:
+hive._sql) like the playbook's records.  Rows reach each table in commit
+order on SQLite (one writer at a time), so a position never passes a row a
+reader cannot see yet; on PostgreSQL, where hive nodes draw ids from one
+sequence but commit in their own order, a fetch goes no further than the
+connection's ``horizon`` (hive._postgres)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any
 
 import msgspec
 
-from .._store import StoreError, Transaction, _decode_alert, _decode_event
+from .._sql import DB_ERRORS, Transaction
+from .._store import StoreError, _decode_alert, _decode_event
 from ._ecs import alert_doc, event_doc
 
 SOURCES = {"alerts": ("alerts",), "events": ("events",), "both": ("alerts", "events")}
@@ -38,9 +40,9 @@ class Record:
 
 
 class Cursors:
-    """The ``outputs`` table on an open sqlite3 connection in autocommit mode."""
+    """The ``outputs`` table on a store's connection (in autocommit mode)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self.db = db
 
     def _tx(self) -> Transaction:
@@ -61,21 +63,30 @@ class Cursors:
     def advance(self, name: str, positions: dict[str, int]) -> None:
         """Move ``name`` to ``positions`` (never back)."""
         with self._tx() as db:
-            db.executemany("UPDATE outputs SET position=max(position, ?), updated=? WHERE name=? AND source=?",
-                           [(p, time.time(), name, s) for s, p in positions.items()])
+            db.executemany("UPDATE outputs SET position=CASE WHEN position < ? THEN ? ELSE position END, updated=? "
+                           "WHERE name=? AND source=?",
+                           [(p, p, time.time(), name, s) for s, p in positions.items()])
 
     def fetch(self, source: str, after: int, limit: int) -> list[Record]:
         """Up to ``limit`` records of ``source`` after ``after``, oldest
         first.  A row that cannot be decoded comes as a record with an empty
         ``doc``: skipped and counted, its position still passes."""
+        table, key = _TABLE[source]
+        horizon = getattr(self.db, "horizon", None)
+        try:
+            upto = horizon(table, key, after) if horizon is not None else 2**63 - 1
+        except DB_ERRORS as e:
+            raise StoreError(f"output cursors: {e}") from None
         if source == "alerts":
             rows = self._read(
                 "SELECT a.rowid, a.body, a.incident, a.count, a.last_seen, coalesce(g.hostname, '') FROM alerts a "
-                "LEFT JOIN agents g ON g.id = a.agent WHERE a.rowid > ? ORDER BY a.rowid LIMIT ?", (after, limit))
+                "LEFT JOIN agents g ON g.id = a.agent WHERE a.rowid > ? AND a.rowid <= ? ORDER BY a.rowid LIMIT ?",
+                (after, upto, limit))
         else:
             rows = self._read(
                 "SELECT e.id, e.body, coalesce(g.hostname, '') FROM events e "
-                "LEFT JOIN agents g ON g.id = e.agent WHERE e.id > ? ORDER BY e.id LIMIT ?", (after, limit))
+                "LEFT JOIN agents g ON g.id = e.agent WHERE e.id > ? AND e.id <= ? ORDER BY e.id LIMIT ?",
+                (after, upto, limit))
         out = []
         for row in rows:
             try:
@@ -104,5 +115,5 @@ class Cursors:
     def _read(self, sql: str, args: Iterable) -> list[tuple]:
         try:
             return self.db.execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise StoreError(f"output cursors: {e}") from None

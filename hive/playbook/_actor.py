@@ -48,7 +48,7 @@ _NOTIFY_QUEUE = 256
 _LEVELS = ("informational", "low", "medium", "high", "critical")
 
 
-async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
+async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                          playbook_dirs: Sequence[Path], evidence_dir: Path | None = None,
                          variables: Mapping[str, Any] | None = None, protected: Iterable[str] = (),
                          dry_run: bool = False, alerts_endpoint: str = ALERTS, deliver_endpoint: str = DELIVER,
@@ -66,7 +66,7 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     engine = PlaybookEngine(report.playbooks, clock=time.time, variables=variables, protected=protected,
                             dry_run=dry_run)
     alerts = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=10000), alerts_endpoint)
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     records = Records(store.db)
     db = trio.Lock()  # one connection: one user at a time
 

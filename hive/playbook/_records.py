@@ -2,8 +2,9 @@
 row per action, its latest state) and the ``audit`` table (one row per
 decision, refusal, approval and result, never changed).
 
-Written against the store's sqlite3 connection (``Store.db``), so the
-playbook actor and the CLI share one file with the rest of the hive.  The
+Written against the store's connection (``Store.db``, SQLite's dialect:
+hive._sql), so the playbook actor and the CLI share one store with the rest
+of the hive.  The
 ``result`` column holds JSON: ``text`` (the outcome in words), ``data`` (what
 the agent returned), and what the engine needs to take the action back
 after a restart (``mode``, ``ttl``, ``wait``, ``reverts``, and ``by``/``why``
@@ -20,14 +21,13 @@ and sent by the engine as an approved step would be.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
-from .._store import Transaction
+from .._sql import DB_ERRORS, Transaction
 from ._actions import check_manual
 from ._engine import Action, AuditRecord, Decisions, new_action_id
 from ._errors import RecordsError
@@ -67,10 +67,10 @@ def _action(row: Sequence) -> Action:
 
 
 class Records:
-    """The commands and audit tables, on an open sqlite3 connection in
-    autocommit mode (``isolation_level=None``, as ``Store`` opens it)."""
+    """The commands and audit tables, on a store's connection in autocommit
+    mode (as ``Store`` opens it: ``Store.db``)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self.db = db
 
     def _tx(self) -> Transaction:
@@ -189,6 +189,6 @@ class Records:
     def _read(self, sql: str, args: Sequence) -> list[tuple]:
         try:
             return self.db.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             raise RecordsError(f"cannot read the response records: {e}") from None
 

@@ -35,8 +35,8 @@ steps:
 
 
 @pytest.fixture
-def records(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def records(store_location, tmp_path):
+    store = Store(store_location)
     yield Records(store.db)
     store.close()
 

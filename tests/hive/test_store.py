@@ -9,7 +9,7 @@ import pytest
 
 import wire
 from hive import ALERT_EVENTS, SCHEMA_VERSION, AgentSeen, Ingest, Repeat, Store, StoreError
-from hive._store import _SCHEMA_V1, ALERT_BYTES, MIGRATIONS
+from hive._store import _SCHEMA_V1, ALERT_BYTES, MIGRATIONS, is_postgres
 
 
 def batch(agent, seq, n=3, stream="s1", t0=None):
@@ -19,8 +19,8 @@ def batch(agent, seq, n=3, stream="s1", t0=None):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "hive.db")
+def store(store_location):
+    s = Store(store_location)
     yield s
     s.close()
 
@@ -38,11 +38,11 @@ def test_only_the_next_batch_of_a_stream_is_stored(store):
     assert store.ingest([batch("a", 1, stream="s2")]).outcomes[0].outcome == "stored"
 
 
-def test_marks_survive_reopening(tmp_path):
-    s = Store(tmp_path / "h.db")
+def test_marks_survive_reopening(store_location):
+    s = Store(store_location)
     s.ingest([batch("a", 1), batch("a", 2)])
     s.close()
-    s = Store(tmp_path / "h.db")
+    s = Store(store_location)
     assert s.stream_marks() == {("a", "s1"): 2}
     assert s.ingest([batch("a", 2)]).outcomes[0].outcome == "duplicate"
 
@@ -105,6 +105,8 @@ def test_retention_by_age_and_by_size(store):
     store.ingest([batch("a", 1, n=10, t0=old), batch("a", 2, n=10)])
     assert store.retain(max_age=30 * 86400, max_bytes=1 << 40)["events"] == 10
     assert store.count_events() == 10
+    if is_postgres(store.location):
+        return  # PostgreSQL bounds the size by whole days: test_store_pg
     big = [Ingest(agent="b", stream="s", seq=i + 1, events=[
         wire.Exec(time=time.time_ns() + j, argv=["x" * 200] * 5) for j in range(500)]) for i in range(10)]
     store.ingest(big)
@@ -205,7 +207,7 @@ def test_retention_reaches_every_table(store):
                  incidents=[Incident(id="i1", title="t", opened=1.0, updated=1.0)])
     db = store.db
     db.execute("UPDATE incidents SET updated=?", (old,))
-    db.execute("INSERT INTO incidents(id, updated, body) VALUES('i2', ?, x'')", (new,))
+    db.execute("INSERT INTO incidents(id, updated, body) VALUES('i2', ?, ?)", (new, b""))
     for i, (state, updated) in enumerate([("done", old), ("failed", new), ("active", old), ("pending_approval", old)]):
         db.execute("INSERT INTO commands(id, agent, action, params, state, created, updated) VALUES(?,?,?,?,?,?,?)",
                    (f"c{i}", "a", "kill_process", "{}", state, updated, updated))

@@ -146,8 +146,14 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[node]\nlog_format = 'xml'\n", "node.log_format: 'xml' is not one of text, json"),
     ("[node]\nlog_to = 'syslog'\n", "node.log_to: 'syslog' is not one of stderr, journald"),
     # [store]
-    ("[store]\nurl = 'hive.db'\n", "store.url: 'hive.db' is not sqlite:///PATH (an absolute path)"),
+    ("[store]\nurl = 'hive.db'\n", "store.url: 'hive.db' is not sqlite:///PATH (an absolute path) or "
+     "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
     ("[store]\nurl = 'sqlite:///'\n", "store.url: 'sqlite:///' is not"),
+    ("[store]\nurl = 'mysql://db/hive'\n", "store.url: 'mysql://db/hive' is not sqlite:///PATH"),
+    ("[store]\nurl = 'postgresql://hive:secret@db.example.org'\n",
+     "store.url: 'postgresql://hive:...@db.example.org' names no database"),
+    ("[store]\nurl = 'postgresql://db:99999/hive'\n",
+     "store.url: 'postgresql://db:99999/hive': the port is not a number from 1 to 65535"),
     # [agent]
     ("[agent]\nid = 'web 1'\n", "agent.id: 'web 1': up to 256 characters, no spaces or control characters"),
     (f"[agent]\nid = '{'w' * 257}'\n", "agent.id: 'www"),
@@ -213,6 +219,8 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[ai]\nurl = 'https://llm.internal:8443/v1/chat/completions'\nmodel = 'qwen2.5'\ncalls_per_hour = 100000\n"
     "retries = 0\ntimeout = 600\ndelay = 0\nmax_kb = 4\n",
     "[profile]\nlearn_hours = 8760\nstable_hours = 0\nrealert_hours = 0\nfolder_cap = 1\nmax_items = 16\n",
+    "[store]\nurl = 'postgresql://hive:secret@db.example.org:5432/immune'\n",
+    "[store]\nurl = 'postgres:///immune'\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"
@@ -306,6 +314,8 @@ def test_store_location_is_the_data_folder_or_the_url(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text("[store]\nurl = 'sqlite:///srv/shared/hive.db'\n")
     assert str(load_config(f).store_location) == "/srv/shared/hive.db"
+    f.write_text("[store]\nurl = 'postgresql://hive:pw@db:5432/immune'\n")
+    assert load_config(f).store_location == "postgresql://hive:pw@db:5432/immune"
 
 
 def test_agent_hive_is_one_endpoint_or_a_list_in_order_of_preference(tmp_path):

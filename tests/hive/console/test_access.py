@@ -36,17 +36,17 @@ async def page(request):
 
 
 @pytest.fixture
-def console(tmp_path, monkeypatch):
+def console(store_location, tmp_path, monkeypatch):
     from hive.console import _api
 
     monkeypatch.setattr(_api, "routes", lambda: [
         Route("/api/things", read_something), Route("/api/approve", approve, methods=["POST"]),
         Route("/things", page), Route("/approve", approve, methods=["POST"])])
-    store = Store(tmp_path / "hive.db")
+    store = Store(store_location)
     users = Users(store)
     users.add("vera", "viewer", PASSWORD, actor="t")
     users.add("rick", "responder", PASSWORD, actor="t")
-    console = Console(Config(), tmp_path / "hive.db", run_dir=tmp_path / "run")
+    console = Console(Config(), store_location, run_dir=tmp_path / "run")
     console.tokens = {"vera": users.new_token("vera", actor="t")[1], "rick": users.new_token("rick", actor="t")[1]}
     console.users = users
     yield console
@@ -203,12 +203,18 @@ async def test_requests_are_counted_by_route(console):
     assert console.requests[("other", 404)] == 2
 
 
-async def test_a_store_that_cannot_be_read_is_a_503_with_the_reason_not_a_500(console, tmp_path):
+async def test_a_store_that_cannot_be_read_is_a_503_with_the_reason_not_a_500(store_location, console, tmp_path):
     """Checking a token reads the store; a broken one answers 503 and says why."""
     console.close()
-    (tmp_path / "hive.db").write_bytes(b"not a database at all" * 300)
-    for suffix in ("-wal", "-shm"):
-        (tmp_path / f"hive.db{suffix}").unlink(missing_ok=True)
+    if isinstance(store_location, str):  # PostgreSQL: the tables it reads are gone
+        import psycopg
+
+        with psycopg.connect(store_location, autocommit=True) as db:
+            db.execute("DROP TABLE api_tokens, users")
+    else:
+        store_location.write_bytes(b"not a database at all" * 300)
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"hive.db{suffix}").unlink(missing_ok=True)
     async with client(console) as c:
         r = await c.get("/api/things", headers={"Authorization": f"Bearer {console.tokens['vera']}"})
     assert r.status_code == 503, r.text

@@ -106,8 +106,8 @@ def test_roles_are_ordered():
 # -- users, tokens and sessions in the store -----------------------------------------------
 
 @pytest.fixture
-def users(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def users(store_location, tmp_path):
+    store = Store(store_location)
     yield Users(store)
     store.close()
 

@@ -48,15 +48,15 @@ def fill(store: Store) -> None:
 
 
 @pytest.fixture
-def console(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def console(store_location, tmp_path):
+    store = Store(store_location)
     fill(store)
     users = Users(store)
     users.add("vera", "viewer", PASSWORD, actor="t")
     users.add("rick", "responder", PASSWORD, actor="t")
     cfg = Config()
     cfg.node.data = str(tmp_path)
-    console = Console(cfg, tmp_path / "hive.db", run_dir=tmp_path / "run")
+    console = Console(cfg, store_location, run_dir=tmp_path / "run")
     console.tokens = {"vera": users.new_token("vera", actor="t")[1], "rick": users.new_token("rick", actor="t")[1]}
     console.store = store
     yield console

@@ -19,8 +19,8 @@ S = 10**9
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "hive.db")
+def store(store_location, tmp_path):
+    s = Store(store_location)
     yield s
     s.close()
 

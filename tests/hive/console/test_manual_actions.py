@@ -54,8 +54,8 @@ def test_good_manual_actions_keep_their_parameters():
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "hive.db")
+def store(store_location, tmp_path):
+    s = Store(store_location)
     s.agent_seen("web1", time.time(), hello=wire.Hello(agent="web1", hostname="web1", pid=4242))
     yield s
     s.close()

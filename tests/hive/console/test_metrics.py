@@ -89,12 +89,12 @@ def test_a_node_that_does_not_answer_is_a_zero_not_an_error():
 
 
 @pytest.fixture
-def console(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def console(store_location, tmp_path):
+    store = Store(store_location)
     users = Users(store)
     users.add("vera", "viewer", PASSWORD, actor="t")
     store.ingest([], [wire.Alert(id="a1", rule_id="r1", title="t", level="critical", agent="web1", time=1)])
-    console = Console(Config(), tmp_path / "hive.db", run_dir=tmp_path / "run")
+    console = Console(Config(), store_location, run_dir=tmp_path / "run")
     console.token = users.new_token("vera", actor="t")[1]
     yield console
     console.close()

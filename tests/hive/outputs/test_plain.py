@@ -144,8 +144,8 @@ def alerts_batch(first, n):
     return [make_alert(i) for i in range(first, first + n)]
 
 
-def test_a_cursor_starts_at_the_end_or_with_backfill_at_the_start(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def test_a_cursor_starts_at_the_end_or_with_backfill_at_the_start(store_location, tmp_path):
+    store = Store(store_location)
     store.ingest([], alerts_batch(0, 3))
     c = Cursors(store.db)
     assert c.open("late", "alerts") == {"alerts": 3}
@@ -155,8 +155,8 @@ def test_a_cursor_starts_at_the_end_or_with_backfill_at_the_start(tmp_path):
     assert c.backlog({"alerts": 0, "events": 0}) == 3
 
 
-def test_a_cursor_moves_only_forward_and_survives_reopening(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def test_a_cursor_moves_only_forward_and_survives_reopening(store_location, tmp_path):
+    store = Store(store_location)
     store.ingest([Ingest(agent="web1", events=[wire.Exec(time=T0 + i, pid=i + 1) for i in range(5)])],
                  alerts_batch(0, 5))
     c = Cursors(store.db)
@@ -168,7 +168,7 @@ def test_a_cursor_moves_only_forward_and_survives_reopening(tmp_path):
     assert [r.doc["process"]["pid"] for r in events] == [1, 2, 3, 4, 5]
     c.advance("o", {"events": events[2].position})
     store.close()
-    store = Store(tmp_path / "hive.db")
+    store = Store(store_location)
     c = Cursors(store.db)
     at = c.open("o", "both")
     assert [r.doc["event"]["id"] for r in c.fetch("alerts", at["alerts"], 10)] == ["a2", "a3", "a4"]
@@ -176,17 +176,17 @@ def test_a_cursor_moves_only_forward_and_survives_reopening(tmp_path):
     assert c.backlog(at) == 5
 
 
-def test_a_damaged_row_is_passed_over_not_a_stop(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def test_a_damaged_row_is_passed_over_not_a_stop(store_location, tmp_path):
+    store = Store(store_location)
     store.ingest([], alerts_batch(0, 3))
-    store.db.execute("UPDATE alerts SET body=x'c1' WHERE id='a1'")
+    store.db.execute("UPDATE alerts SET body=? WHERE id='a1'", (b"\xc1",))
     got = Cursors(store.db).fetch("alerts", 0, 10)
     assert [bool(r.doc) for r in got] == [True, False, True]
     assert [r.position for r in got] == [1, 2, 3]
 
 
-def test_the_host_name_comes_from_the_agents_table(tmp_path):
-    store = Store(tmp_path / "hive.db")
+def test_the_host_name_comes_from_the_agents_table(store_location, tmp_path):
+    store = Store(store_location)
     store.agent_seen("web1", time.time(), hello=wire.Hello(agent="web1", hostname="web1.example.org"))
     store.ingest([], alerts_batch(0, 1))
     assert Cursors(store.db).fetch("alerts", 0, 1)[0].doc["host"]["name"] == "web1.example.org"

@@ -30,8 +30,8 @@ def alerts(first: int, n: int) -> list[wire.Alert]:
 
 
 @pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "hive.db"
+def db(store_location, tmp_path):
+    path = store_location
     Store(path).close()
     return path
 
