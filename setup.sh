@@ -11,8 +11,10 @@ APT_PACKAGES=(python3 python3-venv python3-dev gcc make clang llvm libbpf-dev bp
 # The tests also run real containers (an OCI runtime, a static busybox for their root) and a
 # benign corpus through the sensor (logrotate, git, a wheel build).
 # The attack simulations (tests/e2e/attacks) run the tools attackers use; a missing one fails under CI.
-# The console's browser test drives Debian's headless Chromium.
-[ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static logrotate git python3-wheel python3-setuptools
+# The console's browser test drives Debian's headless Chromium; the cluster tests start their own
+# JetStream cluster of Debian's nats-server (a single hive node never needs it: only install it on
+# the machines that run the NATS servers of a cluster).
+[ "${1:-demo}" = test ] && APT_PACKAGES+=(nats-server runc busybox-static logrotate git python3-wheel python3-setuptools
     strace gdb zip gnupg openssh-client libcap2-bin e2fsprogs lsof chromium chromium-driver)
 
 need_apt=()
