@@ -645,6 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="ENDPOINT", help="where agents connect (default: tcp://0.0.0.0:7400)")
     p.add_argument("--console-listen", metavar="URL",
                    help="where the console serves HTTPS (default: https://127.0.0.1:7480)")
+    p.add_argument("--role", choices=("router", "detect", "correlate", "respond", "all"),
+                   help="in a cluster ([cluster] nats): what this node does (default: all)")
 
     p = add("agent", cmd_agent, "run the agent: the kernel sensor and the uplink to a hive",
             "Run the agent: the kernel sensor and the uplink to a hive. SIGINT or SIGTERM stop it; "
@@ -796,6 +798,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     if args.command in ("hive", "demo"):
         o["hive_listen"] = args.listen
         o["console_listen"] = args.console_listen
+        o["cluster_role"] = getattr(args, "role", None)
     if args.command == "agent":
         o.update(agent_hive=args.hive, agent_id=args.id, sensor_scope=args.scope, sensor_policy=args.policy)
     return o

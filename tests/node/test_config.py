@@ -166,6 +166,15 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[sensor]\nwatchdog_ms = 5\n", "sensor.watchdog_ms: must be an integer from 10 to 60000, not 5"),
     ("[sensor]\nfold_ms = -1\n", "sensor.fold_ms: must be an integer from 0 to 60000, not -1"),
     ("[sensor]\nfold_ms = 60001\n", "sensor.fold_ms: must be an integer from 0 to 60000, not 60001"),
+    # [cluster]
+    ("[cluster]\nnats = ['127.0.0.1:4222']\n", "cluster.nats[0]: '127.0.0.1:4222' is not nats://HOST:PORT"),
+    ("[cluster]\nnats = ['nats://a:1', 'nats://b']\n", "cluster.nats[1]: 'nats://b' is not nats://HOST:PORT"),
+    ("[cluster]\nnats = ['nats://a:1', 'nats://a:1']\n", "cluster.nats: names a server twice"),
+    ("[cluster]\nnode = 'a b'\n", "cluster.node: 'a b': 1-64 letters, digits or -_."),
+    ("[cluster]\nnats = ['nats://a:1']\nrole = 'boss'\n", "cluster.role: 'boss' is not one of router, detect"),
+    ("[cluster]\nrole = 'detect'\n", "cluster.role: 'detect' needs cluster.nats: a single node does everything"),
+    ("[cluster]\npartitions = 0\n", "cluster.partitions: must be an integer from 1 to 1024, not 0"),
+    ("[cluster]\nlease = 0.5\n", "cluster.lease: must be a number from 1 to 300, not 0.5"),
 ])
 def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reason):
     assert _error(tmp_path, text).startswith(reason)
@@ -180,6 +189,8 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[agent]\nid = 'web-1.example.org'\nheartbeat = 0.5\nhive_key = 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7'\n",
     "[sensor]\nscope = 'netns:blue'\nwatchdog_ms = 10\nfold_ms = 0\n",
     "[store]\nurl = 'sqlite:///srv/shared/hive.db'\n",
+    "[cluster]\nnats = ['nats://10.0.0.1:4222', 'tls://nats.example:4222']\nnode = 'hive-1'\nrole = 'detect'\n"
+    "partitions = 1024\nlease = 300\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"
@@ -194,6 +205,7 @@ def test_values_at_their_bounds_load(tmp_path, text):
     ("agent_id", "a\tb", "--id: 'a\\tb': up to 256"),
     ("sensor_scope", "galaxy", "--scope: 'galaxy': expected machine"),
     ("sensor_policy", "p\0", "--policy: contains a NUL character"),
+    ("cluster_role", "router", "--role: 'router' needs cluster.nats"),
 ])
 def test_flags_are_checked_like_the_keys_they_override(tmp_path, flag, value, reason):
     f = tmp_path / "c.toml"
