@@ -70,7 +70,12 @@ def _count(ctx: Context, key: str, n: int = 1) -> None:
 
 async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
                          rule_dirs: list[Path], batch_budget: float = DETECT_BUDGET, detect: str = DETECT,
-                         correlate: str = CORRELATE) -> None:
+                         correlate: str = CORRELATE, cluster: Any = None) -> None:
+    """Evaluates stored batches from ``detect``, or in a cluster (``cluster``,
+    a ``hive.cluster.ClusterSpec``) from JetStream's detection queue, which
+    every node's sentinel shares: each batch goes to one of them, and comes
+    again to another if its taker dies before it acknowledged it (after the
+    evaluation and the hand-over to correlate)."""
     from hive.sigma import RuleEngine
 
     engine = RuleEngine(clock=trio.current_time)
@@ -78,7 +83,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
     refused = _report_rules(ctx, report, set(), rule_dirs)
     ctx.stats.extra.update(detect_skipped=0, slowest_rules="")
-    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), detect)
+    inbox = None if cluster else await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), detect)
     out = ctx.socket(zmq.PUSH, connect=correlate, sndhwm=HOP_HWM)
     to_correlate = Backlog(CORRELATE_BYTES)
     task_status.started()
@@ -109,29 +114,65 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                                    suppressed=st.suppression.suppressed,
                                    slowest_rules=_costs(st.slowest), rule_hits=format_hits(engine.hits()))
 
+    warned = -_WARN_EVERY
+
+    def evaluate(batch: Ingest) -> None:
+        nonlocal warned
+        skipped = engine.skipped
+        alerts = engine.process_batch(batch.events, batch_budget)
+        skipped = engine.skipped - skipped
+        _count(ctx, "events", len(batch.events))
+        if skipped:
+            _count(ctx, "detect_skipped", skipped)
+            if trio.current_time() - warned >= _WARN_EVERY:
+                warned = trio.current_time()
+                log_event(ctx.log, "detect.over_budget", logging.WARNING,
+                          skipped=ctx.stats.extra["detect_skipped"], budget=batch_budget,
+                          slowest=_costs(engine.slowest()))
+        send(batch, "events")
+        for alert in alerts:
+            _count(ctx, "repeats" if isinstance(alert, Repeat) else "alerts")
+            send(alert, "alerts", ALERT_RESERVE)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(housekeeping)
         nursery.start_soon(to_correlate.feed, out)
-        warned = -_WARN_EVERY
+        if cluster is not None:
+            await _from_cluster(ctx, cluster, evaluate)
+        assert inbox is not None
         while True:
             for batch in await inbox.recv(max_bytes=BURST_BYTES):
-                if not isinstance(batch, Ingest):
-                    continue
-                skipped = engine.skipped
-                alerts = engine.process_batch(batch.events, batch_budget)
-                skipped = engine.skipped - skipped
-                _count(ctx, "events", len(batch.events))
-                if skipped:
-                    _count(ctx, "detect_skipped", skipped)
-                    if trio.current_time() - warned >= _WARN_EVERY:
-                        warned = trio.current_time()
-                        log_event(ctx.log, "detect.over_budget", logging.WARNING,
-                                  skipped=ctx.stats.extra["detect_skipped"], budget=batch_budget,
-                                  slowest=_costs(engine.slowest()))
-                send(batch, "events")
-                for alert in alerts:
-                    _count(ctx, "repeats" if isinstance(alert, Repeat) else "alerts")
-                    send(alert, "alerts", ALERT_RESERVE)
+                if isinstance(batch, Ingest):
+                    evaluate(batch)
+
+
+CLUSTER_FETCH = 64
+"""Stored batches a clustered sentinel takes from JetStream at once."""
+
+
+async def _from_cluster(ctx: Context, spec: Any, evaluate: Any) -> None:
+    from actors import DecodeError
+
+    from .cluster._bus import DETECT_STREAM, DETECT_SUBJECT, SENTINELS, ClusterError, open_bus
+
+    codec = internal_codec()
+    async with open_bus(spec, "sentinel") as bus:
+        queue = await bus.consumer(DETECT_STREAM, DETECT_SUBJECT, SENTINELS)
+        while True:
+            try:
+                taken = await queue.fetch(CLUSTER_FETCH, timeout=1.0)
+                for d in taken:
+                    try:
+                        batch = codec.decode(d.data)
+                    except DecodeError:
+                        _count(ctx, "undecodable")
+                        continue
+                    if isinstance(batch, Ingest):
+                        evaluate(batch)
+                await queue.ack(taken)
+            except ClusterError as e:  # the client reconnects; what was taken comes again
+                ctx.stats.last_error = str(e)
+                await trio.sleep(0.5)
 
 
 def log_refusals(ctx: Context, event: str, failures: Iterable[object], logged: set[str]) -> set[str]:

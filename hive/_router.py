@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -21,6 +22,9 @@ from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
 from ._registry import WireVersions
 from ._fleet import Fleet
 from ._store import Store, StoreError
+from .cluster._bus import INGEST_SUBJECT, ClusterError, ClusterSpec, open_bus
+from .cluster._ledger import AckLedger, Offer
+from .cluster._writer import batch_id
 
 PEER_HWM = 2
 """Frames ZeroMQ queues per agent connection before it stops reading it, so
@@ -48,7 +52,8 @@ is 33 bytes longer than the frame it carries."""
 
 
 async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
-                       keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                       keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME,
+                       cluster: ClusterSpec | None = None) -> None:
     """The agents' door: CURVE-authenticated ROUTER.  Refuses what it cannot
     trust (counted, logged a few per interval), passes batches to the store,
     acks what the store wrote, carries commands out and results back.
@@ -58,7 +63,11 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     ``PEER_HWM`` frames per connection, the inbound queue holds at most four
     frames' worth of bytes, the agents' batches here ``QUEUE_LIMIT`` and on
     their way to the store ``STORE_WINDOW``, shared among the agents in turn
-    (``FairQueue``)."""
+    (``FairQueue``).
+
+    In a cluster (``cluster`` given) batches go to JetStream instead of the
+    store, and an agent is acknowledged once JetStream holds them (see
+    ``hive.cluster.AckLedger``); the store writers of the cluster store them."""
     deliver = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), topic=""), DELIVER)
     results = await ctx.bind(ctx.socket(zmq.PUSH, codec=internal_codec(), topic="", sndhwm=10000), RESULTS)
     store = Store(path, readonly=True)
@@ -90,6 +99,8 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     counts = ctx.stats.extra
     counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0, bundles_sent=0)
     fleet = Fleet()
+    ledger = AckLedger()
+    bus: Any = None
 
     def refused(why: str, agent: str, detail: str) -> None:
         ctx.throttle.event(why, "frame.refused", why=why, agent=agent or "?", detail=detail)
@@ -124,7 +135,12 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     continue  # counted and logged by the socket
                 idents[agent] = ident
                 now = time.time()
-                if isinstance(msg, wire.EventBatch):
+                if isinstance(msg, wire.EventBatch) and bus is not None:
+                    await to_cluster(agent, msg)
+                    if now - seen_at.get(agent, 0) < 1.0:
+                        continue
+                    seen = AgentSeen(agent=agent, time=time.time_ns())
+                elif isinstance(msg, wire.EventBatch):
                     ingest = ingest_codec.encode(Ingest(agent=agent, stream=msg.stream, seq=msg.seq,
                                                         events=msg.events))
                     if not fair.offer(agent, ingest, len(ingest)):
@@ -155,6 +171,69 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 seen_at[agent] = now
                 await to_registry.send(seen)
+
+    async def send_ack(agent: str, stream: str, seq: int, resend: bool = False) -> None:
+        if agent in idents:
+            await agents.send([idents[agent], ack_codec.encode(wire.Ack(seq=seq, stream=stream, resend=resend))])
+
+    async def learn(key: tuple[str, str]) -> bool:
+        """Read what the store holds of ``key``; ack the agent if that moved it."""
+        try:
+            mark = await trio.to_thread.run_sync(store.stream_mark, *key)
+        except StoreError as e:
+            ctx.stats.last_error = str(e)
+            return False
+        moved = ledger.learn(key, mark)
+        if moved is not None:
+            await send_ack(key[0], key[1], moved)
+        return True
+
+    async def to_cluster(agent: str, msg: wire.EventBatch) -> None:
+        key = (agent, msg.stream)
+        offer = ledger.offer(key, msg.seq)
+        if offer in (Offer.UNKNOWN, Offer.GAP):
+            if not await learn(key):
+                return  # not taken: the agent sends it again
+            offer = ledger.offer(key, msg.seq)
+        if offer is Offer.ACK:
+            await send_ack(agent, msg.stream, ledger.acked(key))
+        elif offer is Offer.GAP:
+            counts["gaps"] = int(counts.get("gaps", 0)) + 1
+            await send_ack(agent, msg.stream, ledger.acked(key), resend=True)
+        elif offer is Offer.PUBLISH:
+            data = ingest_codec.encode(Ingest(agent=agent, stream=msg.stream, seq=msg.seq, events=msg.events))
+            if fair.offer(agent, (key, msg.seq, data), len(data)):
+                work.unpark_all()
+            else:
+                ledger.published(key, msg.seq, False)
+                counts["over_budget"] = int(counts["over_budget"]) + 1
+
+    async def to_jetstream() -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                batches = fair.take()
+                if not batches:
+                    await work.park()
+                    continue
+                room.unpark_all()
+                # Publishes overlap; the fair queue's window bounds the bytes in flight.
+                nursery.start_soon(publish, batches)
+
+    async def publish(batches: list[tuple[str, Any]]) -> None:
+        items = [(data, batch_id(key[0], key[1], seq)) for _, (key, seq, data) in batches]
+        try:
+            held = await bus.publish(INGEST_SUBJECT, items)
+        except ClusterError as e:
+            ctx.stats.last_error = str(e)
+            held = [False] * len(items)
+        counts["published"] = int(counts.get("published", 0)) + held.count(True)
+        counts["publish_failed"] = int(counts.get("publish_failed", 0)) + held.count(False)
+        for (agent, (key, seq, _)), ok in zip(batches, held):
+            fair.answered(agent)
+            moved = ledger.published(key, seq, ok)
+            if moved is not None:
+                await send_ack(agent, key[1], moved)
+        work.unpark_all()
 
     async def send_bundle(agent: str) -> None:
         b = fleet.due(agent, agent_wires.get(agent))
@@ -235,13 +314,19 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 revoked = await trio.to_thread.run_sync(store.revoked)
             except StoreError as e:
                 ctx.stats.last_error = str(e)
+            for key in ledger.blocked():  # another router may have published the hole
+                await learn(key)
 
     try:
-        async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack:
+            if cluster is not None:
+                bus = await stack.enter_async_context(open_bus(cluster, "router"))
+            nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(functools.partial(watch_door, z, door, syncs=ctx.runtime.zap_syncs))
             z.bind(listen)
             await nursery.start(agents.pump)
-            for fn in (inbound, to_the_store, acks, commands, housekeeping, fleet_changes):
+            for fn in (inbound, to_the_store if bus is None else to_jetstream, acks, commands, housekeeping,
+                       fleet_changes):
                 nursery.start_soon(fn)
             log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
             task_status.started()

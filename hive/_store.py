@@ -564,6 +564,11 @@ class Store:
     def stream_marks(self) -> dict[tuple[str, str], int]:
         return {(a, s): seq for a, s, seq in self._read("SELECT agent, stream, seq FROM streams", ())}
 
+    def stream_mark(self, agent: str, stream: str) -> int:
+        """The last seq stored for (agent, stream); 0 if none."""
+        rows = self._read("SELECT seq FROM streams WHERE agent=? AND stream=?", (agent, stream))
+        return rows[0][0] if rows else 0
+
     def retain(self, *, max_age: float, max_bytes: int, finished_commands: Sequence[str] = (),
                now: float | None = None) -> dict[str, int]:
         """Delete what is older than ``max_age`` seconds from every table:

@@ -332,3 +332,45 @@ async def _quiet(e: Exception) -> None:
 
 async def _nothing() -> None:
     pass
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What an actor needs to join the cluster (picklable: detection runs
+    in child processes)."""
+
+    servers: tuple[str, ...]
+    node: str
+    role: str = "all"
+    partitions: int = 16
+    lease: float = 10.0
+
+    def does(self, role: str) -> bool:
+        return self.role in (role, "all")
+
+
+class open_bus:
+    """``async with open_bus(spec, "writer") as bus:`` a connected bus whose
+    streams exist, in a bridge of its own; closed on the way out."""
+
+    def __init__(self, spec: ClusterSpec, who: str) -> None:
+        self.spec, self.who = spec, who
+        self._bridge = Bridge(name=f"nats-{who}")
+
+    async def __aenter__(self) -> Bus:
+        await self._bridge.__aenter__()
+        try:
+            self._bus = await Bus.connect(self._bridge, self.spec.servers, f"{self.spec.node}.{self.who}")
+            await self._bus.ensure()
+        except BaseException:
+            await self._bridge.__aexit__(None, None, None)
+            raise
+        return self._bus
+
+    async def __aexit__(self, *exc: object) -> None:
+        import trio
+
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(5):
+                await self._bus.close()
+            await self._bridge.__aexit__(*exc)
