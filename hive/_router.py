@@ -24,6 +24,7 @@ from ._fleet import Fleet
 from ._store import Store, StoreError
 from .cluster._bus import INGEST_SUBJECT, ClusterError, ClusterSpec, open_bus
 from .cluster._ledger import AckLedger, Offer
+from .cluster._leases import partition_of
 from .cluster._writer import batch_id
 
 PEER_HWM = 2
@@ -220,9 +221,11 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 nursery.start_soon(publish, batches)
 
     async def publish(batches: list[tuple[str, Any]]) -> None:
-        items = [(data, batch_id(key[0], key[1], seq)) for _, (key, seq, data) in batches]
+        # Each agent's batches in its partition: one writer stores them in order.
+        items = [(f"{INGEST_SUBJECT}.{partition_of(agent, cluster.partitions)}", data, batch_id(*key, seq))
+                 for agent, (key, seq, data) in batches]
         try:
-            held = await bus.publish(INGEST_SUBJECT, items)
+            held = await bus.publish_to(items)
         except ClusterError as e:
             ctx.stats.last_error = str(e)
             held = [False] * len(items)

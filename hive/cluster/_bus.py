@@ -16,18 +16,18 @@ from typing import Any
 from ._bridge import Bridge, BridgeClosed
 
 INGEST_STREAM, INGEST_SUBJECT = "IMMUNE_INGEST", "immune.ingest"
-"""Agents' batches as routers took them; the store writers' work queue."""
+"""Agents' batches as routers took them, on ``immune.ingest.<partition>``
+(of the agent): the store writers' work queues, one per partition."""
 DETECT_STREAM, DETECT_SUBJECT = "IMMUNE_DETECT", "immune.detect"
 """Batches as stored, once each; the sentinels' work queue."""
 COMMAND_PREFIX = "immune.command"
 """``immune.command.<agent>``: a command for an agent, to whichever router holds it."""
-NODES_BUCKET = "immune_nodes"
-"""KV: each live node's role and figures (``immune-node status``)."""
 LEASES_BUCKET = "immune_leases"
-"""KV: who owns each partition, and since which revision."""
+"""KV: who owns each partition, and since which revision (``immune_leases_<kind>``)."""
 
 WRITERS, SENTINELS = "writers", "sentinels"
-"""The durable pull consumers shared by every store writer, every sentinel."""
+"""The durable pull consumers of the store writers (``writers-<partition>``)
+and the one every sentinel shares."""
 
 DUPLICATE_WINDOW = 120.0
 """Seconds JetStream remembers a message id: a batch a router publishes
@@ -35,11 +35,9 @@ again within it (an agent's resend, a router's retry) is dropped there."""
 STREAM_BYTES = 1 << 30
 """Bytes a work-queue stream may hold while its consumers are behind;
 beyond it the router's publish fails and the agent keeps its batch."""
-ACK_WAIT = 30.0
+ACK_WAIT = 10.0
 """Seconds a taken message may stay unacknowledged before JetStream gives it
 to another consumer (its taker died)."""
-NODE_TTL = 10.0
-"""Seconds a node's entry in the nodes bucket lives without being renewed."""
 
 
 class ClusterError(Exception):
@@ -118,7 +116,7 @@ class Bus:
         js, replicas = self._js, self.replicas
 
         async def go() -> None:
-            for name, subject in ((INGEST_STREAM, INGEST_SUBJECT), (DETECT_STREAM, DETECT_SUBJECT)):
+            for name, subject in ((INGEST_STREAM, INGEST_SUBJECT + ".>"), (DETECT_STREAM, DETECT_SUBJECT)):
                 cfg = StreamConfig(name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE,
                                    storage=StorageType.FILE, num_replicas=replicas, max_bytes=STREAM_BYTES,
                                    discard=DiscardPolicy.NEW, duplicate_window=DUPLICATE_WINDOW)
@@ -127,16 +125,24 @@ class Bus:
                 except Exception as e:
                     if "already in use" not in str(e):
                         raise
-            for stream, durable in ((INGEST_STREAM, WRITERS), (DETECT_STREAM, SENTINELS)):
-                await js.add_consumer(stream, ConsumerConfig(
-                    durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_ack_pending=20000,
-                    max_waiting=512))
-            for bucket, ttl in ((NODES_BUCKET, NODE_TTL), (LEASES_BUCKET, None)):
-                try:
-                    await js.key_value(bucket)
-                except Exception:
-                    await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=replicas,
-                                                             storage=StorageType.FILE))
+            await js.add_consumer(DETECT_STREAM, ConsumerConfig(
+                durable_name=SENTINELS, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_ack_pending=20000,
+                max_waiting=512))
+
+        await self._do(go)
+
+    async def ensure_bucket(self, bucket: str, ttl: float | None) -> None:
+        """A KV bucket whose entries expire ``ttl`` seconds after their last write."""
+        from nats.js.api import KeyValueConfig, StorageType
+
+        js, replicas = self._js, self.replicas
+
+        async def go() -> None:
+            try:
+                await js.key_value(bucket)
+            except Exception:
+                await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=replicas,
+                                                         storage=StorageType.FILE))
 
         await self._do(go)
 
@@ -147,9 +153,13 @@ class Bus:
         it (on a majority of its replicas).  Returns, per item, whether it is
         held now (a duplicate within the window counts: an earlier copy is);
         False where the publish failed."""
+        return await self.publish_to([(subject, d, i) for d, i in items])
+
+    async def publish_to(self, items: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        """:meth:`publish` of (subject, payload, message id) items, all at once."""
         js = self._js
 
-        async def one(data: bytes, msg_id: str) -> bool:
+        async def one(subject: str, data: bytes, msg_id: str) -> bool:
             try:
                 await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id} if msg_id else None)
                 return True
@@ -157,7 +167,7 @@ class Bus:
                 return False
 
         async def go() -> list[bool]:
-            return list(await asyncio.gather(*(one(d, i) for d, i in items)))
+            return list(await asyncio.gather(*(one(*item) for item in items)))
 
         return await self._do(go)
 
@@ -171,12 +181,33 @@ class Bus:
     # -- consuming -------------------------------------------------------------
 
     async def consumer(self, stream: str, subject: str, durable: str) -> Consumer:
+        """A pull consumer on ``subject`` shared by all who name ``durable``
+        (made the first time)."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+
         js = self._js
 
         async def go() -> Any:
+            await js.add_consumer(stream, ConsumerConfig(
+                durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT,
+                max_ack_pending=20000, max_waiting=512))
             return await js.pull_subscribe_bind(durable=durable, stream=stream)
 
         return Consumer(self, await self._do(go))
+
+    async def settle(self, done: Sequence[Delivery], *, later: Sequence[Delivery] = (), delay: float = 0.5,
+                     drop: Sequence[Delivery] = ()) -> None:
+        """Acknowledge ``done``, hand ``later`` back for redelivery after
+        ``delay`` seconds, and ``drop`` for good (never delivered again)."""
+        async def go() -> None:
+            for d in done:
+                await d._msg.ack()
+            for d in later:
+                await d._msg.nak(delay=delay)
+            for d in drop:
+                await d._msg.term()
+
+        await self._do(go)
 
     async def subscribe(self, subject: str, limit: int = 10000) -> Subscription:
         """A core NATS subscription whose messages trio takes with :meth:`Subscription.next`."""
@@ -222,6 +253,21 @@ class Bus:
             except Exception as e:
                 if type(e).__name__ in ("KeyWrongLastSequenceError", "KeyExistsError") or "wrong last sequence" in str(e):
                     return None
+                raise
+
+        return await self._do(go)
+
+    async def kv_delete(self, bucket: str, key: str, *, revision: int) -> bool:
+        """Delete ``key`` if ``revision`` is still its latest."""
+        js = self._js
+
+        async def go() -> bool:
+            kv = await js.key_value(bucket)
+            try:
+                return await kv.delete(key, last=revision)
+            except Exception as e:
+                if type(e).__name__ == "KeyWrongLastSequenceError" or "wrong last sequence" in str(e):
+                    return False
                 raise
 
         return await self._do(go)
@@ -282,17 +328,7 @@ class Consumer:
 
     async def ack(self, done: Sequence[Delivery], *, later: Sequence[Delivery] = (), delay: float = 0.5,
                   drop: Sequence[Delivery] = ()) -> None:
-        """Acknowledge ``done``, hand ``later`` back for redelivery after
-        ``delay`` seconds, and ``drop`` for good (never delivered again)."""
-        async def go() -> None:
-            for d in done:
-                await d._msg.ack()
-            for d in later:
-                await d._msg.nak(delay=delay)
-            for d in drop:
-                await d._msg.term()
-
-        await self._bus._do(go)
+        await self._bus.settle(done, later=later, delay=delay, drop=drop)
 
     async def in_progress(self, taken: Sequence[Delivery]) -> None:
         """Still working on these: restart their ack timers."""

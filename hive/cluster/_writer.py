@@ -19,12 +19,14 @@ from .._actors import internal_codec
 from .._messages import Ingest
 from .._store import Store, StoreError
 from ._bus import DETECT_SUBJECT, INGEST_STREAM, INGEST_SUBJECT, WRITERS, ClusterError, ClusterSpec, Delivery, open_bus
+from ._keeper import LeaseKeeper
 
 FETCH = 512
 """Messages taken from JetStream at once: one group commit."""
 GAP_RETRY = 0.2
 """Seconds before a batch whose predecessor is not stored yet comes again
-(another writer holds the predecessor, or it is behind it in the queue)."""
+(published after it by a router, or held by a writer that lost the
+partition's lease a moment ago)."""
 GAP_TRIES = 1500
 """Deliveries of a batch that stays out of order (about five minutes)
 before it is dropped: its predecessor was lost before it reached JetStream,
@@ -61,24 +63,27 @@ def settle(deliveries: Sequence[Delivery], batches: Sequence[Ingest], outcomes: 
 
 async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
                        spec: ClusterSpec, detect: str) -> None:
-    """``detect``: the endpoint it binds for the local store actor's own
-    stored events (the registry's notices), which it also passes to the
-    detection stream."""
+    """Stores the batches of the ingest partitions this node holds the
+    lease of (an agent's batches are all in its partition, so one writer
+    takes them in order).  ``detect``: the endpoint it binds for the local
+    store actor's own stored events (the registry's notices), which it also
+    passes to the detection stream."""
     codec = internal_codec()
     st = ctx.stats.extra
     st.update(events=0, batches=0, duplicates=0, gaps=0, dropped_gaps=0, refused_batches=0, undecodable=0,
-              detect_failed=0)
+              detect_failed=0, partitions="")
     store = Store(path)
     local = await ctx.bind(ctx.socket(zmq.PULL, codec=codec, rcvhwm=64), detect)
+    taken_in, taken_out = trio.open_memory_channel[list[Delivery]](len(range(spec.partitions)) * 2)
+    pulling: dict[int, trio.CancelScope] = {}
     try:
-        async with open_bus(spec, "writer") as bus:
-            queue = await bus.consumer(INGEST_STREAM, INGEST_SUBJECT, WRITERS)
+        async with open_bus(spec, "writer") as bus, trio.open_nursery() as nursery:
 
             async def to_detection(batches: Sequence[Ingest]) -> bool:
                 if not batches:
                     return True
-                ok = await bus.publish(DETECT_SUBJECT, [(codec.encode(b), batch_id(b.agent, b.stream, b.seq) if b.seq else "")
-                                                        for b in batches])
+                ok = await bus.publish(DETECT_SUBJECT, [(codec.encode(b), batch_id(b.agent, b.stream, b.seq)
+                                                         if b.seq else "") for b in batches])
                 if not all(ok):
                     st["detect_failed"] = int(st["detect_failed"]) + ok.count(False)
                 return all(ok)
@@ -91,26 +96,59 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     except ClusterError as e:
                         ctx.stats.last_error = str(e)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(own_events)
-                task_status.started()
-                log_event(ctx.log, "writer.started", node=spec.node)
-                while True:
+            async def pull(p: int) -> None:
+                with trio.CancelScope() as scope:
+                    pulling[p] = scope
+                    while True:
+                        try:
+                            queue = await bus.consumer(INGEST_STREAM, f"{INGEST_SUBJECT}.{p}", f"{WRITERS}-{p}")
+                            while True:
+                                taken = await queue.fetch(FETCH, timeout=1.0)
+                                if taken:
+                                    await taken_in.send(taken)
+                        except ClusterError as e:  # NATS unreachable for now: the client reconnects
+                            ctx.stats.last_error = str(e)
+                            await trio.sleep(0.5)
+                if pulling.get(p) is scope:
+                    del pulling[p]
+
+            async def on_change(gained: set[int], lost: set[int]) -> None:
+                for p in lost:
+                    if p in pulling:
+                        pulling.pop(p).cancel()
+                for p in gained:
+                    nursery.start_soon(pull, p)
+                st["partitions"] = " ".join(map(str, sorted(keeper.table.owned)))
+
+            keeper = LeaseKeeper(bus, "ingest", spec.node, spec.partitions, spec.lease, on_change, ctx.log)
+            nursery.start_soon(own_events)
+            await nursery.start(keeper.run)
+            task_status.started()
+            log_event(ctx.log, "writer.started", node=spec.node)
+            while True:
+                taken = await taken_out.receive()
+                while len(taken) < COMMIT_MESSAGES:  # everything already waiting: one commit
                     try:
-                        await _one_commit(ctx, store, queue, codec, to_detection)
-                    except ClusterError as e:  # NATS unreachable for now: the client reconnects
-                        ctx.stats.last_error = str(e)
-                        ctx.throttle.event("bus", "writer.bus_error", logging.WARNING, reason=str(e))
-                        await trio.sleep(0.5)
+                        taken += taken_out.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                try:
+                    await _commit(ctx, store, bus, codec, taken, to_detection)
+                except ClusterError as e:  # unacknowledged: they come again
+                    ctx.stats.last_error = str(e)
+                    ctx.throttle.event("bus", "writer.bus_error", logging.WARNING, reason=str(e))
+                    await trio.sleep(0.5)
     finally:
         store.close()
 
 
-async def _one_commit(ctx: Context, store: Store, queue: Any, codec: Codec, to_detection: Any) -> None:
+COMMIT_MESSAGES = 4 * FETCH
+"""Messages of several partitions taken into one group commit."""
+
+
+async def _commit(ctx: Context, store: Store, bus: Any, codec: Codec, taken: list[Delivery],
+                  to_detection: Any) -> None:
     st = ctx.stats.extra
-    taken = await queue.fetch(FETCH, timeout=1.0)
-    if not taken:
-        return
     pairs: list[tuple[Delivery, Ingest]] = []
     bad: list[Delivery] = []
     for d in taken:
@@ -134,7 +172,7 @@ async def _one_commit(ctx: Context, store: Store, queue: Any, codec: Codec, to_d
         # Nothing written: all of it comes again.
         ctx.stats.last_error = str(e)
         ctx.throttle.event("write_failed", "store.write_failed", logging.ERROR, reason=str(e), batches=len(batches))
-        await queue.ack([], later=deliveries, delay=1.0, drop=bad)
+        await bus.settle([], later=deliveries, delay=1.0, drop=bad)
         await trio.sleep(1.0)
         return
     outcomes = [o.outcome for o in done.outcomes]
@@ -153,4 +191,4 @@ async def _one_commit(ctx: Context, store: Store, queue: Any, codec: Codec, to_d
     # point leaves them to another, whose copy the detection stream drops.
     if not await to_detection(detect + notices):
         ack, later = [], ack + later
-    await queue.ack(ack, later=later, delay=GAP_RETRY, drop=drop + bad)
+    await bus.settle(ack, later=later, delay=GAP_RETRY, drop=drop + bad)

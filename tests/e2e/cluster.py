@@ -25,6 +25,7 @@ from tests.ports import free_port
 
 AGENT, HIVE = Codec(wire.AgentMessage), Codec(wire.HiveMessage)
 BASE = 1_700_000_000_000_000_000
+PARTITIONS = 4
 
 
 def event(seq: int, i: int) -> wire.Exec:
@@ -91,7 +92,7 @@ class LoadAgent(threading.Thread):
 
 
 def node_config(folder: Path, *, store: Path, nats: list[str], node: str, listen_port: int, role: str = "all",
-                partitions: int = 4, lease: float = 3.0) -> Path:
+                partitions: int = PARTITIONS, lease: float = 3.0) -> Path:
     servers = ", ".join(f'"{u}"' for u in nats)
     f = folder / "immune.toml"
     folder.mkdir(parents=True, exist_ok=True)

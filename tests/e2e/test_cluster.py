@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .cluster import HiveCluster
+from .cluster import PARTITIONS, HiveCluster
 
 
 def wait_until(what, timeout=120.0, every=0.2):
@@ -80,7 +80,12 @@ def test_a_node_killed_under_load_loses_nothing_and_stores_nothing_twice(hive_cl
         assert a.acked == a.batches, (a.agent, a.acked)
     assert agents[1].moves >= 1
     total = sum(a.batches * a.per_batch for a in agents)
-    wait_until(lambda: sum(v[0] for v in c.counts().values()) >= total)
+    try:
+        wait_until(lambda: sum(v[0] for v in c.counts().values()) >= total)
+    finally:
+        print("counts", c.counts(), "queues", queues(c.nats))
+        for n in ("node1", "node3"):
+            print(n, actor_stats(c.nodes[n], "writer"), actor_stats(c.nodes[n], "router"))
     time.sleep(2)
     exactly_once(c, agents)
     # What the dead node's writer and sentinel had taken and not acknowledged
@@ -99,7 +104,8 @@ def queues(urls):
         async with Bridge() as bridge:
             bus = await Bus.connect(bridge, urls, "test")
             try:
-                return {WRITERS: await bus.pending(INGEST_STREAM, WRITERS),
+                writers = [await bus.pending(INGEST_STREAM, f"{WRITERS}-{p}") for p in range(PARTITIONS)]
+                return {WRITERS: (sum(w[0] for w in writers), sum(w[1] for w in writers)),
                         SENTINELS: await bus.pending(DETECT_STREAM, SENTINELS)}
             finally:
                 await bus.close()

@@ -18,11 +18,12 @@ async def test_a_work_queue_gives_each_message_to_one_consumer_and_drops_resends
         bus = await _bus(bridge, nats_cluster)
         assert bus.replicas == 3
         items = [(f"batch {i}".encode(), f"a/s/{i}") for i in range(1, 201)]
-        assert await bus.publish(INGEST_SUBJECT, items) == [True] * 200
+        subject = INGEST_SUBJECT + ".0"
+        assert await bus.publish(subject, items) == [True] * 200
         # A resend within the duplicate window: held already, not stored twice.
-        assert await bus.publish(INGEST_SUBJECT, items[:50]) == [True] * 50
-        one, two = await bus.consumer(INGEST_STREAM, INGEST_SUBJECT, WRITERS), \
-            await bus.consumer(INGEST_STREAM, INGEST_SUBJECT, WRITERS)
+        assert await bus.publish(subject, items[:50]) == [True] * 50
+        one, two = await bus.consumer(INGEST_STREAM, subject, WRITERS), \
+            await bus.consumer(INGEST_STREAM, subject, WRITERS)
         seen: list[bytes] = []
         while True:
             a, b = await one.fetch(30, timeout=0.5), await two.fetch(30, timeout=0.5)
@@ -55,6 +56,7 @@ async def test_a_message_handed_back_comes_again_and_a_dropped_one_never(nats_cl
 async def test_kv_writes_only_over_the_revision_read(nats_cluster):
     async with Bridge() as bridge:
         bus = await _bus(bridge, nats_cluster)
+        await bus.ensure_bucket(LEASES_BUCKET, None)
         assert await bus.kv_get(LEASES_BUCKET, "p0") is None
         r1 = await bus.kv_put(LEASES_BUCKET, "p0", b"a", revision=0)
         assert r1 and await bus.kv_put(LEASES_BUCKET, "p0", b"b", revision=0) is None
@@ -63,19 +65,35 @@ async def test_kv_writes_only_over_the_revision_read(nats_cluster):
         assert await bus.kv_put(LEASES_BUCKET, "p0", b"stale", revision=r1) is None
         assert await bus.kv_get(LEASES_BUCKET, "p0") == (b"a2", r2)
         assert (await bus.kv_items(LEASES_BUCKET))["p0"] == (b"a2", r2)
+        assert not await bus.kv_delete(LEASES_BUCKET, "p0", revision=r1)
+        assert await bus.kv_delete(LEASES_BUCKET, "p0", revision=r2)
+        assert await bus.kv_get(LEASES_BUCKET, "p0") is None
+        assert await bus.kv_put(LEASES_BUCKET, "p0", b"c", revision=0)
+        await bus.close()
+
+
+async def test_kv_entries_lapse_after_the_buckets_ttl(nats_cluster):
+    async with Bridge() as bridge:
+        bus = await _bus(bridge, nats_cluster)
+        await bus.ensure_bucket("lapse", 1.0)
+        assert await bus.kv_put("lapse", "p.1", b"a", revision=0)
+        assert await bus.kv_put("lapse", "p.1", b"b", revision=0) is None
+        await trio.sleep(1.6)
+        assert await bus.kv_get("lapse", "p.1") is None
+        assert await bus.kv_put("lapse", "p.1", b"b", revision=0)
         await bus.close()
 
 
 async def test_the_cluster_goes_on_when_a_server_is_killed(nats_cluster):
     async with Bridge() as bridge:
         bus = await _bus(bridge, nats_cluster)
-        await bus.publish(INGEST_SUBJECT, [(b"before", "1")])
+        await bus.publish(INGEST_SUBJECT + ".1", [(b"before", "1")])
         nats_cluster.servers[0].kill()
         await trio.to_thread.run_sync(nats_cluster.wait_leader)
         with trio.fail_after(30):
-            while not await bus.publish(INGEST_SUBJECT, [(b"after", "2")]) == [True]:
+            while not await bus.publish(INGEST_SUBJECT + ".1", [(b"after", "2")]) == [True]:
                 await trio.sleep(0.2)
-        c = await bus.consumer(INGEST_STREAM, INGEST_SUBJECT, WRITERS)
+        c = await bus.consumer(INGEST_STREAM, INGEST_SUBJECT + ".1", WRITERS)
         got = []
         with trio.fail_after(30):
             while len(got) < 2:
