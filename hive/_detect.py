@@ -88,8 +88,12 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     to_correlate = Backlog(CORRELATE_BYTES)
     task_status.started()
 
+    outbox: list[Any] = []  # in a cluster: for JetStream, published before the batches are acknowledged
+
     def send(msg: Any, what: str, reserve: int = 0) -> None:
-        if not to_correlate.offer(msg, reserve):
+        if cluster is not None:
+            outbox.append(msg)
+        elif not to_correlate.offer(msg, reserve):
             _count(ctx, f"{what}_skipped")  # correlate is behind; counted, never blocking detection
 
     async def housekeeping() -> None:
@@ -138,7 +142,7 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
         nursery.start_soon(housekeeping)
         nursery.start_soon(to_correlate.feed, out)
         if cluster is not None:
-            await _from_cluster(ctx, cluster, evaluate)
+            await _from_cluster(ctx, cluster, evaluate, outbox)
         assert inbox is not None
         while True:
             for batch in await inbox.recv(max_bytes=BURST_BYTES):
@@ -150,10 +154,15 @@ CLUSTER_FETCH = 64
 """Stored batches a clustered sentinel takes from JetStream at once."""
 
 
-async def _from_cluster(ctx: Context, spec: Any, evaluate: Any) -> None:
+CORRELATED_KINDS = (wire.Exec, wire.Fork, wire.Bind, wire.Connect)
+"""The events the host correlator reads; in a cluster only these travel to it."""
+
+
+async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any]) -> None:
     from actors import DecodeError
 
-    from .cluster._bus import DETECT_STREAM, DETECT_SUBJECT, SENTINELS, ClusterError, open_bus
+    from .cluster._bus import CORRELATE_SUBJECT, DETECT_STREAM, DETECT_SUBJECT, SENTINELS, ClusterError, open_bus
+    from .cluster._correlate import correlate_id, correlate_partition
 
     codec = internal_codec()
     async with open_bus(spec, "sentinel") as bus:
@@ -169,6 +178,23 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any) -> None:
                         continue
                     if isinstance(batch, Ingest):
                         evaluate(batch)
+                # What correlation reads goes to its partition's owner; only
+                # then are the batches done with.
+                items = []
+                for msg in outbox:
+                    if isinstance(msg, Ingest):
+                        msg = Ingest(agent=msg.agent, stream=msg.stream, seq=msg.seq,
+                                     events=[e for e in msg.events if isinstance(e, CORRELATED_KINDS)])
+                        if not msg.events:
+                            continue
+                    items.append((f"{CORRELATE_SUBJECT}.{correlate_partition(msg)}", codec.encode(msg),
+                                  correlate_id(msg)))
+                outbox.clear()
+                if items and not all(await bus.publish_to(items)):
+                    # All of it again later (what did reach JetStream is dropped there as a copy).
+                    _count(ctx, "correlate_failed")
+                    await queue.ack([], later=taken, delay=0.5)
+                    continue
                 await queue.ack(taken)
             except ClusterError as e:  # the client reconnects; what was taken comes again
                 ctx.stats.last_error = str(e)
@@ -219,11 +245,21 @@ def _costs(slowest: Any) -> str:
 
 async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
                           lateral_window: float = 120.0, correlate: str = CORRELATE, ingest: str = INGEST,
-                          alerts: str = ALERTS) -> None:
+                          alerts: str = ALERTS, cluster: Any = None) -> None:
+    """Ties alerts into incidents across hosts; the one place alerts leave
+    from (to the store, to the playbook).  In a cluster (``cluster``) it
+    reads JetStream's correlation stream instead of ``correlate``, only
+    while this node holds the lease of its partition; a node that takes the
+    partition over first replays what the last owner acknowledged (its
+    alerts already left, so only the state is kept), then goes on from there."""
     from hive.correlate import HostCorrelator
 
-    hosts = HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
-    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), correlate)
+    def fresh() -> HostCorrelator:
+        return HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
+
+    hosts = fresh()
+    inbox = None if cluster else await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM),
+                                                correlate)
     store = Store(path, readonly=True)
     to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
     to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
@@ -236,7 +272,6 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
     # Alerts published lately, so that one an incident takes in afterwards
     # (the incident links earlier alerts on its hosts) is filed under it too.
     recent: collections.OrderedDict[str, wire.Alert] = collections.OrderedDict()
-    task_status.started()
 
     async def publish(alerts: list[wire.Alert | Repeat]) -> None:
         for alert in alerts:
@@ -256,6 +291,22 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                     earlier.incident = incident.id
                     await to_store.send(earlier)
 
+    def take(msgs: Iterable[Any], replay: bool = False) -> list[wire.Alert | Repeat]:
+        out: list[wire.Alert | Repeat] = []
+        for msg in msgs:
+            if isinstance(msg, Ingest):
+                for event in msg.events:
+                    out.extend(hosts.observe(event))
+            elif isinstance(msg, wire.Alert):
+                msg.incident = hosts.observe_alert(msg)
+                out.append(msg)
+            elif isinstance(msg, Repeat):
+                out.append(msg)
+                _count(ctx, "repeats")
+        if not replay:
+            _count(ctx, "alerts", sum(isinstance(m, wire.Alert) for m in out))
+        return out
+
     async def housekeeping() -> None:
         while True:
             await trio.sleep(1.0)
@@ -266,23 +317,82 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                 ctx.stats.last_error = str(e)
             await publish([])
 
+    async def owned(bus: Any, p: int) -> None:
+        """Correlate partition ``p``: rebuild, then follow."""
+        from actors import DecodeError
+
+        from .cluster._bus import CORRELATE_STREAM, CORRELATE_SUBJECT, ClusterError
+
+        nonlocal hosts
+        codec = internal_codec()
+        subject, durable = f"{CORRELATE_SUBJECT}.{p}", f"correlate-{p}"
+
+        def decoded(data: list[bytes]) -> list[Any]:
+            out = []
+            for d in data:
+                try:
+                    out.append(codec.decode(d))
+                except DecodeError:
+                    _count(ctx, "undecodable")
+            return out
+
+        while True:
+            try:
+                queue = await bus.consumer(CORRELATE_STREAM, subject, durable)
+                hosts = fresh()
+                await trio.to_thread.run_sync(refresh_addresses)
+                replayed = 0
+                async for chunk in bus.replay(CORRELATE_STREAM, subject, await bus.ack_floor(CORRELATE_STREAM,
+                                                                                             durable)):
+                    take(decoded(chunk), replay=True)
+                    replayed += len(chunk)
+                hosts.changed()  # the last owner published these
+                log_event(ctx.log, "correlate.rebuilt", partition=p, replayed=replayed)
+                ctx.stats.extra["replayed"] = replayed
+                while True:
+                    taken = await queue.fetch(256, timeout=1.0)
+                    if taken:
+                        await publish(take(decoded([d.data for d in taken])))
+                        await queue.ack(taken)
+            except (ClusterError, StoreError) as e:
+                ctx.stats.last_error = str(e)
+                await trio.sleep(0.5)
+
+    async def clustered() -> None:
+        from .cluster._bus import open_bus
+        from .cluster._correlate import CORRELATE_PARTITIONS
+        from .cluster._keeper import LeaseKeeper
+
+        async with open_bus(cluster, "correlate") as bus, trio.open_nursery() as nursery:
+            scopes: dict[int, trio.CancelScope] = {}
+
+            async def run(p: int) -> None:
+                with trio.CancelScope() as scope:
+                    scopes[p] = scope
+                    await owned(bus, p)
+
+            async def on_change(gained: set[int], lost: set[int]) -> None:
+                nonlocal hosts
+                for p in lost:
+                    if p in scopes:
+                        scopes.pop(p).cancel()
+                        hosts = fresh()  # another node owns this state now
+                for p in gained:
+                    nursery.start_soon(run, p)
+                ctx.stats.extra["partitions"] = " ".join(map(str, sorted(keeper.table.owned)))
+
+            keeper = LeaseKeeper(bus, "correlate", cluster.node, CORRELATE_PARTITIONS, cluster.lease, on_change,
+                                 ctx.log)
+            await keeper.run()
+
+    task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(housekeeping)
+            if cluster is not None:
+                await clustered()
+            assert inbox is not None
             while True:
-                out: list[wire.Alert | Repeat] = []
-                for msg in await inbox.recv(max_bytes=BURST_BYTES):
-                    if isinstance(msg, Ingest):
-                        for event in msg.events:
-                            out.extend(hosts.observe(event))
-                    elif isinstance(msg, wire.Alert):
-                        msg.incident = hosts.observe_alert(msg)
-                        out.append(msg)
-                    elif isinstance(msg, Repeat):
-                        out.append(msg)
-                        _count(ctx, "repeats")
-                _count(ctx, "alerts", sum(isinstance(m, wire.Alert) for m in out))
-                await publish(out)
+                await publish(take(await inbox.recv(max_bytes=BURST_BYTES)))
     finally:
         store.close()
-

@@ -82,7 +82,7 @@ def hive_children(cfg: Config) -> list[Child]:
             protected=hive_addresses(cfg.hive.listen), dry_run=cfg.hive.dry_run, alerts_endpoint=alerts)))
     if does("correlate"):
         children.append(Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
-            path=db, correlate=correlate, ingest=ingest, alerts=alerts)))
+            path=db, correlate=correlate, ingest=ingest, alerts=alerts, cluster=spec)))
     if does("detect"):
         children.append(Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
             rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True), detect=detect, correlate=correlate,

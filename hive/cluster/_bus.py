@@ -20,6 +20,13 @@ INGEST_STREAM, INGEST_SUBJECT = "IMMUNE_INGEST", "immune.ingest"
 (of the agent): the store writers' work queues, one per partition."""
 DETECT_STREAM, DETECT_SUBJECT = "IMMUNE_DETECT", "immune.detect"
 """Batches as stored, once each; the sentinels' work queue."""
+CORRELATE_STREAM, CORRELATE_SUBJECT = "IMMUNE_CORRELATE", "immune.correlate"
+"""What the sentinels pass to correlation (events it reads, alerts), on
+``immune.correlate.<partition>``; kept ``REBUILD_WINDOW`` so that a new
+owner of a partition rebuilds its state from it."""
+REBUILD_WINDOW = 900.0
+"""Seconds of correlation input kept: beyond the correlator's windows
+(lateral movement 120 s, spread 600 s by default)."""
 COMMAND_PREFIX = "immune.command"
 """``immune.command.<agent>``: a command for an agent, to whichever router holds it."""
 LEASES_BUCKET = "immune_leases"
@@ -125,6 +132,14 @@ class Bus:
                 except Exception as e:
                     if "already in use" not in str(e):
                         raise
+            try:
+                await js.add_stream(StreamConfig(
+                    name=CORRELATE_STREAM, subjects=[CORRELATE_SUBJECT + ".>"], retention=RetentionPolicy.LIMITS,
+                    storage=StorageType.FILE, num_replicas=replicas, max_bytes=STREAM_BYTES,
+                    max_age=REBUILD_WINDOW, discard=DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW))
+            except Exception as e:
+                if "already in use" not in str(e):
+                    raise
             await js.add_consumer(DETECT_STREAM, ConsumerConfig(
                 durable_name=SENTINELS, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_ack_pending=20000,
                 max_waiting=512))
@@ -293,6 +308,62 @@ class Bus:
             return out
 
         return await self._do(go)
+
+    async def ack_floor(self, stream: str, durable: str) -> int:
+        """The stream seq below which ``durable`` has everything acknowledged."""
+        js = self._js
+
+        async def go() -> int:
+            info = await js.consumer_info(stream, durable)
+            return info.ack_floor.stream_seq if info.ack_floor else 0
+
+        return await self._do(go)
+
+    async def replay(self, stream: str, subject: str, upto: int, chunk: int = 512):
+        """Every message of ``subject`` still in ``stream`` up to stream seq
+        ``upto``, oldest first, in lists of up to ``chunk`` (an async iterator)."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        js = self._js
+        if upto <= 0:
+            return
+
+        async def open_it() -> Any:
+            return await js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+
+        psub = await self._do(open_it)
+
+        async def more() -> tuple[list[bytes], bool]:
+            try:
+                msgs = await psub.fetch(chunk, timeout=0.5)
+            except Exception as e:
+                if "Timeout" in type(e).__name__:
+                    return [], True
+                raise
+            out, done = [], False
+            for m in msgs:
+                if m.metadata.sequence.stream > upto:
+                    done = True
+                    break
+                out.append(m.data)
+            return out, done or not msgs
+
+        try:
+            while True:
+                data, done = await self._do(more)
+                if data:
+                    yield data
+                if done:
+                    return
+        finally:
+            async def close() -> None:
+                await psub.unsubscribe()
+
+            try:
+                await self._do(close)
+            except ClusterError:
+                pass
 
     async def pending(self, stream: str, durable: str) -> tuple[int, int]:
         """(messages not yet given out, given out and not yet acknowledged)."""

@@ -172,3 +172,34 @@ class HiveCluster:
             return db.execute("SELECT count(*) FROM events").fetchone()[0]
         finally:
             db.close()
+
+
+class ScriptedAgent:
+    """An agent that says hello with its addresses and sends given events,
+    one batch at a time, each acknowledged before the next."""
+
+    def __init__(self, name: str, keys: KeyPair, hive_public: bytes, endpoint: str, addresses: list[str]) -> None:
+        self.agent = name
+        self.ctx = zmq.Context()
+        self.z = self.ctx.socket(zmq.DEALER)
+        self.z.setsockopt(zmq.LINGER, 0)
+        curve_client(self.z, keys, hive_public)
+        self.z.connect(endpoint)
+        self.z.send(AGENT.encode(wire.Hello(agent=name, hostname=name, addresses=addresses)))
+        self.seq = 0
+        self.stream = f"s-{name}"
+
+    def send(self, *events: wire.Event, timeout: float = 30.0) -> None:
+        self.seq += 1
+        self.z.send(AGENT.encode(wire.EventBatch(seq=self.seq, stream=self.stream, events=list(events))))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.z.poll(100):
+                msg = HIVE.decode(self.z.recv())
+                if isinstance(msg, wire.Ack) and msg.stream == self.stream and msg.seq >= self.seq:
+                    return
+        raise AssertionError(f"{self.agent}: batch {self.seq} not acknowledged within {timeout}s")
+
+    def close(self) -> None:
+        self.z.close(0)
+        self.ctx.term()

@@ -111,3 +111,49 @@ def queues(urls):
                 await bus.close()
 
     return trio.run(go)
+
+
+def test_a_correlation_across_two_hosts_whose_events_reach_different_nodes_fires(hive_cluster):
+    import sqlite3
+
+    import wire
+    from hive.correlate import LATERAL_MOVEMENT_RULE
+
+    from .cluster import ScriptedAgent
+
+    c = hive_cluster
+    a = ScriptedAgent("host-a", c.enroll("host-a"), c.hive_keys.public, c.endpoint("node1"), ["10.9.0.1"])
+    b = ScriptedAgent("host-b", c.enroll("host-b"), c.hive_keys.public, c.endpoint("node3"), ["10.9.0.2"])
+    try:
+        def addresses_known():
+            db = sqlite3.connect(f"file:{c.store}?mode=ro", uri=True, timeout=30)
+            try:
+                return len(db.execute("SELECT id FROM agents WHERE addresses LIKE '%10.9.0.%'").fetchall()) == 2
+            finally:
+                db.close()
+
+        wait_until(addresses_known, timeout=60)
+        time.sleep(2)  # the correlator reads the agents' addresses once a second
+        b.send(wire.Exec(pid=500, ppid=1, filename="/usr/sbin/sshd"), wire.Bind(pid=500, port=22,
+                                                                               image="/usr/sbin/sshd"))
+        time.sleep(1)
+        a.send(wire.Exec(pid=201, ppid=200, filename="/usr/bin/ssh"),
+               wire.Connect(pid=201, image="/usr/bin/ssh", address="10.9.0.2", port=22))
+        time.sleep(1)
+        b.send(wire.Fork(pid=500, child_pid=501, image="/usr/sbin/sshd"),
+               wire.Exec(pid=501, ppid=500, filename="/bin/bash", argv=["/bin/bash"]))
+
+        def lateral():
+            db = sqlite3.connect(f"file:{c.store}?mode=ro", uri=True, timeout=30)
+            try:
+                return db.execute("SELECT count(*) FROM alerts WHERE rule_id=?",
+                                  (LATERAL_MOVEMENT_RULE,)).fetchone()[0]
+            finally:
+                db.close()
+
+        wait_until(lambda: lateral() >= 1, timeout=60)
+        time.sleep(2)
+        assert lateral() == 1
+    finally:
+        a.close()
+        b.close()
