@@ -22,7 +22,8 @@ from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
 from ._registry import WireVersions
 from ._fleet import Fleet
 from ._store import Store, StoreError
-from .cluster._bus import INGEST_SUBJECT, ClusterError, ClusterSpec, open_bus
+from .cluster import _routing as routing
+from .cluster._bus import COMMAND_PREFIX, INGEST_SUBJECT, RESULT_PREFIX, ClusterError, ClusterSpec, agent_subject, open_bus
 from .cluster._ledger import AckLedger, Offer
 from .cluster._leases import partition_of
 from .cluster._writer import batch_id
@@ -101,6 +102,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0, bundles_sent=0)
     fleet = Fleet()
     ledger = AckLedger()
+    remote = routing.Origins()
     bus: Any = None
 
     def refused(why: str, agent: str, detail: str) -> None:
@@ -168,7 +170,11 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 elif isinstance(msg, wire.Heartbeat):
                     seen = AgentSeen(agent=agent, time=time.time_ns(), heartbeat=msg)
                 else:
-                    answer(Result(agent=agent, result=msg))
+                    origin = remote.answered(msg.command) if bus is not None else None
+                    if origin is not None and origin != cluster.node:
+                        await send_back(origin, agent, msg)
+                    else:
+                        answer(Result(agent=agent, result=msg))
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 seen_at[agent] = now
                 await to_registry.send(seen)
@@ -287,26 +293,79 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     await agents.send([idents[o.agent], ack_codec.encode(ack)])
 
     async def commands() -> None:
-        from hive.playbook import check_guardrails  # (hive.playbook imports this module)
-
         while True:
             for d in await deliver.recv():
                 if not isinstance(d, Deliver):
                     continue
-                cmd = d.command
-                pid = agent_pids.get(d.agent)
-                why = WireVersions.refusal(agent_wires.get(d.agent)) or check_guardrails(
-                    cmd.action, msgspec.structs.asdict(cmd), agent_pids=frozenset([pid] if pid else []))
-                if why:
-                    counts["commands_refused"] = int(counts["commands_refused"]) + 1
-                    log_event(ctx.log, "command.refused", logging.WARNING, agent=d.agent, id=cmd.id, reason=why)
-                    answer(Result(agent=d.agent, result=wire.CommandResult(command=cmd.id, detail=why)))
+                if d.agent not in idents and bus is not None:
+                    # Not ours: to the router that holds it, if any (a command is not kept).
+                    try:
+                        await bus.send(agent_subject(d.agent), routing.encode(
+                            routing.Routed(origin=cluster.node, agent=d.agent, command=d.command)))
+                        counts["commands_routed"] = int(counts.get("commands_routed", 0)) + 1
+                    except ClusterError as e:
+                        ctx.stats.last_error = str(e)
+                        log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=d.agent, id=d.command.id,
+                                  reason=str(e))
                     continue
-                ident = idents.get(d.agent)
-                if ident is None:
-                    log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=d.agent, id=cmd.id)
-                    continue
-                await agents.send([ident, ack_codec.encode(cmd)])
+                await carry(d.agent, d.command, "")
+
+    async def carry(agent: str, cmd: Any, origin: str) -> None:
+        """Send ``cmd`` to ``agent`` (for ``origin``'s playbook, or ours if '')."""
+        from hive.playbook import check_guardrails  # (hive.playbook imports this module)
+
+        pid = agent_pids.get(agent)
+        why = WireVersions.refusal(agent_wires.get(agent)) or check_guardrails(
+            cmd.action, msgspec.structs.asdict(cmd), agent_pids=frozenset([pid] if pid else []))
+        if why:
+            counts["commands_refused"] = int(counts["commands_refused"]) + 1
+            log_event(ctx.log, "command.refused", logging.WARNING, agent=agent, id=cmd.id, reason=why)
+            refusal = wire.CommandResult(command=cmd.id, detail=why)
+            if origin:
+                await send_back(origin, agent, refusal)
+            else:
+                answer(Result(agent=agent, result=refusal))
+            return
+        ident = idents.get(agent)
+        if ident is None:
+            log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=agent, id=cmd.id)
+            return
+        if origin:
+            remote.sent(cmd.id, origin)
+        await agents.send([ident, ack_codec.encode(cmd)])
+
+    async def send_back(origin: str, agent: str, result: wire.CommandResult) -> None:
+        try:
+            await bus.send(f"{RESULT_PREFIX}.{origin}", routing.encode(routing.Answered(agent=agent, result=result)))
+        except ClusterError as e:
+            ctx.stats.last_error = str(e)
+
+    async def from_routers() -> None:
+        """Commands other nodes route to agents, answers coming back to ours."""
+        held = await bus.subscribe(f"{COMMAND_PREFIX}.*")
+        back = await bus.subscribe(f"{RESULT_PREFIX}.{cluster.node}")
+        async with trio.open_nursery() as nursery:
+            async def commands_in() -> None:
+                while True:
+                    for data in await _or_nothing(held.next_batch()):
+                        m = routing.decode(data)
+                        if isinstance(m, routing.Routed) and m.agent in idents:
+                            await carry(m.agent, m.command, m.origin)
+
+            nursery.start_soon(commands_in)
+            while True:
+                for data in await _or_nothing(back.next_batch()):
+                    m = routing.decode(data)
+                    if isinstance(m, routing.Answered):
+                        answer(Result(agent=m.agent, result=m.result))
+
+    async def _or_nothing(fetch: Any) -> list[bytes]:
+        try:
+            return await fetch
+        except ClusterError as e:  # the client reconnects by itself; core NATS keeps nothing meanwhile
+            ctx.stats.last_error = str(e)
+            await trio.sleep(0.5)
+            return []
 
     async def housekeeping() -> None:
         nonlocal revoked
@@ -329,7 +388,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             z.bind(listen)
             await nursery.start(agents.pump)
             for fn in (inbound, to_the_store if bus is None else to_jetstream, acks, commands, housekeeping,
-                       fleet_changes):
+                       fleet_changes, *([from_routers] if bus is not None else [])):
                 nursery.start_soon(fn)
             log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
             task_status.started()

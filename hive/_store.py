@@ -161,8 +161,17 @@ def _v6_to_v7(db: sqlite3.Connection) -> None:
                "position INTEGER NOT NULL, updated REAL NOT NULL, PRIMARY KEY(name, source))")
 
 
+def _v7_to_v8(db: sqlite3.Connection) -> None:
+    # A hive cluster (issue 15): which node's playbook took each alert, so
+    # that an alert correlation hands out twice (its owner died after the
+    # hand-over, before its ack) is acted on once.
+    db.execute("CREATE TABLE IF NOT EXISTS alert_claims(alert TEXT PRIMARY KEY, node TEXT NOT NULL, "
+               "time REAL NOT NULL)")
+    db.execute("CREATE INDEX IF NOT EXISTS alert_claims_time ON alert_claims(time)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7]
+    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7, _v7_to_v8]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -564,6 +573,13 @@ class Store:
     def stream_marks(self) -> dict[tuple[str, str], int]:
         return {(a, s): seq for a, s, seq in self._read("SELECT agent, stream, seq FROM streams", ())}
 
+    def claim_alert(self, alert: str, node: str) -> bool:
+        """Take ``alert`` for ``node``'s playbook: True for the first node to
+        ask, False for every later one (another node acts on it)."""
+        with self._tx() as db:
+            return db.execute("INSERT INTO alert_claims(alert, node, time) VALUES(?,?,?) ON CONFLICT(alert) DO NOTHING",
+                              (alert, node, time.time())).rowcount == 1
+
     def stream_mark(self, agent: str, stream: str) -> int:
         """The last seq stored for (agent, stream); 0 if none."""
         rows = self._read("SELECT seq FROM streams WHERE agent=? AND stream=?", (agent, stream))
@@ -591,6 +607,7 @@ class Store:
                                      (*finished_commands, cutoff), key="rowid"),
             "audit": self._delete("audit", "time < ?", (cutoff,)),
             "tokens": self._delete("tokens", "expires < ?", (now,), key="rowid"),
+            "alert_claims": self._delete("alert_claims", "time < ?", (cutoff,), key="rowid"),
         }
         while self.size() > max_bytes:
             # A twentieth at a time: close to the bound without many passes.

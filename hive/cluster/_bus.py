@@ -29,6 +29,8 @@ REBUILD_WINDOW = 900.0
 (lateral movement 120 s, spread 600 s by default)."""
 COMMAND_PREFIX = "immune.command"
 """``immune.command.<agent>``: a command for an agent, to whichever router holds it."""
+RESULT_PREFIX = "immune.result"
+"""``immune.result.<node>``: an agent's answer, back to the node whose playbook sent the command."""
 LEASES_BUCKET = "immune_leases"
 """KV: who owns each partition, and since which revision (``immune_leases_<kind>``)."""
 

@@ -50,12 +50,15 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                          playbook_dirs: Sequence[Path], evidence_dir: Path | None = None,
                          variables: Mapping[str, Any] | None = None, protected: Iterable[str] = (),
                          dry_run: bool = False, alerts_endpoint: str = ALERTS, deliver_endpoint: str = DELIVER,
-                         results_endpoint: str = RESULTS, tick: float = 1.0, reload_every: float = 2.0) -> None:
+                         results_endpoint: str = RESULTS, tick: float = 1.0, reload_every: float = 2.0,
+                         node: str = "") -> None:
     """``path``: the hive store; ``playbook_dirs``: folders of playbook files
     (``hive.playbook.DEFAULT_PLAYBOOKS`` and the operator's); ``variables``:
     what templates see as ``vars`` (e.g. ``{"webhook": URL}``); ``protected``:
     the hive's own addresses, which no playbook may block; ``dry_run``: every
-    playbook in dry-run."""
+    playbook in dry-run; ``node``: this node's name in a hive cluster, where
+    an alert is acted on only by the node that claims it first in the shared
+    store (correlation may hand one alert out twice when its owner dies)."""
     dirs = [Path(d) for d in playbook_dirs]
     # The signature before the load: a file changed after it is reloaded.
     sig = await trio.to_thread.run_sync(lambda: signature(*dirs))
@@ -113,7 +116,24 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
         while True:
             for msg in await alerts.recv():
                 if isinstance(msg, wire.Alert):
+                    if node and not await claim(msg):
+                        continue
                     await carry_out(engine.on_alert(msg))
+
+    async def claim(alert: wire.Alert) -> bool:
+        for attempt in range(3):
+            try:
+                if await in_db(store.claim_alert, alert.id, node):
+                    return True
+                stats["alerts_claimed_elsewhere"] = int(stats.get("alerts_claimed_elsewhere", 0)) + 1
+                return False
+            except StoreError as e:
+                ctx.stats.last_error = str(e)
+                await trio.sleep(0.2 * (attempt + 1))
+        # Whether another node acts on it is unknown: acting could act twice.
+        log_event(ctx.log, "alert.unclaimed", logging.ERROR, alert=alert.id, rule=alert.rule_id,
+                  reason=ctx.stats.last_error)
+        return False
 
     async def on_results() -> None:
         while True:

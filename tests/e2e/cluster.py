@@ -188,6 +188,19 @@ class ScriptedAgent:
         self.z.send(AGENT.encode(wire.Hello(agent=name, hostname=name, addresses=addresses)))
         self.seq = 0
         self.stream = f"s-{name}"
+        self.received: list = []
+        """What the hive sent besides acks (commands, bundles)."""
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.z.poll(50):
+                msg = HIVE.decode(self.z.recv())
+                if not isinstance(msg, wire.Ack):
+                    self.received.append(msg)
+
+    def answer(self, result: wire.CommandResult) -> None:
+        self.z.send(AGENT.encode(result))
 
     def send(self, *events: wire.Event, timeout: float = 30.0) -> None:
         self.seq += 1
@@ -196,7 +209,9 @@ class ScriptedAgent:
         while time.monotonic() < deadline:
             if self.z.poll(100):
                 msg = HIVE.decode(self.z.recv())
-                if isinstance(msg, wire.Ack) and msg.stream == self.stream and msg.seq >= self.seq:
+                if not isinstance(msg, wire.Ack):
+                    self.received.append(msg)
+                elif msg.stream == self.stream and msg.seq >= self.seq:
                     return
         raise AssertionError(f"{self.agent}: batch {self.seq} not acknowledged within {timeout}s")
 

@@ -113,47 +113,119 @@ def queues(urls):
     return trio.run(go)
 
 
-def test_a_correlation_across_two_hosts_whose_events_reach_different_nodes_fires(hive_cluster):
+def _store_rows(c, sql, *args):
     import sqlite3
 
-    import wire
+    db = sqlite3.connect(f"file:{c.store}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def _lateral_alerts(c):
     from hive.correlate import LATERAL_MOVEMENT_RULE
 
+    return _store_rows(c, "SELECT id, agent FROM alerts WHERE rule_id=?", LATERAL_MOVEMENT_RULE)
+
+
+def _two_hosts(c, a_node, b_node, port=22):
     from .cluster import ScriptedAgent
 
+    a = ScriptedAgent("host-a", c.enroll("host-a"), c.hive_keys.public, c.endpoint(a_node), ["10.9.0.1"])
+    b = ScriptedAgent("host-b", c.enroll("host-b"), c.hive_keys.public, c.endpoint(b_node), ["10.9.0.2"])
+    wait_until(lambda: len(_store_rows(c, "SELECT id FROM agents WHERE addresses LIKE '%10.9.0.%'")) == 2,
+               timeout=60)
+    time.sleep(2)  # the correlator reads the agents' addresses once a second
+    return a, b
+
+
+def _listener_and_connect(a, b, port=22):
+    import wire
+
+    b.send(wire.Exec(pid=500, ppid=1, filename="/usr/sbin/sshd"), wire.Bind(pid=500, port=port,
+                                                                           image="/usr/sbin/sshd"))
+    time.sleep(1)
+    a.send(wire.Exec(pid=201, ppid=200, filename="/usr/bin/ssh"),
+           wire.Connect(pid=201, image="/usr/bin/ssh", address="10.9.0.2", port=port))
+    time.sleep(1)
+
+
+def _session(b):
+    import wire
+
+    b.send(wire.Fork(pid=500, child_pid=501, image="/usr/sbin/sshd"),
+           wire.Exec(pid=501, ppid=500, filename="/bin/bash", argv=["/bin/bash"]))
+
+
+def _owner(c):
+    """The node that holds the correlation partition's lease."""
+    for n, node in c.nodes.items():
+        if node.proc.poll() is None:
+            for extra in actor_stats(node, "correlate").values():
+                if str(extra.get("partitions", "")).strip() == "0":
+                    return n
+    return None
+
+
+def _evidence_commands(agent):
+    return [m for m in agent.received if getattr(m, "action", "") == "collect_evidence"]
+
+
+def test_a_correlation_across_two_hosts_whose_events_reach_different_nodes_fires(hive_cluster):
+    """And its playbook acts once, through the router that holds the target's
+    connection, whichever node correlated; the answer comes back to that node."""
+    import wire
+
     c = hive_cluster
-    a = ScriptedAgent("host-a", c.enroll("host-a"), c.hive_keys.public, c.endpoint("node1"), ["10.9.0.1"])
-    b = ScriptedAgent("host-b", c.enroll("host-b"), c.hive_keys.public, c.endpoint("node3"), ["10.9.0.2"])
+    wait_until(lambda: _owner(c) is not None, timeout=60)
+    correlating = _owner(c)
+    others = [n for n in c.names if n != correlating]
+    # The target's connection is on a node that does not correlate: its command is routed.
+    a, b = _two_hosts(c, correlating, others[0])
     try:
-        def addresses_known():
-            db = sqlite3.connect(f"file:{c.store}?mode=ro", uri=True, timeout=30)
-            try:
-                return len(db.execute("SELECT id FROM agents WHERE addresses LIKE '%10.9.0.%'").fetchall()) == 2
-            finally:
-                db.close()
+        _listener_and_connect(a, b)
+        _session(b)
+        wait_until(lambda: len(_lateral_alerts(c)) >= 1, timeout=60)
+        deadline = time.monotonic() + 30
+        while not _evidence_commands(b) and time.monotonic() < deadline:
+            b.poll(0.2)
+        b.poll(3)  # a second copy would come within this
+        assert len(_lateral_alerts(c)) == 1
+        (cmd,) = _evidence_commands(b)
+        b.answer(wire.CommandResult(command=cmd.id, ok=True, detail="collected"))
+        wait_until(lambda: _store_rows(c, "SELECT state FROM commands WHERE id=?", cmd.id) == [("done",)],
+                   timeout=30)
+        assert actor_stats(c.nodes[correlating], "router")["hive.router"]["commands_routed"] == 1
+    finally:
+        a.close()
+        b.close()
 
-        wait_until(addresses_known, timeout=60)
-        time.sleep(2)  # the correlator reads the agents' addresses once a second
-        b.send(wire.Exec(pid=500, ppid=1, filename="/usr/sbin/sshd"), wire.Bind(pid=500, port=22,
-                                                                               image="/usr/sbin/sshd"))
+
+def test_a_new_correlation_owner_rebuilds_the_state_from_the_stream(hive_cluster):
+    """The listener and the connection reach the first owner of the
+    correlation partition, which is then killed -9; the shell that completes
+    the lateral movement reaches its successor, which only knows the rest
+    from the stream."""
+    c = hive_cluster
+
+    def owner():
+        return _owner(c)
+
+    wait_until(lambda: owner() is not None, timeout=60)
+    first = owner()
+    others = [n for n in c.names if n != first]
+    a, b = _two_hosts(c, others[0], others[1])
+    try:
+        _listener_and_connect(a, b)
         time.sleep(1)
-        a.send(wire.Exec(pid=201, ppid=200, filename="/usr/bin/ssh"),
-               wire.Connect(pid=201, image="/usr/bin/ssh", address="10.9.0.2", port=22))
-        time.sleep(1)
-        b.send(wire.Fork(pid=500, child_pid=501, image="/usr/sbin/sshd"),
-               wire.Exec(pid=501, ppid=500, filename="/bin/bash", argv=["/bin/bash"]))
-
-        def lateral():
-            db = sqlite3.connect(f"file:{c.store}?mode=ro", uri=True, timeout=30)
-            try:
-                return db.execute("SELECT count(*) FROM alerts WHERE rule_id=?",
-                                  (LATERAL_MOVEMENT_RULE,)).fetchone()[0]
-            finally:
-                db.close()
-
-        wait_until(lambda: lateral() >= 1, timeout=60)
-        time.sleep(2)
-        assert lateral() == 1
+        c.nodes[first].stop(signal.SIGKILL)
+        wait_until(lambda: owner() not in (None, first), timeout=60)
+        _session(b)
+        wait_until(lambda: len(_lateral_alerts(c)) >= 1, timeout=60)
+        b.poll(3)
+        assert len(_lateral_alerts(c)) == 1
+        assert len(_evidence_commands(b)) == 1
     finally:
         a.close()
         b.close()

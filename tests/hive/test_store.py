@@ -193,6 +193,13 @@ def test_a_bad_alert_is_dropped_and_the_rest_written(store):
     assert [a.id for a in store.alerts()] == ["a1"]
 
 
+def test_an_alert_is_claimed_by_one_node_only(store):
+    assert store.claim_alert("a1", "node1")
+    assert not store.claim_alert("a1", "node2")
+    assert not store.claim_alert("a1", "node1")
+    assert store.claim_alert("a2", "node2")
+
+
 def test_retention_reaches_every_table(store):
     from hive.correlate import Incident
     from hive.playbook._engine import CLOSED_STATES
@@ -212,8 +219,12 @@ def test_retention_reaches_every_table(store):
     db.execute("INSERT INTO audit(time, actor, what) VALUES(?, 'engine', 'old'), (?, 'engine', 'new')", (old, new))
     store.new_token(ttl=-10)
     live = store.new_token()
+    assert store.claim_alert("old", "node1") and store.claim_alert("new", "node1")
+    db.execute("UPDATE alert_claims SET time=? WHERE alert='old'", (old,))
     deleted = store.retain(max_age=30 * 86400, max_bytes=1 << 40, finished_commands=CLOSED_STATES)
-    assert deleted == {"events": 3, "alerts": 1, "incidents": 1, "commands": 1, "audit": 1, "tokens": 1}
+    assert deleted == {"events": 3, "alerts": 1, "incidents": 1, "commands": 1, "audit": 1, "tokens": 1,
+                       "alert_claims": 1}
+    assert [r[0] for r in db.execute("SELECT alert FROM alert_claims")] == ["new"]
     assert [a.id for a in store.alerts()] == ["new"]
     assert sorted(r[0] for r in db.execute("SELECT id FROM commands")) == ["c1", "c2", "c3"]
     assert [r[0] for r in db.execute("SELECT what FROM audit")] == ["new"]
