@@ -382,7 +382,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                 ctx.stats.extra["partitions"] = " ".join(map(str, sorted(keeper.table.owned)))
 
             keeper = LeaseKeeper(bus, "correlate", cluster.node, CORRELATE_PARTITIONS, cluster.lease, on_change,
-                                 ctx.log)
+                                 ctx.log, detail=cluster.role)
             await keeper.run()
 
     task_status.started()

@@ -140,7 +140,10 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     try:
         st = query_status(cfg.run_dir, timeout=args.timeout)
     except actors.ActorError as e:
-        raise CliError(str(e)) from None
+        if not cfg.cluster.nats or args.json:
+            raise CliError(str(e)) from None
+        print(f"this node: {e}")
+        return _cluster_status(cfg)
     if args.json:
         sys.stdout.buffer.write(msgspec.json.encode(st) + b"\n")
         return EXIT_OK
@@ -154,6 +157,23 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
         for a in st.actors
     ]
     _table(rows)
+    return _cluster_status(cfg) if cfg.cluster.nats else EXIT_OK
+
+
+def _cluster_status(cfg: Config) -> int:
+    """The cluster this node is part of, as its NATS servers say."""
+    import trio
+
+    from hive.cluster import ClusterError
+    from hive.cluster._status import cluster_lines, read_cluster
+
+    from ._trees import cluster_spec
+
+    try:
+        view = trio.run(read_cluster, cluster_spec(cfg))
+    except ClusterError as e:
+        raise CliError(f"cluster: cannot read it from {', '.join(cfg.cluster.nats)}: {e}") from None
+    print("\n".join(cluster_lines(view)))
     return EXIT_OK
 
 

@@ -120,7 +120,8 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     nursery.start_soon(pull, p)
                 st["partitions"] = " ".join(map(str, sorted(keeper.table.owned)))
 
-            keeper = LeaseKeeper(bus, "ingest", spec.node, spec.partitions, spec.lease, on_change, ctx.log)
+            keeper = LeaseKeeper(bus, "ingest", spec.node, spec.partitions, spec.lease, on_change, ctx.log,
+                                 detail=spec.role)
             nursery.start_soon(own_events)
             await nursery.start(keeper.run)
             task_status.started()

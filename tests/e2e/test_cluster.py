@@ -63,6 +63,18 @@ def test_every_batch_is_stored_once_and_evaluated_once(hive_cluster):
     assert evaluated(c) == stored
     per_node = [evaluated(c, [n]) for n in c.names]
     assert sum(1 for x in per_node if x) >= 2, per_node
+    # immune-node status shows the cluster: nodes, roles, partitions, queues.
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "node.cli", "status", "--config", str(c.folder / "node1" / "immune.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "cluster: 3 live node(s)" in r.stdout
+    for n in c.names:
+        assert any(line.split()[:2] == [n, "all"] for line in r.stdout.splitlines()), r.stdout
+    assert "without an owner" not in r.stdout
+    assert "  detect                  0 / 0" in r.stdout
 
 
 def test_a_node_killed_under_load_loses_nothing_and_stores_nothing_twice(hive_cluster):
