@@ -241,3 +241,23 @@ def test_a_new_correlation_owner_rebuilds_the_state_from_the_stream(hive_cluster
     finally:
         a.close()
         b.close()
+
+
+def test_the_hive_goes_on_when_a_nats_server_is_killed(hive_cluster, nats_cluster):
+    c = hive_cluster
+    agents = [c.agent(f"n{i}", [c.endpoint(n)], batches=400, rate=100) for i, n in enumerate(c.names)]
+    for a in agents:
+        a.start()
+    wait_until(lambda: all(a.acked >= 50 for a in agents))
+    nats_cluster.servers[0].kill()
+    for a in agents:
+        a.join(240)
+        assert a.acked == a.batches, (a.agent, a.acked)
+    total = sum(a.batches * a.per_batch for a in agents)
+    wait_until(lambda: sum(v[0] for v in c.counts().values()) >= total)
+    time.sleep(2)
+    exactly_once(c, agents)
+    stored = c.stored()
+    live = [s.url for s in nats_cluster.servers if s.alive()]
+    wait_until(lambda: queues(live)["sentinels"] == (0, 0), timeout=90)
+    wait_until(lambda: evaluated(c) >= stored, timeout=90)
