@@ -21,12 +21,14 @@ from ._store import AgentRow, Store, StoreError
 
 
 async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path,
-                         heartbeat_timeout: float = 30.0, interval: float = 1.0) -> None:
+                         heartbeat_timeout: float = 30.0, interval: float = 1.0, shared: bool = False) -> None:
     """Keeps the agents table current; an agent that goes silent is marked
     offline, and that (and its return) is itself an event.  Signs of life
     are gathered for ``interval`` seconds and written in one transaction
     for all agents; when the store cannot write (a full disk), they are kept,
-    merged with newer ones, and written at the next try."""
+    merged with newer ones, and written at the next try.  ``shared``: other
+    hive nodes write the same store (a cluster), so an agent this node has
+    not heard from is marked offline only if no node has."""
     inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec()), SEEN)
     store = Store(path)
     notices = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec())
@@ -46,7 +48,11 @@ async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             if not (seen or gone):
                 continue
             try:
-                came_back = await trio.to_thread.run_sync(store.agents_seen, seen, gone)
+                if shared:
+                    came_back = await trio.to_thread.run_sync(store.agents_seen, seen, [])
+                    gone = await trio.to_thread.run_sync(store.mark_stale, gone, time.time() - heartbeat_timeout)
+                else:
+                    came_back = await trio.to_thread.run_sync(store.agents_seen, seen, gone)
             except StoreError as e:
                 presence.retry(seen, gone)
                 ctx.stats.extra["store_errors"] = int(ctx.stats.extra["store_errors"]) + 1

@@ -763,6 +763,18 @@ class Store:
                        (m.bundle.running, "" if m.bundle.ok else f"v{m.bundle.version} refused: {m.bundle.detail}",
                         agent))
 
+    def mark_stale(self, agents: Iterable[str], before: float) -> list[str]:
+        """Mark offline those of ``agents`` nobody saw since ``before`` (a
+        hive node's own silence about an agent proves nothing when another
+        node holds its connection).  Returns those it marked."""
+        gone = []
+        with self._tx() as db:
+            for a in agents:
+                if db.execute("UPDATE agents SET online=0 WHERE id=? AND online=1 AND last_seen < ?",
+                              (a, before)).rowcount:
+                    gone.append(a)
+        return gone
+
     def mark_offline(self, agent: str) -> None:
         self.agents_seen([], offline=[agent])
 

@@ -61,7 +61,7 @@ def hive_children(cfg: Config) -> list[Child]:
                 path=db, retention_days=cfg.hive.retention_days, retention_mb=cfg.hive.retention_mb,
                 ingest=(INGEST, ingest), detect=detect)),
             Child("registry", registry_actor, shutdown=t, args=dict(
-                path=db, heartbeat_timeout=cfg.hive.heartbeat_timeout)),
+                path=db, heartbeat_timeout=cfg.hive.heartbeat_timeout, shared=spec is not None)),
             Child("zap", zap_handler, shutdown=t, args=dict(authorize=zap_authorizer(db))),
             Child("router", router_actor, shutdown=t, args=dict(
                 path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame, cluster=spec)),

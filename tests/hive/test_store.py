@@ -407,3 +407,12 @@ def test_a_version_4_store_gains_labels_bundles_and_what_each_agent_runs(tmp_pat
     assert (row.bundle_version, row.bundle_detail) == (3, "v4 refused: not newer")
     whats = [r[0] for r in s.db.execute("SELECT what FROM audit ORDER BY id")]
     assert whats == ["agent_labels", "agent_labels", "policy_push", "policy_push", "policy_push"]
+
+
+def test_an_agent_another_node_saw_lately_is_not_marked_offline(store):
+    now = time.time()
+    store.agents_seen([AgentSeen(agent="a", time=int((now - 100) * 1e9)),
+                       AgentSeen(agent="b", time=int((now - 5) * 1e9))])
+    assert store.mark_stale(["a", "b"], before=now - 30) == ["a"]
+    assert {r.id: r.online for r in store.agents()} == {"a": False, "b": True}
+    assert store.mark_stale(["a"], before=now) == []  # offline already: no second notice
