@@ -261,8 +261,10 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
     inbox = None if cluster else await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM),
                                                 correlate)
     store = Store(path, readonly=True)
-    to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
-    to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
+    to_store = to_playbook = None
+    if cluster is None:
+        to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
+        to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
 
     def refresh_addresses() -> None:
         for a in store.agents():
@@ -273,23 +275,46 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
     # (the incident links earlier alerts on its hosts) is filed under it too.
     recent: collections.OrderedDict[str, wire.Alert] = collections.OrderedDict()
 
+    outbox: list[tuple[str, bytes, str]] = []
+    """In a cluster: records and alerts for JetStream, published before the input is acknowledged."""
+    out_codec = internal_codec()
+
+    async def record(msg: Any) -> None:
+        if cluster is None:
+            await to_store.send(msg)
+            return
+        from .cluster._bus import RECORDS_SUBJECT
+
+        # An alert again with its incident set is a new record, not a copy.
+        key = (f"alert/{msg.id}/{msg.incident}" if isinstance(msg, wire.Alert)
+               else f"repeat/{msg.alert}/{msg.time}/{msg.count}" if isinstance(msg, Repeat) else "")
+        outbox.append((RECORDS_SUBJECT, out_codec.encode(msg), key))
+
+    def to_respond(alert: wire.Alert) -> None:
+        if cluster is None:
+            if not to_playbook.try_send(alert):
+                _count(ctx, "playbook_skipped")
+            return
+        from .cluster._bus import ALERTS_SUBJECT
+
+        outbox.append((ALERTS_SUBJECT, out_codec.encode(alert), f"alert/{alert.id}"))
+
     async def publish(alerts: list[wire.Alert | Repeat]) -> None:
         for alert in alerts:
-            await to_store.send(alert)
+            await record(alert)
             if isinstance(alert, Repeat):
                 continue  # counted on its alert; the playbook acted on that one already
             recent[alert.id] = alert
             if len(recent) > _RECENT_ALERTS:
                 recent.popitem(last=False)
-            if not to_playbook.try_send(alert):
-                _count(ctx, "playbook_skipped")
+            to_respond(alert)
         for incident in hosts.changed():
-            await to_store.send(IncidentUpdate(incident=incident))
+            await record(IncidentUpdate(incident=incident))
             for alert_id in incident.alerts:
                 earlier = recent.get(alert_id)
                 if earlier is not None and earlier.incident != incident.id:
                     earlier.incident = incident.id
-                    await to_store.send(earlier)
+                    await record(earlier)
 
     def take(msgs: Iterable[Any], replay: bool = False) -> list[wire.Alert | Repeat]:
         out: list[wire.Alert | Repeat] = []
@@ -347,13 +372,21 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                     take(decoded(chunk), replay=True)
                     replayed += len(chunk)
                 hosts.changed()  # the last owner published these
+                outbox.clear()
                 log_event(ctx.log, "correlate.rebuilt", partition=p, replayed=replayed)
                 ctx.stats.extra["replayed"] = replayed
                 while True:
                     taken = await queue.fetch(256, timeout=1.0)
                     if taken:
                         await publish(take(decoded([d.data for d in taken])))
-                        await queue.ack(taken)
+                    if outbox:
+                        items = outbox[:]
+                        outbox.clear()
+                        if not all(await bus.publish_to(items)):
+                            # Taken again by this owner or the next (copies are dropped by their ids).
+                            await queue.ack([], later=taken, delay=0.5)
+                            raise ClusterError("records or alerts not all published")
+                    await queue.ack(taken)
             except (ClusterError, StoreError) as e:
                 ctx.stats.last_error = str(e)
                 await trio.sleep(0.5)

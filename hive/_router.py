@@ -171,7 +171,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     seen = AgentSeen(agent=agent, time=time.time_ns(), heartbeat=msg)
                 else:
                     origin = remote.answered(msg.command) if bus is not None else None
-                    if origin is not None and origin != cluster.node:
+                    if origin is not None:  # a cluster's playbooks take answers over NATS, ours too
                         await send_back(origin, agent, msg)
                     else:
                         answer(Result(agent=agent, result=msg))
@@ -332,6 +332,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             return
         if origin:
             remote.sent(cmd.id, origin)
+            counts["commands_carried"] = int(counts.get("commands_carried", 0)) + 1
         await agents.send([ident, ack_codec.encode(cmd)])
 
     async def send_back(origin: str, agent: str, result: wire.CommandResult) -> None:
@@ -341,23 +342,13 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             ctx.stats.last_error = str(e)
 
     async def from_routers() -> None:
-        """Commands other nodes route to agents, answers coming back to ours."""
+        """Commands the cluster's playbooks route to agents: those we hold go out."""
         held = await bus.subscribe(f"{COMMAND_PREFIX}.*")
-        back = await bus.subscribe(f"{RESULT_PREFIX}.{cluster.node}")
-        async with trio.open_nursery() as nursery:
-            async def commands_in() -> None:
-                while True:
-                    for data in await _or_nothing(held.next_batch()):
-                        m = routing.decode(data)
-                        if isinstance(m, routing.Routed) and m.agent in idents:
-                            await carry(m.agent, m.command, m.origin)
-
-            nursery.start_soon(commands_in)
-            while True:
-                for data in await _or_nothing(back.next_batch()):
-                    m = routing.decode(data)
-                    if isinstance(m, routing.Answered):
-                        answer(Result(agent=m.agent, result=m.result))
+        while True:
+            for data in await _or_nothing(held.next_batch()):
+                m = routing.decode(data)
+                if isinstance(m, routing.Routed) and m.agent in idents:
+                    await carry(m.agent, m.command, m.origin)
 
     async def _or_nothing(fetch: Any) -> list[bytes]:
         try:

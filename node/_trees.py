@@ -80,7 +80,7 @@ def hive_children(cfg: Config) -> list[Child]:
             # No webhook configured: vars.webhook is absent and notify steps are skipped.
             evidence_dir=lay.data / "evidence", variables={"webhook": cfg.hive.webhook} if cfg.hive.webhook else {},
             protected=hive_addresses(cfg.hive.listen), dry_run=cfg.hive.dry_run, alerts_endpoint=alerts,
-            node=spec.node if spec else "")))
+            node=spec.node if spec else "", cluster=spec)))
     if does("correlate"):
         children.append(Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
             path=db, correlate=correlate, ingest=ingest, alerts=alerts, cluster=spec)))

@@ -34,7 +34,7 @@ class NatsServer:
         routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
         conf.write_text(
             f'server_name: "{self.name}"\nlisten: "127.0.0.1:{self.port}"\nhttp: "127.0.0.1:{self.http_port}"\n'
-            f'jetstream {{ store_dir: "{self.folder / "js"}", max_memory_store: 64MB, max_file_store: 4GB }}\n'
+            f'jetstream {{ store_dir: "{self.folder / "js"}", max_memory_store: 64MB, max_file_store: 8GB }}\n'
             f'cluster {{ name: "immune-test", listen: "127.0.0.1:{self.cluster_port}", routes: [{routes}] }}\n')
         self.log = open(self.folder / "nats.log", "ab")
         self.proc = subprocess.Popen([NATS_SERVER, "-c", str(conf)], stdout=self.log, stderr=self.log)

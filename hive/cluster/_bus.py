@@ -27,6 +27,12 @@ owner of a partition rebuilds its state from it."""
 REBUILD_WINDOW = 900.0
 """Seconds of correlation input kept: beyond the correlator's windows
 (lateral movement 120 s, spread 600 s by default)."""
+RECORDS_STREAM, RECORDS_SUBJECT = "IMMUNE_RECORDS", "immune.records"
+"""Alerts, repeats and incidents from correlation, for the store writers."""
+ALERTS_STREAM, ALERTS_SUBJECT = "IMMUNE_ALERTS", "immune.alerts"
+"""Alerts from correlation, for the playbooks (each taken by one)."""
+RECORDERS, PLAYBOOKS = "recorders", "playbooks"
+"""The durable consumers of those two work queues."""
 COMMAND_PREFIX = "immune.command"
 """``immune.command.<agent>``: a command for an agent, to whichever router holds it."""
 RESULT_PREFIX = "immune.result"
@@ -42,8 +48,10 @@ DUPLICATE_WINDOW = 120.0
 """Seconds JetStream remembers a message id: a batch a router publishes
 again within it (an agent's resend, a router's retry) is dropped there."""
 STREAM_BYTES = 1 << 30
-"""Bytes a work-queue stream may hold while its consumers are behind;
-beyond it the router's publish fails and the agent keeps its batch."""
+"""Bytes the batches' work-queue streams (and the correlation stream) may
+hold while their consumers are behind (alerts' streams an eighth of it):
+beyond it the router's publish fails and the agent keeps its batch.  Each
+NATS server needs room for all of them (``max_file_store`` >= 4 GiB)."""
 ACK_WAIT = 10.0
 """Seconds a taken message may stay unacknowledged before JetStream gives it
 to another consumer (its taker died)."""
@@ -117,34 +125,49 @@ class Bus:
     # -- set-up ----------------------------------------------------------------
 
     async def ensure(self) -> None:
-        """Create the streams, consumers and buckets the hive uses (any node
-        may: creating what exists with the same settings is a no-op)."""
-        from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, KeyValueConfig, RetentionPolicy,
-                                 StorageType, StreamConfig)
+        """Create the streams and consumers the hive uses if they are missing
+        (any node may; what exists is only read, which is cheap when every
+        actor of every node asks at once)."""
+        from nats.js.api import (AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StorageType,
+                                 StreamConfig)
 
         js, replicas = self._js, self.replicas
+        streams = [StreamConfig(name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE,
+                                storage=StorageType.FILE, num_replicas=replicas, max_bytes=most,
+                                discard=DiscardPolicy.NEW, duplicate_window=DUPLICATE_WINDOW)
+                   for name, subject, most in ((INGEST_STREAM, INGEST_SUBJECT + ".>", STREAM_BYTES),
+                                               (DETECT_STREAM, DETECT_SUBJECT, STREAM_BYTES),
+                                               (RECORDS_STREAM, RECORDS_SUBJECT, STREAM_BYTES // 8),
+                                               (ALERTS_STREAM, ALERTS_SUBJECT, STREAM_BYTES // 8))]
+        streams.append(StreamConfig(
+            name=CORRELATE_STREAM, subjects=[CORRELATE_SUBJECT + ".>"], retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE, num_replicas=replicas, max_bytes=STREAM_BYTES, max_age=REBUILD_WINDOW,
+            discard=DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW))
 
         async def go() -> None:
-            for name, subject in ((INGEST_STREAM, INGEST_SUBJECT + ".>"), (DETECT_STREAM, DETECT_SUBJECT)):
-                cfg = StreamConfig(name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE,
-                                   storage=StorageType.FILE, num_replicas=replicas, max_bytes=STREAM_BYTES,
-                                   discard=DiscardPolicy.NEW, duplicate_window=DUPLICATE_WINDOW)
+            for cfg in streams:
+                try:
+                    await js.stream_info(cfg.name)
+                    continue
+                except Exception as e:
+                    if type(e).__name__ != "NotFoundError":
+                        raise
                 try:
                     await js.add_stream(cfg)
                 except Exception as e:
                     if "already in use" not in str(e):
                         raise
-            try:
-                await js.add_stream(StreamConfig(
-                    name=CORRELATE_STREAM, subjects=[CORRELATE_SUBJECT + ".>"], retention=RetentionPolicy.LIMITS,
-                    storage=StorageType.FILE, num_replicas=replicas, max_bytes=STREAM_BYTES,
-                    max_age=REBUILD_WINDOW, discard=DiscardPolicy.OLD, duplicate_window=DUPLICATE_WINDOW))
-            except Exception as e:
-                if "already in use" not in str(e):
-                    raise
-            await js.add_consumer(DETECT_STREAM, ConsumerConfig(
-                durable_name=SENTINELS, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_ack_pending=20000,
-                max_waiting=512))
+            for stream, durable in ((DETECT_STREAM, SENTINELS), (RECORDS_STREAM, RECORDERS),
+                                    (ALERTS_STREAM, PLAYBOOKS)):
+                try:
+                    await js.consumer_info(stream, durable)
+                    continue
+                except Exception as e:
+                    if type(e).__name__ != "NotFoundError":
+                        raise
+                await js.add_consumer(stream, ConsumerConfig(
+                    durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, max_ack_pending=20000,
+                    max_waiting=512))
 
         await self._do(go)
 
@@ -458,6 +481,10 @@ class ClusterSpec:
         return self.role in (role, "all")
 
 
+ENSURE_TRIES = 6
+"""Attempts at making the streams before an actor gives up starting (about 8 s of waits)."""
+
+
 class open_bus:
     """``async with open_bus(spec, "writer") as bus:`` a connected bus whose
     streams exist, in a bridge of its own; closed on the way out."""
@@ -467,10 +494,21 @@ class open_bus:
         self._bridge = Bridge(name=f"nats-{who}")
 
     async def __aenter__(self) -> Bus:
+        import trio
+
         await self._bridge.__aenter__()
         try:
             self._bus = await Bus.connect(self._bridge, self.spec.servers, f"{self.spec.node}.{self.who}")
-            await self._bus.ensure()
+            # A cluster just formed, or every actor of every node starting at
+            # once, can keep JetStream's API past a request's timeout: again.
+            for attempt in range(ENSURE_TRIES):
+                try:
+                    await self._bus.ensure()
+                    break
+                except ClusterError:
+                    if attempt + 1 == ENSURE_TRIES:
+                        raise
+                    await trio.sleep(0.5 * (attempt + 1))
         except BaseException:
             await self._bridge.__aexit__(None, None, None)
             raise

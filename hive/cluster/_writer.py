@@ -18,7 +18,8 @@ from actors import Codec, Context, DecodeError, log_event
 from .._actors import internal_codec
 from .._messages import Ingest
 from .._store import Store, StoreError
-from ._bus import DETECT_SUBJECT, INGEST_STREAM, INGEST_SUBJECT, WRITERS, ClusterError, ClusterSpec, Delivery, open_bus
+from ._bus import (DETECT_SUBJECT, INGEST_STREAM, INGEST_SUBJECT, RECORDERS, RECORDS_STREAM, RECORDS_SUBJECT, WRITERS,
+                   ClusterError, ClusterSpec, Delivery, open_bus)
 from ._keeper import LeaseKeeper
 
 FETCH = 512
@@ -112,12 +113,31 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 if pulling.get(p) is scope:
                     del pulling[p]
 
+            async def records() -> None:
+                """Correlation's alerts and incidents, in order: by the holder of partition 0 alone."""
+                with trio.CancelScope() as scope:
+                    pulling[-1] = scope
+                    while True:
+                        try:
+                            queue = await bus.consumer(RECORDS_STREAM, RECORDS_SUBJECT, RECORDERS)
+                            while True:
+                                taken = await queue.fetch(FETCH, timeout=1.0)
+                                if taken:
+                                    await _records(ctx, store, bus, codec, taken)
+                        except ClusterError as e:
+                            ctx.stats.last_error = str(e)
+                            await trio.sleep(0.5)
+
             async def on_change(gained: set[int], lost: set[int]) -> None:
                 for p in lost:
                     if p in pulling:
                         pulling.pop(p).cancel()
+                    if p == 0 and -1 in pulling:
+                        pulling.pop(-1).cancel()
                 for p in gained:
                     nursery.start_soon(pull, p)
+                    if p == 0:
+                        nursery.start_soon(records)
                 st["partitions"] = " ".join(map(str, sorted(keeper.table.owned)))
 
             keeper = LeaseKeeper(bus, "ingest", spec.node, spec.partitions, spec.lease, on_change, ctx.log,
@@ -141,6 +161,33 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     await trio.sleep(0.5)
     finally:
         store.close()
+
+
+async def _records(ctx: Context, store: Store, bus: Any, codec: Codec, taken: list[Delivery]) -> None:
+    from .._messages import IncidentUpdate, Repeat
+    import wire
+
+    alerts, incidents = [], []
+    for d in taken:
+        try:
+            msg = codec.decode(d.data)
+        except DecodeError:
+            continue
+        if isinstance(msg, (wire.Alert, Repeat)):
+            alerts.append(msg)
+        elif isinstance(msg, IncidentUpdate):
+            incidents.append(msg.incident)
+    try:
+        done = await trio.to_thread.run_sync(store.ingest, [], alerts, incidents)
+    except StoreError as e:
+        ctx.stats.last_error = str(e)
+        await bus.settle([], later=taken, delay=1.0)
+        await trio.sleep(1.0)
+        return
+    st = ctx.stats.extra
+    st["alerts"] = int(st.get("alerts", 0)) + sum(isinstance(a, wire.Alert) for a in alerts)
+    st["dropped_records"] = int(st.get("dropped_records", 0)) + done.dropped
+    await bus.settle(taken)
 
 
 COMMIT_MESSAGES = 4 * FETCH

@@ -185,8 +185,8 @@ def _evidence_commands(agent):
 
 
 def test_a_correlation_across_two_hosts_whose_events_reach_different_nodes_fires(hive_cluster):
-    """And its playbook acts once, through the router that holds the target's
-    connection, whichever node correlated; the answer comes back to that node."""
+    """And one node's playbook acts on it once, through the router that holds
+    the target's connection; the answer comes back to that playbook."""
     import wire
 
     c = hive_cluster
@@ -208,7 +208,7 @@ def test_a_correlation_across_two_hosts_whose_events_reach_different_nodes_fires
         b.answer(wire.CommandResult(command=cmd.id, ok=True, detail="collected"))
         wait_until(lambda: _store_rows(c, "SELECT state FROM commands WHERE id=?", cmd.id) == [("done",)],
                    timeout=30)
-        assert actor_stats(c.nodes[correlating], "router")["hive.router"]["commands_routed"] == 1
+        assert actor_stats(c.nodes[others[0]], "router")["hive.router"]["commands_carried"] == 1
     finally:
         a.close()
         b.close()
@@ -261,3 +261,29 @@ def test_the_hive_goes_on_when_a_nats_server_is_killed(hive_cluster, nats_cluste
     live = [s.url for s in nats_cluster.servers if s.alive()]
     wait_until(lambda: queues(live)["sentinels"] == (0, 0), timeout=90)
     wait_until(lambda: evaluated(c) >= stored, timeout=90)
+
+
+def test_each_stage_on_its_own_node(tmp_path, start_node, nats_cluster):
+    """--role router, detect, correlate, respond: one node each; a lateral
+    movement still goes from the agents' door through detection and
+    correlation to one command at the target."""
+    c = HiveCluster(tmp_path, start_node, nats_cluster.urls, size=4, roles=["router", "detect", "correlate", "respond"])
+    c.start_all()
+    names = {n: [a.name for a in c.nodes[n].status().actors if a.name.startswith("hive.")] for n in c.names}
+    assert "hive.router" in names["node1"] and "hive.writer" in names["node1"]
+    assert not any(a.endswith(("sentinel", "correlate", "playbook")) for a in names["node1"])
+    assert names["node2"] == ["hive.sentinel"] and names["node3"] == ["hive.correlate"]
+    assert names["node4"] == ["hive.playbook"]
+    a, b = _two_hosts(c, "node1", "node1")
+    try:
+        _listener_and_connect(a, b)
+        _session(b)
+        wait_until(lambda: len(_lateral_alerts(c)) >= 1, timeout=60)
+        deadline = time.monotonic() + 30
+        while not _evidence_commands(b) and time.monotonic() < deadline:
+            b.poll(0.2)
+        b.poll(3)
+        assert len(_lateral_alerts(c)) == 1 and len(_evidence_commands(b)) == 1
+    finally:
+        a.close()
+        b.close()
