@@ -92,7 +92,7 @@ class LoadAgent(threading.Thread):
 
 
 def node_config(folder: Path, *, store: Path, nats: list[str], node: str, listen_port: int, role: str = "all",
-                partitions: int = PARTITIONS, lease: float = 3.0) -> Path:
+                partitions: int = PARTITIONS, lease: float = 10.0) -> Path:
     servers = ", ".join(f'"{u}"' for u in nats)
     f = folder / "immune.toml"
     folder.mkdir(parents=True, exist_ok=True)
