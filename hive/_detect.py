@@ -70,7 +70,12 @@ def _count(ctx: Context, key: str, n: int = 1) -> None:
 
 async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED,
                          rule_dirs: list[Path], batch_budget: float = DETECT_BUDGET, detect: str = DETECT,
-                         correlate: str = CORRELATE) -> None:
+                         correlate: str = CORRELATE, cluster: Any = None) -> None:
+    """Evaluates stored batches from ``detect``, or in a cluster (``cluster``,
+    a ``hive.cluster.ClusterSpec``) from JetStream's detection queue, which
+    every node's sentinel shares: each batch goes to one of them, and comes
+    again to another if its taker dies before it acknowledged it (after the
+    evaluation and the hand-over to correlate)."""
     from hive.sigma import RuleEngine
 
     engine = RuleEngine(clock=trio.current_time)
@@ -78,13 +83,17 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
     refused = _report_rules(ctx, report, set(), rule_dirs)
     ctx.stats.extra.update(detect_skipped=0, slowest_rules="")
-    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), detect)
+    inbox = None if cluster else await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), detect)
     out = ctx.socket(zmq.PUSH, connect=correlate, sndhwm=HOP_HWM)
     to_correlate = Backlog(CORRELATE_BYTES)
     task_status.started()
 
+    outbox: list[Any] = []  # in a cluster: for JetStream, published before the batches are acknowledged
+
     def send(msg: Any, what: str, reserve: int = 0) -> None:
-        if not to_correlate.offer(msg, reserve):
+        if cluster is not None:
+            outbox.append(msg)
+        elif not to_correlate.offer(msg, reserve):
             _count(ctx, f"{what}_skipped")  # correlate is behind; counted, never blocking detection
 
     async def housekeeping() -> None:
@@ -109,29 +118,87 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                                    suppressed=st.suppression.suppressed,
                                    slowest_rules=_costs(st.slowest), rule_hits=format_hits(engine.hits()))
 
+    warned = -_WARN_EVERY
+
+    def evaluate(batch: Ingest) -> None:
+        nonlocal warned
+        skipped = engine.skipped
+        alerts = engine.process_batch(batch.events, batch_budget)
+        skipped = engine.skipped - skipped
+        _count(ctx, "events", len(batch.events))
+        if skipped:
+            _count(ctx, "detect_skipped", skipped)
+            if trio.current_time() - warned >= _WARN_EVERY:
+                warned = trio.current_time()
+                log_event(ctx.log, "detect.over_budget", logging.WARNING,
+                          skipped=ctx.stats.extra["detect_skipped"], budget=batch_budget,
+                          slowest=_costs(engine.slowest()))
+        send(batch, "events")
+        for alert in alerts:
+            _count(ctx, "repeats" if isinstance(alert, Repeat) else "alerts")
+            send(alert, "alerts", ALERT_RESERVE)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(housekeeping)
         nursery.start_soon(to_correlate.feed, out)
-        warned = -_WARN_EVERY
+        if cluster is not None:
+            await _from_cluster(ctx, cluster, evaluate, outbox)
+        assert inbox is not None
         while True:
             for batch in await inbox.recv(max_bytes=BURST_BYTES):
-                if not isinstance(batch, Ingest):
+                if isinstance(batch, Ingest):
+                    evaluate(batch)
+
+
+CLUSTER_FETCH = 64
+"""Stored batches a clustered sentinel takes from JetStream at once."""
+
+
+CORRELATED_KINDS = (wire.Exec, wire.Fork, wire.Bind, wire.Connect)
+"""The events the host correlator reads; in a cluster only these travel to it."""
+
+
+async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any]) -> None:
+    from actors import DecodeError
+
+    from .cluster._bus import CORRELATE_SUBJECT, DETECT_STREAM, DETECT_SUBJECT, SENTINELS, ClusterError, open_bus
+    from .cluster._correlate import correlate_id, correlate_partition
+
+    codec = internal_codec()
+    async with open_bus(spec, "sentinel") as bus:
+        queue = await bus.consumer(DETECT_STREAM, DETECT_SUBJECT, SENTINELS)
+        while True:
+            try:
+                taken = await queue.fetch(CLUSTER_FETCH, timeout=1.0)
+                for d in taken:
+                    try:
+                        batch = codec.decode(d.data)
+                    except DecodeError:
+                        _count(ctx, "undecodable")
+                        continue
+                    if isinstance(batch, Ingest):
+                        evaluate(batch)
+                # What correlation reads goes to its partition's owner; only
+                # then are the batches done with.
+                items = []
+                for msg in outbox:
+                    if isinstance(msg, Ingest):
+                        msg = Ingest(agent=msg.agent, stream=msg.stream, seq=msg.seq,
+                                     events=[e for e in msg.events if isinstance(e, CORRELATED_KINDS)])
+                        if not msg.events:
+                            continue
+                    items.append((f"{CORRELATE_SUBJECT}.{correlate_partition(msg)}", codec.encode(msg),
+                                  correlate_id(msg)))
+                outbox.clear()
+                if items and not all(await bus.publish_to(items)):
+                    # All of it again later (what did reach JetStream is dropped there as a copy).
+                    _count(ctx, "correlate_failed")
+                    await queue.ack([], later=taken, delay=0.5)
                     continue
-                skipped = engine.skipped
-                alerts = engine.process_batch(batch.events, batch_budget)
-                skipped = engine.skipped - skipped
-                _count(ctx, "events", len(batch.events))
-                if skipped:
-                    _count(ctx, "detect_skipped", skipped)
-                    if trio.current_time() - warned >= _WARN_EVERY:
-                        warned = trio.current_time()
-                        log_event(ctx.log, "detect.over_budget", logging.WARNING,
-                                  skipped=ctx.stats.extra["detect_skipped"], budget=batch_budget,
-                                  slowest=_costs(engine.slowest()))
-                send(batch, "events")
-                for alert in alerts:
-                    _count(ctx, "repeats" if isinstance(alert, Repeat) else "alerts")
-                    send(alert, "alerts", ALERT_RESERVE)
+                await queue.ack(taken)
+            except ClusterError as e:  # the client reconnects; what was taken comes again
+                ctx.stats.last_error = str(e)
+                await trio.sleep(0.5)
 
 
 def log_refusals(ctx: Context, event: str, failures: Iterable[object], logged: set[str]) -> set[str]:
@@ -178,14 +245,26 @@ def _costs(slowest: Any) -> str:
 
 async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                           lateral_window: float = 120.0, correlate: str = CORRELATE, ingest: str = INGEST,
-                          alerts: str = ALERTS) -> None:
+                          alerts: str = ALERTS, cluster: Any = None) -> None:
+    """Ties alerts into incidents across hosts; the one place alerts leave
+    from (to the store, to the playbook).  In a cluster (``cluster``) it
+    reads JetStream's correlation stream instead of ``correlate``, only
+    while this node holds the lease of its partition; a node that takes the
+    partition over first replays what the last owner acknowledged (its
+    alerts already left, so only the state is kept), then goes on from there."""
     from hive.correlate import HostCorrelator
 
-    hosts = HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
-    inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM), correlate)
+    def fresh() -> HostCorrelator:
+        return HostCorrelator(clock=trio.current_time, lateral_window=lateral_window)
+
+    hosts = fresh()
+    inbox = None if cluster else await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=HOP_HWM),
+                                                correlate)
     store = await trio.to_thread.run_sync(lambda: Store(path, readonly=True))  # may wait on a server
-    to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
-    to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
+    to_store = to_playbook = None
+    if cluster is None:
+        to_store = ctx.socket(zmq.PUSH, connect=ingest, codec=internal_codec(), topic=f"{ctx.name}.alerts")
+        to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
 
     def refresh_addresses() -> None:
         for a in store.agents():
@@ -195,25 +274,63 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
     # Alerts published lately, so that one an incident takes in afterwards
     # (the incident links earlier alerts on its hosts) is filed under it too.
     recent: collections.OrderedDict[str, wire.Alert] = collections.OrderedDict()
-    task_status.started()
+
+    outbox: list[tuple[str, bytes, str]] = []
+    """In a cluster: records and alerts for JetStream, published before the input is acknowledged."""
+    out_codec = internal_codec()
+
+    async def record(msg: Any) -> None:
+        if cluster is None:
+            await to_store.send(msg)
+            return
+        from .cluster._bus import RECORDS_SUBJECT
+
+        # An alert again with its incident set is a new record, not a copy.
+        key = (f"alert/{msg.id}/{msg.incident}" if isinstance(msg, wire.Alert)
+               else f"repeat/{msg.alert}/{msg.time}/{msg.count}" if isinstance(msg, Repeat) else "")
+        outbox.append((RECORDS_SUBJECT, out_codec.encode(msg), key))
+
+    def to_respond(alert: wire.Alert) -> None:
+        if cluster is None:
+            if not to_playbook.try_send(alert):
+                _count(ctx, "playbook_skipped")
+            return
+        from .cluster._bus import ALERTS_SUBJECT
+
+        outbox.append((ALERTS_SUBJECT, out_codec.encode(alert), f"alert/{alert.id}"))
 
     async def publish(alerts: list[wire.Alert | Repeat]) -> None:
         for alert in alerts:
-            await to_store.send(alert)
+            await record(alert)
             if isinstance(alert, Repeat):
                 continue  # counted on its alert; the playbook acted on that one already
             recent[alert.id] = alert
             if len(recent) > _RECENT_ALERTS:
                 recent.popitem(last=False)
-            if not to_playbook.try_send(alert):
-                _count(ctx, "playbook_skipped")
+            to_respond(alert)
         for incident in hosts.changed():
-            await to_store.send(IncidentUpdate(incident=incident))
+            await record(IncidentUpdate(incident=incident))
             for alert_id in incident.alerts:
                 earlier = recent.get(alert_id)
                 if earlier is not None and earlier.incident != incident.id:
                     earlier.incident = incident.id
-                    await to_store.send(earlier)
+                    await record(earlier)
+
+    def take(msgs: Iterable[Any], replay: bool = False) -> list[wire.Alert | Repeat]:
+        out: list[wire.Alert | Repeat] = []
+        for msg in msgs:
+            if isinstance(msg, Ingest):
+                for event in msg.events:
+                    out.extend(hosts.observe(event))
+            elif isinstance(msg, wire.Alert):
+                msg.incident = hosts.observe_alert(msg)
+                out.append(msg)
+            elif isinstance(msg, Repeat):
+                out.append(msg)
+                _count(ctx, "repeats")
+        if not replay:
+            _count(ctx, "alerts", sum(isinstance(m, wire.Alert) for m in out))
+        return out
 
     async def housekeeping() -> None:
         while True:
@@ -225,23 +342,90 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                 ctx.stats.last_error = str(e)
             await publish([])
 
+    async def owned(bus: Any, p: int) -> None:
+        """Correlate partition ``p``: rebuild, then follow."""
+        from actors import DecodeError
+
+        from .cluster._bus import CORRELATE_STREAM, CORRELATE_SUBJECT, ClusterError
+
+        nonlocal hosts
+        codec = internal_codec()
+        subject, durable = f"{CORRELATE_SUBJECT}.{p}", f"correlate-{p}"
+
+        def decoded(data: list[bytes]) -> list[Any]:
+            out = []
+            for d in data:
+                try:
+                    out.append(codec.decode(d))
+                except DecodeError:
+                    _count(ctx, "undecodable")
+            return out
+
+        while True:
+            try:
+                queue = await bus.consumer(CORRELATE_STREAM, subject, durable)
+                hosts = fresh()
+                await trio.to_thread.run_sync(refresh_addresses)
+                replayed = 0
+                async for chunk in bus.replay(CORRELATE_STREAM, subject, await bus.ack_floor(CORRELATE_STREAM,
+                                                                                             durable)):
+                    take(decoded(chunk), replay=True)
+                    replayed += len(chunk)
+                hosts.changed()  # the last owner published these
+                outbox.clear()
+                log_event(ctx.log, "correlate.rebuilt", partition=p, replayed=replayed)
+                ctx.stats.extra["replayed"] = replayed
+                while True:
+                    taken = await queue.fetch(256, timeout=1.0)
+                    if taken:
+                        await publish(take(decoded([d.data for d in taken])))
+                    if outbox:
+                        items = outbox[:]
+                        outbox.clear()
+                        if not all(await bus.publish_to(items)):
+                            # Taken again by this owner or the next (copies are dropped by their ids).
+                            await queue.ack([], later=taken, delay=0.5)
+                            raise ClusterError("records or alerts not all published")
+                    await queue.ack(taken)
+            except (ClusterError, StoreError) as e:
+                ctx.stats.last_error = str(e)
+                await trio.sleep(0.5)
+
+    async def clustered() -> None:
+        from .cluster._bus import open_bus
+        from .cluster._correlate import CORRELATE_PARTITIONS
+        from .cluster._keeper import LeaseKeeper
+
+        async with open_bus(cluster, "correlate") as bus, trio.open_nursery() as nursery:
+            scopes: dict[int, trio.CancelScope] = {}
+
+            async def run(p: int) -> None:
+                with trio.CancelScope() as scope:
+                    scopes[p] = scope
+                    await owned(bus, p)
+
+            async def on_change(gained: set[int], lost: set[int]) -> None:
+                nonlocal hosts
+                for p in lost:
+                    if p in scopes:
+                        scopes.pop(p).cancel()
+                        hosts = fresh()  # another node owns this state now
+                for p in gained:
+                    nursery.start_soon(run, p)
+                ctx.stats.extra["partitions"] = " ".join(map(str, sorted(keeper.table.owned)))
+
+            keeper = LeaseKeeper(bus, "correlate", cluster.node, CORRELATE_PARTITIONS, cluster.lease, on_change,
+                                 ctx.log, detail=cluster.role)
+            await keeper.run()
+
+    task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(housekeeping)
+            if cluster is not None:
+                await clustered()
+            assert inbox is not None
             while True:
-                out: list[wire.Alert | Repeat] = []
-                for msg in await inbox.recv(max_bytes=BURST_BYTES):
-                    if isinstance(msg, Ingest):
-                        for event in msg.events:
-                            out.extend(hosts.observe(event))
-                    elif isinstance(msg, wire.Alert):
-                        msg.incident = hosts.observe_alert(msg)
-                        out.append(msg)
-                    elif isinstance(msg, Repeat):
-                        out.append(msg)
-                        _count(ctx, "repeats")
-                _count(ctx, "alerts", sum(isinstance(m, wire.Alert) for m in out))
-                await publish(out)
+                await publish(take(await inbox.recv(max_bytes=BURST_BYTES)))
     finally:
         store.close()
-

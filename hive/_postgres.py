@@ -123,7 +123,14 @@ def _v7_to_v8(db: Any) -> None:
                "requested_by TEXT NOT NULL)")
 
 
-MIGRATIONS: dict[int, Callable[[Any], None]] = {7: _v7_to_v8}
+def _v8_to_v9(db: Any) -> None:
+    # Alert claims of a hive cluster (issue 15): as hive._sqlite's step of the same number.
+    db.execute("CREATE TABLE alert_claims(rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE, "
+               "alert TEXT PRIMARY KEY, node TEXT NOT NULL, time DOUBLE PRECISION NOT NULL)")
+    db.execute("CREATE INDEX alert_claims_time ON alert_claims(time)")
+
+
+MIGRATIONS: dict[int, Callable[[Any], None]] = {7: _v7_to_v8, 8: _v8_to_v9}
 """``MIGRATIONS[n]`` turns a store of schema version ``n`` into ``n + 1``."""
 
 _SCHEMA_LOCK = 0x494D4D31

@@ -26,7 +26,9 @@ async def registry_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     offline, and that (and its return) is itself an event.  Signs of life
     are gathered for ``interval`` seconds and written in one transaction
     for all agents; when the store cannot write (a full disk), they are kept,
-    merged with newer ones, and written at the next try."""
+    merged with newer ones, and written at the next try.  ``shared``: other
+    hive nodes write the same store (a cluster), so an agent this node has
+    not heard from is marked offline only if no node has."""
     inbox = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec()), SEEN)
     store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     notices = ctx.socket(zmq.PUSH, connect=INGEST, codec=internal_codec())

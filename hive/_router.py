@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -21,6 +22,11 @@ from ._messages import AgentSeen, Deliver, Ingest, Result, Stored
 from ._registry import WireVersions
 from ._fleet import Fleet
 from ._store import Changes, Store, StoreError
+from .cluster import _routing as routing
+from .cluster._bus import COMMAND_PREFIX, INGEST_SUBJECT, RESULT_PREFIX, ClusterError, ClusterSpec, agent_subject, open_bus
+from .cluster._ledger import AckLedger, Offer
+from .cluster._leases import partition_of
+from .cluster._writer import batch_id
 
 PEER_HWM = 2
 """Frames ZeroMQ queues per agent connection before it stops reading it, so
@@ -49,7 +55,8 @@ is 33 bytes longer than the frame it carries."""
 
 
 async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
-                       keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+                       keys: KeyPair, listen: str, max_frame: int = DEFAULT_MAX_FRAME,
+                       cluster: ClusterSpec | None = None) -> None:
     """The agents' door: CURVE-authenticated ROUTER.  Refuses what it cannot
     trust (counted, logged a few per interval), passes batches to the store,
     acks what the store wrote, carries commands out and results back.
@@ -59,7 +66,11 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     ``PEER_HWM`` frames per connection, the inbound queue holds at most four
     frames' worth of bytes, the agents' batches here ``QUEUE_LIMIT`` and on
     their way to the store ``STORE_WINDOW``, shared among the agents in turn
-    (``FairQueue``)."""
+    (``FairQueue``).
+
+    In a cluster (``cluster`` given) batches go to JetStream instead of the
+    store, and an agent is acknowledged once JetStream holds them (see
+    ``hive.cluster.AckLedger``); the store writers of the cluster store them."""
     deliver = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), topic=""), DELIVER)
     results = await ctx.bind(ctx.socket(zmq.PUSH, codec=internal_codec(), topic="", sndhwm=10000), RESULTS)
     store = await trio.to_thread.run_sync(lambda: Store(path, readonly=True))  # may wait on a server
@@ -91,6 +102,9 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     counts = ctx.stats.extra
     counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0, bundles_sent=0)
     fleet = Fleet()
+    ledger = AckLedger()
+    remote = routing.Origins()
+    bus: Any = None
 
     def refused(why: str, agent: str, detail: str) -> None:
         ctx.throttle.event(why, "frame.refused", why=why, agent=agent or "?", detail=detail)
@@ -125,7 +139,12 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     continue  # counted and logged by the socket
                 idents[agent] = ident
                 now = time.time()
-                if isinstance(msg, wire.EventBatch):
+                if isinstance(msg, wire.EventBatch) and bus is not None:
+                    await to_cluster(agent, msg)
+                    if now - seen_at.get(agent, 0) < 1.0:
+                        continue
+                    seen = AgentSeen(agent=agent, time=time.time_ns())
+                elif isinstance(msg, wire.EventBatch):
                     ingest = ingest_codec.encode(Ingest(agent=agent, stream=msg.stream, seq=msg.seq,
                                                         events=msg.events))
                     if not fair.offer(agent, ingest, len(ingest)):
@@ -152,10 +171,79 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 elif isinstance(msg, wire.Heartbeat):
                     seen = AgentSeen(agent=agent, time=time.time_ns(), heartbeat=msg)
                 else:
-                    answer(Result(agent=agent, result=msg))
+                    origin = remote.answered(msg.command) if bus is not None else None
+                    if origin is not None:  # a cluster's playbooks take answers over NATS, ours too
+                        await send_back(origin, agent, msg)
+                    else:
+                        answer(Result(agent=agent, result=msg))
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 seen_at[agent] = now
                 await to_registry.send(seen)
+
+    async def send_ack(agent: str, stream: str, seq: int, resend: bool = False) -> None:
+        if agent in idents:
+            await agents.send([idents[agent], ack_codec.encode(wire.Ack(seq=seq, stream=stream, resend=resend))])
+
+    async def learn(key: tuple[str, str]) -> bool:
+        """Read what the store holds of ``key``; ack the agent if that moved it."""
+        try:
+            mark = await trio.to_thread.run_sync(store.stream_mark, *key)
+        except StoreError as e:
+            ctx.stats.last_error = str(e)
+            return False
+        moved = ledger.learn(key, mark)
+        if moved is not None:
+            await send_ack(key[0], key[1], moved)
+        return True
+
+    async def to_cluster(agent: str, msg: wire.EventBatch) -> None:
+        key = (agent, msg.stream)
+        offer = ledger.offer(key, msg.seq)
+        if offer in (Offer.UNKNOWN, Offer.GAP):
+            if not await learn(key):
+                return  # not taken: the agent sends it again
+            offer = ledger.offer(key, msg.seq)
+        if offer is Offer.ACK:
+            await send_ack(agent, msg.stream, ledger.acked(key))
+        elif offer is Offer.GAP:
+            counts["gaps"] = int(counts.get("gaps", 0)) + 1
+            await send_ack(agent, msg.stream, ledger.acked(key), resend=True)
+        elif offer is Offer.PUBLISH:
+            data = ingest_codec.encode(Ingest(agent=agent, stream=msg.stream, seq=msg.seq, events=msg.events))
+            if fair.offer(agent, (key, msg.seq, data), len(data)):
+                work.unpark_all()
+            else:
+                ledger.published(key, msg.seq, False)
+                counts["over_budget"] = int(counts["over_budget"]) + 1
+
+    async def to_jetstream() -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                batches = fair.take()
+                if not batches:
+                    await work.park()
+                    continue
+                room.unpark_all()
+                # Publishes overlap; the fair queue's window bounds the bytes in flight.
+                nursery.start_soon(publish, batches)
+
+    async def publish(batches: list[tuple[str, Any]]) -> None:
+        # Each agent's batches in its partition: one writer stores them in order.
+        items = [(f"{INGEST_SUBJECT}.{partition_of(agent, cluster.partitions)}", data, batch_id(*key, seq))
+                 for agent, (key, seq, data) in batches]
+        try:
+            held = await bus.publish_to(items)
+        except ClusterError as e:
+            ctx.stats.last_error = str(e)
+            held = [False] * len(items)
+        counts["published"] = int(counts.get("published", 0)) + held.count(True)
+        counts["publish_failed"] = int(counts.get("publish_failed", 0)) + held.count(False)
+        for (agent, (key, seq, _)), ok in zip(batches, held):
+            fair.answered(agent)
+            moved = ledger.published(key, seq, ok)
+            if moved is not None:
+                await send_ack(agent, key[1], moved)
+        work.unpark_all()
 
     async def send_bundle(agent: str) -> None:
         b = fleet.due(agent, agent_wires.get(agent))
@@ -210,26 +298,70 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     await agents.send([idents[o.agent], ack_codec.encode(ack)])
 
     async def commands() -> None:
-        from hive.playbook import check_guardrails  # (hive.playbook imports this module)
-
         while True:
             for d in await deliver.recv():
                 if not isinstance(d, Deliver):
                     continue
-                cmd = d.command
-                pid = agent_pids.get(d.agent)
-                why = WireVersions.refusal(agent_wires.get(d.agent)) or check_guardrails(
-                    cmd.action, msgspec.structs.asdict(cmd), agent_pids=frozenset([pid] if pid else []))
-                if why:
-                    counts["commands_refused"] = int(counts["commands_refused"]) + 1
-                    log_event(ctx.log, "command.refused", logging.WARNING, agent=d.agent, id=cmd.id, reason=why)
-                    answer(Result(agent=d.agent, result=wire.CommandResult(command=cmd.id, detail=why)))
+                if d.agent not in idents and bus is not None:
+                    # Not ours: to the router that holds it, if any (a command is not kept).
+                    try:
+                        await bus.send(agent_subject(d.agent), routing.encode(
+                            routing.Routed(origin=cluster.node, agent=d.agent, command=d.command)))
+                        counts["commands_routed"] = int(counts.get("commands_routed", 0)) + 1
+                    except ClusterError as e:
+                        ctx.stats.last_error = str(e)
+                        log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=d.agent, id=d.command.id,
+                                  reason=str(e))
                     continue
-                ident = idents.get(d.agent)
-                if ident is None:
-                    log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=d.agent, id=cmd.id)
-                    continue
-                await agents.send([ident, ack_codec.encode(cmd)])
+                await carry(d.agent, d.command, "")
+
+    async def carry(agent: str, cmd: Any, origin: str) -> None:
+        """Send ``cmd`` to ``agent`` (for ``origin``'s playbook, or ours if '')."""
+        from hive.playbook import check_guardrails  # (hive.playbook imports this module)
+
+        pid = agent_pids.get(agent)
+        why = WireVersions.refusal(agent_wires.get(agent)) or check_guardrails(
+            cmd.action, msgspec.structs.asdict(cmd), agent_pids=frozenset([pid] if pid else []))
+        if why:
+            counts["commands_refused"] = int(counts["commands_refused"]) + 1
+            log_event(ctx.log, "command.refused", logging.WARNING, agent=agent, id=cmd.id, reason=why)
+            refusal = wire.CommandResult(command=cmd.id, detail=why)
+            if origin:
+                await send_back(origin, agent, refusal)
+            else:
+                answer(Result(agent=agent, result=refusal))
+            return
+        ident = idents.get(agent)
+        if ident is None:
+            log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=agent, id=cmd.id)
+            return
+        if origin:
+            remote.sent(cmd.id, origin)
+            counts["commands_carried"] = int(counts.get("commands_carried", 0)) + 1
+        await agents.send([ident, ack_codec.encode(cmd)])
+
+    async def send_back(origin: str, agent: str, result: wire.CommandResult) -> None:
+        try:
+            await bus.send(f"{RESULT_PREFIX}.{origin}", routing.encode(routing.Answered(agent=agent, result=result)))
+        except ClusterError as e:
+            ctx.stats.last_error = str(e)
+
+    async def from_routers() -> None:
+        """Commands the cluster's playbooks route to agents: those we hold go out."""
+        held = await bus.subscribe(f"{COMMAND_PREFIX}.*")
+        while True:
+            for data in await _or_nothing(held.next_batch()):
+                m = routing.decode(data)
+                if isinstance(m, routing.Routed) and m.agent in idents:
+                    await carry(m.agent, m.command, m.origin)
+
+    async def _or_nothing(fetch: Any) -> list[bytes]:
+        try:
+            return await fetch
+        except ClusterError as e:  # the client reconnects by itself; core NATS keeps nothing meanwhile
+            ctx.stats.last_error = str(e)
+            await trio.sleep(0.5)
+            return []
 
     async def housekeeping() -> None:
         nonlocal revoked
@@ -243,13 +375,19 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                 revoked = await trio.to_thread.run_sync(store.revoked)
             except StoreError as e:
                 ctx.stats.last_error = str(e)
+            for key in ledger.blocked():  # another router may have published the hole
+                await learn(key)
 
     try:
-        async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack:
+            if cluster is not None:
+                bus = await stack.enter_async_context(open_bus(cluster, "router"))
+            nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(functools.partial(watch_door, z, door, syncs=ctx.runtime.zap_syncs))
             z.bind(listen)
             await nursery.start(agents.pump)
-            for fn in (inbound, to_the_store, acks, commands, housekeeping, fleet_changes):
+            for fn in (inbound, to_the_store if bus is None else to_jetstream, acks, commands, housekeeping,
+                       fleet_changes, *([from_routers] if bus is not None else [])):
                 nursery.start_soon(fn)
             log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
             task_status.started()

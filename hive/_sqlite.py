@@ -147,8 +147,17 @@ def _v7_to_v8(db: sqlite3.Connection) -> None:
                "requested_by TEXT NOT NULL)")
 
 
+def _v8_to_v9(db: sqlite3.Connection) -> None:
+    # A hive cluster (issue 15): which node's playbook took each alert, so
+    # that an alert correlation hands out twice (its owner died after the
+    # hand-over, before its ack) is acted on once.
+    db.execute("CREATE TABLE IF NOT EXISTS alert_claims(alert TEXT PRIMARY KEY, node TEXT NOT NULL, "
+               "time REAL NOT NULL)")
+    db.execute("CREATE INDEX IF NOT EXISTS alert_claims_time ON alert_claims(time)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7, _v7_to_v8]
+    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7, _v7_to_v8, _v8_to_v9]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

@@ -564,6 +564,18 @@ class Store:
     def stream_marks(self) -> dict[tuple[str, str], int]:
         return {(a, s): seq for a, s, seq in self._read("SELECT agent, stream, seq FROM streams", ())}
 
+    def claim_alert(self, alert: str, node: str) -> bool:
+        """Take ``alert`` for ``node``'s playbook: True for the first node to
+        ask, False for every later one (another node acts on it)."""
+        with self._tx() as db:
+            return db.execute("INSERT INTO alert_claims(alert, node, time) VALUES(?,?,?) ON CONFLICT(alert) DO NOTHING",
+                              (alert, node, time.time())).rowcount == 1
+
+    def stream_mark(self, agent: str, stream: str) -> int:
+        """The last seq stored for (agent, stream); 0 if none."""
+        rows = self._read("SELECT seq FROM streams WHERE agent=? AND stream=?", (agent, stream))
+        return rows[0][0] if rows else 0
+
     def retain(self, *, max_age: float, max_bytes: int, finished_commands: Sequence[str] = (),
                now: float | None = None) -> dict[str, int]:
         """Delete what is older than ``max_age`` seconds from every table:
@@ -587,6 +599,7 @@ class Store:
                                       (*finished_commands, cutoff), key="rowid"),
                 audit=self._delete("audit", "time < ?", (cutoff,)),
                 triage=self._delete("triage", "time < ?", (cutoff,)),
+                alert_claims=self._delete("alert_claims", "time < ?", (cutoff,), key="rowid"),
                 tokens=self._delete("tokens", "expires < ?", (now,), key="rowid"))
             deleted["events"] += self.backend.bound_size(self, max_bytes)
         except DB_ERRORS as e:

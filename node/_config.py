@@ -59,6 +59,26 @@ class StoreConfig(_Section):
     database that hive nodes on several machines may share."""
 
 
+ROLES = ("router", "detect", "correlate", "respond", "all")
+
+
+class ClusterConfig(_Section):
+    nats: list[str] = []
+    """The NATS servers of the cluster (``nats://HOST:PORT``, any of them;
+    the client finds the others).  Empty: a single hive node, as always."""
+    node: str = ""
+    """This node's name in the cluster (letters, digits, ``-_.``); empty: the host name."""
+    role: str = "all"
+    """What this node does: ``router`` (agents' door and store writer),
+    ``detect`` (Sigma rules), ``correlate``, ``respond`` (playbooks) or ``all``."""
+    partitions: Annotated[int, Meta(ge=1, le=1024)] = 16
+    """Partitions of correlation and response, each owned by one node at a
+    time through a lease; the same on every node."""
+    lease: Annotated[float, Meta(ge=1, le=300)] = 10.0
+    """Seconds a partition's lease lasts without renewal: a dead owner's
+    partitions move after about this long."""
+
+
 class HiveConfig(_Section):
     listen: str = "tcp://0.0.0.0:7400"
     """Where agents connect (ZeroMQ endpoint; CURVE-encrypted)."""
@@ -212,6 +232,7 @@ class Config(_Section):
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     hive: HiveConfig = msgspec.field(default_factory=HiveConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     agent: AgentConfig = msgspec.field(default_factory=AgentConfig)
     sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
@@ -226,6 +247,13 @@ class Config(_Section):
     @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
+
+    @property
+    def node_name(self) -> str:
+        """This node's name in the cluster."""
+        import socket
+
+        return self.cluster.node or re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64]
 
     @property
     def store_location(self) -> Path | str:
@@ -407,6 +435,7 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
         problem = _store_url_problem(cfg.store.url)
         if problem:
             yield "store.url", problem
+    yield from _cluster_problems(cfg.cluster)
     if cfg.hive.webhook and not _is_http_url(cfg.hive.webhook):
         yield "hive.webhook", f"{cfg.hive.webhook!r} is not an http:// or https:// URL"
     if cfg.agent.id and not _AGENT_ID.fullmatch(cfg.agent.id):
@@ -454,6 +483,28 @@ _OUTPUT_KINDS = ("file", "syslog", "webhook")
 _OUTPUT_WHAT = ("alerts", "events", "both")
 _SYSLOG_SCHEMES = ("udp", "tcp", "tls")
 _TOKEN = re.compile(r"[!-~]{1,4096}")  # printable ASCII, no spaces: it goes into a header
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _cluster_problems(c: ClusterConfig) -> Iterator[tuple[str, str]]:
+    for i, url in enumerate(c.nats):
+        u = urlsplit(url)
+        try:
+            port = u.port
+        except ValueError:
+            port = None
+        if u.scheme not in ("nats", "tls") or not u.hostname or port is None or u.path not in ("", "/"):
+            yield f"cluster.nats[{i}]", f"{url!r} is not nats://HOST:PORT (or tls://HOST:PORT)"
+    if len(set(c.nats)) != len(c.nats):
+        yield "cluster.nats", "names a server twice"
+    if c.node and not _NODE_NAME.fullmatch(c.node):
+        yield "cluster.node", f"{c.node!r}: 1-64 letters, digits or -_."
+    if c.role not in ROLES:
+        yield "cluster.role", f"{c.role!r} is not one of {', '.join(ROLES)}"
+    elif c.role != "all" and not c.nats:
+        yield "cluster.role", f"{c.role!r} needs cluster.nats: a single node does everything"
 
 
 def _output_problems(outputs: list[OutputConfig]) -> Iterator[tuple[str, str]]:

@@ -51,31 +51,47 @@ def hive_children(cfg: Config) -> list[Child]:
     run = cfg.run_dir
     detect, correlate = f"ipc://{run}/detect.sock", f"ipc://{run}/correlate.sock"
     ingest, alerts = f"ipc://{run}/ingest.sock", f"ipc://{run}/alerts.sock"
-    children = [
-        Child("store", store_actor, shutdown=t, args=dict(
-            path=db, retention_days=cfg.hive.retention_days, retention_mb=cfg.hive.retention_mb,
-            ingest=(INGEST, ingest), detect=detect)),
-        Child("registry", registry_actor, shutdown=t, args=dict(
-            path=db, heartbeat_timeout=cfg.hive.heartbeat_timeout)),
-        Child("zap", zap_handler, shutdown=t, args=dict(authorize=zap_authorizer(db))),
-        Child("router", router_actor, shutdown=t, args=dict(
-            path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame)),
-        Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen,
-                                                           bundle_key=bundle_key.public)),
-        Child("playbook", playbook_actor, shutdown=t, args=dict(
+    spec = cluster_spec(cfg)
+    does = spec.does if spec else (lambda role: True)
+    router_side = does("router")
+    children = []
+    if router_side:
+        children += [
+            Child("store", store_actor, shutdown=t, args=dict(
+                path=db, retention_days=cfg.hive.retention_days, retention_mb=cfg.hive.retention_mb,
+                ingest=(INGEST, ingest), detect=detect)),
+            Child("registry", registry_actor, shutdown=t, args=dict(
+                path=db, heartbeat_timeout=cfg.hive.heartbeat_timeout)),
+            Child("zap", zap_handler, shutdown=t, args=dict(authorize=zap_authorizer(db))),
+            Child("router", router_actor, shutdown=t, args=dict(
+                path=db, keys=keys, listen=cfg.hive.listen, max_frame=cfg.hive.max_frame, cluster=spec)),
+            Child("enroll", enroll_actor, shutdown=t, args=dict(path=db, keys=keys, listen=cfg.hive.enroll_listen,
+                                                               bundle_key=bundle_key.public)),
+        ]
+        if spec:
+            from hive.cluster import writer_actor
+
+            # Takes agents' batches from JetStream into the store, and binds
+            # the store's way to detection (its own events go there too).
+            children.append(Child("writer", writer_actor, shutdown=t, args=dict(path=db, spec=spec, detect=detect)))
+    if does("respond"):
+        children.append(Child("playbook", playbook_actor, shutdown=t, args=dict(
             path=db, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)],
             # No webhook configured: vars.webhook is absent and notify steps are skipped.
             evidence_dir=lay.data / "evidence", variables={"webhook": cfg.hive.webhook} if cfg.hive.webhook else {},
-            protected=hive_addresses(cfg.hive.listen), dry_run=cfg.hive.dry_run, alerts_endpoint=alerts)),
-        Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
-            path=db, correlate=correlate, ingest=ingest, alerts=alerts)),
-        Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
-            rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True), detect=detect, correlate=correlate)),
+            protected=hive_addresses(cfg.hive.listen), dry_run=cfg.hive.dry_run, alerts_endpoint=alerts,
+            node=spec.node if spec else "", cluster=spec)))
+    if does("correlate"):
+        children.append(Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
+            path=db, correlate=correlate, ingest=ingest, alerts=alerts, cluster=spec)))
+    if does("detect"):
+        children.append(Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
+            rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True), detect=detect, correlate=correlate,
+            cluster=spec)))
+    if router_side and cfg.console.enabled:
         # Last: nothing depends on it, so its restart restarts nothing else.
-        *([Child("console", console_actor, shutdown=t, args=dict(
-            config=cfg, db=db, data=lay.data, shutdown_timeout=t, protected=hive_addresses(cfg.hive.listen)))]
-          if cfg.console.enabled else []),
-    ]
+        children.append(Child("console", console_actor, shutdown=t, args=dict(
+            config=cfg, db=db, data=lay.data, shutdown_timeout=t, protected=hive_addresses(cfg.hive.listen))))
     # Outputs last: one that restarts (its receiver's errors never make it)
     # restarts nothing else.  They read the store on their own.
     children += [Child(f"output-{o.name}", output_actor, shutdown=t, args=dict(path=db, output=o))
@@ -87,6 +103,17 @@ def hive_children(cfg: Config) -> list[Child]:
         children.append(Child("ai", ai_actor, shutdown=t, args=dict(
             path=db, ai=cfg.ai, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)])))
     return children
+
+
+def cluster_spec(cfg: Config):
+    """The cluster this hive node is part of; None for a single node."""
+    if not cfg.cluster.nats:
+        return None
+    from hive.cluster import ClusterSpec
+
+    c = cfg.cluster
+    return ClusterSpec(servers=tuple(c.nats), node=cfg.node_name, role=c.role, partitions=c.partitions,
+                       lease=c.lease)
 
 
 def hive_addresses(listen: str) -> list[str]:

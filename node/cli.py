@@ -160,7 +160,10 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     try:
         st = query_status(cfg.run_dir, timeout=args.timeout)
     except actors.ActorError as e:
-        raise CliError(str(e)) from None
+        if not cfg.cluster.nats or args.json:
+            raise CliError(str(e)) from None
+        print(f"this node: {e}")
+        return _cluster_status(cfg)
     if args.json:
         sys.stdout.buffer.write(msgspec.json.encode(st) + b"\n")
         return EXIT_OK
@@ -180,6 +183,23 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
             how = "connected" if a.extra.get("connected") else "connecting"
             moves = int(a.extra.get("hive_moves", 0))
             print(f"{a.name}: hive {hive} ({how}; {moves} move{'' if moves == 1 else 's'} between hive nodes)")
+    return _cluster_status(cfg) if cfg.cluster.nats else EXIT_OK
+
+
+def _cluster_status(cfg: Config) -> int:
+    """The cluster this node is part of, as its NATS servers say."""
+    import trio
+
+    from hive.cluster import ClusterError
+    from hive.cluster._status import cluster_lines, read_cluster
+
+    from ._trees import cluster_spec
+
+    try:
+        view = trio.run(read_cluster, cluster_spec(cfg))
+    except ClusterError as e:
+        raise CliError(f"cluster: cannot read it from {', '.join(cfg.cluster.nats)}: {e}") from None
+    print("\n".join(cluster_lines(view)))
     return EXIT_OK
 
 
@@ -727,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="ENDPOINT", help="where agents connect (default: tcp://0.0.0.0:7400)")
     p.add_argument("--console-listen", metavar="URL",
                    help="where the console serves HTTPS (default: https://127.0.0.1:7480)")
+    p.add_argument("--role", choices=("router", "detect", "correlate", "respond", "all"),
+                   help="in a cluster ([cluster] nats): what this node does (default: all)")
 
     p = add("agent", cmd_agent, "run the agent: the kernel sensor and the uplink to a hive",
             "Run the agent: the kernel sensor and the uplink to a hive. SIGINT or SIGTERM stop it; "
@@ -901,6 +923,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     if args.command in ("hive", "demo"):
         o["hive_listen"] = args.listen
         o["console_listen"] = args.console_listen
+        o["cluster_role"] = getattr(args, "role", None)
     if args.command == "agent":
         o.update(agent_hive=args.hive, agent_id=args.id, sensor_scope=args.scope, sensor_policy=args.policy)
     return o

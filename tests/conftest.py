@@ -54,3 +54,19 @@ def store_location(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "hive.db"
     return request.getfixturevalue("pg_url")
+@pytest.fixture
+def nats_cluster(tmp_path_factory):
+    """Three nats-server processes as a JetStream cluster on loopback, with
+    a meta leader; stopped after the test.  Without nats-server the test is
+    skipped, except under CI, where that fails."""
+    from tests.natsd import NATS_SERVER, NatsCluster
+
+    if not os.path.exists(NATS_SERVER):
+        if os.environ.get("CI"):
+            pytest.fail(f"nats-server missing at {NATS_SERVER} under CI (setup.sh test installs it)")
+        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -52,12 +52,17 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
                          playbook_dirs: Sequence[Path], evidence_dir: Path | None = None,
                          variables: Mapping[str, Any] | None = None, protected: Iterable[str] = (),
                          dry_run: bool = False, alerts_endpoint: str = ALERTS, deliver_endpoint: str = DELIVER,
-                         results_endpoint: str = RESULTS, tick: float = 1.0, reload_every: float = 2.0) -> None:
+                         results_endpoint: str = RESULTS, tick: float = 1.0, reload_every: float = 2.0,
+                         node: str = "", cluster: Any = None) -> None:
     """``path``: the hive store; ``playbook_dirs``: folders of playbook files
     (``hive.playbook.DEFAULT_PLAYBOOKS`` and the operator's); ``variables``:
     what templates see as ``vars`` (e.g. ``{"webhook": URL}``); ``protected``:
     the hive's own addresses, which no playbook may block; ``dry_run``: every
-    playbook in dry-run."""
+    playbook in dry-run; ``node``: this node's name in a hive cluster, where
+    an alert is acted on only by the node that claims it first in the shared
+    store (correlation may hand one alert out twice when its owner dies);
+    ``cluster``: a ``hive.cluster.ClusterSpec``, whose alerts queue the
+    playbooks of all respond nodes share (instead of ``alerts_endpoint``)."""
     dirs = [Path(d) for d in playbook_dirs]
     # The signature before the load: a file changed after it is reloaded.
     sig = await trio.to_thread.run_sync(lambda: signature(*dirs))
@@ -65,7 +70,8 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     refused = _report(ctx, report, set())
     engine = PlaybookEngine(report.playbooks, clock=time.time, variables=variables, protected=protected,
                             dry_run=dry_run)
-    alerts = await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=10000), alerts_endpoint)
+    alerts = None if cluster else await ctx.bind(ctx.socket(zmq.PULL, codec=internal_codec(), rcvhwm=10000),
+                                                  alerts_endpoint)
     store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     records = Records(store.db)
     db = trio.Lock()  # one connection: one user at a time
@@ -90,9 +96,15 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     notifier = Notifier()
     stats = ctx.stats.extra
 
+    bus: Any = None
+    bus_ready = trio.Event()
+
     async def carry_out(d: Decisions) -> None:
         for agent, cmd in d.send:
-            await deliver.send(Deliver(agent=agent, command=cmd))
+            if cluster is None:
+                await deliver.send(Deliver(agent=agent, command=cmd))
+            else:
+                await route(agent, cmd)
             log_event(ctx.log, "action.sent", id=cmd.id, action=cmd.action, agent=agent)
         for cmd in d.local:
             try:
@@ -112,22 +124,104 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
         stats.update(vars(engine.statistics()))
 
     async def on_alerts() -> None:
+        if cluster is not None:
+            await alerts_from_cluster()
+        assert alerts is not None
         while True:
             for msg in await alerts.recv():
                 if isinstance(msg, wire.Alert):
+                    if node and not await claim(msg):
+                        continue
                     await carry_out(engine.on_alert(msg))
 
+    async def alerts_from_cluster() -> None:
+        from actors import DecodeError
+
+        from ..cluster._bus import ALERTS_STREAM, ALERTS_SUBJECT, PLAYBOOKS, ClusterError, open_bus
+
+        nonlocal bus
+        codec = internal_codec()
+        async with open_bus(cluster, "playbook") as opened:
+            bus = opened
+            bus_ready.set()
+            while True:
+                try:
+                    queue = await bus.consumer(ALERTS_STREAM, ALERTS_SUBJECT, PLAYBOOKS)
+                    while True:
+                        taken = await queue.fetch(64, timeout=1.0)
+                        for d in taken:
+                            try:
+                                msg = codec.decode(d.data)
+                            except DecodeError:
+                                continue
+                            if isinstance(msg, wire.Alert) and await claim(msg):
+                                await carry_out(engine.on_alert(msg))
+                        await queue.ack(taken)
+                except ClusterError as e:
+                    ctx.stats.last_error = str(e)
+                    await trio.sleep(0.5)
+
+    async def claim(alert: wire.Alert) -> bool:
+        for attempt in range(3):
+            try:
+                if await in_db(store.claim_alert, alert.id, node):
+                    return True
+                stats["alerts_claimed_elsewhere"] = int(stats.get("alerts_claimed_elsewhere", 0)) + 1
+                return False
+            except StoreError as e:
+                ctx.stats.last_error = str(e)
+                await trio.sleep(0.2 * (attempt + 1))
+        # Whether another node acts on it is unknown: acting could act twice.
+        log_event(ctx.log, "alert.unclaimed", logging.ERROR, alert=alert.id, rule=alert.rule_id,
+                  reason=ctx.stats.last_error)
+        return False
+
+    async def route(agent: str, cmd: Any) -> None:
+        """In a cluster: to whichever router holds the agent; its answer comes back here."""
+        from ..cluster import _routing as routing
+        from ..cluster._bus import ClusterError, agent_subject
+
+        await bus_ready.wait()
+        try:
+            await bus.send(agent_subject(agent), routing.encode(routing.Routed(origin=node, agent=agent, command=cmd)))
+        except ClusterError as e:  # unanswered, the engine closes it after its timeout
+            ctx.stats.last_error = str(e)
+            log_event(ctx.log, "command.undeliverable", logging.WARNING, agent=agent, id=cmd.id, reason=str(e))
+
+    async def on_result(msg: Result) -> None:
+        result = msg.result
+        if result.archive:
+            # Only for evidence we asked this agent for: never a path an agent names.
+            a = engine.action(result.command)
+            asked = a is not None and a.agent == msg.agent and a.action == "collect_evidence"
+            result = await trio.to_thread.run_sync(_keep_evidence, msg, evidence_dir if asked else None)
+        await carry_out(engine.on_result(msg.agent, result))
+
     async def on_results() -> None:
+        if cluster is not None:
+            await results_from_cluster()
         while True:
             for msg in await results.recv():
                 if isinstance(msg, Result):
-                    result = msg.result
-                    if result.archive:
-                        # Only for evidence we asked this agent for: never a path an agent names.
-                        a = engine.action(result.command)
-                        asked = a is not None and a.agent == msg.agent and a.action == "collect_evidence"
-                        result = await trio.to_thread.run_sync(_keep_evidence, msg, evidence_dir if asked else None)
-                    await carry_out(engine.on_result(msg.agent, result))
+                    await on_result(msg)
+
+    async def results_from_cluster() -> None:
+        from ..cluster import _routing as routing
+        from ..cluster._bus import RESULT_PREFIX, ClusterError
+
+        await bus_ready.wait()
+        answers = await bus.subscribe(f"{RESULT_PREFIX}.{node}")
+        while True:
+            try:
+                batch = await answers.next_batch()
+            except ClusterError as e:
+                ctx.stats.last_error = str(e)
+                await trio.sleep(0.5)
+                continue
+            for data in batch:
+                m = routing.decode(data)
+                if isinstance(m, routing.Answered):
+                    await on_result(Result(agent=m.agent, result=m.result))
 
     async def notifications() -> None:
         limiter = trio.CapacityLimiter(4)

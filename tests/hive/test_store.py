@@ -195,6 +195,13 @@ def test_a_bad_alert_is_dropped_and_the_rest_written(store):
     assert [a.id for a in store.alerts()] == ["a1"]
 
 
+def test_an_alert_is_claimed_by_one_node_only(store):
+    assert store.claim_alert("a1", "node1")
+    assert not store.claim_alert("a1", "node2")
+    assert not store.claim_alert("a1", "node1")
+    assert store.claim_alert("a2", "node2")
+
+
 def test_retention_reaches_every_table(store):
     from hive.correlate import Incident
     from hive.playbook._engine import CLOSED_STATES
@@ -217,10 +224,13 @@ def test_retention_reaches_every_table(store):
     db.execute("UPDATE triage SET time=? WHERE reason='old'", (old,))
     store.new_token(ttl=-10)
     live = store.new_token()
+    assert store.claim_alert("old", "node1") and store.claim_alert("new", "node1")
+    db.execute("UPDATE alert_claims SET time=? WHERE alert='old'", (old,))
     deleted = store.retain(max_age=30 * 86400, max_bytes=1 << 40, finished_commands=CLOSED_STATES)
     assert deleted == {"events": 3, "alerts": 1, "incidents": 1, "commands": 1, "audit": 1, "tokens": 1,
-                       "triage": 1}
+                       "triage": 1, "alert_claims": 1}
     assert [r.reason for r in store.triage("i2")] == ["new"]
+    assert [r[0] for r in db.execute("SELECT alert FROM alert_claims")] == ["new"]
     assert [a.id for a in store.alerts()] == ["new"]
     assert sorted(r[0] for r in db.execute("SELECT id FROM commands")) == ["c1", "c2", "c3"]
     assert [r[0] for r in db.execute("SELECT what FROM audit")] == ["new"]
@@ -417,7 +427,7 @@ def test_a_version_7_store_gets_the_triage_tables_and_keeps_its_incidents(tmp_pa
     db.close()
     s = Store(path)
     try:
-        assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "8" == str(SCHEMA_VERSION)
+        assert s.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
         s.ingest([], incidents=[Incident(id="i1", title="t", opened=1.0, updated=1.0)])
         assert s.untriaged(settled=time.time(), since=0) == ["i1"]
         s.request_triage("i1", "cli")

@@ -202,6 +202,15 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[profile]\nmax_workloads = 0\n", "profile.max_workloads: must be an integer from 1 to 65536, not 0"),
     ("[profile]\nmax_items = 15\n", "profile.max_items: must be an integer from 16 to 65536, not 15"),
     ("[profile]\nlearn = 3\n", "profile: object contains unknown field `learn`"),
+    # [cluster]
+    ("[cluster]\nnats = ['127.0.0.1:4222']\n", "cluster.nats[0]: '127.0.0.1:4222' is not nats://HOST:PORT"),
+    ("[cluster]\nnats = ['nats://a:1', 'nats://b']\n", "cluster.nats[1]: 'nats://b' is not nats://HOST:PORT"),
+    ("[cluster]\nnats = ['nats://a:1', 'nats://a:1']\n", "cluster.nats: names a server twice"),
+    ("[cluster]\nnode = 'a b'\n", "cluster.node: 'a b': 1-64 letters, digits or -_."),
+    ("[cluster]\nnats = ['nats://a:1']\nrole = 'boss'\n", "cluster.role: 'boss' is not one of router, detect"),
+    ("[cluster]\nrole = 'detect'\n", "cluster.role: 'detect' needs cluster.nats: a single node does everything"),
+    ("[cluster]\npartitions = 0\n", "cluster.partitions: must be an integer from 1 to 1024, not 0"),
+    ("[cluster]\nlease = 0.5\n", "cluster.lease: must be a number from 1 to 300, not 0.5"),
 ])
 def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reason):
     assert _error(tmp_path, text).startswith(reason)
@@ -221,6 +230,8 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[profile]\nlearn_hours = 8760\nstable_hours = 0\nrealert_hours = 0\nfolder_cap = 1\nmax_items = 16\n",
     "[store]\nurl = 'postgresql://hive:secret@db.example.org:5432/immune'\n",
     "[store]\nurl = 'postgres:///immune'\n",
+    "[cluster]\nnats = ['nats://10.0.0.1:4222', 'tls://nats.example:4222']\nnode = 'hive-1'\nrole = 'detect'\n"
+    "partitions = 1024\nlease = 300\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"
@@ -236,6 +247,7 @@ def test_values_at_their_bounds_load(tmp_path, text):
     ("agent_id", "a\tb", "--id: 'a\\tb': up to 256"),
     ("sensor_scope", "galaxy", "--scope: 'galaxy': expected machine"),
     ("sensor_policy", "p\0", "--policy: contains a NUL character"),
+    ("cluster_role", "router", "--role: 'router' needs cluster.nats"),
 ])
 def test_flags_are_checked_like_the_keys_they_override(tmp_path, flag, value, reason):
     f = tmp_path / "c.toml"
