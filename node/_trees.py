@@ -80,6 +80,15 @@ def hive_children(cfg: Config) -> list[Child]:
     # restarts nothing else.  They read the store on their own.
     children += [Child(f"output-{o.name}", output_actor, shutdown=t, args=dict(path=db, output=o))
                  for o in cfg.outputs]
+    # Herd: publishes what the hive learned and pulls its peers; it reads
+    # and writes the store on its own, so its restart restarts nothing else.
+    if cfg.herd.serve or cfg.herd.peers:
+        from hive.herd import herd_actor
+        import socket
+
+        children.append(Child("herd", herd_actor, shutdown=t, args=dict(
+            path=db, peers=list(cfg.herd.peers), key=bundle_key, share_days=cfg.herd.share_days,
+            max_days=cfg.herd.max_days, hive_name=socket.gethostname())))
     return children
 
 
