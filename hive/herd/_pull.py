@@ -4,7 +4,6 @@ then checking them (``_stix.check``) and keeping them (``Intel.take``)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,6 @@ PAGE = 500
 """Objects asked for per TAXII request."""
 MAX_FILE = 32 << 20
 TIMEOUT = 30.0
-
-log = logging.getLogger("immune.hive.herd")
 
 
 @dataclass
@@ -76,7 +73,9 @@ def _fetch_taxii(peer: Any, cursor: str, timeout: float) -> Fetched:
         # cursor TAXII means us to keep) comes through a requests hook.
         session = collection._conn.session
         session.hooks["response"].append(note)
-        session.request = _with_timeout(session.request, timeout)
+        # requests lets REQUESTS_CA_BUNDLE override a session's CA file; a
+        # per-request one stands, so the peer's pinned CA is what verifies.
+        session.request = _with_defaults(session.request, timeout=timeout, verify=peer.ca or True)
         objects: list[Any] = []
         kwargs = {"added_after": cursor} if cursor else {}
         for envelope in as_pages(collection.get_objects, per_request=PAGE, **kwargs):
@@ -97,24 +96,24 @@ def _fetch_taxii(peer: Any, cursor: str, timeout: float) -> Fetched:
         raise HerdError(f"{peer.url}: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from None
 
 
-def _with_timeout(request: Any, timeout: float) -> Any:
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", timeout)
+def _with_defaults(request: Any, **defaults: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for k, v in defaults.items():
+            if kwargs.get(k) is None:
+                kwargs[k] = v
         return request(*args, **kwargs)
-    return timed
+    return call
 
 
 def keep(intel: Intel, peer: Any, fetched: Fetched, *, now: float, max_age: float) -> PullReport:
-    """Check what ``peer`` sent and keep what passes; every refusal is
-    logged with its reason and in the report."""
+    """Check what ``peer`` sent and keep what passes; every refusal is in
+    the report with its reason (the actor logs them, the CLI prints them)."""
     key = parse_key(peer.key) if peer.key else None
     good, bad, ignored = check_all(fetched.objects, key=key, now=now, max_age=max_age)
     report = intel.take(peer.name, peer.trust, good, now=now)
     report.refused = [(r.indicator, r.reason) for r in bad]
     report.ignored = ignored
     intel.set_state(f"peer:{peer.name}", fetched.cursor)
-    for r in bad:
-        log.warning("herd.refused peer=%s indicator=%s reason=%s", peer.name, r.indicator or "-", r.reason)
     return report
 
 
