@@ -597,7 +597,7 @@ def console_admin(data: bytes) -> None:
     line, then the urlencoded form.  A BadRequest (one line), or a change
     whose name, role and password ``Users`` takes as they are."""
     from hive.console._admin import admin_change
-    from hive.console._auth import ROLES, BadRequest, parse_form
+    from hive.console._auth import ALL_ROLES, BadRequest, parse_form
     from hive.console._secrets import check_password
     from hive.console._users import NAME
 
@@ -616,7 +616,7 @@ def console_admin(data: bytes) -> None:
         return
     if not NAME.fullmatch(c.name):
         raise ContractBroken(f"user name {c.name!r} accepted")
-    if c.verb in ("add", "role") and c.role not in ROLES:
+    if c.verb in ("add", "role") and c.role not in ALL_ROLES:
         raise ContractBroken(f"role {c.role!r} accepted")
     if c.verb in ("add", "password"):
         check_password(c.password)
