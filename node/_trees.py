@@ -88,7 +88,8 @@ def hive_children(cfg: Config) -> list[Child]:
 
         children.append(Child("herd", herd_actor, shutdown=t, args=dict(
             path=db, peers=list(cfg.herd.peers), key=bundle_key, share_days=cfg.herd.share_days,
-            max_days=cfg.herd.max_days, hive_name=socket.gethostname())))
+            max_days=cfg.herd.max_days, hive_name=socket.gethostname(),
+            rule_dirs=rule_folders(lay.data, cfg.hive.rules))))
     return children
 
 

@@ -18,6 +18,7 @@ from actors import Context, log_event
 
 from .._store import Store, StoreError
 from ._intel import HerdError, Intel, matchable
+from ._stix import RuleTexts
 from ._match import Matcher, block_rule
 from ._pull import fetch, keep
 
@@ -26,8 +27,12 @@ MAX_TTL = 365 * 86400.0
 
 
 async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path, peers: list[Any],
-                     key: Any, share_days: float, max_days: float, hive_name: str = "", tick: float = TICK) -> None:
+                     key: Any, share_days: float, max_days: float, hive_name: str = "", rule_dirs: Any = (),
+                     tick: float = TICK) -> None:
+    """``rule_dirs``: the hive's Sigma rule folders (the rules that fire in
+    incidents are shared as they are written)."""
     store = Store(path)
+    rules = RuleTexts(rule_dirs)
     intel = Intel(store.db)
     db = trio.Lock()  # one connection: one user at a time
     st = ctx.stats.extra
@@ -110,7 +115,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                 now = time.time()
                 try:
                     changed = await in_db(lambda: intel.publish(key, now=now, share_for=share_days * 86400,
-                                                                hive_name=hive_name))
+                                                                hive_name=hive_name, rules=rules))
                     st["published"] = int(st["published"]) + changed
                     for peer in peers:
                         if due[peer.name] <= now:

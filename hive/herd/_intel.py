@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._store import Transaction, _decode_alert, _decode_event, _decode_incident
-from ._stix import MATCHABLE, Fact, HerdError, Pulled, build, fact_of_cmdline, fact_of_command, identity
+from ._stix import MATCHABLE, Fact, HerdError, Pulled, RuleTexts, build, fact_of_cmdline, fact_of_command, fact_of_rule, identity
 
 
 def herd_tables(db: sqlite3.Connection) -> None:
@@ -122,10 +122,12 @@ class Intel:
 
     # ---- out: what this hive learned, as signed STIX -----------------------------------
 
-    def publish(self, key: Any, *, now: float, share_for: float, hive_name: str = "") -> int:
+    def publish(self, key: Any, *, now: float, share_for: float, hive_name: str = "",
+                rules: RuleTexts | None = None) -> int:
         """Fold the response actions and incidents written since the last
         call into facts and (re)sign the objects of each fact that changed;
-        how many facts changed."""
+        how many facts changed.  ``rules``: where the Sigma rules that fired
+        in incidents are read (None: they are not shared)."""
         after_cmd = float(self.state("published_commands", "0"))
         after_inc = float(self.state("published_incidents", "0"))
         facts: list[Fact] = []
@@ -148,7 +150,7 @@ class Intel:
                 inc = _decode_incident(body)
             except Exception:  # noqa: BLE001  (a row an older hive wrote: skipped, never fatal)
                 continue
-            facts += self._incident_facts(inc)
+            facts += self._incident_facts(inc, rules)
         if not facts:
             with self._tx() as db:
                 self._set_state(db, "published_commands", repr(after_cmd))
@@ -172,7 +174,8 @@ class Intel:
                 db.execute("INSERT INTO herd_objects(id, seq, added, body) VALUES(?,?,?,?) ON CONFLICT(id) DO NOTHING",
                            (ident["id"], seq, added, json.dumps(ident)))
             for f in changed.values():
-                refs = json.dumps({"actions": f.actions, "alerts": f.alerts, "incidents": f.incidents})
+                refs = json.dumps({"actions": f.actions, "alerts": f.alerts, "incidents": f.incidents,
+                                   "text": f.text, "title": f.title})
                 db.execute("INSERT INTO herd_facts(kind, value, first, last, count, confidence, what, refs) "
                            "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(kind, value) DO UPDATE SET first=excluded.first, "
                            "last=excluded.last, count=excluded.count, confidence=excluded.confidence, "
@@ -189,7 +192,7 @@ class Intel:
             self._set_state(db, "published_incidents", repr(after_inc))
         return len(changed)
 
-    def _incident_facts(self, inc: Any) -> list[Fact]:
+    def _incident_facts(self, inc: Any, rules: RuleTexts | None) -> list[Fact]:
         out = []
         ids = list(inc.alerts)[:64]
         if not ids:
@@ -199,6 +202,12 @@ class Intel:
                 alert = _decode_alert(body)
             except Exception:  # noqa: BLE001
                 continue
+            text = rules.get(alert.rule_id) if rules is not None and not alert.rule_id.startswith("herd") else None
+            if text:
+                f = fact_of_rule(alert.rule_id, text, alert.title, time=alert.time / 1e9, alert=alert_id,
+                                 incident=inc.id)
+                if f is not None:
+                    out.append(f)
             for e in alert.events:
                 if getattr(e, "cmdline", "") and type(e).__struct_config__.tag == "exec":
                     f = fact_of_cmdline(e.cmdline, time=(e.time or alert.time) / 1e9, alert=alert_id, incident=inc.id)
@@ -214,7 +223,8 @@ class Intel:
             return None
         refs = _obj(r[5])
         return Fact(kind, value, r[0], r[1], r[2], r[3], r[4], list(refs.get("actions", [])),
-                    list(refs.get("alerts", [])), list(refs.get("incidents", [])))
+                    list(refs.get("alerts", [])), list(refs.get("incidents", [])), str(refs.get("text", "")),
+                    str(refs.get("title", "")))
 
     def served(self, *, added_after: int | None = None, after_seq: int = 0, limit: int = 100,
                ) -> tuple[list[tuple[int, int, dict]], bool]:

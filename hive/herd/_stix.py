@@ -37,7 +37,7 @@ DOMAIN = b"immune-herd-v1\0"
 """Signed with each object, so no other signature of the key verifies as one."""
 _NAMESPACE = uuid.UUID("5b0f0c6e-63a1-4c8e-9a56-4e9d7d4b7a11")
 
-KINDS = ("sha256", "ipv4", "ipv6", "cmdline")
+KINDS = ("sha256", "ipv4", "ipv6", "cmdline", "sigma")
 """What an indicator is about; the first three can be matched and blocked."""
 MATCHABLE = ("sha256", "ipv4", "ipv6")
 
@@ -172,8 +172,12 @@ class Fact:
     actions: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
     incidents: list[str] = field(default_factory=list)
+    text: str = ""
+    """sigma: the rule's YAML (``value`` is its id)."""
+    title: str = ""
 
     def fold(self, other: Fact) -> None:
+        self.text, self.title = other.text or self.text, other.title or self.title
         self.first, self.last = min(self.first, other.first), max(self.last, other.last)
         self.count += other.count
         self.confidence = max(self.confidence, other.confidence)
@@ -185,7 +189,7 @@ class Fact:
             del mine[:-16]  # the latest few: a fact seen a thousand times stays small
 
 
-CONFIDENCE = {"quarantine_file": 90, "block_exec": 85, "block_connect": 75, "cmdline": 40}
+CONFIDENCE = {"quarantine_file": 90, "block_exec": 85, "block_connect": 75, "cmdline": 40, "sigma": 60}
 """How sure the hive is, by how it learned it: a quarantine follows a detection
 and a copy of the file; a block may be an operator's precaution."""
 DONE_STATES = ("done", "active", "reverted")
@@ -229,6 +233,49 @@ def fact_of_cmdline(cmdline: str, *, time: float, alert: str, incident: str) -> 
                 alerts=[alert] if alert else [], incidents=[incident] if incident else [])
 
 
+def fact_of_rule(rule_id: str, text: str, title: str, *, time: float, alert: str, incident: str) -> Fact | None:
+    """A Sigma rule that fired in an incident, shared as the rule itself."""
+    if not rule_id or not text or len(text) > MAX_RULE:
+        return None
+    return Fact("sigma", rule_id, time, time, confidence=CONFIDENCE["sigma"], what="rule fired in an incident",
+                alerts=[alert] if alert else [], incidents=[incident] if incident else [], text=text, title=title)
+
+
+MAX_RULE = 64 << 10
+
+
+class RuleTexts:
+    """Sigma rule id -> the rule file's text, from the hive's rule folders,
+    read once when first asked (a file's ``id:`` line, no YAML parsing)."""
+
+    _ID = re.compile(r"^id:\s*['\"]?([0-9A-Za-z._-]{1,128})['\"]?\s*$", re.M)
+
+    def __init__(self, folders: Iterable[Any] = ()) -> None:
+        self.folders = list(folders)
+        self._texts: dict[str, str] | None = None
+
+    def get(self, rule_id: str) -> str | None:
+        if self._texts is None:
+            self._texts = {}
+            from pathlib import Path
+
+            for folder in self.folders:
+                root = Path(folder)
+                if not root.is_dir():
+                    continue
+                for path in sorted(root.resolve().rglob("*.yml")):
+                    try:
+                        if path.stat().st_size > MAX_RULE:
+                            continue
+                        text = path.read_text()
+                    except (OSError, UnicodeDecodeError):
+                        continue
+                    m = self._ID.search(text)
+                    if m:
+                        self._texts.setdefault(m.group(1), text)
+        return self._texts.get(rule_id)
+
+
 def object_ids(hive_public: bytes, kind: str, value: str) -> tuple[str, str]:
     """(indicator id, sighting id): the same for the same fact on the same
     hive, so a fact learned again updates its objects instead of adding."""
@@ -253,10 +300,14 @@ def build(fact: Fact, key: Any, *, now: float, share_for: float, hive_name: str 
     refs = [{"source_name": "immune-hive", "external_id": ref, "description": desc}
             for refs, desc in ((fact.incidents, "incident"), (fact.alerts, "alert"), (fact.actions, "action"))
             for ref in refs[-4:]]
+    if fact.kind == "sigma":  # the rule itself, in its own pattern language
+        shape = dict(pattern=fact.text, pattern_type="sigma", name=f"sigma rule: {fact.title or fact.value}"[:256])
+    else:
+        shape = dict(pattern=pattern(fact.kind, fact.value), pattern_type="stix",
+                     name=f"{fact.what}: {fact.value}"[:256])
     indicator = stix2.v21.Indicator(
         id=ind_id, created=stamp(fact.first), modified=stamp(max(now, fact.last)), created_by_ref=creator,
-        name=f"{fact.what}: {fact.value}"[:256], indicator_types=["malicious-activity"],
-        pattern=pattern(fact.kind, fact.value), pattern_type="stix", valid_from=stamp(fact.first),
+        indicator_types=["malicious-activity"], **shape, valid_from=stamp(fact.first),
         valid_until=stamp(fact.last + share_for), confidence=fact.confidence,
         external_references=refs or None, allow_custom=True, **{SOURCE: source})
     sighting = stix2.v21.Sighting(
@@ -355,6 +406,9 @@ def _misp(doc: dict) -> list[dict]:
     return out
 
 
+_ACTED_ON = re.compile(r"file:hashes|ipv[46]-addr:")
+
+
 def check(obj: Any, *, key: bytes | None, now: float, max_age: float) -> Pulled | Refused | None:
     """One object from a peer: a :class:`Pulled` indicator, why it is
     :class:`Refused`, or None (not an indicator: sightings, identities)."""
@@ -379,8 +433,10 @@ def check(obj: Any, *, key: bytes | None, now: float, max_age: float) -> Pulled 
             parsed = stix2.parse(obj, allow_custom=True, version="2.1")
         except (stix2.exceptions.STIXError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise HerdError(f"not a valid STIX 2.1 indicator: {str(e).splitlines()[0][:200]}") from None
-        if parsed.get("pattern_type") != "stix":
-            raise HerdError(f"pattern type {str(parsed.get('pattern_type'))[:40]!r}: only stix patterns are acted on")
+        # Rules and patterns on what an agent cannot block (a command line,
+        # a process name) are intelligence to read, not to act on: ignored.
+        if parsed.get("pattern_type") != "stix" or not _ACTED_ON.search(parsed["pattern"]):
+            return None
         kind, value = parse_pattern(parsed["pattern"])
         revoked = bool(parsed.get("revoked", False))
         until = parse_stamp(obj["valid_until"]) if "valid_until" in obj else now + max_age

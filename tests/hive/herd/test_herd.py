@@ -66,7 +66,10 @@ def test_a_forged_altered_or_unsigned_object_is_refused_from_a_pinned_peer():
 def test_schema_pattern_and_expiry_are_checked():
     now = NOW
     assert "not a valid STIX 2.1 indicator" in checked(sign({**indicator(), "id": "indicator--nope"}, KEY)).reason
-    assert "not one the hive acts on" in checked(sign({**indicator(), "pattern": "[process:name = 'x']"}, KEY)).reason
+    assert "not an ipv4 address" in checked(sign({**indicator(), "pattern": "[ipv4-addr:value = 'nope']"}, KEY)).reason
+    # What an agent cannot block is read, not acted on: neither taken nor refused.
+    assert checked(sign({**indicator(), "pattern": "[process:name = 'x']"}, KEY)) is None
+    assert checked(sign({**indicator(), "pattern_type": "sigma", "pattern": "title: x"}, KEY)) is None
     assert "expired at" in checked(indicator(), now=now + 31 * DAY).reason
     capped = checked(indicator(), max_age=DAY)
     assert capped.capped and capped.valid_until == now + DAY
@@ -220,3 +223,28 @@ def test_matching_names_the_peers_and_their_indicators(store):
     assert m.match(wire.Exec(agent="web-1", pid=13, sha256="cd" * 32)) is None
     observe_only = Matcher(matchable(Intel(store.db).entries(), NOW + 2 * DAY))
     assert len(observe_only) == 0  # both expired
+
+
+def test_incidents_share_their_command_lines_and_the_sigma_rules_that_fired(store, tmp_path):
+    from hive.correlate import Incident
+    from hive.herd._stix import RuleTexts
+
+    rule_id = "0f0e0d0c-0b0a-4909-8807-060504030201"
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yml").write_text(f"title: Curl to a shell\nid: {rule_id}\nlogsource: {{category: process_creation, "
+                                 "product: linux}\ndetection: {sel: {Image|endswith: /sh}, condition: sel}\n")
+    ex = wire.Exec(agent="web-1", pid=9, time=int(NOW * 1e9), filename="/bin/sh", cmdline="sh -c 'curl x | sh'")
+    alert = wire.Alert(id="al-9", rule_id=rule_id, title="Curl to a shell", agent="web-1", time=int(NOW * 1e9),
+                       events=[ex], incident="inc-9")
+    with Intel(store.db)._tx() as db:
+        Store._write_records(db, [alert], [Incident(id="inc-9", title="t", opened=NOW, updated=NOW, alerts=["al-9"])])
+    intel = Intel(store.db)
+    assert intel.publish(KEY, now=NOW, share_for=DAY, rules=RuleTexts([rules])) == 2
+    objs = {o.get("pattern_type", o["type"]): o for _, _, o in intel.served(limit=100)[0] if o["type"] == "indicator"}
+    assert objs["sigma"]["pattern"].startswith("title: Curl to a shell") and objs["sigma"]["confidence"] == 60
+    assert objs["stix"]["pattern"] == "[process:command_line = 'sh -c \\'curl x | sh\\'']"
+    assert {r["external_id"] for r in objs["sigma"]["external_references"]} == {"al-9", "inc-9"}
+    # Signed like the rest; a peer reads them and acts on neither.
+    good, refused, ignored = check_all(list(objs.values()), key=KEY.public, now=NOW, max_age=DAY)
+    assert (good, refused, ignored) == ([], [], 2)
