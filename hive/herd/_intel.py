@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._store import Transaction, _decode_alert, _decode_event, _decode_incident
-from ._stix import MATCHABLE, Fact, HerdError, Pulled, RuleTexts, build, fact_of_cmdline, fact_of_command, fact_of_rule, identity
+from ._stix import MATCHABLE, Fact, HerdError, Pulled, RuleTexts, build, fact_of_cmdline, fact_of_command, fact_of_isolation, fact_of_rule, identity
 
 
 def herd_tables(db: sqlite3.Connection) -> None:
@@ -48,7 +48,7 @@ def herd_tables(db: sqlite3.Connection) -> None:
 
 
 TRUSTS = ("observe", "enforce")
-_PUBLISHED = ("quarantine_file", "block_exec", "block_connect")
+_PUBLISHED = ("quarantine_file", "block_exec", "block_connect", "isolate_host", "isolate_container")
 
 
 @dataclass
@@ -138,9 +138,13 @@ class Intel:
             (*_PUBLISHED, after_cmd))
         for cid, action, state, params, result, created, updated, alert, reason, incident in rows:
             after_cmd = max(after_cmd, updated)
-            f = fact_of_command(action, state, _obj(params), _obj(_obj(result).get("data")), created=created,
-                                updated=updated, action_id=cid, alert=alert, reason=reason)
-            if f is not None:
+            if action.startswith("isolate"):
+                found = self._isolation_facts(cid, state, alert, updated)
+            else:
+                f = fact_of_command(action, state, _obj(params), _obj(_obj(result).get("data")), created=created,
+                                    updated=updated, action_id=cid, alert=alert, reason=reason)
+                found = [f] if f is not None else []
+            for f in found:
                 f.incidents = [incident] if incident else []
                 facts.append(f)
         for inc_id, updated, body in self._read(
@@ -191,6 +195,23 @@ class Intel:
             self._set_state(db, "published_commands", repr(after_cmd))
             self._set_state(db, "published_incidents", repr(after_inc))
         return len(changed)
+
+    def _isolation_facts(self, action_id: str, state: str, alert_id: str, when: float) -> list[Fact]:
+        """The public addresses the alert that isolated a host connected to."""
+        if state not in ("done", "active", "reverted") or not alert_id:
+            return []
+        rows = self._read("SELECT body FROM alerts WHERE id=?", (alert_id,))
+        try:
+            alert = _decode_alert(rows[0][0]) if rows else None
+        except Exception:  # noqa: BLE001
+            alert = None
+        out = []
+        for e in alert.events if alert is not None else ():
+            if type(e).__struct_config__.tag == "connect":
+                f = fact_of_isolation(e.address, time=when, action_id=action_id, alert=alert_id)
+                if f is not None:
+                    out.append(f)
+        return out
 
     def _incident_facts(self, inc: Any, rules: RuleTexts | None) -> list[Fact]:
         out = []

@@ -189,7 +189,8 @@ class Fact:
             del mine[:-16]  # the latest few: a fact seen a thousand times stays small
 
 
-CONFIDENCE = {"quarantine_file": 90, "block_exec": 85, "block_connect": 75, "cmdline": 40, "sigma": 60}
+CONFIDENCE = {"quarantine_file": 90, "block_exec": 85, "block_connect": 75, "isolation": 70, "cmdline": 40,
+              "sigma": 60}
 """How sure the hive is, by how it learned it: a quarantine follows a detection
 and a copy of the file; a block may be an operator's precaution."""
 DONE_STATES = ("done", "active", "reverted")
@@ -223,6 +224,20 @@ def fact_of_command(action: str, state: str, params: Mapping[str, Any], data: Ma
             "block_connect": "blocked connect"}[action]
     return Fact(kind, value, created, updated, confidence=CONFIDENCE[action], what=what, actions=[action_id],
                 alerts=[alert] if alert else [])
+
+
+def fact_of_isolation(address: str, *, time: float, action_id: str, alert: str) -> Fact | None:
+    """An address a host connected to in the alert that got it isolated:
+    shared only if it is a public one (a peer must never be told to cut
+    its own networks off)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if not ip.is_global:
+        return None
+    return Fact(f"ipv{ip.version}", str(ip), time, time, confidence=CONFIDENCE["isolation"],
+                what="contacted by an isolated host", actions=[action_id], alerts=[alert] if alert else [])
 
 
 def fact_of_cmdline(cmdline: str, *, time: float, alert: str, incident: str) -> Fact | None:

@@ -248,3 +248,16 @@ def test_incidents_share_their_command_lines_and_the_sigma_rules_that_fired(stor
     # Signed like the rest; a peer reads them and acts on neither.
     good, refused, ignored = check_all(list(objs.values()), key=KEY.public, now=NOW, max_age=DAY)
     assert (good, refused, ignored) == ([], [], 2)
+
+
+def test_an_isolation_shares_the_public_addresses_of_its_alert(store):
+    events = [wire.Connect(agent="web-1", pid=5, address=a, port=443) for a in ("8.8.4.4", "10.1.2.3", "::1")]
+    alert = wire.Alert(id="al-5", rule_id="r", title="Beacon", agent="web-1", time=int(NOW * 1e9), events=events)
+    with Intel(store.db)._tx() as db:
+        Store._write_records(db, [alert], [])
+    store.db.execute("INSERT INTO commands(id, agent, action, params, state, created, updated, alert, result) "
+                     "VALUES('c9', 'web-1', 'isolate_host', '{}', 'active', ?, ?, 'al-5', '{}')", (NOW, NOW))
+    intel = Intel(store.db)
+    assert intel.publish(KEY, now=NOW, share_for=DAY) == 1
+    good, _, _ = check_all([o for _, _, o in intel.served(limit=100)[0]], key=KEY.public, now=NOW, max_age=DAY)
+    assert [(p.kind, p.value, p.confidence) for p in good] == [("ipv4", "8.8.4.4", 70)]
