@@ -24,6 +24,9 @@ from ._pull import fetch, keep
 
 TICK = 1.0
 MAX_TTL = 365 * 86400.0
+PRUNE_EVERY = 600.0
+KEEP_EXPIRED = 7 * 86400.0
+"""Expired indicators stay listed (and served, for peers that were away) this long."""
 
 
 async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path, peers: list[Any],
@@ -107,6 +110,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
         return position, alerts
 
     due = {p.name: 0.0 for p in peers}
+    pruned_at = 0.0
     log_event(ctx.log, "herd.start", peers=",".join(f"{p.name}({p.trust})" for p in peers) or "-")
     task_status.started()
     try:
@@ -129,6 +133,9 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                     st["pushed"] = int(st["pushed"]) + len(sent)
                     st["lifted"] = int(st["lifted"]) + len(lifted)
                     position, alerts = await in_db(match, matcher, position)
+                    if now - pruned_at >= PRUNE_EVERY:
+                        pruned_at = now
+                        await in_db(lambda: intel.prune(now=now, keep_expired=KEEP_EXPIRED))
                     st["matched"] = int(st["matched"]) + len(alerts)
                     for a in alerts:
                         log_event(ctx.log, "herd.match", logging.WARNING, agent=a.agent, title=a.title, alert=a.id)

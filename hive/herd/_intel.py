@@ -32,7 +32,7 @@ def herd_tables(db: sqlite3.Connection) -> None:
                "first REAL NOT NULL, last REAL NOT NULL, count INTEGER NOT NULL, confidence INTEGER NOT NULL, "
                "what TEXT NOT NULL, refs TEXT NOT NULL, PRIMARY KEY(kind, value))")
     db.execute("CREATE TABLE IF NOT EXISTS herd_objects(id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, "
-               "added INTEGER NOT NULL, body TEXT NOT NULL)")
+               "added INTEGER NOT NULL, until REAL NOT NULL, body TEXT NOT NULL)")
     db.execute("CREATE INDEX IF NOT EXISTS herd_objects_added ON herd_objects(added, seq)")
     db.execute("CREATE TABLE IF NOT EXISTS herd_intel(key TEXT PRIMARY KEY, kind TEXT NOT NULL, "
                "value TEXT NOT NULL, first REAL NOT NULL, updated REAL NOT NULL, revoked REAL, "
@@ -175,8 +175,8 @@ class Intel:
             if seq == 0:
                 seq += 1
                 ident = identity(key, hive_name, now)
-                db.execute("INSERT INTO herd_objects(id, seq, added, body) VALUES(?,?,?,?) ON CONFLICT(id) DO NOTHING",
-                           (ident["id"], seq, added, json.dumps(ident)))
+                db.execute("INSERT INTO herd_objects(id, seq, added, until, body) VALUES(?,?,?,?,?) "
+                           "ON CONFLICT(id) DO NOTHING", (ident["id"], seq, added, float("inf"), json.dumps(ident)))
             for f in changed.values():
                 refs = json.dumps({"actions": f.actions, "alerts": f.alerts, "incidents": f.incidents,
                                    "text": f.text, "title": f.title})
@@ -189,9 +189,10 @@ class Intel:
                     seq += 1
                     # A changed object is added again: peers asking for what
                     # was added after their last pull get its new version.
-                    db.execute("INSERT INTO herd_objects(id, seq, added, body) VALUES(?,?,?,?) ON CONFLICT(id) "
-                               "DO UPDATE SET seq=excluded.seq, added=excluded.added, body=excluded.body",
-                               (obj["id"], seq, added, json.dumps(obj)))
+                    db.execute("INSERT INTO herd_objects(id, seq, added, until, body) VALUES(?,?,?,?,?) "
+                               "ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, added=excluded.added, "
+                               "until=excluded.until, body=excluded.body",
+                               (obj["id"], seq, added, f.last + share_for, json.dumps(obj)))
             self._set_state(db, "published_commands", repr(after_cmd))
             self._set_state(db, "published_incidents", repr(after_inc))
         return len(changed)
@@ -257,6 +258,22 @@ class Intel:
         rows = self._read(f"SELECT seq, added, body FROM herd_objects WHERE {' AND '.join(where)} "
                           "ORDER BY seq LIMIT ?", (*args, limit + 1))
         return [(s, a, json.loads(b)) for s, a, b in rows[:limit]], len(rows) > limit
+
+    def prune(self, *, now: float, keep_expired: float) -> int:
+        """Forget what expired ``keep_expired`` seconds ago or more: served
+        objects and their facts, and pulled entries none of whose sources
+        is in force (their blocks ran out with them); how many rows went."""
+        gone = 0
+        with self._tx() as db:
+            gone += db.execute("DELETE FROM herd_objects WHERE until < ?", (now - keep_expired,)).rowcount
+            gone += db.execute("DELETE FROM herd_facts WHERE last < ?", (now - keep_expired,)).rowcount
+            stale = [k for (k,) in db.execute(
+                "SELECT key FROM herd_intel i WHERE coalesce(revoked, 1e300) < ? OR NOT EXISTS (SELECT 1 FROM "
+                "herd_sources s WHERE s.key = i.key AND s.valid_until >= ?)", (now - keep_expired, now - keep_expired))]
+            for k in stale:
+                for table in ("herd_sources", "herd_pushed", "herd_intel"):
+                    gone += db.execute(f"DELETE FROM {table} WHERE key=?", (k,)).rowcount
+        return gone
 
     # ---- in: what peers sent --------------------------------------------------------
 

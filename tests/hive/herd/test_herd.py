@@ -261,3 +261,15 @@ def test_an_isolation_shares_the_public_addresses_of_its_alert(store):
     assert intel.publish(KEY, now=NOW, share_for=DAY) == 1
     good, _, _ = check_all([o for _, _, o in intel.served(limit=100)[0]], key=KEY.public, now=NOW, max_age=DAY)
     assert [(p.kind, p.value, p.confidence) for p in good] == [("ipv4", "8.8.4.4", 70)]
+
+
+def test_what_expired_a_week_ago_is_forgotten(store):
+    intel = Intel(store.db)
+    store.db.execute("INSERT INTO commands(id, agent, action, params, state, created, updated, result) "
+                     "VALUES('c1', 'web-1', 'block_exec', ?, 'done', ?, ?, '{}')", (json.dumps({"sha256": SHA}), NOW, NOW))
+    intel.publish(KEY, now=NOW, share_for=DAY)
+    intel.take("hive-a", "enforce", [pulled(until=NOW + DAY), pulled("cd" * 32, until=NOW + 30 * DAY)], now=NOW)
+    assert intel.prune(now=NOW + 2 * DAY, keep_expired=7 * DAY) == 0
+    assert intel.prune(now=NOW + 9 * DAY, keep_expired=7 * DAY) > 0
+    assert [o["type"] for _, _, o in intel.served(limit=100)[0]] == ["identity"]
+    assert [e.key for e in intel.entries()] == [f"sha256:{'cd' * 32}"]
