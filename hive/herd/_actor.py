@@ -50,8 +50,16 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
     # are about what happens once an indicator is known.
     position = int(await in_db(intel.state, "events", "") or await in_db(intel.last_event))
     down: set[str] = set()
+    pulling: set[str] = set()  # a slow peer is not asked again before it answered
 
     async def pull(peer: Any) -> None:
+        pulling.add(peer.name)
+        try:
+            await pull_once(peer)
+        finally:
+            pulling.discard(peer.name)
+
+    async def pull_once(peer: Any) -> None:
         try:
             cursor = await in_db(intel.state, f"peer:{peer.name}")
             fetched = await trio.to_thread.run_sync(fetch, peer, cursor)  # the network: no store lock held
@@ -122,7 +130,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                                                                 hive_name=hive_name, rules=rules))
                     st["published"] = int(st["published"]) + changed
                     for peer in peers:
-                        if due[peer.name] <= now:
+                        if due[peer.name] <= now and peer.name not in pulling:
                             due[peer.name] = now + peer.interval
                             nursery.start_soon(pull, peer)
                     sent, lifted, matcher = await in_db(enforce, now)
