@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -446,6 +445,3 @@ def _obj(text: Any) -> dict:
         return {}
     return doc if isinstance(doc, dict) else {}
 
-
-def now() -> float:
-    return time.time()

@@ -5,9 +5,7 @@ herd asks for going through the playbook engine's checks, and matching."""
 
 from __future__ import annotations
 
-import copy
 import json
-import time
 
 import pytest
 
