@@ -1,9 +1,7 @@
-"""The herd actor: a thin shell over ``Intel``, ``Matcher`` and the pull
-functions.  Once a second it publishes what the hive learned (signed STIX
-for the TAXII server), pulls the peers that are due (in worker threads:
-the TAXII client blocks), pushes the blocks that enforced indicators call
-for and lifts those of revoked ones, and matches new events against the
-indicators in force."""
+"""The herd actor: a thin shell over ``Cycle`` and the pull functions.
+Once a second it pulls the peers that are due (in worker threads: the
+TAXII client blocks) and runs one step of the cycle (publish, enforce,
+match, forget) in a worker thread, logging what it did."""
 
 from __future__ import annotations
 
@@ -17,16 +15,12 @@ import trio
 from actors import Context, log_event
 
 from .._store import Store, StoreError
-from ._intel import HerdError, Intel, matchable
+from ._cycle import Cycle
+from ._intel import HerdError, Intel
 from ._stix import RuleTexts
-from ._match import Matcher, block_rule
 from ._pull import fetch, keep
 
 TICK = 1.0
-MAX_TTL = 365 * 86400.0
-PRUNE_EVERY = 600.0
-KEEP_EXPIRED = 7 * 86400.0
-"""Expired indicators stay listed (and served, for peers that were away) this long."""
 
 
 async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path, peers: list[Any],
@@ -46,9 +40,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
         async with db:
             return await trio.to_thread.run_sync(fn, *args)
 
-    # Events from before the first start are not matched: the herd's alerts
-    # are about what happens once an indicator is known.
-    position = int(await in_db(intel.state, "events", "") or await in_db(intel.last_event))
+    cycle = await in_db(lambda: Cycle(intel, key, share_for=share_days * 86400, hive_name=hive_name, rules=rules))
     down: set[str] = set()
     pulling: set[str] = set()  # a slow peer is not asked again before it answered
 
@@ -84,41 +76,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                       revoked=report.revoked, capped=report.capped, refused=len(report.refused),
                       ignored=report.ignored)
 
-    def enforce(now: float) -> tuple[list[str], list[str], Matcher]:
-        """Blocks to push and to lift, and the matcher of what is in force."""
-        entries = intel.entries()
-        pushed = intel.pushed()
-        agents = intel.agents()
-        sent, lifted = [], []
-        for e in entries:
-            src = e.enforced(now)
-            for agent in agents:
-                have = pushed.get((e.key, agent))
-                if src is not None:
-                    if have is None or have[1] <= now:  # never sent, or its block ran out: send it
-                        sent.append(intel.push(e, src, agent, now=now, max_ttl=MAX_TTL))
-                elif have is not None and have[1] > now:  # revoked, or no enforce peer holds it any more
-                    why = f"herd: {e.key} " + (f"revoked by {e.revoked_by}" if e.revoked is not None
-                                               else "no longer enforced by any peer")
-                    lifted_id = intel.lift(e.key, agent, now=now, why=why)
-                    if lifted_id:
-                        lifted.append(lifted_id)
-        blocks = {block_rule(c): k for (k, _a), (c, _u) in intel.pushed().items()}
-        return sent, lifted, Matcher(matchable(entries, now), blocks)
-
-    def match(matcher: Matcher, position: int) -> tuple[int, list[Any]]:
-        events, position = intel.events_after(position)
-        alerts = []
-        for _id, event in events:
-            hit = matcher.match(event)
-            if hit is not None:
-                alerts.append(Matcher.alert(event, *hit))
-        intel.raise_alerts(alerts)
-        intel.set_state("events", str(position))
-        return position, alerts
-
     due = {p.name: 0.0 for p in peers}
-    pruned_at = 0.0
     log_event(ctx.log, "herd.start", peers=",".join(f"{p.name}({p.trust})" for p in peers) or "-")
     task_status.started()
     try:
@@ -126,26 +84,20 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
             while True:
                 now = time.time()
                 try:
-                    changed = await in_db(lambda: intel.publish(key, now=now, share_for=share_days * 86400,
-                                                                hive_name=hive_name, rules=rules))
-                    st["published"] = int(st["published"]) + changed
                     for peer in peers:
                         if due[peer.name] <= now and peer.name not in pulling:
                             due[peer.name] = now + peer.interval
                             nursery.start_soon(pull, peer)
-                    sent, lifted, matcher = await in_db(enforce, now)
-                    st["intel"] = len(matcher)
-                    for what, ids in (("herd.block_requested", sent), ("herd.lift_requested", lifted)):
+                    step = await in_db(cycle.step, now)
+                    st["published"] = int(st["published"]) + step.published
+                    st["intel"] = step.in_force
+                    for what, ids in (("herd.block_requested", step.sent), ("herd.lift_requested", step.lifted)):
                         for i in ids:
                             log_event(ctx.log, what, action=i)
-                    st["pushed"] = int(st["pushed"]) + len(sent)
-                    st["lifted"] = int(st["lifted"]) + len(lifted)
-                    position, alerts = await in_db(match, matcher, position)
-                    if now - pruned_at >= PRUNE_EVERY:
-                        pruned_at = now
-                        await in_db(lambda: intel.prune(now=now, keep_expired=KEEP_EXPIRED))
-                    st["matched"] = int(st["matched"]) + len(alerts)
-                    for a in alerts:
+                    st["pushed"] = int(st["pushed"]) + len(step.sent)
+                    st["lifted"] = int(st["lifted"]) + len(step.lifted)
+                    st["matched"] = int(st["matched"]) + len(step.alerts)
+                    for a in step.alerts:
                         log_event(ctx.log, "herd.match", logging.WARNING, agent=a.agent, title=a.title, alert=a.id)
                 except (HerdError, StoreError) as e:
                     ctx.stats.last_error = str(e)

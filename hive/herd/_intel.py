@@ -409,6 +409,15 @@ class Intel:
                     continue
         return out, position
 
+    def marks(self) -> tuple:
+        """What moved since the last look: the latest command and incident
+        change, event, pulled entry change; the agents and the sources."""
+        return tuple(self._read(
+            "SELECT (SELECT coalesce(max(updated), 0) FROM commands), "
+            "(SELECT coalesce(max(updated), 0) FROM incidents), (SELECT coalesce(max(id), 0) FROM events), "
+            "(SELECT coalesce(max(updated), 0) FROM herd_intel), "
+            "(SELECT count(*) FROM agents WHERE revoked IS NULL), (SELECT count(*) FROM herd_sources)")[0])
+
     def last_event(self) -> int:
         return self._read("SELECT coalesce(max(id), 0) FROM events")[0][0]
 
