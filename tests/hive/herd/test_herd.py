@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 import fleet
@@ -271,3 +272,33 @@ def test_what_expired_a_week_ago_is_forgotten(store):
     assert intel.prune(now=NOW + 9 * DAY, keep_expired=7 * DAY) > 0
     assert [o["type"] for _, _, o in intel.served(limit=100)[0]] == ["identity"]
     assert [e.key for e in intel.entries()] == [f"sha256:{'cd' * 32}"]
+
+
+def test_a_cycle_pushes_to_every_agent_matches_and_lifts_on_revocation(store):
+    from hive.herd._cycle import Cycle
+
+    intel = Intel(store.db)
+    cycle = Cycle(intel, KEY, share_for=DAY)
+    assert cycle.step(NOW).sent == []  # nothing pulled: nothing to do
+    intel.take("hive-a", "enforce", [pulled(until=NOW + 2 * DAY)], now=NOW)
+    step = cycle.step(NOW + 1)
+    assert len(step.sent) == 2 and step.in_force == 1  # web-1 and web-2
+    assert cycle.step(NOW + 2).sent == []  # sent once
+    rows = {a.agent: a for a in Records(store.db).actions() if a.mode == "herd"}
+    assert set(rows) == {"web-1", "web-2"} and rows["web-1"].ttl == pytest.approx(2 * DAY - 1)
+    # The agent took it: the block is active under its rule.
+    store.db.execute("UPDATE commands SET state='active', result=? WHERE id=?",
+                     (json.dumps({"text": "ok", "data": {"rule": "resp-x"}}), rows["web-1"].id))
+    ex = wire.Exec(agent="web-1", pid=3, time=int(NOW * 1e9), sha256=SHA, filename="/x")
+    # As the store actor writes events.
+    store.db.execute("INSERT INTO events(agent, time, kind, pid, verdict, body) VALUES(?,?,?,?,?,?)",
+                     ("web-1", ex.time, "exec", 3, "allow", msgspec.msgpack.encode(ex)))
+    step = cycle.step(NOW + 3)
+    assert [a.rule_id for a in step.alerts] == ["herd-indicator"]
+    assert [a.title for a in store.alerts() if a.rule_id == "herd-indicator"] == [step.alerts[0].title]
+    intel.revoke(f"sha256:{SHA}", by="cli:root", now=NOW + 4)
+    step = cycle.step(NOW + 4)
+    assert len(step.lifted) == 1 and step.in_force == 0  # web-2's block was never active: nothing to lift
+    unblock = Records(store.db).actions(action_id=step.lifted[0])[0]
+    assert (unblock.action, unblock.params, unblock.agent) == ("unblock", {"rule": "resp-x"}, "web-1")
+    assert "revoked by cli:root" in unblock.reason
