@@ -175,7 +175,7 @@ class Intel:
                 seq += 1
                 ident = identity(key, hive_name, now)
                 db.execute("INSERT INTO herd_objects(id, seq, added, until, body) VALUES(?,?,?,?,?) "
-                           "ON CONFLICT(id) DO NOTHING", (ident["id"], seq, added, float("inf"), json.dumps(ident)))
+                           "ON CONFLICT(id) DO NOTHING", (ident["id"], seq, added, 1e300, json.dumps(ident)))
             for f in changed.values():
                 refs = json.dumps({"actions": f.actions, "alerts": f.alerts, "incidents": f.incidents,
                                    "text": f.text, "title": f.title})
