@@ -21,6 +21,9 @@ from ._stix import RuleTexts
 from ._pull import fetch, keep
 
 TICK = 1.0
+IDLE_MAX = 4.0
+"""While nothing moves, the wait between steps doubles up to this; a pull
+that took something, or any change a step sees, brings it back to TICK."""
 
 
 async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path, peers: list[Any],
@@ -43,6 +46,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
     cycle = await in_db(lambda: Cycle(intel, key, share_for=share_days * 86400, hive_name=hive_name, rules=rules))
     down: set[str] = set()
     pulling: set[str] = set()  # a slow peer is not asked again before it answered
+    wake = trio.Event()
 
     async def pull(peer: Any) -> None:
         pulling.add(peer.name)
@@ -71,12 +75,15 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
         for indicator, reason in report.refused:
             log_event(ctx.log, "herd.refused", logging.WARNING, peer=peer.name, indicator=indicator or "-",
                       reason=reason)
+        if report.accepted:
+            wake.set()  # enforce and match what came without waiting out an idle pause
         if report.accepted or report.refused:
             log_event(ctx.log, "herd.pulled", peer=peer.name, accepted=report.accepted, new=report.new,
                       revoked=report.revoked, capped=report.capped, refused=len(report.refused),
                       ignored=report.ignored)
 
     due = {p.name: 0.0 for p in peers}
+    wait = tick
     log_event(ctx.log, "herd.start", peers=",".join(f"{p.name}({p.trust})" for p in peers) or "-")
     task_status.started()
     try:
@@ -89,6 +96,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                             due[peer.name] = now + peer.interval
                             nursery.start_soon(pull, peer)
                     step = await in_db(cycle.step, now)
+                    wait = tick if step.moved else min(wait * 2, max(tick, IDLE_MAX))
                     st["published"] = int(st["published"]) + step.published
                     st["intel"] = step.in_force
                     for what, ids in (("herd.block_requested", step.sent), ("herd.lift_requested", step.lifted)):
@@ -102,6 +110,9 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                 except (HerdError, StoreError) as e:
                     ctx.stats.last_error = str(e)
                     ctx.throttle.event("store", "herd.store_failed", logging.ERROR, reason=str(e))
-                await trio.sleep(tick)
+                pause = max(0.0, min([wait, *(due[p.name] - time.time() for p in peers if p.name not in pulling)]))
+                with trio.move_on_after(pause):
+                    await wake.wait()
+                wake = trio.Event()
     finally:
         store.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._intel import Intel, matchable
-from ._match import Matcher, block_rule
+from ._match import Matcher
 from ._stix import RuleTexts
 
 MAX_TTL = 365 * 86400.0
@@ -28,6 +28,8 @@ class Step:
     lifted: list[str] = field(default_factory=list)
     alerts: list[Any] = field(default_factory=list)
     in_force: int = 0
+    moved: bool = False
+    """Anything it reads changed since the step before."""
 
 
 class Cycle:
@@ -50,6 +52,7 @@ class Cycle:
         out = Step()
         marks = self.intel.marks()
         was, self.marks = self.marks, marks
+        out.moved = marks != was
         if not was or marks[:2] != was[:2]:  # commands or incidents moved
             out.published = self.intel.publish(self.key, now=now, share_for=self.share_for,
                                                hive_name=self.hive_name, rules=self.rules)
@@ -87,8 +90,7 @@ class Cycle:
                     lifted_id = intel.lift(e.key, agent, now=now, why=why)
                     if lifted_id:
                         lifted.append(lifted_id)
-        blocks = {block_rule(c): k for (k, _a), (c, _u) in intel.pushed().items()}
-        self.matcher = Matcher(matchable(entries, now), blocks)
+        self.matcher = Matcher(matchable(entries, now), intel.block_rules())
         self.next_deadline = min(deadlines, default=now + 3600.0)
         return sent, lifted
 

@@ -337,6 +337,16 @@ class Intel:
         """(entry key, agent) -> (command id, until) of the blocks sent."""
         return {(k, a): (c, u) for k, a, c, u in self._read("SELECT key, agent, command, until FROM herd_pushed")}
 
+    def block_rules(self) -> dict[str, str]:
+        """The rule name each agent gave a block the herd sent (from its
+        result) -> the entry key: a refused event names that rule."""
+        out = {}
+        for key, result in self._read("SELECT p.key, c.result FROM herd_pushed p JOIN commands c ON c.id = p.command"):
+            rule = _obj(_obj(result).get("data")).get("rule")
+            if isinstance(rule, str) and rule:
+                out[rule] = key
+        return out
+
     def agents(self) -> list[str]:
         """Agents a block may be sent to: enrolled and not revoked."""
         return [a for (a,) in self._read("SELECT id FROM agents WHERE revoked IS NULL ORDER BY id")]

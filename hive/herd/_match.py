@@ -22,19 +22,11 @@ from ._intel import Entry, Source
 RULE_ID = "herd-indicator"
 
 
-def block_rule(command_id: str) -> str:
-    """The name an agent gives the block of command ``command_id`` (as the
-    executor names it), so a refused event leads back to its indicator."""
-    from agent.response._executor import rule_name
-
-    return rule_name(command_id)
-
-
 class Matcher:
     def __init__(self, table: Mapping[str, tuple[Entry, list[Source]]],
                  blocks: Mapping[str, str] | None = None) -> None:
-        """``table``: key -> (entry, live sources); ``blocks``: the agent's
-        rule name of each block the herd sent -> the entry key."""
+        """``table``: key -> (entry, live sources); ``blocks``: the rule name
+        an agent gave each block the herd sent (its result says) -> the entry key."""
         self.table = dict(table)
         self.hashes = {e.value: k for k, (e, _) in self.table.items() if e.kind == "sha256"}
         self.addresses = {e.value: k for k, (e, _) in self.table.items()
