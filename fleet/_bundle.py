@@ -136,6 +136,13 @@ class SigningKey:
         (folder / "bundle.pub").write_bytes(key.public)
         return key
 
+    def sign_data(self, data: bytes) -> bytes:
+        """The signature of ``data``, which must begin with a domain of its own
+        (e.g. ``hive.herd``'s): never a bundle's, so it can pass for none."""
+        if data.startswith(_DOMAIN):
+            raise ValueError("data in the bundles' signing domain")
+        return self._private.sign(data)
+
     def sign(self, bundle: Bundle) -> Signed:
         if not bundle.issued:
             bundle = msgspec.structs.replace(bundle, issued=time.time_ns())

@@ -130,7 +130,14 @@ def _v8_to_v9(db: Any) -> None:
     db.execute("CREATE INDEX alert_claims_time ON alert_claims(time)")
 
 
-MIGRATIONS: dict[int, Callable[[Any], None]] = {7: _v7_to_v8, 8: _v8_to_v9}
+def _v9_to_v10(db: Any) -> None:
+    # Herd (issue 16): hive.herd._intel's tables in PostgreSQL's types.
+    from .herd._intel import herd_tables
+
+    herd_tables(db, real="DOUBLE PRECISION", integer="BIGINT")
+
+
+MIGRATIONS: dict[int, Callable[[Any], None]] = {7: _v7_to_v8, 8: _v8_to_v9, 9: _v9_to_v10}
 """``MIGRATIONS[n]`` turns a store of schema version ``n`` into ``n + 1``."""
 
 _SCHEMA_LOCK = 0x494D4D31

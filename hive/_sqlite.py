@@ -156,8 +156,16 @@ def _v8_to_v9(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS alert_claims_time ON alert_claims(time)")
 
 
+def _v9_to_v10(db: sqlite3.Connection) -> None:
+    # Herd (issue 16): indicators served to and pulled from other hives;
+    # the tables and their SQL live in hive.herd._intel.
+    from .herd._intel import herd_tables
+
+    herd_tables(db)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7, _v7_to_v8, _v8_to_v9]
+    _v1_to_v2, _v2_to_v3, _v3_to_v4, _v4_to_v5, _v5_to_v6, _v6_to_v7, _v7_to_v8, _v8_to_v9, _v9_to_v10]
 """``MIGRATIONS[n - 1]`` turns a store of schema version ``n`` into ``n + 1``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

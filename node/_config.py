@@ -228,6 +228,38 @@ class OutputConfig(_Section):
     """file: rotated files kept beside the current one."""
 
 
+class HerdPeer(_Section):
+    """One ``[[herd.peers]]`` table: another hive's indicators (or a feed's)."""
+
+    name: str
+    """Its name in alerts, blocks, logs and ``immune-node intel list`` (letters, digits, ``-_.``)."""
+    url: str = ""
+    """The https:// URL of a TAXII 2.1 collection (another hive's: ``https://HOST:7480/taxii2/immune/collections/indicators/``)."""
+    path: str = ""
+    """Or a STIX 2.1 bundle or MISP feed file, read again when it changes (set one of url and path)."""
+    token: str = ""
+    """url: the API token the other hive made for this one (``users token NAME`` of a ``peer`` user)."""
+    trust: str = "observe"
+    """``observe``: alert on events that match; ``enforce``: also push blocks to every agent."""
+    ca: str = ""
+    """url: CA file of the other hive's console certificate (its console.crt); empty: the system's CAs."""
+    key: str = ""
+    """The sender's herd key (64 hex digits, ``immune-node intel key`` on its hive): objects not signed by it
+    are refused.  Required for ``enforce``."""
+    interval: Annotated[float, Meta(ge=5, le=86400)] = 300.0
+    """Seconds between pulls."""
+
+
+class HerdConfig(_Section):
+    serve: bool = True
+    """Serve this hive's indicators over TAXII 2.1 at the console's /taxii2/ (to ``peer`` users' tokens)."""
+    share_days: Annotated[float, Meta(gt=0, le=365)] = 30.0
+    """An indicator served is valid this long after the hive last saw it."""
+    max_days: Annotated[float, Meta(gt=0, le=365)] = 90.0
+    """A pulled indicator lasting longer than this is cut to it (and one with no expiry gets it)."""
+    peers: Annotated[list[HerdPeer], Meta(max_length=64)] = []
+
+
 class Config(_Section):
     node: NodeConfig = msgspec.field(default_factory=NodeConfig)
     hive: HiveConfig = msgspec.field(default_factory=HiveConfig)
@@ -239,6 +271,7 @@ class Config(_Section):
     profile: ProfileConfig = msgspec.field(default_factory=ProfileConfig)
     outputs: Annotated[list[OutputConfig], Meta(max_length=64)] = []
     ai: AiConfig = msgspec.field(default_factory=AiConfig)
+    herd: HerdConfig = msgspec.field(default_factory=HerdConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -476,6 +509,45 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
         yield "ai.model", "set it to the model's name (the server's, e.g. llama3.1:8b) when ai.url is set"
     if cfg.ai.token and not _TOKEN.fullmatch(cfg.ai.token):
         yield "ai.token", "1 to 4096 printable ASCII characters without spaces"
+    yield from _herd_problems(cfg.herd.peers)
+
+
+_TRUSTS = ("observe", "enforce")
+
+
+def _herd_problems(peers: list[HerdPeer]) -> Iterator[tuple[str, str]]:
+    seen: set[str] = set()
+    for i, p in enumerate(peers):
+        key = f"herd.peers[{i}]"
+        for field in msgspec.structs.fields(p):
+            value = getattr(p, field.name)
+            if isinstance(value, str) and "\0" in value:
+                yield f"{key}.{field.name}", "contains a NUL character"
+        if not _OUTPUT_NAME.fullmatch(p.name):
+            yield f"{key}.name", f"{p.name!r}: 1 to 64 letters, digits, '-', '_' or '.'"
+        elif p.name in seen:
+            yield f"{key}.name", f"{p.name!r} is the name of an earlier peer"
+        seen.add(p.name)
+        if bool(p.url) == bool(p.path):
+            yield f"{key}.url", "set one of url (a TAXII collection) and path (a STIX bundle or MISP feed file)"
+        elif p.url and not (p.url.startswith("https://") and _is_http_url(p.url)):
+            yield f"{key}.url", f"{p.url!r} is not an https:// URL"
+        if p.trust not in _TRUSTS:
+            yield f"{key}.trust", f"{p.trust!r} is not one of {', '.join(_TRUSTS)}"
+        if p.key:
+            from hive.herd import parse_key
+
+            try:
+                parse_key(p.key)
+            except ValueError as e:
+                yield f"{key}.key", str(e)
+        elif p.trust == "enforce":
+            yield f"{key}.key", "an enforce peer must pin its key: blocks are pushed only for indicators it signed"
+        if p.token and (not p.url or not _TOKEN.fullmatch(p.token)):
+            yield f"{key}.token", ("only for a url" if not p.url
+                                   else "1 to 4096 printable ASCII characters without spaces")
+        if p.ca and not p.url:
+            yield f"{key}.ca", "only for a url"
 
 
 _OUTPUT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -637,6 +709,17 @@ def _disk_problems(cfg: Config, check: set[str]) -> Iterator[tuple[str, str]]:
                 problem = _readable_folder(target.parent) or (f"{target}: is a folder" if target.is_dir() else None)
                 if problem:
                     yield f"outputs[{i}].target", problem
+    if HIVE_FOLDERS in check:
+        for i, p in enumerate(cfg.herd.peers):
+            for name, value in (("ca", p.ca), ("path", p.path)):
+                if value:
+                    try:
+                        with open(value, "rb"):
+                            pass
+                    except IsADirectoryError:
+                        yield f"herd.peers[{i}].{name}", f"{value}: is a folder, not a file"
+                    except OSError as e:
+                        yield f"herd.peers[{i}].{name}", f"{value}: {e.strerror}"
     if POLICY_FILE in check and cfg.sensor.policy:
         try:
             with open(cfg.sensor.policy, "rb"):

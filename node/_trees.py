@@ -102,6 +102,16 @@ def hive_children(cfg: Config) -> list[Child]:
 
         children.append(Child("ai", ai_actor, shutdown=t, args=dict(
             path=db, ai=cfg.ai, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)])))
+    # Herd: publishes what the hive learned and pulls its peers; it reads
+    # and writes the store on its own, so its restart restarts nothing else.
+    if cfg.herd.serve or cfg.herd.peers:
+        from hive.herd import herd_actor
+        import socket
+
+        children.append(Child("herd", herd_actor, shutdown=t, args=dict(
+            path=db, peers=list(cfg.herd.peers), key=bundle_key, share_days=cfg.herd.share_days,
+            max_days=cfg.herd.max_days, hive_name=socket.gethostname(),
+            rule_dirs=rule_folders(lay.data, cfg.hive.rules))))
     return children
 
 

@@ -87,12 +87,12 @@ def cmd_users(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def add_parsers(add) -> None:
-    from hive.console._auth import ROLES
+    from hive.console._auth import ALL_ROLES
 
     p = add("users", cmd_users, "manage the console's users and API tokens",
             "Users of the console (the hive's HTTPS dashboard and API). Roles: viewer (reads), responder "
             "(also approves, denies and runs actions), admin (also manages users, rules, playbooks and "
-            "policies). A password is read from stdin (one line; asked twice on a terminal), at least 12 "
+            "policies), peer (another hive: reads this hive's indicators at /taxii2/ and nothing else). A password is read from stdin (one line; asked twice on a terminal), at least 12 "
             "characters, and stored as a scrypt hash. Each change is in the audit trail with who made it.",
             common=False)
     from .cli import _common
@@ -101,7 +101,7 @@ def add_parsers(add) -> None:
     a = actions.add_parser("add", help="add a user (password from stdin)",
                            description="Add user NAME with ROLE; the password is read from stdin.")
     a.add_argument("name", metavar="NAME")
-    a.add_argument("--role", required=True, choices=ROLES)
+    a.add_argument("--role", required=True, choices=ALL_ROLES)
     ls = actions.add_parser("list", help="the users, their tokens and live sessions")
     pw = actions.add_parser("passwd", help="set a user's password (from stdin); ends their sessions",
                             description="Set NAME's password (read from stdin); their sessions end.")

@@ -845,6 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     users_parsers(add)
 
+    from ._intel import add_parsers as intel_parsers
+
+    intel_parsers(add)
+
     p = add("actions", cmd_actions, "list the response actions of a hive; approve or deny them; run one by hand",
             "List the response actions of a hive, approve or deny those awaiting approval, or run one by hand: "
             "`actions run ACTION --agent NAME` with --pid (kill_process, collect_evidence; --tree kills its "
@@ -936,6 +940,7 @@ _CHECKS = {
     "demo": {WRITE_DATA, HIVE_FOLDERS, POLICY_FILE},
     "enroll": {WRITE_DATA},
     "users": {WRITE_DATA},
+    "intel": {WRITE_DATA},
     **dict.fromkeys(("tap", "agents", "events", "alerts", "actions", "status", "restart", "policy", "triage"),
                     {READ_DATA}),
 }

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ._auth import ROLES, allow, read_form, refuse
+from ._auth import ALL_ROLES, allow, read_form, refuse
 from ._pages import _page, _store_errors
 from ._secrets import PasswordError, check_password
 from ._users import TokenRow, UserRow, Users, UsersError, check_name, check_role
@@ -106,7 +106,7 @@ async def _users_page(request: Request, *, flash: str = "", flash_kind: str = ""
         return u.list(), u.tokens(), trail
 
     rows, tokens, trail = await request.app.state.console.read(both)
-    return _page(request, "users.html", status=status, roles=ROLES, rows=rows, tokens=tokens, trail=trail, flash=flash,
+    return _page(request, "users.html", status=status, roles=ALL_ROLES, rows=rows, tokens=tokens, trail=trail, flash=flash,
                  flash_kind=flash_kind, token=token)
 
 

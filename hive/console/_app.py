@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from actors import log_event
 
-from . import _admin, _api, _metrics, _pages
+from . import _admin, _api, _metrics, _pages, _taxii
 from ._auth import (
     LOGIN_COOKIE, SESSION_COOKIE, BadRequest, User, allow, client_address, cookie_value, read_form, refuse,
     safe_next,
@@ -52,6 +52,7 @@ def make_app(console: Console) -> Starlette:
         *_admin.routes(),
         *_api.routes(),
         *_metrics.routes(),
+        *_taxii.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={BadRequest: _bad_request, StoreError: _store_error},

@@ -30,6 +30,12 @@ ROLES = ("viewer", "responder", "admin")
 """Each role may do what the ones before it may: viewers read, responders
 approve, deny and run actions, admins manage users, rules, playbooks and policies."""
 
+PEER = "peer"
+"""Another hive pulling this one's indicators: it may read ``/taxii2/`` and
+nothing else (outside ``ROLES``, so it passes no viewer's check); admins
+may read ``/taxii2/`` too."""
+ALL_ROLES = (*ROLES, PEER)
+
 SESSION_COOKIE = "__Host-immune-session"
 """``__Host-``: the browser keeps it only if Secure, for this host, path /."""
 LOGIN_COOKIE = "__Host-immune-login"
@@ -46,7 +52,9 @@ class User(msgspec.Struct, frozen=True):
 
 
 def role_allows(have: str, need: str) -> bool:
-    return have in ROLES and ROLES.index(have) >= ROLES.index(need)
+    if need == PEER:
+        return have in (PEER, "admin")
+    return have in ROLES and need in ROLES and ROLES.index(have) >= ROLES.index(need)
 
 
 class BadRequest(Exception):
@@ -114,7 +122,7 @@ def safe_next(target: str | None) -> str:
 # -- on a request ---------------------------------------------------------------------
 
 def is_api(path: str) -> bool:
-    return path.startswith("/api/") or path == "/api" or path == "/metrics"
+    return path.startswith(("/api/", "/taxii2/")) or path in ("/api", "/metrics", "/taxii2")
 
 
 async def read_form(request: Any) -> dict[str, str]:
@@ -197,8 +205,8 @@ Endpoint = Callable[[Any], Awaitable[Any]]
 def allow(role: str) -> Callable[[Endpoint], Endpoint]:
     """Decorate a Starlette endpoint: only users of ``role`` or above get in
     (``request.state.user`` is the :class:`User`)."""
-    if role not in ROLES:
-        raise ValueError(f"role {role!r} is not one of {ROLES}")
+    if role not in ALL_ROLES:
+        raise ValueError(f"role {role!r} is not one of {ALL_ROLES}")
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._store import Store, StoreError
-from ._auth import ROLES, User
+from ._auth import ALL_ROLES, User
 from ._secrets import digest, hash_password, new_session_id, new_token, same, split_token
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -54,8 +54,8 @@ def check_name(name: str) -> None:
 
 
 def check_role(role: str) -> None:
-    if role not in ROLES:
-        raise UsersError(f"role {role[:80]!r}: one of {', '.join(ROLES)}")
+    if role not in ALL_ROLES:
+        raise UsersError(f"role {role[:80]!r}: one of {', '.join(ALL_ROLES)}")
 
 
 def _keep_an_admin(db: Any, name: str) -> None:

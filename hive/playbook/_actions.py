@@ -172,23 +172,32 @@ MANUAL: dict[str, tuple[str, ...]] = {
     "update_profile": ("workload", "accept", "state"),
 }
 """The actions an operator may run by hand, and the parameters each takes."""
+HERD: dict[str, tuple[str, ...]] = {
+    "block_exec": ("sha256",),
+    "block_connect": ("address",),
+    "unblock": ("rule",),
+}
+"""The actions the herd asks for (mode ``herd``): the blocks a peer's
+enforced indicator calls for, and lifting them when it is revoked."""
 
 
 def check_manual(action: str, agent: str, params: Mapping[str, Any], ttl: float = 0.0, *,
                  agents: Mapping[str, frozenset[int]],
-                 protected: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> dict[str, Any]:
+                 protected: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+                 allowed: Mapping[str, tuple[str, ...]] = MANUAL) -> dict[str, Any]:
     """The parameters of an operator's ``action`` on ``agent`` as the
     commands table keeps them; ValueError with the reason in one line if it
     must not be sent.  ``agents``: the agents that may be acted on, with
     their own pids (which are never killed); ``protected``: the hive's own
-    addresses.  The same checks as a playbook's step, the same guardrails."""
-    if action not in MANUAL:
-        raise ValueError(f"action {action[:40]!r} cannot be run by hand: one of {', '.join(MANUAL)}")
+    addresses; ``allowed``: the actions and their parameters (``HERD`` for
+    the herd's).  The same checks as a playbook's step, the same guardrails."""
+    if action not in allowed:
+        raise ValueError(f"action {action[:40]!r} cannot be run by hand: one of {', '.join(allowed)}")
     if not agent:
         raise ValueError("agent: name the agent to act on")
     if agent not in agents:
         raise ValueError(f"agent {agent[:80]!r} is unknown or revoked")
-    taken = MANUAL[action]
+    taken = allowed[action]
     for name in params:
         if name not in taken:
             raise ValueError(f"{name[:40]}: {action} takes " + (", ".join(taken) if taken else "no parameters"))

@@ -48,7 +48,7 @@ import msgspec
 
 import wire
 
-from ._actions import ACTIONS, Notify, check_guardrails, check_manual, command, plain_params
+from ._actions import ACTIONS, HERD, MANUAL, Notify, check_guardrails, check_manual, command, plain_params
 from ._errors import TemplateError
 from ._playbook import Playbook, Step
 from ._template import render_value
@@ -491,11 +491,12 @@ class PlaybookEngine:
         if a.id in self._open:  # already taken; its row had not been written yet
             return d
         now = self._clock()
-        actor = f"operator:{by}"
+        actor = by if a.mode == "herd" else f"operator:{by}"
         agents = {x: self._agent_pids.get(x, frozenset()) for x in self._known}
         refusal = None
         try:
-            a.params = check_manual(a.action, a.agent, a.params, a.ttl, agents=agents, protected=self._protected)
+            a.params = check_manual(a.action, a.agent, a.params, a.ttl, agents=agents, protected=self._protected,
+                                    allowed=HERD if a.mode == "herd" else MANUAL)
         except ValueError as e:
             refusal = str(e) if str(e).startswith("refused:") else f"refused: {e}"
         if refusal is None and len(self._open) >= self.max_open:

@@ -263,6 +263,7 @@ def write_seeds() -> None:
             "unsigned": msgspec.msgpack.encode(fleet.Bundle(name="db", version=1, playbooks={"p.yml": "name: x\n"})),
         },
     }
+    seeds["herd_bundle"] = herd_seeds()
     seeds["sigma"]["correlation"] = CORRELATION_RULE
     for target, files in seeds.items():
         folder = CORPUS / target
@@ -270,6 +271,31 @@ def write_seeds() -> None:
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
+
+
+def herd_seeds() -> dict[str, bytes]:
+    """A peer's signed bundle and TAXII page (valid for a century: the cap
+    applies), a forged and an expired indicator, a MISP feed."""
+    import json
+
+    from hive.herd import build
+    from hive.herd._stix import Fact
+
+    key, t0 = t._fleet_key(), 1_796_000_000.0
+    century = 100 * 365 * 86400.0
+    good = [*build(Fact("sha256", "ab" * 32, t0, t0 + 60, confidence=90, what="quarantined", actions=["a-1"],
+                        alerts=["al-1"], incidents=["inc-1"]), key, now=t0, share_for=century),
+            *build(Fact("ipv4", "198.51.100.0/24", t0, t0), key, now=t0, share_for=century)]
+    forged = build(Fact("sha256", "cd" * 32, t0, t0), fleet.SigningKey.from_bytes(bytes(32)), now=t0,
+                   share_for=century)[0]
+    expired = build(Fact("ipv6", "2001:db8::7", t0, t0), key, now=t0, share_for=60)[0]
+    misp = {"response": [{"Event": {"info": "feed", "Attribute": [
+        {"type": "sha256", "value": "ef" * 32, "uuid": "5f2a1c34-7c1e-4b9a-9f27-0a4e0b1b2c3d", "timestamp": "1796000000"},
+        {"type": "ip-dst", "value": "203.0.113.9"}, {"type": "domain", "value": "evil.example"}]}}]}
+    return {"bundle": json.dumps({"type": "bundle", "id": "bundle--6a1b0c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d",
+                                  "objects": good}).encode(),
+            "envelope": json.dumps({"more": False, "objects": [good[0], forged, expired]}).encode(),
+            "misp": json.dumps(misp).encode()}
 
 
 if __name__ == "__main__":

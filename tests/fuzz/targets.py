@@ -621,7 +621,7 @@ def console_admin(data: bytes) -> None:
     line, then the urlencoded form.  A BadRequest (one line), or a change
     whose name, role and password ``Users`` takes as they are."""
     from hive.console._admin import admin_change
-    from hive.console._auth import ROLES, BadRequest, parse_form
+    from hive.console._auth import ALL_ROLES, BadRequest, parse_form
     from hive.console._secrets import check_password
     from hive.console._users import NAME
 
@@ -640,7 +640,7 @@ def console_admin(data: bytes) -> None:
         return
     if not NAME.fullmatch(c.name):
         raise ContractBroken(f"user name {c.name!r} accepted")
-    if c.verb in ("add", "role") and c.role not in ROLES:
+    if c.verb in ("add", "role") and c.role not in ALL_ROLES:
         raise ContractBroken(f"role {c.role!r} accepted")
     if c.verb in ("add", "password"):
         check_password(c.password)
@@ -709,6 +709,36 @@ def profile(data: bytes) -> None:
 
 _WIRE = ("wire", "actors._codec")
 _YAML = ("hive._datafile", "hive._regex", "yaml")
+def herd_bundle(data: bytes) -> None:
+    """What a peer sends (a STIX bundle, a TAXII envelope, a MISP feed),
+    checked as the herd actor checks it, with a key pinned and without:
+    refused in one line, or indicators that are in force, within the cap,
+    kept by the store, and that become a block an agent's decoding takes."""
+    from hive.herd import HerdError, Intel, check_all, parse_document
+    from hive.herd._stix import MATCHABLE
+    from hive.playbook import command
+
+    try:
+        objs = parse_document(data)
+    except HerdError as e:
+        if "\n" in str(e):
+            raise ContractBroken(f"a refusal of more than one line: {e!r}") from None
+        raise
+    now, cap = time.time(), 90 * 86400.0
+    for key in (_fleet_key().public, None):
+        good, refused, _ = check_all(objs, key=key, now=now, max_age=cap)
+        for r in refused:
+            if "\n" in r.reason:
+                raise ContractBroken(f"a refusal of more than one line: {r.reason!r}")
+        for p in good:
+            if p.kind not in MATCHABLE or not (p.revoked or now < p.valid_until <= now + cap):
+                raise ContractBroken(f"took {p!r}")
+            action, params = ("block_exec", {"sha256": p.value}) if p.kind == "sha256" \
+                else ("block_connect", {"address": p.value})
+            command(action, params, id="fuzz", ttl=min(p.valid_until - now, 365 * 86400.0) if not p.revoked else 0)
+        Intel(_hive_store().db).take("fuzz", "enforce", good, now=now)
+
+
 TARGETS: dict[str, Target] = {
     "agent_message": Target(agent_message, (), 1.0, (*_WIRE, "hive._store", "hive._messages")),
     "hive_message": Target(hive_message, (), 1.0, (*_WIRE, "agent.response._policy", "agent.response._executor",
@@ -734,6 +764,8 @@ TARGETS: dict[str, Target] = {
     "ai_answer": Target(ai_answer, ("hive.ai._verdict.TriageError",), 1.0, ("hive.ai._verdict",), max_len=8192),
     "profile": Target(profile, (), 2.0, ("agent._profile", "node._profile", "kmod._policy", "ipaddress"),
                       max_len=16384),
+    "herd_bundle": Target(herd_bundle, ("hive.herd.HerdError",), 2.0, ("hive.herd._stix", "hive.herd._intel", "json"),
+                          max_len=16384),
     "console_query": Target(console_query, ("hive.console._read.QueryError",), 1.0, ("hive.console._read",)),
     "console_decision": Target(console_decision, ("hive.console._api.ApiError",), 1.0, ("hive.console._api",)),
     "console_action": Target(console_action, ("hive.console._api.ApiError",), 1.0,

@@ -211,6 +211,28 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[cluster]\nrole = 'detect'\n", "cluster.role: 'detect' needs cluster.nats: a single node does everything"),
     ("[cluster]\npartitions = 0\n", "cluster.partitions: must be an integer from 1 to 1024, not 0"),
     ("[cluster]\nlease = 0.5\n", "cluster.lease: must be a number from 1 to 300, not 0.5"),
+    # [herd]
+    ("[herd]\nshare_days = 0\n", "herd.share_days: must be a number greater than 0 and at most 365, not 0"),
+    ("[herd]\nmax_days = 400\n", "herd.max_days: must be a number greater than 0 and at most 365, not 400"),
+    ("[herd]\npeers = 'a'\n", "herd.peers: expected `array`"),
+    ("[[herd.peers]]\nurl = 'https://a.example/c/'\n", "herd.peers[0]: object missing required field `name`"),
+    ("[[herd.peers]]\nname = 'a'\n", "herd.peers[0].url: set one of url (a TAXII collection) and path"),
+    ("[[herd.peers]]\nname = 'a'\nurl = 'https://a/'\npath = '/x'\n", "herd.peers[0].url: set one of url"),
+    ("[[herd.peers]]\nname = 'a'\nurl = 'http://a.example/c/'\n", "herd.peers[0].url: 'http://a.example/c/' is "
+     "not an https:// URL"),
+    ("[[herd.peers]]\nname = 'a b'\npath = '/x'\n", "herd.peers[0].name: 'a b': 1 to 64 letters"),
+    ("[[herd.peers]]\nname = 'a'\npath = '/x'\n[[herd.peers]]\nname = 'a'\npath = '/y'\n",
+     "herd.peers[1].name: 'a' is the name of an earlier peer"),
+    ("[[herd.peers]]\nname = 'a'\npath = '/x'\ntrust = 'blind'\n", "herd.peers[0].trust: 'blind' is not one of "
+     "observe, enforce"),
+    ("[[herd.peers]]\nname = 'a'\npath = '/x'\ntrust = 'enforce'\n", "herd.peers[0].key: an enforce peer must "
+     "pin its key"),
+    ("[[herd.peers]]\nname = 'a'\npath = '/x'\nkey = 'abc'\n", "herd.peers[0].key: a herd key is 64 hex digits"),
+    ("[[herd.peers]]\nname = 'a'\npath = '/x'\ntoken = 'imt_x'\n", "herd.peers[0].token: only for a url"),
+    ("[[herd.peers]]\nname = 'a'\nurl = 'https://a/'\ntoken = 'has space'\n", "herd.peers[0].token: 1 to 4096"),
+    ("[[herd.peers]]\nname = 'a'\npath = '/x'\nca = '/ca.pem'\n", "herd.peers[0].ca: only for a url"),
+    ("[[herd.peers]]\nname = 'a'\npath = '/x'\ninterval = 1\n", "herd.peers[0].interval: expected `float` >= 5"),
+    ('[[herd.peers]]\nname = "a"\npath = "/x\\u0000"\n', "herd.peers[0].path: contains a NUL character"),
 ])
 def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reason):
     assert _error(tmp_path, text).startswith(reason)
@@ -232,6 +254,10 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[store]\nurl = 'postgres:///immune'\n",
     "[cluster]\nnats = ['nats://10.0.0.1:4222', 'tls://nats.example:4222']\nnode = 'hive-1'\nrole = 'detect'\n"
     "partitions = 1024\nlease = 300\n",
+    "[herd]\nserve = false\nshare_days = 365\nmax_days = 0.5\n",
+    f"[[herd.peers]]\nname = 'hive-a'\nurl = 'https://10.0.0.1:7480/taxii2/immune/collections/x/'\ntoken = 'imt_a.b'\n"
+    f"trust = 'enforce'\nkey = '{'ab' * 32}'\nca = '/etc/immune/a.crt'\ninterval = 5\n"
+    "[[herd.peers]]\nname = 'feed'\npath = '/srv/misp.json'\ninterval = 86400\n",
 ])
 def test_values_at_their_bounds_load(tmp_path, text):
     f = tmp_path / "ok.toml"
@@ -319,6 +345,18 @@ def test_the_policy_file_must_be_readable_for_the_sensor(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(None, check={POLICY_FILE}, sensor_policy=str(tmp_path))
     assert str(info.value) == f"--policy: {tmp_path}: is a folder, not a file"
+
+
+def test_herd_peer_files_must_be_readable_for_the_hive(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text(f"[[herd.peers]]\nname = 'a'\npath = '{tmp_path}/missing.json'\n"
+                 f"[[herd.peers]]\nname = 'b'\nurl = 'https://b/'\nca = '{tmp_path}'\n")
+    load_config(f)  # the values are good
+    with pytest.raises(ConfigError, match=r"herd.peers\[0\].path: .*missing.json: No such file"):
+        load_config(f, check={HIVE_FOLDERS})
+    (tmp_path / "missing.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"herd.peers\[1\].ca: .*: is a folder, not a file"):
+        load_config(f, check={HIVE_FOLDERS})
 
 
 def test_store_location_is_the_data_folder_or_the_url(tmp_path):
