@@ -14,7 +14,7 @@ import trio
 
 from actors import Context, log_event
 
-from .._store import Store, StoreError
+from .._store import Changes, Store, StoreError
 from ._cycle import Cycle
 from ._intel import HerdError, Intel
 from ._stix import RuleTexts
@@ -24,6 +24,9 @@ TICK = 1.0
 IDLE_MAX = 4.0
 """While nothing moves, the wait between steps doubles up to this; a pull
 that took something, or any change a step sees, brings it back to TICK."""
+RECHECK = 30.0
+"""Seconds between steps while the store is not written (expiries)."""
+
 
 
 async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path, peers: list[Any],
@@ -31,7 +34,7 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                      tick: float = TICK) -> None:
     """``rule_dirs``: the hive's Sigma rule folders (the rules that fire in
     incidents are shared as they are written)."""
-    store = Store(path)
+    store = await trio.to_thread.run_sync(Store, path)  # may wait on a database server
     rules = RuleTexts(rule_dirs)
     intel = Intel(store.db)
     db = trio.Lock()  # one connection: one user at a time
@@ -82,37 +85,48 @@ async def herd_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORE
                       revoked=report.revoked, capped=report.capped, refused=len(report.refused),
                       ignored=report.ignored)
 
+    async def step(now: float, wait: float) -> float:
+        """One step of the cycle; the next wait."""
+        try:
+            done = await in_db(cycle.step, now)
+        except (HerdError, StoreError) as e:
+            ctx.stats.last_error = str(e)
+            ctx.throttle.event("store", "herd.store_failed", logging.ERROR, reason=str(e))
+            return wait
+        st["published"] = int(st["published"]) + done.published
+        st["intel"] = done.in_force
+        for what, ids in (("herd.block_requested", done.sent), ("herd.lift_requested", done.lifted)):
+            for i in ids:
+                log_event(ctx.log, what, action=i)
+        st["pushed"] = int(st["pushed"]) + len(done.sent)
+        st["lifted"] = int(st["lifted"]) + len(done.lifted)
+        st["matched"] = int(st["matched"]) + len(done.alerts)
+        for a in done.alerts:
+            log_event(ctx.log, "herd.match", logging.WARNING, agent=a.agent, title=a.title, alert=a.id)
+        return tick if done.moved else min(wait * 2, max(tick, IDLE_MAX))
+
     due = {p.name: 0.0 for p in peers}
     wait = tick
+    # A step reads the store: none while its files stand still (an idle
+    # hive's cost), but one at least every RECHECK for expiries.
+    changes = Changes(store, recheck=RECHECK)
+    woken = True
     log_event(ctx.log, "herd.start", peers=",".join(f"{p.name}({p.trust})" for p in peers) or "-")
     task_status.started()
     try:
         async with trio.open_nursery() as nursery:
             while True:
                 now = time.time()
-                try:
-                    for peer in peers:
-                        if due[peer.name] <= now and peer.name not in pulling:
-                            due[peer.name] = now + peer.interval
-                            nursery.start_soon(pull, peer)
-                    step = await in_db(cycle.step, now)
-                    wait = tick if step.moved else min(wait * 2, max(tick, IDLE_MAX))
-                    st["published"] = int(st["published"]) + step.published
-                    st["intel"] = step.in_force
-                    for what, ids in (("herd.block_requested", step.sent), ("herd.lift_requested", step.lifted)):
-                        for i in ids:
-                            log_event(ctx.log, what, action=i)
-                    st["pushed"] = int(st["pushed"]) + len(step.sent)
-                    st["lifted"] = int(st["lifted"]) + len(step.lifted)
-                    st["matched"] = int(st["matched"]) + len(step.alerts)
-                    for a in step.alerts:
-                        log_event(ctx.log, "herd.match", logging.WARNING, agent=a.agent, title=a.title, alert=a.id)
-                except (HerdError, StoreError) as e:
-                    ctx.stats.last_error = str(e)
-                    ctx.throttle.event("store", "herd.store_failed", logging.ERROR, reason=str(e))
+                for peer in peers:
+                    if due[peer.name] <= now and peer.name not in pulling:
+                        due[peer.name] = now + peer.interval
+                        nursery.start_soon(pull, peer)
+                if changes.due() or woken:
+                    wait = await step(now, wait)
                 pause = max(0.0, min([wait, *(due[p.name] - time.time() for p in peers if p.name not in pulling)]))
                 with trio.move_on_after(pause):
                     await wake.wait()
+                woken = wake.is_set()
                 wake = trio.Event()
     finally:
         store.close()
