@@ -14,6 +14,9 @@ from ._stix import HerdError, check_all, parse_document, parse_key
 PAGE = 500
 """Objects asked for per TAXII request."""
 MAX_FILE = 32 << 20
+MAX_PAGE = 32 << 20
+"""Bytes of one TAXII response read at most (a page of 500 objects is
+well under a MiB): a peer cannot make the hive hold more."""
 TIMEOUT = 30.0
 
 
@@ -35,11 +38,11 @@ def _bearer(token: str) -> Any:
     return Bearer()
 
 
-def fetch(peer: Any, cursor: str, *, timeout: float = TIMEOUT) -> Fetched:
+def fetch(peer: Any, cursor: str, *, timeout: float = TIMEOUT, max_page: int = MAX_PAGE) -> Fetched:
     """What ``peer`` offers since ``cursor`` (blocking); HerdError saying why not."""
     if peer.path:
         return _fetch_file(peer.path, cursor)
-    return _fetch_taxii(peer, cursor, timeout)
+    return _fetch_taxii(peer, cursor, timeout, max_page)
 
 
 def _fetch_file(path: str, cursor: str) -> Fetched:
@@ -55,7 +58,7 @@ def _fetch_file(path: str, cursor: str) -> Fetched:
     return Fetched(parse_document(data, limit=MAX_FILE), mark)
 
 
-def _fetch_taxii(peer: Any, cursor: str, timeout: float) -> Fetched:
+def _fetch_taxii(peer: Any, cursor: str, timeout: float, max_page: int) -> Fetched:
     import requests
     from taxii2client.exceptions import TAXIIServiceException
     from taxii2client.v21 import Collection, as_pages
@@ -63,6 +66,13 @@ def _fetch_taxii(peer: Any, cursor: str, timeout: float) -> Fetched:
     last = {"added": cursor}
 
     def note(response: Any, *args: Any, **kwargs: Any) -> None:
+        # Responses are streamed (below): read at most max_page bytes, and
+        # hand requests the body it would have read itself.
+        body = response.raw.read(max_page + 1, decode_content=True)
+        if len(body) > max_page:
+            response.close()
+            raise HerdError(f"{peer.url}: a response larger than {max_page} bytes")
+        response._content, response._content_consumed = body, True
         added = response.headers.get("X-TAXII-Date-Added-Last")
         if added and response.ok:
             last["added"] = added
@@ -75,7 +85,7 @@ def _fetch_taxii(peer: Any, cursor: str, timeout: float) -> Fetched:
         session.hooks["response"].append(note)
         # requests lets REQUESTS_CA_BUNDLE override a session's CA file; a
         # per-request one stands, so the peer's pinned CA is what verifies.
-        session.request = _with_defaults(session.request, timeout=timeout, verify=peer.ca or True)
+        session.request = _with_defaults(session.request, timeout=timeout, verify=peer.ca or True, stream=True)
         objects: list[Any] = []
         kwargs = {"added_after": cursor} if cursor else {}
         for envelope in as_pages(collection.get_objects, per_request=PAGE, **kwargs):

@@ -9,10 +9,14 @@ import json
 import subprocess
 import time
 
+import pytest
+
 import fleet
 from hive import Store
 from hive.console._taxii import collection_id
-from hive.herd import Intel
+from hive.herd import HerdError, Intel
+from hive.herd._pull import fetch
+from node._config import HerdPeer
 from tests.ports import tcp_endpoint
 
 from .hosts import wait_until
@@ -68,6 +72,11 @@ def test_pages_and_added_after_between_real_hives(tmp_path, start_node):
     b = start_node("hive", b_dir, "--listen", tcp_endpoint(), "--config", str(config))
     b.wait_ready(60)
     wait_until(lambda: len(entries(b_dir)) == 300, timeout=60, what="B taking A's 300 indicators")
+    # A response past the byte bound is refused whole, with the reason (a page of 500 is larger).
+    peer_a = HerdPeer(name="hive-a", url=url, token=token, ca=str(a_dir / "console.crt"))
+    with pytest.raises(HerdError, match=r"a response larger than 65536 bytes"):
+        fetch(peer_a, "", max_page=65536)
+    assert len(fetch(peer_a, "").objects) == 601
     learn(a_dir, 300, 5)
     wait_until(lambda: len(entries(b_dir)) == 305, timeout=60, what="B taking A's 5 new indicators")
     time.sleep(6)  # a pull more: nothing new
