@@ -448,7 +448,10 @@ class _Relay:
             msgs = [m for frames in await self.uplink.recv() if (m := self.uplink.decode(frames[-1])) is not None]
             now = trio.current_time()
             for msg in msgs:
-                if isinstance(msg, wire.Ack):
+                if isinstance(msg, wire.Ack) and msg.refused:
+                    self._refused(msg.refused)
+                elif isinstance(msg, wire.Ack):
+                    self._refused("")
                     try:
                         d.on_ack(msg, now)
                     except SpoolError as e:  # a new stream could not be recorded; the hive will ask again
@@ -462,6 +465,19 @@ class _Relay:
             await self._sync_drops()
             self.publish()
             self.kick()
+
+    def _refused(self, why: str) -> None:
+        """The hive takes nothing from this agent (``why``), or takes again
+        (""): said once each way; the spool keeps every batch meanwhile."""
+        ex = self.ctx.stats.extra
+        if why == ex.get("hive_refuses", ""):
+            return
+        ex["hive_refuses"] = why
+        if why:
+            self.ctx.stats.last_error = f"the hive refuses this agent: {why}"
+            log_event(self.ctx.log, "uplink.refused", logging.ERROR, reason=why)
+        else:
+            log_event(self.ctx.log, "uplink.accepted", reason="the hive takes this agent's batches again")
 
     async def _command(self, cmd: wire.Command) -> None:
         ex = self.ctx.stats.extra

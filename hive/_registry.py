@@ -144,16 +144,23 @@ class WireVersions:
 
     @staticmethod
     def why(version: int) -> str:
-        older = "cannot decode the hive's commands" if version < wire.COMMANDS_SINCE else "is newer than the hive"
-        return f"the agent speaks wire version {version}, the hive {wire.WIRE_VERSION}: it {older}"
+        fix = "upgrade the agent" if version < wire.COMMANDS_SINCE else "upgrade the hive first (hives before agents)"
+        return (f"the agent speaks wire version {version}, the hive {wire.WIRE_VERSION}, which takes "
+                f"{wire.COMMANDS_SINCE} to {wire.WIRE_VERSION}: {fix}")
+
+    @classmethod
+    def unspoken(cls, version: int | None) -> str:
+        """Why the hive takes nothing from and sends nothing to an agent
+        whose latest Hello said ``version`` (None: none yet), or ""."""
+        if version is None or wire.COMMANDS_SINCE <= version <= wire.WIRE_VERSION:
+            return ""
+        return cls.why(version)
 
     @classmethod
     def refusal(cls, version: int | None) -> str | None:
-        """Why no command may go to an agent whose latest Hello said
-        ``version`` (None: it said none yet), or None if one may."""
-        if version is None or wire.COMMANDS_SINCE <= version <= wire.WIRE_VERSION:
-            return None
-        return f"refused: {cls.why(version)}"
+        """Why no command may go to such an agent, or None if one may."""
+        why = cls.unspoken(version)
+        return f"refused: {why}" if why else None
 
 
 def _merge(old: AgentSeen | None, new: AgentSeen | None) -> AgentSeen:

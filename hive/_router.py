@@ -100,7 +100,8 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     agent_wires: dict[str, int] = {a.id: a.wire_version for a in known if a.wire_version is not None}
     seen_at: dict[str, float] = {}
     counts = ctx.stats.extra
-    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0, bundles_sent=0)
+    counts.update(revoked=0, wrong_type=0, results_dropped=0, commands_refused=0, over_budget=0, bundles_sent=0,
+                  wire_refused=0)
     fleet = Fleet()
     ledger = AckLedger()
     remote = routing.Origins()
@@ -139,6 +140,20 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     continue  # counted and logged by the socket
                 idents[agent] = ident
                 now = time.time()
+                if isinstance(msg, (wire.Hello, wire.EventBatch)):
+                    if isinstance(msg, wire.Hello):
+                        agent_wires[agent] = msg.wire_version
+                    unspoken = WireVersions.unspoken(agent_wires.get(agent))
+                    if unspoken:
+                        # Nothing taken from it (its events may not even be
+                        # ones this hive can read); it keeps them and says why.
+                        counts["wire_refused"] = int(counts["wire_refused"]) + 1
+                        ctx.throttle.event("wire", "agent.refused", logging.WARNING, agent=agent,
+                                           reason=unspoken)
+                        stream = msg.stream if isinstance(msg, wire.EventBatch) else ""
+                        await agents.send([ident, ack_codec.encode(wire.Ack(seq=0, stream=stream, refused=unspoken))])
+                        if isinstance(msg, wire.EventBatch):
+                            continue
                 if isinstance(msg, wire.EventBatch) and bus is not None:
                     await to_cluster(agent, msg)
                     if now - seen_at.get(agent, 0) < 1.0:
@@ -157,7 +172,6 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     seen = AgentSeen(agent=agent, time=time.time_ns())
                 elif isinstance(msg, wire.Hello):
                     agent_pids[agent] = msg.pid
-                    agent_wires[agent] = msg.wire_version
                     fleet.hello(agent, msg.bundle_version, ident)
                     await send_bundle(agent)
                     seen = AgentSeen(agent=agent, time=time.time_ns(), hello=msg,

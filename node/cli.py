@@ -421,15 +421,15 @@ def cmd_agents(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _wire(version: int | None) -> str:
-    """An agent's wire version; one whose commands the hive cannot send says
-    so."""
+    """An agent's wire version; one the hive does not speak (it takes
+    nothing from it and sends it nothing) says so."""
     import wire
 
     if version is None:
         return "-"
     if wire.COMMANDS_SINCE <= version <= wire.WIRE_VERSION:
         return str(version)
-    return f"{version} (hive {wire.WIRE_VERSION}: no commands)"
+    return f"{version} (hive {wire.WIRE_VERSION}: refused)"
 
 
 def cmd_events(args: argparse.Namespace, cfg: Config) -> int:

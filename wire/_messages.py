@@ -42,7 +42,9 @@ from msgspec import Meta
 
 WIRE_VERSION = 3
 COMMANDS_SINCE = 2
-"""The oldest wire version whose agents decode this version's commands."""
+"""The oldest wire version a hive speaks (one back): its agents decode this
+version's commands, and the hive takes their events.  An agent outside
+``COMMANDS_SINCE`` to ``WIRE_VERSION`` is refused (``Ack.refused``)."""
 
 # --------------------------------------------------------------------------
 # Bounds
@@ -522,6 +524,10 @@ class Ack(Struct, tag="ack", tag_field="type"):
     stream: Name = ""
     resend: bool = False
     """The hive expected ``seq + 1`` and got something else: send again from there."""
+    refused: Text = ""
+    """The hive takes nothing from this agent, and why (its wire version is
+    one the hive does not speak): the agent keeps its spool and says so.
+    An older agent ignores the field (msgspec skips unknown fields)."""
 
 
 PositivePid = Annotated[int, Meta(ge=1, le=PID_MAX, description=f"a positive integer (a pid, 1-{PID_MAX})")]

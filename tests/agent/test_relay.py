@@ -49,6 +49,8 @@ class ScriptedHive:
         """Seqs to treat as never arrived, once each."""
         self.ack_up_to: int | None = None
         """Store everything but acknowledge nothing above this."""
+        self.refuse = ""
+        """Take nothing, and answer every Hello and batch with this reason."""
         self.peer: bytes | None = None
         self.outbox: list[list[bytes]] = []
         self.changed = trio.Event()
@@ -84,6 +86,10 @@ class ScriptedHive:
                 self.changed = trio.Event()
 
     def handle(self, msg):
+        if self.refuse and isinstance(msg, (wire.Hello, wire.EventBatch)):
+            if isinstance(msg, wire.EventBatch):
+                self.received.append((msg.stream, msg.seq))
+            return wire.Ack(seq=0, stream=getattr(msg, "stream", ""), refused=self.refuse)
         if isinstance(msg, wire.Hello):
             self.hellos.append(msg)
         elif isinstance(msg, wire.Heartbeat):
@@ -360,6 +366,33 @@ async def test_an_unenrolled_agent_is_refused_and_says_so(tmp_path):
                 await trio.sleep(0.05)
         n.cancel_scope.cancel()
     assert rig.hive.stored == [] and rig.hive.hellos == []
+
+
+async def test_a_hive_that_refuses_the_agent_s_wire_version_is_said_once_and_the_spool_keeps_everything(
+        tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    rig = Rig(tmp_path)
+    rig.hive.refuse = "the agent speaks wire version 4, the hive 3, which takes 2 to 3: upgrade the hive first"
+    async with trio.open_nursery() as n:
+        await rig.start_hive(n)
+        await rig.start_agent(n)
+        await rig.emit(3)
+        await rig.hive.wait(lambda: len(rig.hive.received) >= 6, timeout=10)  # sent again after the ack timeout
+        assert rig.stats.extra["hive_refuses"] == rig.hive.refuse
+        assert rig.stats.last_error == f"the hive refuses this agent: {rig.hive.refuse}"
+        assert rig.stats.extra["acked"] == 0 and rig.stats.extra["spooled"] == 150
+        refusals = [r.getMessage() for r in caplog.records if "uplink.refused" in r.getMessage()]
+        assert len(refusals) == 1 and "upgrade the hive first" in refusals[0], refusals
+        rig.hive.refuse = ""  # the hive upgraded: everything spooled arrives, once
+        await rig.hive.wait(lambda: len(rig.hive.stored) == 150, timeout=10)
+        with trio.fail_after(5):
+            while rig.stats.extra["hive_refuses"]:
+                await trio.sleep(0.05)
+        n.cancel_scope.cancel()
+    assert [e.tid for e in rig.hive.stored] == list(range(150))
+    assert any("uplink.accepted" in r.getMessage() for r in caplog.records)
 
 
 class PoisonedTable(ProcessTable):

@@ -28,7 +28,8 @@ async def test_an_agent_of_another_wire_version_is_reported_once(hive, runtime, 
     new.send(wire.Hello(agent="new-agent"))
     old.send(wire.Hello(agent="old-agent", wire_version=1))
     (notice,) = await notices(hive.db, "old-agent", 1)
-    assert notice.detail == f"the agent speaks wire version 1, the hive {wire.WIRE_VERSION}: it cannot decode the hive's commands"
+    assert notice.detail == (f"the agent speaks wire version 1, the hive {wire.WIRE_VERSION}, which takes "
+                             f"{wire.COMMANDS_SINCE} to {wire.WIRE_VERSION}: upgrade the agent")
     old.send(wire.Hello(agent="old-agent", wire_version=1))  # a reconnect: said already
     new.send(wire.Heartbeat())
     registry = runtime.registry["hive.registry"]
@@ -70,10 +71,11 @@ async def test_an_agent_on_another_wire_version_is_shown_and_sent_no_command(hiv
         [refused] = await results.recv()
     assert isinstance(refused, Result) and refused.agent == "old-agent"
     assert refused.result.command == "k-old-agent" and not refused.result.ok
-    assert refused.result.detail == (f"refused: the agent speaks wire version 1, the hive {wire.WIRE_VERSION}: "
-                                     "it cannot decode the hive's commands")
+    assert refused.result.detail == (f"refused: the agent speaks wire version 1, the hive {wire.WIRE_VERSION}, "
+                                     f"which takes {wire.COMMANDS_SINCE} to {wire.WIRE_VERSION}: upgrade the agent")
     assert [c.id for c in await new.replies(1)] == ["k-new-agent"]
-    assert await old.replies(1, timeout=0.5) == []  # never sent what it cannot read
+    # Never sent what it cannot read: only the refusal of its Hello.
+    assert [(type(m), bool(m.refused)) for m in await old.replies(2, timeout=0.5)] == [(wire.Ack, True)]
     assert runtime.registry["hive.router"].extra["commands_refused"] == 1
     with trio.fail_after(5):  # the registry writes once a second
         while {a.id: a.wire_version for a in Store(hive.db, readonly=True).agents()} != {
@@ -93,4 +95,30 @@ async def test_an_agent_on_another_wire_version_is_shown_and_sent_no_command(hiv
     table = agents().splitlines()
     assert table[0].split()[7:9] == ["VERSION", "WIRE"]
     row = next(line for line in table if line.startswith("old-agent "))
-    assert f"  1 (hive {wire.WIRE_VERSION}: no commands)  " in row
+    assert f"  1 (hive {wire.WIRE_VERSION}: refused)  " in row
+
+
+async def test_an_agent_whose_wire_version_the_hive_does_not_speak_is_refused_and_keeps_its_batches(hive, runtime):
+    # One version newer (hives are upgraded before agents) and one too old:
+    # every batch is answered with the reason, none is stored; one version
+    # back is taken.
+    newer = wire.WIRE_VERSION + 1
+    agents = {name: Agent(runtime, hive, hive.enroll(name)) for name in ("newer", "ancient", "one-back")}
+    for name, version in (("newer", newer), ("ancient", wire.COMMANDS_SINCE - 1), ("one-back", wire.COMMANDS_SINCE)):
+        agents[name].send(wire.Hello(agent=name, wire_version=version))
+        agents[name].send(wire.EventBatch(stream="s", seq=1, events=[wire.Exec(time=1, pid=7, filename="/bin/true")]))
+    [hello_ack, batch_ack] = await agents["newer"].replies(2)
+    assert hello_ack.refused == batch_ack.refused == (
+        f"the agent speaks wire version {newer}, the hive {wire.WIRE_VERSION}, which takes "
+        f"{wire.COMMANDS_SINCE} to {wire.WIRE_VERSION}: upgrade the hive first (hives before agents)")
+    assert batch_ack.seq == 0 and batch_ack.stream == "s"
+    [_, ancient_ack] = await agents["ancient"].replies(2)
+    assert ancient_ack.refused.endswith(": upgrade the agent")
+    [one_back] = await agents["one-back"].replies(1)
+    assert (one_back.seq, one_back.refused) == (1, "")
+    assert runtime.registry["hive.router"].extra["wire_refused"] == 4
+    store = Store(hive.db, readonly=True)
+    assert {e.agent for e in store.events(kind="exec")} == {"one-back"}
+    store.close()
+    for a in agents.values():
+        a.close()
