@@ -249,6 +249,11 @@ def choose_object(cache: Path | None = None) -> tuple[Path, str]:
                              "or install clang, bpftool and libbpf-dev to build from source") from None
         log.warning("prebuilt BPF object %s %s: building from source", obj, why)
         return build(cache=cache), "built from source (prebuilt object is stale)"
+    try:
+        _toolchain()
+    except BuildError as e:  # a host with neither: say both ways out
+        raise BuildError(f"no prebuilt BPF object {obj} for this architecture, and {e}, "
+                         "to build one from source") from None
     return build(cache=cache), "built from source"
 def _prune(cache: Path, keep: set[str]) -> None:
     """Drop objects and headers of older sources or kernels."""

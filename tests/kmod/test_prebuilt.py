@@ -188,3 +188,14 @@ def test_missing_hooks_are_reported_and_the_rest_runs(prebuilt, workdir, tmp_pat
         assert ev.filename == str(script)
     finally:
         sensor.close()
+
+
+def test_neither_prebuilt_object_nor_compiler_is_one_line(tmp_path):
+    done = subprocess.run(without_compiler([sys.executable, "-m", "kmod", "run"]),
+                          capture_output=True, text=True, timeout=30,
+                          env=kmod_env(IMMUNE_KMOD_PREBUILT=str(tmp_path), IMMUNE_KMOD_CACHE=str(tmp_path / "c")))
+    assert done.returncode == 1
+    obj = kbuild.prebuilt_paths(tmp_path)[0]
+    assert done.stderr.strip().splitlines() == [
+        f"kmod: no prebuilt BPF object {obj} for this architecture, and clang not found: install the "
+        "Debian package clang (apt-get install clang), to build one from source"]
