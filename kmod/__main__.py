@@ -1,4 +1,7 @@
 """``python -m kmod build`` compiles the BPF programs (cached);
+``python -m kmod prebuild`` compiles them once for every kernel of this
+architecture (what a package ships; hosts then need no compiler);
+``python -m kmod which`` says which object the sensor would load;
 ``python -m kmod run`` runs the sensor and prints the seed's verdict lines."""
 
 from __future__ import annotations
@@ -9,14 +12,29 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import msgspec
 
 from . import KmodError, LinuxSensor, Policy, Scope, build, verdict_line
+from ._build import describe_object, prebuild, prebuilt_paths
 
 
 def _build(args: argparse.Namespace) -> int:
     print(build(force=args.force))
+    print(f"kmod: the sensor loads {describe_object()}", file=sys.stderr)
+    return 0
+
+
+def _prebuild(args: argparse.Namespace) -> int:
+    obj = prebuild(Path(args.out) if args.out else None, Path(args.btf) if args.btf else None)
+    print(obj)
+    print(prebuilt_paths(obj.parent)[1])
+    return 0
+
+
+def _which(args: argparse.Namespace) -> int:
+    print(describe_object())
     return 0
 
 
@@ -33,6 +51,11 @@ def _run(args: argparse.Namespace) -> int:
                          scope=Scope.parse(args.scope), watchdog_bound=args.watchdog_ms / 1000)
     sensor.start()
     try:
+        path, origin = sensor.bpf_object
+        print(f"kmod: BPF object {path} ({origin})", file=sys.stderr)
+        off = sensor.attachments()["off"]
+        if off:
+            print(f"kmod: hooks off: {', '.join(off)}", file=sys.stderr)
         if args.ready:
             with open(args.ready + ".tmp", "w") as f:
                 json.dump(dict(pid=os.getpid(), **sensor.attachments()), f)
@@ -60,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build the BPF programs (only if their sources changed)")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.set_defaults(fn=_build)
+    p = sub.add_parser("prebuild", help="compile the BPF object once, for any kernel with BTF "
+                       "(CO-RE), with a JSON manifest beside it")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: kmod/prebuilt)")
+    p.add_argument("--btf", metavar="FILE", help="the BTF whose type names vmlinux.h is made of "
+                   "(default: this kernel's /sys/kernel/btf/vmlinux; for a build chroot without /sys)")
+    p.set_defaults(fn=_prebuild)
+    w = sub.add_parser("which", help="say which BPF object the sensor would load, without loading it")
+    w.set_defaults(fn=_which)
     r = sub.add_parser("run", help="run the sensor, print verdict lines until SIGTERM/SIGINT")
     r.add_argument("--policy", help="policy TOML file (default: kmod/default_policy.toml)")
     r.add_argument("--scope", default="machine",
