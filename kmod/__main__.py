@@ -50,6 +50,11 @@ def _run(args: argparse.Namespace) -> int:
                          scope=Scope.parse(args.scope), watchdog_bound=args.watchdog_ms / 1000)
     sensor.start()
     try:
+        path, origin = sensor.bpf_object
+        print(f"kmod: BPF object {path} ({origin})", file=sys.stderr)
+        off = sensor.attachments()["off"]
+        if off:
+            print(f"kmod: hooks off: {', '.join(off)}", file=sys.stderr)
         if args.ready:
             with open(args.ready + ".tmp", "w") as f:
                 json.dump(dict(pid=os.getpid(), **sensor.attachments()), f)

@@ -182,12 +182,13 @@ def prebuilt_paths(directory: Path | None = None) -> tuple[Path, Path]:
             directory / f"{OBJECT_NAME}.{arch()}.json")
 
 
-def prebuild(out: Path | None = None, btf_path: Path = BTF_PATH) -> Path:
+def prebuild(out: Path | None = None, btf_path: Path | None = None) -> Path:
     """Compile the object once for every kernel of this architecture, with a
     manifest beside it; return the object's path.  vmlinux.h comes from this
     machine's BTF (or ``btf_path``): only its type names matter, since
     libbpf relocates the field offsets on the target."""
     out = out or PREBUILT_DIR
+    btf_path = btf_path or BTF_PATH
     clang, bpftool = _toolchain()
     btf = _read_btf(btf_path)
     _mkdir(out, "the output directory")
@@ -237,7 +238,7 @@ def choose_object(cache: Path | None = None) -> tuple[Path, str]:
     if obj.is_file():
         info = read_manifest(manifest)
         if info is not None and info.get("sources") == sources_digest():
-            return obj, f"prebuilt ({info.get('clang', '?')}, built {info.get('built', '?')})"
+            return obj, f"prebuilt: {info.get('clang', '?')}, built {info.get('built', '?')}"
         why = ("has no readable manifest" if info is None else
                f"is older than the sources (built from {info.get('sources')}, "
                f"sources are {sources_digest()})")

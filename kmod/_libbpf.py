@@ -46,6 +46,11 @@ if _lib is not None:
     _prog_attach_cgroup = _bind("bpf_program__attach_cgroup", _p, _p, _c.c_int)
     _prog_attach_iter = _bind("bpf_program__attach_iter", _p, _p, _p)
     _prog_section = _bind("bpf_program__section_name", _c.c_char_p, _p)
+    _prog_autoload = _bind("bpf_program__autoload", _c.c_bool, _p)
+    _prog_set_autoload = _bind("bpf_program__set_autoload", _c.c_int, _p, _c.c_bool)
+    _vmlinux_btf = _bind("btf__load_vmlinux_btf", _p)
+    _btf_find = _bind("btf__find_by_name_kind", _c.c_int, _p, _c.c_char_p, _c.c_uint32)
+    _btf_free = _bind("btf__free", None, _p)
     _iter_create = _bind("bpf_iter_create", _c.c_int, _c.c_int)
     _link_destroy = _bind("bpf_link__destroy", _c.c_int, _p)
     _link_fd = _bind("bpf_link__fd", _c.c_int, _p)
@@ -64,6 +69,7 @@ if _lib is not None:
     _vsnprintf.argtypes = (_c.c_char_p, _c.c_size_t, _c.c_char_p, _p)
 
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
+BTF_KIND_TYPEDEF = 8
 
 # libbpf logs through a printf-style callback with a va_list; vsnprintf turns
 # it into text.  The last lines are kept to explain a failed load.
@@ -104,6 +110,19 @@ def _errno_error(what: str, err: int) -> KernelError:
 
 def _is_iterator(prog) -> bool:
     return (_prog_section(prog) or b"").startswith(b"iter/")
+
+
+def kernel_has_btf_tracepoint(name: str) -> bool:
+    """Does the running kernel's BTF know the raw tracepoint ``name``?  A
+    tp_btf program for one it does not know fails the whole object's load."""
+    _require()
+    btf = _vmlinux_btf()
+    if not btf:
+        raise _errno_error("cannot read the kernel's BTF", ctypes.get_errno())
+    try:
+        return _btf_find(btf, f"btf_trace_{name}".encode(), BTF_KIND_TYPEDEF) > 0
+    finally:
+        _btf_free(btf)
 
 
 class Link:
@@ -158,14 +177,29 @@ class BpfObject:
             raise KernelError(f"map {name} is not loaded")
         return fd
 
-    def programs(self) -> list[tuple[str, int]]:
-        """(name, handle) of every program in the object."""
+    def programs(self, all: bool = False) -> list[tuple[str, int]]:
+        """(name, handle) of every program in the object that is loaded (or
+        will be), or of every one with ``all``."""
         out, prog = [], None
         while True:
             prog = _next_prog(self._ptr, prog)
             if not prog:
                 return out
-            out.append((_prog_name(prog).decode(), prog))
+            if all or _prog_autoload(prog):
+                out.append((_prog_name(prog).decode(), prog))
+
+    def sections(self) -> dict[str, str]:
+        """Every program's name -> its section (what it attaches to)."""
+        return {name: (_prog_section(p) or b"").decode() for name, p in self.programs(all=True)}
+
+    def disable(self, name: str) -> None:
+        """Leave program ``name`` out of the load (before ``load``)."""
+        prog = next((p for n, p in self.programs(all=True) if n == name), None)
+        if prog is None:
+            raise KernelError(f"BPF object has no program {name!r}")
+        err = _prog_set_autoload(prog, False)
+        if err:
+            raise _errno_error(f"cannot leave {name} out", err)
 
     def program_ids(self) -> list[int]:
         return [prog_info(_prog_fd(p))[0] for _, p in self.programs()]

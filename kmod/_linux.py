@@ -12,22 +12,23 @@ import struct
 import time
 import weakref
 from collections.abc import Iterable
+from pathlib import Path
 
 from wire import Event, Notice, Open
 
-from ._build import build
+from ._build import choose_object
 from ._decode import KINDS, PROTOCOL_NAMES, Decoder, Verdicts, address_text, endpoint_text
 from ._errors import KmodError
 from . import _files
 from ._fanotify import Guard
 from ._interface import Sensor, SensorStatistics
-from ._libbpf import BpfObject, map_delete, map_keys, map_lookup, map_update
+from ._libbpf import BpfObject, kernel_has_btf_tracepoint, map_delete, map_keys, map_lookup, map_update
 from ._mounts import Superblocks
 from ._policy import D_NAMES, DIR_BITS, HEAD_MULT, Policy, bitmap
 from ._procs import hooks_off, hooks_off_line, procs_config
 from ._ringbuf import RingBuffer
 from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
-from ._system import ensure_tracefs, require_btf, require_root
+from ._system import DEBUGFS_TRACING, TRACEFS, ensure_tracefs, require_btf, require_root
 
 log = logging.getLogger("kmod")
 
@@ -125,13 +126,18 @@ class LinuxSensor(Sensor):
 
     ``namespaces``: every event carries the task's mount and pid namespaces
     and its pid as its own pid namespace sees it (``mntns``, ``pidns``,
-    ``vpid``); False leaves them 0 (bench/bench_sensor.py measures the cost)."""
+    ``vpid``); False leaves them 0 (bench/bench_sensor.py measures the cost).
+
+    A hook this kernel lacks (a tracepoint, a BTF raw tracepoint) is left
+    out and reported (``statistics().hooks_off``, ``attachments()["off"]``,
+    a log line); the others run.  ``skip_programs`` leaves programs out by
+    name as if their hook were missing: for tests and drills."""
 
     def __init__(self, policy: Policy | str | os.PathLike | None = None, *,
                  scope: Scope | str | None = None, exclude_pids: Iterable[int] = (),
                  exclude_self: bool = True, ring_size: int = 16 << 20, latency: float = 0.02,
                  wake_bytes: int | None = None, watchdog_bound: float = 0.25,
-                 fold: float = 1.0, namespaces: bool = True):
+                 fold: float = 1.0, namespaces: bool = True, skip_programs: Iterable[str] = ()):
         if ring_size < 1 << 16 or ring_size & (ring_size - 1):
             raise ValueError(f"ring_size must be a power of two of at least 64 KiB, not {ring_size}")
         if not 0 < latency <= 10:
@@ -177,6 +183,9 @@ class LinuxSensor(Sensor):
         self._resolved = None
         self._started = False
         self._hooks_off: dict[str, str] = {}
+        self._skip = frozenset(skip_programs)
+        self._off: list[str] = []  # programs left out
+        self._object: tuple[str, str] | None = None  # (path, where it came from)
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -195,9 +204,15 @@ class LinuxSensor(Sensor):
 
     def _start(self) -> None:
         ensure_tracefs()
-        obj = build()
+        obj, origin = choose_object()
+        self._object = (str(obj), origin)
+        log.info("BPF object %s (%s)", obj, origin)
         self._resolved = resolved = self._scope.resolve()
         bpf = self._bpf = BpfObject(obj)
+        off = _missing_hooks(bpf, self._skip)
+        for name in off:
+            bpf.disable(name)
+        self._off = sorted(off)
         bpf.set_max_entries("events", self._ring_size)
         bpf.load()
         for pid in self._excluded:
@@ -228,8 +243,10 @@ class LinuxSensor(Sensor):
                                                bpf.map_fd("unguarded_asked")))
         self._guard.start()
         log.info("kernel sensor started (scope %s, %d rules)", self._scope, len(self._policy.rules))
-        self._hooks_off = hooks_off()
-        if self._hooks_off:
+        self._hooks_off = {**hooks_off(), **off}
+        if off:  # less is seen than the policy asks for: say so
+            log.warning("hooks off: %s", hooks_off_line(self._hooks_off))
+        elif self._hooks_off:
             log.info("hooks off: %s", hooks_off_line(self._hooks_off))
 
     def _open_fd(self, path, flags: int) -> int:
@@ -512,11 +529,45 @@ class LinuxSensor(Sensor):
             hooks_off=dict(self._hooks_off),
         )
 
-    def attachments(self) -> dict[str, list[int]]:
-        """Kernel ids of this sensor's programs and links, to prove they go away."""
+    def attachments(self) -> dict[str, list]:
+        """Kernel ids of this sensor's programs and links, to prove they go
+        away; ``off``: the programs left out because their hook is missing."""
         if self._bpf is None:
-            return {"programs": [], "links": []}
-        return {"programs": self._bpf.program_ids(), "links": self._bpf.link_ids()}
+            return {"programs": [], "links": [], "off": []}
+        return {"programs": self._bpf.program_ids(), "links": self._bpf.link_ids(),
+                "off": list(self._off)}
+
+    @property
+    def bpf_object(self) -> tuple[str, str] | None:
+        """(path, where it came from) of the loaded BPF object, once started."""
+        return self._object
+
+
+def _tracing_events() -> Path:
+    # where libbpf looks up tracepoint ids: debugfs's copy when mounted
+    return DEBUGFS_TRACING / "events" if (DEBUGFS_TRACING / "events").is_dir() else TRACEFS / "events"
+
+
+def _missing_hooks(bpf: BpfObject, skip: frozenset[str]) -> dict[str, str]:
+    """Programs to leave out: program name -> why.  A tracepoint the kernel
+    lacks would fail the attach, a BTF raw tracepoint it lacks the whole
+    load; cgroup hooks and iterators exist on every kernel with BTF."""
+    sections = bpf.sections()
+    unknown = sorted(skip - sections.keys())
+    if unknown:
+        raise ValueError(f"skip_programs: no such program {', '.join(unknown)}")
+    off, events = {}, _tracing_events()
+    for name, section in sections.items():
+        kind, _, target = section.partition("/")
+        if name in skip:
+            if kind == "iter":
+                raise ValueError(f"skip_programs: {name} is an iterator the sensor runs itself")
+            off[name] = f"{section}: left out (skip_programs)"
+        elif kind in ("tracepoint", "tp") and not (events / target).is_dir():
+            off[name] = f"{section}: no such tracepoint in this kernel"
+        elif kind == "tp_btf" and not kernel_has_btf_tracepoint(target):
+            off[name] = f"{section}: no such raw tracepoint in this kernel's BTF"
+    return off
 
 
 def _possible_cpus() -> int:

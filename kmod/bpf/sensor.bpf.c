@@ -341,8 +341,9 @@ static __always_inline void fill_ns(struct hdr *h, struct task_struct *task, str
 	h->mntns = t->nsproxy->mnt_ns->ns.inum;  /* 0 if nsproxy is gone (a load of NULL reads 0) */
 	struct pid *p = t->group_leader->thread_pid;
 	__u32 level = p->level & 31;  /* MAX_PID_NS_LEVEL */
+	/* the target kernel's sizes, not this build's: the object is prebuilt */
 	struct upid *u = KERNEL(struct upid, (void *)p + bpf_core_field_offset(struct pid, numbers) +
-					     level * sizeof(struct upid));
+					     level * bpf_core_type_size(struct upid));
 	h->vpid = u->nr;
 	h->pidns = u->ns->ns.inum;
 }

@@ -46,7 +46,7 @@ async def test_reader_pushes_batches_of_wire_events(tmp_path):
         assert stats["batches"] >= len(seqs) and stats["drops"] == 0
         assert sensors and sensors[0].statistics().watchdog == "armed"
         nursery.cancel_scope.cancel()
-    assert sensors[0].attachments() == {"programs": [], "links": []}  # closed with the actor
+    assert sensors[0].attachments() == {"programs": [], "links": [], "off": []}  # closed with the actor
     ctx.close()
 
 
