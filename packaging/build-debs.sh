@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OUT=${1:-$ROOT/dist}
-WORK=$ROOT/build/deb
+WORK=${IMMUNE_DEB_WORK:-$ROOT/build/deb}
 # Debian's own interpreter: the packages depend on Debian's python3, whatever else is on PATH.
 PY=/usr/bin/python3
 PREFIX=/usr/lib/immune
