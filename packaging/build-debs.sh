@@ -42,6 +42,7 @@ SITE=$VENV/lib/python$PYVER/site-packages
 # The BPF object belongs to the agent package; none comes from the tree's wheel.
 rm -rf "$SITE/kmod/prebuilt" "$SITE/kmod/.build"
 find "$VENV/bin" -mindepth 1 ! -name 'python*' -delete
+sed -i '/^command = /d' "$VENV/pyvenv.cfg"   # the build machine's path, of no use on a host
 # Byte-compile now, with the installed path in the code objects: the units make /usr read-only.
 "$VENV/bin/python" -m compileall -q -j0 -s "$COMMON" -p / "$VENV/lib" >/dev/null
 install -D -m 0755 packaging/debian/immune-node.sh "$COMMON/usr/bin/immune-node"

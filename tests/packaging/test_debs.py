@@ -86,7 +86,7 @@ def test_launcher_carries_no_build_path(debs, tmp_path):
     text = (tmp_path / "usr/bin/immune-node").read_text()
     assert "/usr/lib/immune/bin/python" in text and str(ROOT) not in text
     cfg = (tmp_path / "usr/lib/immune/pyvenv.cfg").read_text()
-    assert "home = /usr/bin" in cfg
+    assert "home = /usr/bin" in cfg and "command" not in cfg  # no build path
 
 
 def _in_root(debs, steps: str) -> str:
