@@ -22,11 +22,12 @@ from ._build import describe_object, prebuild, prebuilt_paths
 
 def _build(args: argparse.Namespace) -> int:
     print(build(force=args.force))
+    print(f"kmod: the sensor loads {describe_object()}", file=sys.stderr)
     return 0
 
 
 def _prebuild(args: argparse.Namespace) -> int:
-    obj = prebuild(Path(args.out) if args.out else None)
+    obj = prebuild(Path(args.out) if args.out else None, Path(args.btf) if args.btf else None)
     print(obj)
     print(prebuilt_paths(obj.parent)[1])
     return 0
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prebuild", help="compile the BPF object once, for any kernel with BTF "
                        "(CO-RE), with a JSON manifest beside it")
     p.add_argument("--out", metavar="DIR", help="output directory (default: kmod/prebuilt)")
+    p.add_argument("--btf", metavar="FILE", help="the BTF whose type names vmlinux.h is made of "
+                   "(default: this kernel's /sys/kernel/btf/vmlinux; for a build chroot without /sys)")
     p.set_defaults(fn=_prebuild)
     w = sub.add_parser("which", help="say which BPF object the sensor would load, without loading it")
     w.set_defaults(fn=_which)

@@ -103,6 +103,8 @@ def _read_btf(btf_path: Path) -> bytes:
     try:
         return btf_path.read_bytes()
     except FileNotFoundError:
+        if btf_path != BTF_PATH:
+            raise BuildError(f"{btf_path}: no such BTF file") from None
         raise KernelError(f"{btf_path} is missing: this kernel was built without BTF "
                           "(CONFIG_DEBUG_INFO_BTF=y), which the CO-RE programs need") from None
     except OSError as e:
@@ -205,7 +207,7 @@ def prebuild(out: Path | None = None, btf_path: Path | None = None) -> Path:
         "sha256": hashlib.sha256(obj.read_bytes()).hexdigest(),
         "clang": version.splitlines()[0].strip() if version else "",
         "built": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "btf_from": platform.release(),
+        "btf_from": platform.release() if btf_path == BTF_PATH else str(btf_path),
     }
     _write_atomically(manifest, (json.dumps(info, indent=1) + "\n").encode())
     for path in (obj, manifest):  # package data: readable by all, like the sources
@@ -249,6 +251,11 @@ def choose_object(cache: Path | None = None) -> tuple[Path, str]:
                              "or install clang, bpftool and libbpf-dev to build from source") from None
         log.warning("prebuilt BPF object %s %s: building from source", obj, why)
         return build(cache=cache), "built from source (prebuilt object is stale)"
+    try:
+        _toolchain()
+    except BuildError as e:  # a host with neither: say both ways out
+        raise BuildError(f"no prebuilt BPF object {obj} for this architecture, and {e}, "
+                         "to build one from source") from None
     return build(cache=cache), "built from source"
 def _prune(cache: Path, keep: set[str]) -> None:
     """Drop objects and headers of older sources or kernels."""

@@ -244,8 +244,9 @@ class LinuxSensor(Sensor):
         self._guard.start()
         log.info("kernel sensor started (scope %s, %d rules)", self._scope, len(self._policy.rules))
         self._hooks_off = {**hooks_off(), **off}
-        if off:  # less is seen than the policy asks for: say so
+        if off:  # less is seen than the policy asks for: say so, here and to the hive
             log.warning("hooks off: %s", hooks_off_line(self._hooks_off))
+            self.notice("hooks_off", hooks_off_line(off), count=len(off))
         elif self._hooks_off:
             log.info("hooks off: %s", hooks_off_line(self._hooks_off))
 

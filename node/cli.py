@@ -146,13 +146,16 @@ def cmd_version(args: argparse.Namespace, cfg: Config) -> int:
     from agent._host import agent_version
     from hive._store import SCHEMA_VERSION
 
+    from kmod._build import describe_object
+
     info = {"version": agent_version(), "wire": wire.WIRE_VERSION, "wire_commands_since": wire.COMMANDS_SINCE,
-            "store_schema": SCHEMA_VERSION}
+            "store_schema": SCHEMA_VERSION, "bpf_object": describe_object()}
     if args.json:
         print(json.dumps(info))
     else:
         print(f"immune-node {info['version']} (wire {wire.WIRE_VERSION}: speaks with agents of wire "
               f"{wire.COMMANDS_SINCE} to {wire.WIRE_VERSION}; store schema {SCHEMA_VERSION})")
+        print(f"sensor BPF object: {info['bpf_object']}")
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ import pytest
 import kmod._build as kbuild
 import kmod._linux as klinux
 from kmod import BuildError, KernelError, LinuxSensor
-from wire import Exec
+from wire import Exec, Notice
 
 from .conftest import _REASON, collect, dropped_script, free_port, kernel, private_rules, run_child
 
@@ -182,9 +182,22 @@ def test_missing_hooks_are_reported_and_the_rest_runs(prebuilt, workdir, tmp_pat
         off = sensor.statistics().hooks_off
         assert off["exit_ptrace"] == "tracepoint/syscalls/sys_exit_ptrace: no such tracepoint in this kernel"
         assert off["on_signal"] == "tp_btf/signal_generate: left out (skip_programs)"
+        notice = collect(sensor, lambda e: isinstance(e, Notice) and e.what == "hooks_off")[0]
+        assert notice.count == 2 and "exit_ptrace: tracepoint/syscalls/sys_exit_ptrace" in notice.detail
         child = run_child("exec", str(script))
         assert child.errno == errno.EPERM
         ev = collect(sensor, lambda e: isinstance(e, Exec) and e.pid == child.pid and e.verdict == "block")[0]
         assert ev.filename == str(script)
     finally:
         sensor.close()
+
+
+def test_neither_prebuilt_object_nor_compiler_is_one_line(tmp_path):
+    done = subprocess.run(without_compiler([sys.executable, "-m", "kmod", "run"]),
+                          capture_output=True, text=True, timeout=30,
+                          env=kmod_env(IMMUNE_KMOD_PREBUILT=str(tmp_path), IMMUNE_KMOD_CACHE=str(tmp_path / "c")))
+    assert done.returncode == 1
+    obj = kbuild.prebuilt_paths(tmp_path)[0]
+    assert done.stderr.strip().splitlines() == [
+        f"kmod: no prebuilt BPF object {obj} for this architecture, and clang not found: install the "
+        "Debian package clang (apt-get install clang), to build one from source"]

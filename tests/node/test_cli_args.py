@@ -42,14 +42,18 @@ def test_version_names_the_package_the_wire_and_the_store(capsys):
 
     import wire
     from hive._store import SCHEMA_VERSION
+    from kmod._build import describe_object
     from node.cli import main
 
     assert main(["version", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info == {"version": importlib.metadata.version("sentinel-immune"), "wire": wire.WIRE_VERSION,
-                    "wire_commands_since": wire.COMMANDS_SINCE, "store_schema": SCHEMA_VERSION}
+                    "wire_commands_since": wire.COMMANDS_SINCE, "store_schema": SCHEMA_VERSION,
+                    "bpf_object": describe_object()}
     assert main(["version"]) == 0
-    assert capsys.readouterr().out.startswith(f"immune-node {info['version']} (wire {wire.WIRE_VERSION}")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"immune-node {info['version']} (wire {wire.WIRE_VERSION}")
+    assert out[1] == f"sensor BPF object: {info['bpf_object']}"
 def test_hive_given_several_times_is_the_list_of_hive_nodes_in_order(tmp_path):
     from node import load_config
     from node.cli import _overrides
