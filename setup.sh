@@ -14,10 +14,11 @@ APT_PACKAGES=(python3 python3-venv python3-dev gcc make clang llvm libbpf-dev bp
 # The attack simulations (tests/e2e/attacks) run the tools attackers use; a missing one fails under CI.
 # The console's browser test drives Debian's headless Chromium. The store's tests start their own
 # PostgreSQL server, and the cluster tests their own JetStream cluster of Debian's nats-server (a
-# missing one fails under CI; a single hive node never needs either).
+# missing one fails under CI; a single hive node never needs either). The package tests build the
+# .debs with dpkg-deb (dpkg-dev) and install them with adduser.
 [ "${1:-demo}" = test ] && APT_PACKAGES+=(runc busybox-static logrotate git python3-wheel python3-setuptools
     strace gdb zip gnupg openssh-client libcap2-bin e2fsprogs lsof chromium chromium-driver postgresql
-    nats-server)
+    nats-server dpkg-dev adduser)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
