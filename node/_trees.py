@@ -104,7 +104,8 @@ def hive_children(cfg: Config) -> list[Child]:
             path=db, ai=cfg.ai, playbook_dirs=[DEFAULT_PLAYBOOKS, *map(Path, cfg.hive.playbooks)])))
     # Herd: publishes what the hive learned and pulls its peers; it reads
     # and writes the store on its own, so its restart restarts nothing else.
-    if cfg.herd.serve or cfg.herd.peers:
+    # It serves through the console, so in a cluster it runs where the console does.
+    if router_side and (cfg.herd.serve or cfg.herd.peers):
         from hive.herd import herd_actor
         import socket
 
