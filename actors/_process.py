@@ -7,8 +7,9 @@ own: a ``ready`` record once it is started, then statistics snapshots.  The
 supervisor sees the same thing as for a task child: ready, then an exit that
 is normal (status 0) or a crash (anything else).  Stopping sends SIGTERM and,
 past the child's shutdown timeout, SIGKILL.  A child whose parent died (even
-by SIGKILL) finds its report pipe broken within a report interval and exits,
-so no orphan outlives its node.  (PR_SET_PDEATHSIG would not do: it fires
+by SIGKILL) sees within a report interval that it has another parent now
+(or finds its report pipe broken) and exits, so no orphan outlives its node
+(one left holding a cluster lease would keep it from the live nodes).  (PR_SET_PDEATHSIG would not do: it fires
 when the parent *thread* that forked ends, and trio forks from a worker
 thread that it retires when idle.)
 """
@@ -60,6 +61,7 @@ async def run_child_process(ctx: Context, spec: Child, status: TaskStatus) -> No
         "leaf_endpoint": ctx.runtime.leaf_endpoint,
         "log_level": logging.getLogger("immune").getEffectiveLevel(),
         "log_setup": log_setup(),
+        "parent": os.getpid(),
     })
     rfd, wfd = os.pipe()
     try:
@@ -126,6 +128,7 @@ async def _child_main(spec: dict[str, Any], report_fd: int) -> None:
     ctx.stats.pid = os.getpid()
     fn = _resolve(spec["target"])
     enc = msgspec.json.Encoder()
+    parent = spec.get("parent") or os.getppid()
 
     def report(rep: _Report) -> None:
         # Small writes to a pipe are atomic, and the parent always reads.
@@ -143,6 +146,10 @@ async def _child_main(spec: dict[str, Any], report_fd: int) -> None:
         last = None
         while True:
             await trio.sleep(_STATS_EVERY)
+            # An idle child writes nothing, so a broken pipe would not tell it
+            # its parent died: being handed to another parent does.
+            if os.getppid() != parent:
+                raise _Orphaned()
             snap = ctx.stats.snapshot()
             if snap != last:  # an idle child does not wake its parent
                 report(_Report(stats=snap))

@@ -209,6 +209,7 @@ trio.run(main)
         assert time.monotonic() < deadline, "the child never started"
         time.sleep(0.05)
     child = int(pids.read_text())
+    time.sleep(1.5)  # idle by now: it writes nothing to its report pipe
     node.kill()
     node.wait()
     deadline = time.monotonic() + 5
