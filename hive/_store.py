@@ -677,6 +677,11 @@ class Store:
         r = self._read("SELECT id FROM agents WHERE public_key=? AND revoked IS NULL", (public_key,))
         return r[0][0] if r else None
 
+    def enrolled_keys(self) -> dict[str, str]:
+        """Every enrolled, unrevoked key, with its agent's id."""
+        return dict(self._read("SELECT public_key, id FROM agents WHERE public_key IS NOT NULL AND revoked IS NULL",
+                               ()))
+
     def revoked(self) -> set[str]:
         return {a for (a,) in self._read("SELECT id FROM agents WHERE revoked IS NOT NULL", ())}
 
