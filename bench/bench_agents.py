@@ -62,6 +62,8 @@ MAX_EVENTS = 256
 """Events in one batch at most (the agent's default)."""
 BASE = 1_700_000_000_000_000_000
 TICK = 0.01
+DRAIN = 120.0
+"""Seconds to wait, once the agents stop, for the store to hold all they were acknowledged."""
 """A generator sends what is due, then reads its sockets, once per tick:
 round trips are measured to within a tick."""
 
@@ -117,19 +119,20 @@ def generator(index: int, agents: list[tuple[str, bytes, bytes]], endpoints: lis
             i, at = at, (at + 1) % n
             spooled[i] += rate * (now - last[i])
             last[i], due[i] = now, due[i] + 1.0
-            if seq[i] - acked[i] >= WINDOW:
-                totals["held"] += 1  # the events stay spooled for the next batch
-                continue
-            k = min(int(spooled[i]), MAX_EVENTS)
-            if k <= 0:
-                continue
-            seq[i] += 1
-            socks[i].send(AGENT.encode(wire.EventBatch(seq=seq[i], stream=stream, events=_events(i, made[i], k))))
-            made[i] += k
-            spooled[i] -= k
-            sent_at[i][seq[i]], sizes[i][seq[i]] = now, k
-            totals["sent"] += k
-            totals["batches"] += 1
+            # What came since its last turn, in batches of at most MAX_EVENTS.
+            while spooled[i] >= 1:
+                if seq[i] - acked[i] >= WINDOW:
+                    totals["held"] += 1  # the events stay spooled for its next turn
+                    break
+                k = min(int(spooled[i]), MAX_EVENTS)
+                seq[i] += 1
+                socks[i].send(AGENT.encode(wire.EventBatch(seq=seq[i], stream=stream,
+                                                           events=_events(i, made[i], k))))
+                made[i] += k
+                spooled[i] -= k
+                sent_at[i][seq[i]], sizes[i][seq[i]] = now, k
+                totals["sent"] += k
+                totals["batches"] += 1
         for _ in range(n):
             if beat[bt] > now:
                 break
@@ -316,14 +319,17 @@ def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float
         drain_reports(False)
         t1 = time.monotonic()
         target = total("acked")  # every event acknowledged to an agent, stored
-        while int(query(url, "SELECT coalesce(sum(events), 0) FROM streams")[0][0]) < target and \
-                time.monotonic() - t1 < 300:
+        left = target
+        while time.monotonic() - t1 < DRAIN:
+            left = target - int(query(url, "SELECT coalesce(sum(events), 0) FROM streams")[0][0])
+            if left <= 0:
+                break
             time.sleep(0.5)
         drained = time.monotonic() - t1
         return dict(agents=agents, offered=agents * rate, sent=sent / wall, acked=acked / wall,
                     stored=(stored1 - stored0) / wall, heartbeats=beats / wall, batches=batches / wall,
                     held=held / wall, seen=seen, p50=percentile(rtts, 0.5), p99=percentile(rtts, 0.99),
-                    lag=max(0, lag), drained=drained, cpu=cpu, rss_peak=rss_peak, rss_nodes=per_node,
+                    lag=max(0, lag), drained=drained, left=max(0, left), cpu=cpu, rss_peak=rss_peak, rss_nodes=per_node,
                     enrolled=enrolled, connected=connected, queues=queues)
     finally:
         for _, p in running:
@@ -343,7 +349,8 @@ def show(name: str, r: dict) -> None:
     print(f"  batches/s {r['batches']:,.0f}  heartbeats/s {r['heartbeats']:,.0f}  sends held by a full window/s "
           f"{r['held']:,.0f}  agents online in the registry {r['seen']:,} of {r['agents']:,}")
     print(f"  batch round trip p50 {r['p50'] * 1000:.0f} ms p99 {r['p99'] * 1000:.0f} ms; acked not stored at the "
-          f"end {r['lag']:,} events, drained in {r['drained']:.1f} s")
+          f"end {r['lag']:,} events, " + (f"drained in {r['drained']:.1f} s" if not r["left"] else
+                                            f"{r['left']:,} still not stored {r['drained']:.0f} s after the agents stopped"))
     print(f"  CPU cores: hive nodes {cores[0]:.2f}  nats-servers {cores[1]:.2f}  postgresql {cores[2]:.2f}  "
           f"load generators {cores[3]:.2f}")
     print(f"  hive nodes' memory {', '.join(f'{b / 2**20:.0f}' for b in r['rss_nodes'])} MiB "
