@@ -11,18 +11,16 @@ kernel lock is needed."""
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-
-from hive.playbook import DEFAULT_PLAYBOOKS  # noqa: F401  (the exec-from-temp playbook acts on the alarms)
 
 from .cluster import HiveCluster
 from .test_cluster import actor_stats, exactly_once, queues, wait_until
 
 TEMP_RULE = "f0e573d2-6313-4ebf-acd3-66449483759d"
-"""Execution from a world-writable directory: the load agents' alarms raise it."""
+"""Execution from a world-writable directory: the load agents' alarms raise
+it, and the built-in exec-from-temp playbook acts on it."""
 ALARM = 20
 
 
