@@ -123,8 +123,13 @@ async def _answer(ctx: Context, frames: list[bytes], authorize: Authorize) -> li
         return [version, request_id, b"400", b"CURVE required", b"", b""]
     public = z85.encode(creds[0])
     try:
-        # Off the trio thread: the lookup may wait on a database server.
-        user = await trio.to_thread.run_sync(authorize, public, addr, domain.decode(errors="replace"))
+        # An authorizer may answer from memory (``authorize.cached(public,
+        # domain)``, None when it does not know); else off the trio thread:
+        # the lookup may wait on a database server.
+        cached = getattr(authorize, "cached", None)
+        user = cached(public, domain.decode(errors="replace")) if cached is not None else None
+        if user is None:
+            user = await trio.to_thread.run_sync(authorize, public, addr, domain.decode(errors="replace"))
     except Exception as e:  # a broken lookup refuses, never admits
         ctx.log.error("authorize failed", exc_info=e)
         user = None

@@ -101,8 +101,14 @@ def main() -> None:
         for writers in [int(w) for w in args.writers.split(",")]:
             url = server.fresh_schema()
             rate = parallel(url, writers, args.events, args.batch, args.commit)
+            store = Store(url)
+            try:  # the whole schema: events, their indexes, streams
+                per_event = store.backend.size(store) / store.count_events()
+            finally:
+                store.close()
             print(f"postgresql, {writers} writer{'s' if writers > 1 else ''}: {rate:,.0f} events/s "
-                  f"({rate / writers:,.0f} per writer), {rate / sqlite:.2f}x sqlite")
+                  f"({rate / writers:,.0f} per writer), {rate / sqlite:.2f}x sqlite; "
+                  f"{per_event:,.0f} bytes/event stored, indexes included")
     finally:
         pgserver.stop(server)
         shutil.rmtree(folder, ignore_errors=True)

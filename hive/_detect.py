@@ -123,7 +123,9 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     def evaluate(batch: Ingest) -> None:
         nonlocal warned
         skipped = engine.skipped
-        alerts = engine.process_batch(batch.events, batch_budget)
+        # In a cluster a batch may be evaluated twice: its alerts keep their ids.
+        key = f"{batch.agent}/{batch.stream}/{batch.seq}" if cluster is not None and batch.seq else ""
+        alerts = engine.process_batch(batch.events, batch_budget, key=key)
         skipped = engine.skipped - skipped
         _count(ctx, "events", len(batch.events))
         if skipped:

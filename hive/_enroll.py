@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +83,40 @@ of the hive's policy bundles, which an enrolled agent pins."""
         store.close()
 
 
+KEYS_FRESH = 5.0
+"""Seconds the enrolled keys read in one go answer ZAP before they are read
+again.  A key revoked meanwhile may still connect for that long, but the
+router refuses every frame of a revoked agent."""
+
+
 def zap_authorizer(path: Path | str):
     """ZAP decisions for the hive: enrolled, unrevoked keys on the agent
-    domain; any key on the enrollment domain (its user id is the key)."""
+    domain; any key on the enrollment domain (its user id is the key).
+
+    The enrolled keys are read all at once and kept ``KEYS_FRESH`` seconds,
+    and ``authorize.cached`` answers from them on the caller's thread: a
+    read and a thread hop per handshake, one at a time, made thousands of
+    agents connecting at once wait past ZeroMQ's handshake timeout, so they
+    dropped and tried again, and few ever got in.  A key not among them
+    (enrolled since) is looked up on its own."""
     store: Store | None = None
+    keys: dict[str, str] = {}
+    loaded = -KEYS_FRESH
 
     def authorize(public: bytes, address: str, domain: str) -> str | None:
-        nonlocal store
+        nonlocal store, keys, loaded
         if domain == ENROLL_DOMAIN.decode():
             return public.decode()
         if store is None:
             store = Store(path, readonly=True)
-        return store.authorize(public.decode())
+        if time.monotonic() - loaded > KEYS_FRESH:
+            keys, loaded = store.enrolled_keys(), time.monotonic()
+        return keys.get(public.decode()) or store.authorize(public.decode())
 
+    def cached(public: bytes, domain: str) -> str | None:
+        if domain == ENROLL_DOMAIN.decode():
+            return public.decode()
+        return keys.get(public.decode()) if time.monotonic() - loaded <= KEYS_FRESH else None
+
+    authorize.cached = cached  # type: ignore[attr-defined]
     return authorize

@@ -216,6 +216,10 @@ def _error(e: psycopg.Error) -> SqlError:
     return SqlError(_one_line(e), data=data)
 
 
+_SAFE_AGAIN = re.compile(r"\s*(BEGIN IMMEDIATE|SELECT)\b", re.IGNORECASE)
+"""Statements that may be sent again after the connection broke under them:
+they change nothing (a SELECT of a function with effects is not sent outside
+a transaction here)."""
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
 _JSON_FIELD = re.compile(r"json_extract\((\w+), *'\$\.(\w+)'\)")
 _LIKE = re.compile(r"\bLIKE\b")
@@ -277,6 +281,18 @@ class Connection:
             self._began = False  # over, whether it goes through or not
         try:
             cursor = conn.execute(translate(sql, bool(args)), args or None)
+        except psycopg.OperationalError as e:
+            # A connection the server dropped while it sat idle (a restart)
+            # fails its next statement.  A BEGIN or a read outside a
+            # transaction did nothing yet: once more, on a new connection
+            # (without this, each thread's first call after a restart failed).
+            if not (conn.closed or conn.broken) or self._began or not _SAFE_AGAIN.match(sql):
+                raise _error(e) from None
+            try:
+                self._conn = conn = self._open()
+                cursor = conn.execute(translate(sql, bool(args)), args or None)
+            except psycopg.Error as e2:
+                raise _error(e2) from None
         except psycopg.Error as e:
             raise _error(e) from None
         if sql == "BEGIN IMMEDIATE":

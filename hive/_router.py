@@ -28,6 +28,8 @@ from .cluster._ledger import AckLedger, Offer
 from .cluster._leases import partition_of
 from .cluster._writer import batch_id
 
+LEARN_AT_ONCE = 2000
+"""Streams new to a clustered router whose stored marks one read asks for."""
 PEER_HWM = 2
 """Frames ZeroMQ queues per agent connection before it stops reading it, so
 a connection holds at most (PEER_HWM + 1) x max_frame in the hive."""
@@ -104,6 +106,11 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                   wire_refused=0)
     fleet = Fleet()
     ledger = AckLedger()
+    unknown: dict[tuple[str, str], list[tuple[wire.EventBatch, int]]] = {}
+    """Streams whose stored mark the learner is reading, with the batches (and
+    their sizes) that came meanwhile; ``unknown_bytes`` in all."""
+    unknown_bytes = 0
+    learning = trio.lowlevel.ParkingLot()
     remote = routing.Origins()
     bus: Any = None
 
@@ -155,7 +162,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                         if isinstance(msg, wire.EventBatch):
                             continue
                 if isinstance(msg, wire.EventBatch) and bus is not None:
-                    await to_cluster(agent, msg)
+                    await to_cluster(agent, msg, len(data))
                     if now - seen_at.get(agent, 0) < 1.0:
                         continue
                     seen = AgentSeen(agent=agent, time=time.time_ns())
@@ -210,10 +217,59 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             await send_ack(key[0], key[1], moved)
         return True
 
-    async def to_cluster(agent: str, msg: wire.EventBatch) -> None:
+    async def to_cluster(agent: str, msg: wire.EventBatch, size: int) -> None:
+        nonlocal unknown_bytes
         key = (agent, msg.stream)
-        offer = ledger.offer(key, msg.seq)
-        if offer in (Offer.UNKNOWN, Offer.GAP):
+        waiting = unknown.get(key)
+        if waiting is None:
+            offer = ledger.offer(key, msg.seq)  # (it takes note of what it says to publish: once)
+            if offer is not Offer.UNKNOWN:
+                await offer_known(key, msg, offer)
+                return
+        # Its stored mark is being read: kept, in order, for when it is known;
+        # past the bound not taken (the agent sends it again).
+        if unknown_bytes + size > QUEUE_LIMIT * max_frame:
+            counts["over_budget"] = int(counts["over_budget"]) + 1
+            return
+        unknown_bytes += size
+        if waiting is None:
+            unknown[key] = [(msg, size)]
+            learning.unpark_all()
+        else:
+            waiting.append((msg, size))
+
+    async def learner() -> None:
+        """Reads the stored marks of streams new to this router in bulk, off
+        the agents' door: with thousands of agents arriving at once, a read
+        each in turn held every agent's batches (and Hellos) until all were done."""
+        nonlocal unknown_bytes
+        while True:
+            if not unknown:
+                await learning.park()
+                continue
+            keys = list(unknown)[:LEARN_AT_ONCE]
+            try:
+                marks = await trio.to_thread.run_sync(store.stream_marks_of, keys)
+            except StoreError as e:
+                ctx.stats.last_error = str(e)
+                for key in keys:  # not taken: the agents send them again
+                    unknown_bytes -= sum(size for _, size in unknown.pop(key))
+                await trio.sleep(0.5)
+                continue
+            for key in keys:
+                ledger.learn(key, marks.get(key, 0))
+                held = unknown[key]
+                i = 0
+                while i < len(held):  # batches that come meanwhile join the list
+                    msg, size = held[i]
+                    unknown_bytes -= size
+                    await offer_known(key, msg, ledger.offer(key, msg.seq))
+                    i += 1
+                del unknown[key]
+
+    async def offer_known(key: tuple[str, str], msg: wire.EventBatch, offer: Offer) -> None:
+        agent = key[0]
+        if offer is Offer.GAP:
             if not await learn(key):
                 return  # not taken: the agent sends it again
             offer = ledger.offer(key, msg.seq)
@@ -401,7 +457,7 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             z.bind(listen)
             await nursery.start(agents.pump)
             for fn in (inbound, to_the_store if bus is None else to_jetstream, acks, commands, housekeeping,
-                       fleet_changes, *([from_routers] if bus is not None else [])):
+                       fleet_changes, *([from_routers, learner] if bus is not None else [])):
                 nursery.start_soon(fn)
             log_event(ctx.log, "router.listening", endpoint=listen, max_frame=max_frame)
             task_status.started()

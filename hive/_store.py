@@ -571,6 +571,19 @@ class Store:
             return db.execute("INSERT INTO alert_claims(alert, node, time) VALUES(?,?,?) ON CONFLICT(alert) DO NOTHING",
                               (alert, node, time.time())).rowcount == 1
 
+    def stream_marks_of(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The last seq stored of each (agent, stream) in ``keys`` that has
+        one, read a few hundred agents at a time."""
+        wanted = set(keys)
+        agents = sorted({a for a, _ in wanted})
+        out: dict[tuple[str, str], int] = {}
+        for i in range(0, len(agents), 500):
+            chunk = agents[i:i + 500]
+            rows = self._read(f"SELECT agent, stream, seq FROM streams WHERE agent IN ({','.join('?' * len(chunk))})",
+                              chunk)
+            out.update(((a, st), seq) for a, st, seq in rows if (a, st) in wanted)
+        return out
+
     def stream_mark(self, agent: str, stream: str) -> int:
         """The last seq stored for (agent, stream); 0 if none."""
         rows = self._read("SELECT seq FROM streams WHERE agent=? AND stream=?", (agent, stream))
@@ -663,6 +676,11 @@ class Store:
         """The agent id of an enrolled, unrevoked key, else None."""
         r = self._read("SELECT id FROM agents WHERE public_key=? AND revoked IS NULL", (public_key,))
         return r[0][0] if r else None
+
+    def enrolled_keys(self) -> dict[str, str]:
+        """Every enrolled, unrevoked key, with its agent's id."""
+        return dict(self._read("SELECT public_key, id FROM agents WHERE public_key IS NOT NULL AND revoked IS NULL",
+                               ()))
 
     def revoked(self) -> set[str]:
         return {a for (a,) in self._read("SELECT id FROM agents WHERE revoked IS NOT NULL", ())}

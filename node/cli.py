@@ -186,6 +186,9 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
             how = "connected" if a.extra.get("connected") else "connecting"
             moves = int(a.extra.get("hive_moves", 0))
             print(f"{a.name}: hive {hive} ({how}; {moves} move{'' if moves == 1 else 's'} between hive nodes)")
+        store = a.extra.get("store")
+        if isinstance(store, str) and store != "ok":  # a cluster writer that cannot commit
+            print(f"{a.name}: store {store}")
     return _cluster_status(cfg) if cfg.cluster.nats else EXIT_OK
 
 

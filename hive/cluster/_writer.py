@@ -6,6 +6,7 @@ JetStream, once each."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,37 @@ GAP_TRIES = 1500
 """Deliveries of a batch that stays out of order (about five minutes)
 before it is dropped: its predecessor was lost before it reached JetStream,
 and the agent, answered with a gap by its router, starts a new stream."""
+
+
+class StoreWatch:
+    """Whether the shared store takes this writer's commits, said once when
+    it stops (``store.unavailable``) and once when it is back
+    (``store.back``, with how long and how many commits failed), and kept in
+    the writer's ``store`` statistic for ``immune-node status``.  While it
+    is away, routers go on acknowledging what JetStream holds; nothing is
+    acknowledged to JetStream that was not stored."""
+
+    def __init__(self, ctx: Context, name: str) -> None:
+        self.ctx, self.name = ctx, name
+        self.since: float | None = None
+        self.failures = 0
+        ctx.stats.extra["store"] = "ok"
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        if self.since is None:
+            self.since = time.time()
+            log_event(self.ctx.log, "store.unavailable", logging.ERROR, store=self.name, reason=reason,
+                      effect="batches stay in JetStream until it is back")
+        at = time.strftime("%H:%M:%SZ", time.gmtime(self.since))
+        self.ctx.stats.extra["store"] = f"unavailable since {at} ({self.failures} commits failed): {reason}"
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log_event(self.ctx.log, "store.back", logging.WARNING, store=self.name,
+                      seconds=round(time.time() - self.since, 1), failed_commits=self.failures)
+            self.since, self.failures = None, 0
+            self.ctx.stats.extra["store"] = "ok"
 
 
 def batch_id(agent: str, stream: str, seq: int) -> str:
@@ -74,6 +106,7 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
     st.update(events=0, batches=0, duplicates=0, gaps=0, dropped_gaps=0, refused_batches=0, undecodable=0,
               detect_failed=0, partitions="")
     store = Store(path)
+    watch = StoreWatch(ctx, str(store.path))
     local = await ctx.bind(ctx.socket(zmq.PULL, codec=codec, rcvhwm=64), detect)
     taken_in, taken_out = trio.open_memory_channel[list[Delivery]](len(range(spec.partitions)) * 2)
     pulling: dict[int, trio.CancelScope] = {}
@@ -123,7 +156,7 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                             while True:
                                 taken = await queue.fetch(FETCH, timeout=1.0)
                                 if taken:
-                                    await _records(ctx, store, bus, codec, taken)
+                                    await _records(ctx, store, bus, codec, taken, watch)
                         except ClusterError as e:
                             ctx.stats.last_error = str(e)
                             await trio.sleep(0.5)
@@ -154,7 +187,7 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
                     except trio.WouldBlock:
                         break
                 try:
-                    await _commit(ctx, store, bus, codec, taken, to_detection)
+                    await _commit(ctx, store, bus, codec, taken, to_detection, watch)
                 except ClusterError as e:  # unacknowledged: they come again
                     ctx.stats.last_error = str(e)
                     ctx.throttle.event("bus", "writer.bus_error", logging.WARNING, reason=str(e))
@@ -163,7 +196,8 @@ async def writer_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
         store.close()
 
 
-async def _records(ctx: Context, store: Store, bus: Any, codec: Codec, taken: list[Delivery]) -> None:
+async def _records(ctx: Context, store: Store, bus: Any, codec: Codec, taken: list[Delivery],
+                   watch: StoreWatch) -> None:
     from .._messages import IncidentUpdate, Repeat
     import wire
 
@@ -181,9 +215,11 @@ async def _records(ctx: Context, store: Store, bus: Any, codec: Codec, taken: li
         done = await trio.to_thread.run_sync(store.ingest, [], alerts, incidents)
     except StoreError as e:
         ctx.stats.last_error = str(e)
+        watch.failed(str(e))
         await bus.settle([], later=taken, delay=1.0)
         await trio.sleep(1.0)
         return
+    watch.ok()
     st = ctx.stats.extra
     st["alerts"] = int(st.get("alerts", 0)) + sum(isinstance(a, wire.Alert) for a in alerts)
     st["dropped_records"] = int(st.get("dropped_records", 0)) + done.dropped
@@ -195,7 +231,7 @@ COMMIT_MESSAGES = 4 * FETCH
 
 
 async def _commit(ctx: Context, store: Store, bus: Any, codec: Codec, taken: list[Delivery],
-                  to_detection: Any) -> None:
+                  to_detection: Any, watch: StoreWatch) -> None:
     st = ctx.stats.extra
     pairs: list[tuple[Delivery, Ingest]] = []
     bad: list[Delivery] = []
@@ -219,10 +255,12 @@ async def _commit(ctx: Context, store: Store, bus: Any, codec: Codec, taken: lis
     except StoreError as e:
         # Nothing written: all of it comes again.
         ctx.stats.last_error = str(e)
+        watch.failed(str(e))
         ctx.throttle.event("write_failed", "store.write_failed", logging.ERROR, reason=str(e), batches=len(batches))
         await bus.settle([], later=deliveries, delay=1.0, drop=bad)
         await trio.sleep(1.0)
         return
+    watch.ok()
     outcomes = [o.outcome for o in done.outcomes]
     ack, later, drop, detect = settle(deliveries, batches, outcomes)
     notices = [b for b in done.stored if not b.seq]  # in place of refused batches

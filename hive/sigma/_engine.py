@@ -6,6 +6,7 @@ A plain object with an injected clock; the sentinel actor feeds it and calls
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import time
 import uuid
@@ -84,6 +85,8 @@ class RuleEngine:
         self._correlated = self._correlator.sources()
         self._events = self._skipped = self._evaluated = self._matched = self._alerts = 0
         self._hits: dict[str, int] = {}
+        self._key = ""
+        """The batch being evaluated's identity, if given (see process_batch)."""
         """rule id -> hits (alerts and repeats) since the engine was made."""
         self._edge: dict[tuple, Edge] = {}
         """The batch's alerts raised at the edge, by (agent, rule, pid, time) of their event."""
@@ -172,8 +175,12 @@ class RuleEngine:
                         self._add_correlation_alert(hit, alerts)
         return alerts
 
-    def process_batch(self, events: Sequence, budget: float | None = None) -> list[Alert | Repeat]:
-        """Alerts for a batch of wire events.  Once ``budget`` seconds have gone on the
+    def process_batch(self, events: Sequence, budget: float | None = None, key: str = "") -> list[Alert | Repeat]:
+        """Alerts for a batch of wire events.  ``key``: the batch's identity
+        in a hive cluster (agent/stream/seq), from which its alerts' ids are
+        made: a batch evaluated again by another sentinel (the first died
+        before acknowledging it) raises alerts with the same ids, which
+        JetStream, the store and the playbooks' claims take as copies.  Once ``budget`` seconds have gone on the
         batch, the events after it are not checked but counted (``skipped``; the first
         is always checked): a slow
         rule or a flood of costly events delays detection by a bounded time, and what
@@ -181,6 +188,7 @@ class RuleEngine:
         alerts: list[Alert | Repeat] = []
         deadline = None if budget is None else perf_counter() + budget
         self._edge = {(e.agent, e.rule_id, e.pid, e.time): e for e in events if type(e) is Edge and not e.answered}
+        self._key = key
         try:
             for done, event in enumerate(events):
                 if done and deadline is not None and perf_counter() > deadline:
@@ -188,8 +196,16 @@ class RuleEngine:
                     break
                 alerts.extend(self.process(event))
         finally:
-            self._edge, self._batch = {}, {}
+            self._edge, self._batch, self._key = {}, {}, ""
         return _coalesced(alerts)
+
+    def _alert_id(self, rule_id: str, *subject: object) -> str:
+        """A new alert's id: random, or within a keyed batch the same for the
+        same rule on the same subject (see :meth:`process_batch`)."""
+        if not self._key:
+            return self._new_id()
+        return hashlib.blake2b("\x1f".join(map(str, (self._key, rule_id, *subject))).encode(),
+                               digest_size=16).hexdigest()
 
     def _charge(self, rule: Rule, ns: int) -> None:
         cost = self._costs.get(rule)
@@ -257,8 +273,8 @@ class RuleEngine:
             return None
         detail = " ".join(f"{name}={fields[name]}" for name in sorted(rule.fields)
                           if name in fields)
-        alert = Alert(id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
-                      tags=list(rule.tags), agent=event.agent, time=event.time, events=[event],
+        alert = Alert(id=self._alert_id(rule.id, event.agent, event.pid, event.time), rule_id=rule.id,
+                      title=rule.title, level=rule.level, tags=list(rule.tags), agent=event.agent, time=event.time, events=[event],
                       detail=detail)
         self._suppressor.admit(key, alert.id)
         self._alerts += 1
@@ -295,7 +311,7 @@ class RuleEngine:
         if len(agents) > 1:
             detail += f" on {', '.join(agents)}"
         alert = Alert(
-            id=self._new_id(), rule_id=rule.id, title=rule.title, level=rule.level,
+            id=self._alert_id(rule.id, group, agents, last), rule_id=rule.id, title=rule.title, level=rule.level,
             tags=list(rule.tags), agent=agents[0] if len(agents) == 1 else "",
             time=last, events=list(hit.events), detail=detail)
         self._suppressor.admit(key, alert.id)

@@ -1,5 +1,5 @@
 """A hive cluster as real processes: NATS servers, ``immune-node hive`` nodes
-sharing one SQLite store and one identity key, and load agents speaking the
+sharing one store (a SQLite file or a PostgreSQL database) and one identity key, and load agents speaking the
 agent wire protocol (CURVE, batches with seqs, cumulative acks, resends of
 what is unacknowledged, a move to the next node when one stops answering).
 
@@ -28,7 +28,13 @@ BASE = 1_700_000_000_000_000_000
 PARTITIONS = 4
 
 
-def event(seq: int, i: int) -> wire.Exec:
+def event(seq: int, i: int, alarm: int = 0) -> wire.Exec:
+    """With ``alarm``, the first event of every ``alarm``-th batch is a run
+    from /tmp (a program of its own each time): one alert, one playbook."""
+    if alarm and i == 0 and seq % alarm == 0:
+        exe = f"/tmp/dropper-{seq}"
+        return wire.Exec(time=BASE + seq * 10_000, pid=1000, ppid=1, comm="dropper", filename=exe, argv=[exe],
+                         image=exe, cmdline=exe, user="www-data", verdict="allow")
     return wire.Exec(time=BASE + seq * 10_000 + i, pid=1000 + i, ppid=1, comm="bash", filename="/usr/bin/ls",
                      argv=["ls", "-la", "/srv/data"], image="/usr/bin/ls", cmdline="ls -la /srv/data",
                      user="www-data", verdict="allow")
@@ -36,11 +42,12 @@ def event(seq: int, i: int) -> wire.Exec:
 
 class LoadAgent(threading.Thread):
     def __init__(self, name: str, keys: KeyPair, hive_public: bytes, endpoints: list[str], batches: int,
-                 per_batch: int = 64, window: int = 16, ack_timeout: float = 3.0, rate: float = 0.0) -> None:
+                 per_batch: int = 64, window: int = 16, ack_timeout: float = 3.0, rate: float = 0.0,
+                 alarm: int = 0) -> None:
         super().__init__(name=f"agent-{name}", daemon=True)
         self.agent, self.keys, self.hive_public = name, keys, hive_public
         self.endpoints, self.batches, self.per_batch, self.window = endpoints, batches, per_batch, window
-        self.ack_timeout, self.rate = ack_timeout, rate
+        self.ack_timeout, self.rate, self.alarm = ack_timeout, rate, alarm
         self.stream = f"s-{name}"
         self.acked = 0
         self.sent = 0
@@ -67,7 +74,7 @@ class LoadAgent(threading.Thread):
                     break
                 due = max(due + interval, time.monotonic() - 1.0) if interval else due
                 batch = wire.EventBatch(seq=nxt, stream=self.stream,
-                                        events=[event(nxt, i) for i in range(self.per_batch)])
+                                        events=[event(nxt, i, self.alarm) for i in range(self.per_batch)])
                 z.send(AGENT.encode(batch))
                 self.sent += 1
                 nxt += 1
@@ -91,12 +98,12 @@ class LoadAgent(threading.Thread):
         ctx.term()
 
 
-def node_config(folder: Path, *, store: Path, nats: list[str], node: str, listen_port: int, role: str = "all",
+def node_config(folder: Path, *, store: Path | str, nats: list[str], node: str, listen_port: int, role: str = "all",
                 partitions: int = PARTITIONS, lease: float = 10.0) -> Path:
     servers = ", ".join(f'"{u}"' for u in nats)
     f = folder / "immune.toml"
     folder.mkdir(parents=True, exist_ok=True)
-    f.write_text(f'[node]\ndata = "{folder}"\n[store]\nurl = "sqlite://{store}"\n'
+    f.write_text(f'[node]\ndata = "{folder}"\n[store]\nurl = "{store_url(store)}"\n'
                  f'[hive]\nlisten = "tcp://127.0.0.1:{listen_port}"\nenroll_listen = "tcp://127.0.0.1:{free_port()}"\n'
                  f'heartbeat_timeout = 30\n'
                  f'[cluster]\nnats = [{servers}]\nnode = "{node}"\nrole = "{role}"\npartitions = {partitions}\n'
@@ -104,13 +111,19 @@ def node_config(folder: Path, *, store: Path, nats: list[str], node: str, listen
     return f
 
 
-class HiveCluster:
-    """Hive nodes (``start_node`` from tests/e2e/conftest.py) sharing ``store``."""
+def store_url(store: Path | str) -> str:
+    return store if isinstance(store, str) else f"sqlite://{store}"
 
-    def __init__(self, folder: Path, start_node, nats: list[str], size: int = 3, roles: list[str] | None = None):
+
+class HiveCluster:
+    """Hive nodes (``start_node`` from tests/e2e/conftest.py) sharing one
+    store: a SQLite file in ``folder``, or the PostgreSQL database at ``pg_url``."""
+
+    def __init__(self, folder: Path, start_node, nats: list[str], size: int = 3, roles: list[str] | None = None,
+                 pg_url: str = ""):
         self.folder, self.start_node, self.nats = folder, start_node, nats
-        self.store = folder / "shared" / "hive.db"
-        self.store.parent.mkdir(parents=True, exist_ok=True)
+        self.store: Path | str = pg_url or folder / "shared" / "hive.db"
+        (folder / "shared").mkdir(parents=True, exist_ok=True)
         self.names = [f"node{i + 1}" for i in range(size)]
         self.roles = roles or ["all"] * size
         self.ports = {n: free_port() for n in self.names}
@@ -154,24 +167,28 @@ class HiveCluster:
     def agent(self, name: str, endpoints: list[str], batches: int, **kw) -> LoadAgent:
         return LoadAgent(name, self.enroll(name), self.hive_keys.public, endpoints, batches, **kw)
 
-    def counts(self) -> dict[str, tuple[int, int, int]]:
-        """Per agent: (events stored, distinct event times, the stream's stored seq)."""
+    def rows(self, sql: str, *args) -> list[tuple]:
+        """A query of the shared store, read-only, in SQLite's dialect (``?``)."""
+        if isinstance(self.store, str):
+            import psycopg
+
+            with psycopg.connect(self.store, autocommit=True, connect_timeout=10) as db:
+                return db.execute(sql.replace("?", "%s"), args or None).fetchall()
         db = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=30)
         try:
-            rows = db.execute("SELECT agent, count(*), count(DISTINCT time) FROM events "
-                              "WHERE kind='exec' GROUP BY agent").fetchall()
-            marks = dict(((a, seq) for a, seq in db.execute("SELECT agent, seq FROM streams").fetchall()))
+            return db.execute(sql, args).fetchall()
         finally:
             db.close()
+
+    def counts(self) -> dict[str, tuple[int, int, int]]:
+        """Per agent: (events stored, distinct event times, the stream's stored seq)."""
+        rows = self.rows("SELECT agent, count(*), count(DISTINCT time) FROM events WHERE kind='exec' GROUP BY agent")
+        marks = dict(self.rows("SELECT agent, seq FROM streams"))
         return {a: (n, d, marks.get(a, 0)) for a, n, d in rows}
 
     def stored(self) -> int:
         """Events of every kind in the store (agents' and the hive's own notices)."""
-        db = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=30)
-        try:
-            return db.execute("SELECT count(*) FROM events").fetchone()[0]
-        finally:
-            db.close()
+        return self.rows("SELECT count(*) FROM events")[0][0]
 
 
 class ScriptedAgent:

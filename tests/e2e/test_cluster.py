@@ -126,13 +126,7 @@ def queues(urls):
 
 
 def _store_rows(c, sql, *args):
-    import sqlite3
-
-    db = sqlite3.connect(f"file:{c.store}?mode=ro", uri=True, timeout=30)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+    return c.rows(sql, *args)
 
 
 def _lateral_alerts(c):

@@ -379,3 +379,22 @@ def test_prepare_changes_nothing_until_install(tmp_path, clock):
     assert engine.install(prepared).loaded == 1
     assert engine.process(tmp_exec(filename="/dev/shm/y")) and not engine.process(tmp_exec(pid=9))
     assert engine.rules.paths == (new,) and not engine.changed()
+
+
+def test_a_keyed_batch_raises_the_same_alert_ids_on_any_engine(tmp_path, clock):
+    """In a cluster a batch whose sentinel died before acknowledging it is
+    evaluated again by another: its alerts must be copies, not new alerts."""
+    write(tmp_path, "tmp.yml", RULE)
+    engines = [RuleEngine(clock=clock, suppress_window=60) for _ in range(2)]
+    for e in engines:
+        assert e.load(tmp_path).ok
+    batch = [tmp_exec(), tmp_exec(pid=101, filename="/tmp/y", argv=["/tmp/y"])]
+    first, again = (e.process_batch(batch, key="web-1/s/7") for e in engines)
+    assert [a.id for a in first] == [a.id for a in again] and len({a.id for a in first}) == 2
+    other = RuleEngine(clock=clock, suppress_window=60)
+    other.load(tmp_path)
+    assert not {a.id for a in other.process_batch(batch, key="web-1/s/8")} & {a.id for a in first}
+    unkeyed = [RuleEngine(clock=clock, suppress_window=60) for _ in range(2)]
+    for e in unkeyed:
+        e.load(tmp_path)
+    assert {a.id for a in unkeyed[0].process_batch(batch)} != {a.id for a in unkeyed[1].process_batch(batch)}

@@ -38,6 +38,13 @@ def test_only_the_next_batch_of_a_stream_is_stored(store):
     assert store.ingest([batch("a", 1, stream="s2")]).outcomes[0].outcome == "stored"
 
 
+def test_the_marks_of_many_streams_in_one_call(store):
+    """A clustered router learns thousands of new agents' streams at once."""
+    store.ingest([batch(f"a{i}", 1, stream=f"s{i % 2}") for i in range(1200)])
+    keys = [(f"a{i}", f"s{i % 2}") for i in range(0, 1200, 3)] + [("a1", "other"), ("nobody", "s0")]
+    assert store.stream_marks_of(keys) == {(f"a{i}", f"s{i % 2}"): 1 for i in range(0, 1200, 3)}
+
+
 def test_marks_survive_reopening(store_location):
     s = Store(store_location)
     s.ingest([batch("a", 1), batch("a", 2)])
