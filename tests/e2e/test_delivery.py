@@ -182,9 +182,16 @@ def _config(folder: Path, spool_mb: int) -> Path:
 
 def test_the_wire_carries_no_plaintext(fleet, tmp_path):
     pcap = tmp_path / "lo.pcap"
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-w", str(pcap), "-U", "tcp", "port", str(fleet.port)],
-                            stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-w", str(pcap), "-U", "tcp", "port", str(fleet.port)],
+                            stderr=subprocess.PIPE, text=True)
+    # Capturing once it says so (a fixed wait missed the handshake on a loaded machine), each
+    # packet handed over as it comes: without --immediate-mode, packets still in the capture
+    # ring when SIGINT arrives are counted "received by filter" but never written.
+    said = ""
+    while "listening on lo" not in said:
+        line = dump.stderr.readline()
+        assert line, f"tcpdump did not start: {said}"
+        said += line
     agent = fleet.start_agent("plain")
     canary = f"CANARY{uuid.uuid4().hex}"
     subprocess.run(["/bin/true", canary], check=True)
@@ -195,8 +202,8 @@ def test_the_wire_carries_no_plaintext(fleet, tmp_path):
     sent = next(a.bytes_out for a in agent.status().actors if a.name == "agent.relay")
     time.sleep(0.5)
     dump.send_signal(signal.SIGINT)
-    dump.wait(10)
+    said += dump.communicate(timeout=10)[1]
     data = pcap.read_bytes()
-    assert len(data) > sent > 0, "the capture missed traffic the agent sent"
+    assert len(data) > sent > 0, f"the capture missed traffic the agent sent; tcpdump said: {said}"
     assert canary.encode() not in data
     assert b"/bin/true" not in data and b"exec" not in data
