@@ -89,12 +89,40 @@ def test_launcher_carries_no_build_path(debs, tmp_path):
     assert "home = /usr/bin" in cfg and "command" not in cfg  # no build path
 
 
-def _in_root(debs, steps: str) -> str:
+@pytest.fixture(scope="module")
+def next_debs(debs, tmp_path_factory) -> dict[str, Path]:
+    """The same packages as the next version (``VERSION+next1``): what an
+    upgrade in place installs over the first."""
+    out = tmp_path_factory.mktemp("next")
+    version = field(debs["immune-common"], "Version")
+    found = {}
+    for name, deb in debs.items():
+        tree = tmp_path_factory.mktemp(name)
+        subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+        control = tree / "DEBIAN" / "control"
+        control.write_text(control.read_text().replace(version, f"{version}+next1"))
+        found[name] = out / f"{name}_{version}+next1.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(found[name])], check=True,
+                       capture_output=True)
+    return found
+
+
+@pytest.mark.kernel
+def test_an_upgrade_in_place_keeps_keys_spool_and_configuration_and_loses_no_event(debs, next_debs):
+    """Events flow before, during (the hive down first, the agent spooling) and after an
+    upgrade to the next version: each of the 150 marker execs is stored exactly once."""
+    out = _in_root(debs, "install,upgrade,purge", upgrade=next(iter(next_debs.values())).parent)
+    assert "ok: upgraded " in out and "keys and configuration kept" in out
+    assert "ok: 150 events stored once across the upgrade" in out
+
+
+def _in_root(debs, steps: str, upgrade: Path | None = None) -> str:
     if os.geteuid() != 0:
         pytest.skip("installs into an overlay of /: needs root")
     dist = next(iter(debs.values())).parent
+    env = dict(os.environ, UPGRADE_DIST=str(upgrade or ""))
     proc = subprocess.run(["unshare", "-m", "-n", "--propagation", "private", "bash", str(IN_ROOT), str(dist), steps],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stdout[-6000:] + proc.stderr[-2000:]
     return proc.stdout
 
