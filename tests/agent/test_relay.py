@@ -498,21 +498,23 @@ async def test_a_frozen_disk_stalls_the_spool_not_the_trio_thread(tmp_path, free
 async def test_hashing_a_large_executable_does_not_stall_the_trio_thread(tmp_path):
     big = tmp_path / "big-tool"
     with open(big, "wb") as f:
-        f.truncate(256 << 20)  # a hole: no disk, only hashing time
+        f.truncate(1 << 30)  # a hole: no disk, only hashing time (about 0.9 s here)
     rig = Rig(tmp_path)
     async with trio.open_nursery() as n:
         await rig.start_hive(n)
-        await rig.start_agent(n, table=ProcessTable(hash_limit=512 << 20))
+        await rig.start_agent(n, table=ProcessTable(hash_limit=2 << 30))
         await rig.emit(1)
         await rig.hive.wait(lambda: len(rig.hive.stored) >= 50)
         await rig.sensor.send(wire.EventBatch(seq=2, events=[
             wire.Exec(pid=4_194_000, tid=4_194_000, filename=str(big), exe=str(big))]))
-        stall = await longest_stall(1.0)
+        stall = await longest_stall(1.5)
         await rig.hive.wait(lambda: len(rig.hive.stored) >= 51)
         n.cancel_scope.cancel()
-    print(f"longest stall of the trio thread while a 256 MiB file was hashed: {stall * 1000:.1f} ms")
-    assert rig.hive.stored[-1].sha256 == hashlib.sha256(bytes(256 << 20)).hexdigest()
-    assert stall < 0.15
+    print(f"longest stall of the trio thread while a 1 GiB file was hashed: {stall * 1000:.1f} ms")
+    assert rig.hive.stored[-1].sha256 == hashlib.sha256(bytes(1 << 30)).hexdigest()
+    # Hashed on this thread, it would stall for the whole hash (0.9 s); a loaded
+    # machine's scheduling alone has delayed it by up to 0.15 s.
+    assert stall < 0.3
 
 
 async def test_a_reloaded_policy_reaches_the_hive_in_a_new_hello(tmp_path):
