@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
@@ -96,6 +96,10 @@ class IncidentUpdate(_Msg, tag="incident"):
     incident: Incident
 
 
+Scalar = str | int | float | bool | None
+"""A Sigma field's value, as a correlation's group or counted value."""
+
+
 class SigmaHit(_Msg, tag="sigma_hit"):
     """Sentinel -> a correlation partition's owner (hive cluster only): a hit
     that one Sigma correlation rule reads, routed by (``correlation``,
@@ -105,9 +109,9 @@ class SigmaHit(_Msg, tag="sigma_hit"):
 
     correlation: str
     """The correlation rule's id."""
-    group: list[Any] = []
+    group: list[Scalar] = []
     """Its group-by values, in its group-by order."""
-    value: Any = None
+    value: Scalar = None
     """value_count: the field's value; otherwise the id of the rule that hit."""
     weight: Annotated[int, msgspec.Meta(ge=1, le=wire.INT64_MAX)] = 1
     time: float = 0.0

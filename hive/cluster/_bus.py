@@ -475,6 +475,7 @@ class ClusterSpec:
     node: str
     role: str = "all"
     partitions: int = 16
+    correlate_partitions: int = 8
     lease: float = 10.0
 
     def does(self, role: str) -> bool:
