@@ -434,7 +434,9 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                 ticked = trio.current_time()
                 while True:
                     taken = await queue.fetch(256, timeout=1.0)
-                    rest, found = correlated(sigma, decoded([d.data for d in taken]))
+                    msgs = decoded([d.data for d in taken])
+                    _count(ctx, "sigma_hits", sum(isinstance(m, SigmaHit) for m in msgs))
+                    rest, found = correlated(sigma, msgs)
                     if host and taken:
                         await publish(take(rest))
                     if version != rules_version:

@@ -165,11 +165,11 @@ def _session(b):
 
 
 def _owner(c):
-    """The node that holds the correlation partition's lease."""
+    """The node that holds the host correlator's partition's lease."""
     for n, node in c.nodes.items():
         if node.proc.poll() is None:
             for extra in actor_stats(node, "correlate").values():
-                if str(extra.get("partitions", "")).strip() == "0":
+                if "0" in str(extra.get("partitions", "")).split():
                     return n
     return None
 
