@@ -400,7 +400,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
             found: list[wire.Alert | Repeat] = []
             for msg in msgs:
                 if isinstance(msg, SigmaHit):
-                    out = sigma.correlate(msg)
+                    out = sigma.correlate(msg)  # its decoder checked its types
                     if out is None:
                         _count(ctx, "unknown_correlation")  # its rule is not (or no longer) loaded here
                     else:
@@ -430,7 +430,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                     hosts.changed()
                     outbox.clear()
                 log_event(ctx.log, "correlate.rebuilt", partition=p, replayed=replayed)
-                ctx.stats.extra["replayed"] = replayed
+                _count(ctx, "replayed", replayed)
                 ticked = trio.current_time()
                 while True:
                     taken = await queue.fetch(256, timeout=1.0)
