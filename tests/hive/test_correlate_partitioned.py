@@ -7,6 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import msgspec
+import pytest
+
+from actors import DecodeError
 from hive._actors import internal_codec
 from hive._messages import SigmaHit
 from hive.cluster._correlate import HOST_PARTITION, correlate_id, correlate_partition, sigma_partition
@@ -210,3 +214,12 @@ def test_a_single_node_engine_routes_nothing(tmp_path):
     for t in range(3):
         engine.process(Exec(agent="a", pid=100, ppid=1, filename="/usr/bin/tool1", argv=["tool1"]))
     assert engine.routed() == [] and engine.statistics().correlation.hits == 1
+
+
+def test_a_malformed_hit_is_refused_at_the_decoder():
+    """The owner counts what its decoder refuses and goes on (tests/e2e/test_cluster_correlate.py)."""
+    for bad in ({"type": "sigma_hit", "correlation": "c", "group": [{"a": 1}]},
+                {"type": "sigma_hit", "correlation": "c", "weight": 0},
+                {"type": "sigma_hit", "group": ["a"]}):
+        with pytest.raises(DecodeError):
+            CODEC.decode(msgspec.msgpack.encode(bad))
