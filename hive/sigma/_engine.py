@@ -355,7 +355,7 @@ class RuleEngine:
         if self._partitioned and rule.id in self._correlated:
             # Its own hit, to the correlations reading it (their partitions
             # may be other nodes'), keyed by what it is made of.
-            self._route(rule.id, hit.group, list(hit.events), 1, hit.time,
+            self._route(rule.id, hit.group, list(hit.events[-ALERT_EVENTS:]), 1, hit.time,
                         self._key and f"{self._key}/{rule.id}/{_digest(hit.group, last)}")
         if rule.id in self._set.silent:
             return
