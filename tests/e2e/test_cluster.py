@@ -74,6 +74,9 @@ def test_every_batch_is_stored_once_and_evaluated_once(hive_cluster):
     for n in c.names:
         assert any(line.split()[:2] == [n, "all"] for line in r.stdout.splitlines()), r.stdout
     assert "without an owner" not in r.stdout
+    # [cluster] correlate_partitions (8 by default), each held by a node.
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("  correlate partitions: "))
+    assert line.startswith("  correlate partitions: 8 (") and all(n in line for n in c.names), line
     assert "  detect                  0 / 0" in r.stdout
 
 
