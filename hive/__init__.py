@@ -31,6 +31,7 @@ _EXPORTS = {
     "InternalMessage": "._messages",
     "Repeat": "._messages",
     "Result": "._messages",
+    "SigmaHit": "._messages",
     "Stored": "._messages",
     "SCHEMA_VERSION": "._store",
     "AgentRow": "._store",
@@ -54,7 +55,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALERT_EVENTS", "ALERTS", "CORRELATE", "correlate_actor", "parse_hits", "sentinel_actor",
     "DELIVER", "DETECT", "INGEST", "RESULTS", "SEEN", "STORED", "AgentRow", "BundleRow", "AgentSeen", "Deliver",
-    "IncidentUpdate", "Ingest", "Ingested", "InternalMessage", "Repeat", "Result", "SCHEMA_VERSION", "Store", "StoreDataError",
+    "IncidentUpdate", "Ingest", "Ingested", "InternalMessage", "Repeat", "Result", "SCHEMA_VERSION", "SigmaHit", "Store", "StoreDataError",
     "StoreError", "Stored", "enroll_actor",
     "registry_actor", "router_actor", "store_actor", "zap_authorizer",
 ]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import wire
 from actors import Context, log_event
 
 from ._actors import DETECT, INGEST, internal_codec
-from ._messages import IncidentUpdate, Ingest, Repeat
+from ._messages import IncidentUpdate, Ingest, Repeat, SigmaHit
 from ._store import Store, StoreError
 from ._store_actor import Backlog
 
@@ -78,7 +79,9 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
     evaluation and the hand-over to correlate)."""
     from hive.sigma import RuleEngine
 
-    engine = RuleEngine(clock=trio.current_time)
+    # In a cluster Sigma correlation's windows live on its partitions'
+    # owners, which take the hits with the time they were seen here.
+    engine = RuleEngine(clock=time.time if cluster else trio.current_time, partitioned=cluster is not None)
     # Compiling a few hundred rules takes a moment: off the event loop.
     report = engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
     refused = _report_rules(ctx, report, set(), rule_dirs)
@@ -139,6 +142,10 @@ async def sentinel_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
         for alert in alerts:
             _count(ctx, "repeats" if isinstance(alert, Repeat) else "alerts")
             send(alert, "alerts", ALERT_RESERVE)
+        if cluster is not None:
+            for hit in engine.routed():
+                _count(ctx, "sigma_hits")
+                send(hit, "sigma_hits")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(housekeeping)
@@ -189,8 +196,8 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any
                                      events=[e for e in msg.events if isinstance(e, CORRELATED_KINDS)])
                         if not msg.events:
                             continue
-                    items.append((f"{CORRELATE_SUBJECT}.{correlate_partition(msg)}", codec.encode(msg),
-                                  correlate_id(msg)))
+                    items.append((f"{CORRELATE_SUBJECT}.{correlate_partition(msg, spec.correlate_partitions)}",
+                                  codec.encode(msg), correlate_id(msg)))
                 outbox.clear()
                 if items and not all(await bus.publish_to(items)):
                     # All of it again later (what did reach JetStream is dropped there as a copy).
@@ -247,13 +254,16 @@ def _costs(slowest: Any) -> str:
 
 async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNORED, path: Path | str,
                           lateral_window: float = 120.0, correlate: str = CORRELATE, ingest: str = INGEST,
-                          alerts: str = ALERTS, cluster: Any = None) -> None:
+                          alerts: str = ALERTS, cluster: Any = None, rule_dirs: Sequence[Path] = ()) -> None:
     """Ties alerts into incidents across hosts; the one place alerts leave
     from (to the store, to the playbook).  In a cluster (``cluster``) it
-    reads JetStream's correlation stream instead of ``correlate``, only
-    while this node holds the lease of its partition; a node that takes the
-    partition over first replays what the last owner acknowledged (its
-    alerts already left, so only the state is kept), then goes on from there."""
+    reads JetStream's correlation stream instead of ``correlate``, for the
+    partitions whose leases this node holds (``hive.cluster._correlate``):
+    partition 0 holds the host correlator's input, each partition the Sigma
+    correlation hits of its groups, correlated by the rules in ``rule_dirs``
+    (the sentinels').  A node that takes a partition over first replays what
+    the last owner acknowledged (its outputs already left, so only the state
+    is kept), then goes on from there."""
     from hive.correlate import HostCorrelator
 
     def fresh() -> HostCorrelator:
@@ -334,9 +344,20 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
             _count(ctx, "alerts", sum(isinstance(m, wire.Alert) for m in out))
         return out
 
+    loader: Any = None
+    """In a cluster: the Sigma rules the partitions' engines use (``loader.rules``)."""
+    rules_version = 0
+
     async def housekeeping() -> None:
+        nonlocal rules_version
         while True:
             await trio.sleep(1.0)
+            if loader is not None and loader.changed():
+                try:
+                    loader.install(await trio.to_thread.run_sync(loader.prepare, *rule_dirs))
+                    rules_version += 1
+                except Exception as e:  # a broken rule folder keeps the rules we have
+                    log_event(ctx.log, "rules.reload_failed", logging.ERROR, reason=str(e))
             hosts.expire()
             try:
                 await trio.to_thread.run_sync(refresh_addresses)
@@ -344,15 +365,24 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                 ctx.stats.last_error = str(e)
             await publish([])
 
+    def sigma_engine() -> Any:
+        from hive.sigma import RuleEngine
+
+        engine = RuleEngine(clock=time.time, partitioned=True)
+        engine.install(loader.rules)
+        return engine
+
     async def owned(bus: Any, p: int) -> None:
         """Correlate partition ``p``: rebuild, then follow."""
         from actors import DecodeError
 
         from .cluster._bus import CORRELATE_STREAM, CORRELATE_SUBJECT, ClusterError
+        from .cluster._correlate import HOST_PARTITION, correlate_id, correlate_partition
 
         nonlocal hosts
         codec = internal_codec()
         subject, durable = f"{CORRELATE_SUBJECT}.{p}", f"correlate-{p}"
+        host = p == HOST_PARTITION
 
         def decoded(data: list[bytes]) -> list[Any]:
             out = []
@@ -363,40 +393,88 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                     _count(ctx, "undecodable")
             return out
 
+        def correlated(sigma: Any, msgs: list[Any]) -> tuple[list[Any], list[wire.Alert | Repeat]]:
+            """Sigma hits into their windows: what is left for the host
+            correlator, and the Sigma correlations' alerts."""
+            rest: list[Any] = []
+            found: list[wire.Alert | Repeat] = []
+            for msg in msgs:
+                if isinstance(msg, SigmaHit):
+                    out = sigma.correlate(msg)  # its decoder checked its types
+                    if out is None:
+                        _count(ctx, "unknown_correlation")  # its rule is not (or no longer) loaded here
+                    else:
+                        found.extend(out)
+                elif host:
+                    rest.append(msg)
+                else:
+                    _count(ctx, "misrouted")
+            return rest, found
+
         while True:
             try:
                 queue = await bus.consumer(CORRELATE_STREAM, subject, durable)
-                hosts = fresh()
-                await trio.to_thread.run_sync(refresh_addresses)
+                sigma, version = sigma_engine(), rules_version
+                if host:
+                    hosts = fresh()
+                    await trio.to_thread.run_sync(refresh_addresses)
                 replayed = 0
                 async for chunk in bus.replay(CORRELATE_STREAM, subject, await bus.ack_floor(CORRELATE_STREAM,
                                                                                              durable)):
-                    take(decoded(chunk), replay=True)
+                    rest, _ = correlated(sigma, decoded(chunk))
+                    take(rest, replay=True)
                     replayed += len(chunk)
-                hosts.changed()  # the last owner published these
-                outbox.clear()
+                # The last owner published these.
+                sigma.routed()
+                if host:
+                    hosts.changed()
+                    outbox.clear()
                 log_event(ctx.log, "correlate.rebuilt", partition=p, replayed=replayed)
-                ctx.stats.extra["replayed"] = replayed
+                _count(ctx, "replayed", replayed)
+                ticked = trio.current_time()
                 while True:
                     taken = await queue.fetch(256, timeout=1.0)
-                    if taken:
-                        await publish(take(decoded([d.data for d in taken])))
-                    if outbox:
-                        items = outbox[:]
+                    msgs = decoded([d.data for d in taken])
+                    _count(ctx, "sigma_hits", sum(isinstance(m, SigmaHit) for m in msgs))
+                    rest, found = correlated(sigma, msgs)
+                    if host and taken:
+                        await publish(take(rest))
+                    if version != rules_version:
+                        sigma.install(loader.rules)  # windows start over, as in a sentinel
+                        version = rules_version
+                    if trio.current_time() - ticked >= 1.0:
+                        ticked = trio.current_time()
+                        found.extend(sigma.tick())
+                    _count(ctx, "sigma_alerts", sum(isinstance(a, wire.Alert) for a in found))
+                    # Sigma correlations' alerts go to the host partition as the
+                    # sentinels' do (incidents, records, playbooks); their hits
+                    # to the partitions of the correlations reading them.
+                    items = [(f"{CORRELATE_SUBJECT}.{correlate_partition(m, cluster.correlate_partitions)}",
+                              codec.encode(m), correlate_id(m)) for m in [*found, *sigma.routed()]]
+                    if host:
+                        items += outbox
                         outbox.clear()
-                        if not all(await bus.publish_to(items)):
-                            # Taken again by this owner or the next (copies are dropped by their ids).
-                            await queue.ack([], later=taken, delay=0.5)
-                            raise ClusterError("records or alerts not all published")
+                    if items and not all(await bus.publish_to(items)):
+                        # Taken again by this owner or the next (copies are dropped by their ids).
+                        await queue.ack([], later=taken, delay=0.5)
+                        raise ClusterError("records or alerts not all published")
                     await queue.ack(taken)
             except (ClusterError, StoreError) as e:
                 ctx.stats.last_error = str(e)
                 await trio.sleep(0.5)
 
     async def clustered() -> None:
+        from hive.sigma import RuleEngine
+
         from .cluster._bus import open_bus
-        from .cluster._correlate import CORRELATE_PARTITIONS
+        from .cluster._correlate import HOST_PARTITION
         from .cluster._keeper import LeaseKeeper
+
+        nonlocal loader
+        engine = RuleEngine()
+        engine.install(await trio.to_thread.run_sync(engine.prepare, *rule_dirs))
+        ctx.stats.extra["correlations"] = len(engine.rules.correlations)
+        loader = engine
 
         async with open_bus(cluster, "correlate") as bus, trio.open_nursery() as nursery:
             scopes: dict[int, trio.CancelScope] = {}
@@ -411,13 +489,14 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                 for p in lost:
                     if p in scopes:
                         scopes.pop(p).cancel()
-                        hosts = fresh()  # another node owns this state now
+                        if p == HOST_PARTITION:
+                            hosts = fresh()  # another node owns this state now
                 for p in gained:
                     nursery.start_soon(run, p)
                 ctx.stats.extra["partitions"] = " ".join(map(str, sorted(keeper.table.owned)))
 
-            keeper = LeaseKeeper(bus, "correlate", cluster.node, CORRELATE_PARTITIONS, cluster.lease, on_change,
-                                 ctx.log, detail=cluster.role)
+            keeper = LeaseKeeper(bus, "correlate", cluster.node, cluster.correlate_partitions, cluster.lease,
+                                 on_change, ctx.log, detail=cluster.role)
             await keeper.run()
 
     task_status.started()

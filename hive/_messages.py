@@ -96,4 +96,32 @@ class IncidentUpdate(_Msg, tag="incident"):
     incident: Incident
 
 
-InternalMessage = Ingest | Stored | AgentSeen | Deliver | Result | wire.Alert | Repeat | IncidentUpdate
+Scalar = str | int | float | bool | None
+"""A Sigma field's value, as a correlation's group or counted value."""
+
+
+class SigmaHit(_Msg, tag="sigma_hit"):
+    """Sentinel -> a correlation partition's owner (hive cluster only): a hit
+    that one Sigma correlation rule reads, routed by (``correlation``,
+    ``group``) so that each group's window lives on one node
+    (``SigmaCorrelator.route``, then ``.apply`` there).  An owner sends a
+    correlation's own hit on the same way to the correlations reading it."""
+
+    correlation: str
+    """The correlation rule's id."""
+    group: list[Scalar] = []
+    """Its group-by values, in its group-by order."""
+    value: Scalar = None
+    """value_count: the field's value; otherwise the id of the rule that hit."""
+    weight: Annotated[int, msgspec.Meta(ge=1, le=wire.INT64_MAX)] = 1
+    time: float = 0.0
+    """When the sentinel saw it (wall clock, seconds): the window's time,
+    the same when a new owner replays it."""
+    events: Annotated[list[wire.AnyEvent], msgspec.Meta(max_length=ALERT_EVENTS)] = []
+    key: str = ""
+    """Unique per hit and the same when its batch is evaluated again: its
+    message id, and what its correlation's alert id is made from."""
+
+
+InternalMessage = (Ingest | Stored | AgentSeen | Deliver | Result | wire.Alert | Repeat | IncidentUpdate
+                   | SigmaHit)

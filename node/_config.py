@@ -72,8 +72,13 @@ class ClusterConfig(_Section):
     """What this node does: ``router`` (agents' door and store writer),
     ``detect`` (Sigma rules), ``correlate``, ``respond`` (playbooks) or ``all``."""
     partitions: Annotated[int, Meta(ge=1, le=1024)] = 16
-    """Partitions of correlation and response, each owned by one node at a
-    time through a lease; the same on every node."""
+    """Partitions of the agents' batches (by agent), each stored by one
+    node's writer at a time through a lease; the same on every node."""
+    correlate_partitions: Annotated[int, Meta(ge=1, le=256)] = 8
+    """Partitions of correlation, each owned by one correlate node at a time
+    through a lease: Sigma correlations spread over them by (rule, group-by
+    values); partition 0 also holds the host correlator (lateral movement,
+    spread, incidents), whose key is the whole hive.  The same on every node."""
     lease: Annotated[float, Meta(ge=1, le=300)] = 10.0
     """Seconds a partition's lease lasts without renewal: a dead owner's
     partitions move after about this long."""

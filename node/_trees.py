@@ -83,7 +83,9 @@ def hive_children(cfg: Config) -> list[Child]:
             node=spec.node if spec else "", cluster=spec)))
     if does("correlate"):
         children.append(Child("correlate", correlate_actor, shutdown=t, process=True, args=dict(
-            path=db, correlate=correlate, ingest=ingest, alerts=alerts, cluster=spec)))
+            path=db, correlate=correlate, ingest=ingest, alerts=alerts, cluster=spec,
+            # In a cluster it correlates the Sigma rules' correlations too.
+            rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True) if spec else ())))
     if does("detect"):
         children.append(Child("sentinel", sentinel_actor, shutdown=t, start_timeout=120, process=True, args=dict(
             rule_dirs=rule_folders(lay.data, cfg.hive.rules, create=True), detect=detect, correlate=correlate,
@@ -124,7 +126,7 @@ def cluster_spec(cfg: Config):
 
     c = cfg.cluster
     return ClusterSpec(servers=tuple(c.nats), node=cfg.node_name, role=c.role, partitions=c.partitions,
-                       lease=c.lease)
+                       correlate_partitions=c.correlate_partitions, lease=c.lease)
 
 
 def hive_addresses(listen: str) -> list[str]:

@@ -25,8 +25,9 @@ CORRELATE_STREAM, CORRELATE_SUBJECT = "IMMUNE_CORRELATE", "immune.correlate"
 ``immune.correlate.<partition>``; kept ``REBUILD_WINDOW`` so that a new
 owner of a partition rebuilds its state from it."""
 REBUILD_WINDOW = 900.0
-"""Seconds of correlation input kept: beyond the correlator's windows
-(lateral movement 120 s, spread 600 s by default)."""
+"""Seconds of correlation input kept: beyond the host correlator's windows
+(lateral movement 120 s, spread 600 s by default) and most Sigma
+correlations' timespans (a longer one is rebuilt from this much only)."""
 RECORDS_STREAM, RECORDS_SUBJECT = "IMMUNE_RECORDS", "immune.records"
 """Alerts, repeats and incidents from correlation, for the store writers."""
 ALERTS_STREAM, ALERTS_SUBJECT = "IMMUNE_ALERTS", "immune.alerts"
@@ -475,6 +476,7 @@ class ClusterSpec:
     node: str
     role: str = "all"
     partitions: int = 16
+    correlate_partitions: int = 8
     lease: float = 10.0
 
     def does(self, role: str) -> bool:

@@ -27,9 +27,7 @@ class ClusterView:
 
 
 async def read_cluster(spec: ClusterSpec) -> ClusterView:
-    from ._correlate import CORRELATE_PARTITIONS
-
-    view = ClusterView(partitions={"ingest": spec.partitions, "correlate": CORRELATE_PARTITIONS})
+    view = ClusterView(partitions={"ingest": spec.partitions, "correlate": spec.correlate_partitions})
     async with Bridge("nats-status") as bridge:
         bus = await Bus.connect(bridge, spec.servers, f"{spec.node}.status")
         try:
@@ -45,7 +43,7 @@ async def read_cluster(spec: ClusterSpec) -> ClusterView:
                         view.nodes.setdefault(key[5:], set()).add(f"{kind}:{value.decode(errors='replace')}")
             queues = [(f"ingest p{p}", INGEST_STREAM, f"{WRITERS}-{p}") for p in range(spec.partitions)]
             queues += [("detect", DETECT_STREAM, SENTINELS)]
-            queues += [(f"correlate p{p}", CORRELATE_STREAM, f"correlate-{p}") for p in range(CORRELATE_PARTITIONS)]
+            queues += [(f"correlate p{p}", CORRELATE_STREAM, f"correlate-{p}") for p in range(spec.correlate_partitions)]
             for name, stream, durable in queues:
                 try:
                     view.lag[name] = await bus.pending(stream, durable)
@@ -65,7 +63,14 @@ def cluster_lines(view: ClusterView) -> list[str]:
         out.append(f"  {node:<20} {','.join(roles) or '?':<12} {parts or 'no partitions'}")
     for kind in KINDS:
         n = view.partitions.get(kind, 0)
-        free = [p for p in range(n) if p not in view.owners.get(kind, {})]
+        owners = view.owners.get(kind, {})
+        by_owner: dict[str, list[int]] = {}
+        for p in range(n):
+            if p in owners:
+                by_owner.setdefault(owners[p], []).append(p)
+        held = ", ".join(f"{o} {_ranges(ps)}" for o, ps in sorted(by_owner.items()))
+        out.append(f"  {kind} partitions: {n}" + (f" ({held})" if held else ""))
+        free = [p for p in range(n) if p not in owners]
         if free:
             out.append(f"  {kind} partitions without an owner: {_ranges(free)}")
     if view.lag:

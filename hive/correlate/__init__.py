@@ -11,7 +11,9 @@ actor drives ``HostCorrelator``::
     hosts.expire()                                      # about once a second
     for incident in hosts.changed(): store(incident)    # after each batch
 
-``SigmaCorrelator`` runs inside the sentinel's ``hive.sigma.RuleEngine``.
+``SigmaCorrelator`` runs inside ``hive.sigma.RuleEngine``: the sentinel's
+on a single node; in a cluster, the engine of the partition's owner, fed
+hits the sentinels route with ``route()`` (see ``hive.cluster._correlate``).
 """
 
 from ._hosts import (

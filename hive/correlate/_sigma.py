@@ -168,7 +168,7 @@ class SigmaCorrelator:
     """Feeds detection hits through Sigma correlation rules."""
 
     def __init__(self, rules: Iterable[CorrelationRule], *, clock: Callable[[], float],
-                 max_groups: int = 10_000, max_events: int = 10) -> None:
+                 max_groups: int = 10_000, max_events: int = 10, chain: bool = True) -> None:
         if max_groups < 1 or max_events < 1:
             raise ValueError("max_groups and max_events must be at least 1")
         self._clock = clock
@@ -180,6 +180,10 @@ class SigmaCorrelator:
             for source in dict.fromkeys(rule.rules):
                 self._by_source.setdefault(source, []).append(rule)
         self._groups: dict[str, OrderedDict] = {r.id: OrderedDict() for r in self.rules}
+        self._by_id = {r.id: r for r in self.rules}
+        self._chain = chain
+        """Whether a correlation's hit feeds the correlations reading it here
+        (False: its owner routes it, as in a hive cluster)."""
         self._stats = CorrelatorStatistics()
 
     def sources(self) -> frozenset[str]:
@@ -193,7 +197,17 @@ class SigmaCorrelator:
         sensor folded with its repeats has a ``count``); event_count rules
         count them all."""
         hits: list[CorrelationHit] = []
-        now = self._clock()
+        for rule, key, value in self.route(rule_id, fields):
+            hits.extend(self.apply(rule.id, key, value, events, weight))
+        return hits
+
+    def route(self, rule_id: str, fields: Mapping[str, object]) -> list[tuple[CorrelationRule, tuple, object]]:
+        """Where a hit of rule ``rule_id`` goes, without touching any window:
+        for each correlation rule reading it, the group (its group-by values,
+        through the aliases) and the value it adds (value_count: the field's
+        value; otherwise the rule's id).  A hive cluster partitions
+        correlation by (correlation rule, group) with this."""
+        out = []
         for rule in self._by_source.get(rule_id, ()):
             if rule.type == "value_count":
                 value = fields.get(rule.field)
@@ -201,25 +215,39 @@ class SigmaCorrelator:
                     continue  # an event without the field adds no value to count
             else:
                 value = rule_id
-            key = tuple(fields.get(rule.aliases.get(g, {}).get(rule_id, g)) for g in rule.group_by)
-            groups = self._groups[rule.id]
-            group = groups.get(key)
-            if group is not None and not rule.rising and now - group.opened > rule.timespan:
-                del groups[key]
-                hits.extend(self._settle(rule, key, group, now))
-                group = None
-            if group is None:
-                group = groups[key] = _Group(now, self._keep(rule), self._max_events)
-                if len(groups) > self._max_groups:
-                    groups.popitem(last=False)
-                    self._stats.evicted += 1
-            else:
-                groups.move_to_end(key)
-            group.events.extend(events)
-            fired = self._add(rule, group, value, now, weight)
-            if fired is not None:
-                del groups[key]
-                hits.extend(self._emit(rule, key, group, now, fired))
+            out.append((rule, tuple(fields.get(rule.aliases.get(g, {}).get(rule_id, g)) for g in rule.group_by),
+                        value))
+        return out
+
+    def knows(self, rule_id: str) -> bool:
+        """Whether ``rule_id`` is one of this correlator's correlation rules."""
+        return rule_id in self._groups
+
+    def apply(self, rule_id: str, key: tuple, value: object, events: tuple = (), weight: int = 1,
+              now: float | None = None) -> list[CorrelationHit]:
+        """A routed hit (see :meth:`route`) added to correlation rule
+        ``rule_id``'s window of group ``key``, at ``now`` (default: the clock)."""
+        rule = self._by_id[rule_id]
+        now = self._clock() if now is None else now
+        hits: list[CorrelationHit] = []
+        groups = self._groups[rule.id]
+        group = groups.get(key)
+        if group is not None and not rule.rising and now - group.opened > rule.timespan:
+            del groups[key]
+            hits.extend(self._settle(rule, key, group, now))
+            group = None
+        if group is None:
+            group = groups[key] = _Group(now, self._keep(rule), self._max_events)
+            if len(groups) > self._max_groups:
+                groups.popitem(last=False)
+                self._stats.evicted += 1
+        else:
+            groups.move_to_end(key)
+        group.events.extend(events)
+        fired = self._add(rule, group, value, now, weight)
+        if fired is not None:
+            del groups[key]
+            hits.extend(self._emit(rule, key, group, now, fired))
         return hits
 
     def expire(self) -> list[CorrelationHit]:
@@ -318,5 +346,7 @@ class SigmaCorrelator:
         self._stats.hits += 1
         values = dict(zip(rule.group_by, key))
         hit = CorrelationHit(rule, values, value, tuple(group.events), now)
+        if not self._chain:
+            return [hit]
         # A correlation may itself be correlated: its hit is a hit of its own id.
         return [hit, *self.observe(rule.id, values, hit.events)]

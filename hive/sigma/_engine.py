@@ -10,12 +10,12 @@ import hashlib
 import heapq
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter, perf_counter_ns
 from dataclasses import dataclass
 from pathlib import Path
 
-from hive._messages import ALERT_EVENTS, Repeat
+from hive._messages import ALERT_EVENTS, Repeat, SigmaHit
 from hive.correlate import CorrelationHit, CorrelatorStatistics, SigmaCorrelator
 from wire import Alert, Edge
 
@@ -68,26 +68,39 @@ class RuleEngine:
     again (its ``suppression_key``) within that time of its alert raises no new
     alert but a ``Repeat`` of it, which the store counts on that alert, keeping
     its events; the playbooks never see it.
+
+    ``partitioned``: in a hive cluster Sigma correlation is partitioned by
+    (correlation rule, group).  The sentinel's engine then keeps no windows:
+    each hit a correlation reads becomes a ``SigmaHit`` (``routed()``) for
+    the partition's owner, whose engine (also ``partitioned``) takes them in
+    ``correlate()``, raises the correlations' alerts and routes their own
+    hits on to the correlations reading them.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  suppress_window: float = SUPPRESS_WINDOW, max_suppressed: int = 100_000,
                  max_groups: int = 10_000, max_events: int = 10,
-                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex, partitioned: bool = False) -> None:
         self._clock = clock
+        self._partitioned = partitioned
+        self._routed: list[SigmaHit] = []
+        self._at: float | None = None
+        """While a routed hit is taken: its time, the engine's clock."""
         self._new_id = new_id
         self._max_groups = max_groups
         self._max_events = max_events
-        self._suppressor = Suppressor(suppress_window, clock=clock, capacity=max_suppressed)
+        self._suppressor = Suppressor(suppress_window, clock=self._time, capacity=max_suppressed)
         self._cache = RuleCache()
         self._set = _EMPTY
         self._correlator = self._new_correlator(_EMPTY)
         self._correlated = self._correlator.sources()
         self._events = self._skipped = self._evaluated = self._matched = self._alerts = 0
         self._hits: dict[str, int] = {}
+        """rule id -> hits (alerts and repeats) since the engine was made."""
         self._key = ""
         """The batch being evaluated's identity, if given (see process_batch)."""
-        """rule id -> hits (alerts and repeats) since the engine was made."""
+        self._hit_no = 0
+        """Hits routed to correlation partitions so far in this batch."""
         self._edge: dict[tuple, Edge] = {}
         """The batch's alerts raised at the edge, by (agent, rule, pid, time) of their event."""
         self._batch: dict[tuple, object] = {}
@@ -134,8 +147,11 @@ class RuleEngine:
         return bool(paths) and signature(paths) != self._set.signature
 
     def _new_correlator(self, rules: RuleSet) -> SigmaCorrelator:
-        return SigmaCorrelator(rules.correlations, clock=self._clock,
-                               max_groups=self._max_groups, max_events=self._max_events)
+        return SigmaCorrelator(rules.correlations, clock=self._time, max_groups=self._max_groups,
+                               max_events=self._max_events, chain=not self._partitioned)
+
+    def _time(self) -> float:
+        return self._clock() if self._at is None else self._at
 
     # -- events -----------------------------------------------------------
 
@@ -171,8 +187,43 @@ class RuleEngine:
                         alerts.append(hit_alert)
                 if rule.id in correlated:
                     weight = getattr(event, "count", 1)  # a folded wire.Open
+                    if self._partitioned:
+                        self._hit_no += 1
+                        self._route(rule.id, fields, [event], weight, self._clock(),
+                                    self._key and f"{self._key}/{self._hit_no}")
+                        continue
                     for hit in self._correlator.observe(rule.id, fields, (event,), weight):
                         self._add_correlation_alert(hit, alerts)
+        return alerts
+
+    def _route(self, rule_id: str, fields: Mapping[str, object], events: list, weight: int, now: float,
+               key: str) -> None:
+        """A hit of ``rule_id`` for each correlation reading it, to its owner
+        (``key``: unique to this hit of ``rule_id``, or empty)."""
+        for rule, group, value in self._correlator.route(rule_id, fields):
+            self._routed.append(SigmaHit(correlation=rule.id, group=list(group), value=value, weight=weight,
+                                         time=now, events=events, key=key and f"{key}/{rule.id}"))
+
+    def routed(self) -> list[SigmaHit]:
+        """The hits for correlation partitions since the last call (``partitioned``)."""
+        out, self._routed = self._routed, []
+        return out
+
+    def correlate(self, hit: SigmaHit) -> list[Alert | Repeat] | None:
+        """A routed hit added to its correlation's window at its own time
+        (``partitioned``, on the owner of its partition): the alerts it
+        raises, its correlations' own hits left in ``routed()``; None if
+        the correlation rule is not loaded here."""
+        if not self._correlator.knows(hit.correlation):
+            return None
+        alerts: list[Alert | Repeat] = []
+        self._at, self._key = hit.time, hit.key
+        try:
+            for c in self._correlator.apply(hit.correlation, tuple(hit.group), hit.value, tuple(hit.events),
+                                            hit.weight):
+                self._add_correlation_alert(c, alerts)
+        finally:
+            self._at, self._key = None, ""
         return alerts
 
     def process_batch(self, events: Sequence, budget: float | None = None, key: str = "") -> list[Alert | Repeat]:
@@ -188,7 +239,7 @@ class RuleEngine:
         alerts: list[Alert | Repeat] = []
         deadline = None if budget is None else perf_counter() + budget
         self._edge = {(e.agent, e.rule_id, e.pid, e.time): e for e in events if type(e) is Edge and not e.answered}
-        self._key = key
+        self._key, self._hit_no = key, 0
         try:
             for done, event in enumerate(events):
                 if done and deadline is not None and perf_counter() > deadline:
@@ -227,8 +278,14 @@ class RuleEngine:
         """
         self._suppressor.expire()
         alerts: list[Alert | Repeat] = []
-        for hit in self._correlator.expire():
-            self._add_correlation_alert(hit, alerts)
+        # A partition's owner gives an alert of a window it closed an id from
+        # its content, the same if the next owner closes it again.
+        self._key = "expired" if self._partitioned else ""
+        try:
+            for hit in self._correlator.expire():
+                self._add_correlation_alert(hit, alerts)
+        finally:
+            self._key = ""
         return alerts
 
     def hits(self) -> dict[str, int]:
@@ -294,11 +351,16 @@ class RuleEngine:
 
     def _add_correlation_alert(self, hit: CorrelationHit, alerts: list[Alert | Repeat]) -> None:
         rule = hit.rule
+        last = max((e.time for e in hit.events), default=0)
+        if self._partitioned and rule.id in self._correlated:
+            # Its own hit, to the correlations reading it (their partitions
+            # may be other nodes'), keyed by what it is made of.
+            self._route(rule.id, hit.group, list(hit.events[-ALERT_EVENTS:]), 1, hit.time,
+                        self._key and f"{self._key}/{rule.id}/{_digest(hit.group, last)}")
         if rule.id in self._set.silent:
             return
         self._count(rule.id)
         key = (rule.id, *(hit.group.get(name) for name in suppression_key(rule)))
-        last = max((e.time for e in hit.events), default=0)
         first = self._suppressor.repeat_of(key)
         if first is not None:
             alerts.append(_repeat(first, last, list(hit.events)))
@@ -317,6 +379,10 @@ class RuleEngine:
         self._suppressor.admit(key, alert.id)
         self._alerts += 1
         alerts.append(alert)
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
 def _repeat(first: tuple[str, int], time: int, events: list) -> Repeat:

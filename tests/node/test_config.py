@@ -210,6 +210,9 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[cluster]\nnats = ['nats://a:1']\nrole = 'boss'\n", "cluster.role: 'boss' is not one of router, detect"),
     ("[cluster]\nrole = 'detect'\n", "cluster.role: 'detect' needs cluster.nats: a single node does everything"),
     ("[cluster]\npartitions = 0\n", "cluster.partitions: must be an integer from 1 to 1024, not 0"),
+    ("[cluster]\ncorrelate_partitions = 0\n", "cluster.correlate_partitions: must be an integer from 1 to 256, not 0"),
+    ("[cluster]\ncorrelate_partitions = 257\n",
+     "cluster.correlate_partitions: must be an integer from 1 to 256, not 257"),
     ("[cluster]\nlease = 0.5\n", "cluster.lease: must be a number from 1 to 300, not 0.5"),
     # [herd]
     ("[herd]\nshare_days = 0\n", "herd.share_days: must be a number greater than 0 and at most 365, not 0"),
@@ -253,7 +256,7 @@ def test_bad_config_is_one_line_naming_file_key_and_reason(tmp_path, text, reaso
     "[store]\nurl = 'postgresql://hive:secret@db.example.org:5432/immune'\n",
     "[store]\nurl = 'postgres:///immune'\n",
     "[cluster]\nnats = ['nats://10.0.0.1:4222', 'tls://nats.example:4222']\nnode = 'hive-1'\nrole = 'detect'\n"
-    "partitions = 1024\nlease = 300\n",
+    "partitions = 1024\ncorrelate_partitions = 256\nlease = 300\n",
     "[herd]\nserve = false\nshare_days = 365\nmax_days = 0.5\n",
     f"[[herd.peers]]\nname = 'hive-a'\nurl = 'https://10.0.0.1:7480/taxii2/immune/collections/x/'\ntoken = 'imt_a.b'\n"
     f"trust = 'enforce'\nkey = '{'ab' * 32}'\nca = '/etc/immune/a.crt'\ninterval = 5\n"

@@ -9,14 +9,17 @@ def test_ranges_are_compact():
 def test_the_cluster_as_status_shows_it():
     view = ClusterView(
         nodes={"node1": {"ingest:all", "correlate:all"}, "node2": {"ingest:router"}},
-        owners={"ingest": {0: "node1", 1: "node1", 2: "node2"}, "correlate": {0: "node1"}},
-        partitions={"ingest": 4, "correlate": 1},
+        owners={"ingest": {0: "node1", 1: "node1", 2: "node2"}, "correlate": {0: "node1", 1: "node1", 3: "node1"}},
+        partitions={"ingest": 4, "correlate": 4},
         lag={"ingest p0": (12, 3), "detect": (0, 0)})
     assert cluster_lines(view) == [
         "cluster: 2 live node(s)",
-        "  node1                all          ingest 0-1  correlate 0",
+        "  node1                all          ingest 0-1  correlate 0-1,3",
         "  node2                router       ingest 2",
+        "  ingest partitions: 4 (node1 0-1, node2 2)",
         "  ingest partitions without an owner: 3",
+        "  correlate partitions: 4 (node1 0-1,3)",
+        "  correlate partitions without an owner: 2",
         "queues (waiting / taken, not yet acknowledged):",
         "  ingest p0              12 / 3",
         "  detect                  0 / 0",
