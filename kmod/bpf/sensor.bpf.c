@@ -1395,9 +1395,10 @@ int BPF_PROG(cgroup_made, struct cgroup *cgrp, const char *path)
 	__u32 *t = n > 0 && n < CG_PATH_LEN ? bpf_map_lookup_elem(&cg_paths, k) : NULL;
 	__u32 tag = t ? *t : 0;
 	if (!tag) {
-		struct cgroup *parent = (struct cgroup *)cgrp->self.parent;
-		if (parent)
-			tag = tag_of(parent->kn->id);
+		/* the parent's css is its cgroup's first member (struct cgroup.self) */
+		struct cgroup_subsys_state *css = cgrp->self.parent;
+		if (css)
+			tag = tag_of(KERNEL(struct cgroup, css->cgroup)->kn->id);
 	}
 	if (tag)
 		bpf_map_update_elem(&cgroup_tags, &id, &tag, BPF_ANY);
