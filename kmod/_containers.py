@@ -211,6 +211,8 @@ class Containers:
             if path is not None:
                 return path
             text = self._cgroup_text(cgroup)
+            if text is None and pid > 0:  # no handle (no cgroup2 mount known): where it is now
+                text = self._read_cgroup(pid)
         else:
             text = self._read_cgroup(pid)
         path = v2_path(text) if text is not None else None

@@ -436,17 +436,20 @@ class LinuxSensor(Sensor):
         else:  # the union of both filters until the config switches
             old = map_lookup(heads_fd, _U32.pack(0), len(heads))
             map_update(heads_fd, _U32.pack(0), bytes(a | b for a, b in zip(old, heads)))
-        stale = []
+        # All under the workload thread's lock, stale entries deleted too: a
+        # cgroup made meanwhile got an old tag from the kernel (its parent's),
+        # deleted here with the old tags' entries; its news, handled after,
+        # gives it the new one.
         with self._workloads.lock:
             plan = self._workloads.plan(new)
             new4, new6 = new.sock_entries(generation, plan.tags)
-            stale += self._write_maps(new, generation, prefixes, new4, new6, dirs, names, pending)
+            stale = self._write_maps(new, generation, prefixes, new4, new6, dirs, names, pending)
             stale += self._workloads.commit(new, plan)
-        self._write_config()  # workloads on or off, now that its maps are written
-        if heads is not None:
-            map_update(heads_fd, _U32.pack(0), heads)
-        for fd, key in stale:
-            map_delete(fd, key)
+            self._write_config()  # workloads on or off, now that its maps are written
+            if heads is not None:
+                map_update(heads_fd, _U32.pack(0), heads)
+            for fd, key in stale:
+                map_delete(fd, key)
         map_update(filter_fd, _U32.pack(0), dir_bits)
         map_update(pending_fd, _U32.pack(0), pending_bits)
         _files.install(bpf, new)

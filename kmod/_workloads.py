@@ -252,9 +252,8 @@ class Workloads:
                     if full is None:
                         continue
                     path = full
-                if tag:
-                    self._cgroups[cid] = tag
-                self._correct(cid, path, tag, ts)
+                if os.path.isdir(self._root + path):  # not removed already
+                    self._correct(cid, path, tag, ts, news=True)
                 if self._policy is not None and any(c is not None for _, c in self._policy.sock_selectors()):
                     self._retry[cid] = (path, 0, ts)
                     self._retry_at[cid] = time.monotonic() + RETRIES[0]
@@ -269,17 +268,22 @@ class Workloads:
             self._retry[cid] = (path, done + 1, ts)
             self._retry_at[cid] = time.monotonic() + RETRIES[done + 1] - RETRIES[done]
 
-    def _correct(self, cid: int, path: str, tag: int, ts: int) -> None:
-        """Give cgroup ``cid`` its tag if the kernel's guess was not it."""
+    def _correct(self, cid: int, path: str, tag: int, ts: int, news: bool = False) -> None:
+        """Give cgroup ``cid`` its tag if the kernel's guess (``tag``) was
+        not it.  For news the tag is written even if it was: a reload may
+        have deleted the kernel's entry as stale after the mkdir."""
         if self._policy is None:
             return
         known = set(self._by_set.values())
         want = self._tag_for(self._policy, path, cid)
         if want and want not in known and self._on_tags is not None:
             self._on_tags({want: next(s for s, t in self._by_set.items() if t == want)})
-        if want == tag:
-            return
         fd = self._bpf.map_fd("cgroup_tags")
+        if want == tag:
+            if news and want:
+                map_update(fd, _U64.pack(cid), _U32.pack(want))
+                self._cgroups[cid] = want
+            return
         if want:
             map_update(fd, _U64.pack(cid), _U32.pack(want))
             self._cgroups[cid] = want
@@ -301,8 +305,9 @@ class Workloads:
             for cid, path in self._walk():
                 seen.add(cid)
                 self._correct(cid, path, self._cgroups.get(cid, 0), 0)
-            for cid in set(self._cgroups) - seen:
-                del self._cgroups[cid]  # the kernel dropped it at rmdir
+            for cid in set(self._cgroups) - seen:  # gone: the kernel dropped it at rmdir, unless
+                del self._cgroups[cid]             # its news came after and wrote it again
+                map_delete(self._bpf.map_fd("cgroup_tags"), _U64.pack(cid))
 
     def statistics(self) -> WorkloadStatistics:
         with self._lock:
