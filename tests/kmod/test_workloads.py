@@ -147,6 +147,7 @@ match = {{ cgroup = "{globbed}", port = {port} }}
             time.sleep(0.001)
         stats = sensor.workloads()
         assert stats.corrected >= 1 and 0 < stats.window_last_us < 1_000_000, stats
+        print(f"\nglob-selected cgroup tagged {stats.window_last_us:.0f} us after its mkdir")
         assert run_child("cgroup", str(batch), "connect", "127.0.0.2", str(port)).errno == errno.EPERM
         bystander = cgroups.make("web.service")
         assert run_child("cgroup", str(bystander), "connect", "127.0.0.2", str(port)).errno == 0
