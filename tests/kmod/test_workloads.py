@@ -213,3 +213,52 @@ match = {{ cgroup = "{cgroups.rel(inside)}", path = "{secret}" }}
         assert run_child("cgroup", str(inside), "exec", str(tool)).errno == errno.EPERM
         assert run_child("open", str(secret)).errno == 0
         assert run_child("exec", str(tool)).returncode == 0
+
+
+HOLDER = """
+import socket, sys
+open(sys.argv[2], "w").write(__import__("os").getpid().__str__())  # join the cgroup first
+s = socket.create_connection(("127.0.0.2", int(sys.argv[1])))
+print("connected", flush=True)
+s.settimeout(10)
+try:
+    print("closed" if s.recv(1) == b"" else "data", flush=True)
+except OSError as e:
+    print(type(e).__name__, flush=True)
+"""
+
+
+def test_a_reload_cuts_the_selected_workloads_connections_only(cgroups):
+    """A block of a workload's peer added at runtime ends that workload's
+    open connections to it (the cut iterator finds the socket's cgroup
+    tag); another workload's connection to the same peer lives on."""
+    import subprocess
+    import sys
+
+    inside, other = cgroups.make("model.service"), cgroups.make("web.service")
+    with socket.create_server(("127.0.0.2", 0)) as server, LinuxSensor(Policy.parse("")) as sensor:
+        port = server.getsockname()[1]
+        holders, peers = {}, []
+        try:
+            for name, where in (("inside", inside), ("other", other)):
+                holders[name] = subprocess.Popen(
+                    [sys.executable, "-S", "-c", HOLDER, str(port), str(where / "cgroup.procs")],
+                    stdout=subprocess.PIPE, text=True)
+                assert holders[name].stdout.readline().strip() == "connected"
+                peers.append(server.accept()[0])  # kept open: the holder waits on it
+            sensor.reload(Policy.parse(f'''
+[[rule]]
+name = "model-peer"
+hook = "connect"
+action = "block"
+match = {{ cgroup = "{cgroups.rel(inside)}", address = "127.0.0.2", port = {port} }}
+'''))
+            assert holders["inside"].stdout.readline().strip() == "ConnectionAbortedError"
+            peers[1].sendall(b"x")  # the other workload's connection lives on
+            assert holders["other"].stdout.readline().strip() == "data"
+        finally:
+            for s in peers:
+                s.close()
+            for p in holders.values():
+                p.kill()
+                p.wait()
