@@ -1378,7 +1378,9 @@ int cut_udp(struct bpf_iter__udp *ctx)
 /* ---- workloads: cgroups made and removed ---------------------------------- */
 
 /* A cgroup made on the v2 hierarchy (hierarchy id 0): its tag before any
- * process can be moved into it, then news for userspace. */
+ * process can be moved into it, then news for userspace.  The tracepoint
+ * fires under cgroup_mutex and a spinlock with interrupts off, so the
+ * per-CPU scratch is this call's alone. */
 SEC("tp_btf/cgroup_mkdir")
 int BPF_PROG(cgroup_made, struct cgroup *cgrp, const char *path)
 {
@@ -1395,7 +1397,7 @@ int BPF_PROG(cgroup_made, struct cgroup *cgrp, const char *path)
 	__u32 *t = n > 0 && n < CG_PATH_LEN ? bpf_map_lookup_elem(&cg_paths, k) : NULL;
 	__u32 tag = t ? *t : 0;
 	if (!tag) {
-		/* the parent's css is its cgroup's first member (struct cgroup.self) */
+		/* the parent cgroup, through its own css (css->cgroup) */
 		struct cgroup_subsys_state *css = cgrp->self.parent;
 		if (css)
 			tag = tag_of(KERNEL(struct cgroup, css->cgroup)->kn->id);

@@ -141,6 +141,11 @@ match = {{ cgroup = "{globbed}", port = {port} }}
         assert run_child("cgroup", str(late), "connect", "127.0.0.2", str(port)).errno == errno.EPERM
         inner = cgroups.make("late.service/inner")  # and its sub-cgroups, from their parent
         assert run_child("cgroup", str(inner), "connect", "127.0.0.2", str(port)).errno == errno.EPERM
+        # The kernel gave both the right tag at mkdir: the thread, told of them, changed nothing.
+        deadline = time.monotonic() + 2
+        while sensor.workloads().news < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert sensor.workloads().news >= 2 and sensor.workloads().corrected == 0, sensor.workloads()
         batch = cgroups.make("batch-7.service")
         deadline = time.monotonic() + 2
         while sensor.workloads().corrected < 1 and time.monotonic() < deadline:
