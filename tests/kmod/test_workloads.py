@@ -109,10 +109,13 @@ def test_connect_and_bind_refused_in_the_selected_cgroup_only(cgroups):
         sensor.reload(with_bind)
         assert run_child("cgroup", str(inside), "bind", "127.0.0.3", str(port2)).errno == errno.EPERM
         assert run_child("cgroup", str(other), "bind", "127.0.0.3", str(port2)).errno == 0
+        assert run_child("cgroup", str(inside), "bind", "::1", str(port2)).errno == errno.EPERM  # the IPv6 trie
+        assert run_child("cgroup", str(other), "bind", "::1", str(port2)).errno == 0
         events = collect(sensor, lambda e: isinstance(e, (Connect, Bind)) and e.port in (port, port2),
-                         until=lambda evs: len(evs) >= 6)
+                         until=lambda evs: len(evs) >= 8)
         verdicts = sorted((type(e).__name__, e.verdict, e.rule) for e in events)
-        assert verdicts == [("Bind", "allow", ""), ("Bind", "block", "wl-bind"),
+        assert verdicts == [("Bind", "allow", ""), ("Bind", "allow", ""),
+                            ("Bind", "block", "wl-bind"), ("Bind", "block", "wl-bind"),
                             ("Connect", "audit", "everyone-audit"), ("Connect", "audit", "everyone-audit"),
                             ("Connect", "block", "wl-connect"), ("Connect", "block", "wl-connect")]
 
