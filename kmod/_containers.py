@@ -169,6 +169,7 @@ class Containers:
         self._parsed: OrderedDict[str, tuple[_Found, ...]] = OrderedDict()
         self._known: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
         self._by_cgroup: OrderedDict[int, _Entry] = OrderedDict()
+        self._paths: OrderedDict[int, str] = OrderedDict()  # cgroup id -> v2 path (cgroup_path)
         self._logged: set[str] = set()
         self._next_sweep = time.monotonic() + _SWEEP
         self._lookups = self._resolved = self._proc_reads = self._file_errors = 0
@@ -197,6 +198,28 @@ class Containers:
         if text is None:
             return entry.identity if entry is not None else gone
         return self._remember(self._identify(text, now), cgroup)
+
+    def cgroup_path(self, pid: int, cgroup: int = 0) -> str | None:
+        """The cgroup v2 path (from the cgroup2 mount) process ``pid`` runs
+        in, for rules that select cgroups.  ``cgroup``: its id as the kernel
+        reported it, which is the truth even if the process moved since or
+        is gone: its path is found once by the id's file handle and kept.
+        None: neither is there any more."""
+        if cgroup:
+            with self._lock:
+                path = self._paths.get(cgroup)
+            if path is not None:
+                return path
+            text = self._cgroup_text(cgroup)
+            if text is None and pid > 0:  # no handle (no cgroup2 mount known): where it is now
+                text = self._read_cgroup(pid)
+        else:
+            text = self._read_cgroup(pid)
+        path = v2_path(text) if text is not None else None
+        if path is not None and cgroup:
+            with self._lock:
+                _put(self._paths, cgroup, path)
+        return path
 
     def identify(self, cgroup_text: str, cgroup: int = 0) -> ContainerIdentity | None:
         """The container the text of a /proc/PID/cgroup names, if any;
@@ -622,6 +645,16 @@ def _in_path(path: str, v2: bool) -> list[_Found]:
         if not part.endswith(_UNIT_SUFFIXES) and part not in ("payload", "supervisor"):
             maybe.append(found(i, part, "", sure=False))  # runc's, crun's or containerd's own names
     return maybe
+
+
+def v2_path(cgroup_text: str) -> str | None:
+    """The cgroup v2 path a /proc/PID/cgroup text names ("0::/PATH")."""
+    for line in cgroup_text.splitlines():
+        if line.startswith("0::"):
+            path = line[3:]
+            # a process moved out of a cgroup removed since: "/x (deleted)"
+            return path[:-len(" (deleted)")] if path.endswith(" (deleted)") else path
+    return None
 
 
 def cgroup2_mount(proc: str) -> str:

@@ -28,13 +28,14 @@ from ._policy import D_NAMES, DIR_BITS, HEAD_MULT, Policy, bitmap
 from ._procs import hooks_off, hooks_off_line, procs_config
 from ._ringbuf import RingBuffer
 from ._scope import S_CGROUP, S_NETNS, Scope, in_netns
-from ._system import DEBUGFS_TRACING, TRACEFS, ensure_tracefs, require_btf, require_root
+from ._workloads import Workloads, WorkloadStatistics
+from ._system import DEBUGFS_TRACING, TRACEFS, cgroup2_root, ensure_tracefs, require_btf, require_root
 
 log = logging.getLogger("kmod")
 
 # struct sensor_config in kmod/bpf/sensor.h
 RING_KINDS = 16  # as in kmod/bpf/sensor.h
-_CONFIG = struct.Struct(f"<IIQQQIIQIIQ{RING_KINDS}QII")
+_CONFIG = struct.Struct(f"<IIQQQIIQIIQ{RING_KINDS}QIIII")
 
 # How much of the ring buffer each kind's records may fill (the kernel's
 # ring_limit; kmod/bpf/sensor.bpf.c, within_limit).  The cheaper a call is to
@@ -54,8 +55,8 @@ K_MOUNT = 8
 _DROP_KINDS = {**KINDS, K_MOUNT: "mount_news"}
 _CUT = struct.Struct("<HHB3xI16s")  # struct cut_rec
 _OPEN_KEY_SIZE = 4 + 256
-_SOCK4_KEY_SIZE = 4 + 8
-_SOCK6_KEY_SIZE = 4 + 20
+_SOCK4_KEY_SIZE = 4 + 8 + 4  # prefixlen, [tag, hook, proto, port], address
+_SOCK6_KEY_SIZE = 4 + 8 + 16
 _DIR_KEY = struct.Struct("<QI4x")  # struct dir_key
 _NAME_LEN = 64
 
@@ -186,6 +187,7 @@ class LinuxSensor(Sensor):
         self._skip = frozenset(skip_programs)
         self._off: list[str] = []  # programs left out
         self._object: tuple[str, str] | None = None  # (path, where it came from)
+        self._workloads: Workloads | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -220,8 +222,12 @@ class LinuxSensor(Sensor):
         cgroup_fd = self._open_fd(resolved.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
         if resolved.code == S_CGROUP:
             map_update(bpf.map_fd("scope_cgroup"), _U32.pack(0), _U32.pack(cgroup_fd))
+        self._workloads = Workloads(bpf, lambda: self._policy.containers, str(cgroup2_root()))
+        self._workloads.set_tries_writer(self._add_tags)
         self._install(self._policy, 0)
-        bpf.attach_tracing()
+        bpf.attach_tracing()  # cgroup_mkdir with it: cgroups made from here on are news
+        self._workloads.start()
+        self._workloads.rescan()  # those made between the install's walk and the attach
         bpf.run_iterator("seed_ids")  # after the fork hook: no thread is missed
         bpf.attach_cgroup(cgroup_fd)  # the scope's cgroup, else the v2 root: the whole machine
 
@@ -260,6 +266,9 @@ class LinuxSensor(Sensor):
 
     def close(self) -> None:
         """Detach everything.  Safe to call twice, or after a failed start."""
+        if self._workloads is not None:
+            self._workloads.close()
+            self._workloads = None
         if self._guard is not None:
             self._guard.close()
             self._guard = None
@@ -284,6 +293,7 @@ class LinuxSensor(Sensor):
         if self._guard is not None:
             self._guard.forsake()
             self._guard = None
+        self._workloads = None  # its thread is not in the child
         self._bpf = self._ring = self._mounts_ring = None  # their descriptors go in the sweep
         if self._epoll is not None:
             self._epoll.close()
@@ -400,7 +410,8 @@ class LinuxSensor(Sensor):
         value = _CONFIG.pack(r.code, self._generation, r.netns_cookie, self._wake_bytes,
                              int(self._latency * 1e9), len(self._excluded), heads,
                              int(self._fold * 1e9), self._n_dirs, *_cgroup_place(r),
-                             *self._ring_limits, self._namespaces, self._wake_kinds)
+                             *self._ring_limits, self._namespaces, self._wake_kinds,
+                             self._workloads is not None and self._workloads.active, 0)
         map_update(self._bpf.map_fd("settings"), _U32.pack(0), value)
 
     def _install(self, new: Policy, generation: int) -> None:
@@ -410,7 +421,6 @@ class LinuxSensor(Sensor):
         bpf = self._bpf
         prefixes = {_U32.pack(len(k) * 8) + k.ljust(256, b"\0"): _U32.pack(v)
                     for k, v in new.open_prefixes().items()}
-        new4, new6 = new.sock_entries(generation)
         dirs, names, dir_bits = _dir_entries(new.open_dirs())
         pending, pending_bits = _pending_entries(new.open_dirs())
         filter_fd = bpf.map_fd("dir_filter")
@@ -426,7 +436,28 @@ class LinuxSensor(Sensor):
         else:  # the union of both filters until the config switches
             old = map_lookup(heads_fd, _U32.pack(0), len(heads))
             map_update(heads_fd, _U32.pack(0), bytes(a | b for a, b in zip(old, heads)))
-        stale = []
+        # All under the workload thread's lock, stale entries deleted too: a
+        # cgroup made meanwhile got an old tag from the kernel (its parent's),
+        # deleted here with the old tags' entries; its news, handled after,
+        # gives it the new one.
+        with self._workloads.lock:
+            plan = self._workloads.plan(new)
+            new4, new6 = new.sock_entries(generation, plan.tags)
+            stale = self._write_maps(new, generation, prefixes, new4, new6, dirs, names, pending)
+            stale += self._workloads.commit(new, plan)
+            self._write_config()  # workloads on or off, now that its maps are written
+            if heads is not None:
+                map_update(heads_fd, _U32.pack(0), heads)
+            for fd, key in stale:
+                map_delete(fd, key)
+        map_update(filter_fd, _U32.pack(0), dir_bits)
+        map_update(pending_fd, _U32.pack(0), pending_bits)
+        _files.install(bpf, new)
+
+    def _write_maps(self, new: Policy, generation: int, prefixes, new4, new6, dirs, names, pending) -> list:
+        """Add and overwrite the policy maps' entries, switch the config;
+        returns the stale entries, for the caller to delete after."""
+        bpf, stale = self._bpf, []
         for name, entries, key_size in (("open_prefixes", prefixes, _OPEN_KEY_SIZE),
                                          ("sock4_rules", new4, _SOCK4_KEY_SIZE),
                                          ("watched_dirs", dirs, _DIR_KEY.size),
@@ -441,13 +472,20 @@ class LinuxSensor(Sensor):
         self._policy, self._generation = new, generation
         self._n_dirs = len(dirs) + len(pending)
         self._write_config()
-        if heads is not None:
-            map_update(heads_fd, _U32.pack(0), heads)
-        for fd, key in stale:
-            map_delete(fd, key)
-        map_update(filter_fd, _U32.pack(0), dir_bits)
-        map_update(pending_fd, _U32.pack(0), pending_bits)
-        _files.install(bpf, new)
+        return stale
+
+    def _add_tags(self, tags: dict) -> None:
+        """Trie entries for a tag made after the install (the workload
+        thread, a cgroup in a new set of workloads): before its cgroup gets it."""
+        new4, new6 = self._policy.sock_entries(self._generation, tags)
+        for name, entries in (("sock4_rules", new4), ("sock6_rules", new6)):
+            fd = self._bpf.map_fd(name)
+            for key, value in entries.items():
+                map_update(fd, key, value)
+
+    def workloads(self) -> WorkloadStatistics:
+        """The cgroup tags of connect and bind rules that select workloads."""
+        return self._workloads.statistics() if self._workloads is not None else WorkloadStatistics()
 
     def reload(self, policy: Policy | str | os.PathLike) -> None:
         new = _coerce_policy(policy)

@@ -48,12 +48,18 @@ FILE_OPS = ("rename", "unlink", "rmdir", "link", "symlink", "mknod", "chmod", "c
             "setxattr", "removexattr")
 """What a ``file`` rule's match.op names; the kernel's enum file_op is the index + 1."""
 CONTAINER_KEYS = ("container_id", "container_name", "container_image", "container_runtime")
-"""Keys of ``match`` that select containers: exec and open rules only (decided in userspace)."""
+"""Keys of ``match`` that select containers."""
+WORKLOAD_KEYS = ("cgroup", *CONTAINER_KEYS)
+"""Keys of ``match`` that select a workload: exec and open rules (decided in
+userspace) and connect and bind rules (decided in the kernel by the tag of
+the caller's cgroup, kmod/_workloads.py)."""
+SELECTING = ("exec", "open", "connect", "bind")
+_MAX_CGROUP_PATH = 4095
 _MATCH_KEYS = {
-    "exec": {"path", "sha256", *CONTAINER_KEYS},
-    "open": {"path", *CONTAINER_KEYS},
-    "connect": {"address", "port", "protocol"},
-    "bind": {"address", "port", "protocol"},
+    "exec": {"path", "sha256", *WORKLOAD_KEYS},
+    "open": {"path", *WORKLOAD_KEYS},
+    "connect": {"address", "port", "protocol", *WORKLOAD_KEYS},
+    "bind": {"address", "port", "protocol", *WORKLOAD_KEYS},
     "setid": {"call", "id"},
     "fork": set(),
     "file": {"path", "op"},
@@ -154,6 +160,9 @@ class Rule:
     ids: frozenset[int] = frozenset()
     containers: ContainerSelector | None = None
     """None: the rule applies on the host and in every container alike."""
+    cgroups: tuple[str, ...] = ()
+    """match.cgroup: cgroup v2 path globs; the rule applies to processes in
+    a matching cgroup or below one.  Empty: in every cgroup."""
     target: str = ""
     """ptrace: "protected" (the agent and its family) or "any"."""
     signals: frozenset[int] = frozenset()
@@ -162,9 +171,73 @@ class Rule:
     fileless: bool = False
     """exec: the rule is for images with no name (memfd, deleted), decided in the kernel."""
     _regexes: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+    _cgroup_regexes: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
 
     def match_path(self, path: str) -> bool:
         return any(r.match(path) for r in self._regexes)
+
+    @property
+    def selects(self) -> bool:
+        """Does the rule apply to some workloads only?"""
+        return self.containers is not None or bool(self.cgroups)
+
+    @property
+    def workload(self) -> tuple[tuple[str, ...], ContainerSelector | None]:
+        """What the rule selects, as a key: rules that select alike share it."""
+        return self.cgroups, self.containers
+
+    def match_cgroup(self, path: str | None) -> bool:
+        """Is a process in cgroup ``path`` (None: not known) in or below
+        one of the rule's cgroups?  True for a rule without match.cgroup."""
+        if not self._cgroup_regexes:
+            return True
+        return path is not None and any(r.match(p) for p in cgroup_lineage(path) for r in self._cgroup_regexes)
+
+    def selects_caller(self, cgroup_path: Callable[[], str | None],
+                       container: Callable[[], ContainerIdentity | None]) -> bool:
+        """Does the rule apply to this caller?  The callables are asked only
+        if the rule needs them."""
+        if self._cgroup_regexes and not self.match_cgroup(cgroup_path()):
+            return False
+        return self.containers is None or self.containers.matches(container())
+
+
+def cgroup_lineage(path: str) -> list[str]:
+    """A cgroup's path and its ancestors' below the root, nearest first."""
+    out = []
+    while path and path != "/":
+        out.append(path)
+        path = path[:path.rindex("/")]
+    return out
+
+
+def cgroup_globs(value, where: str) -> tuple[str, ...]:
+    """match.cgroup, checked: globs over cgroup v2 paths from the cgroup2
+    mount (``/system.slice/x.service``, ``/kubepods.slice/**``)."""
+    globs = _strings(value, f"{where}: match.cgroup")
+    for g in globs:
+        what = f"{where}: match.cgroup {g!r}"
+        if "\0" in g:
+            raise PolicyError(f"{what}: a cgroup path cannot hold a NUL")
+        if g.startswith("/sys/fs/cgroup"):
+            raise PolicyError(f"{what}: give the path from the cgroup2 mount "
+                              f"({g[len('/sys/fs/cgroup'):] or '/'!r}), as /proc/PID/cgroup shows it")
+        if not g.startswith("/"):
+            raise PolicyError(f"{what}: must be absolute from the cgroup2 root, as /proc/PID/cgroup "
+                              "shows it (/system.slice/NAME.service)")
+        if g == "/" or g.strip("/*") == "":
+            raise PolicyError(f"{what}: selects every process; leave match.cgroup out instead")
+        if g.endswith("/") or "//" in g:
+            raise PolicyError(f"{what}: an empty path component (a doubled or trailing '/')")
+        if any(part in (".", "..") for part in g.split("/")):
+            raise PolicyError(f"{what}: '.' and '..' are not cgroup names")
+        if len(g.encode()) > _MAX_CGROUP_PATH:
+            raise PolicyError(f"{what}: longer than a path can be ({_MAX_CGROUP_PATH} bytes)")
+        try:
+            glob_regex(g)
+        except PolicyError as e:
+            raise PolicyError(f"{where}: match.cgroup: {e}") from None
+    return tuple(dict.fromkeys(globs))
 
 
 def image_forms(image: str) -> tuple[str, ...]:
@@ -348,13 +421,11 @@ def _rule(table: object, index: int) -> Rule:
     match = table.get("match", {})
     if not isinstance(match, dict):
         raise PolicyError(f"{where}: 'match' must be a table")
-    selecting = sorted(set(match) & set(CONTAINER_KEYS))
-    if selecting and hook in ("connect", "bind"):
-        raise PolicyError(f"{where}: match.{selecting[0]}: {hook} rules cannot select containers: connect and "
-                          "bind are decided in the kernel by address tries, which know no container; run an agent "
-                          "scoped to the container instead (--scope container:NAME)")
-    if selecting and hook in ("setid", "fork"):
-        raise PolicyError(f"{where}: match.{selecting[0]}: only exec and open rules select containers")
+    selecting = sorted(set(match) & set(WORKLOAD_KEYS))
+    if selecting and hook not in SELECTING:
+        raise PolicyError(f"{where}: match.{selecting[0]}: only exec, open, connect and bind rules select "
+                          f"workloads ({hook} has no selector; run an agent scoped to the workload instead, "
+                          "--scope cgroup:PATH or container:NAME)")
     unknown = set(match) - _MATCH_KEYS[hook]
     if unknown:
         allowed = ", ".join(sorted(_MATCH_KEYS[hook])) or "none"
@@ -416,6 +487,9 @@ def _rule(table: object, index: int) -> Rule:
             raise PolicyError(f"{where}: match.id must be ids between 0 and 2^32-1")
         kw["ids"] = frozenset(ids)
     kw["containers"] = container_selector(match, where)
+    if "cgroup" in match:
+        kw["cgroups"] = cgroup_globs(match["cgroup"], where)
+        kw["_cgroup_regexes"] = tuple(glob_regex(g) for g in kw["cgroups"])
     return Rule(name=name, hook=hook, action=action, description=description, **kw)
 
 
@@ -459,9 +533,31 @@ def _decided(candidates: tuple[Rule, ...]) -> Rule | tuple[Rule, ...] | None:
     if not candidates:
         return None
     first = candidates[0]
-    if first.containers is None and not first.sha256:
+    if not first.selects and not first.sha256:
         return first
     return candidates
+
+
+class _Caller:
+    """A process a rule may select, its cgroup and container each looked
+    up once, and only if a rule asks.  pid 0: not known (as on the host,
+    in no cgroup a rule names)."""
+
+    __slots__ = ("_policy", "_pid", "_cgroup", "_path", "_who")
+
+    def __init__(self, policy: Policy, pid: int, cgroup: int):
+        self._policy, self._pid, self._cgroup = policy, pid, cgroup
+        self._path = self._who = _UNSEEN
+
+    def cgroup_path(self) -> str | None:
+        if self._path is _UNSEEN:
+            self._path = self._policy.containers.cgroup_path(self._pid, self._cgroup) if self._pid > 0 else None
+        return self._path  # type: ignore[return-value]
+
+    def container(self) -> ContainerIdentity | None:
+        if self._who is _UNSEEN:
+            self._who = self._policy.containers.of_pid(self._pid, self._cgroup) if self._pid > 0 else None
+        return self._who  # type: ignore[return-value]
 
 
 def _remember(cache: dict, key, value, limit: int = 4096) -> None:
@@ -565,13 +661,10 @@ class Policy:
             found = self._entry("exec", path)
         if found.__class__ is not tuple:
             return found  # type: ignore[return-value]
-        who: ContainerIdentity | None | object = _UNSEEN
+        caller = _Caller(self, pid, cgroup)
         for r in found:
-            if r.containers is not None:
-                if who is _UNSEEN:
-                    who = self.containers.of_pid(pid, cgroup) if pid > 0 else None
-                if not r.containers.matches(who):  # type: ignore[arg-type]
-                    continue
+            if r.selects and not r.selects_caller(caller.cgroup_path, caller.container):
+                continue
             if r.sha256:
                 if not with_hash or digest is None:
                     continue
@@ -592,14 +685,16 @@ class Policy:
             found = self._entry("open", path)
         if found.__class__ is not tuple:
             return found  # type: ignore[return-value]
-        who = self.containers.of_pid(pid, cgroup) if pid > 0 else None
-        return next((r for r in found if r.containers is None or r.containers.matches(who)), None)
+        caller = _Caller(self, pid, cgroup)
+        return next((r for r in found if not r.selects or r.selects_caller(caller.cgroup_path, caller.container)),
+                    None)
 
     def varies_by_container(self, hook: str, path: str) -> bool:
-        """Does the verdict on ``path`` depend on the caller's container?
-        Then the fanotify guard must not cache it on the file for everyone."""
+        """Does the verdict on ``path`` depend on the caller's workload (its
+        container or cgroup)?  Then the fanotify guard must not cache it on
+        the file for everyone."""
         found = self._entry(hook, path)
-        return type(found) is tuple and any(r.containers is not None for r in found)
+        return type(found) is tuple and any(r.selects for r in found)
 
     def _entry(self, hook: str, path: str) -> Rule | tuple[Rule, ...] | None:
         """The path's cache entry, made if missing (an exec rule without a
@@ -723,25 +818,56 @@ class Policy:
                     marks.setdefault(p, False)
         return list(marks.items())
 
-    def sock_entries(self, generation: int = 0) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    @functools.cached_property
+    def _sock_probes(self) -> tuple[Rule, ...]:
+        """The first connect or bind rule of each workload selected."""
+        probes: dict = {}
+        for r in self.rules:
+            if r.hook in HOOK_CODE and r.selects:
+                probes.setdefault(r.workload, r)
+        return tuple(probes.values())
+
+    def sock_selectors(self) -> tuple[tuple[tuple[str, ...], ContainerSelector | None], ...]:
+        """The workloads the connect and bind rules select, each once, in
+        order: a cgroup's tag (kmod/_workloads.py) stands for the set of
+        them it is in, as indexes into this tuple."""
+        return tuple(r.workload for r in self._sock_probes)
+
+    def sock_workloads(self, path: str, container: Callable[[], ContainerIdentity | None]) -> frozenset[int]:
+        """The indexes in ``sock_selectors()`` of the workloads cgroup
+        ``path`` is in (or below); ``container`` gives its container, asked
+        only if a selector names containers."""
+        return frozenset(i for i, r in enumerate(self._sock_probes) if r.selects_caller(lambda: path, container))
+
+    def sock_entries(self, generation: int = 0, tags: dict[int, frozenset[int]] | None = None,
+                     ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
         """LPM entries (key, value) for the connect/bind tries, IPv4 and IPv6.
 
-        Key: prefixlen (u32, bits) then [hook, proto, port_hi, port_lo, address]
-        where proto 0 and port 0 mean any.  Value: the rule, as its index with
-        the policy generation in the high 16 bits (so a record names the rule
-        of the policy that decided it, even across a reload), and the verdict."""
+        Key: prefixlen (u32, bits) then [tag (u32), hook, proto, port_hi,
+        port_lo, address] where proto 0 and port 0 mean any.  Value: the
+        rule, as its index with the policy generation in the high 16 bits (so
+        a record names the rule of the policy that decided it, even across a
+        reload), and the verdict.
+
+        ``tags``: tag -> the workloads (indexes into ``sock_selectors()``) a
+        cgroup with that tag is in.  Tag 0 holds the rules that select no
+        workload; every other tag those and the rules of its workloads, in
+        the policy's order, so the kernel looks up one tag per call and the
+        first matching rule still wins."""
         v4: dict[bytes, bytes] = {}
         v6: dict[bytes, bytes] = {}
-        for i, r in enumerate(self.rules):
-            if r.hook not in HOOK_CODE:
-                continue
-            value = struct.pack("<II", (generation & 0xFFFF) << 16 | i, VERDICT_CODE[r.action])
-            nets = r.networks or (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
-            proto = PROTOCOLS.get(r.protocol, 0)
-            for net in nets:
-                table = v4 if net.version == 4 else v6
-                for port in r.ports or (0,):
-                    data = bytes((HOOK_CODE[r.hook], proto)) + port.to_bytes(2, "big")
-                    key = struct.pack("<I", 32 + net.prefixlen) + data + net.network_address.packed
-                    table.setdefault(key, value)  # an earlier rule wins
+        selectors = {w: i for i, w in enumerate(self.sock_selectors())}
+        for tag, workloads in {0: frozenset(), **(tags or {})}.items():
+            for i, r in enumerate(self.rules):
+                if r.hook not in HOOK_CODE or (r.selects and selectors[r.workload] not in workloads):
+                    continue
+                value = struct.pack("<II", (generation & 0xFFFF) << 16 | i, VERDICT_CODE[r.action])
+                nets = r.networks or (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+                proto = PROTOCOLS.get(r.protocol, 0)
+                for net in nets:
+                    table = v4 if net.version == 4 else v6
+                    for port in r.ports or (0,):
+                        data = struct.pack("<IBB", tag, HOOK_CODE[r.hook], proto) + port.to_bytes(2, "big")
+                        key = struct.pack("<I", 64 + net.prefixlen) + data + net.network_address.packed
+                        table.setdefault(key, value)  # an earlier rule wins
         return v4, v6

@@ -86,10 +86,34 @@ def scope_hint(workload: str) -> str:
     return "sensor.scope = \"cgroup:PATH\" (the workload's cgroup)"
 
 
-def propose(profile, mode: str = "audit") -> str:
+def unit_cgroups(unit: str) -> list[str]:
+    """Where systemd puts a system service's cgroup: in system.slice, or in
+    a slice of its own there (a template's instances: system-NAME.slice)."""
+    name = _glob_literal(unit).replace("*", "[*]")
+    return [f"/system.slice/{name}", f"/system.slice/*.slice/{name}"]
+
+
+def selector(workload: str, cgroups: list[str] | None = None) -> str:
+    """The ``match`` lines that select ``workload`` (every rule of a
+    proposal carries them, so it can be pushed to an agent that watches
+    other workloads too); "" when its name says no place (``cgroup:ID``,
+    an id of one boot) and ``cgroups`` gives none."""
+    if cgroups:
+        return f"match.cgroup = {_toml(list(cgroups))}\n"
+    kind, _, name = workload.partition(":")
+    if kind == "image":
+        return f"match.container_image = {_toml(_glob_literal(name).replace('*', '[*]'))}\n"
+    if kind == "unit":
+        return f"match.cgroup = {_toml(unit_cgroups(name))}\n"
+    return ""
+
+
+def propose(profile, mode: str = "audit", cgroups: list[str] | None = None) -> str:
     """The rules (TOML) that allow what ``profile`` holds and ``mode``
     (audit or block) the rest for its workload: execs, opens of credential
-    files, connects, binds of ports up to 1024."""
+    files, connects, binds of ports up to 1024.  Each rule selects the
+    workload (``selector``; ``cgroups``: its cgroup v2 paths, instead of
+    those its name gives)."""
     from kmod import Policy
 
     if mode not in ("audit", "block"):
@@ -97,14 +121,13 @@ def propose(profile, mode: str = "audit") -> str:
     w = profile.workload
     slug = f"profile-{_slug(w)}"
     items = {k: [i.split("\t")[1:] for i in v] for k, v in profile.items.items()}
-    select = ""
-    if w.startswith("image:"):
-        select = f"match.container_image = {_toml(_glob_literal(w[len('image:'):]).replace('*', '[*]'))}\n"
+    select = selector(w, cgroups)
     shown = "".join(c if c.isprintable() else "?" for c in w)  # a comment is one line of text
     lines = [
         f"# Proposed from the learned profile of {shown} (revision {profile.revision}): {mode} what it never did.",
-        f"# Connect and bind rules cannot select a workload: run this on an agent scoped to it "
-        f"({scope_hint(shown)}).",
+        "# Every rule selects the workload: the proposal can go to any agent that runs it." if select else
+        f"# {shown} names no cgroup path (give one: propose --cgroup PATH), so these rules select nothing: "
+        f"run this on an agent scoped to it ({scope_hint(shown)}).",
         "",
     ]
 
@@ -127,12 +150,14 @@ def propose(profile, mode: str = "audit") -> str:
     if "*" not in peers:
         others = _complement(peers)
         if others:
-            rule("connect-other", "connect", mode, f"peers {w} never connected to", f"match.address = {_toml(others)}\n")
+            rule("connect-other", "connect", mode, f"peers {w} never connected to",
+                 f"match.address = {_toml(others)}\n" + select)
     bound = {int(f[2]) for f in items.get("bind", []) if f[2].isdigit()}
     if not any(f[2] == "*" for f in items.get("bind", [])):
         ports = _port_ranges(bound)
         if ports:
-            rule("bind-other", "bind", mode, f"ports up to 1024 {w} never listened on", f"match.port = {_toml(ports)}\n")
+            rule("bind-other", "bind", mode, f"ports up to 1024 {w} never listened on",
+                 f"match.port = {_toml(ports)}\n" + select)
     text = "\n".join(lines)
     Policy.parse("version = 1\n" + text, origin=f"proposal for {w}")  # what it writes loads
     return text
@@ -319,6 +344,8 @@ def _policy_in_force(store, agent: str) -> tuple[str, str]:
 
 
 def cmd_propose(args: argparse.Namespace, cfg: Config) -> int:
+    from kmod import PolicyError
+
     store = _store(cfg, readonly=True)
     try:
         agents, p = _one(store, args.workload, args.agent)
@@ -332,16 +359,21 @@ def cmd_propose(args: argparse.Namespace, cfg: Config) -> int:
         except (OSError, UnicodeDecodeError) as e:
             raise FleetCliError(f"--base {args.base}: cannot be read: {e}") from None
     try:
-        text = merged(base, propose(p, args.mode))
-    except ValueError as e:
+        text = merged(base, propose(p, args.mode, args.cgroup))
+    except (ValueError, PolicyError) as e:
         raise FleetCliError(f"cannot propose a policy for {args.workload}: {e}") from None
     out = args.out or f"profile-{_slug(args.workload)}-{args.mode}.toml"
     with open(out, "w", encoding="utf-8") as f:
         f.write(text)
     sys.stdout.writelines(difflib.unified_diff(base.splitlines(keepends=True), text.splitlines(keepends=True),
                                                fromfile=f"a/{origin}", tofile=f"b/{out}"))
-    print(f"\nwrote {out} ({args.mode} mode). In force on an agent scoped to the workload "
-          f"({scope_hint(args.workload)}): immune-node policy push NAME --policy {out} --labels KEY=VALUE")
+    if selector(args.workload, args.cgroup):
+        print(f"\nwrote {out} ({args.mode} mode); its rules select {args.workload}, on any agent that runs it: "
+              f"immune-node policy push NAME --policy {out} --labels KEY=VALUE")
+    else:
+        print(f"\nwrote {out} ({args.mode} mode); its rules select nothing ({args.workload} names no cgroup path: "
+              f"--cgroup PATH gives one), so only on an agent scoped to the workload "
+              f"({scope_hint(args.workload)}): immune-node policy push NAME --policy {out} --labels KEY=VALUE")
     return 0
 
 
@@ -381,5 +413,9 @@ def add_parsers(add) -> None:
                    help="audit first (what would have been refused), then block")
     c.add_argument("--base", metavar="FILE", help="the policy to add to (default: the one in force)")
     c.add_argument("--out", metavar="FILE", help="where to write it (default: profile-WORKLOAD-MODE.toml)")
+    c.add_argument("--cgroup", metavar="PATH", action="append",
+                   help="the workload's cgroup v2 path (glob, from the cgroup2 mount) for the rules to select; "
+                        "repeatable.  Default: from its name (unit:X -> /system.slice/X, image:I -> its "
+                        "containers); a cgroup:ID workload needs it, or the rules select nothing")
     c.set_defaults(fn=cmd_propose)
     _common(c)

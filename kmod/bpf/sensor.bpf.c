@@ -77,7 +77,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);  /* a workload's tag repeats the rules for everyone */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sock4_key);
 	__type(value, struct rule_val);
@@ -85,11 +85,48 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct sock6_key);
 	__type(value, struct rule_val);
 } sock6_rules SEC(".maps");
+
+/* Workloads for connect and bind (kmod/_workloads.py): a cgroup v2 id ->
+ * the tag of the set of selectors (match.cgroup, match.container_*) its
+ * processes meet.  Every cgroup of a workload has an entry, its
+ * sub-cgroups too, so the hot path is one hash lookup.  A cgroup made
+ * later gets its tag at mkdir, before any process can enter it: by its
+ * whole path (cg_paths: the selectors without wildcards) or else its
+ * parent's; userspace corrects it for globs and containers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u32);
+} cgroup_tags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cg_path_key);
+	__type(value, __u32);
+} cg_paths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cg_path_key);
+} cg_path_scratch SEC(".maps");
+
+/* struct cgroup_rec, for the workload thread: apart from the events, so
+ * a tag is corrected without waiting behind a backlog. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 10);
+} cgroups SEC(".maps");
 
 /* A 64 Kbit filter of the first 8 bytes of every open prefix (when all are
  * at least that long): most paths are turned away by one 8-byte read and a
@@ -1121,17 +1158,21 @@ int seed_ids(struct bpf_iter__task *ctx)
 
 /* ---- connect and bind -------------------------------------------------- */
 
-/* Most specific first: exact protocol and port, then either as "any". */
-static __always_inline struct rule_val *lookup4(__u8 hook, __u8 proto, __u16 port, __u32 addr)
+/* Most specific first: exact protocol and port, then either as "any";
+ * within one, the earliest rule (kmod/_policy.py sock_entries).  The tag
+ * names the caller's workload, whose entries hold its own rules and those
+ * for everyone, in the policy's order. */
+static __always_inline struct rule_val *lookup4(__u32 tag, __u8 hook, __u8 proto, __u16 port, __u32 addr)
 {
-	struct sock4_key k = {.prefixlen = 64};
-	k.data[0] = hook;
-	__builtin_memcpy(&k.data[4], &addr, 4);
+	struct sock4_key k = {.prefixlen = 8 * (SOCK_HEAD + 4)};
+	__builtin_memcpy(&k.data[0], &tag, 4);
+	k.data[4] = hook;
+	__builtin_memcpy(&k.data[SOCK_HEAD], &addr, 4);
 	for (int i = 0; i < 4; i++) {
 		__u16 p = i & 1 ? 0 : port;
-		k.data[1] = i & 2 ? 0 : proto;
-		k.data[2] = p >> 8;
-		k.data[3] = p & 0xff;
+		k.data[5] = i & 2 ? 0 : proto;
+		k.data[6] = p >> 8;
+		k.data[7] = p & 0xff;
 		struct rule_val *v = bpf_map_lookup_elem(&sock4_rules, &k);
 		if (v)
 			return v;
@@ -1139,21 +1180,28 @@ static __always_inline struct rule_val *lookup4(__u8 hook, __u8 proto, __u16 por
 	return NULL;
 }
 
-static __always_inline struct rule_val *lookup6(__u8 hook, __u8 proto, __u16 port, __u32 *addr)
+static __always_inline struct rule_val *lookup6(__u32 tag, __u8 hook, __u8 proto, __u16 port, __u32 *addr)
 {
-	struct sock6_key k = {.prefixlen = 160};
-	k.data[0] = hook;
-	__builtin_memcpy(&k.data[4], addr, 16);
+	struct sock6_key k = {.prefixlen = 8 * (SOCK_HEAD + 16)};
+	__builtin_memcpy(&k.data[0], &tag, 4);
+	k.data[4] = hook;
+	__builtin_memcpy(&k.data[SOCK_HEAD], addr, 16);
 	for (int i = 0; i < 4; i++) {
 		__u16 p = i & 1 ? 0 : port;
-		k.data[1] = i & 2 ? 0 : proto;
-		k.data[2] = p >> 8;
-		k.data[3] = p & 0xff;
+		k.data[5] = i & 2 ? 0 : proto;
+		k.data[6] = p >> 8;
+		k.data[7] = p & 0xff;
 		struct rule_val *v = bpf_map_lookup_elem(&sock6_rules, &k);
 		if (v)
 			return v;
 	}
 	return NULL;
+}
+
+static __always_inline __u32 tag_of(__u64 cgroup)
+{
+	__u32 *t = bpf_map_lookup_elem(&cgroup_tags, &cgroup);
+	return t ? *t : 0;
 }
 
 /* Returns 1 to let the call go on, 0 to refuse it with EPERM.  quiet: send
@@ -1171,6 +1219,7 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6,
 	__u32 addr[4] = {};
 	__u16 port = bpf_ntohs(ctx->user_port);
 	__u8 proto = ctx->protocol;
+	__u32 tag = c->workloads ? tag_of(bpf_get_current_cgroup_id()) : 0;
 	struct rule_val *v;
 	if (v6) {
 		addr[0] = ctx->user_ip6[0];
@@ -1178,12 +1227,12 @@ static __always_inline int on_sock(struct bpf_sock_addr *ctx, __u8 hook, int v6,
 		addr[2] = ctx->user_ip6[2];
 		addr[3] = ctx->user_ip6[3];
 		if (addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0xffff))
-			v = lookup4(hook, proto, port, addr[3]);  /* IPv4-mapped */
+			v = lookup4(tag, hook, proto, port, addr[3]);  /* IPv4-mapped */
 		else
-			v = lookup6(hook, proto, port, addr);
+			v = lookup6(tag, hook, proto, port, addr);
 	} else {
 		addr[0] = ctx->user_ip4;
-		v = lookup4(hook, proto, port, addr[0]);
+		v = lookup4(tag, hook, proto, port, addr[0]);
 	}
 
 	__u8 verdict = v ? v->action : V_ALLOW;
@@ -1260,6 +1309,16 @@ static __always_inline int sock_in_cgroup(struct sensor_config *c, struct sock_c
 	return BPF_CORE_READ((struct cgroup *)ancestor, kn, id) == c->cgroup_id;
 }
 
+/* The workload tag of the cgroup that made the socket. */
+static __always_inline __u32 sock_tag(struct sock_common *skc)
+{
+	struct sock *sk = KERNEL(struct sock, skc);
+	void *cg = NULL;
+	if (bpf_probe_read_kernel(&cg, sizeof(cg), &sk->sk_cgrp_data.cgroup) || !cg)
+		return 0;
+	return tag_of(BPF_CORE_READ((struct cgroup *)cg, kn, id));
+}
+
 static __always_inline int cut(struct bpf_iter_meta *meta, struct sock_common *sk, __u8 proto)
 {
 	struct sensor_config *c = get_config();
@@ -1267,19 +1326,20 @@ static __always_inline int cut(struct bpf_iter_meta *meta, struct sock_common *s
 		return 0;
 	struct cut_rec r = {.protocol = proto, .family = sk->skc_family};
 	struct rule_val *v;
+	__u32 tag = c->workloads ? sock_tag(sk) : 0;
 	r.port = bpf_ntohs(sk->skc_dport);
 	if (r.family == AF_INET) {
 		r.addr[0] = sk->skc_daddr;
-		v = lookup4(H_CONNECT, proto, r.port, r.addr[0]);
+		v = lookup4(tag, H_CONNECT, proto, r.port, r.addr[0]);
 	} else if (r.family == AF_INET6) {
 		r.addr[0] = sk->skc_v6_daddr.in6_u.u6_addr32[0];
 		r.addr[1] = sk->skc_v6_daddr.in6_u.u6_addr32[1];
 		r.addr[2] = sk->skc_v6_daddr.in6_u.u6_addr32[2];
 		r.addr[3] = sk->skc_v6_daddr.in6_u.u6_addr32[3];
 		if (r.addr[0] == 0 && r.addr[1] == 0 && r.addr[2] == bpf_htonl(0xffff))
-			v = lookup4(H_CONNECT, proto, r.port, r.addr[3]);
+			v = lookup4(tag, H_CONNECT, proto, r.port, r.addr[3]);
 		else
-			v = lookup6(H_CONNECT, proto, r.port, r.addr);
+			v = lookup6(tag, H_CONNECT, proto, r.port, r.addr);
 	} else {
 		return 0;
 	}
@@ -1315,5 +1375,56 @@ int cut_udp(struct bpf_iter__udp *ctx)
 	return cut(ctx->meta, sk, 17);
 }
 
+/* ---- workloads: cgroups made and removed ---------------------------------- */
+
+/* A cgroup made on the v2 hierarchy (hierarchy id 0): its tag before any
+ * process can be moved into it, then news for userspace.  The tracepoint
+ * fires under cgroup_mutex and a spinlock with interrupts off, so the
+ * per-CPU scratch is this call's alone. */
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(cgroup_made, struct cgroup *cgrp, const char *path)
+{
+	struct sensor_config *c = get_config();
+	if (!c || !c->workloads || cgrp->root->hierarchy_id != 0)
+		return 0;
+	__u32 zero = 0;
+	struct cg_path_key *k = bpf_map_lookup_elem(&cg_path_scratch, &zero);
+	if (!k)
+		return 0;
+	__builtin_memset(k, 0, sizeof(*k));
+	long n = bpf_probe_read_kernel_str(k->path, sizeof(k->path), path);
+	__u64 id = cgrp->kn->id;
+	__u32 *t = n > 0 && n < CG_PATH_LEN ? bpf_map_lookup_elem(&cg_paths, k) : NULL;
+	__u32 tag = t ? *t : 0;
+	if (!tag) {
+		/* the parent cgroup, through its own css (css->cgroup) */
+		struct cgroup_subsys_state *css = cgrp->self.parent;
+		if (css)
+			tag = tag_of(KERNEL(struct cgroup, css->cgroup)->kn->id);
+	}
+	if (tag)
+		bpf_map_update_elem(&cgroup_tags, &id, &tag, BPF_ANY);
+	struct cgroup_rec *r = bpf_ringbuf_reserve(&cgroups, sizeof(*r), 0);
+	if (!r)
+		return 0;  /* userspace's rescan finds it */
+	r->id = id;
+	r->ts = bpf_ktime_get_boot_ns();
+	r->tag = tag;
+	r->level = cgrp->level;
+	__builtin_memcpy(r->path, k->path, sizeof(r->path));
+	bpf_ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(cgroup_removed, struct cgroup *cgrp, const char *path)
+{
+	struct sensor_config *c = get_config();
+	if (!c || !c->workloads || cgrp->root->hierarchy_id != 0)
+		return 0;
+	__u64 id = cgrp->kn->id;
+	bpf_map_delete_elem(&cgroup_tags, &id);  /* ids are never reused within a boot */
+	return 0;
+}
 
 #include "files.bpf.h"  /* rename, unlink, link, symlink, chmod, chown, *xattr (K_FILE) */

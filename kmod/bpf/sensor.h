@@ -66,6 +66,8 @@ struct sensor_config {
 	__u64 ring_limit[RING_KINDS];  /* by kind: queue a record only while the ring holds less */
 	__u32 ns_ids;         /* 1: fill the headers' namespace fields */
 	__u32 wake_kinds;     /* bit k: a record of kind k wakes the reader at once (an edge rule wants it) */
+	__u32 workloads;      /* 1: connect/bind rules select workloads: look up the caller's tag */
+	__u32 _pad_w;
 };
 
 struct hdr {
@@ -203,8 +205,6 @@ struct mount_rec {
 /* guarded_devs values */
 #define G_MARKED 1
 
-/* LPM keys: [hook, proto, port_hi, port_lo] then the address, so one
- * trie holds both hooks and "any protocol/port" is the value 0. */
 /* Written by the cut_tcp/cut_udp iterators, one per connection cut. */
 struct cut_rec {
 	__u16 family;
@@ -215,14 +215,37 @@ struct cut_rec {
 	__u32 addr[4];
 };
 
+/* LPM keys: [tag (4 bytes), hook, proto, port_hi, port_lo] then the
+ * address, so one trie holds both hooks, every workload's rules (tag 0:
+ * the rules for processes no selector names) and "any protocol/port" is
+ * the value 0. */
+#define SOCK_HEAD 8       /* bytes before the address */
+
 struct sock4_key {
 	__u32 prefixlen;
-	__u8 data[8];
+	__u8 data[SOCK_HEAD + 4];
 };
 
 struct sock6_key {
 	__u32 prefixlen;
-	__u8 data[20];
+	__u8 data[SOCK_HEAD + 16];
+};
+
+/* A cgroup made while connect/bind rules select workloads (the
+ * tp_btf/cgroup_mkdir program's news, on the cgroups ring): userspace
+ * matches its path against the globs and containers the kernel cannot,
+ * and corrects its tag. */
+#define CG_PATH_LEN 256
+struct cgroup_rec {
+	__u64 id;
+	__u64 ts;             /* CLOCK_BOOTTIME ns */
+	__u32 tag;            /* what the kernel gave it: by its whole path, else its parent's */
+	__u32 level;
+	char path[CG_PATH_LEN];
+};
+
+struct cg_path_key {
+	char path[CG_PATH_LEN];  /* NUL-padded, relative to the cgroup2 root: /system.slice/x.service */
 };
 
 struct rule_val {

@@ -52,10 +52,10 @@ def verdict(policy, address, port, proto=6, hook=1):
         best = None
         for key, value in v4.items():
             bits = struct.unpack("<I", key[:4])[0]
-            head = bytes((hook, pr)) + p.to_bytes(2, "big")
-            if key[4:8] != head:
+            head = bytes(4) + bytes((hook, pr)) + p.to_bytes(2, "big")  # tag 0: no workload
+            if key[4:12] != head:
                 continue
-            net = ipaddress.ip_network((key[8:12], bits - 32))
+            net = ipaddress.ip_network((key[12:16], bits - 64))
             if ipaddress.ip_address(addr) in net and (best is None or bits > best[0]):
                 best = (bits, value)
         if best:

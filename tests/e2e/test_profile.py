@@ -4,8 +4,10 @@ static HTTP service, each in its own cgroup, learned by a real agent; the
 same benign load again raises nothing; an attack through the model server (a
 shell it spawns, a new outbound connection, a read of /etc/shadow) is
 alerted as novel with its technique; the policy proposed from the profile,
-pushed through the fleet in audit then block mode, refuses the attack and
-lets the load run."""
+pushed through the fleet in audit then block mode to the agent that watches
+both workloads, refuses the model server's attack and lets its load run,
+while the other workload doing the same (a shell, a new connect) is not
+refused: the proposal's rules select the model server's cgroup."""
 
 from __future__ import annotations
 
@@ -259,8 +261,10 @@ match.path = "{tmp_path}/*.bin"
     os.chdir(tmp_path)
     for mode in ("audit", "block"):
         out = tmp_path / f"proposal-{mode}.toml"
-        diff = cli(hive_dir, "profile", "propose", model_w, "--mode", mode, "--base", str(policy), "--out", str(out))
+        diff = cli(hive_dir, "profile", "propose", model_w, "--mode", mode, "--base", str(policy), "--out", str(out),
+                   "--cgroup", f"/{root.name}/model")  # a cgroup:ID workload: its name says no path
         assert f'+action = "{mode}"' in diff
+        assert diff.count(f'+match.cgroup = ["/{root.name}/model"]') == diff.count("+[[rule]]") >= 5, diff
         assert "pushed model" in cli(hive_dir, "policy", "push", "model", "--policy", str(out))
         version = 1 if mode == "audit" else 2
 
@@ -301,3 +305,37 @@ match.path = "{tmp_path}/*.bin"
             assert shell.get("errno") == errno.EPERM, shell
             assert secret.get("errno") == errno.EPERM, secret
             assert connect.get("errno") == errno.EPERM, connect
+            # The other workload on the same agent, doing the same: not the proposal's to refuse.
+            other = neighbour(w.web_cg, feature.port)
+            assert other == {"connect": errno.ECONNREFUSED, "shell": "0"}, other
+            # ... and the model server's load still runs after all that
+            w.start()
+            try:
+                assert w.get(w.model_port, "/predict") == {"weights": 4096, "feature": "f=0.5"}
+            finally:
+                w.stop()
+
+
+NEIGHBOUR = r'''
+import errno, json, os, socket, subprocess, sys
+open(sys.argv[1], "w").write(str(os.getpid()))  # the web workload's cgroup
+out = {}
+try:
+    socket.create_connection(("127.0.0.3", int(sys.argv[2])), timeout=2).close()
+    out["connect"] = 0
+except OSError as e:
+    out["connect"] = e.errno
+try:
+    out["shell"] = subprocess.run(["/bin/sh", "-c", "id -u"], capture_output=True, text=True).stdout.strip()
+except OSError as e:
+    out["shell"] = e.errno
+print(json.dumps(out))
+'''
+
+
+def neighbour(cgroup: Path, port: int) -> dict:
+    """A process of the other workload making the attack's connect and shell."""
+    r = subprocess.run([sys.executable, "-c", NEIGHBOUR, str(cgroup / "cgroup.procs"), str(port)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)

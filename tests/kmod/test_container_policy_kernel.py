@@ -9,6 +9,7 @@ import errno
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -67,9 +68,48 @@ match.container_runtime = "runc"
         sensor.close()
 
 
+def test_a_connect_rule_on_the_image_refuses_that_container_only(tmp_path):
+    """A connect rule selecting an image, on a sensor watching the whole
+    machine: the container started after the policy loaded is known by its
+    runtime's state (written after its cgroup), and its cgroup's tag set
+    then; the host's same connect is not refused."""
+    if _REASON is not None:
+        pytest.skip(_REASON)
+    containers.require()
+    image = f"immune-test/{uuid.uuid4().hex[:8]}:1"
+    port = free_port()
+    policy = Policy.parse(f'''
+[[rule]]
+name = "image-c2"
+hook = "connect"
+action = "block"
+match.port = {port}
+match.container_image = "immune-test/*"
+''')
+    sensor = LinuxSensor(policy)
+    sensor.start()
+    try:
+        with containers.Container(tmp_path, ["sleep", "120"],
+                                  annotations={"org.opencontainers.image.ref.name": image}) as c:
+            deadline = time.monotonic() + 5
+            while sensor.workloads().cgroups < 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            stats = sensor.workloads()
+            assert stats.cgroups >= 1, stats
+            print(f"\ncontainer cgroup tagged {stats.window_max_us / 1000:.1f} ms after its mkdir")
+            inside = c.run("nc", "127.0.0.1", str(port))
+            assert "operation not permitted" in inside.stderr.lower(), inside.stderr
+            with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+                s.connect(("127.0.0.1", port))  # the host: no listener, and no refusal of ours
+            (ev,) = collect(sensor, lambda e: isinstance(e, Connect) and e.port == port and e.verdict == "block")
+            assert ev.rule == "image-c2"
+    finally:
+        sensor.close()
+
+
 def test_a_sensor_scoped_to_a_container_refuses_its_connects_only(tmp_path):
-    """Connect rules cannot select containers, but a scope can: the sock
-    programs attach to the container's cgroup."""
+    """A scope, as well as a rule's selector: the sock programs attach to
+    the container's cgroup."""
     if _REASON is not None:
         pytest.skip(_REASON)
     containers.require()

@@ -22,7 +22,7 @@ def test_a_file_rule_needs_a_path_and_known_ops():
         policy('name = "x"')
     with pytest.raises(PolicyError, match=r"match.op: unknown delete \(known: rename, unlink"):
         policy('name = "x"\nmatch.path = "/etc/*"\nmatch.op = ["unlink", "delete"]')
-    with pytest.raises(PolicyError, match="file rules do not match on container_image"):
+    with pytest.raises(PolicyError, match="match.container_image: only exec, open, connect and bind rules select"):
         policy('name = "x"\nmatch.path = "/etc/*"\nmatch.container_image = "a"')
     with pytest.raises(PolicyError, match="must be absolute"):
         policy('name = "x"\nmatch.path = "**/.bash_history"')

@@ -186,14 +186,55 @@ hook = "bind"
 action = "audit"
 ''')
     v4, v6 = p.sock_entries(generation=3)
-    key = struct.pack("<I", 64) + bytes([1, 6]) + (4444).to_bytes(2, "big") + bytes([127, 0, 0, 1])
+    tag0 = struct.pack("<I", 0)
+    key = struct.pack("<I", 96) + tag0 + bytes([1, 6]) + (4444).to_bytes(2, "big") + bytes([127, 0, 0, 1])
     assert struct.unpack("<II", v4[key]) == (3 << 16 | 0, 2)  # the first rule wins
     assert len(v4) == 3 + 1 and len(v6) == 3 + 1
-    any_bind = struct.pack("<I", 32) + bytes([2, 0, 0, 0]) + bytes(4)
+    any_bind = struct.pack("<I", 64) + tag0 + bytes([2, 0, 0, 0]) + bytes(4)
     assert struct.unpack("<II", v4[any_bind]) == (3 << 16 | 2, 1)
-    key6 = struct.pack("<I", 32 + 8) + bytes([1, 6]) + (5001).to_bytes(2, "big") + \
+    key6 = struct.pack("<I", 64 + 8) + tag0 + bytes([1, 6]) + (5001).to_bytes(2, "big") + \
         bytes([0xfd]) + bytes(15)
     assert key6 in v6
+
+
+def test_sock_entries_of_workloads_keep_the_policy_order():
+    """Under a workload's tag: its own rules and everyone's, first match
+    winning across both; tag 0 holds everyone's only."""
+    p = parse('''
+[[rule]]
+name = "everyone-first"
+hook = "connect"
+action = "audit"
+match.address = "10.0.0.1"
+[[rule]]
+name = "model-block"
+hook = "connect"
+action = "block"
+match.address = ["10.0.0.0/8"]
+match.cgroup = "/system.slice/model.service"
+[[rule]]
+name = "web-block"
+hook = "connect"
+action = "block"
+match.address = "10.0.0.0/8"
+match.cgroup = "/system.slice/web.service"
+match.container_image = "nginx"
+''')
+    assert p.sock_selectors() == ((("/system.slice/model.service",), None),
+                                  (("/system.slice/web.service",), p.rules[2].containers))
+    assert p.sock_workloads("/system.slice/model.service/sub", lambda: None) == {0}
+    assert p.sock_workloads("/system.slice/model.serviceX", lambda: None) == frozenset()
+    assert p.sock_workloads("/system.slice/web.service", lambda: None) == frozenset()  # no container
+    v4, _ = p.sock_entries(generation=0, tags={7: frozenset({0})})
+
+    def key(tag: int, addr: bytes, prefix: int) -> bytes:
+        return struct.pack("<II", 64 + prefix, tag) + bytes([1, 0, 0, 0]) + addr
+
+    assert {k[4:8] for k in v4} == {struct.pack("<I", 0), struct.pack("<I", 7)}
+    assert struct.unpack("<II", v4[key(0, bytes([10, 0, 0, 1]), 32)])[0] == 0
+    assert key(0, bytes([10, 0, 0, 0]), 8) not in v4  # the workload's rule is not everyone's
+    assert struct.unpack("<II", v4[key(7, bytes([10, 0, 0, 1]), 32)])[0] == 0  # the earlier rule still wins
+    assert struct.unpack("<II", v4[key(7, bytes([10, 0, 0, 0]), 8)]) == (1, 2)
 
 
 def test_open_heads_filter():

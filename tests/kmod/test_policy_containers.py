@@ -145,11 +145,12 @@ def test_the_host_matches_no_selector():
 
 
 @pytest.mark.parametrize("hook, key, value, says", [
-    ("connect", "container_image", '"vllm/*"', "match.container_image: connect rules cannot select containers: "
-                                               "connect and bind are decided in the kernel"),
-    ("bind", "container_id", '"abc"', "match.container_id: bind rules cannot select containers"),
-    ("setid", "container_name", '"x"', "match.container_name: only exec and open rules select containers"),
-    ("fork", "container_runtime", '"runc"', "match.container_runtime: only exec and open rules"),
+    ("connect", "container_runtime", '"dockerd"', "match.container_runtime: 'dockerd' is not a runtime"),
+    ("bind", "container_id", '"a[b"', "match.container_id: glob 'a[b': '[' without a closing ']'"),
+    ("setid", "container_name", '"x"', "match.container_name: only exec, open, connect and bind rules select "
+                                       "workloads"),
+    ("fork", "container_runtime", '"runc"', "match.container_runtime: only exec, open, connect and bind rules"),
+    ("signal", "cgroup", '"/x.service"', "match.cgroup: only exec, open, connect and bind rules"),
     ("exec", "container_runtime", '"dockerd"', "match.container_runtime: 'dockerd' is not a runtime"),
     ("exec", "container_image", "5", "match.container_image: expected non-empty strings, got 5"),
     ("exec", "container_image", '[""]', "match.container_image: expected non-empty strings"),
@@ -157,11 +158,50 @@ def test_the_host_matches_no_selector():
 ])
 def test_bad_selectors_are_refused_naming_the_key(hook, key, value, says):
     path = 'match.path = "/tmp/**"\n' if hook in ("exec", "open") else ""
-    action = "audit" if hook in ("setid", "fork") else "block"
+    action = "audit" if hook in ("setid", "fork", "signal") else "block"
     text = f'[[rule]]\nname = "r"\nhook = "{hook}"\naction = "{action}"\n{path}match.{key} = {value}\n'
     with pytest.raises(PolicyError) as e:
         Policy.parse(text, "p.toml")
     assert says in str(e.value) and str(e.value).startswith("p.toml: rule 'r': ")
+
+
+@pytest.mark.parametrize("value, says", [
+    ('"system.slice/x.service"', "must be absolute from the cgroup2 root"),
+    ('"/sys/fs/cgroup/system.slice/x.service"', "give the path from the cgroup2 mount ('/system.slice/x.service')"),
+    ('"/"', "selects every process; leave match.cgroup out"),
+    ('"/**"', "selects every process"),
+    ('"/system.slice/"', "an empty path component"),
+    ('"/system.slice//x"', "an empty path component"),
+    ('"/system.slice/../x"', "'.' and '..' are not cgroup names"),
+    ('"/x\\u0000y"', "cannot hold a NUL"),
+    ('"/kubepods[.slice"', "match.cgroup: glob '/kubepods[.slice': '[' without a closing ']'"),
+    ("7", "match.cgroup: expected non-empty strings, got 7"),
+    ('[""]', "match.cgroup: expected non-empty strings"),
+    ('{ a = 1 }', "match.cgroup: expected a value or a list, got dict"),
+])
+def test_bad_cgroup_selectors_are_refused_with_why(value, says):
+    for hook in ("connect", "exec"):
+        path = 'match.path = "/tmp/**"\n' if hook == "exec" else ""
+        text = f'[[rule]]\nname = "r"\nhook = "{hook}"\naction = "block"\n{path}match.cgroup = {value}\n'
+        with pytest.raises(PolicyError) as e:
+            Policy.parse(text, "p.toml")
+        assert says in str(e.value) and str(e.value).startswith("p.toml: rule 'r': "), str(e.value)
+
+
+def test_a_cgroup_rule_selects_its_cgroup_and_those_below():
+    p = Policy.parse('''
+[[rule]]
+name = "model-tmp"
+hook = "exec"
+action = "block"
+match.path = "/tmp/**"
+match.cgroup = ["/system.slice/model.service", "/kubepods.slice/*/pod-*"]
+''')
+    (r,) = p.rules
+    assert r.match_cgroup("/system.slice/model.service") and r.match_cgroup("/system.slice/model.service/x/y")
+    assert r.match_cgroup("/kubepods.slice/burstable/pod-1/c")
+    assert not r.match_cgroup("/system.slice/model.service2") and not r.match_cgroup("/system.slice")
+    assert not r.match_cgroup(None)
 
 
 def unknown_cgroup(record: bytes) -> bytes:

@@ -10,7 +10,7 @@ from agent._profile import items_of
 from hive import Ingest, Store
 from hive.playbook import Records
 from hive.sigma import RuleEngine
-from kmod import DEFAULT_POLICY, Policy
+from kmod import DEFAULT_POLICY, Containers, Policy
 from node._profile import _complement, _port_ranges, merged, propose
 from node.cli import main
 from tests.agent.test_profile import SVC, Clock, learned
@@ -70,12 +70,35 @@ def test_propose_writes_a_policy_that_loads_and_a_diff(hive, capsys, tmp_path):
                  "--data", str(data)]) == 0
     diff = capsys.readouterr().out
     assert "+name = \"profile-unit-web.service-exec\"" in diff and "a/the built-in default policy" in diff
-    policy = Policy.parse(out.read_text())
-    assert policy.match_exec("/usr/bin/python3.12").action == "allow"
-    assert policy.match_exec("/usr/bin/gzip").action == "allow"
-    assert policy.match_exec("/usr/bin/dash").action == "block"
-    assert policy.match_open("/etc/shadow").action == "block"
+    # Every rule selects the unit's cgroup: a process of the unit (pid 4242)
+    # meets them, another one (pid 4343, another unit) only the base policy's.
+    proc = tmp_path / "proc"
+    for pid, cgroup in ((4242, "/system.slice/web.service"), (4343, "/system.slice/db.service")):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cgroup").write_text(f"0::{cgroup}\n")
+    policy = Policy.parse(out.read_text(), containers=Containers(root=tmp_path, proc=proc, cgroup2=""))
+    assert policy.match_exec("/usr/bin/python3.12", pid=4242).action == "allow"
+    assert policy.match_exec("/usr/bin/gzip", pid=4242).action == "allow"
+    assert policy.match_exec("/usr/bin/dash", pid=4242).action == "block"
+    assert policy.match_open("/etc/shadow", pid=4242).action == "block"
+    assert policy.match_exec("/usr/bin/dash", pid=4343) is None
+    assert policy.match_open("/etc/shadow", pid=4343).name != "profile-unit-web.service-secrets-other"
+    assert all(r.cgroups == ("/system.slice/web.service", "/system.slice/*.slice/web.service")
+               for r in policy.rules if r.name.startswith("profile-"))
+    assert "its rules select unit:web.service" in diff
     assert len(policy.rules) > len(Policy.parse(DEFAULT_POLICY.read_text()).rules)
+
+
+def test_a_cgroup_workload_is_selected_by_the_path_given(hive, capsys, tmp_path):
+    data, _ = hive
+    out = tmp_path / "p.toml"
+    assert main(["profile", "propose", "unit:web.service", "--cgroup", "/web.slice/web-*.service",
+                 "--out", str(out), "--data", str(data)]) == 0
+    policy = Policy.parse(out.read_text())
+    assert {r.cgroups for r in policy.rules if r.name.startswith("profile-")} == {("/web.slice/web-*.service",)}
+    assert main(["profile", "propose", "unit:web.service", "--cgroup", "web.slice",
+                 "--out", str(out), "--data", str(data)]) != 0
+    assert "must be absolute from the cgroup2 root" in capsys.readouterr().err
 
 
 def test_proposed_rules_from_a_profile():
