@@ -59,6 +59,7 @@ _DIGITS = re.compile(r"\d+")
 _VERSIONED = re.compile(r"\.\d+\Z")
 _STAMP = re.compile(r"\d{6,}")
 _WITH_DIGIT = re.compile(r"(?<=/)[^/]*\d[^/]*")
+_HAS_DIGIT = re.compile(r"\d")
 _GENERATED = re.compile(r"\A(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
                         r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\Z")
 _NO_DIGITS = str.maketrans("", "", "0123456789")
@@ -111,22 +112,33 @@ def generalise_path(path: str, versions: bool = True) -> str:
     if path.startswith(_TMP):
         tmp = next(t for t in _TMP if path.startswith(t))
         return tmp + "**" if tmp != "/run/user/" else "/run/user/*/**"
+    # A random name is most often the last one or the one before, in a
+    # folder opened again and again (/var/lib/nginx/body/HEX, /proc/PID/status):
+    # that folder is generalised once, cached, and only the two names are looked at.
+    folder, _, name = path.rpartition("/")
+    top, _, sub = folder.rpartition("/")
+    return ((_folder(top, versions) if top else "") + ("/" if folder else "")
+            + (_segment(sub, versions, False) if _HAS_DIGIT.search(sub) else sub)
+            + "/" + (_segment(name, versions, True) if _HAS_DIGIT.search(name) else name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder(folder: str, versions: bool) -> str:
     # What is generated has digits (a hex name without one: 1 in 2600):
     # only the names with a digit are looked at, found by one regex.
-    end = len(path)
+    return _WITH_DIGIT.sub(lambda m: _segment(m.group(), versions, False), folder)
 
-    def one(m: re.Match) -> str:
-        seg = m.group()
-        if _random(seg):
-            stem, dot, ext = seg.rpartition(".")
-            return f"*.{ext}" if dot and stem and len(ext) <= 5 and ext.isalpha() else "*"
-        if versions and m.end() == end and _VERSIONED.search(seg):
-            return _DIGITS.sub("N", seg)  # a versioned library or rotated log: libfoo.so.3.1, app.log.2
-        if versions and _STAMP.search(seg):
-            return _STAMP.sub("N", seg)  # a date or a time in a name: db-20231116.tgz
-        return seg
 
-    return _WITH_DIGIT.sub(one, path)
+def _segment(seg: str, versions: bool, last: bool) -> str:
+    """One name of a path, with a digit in it, generalised."""
+    if _random(seg):
+        stem, dot, ext = seg.rpartition(".")
+        return f"*.{ext}" if dot and stem and len(ext) <= 5 and ext.isalpha() else "*"
+    if versions and last and _VERSIONED.search(seg):
+        return _DIGITS.sub("N", seg)  # a versioned library or rotated log: libfoo.so.3.1, app.log.2
+    if versions and _STAMP.search(seg):
+        return _STAMP.sub("N", seg)  # a date or a time in a name: db-20231116.tgz
+    return seg
 
 
 def argument_shape(argv: Sequence[str]) -> str:
@@ -217,6 +229,15 @@ class Learner:
         """Items found held through a network or an argument glob (the
         costly tests): a profile only grows, so they stay held (cleared
         when large)."""
+        self.seen: set[tuple] = set()
+        """:func:`raw_of` keys of events whose item the profile holds: an
+        event seen again costs one lookup (a profile only grows, so they
+        stay held; cleared when large)."""
+
+    def remember(self, raw: tuple) -> None:
+        if len(self.seen) >= 16384:  # random names fill it; what repeats is back after one event
+            self.seen.clear()
+        self.seen.add(raw)
 
     def export(self) -> Profile:
         self.p.items = {k: sorted(v) for k, v in self.sets.items() if v}
@@ -327,31 +348,46 @@ def _f(text: str) -> str:
     return text.replace("\t", " ")  # a tab separates an item's fields
 
 
-def items_of(ev: wire.Event) -> list[str]:
-    """The profile items an event stands for (none for most kinds)."""
+def raw_of(ev: wire.Event) -> tuple | None:
+    """The fields of ``ev`` its profile item is made of (None: it stands
+    for none, as most kinds): a key the relay remembers as held, to skip
+    the item of an event seen before."""
     t = type(ev)
-    if t is wire.Exec:
-        if ev.result < 0:
-            return []
-        image = generalise_path(ev.exe or ev.filename or ev.image, versions=False)
-        parent = generalise_path(ev.parent_image, versions=False)
-        return [f"exec\t{_f(image)}\t{_f(parent)}\t{_f(argument_shape(ev.argv))}"]
     if t is wire.Open:
-        if not ev.path.startswith("/"):
-            return []
-        return [("write\t" if ev.flags & _WRITE_INTENT else "read\t") + _f(generalise_path(ev.path))]
+        return ("open", ev.path, bool(ev.flags & _WRITE_INTENT)) if ev.path.startswith("/") else None
+    if t is wire.Exec:
+        return None if ev.result < 0 else ("exec", ev.exe or ev.filename or ev.image, ev.parent_image, tuple(ev.argv))
     if t is wire.Connect:
-        if not ev.address or ev.family not in (2, 10):
-            return []
-        return [f"connect\t{_f(ev.protocol)}\t{_f(ev.address)}\t{ev.port}"]
+        return None if not ev.address or ev.family not in (2, 10) else ("connect", ev.protocol, ev.address, ev.port)
     if t is wire.Bind:
-        if ev.port == 0:
-            return []  # an ephemeral port the kernel picks: nothing to learn
-        return [f"bind\t{_f(ev.protocol)}\t{_f(ev.address) or '*'}\t{ev.port}"]
+        return None if ev.port == 0 else ("bind", ev.protocol, ev.address, ev.port)  # 0: a port the kernel picks
     if t is wire.SetId:
         if ev.call.startswith("set") and "uid" in ev.call and ev.new >= 0 and ev.result == 0:
-            return [f"setuid\t{ev.new}"]
-    return []
+            return ("setuid", ev.new)
+    return None
+
+
+@functools.lru_cache(maxsize=8192)  # a service's events repeat: each made once
+def item_of(raw: tuple) -> str:
+    """The profile item of a :func:`raw_of` key."""
+    kind = raw[0]
+    if kind == "open":
+        return ("write\t" if raw[2] else "read\t") + _f(generalise_path(raw[1]))
+    if kind == "exec":
+        image = generalise_path(raw[1], versions=False)
+        parent = generalise_path(raw[2], versions=False)
+        return f"exec\t{_f(image)}\t{_f(parent)}\t{_f(_shape(raw[3]))}"
+    if kind == "connect":
+        return f"connect\t{_f(raw[1])}\t{_f(raw[2])}\t{raw[3]}"
+    if kind == "bind":
+        return f"bind\t{_f(raw[1])}\t{_f(raw[2]) or '*'}\t{raw[3]}"
+    return f"setuid\t{raw[1]}"
+
+
+def items_of(ev: wire.Event) -> list[str]:
+    """The profile items an event stands for (none for most kinds)."""
+    raw = raw_of(ev)
+    return [] if raw is None else [item_of(raw)]
 
 
 def describe(item: str) -> str:
@@ -419,6 +455,8 @@ class Profiles:
         """A new state: sent at the next tick whatever the rate."""
         self._sent: dict[str, float] = {}
         self.novel = self.observed = self.refused = self.suppressed = 0
+        self._workloads: dict[tuple, str] = {}
+        """Each event's workload by the fields it is made of."""
         for p in profiles:
             self.learners[p.workload] = self._learner(p)
             self._unsent.add(p.workload)
@@ -437,19 +475,32 @@ class Profiles:
         event that did something its stable workload never did."""
         out: list[wire.Event] | None = None
         now = -1.0
+        workloads = self._workloads
+        learners = self.learners
         for i, ev in enumerate(events):
-            t = type(ev)
-            if t is wire.Notice or t is wire.Edge or t is wire.Fork or t is wire.Exit:
-                if out is not None:
-                    out.append(ev)
-                continue
-            items = items_of(ev)
-            w = workload_of(ev, self.s.cgroups) if items else ""
+            raw = raw_of(ev)
             alerts = None
-            if w:
-                if now < 0:
-                    now = self._clock()
-                alerts = self._observe(w, items, ev, now)
+            if raw is not None:
+                # What a workload is depends on these fields only: worked out once.
+                key = (ev.container, ev.container_image, ev.container_name, ev.unit, ev.cgroup)
+                w = workloads.get(key)
+                if w is None:
+                    if len(workloads) >= 4096:
+                        workloads.clear()
+                    w = workloads[key] = workload_of(ev, self.s.cgroups)
+                if w:
+                    if now < 0:
+                        now = self._clock()
+                    lr = learners.get(w)
+                    if lr is not None and raw in lr.seen:  # held: nothing to learn, nothing new
+                        self.observed += 1
+                        p = lr.p
+                        p.events += 1
+                        if p.state == "learning" and now - p.started >= self.s.learn \
+                                and now - p.changed >= self.s.stable:
+                            self._set_state(lr, "stable", now)
+                    else:
+                        alerts = self._observe(w, raw, ev, now)
             if alerts:
                 if out is None:
                     out = list(events[:i])
@@ -459,7 +510,7 @@ class Profiles:
                 out.append(ev)
         return events if out is None else out
 
-    def _observe(self, w: str, items: list[str], ev: wire.Event, now: float) -> list[wire.Edge]:
+    def _observe(self, w: str, raw: tuple, ev: wire.Event, now: float) -> list[wire.Edge]:
         self.observed += 1
         lr = self.learners.get(w)
         if lr is None:
@@ -469,34 +520,36 @@ class Profiles:
             lr = self.learners[w] = self._learner(Profile(workload=w, started=now, changed=now))
         p = lr.p
         p.events += 1
+        item = item_of(raw)
         if p.state == "learning":
-            for item in items:
-                if lr.size() < self.s.max_items and lr.add(item):
-                    p.changed = now
-                    p.revision += 1
-                    self.dirty.add(w)
-                    self._unsent.add(w)
+            if lr.holds(item):
+                lr.remember(raw)
+            elif lr.size() < self.s.max_items:
+                lr.add(item)
+                lr.remember(raw)
+                p.changed = now
+                p.revision += 1
+                self.dirty.add(w)
+                self._unsent.add(w)
             if now - p.started >= self.s.learn and now - p.changed >= self.s.stable:
                 self._set_state(lr, "stable", now)
             return []
-        alerts = []
-        for item in items:
-            if lr.holds(item):
-                continue
-            last = p.pending.get(item)
-            if last is not None and now - last < self.s.realert:
-                continue
-            if last is None and len(p.pending) >= MAX_PENDING:
-                # A workload doing ever new things: the alerts so far say so;
-                # more would flood the hive.  Room again as they age.
-                p.pending = {i: t for i, t in p.pending.items() if now - t < self.s.realert}
-                if len(p.pending) >= MAX_PENDING:
-                    self.suppressed += 1
-                    continue
-            p.pending[item] = now
-            self.dirty.add(w)
-            alerts.append(self._alert(lr, item, ev))
-        return alerts
+        if lr.holds(item):
+            lr.remember(raw)
+            return []
+        last = p.pending.get(item)
+        if last is not None and now - last < self.s.realert:
+            return []
+        if last is None and len(p.pending) >= MAX_PENDING:
+            # A workload doing ever new things: the alerts so far say so;
+            # more would flood the hive.  Room again as they age.
+            p.pending = {i: t for i, t in p.pending.items() if now - t < self.s.realert}
+            if len(p.pending) >= MAX_PENDING:
+                self.suppressed += 1
+                return []
+        p.pending[item] = now
+        self.dirty.add(w)
+        return [self._alert(lr, item, ev)]
 
     def _set_state(self, lr: Learner, state: str, now: float) -> None:
         lr.p.state = state

@@ -36,7 +36,7 @@ sys.path.insert(0, os.getcwd())  # the tree it is run from
 import msgspec  # noqa: E402
 
 import wire  # noqa: E402
-from agent._profile import Profiles, ProfileSettings, _shape, credential, generalise_path, network  # noqa: E402
+from agent._profile import Profiles, ProfileSettings, _folder, _shape, credential, generalise_path, item_of, network  # noqa: E402,E501
 from agent._proctable import ENRICHED  # noqa: E402
 from agent._spool import Spool  # noqa: E402
 
@@ -148,7 +148,7 @@ def main() -> None:
             if lr.p.state == "stable":
                 stable_at.setdefault(w, t)
     memory = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
-    for cached in (generalise_path, network, credential, _shape):  # the lookups' caches, bounded
+    for cached in (generalise_path, _folder, item_of, network, credential, _shape):  # the lookups' caches, bounded
         cached.cache_clear()
     own = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
