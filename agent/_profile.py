@@ -23,6 +23,8 @@ import ipaddress
 import os
 import re
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ TECHNIQUE = {
     "write": "attack.t1565.001",  # stored data manipulation
     "credential": "attack.t1552.001",  # credentials in files
 }
+ENFORCE_ACTIONS = ("kill", "alert")
 LEVEL = "novel"
 """The alerts' own level: not a rule's verdict of malice, a change of self."""
 
@@ -235,7 +238,7 @@ class Learner:
         stay held; cleared when large)."""
 
     def remember(self, raw: tuple) -> None:
-        if len(self.seen) >= 16384:  # random names fill it; what repeats is back after one event
+        if len(self.seen) >= 16384:  # what repeats is back after one event
             self.seen.clear()
         self.seen.add(raw)
 
@@ -409,6 +412,20 @@ def technique(item: str) -> str:
     return TECHNIQUE[kind]
 
 
+def enforceable(item: str) -> bool:
+    """Whether an ``enforcing`` profile kills for this novelty: what the
+    policy proposed from it refuses in block mode (node/_profile.py's
+    ``propose``): another exec, a connect outside its peers, a bind of a port
+    up to 1024, a read of a credential file.  Other files and uids: alerts."""
+    kind, _, rest = item.partition("\t")
+    if kind in ("exec", "connect"):
+        return True
+    if kind == "bind":
+        port = rest.rpartition("\t")[2]
+        return port.isdigit() and int(port) <= 1024
+    return kind == "read" and credential(rest)
+
+
 def alert_id(agent: str, workload: str, item: str, ev: wire.Event) -> str:
     key = f"{agent}\0profile\0{workload}\0{item}\0{ev.pid}\0{ev.time}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -434,6 +451,10 @@ class ProfileSettings:
     """Per profile: beyond it a learning profile learns nothing more (a
     workload that does everything has no self to learn)."""
     cgroups: bool = True
+    enforce_action: str = "kill"
+    """What an ``enforcing`` profile does to a process whose novelty its
+    proposed policy would refuse (see :func:`enforceable`): ``kill`` it at
+    once, or only ``alert`` (as ``stable``)."""
     upload: float = 60.0
     """Seconds between a profile's uploads to the hive, at most one each."""
     refresh: float = 86400.0
@@ -446,6 +467,12 @@ class Profiles:
                  clock: Callable[[], float] = time.time, profiles: Iterable[Profile] = ()) -> None:
         self.agent = agent
         self.s = settings or ProfileSettings()
+        if self.s.enforce_action not in ENFORCE_ACTIONS:
+            raise ValueError(f"enforce_action {self.s.enforce_action!r}: one of {', '.join(ENFORCE_ACTIONS)}")
+        self.commands: list[tuple[wire.KillProcess, str]] = []
+        """Kills decided by :meth:`observe` for the executor, with their
+        alert's id; taken by the relay."""
+        self.killed = 0
         self._clock = clock
         self.learners: dict[str, Learner] = {}
         self.dirty: set[str] = set()
@@ -457,6 +484,9 @@ class Profiles:
         self.novel = self.observed = self.refused = self.suppressed = 0
         self._workloads: dict[tuple, str] = {}
         """Each event's workload by the fields it is made of."""
+        self._once: set[tuple] = set()
+        """Raw keys held once: remembered by their profile when seen again
+        (most random names are seen once; the profile's ``seen`` keeps the rest)."""
         for p in profiles:
             self.learners[p.workload] = self._learner(p)
             self._unsent.add(p.workload)
@@ -468,7 +498,7 @@ class Profiles:
         states = [lr.p.state for lr in self.learners.values()]
         return {"profiles": len(states), "learning": states.count("learning"), "stable": states.count("stable"),
                 "enforcing": states.count("enforcing"), "novel": self.novel, "novel_suppressed": self.suppressed,
-                "profile_events": self.observed}
+                "profile_events": self.observed, "enforced_kills": self.killed}
 
     def observe(self, events: list[wire.Event]) -> list[wire.Event]:
         """``events`` with a novelty alert (``wire.Edge``) right behind each
@@ -523,10 +553,10 @@ class Profiles:
         item = item_of(raw)
         if p.state == "learning":
             if lr.holds(item):
-                lr.remember(raw)
+                self._remember(lr, raw)
             elif lr.size() < self.s.max_items:
                 lr.add(item)
-                lr.remember(raw)
+                self._remember(lr, raw)
                 p.changed = now
                 p.revision += 1
                 self.dirty.add(w)
@@ -535,21 +565,48 @@ class Profiles:
                 self._set_state(lr, "stable", now)
             return []
         if lr.holds(item):
-            lr.remember(raw)
+            self._remember(lr, raw)
             return []
+        # Enforcing: every such event's process is killed and reported, also
+        # the same novelty again (a respawn); the rest is alerted as in stable.
+        kill = (p.state == "enforcing" and self.s.enforce_action == "kill" and ev.pid > 1
+                and enforceable(item))
         last = p.pending.get(item)
-        if last is not None and now - last < self.s.realert:
+        if not kill and last is not None and now - last < self.s.realert:
             return []
         if last is None and len(p.pending) >= MAX_PENDING:
             # A workload doing ever new things: the alerts so far say so;
             # more would flood the hive.  Room again as they age.
             p.pending = {i: t for i, t in p.pending.items() if now - t < self.s.realert}
-            if len(p.pending) >= MAX_PENDING:
+            if len(p.pending) >= MAX_PENDING and not kill:
                 self.suppressed += 1
                 return []
-        p.pending[item] = now
+        if len(p.pending) < MAX_PENDING or item in p.pending:
+            p.pending[item] = now
         self.dirty.add(w)
-        return [self._alert(lr, item, ev)]
+        if not kill:
+            return [self._alert(lr, item, ev)]
+        cmd = self._kill(ev)
+        alert = self._alert(lr, item, ev, cmd)
+        self.commands.append((cmd, alert.alert))
+        return [alert]
+
+    def _remember(self, lr: Learner, raw: tuple) -> None:
+        if raw in self._once:
+            lr.remember(raw)
+            return
+        if len(self._once) >= 4096:
+            self._once.clear()
+        self._once.add(raw)
+
+    def _kill(self, ev: wire.Event) -> wire.KillProcess:
+        """The executor's command for ``ev``'s process: with an exec, the new
+        program and what it started already; not if the pid runs something
+        else by then (the executor checks ``exe``)."""
+        self.killed += 1
+        exe = ev.exe if type(ev) is wire.Exec else getattr(ev, "image", "")
+        cmd = wire.KillProcess(id=f"profile-{uuid.uuid4().hex[:24]}", pid=ev.pid, tree=type(ev) is wire.Exec,
+                               exe=exe if exe.startswith("/") else "")
 
     def _set_state(self, lr: Learner, state: str, now: float) -> None:
         lr.p.state = state
@@ -558,7 +615,7 @@ class Profiles:
         self._unsent.add(lr.p.workload)
         self._urgent.add(lr.p.workload)
 
-    def _alert(self, lr: Learner, item: str, ev: wire.Event) -> wire.Edge:
+    def _alert(self, lr: Learner, item: str, ev: wire.Event, kill: wire.KillProcess | None = None) -> wire.Edge:
         self.novel += 1
         kind = item.partition("\t")[0]
         w = lr.p.workload
@@ -571,11 +628,17 @@ class Profiles:
                   + (shown or f"no {kind}"))
         title = f"Novel behaviour of {w}: {describe(item)}"
         tag = technique(item)
+        actions = []
+        if kill is not None:  # said first: the detail is cut to the wire's bound from its end
+            detail = (f"enforced: kill pid {kill.pid}" + (" and its children" if kill.tree else "")
+                      + f" ({kill.exe or ev.comm}); " + detail)
+            actions = [wire.EdgeAction(id=kill.id, action=kill.action, detail=msgspec.json.encode(
+                {"pid": kill.pid, "tree": kill.tree, "exe": kill.exe}).decode())]
         return wire.fit(wire.Edge(
             time=ev.time, pid=ev.pid, tid=ev.tid, ppid=ev.ppid, uid=ev.uid, euid=ev.euid, gid=ev.gid,
             comm=ev.comm, cgroup=ev.cgroup, verdict="audit", alert=alert_id(self.agent, w, item, ev),
             rule_id=f"profile.{kind}", title=title, level=LEVEL, tags=[tag, "immune.novelty"],
-            detail=detail, workload=w, novel=[item]))
+            detail=detail, workload=w, novel=[item], actions=actions))
 
     # -- operator and time ---------------------------------------------------
 
@@ -736,9 +799,34 @@ class Learning:
         for line in bad:
             log(f"profile file set aside: {line}")
         self.profiles = Profiles(agent, settings, clock=clock, profiles=kept)
+        self._kills: OrderedDict[str, str] = OrderedDict()
+        """Kills sent to the executor and not answered: the alert of each."""
+        self._log = log
 
-    def observe(self, events: list[wire.Event]) -> list[wire.Event]:
-        return self.profiles.observe(events)
+    def observe(self, events: list[wire.Event]) -> tuple[list[wire.Event], list[wire.KillProcess]]:
+        """``events`` with the novelty alerts behind them, and the kills an
+        enforcing profile decided, for the executor now."""
+        events = self.profiles.observe(events)
+        if not self.profiles.commands:
+            return events, []
+        decided, self.profiles.commands = self.profiles.commands, []
+        for k, alert in decided:
+            self._kills[k.id] = alert
+            if len(self._kills) > 4096:  # a result comes within a second or is lost with the executor
+                self._kills.popitem(last=False)
+            self._log(f"profile.enforce alert={alert} action=kill_process pid={k.pid} exe={k.exe} id={k.id}")
+        kills = [k for k, _ in decided]
+        return events, kills
+
+    def owns(self, command: str) -> bool:
+        return command in self._kills
+
+    def answered(self, result: wire.CommandResult) -> wire.Edge:
+        """The Edge event that reports an enforcing kill's result, as the
+        edge reports its playbooks' (spooled: the hive may be away)."""
+        return wire.fit(wire.Edge(time=time.time_ns(), verdict="audit", answered=True,
+                                  alert=self._kills.pop(result.command, ""), actions=[
+            wire.EdgeAction(id=result.command, action="kill_process", detail=result.detail, ok=result.ok)]))
 
     def tick(self) -> tuple[list[wire.Event], list[Profile]]:
         """Events to spool (profiles for the hive) and profiles to save."""
