@@ -607,6 +607,7 @@ class Profiles:
         exe = ev.exe if type(ev) is wire.Exec else getattr(ev, "image", "")
         cmd = wire.KillProcess(id=f"profile-{uuid.uuid4().hex[:24]}", pid=ev.pid, tree=type(ev) is wire.Exec,
                                exe=exe if exe.startswith("/") else "")
+        return cmd
 
     def _set_state(self, lr: Learner, state: str, now: float) -> None:
         lr.p.state = state
