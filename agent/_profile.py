@@ -66,6 +66,11 @@ _HAS_DIGIT = re.compile(r"\d")
 _GENERATED = re.compile(r"\A(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
                         r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\Z")
 _NO_DIGITS = str.maketrans("", "", "0123456789")
+_GENERATED_NAME = re.compile(r"\A(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
+                             r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+                             r"(\.[A-Za-z]{1,5})?\Z")
+"""A number, hex or a uuid, with a short extension or none: most random
+names, told in one match (the rest go through :func:`_random`)."""
 _CREDENTIALS = (
     re.compile(r"\A/etc/(g?shadow|sudoers|security/opasswd)(-|\Z)"),
     re.compile(r"/\.ssh/(id_[a-z0-9_]+|authorized_keys|known_hosts)?"),
@@ -134,6 +139,9 @@ def _folder(folder: str, versions: bool) -> str:
 
 def _segment(seg: str, versions: bool, last: bool) -> str:
     """One name of a path, with a digit in it, generalised."""
+    m = _GENERATED_NAME.match(seg)
+    if m:
+        return "*" + (m.group(1) or "")
     if _random(seg):
         stem, dot, ext = seg.rpartition(".")
         return f"*.{ext}" if dot and stem and len(ext) <= 5 and ext.isalpha() else "*"
@@ -375,7 +383,7 @@ def item_of(raw: tuple) -> str:
     """The profile item of a :func:`raw_of` key."""
     kind = raw[0]
     if kind == "open":
-        return ("write\t" if raw[2] else "read\t") + _f(generalise_path(raw[1]))
+        return ("write\t" if raw[2] else "read\t") + generalise_path(raw[1]).replace("\t", " ")
     if kind == "exec":
         image = generalise_path(raw[1], versions=False)
         parent = generalise_path(raw[2], versions=False)

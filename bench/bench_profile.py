@@ -43,7 +43,8 @@ sys.path.insert(0, os.getcwd())  # the tree it is run from
 import msgspec  # noqa: E402
 
 import wire  # noqa: E402
-from agent._profile import Profiles, ProfileSettings, _folder, _shape, credential, generalise_path, item_of, network  # noqa: E402,E501
+from agent._profile import (  # noqa: E402
+    Profiles, ProfileSettings, _folder, _shape, credential, generalise_path, item_of, network)
 from agent._proctable import ENRICHED  # noqa: E402
 from agent._spool import Spool  # noqa: E402
 
