@@ -359,6 +359,22 @@ def _f(text: str) -> str:
     return text.replace("\t", " ")  # a tab separates an item's fields
 
 
+_QUICK_TMP = re.compile(r"\A(?:/tmp/|/var/tmp/|/dev/shm/|/run/user/)")
+_QUICK = re.compile(r"(?<=/)(?=[^/]*\d)(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
+                    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+                    r"(?=(?:\.[A-Za-z]{1,5})?(?:/|\Z))")
+
+
+def quick_path(path: str) -> str:
+    """``path`` with the names :func:`generalise_path` makes ``*`` (a
+    number, hex or a uuid with a digit, before a short extension or none)
+    as ``*``, and anything under a temporary folder as that folder: one C
+    call, and two paths the same here generalise the same, so a profile
+    remembers /proc/*/status as held once, not each pid's."""
+    m = _QUICK_TMP.match(path)
+    return m.group() if m else _QUICK.sub("*", path)
+
+
 def raw_of(ev: wire.Event) -> tuple | None:
     """The fields of ``ev`` its profile item is made of (None: it stands
     for none, as most kinds): a key the relay remembers as held, to skip
@@ -378,7 +394,7 @@ def raw_of(ev: wire.Event) -> tuple | None:
     return None
 
 
-@functools.lru_cache(maxsize=8192)  # a service's events repeat: each made once
+@functools.lru_cache(maxsize=1024)  # for a second sighting: then the profile remembers it as held
 def item_of(raw: tuple) -> str:
     """The profile item of a :func:`raw_of` key."""
     kind = raw[0]
@@ -530,7 +546,11 @@ class Profiles:
                     if now < 0:
                         now = self._clock()
                     lr = learners.get(w)
-                    if lr is not None and raw in lr.seen:  # held: nothing to learn, nothing new
+                    if lr is None:
+                        alerts = self._observe(w, raw, ev, now)
+                    elif raw in lr.seen or raw[0] == "open" and ("name", quick_path(raw[1]), raw[2]) in lr.seen:
+                        # held: nothing to learn, nothing new (a file with a
+                        # generated name: held if one of its kind was)
                         self.observed += 1
                         p = lr.p
                         p.events += 1
@@ -600,6 +620,12 @@ class Profiles:
         return [alert]
 
     def _remember(self, lr: Learner, raw: tuple) -> None:
+        """``raw``'s item is held: remember it on its second sighting, and
+        a file's generated name by its kind at once (those are seen once)."""
+        if raw[0] == "open":
+            q = quick_path(raw[1])
+            if q != raw[1]:
+                lr.remember(("name", q, raw[2]))
         if raw in self._once:
             lr.remember(raw)
             return

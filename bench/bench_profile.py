@@ -179,6 +179,7 @@ def relay_child(replay: str, learn: bool, learn_hours: float) -> None:
                 await n.start(sup, root.child("agent"))
                 sensor = root.socket(zmq.PUSH, codec=Codec(wire.AgentMessage), connect="inproc://bench.events")
                 sent = 0
+                stats = runtime.registry["bench.agent.relay"].extra
                 dec = msgspec.msgpack.Decoder(tuple[float, list[wire.AnyEvent]])
                 with open(replay, "rb") as f:
                     while head := f.read(4):
@@ -186,7 +187,9 @@ def relay_child(replay: str, learn: bool, learn_hours: float) -> None:
                         now[0] = t
                         await sensor.send(wire.EventBatch(seq=1, events=events))
                         sent += len(events)
-                stats = runtime.registry["bench.agent.relay"].extra
+                        # as a sensor paced by the relay: a few batches in flight, not the day in a queue
+                        while sent - int(stats.get("accepted", 0)) > 4 * 2048:
+                            await trio.sleep(0.001)
                 while int(stats.get("accepted", 0)) < sent:
                     await trio.sleep(0.05)
                 out = memory_kib()
