@@ -356,3 +356,19 @@ def test_events_seen_again_take_the_short_way_with_the_same_outcome():
     # a key remembered for one workload says nothing of another's
     other = wire.Open(pid=1, path="/srv/web/app.py", flags=0, unit="other.service", cgroup=78)
     assert p.observe([other]) == [other] and p.learners["unit:other.service"].p.state == "learning"
+
+
+def test_a_generated_name_is_held_by_its_kind_and_never_stands_for_another_name():
+    from agent._profile import quick_path
+
+    for path in ("/proc/4242/status", "/var/lib/nginx/body/00a1b2c3d4e5f607", "/q/50ba549f2a738cb31b3215cd01ec635f.json",
+                 "/a/1.5.json", "/etc/deadbeef", "/lib/libssl.so.3", "/b/db-20231116.tgz", "/tmp/x1/y", "/run/user/0/k",
+                 "/x/12ab34cd/ff00ee11/n.json.gz", "/srv/v2/app", "/.ssh/id_rsa"):
+        assert generalise_path(quick_path(path)) == generalise_path(path), path
+    assert quick_path("/etc/deadbeef") == "/etc/deadbeef"  # no digit: a name, not generated
+    clock = Clock()
+    p = learned(clock)  # its runs read /proc/PID/status of three pids
+    for pid in range(7000, 7010):
+        assert novelty(p.observe([wire.Open(pid=pid, path=f"/proc/{pid}/status", flags=0, **SVC)])) == []
+    [alert] = novelty(p.observe([wire.Open(pid=1, path="/proc/1/environ", flags=0, **SVC)]))
+    assert alert.novel == ["read\t/proc/*/environ"]
