@@ -201,23 +201,28 @@ def relay_child(replay: str, learn: bool, learn_hours: float) -> None:
     trio.run(run)
 
 
-def agent_memory(bursts: list[tuple[float, list[wire.Event]]], learn_hours: float) -> None:
+def agent_memory(bursts: list[tuple[float, list[wire.Event]]], learn_hours: float, rounds: int = 2) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         replay = f"{tmp}/replay"
         n = write_replay(bursts, replay)
-        got = {}
-        for learn in (False, True):
-            r = subprocess.run([sys.executable, __file__, "--relay-child", replay, "--learn", str(learn_hours)]
-                               + (["--with-learning"] if learn else []),
-                               capture_output=True, text=True, timeout=3600)
-            if r.returncode != 0:
-                raise SystemExit(f"the relay process failed: {r.stderr[-2000:]}")
-            got[learn] = msgspec.json.decode(r.stdout.strip().splitlines()[-1])
-    off, on = got[False], got[True]
-    print(f"\nagent memory, the relay actor fed {n} events ({on.get('profiles', 0)} profiles): "
-          f"peak RSS {off['VmHWM'] / 1024:.1f} MiB without learning, {on['VmHWM'] / 1024:.1f} MiB with: "
-          f"ratio {on['VmHWM'] / off['VmHWM']:.3f}; at the end {off['VmRSS'] / 1024:.1f} / "
-          f"{on['VmRSS'] / 1024:.1f} MiB: +{(on['VmRSS'] - off['VmRSS']) / 1024:.1f} MiB")
+        got: dict[bool, list[dict]] = {False: [], True: []}
+        for _ in range(rounds):  # interleaved: the allocator's spread shows between rounds
+            for learn in (False, True):
+                r = subprocess.run([sys.executable, __file__, "--relay-child", replay, "--learn", str(learn_hours)]
+                                   + (["--with-learning"] if learn else []),
+                                   capture_output=True, text=True, timeout=3600)
+                if r.returncode != 0:
+                    raise SystemExit(f"the relay process failed: {r.stderr[-2000:]}")
+                got[learn].append(msgspec.json.decode(r.stdout.strip().splitlines()[-1]))
+
+    def mib(runs: list[dict], key: str) -> str:
+        return ", ".join(f"{m[key] / 1024:.1f}" for m in runs)
+
+    off, on = min(m["VmHWM"] for m in got[False]), min(m["VmHWM"] for m in got[True])
+    print(f"\nagent memory, the relay actor fed {n} events ({got[True][0].get('profiles', 0)} profiles), "
+          f"{rounds} rounds: peak RSS without learning {mib(got[False], 'VmHWM')} MiB, with {mib(got[True], 'VmHWM')} "
+          f"MiB: least of each {off / 1024:.1f} / {on / 1024:.1f} MiB, ratio {on / off:.3f}; "
+          f"at the end without {mib(got[False], 'VmRSS')}, with {mib(got[True], 'VmRSS')} MiB")
 
 
 def main() -> None:
