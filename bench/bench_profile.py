@@ -136,7 +136,9 @@ def write_replay(bursts: list[tuple[float, list[wire.Event]]], path: str, per_ba
     with open(path, "wb") as f:
         pending: list[wire.Event] = []
         for t, burst in bursts:
-            pending += burst
+            # Each burst's processes exit after it, as a real day's do: the
+            # relay's process table forgets them instead of filling up.
+            pending += burst + [wire.Exit(pid=pid, time=burst[-1].time + 1) for pid in sorted({e.pid for e in burst})]
             if len(pending) >= per_batch:
                 frame = msgspec.msgpack.encode((t, pending))
                 f.write(struct.pack("<I", len(frame)) + frame)
@@ -164,6 +166,7 @@ def relay_child(replay: str, learn: bool, learn_hours: float) -> None:
         with tempfile.TemporaryDirectory() as name:
             tmp = Path(name)
             KeyPair.generate().save(tmp / "keys", "agent")
+            (tmp / "no-proc").mkdir()
             now = [START]
             learning = Learning("bench", tmp / "profiles", ProfileSettings(learn=learn_hours * 3600, stable=1800),
                                 clock=lambda: now[0]) if learn else None
@@ -174,7 +177,9 @@ def relay_child(replay: str, learn: bool, learn_hours: float) -> None:
                 hive_public=KeyPair.generate().public, spool_dir=tmp / "spool", spool_bytes=1 << 30,
                 events_endpoint="inproc://bench.events", commands_endpoint="inproc://bench.commands",
                 results_endpoint="inproc://bench.results", fleet_endpoint="inproc://bench.fleet",
-                table=ProcessTable(), learning=learning))])
+                # no /proc: the replay's pids are made up, and a live process
+                # that happens to hold one must not lend it its cgroup
+                table=ProcessTable(proc=tmp / "no-proc"), learning=learning))])
             async with trio.open_nursery() as n:
                 await n.start(sup, root.child("agent"))
                 sensor = root.socket(zmq.PUSH, codec=Codec(wire.AgentMessage), connect="inproc://bench.events")
