@@ -215,7 +215,7 @@ def agent_memory(bursts: list[tuple[float, list[wire.Event]]], learn_hours: floa
             for learn in (False, True):
                 r = subprocess.run([sys.executable, __file__, "--relay-child", replay, "--learn", str(learn_hours)]
                                    + (["--with-learning"] if learn else []),
-                                   capture_output=True, text=True, timeout=3600)
+                                   capture_output=True, text=True, timeout=3600, env={**os.environ, "MALLOC_ARENA_MAX": "1"})
                 if r.returncode != 0:
                     raise SystemExit(f"the relay process failed: {r.stderr[-2000:]}")
                 got[learn].append(msgspec.json.decode(r.stdout.strip().splitlines()[-1]))
