@@ -23,6 +23,8 @@ import ipaddress
 import os
 import re
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ TECHNIQUE = {
     "write": "attack.t1565.001",  # stored data manipulation
     "credential": "attack.t1552.001",  # credentials in files
 }
+ENFORCE_ACTIONS = ("kill", "alert")
 LEVEL = "novel"
 """The alerts' own level: not a rule's verdict of malice, a change of self."""
 
@@ -59,9 +62,15 @@ _DIGITS = re.compile(r"\d+")
 _VERSIONED = re.compile(r"\.\d+\Z")
 _STAMP = re.compile(r"\d{6,}")
 _WITH_DIGIT = re.compile(r"(?<=/)[^/]*\d[^/]*")
+_HAS_DIGIT = re.compile(r"\d")
 _GENERATED = re.compile(r"\A(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
                         r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\Z")
 _NO_DIGITS = str.maketrans("", "", "0123456789")
+_GENERATED_NAME = re.compile(r"\A(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
+                             r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+                             r"(\.[A-Za-z]{1,5})?\Z")
+"""A number, hex or a uuid, with a short extension or none: most random
+names, told in one match (the rest go through :func:`_random`)."""
 _CREDENTIALS = (
     re.compile(r"\A/etc/(g?shadow|sudoers|security/opasswd)(-|\Z)"),
     re.compile(r"/\.ssh/(id_[a-z0-9_]+|authorized_keys|known_hosts)?"),
@@ -111,22 +120,36 @@ def generalise_path(path: str, versions: bool = True) -> str:
     if path.startswith(_TMP):
         tmp = next(t for t in _TMP if path.startswith(t))
         return tmp + "**" if tmp != "/run/user/" else "/run/user/*/**"
+    # A random name is most often the last one or the one before, in a
+    # folder opened again and again (/var/lib/nginx/body/HEX, /proc/PID/status):
+    # that folder is generalised once, cached, and only the two names are looked at.
+    folder, _, name = path.rpartition("/")
+    top, _, sub = folder.rpartition("/")
+    return ((_folder(top, versions) if top else "") + ("/" if folder else "")
+            + (_segment(sub, versions, False) if _HAS_DIGIT.search(sub) else sub)
+            + "/" + (_segment(name, versions, True) if _HAS_DIGIT.search(name) else name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder(folder: str, versions: bool) -> str:
     # What is generated has digits (a hex name without one: 1 in 2600):
     # only the names with a digit are looked at, found by one regex.
-    end = len(path)
+    return _WITH_DIGIT.sub(lambda m: _segment(m.group(), versions, False), folder)
 
-    def one(m: re.Match) -> str:
-        seg = m.group()
-        if _random(seg):
-            stem, dot, ext = seg.rpartition(".")
-            return f"*.{ext}" if dot and stem and len(ext) <= 5 and ext.isalpha() else "*"
-        if versions and m.end() == end and _VERSIONED.search(seg):
-            return _DIGITS.sub("N", seg)  # a versioned library or rotated log: libfoo.so.3.1, app.log.2
-        if versions and _STAMP.search(seg):
-            return _STAMP.sub("N", seg)  # a date or a time in a name: db-20231116.tgz
-        return seg
 
-    return _WITH_DIGIT.sub(one, path)
+def _segment(seg: str, versions: bool, last: bool) -> str:
+    """One name of a path, with a digit in it, generalised."""
+    m = _GENERATED_NAME.match(seg)
+    if m:
+        return "*" + (m.group(1) or "")
+    if _random(seg):
+        stem, dot, ext = seg.rpartition(".")
+        return f"*.{ext}" if dot and stem and len(ext) <= 5 and ext.isalpha() else "*"
+    if versions and last and _VERSIONED.search(seg):
+        return _DIGITS.sub("N", seg)  # a versioned library or rotated log: libfoo.so.3.1, app.log.2
+    if versions and _STAMP.search(seg):
+        return _STAMP.sub("N", seg)  # a date or a time in a name: db-20231116.tgz
+    return seg
 
 
 def argument_shape(argv: Sequence[str]) -> str:
@@ -217,6 +240,15 @@ class Learner:
         """Items found held through a network or an argument glob (the
         costly tests): a profile only grows, so they stay held (cleared
         when large)."""
+        self.seen: set[tuple] = set()
+        """:func:`raw_of` keys of events whose item the profile holds: an
+        event seen again costs one lookup (a profile only grows, so they
+        stay held; cleared when large)."""
+
+    def remember(self, raw: tuple) -> None:
+        if len(self.seen) >= 16384:  # what repeats is back after one event
+            self.seen.clear()
+        self.seen.add(raw)
 
     def export(self) -> Profile:
         self.p.items = {k: sorted(v) for k, v in self.sets.items() if v}
@@ -327,31 +359,62 @@ def _f(text: str) -> str:
     return text.replace("\t", " ")  # a tab separates an item's fields
 
 
-def items_of(ev: wire.Event) -> list[str]:
-    """The profile items an event stands for (none for most kinds)."""
+_QUICK_TMP = re.compile(r"\A(?:/tmp/|/var/tmp/|/dev/shm/|/run/user/)")
+_QUICK = re.compile(r"(?<=/)(?=[^/]*\d)(?:[+-]?\d+(?:\.\d+)?|(?:0x)?[0-9a-fA-F]{8,}"
+                    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+                    r"(?=(?:\.[A-Za-z]{1,5})?(?:/|\Z))")
+
+
+def quick_path(path: str) -> str:
+    """``path`` with the names :func:`generalise_path` makes ``*`` (a
+    number, hex or a uuid with a digit, before a short extension or none)
+    as ``*``, and anything under a temporary folder as that folder: one C
+    call, and two paths the same here generalise the same, so a profile
+    remembers /proc/*/status as held once, not each pid's."""
+    m = _QUICK_TMP.match(path)
+    return m.group() if m else _QUICK.sub("*", path)
+
+
+def raw_of(ev: wire.Event) -> tuple | None:
+    """The fields of ``ev`` its profile item is made of (None: it stands
+    for none, as most kinds): a key the relay remembers as held, to skip
+    the item of an event seen before."""
     t = type(ev)
-    if t is wire.Exec:
-        if ev.result < 0:
-            return []
-        image = generalise_path(ev.exe or ev.filename or ev.image, versions=False)
-        parent = generalise_path(ev.parent_image, versions=False)
-        return [f"exec\t{_f(image)}\t{_f(parent)}\t{_f(argument_shape(ev.argv))}"]
     if t is wire.Open:
-        if not ev.path.startswith("/"):
-            return []
-        return [("write\t" if ev.flags & _WRITE_INTENT else "read\t") + _f(generalise_path(ev.path))]
+        return ("open", ev.path, bool(ev.flags & _WRITE_INTENT)) if ev.path.startswith("/") else None
+    if t is wire.Exec:
+        return None if ev.result < 0 else ("exec", ev.exe or ev.filename or ev.image, ev.parent_image, tuple(ev.argv))
     if t is wire.Connect:
-        if not ev.address or ev.family not in (2, 10):
-            return []
-        return [f"connect\t{_f(ev.protocol)}\t{_f(ev.address)}\t{ev.port}"]
+        return None if not ev.address or ev.family not in (2, 10) else ("connect", ev.protocol, ev.address, ev.port)
     if t is wire.Bind:
-        if ev.port == 0:
-            return []  # an ephemeral port the kernel picks: nothing to learn
-        return [f"bind\t{_f(ev.protocol)}\t{_f(ev.address) or '*'}\t{ev.port}"]
+        return None if ev.port == 0 else ("bind", ev.protocol, ev.address, ev.port)  # 0: a port the kernel picks
     if t is wire.SetId:
         if ev.call.startswith("set") and "uid" in ev.call and ev.new >= 0 and ev.result == 0:
-            return [f"setuid\t{ev.new}"]
-    return []
+            return ("setuid", ev.new)
+    return None
+
+
+@functools.lru_cache(maxsize=1024)  # for a second sighting: then the profile remembers it as held
+def item_of(raw: tuple) -> str:
+    """The profile item of a :func:`raw_of` key."""
+    kind = raw[0]
+    if kind == "open":
+        return ("write\t" if raw[2] else "read\t") + generalise_path(raw[1]).replace("\t", " ")
+    if kind == "exec":
+        image = generalise_path(raw[1], versions=False)
+        parent = generalise_path(raw[2], versions=False)
+        return f"exec\t{_f(image)}\t{_f(parent)}\t{_f(_shape(raw[3]))}"
+    if kind == "connect":
+        return f"connect\t{_f(raw[1])}\t{_f(raw[2])}\t{raw[3]}"
+    if kind == "bind":
+        return f"bind\t{_f(raw[1])}\t{_f(raw[2]) or '*'}\t{raw[3]}"
+    return f"setuid\t{raw[1]}"
+
+
+def items_of(ev: wire.Event) -> list[str]:
+    """The profile items an event stands for (none for most kinds)."""
+    raw = raw_of(ev)
+    return [] if raw is None else [item_of(raw)]
 
 
 def describe(item: str) -> str:
@@ -371,6 +434,20 @@ def technique(item: str) -> str:
     if kind == "read" and credential(rest):
         return TECHNIQUE["credential"]
     return TECHNIQUE[kind]
+
+
+def enforceable(item: str) -> bool:
+    """Whether an ``enforcing`` profile kills for this novelty: what the
+    policy proposed from it refuses in block mode (node/_profile.py's
+    ``propose``): another exec, a connect outside its peers, a bind of a port
+    up to 1024, a read of a credential file.  Other files and uids: alerts."""
+    kind, _, rest = item.partition("\t")
+    if kind in ("exec", "connect"):
+        return True
+    if kind == "bind":
+        port = rest.rpartition("\t")[2]
+        return port.isdigit() and int(port) <= 1024
+    return kind == "read" and credential(rest)
 
 
 def alert_id(agent: str, workload: str, item: str, ev: wire.Event) -> str:
@@ -398,6 +475,10 @@ class ProfileSettings:
     """Per profile: beyond it a learning profile learns nothing more (a
     workload that does everything has no self to learn)."""
     cgroups: bool = True
+    enforce_action: str = "kill"
+    """What an ``enforcing`` profile does to a process whose novelty its
+    proposed policy would refuse (see :func:`enforceable`): ``kill`` it at
+    once, or only ``alert`` (as ``stable``)."""
     upload: float = 60.0
     """Seconds between a profile's uploads to the hive, at most one each."""
     refresh: float = 86400.0
@@ -410,6 +491,12 @@ class Profiles:
                  clock: Callable[[], float] = time.time, profiles: Iterable[Profile] = ()) -> None:
         self.agent = agent
         self.s = settings or ProfileSettings()
+        if self.s.enforce_action not in ENFORCE_ACTIONS:
+            raise ValueError(f"enforce_action {self.s.enforce_action!r}: one of {', '.join(ENFORCE_ACTIONS)}")
+        self.commands: list[tuple[wire.KillProcess, str]] = []
+        """Kills decided by :meth:`observe` for the executor, with their
+        alert's id; taken by the relay."""
+        self.killed = 0
         self._clock = clock
         self.learners: dict[str, Learner] = {}
         self.dirty: set[str] = set()
@@ -419,6 +506,11 @@ class Profiles:
         """A new state: sent at the next tick whatever the rate."""
         self._sent: dict[str, float] = {}
         self.novel = self.observed = self.refused = self.suppressed = 0
+        self._workloads: dict[tuple, str] = {}
+        """Each event's workload by the fields it is made of."""
+        self._once: set[tuple] = set()
+        """Raw keys held once: remembered by their profile when seen again
+        (most random names are seen once; the profile's ``seen`` keeps the rest)."""
         for p in profiles:
             self.learners[p.workload] = self._learner(p)
             self._unsent.add(p.workload)
@@ -430,26 +522,43 @@ class Profiles:
         states = [lr.p.state for lr in self.learners.values()]
         return {"profiles": len(states), "learning": states.count("learning"), "stable": states.count("stable"),
                 "enforcing": states.count("enforcing"), "novel": self.novel, "novel_suppressed": self.suppressed,
-                "profile_events": self.observed}
+                "profile_events": self.observed, "enforced_kills": self.killed}
 
     def observe(self, events: list[wire.Event]) -> list[wire.Event]:
         """``events`` with a novelty alert (``wire.Edge``) right behind each
         event that did something its stable workload never did."""
         out: list[wire.Event] | None = None
         now = -1.0
+        workloads = self._workloads
+        learners = self.learners
         for i, ev in enumerate(events):
-            t = type(ev)
-            if t is wire.Notice or t is wire.Edge or t is wire.Fork or t is wire.Exit:
-                if out is not None:
-                    out.append(ev)
-                continue
-            items = items_of(ev)
-            w = workload_of(ev, self.s.cgroups) if items else ""
+            raw = raw_of(ev)
             alerts = None
-            if w:
-                if now < 0:
-                    now = self._clock()
-                alerts = self._observe(w, items, ev, now)
+            if raw is not None:
+                # What a workload is depends on these fields only: worked out once.
+                key = (ev.container, ev.container_image, ev.container_name, ev.unit, ev.cgroup)
+                w = workloads.get(key)
+                if w is None:
+                    if len(workloads) >= 4096:
+                        workloads.clear()
+                    w = workloads[key] = workload_of(ev, self.s.cgroups)
+                if w:
+                    if now < 0:
+                        now = self._clock()
+                    lr = learners.get(w)
+                    if lr is None:
+                        alerts = self._observe(w, raw, ev, now)
+                    elif raw in lr.seen or raw[0] == "open" and ("name", quick_path(raw[1]), raw[2]) in lr.seen:
+                        # held: nothing to learn, nothing new (a file with a
+                        # generated name: held if one of its kind was)
+                        self.observed += 1
+                        p = lr.p
+                        p.events += 1
+                        if p.state == "learning" and now - p.started >= self.s.learn \
+                                and now - p.changed >= self.s.stable:
+                            self._set_state(lr, "stable", now)
+                    else:
+                        alerts = self._observe(w, raw, ev, now)
             if alerts:
                 if out is None:
                     out = list(events[:i])
@@ -459,7 +568,7 @@ class Profiles:
                 out.append(ev)
         return events if out is None else out
 
-    def _observe(self, w: str, items: list[str], ev: wire.Event, now: float) -> list[wire.Edge]:
+    def _observe(self, w: str, raw: tuple, ev: wire.Event, now: float) -> list[wire.Edge]:
         self.observed += 1
         lr = self.learners.get(w)
         if lr is None:
@@ -469,34 +578,70 @@ class Profiles:
             lr = self.learners[w] = self._learner(Profile(workload=w, started=now, changed=now))
         p = lr.p
         p.events += 1
+        item = item_of(raw)
         if p.state == "learning":
-            for item in items:
-                if lr.size() < self.s.max_items and lr.add(item):
-                    p.changed = now
-                    p.revision += 1
-                    self.dirty.add(w)
-                    self._unsent.add(w)
+            if lr.holds(item):
+                self._remember(lr, raw)
+            elif lr.size() < self.s.max_items:
+                lr.add(item)
+                self._remember(lr, raw)
+                p.changed = now
+                p.revision += 1
+                self.dirty.add(w)
+                self._unsent.add(w)
             if now - p.started >= self.s.learn and now - p.changed >= self.s.stable:
                 self._set_state(lr, "stable", now)
             return []
-        alerts = []
-        for item in items:
-            if lr.holds(item):
-                continue
-            last = p.pending.get(item)
-            if last is not None and now - last < self.s.realert:
-                continue
-            if last is None and len(p.pending) >= MAX_PENDING:
-                # A workload doing ever new things: the alerts so far say so;
-                # more would flood the hive.  Room again as they age.
-                p.pending = {i: t for i, t in p.pending.items() if now - t < self.s.realert}
-                if len(p.pending) >= MAX_PENDING:
-                    self.suppressed += 1
-                    continue
+        if lr.holds(item):
+            self._remember(lr, raw)
+            return []
+        # Enforcing: every such event's process is killed and reported, also
+        # the same novelty again (a respawn); the rest is alerted as in stable.
+        kill = (p.state == "enforcing" and self.s.enforce_action == "kill" and ev.pid > 1
+                and enforceable(item))
+        last = p.pending.get(item)
+        if not kill and last is not None and now - last < self.s.realert:
+            return []
+        if last is None and len(p.pending) >= MAX_PENDING:
+            # A workload doing ever new things: the alerts so far say so;
+            # more would flood the hive.  Room again as they age.
+            p.pending = {i: t for i, t in p.pending.items() if now - t < self.s.realert}
+            if len(p.pending) >= MAX_PENDING and not kill:
+                self.suppressed += 1
+                return []
+        if len(p.pending) < MAX_PENDING or item in p.pending:
             p.pending[item] = now
-            self.dirty.add(w)
-            alerts.append(self._alert(lr, item, ev))
-        return alerts
+        self.dirty.add(w)
+        if not kill:
+            return [self._alert(lr, item, ev)]
+        cmd = self._kill(ev)
+        alert = self._alert(lr, item, ev, cmd)
+        self.commands.append((cmd, alert.alert))
+        return [alert]
+
+    def _remember(self, lr: Learner, raw: tuple) -> None:
+        """``raw``'s item is held: remember it on its second sighting, and
+        a file's generated name by its kind at once (those are seen once)."""
+        if raw[0] == "open":
+            q = quick_path(raw[1])
+            if q != raw[1]:
+                lr.remember(("name", q, raw[2]))
+        if raw in self._once:
+            lr.remember(raw)
+            return
+        if len(self._once) >= 4096:
+            self._once.clear()
+        self._once.add(raw)
+
+    def _kill(self, ev: wire.Event) -> wire.KillProcess:
+        """The executor's command for ``ev``'s process: with an exec, the new
+        program and what it started already; not if the pid runs something
+        else by then (the executor checks ``exe``)."""
+        self.killed += 1
+        exe = ev.exe if type(ev) is wire.Exec else getattr(ev, "image", "")
+        cmd = wire.KillProcess(id=f"profile-{uuid.uuid4().hex[:24]}", pid=ev.pid, tree=type(ev) is wire.Exec,
+                               exe=exe if exe.startswith("/") else "")
+        return cmd
 
     def _set_state(self, lr: Learner, state: str, now: float) -> None:
         lr.p.state = state
@@ -505,7 +650,7 @@ class Profiles:
         self._unsent.add(lr.p.workload)
         self._urgent.add(lr.p.workload)
 
-    def _alert(self, lr: Learner, item: str, ev: wire.Event) -> wire.Edge:
+    def _alert(self, lr: Learner, item: str, ev: wire.Event, kill: wire.KillProcess | None = None) -> wire.Edge:
         self.novel += 1
         kind = item.partition("\t")[0]
         w = lr.p.workload
@@ -518,11 +663,17 @@ class Profiles:
                   + (shown or f"no {kind}"))
         title = f"Novel behaviour of {w}: {describe(item)}"
         tag = technique(item)
+        actions = []
+        if kill is not None:  # said first: the detail is cut to the wire's bound from its end
+            detail = (f"enforced: kill pid {kill.pid}" + (" and its children" if kill.tree else "")
+                      + f" ({kill.exe or ev.comm}); " + detail)
+            actions = [wire.EdgeAction(id=kill.id, action=kill.action, detail=msgspec.json.encode(
+                {"pid": kill.pid, "tree": kill.tree, "exe": kill.exe}).decode())]
         return wire.fit(wire.Edge(
             time=ev.time, pid=ev.pid, tid=ev.tid, ppid=ev.ppid, uid=ev.uid, euid=ev.euid, gid=ev.gid,
             comm=ev.comm, cgroup=ev.cgroup, verdict="audit", alert=alert_id(self.agent, w, item, ev),
             rule_id=f"profile.{kind}", title=title, level=LEVEL, tags=[tag, "immune.novelty"],
-            detail=detail, workload=w, novel=[item]))
+            detail=detail, workload=w, novel=[item], actions=actions))
 
     # -- operator and time ---------------------------------------------------
 
@@ -683,9 +834,34 @@ class Learning:
         for line in bad:
             log(f"profile file set aside: {line}")
         self.profiles = Profiles(agent, settings, clock=clock, profiles=kept)
+        self._kills: OrderedDict[str, str] = OrderedDict()
+        """Kills sent to the executor and not answered: the alert of each."""
+        self._log = log
 
-    def observe(self, events: list[wire.Event]) -> list[wire.Event]:
-        return self.profiles.observe(events)
+    def observe(self, events: list[wire.Event]) -> tuple[list[wire.Event], list[wire.KillProcess]]:
+        """``events`` with the novelty alerts behind them, and the kills an
+        enforcing profile decided, for the executor now."""
+        events = self.profiles.observe(events)
+        if not self.profiles.commands:
+            return events, []
+        decided, self.profiles.commands = self.profiles.commands, []
+        for k, alert in decided:
+            self._kills[k.id] = alert
+            if len(self._kills) > 4096:  # a result comes within a second or is lost with the executor
+                self._kills.popitem(last=False)
+            self._log(f"profile.enforce alert={alert} action=kill_process pid={k.pid} exe={k.exe} id={k.id}")
+        kills = [k for k, _ in decided]
+        return events, kills
+
+    def owns(self, command: str) -> bool:
+        return command in self._kills
+
+    def answered(self, result: wire.CommandResult) -> wire.Edge:
+        """The Edge event that reports an enforcing kill's result, as the
+        edge reports its playbooks' (spooled: the hive may be away)."""
+        return wire.fit(wire.Edge(time=time.time_ns(), verdict="audit", answered=True,
+                                  alert=self._kills.pop(result.command, ""), actions=[
+            wire.EdgeAction(id=result.command, action="kill_process", detail=result.detail, ok=result.ok)]))
 
     def tick(self) -> tuple[list[wire.Event], list[Profile]]:
         """Events to spool (profiles for the hive) and profiles to save."""

@@ -333,7 +333,9 @@ class _Relay:
             if self.edge is not None and self.edge.active:
                 got = self._at_the_edge(got)
             if self.learning is not None:
-                got = self.learning.observe(got)
+                got, kills = self.learning.observe(got)
+                if kills:  # an enforcing profile's: at once, as the edge's own
+                    self._edge_commands(kills)
             chunks.extend(self.spool.pack(got, self.batch))
             await self._store(chunks)
             self.accepted += len(got)
@@ -513,7 +515,11 @@ class _Relay:
                 if isinstance(msg, wire.CommandResult):
                     ex = self.ctx.stats.extra
                     ex["results"] = int(ex.get("results", 0)) + 1
-                    if self.edge is not None and msg.command.startswith("edge-"):
+                    if self.learning is not None and self.learning.owns(msg.command):
+                        # an enforcing profile's kill, reported as the edge's are
+                        await self._store(self.spool.pack([self.learning.answered(msg)], self.batch))
+                        self.kick()
+                    elif self.edge is not None and msg.command.startswith("edge-"):
                         # the edge's own: reported through the spool, so it reaches the hive when it is back
                         await self._store(self.spool.pack([self.edge.answered(msg)], self.batch))
                         self.kick()

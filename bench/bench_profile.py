@@ -18,7 +18,11 @@ learn for ``--learn`` hours of it, then run stable for the rest:
   table, fitting to the wire's bounds, packing into spool batches) without
   and with ``Profiles.observe``, on the same events in the same run, best
   of ``--repeat``, and the ratio;
-* noise: novelty alerts per hour of the stable part of the day.
+* noise: novelty alerts per hour of the stable part of the day;
+* the agent's memory: two processes each running the agent's relay actor
+  (no sensor, no hive: its spool keeps everything), one with learning and
+  one without, fed the same replay through the relay's event socket; the
+  peak and last resident set size (VmHWM, VmRSS) of each, and the ratio.
 """
 
 from __future__ import annotations
@@ -26,17 +30,21 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import struct
+import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 sys.path.insert(0, os.getcwd())  # the tree it is run from
 
 import msgspec  # noqa: E402
 
 import wire  # noqa: E402
-from agent._profile import Profiles, ProfileSettings, _shape, credential, generalise_path, network  # noqa: E402
+from agent._profile import (  # noqa: E402
+    Profiles, ProfileSettings, _folder, _shape, credential, generalise_path, item_of, network)
 from agent._proctable import ENRICHED  # noqa: E402
 from agent._spool import Spool  # noqa: E402
 
@@ -120,12 +128,119 @@ def day(hours: float, seed: int = 7) -> list[tuple[float, list[wire.Event]]]:
     return out
 
 
+def write_replay(bursts: list[tuple[float, list[wire.Event]]], path: str, per_batch: int = 2048) -> int:
+    """The replay as the sensor would batch it (about ``per_batch`` events
+    a batch), length-prefixed frames of (time, events): read one at a time,
+    so the reader holds one batch, not the day."""
+    n = 0
+    with open(path, "wb") as f:
+        pending: list[wire.Event] = []
+        for t, burst in bursts:
+            # Each burst's processes exit after it, as a real day's do: the
+            # relay's process table forgets them instead of filling up.
+            pending += burst + [wire.Exit(pid=pid, time=burst[-1].time + 1) for pid in sorted({e.pid for e in burst})]
+            if len(pending) >= per_batch:
+                frame = msgspec.msgpack.encode((t, pending))
+                f.write(struct.pack("<I", len(frame)) + frame)
+                n += len(pending)
+                pending = []
+    return n
+
+
+def memory_kib() -> dict[str, int]:
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmHWM", "VmRSS")}
+
+
+def relay_child(replay: str, learn: bool, learn_hours: float) -> None:
+    """One process as the agent runs its relay actor, fed ``replay``;
+    prints its memory as JSON once every event is spooled."""
+    import trio
+    import zmq
+
+    from actors import Child, Codec, Context, KeyPair, Runtime, Supervisor
+    from agent import ProcessTable, relay
+    from agent._profile import Learning
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as name:
+            tmp = Path(name)
+            KeyPair.generate().save(tmp / "keys", "agent")
+            (tmp / "no-proc").mkdir()
+            now = [START]
+            learning = Learning("bench", tmp / "profiles", ProfileSettings(learn=learn_hours * 3600, stable=1800),
+                                clock=lambda: now[0]) if learn else None
+            runtime = Runtime()
+            root = Context(runtime, "bench")
+            sup = Supervisor([Child("relay", relay, args=dict(
+                agent_id="bench", hive_endpoint="tcp://127.0.0.1:9", keys_dir=tmp / "keys",
+                hive_public=KeyPair.generate().public, spool_dir=tmp / "spool", spool_bytes=1 << 30,
+                events_endpoint="inproc://bench.events", commands_endpoint="inproc://bench.commands",
+                results_endpoint="inproc://bench.results", fleet_endpoint="inproc://bench.fleet",
+                # no /proc: the replay's pids are made up, and a live process
+                # that happens to hold one must not lend it its cgroup
+                table=ProcessTable(proc=tmp / "no-proc"), learning=learning))])
+            async with trio.open_nursery() as n:
+                await n.start(sup, root.child("agent"))
+                sensor = root.socket(zmq.PUSH, codec=Codec(wire.AgentMessage), connect="inproc://bench.events")
+                sent = 0
+                stats = runtime.registry["bench.agent.relay"].extra
+                dec = msgspec.msgpack.Decoder(tuple[float, list[wire.AnyEvent]])
+                with open(replay, "rb") as f:
+                    while head := f.read(4):
+                        t, events = dec.decode(f.read(struct.unpack("<I", head)[0]))
+                        now[0] = t
+                        await sensor.send(wire.EventBatch(seq=1, events=events))
+                        sent += len(events)
+                        # as a sensor paced by the relay: a few batches in flight, not the day in a queue
+                        while sent - int(stats.get("accepted", 0)) > 4 * 2048:
+                            await trio.sleep(0.001)
+                while int(stats.get("accepted", 0)) < sent:
+                    await trio.sleep(0.05)
+                out = memory_kib()
+                if learning is not None:
+                    out["profiles"] = len(learning.profiles.learners)
+                print(msgspec.json.encode(out).decode(), flush=True)
+                n.cancel_scope.cancel()
+
+    trio.run(run)
+
+
+def agent_memory(bursts: list[tuple[float, list[wire.Event]]], learn_hours: float, rounds: int = 2) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        replay = f"{tmp}/replay"
+        n = write_replay(bursts, replay)
+        got: dict[bool, list[dict]] = {False: [], True: []}
+        for _ in range(rounds):  # interleaved: the allocator's spread shows between rounds
+            for learn in (False, True):
+                r = subprocess.run([sys.executable, __file__, "--relay-child", replay, "--learn", str(learn_hours)]
+                                   + (["--with-learning"] if learn else []),
+                                   capture_output=True, text=True, timeout=3600, env={**os.environ, "MALLOC_ARENA_MAX": "1"})
+                if r.returncode != 0:
+                    raise SystemExit(f"the relay process failed: {r.stderr[-2000:]}")
+                got[learn].append(msgspec.json.decode(r.stdout.strip().splitlines()[-1]))
+
+    def mib(runs: list[dict], key: str) -> str:
+        return ", ".join(f"{m[key] / 1024:.1f}" for m in runs)
+
+    off, on = min(m["VmHWM"] for m in got[False]), min(m["VmHWM"] for m in got[True])
+    print(f"\nagent memory, the relay actor fed {n} events ({got[True][0].get('profiles', 0)} profiles), "
+          f"{rounds} rounds: peak RSS without learning {mib(got[False], 'VmHWM')} MiB, with {mib(got[True], 'VmHWM')} "
+          f"MiB: least of each {off / 1024:.1f} / {on / 1024:.1f} MiB, ratio {on / off:.3f}; "
+          f"at the end without {mib(got[False], 'VmRSS')}, with {mib(got[True], 'VmRSS')} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--learn", type=float, default=6.0, help="hours of learning at the start")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--relay-child", help=argparse.SUPPRESS)
+    ap.add_argument("--with-learning", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.relay_child:
+        relay_child(args.relay_child, args.with_learning, args.learn)
+        return
     bursts = day(args.hours)
     events = sum(len(b) for _, b in bursts)
     print(f"replay: {args.hours:g} h, {len(bursts)} bursts, {events} events, 4 workloads")
@@ -148,7 +263,7 @@ def main() -> None:
             if lr.p.state == "stable":
                 stable_at.setdefault(w, t)
     memory = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
-    for cached in (generalise_path, network, credential, _shape):  # the lookups' caches, bounded
+    for cached in (generalise_path, _folder, item_of, network, credential, _shape):  # the lookups' caches, bounded
         cached.cache_clear()
     own = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
@@ -214,6 +329,8 @@ def main() -> None:
           f"Profiles.observe alone {best['observe']:.0f} ns")
     print(f"with the spool's appends and one fsync per 256 events (25,600 events): without learning {best['disk without']:.0f} ns, "
           f"with {best['disk with']:.0f} ns: ratio {best['disk with'] / best['disk without']:.2f}")
+    agent_memory(bursts, args.learn)
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,10 @@ class ProfileConfig(_Section):
     """Items per profile; a workload that does more learns no more."""
     cgroups: bool = True
     """Learn processes outside any service or container by their cgroup."""
+    enforce_action: str = "kill"
+    """``kill``: an ``enforcing`` workload's process that does what its
+    proposed policy would refuse is killed by the agent at once; ``alert``:
+    only alerted, as in ``stable``."""
 
 
 class ConsoleConfig(_Section):
@@ -515,6 +519,8 @@ def _problems(cfg: Config) -> Iterator[tuple[str, str]]:
     if cfg.ai.token and not _TOKEN.fullmatch(cfg.ai.token):
         yield "ai.token", "1 to 4096 printable ASCII characters without spaces"
     yield from _herd_problems(cfg.herd.peers)
+    if cfg.profile.enforce_action not in ("kill", "alert"):
+        yield "profile.enforce_action", f"{cfg.profile.enforce_action!r} is not one of kill, alert"
 
 
 _TRUSTS = ("observe", "enforce")

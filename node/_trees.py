@@ -292,7 +292,8 @@ def agent_learning(cfg: Config, name: str):
     p = cfg.profile
     settings = ProfileSettings(learn=p.learn_hours * 3600, stable=p.stable_hours * 3600,
                                realert=p.realert_hours * 3600, folder_cap=p.folder_cap, peer_cap=p.peer_cap,
-                               max_workloads=p.max_workloads, max_items=p.max_items, cgroups=p.cgroups)
+                               max_workloads=p.max_workloads, max_items=p.max_items, cgroups=p.cgroups,
+                               enforce_action=p.enforce_action)
     log = logging.getLogger("immune.agent.profile")
     return Learning(name, cfg.data_dir / "profiles", settings, log=log.warning)
 

@@ -294,10 +294,11 @@ class PlaybookEngine:
         edge = next((e for e in alert.events if isinstance(e, wire.Edge)), None)
         if edge is None:
             return frozenset()
+        by = (f"the profile of {edge.workload}, enforcing" if edge.workload  # a learned-self kill, no playbook
+              else f"playbook {', '.join(edge.playbooks) or '?'} (bundle v{edge.bundle})")
         for a in edge.actions:
             d.audit.append(AuditRecord(now, f"agent:{alert.agent}", f"{a.action} {a.detail}",
-                                       f"alert {alert.id} {alert.title!r} at the edge, playbook "
-                                       f"{', '.join(edge.playbooks) or '?'} (bundle v{edge.bundle})",
+                                       f"alert {alert.id} {alert.title!r} at the edge, {by}",
                                        "sent at the edge", {"alert": alert.id, "command": a.id}))
         return frozenset(edge.playbooks)
 

@@ -266,3 +266,109 @@ def test_a_workload_doing_ever_new_things_is_alerted_within_a_bound():
     assert novelty(p.observe([fresh])) == [] and p.suppressed == 51
     clock.now += 3601  # those alerted aged out: room again
     assert len(novelty(p.observe([fresh]))) == 1
+
+
+def enforcing(clock: Clock, **kw) -> Profiles:
+    p = learned(clock, **kw)
+    p.accept("unit:web.service", [], "enforcing")
+    return p
+
+
+def test_enforcing_kills_what_its_proposed_policy_refuses_and_alerts_the_rest():
+    clock = Clock()
+    p = enforcing(clock)
+    assert all(novelty(p.observe(run(n))) == [] for n in range(5)) and p.commands == []  # its own load: untouched
+    shell = wire.Exec(pid=5000, exe="/usr/bin/dash", parent_image="/usr/bin/python3.12", argv=["sh"], **SVC)
+    c2 = wire.Connect(pid=5001, family=2, address="203.0.113.9", port=4444, image="/usr/bin/python3.12", **SVC)
+    ssh = wire.Bind(pid=5002, protocol="tcp", address="0.0.0.0", port=22, **SVC)
+    shadow = wire.Open(pid=5003, path="/etc/shadow", flags=0, **SVC)
+    # outside the profile but not what the proposal refuses: alerted, not killed
+    other = [wire.Open(pid=5004, path="/srv/web/new.html", flags=0, **SVC),
+             wire.SetId(pid=5005, call="setuid", old=33, new=0, **SVC),
+             wire.Bind(pid=5006, protocol="tcp", address="0.0.0.0", port=9090, **SVC)]
+    alerts = novelty(p.observe([shell, c2, ssh, shadow, *other]))
+    assert len(alerts) == 7
+    kills = {c.pid: c for c, _ in p.commands}
+    assert sorted(kills) == [5000, 5001, 5002, 5003]
+    assert kills[5000].tree and kills[5000].exe == "/usr/bin/dash"  # the shell and what it started
+    assert not kills[5001].tree and kills[5001].exe == "/usr/bin/python3.12"
+    assert kills[5002].exe == ""  # nothing known of its program: not checked
+    assert [a for _, a in p.commands] == [a.alert for a in alerts[:4]]
+    for a in alerts[:4]:
+        assert a.detail.startswith(f"enforced: kill pid {a.pid}") and "new in unit:web.service (enforcing)" in a.detail
+        [act] = a.actions
+        assert act.action == "kill_process" and act.id == kills[a.pid].id and f'"pid":{a.pid}' in act.detail
+    assert "and its children (/usr/bin/dash)" in alerts[0].detail
+    assert all(not a.actions and not a.detail.startswith("enforced") for a in alerts[4:])
+    assert p.statistics()["enforced_kills"] == 4
+    # the same shell again (a respawn) within the realert period: killed again, and said;
+    # the file read again: not alerted again, as in stable
+    p.commands.clear()
+    again = wire.Exec(pid=5100, exe="/usr/bin/dash", parent_image="/usr/bin/python3.12", argv=["sh"], **SVC)
+    alerts = novelty(p.observe([again, other[0]]))
+    assert [a.pid for a in alerts] == [5100] and [c.pid for c, _ in p.commands] == [5100]
+
+
+def test_stable_and_enforce_action_alert_only_alert():
+    for state, kw in (("stable", {}), ("enforcing", {"enforce_action": "alert"})):
+        clock = Clock()
+        p = learned(clock, **kw)
+        p.accept("unit:web.service", [], state)
+        shell = wire.Exec(pid=5000, exe="/usr/bin/dash", parent_image="/usr/bin/python3.12", argv=["sh"], **SVC)
+        [alert] = novelty(p.observe([shell]))
+        assert p.commands == [] and alert.actions == [] and not alert.detail.startswith("enforced"), state
+    with pytest.raises(ValueError, match="enforce_action 'block': one of kill, alert"):
+        Profiles("a1", ProfileSettings(enforce_action="block"))
+
+
+def test_learning_hands_the_kills_over_and_reports_their_results(tmp_path):
+    clock = Clock()
+    lines: list[str] = []
+    learning = Learning("a1", tmp_path, ProfileSettings(learn=3600, stable=600), clock=clock, log=lines.append)
+    for n in range(3):
+        assert learning.observe(run(n)) == (run(n), [])
+        clock.now += 60
+    clock.now += 3600
+    learning.tick()
+    assert learning.update(wire.UpdateProfile(id="c1", workload="unit:web.service", state="enforcing")).ok
+    shell = wire.Exec(pid=5000, exe="/usr/bin/dash", parent_image="/usr/bin/python3.12", argv=["sh"], **SVC)
+    events, [kill] = learning.observe([shell])
+    [alert] = novelty(events)
+    assert kill.pid == 5000 and learning.owns(kill.id) and learning.profiles.commands == []
+    assert any(f"alert={alert.alert}" in line and "pid=5000" in line for line in lines)  # logged as the edge's
+    done = learning.answered(wire.CommandResult(command=kill.id, ok=True, detail="killed 1 process(es): 5000"))
+    assert done.answered and done.alert == alert.alert
+    assert [(a.id, a.action, a.ok, a.detail) for a in done.actions] == [
+        (kill.id, "kill_process", True, "killed 1 process(es): 5000")]
+    assert not learning.owns(kill.id)
+
+
+def test_events_seen_again_take_the_short_way_with_the_same_outcome():
+    clock = Clock()
+    p = learned(clock)
+    lr = p.learners["unit:web.service"]
+    assert lr.seen  # what repeated while learning is remembered as held
+    same = run(9)
+    for _ in range(3):
+        assert novelty(p.observe(same)) == []
+    before = p.observed
+    assert novelty(p.observe(same)) == [] and p.observed == before + len(same)
+    # a key remembered for one workload says nothing of another's
+    other = wire.Open(pid=1, path="/srv/web/app.py", flags=0, unit="other.service", cgroup=78)
+    assert p.observe([other]) == [other] and p.learners["unit:other.service"].p.state == "learning"
+
+
+def test_a_generated_name_is_held_by_its_kind_and_never_stands_for_another_name():
+    from agent._profile import quick_path
+
+    for path in ("/proc/4242/status", "/var/lib/nginx/body/00a1b2c3d4e5f607", "/q/50ba549f2a738cb31b3215cd01ec635f.json",
+                 "/a/1.5.json", "/etc/deadbeef", "/lib/libssl.so.3", "/b/db-20231116.tgz", "/tmp/x1/y", "/run/user/0/k",
+                 "/x/12ab34cd/ff00ee11/n.json.gz", "/srv/v2/app", "/.ssh/id_rsa"):
+        assert generalise_path(quick_path(path)) == generalise_path(path), path
+    assert quick_path("/etc/deadbeef") == "/etc/deadbeef"  # no digit: a name, not generated
+    clock = Clock()
+    p = learned(clock)  # its runs read /proc/PID/status of three pids
+    for pid in range(7000, 7010):
+        assert novelty(p.observe([wire.Open(pid=pid, path=f"/proc/{pid}/status", flags=0, **SVC)])) == []
+    [alert] = novelty(p.observe([wire.Open(pid=1, path="/proc/1/environ", flags=0, **SVC)]))
+    assert alert.novel == ["read\t/proc/*/environ"]

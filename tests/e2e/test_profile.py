@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from hive import Store
+from hive.playbook import Records
 from kmod import DEFAULT_POLICY
 from kmod._system import cgroup2_root
 from tests.kmod.conftest import kernel
@@ -55,6 +56,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 kind = self.path.split("/")[2]
                 if kind == "shell":
                     out["shell"] = subprocess.run(["/bin/sh", "-c", "id -u"], capture_output=True, text=True).stdout
+                elif kind == "lingering":  # a shell that stays a while, as one an attacker works in
+                    out["code"] = subprocess.run(["/bin/sh", "-c", "sleep 20; id -u"], capture_output=True).returncode
                 elif kind == "connect":
                     socket.create_connection(("127.0.0.3", feature_port), timeout=2).close()
                 elif kind == "secret":
@@ -339,3 +342,74 @@ def neighbour(cgroup: Path, port: int) -> dict:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def test_an_enforcing_workload_has_a_shell_it_spawns_killed_by_the_agent_alone(tmp_path, start_node, cgroups):
+    """``enforcing`` made real on the agent: the model server's benign load
+    runs untouched; with the hive stopped, a shell it spawns is killed by
+    the agent itself, and the novelty alert that reaches the hive when it is
+    back says so, with the kill in the audit trail and its result."""
+    root, paths = cgroups
+    hive_dir, agent_dir = tmp_path / "hive", tmp_path / "agent"
+    port = free_port()
+    listen = ["--listen", f"tcp://127.0.0.1:{port}"]
+    hive = start_node("hive", hive_dir, *listen)
+    hive.wait_ready(timeout=120)
+    enroll(hive_dir, agent_dir, "self-2")
+    config = tmp_path / "agent.toml"
+    config.write_text("[profile]\nlearn_hours = 0.001\nstable_hours = 0.001\n")  # 3.6 s each; kill by default
+    agent = start_node("agent", agent_dir, "--hive", f"tcp://127.0.0.1:{port}", "--config", str(config),
+                       "--scope", f"cgroup:{root}")
+    agent.wait_ready(timeout=120)
+    w = Workloads(tmp_path, paths, Feature())
+    model_w = f"cgroup:{os.stat(paths[0]).st_ino}"
+
+    def state() -> str:
+        return next((line.split()[2] for line in cli(hive_dir, "profile", "list").splitlines()[1:]
+                     if line.startswith("self-2") and line.split()[1] == model_w), "")
+
+    w.benign()
+    wait_until(lambda: state() == "stable", timeout=60, what="the model server stable")
+    assert "enforcing" in cli(hive_dir, "profile", "state", model_w, "enforcing")
+    wait_until(lambda: state() == "enforcing", timeout=30, what="the model server enforcing on the agent")
+
+    # Its benign load runs untouched (5 requests each, every answer checked).
+    w.benign()
+
+    # The hive goes away; a shell the server spawns is killed by the agent alone.
+    assert hive.stop() == 0
+    w.start()
+    try:
+        started = time.monotonic()
+        answer = w.get(w.model_port, "/attack/lingering")
+        elapsed = time.monotonic() - started
+        assert answer == {"code": -9}, answer  # SIGKILL, long before its 20 s
+        assert w.get(w.model_port, "/predict") == {"weights": 4096, "feature": "f=0.5"}  # the server lives on
+    finally:
+        w.stop()
+    print(f"\nenforcing: the spawned shell killed {elapsed * 1000:.0f} ms after the request, hive down")
+    assert "profile.enforce" in agent.log()
+
+    # Back: the alert says what was done; the kill is in the audit trail with its result.
+    hive = start_node("hive", hive_dir, *listen)
+    hive.wait_ready(timeout=120)
+
+    def reported():
+        s = store(hive_dir)
+        try:
+            return ([a for a in s.alerts(level="novel", limit=1000) if a.detail.startswith("enforced: ")],
+                    [a for e in s.events(agent="self-2", kind="edge", limit=1000) if e.answered for a in e.actions],
+                    [r for r in Records(s.db).audit(limit=1000) if r.actor == "agent:self-2"])
+        finally:
+            s.close()
+
+    wait_until(lambda: all(reported()), timeout=30, what="the enforced alert, its result and its audit record")
+    alerts, results, audit = reported()
+    shell = next(a for a in alerts if a.rule_id == "profile.exec" and "exec /usr/bin/dash" in a.title)
+    assert shell.edge and shell.agent == "self-2" and "attack.t1059" in shell.tags
+    assert shell.detail.startswith("enforced: kill pid ") and "and its children (/usr/bin/dash)" in shell.detail
+    pid = int(shell.detail.split()[3])
+    assert ("kill_process", True, "killed") in {(a.action, a.ok, a.detail[:6]) for a in results}, results
+    assert any(str(pid) in a.detail for a in results if a.ok), (pid, results)
+    assert any(r.what.startswith("kill_process") and f'"pid":{pid}' in r.what and "enforcing" in r.why
+               for r in audit), audit

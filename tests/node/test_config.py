@@ -202,6 +202,7 @@ def _error(tmp_path, text: str | bytes, **kw) -> str:
     ("[profile]\nmax_workloads = 0\n", "profile.max_workloads: must be an integer from 1 to 65536, not 0"),
     ("[profile]\nmax_items = 15\n", "profile.max_items: must be an integer from 16 to 65536, not 15"),
     ("[profile]\nlearn = 3\n", "profile: object contains unknown field `learn`"),
+    ("[profile]\nenforce_action = 'block'\n", "profile.enforce_action: 'block' is not one of kill, alert"),
     # [cluster]
     ("[cluster]\nnats = ['127.0.0.1:4222']\n", "cluster.nats[0]: '127.0.0.1:4222' is not nats://HOST:PORT"),
     ("[cluster]\nnats = ['nats://a:1', 'nats://b']\n", "cluster.nats[1]: 'nats://b' is not nats://HOST:PORT"),
