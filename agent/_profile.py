@@ -597,8 +597,10 @@ class Profiles:
             return []
         # Enforcing: every such event's process is killed and reported, also
         # the same novelty again (a respawn); the rest is alerted as in stable.
+        # What the kernel already refused is not: killing a service for a
+        # refused connect would turn an attacker's forged request into an outage.
         kill = (p.state == "enforcing" and self.s.enforce_action == "kill" and ev.pid > 1
-                and enforceable(item))
+                and getattr(ev, "verdict", "") != "block" and enforceable(item))
         last = p.pending.get(item)
         if not kill and last is not None and now - last < self.s.realert:
             return []

@@ -309,6 +309,15 @@ def test_enforcing_kills_what_its_proposed_policy_refuses_and_alerts_the_rest():
     assert [a.pid for a in alerts] == [5100] and [c.pid for c, _ in p.commands] == [5100]
 
 
+def test_enforcing_does_not_kill_what_the_kernel_already_refused():
+    clock = Clock()
+    p = enforcing(clock)
+    c2 = wire.Connect(pid=5001, family=2, address="203.0.113.9", port=4444, image="/usr/bin/python3.12",
+                      verdict="block", **SVC)
+    [alert] = novelty(p.observe([c2]))
+    assert p.commands == [] and alert.actions == [] and not alert.detail.startswith("enforced")
+
+
 def test_stable_and_enforce_action_alert_only_alert():
     for state, kw in (("stable", {}), ("enforcing", {"enforce_action": "alert"})):
         clock = Clock()
