@@ -272,8 +272,8 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
         to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
 
     def refresh_addresses() -> None:
-        for a in store.agents():
-            hosts.set_addresses(a.id, a.addresses)
+        for agent, addresses in store.addresses():
+            hosts.set_addresses(agent, addresses)
 
     await trio.to_thread.run_sync(refresh_addresses)
     # Alerts published lately, so that one an incident takes in afterwards
