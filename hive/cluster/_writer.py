@@ -316,7 +316,7 @@ async def _commit(ctx: Context, store: Store, bus: Any, codec: Codec, taken: lis
     # Acknowledged only once detection has them: a writer killed before this
     # point leaves them to another, which passes them on again.
     split = [d for d, _ in out.split]
-    if not await to_detection(out.detect + notices):
+    if not await to_detection(_for_detection(codec, out.detect) + notices):
         await bus.settle([], later=out.ack + out.later + split, delay=GAP_RETRY, drop=out.drop + bad)
         return
     if out.split:
@@ -331,3 +331,14 @@ async def _commit(ctx: Context, store: Store, bus: Any, codec: Codec, taken: lis
             (out.later if k in failed else out.ack).append(d)
     await bus.settle(out.ack, later=out.later, delay=GAP_RETRY, drop=out.drop + bad)
 
+
+def _for_detection(codec: Codec, batches: Sequence[Batch]) -> list[Batch]:
+    """Batches encoded again for detection: storing filled in each event's
+    agent (and a time where it had none), which rules and correlation read.
+    A copy passed on again was not stored now: its agent is filled in here."""
+    out = []
+    for b, _ in batches:
+        for e in b.events:
+            e.agent = b.agent
+        out.append((b, codec.encode(b)))
+    return out

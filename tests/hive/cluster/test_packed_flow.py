@@ -140,6 +140,8 @@ async def test_many_agents_batches_travel_packed_and_are_stored_once(tmp_path, n
                     got = unpack(CODEC, d.data)
                     assert got.packed and not got.bad
                     seen += [(x.agent, x.seq) for x, _ in got.batches]
+                    # With what storing filled in, which rules and correlation read.
+                    assert all(e.agent == x.agent for x, _ in got.batches for e in x.events)
                     messages += 1
                 await queue.ack(taken)
             assert sorted(seen) == sorted(set(seen)) and len(seen) == total + 6
