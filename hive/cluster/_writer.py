@@ -23,7 +23,7 @@ from .._store import Store, StoreError
 from ._bus import (DETECT_SUBJECT, INGEST_STREAM, INGEST_SUBJECT, RECORDERS, RECORDS_STREAM, RECORDS_SUBJECT, WRITERS,
                    ClusterError, ClusterSpec, Delivery, open_bus)
 from ._keeper import LeaseKeeper
-from ._pack import PACK_BYTES, batch_id, chunks, encode, pack_id, unpack
+from ._pack import batch_id, chunks, encode, pack_id, unpack
 
 FETCH = 16
 """Packs taken from one partition at once (each up to ``PACK_BYTES`` of batches)."""

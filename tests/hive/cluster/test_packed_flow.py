@@ -3,8 +3,6 @@ many agents' batches in few messages, each stored once, a batch resent in
 another pack dropped by the store, bad packs counted without losing the
 good batches in them, and what goes on to detection packed too."""
 
-import time
-
 import trio
 import zmq
 
@@ -93,7 +91,6 @@ async def test_many_agents_batches_travel_packed_and_are_stored_once(tmp_path, n
         assert router["published"] == total
         assert 2 <= router["packs"] <= total // 4, router  # packed, not one message a batch
         await wait_for(lambda: writer["batches"] == total)
-        print("STATS", time.monotonic(), router, writer)
         assert writer["packs"] == router["packs"] and writer["duplicates"] == 0
 
         # A batch larger than JetStream takes is refused and counted at the router, not acknowledged.
