@@ -107,7 +107,7 @@ def generator(index: int, agents: list[tuple[str, bytes, bytes]], endpoints: lis
     beat = [start + heartbeat * i / n for i in range(n)]
     last = [start] * n
     at = bt = 0
-    totals = dict(sent=0, acked=0, batches=0, heartbeats=0, held=0)
+    totals = dict(sent=0, acked=0, batches=0, acked_batches=0, heartbeats=0, held=0)
     rtts: list[float] = []
     next_report = start + 1.0
     while True:
@@ -152,6 +152,7 @@ def generator(index: int, agents: list[tuple[str, bytes, bytes]], endpoints: lis
                     t = time.monotonic()
                     for q in range(acked[i] + 1, msg.seq + 1):
                         totals["acked"] += sizes[i].pop(q, 0)
+                        totals["acked_batches"] += 1
                         sent = sent_at[i].pop(q, None)
                         if sent is not None:
                             rtts.append(t - sent)
@@ -197,14 +198,15 @@ def query(url: str, sql: str, *args):
         return c.execute(sql, args or None).fetchall()
 
 
-def node_config(folder: Path, url: str, port: int, nats: list[str], name: str) -> Path:
+def node_config(folder: Path, url: str, port: int, nats: list[str], name: str, pack: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     servers = ", ".join(f'"{u}"' for u in nats)
     f = folder / "immune.toml"
     f.write_text(f'[node]\ndata = "{folder}"\nlog_level = "warning"\n[store]\nurl = "{url}"\n'
                  f'[hive]\nlisten = "tcp://127.0.0.1:{port}"\nenroll_listen = "tcp://127.0.0.1:{free_port()}"\n'
                  f'heartbeat_timeout = 30\n[console]\nenabled = false\n'
-                 f'[cluster]\nnats = [{servers}]\nnode = "{name}"\npartitions = 16\n')
+                 f'[cluster]\nnats = [{servers}]\nnode = "{name}"\npartitions = 16\n'
+                 + ("" if pack else "pack = false\n"))
     return f
 
 
@@ -215,8 +217,8 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float, heartbeat: float,
-          seconds: float, procs: int, warmup: float) -> dict:
+def phase(tmp: Path, pg, nodes: int, agents: int, rate: float, heartbeat: float,
+          seconds: float, procs: int, warmup: float, pack: bool) -> dict:
     url = pg.fresh_schema()
     first = tmp / "node1"
     hive_keys = KeyPair.load_or_create(first / "keys", "hive")
@@ -226,6 +228,8 @@ def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float
     t = time.perf_counter()
     keys = enroll(url, agents, "sim")
     enrolled = time.perf_counter() - t
+    # NATS servers of its own: a phase must not start with what the last left in JetStream.
+    nats = NatsCluster(tmp / "nats").start()
     running: list[tuple[Path, subprocess.Popen]] = []
     endpoints = []
     try:
@@ -234,7 +238,7 @@ def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float
             if i:
                 shutil.copytree(first / "keys", folder / "keys", dirs_exist_ok=True)
             port = free_port()
-            cfg = node_config(folder, url, port, nats.urls, f"node{i + 1}")
+            cfg = node_config(folder, url, port, nats.urls, f"node{i + 1}", pack)
             log = open(folder / "hive.log", "ab")
             running.append((folder, subprocess.Popen([sys.executable, "-m", "node.cli", "hive", "--config", str(cfg)],
                                                      cwd=ROOT, stdout=log, stderr=log)))
@@ -288,8 +292,8 @@ def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float
         time.sleep(warmup)
         drain_reports(False)
         stored0 = int(query(url, "SELECT coalesce(sum(events), 0) FROM streams")[0][0])
-        sent0, acked0, beats0, batches0, held0 = (total(k) for k in ("sent", "acked", "heartbeats", "batches",
-                                                                       "held"))
+        sent0, acked0, beats0, batches0, held0, abatches0 = (total(k) for k in (
+            "sent", "acked", "heartbeats", "batches", "held", "acked_batches"))
         cpu0 = [cpu_seconds(x) for x in (servers, natsd, pgpid, gpids)]
         w0 = time.monotonic()
         rss_peak = 0
@@ -303,6 +307,7 @@ def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float
         stored1 = int(query(url, "SELECT coalesce(sum(events), 0) FROM streams")[0][0])
         sent, acked = total("sent") - sent0, total("acked") - acked0
         beats, batches, held = total("heartbeats") - beats0, total("batches") - batches0, total("held") - held0
+        acked_batches = total("acked_batches") - abatches0
         seen = int(query(url, "SELECT count(*) FROM agents WHERE online=1 AND last_seen > %s", time.time() - 30)[0][0])
         per_node = [rss_bytes([p]) for p in servers]
         # Where the work waits, as immune-node status shows the cluster's queues.
@@ -328,6 +333,7 @@ def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float
         drained = time.monotonic() - t1
         return dict(agents=agents, offered=agents * rate, sent=sent / wall, acked=acked / wall,
                     stored=(stored1 - stored0) / wall, heartbeats=beats / wall, batches=batches / wall,
+                    acked_batches=acked_batches / wall,
                     held=held / wall, seen=seen, p50=percentile(rtts, 0.5), p99=percentile(rtts, 0.99),
                     lag=max(0, lag), drained=drained, left=max(0, left), cpu=cpu, rss_peak=rss_peak, rss_nodes=per_node,
                     enrolled=enrolled, connected=connected, queues=queues)
@@ -339,6 +345,7 @@ def phase(tmp: Path, pg, nats: NatsCluster, nodes: int, agents: int, rate: float
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        nats.stop()
 
 
 def show(name: str, r: dict) -> None:
@@ -346,7 +353,9 @@ def show(name: str, r: dict) -> None:
     print(f"{name}: {r['agents']:,} agents, offered {r['offered']:,.0f} ev/s")
     print(f"  events/s  sent {r['sent']:,.0f}  acknowledged {r['acked']:,.0f}  stored {r['stored']:,.0f} "
           f"({r['stored'] / r['offered']:.0%} of offered)")
-    print(f"  batches/s {r['batches']:,.0f}  heartbeats/s {r['heartbeats']:,.0f}  sends held by a full window/s "
+    per_batch = cores[0] / r["acked_batches"] * 1000 if r["acked_batches"] else float("nan")
+    print(f"  batches/s sent {r['batches']:,.0f} acknowledged {r['acked_batches']:,.0f} "
+          f"(hive-node CPU {per_batch:.2f} ms an acknowledged batch)  heartbeats/s {r['heartbeats']:,.0f}  sends held by a full window/s "
           f"{r['held']:,.0f}  agents online in the registry {r['seen']:,} of {r['agents']:,}")
     print(f"  batch round trip p50 {r['p50'] * 1000:.0f} ms p99 {r['p99'] * 1000:.0f} ms; acked not stored at the "
           f"end {r['lag']:,} events, " + (f"drained in {r['drained']:.1f} s" if not r["left"] else
@@ -370,6 +379,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=20.0)
     ap.add_argument("--procs", type=int, default=4, help="load generator processes")
     ap.add_argument("--baseline", type=int, default=100, help="agents of the baseline phase (0: none)")
+    ap.add_argument("--no-pack", dest="pack", action="store_false",
+                    help="one JetStream message a batch ([cluster] pack = false), as before packing")
     args = ap.parse_args()
     from tests import pgserver
 
@@ -377,22 +388,20 @@ def main() -> None:
         sys.exit(f"bench_agents: {why}")
     base = Path(tempfile.mkdtemp(prefix="bench-agents-"))
     pg = pgserver.start(durable=True)
-    nats = NatsCluster(base / "nats").start()
     load = os.getloadavg()
     try:
         results = {}
         if args.baseline:
             rate = args.rate * args.agents / args.baseline
-            results["baseline"] = phase(base / "baseline", pg, nats, args.nodes, args.baseline, rate, args.heartbeat,
-                                        args.seconds, min(args.procs, args.baseline), args.warmup)
+            results["baseline"] = phase(base / "baseline", pg, args.nodes, args.baseline, rate, args.heartbeat,
+                                        args.seconds, min(args.procs, args.baseline), args.warmup, args.pack)
             show("baseline", results["baseline"])
-        results["fleet"] = phase(base / "fleet", pg, nats, args.nodes, args.agents, args.rate, args.heartbeat,
-                                 args.seconds, args.procs, args.warmup)
+        results["fleet"] = phase(base / "fleet", pg, args.nodes, args.agents, args.rate, args.heartbeat,
+                                 args.seconds, args.procs, args.warmup, args.pack)
         show("fleet", results["fleet"])
         if args.baseline:
             print(f"fleet/baseline stored events/s: {results['fleet']['stored'] / results['baseline']['stored']:.2f}x")
     finally:
-        nats.stop()
         pgserver.stop(pg)
         shutil.rmtree(base, ignore_errors=True)
     print(f"({args.nodes} hive nodes, 3 nats-servers, 1 PostgreSQL, {args.procs} load generator processes, "

@@ -172,6 +172,7 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any
 
     from .cluster._bus import CORRELATE_SUBJECT, DETECT_STREAM, DETECT_SUBJECT, SENTINELS, ClusterError, open_bus
     from .cluster._correlate import correlate_id, correlate_partition
+    from .cluster._pack import unpack
 
     codec = internal_codec()
     async with open_bus(spec, "sentinel") as bus:
@@ -180,12 +181,14 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any
             try:
                 taken = await queue.fetch(CLUSTER_FETCH, timeout=1.0)
                 for d in taken:
-                    try:
-                        batch = codec.decode(d.data)
+                    try:  # a writer's pack of stored batches, or one (from a node without packing)
+                        got = unpack(codec, d.data)
                     except DecodeError:
                         _count(ctx, "undecodable")
                         continue
-                    if isinstance(batch, Ingest):
+                    if got.bad:
+                        _count(ctx, "undecodable", got.bad)
+                    for batch, _ in got.batches:
                         evaluate(batch)
                 # What correlation reads goes to its partition's owner; only
                 # then are the batches done with.
@@ -279,8 +282,8 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
         to_playbook = ctx.socket(zmq.PUSH, connect=alerts, codec=internal_codec(), sndhwm=10000, topic="")
 
     def refresh_addresses() -> None:
-        for a in store.agents():
-            hosts.set_addresses(a.id, a.addresses)
+        for agent, addresses in store.addresses():
+            hosts.set_addresses(agent, addresses)
 
     await trio.to_thread.run_sync(refresh_addresses)
     # Alerts published lately, so that one an incident takes in afterwards

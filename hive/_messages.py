@@ -29,6 +29,15 @@ class Ingest(_Msg, tag="ingest"):
     events: Annotated[list[wire.AnyEvent], msgspec.Meta(max_length=wire.MAX_BATCH)] = []
 
 
+class Packed(_Msg, tag="packed"):
+    """Many Ingest batches in one message of the cluster's bus (router ->
+    store writer, store writer -> sentinels; see ``hive.cluster._pack``).
+    Each item is one Ingest as ``internal_codec`` encodes it, kept as bytes
+    so that a malformed one leaves the others readable."""
+
+    batches: list[bytes] = []
+
+
 class Stored(_Msg, tag="stored"):
     """Store -> router: what became of one Ingest."""
 
@@ -123,5 +132,5 @@ class SigmaHit(_Msg, tag="sigma_hit"):
     message id, and what its correlation's alert id is made from."""
 
 
-InternalMessage = (Ingest | Stored | AgentSeen | Deliver | Result | wire.Alert | Repeat | IncidentUpdate
+InternalMessage = (Ingest | Packed | Stored | AgentSeen | Deliver | Result | wire.Alert | Repeat | IncidentUpdate
                    | SigmaHit)

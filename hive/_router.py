@@ -26,7 +26,7 @@ from .cluster import _routing as routing
 from .cluster._bus import COMMAND_PREFIX, INGEST_SUBJECT, RESULT_PREFIX, ClusterError, ClusterSpec, agent_subject, open_bus
 from .cluster._ledger import AckLedger, Offer
 from .cluster._leases import partition_of
-from .cluster._writer import batch_id
+from .cluster._pack import PACK_BYTES, PACK_WAIT, PAYLOAD_MARGIN, batch_id, packs
 
 LEARN_AT_ONCE = 2000
 """Streams new to a clustered router whose stored marks one read asks for."""
@@ -50,6 +50,10 @@ FLEET_POLL = 0.1
 (``immune-node policy push`` and ``agents label`` write there, also with
 no hive running): a stat of its files, and a read of one row when they
 changed, so a push reaches online agents within this plus the sending."""
+
+PUBLISHING = 4
+"""Publishes to JetStream a clustered router has on their way at once: while
+they are, batches gather for the next, so packs grow with the load."""
 
 CURVE_OVERHEAD = 64
 """ZeroMQ applies MAXMSGSIZE to the encrypted frame: a CURVE MESSAGE command
@@ -280,32 +284,55 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             await send_ack(agent, msg.stream, ledger.acked(key), resend=True)
         elif offer is Offer.PUBLISH:
             data = ingest_codec.encode(Ingest(agent=agent, stream=msg.stream, seq=msg.seq, events=msg.events))
-            if fair.offer(agent, (key, msg.seq, data), len(data)):
+            if len(data) > bus.max_payload - PAYLOAD_MARGIN:
+                # JetStream would refuse it: not taken, and said why (the
+                # agent sends it again; max_payload wants raising to max_frame).
+                ledger.published(key, msg.seq, False)
+                refuse("too_large_for_bus", agent, f"{len(data)} bytes > NATS max_payload {bus.max_payload} "
+                       f"less {PAYLOAD_MARGIN}")
+            elif fair.offer(agent, (key, msg.seq, data), len(data)):
                 work.unpark_all()
             else:
                 ledger.published(key, msg.seq, False)
                 counts["over_budget"] = int(counts["over_budget"]) + 1
 
     async def to_jetstream() -> None:
+        slots = trio.Semaphore(PUBLISHING)
         async with trio.open_nursery() as nursery:
             while True:
-                batches = fair.take()
-                if not batches:
-                    await work.park()
-                    continue
+                if cluster.pack:
+                    await slots.acquire()
+                batches: list[tuple[str, Any]] = []
+                while not batches:
+                    while not fair.queued_bytes:
+                        await work.park()
+                    if cluster.pack:
+                        # A moment for other agents' batches to join these in the same packs.
+                        with trio.move_on_after(PACK_WAIT):
+                            while fair.queued_bytes < PACK_BYTES:
+                                await work.park()
+                    batches = fair.take()
+                    if not batches:  # the window is full: until a publish is answered
+                        await work.park()
                 room.unpark_all()
                 # Publishes overlap; the fair queue's window bounds the bytes in flight.
-                nursery.start_soon(publish, batches)
+                nursery.start_soon(publish, batches, slots if cluster.pack else None)
 
-    async def publish(batches: list[tuple[str, Any]]) -> None:
+    async def publish(batches: list[tuple[str, Any]], slot: trio.Semaphore | None) -> None:
         # Each agent's batches in its partition: one writer stores them in order.
         items = [(f"{INGEST_SUBJECT}.{partition_of(agent, cluster.partitions)}", data, batch_id(*key, seq))
                  for agent, (key, seq, data) in batches]
         try:
-            held = await bus.publish_to(items)
+            if slot is None:
+                held = await bus.publish_to(items)
+            else:
+                held = await publish_packed(items)
         except ClusterError as e:
             ctx.stats.last_error = str(e)
             held = [False] * len(items)
+        finally:
+            if slot is not None:
+                slot.release()
         counts["published"] = int(counts.get("published", 0)) + held.count(True)
         counts["publish_failed"] = int(counts.get("publish_failed", 0)) + held.count(False)
         for (agent, (key, seq, _)), ok in zip(batches, held):
@@ -314,6 +341,17 @@ async def router_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IGNO
             if moved is not None:
                 await send_ack(agent, key[1], moved)
         work.unpark_all()
+
+    async def publish_packed(items: list[tuple[str, bytes, str]]) -> list[bool]:
+        """One message per partition (per ``PACK_BYTES``); whether each item's pack is held."""
+        made, _ = packs(ingest_codec, items, limit=bus.max_payload)  # (none too large: refused when offered)
+        ok = await bus.publish_to([(p.subject, p.payload, p.id) for p in made])
+        held = [False] * len(items)
+        for p, done in zip(made, ok):
+            for i in p.members:
+                held[i] = done
+        counts["packs"] = int(counts.get("packs", 0)) + ok.count(True)
+        return held
 
     async def send_bundle(agent: str) -> None:
         b = fleet.due(agent, agent_wires.get(agent))

@@ -82,6 +82,13 @@ class ClusterConfig(_Section):
     lease: Annotated[float, Meta(ge=1, le=300)] = 10.0
     """Seconds a partition's lease lasts without renewal: a dead owner's
     partitions move after about this long."""
+    pack: bool = True
+    """Routers pack many agents' batches into one JetStream message per
+    partition, and store writers pass stored batches on to detection packed
+    too (JetStream's cost is per message).  Nodes of this version read both
+    forms; a node of a version before packing reads only single batches, so
+    in a rolling upgrade from one set ``pack = false`` on the upgraded nodes
+    until every node runs this version."""
 
 
 class HiveConfig(_Section):

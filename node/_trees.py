@@ -126,7 +126,7 @@ def cluster_spec(cfg: Config):
 
     c = cfg.cluster
     return ClusterSpec(servers=tuple(c.nats), node=cfg.node_name, role=c.role, partitions=c.partitions,
-                       correlate_partitions=c.correlate_partitions, lease=c.lease)
+                       correlate_partitions=c.correlate_partitions, lease=c.lease, pack=c.pack)
 
 
 def hive_addresses(listen: str) -> list[str]:

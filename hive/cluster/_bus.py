@@ -80,14 +80,17 @@ class Delivery:
     redelivered: int
     """How many times it was given out before this time."""
     _msg: Any
+    subject: str = ""
 
 
 class Bus:
     """One node's connection to the NATS cluster."""
 
-    def __init__(self, bridge: Bridge, nc: Any, js: Any, replicas: int) -> None:
+    def __init__(self, bridge: Bridge, nc: Any, js: Any, replicas: int, max_payload: int = 1 << 20) -> None:
         self.bridge, self._nc, self._js = bridge, nc, js
         self.replicas = replicas
+        self.max_payload = max_payload
+        """The largest message the servers take (their ``max_payload``, 1 MiB by default)."""
 
     @classmethod
     async def connect(cls, bridge: Bridge, servers: Sequence[str], name: str, timeout: float = 10.0) -> Bus:
@@ -104,7 +107,7 @@ class Bus:
         except (BridgeClosed, OSError, asyncio.TimeoutError, Exception) as e:
             raise _wrap(e) from None
         # Three copies when there are three servers; fewer servers, fewer copies.
-        return cls(bridge, nc, js, replicas=min(3, len(servers)))
+        return cls(bridge, nc, js, replicas=min(3, len(servers)), max_payload=nc.max_payload or 1 << 20)
 
     async def _do(self, fn: Any, *args: Any) -> Any:
         try:
@@ -419,7 +422,7 @@ class Consumer:
                 if type(e).__name__ == "TimeoutError":
                     return []
                 raise
-            return [Delivery(m.data, (m.metadata.num_delivered or 1) - 1, m) for m in msgs]
+            return [Delivery(m.data, (m.metadata.num_delivered or 1) - 1, m, m.subject) for m in msgs]
 
         return await self._bus._do(go)
 
@@ -478,6 +481,9 @@ class ClusterSpec:
     partitions: int = 16
     correlate_partitions: int = 8
     lease: float = 10.0
+    pack: bool = True
+    """Batches travel packed (``hive.cluster._pack``); False: one message
+    each, as nodes before packing sent and read them."""
 
     def does(self, role: str) -> bool:
         return self.role in (role, "all")

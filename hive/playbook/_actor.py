@@ -273,14 +273,14 @@ async def playbook_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_IG
             try:
                 # One worker-thread hop for the three looks, and none while
                 # the store's files stand still (an idle hive's cost).
-                agents, requested, verdicts = await in_db(lambda: (store.agents(), records.requested(),
-                                                                   new_verdicts())) if changes.due() else ([], [], [])
+                agents, requested, verdicts = await in_db(lambda: (
+                    store.online_states(), records.requested(), new_verdicts())) if changes.due() else ([], [], [])
                 # Agents first: an operator's action is checked against the agents the engine knows.
-                for agent in agents:
-                    if online.get(agent.id) != agent.online:
-                        online[agent.id] = agent.online
-                        d.extend(engine.agent_online(agent.id, pids=[agent.pid] if agent.pid else [])
-                                 if agent.online else engine.agent_offline(agent.id))
+                for agent, up, pid in agents:
+                    if online.get(agent) != up:
+                        online[agent] = up
+                        d.extend(engine.agent_online(agent, pids=[pid] if pid else []) if up
+                                 else engine.agent_offline(agent))
                 for action_id, verb, by, why in requested:
                     if verb == "run":
                         for a in await in_db(functools.partial(records.actions, action_id=action_id)):

@@ -170,6 +170,7 @@ def write_seeds() -> None:
                                                               data={"pids": [1, 2], "tree": {"x": 1.5}})),
             "bundle-status": t.agent_codec().encode(wire.BundleStatus(version=4, detail="not newer", running=3)),
         },
+        "cluster_pack": cluster_pack_seeds(),
         "hive_message": {
             "ack": t.hive_codec().encode(wire.Ack(seq=3, stream="a1b2")),
             "kill": t.hive_codec().encode(wire.KillProcess(id="c-1", pid=4242, tree=True)),
@@ -271,6 +272,19 @@ def write_seeds() -> None:
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
+
+
+def cluster_pack_seeds() -> dict[str, bytes]:
+    """Packs as routers and writers publish them, a single batch as a node
+    without packing does, and a pack with a malformed batch in it."""
+    from hive import Ingest
+    from hive._actors import internal_codec
+    from hive.cluster._pack import encode
+
+    c = internal_codec()
+    one = c.encode(Ingest(agent="web-1", stream="a1b2", seq=1, events=list(t.events())))
+    two = c.encode(Ingest(agent="db-2", stream="c3d4", seq=9, events=[wire.Open(path="/etc/shadow")]))
+    return {"pack": encode(c, [one, two]), "single": one, "pack-one-bad": encode(c, [one, b"\x93junk", two])}
 
 
 def herd_seeds() -> dict[str, bytes]:

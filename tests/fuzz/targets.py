@@ -175,6 +175,33 @@ def agent_message(data: bytes) -> None:
             heartbeat=msg if isinstance(msg, wire.Heartbeat) else None, address="127.0.0.1")])
 
 
+def cluster_pack(data: bytes) -> None:
+    """A message of the cluster's ingest or detection stream (a pack of
+    batches, or one batch from a node without packing) as a store writer
+    and a sentinel read it: only a message that is no batches at all is
+    refused (``DecodeError``, counted by them); a bad batch in a pack costs
+    itself only; the good ones pack again to the same batches, and the store
+    takes them without refusing a value."""
+    from actors import DecodeError
+    from hive import Ingest
+    from hive._actors import internal_codec
+    from hive.cluster._pack import encode, unpack
+
+    codec = internal_codec()
+    try:
+        got = unpack(codec, data, agents_only=True)
+    except DecodeError:
+        return
+    again = unpack(codec, encode(codec, [raw for _, raw in got.batches]), agents_only=True)
+    if again.bad or [codec.encode(b) for b, _ in again.batches] != [codec.encode(b) for b, _ in got.batches]:
+        raise ContractBroken("a pack's batches change when packed again")
+    # Streams of their own, so that every batch is new and really written.
+    done = _hive_store().ingest([Ingest(agent=AGENT, stream=f"{b.stream}#{next(_calls)}", seq=b.seq, events=b.events)
+                                 for b, _ in got.batches])
+    if done.refused:
+        raise ContractBroken(f"a batch a pack carried was refused by the store: {done.refused[0][1]}")
+
+
 POLICY_ACTIONS = ("block_connect", "block_exec", "isolate_host", "unisolate", "unblock")
 """The commands the target carries out: they change only the sensor's policy
 (a kill, an evidence copy or a quarantine would act on this machine)."""
@@ -741,6 +768,8 @@ def herd_bundle(data: bytes) -> None:
 
 TARGETS: dict[str, Target] = {
     "agent_message": Target(agent_message, (), 1.0, (*_WIRE, "hive._store", "hive._messages")),
+    "cluster_pack": Target(cluster_pack, (), 1.0, (*_WIRE, "hive.cluster._pack", "hive._messages", "hive._store"),
+                           max_len=16384),
     "hive_message": Target(hive_message, (), 1.0, (*_WIRE, "agent.response._policy", "agent.response._executor",
                                                     "kmod._policy")),
     "enroll": Target(enroll, ("hive.StoreError",), 1.0, (*_WIRE, "hive._store")),

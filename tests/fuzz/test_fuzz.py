@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
+from hive._messages import Ingest
 from node import Config
 from tests.fuzz import targets
 from tests.fuzz.__main__ import fuzz
@@ -158,6 +159,14 @@ def test_agent_frames_on_and_beyond_every_bound(frame):
 @given(_frames(wire.HiveMessage))
 def test_hive_frames_on_and_beyond_every_bound(frame):
     targets.run("hive_message", frame, tolerate_open_bugs=True)
+
+
+@FAST
+@given(st.lists(_frames(Ingest), max_size=4))
+def test_packs_of_batches_on_and_beyond_every_bound(items):
+    # As a router or writer packs them: each item one Ingest frame, any of them malformed.
+    targets.run("cluster_pack", msgspec.msgpack.encode([1, {"type": "packed", "batches": items}]),
+                tolerate_open_bugs=True)
 
 
 @FAST

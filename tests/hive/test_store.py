@@ -105,6 +105,11 @@ def test_agent_seen_tracks_hello_heartbeat_and_comebacks(store):
         "h", ["10.0.0.1", "127.0.0.1"], 5, 7, True)
     store.mark_offline("a")
     assert store.agent_seen("a", 200.0) is True
+    # The narrow reads of what playbooks and correlation follow each second say the same.
+    store.agent_seen("b", 201.0, hello=wire.Hello(agent="b", pid=42))
+    store.mark_offline("b")
+    assert sorted(store.online_states()) == [("a", True, 0), ("b", False, 42)]
+    assert sorted(store.addresses()) == [("a", ["10.0.0.1", "127.0.0.1"]), ("b", [])]
 
 
 def test_retention_by_age_and_by_size(store):
