@@ -28,13 +28,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
 import wire
 
 PROFILE_VERSION = 1
-"""Of the file on disk and of the body of a ``wire.Profile`` event."""
+"""Of the file on disk and of the body of a ``wire.Profile`` event.  A
+field added with a default (``Profile.cgroup_path``) stays version 1: older
+files decode with it at its default, and an older reader skips it."""
 
 STATES = ("learning", "stable", "enforcing")
 KINDS = ("exec", "read", "write", "connect", "bind", "setuid")
@@ -225,6 +228,11 @@ class Profile(msgspec.Struct, kw_only=True):
     items: dict[str, list[str]] = {}
     pending: dict[str, float] = {}
     """Novel items alerted and not accepted, with when they were last alerted."""
+    cgroup_path: Annotated[str, msgspec.Meta(max_length=wire.MAX_PATH)] = ""
+    """A ``cgroup:ID`` workload's cgroup v2 path (from the cgroup2 mount),
+    found once when its profile began: an id says no place, and a proposed
+    policy's rules select by path.  "": another kind of workload, or the
+    cgroup was gone (and a profile kept before the field existed)."""
 
 
 class Learner:
@@ -488,8 +496,16 @@ class ProfileSettings:
 
 class Profiles:
     def __init__(self, agent: str, settings: ProfileSettings | None = None, *,
-                 clock: Callable[[], float] = time.time, profiles: Iterable[Profile] = ()) -> None:
+                 clock: Callable[[], float] = time.time, profiles: Iterable[Profile] = (),
+                 resolve: Callable[[int, int], str | None] | None = None) -> None:
         self.agent = agent
+        self.resolve = resolve
+        """(pid, cgroup id) -> that cgroup's v2 path or None (the process
+        table's ``Containers.cgroup_path``): asked once per ``cgroup:ID``
+        workload, for its profile's ``cgroup_path``."""
+        self._unresolved: set[str] = set()
+        """Kept ``cgroup:ID`` profiles without a path (kept before there was
+        one, or its cgroup was gone then): asked once at their next event."""
         self.s = settings or ProfileSettings()
         if self.s.enforce_action not in ENFORCE_ACTIONS:
             raise ValueError(f"enforce_action {self.s.enforce_action!r}: one of {', '.join(ENFORCE_ACTIONS)}")
@@ -514,6 +530,8 @@ class Profiles:
         for p in profiles:
             self.learners[p.workload] = self._learner(p)
             self._unsent.add(p.workload)
+            if p.workload.startswith("cgroup:") and not p.cgroup_path:
+                self._unresolved.add(p.workload)
 
     def _learner(self, p: Profile) -> Learner:
         return Learner(p, folder_cap=self.s.folder_cap, peer_cap=self.s.peer_cap)
@@ -575,7 +593,16 @@ class Profiles:
             if len(self.learners) >= self.s.max_workloads:
                 self.refused += 1
                 return []
-            lr = self.learners[w] = self._learner(Profile(workload=w, started=now, changed=now))
+            lr = self.learners[w] = self._learner(Profile(workload=w, started=now, changed=now,
+                                                           cgroup_path=self._path_of(w, ev)))
+        elif w in self._unresolved:
+            self._unresolved.discard(w)
+            path = self._path_of(w, ev)
+            if path:
+                lr.p.cgroup_path = path
+                lr.p.revision += 1
+                self.dirty.add(w)
+                self._unsent.add(w)
         p = lr.p
         p.events += 1
         item = item_of(raw)
@@ -620,6 +647,20 @@ class Profiles:
         alert = self._alert(lr, item, ev, cmd)
         self.commands.append((cmd, alert.alert))
         return [alert]
+
+    def _path_of(self, workload: str, ev: wire.Event) -> str:
+        """``workload``'s cgroup v2 path if it is a ``cgroup:ID`` one and
+        ``ev``'s cgroup (its id) is still there; else ""."""
+        if self.resolve is None or not workload.startswith("cgroup:") or not ev.cgroup:
+            return ""
+        try:
+            path = self.resolve(ev.pid, ev.cgroup)
+        except OSError:
+            return ""
+        # What goes on the wire and into a policy: an absolute path within its bound.
+        if not isinstance(path, str) or not path.startswith("/") or len(path) > wire.MAX_PATH:
+            return ""
+        return path
 
     def _remember(self, lr: Learner, raw: tuple) -> None:
         """``raw``'s item is held: remember it on its second sighting, and
@@ -736,7 +777,7 @@ class Profiles:
             body = b""
         return wire.Profile(time=int((self._clock() if now is None else now) * 1e9), verdict="allow",
                             workload=workload, state=p.state, revision=p.revision, items=lr.size(),
-                            profile_version=PROFILE_VERSION, body=body)
+                            profile_version=PROFILE_VERSION, body=body, cgroup_path=p.cgroup_path)
 
     def take_dirty(self) -> list[Profile]:
         """Copies of the profiles changed since the last call (to save on
@@ -766,6 +807,8 @@ def check(p: Profile) -> None:
     for item in p.pending:
         if not valid_item(item):
             raise ValueError(f"not a profile item: {item[:80]!r}")
+    if p.cgroup_path and not p.cgroup_path.startswith("/"):
+        raise ValueError(f"cgroup_path {p.cgroup_path[:80]!r}: not an absolute cgroup v2 path")
 
 
 # --------------------------------------------------------------------------
@@ -830,12 +873,13 @@ class Learning:
     ``save``, for a worker thread."""
 
     def __init__(self, agent: str, folder: Path, settings: ProfileSettings | None = None, *,
-                 clock: Callable[[], float] = time.time, log: Callable[[str], None] = lambda line: None) -> None:
+                 clock: Callable[[], float] = time.time, log: Callable[[str], None] = lambda line: None,
+                 resolve: Callable[[int, int], str | None] | None = None) -> None:
         self.store = ProfileStore(folder)
         kept, bad = self.store.load()
         for line in bad:
             log(f"profile file set aside: {line}")
-        self.profiles = Profiles(agent, settings, clock=clock, profiles=kept)
+        self.profiles = Profiles(agent, settings, clock=clock, profiles=kept, resolve=resolve)
         self._kills: OrderedDict[str, str] = OrderedDict()
         """Kills sent to the executor and not answered: the alert of each."""
         self._log = log

@@ -265,7 +265,7 @@ def agent_children(cfg: Config, hive_endpoints: list[str]) -> list[Child]:
             spool_dir=lay.spool, spool_bytes=cfg.agent.spool_mb << 20, batch=cfg.agent.batch,
             heartbeat=cfg.agent.heartbeat, policy_version=functools.partial(policy_version, link.path, keeper),
             bundle_version=lambda: keeper.version if keeper else 0, table=table, edge=edge,
-            learning=agent_learning(cfg, name))),
+            learning=agent_learning(cfg, name, table))),
         Child("fleet", fleet_actor, shutdown=cfg.node.shutdown_timeout, args=dict(
             keeper=keeper, link=link, sensor=cfg.sensor.enabled, edge=edge)),
     ]
@@ -280,9 +280,11 @@ def agent_children(cfg: Config, hive_endpoints: list[str]) -> list[Child]:
     return children
 
 
-def agent_learning(cfg: Config, name: str):
+def agent_learning(cfg: Config, name: str, table=None):
     """The agent's learned profiles (kept in ``profiles`` in the data
-    folder), or None with ``[profile] enabled = false``."""
+    folder), or None with ``[profile] enabled = false``.  ``table``: the
+    relay's process table, whose containers find a ``cgroup:ID``
+    workload's cgroup path."""
     if not cfg.profile.enabled:
         return None
     import logging
@@ -295,7 +297,8 @@ def agent_learning(cfg: Config, name: str):
                                max_workloads=p.max_workloads, max_items=p.max_items, cgroups=p.cgroups,
                                enforce_action=p.enforce_action)
     log = logging.getLogger("immune.agent.profile")
-    return Learning(name, cfg.data_dir / "profiles", settings, log=log.warning)
+    return Learning(name, cfg.data_dir / "profiles", settings, log=log.warning,
+                    resolve=table.containers.cgroup_path if table is not None else None)
 
 
 def policy_version(link: Path, keeper=None) -> str:

@@ -20,7 +20,8 @@ field on the wire.  Version 3 is this file.  Rules for changing it:
   ``profile``, ``Edge.detail/workload/novel`` and command
   ``update_profile`` (learned self, issue 17), which ``immune-node
   profile`` and the console send only to an agent whose profile or
-  novelty alert the hive holds (so one that reads it).
+  novelty alert the hive holds (so one that reads it).  Then ``Profile.cgroup_path`` (default "": an older agent's profiles
+  decode, and an older hive skips it).
 
 Every value is bounded here, at decoding, so nothing out of range reaches
 the hive's store, its arithmetic or its memory: integers fit the range of
@@ -413,6 +414,9 @@ class Profile(Event, tag="profile"):
     """Of ``body``'s encoding."""
     body: Annotated[bytes, Meta(max_length=MAX_PROFILE)] = b""
     """The profile, msgpack."""
+    cgroup_path: Path = ""
+    """A ``cgroup:ID`` workload's cgroup v2 path, as in ``body`` (also
+    when the body is too large to send): what a proposed policy selects."""
 
 
 AnyEvent = Exec | Fork | Exit | Open | SetId | Connect | Bind | File | Ptrace | Signal | Bpf | Mount | Edge | Notice \
