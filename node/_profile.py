@@ -93,6 +93,11 @@ def unit_cgroups(unit: str) -> list[str]:
     return [f"/system.slice/{name}", f"/system.slice/*.slice/{name}"]
 
 
+def literal_cgroup(path: str) -> str:
+    """A cgroup path as a ``match.cgroup`` glob matching only itself."""
+    return _glob_literal(path).replace("*", "[*]")
+
+
 def selector(workload: str, cgroups: list[str] | None = None) -> str:
     """The ``match`` lines that select ``workload`` (every rule of a
     proposal carries them, so it can be pushed to an agent that watches
@@ -108,12 +113,21 @@ def selector(workload: str, cgroups: list[str] | None = None) -> str:
     return ""
 
 
+def cgroups_of(paths: list[str], given: list[str] | None = None) -> list[str] | None:
+    """The ``match.cgroup`` globs of a proposal: ``given`` (``--cgroup``,
+    an override), else the paths the profiles carry, each matching only
+    itself; None: neither (the workload's name must say)."""
+    if given:
+        return list(given)
+    return sorted({literal_cgroup(p) for p in paths if p}) or None
+
+
 def propose(profile, mode: str = "audit", cgroups: list[str] | None = None) -> str:
     """The rules (TOML) that allow what ``profile`` holds and ``mode``
     (audit or block) the rest for its workload: execs, opens of credential
     files, connects, binds of ports up to 1024.  Each rule selects the
-    workload (``selector``; ``cgroups``: its cgroup v2 paths, instead of
-    those its name gives)."""
+    workload (``selector``; ``cgroups``: its cgroup v2 path globs, instead
+    of the path the profile carries or those its name gives)."""
     from kmod import Policy
 
     if mode not in ("audit", "block"):
@@ -121,12 +135,13 @@ def propose(profile, mode: str = "audit", cgroups: list[str] | None = None) -> s
     w = profile.workload
     slug = f"profile-{_slug(w)}"
     items = {k: [i.split("\t")[1:] for i in v] for k, v in profile.items.items()}
-    select = selector(w, cgroups)
+    select = selector(w, cgroups_of([getattr(profile, "cgroup_path", "")], cgroups))
     shown = "".join(c if c.isprintable() else "?" for c in w)  # a comment is one line of text
     lines = [
         f"# Proposed from the learned profile of {shown} (revision {profile.revision}): {mode} what it never did.",
         "# Every rule selects the workload: the proposal can go to any agent that runs it." if select else
-        f"# {shown} names no cgroup path (give one: propose --cgroup PATH), so these rules select nothing: "
+        f"# {shown} names no cgroup path and its profile carries none (its cgroup was gone when it was "
+        f"learned: give one, propose --cgroup PATH), so these rules select nothing: "
         f"run this on an agent scoped to it ({scope_hint(shown)}).",
         "",
     ]
@@ -196,27 +211,39 @@ def latest(store, agent: str | None = None) -> dict[tuple[str, str], object]:
     return out
 
 
-def _one(store, workload: str, agent: str | None):
-    """(agents, profile): ``workload``'s profile on ``agent``, or without it
-    the profiles of every agent that learns it merged (the same image across
-    the fleet): what any of them held, the least advanced state."""
+def _found(store, workload: str, agent: str | None) -> list[tuple[str, object]]:
+    """(agent, profile) of each agent (or ``agent``) that learns ``workload``."""
     found = sorted((k, v) for k, v in latest(store, agent).items() if k[1] == workload)
     if not found:
         raise FleetCliError(f"no profile of {workload!r}" + (f" from {agent}" if agent else "")
                             + " (`immune-node profile list` shows them)")
-    from agent._profile import STATES, Profile, decode_profile
+    from agent._profile import decode_profile
 
-    profiles = []
+    out = []
     for (name, _), ev in found:
         if not ev.body:
             raise FleetCliError(f"{workload} on {name}: its profile is too large to send; only its size is known")
         try:
-            profiles.append(decode_profile(ev.body))
+            p = decode_profile(ev.body)
         except ValueError as e:
             raise FleetCliError(f"{workload} on {name}: {e}") from None
-    agents = [name for (name, _), _ in found]
+        out.append((name, p))
+    return out
+
+
+def _one(store, workload: str, agent: str | None, found: list | None = None):
+    """(agents, profile): ``workload``'s profile on ``agent``, or without it
+    the profiles of every agent that learns it merged (the same image across
+    the fleet): what any of them held, the least advanced state, the cgroup
+    path they agree on ("" if they differ: ``cmd_propose`` selects each)."""
+    from agent._profile import STATES, Profile
+
+    found = found if found is not None else _found(store, workload, agent)
+    agents = [name for name, _ in found]
+    profiles = [p for _, p in found]
     if len(profiles) == 1:
         return agents, profiles[0]
+    paths = {p.cgroup_path for p in profiles}
     items: dict[str, set[str]] = {}
     for p in profiles:
         for kind, held in p.items.items():
@@ -226,7 +253,8 @@ def _one(store, workload: str, agent: str | None):
         started=min(p.started for p in profiles), changed=max(p.changed for p in profiles),
         revision=max(p.revision for p in profiles), events=sum(p.events for p in profiles),
         items={k: sorted(v) for k, v in items.items()},
-        pending={i: t for p in profiles for i, t in p.pending.items()})
+        pending={i: t for p in profiles for i, t in p.pending.items()},
+        cgroup_path=paths.pop() if len(paths) == 1 else "")
 
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
@@ -262,6 +290,10 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.started))
     print(f"{p.workload} on {', '.join(agents)}{' (merged)' if len(agents) > 1 else ''}: {p.state}, "
           f"revision {p.revision}, {p.events} events since {since} UTC")
+    if p.cgroup_path:
+        print(f"  cgroup {p.cgroup_path}")
+    elif p.workload.startswith("cgroup:"):
+        print("  cgroup path not known (gone when learned): `profile propose --cgroup PATH` gives it")
     for kind in KINDS:
         for item in p.items.get(kind, []):
             print(f"  {describe(item)}")
@@ -348,10 +380,14 @@ def cmd_propose(args: argparse.Namespace, cfg: Config) -> int:
 
     store = _store(cfg, readonly=True)
     try:
-        agents, p = _one(store, args.workload, args.agent)
+        found = _found(store, args.workload, args.agent)
+        agents, p = _one(store, args.workload, args.agent, found)
         origin, base = _policy_in_force(store, agents[0])
     finally:
         store.close()
+    # Each agent's own path: merged, the same workload may sit in different cgroups.
+    cgroups = cgroups_of([q.cgroup_path for _, q in found], args.cgroup)
+    unknown = [name for name, q in found if not q.cgroup_path] if args.workload.startswith("cgroup:") else []
     if args.base:
         origin = args.base
         try:
@@ -359,7 +395,7 @@ def cmd_propose(args: argparse.Namespace, cfg: Config) -> int:
         except (OSError, UnicodeDecodeError) as e:
             raise FleetCliError(f"--base {args.base}: cannot be read: {e}") from None
     try:
-        text = merged(base, propose(p, args.mode, args.cgroup))
+        text = merged(base, propose(p, args.mode, cgroups))
     except (ValueError, PolicyError) as e:
         raise FleetCliError(f"cannot propose a policy for {args.workload}: {e}") from None
     out = args.out or f"profile-{_slug(args.workload)}-{args.mode}.toml"
@@ -367,12 +403,18 @@ def cmd_propose(args: argparse.Namespace, cfg: Config) -> int:
         f.write(text)
     sys.stdout.writelines(difflib.unified_diff(base.splitlines(keepends=True), text.splitlines(keepends=True),
                                                fromfile=f"a/{origin}", tofile=f"b/{out}"))
-    if selector(args.workload, args.cgroup):
-        print(f"\nwrote {out} ({args.mode} mode); its rules select {args.workload}, on any agent that runs it: "
+    if selector(args.workload, cgroups):
+        print(f"\nwrote {out} ({args.mode} mode); its rules select {args.workload}"
+              + (f" by cgroup {', '.join(cgroups)}" if cgroups else "")
+              + ", on any agent that runs it: "
               f"immune-node policy push NAME --policy {out} --labels KEY=VALUE")
+        if unknown and not args.cgroup:
+            print(f"note: the cgroup path of {args.workload} on {', '.join(unknown)} is not known "
+                  f"(gone when learned): the rules do not select it there; --cgroup PATH gives it")
     else:
-        print(f"\nwrote {out} ({args.mode} mode); its rules select nothing ({args.workload} names no cgroup path: "
-              f"--cgroup PATH gives one), so only on an agent scoped to the workload "
+        print(f"\nwrote {out} ({args.mode} mode); its rules select nothing ({args.workload} names no cgroup path "
+              f"and its profile carries none, the cgroup was gone when learned: --cgroup PATH is needed), "
+              f"so only on an agent scoped to the workload "
               f"({scope_hint(args.workload)}): immune-node policy push NAME --policy {out} --labels KEY=VALUE")
     return 0
 
@@ -414,8 +456,9 @@ def add_parsers(add) -> None:
     c.add_argument("--base", metavar="FILE", help="the policy to add to (default: the one in force)")
     c.add_argument("--out", metavar="FILE", help="where to write it (default: profile-WORKLOAD-MODE.toml)")
     c.add_argument("--cgroup", metavar="PATH", action="append",
-                   help="the workload's cgroup v2 path (glob, from the cgroup2 mount) for the rules to select; "
-                        "repeatable.  Default: from its name (unit:X -> /system.slice/X, image:I -> its "
-                        "containers); a cgroup:ID workload needs it, or the rules select nothing")
+                   help="the workload's cgroup v2 path (glob, from the cgroup2 mount) for the rules to select, "
+                        "an override; repeatable.  Default: from its name (unit:X -> /system.slice/X, image:I -> "
+                        "its containers) or, for cgroup:ID, the path its profile carries (needed only when the "
+                        "cgroup was gone when the profile was learned)")
     c.set_defaults(fn=cmd_propose)
     _common(c)
