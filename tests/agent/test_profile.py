@@ -381,3 +381,93 @@ def test_a_generated_name_is_held_by_its_kind_and_never_stands_for_another_name(
         assert novelty(p.observe([wire.Open(pid=pid, path=f"/proc/{pid}/status", flags=0, **SVC)])) == []
     [alert] = novelty(p.observe([wire.Open(pid=1, path="/proc/1/environ", flags=0, **SVC)]))
     assert alert.novel == ["read\t/proc/*/environ"]
+
+
+def _fake_proc(tmp_path, cgroups: dict[int, str]):
+    """A procfs with /proc/PID/cgroup only, for the real ``Containers``."""
+    proc = tmp_path / "proc"
+    for pid, path in cgroups.items():
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cgroup").write_text(f"0::{path}\n")
+    proc.mkdir(exist_ok=True)
+    return proc
+
+
+CG = dict(cgroup=4711, agent="a1")  # neither a service nor a container: a cgroup:ID workload
+
+
+def test_a_cgroup_workload_keeps_its_path_found_once_and_a_gone_one_none(tmp_path):
+    from kmod import Containers
+
+    proc = _fake_proc(tmp_path, {300: "/immune-self-1/model"})
+    containers = Containers(root=tmp_path, proc=proc, cgroup2="")  # no mount: the pid's file says
+    asked = []
+
+    def resolve(pid: int, cgroup: int) -> str | None:
+        asked.append((pid, cgroup))
+        return containers.cgroup_path(pid, cgroup)
+
+    p = Profiles("a1", ProfileSettings(learn=3600, stable=600, upload=0.0), clock=Clock(), resolve=resolve)
+    p.observe([wire.Exec(pid=300, exe="/usr/bin/python3", **CG), wire.Open(pid=300, path="/srv/m.bin", **CG),
+               wire.Exec(pid=301, exe="/bin/sh", unit="web.service", cgroup=5, agent="a1")])
+    assert p.learners["cgroup:4711"].p.cgroup_path == "/immune-self-1/model"
+    assert p.learners["unit:web.service"].p.cgroup_path == ""  # its name says where it is
+    assert asked == [(300, 4711)]  # once, not per event, never for a unit
+    [ev] = [e for e in p.tick() if e.workload == "cgroup:4711"]
+    assert ev.cgroup_path == "/immune-self-1/model" == decode_profile(ev.body).cgroup_path
+    # Its process gone before its first event was seen: no path, learning goes on.
+    p.observe([wire.Exec(pid=999, exe="/bin/true", cgroup=4712, agent="a1")])
+    assert p.learners["cgroup:4712"].p.cgroup_path == "" and p.learners["cgroup:4712"].size() == 1
+
+
+def test_a_profile_kept_before_the_path_loads_and_finds_it_once(tmp_path):
+    from kmod import Containers
+
+    class OldProfile(msgspec.Struct, kw_only=True):  # the fields of version 1 before cgroup_path
+        workload: str
+        state: str = "learning"
+        started: float = 0.0
+        changed: float = 0.0
+        revision: int = 0
+        events: int = 0
+        items: dict[str, list[str]] = {}
+        pending: dict[str, float] = {}
+
+    class OldFile(msgspec.Struct):
+        version: int
+        profile: OldProfile
+
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    old = OldProfile(workload="cgroup:4711", started=1.0, changed=1.0, revision=3, events=5,
+                     items={"exec": ["exec\t/usr/bin/python3\t\t"]})
+    ProfileStore(folder).save([])  # the folder as the agent makes it
+    path = ProfileStore(folder)._path("cgroup:4711")
+    path.write_bytes(msgspec.msgpack.encode(OldFile(1, old)))
+    proc = _fake_proc(tmp_path, {300: "/immune-self-1/model"})
+    containers = Containers(root=tmp_path, proc=proc, cgroup2="")
+    lines = []
+    ln = Learning("a1", folder, ProfileSettings(learn=3600, stable=600), clock=Clock(), log=lines.append,
+                  resolve=containers.cgroup_path)
+    assert lines == []
+    p = ln.profiles.learners["cgroup:4711"].p
+    assert p.cgroup_path == "" and p.revision == 3 and p.items == old.items
+    # Its next event finds the path (a change: saved and sent again).
+    ln.profiles.observe([wire.Exec(pid=300, exe="/usr/bin/python3", **CG)])
+    assert p.cgroup_path == "/immune-self-1/model" and p.revision == 4
+    _, changed = ln.tick()
+    ln.save(changed)
+    [back], bad = ProfileStore(folder).load()
+    assert bad == [] and back.cgroup_path == "/immune-self-1/model"
+
+
+def test_a_bad_cgroup_path_in_a_profile_is_refused():
+    body = msgspec.msgpack.encode({"workload": "cgroup:1", "cgroup_path": 17})
+    with pytest.raises(ValueError, match=r"not a profile: Expected `str`, got `int` - at `\$.cgroup_path`"):
+        decode_profile(body)
+    body = msgspec.msgpack.encode({"workload": "cgroup:1", "cgroup_path": "/" + "x" * wire.MAX_PATH})
+    with pytest.raises(ValueError, match=r"length <= 4096 - at `\$.cgroup_path`"):
+        decode_profile(body)
+    body = msgspec.msgpack.encode({"workload": "cgroup:1", "cgroup_path": "model"})
+    with pytest.raises(ValueError, match="not an absolute cgroup v2 path"):
+        decode_profile(body)

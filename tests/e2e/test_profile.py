@@ -260,12 +260,14 @@ match.path = "{tmp_path}/*.bin"
     wait_until(lambda: "exec /usr/bin/id (parent /bin/sh" in cli(hive_dir, "profile", "show", model_w), timeout=30,
                what="the accepted item in the profile the hive holds")
 
+    assert f"  cgroup /{root.name}/model\n" in cli(hive_dir, "profile", "show", model_w)
     # The policy proposed from the model server's profile, first in audit mode.
     os.chdir(tmp_path)
     for mode in ("audit", "block"):
         out = tmp_path / f"proposal-{mode}.toml"
-        diff = cli(hive_dir, "profile", "propose", model_w, "--mode", mode, "--base", str(policy), "--out", str(out),
-                   "--cgroup", f"/{root.name}/model")  # a cgroup:ID workload: its name says no path
+        # A cgroup:ID workload: its name says no path, its profile carries
+        # the one the agent found when it began learning, so no --cgroup.
+        diff = cli(hive_dir, "profile", "propose", model_w, "--mode", mode, "--base", str(policy), "--out", str(out))
         assert f'+action = "{mode}"' in diff
         assert diff.count(f'+match.cgroup = ["/{root.name}/model"]') == diff.count("+[[rule]]") >= 5, diff
         assert "pushed model" in cli(hive_dir, "policy", "push", "model", "--policy", str(out))

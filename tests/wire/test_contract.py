@@ -51,6 +51,8 @@ OUT_OF_RANGE = [
     (batch(wire.Exec(cmdline="x" * (wire.MAX_CMDLINE + 1))), "- at `$[1].events[0].cmdline`"),
     (batch(wire.Exec(comm="x" * (wire.MAX_NAME + 1))), "length <= 256 - at `$[1].events[0].comm`"),
     (batch(wire.Notice(detail="x" * (wire.MAX_TEXT + 1))), "- at `$[1].events[0].detail`"),
+    (batch(wire.Profile(cgroup_path="/" + "x" * wire.MAX_PATH)), "length <= 4096 - at `$[1].events[0].cgroup_path`"),
+    (batch(wire.Profile(cgroup_path=17)), "Expected `str`, got `int` - at `$[1].events[0].cgroup_path`"),
     (batch(seq=0), "Expected `int` >= 1 - at `$[1].seq`"),
     (batch(seq=-1), ">= 1 - at `$[1].seq`"),
     (batch(seq=BIG), "- at `$[1].seq`"),
@@ -185,3 +187,17 @@ def test_a_command_is_one_struct_per_action_with_its_tag_on_the_wire():
     assert set(wire.COMMANDS) == {"kill_process", "block_connect", "block_exec", "isolate_host", "unisolate",
                                   "unblock", "quarantine_file", "collect_evidence", "isolate_container",
                                   "unisolate_container", "update_profile"}
+
+
+def test_a_profile_from_an_agent_before_cgroup_path_still_decodes():
+    class OldProfile(wire.Event, tag="profile"):  # wire.Profile as it was before the field
+        workload: str = ""
+        state: str = ""
+        revision: int = 0
+        items: int = 0
+        profile_version: int = 0
+        body: bytes = b""
+
+    got = AGENT.decode(AGENT.encode(batch(OldProfile(workload="cgroup:7", state="stable", body=b"\x80"))))
+    [ev] = got.events
+    assert type(ev) is wire.Profile and ev.workload == "cgroup:7" and ev.cgroup_path == ""
