@@ -145,3 +145,64 @@ def test_the_same_workload_across_the_fleet_is_merged(hive, capsys):
     assert out.startswith("unit:web.service on web1, web2 (merged)") and "exec /usr/bin/curl" in out
     assert main(["profile", "show", "unit:web.service", "--agent", "web1", "--data", str(data)]) == 0
     assert "curl" not in capsys.readouterr().out
+
+
+def _cgroup_profile(data, agent: str, path: str, cgroup: int = 4711) -> None:
+    """``agent``'s profile of a cgroup:ID workload, carrying ``path``, in the hive's store."""
+    from agent._profile import Profiles, ProfileSettings
+
+    clock = Clock()
+    p = Profiles(agent, ProfileSettings(learn=3600, stable=600), clock=clock,
+                 resolve=lambda pid, cg: path or None)
+    p.observe([wire.Exec(pid=300, exe="/usr/bin/python3", parent_image="/bin/bash", cgroup=cgroup, agent=agent),
+               wire.Connect(pid=300, family=2, protocol="tcp", address="10.0.0.5", port=5432,
+                            cgroup=cgroup, agent=agent)])
+    ev = p.upload(f"cgroup:{cgroup}")
+    ev.agent = agent
+    store = Store(data / "hive.db")
+    store.ingest([Ingest(agent=agent, stream=f"s-{agent}", seq=1, events=[ev])])
+    store.close()
+
+
+def test_a_cgroup_workload_is_selected_by_the_path_its_profile_carries(hive, capsys, tmp_path):
+    data, _ = hive
+    _cgroup_profile(data, "web1", "/immune-self-1/model [a*]")
+    out = tmp_path / "p.toml"
+    assert main(["profile", "propose", "cgroup:4711", "--out", str(out), "--data", str(data)]) == 0
+    said = capsys.readouterr().out
+    assert "its rules select cgroup:4711 by cgroup /immune-self-1/model [[]a[*]]" in said
+    policy = Policy.parse(out.read_text())
+    mine = [r for r in policy.rules if r.name.startswith("profile-")]
+    assert len(mine) >= 4 and {r.cgroups for r in mine} == {("/immune-self-1/model [[]a[*]]",)}
+    # The literal path matches itself only: the glob characters in its name are not wildcards.
+    assert all(r.match_cgroup("/immune-self-1/model [a*]") and not r.match_cgroup("/immune-self-1/model b")
+               for r in mine)
+    # --cgroup overrides it.
+    assert main(["profile", "propose", "cgroup:4711", "--cgroup", "/other/*", "--out", str(out),
+                 "--data", str(data)]) == 0
+    assert {r.cgroups for r in Policy.parse(out.read_text()).rules if r.name.startswith("profile-")} \
+        == {("/other/*",)}
+    assert main(["profile", "show", "cgroup:4711", "--data", str(data)]) == 0
+    assert "\n  cgroup /immune-self-1/model [a*]\n" in capsys.readouterr().out
+
+
+def test_a_cgroup_workload_without_a_path_needs_cgroup(hive, capsys, tmp_path):
+    data, _ = hive
+    _cgroup_profile(data, "web1", "")  # its cgroup was gone when learning began
+    out = tmp_path / "p.toml"
+    assert main(["profile", "propose", "cgroup:4711", "--out", str(out), "--data", str(data)]) == 0
+    said = capsys.readouterr().out
+    assert "its rules select nothing" in said and "--cgroup PATH is needed" in said
+    assert not any(r.cgroups for r in Policy.parse(out.read_text()).rules if r.name.startswith("profile-"))
+    assert main(["profile", "show", "cgroup:4711", "--data", str(data)]) == 0
+    assert "cgroup path not known" in capsys.readouterr().out
+
+
+def test_a_cgroup_workload_on_two_agents_selects_each_ones_path(hive, capsys, tmp_path):
+    data, _ = hive
+    _cgroup_profile(data, "web1", "/a/model")
+    _cgroup_profile(data, "web2", "/b/model")
+    out = tmp_path / "p.toml"
+    assert main(["profile", "propose", "cgroup:4711", "--out", str(out), "--data", str(data)]) == 0
+    assert {r.cgroups for r in Policy.parse(out.read_text()).rules if r.name.startswith("profile-")} \
+        == {("/a/model", "/b/model")}
