@@ -439,7 +439,7 @@ def test_a_profile_kept_before_the_path_loads_and_finds_it_once(tmp_path):
 
     folder = tmp_path / "profiles"
     folder.mkdir()
-    old = OldProfile(workload="cgroup:4711", started=1.0, changed=1.0, revision=3, events=5,
+    old = OldProfile(workload="cgroup:4711", started=Clock().now, changed=Clock().now, revision=3, events=5,
                      items={"exec": ["exec\t/usr/bin/python3\t\t"]})
     ProfileStore(folder).save([])  # the folder as the agent makes it
     path = ProfileStore(folder)._path("cgroup:4711")
