@@ -405,7 +405,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
                 if isinstance(msg, SigmaHit):
                     out = sigma.correlate(msg)  # its decoder checked its types
                     if out is None:
-                        _count(ctx, "unknown_correlation")  # its rule is not (or no longer) loaded here
+                        _count(ctx, "unknown_correlation")  # its rule is not (or no longer) loaded here, or not that rule's group
                     else:
                         found.extend(out)
                 elif host:

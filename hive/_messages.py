@@ -123,9 +123,10 @@ class SigmaHit(_Msg, tag="sigma_hit"):
     value: Scalar = None
     """value_count: the field's value; otherwise the id of the rule that hit."""
     weight: Annotated[int, msgspec.Meta(ge=1, le=wire.INT64_MAX)] = 1
-    time: float = 0.0
+    time: Annotated[float, msgspec.Meta(ge=0, le=1e11)] = 0.0
     """When the sentinel saw it (wall clock, seconds): the window's time,
-    the same when a new owner replays it."""
+    the same when a new owner replays it.  Bounded: a NaN or an infinity
+    would never leave a window."""
     events: Annotated[list[wire.AnyEvent], msgspec.Meta(max_length=ALERT_EVENTS)] = []
     key: str = ""
     """Unique per hit and the same when its batch is evaluated again: its

@@ -219,9 +219,9 @@ class SigmaCorrelator:
                         value))
         return out
 
-    def knows(self, rule_id: str) -> bool:
-        """Whether ``rule_id`` is one of this correlator's correlation rules."""
-        return rule_id in self._groups
+    def rule(self, rule_id: str) -> CorrelationRule | None:
+        """This correlator's correlation rule ``rule_id``, if it has it."""
+        return self._by_id.get(rule_id) if rule_id in self._groups else None
 
     def apply(self, rule_id: str, key: tuple, value: object, events: tuple = (), weight: int = 1,
               now: float | None = None) -> list[CorrelationHit]:

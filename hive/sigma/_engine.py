@@ -213,8 +213,10 @@ class RuleEngine:
         """A routed hit added to its correlation's window at its own time
         (``partitioned``, on the owner of its partition): the alerts it
         raises, its correlations' own hits left in ``routed()``; None if
-        the correlation rule is not loaded here."""
-        if not self._correlator.knows(hit.correlation):
+        the correlation rule is not loaded here, or the hit's group is not
+        one of its groups (another number of values)."""
+        rule = self._correlator.rule(hit.correlation)
+        if rule is None or len(hit.group) != len(rule.group_by):
             return None
         alerts: list[Alert | Repeat] = []
         self._at, self._key = hit.time, hit.key

@@ -171,6 +171,7 @@ def write_seeds() -> None:
             "bundle-status": t.agent_codec().encode(wire.BundleStatus(version=4, detail="not newer", running=3)),
         },
         "cluster_pack": cluster_pack_seeds(),
+        "correlate_hit": correlate_hit_seeds(),
         "hive_message": {
             "ack": t.hive_codec().encode(wire.Ack(seq=3, stream="a1b2")),
             "kill": t.hive_codec().encode(wire.KillProcess(id="c-1", pid=4242, tree=True)),
@@ -285,6 +286,26 @@ def cluster_pack_seeds() -> dict[str, bytes]:
     one = c.encode(Ingest(agent="web-1", stream="a1b2", seq=1, events=list(t.events())))
     two = c.encode(Ingest(agent="db-2", stream="c3d4", seq=9, events=[wire.Open(path="/etc/shadow")]))
     return {"pack": encode(c, [one, two]), "single": one, "pack-one-bad": encode(c, [one, b"\x93junk", two])}
+
+
+def correlate_hit_seeds() -> dict[str, bytes]:
+    """Hits as sentinels route them: for each loaded correlation, one for a
+    correlation not loaded here, one whose group does not fit."""
+    from hive._actors import internal_codec
+    from hive._messages import SigmaHit
+
+    c = internal_codec()
+    event = wire.Exec(agent="web-1", pid=100, filename="/usr/bin/tool", user="alice")
+    return {
+        "grouped": c.encode(SigmaHit(correlation="0c000000-0000-4000-8000-000000000001", group=["alice", "web-1"],
+                                     value="0a000000-0000-4000-8000-000000000001", time=1_796_000_000.0,
+                                     events=[event], key="web-1/a1b2/7/1/0c")),
+        "counted": c.encode(SigmaHit(correlation="0c000000-0000-4000-8000-000000000002", group=["web-1"],
+                                     value="/usr/bin/tool", weight=3, time=1_796_000_001.5)),
+        "settling": c.encode(SigmaHit(correlation="0c000000-0000-4000-8000-000000000003", time=1_796_000_002.0)),
+        "unknown": c.encode(SigmaHit(correlation="not-loaded", group=[None, 1.5, True], time=5.0)),
+        "unfit": c.encode(SigmaHit(correlation="0c000000-0000-4000-8000-000000000001", group=["alice"], time=5.0)),
+    }
 
 
 def herd_seeds() -> dict[str, bytes]:

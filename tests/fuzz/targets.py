@@ -202,6 +202,62 @@ def cluster_pack(data: bytes) -> None:
         raise ContractBroken(f"a batch a pack carried was refused by the store: {done.refused[0][1]}")
 
 
+CORRELATIONS = """\
+title: A base rule
+id: 0a000000-0000-4000-8000-000000000001
+name: base
+logsource: {product: linux, category: process_creation}
+detection: {selection: {Image|endswith: /tool}, condition: selection}
+---
+title: Counted by user and host
+id: 0c000000-0000-4000-8000-000000000001
+correlation: {type: event_count, rules: [base], group-by: [User, Agent], timespan: 60s, condition: {gte: 3}}
+---
+title: Distinct images
+id: 0c000000-0000-4000-8000-000000000002
+correlation: {type: value_count, rules: [base], group-by: [Agent], timespan: 60s, condition: {gte: 2, field: Image}}
+---
+title: Few in the window
+id: 0c000000-0000-4000-8000-000000000003
+correlation: {type: event_count, rules: [base], timespan: 60s, condition: {lt: 2}}
+"""
+"""A correlation of each kind a hit can reach: grouped by two fields, by one
+with a counted field, and a settling window with no group."""
+
+
+@functools.cache
+def _correlating() -> Any:
+    from hive.sigma import RuleEngine
+
+    engine = RuleEngine(clock=time.monotonic, partitioned=True, max_groups=1000)
+    report = engine.load(_file(CORRELATIONS.encode(), "correlations.yml"))
+    if not report.ok:
+        raise RuntimeError(report.format())
+    return engine
+
+
+def correlate_hit(data: bytes) -> None:
+    """A message of a correlation partition as its owner takes it: a
+    ``SigmaHit`` goes into its correlation's window, or is refused (None,
+    counted by the owner) when the correlation is not loaded or the hit's
+    group does not fit it; the same hit is also given to each loaded
+    correlation, so that the fuzzer reaches the windows.  Nothing raises."""
+    import msgspec
+
+    from hive._actors import internal_codec
+    from hive._messages import SigmaHit
+
+    msg = _decoded(internal_codec(), data)
+    if not isinstance(msg, SigmaHit):
+        return
+    engine = _correlating()
+    for correlation in (msg.correlation, *(r.id for r in engine.rules.correlations)):
+        out = engine.correlate(msgspec.structs.replace(msg, correlation=correlation))
+        if out is not None and not isinstance(out, list):
+            raise ContractBroken(f"correlate gave {type(out).__name__}")
+    engine.routed()
+
+
 POLICY_ACTIONS = ("block_connect", "block_exec", "isolate_host", "unisolate", "unblock")
 """The commands the target carries out: they change only the sensor's policy
 (a kill, an evidence copy or a quarantine would act on this machine)."""
@@ -768,6 +824,8 @@ def herd_bundle(data: bytes) -> None:
 
 TARGETS: dict[str, Target] = {
     "agent_message": Target(agent_message, (), 1.0, (*_WIRE, "hive._store", "hive._messages")),
+    "correlate_hit": Target(correlate_hit, (), 1.0, (*_WIRE, "hive.sigma._engine", "hive.correlate._sigma",
+                                                        "hive._messages")),
     "cluster_pack": Target(cluster_pack, (), 1.0, (*_WIRE, "hive.cluster._pack", "hive._messages", "hive._store"),
                            max_len=16384),
     "hive_message": Target(hive_message, (), 1.0, (*_WIRE, "agent.response._policy", "agent.response._executor",

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
-from hive._messages import Ingest
+from hive._messages import Ingest, SigmaHit
 from node import Config
 from tests.fuzz import targets
 from tests.fuzz.__main__ import fuzz
@@ -167,6 +167,12 @@ def test_packs_of_batches_on_and_beyond_every_bound(items):
     # As a router or writer packs them: each item one Ingest frame, any of them malformed.
     targets.run("cluster_pack", msgspec.msgpack.encode([1, {"type": "packed", "batches": items}]),
                 tolerate_open_bugs=True)
+
+
+@FAST
+@given(_frames(SigmaHit))
+def test_correlation_hits_on_and_beyond_every_bound(frame):
+    targets.run("correlate_hit", frame, tolerate_open_bugs=True)
 
 
 @FAST

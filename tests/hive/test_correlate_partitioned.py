@@ -220,6 +220,20 @@ def test_a_malformed_hit_is_refused_at_the_decoder():
     """The owner counts what its decoder refuses and goes on (tests/e2e/test_cluster_correlate.py)."""
     for bad in ({"type": "sigma_hit", "correlation": "c", "group": [{"a": 1}]},
                 {"type": "sigma_hit", "correlation": "c", "weight": 0},
-                {"type": "sigma_hit", "group": ["a"]}):
+                {"type": "sigma_hit", "group": ["a"]},
+                {"type": "sigma_hit", "correlation": "c", "time": float("nan")},
+                {"type": "sigma_hit", "correlation": "c", "time": float("inf")},
+                {"type": "sigma_hit", "correlation": "c", "time": -1.0}):
         with pytest.raises(DecodeError):
             CODEC.decode(msgspec.msgpack.encode(bad))
+
+
+def test_a_hit_that_does_not_fit_its_correlation_is_refused(tmp_path):
+    engine, _ = engine_with(tmp_path, EVENT_COUNT)
+    [rule] = engine.rules.correlations
+    fits = SigmaHit(correlation=rule.id, group=["a"] * len(rule.group_by), value="r", time=1.0, key="k1")
+    assert engine.correlate(fits) == []
+    for group in ([], ["a"] * (len(rule.group_by) + 3)):
+        assert engine.correlate(SigmaHit(correlation=rule.id, group=group, value="r", time=1.0, key="k2")) is None
+    assert engine.correlate(SigmaHit(correlation="not-loaded", group=["a"], time=1.0)) is None
+    assert engine.statistics().correlation.groups == 1  # only the hit that fits made a group
