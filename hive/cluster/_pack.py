@@ -12,6 +12,10 @@ A pack's items are Ingest frames as the internal codec encodes them, kept
 as bytes: one malformed batch is refused alone and the others are read.
 Exactly-once does not rest on JetStream's duplicate window (a batch sent
 again may travel in another pack): the store's stream marks drop a copy.
+
+Sentinels pack what they send to correlation the same way, one message per
+partition per fetch, with each item's id in the pack (``Packed.ids``): the
+partition's owner drops an item it took already (``_correlate.Seen``).
 """
 
 from __future__ import annotations
