@@ -208,6 +208,7 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any
                     if too_large:
                         _count(ctx, "correlate_too_large", len(too_large))
                     items = [(p.subject, p.payload, p.id) for p in made]
+                    _count(ctx, "correlate_packs", len(made))
                 if items and not all(await bus.publish_to(items)):
                     # All of it again later (what did reach JetStream is dropped there as a copy).
                     _count(ctx, "correlate_failed")

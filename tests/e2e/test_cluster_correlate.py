@@ -39,12 +39,12 @@ level: high
 PARTITIONS = 8  # the default [cluster] correlate_partitions
 
 
-@pytest.fixture
-def cluster(tmp_path, start_node, nats_cluster):
+@pytest.fixture(params=[True], ids=["packed"])
+def cluster(request, tmp_path, start_node, nats_cluster):
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "logins.yml").write_text(textwrap.dedent(RULES))
-    c = HiveCluster(tmp_path, start_node, nats_cluster.urls, rules=rules)
+    c = HiveCluster(tmp_path, start_node, nats_cluster.urls, rules=rules, pack=request.param)
     c.start_all()
     return c
 
@@ -111,6 +111,13 @@ def publish_raw(urls, items):
     return trio.run(go)
 
 
+def sentinel_packs(c):
+    return sum(int(e.get("correlate_packs", 0)) for n in c.names if c.nodes[n].proc.poll() is None
+               for e in actor_stats(c.nodes[n], "sentinel").values())
+
+
+# pack = false (a rolling upgrade from nodes before packing): one message per hit, as before.
+@pytest.mark.parametrize("cluster", [True, False], ids=["packed", "unpacked"], indirect=True)
 def test_a_correlation_whose_hits_reach_different_nodes_fires_once_also_across_its_owners_death(cluster,
                                                                                               nats_cluster):
     from hive._actors import internal_codec
@@ -136,6 +143,8 @@ def test_a_correlation_whose_hits_reach_different_nodes_fires_once_also_across_i
         # Which sentinel takes a batch is JetStream's choice; none kept a window.
         wait_until(lambda: sum(sentinel_hits(c).values()) >= 4, timeout=30)
         print("alice's hits routed by the sentinels of", sentinel_hits(c))
+        # Sent to correlation packed, or one message each as configured.
+        assert (sentinel_packs(c) > 0) == c.pack, sentinel_packs(c)
         # Garbage and a hit of a correlation nobody loaded, on bob's partition: counted, skipped.
         codec = internal_codec()
         assert all(publish_raw(c.nats, [
