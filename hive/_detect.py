@@ -172,7 +172,7 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any
 
     from .cluster._bus import CORRELATE_SUBJECT, DETECT_STREAM, DETECT_SUBJECT, SENTINELS, ClusterError, open_bus
     from .cluster._correlate import correlate_id, correlate_partition
-    from .cluster._pack import unpack
+    from .cluster._pack import packs, unpack
 
     codec = internal_codec()
     async with open_bus(spec, "sentinel") as bus:
@@ -192,7 +192,7 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any
                         evaluate(batch)
                 # What correlation reads goes to its partition's owner; only
                 # then are the batches done with.
-                items = []
+                items: list[tuple[str, bytes, str]] = []
                 for msg in outbox:
                     if isinstance(msg, Ingest):
                         msg = Ingest(agent=msg.agent, stream=msg.stream, seq=msg.seq,
@@ -202,6 +202,13 @@ async def _from_cluster(ctx: Context, spec: Any, evaluate: Any, outbox: list[Any
                     items.append((f"{CORRELATE_SUBJECT}.{correlate_partition(msg, spec.correlate_partitions)}",
                                   codec.encode(msg), correlate_id(msg)))
                 outbox.clear()
+                if items and spec.pack:
+                    # One message per partition, with each item's id: the owner drops a copy by it.
+                    made, too_large = packs(codec, items, limit=bus.max_payload, with_ids=True)
+                    if too_large:
+                        _count(ctx, "correlate_too_large", len(too_large))
+                    items = [(p.subject, p.payload, p.id) for p in made]
+                    _count(ctx, "correlate_packs", len(made))
                 if items and not all(await bus.publish_to(items)):
                     # All of it again later (what did reach JetStream is dropped there as a copy).
                     _count(ctx, "correlate_failed")
@@ -377,10 +384,8 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
 
     async def owned(bus: Any, p: int) -> None:
         """Correlate partition ``p``: rebuild, then follow."""
-        from actors import DecodeError
-
-        from .cluster._bus import CORRELATE_STREAM, CORRELATE_SUBJECT, ClusterError
-        from .cluster._correlate import HOST_PARTITION, correlate_id, correlate_partition
+        from .cluster._bus import CORRELATE_STREAM, CORRELATE_SUBJECT, DUPLICATE_WINDOW, ClusterError
+        from .cluster._correlate import HOST_PARTITION, Seen, correlate_id, correlate_partition, take_correlated
 
         nonlocal hosts
         codec = internal_codec()
@@ -388,13 +393,11 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
         host = p == HOST_PARTITION
 
         def decoded(data: list[bytes]) -> list[Any]:
-            out = []
-            for d in data:
-                try:
-                    out.append(codec.decode(d))
-                except DecodeError:
-                    _count(ctx, "undecodable")
-            return out
+            got = take_correlated(codec, data, seen, trio.current_time())
+            for key, n in (("undecodable", got.undecodable), ("bad_packs", got.refused), ("copies", got.copies)):
+                if n:
+                    _count(ctx, key, n)
+            return got.msgs
 
         def correlated(sigma: Any, msgs: list[Any]) -> tuple[list[Any], list[wire.Alert | Repeat]]:
             """Sigma hits into their windows: what is left for the host
@@ -418,6 +421,7 @@ async def correlate_actor(ctx: Context, *, task_status: Any = trio.TASK_STATUS_I
             try:
                 queue = await bus.consumer(CORRELATE_STREAM, subject, durable)
                 sigma, version = sigma_engine(), rules_version
+                seen = Seen(DUPLICATE_WINDOW)  # rebuilt by the replay as the state is
                 if host:
                     hosts = fresh()
                     await trio.to_thread.run_sync(refresh_addresses)

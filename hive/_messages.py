@@ -33,9 +33,18 @@ class Packed(_Msg, tag="packed"):
     """Many Ingest batches in one message of the cluster's bus (router ->
     store writer, store writer -> sentinels; see ``hive.cluster._pack``).
     Each item is one Ingest as ``internal_codec`` encodes it, kept as bytes
-    so that a malformed one leaves the others readable."""
+    so that a malformed one leaves the others readable.
+
+    Sentinel -> a correlation partition's owner: the items are any messages
+    for correlation (Ingest, SigmaHit, alerts, Repeat), and ``ids`` holds
+    each one's ``correlate_id`` (same length), so that the owner drops an
+    item it already took: a batch evaluated again travels in another pack,
+    which JetStream's duplicate window does not see as a copy."""
 
     batches: list[bytes] = []
+    ids: list[str] = []
+    """Per item, its id ('' none); empty in packs of Ingest batches (and
+    so in any pack from a node of an older version)."""
 
 
 class Stored(_Msg, tag="stored"):

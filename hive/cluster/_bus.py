@@ -482,8 +482,9 @@ class ClusterSpec:
     correlate_partitions: int = 8
     lease: float = 10.0
     pack: bool = True
-    """Batches travel packed (``hive.cluster._pack``); False: one message
-    each, as nodes before packing sent and read them."""
+    """Batches travel packed (``hive.cluster._pack``), and what sentinels
+    send to correlation; False: one message each, as nodes before packing
+    sent and read them."""
 
     def does(self, role: str) -> bool:
         return self.role in (role, "all")

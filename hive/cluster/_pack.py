@@ -12,6 +12,10 @@ A pack's items are Ingest frames as the internal codec encodes them, kept
 as bytes: one malformed batch is refused alone and the others are read.
 Exactly-once does not rest on JetStream's duplicate window (a batch sent
 again may travel in another pack): the store's stream marks drop a copy.
+
+Sentinels pack what they send to correlation the same way, one message per
+partition per fetch, with each item's id in the pack (``Packed.ids``): the
+partition's owner drops an item it took already (``_correlate.Seen``).
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ def pack_id(ids: Sequence[str]) -> str:
     return hashlib.blake2b("\n".join(ids).encode(), digest_size=16).hexdigest()
 
 
-def encode(codec: Codec, items: Sequence[bytes]) -> bytes:
-    return codec.encode(Packed(batches=list(items)))
+def encode(codec: Codec, items: Sequence[bytes], ids: Sequence[str] = ()) -> bytes:
+    return codec.encode(Packed(batches=list(items), ids=list(ids)))
 
 
 @dataclass
@@ -68,13 +72,14 @@ class Pack:
     """Indexes of the items (as given to :func:`packs`) it holds."""
 
 
-def packs(codec: Codec, items: Sequence[tuple[str, bytes, str]], *, limit: int, most: int = PACK_BYTES
-          ) -> tuple[list[Pack], list[int]]:
+def packs(codec: Codec, items: Sequence[tuple[str, bytes, str]], *, limit: int, most: int = PACK_BYTES,
+          with_ids: bool = False) -> tuple[list[Pack], list[int]]:
     """(subject, encoded Ingest, batch id) items as packs, one subject's
     items in their order, each pack at most ``most`` bytes of items (one
     larger item alone) and never over ``limit`` (the bus's largest
-    message).  Returns the packs and the indexes of the items too large to
-    publish at all."""
+    message).  ``with_ids``: each pack carries its items' ids too
+    (``Packed.ids``).  Returns the packs and the indexes of the items too
+    large to publish at all."""
     by_subject: dict[str, list[int]] = {}
     for i, (subject, _, _) in enumerate(items):
         by_subject.setdefault(subject, []).append(i)
@@ -85,22 +90,24 @@ def packs(codec: Codec, items: Sequence[tuple[str, bytes, str]], *, limit: int, 
         group: list[int] = []
         size = 0
         for i in indexes:
-            n = len(items[i][1]) + ITEM_OVERHEAD
+            n = len(items[i][1]) + ITEM_OVERHEAD + (len(items[i][2]) + ITEM_OVERHEAD if with_ids else 0)
             if n > room:
                 too_large.append(i)
                 continue
             if group and size + n > most:
-                out.append(_pack(codec, subject, items, group))
+                out.append(_pack(codec, subject, items, group, with_ids))
                 group, size = [], 0
             group.append(i)
             size += n
         if group:
-            out.append(_pack(codec, subject, items, group))
+            out.append(_pack(codec, subject, items, group, with_ids))
     return out, too_large
 
 
-def _pack(codec: Codec, subject: str, items: Sequence[tuple[str, bytes, str]], group: list[int]) -> Pack:
-    return Pack(subject, encode(codec, [items[i][1] for i in group]), pack_id([items[i][2] for i in group]), group)
+def _pack(codec: Codec, subject: str, items: Sequence[tuple[str, bytes, str]], group: list[int],
+          with_ids: bool = False) -> Pack:
+    ids = [items[i][2] for i in group]
+    return Pack(subject, encode(codec, [items[i][1] for i in group], ids if with_ids else ()), pack_id(ids), group)
 
 
 @dataclass

@@ -99,7 +99,8 @@ class LoadAgent(threading.Thread):
 
 
 def node_config(folder: Path, *, store: Path | str, nats: list[str], node: str, listen_port: int, role: str = "all",
-                partitions: int = PARTITIONS, lease: float = 10.0, rules: Path | None = None) -> Path:
+                partitions: int = PARTITIONS, lease: float = 10.0, rules: Path | None = None, pack: bool = True
+                ) -> Path:
     servers = ", ".join(f'"{u}"' for u in nats)
     f = folder / "immune.toml"
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def node_config(folder: Path, *, store: Path | str, nats: list[str], node: str, 
                  f'[hive]\nlisten = "tcp://127.0.0.1:{listen_port}"\nenroll_listen = "tcp://127.0.0.1:{free_port()}"\n'
                  f'heartbeat_timeout = 30\n' + (f'rules = ["{rules}"]\n' if rules else '') +
                  f'[cluster]\nnats = [{servers}]\nnode = "{node}"\nrole = "{role}"\npartitions = {partitions}\n'
-                 f'lease = {lease}\n')
+                 f'lease = {lease}\n' + ('' if pack else 'pack = false\n'))
     return f
 
 
@@ -120,9 +121,11 @@ class HiveCluster:
     store: a SQLite file in ``folder``, or the PostgreSQL database at ``pg_url``."""
 
     def __init__(self, folder: Path, start_node, nats: list[str], size: int = 3, roles: list[str] | None = None,
-                 pg_url: str = "", rules: Path | None = None):
+                 pg_url: str = "", rules: Path | None = None, pack: bool = True):
         self.folder, self.start_node, self.nats = folder, start_node, nats
         self.rules = rules
+        self.pack = pack
+        """``[cluster] pack``: False as in a rolling upgrade from nodes before packing."""
         """A folder of Sigma rules every node loads besides its own."""
         self.store: Path | str = pg_url or folder / "shared" / "hive.db"
         (folder / "shared").mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,7 @@ class HiveCluster:
     def start(self, name: str):
         i = self.names.index(name)
         cfg = node_config(self.folder / name, store=self.store, nats=self.nats, node=name,
-                          listen_port=self.ports[name], role=self.roles[i], rules=self.rules)
+                          listen_port=self.ports[name], role=self.roles[i], rules=self.rules, pack=self.pack)
         node = self.start_node("hive", self.folder / name, "--config", str(cfg), "--log-level", "info")
         self.nodes[name] = node
         return node

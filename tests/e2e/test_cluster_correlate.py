@@ -39,12 +39,12 @@ level: high
 PARTITIONS = 8  # the default [cluster] correlate_partitions
 
 
-@pytest.fixture
-def cluster(tmp_path, start_node, nats_cluster):
+@pytest.fixture(params=[True], ids=["packed"])
+def cluster(request, tmp_path, start_node, nats_cluster):
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "logins.yml").write_text(textwrap.dedent(RULES))
-    c = HiveCluster(tmp_path, start_node, nats_cluster.urls, rules=rules)
+    c = HiveCluster(tmp_path, start_node, nats_cluster.urls, rules=rules, pack=request.param)
     c.start_all()
     return c
 
@@ -111,6 +111,13 @@ def publish_raw(urls, items):
     return trio.run(go)
 
 
+def sentinel_packs(c):
+    return sum(int(e.get("correlate_packs", 0)) for n in c.names if c.nodes[n].proc.poll() is None
+               for e in actor_stats(c.nodes[n], "sentinel").values())
+
+
+# pack = false (a rolling upgrade from nodes before packing): one message per hit, as before.
+@pytest.mark.parametrize("cluster", [True, False], ids=["packed", "unpacked"], indirect=True)
 def test_a_correlation_whose_hits_reach_different_nodes_fires_once_also_across_its_owners_death(cluster,
                                                                                               nats_cluster):
     from hive._actors import internal_codec
@@ -136,6 +143,8 @@ def test_a_correlation_whose_hits_reach_different_nodes_fires_once_also_across_i
         # Which sentinel takes a batch is JetStream's choice; none kept a window.
         wait_until(lambda: sum(sentinel_hits(c).values()) >= 4, timeout=30)
         print("alice's hits routed by the sentinels of", sentinel_hits(c))
+        # Sent to correlation packed, or one message each as configured.
+        assert (sentinel_packs(c) > 0) == c.pack, sentinel_packs(c)
         # Garbage and a hit of a correlation nobody loaded, on bob's partition: counted, skipped.
         codec = internal_codec()
         assert all(publish_raw(c.nats, [
@@ -166,3 +175,49 @@ def test_a_correlation_whose_hits_reach_different_nodes_fires_once_also_across_i
     finally:
         a.close()
         b.close()
+
+
+def test_hits_evaluated_twice_travel_in_two_packs_and_count_once(cluster, nats_cluster):
+    """A batch evaluated again by another sentinel sends its hits in another
+    pack, which JetStream keeps: the owner drops them by their ids, so the
+    correlation fires at its fourth hit, not at the second one's copy."""
+    from hive._actors import internal_codec
+    from hive._messages import Packed, SigmaHit
+    from hive.cluster._bus import CORRELATE_SUBJECT
+    from hive.cluster._correlate import correlate_id, sigma_partition
+    from hive.cluster._pack import packs
+
+    c = cluster
+    wait_until(lambda: balanced(c), timeout=120)
+    codec = internal_codec()
+    p = sigma_partition(CORRELATION, ["carol"], PARTITIONS)
+    subject = f"{CORRELATE_SUBJECT}.{p}"
+    owner = owners(c)[p]
+
+    def hit(key, user="carol"):
+        return SigmaHit(correlation=CORRELATION, group=[user], value="c0ffee00-aaaa-4aaa-8aaa-aaaaaaaaaaaa",
+                        time=time.time(), key=key)
+
+    def pack(*hits):
+        (made,), _ = packs(codec, [(subject, codec.encode(h), correlate_id(h)) for h in hits],
+                           limit=1 << 20, with_ids=True)
+        return subject, made.payload, made.id
+
+    first = [hit("carol/1"), hit("carol/2")]
+    assert all(publish_raw(c.nats, [pack(*first)]))
+    # The same two again with a third (another sentinel's fetch): a pack of another id.
+    assert all(publish_raw(c.nats, [pack(hit("carol/0", "nobody"), *first)]))
+    # And a pack whose ids do not say which item is whose: refused, counted.
+    bad = Packed(batches=[codec.encode(hit("carol/3")), codec.encode(hit("carol/4"))], ids=["hit/carol/3"])
+    assert all(publish_raw(c.nats, [(subject, codec.encode(bad), "")]))
+    wait_until(lambda: owner_stat(c, owner, "copies") >= 2 and owner_stat(c, owner, "bad_packs") >= 1, timeout=60)
+    time.sleep(2)
+    assert alerts_for(c, "carol") == []  # two hits counted, not four
+    assert all(publish_raw(c.nats, [pack(hit("carol/5"))]))
+    time.sleep(3)
+    assert alerts_for(c, "carol") == []
+    assert all(publish_raw(c.nats, [pack(hit("carol/6"))]))
+    wait_until(lambda: len(alerts_for(c, "carol")) >= 1, timeout=60)
+    time.sleep(3)
+    ((_, detail),) = alerts_for(c, "carol")
+    assert "event_count 4" in detail, detail
