@@ -324,23 +324,21 @@ class Bus:
         return await self._do(go)
 
     async def kv_items(self, bucket: str) -> dict[str, tuple[bytes, int]]:
+        """Every live key's (value, revision), read as one snapshot: one
+        consumer giving the last entry of each key, not a get per key (a get
+        that failed under load used to drop a key from the answer, and a
+        keeper then took its own lease for lost)."""
         js = self._js
 
         async def go() -> dict[str, tuple[bytes, int]]:
             kv = await js.key_value(bucket)
+            watcher = await kv.watchall(ignore_deletes=True)
+            out: dict[str, tuple[bytes, int]] = {}
             try:
-                keys = await kv.keys()
-            except Exception as e:
-                if type(e).__name__ == "NoKeysError":
-                    return {}
-                raise
-            out = {}
-            for k in keys:
-                try:
-                    e = await kv.get(k)
-                except Exception:
-                    continue
-                out[k] = (e.value or b"", e.revision)
+                while (e := await watcher.updates(timeout=5.0)) is not None:  # None: the end of what it held
+                    out[e.key] = (e.value or b"", e.revision)
+            finally:
+                await watcher.stop()
             return out
 
         return await self._do(go)

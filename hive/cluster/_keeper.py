@@ -38,9 +38,14 @@ class LeaseKeeper:
         ok_at = trio.current_time()
         started = False
         while True:
+            t0 = trio.current_time()
+            soon = False
             try:
-                await self.round()
+                soon = await self.round()
                 ok_at = trio.current_time()
+                if ok_at - t0 > self.lease / 6:
+                    log_event(self.log, "leases.slow_round", logging.WARNING, kind=self.kind,
+                              seconds=round(ok_at - t0, 2), lease=self.lease)
             except ClusterError as e:
                 self.last_error = str(e)
                 if trio.current_time() - ok_at > self.lease * 2 / 3 and self.table.owned:
@@ -51,9 +56,14 @@ class LeaseKeeper:
             if not started:
                 started = True
                 task_status.started()
-            await trio.sleep(self.lease / 3)
+            # Rounds are timed from their start, so a slow round does not
+            # push the next renewal towards the lease's end.  Short of our
+            # share, look again sooner: a node over its share frees them at
+            # its own next round, and the partition has no owner meanwhile.
+            await trio.sleep_until(t0 + self.lease / (12 if soon else 3))
 
-    async def round(self) -> None:
+    async def round(self) -> bool:
+        """One round; True if we are short of our share."""
         bus, t = self.bus, self.table
         await bus.kv_put(self.bucket, node_key(t.node), self.detail.encode())
         leases, live = LeaseTable.read(await bus.kv_items(self.bucket))
@@ -67,5 +77,8 @@ class LeaseKeeper:
         self.rounds += 1
         if gained or lost:
             log_event(self.log, "leases.changed", kind=self.kind, gained=sorted(gained), lost=sorted(lost),
-                      held=sorted(t.owned))
+                      held=sorted(t.owned), released=sorted(plan.release),
+                      gone={p: (leases[p].owner, leases[p].revision) if p in leases else None for p in sorted(plan.gone)},
+                      refused=sorted(p for p, r in renewed.items() if r is None))
             await self.on_change(gained, lost)
+        return plan.short > 0

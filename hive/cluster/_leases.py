@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -53,6 +54,9 @@ class Plan:
     """Free partitions to take (create: only if nobody has)."""
     release: dict[int, int] = field(default_factory=dict)
     """Partition -> revision: more than its share; let another take it."""
+    short: int = 0
+    """Partitions of our share not free yet but held by a node over its
+    share, which releases them at its next round."""
     gone: set[int] = field(default_factory=set)
     """Held by us no more: the bucket names another owner or revision, or
     nobody (the lease lapsed)."""
@@ -104,6 +108,9 @@ class LeaseTable:
             free = [p for p in range(self.partitions) if p not in leases]
             free.sort(key=lambda p: -_preference(self.node, p))
             out.claim = free[:room]
+            held = Counter(lease.owner for lease in leases.values())
+            over = sum(max(0, n - share) for n in held.values())
+            out.short = min(room - len(out.claim), over)
         return out
 
     def applied(self, plan: Plan, renewed: Mapping[int, int | None], claimed: Mapping[int, int | None]

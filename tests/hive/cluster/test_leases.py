@@ -44,6 +44,19 @@ def test_a_node_over_its_share_releases_the_rest_when_another_joins():
     assert lost == set(plan.release) and not gained
 
 
+def test_a_joining_node_is_short_only_while_another_holds_more_than_its_share():
+    """Short, its keeper looks again sooner: the partitions the other
+    releases have no owner until someone claims them."""
+    b = LeaseTable("b", 4)
+    held_by_a = {p: Lease("a", p + 1) for p in range(4)}
+    plan = b.plan(held_by_a, {"a", "b"})
+    assert plan.claim == [] and plan.short == 2
+    # 3 nodes, 4 partitions: shares of 2, held 2/1/1; nobody will release, so nobody is short.
+    c = LeaseTable("c", 4)
+    plan = c.plan({0: Lease("a", 1), 1: Lease("a", 2), 2: Lease("b", 3), 3: Lease("c", 4)}, {"a", "b", "c"})
+    assert plan.short == 0
+
+
 def test_a_lease_that_changed_hands_is_lost_not_renewed():
     """The fence: our lease lapsed and another node took the partition; the
     revision we hold is no longer the latest, so we stop acting on it."""
