@@ -62,7 +62,9 @@ def test_an_exec_waits_for_the_batch_unless_its_kind_wakes_at_once(slow_sensor):
     slow_sensor.wake_at_once(["exec", "connect"])
     woken = [exec_delay(slow_sensor, f"wake-now-{n}") for n in range(5)]
     assert statistics.median(batched) > LATENCY / 3, batched
-    assert max(woken) < LATENCY / 10, woken
+    # The median shows the wake; one slow scheduling on a loaded machine
+    # must still be well clear of the batching bound.
+    assert statistics.median(woken) < LATENCY / 10 and max(woken) < LATENCY / 3, woken
     slow_sensor.wake_at_once([])  # and back to batching
     assert exec_delay(slow_sensor, "wake-batched-again") > LATENCY / 3
 
