@@ -638,9 +638,16 @@ def _rules_list(args: argparse.Namespace, cfg: Config) -> int:
         report = load_rules(folders).report
     except RuleError as e:
         raise CliError(str(e)) from None
-    sentinel = _sentinel(cfg)
+    # In a cluster each node's sentinel counts only the batches it took from
+    # the shared queue: the store every node writes to has them all.
+    sentinel = None if cfg.cluster.nats else _sentinel(cfg)
     if sentinel is not None:
         hits, counted = parse_hits(str(sentinel.get("rule_hits", ""))), "since the running hive's sentinel started"
+    elif cfg.cluster.nats:
+        try:
+            hits, counted = _hive_store(cfg, readonly=True).alert_hits(), "in the cluster's stored alerts (every node)"
+        except (CliError, StoreError) as e:
+            raise CliError(f"rules list: the cluster's store cannot be read: {e}") from None
     else:
         try:
             hits, counted = _hive_store(cfg, readonly=True).alert_hits(), "in the stored alerts (no hive runs)"
