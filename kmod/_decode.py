@@ -121,10 +121,7 @@ class Decoder:
         self.verdicts = verdicts or Verdicts()
         self._policies: dict[int, Policy] = {0: policy}
         self._current = 0
-        if clock_offset_ns is None:
-            clock_offset_ns = time.clock_gettime_ns(time.CLOCK_REALTIME) - \
-                time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        self._offset = clock_offset_ns
+        self._offset = self.wall_offset() if clock_offset_ns is None else clock_offset_ns
         self._strings: dict[bytes, str] = {}  # comm and paths repeat a lot
         self._decoders = {K_EXEC: self._exec, K_FORK: self._fork, K_EXIT: self._exit,
                           K_OPEN: self._open, K_SETID: self._setid,
@@ -133,6 +130,19 @@ class Decoder:
         self._decoders[K_FILE] = functools.partial(decode_file, self)
         from ._procs import procs_decoders  # which imports this module
         self._decoders.update(procs_decoders(self))
+
+    @staticmethod
+    def wall_offset() -> int:
+        """Wall clock minus boot time, now (ns)."""
+        return time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def follow_clock(self, offset_ns: int) -> int:
+        """Stamp records from here on with ``offset_ns`` (``wall_offset()``
+        read again): the kernel's clock is boot time, which NTP never steps,
+        so a wall clock stepped after the start would otherwise shift every
+        event's time by the step.  Returns the change (ns)."""
+        change, self._offset = offset_ns - self._offset, offset_ns
+        return change
 
     def set_policy(self, generation: int, policy: Policy) -> None:
         self._policies[generation] = policy

@@ -32,6 +32,9 @@ from ._workloads import Workloads, WorkloadStatistics
 from ._system import DEBUGFS_TRACING, TRACEFS, cgroup2_root, ensure_tracefs, require_btf, require_root
 
 log = logging.getLogger("kmod")
+CLOCK_STEP_NS = 500_000_000
+"""A change of the wall clock against boot time worth a log line (NTP's
+slewing moves it by microseconds)."""
 
 # struct sensor_config in kmod/bpf/sensor.h
 RING_KINDS = 16  # as in kmod/bpf/sensor.h
@@ -327,6 +330,11 @@ class LinuxSensor(Sensor):
         while self._notices and len(out) < max_events:
             out.append(self._notices.popleft())
         records = self._ring.read(max_events - len(out))
+        # Two clock reads a drain (not an event): a stepped wall clock is
+        # followed from the next batch on.
+        step = self._decoder.follow_clock(self._decoder.wall_offset())
+        if abs(step) > CLOCK_STEP_NS:
+            log.warning("the wall clock moved %+.3f s against boot time; event times follow it", step / 1e9)
         buf, decode, counts = self._ring.buffer, self._decoder.decode, self._counts
         try:
             for at in records:

@@ -68,6 +68,17 @@ def test_successful_exec(decoder):
     assert verdict_line(ev) is None
 
 
+def test_a_stepped_wall_clock_is_followed_from_the_next_record(decoder):
+    """Boot time (the records' clock) never steps; the wall clock may (NTP,
+    an operator): times follow the offset read again at each drain."""
+    before = decoder.decode(exec_rec("/bin/true", ["true"], ts=5))
+    assert decoder.follow_clock(OFFSET + 3_600_000_000_000) == 3_600_000_000_000  # an hour forward
+    after = decoder.decode(exec_rec("/bin/true", ["true"], ts=6))
+    assert (before.time, after.time) == (OFFSET + 5, OFFSET + 3_600_000_000_000 + 6)
+    now = Decoder.wall_offset() + time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    assert abs(now - time.time_ns()) < 50_000_000
+
+
 def test_exec_blocked_by_fanotify_names_its_rule(decoder):
     decoder.verdicts.record("exec", 3158, "exec-from-temp", "block", "/tmp/test.sh")
     # the process's own start, stamped before the verdict, does not take it
