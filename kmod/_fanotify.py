@@ -105,6 +105,10 @@ def _seen_by(pid: int, path: str) -> str:
     return path[len(root):] if root != "/" and path.startswith(root + "/") else path
 
 
+_MAX_GUARDED = 4096
+"""Files a guard learns are guarded (made or replaced since its load)."""
+
+
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
     """What changes whenever the file's content can have changed."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -256,13 +260,16 @@ class Guard:
         self._failed_open = False
         self._closed = False
         self._stall = 0.0
+        # The files open block rules name, by (device, inode) -> the name the
+        # rule gives: a hard link is the same file under a name no rule has.
+        self._guarded: dict[tuple[int, int], str] = {}
         # Execs waiting for their file's digest: event fd -> (mask, pid, deadline).
         self._parked: dict[int, tuple[int, int, float]] = {}
         self._hash_wait = min(_HASH_WAIT, 0.4 * bound)
         self._stop = threading.Event()
         self._counts = dict(allowed=0, denied=0, audited=0, cached=0, errors=0,
                             fail_opens=0, overflows=0, failed_open_answers=0,
-                            hash_waits=0, unhashed=0)
+                            hash_waits=0, unhashed=0, linked=0)
         fd = _init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK,
                    os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
@@ -396,6 +403,14 @@ class Guard:
             raise KernelError(f"cannot reset the fanotify marks: {e.strerror}") from None
         if self._policy.needs_exec_guard:
             self._marker.arm()
+        guarded = {}
+        for path in self._policy.open_block_paths():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # made later: its directory's mark sees it, and a block adds it
+            guarded[(st.st_dev, st.st_ino)] = path
+        self._guarded = guarded
         for path, on_child in self._policy.open_marks():
             mask = FAN_OPEN_PERM | (FAN_EVENT_ON_CHILD if on_child else 0)
             try:
@@ -530,6 +545,19 @@ class Guard:
                 self._counts["unhashed"] += 1
         else:
             hook, rule = "open", policy.match_open(path, pid=pid)
+            if rule is None and self._guarded:
+                st = os.fstat(fd)
+                named = self._guarded.get((st.st_dev, st.st_ino))
+                if named is not None:
+                    rule = policy.match_open(named, pid=pid)  # another name of a guarded file
+            elif rule is not None and rule.action == "block" and len(self._guarded) < _MAX_GUARDED:
+                st = os.fstat(fd)  # a guarded file made or replaced since the load
+                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in self._guarded:
+                    self._guarded[(st.st_dev, st.st_ino)] = path
+                    try:  # asked about under its other names too, as a file there at the load is
+                        _fanotify_mark(self._fd, FAN_MARK_ADD, FAN_OPEN_PERM, dirfd=fd)
+                    except OSError as e:
+                        log.debug("cannot mark a guarded file: %s", e.strerror)
         final = final and not policy.varies_by_container(hook, path)  # a verdict for this caller only
         if rule is None or rule.action == "allow":
             self._counts["allowed"] += 1
@@ -580,6 +608,11 @@ class Guard:
     def _cache(self, mask: int, fd: int) -> None:
         ignore = mask & (FAN_OPEN_EXEC_PERM | FAN_OPEN_PERM)
         try:
+            if os.fstat(fd).st_nlink > 1:
+                # The ignore mark is on the inode: an allow under one name
+                # would then let it through under another, blocked, one.
+                self._counts["linked"] += 1
+                return
             _fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK, ignore, dirfd=fd)
             self._counts["cached"] += 1
         except OSError as e:

@@ -803,20 +803,28 @@ class Policy:
 
     def open_marks(self) -> list[tuple[str, bool]]:
         """fanotify FAN_OPEN_PERM marks for open block rules: (path, on_child).
-        A whole path marks that file (or, if it does not exist yet, its
-        directory's children); a glob marks its directory's children."""
+        A glob, or a whole path, marks its directory's children: a file
+        replaced by a rename (as ``passwd`` writes /etc/shadow) is a new
+        inode, which a mark on the old one would not see.  A whole path
+        that exists marks that file too, so that it is asked about under
+        any other name (a hard link)."""
         marks: dict[str, bool] = {}
-        for _, r in self._by_hook["open"]:
-            if r.action != "block":
-                continue
-            for p in r.paths:
-                if has_wildcard(p) or not Path(p).exists():
-                    base = literal_prefix(p) if has_wildcard(p) else p
-                    directory = base[:base.rindex("/") + 1] or "/"
-                    marks[directory.rstrip("/") or "/"] = True
-                else:
-                    marks.setdefault(p, False)
+        for p in self.open_block_paths(wildcards=True):
+            base = literal_prefix(p) if has_wildcard(p) else p
+            directory = base[:base.rindex("/") + 1] or "/"
+            marks[directory.rstrip("/") or "/"] = True
+            if not has_wildcard(p) and Path(p).exists():
+                marks.setdefault(p, False)
         return list(marks.items())
+
+    def open_block_paths(self, wildcards: bool = False) -> list[str]:
+        """The paths open block rules name: whole ones (and globs too, with
+        ``wildcards``), each once, in policy order."""
+        out: dict[str, None] = {}
+        for _, r in self._by_hook["open"]:
+            if r.action == "block":
+                out.update((p, None) for p in r.paths if wildcards or not has_wildcard(p))
+        return list(out)
 
     @functools.cached_property
     def _sock_probes(self) -> tuple[Rule, ...]:

@@ -3,6 +3,7 @@ policy reloads in place, the allow cache and its invalidation."""
 
 import errno
 import hashlib
+import os
 import socket
 import subprocess
 import sys
@@ -201,3 +202,41 @@ match.path = ["{secret}", "{keys}/*.pem"]
     assert sensor.statistics().fanotify["denied"] >= 2
     sensor.reload(Policy.default())
     assert run_child("open", str(secret)).errno == 0
+
+
+def test_a_guarded_file_stays_blocked_replaced_by_a_rename_or_under_another_name(sensor, workdir):
+    """passwd writes /etc/shadow anew and renames it into place: a new inode.
+    A hard link names the same file where no rule looks; an allow cached on
+    the file under one name would let it through under the other."""
+    secret = workdir / "secret"
+    secret.write_text("old")
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    sensor.reload(with_rules(f'''
+[[rule]]
+name = "secrets"
+hook = "open"
+action = "block"
+match.path = "{secret}"
+'''))
+    flush(sensor)
+    # another name, made after the load, of the file there at the load
+    os.link(secret, elsewhere / "alias-1")
+    assert run_child("open", str(elsewhere / "alias-1")).errno == errno.EPERM
+    # replaced by a rename: the new file is blocked, and then under another name too
+    (workdir / "secret.new").write_text("new")
+    os.replace(workdir / "secret.new", secret)
+    blocked = run_child("open", str(secret))
+    assert blocked.errno == errno.EPERM
+    (ev,) = collect(sensor, lambda e: isinstance(e, Open) and e.pid == blocked.pid)
+    assert (ev.verdict, ev.rule) == ("block", "secrets")
+    os.link(secret, elsewhere / "alias-2")
+    assert run_child("open", str(elsewhere / "alias-2")).errno == errno.EPERM
+    # a linked file the rule does not name is allowed each time, never cached
+    (workdir / "plain").write_text("p")
+    os.link(workdir / "plain", elsewhere / "plain-alias")
+    before = sensor.statistics().fanotify["linked"]
+    assert run_child("open", str(workdir / "plain")).errno == 0
+    assert run_child("open", str(workdir / "plain")).errno == 0
+    assert sensor.statistics().fanotify["linked"] >= before + 2
+    assert run_child("open", str(secret)).errno == errno.EPERM
