@@ -105,6 +105,8 @@ def _seen_by(pid: int, path: str) -> str:
     return path[len(root):] if root != "/" and path.startswith(root + "/") else path
 
 
+_LATE_MARKS = 0.5
+"""Seconds between looks for an open block's folder made after the load."""
 _MAX_GUARDED = 4096
 """Files a guard learns are guarded (made or replaced since its load)."""
 
@@ -263,13 +265,15 @@ class Guard:
         # The files open block rules name, by (device, inode) -> the name the
         # rule gives: a hard link is the same file under a name no rule has.
         self._guarded: dict[tuple[int, int], str] = {}
+        self._missing: dict[str, int] = {}  # open marks whose path does not exist yet -> mask
+        self._late_marker = threading.Thread()
         # Execs waiting for their file's digest: event fd -> (mask, pid, deadline).
         self._parked: dict[int, tuple[int, int, float]] = {}
         self._hash_wait = min(_HASH_WAIT, 0.4 * bound)
         self._stop = threading.Event()
         self._counts = dict(allowed=0, denied=0, audited=0, cached=0, errors=0,
                             fail_opens=0, overflows=0, failed_open_answers=0,
-                            hash_waits=0, unhashed=0, linked=0)
+                            hash_waits=0, unhashed=0, linked=0, late_marks=0)
         fd = _init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK,
                    os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
@@ -411,12 +415,40 @@ class Guard:
                 continue  # made later: its directory's mark sees it, and a block adds it
             guarded[(st.st_dev, st.st_ino)] = path
         self._guarded = guarded
+        missing = {}
         for path, on_child in self._policy.open_marks():
             mask = FAN_OPEN_PERM | (FAN_EVENT_ON_CHILD if on_child else 0)
             try:
                 _fanotify_mark(self._fd, FAN_MARK_ADD, mask, path=path)
             except OSError as e:
-                log.warning("cannot watch %s for open blocks: %s", path, e.strerror)
+                if e.errno == errno.ENOENT:
+                    missing[path] = mask
+                log.warning("cannot watch %s for open blocks: %s%s", path, e.strerror,
+                            "; it is marked once it exists" if e.errno == errno.ENOENT else "")
+        self._missing = missing
+        if missing and not self._late_marker.is_alive():
+            self._late_marker = threading.Thread(target=self._mark_late, name="fanotify-late-marks", daemon=True)
+            self._late_marker.start()
+
+    def _mark_late(self) -> None:
+        """Mark the open blocks' folders made after the load, looking every
+        ``_LATE_MARKS`` seconds (its own thread: a slow filesystem must not
+        hold the responder or the watchdog)."""
+        while self._missing and not self._stop.wait(_LATE_MARKS):
+            for path, mask in list(self._missing.items()):
+                if not os.path.exists(path):
+                    continue
+                with self._lock:
+                    if self._missing.get(path) != mask or self._closed or self._failed_open:
+                        continue
+                    try:
+                        _fanotify_mark(self._fd, FAN_MARK_ADD, mask, path=path)
+                    except OSError as e:
+                        log.warning("cannot watch %s for open blocks: %s", path, e.strerror)
+                        continue
+                    del self._missing[path]
+                    self._counts["late_marks"] += 1
+                log.info("now watching %s for open blocks (made after the policy loaded)", path)
 
     def _marks_allowed(self) -> bool:
         """May the marker add exec marks now?  Called with the lock held."""

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -202,6 +203,29 @@ match.path = ["{secret}", "{keys}/*.pem"]
     assert sensor.statistics().fanotify["denied"] >= 2
     sensor.reload(Policy.default())
     assert run_child("open", str(secret)).errno == 0
+
+
+def test_an_open_block_in_a_folder_made_after_the_load_holds_once_it_exists(sensor, workdir):
+    later = workdir / "later"
+    sensor.reload(with_rules(f'''
+[[rule]]
+name = "keys"
+hook = "open"
+action = "block"
+match.path = ["{later}/app/key", "{later}/keys/*.pem"]
+'''))
+    (later / "app").mkdir(parents=True)
+    (later / "keys").mkdir()
+    (later / "app" / "key").write_text("k")
+    (later / "keys" / "a.pem").write_text("k")
+    deadline = time.monotonic() + 5
+    while sensor.statistics().fanotify["late_marks"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sensor.statistics().fanotify["late_marks"] == 2
+    assert run_child("open", str(later / "app" / "key")).errno == errno.EPERM
+    assert run_child("open", str(later / "keys" / "a.pem")).errno == errno.EPERM
+    (later / "keys" / "b.txt").write_text("t")
+    assert run_child("open", str(later / "keys" / "b.txt")).errno == 0
 
 
 def test_a_guarded_file_stays_blocked_replaced_by_a_rename_or_under_another_name(sensor, workdir):
