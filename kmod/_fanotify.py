@@ -48,6 +48,7 @@ from ._mounts import Marker, Superblocks, marked_superblocks
 from ._policy import Policy
 from ._ringbuf import RingBuffer
 from ._scope import ResolvedScope
+from ._trees import Trees, could_hold
 
 log = logging.getLogger("kmod.fanotify")
 
@@ -266,6 +267,10 @@ class Guard:
         # rule gives: a hard link is the same file under a name no rule has.
         self._guarded: dict[tuple[int, int], str] = {}
         self._missing: dict[str, int] = {}  # open marks whose path does not exist yet -> mask
+        self._roots: dict[str, list[str]] = {}  # folder trees of "**" open blocks -> their globs
+        self._trees: Trees | None = None  # their folders, watched for new ones
+        self._trees_lock = threading.Lock()
+        self._retree = False
         self._late_marker = threading.Thread()
         # Execs waiting for their file's digest: event fd -> (mask, pid, deadline).
         self._parked: dict[int, tuple[int, int, float]] = {}
@@ -273,7 +278,7 @@ class Guard:
         self._stop = threading.Event()
         self._counts = dict(allowed=0, denied=0, audited=0, cached=0, errors=0,
                             fail_opens=0, overflows=0, failed_open_answers=0,
-                            hash_waits=0, unhashed=0, linked=0, late_marks=0)
+                            hash_waits=0, unhashed=0, linked=0, late_marks=0, tree_marks=0)
         fd = _init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK,
                    os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
@@ -313,6 +318,7 @@ class Guard:
         self._watchdog.start()
         with self._lock:
             self._apply_marks()
+        self._mark_trees()
         if self._policy.needs_exec_guard:
             self._marker.mark_all()
         self._marker.start()
@@ -326,6 +332,7 @@ class Guard:
             rescan = not self._failed_open and policy.needs_exec_guard and not was_on
             if not self._failed_open:
                 self._apply_marks()
+        self._mark_trees()
         if rescan:
             self._marker.mark_all()
 
@@ -337,6 +344,10 @@ class Guard:
                 t.join(timeout=1.0)
         self._marker.close()
         self._hasher.close()
+        with self._trees_lock:
+            if self._trees is not None:
+                self._trees.close()
+                self._trees = None
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -426,15 +437,55 @@ class Guard:
                 log.warning("cannot watch %s for open blocks: %s%s", path, e.strerror,
                             "; it is marked once it exists" if e.errno == errno.ENOENT else "")
         self._missing = missing
-        if missing and not self._late_marker.is_alive():
+        self._roots = self._policy.open_trees()
+        self._retree = True  # the folders below them: by _mark_trees, outside the lock
+        if (missing or self._roots) and not self._late_marker.is_alive():
             self._late_marker = threading.Thread(target=self._mark_late, name="fanotify-late-marks", daemon=True)
             self._late_marker.start()
+
+    def _mark_trees(self) -> None:
+        """Mark every folder of the ``**`` open blocks' trees (walked without
+        the guard's lock: the responder must not wait on a walk)."""
+        with self._trees_lock:
+            if not self._retree:
+                return
+            self._retree = False
+            if self._trees is not None:
+                self._trees.close()
+            self._trees = Trees() if self._roots else None
+            for root, globs in self._roots.items():
+                if os.path.isdir(root):
+                    self._mark_folders(self._trees.add(root, lambda f, g=globs: any(could_hold(p, f) for p in g)))
+
+    def _mark_folders(self, folders: list[str]) -> None:
+        mask = FAN_OPEN_PERM | FAN_EVENT_ON_CHILD
+        for folder in folders:
+            with self._lock:
+                if self._closed or self._failed_open:
+                    return
+                try:
+                    _fanotify_mark(self._fd, FAN_MARK_ADD, mask, path=folder)
+                    self._counts["tree_marks"] += 1
+                except OSError as e:
+                    if e.errno != errno.ENOENT:
+                        log.warning("cannot watch %s for open blocks: %s", folder, e.strerror)
 
     def _mark_late(self) -> None:
         """Mark the open blocks' folders made after the load, looking every
         ``_LATE_MARKS`` seconds (its own thread: a slow filesystem must not
         hold the responder or the watchdog)."""
-        while self._missing and not self._stop.wait(_LATE_MARKS):
+        while (self._missing or self._roots) and not self._stop.is_set():
+            self._mark_trees()  # after a load, a reload or a recovery
+            trees = self._trees
+            if trees is not None:
+                poller = select.poll()
+                poller.register(trees.fd, select.POLLIN)
+                ready = poller.poll(int(_LATE_MARKS * 1000))
+                with self._trees_lock:
+                    if ready and trees is self._trees and trees.fd >= 0:
+                        self._mark_folders(trees.news())
+            elif self._stop.wait(_LATE_MARKS):
+                return
             for path, mask in list(self._missing.items()):
                 if not os.path.exists(path):
                     continue
@@ -448,6 +499,8 @@ class Guard:
                         continue
                     del self._missing[path]
                     self._counts["late_marks"] += 1
+                    if path in self._roots:
+                        self._retree = True  # and what is below it
                 log.info("now watching %s for open blocks (made after the policy loaded)", path)
 
     def _marks_allowed(self) -> bool:
@@ -625,9 +678,13 @@ class Guard:
         with self._lock:
             answered = self._inflight.pop(fd, True)
             if not answered and not self._closed:
-                self._write_response(fd, FAN_ALLOW if allow else FAN_DENY)
+                # The ignore mark before the answer: a write after the open
+                # then clears it (the mark does not survive a modify), where
+                # one landing after that write kept a file allowed when it
+                # was renamed over a blocked name (as passwd does).
                 if cache and not self._failed_open:
                     self._cache(mask, fd)
+                self._write_response(fd, FAN_ALLOW if allow else FAN_DENY)
         os.close(fd)
 
     def _write_response(self, fd: int, response: int) -> None:

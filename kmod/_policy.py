@@ -817,6 +817,20 @@ class Policy:
                 marks.setdefault(p, False)
         return list(marks.items())
 
+    def open_trees(self) -> dict[str, list[str]]:
+        """Folder -> the open block globs that reach below its children
+        (``**``, or a wildcard before a later ``/``): a mark on a folder
+        sees only its children, so each folder below that such a glob could
+        match in needs one (kmod/_trees.py)."""
+        out: dict[str, list[str]] = {}
+        for p in self.open_block_paths(wildcards=True):
+            if has_wildcard(p):
+                base = literal_prefix(p)
+                rest = p[len(base):]
+                if "/" in rest or "**" in rest:
+                    out.setdefault(base[:base.rindex("/")] or "/", []).append(p)
+        return out
+
     def open_block_paths(self, wildcards: bool = False) -> list[str]:
         """The paths open block rules name: whole ones (and globs too, with
         ``wildcards``), each once, in policy order."""

@@ -228,6 +228,32 @@ match.path = ["{later}/app/key", "{later}/keys/*.pem"]
     assert run_child("open", str(later / "keys" / "b.txt")).errno == 0
 
 
+def test_a_double_star_open_block_reaches_every_folder_below_also_those_made_later(sensor, workdir):
+    """A fanotify mark on a folder sees its children only: each folder of
+    the tree is marked, and inotify reports the new ones."""
+    keys = workdir / "keys"
+    (keys / "deep" / "deeper").mkdir(parents=True)
+    (keys / "deep" / "deeper" / "old.pem").write_text("k")
+    sensor.reload(with_rules(f'''
+[[rule]]
+name = "keys"
+hook = "open"
+action = "block"
+match.path = "{keys}/**"
+'''))
+    assert run_child("open", str(keys / "deep" / "deeper" / "old.pem")).errno == errno.EPERM
+    before = sensor.statistics().fanotify["tree_marks"]
+    (keys / "new" / "inner").mkdir(parents=True)
+    (keys / "new" / "inner" / "fresh.pem").write_text("k")
+    deadline = time.monotonic() + 5
+    while sensor.statistics().fanotify["tree_marks"] < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sensor.statistics().fanotify["tree_marks"] >= before + 2
+    assert run_child("open", str(keys / "new" / "inner" / "fresh.pem")).errno == errno.EPERM
+    (workdir / "outside.txt").write_text("o")
+    assert run_child("open", str(workdir / "outside.txt")).errno == 0
+
+
 def test_a_guarded_file_stays_blocked_replaced_by_a_rename_or_under_another_name(sensor, workdir):
     """passwd writes /etc/shadow anew and renames it into place: a new inode.
     A hard link names the same file where no rule looks; an allow cached on
