@@ -10,26 +10,15 @@ for new sub-folders.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import ctypes
 import errno
 import fnmatch
 import logging
 import os
-import struct
+from collections.abc import Callable
+
+from ._system import IN_CREATE, IN_DONT_FOLLOW, IN_IGNORED, IN_ISDIR, IN_MOVED_TO, IN_ONLYDIR, IN_Q_OVERFLOW, Inotify
 
 log = logging.getLogger("kmod.fanotify")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_init1 = _libc.inotify_init1
-_init1.argtypes = [ctypes.c_int]
-_add = _libc.inotify_add_watch
-_add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-
-IN_CREATE, IN_MOVED_TO, IN_IGNORED, IN_Q_OVERFLOW, IN_ISDIR = 0x100, 0x80, 0x8000, 0x4000, 0x40000000
-IN_ONLYDIR, IN_DONT_FOLLOW = 0x01000000, 0x02000000
-_EVENT = struct.Struct("iIII")
 
 MOST_FOLDERS = 20_000
 """Folders watched at most, over all trees: a mark and a watch each (about
@@ -43,7 +32,7 @@ def could_hold(pattern: str, folder: str) -> bool:
     want = pattern.strip("/").split("/")
     have = [c for c in folder.strip("/").split("/") if c]
     for i, part in enumerate(have):
-        if "**" in want[i] if i < len(want) else False:
+        if i < len(want) and "**" in want[i]:
             return True
         if i >= len(want) - 1 or not fnmatch.fnmatchcase(part, want[i]):
             return False  # as deep as the file itself, or off the pattern
@@ -55,15 +44,16 @@ class Trees:
     :meth:`add` and :meth:`news` return the folders to mark."""
 
     def __init__(self, most: int = MOST_FOLDERS) -> None:
-        self.fd = _init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self._inotify = Inotify()
         self.most = most
         self._paths: dict[int, str] = {}  # watch descriptor -> folder
         self._keep: dict[int, Callable[[str], bool]] = {}  # and what its new sub-folders must pass
         self.capped = False
         """Some folder was left unwatched: over ``most``."""
+
+    @property
+    def fd(self) -> int:
+        return self._inotify.fileno()
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -83,11 +73,11 @@ class Trees:
                                 "are not watched", self.most, folder)
                 self.capped = True
                 break
-            wd = _add(self.fd, os.fsencode(folder), IN_CREATE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW)
-            if wd < 0:
-                err = ctypes.get_errno()
-                if err not in (errno.ENOENT, errno.ENOTDIR):  # gone or replaced meanwhile: nothing to watch
-                    log.warning("open blocks: cannot watch %s for new folders: %s", folder, os.strerror(err))
+            try:
+                wd = self._inotify.watch(folder, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR | IN_DONT_FOLLOW)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR):  # gone or replaced meanwhile: nothing to watch
+                    log.warning("open blocks: cannot watch %s for new folders: %s", folder, e.strerror)
                 continue
             self._paths[wd] = folder
             self._keep[wd] = keep
@@ -103,26 +93,16 @@ class Trees:
         """The folders made (or moved) into watched ones since the last call,
         and everything below them, now watched too."""
         made: list[str] = []
-        while True:
-            try:
-                data = os.read(self.fd, 64 << 10)
-            except BlockingIOError:
-                return made
-            at = 0
-            while at + _EVENT.size <= len(data):
-                wd, mask, _, size = _EVENT.unpack_from(data, at)
-                name = data[at + _EVENT.size:at + _EVENT.size + size].split(b"\0", 1)[0]
-                at += _EVENT.size + size
-                if mask & IN_IGNORED:
-                    self._paths.pop(wd, None)
-                    self._keep.pop(wd, None)
-                elif mask & IN_Q_OVERFLOW:
-                    for w, folder in list(self._paths.items()):  # events were lost: look again
-                        made.extend(self.add(folder, self._keep[w])[1:])
-                elif mask & IN_ISDIR and wd in self._paths:
-                    made.extend(self.add(os.path.join(self._paths[wd], os.fsdecode(name)), self._keep[wd]))
+        for wd, mask, name in self._inotify.read():
+            if mask & IN_IGNORED:
+                self._paths.pop(wd, None)
+                self._keep.pop(wd, None)
+            elif mask & IN_Q_OVERFLOW:
+                for w, folder in list(self._paths.items()):  # events were lost: look again
+                    made.extend(self.add(folder, self._keep[w])[1:])
+            elif mask & IN_ISDIR and wd in self._paths:
+                made.extend(self.add(os.path.join(self._paths[wd], name), self._keep[wd]))
+        return made
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._inotify.close()
