@@ -48,7 +48,7 @@ from ._mounts import Marker, Superblocks, marked_superblocks
 from ._policy import Policy
 from ._ringbuf import RingBuffer
 from ._scope import ResolvedScope
-from ._trees import Trees, could_hold
+from ._trees import Trees
 
 log = logging.getLogger("kmod.fanotify")
 
@@ -267,7 +267,7 @@ class Guard:
         # rule gives: a hard link is the same file under a name no rule has.
         self._guarded: dict[tuple[int, int], str] = {}
         self._missing: dict[str, int] = {}  # open marks whose path does not exist yet -> mask
-        self._roots: dict[str, list[str]] = {}  # folder trees of "**" open blocks -> their globs
+        self._roots: list[str] = []  # the folders of "**" open blocks
         self._trees: Trees | None = None  # their folders, watched for new ones
         self._trees_lock = threading.Lock()
         self._retree = False
@@ -453,9 +453,9 @@ class Guard:
             if self._trees is not None:
                 self._trees.close()
             self._trees = Trees() if self._roots else None
-            for root, globs in self._roots.items():
+            for root in self._roots:
                 if os.path.isdir(root):
-                    self._mark_folders(self._trees.add(root, lambda f, g=globs: any(could_hold(p, f) for p in g)))
+                    self._mark_folders(self._trees.add(root))
 
     def _mark_folders(self, folders: list[str]) -> None:
         mask = FAN_OPEN_PERM | FAN_EVENT_ON_CHILD

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import collections
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from ._errors import BuildError, KernelError
 
@@ -257,12 +257,9 @@ class BpfObject:
         # Each detach waits for an RCU grace period in the kernel (~60 ms
         # here), and libbpf releases the GIL meanwhile: one after the other,
         # 62 links took 3.8 s to close; side by side, the waits overlap.
-        links = list(reversed(self._links))
-        if len(links) > 1:
-            with ThreadPoolExecutor(max_workers=min(32, len(links)), thread_name_prefix="bpf-detach") as pool:
-                list(pool.map(Link.destroy, links))
-        for link in links:
-            link.destroy()  # (a no-op once done: here if a worker could not start)
+        if self._links:
+            with ThreadPoolExecutor(max_workers=min(32, len(self._links)), thread_name_prefix="bpf-detach") as pool:
+                list(pool.map(Link.destroy, reversed(self._links)))
         self._links.clear()
         if self._ptr:
             _obj_close(self._ptr)

@@ -817,19 +817,17 @@ class Policy:
                 marks.setdefault(p, False)
         return list(marks.items())
 
-    def open_trees(self) -> dict[str, list[str]]:
-        """Folder -> the open block globs that reach below its children
-        (``**``, or a wildcard before a later ``/``): a mark on a folder
-        sees only its children, so each folder below that such a glob could
-        match in needs one (kmod/_trees.py)."""
-        out: dict[str, list[str]] = {}
+    def open_trees(self) -> list[str]:
+        """The folders of open block globs ending in ``**``: a mark on a
+        folder sees only its children, so every folder below needs one
+        (kmod/_trees.py).  A wildcard before the last ``/`` is refused at
+        parse, so nothing else reaches below a folder's children."""
+        out: dict[str, None] = {}
         for p in self.open_block_paths(wildcards=True):
-            if has_wildcard(p):
+            if has_wildcard(p) and "**" in p[len(literal_prefix(p)):]:
                 base = literal_prefix(p)
-                rest = p[len(base):]
-                if "/" in rest or "**" in rest:
-                    out.setdefault(base[:base.rindex("/")] or "/", []).append(p)
-        return out
+                out[base[:base.rindex("/")] or "/"] = None
+        return list(out)
 
     def open_block_paths(self, wildcards: bool = False) -> list[str]:
         """The paths open block rules name: whole ones (and globs too, with

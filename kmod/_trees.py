@@ -11,10 +11,8 @@ for new sub-folders.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import logging
 import os
-from collections.abc import Callable
 
 from ._system import IN_CREATE, IN_DONT_FOLLOW, IN_IGNORED, IN_ISDIR, IN_MOVED_TO, IN_ONLYDIR, IN_Q_OVERFLOW, Inotify
 
@@ -25,20 +23,6 @@ MOST_FOLDERS = 20_000
 1 KiB of kernel memory a watch)."""
 
 
-def could_hold(pattern: str, folder: str) -> bool:
-    """Could a file below ``folder`` (at any depth) match ``pattern`` (the
-    policy's globs: ``*``, ``?`` and ``[..]`` within a component, ``**``
-    across)?  Only such folders need a mark."""
-    want = pattern.strip("/").split("/")
-    have = [c for c in folder.strip("/").split("/") if c]
-    for i, part in enumerate(have):
-        if i < len(want) and "**" in want[i]:
-            return True
-        if i >= len(want) - 1 or not fnmatch.fnmatchcase(part, want[i]):
-            return False  # as deep as the file itself, or off the pattern
-    return True
-
-
 class Trees:
     """The folders below some roots, each watched for new sub-folders.
     :meth:`add` and :meth:`news` return the folders to mark."""
@@ -47,7 +31,6 @@ class Trees:
         self._inotify = Inotify()
         self.most = most
         self._paths: dict[int, str] = {}  # watch descriptor -> folder
-        self._keep: dict[int, Callable[[str], bool]] = {}  # and what its new sub-folders must pass
         self.capped = False
         """Some folder was left unwatched: over ``most``."""
 
@@ -58,15 +41,13 @@ class Trees:
     def __len__(self) -> int:
         return len(self._paths)
 
-    def add(self, root: str, keep: Callable[[str], bool] = lambda folder: True) -> list[str]:
-        """Watch ``root`` and every folder below it that ``keep`` keeps (not
-        following links); returns them, ``root`` first."""
+    def add(self, root: str) -> list[str]:
+        """Watch ``root`` and every folder below it (not following links);
+        returns them, ``root`` first."""
         found: list[str] = []
         stack = [root]
         while stack:
             folder = stack.pop()
-            if not keep(folder):
-                continue
             if len(self._paths) >= self.most:
                 if not self.capped:
                     log.warning("open blocks: over %d folders in the guarded trees; %s and what is below it "
@@ -80,7 +61,6 @@ class Trees:
                     log.warning("open blocks: cannot watch %s for new folders: %s", folder, e.strerror)
                 continue
             self._paths[wd] = folder
-            self._keep[wd] = keep
             found.append(folder)
             try:
                 with os.scandir(folder) as it:
@@ -96,12 +76,11 @@ class Trees:
         for wd, mask, name in self._inotify.read():
             if mask & IN_IGNORED:
                 self._paths.pop(wd, None)
-                self._keep.pop(wd, None)
             elif mask & IN_Q_OVERFLOW:
-                for w, folder in list(self._paths.items()):  # events were lost: look again
-                    made.extend(self.add(folder, self._keep[w])[1:])
+                for folder in list(self._paths.values()):  # events were lost: look again
+                    made.extend(self.add(folder)[1:])
             elif mask & IN_ISDIR and wd in self._paths:
-                made.extend(self.add(os.path.join(self._paths[wd], name), self._keep[wd]))
+                made.extend(self.add(os.path.join(self._paths[wd], name)))
         return made
 
     def close(self) -> None:

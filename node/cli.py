@@ -643,15 +643,14 @@ def _rules_list(args: argparse.Namespace, cfg: Config) -> int:
     sentinel = None if cfg.cluster.nats else _sentinel(cfg)
     if sentinel is not None:
         hits, counted = parse_hits(str(sentinel.get("rule_hits", ""))), "since the running hive's sentinel started"
-    elif cfg.cluster.nats:
-        try:
-            hits, counted = _hive_store(cfg, readonly=True).alert_hits(), "in the cluster's stored alerts (every node)"
-        except (CliError, StoreError) as e:
-            raise CliError(f"rules list: the cluster's store cannot be read: {e}") from None
     else:
         try:
-            hits, counted = _hive_store(cfg, readonly=True).alert_hits(), "in the stored alerts (no hive runs)"
-        except (CliError, StoreError):
+            hits = _hive_store(cfg, readonly=True).alert_hits()
+            counted = "in the cluster's stored alerts (every node)" if cfg.cluster.nats else \
+                "in the stored alerts (no hive runs)"
+        except (CliError, StoreError) as e:
+            if cfg.cluster.nats:
+                raise CliError(f"rules list: the cluster's store cannot be read: {e}") from None
             hits, counted = {}, "none: no hive runs and there is no store"
     rules = listing(report, folders)
     if args.json:
