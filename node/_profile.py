@@ -89,12 +89,13 @@ def scope_hint(workload: str) -> str:
 def unit_cgroups(unit: str) -> list[str]:
     """Where systemd puts a system service's cgroup: in system.slice, or in
     a slice of its own there (a template's instances: system-NAME.slice)."""
-    name = _glob_literal(unit).replace("*", "[*]")
+    name = exact_glob(unit)
     return [f"/system.slice/{name}", f"/system.slice/*.slice/{name}"]
 
 
-def literal_cgroup(path: str) -> str:
-    """A cgroup path as a ``match.cgroup`` glob matching only itself."""
+def exact_glob(path: str) -> str:
+    """A name (a cgroup path, an image) as a glob matching only itself: its
+    ``*`` too is matched as itself."""
     return _glob_literal(path).replace("*", "[*]")
 
 
@@ -107,7 +108,7 @@ def selector(workload: str, cgroups: list[str] | None = None) -> str:
         return f"match.cgroup = {_toml(list(cgroups))}\n"
     kind, _, name = workload.partition(":")
     if kind == "image":
-        return f"match.container_image = {_toml(_glob_literal(name).replace('*', '[*]'))}\n"
+        return f"match.container_image = {_toml(exact_glob(name))}\n"
     if kind == "unit":
         return f"match.cgroup = {_toml(unit_cgroups(name))}\n"
     return ""
@@ -119,7 +120,7 @@ def cgroups_of(paths: list[str], given: list[str] | None = None) -> list[str] | 
     itself; None: neither (the workload's name must say)."""
     if given:
         return list(given)
-    return sorted({literal_cgroup(p) for p in paths if p}) or None
+    return sorted({exact_glob(p) for p in paths if p}) or None
 
 
 def propose(profile, mode: str = "audit", cgroups: list[str] | None = None) -> str:
